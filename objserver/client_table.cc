@@ -1,0 +1,73 @@
+#include "objserver/client_table.h"
+
+#include <kj/debug.h>
+
+namespace cairn {
+
+namespace {
+constexpr size_t UUID_SIZE = 16;
+
+kj::Array<kj::byte> replyKey(kj::ArrayPtr<const kj::byte> client, uint64_t requestId) {
+  KJ_REQUIRE(client.size() == UUID_SIZE, "a client uuid is 16 bytes", client.size());
+  auto key = kj::heapArray<kj::byte>(UUID_SIZE + 8);
+  memcpy(key.begin(), client.begin(), UUID_SIZE);
+  store::writeU64(key.begin() + UUID_SIZE, requestId);
+  return key;
+}
+
+bool sameClient(store::Bytes key, kj::ArrayPtr<const kj::byte> client) {
+  return key.size() == UUID_SIZE + 8 && memcmp(key.begin(), client.begin(), UUID_SIZE) == 0;
+}
+}  // namespace
+
+ClientTable::ClientTable(Target& target) : replies_(target.db("replies")) {}
+
+kj::Maybe<kj::Array<capnp::word>> ClientTable::find(store::Txn& txn,
+                                                   kj::ArrayPtr<const kj::byte> client,
+                                                   uint64_t requestId) {
+  auto key = replyKey(client, requestId);
+  KJ_IF_MAYBE(value, txn.get(replies_, key)) {
+    KJ_REQUIRE(value->size() % sizeof(capnp::word) == 0, "damaged reply record");
+    auto words = kj::heapArray<capnp::word>(value->size() / sizeof(capnp::word));
+    memcpy(words.begin(), value->begin(), value->size());
+    return kj::mv(words);
+  }
+  return nullptr;
+}
+
+void ClientTable::record(store::Txn& txn, kj::ArrayPtr<const kj::byte> client,
+                         uint64_t requestId, capnp::MessageBuilder& reply) {
+  auto key = replyKey(client, requestId);
+  txn.putMessage(replies_, key, reply);
+}
+
+void ClientTable::prune(store::Txn& txn, kj::ArrayPtr<const kj::byte> client, uint64_t below) {
+  auto start = replyKey(client, 0);
+  store::Cursor cursor(txn, replies_);
+  for (auto item = cursor.seek(start);;) {
+    KJ_IF_MAYBE(i, item) {
+      if (!sameClient(i->key, client) || store::readU64(i->key, UUID_SIZE) >= below) break;
+      cursor.del();
+      item = cursor.seek(start);
+    } else {
+      break;
+    }
+  }
+}
+
+uint64_t ClientTable::lastRequestId(store::Txn& txn, kj::ArrayPtr<const kj::byte> client) {
+  uint64_t last = 0;
+  store::Cursor cursor(txn, replies_);
+  for (auto item = cursor.seek(replyKey(client, 0));;) {
+    KJ_IF_MAYBE(i, item) {
+      if (!sameClient(i->key, client)) break;
+      last = store::readU64(i->key, UUID_SIZE);
+      item = cursor.next();
+    } else {
+      break;
+    }
+  }
+  return last;
+}
+
+}  // namespace cairn

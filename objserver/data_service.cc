@@ -1,0 +1,105 @@
+#include "objserver/data_service.h"
+
+#include <sys/statvfs.h>
+
+#include <kj/debug.h>
+
+#include "objserver/object_store.h"
+
+namespace cairn {
+
+namespace {
+constexpr uint32_t MAX_READ = 8 << 20;
+}
+
+DataService::DataService(ServerContext& ctx, kj::Own<ClientSession> session)
+    : ctx_(ctx), objects_(KJ_ASSERT_NONNULL(ctx.objects)), session_(kj::mv(session)) {
+  ctx_.connected(*session_);
+}
+
+DataService::~DataService() noexcept(false) { ctx_.disconnected(*session_); }
+
+void targetStatFs(Target& target, rpc::StatFs::Builder out) {
+  constexpr uint64_t BLOCK = 4096;
+  uint64_t mapSize = target.env().mapSize();
+  uint64_t used = target.env().usedBytes();
+  uint64_t mapFree = mapSize > used ? mapSize - used : 0;
+  struct statvfs vfs;
+  uint64_t diskTotal = mapSize, diskFree = mapFree;
+  if (statvfs(target.dir().cStr(), &vfs) == 0) {
+    diskTotal = uint64_t(vfs.f_blocks) * vfs.f_frsize;
+    diskFree = uint64_t(vfs.f_bavail) * vfs.f_frsize;
+  }
+  // The smaller of the two limits is the real one; "total" is what is used plus what is free.
+  uint64_t free = kj::min(mapFree, diskFree);
+  uint64_t total = kj::min(mapSize, used + diskFree);
+  (void)diskTotal;
+  out.setBlockSize(BLOCK);
+  out.setTotalBlocks(total / BLOCK);
+  out.setFreeBlocks(free / BLOCK);
+  out.setNameMax(255);
+}
+
+kj::Promise<void> DataService::call(CallContext context) {
+  ++ctx_.rpcCount;
+  auto req = context.getParams().getRequest();
+  using R = rpc::DataRequest;
+  switch (req.which()) {
+    case R::READ: {
+      auto reply = context.getResults().initReply();
+      auto r = req.getRead();
+      KJ_REQUIRE(r.getLength() <= MAX_READ, "read too large", r.getLength());
+      try {
+        store::Txn txn(ctx_.target.env(), store::Txn::READ);
+        auto bytes = objects_.read(txn, r.getObjectId(), r.getOffset(), r.getLength());
+        reply.setData(bytes);
+      } catch (FsError& e) {
+        reply.setError(e.err());
+      }
+      reply.setLastSynced(ctx_.syncer.lastSynced());
+      return kj::READY_NOW;
+    }
+    case R::STATFS: {
+      auto reply = context.getResults().initReply();
+      targetStatFs(ctx_.target, reply.initStatfs());
+      reply.setLastSynced(ctx_.syncer.lastSynced());
+      return kj::READY_NOW;
+    }
+    case R::SYNC:
+      return ctx_.syncer.syncNow().then([this, context]() mutable {
+        context.getResults().initReply().setLastSynced(ctx_.syncer.lastSynced());
+      });
+    case R::WRITE:
+    case R::TRUNCATE:
+    case R::DESTROY: {
+      capnp::MallocMessageBuilder message;
+      ctx_.update<rpc::DataReply>(
+          *session_, req.getRequestId(), req.getOldestUnreplied(), message,
+          [&](store::Txn& txn, rpc::DataReply::Builder reply) {
+            switch (req.which()) {
+              case R::WRITE: {
+                auto w = req.getWrite();
+                objects_.write(txn, w.getObjectId(), w.getOffset(), w.getData());
+                break;
+              }
+              case R::TRUNCATE:
+                objects_.truncate(txn, req.getTruncate().getObjectId(),
+                                  req.getTruncate().getSize());
+                break;
+              case R::DESTROY:
+                objects_.destroy(txn, req.getDestroy());
+                break;
+              default:
+                KJ_UNREACHABLE;
+            }
+            reply.setNone();
+          });
+      context.getResults().setReply(message.getRoot<rpc::DataReply>());
+      return kj::READY_NOW;
+    }
+  }
+  KJ_FAIL_REQUIRE("unknown data request; the client is newer than this server",
+                  static_cast<uint>(req.which()));
+}
+
+}  // namespace cairn

@@ -1,0 +1,25 @@
+// The data service: one capability per connected client session of a data target. Turns a
+// DataRequest into ObjectStore calls inside one transaction.
+#pragma once
+
+#include "objserver/server.h"
+
+namespace cairn {
+
+class DataService final : public rpc::DataSession::Server {
+public:
+  DataService(ServerContext& ctx, kj::Own<ClientSession> session);
+  ~DataService() noexcept(false);
+
+  kj::Promise<void> call(CallContext context) override;
+
+private:
+  ServerContext& ctx_;
+  ObjectStore& objects_;
+  kj::Own<ClientSession> session_;
+};
+
+// Capacity of a data target: what its LMDB map and its filesystem can still take.
+void targetStatFs(Target& target, rpc::StatFs::Builder out);
+
+}  // namespace cairn

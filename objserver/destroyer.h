@@ -1,0 +1,38 @@
+// Removes the data objects of destroyed files from the data targets. The metadata target queues
+// them durably in the same transaction that destroys the inode; this works the queue off, one
+// file at a time, and takes an entry off only when every target has confirmed. A data target
+// that is down just delays it.
+#pragma once
+
+#include <kj/async.h>
+#include <kj/map.h>
+
+#include <map>
+
+#include "objserver/namespace.h"
+#include "objserver/server.h"
+#include "rpc/server_link.h"
+
+namespace cairn {
+
+class Destroyer {
+public:
+  Destroyer(ServerContext& ctx, Namespace& ns, const LinkIdentity& identity);
+  void start();
+  void poke();  // new work may be queued
+  void targetMoved(uint32_t index, kj::Array<kj::String> addresses);
+  size_t queued();
+
+private:
+  kj::Promise<void> loop();
+  kj::Maybe<ServerLink&> linkFor(uint32_t index);
+
+  ServerContext& ctx_;
+  Namespace& ns_;
+  LinkIdentity identity_;
+  std::map<uint32_t, kj::Own<ServerLink>> links_;
+  kj::Maybe<kj::Own<kj::PromiseFulfiller<void>>> wake_;
+  kj::Promise<void> running_ = nullptr;
+};
+
+}  // namespace cairn

@@ -1,0 +1,267 @@
+#include "objserver/meta_service.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+
+#include <kj/debug.h>
+#include <spdlog/spdlog.h>
+
+#include "objserver/destroyer.h"
+#include "objserver/namespace.h"
+#include "objserver/open_files.h"
+
+namespace cairn {
+
+namespace {
+constexpr uint32_t MAX_READDIR = 4096;
+
+Creds credsOf(rpc::MetaRequest::Reader req) {
+  return Creds{req.getCred().getUid(), req.getCred().getGid()};
+}
+
+bool isUpdate(rpc::MetaRequest::Which which) {
+  using R = rpc::MetaRequest;
+  switch (which) {
+    case R::SETATTR: case R::MKNOD: case R::MKDIR: case R::SYMLINK: case R::LINK:
+    case R::UNLINK: case R::RMDIR: case R::RENAME: case R::CREATE: case R::SETXATTR:
+    case R::REMOVEXATTR: case R::WROTE: case R::RESERVE_APPEND:
+      return true;
+    default:
+      return false;
+  }
+}
+
+void setOpened(const InodeData& node, rpc::MetaReply::Builder reply) {
+  auto opened = reply.initOpened();
+  node.toAttr(opened.initAttr());
+  if (node.isReg()) encodeLayout(node.layout, opened.initLayout());
+}
+}  // namespace
+
+MetaService::MetaService(ServerContext& ctx, kj::Own<ClientSession> session)
+    : ctx_(ctx), ns_(KJ_ASSERT_NONNULL(ctx.ns)), opens_(KJ_ASSERT_NONNULL(ctx.opens)),
+      session_(kj::mv(session)) {
+  ctx_.connected(*session_);
+}
+
+MetaService::~MetaService() noexcept(false) { ctx_.disconnected(*session_); }
+
+kj::Promise<void> MetaService::call(CallContext context) {
+  ++ctx_.rpcCount;
+  auto req = context.getParams().getRequest();
+  using R = rpc::MetaRequest;
+  if (req.which() == R::SYNC) {
+    return ctx_.syncer.syncNow().then([this, context]() mutable {
+      context.getResults().initReply().setLastSynced(ctx_.syncer.lastSynced());
+    });
+  }
+  if (req.which() == R::RELEASE) {
+    release(req.getRelease(), context.getResults().initReply());
+    return kj::READY_NOW;
+  }
+  if (isUpdate(req.which())) {
+    capnp::MallocMessageBuilder message;
+    update(req, message);
+    context.getResults().setReply(message.getRoot<rpc::MetaReply>());
+    KJ_IF_MAYBE(d, ctx_.destroyer) { d->poke(); }
+  } else {
+    auto reply = context.getResults().initReply();
+    try {
+      read(req, reply);
+    } catch (FsError& e) {
+      reply.setError(e.err());
+    }
+    reply.setLastSynced(ctx_.syncer.lastSynced());
+  }
+  return kj::READY_NOW;
+}
+
+void MetaService::read(rpc::MetaRequest::Reader req, rpc::MetaReply::Builder reply) {
+  using R = rpc::MetaRequest;
+  store::Txn txn(ctx_.target.env(), store::Txn::READ);
+  switch (req.which()) {
+    case R::GETATTR:
+      ns_.get(txn, req.getGetattr()).toAttr(reply.initAttr());
+      return;
+    case R::LOOKUP:
+      ns_.lookup(txn, req.getLookup().getParent(), req.getLookup().getName())
+          .toAttr(reply.initAttr());
+      return;
+    case R::OPEN: {
+      auto o = req.getOpen();
+      auto node = ns_.get(txn, o.getIno());
+      fsRequire(node.isReg() || node.isDir() || S_ISFIFO(node.mode) || S_ISCHR(node.mode) ||
+                    S_ISBLK(node.mode) || S_ISSOCK(node.mode),
+                EINVAL);
+      opens_.open(session_->key, o.getHandle(), node.ino);
+      setOpened(node, reply);
+      return;
+    }
+    case R::READDIR: {
+      auto r = req.getReaddir();
+      uint32_t max = kj::min(kj::max(r.getMaxEntries(), 1u), MAX_READDIR);
+      auto orphan = capnp::Orphanage::getForMessageContaining(reply)
+                        .newOrphan<capnp::List<rpc::DirEntry>>(max);
+      auto list = orphan.get();
+      uint32_t count = 0;
+      bool eof = ns_.readdir(txn, r.getIno(), r.getCookie(), max, &list, &count);
+      orphan.truncate(count);
+      auto entries = reply.initEntries();
+      entries.adoptList(kj::mv(orphan));
+      entries.setEof(eof);
+      return;
+    }
+    case R::READLINK: {
+      auto node = ns_.get(txn, req.getReadlink());
+      fsRequire(S_ISLNK(node.mode), EINVAL);
+      reply.setBytes(node.symlink);
+      return;
+    }
+    case R::STATFS: {
+      auto s = reply.initStatfs();
+      s.setBlockSize(4096);
+      uint64_t used = ns_.inodeCount(txn);
+      constexpr uint64_t INODE_LIMIT = uint64_t(1) << 32;
+      s.setTotalInodes(INODE_LIMIT);
+      s.setFreeInodes(INODE_LIMIT > used ? INODE_LIMIT - used : 0);
+      s.setNameMax(NAME_MAX_BYTES);
+      return;
+    }
+    case R::GETXATTR:
+      reply.setBytes(ns_.getxattr(txn, req.getGetxattr().getIno(), req.getGetxattr().getName()));
+      return;
+    case R::LISTXATTR: {
+      auto names = ns_.listxattr(txn, req.getListxattr());
+      auto out = reply.initNames(names.size());
+      for (auto i : kj::indices(names)) out.set(i, names[i]);
+      return;
+    }
+    case R::GET_TARGETS: {
+      size_t n = 0;
+      ns_.listTargets(txn, [&](rpc::TargetAddress::Reader) { ++n; });
+      auto out = reply.initTargets(n);
+      size_t i = 0;
+      ns_.listTargets(txn, [&](rpc::TargetAddress::Reader t) { out.setWithCaveats(i++, t); });
+      return;
+    }
+    default:
+      break;
+  }
+  KJ_UNIMPLEMENTED("unknown metadata request; the client is newer than this server",
+                   static_cast<uint>(req.which()));
+}
+
+void MetaService::update(rpc::MetaRequest::Reader req, capnp::MallocMessageBuilder& message) {
+  using R = rpc::MetaRequest;
+  ctx_.update<rpc::MetaReply>(
+      *session_, req.getRequestId(), req.getOldestUnreplied(), message,
+      [&](store::Txn& txn, rpc::MetaReply::Builder reply) {
+        switch (req.which()) {
+          case R::SETATTR:
+            ns_.setattr(txn, req.getSetattr()).toAttr(reply.initAttr());
+            return;
+          case R::MKNOD: {
+            auto m = req.getMknod();
+            fsRequire((m.getMode() & S_IFMT) != S_IFDIR && (m.getMode() & S_IFMT) != S_IFLNK,
+                      EINVAL);
+            ns_.make(txn, m.getParent(), m.getName(), m.getMode(), m.getRdev(), nullptr,
+                     credsOf(req)).toAttr(reply.initAttr());
+            return;
+          }
+          case R::MKDIR: {
+            auto m = req.getMkdir();
+            ns_.make(txn, m.getParent(), m.getName(), S_IFDIR | (m.getMode() & 07777), 0,
+                     nullptr, credsOf(req)).toAttr(reply.initAttr());
+            return;
+          }
+          case R::SYMLINK: {
+            auto s = req.getSymlink();
+            ns_.make(txn, s.getParent(), s.getName(), S_IFLNK | 0777, 0, s.getTarget(),
+                     credsOf(req)).toAttr(reply.initAttr());
+            return;
+          }
+          case R::LINK: {
+            auto l = req.getLink();
+            ns_.link(txn, l.getIno(), l.getNewParent(), l.getNewName()).toAttr(reply.initAttr());
+            return;
+          }
+          case R::UNLINK:
+            ns_.unlink(txn, req.getUnlink().getParent(), req.getUnlink().getName(), false);
+            reply.setNone();
+            return;
+          case R::RMDIR:
+            ns_.unlink(txn, req.getRmdir().getParent(), req.getRmdir().getName(), true);
+            reply.setNone();
+            return;
+          case R::RENAME: {
+            auto r = req.getRename();
+            ns_.rename(txn, r.getParent(), r.getName(), r.getNewParent(), r.getNewName(),
+                       r.getFlags());
+            reply.setNone();
+            return;
+          }
+          case R::CREATE: {
+            auto c = req.getCreate();
+            kj::Maybe<InodeData> made;
+            try {
+              made = ns_.make(txn, c.getParent(), c.getName(), S_IFREG | (c.getMode() & 07777),
+                              0, nullptr, credsOf(req));
+            } catch (FsError& e) {
+              // Another client made it first: without O_EXCL that is an ordinary open.
+              if (e.err() != EEXIST || (c.getFlags() & O_EXCL)) throw;
+              made = ns_.lookup(txn, c.getParent(), c.getName());
+              fsRequire(KJ_ASSERT_NONNULL(made).isReg(), EISDIR);
+            }
+            auto& node = KJ_ASSERT_NONNULL(made);
+            setOpened(node, reply);
+            return;
+          }
+          case R::SETXATTR: {
+            auto s = req.getSetxattr();
+            ns_.setxattr(txn, s.getIno(), s.getName(), s.getValue(), s.getFlags());
+            reply.setNone();
+            return;
+          }
+          case R::REMOVEXATTR:
+            ns_.removexattr(txn, req.getRemovexattr().getIno(), req.getRemovexattr().getName());
+            reply.setNone();
+            return;
+          case R::WROTE:
+            ns_.wrote(txn, req.getWrote().getIno(), req.getWrote().getEnd())
+                .toAttr(reply.initAttr());
+            return;
+          case R::RESERVE_APPEND:
+            reply.setOffset(ns_.reserveAppend(txn, req.getReserveAppend().getIno(),
+                                              req.getReserveAppend().getLength()));
+            return;
+          default:
+            KJ_UNREACHABLE;
+        }
+      });
+  // The open half of a create lives in memory; a resend registers it again (idempotent).
+  if (req.which() == R::CREATE) {
+    auto reply = message.getRoot<rpc::MetaReply>();
+    if (reply.getError() == 0) {
+      opens_.open(session_->key, req.getCreate().getHandle(),
+                  reply.getOpened().getAttr().getIno());
+    }
+  }
+}
+
+void MetaService::release(uint64_t handle, rpc::MetaReply::Builder reply) {
+  uint64_t ino = opens_.close(session_->key, handle);
+  if (ino != 0 && !opens_.isOpen(ino)) {
+    // The last close of an unlinked file destroys it.
+    try {
+      ctx_.commit([&](store::Txn& txn) { ns_.closed(txn, ino); });
+    } catch (FsError& e) {
+      // The orphan stays listed and is reaped at the next start.
+      spdlog::warn("cannot destroy orphan {}: {}", ino, e.what());
+    }
+    KJ_IF_MAYBE(d, ctx_.destroyer) { d->poke(); }
+  }
+  reply.setNone();
+  reply.setLastSynced(ctx_.syncer.lastSynced());
+}
+
+}  // namespace cairn

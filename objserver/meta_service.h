@@ -1,0 +1,28 @@
+// The metadata service: one capability per connected client session. A thin layer that turns a
+// MetaRequest into calls on the Namespace (the logic) inside one transaction, and the result or
+// the FsError into a MetaReply.
+#pragma once
+
+#include "objserver/server.h"
+
+namespace cairn {
+
+class MetaService final : public rpc::MetaSession::Server {
+public:
+  MetaService(ServerContext& ctx, kj::Own<ClientSession> session);
+  ~MetaService() noexcept(false);
+
+  kj::Promise<void> call(CallContext context) override;
+
+private:
+  void read(rpc::MetaRequest::Reader req, rpc::MetaReply::Builder reply);
+  void update(rpc::MetaRequest::Reader req, capnp::MallocMessageBuilder& message);
+  void release(uint64_t handle, rpc::MetaReply::Builder reply);
+
+  ServerContext& ctx_;
+  Namespace& ns_;
+  OpenFiles& opens_;
+  kj::Own<ClientSession> session_;
+};
+
+}  // namespace cairn

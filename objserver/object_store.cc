@@ -1,0 +1,117 @@
+#include "objserver/object_store.h"
+
+#include <kj/debug.h>
+
+#include "rpc/errors.h"
+
+namespace cairn {
+
+namespace {
+struct ChunkKey {
+  kj::byte bytes[16];
+  ChunkKey(uint64_t object, uint64_t chunk) {
+    store::writeU64(bytes, object);
+    store::writeU64(bytes + 8, chunk);
+  }
+  store::Bytes ptr() const { return kj::arrayPtr(bytes, 16); }
+};
+
+// The largest offset we accept: file offsets are signed 64-bit in POSIX.
+constexpr uint64_t MAX_OFFSET = uint64_t(INT64_MAX);
+}  // namespace
+
+ObjectStore::ObjectStore(Target& target) : chunks_(target.db("chunks")) {}
+
+void ObjectStore::write(store::Txn& txn, uint64_t object, uint64_t offset,
+                        kj::ArrayPtr<const kj::byte> data) {
+  fsRequire(offset <= MAX_OFFSET && data.size() <= MAX_OFFSET - offset, EFBIG);
+  uint64_t end = offset + data.size();
+  uint64_t pos = offset;
+  while (pos < end) {
+    uint64_t chunk = pos / CHUNK_SIZE;
+    uint64_t within = pos % CHUNK_SIZE;
+    uint64_t n = kj::min(CHUNK_SIZE - within, end - pos);
+    ChunkKey key(object, chunk);
+    auto piece = data.slice(pos - offset, pos - offset + n);
+    if (within == 0 && n == CHUNK_SIZE) {
+      txn.put(chunks_, key.ptr(), piece);
+    } else {
+      // Partial chunk: merge with what is stored.
+      kj::byte buf[CHUNK_SIZE];
+      size_t have = 0;
+      KJ_IF_MAYBE(old, txn.get(chunks_, key.ptr())) {
+        have = old->size();
+        memcpy(buf, old->begin(), have);
+      }
+      if (have < within) memset(buf + have, 0, within - have);
+      memcpy(buf + within, piece.begin(), n);
+      size_t len = kj::max(have, size_t(within + n));
+      txn.put(chunks_, key.ptr(), kj::arrayPtr(buf, len));
+    }
+    pos += n;
+  }
+}
+
+kj::Array<kj::byte> ObjectStore::read(store::Txn& txn, uint64_t object, uint64_t offset,
+                                      uint32_t length) {
+  fsRequire(offset <= MAX_OFFSET, EINVAL);
+  uint64_t end = offset + kj::min(uint64_t(length), MAX_OFFSET - offset);
+  auto out = kj::heapArray<kj::byte>(end - offset);
+  memset(out.begin(), 0, out.size());
+  size_t filled = 0;  // one past the last stored byte copied
+  store::Cursor cursor(txn, chunks_);
+  ChunkKey first(object, offset / CHUNK_SIZE);
+  for (auto item = cursor.seek(first.ptr());; item = cursor.next()) {
+    KJ_IF_MAYBE(i, item) {
+      if (store::readU64(i->key, 0) != object) break;
+      uint64_t chunkStart = store::readU64(i->key, 8) * CHUNK_SIZE;
+      if (chunkStart >= end) break;
+      uint64_t from = kj::max(chunkStart, offset);
+      uint64_t to = kj::min(chunkStart + i->value.size(), end);
+      if (from < to) {
+        memcpy(out.begin() + (from - offset), i->value.begin() + (from - chunkStart), to - from);
+        filled = to - offset;
+      }
+    } else {
+      break;
+    }
+  }
+  return kj::heapArray(out.slice(0, filled));
+}
+
+void ObjectStore::truncate(store::Txn& txn, uint64_t object, uint64_t size) {
+  fsRequire(size <= MAX_OFFSET, EINVAL);
+  uint64_t firstGone = size / CHUNK_SIZE;
+  uint64_t within = size % CHUNK_SIZE;
+  if (within > 0) {
+    ChunkKey boundary(object, firstGone);
+    KJ_IF_MAYBE(old, txn.get(chunks_, boundary.ptr())) {
+      if (old->size() > within) {
+        kj::byte buf[CHUNK_SIZE];
+        memcpy(buf, old->begin(), within);
+        txn.put(chunks_, boundary.ptr(), kj::arrayPtr(buf, within));
+      }
+    }
+    ++firstGone;
+  }
+  store::Cursor cursor(txn, chunks_);
+  ChunkKey start(object, firstGone);
+  for (auto item = cursor.seek(start.ptr());; item = cursor.seek(start.ptr())) {
+    KJ_IF_MAYBE(i, item) {
+      if (store::readU64(i->key, 0) != object) break;
+      cursor.del();
+    } else {
+      break;
+    }
+  }
+}
+
+void ObjectStore::destroy(store::Txn& txn, uint64_t object) { truncate(txn, object, 0); }
+
+uint64_t ObjectStore::objectCount(store::Txn& txn) {
+  MDB_stat stat;
+  store::check(mdb_stat(txn.get(), chunks_, &stat), "mdb_stat");
+  return stat.ms_entries;
+}
+
+}  // namespace cairn

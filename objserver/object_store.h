@@ -1,0 +1,30 @@
+// File objects on a data target, kept in fixed-size chunks: key objectId + chunk index, value
+// up to CHUNK_SIZE bytes. A missing chunk, or the part of a chunk past its stored length, is a
+// hole and reads as zeros, so sparse files cost only what was written.
+#pragma once
+
+#include <kj/array.h>
+
+#include "objserver/store.h"
+#include "objserver/target.h"
+
+namespace cairn {
+
+class ObjectStore {
+public:
+  static constexpr uint64_t CHUNK_SIZE = 64 * 1024;
+
+  explicit ObjectStore(Target& target);
+
+  void write(store::Txn& txn, uint64_t object, uint64_t offset, kj::ArrayPtr<const kj::byte> data);
+  // Returns `length` bytes at `offset` (zeros in holes), cut after the last stored byte.
+  kj::Array<kj::byte> read(store::Txn& txn, uint64_t object, uint64_t offset, uint32_t length);
+  void truncate(store::Txn& txn, uint64_t object, uint64_t size);
+  void destroy(store::Txn& txn, uint64_t object);
+  uint64_t objectCount(store::Txn& txn);
+
+private:
+  MDB_dbi chunks_;
+};
+
+}  // namespace cairn

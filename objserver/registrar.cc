@@ -1,0 +1,36 @@
+#include "objserver/registrar.h"
+
+#include <spdlog/spdlog.h>
+
+namespace cairn {
+
+Registrar::Registrar(kj::AsyncIoContext& io, Target& target, kj::Array<kj::String> metaAddresses,
+                     kj::String advertise, const LinkIdentity& identity)
+    : target_(target), advertise_(kj::mv(advertise)),
+      link_(io.provider->getNetwork(), io.provider->getTimer(), kj::str("data->meta"),
+            kj::mv(metaAddresses), identity) {
+  link_.setRecovery([this]() {
+    return link_.server(ServerLink::Class::RECOVERY).then([this](rpc::Bootstrap::Client server) {
+      auto req = server.registerTargetRequest();
+      req.setFsUuid(target_.fsUuid());
+      auto t = req.initTarget();
+      t.setIndex(target_.index());
+      t.setKind(rpc::TargetKind::DATA);
+      t.initAddresses(1).set(0, advertise_);
+      return req.send().then(
+          [this](auto&&) {
+            registered_ = true;
+            spdlog::info("registered data target {} at {} with the metadata server",
+                         target_.index(), advertise_.cStr());
+          },
+          [](kj::Exception&& e) {
+            // Most likely a target of another filesystem: say so loudly, keep trying slowly.
+            spdlog::error("the metadata server refused this target: {}",
+                          e.getDescription().cStr());
+            kj::throwRecoverableException(kj::mv(e));
+          });
+    });
+  });
+}
+
+}  // namespace cairn

@@ -1,0 +1,168 @@
+#include "objserver/server.h"
+
+#include <kj/debug.h>
+#include <kj/encoding.h>
+#include <spdlog/spdlog.h>
+
+#include "objserver/data_service.h"
+#include "objserver/destroyer.h"
+#include "objserver/meta_service.h"
+#include "objserver/namespace.h"
+#include "objserver/object_store.h"
+#include "objserver/open_files.h"
+#include "rpc/feature_flags.h"
+
+namespace cairn {
+
+void ServerContext::ErrorHandler::taskFailed(kj::Exception&& e) {
+  spdlog::warn("server task failed: {}", e.getDescription().cStr());
+}
+
+ServerContext::ServerContext(kj::AsyncIoContext& io, Target& target, ServerConfig config)
+    : io(io), target(target), config(kj::mv(config)),
+      syncer(target, std::chrono::milliseconds(100)), clients(target),
+      started(io.provider->getTimer().now()), tasks(errorHandler_) {}
+
+ServerContext::~ServerContext() noexcept(false) {}
+
+ClientSession& ServerContext::session(rpc::Hello::Reader hello) {
+  KJ_REQUIRE(hello.getClientUuid().size() == 16, "a client uuid is 16 bytes",
+             hello.getClientUuid().size());
+  std::string key = kj::encodeHex(hello.getClientUuid()).cStr();
+  auto it = sessions.find(key);
+  if (it == sessions.end()) {
+    auto s = kj::refcounted<ClientSession>();
+    s->uuid = kj::heapArray(hello.getClientUuid());
+    s->key = key;
+    {
+      store::Txn txn(target.env(), store::Txn::READ);
+      s->lastRequestId = clients.lastRequestId(txn, s->uuid);
+    }
+    it = sessions.emplace(key, kj::mv(s)).first;
+  }
+  auto& s = *it->second;
+  s.hostName = kj::str(hello.getHostName());
+  s.softwareVersion = kj::str(hello.getSoftwareVersion());
+  s.features = hello.getFeatures();
+  s.role = hello.getRole();
+  return s;
+}
+
+void ServerContext::connected(ClientSession& session) {
+  ++session.connections;
+}
+
+void ServerContext::disconnected(ClientSession& session) {
+  KJ_ASSERT(session.connections > 0);
+  if (--session.connections > 0) return;
+  uint64_t epoch = ++session.disconnects;
+  spdlog::info("client {} ({}) disconnected; keeping its opens for {} s", session.key,
+               session.hostName.cStr(), config.disconnectGrace / kj::SECONDS);
+  // The session object outlives this capability: it stays in `sessions`.
+  tasks.add(io.provider->getTimer().afterDelay(config.disconnectGrace).then([this, &session, epoch]() {
+    if (session.connections == 0 && session.disconnects == epoch) dropOpens(session);
+  }));
+}
+
+void ServerContext::dropOpens(ClientSession& session) {
+  KJ_IF_MAYBE(o, opens) {
+    auto inos = o->closeAll(session.key);
+    if (inos.empty()) return;
+    spdlog::info("client {} did not come back: closed its {} open files", session.key,
+                 inos.size());
+    auto& n = KJ_ASSERT_NONNULL(ns);
+    commit([&](store::Txn& txn) {
+      for (uint64_t ino : inos) n.closed(txn, ino);
+    });
+    KJ_IF_MAYBE(d, destroyer) { d->poke(); }
+  }
+}
+
+kj::Promise<void> ServerImpl::connect(ConnectContext context) {
+  auto hello = context.getParams().getHello();
+  auto& session = ctx_.session(hello);
+  spdlog::info("{} {} connected from {} (version {}, features {:#x})",
+               hello.getRole() == rpc::Hello::Role::CLIENT ? "client" : "peer", session.key,
+               session.hostName.cStr(), session.softwareVersion.cStr(), session.features);
+  auto results = context.getResults();
+  auto info = results.initInfo();
+  info.setSoftwareVersion(ctx_.target.softwareVersion());
+  info.setFeatures(features::SUPPORTED);
+  info.setKind(ctx_.target.kind());
+  info.setFsName(ctx_.target.fsName());
+  info.setFsUuid(ctx_.target.fsUuid());
+  info.setTargetIndex(ctx_.target.index());
+  info.setInstance(ctx_.target.instance());
+  if (ctx_.target.kind() == rpc::TargetKind::META) {
+    results.setMeta(kj::heap<MetaService>(ctx_, kj::addRef(session)));
+  } else {
+    results.setData(kj::heap<DataService>(ctx_, kj::addRef(session)));
+  }
+  return kj::READY_NOW;
+}
+
+kj::Promise<void> ServerImpl::status(StatusContext context) {
+  auto s = context.getResults().initStatus();
+  auto info = s.initInfo();
+  info.setSoftwareVersion(ctx_.target.softwareVersion());
+  info.setFeatures(features::SUPPORTED);
+  info.setKind(ctx_.target.kind());
+  info.setFsName(ctx_.target.fsName());
+  info.setFsUuid(ctx_.target.fsUuid());
+  info.setTargetIndex(ctx_.target.index());
+  info.setInstance(ctx_.target.instance());
+  s.setAddress(ctx_.config.advertise);
+  s.setState("serving");
+  s.setUptimeMs((ctx_.io.provider->getTimer().now() - ctx_.started) / kj::MILLISECONDS);
+  s.setLastTransno(ctx_.target.lastCommitted());
+  s.setLastSynced(ctx_.syncer.lastSynced());
+  s.setMapUsedBytes(ctx_.target.env().usedBytes());
+  s.setMapSizeBytes(ctx_.target.env().mapSize());
+  s.setRpcCount(ctx_.rpcCount);
+  size_t n = 0;
+  for (auto& [k, v] : ctx_.sessions) {
+    if (v->role == rpc::Hello::Role::CLIENT) ++n;
+  }
+  auto list = s.initClients(n);
+  size_t i = 0;
+  for (auto& [k, v] : ctx_.sessions) {
+    if (v->role != rpc::Hello::Role::CLIENT) continue;
+    auto c = list[i++];
+    c.setUuid(v->uuid);
+    c.setHostName(v->hostName);
+    c.setSoftwareVersion(v->softwareVersion);
+    c.setConnected(v->connections > 0);
+    c.setLastRequestId(v->lastRequestId);
+    KJ_IF_MAYBE(o, ctx_.opens) { c.setOpenFiles(o->countFor(v->key)); }
+  }
+  KJ_IF_MAYBE(ns, ctx_.ns) {
+    store::Txn txn(ctx_.target.env(), store::Txn::READ);
+    size_t count = 0;
+    ns->listTargets(txn, [&](rpc::TargetAddress::Reader) { ++count; });
+    auto targets = s.initTargets(count);
+    size_t j = 0;
+    ns->listTargets(txn, [&](rpc::TargetAddress::Reader t) { targets.setWithCaveats(j++, t); });
+  }
+  return kj::READY_NOW;
+}
+
+kj::Promise<void> ServerImpl::registerTarget(RegisterTargetContext context) {
+  auto params = context.getParams();
+  auto& ns = KJ_REQUIRE_NONNULL(ctx_.ns, "only a metadata server keeps the target list");
+  KJ_REQUIRE(params.getFsUuid() == ctx_.target.fsUuid(),
+             "the target belongs to another filesystem",
+             kj::encodeHex(params.getFsUuid()), kj::encodeHex(ctx_.target.fsUuid()));
+  auto t = params.getTarget();
+  KJ_REQUIRE(t.getKind() == rpc::TargetKind::DATA, "only data targets register");
+  KJ_REQUIRE(t.getAddresses().size() > 0 && t.getAddresses().size() <= 8,
+             "a target has 1 to 8 addresses");
+  ctx_.commit([&](store::Txn& txn) { ns.registerTarget(txn, t); });
+  kj::Vector<kj::String> addresses;
+  for (auto a : t.getAddresses()) addresses.add(kj::str(a));
+  spdlog::info("data target {} registered at {}", t.getIndex(),
+               kj::strArray(addresses, ",").cStr());
+  KJ_IF_MAYBE(d, ctx_.destroyer) { d->targetMoved(t.getIndex(), addresses.releaseAsArray()); }
+  return kj::READY_NOW;
+}
+
+}  // namespace cairn

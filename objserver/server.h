@@ -1,0 +1,145 @@
+// The server of one target: the bootstrap capability every peer gets (connect, status,
+// registerTarget), the client sessions, and what the meta and data services share.
+#pragma once
+
+#include <capnp/message.h>
+#include <kj/async-io.h>
+#include <kj/map.h>
+#include <kj/refcount.h>
+
+#include <map>
+#include <string>
+
+#include "objserver/client_table.h"
+#include "objserver/syncer.h"
+#include "objserver/target.h"
+#include "rpc/cairn.capnp.h"
+#include "rpc/errors.h"
+
+namespace cairn {
+
+class Namespace;
+class ObjectStore;
+class OpenFiles;
+class Destroyer;
+
+// One client (or peer server) as the server knows it, across its reconnections.
+struct ClientSession : public kj::Refcounted {
+  kj::Array<kj::byte> uuid;
+  std::string key;  // uuid as hex
+  kj::String hostName;
+  kj::String softwareVersion;
+  uint64_t features = 0;
+  rpc::Hello::Role role = rpc::Hello::Role::CLIENT;
+  uint32_t connections = 0;
+  uint64_t lastRequestId = 0;
+  uint64_t prunedBelow = 0;
+  uint64_t disconnects = 0;  // bumped on each disconnect, so a stale grace timer does nothing
+};
+
+struct ServerConfig {
+  kj::String advertise;                            // HOST:PORT given to peers
+  kj::Duration disconnectGrace = 30 * kj::SECONDS; // opens of a vanished client are kept this long
+  kj::Duration recoveryWindow = 30 * kj::SECONDS;  // orphans wait this long for open replay
+};
+
+class ServerContext {
+public:
+  ServerContext(kj::AsyncIoContext& io, Target& target, ServerConfig config);
+  ~ServerContext() noexcept(false);
+
+  kj::AsyncIoContext& io;
+  Target& target;
+  ServerConfig config;
+  Syncer syncer;
+  ClientTable clients;
+  kj::TimePoint started;
+  uint64_t rpcCount = 0;
+  std::map<std::string, kj::Own<ClientSession>> sessions;
+  kj::TaskSet tasks;
+
+  // Set for a metadata target.
+  kj::Maybe<Namespace&> ns;
+  kj::Maybe<OpenFiles&> opens;
+  kj::Maybe<Destroyer&> destroyer;
+  // Set for a data target.
+  kj::Maybe<ObjectStore&> objects;
+
+  ClientSession& session(rpc::Hello::Reader hello);
+  void connected(ClientSession& session);
+  void disconnected(ClientSession& session);
+
+  // Runs one update: a resend is answered from the reply record; otherwise `apply` runs in one
+  // write transaction with a new transaction number, and the reply is recorded in it.
+  template <typename Reply, typename Apply>
+  void update(ClientSession& session, uint64_t requestId, uint64_t oldestUnreplied,
+              capnp::MallocMessageBuilder& message, Apply&& apply);
+
+  // One write transaction with its own transaction number, for changes no client asked for
+  // (closing a vanished client's files, the destroy queue, the target list).
+  template <typename Apply>
+  void commit(Apply&& apply) {
+    store::Txn txn(target.env(), store::Txn::WRITE);
+    uint64_t transno = target.nextTransno(txn);
+    apply(txn);
+    txn.commit();
+    target.committed(transno);
+  }
+
+private:
+  class ErrorHandler : public kj::TaskSet::ErrorHandler {
+  public:
+    void taskFailed(kj::Exception&& e) override;
+  };
+  ErrorHandler errorHandler_;
+  void dropOpens(ClientSession& session);
+};
+
+// The bootstrap capability.
+class ServerImpl final : public rpc::Bootstrap::Server {
+public:
+  explicit ServerImpl(ServerContext& ctx) : ctx_(ctx) {}
+
+  kj::Promise<void> connect(ConnectContext context) override;
+  kj::Promise<void> status(StatusContext context) override;
+  kj::Promise<void> registerTarget(RegisterTargetContext context) override;
+
+private:
+  ServerContext& ctx_;
+};
+
+template <typename Reply, typename Apply>
+void ServerContext::update(ClientSession& session, uint64_t requestId, uint64_t oldestUnreplied,
+                           capnp::MallocMessageBuilder& message, Apply&& apply) {
+  if (requestId != 0) {
+    store::Txn txn(target.env(), store::Txn::READ);
+    KJ_IF_MAYBE(words, clients.find(txn, session.uuid, requestId)) {
+      capnp::FlatArrayMessageReader recorded(*words);
+      message.setRoot(recorded.getRoot<Reply>());
+      message.getRoot<Reply>().setLastSynced(syncer.lastSynced());
+      return;
+    }
+  }
+  try {
+    auto reply = message.initRoot<Reply>();
+    store::Txn txn(target.env(), store::Txn::WRITE);
+    uint64_t transno = target.nextTransno(txn);
+    apply(txn, reply);
+    reply.setTransno(transno);
+    if (requestId != 0) {
+      clients.record(txn, session.uuid, requestId, message);
+      if (oldestUnreplied > session.prunedBelow + 64) {
+        clients.prune(txn, session.uuid, oldestUnreplied);
+        session.prunedBelow = oldestUnreplied;
+      }
+      session.lastRequestId = kj::max(session.lastRequestId, requestId);
+    }
+    txn.commit();
+    target.committed(transno);
+  } catch (FsError& e) {
+    message.initRoot<Reply>().setError(e.err());
+  }
+  message.getRoot<Reply>().setLastSynced(syncer.lastSynced());
+}
+
+}  // namespace cairn

@@ -1,0 +1,147 @@
+#include "objserver/store.h"
+
+#include <kj/debug.h>
+
+#include "rpc/errors.h"
+
+namespace cairn::store {
+
+void check(int rc, const char* what) {
+  if (rc == MDB_SUCCESS) return;
+  // A full map or a full disk is the client's ENOSPC, not the server's failure.
+  if (rc == MDB_MAP_FULL || rc == ENOSPC || rc == EDQUOT) throw FsError(ENOSPC);
+  KJ_FAIL_REQUIRE("LMDB call failed", what, rc, mdb_strerror(rc));
+}
+
+namespace {
+MDB_val toVal(Bytes b) {
+  return MDB_val{b.size(), const_cast<kj::byte*>(b.begin())};
+}
+Bytes fromVal(const MDB_val& v) {
+  return kj::arrayPtr(static_cast<const kj::byte*>(v.mv_data), v.mv_size);
+}
+}  // namespace
+
+Env::Env(kj::StringPtr dir, Options options) : mapSize_(options.mapSize) {
+  check(mdb_env_create(&env_), "mdb_env_create");
+  KJ_ON_SCOPE_FAILURE(mdb_env_close(env_));
+  check(mdb_env_set_mapsize(env_, options.mapSize), "mdb_env_set_mapsize");
+  check(mdb_env_set_maxdbs(env_, options.maxDbs), "mdb_env_set_maxdbs");
+  // NOSYNC: a commit survives a crash of this process at once; the syncer thread makes it
+  // survive a host crash, and replies report how far that has got (lastSynced).
+  int rc = mdb_env_open(env_, dir.cStr(), MDB_NOSYNC | MDB_NOTLS, 0600);
+  if (rc != MDB_SUCCESS) {
+    KJ_FAIL_REQUIRE("cannot open the target's LMDB environment", dir, rc, mdb_strerror(rc));
+  }
+}
+
+Env::~Env() noexcept(false) {
+  if (env_ != nullptr) {
+    mdb_env_sync(env_, 1);
+    mdb_env_close(env_);
+  }
+}
+
+MDB_dbi Env::openDb(kj::StringPtr name) {
+  Txn txn(*this, Txn::WRITE);
+  MDB_dbi dbi;
+  check(mdb_dbi_open(txn.get(), name.cStr(), MDB_CREATE, &dbi), "mdb_dbi_open");
+  txn.commit();
+  return dbi;
+}
+
+void Env::sync() { check(mdb_env_sync(env_, 1), "mdb_env_sync"); }
+
+uint64_t Env::usedBytes() {
+  MDB_envinfo info;
+  MDB_stat stat;
+  check(mdb_env_info(env_, &info), "mdb_env_info");
+  check(mdb_env_stat(env_, &stat), "mdb_env_stat");
+  return uint64_t(info.me_last_pgno + 1) * stat.ms_psize;
+}
+
+Txn::Txn(Env& env, Mode mode) {
+  check(mdb_txn_begin(env.get(), nullptr, mode == READ ? MDB_RDONLY : 0, &txn_), "mdb_txn_begin");
+}
+
+Txn::~Txn() noexcept(false) {
+  if (txn_ != nullptr) mdb_txn_abort(txn_);
+}
+
+void Txn::commit() {
+  KJ_REQUIRE(txn_ != nullptr, "transaction already ended");
+  MDB_txn* t = txn_;
+  txn_ = nullptr;  // mdb_txn_commit frees the transaction even when it fails
+  check(mdb_txn_commit(t), "mdb_txn_commit");
+}
+
+kj::Maybe<Bytes> Txn::get(MDB_dbi dbi, Bytes key) {
+  MDB_val k = toVal(key), v;
+  int rc = mdb_get(txn_, dbi, &k, &v);
+  if (rc == MDB_NOTFOUND) return nullptr;
+  check(rc, "mdb_get");
+  return fromVal(v);
+}
+
+void Txn::put(MDB_dbi dbi, Bytes key, Bytes value, unsigned flags) {
+  MDB_val k = toVal(key), v = toVal(value);
+  check(mdb_put(txn_, dbi, &k, &v, flags), "mdb_put");
+}
+
+bool Txn::del(MDB_dbi dbi, Bytes key) {
+  MDB_val k = toVal(key);
+  int rc = mdb_del(txn_, dbi, &k, nullptr);
+  if (rc == MDB_NOTFOUND) return false;
+  check(rc, "mdb_del");
+  return true;
+}
+
+void Txn::putMessage(MDB_dbi dbi, Bytes key, capnp::MessageBuilder& message) {
+  auto words = capnp::messageToFlatArray(message);
+  put(dbi, key, words.asBytes());
+}
+
+Cursor::Cursor(Txn& txn, MDB_dbi dbi) {
+  check(mdb_cursor_open(txn.get(), dbi, &cursor_), "mdb_cursor_open");
+}
+
+Cursor::~Cursor() { mdb_cursor_close(cursor_); }
+
+kj::Maybe<Cursor::Item> Cursor::op(MDB_cursor_op o, Bytes key) {
+  MDB_val k = toVal(key), v;
+  int rc = mdb_cursor_get(cursor_, &k, &v, o);
+  if (rc == MDB_NOTFOUND) return nullptr;
+  check(rc, "mdb_cursor_get");
+  return Item{fromVal(k), fromVal(v)};
+}
+
+kj::Maybe<Cursor::Item> Cursor::seek(Bytes key) { return op(MDB_SET_RANGE, key); }
+kj::Maybe<Cursor::Item> Cursor::next() { return op(MDB_NEXT); }
+kj::Maybe<Cursor::Item> Cursor::first() { return op(MDB_FIRST); }
+void Cursor::del() { check(mdb_cursor_del(cursor_, 0), "mdb_cursor_del"); }
+
+StoredMessage::StoredMessage(Bytes value) {
+  KJ_REQUIRE(value.size() % sizeof(capnp::word) == 0, "stored record is not a message",
+             value.size());
+  words_ = kj::heapArray<capnp::word>(value.size() / sizeof(capnp::word));
+  memcpy(words_.begin(), value.begin(), value.size());
+  reader_ = kj::heap<capnp::FlatArrayMessageReader>(words_);
+}
+
+U64Key::U64Key(uint64_t v) { writeU64(bytes, v); }
+
+void writeU64(kj::byte* out, uint64_t v) {
+  for (int i = 7; i >= 0; --i) {
+    out[i] = kj::byte(v & 0xff);
+    v >>= 8;
+  }
+}
+
+uint64_t readU64(Bytes b, size_t at) {
+  KJ_REQUIRE(b.size() >= at + 8, "key too short", b.size());
+  uint64_t v = 0;
+  for (size_t i = 0; i < 8; ++i) v = (v << 8) | b[at + i];
+  return v;
+}
+
+}  // namespace cairn::store

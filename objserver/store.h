@@ -1,0 +1,109 @@
+// RAII over LMDB: an environment, its transactions and cursors. Every return code goes through
+// check(), which throws: MDB_MAP_FULL (and a full disk) as FsError(ENOSPC), so a client gets
+// ENOSPC and the server keeps running; anything else as a kj exception naming the call.
+//
+// All transactions run on the server's event-loop thread and are kept short; only the syncer
+// thread touches the environment otherwise (mdb_env_sync is safe from any thread).
+#pragma once
+
+#include <capnp/message.h>
+#include <capnp/serialize.h>
+#include <kj/array.h>
+#include <kj/common.h>
+#include <kj/memory.h>
+#include <kj/string.h>
+#include <lmdb.h>
+
+#include <cstdint>
+
+namespace cairn::store {
+
+using Bytes = kj::ArrayPtr<const kj::byte>;
+
+void check(int rc, const char* what);
+
+class Env {
+public:
+  struct Options {
+    uint64_t mapSize = uint64_t(1) << 40;  // address space only; the file grows as used
+    unsigned maxDbs = 16;
+  };
+  Env(kj::StringPtr dir, Options options);
+  ~Env() noexcept(false);
+  KJ_DISALLOW_COPY(Env);
+
+  MDB_env* get() { return env_; }
+  MDB_dbi openDb(kj::StringPtr name);  // creates it if missing; call once at start-up
+  void sync();                         // flush everything committed so far to disk
+  uint64_t mapSize() const { return mapSize_; }
+  uint64_t usedBytes();
+
+private:
+  MDB_env* env_ = nullptr;
+  uint64_t mapSize_;
+};
+
+class Txn {
+public:
+  enum Mode { READ, WRITE };
+  Txn(Env& env, Mode mode);
+  ~Txn() noexcept(false);
+  KJ_DISALLOW_COPY(Txn);
+
+  MDB_txn* get() { return txn_; }
+  void commit();
+
+  kj::Maybe<Bytes> get(MDB_dbi dbi, Bytes key);
+  void put(MDB_dbi dbi, Bytes key, Bytes value, unsigned flags = 0);
+  // Returns false if the key was absent.
+  bool del(MDB_dbi dbi, Bytes key);
+
+  // Stores a Cap'n Proto message as a flat array of words.
+  void putMessage(MDB_dbi dbi, Bytes key, capnp::MessageBuilder& message);
+
+private:
+  MDB_txn* txn_ = nullptr;
+};
+
+class Cursor {
+public:
+  Cursor(Txn& txn, MDB_dbi dbi);
+  ~Cursor();
+  KJ_DISALLOW_COPY(Cursor);
+
+  struct Item {
+    Bytes key;
+    Bytes value;
+  };
+  kj::Maybe<Item> seek(Bytes key);  // first key >= key
+  kj::Maybe<Item> next();
+  kj::Maybe<Item> first();
+  void del();                       // the current item
+
+private:
+  kj::Maybe<Item> op(MDB_cursor_op op, Bytes key = nullptr);
+  MDB_cursor* cursor_ = nullptr;
+};
+
+// A Cap'n Proto reader over an LMDB value. LMDB does not align values, so the words are copied.
+class StoredMessage {
+public:
+  explicit StoredMessage(Bytes value);
+  template <typename T>
+  typename T::Reader getRoot() { return reader_->getRoot<T>(); }
+
+private:
+  kj::Array<capnp::word> words_;
+  kj::Own<capnp::FlatArrayMessageReader> reader_;
+};
+
+// Keys: fixed-width big-endian integers sort in numeric order.
+struct U64Key {
+  kj::byte bytes[8];
+  explicit U64Key(uint64_t v);
+  Bytes ptr() const { return kj::arrayPtr(bytes, 8); }
+};
+uint64_t readU64(Bytes b, size_t at = 0);
+void writeU64(kj::byte* out, uint64_t v);
+
+}  // namespace cairn::store

@@ -1,0 +1,223 @@
+#include "objserver/target.h"
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <capnp/message.h>
+#include <kj/debug.h>
+#include <kj/encoding.h>
+#include <spdlog/spdlog.h>
+
+#include <random>
+
+#include "rpc/version.h"
+
+namespace cairn {
+
+namespace {
+
+constexpr uint32_t FORMAT_VERSION = 1;
+constexpr kj::StringPtr HEADER_KEY = "header"_kj;
+constexpr kj::StringPtr TRANSNO_KEY = "lastTransno"_kj;
+
+store::Bytes keyOf(kj::StringPtr s) { return s.asBytes(); }
+
+bool fileExists(kj::StringPtr path) {
+  struct stat st;
+  return stat(path.cStr(), &st) == 0;
+}
+
+kj::Array<kj::byte> parseUuid(kj::StringPtr hex) {
+  auto decoded = kj::decodeHex(hex.asArray());
+  KJ_REQUIRE(!decoded.hadErrors && decoded.size() == 16, "a filesystem uuid is 32 hex digits",
+             hex);
+  return kj::mv(decoded);
+}
+
+kj::Array<kj::byte> randomUuid() {
+  std::random_device rd;
+  auto out = kj::heapArray<kj::byte>(16);
+  for (auto& b : out) b = kj::byte(rd());
+  return out;
+}
+
+// Takes the exclusive owner lock: two processes must never serve one target.
+int takeOwnerLock(kj::StringPtr dir) {
+  auto path = kj::str(dir, "/owner.lock");
+  int fd = open(path.cStr(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  KJ_REQUIRE(fd >= 0, "cannot open the target's owner lock", path, strerror(errno));
+  if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    char buf[32] = {};
+    ssize_t n = pread(fd, buf, sizeof(buf) - 1, 0);
+    close(fd);
+    KJ_FAIL_REQUIRE("the target is being served by another process", dir,
+                    kj::str("owner pid ", n > 0 ? kj::StringPtr(buf) : "unknown"_kj));
+  }
+  auto pid = kj::str(getpid(), "\n");
+  KJ_SYSCALL(ftruncate(fd, 0));
+  KJ_SYSCALL(pwrite(fd, pid.begin(), pid.size(), 0));
+  return fd;
+}
+
+}  // namespace
+
+kj::String hexString(kj::ArrayPtr<const kj::byte> bytes) { return kj::encodeHex(bytes); }
+
+void Target::format(kj::StringPtr dir, const FormatOptions& options) {
+  KJ_REQUIRE(options.fsName.size() > 0 && options.fsName.size() <= 64,
+             "a filesystem name is 1 to 64 characters", options.fsName);
+  if (mkdir(dir.cStr(), 0700) != 0 && errno != EEXIST) {
+    KJ_FAIL_SYSCALL("mkdir", errno, dir);
+  }
+  KJ_REQUIRE(!fileExists(kj::str(dir, "/data.mdb")), "the directory already holds a target; "
+             "refusing to format over it", dir);
+  int ownerFd = takeOwnerLock(dir);
+  KJ_DEFER(close(ownerFd));
+
+  store::Env env(dir, store::Env::Options{});
+  MDB_dbi dbi = env.openDb("target");
+  store::Txn txn(env, store::Txn::WRITE);
+  capnp::MallocMessageBuilder message;
+  auto header = message.initRoot<rpc::TargetHeader>();
+  header.setFsName(options.fsName);
+  header.setFsUuid(options.fsUuid.size() > 0 ? parseUuid(options.fsUuid) : randomUuid());
+  header.setKind(options.kind);
+  header.setIndex(options.index);
+  header.setFormatVersion(FORMAT_VERSION);
+  header.setSoftwareVersion(CAIRN_VERSION);
+  header.setCleanShutdown(true);
+  header.setDefaultStripeSize(options.stripeSize);
+  header.setDefaultStripeCount(options.stripeCount);
+  txn.putMessage(dbi, keyOf(HEADER_KEY), message);
+  txn.commit();
+  env.sync();
+}
+
+Target::Target(kj::StringPtr dir, rpc::TargetKind expectedKind, OpenOptions options)
+    : dir_(kj::str(dir)) {
+  KJ_REQUIRE(fileExists(dir), "the target directory does not exist", dir);
+  KJ_REQUIRE(fileExists(kj::str(dir, "/data.mdb")),
+             "no target here: format it first (cairn-server format ...)", dir);
+  ownerFd_ = takeOwnerLock(dir);
+  KJ_ON_SCOPE_FAILURE(close(ownerFd_));
+
+  store::Env::Options envOptions;
+  envOptions.mapSize = options.mapSize;
+  env_ = kj::heap<store::Env>(dir, envOptions);
+
+  // A foreign LMDB environment has no "target" database; mdb_dbi_open would create one, so look
+  // in the main database first.
+  {
+    store::Txn txn(*env_, store::Txn::READ);
+    MDB_dbi mainDb;
+    store::check(mdb_dbi_open(txn.get(), nullptr, 0, &mainDb), "mdb_dbi_open(main)");
+    KJ_REQUIRE(txn.get(mainDb, "target"_kj.asBytes()) != nullptr,
+               "this LMDB environment is not a Cairn target", dir);
+  }
+  targetDb_ = env_->openDb("target");
+
+  store::Txn txn(*env_, store::Txn::WRITE);
+  auto raw = KJ_REQUIRE_NONNULL(txn.get(targetDb_, keyOf(HEADER_KEY)),
+                                "the target has no header: damaged", dir);
+  kj::Own<store::StoredMessage> stored;
+  rpc::TargetHeader::Reader header;
+  try {
+    stored = kj::heap<store::StoredMessage>(raw);
+    header = stored->getRoot<rpc::TargetHeader>();
+    fsName_ = kj::str(header.getFsName());
+  } catch (kj::Exception& e) {
+    KJ_FAIL_REQUIRE("the target's header is damaged", dir, e.getDescription());
+  }
+  KJ_REQUIRE(header.getFormatVersion() == FORMAT_VERSION,
+             "the target was formatted with an on-disk layout this version does not know", dir,
+             header.getFormatVersion());
+  KJ_REQUIRE(header.getKind() == expectedKind, "the target is of another kind", dir,
+             header.getKind() == rpc::TargetKind::META ? "meta" : "data");
+  KJ_IF_MAYBE(name, options.expectFsName) {
+    KJ_REQUIRE(*name == fsName_, "the target belongs to another filesystem", dir, fsName_, *name);
+  }
+  fsUuid_ = kj::heapArray(header.getFsUuid());
+  kind_ = header.getKind();
+  index_ = header.getIndex();
+  stripeSize_ = header.getDefaultStripeSize();
+  stripeCount_ = header.getDefaultStripeCount();
+  KJ_IF_MAYBE(v, options.versionOverride) {
+    version_ = kj::str(*v);
+  } else {
+    version_ = kj::str(CAIRN_VERSION);
+  }
+
+  // Start-up rule (Simplified Interoperation, point 4): start if the version is unchanged, or
+  // the previous shutdown was clean, or the administrator forces it.
+  kj::StringPtr previous = header.getSoftwareVersion();
+  bool clean = header.getCleanShutdown();
+  if (clean) {
+    startReason_ = "previous shutdown was clean";
+  } else if (previous == version_) {
+    startReason_ = "unclean stop, same version: normal recovery";
+  } else if (options.force) {
+    startReason_ = "unclean stop by another version, forced: previous clients will be evicted";
+  } else {
+    KJ_FAIL_REQUIRE(kj::str(
+        "the previous instance (version ", previous, ") did not shut down cleanly and this is "
+        "version ", version_, ": refusing to start. Start the previous version to recover its "
+        "clients and shut it down cleanly, or pass --force to start anyway; --force evicts the "
+        "clients of the previous instance, which lose whatever they had not yet had committed"));
+  }
+  KJ_IF_MAYBE(t, txn.get(targetDb_, keyOf(TRANSNO_KEY))) {
+    lastTransno_ = store::readU64(*t);
+  }
+  lastCommitted_.store(lastTransno_);
+  instance_ = header.getInstance() + 1;
+  spdlog::info("target {}: fs {} ({}), kind {}, index {}, instance {}, previous version {} {}; "
+               "starting: {}", dir.cStr(), fsName_.cStr(), hexString(fsUuid_).cStr(),
+               kind_ == rpc::TargetKind::META ? "meta" : "data", index_, instance_,
+               previous.cStr(), clean ? "clean" : "unclean", startReason_.cStr());
+
+  capnp::MallocMessageBuilder message;
+  message.setRoot(header);
+  auto updated = message.getRoot<rpc::TargetHeader>();
+  updated.setSoftwareVersion(version_);
+  updated.setCleanShutdown(false);
+  updated.setInstance(instance_);
+  stored = nullptr;
+  txn.putMessage(targetDb_, keyOf(HEADER_KEY), message);
+  txn.commit();
+  env_->sync();
+}
+
+Target::~Target() noexcept(false) {
+  env_ = nullptr;
+  if (ownerFd_ >= 0) close(ownerFd_);
+}
+
+MDB_dbi Target::db(kj::StringPtr name) { return env_->openDb(name); }
+
+uint64_t Target::nextTransno(store::Txn& txn) {
+  // The number is only taken for good if the transaction commits; an abort leaves a gap, which
+  // is harmless (transaction numbers need to increase, not to be dense).
+  uint64_t t = ++lastTransno_;
+  store::U64Key value(t);
+  txn.put(targetDb_, keyOf(TRANSNO_KEY), value.ptr());
+  return t;
+}
+
+void Target::markClean() {
+  env_->sync();
+  store::Txn txn(*env_, store::Txn::WRITE);
+  auto raw = KJ_ASSERT_NONNULL(txn.get(targetDb_, keyOf(HEADER_KEY)));
+  store::StoredMessage stored(raw);
+  capnp::MallocMessageBuilder message;
+  message.setRoot(stored.getRoot<rpc::TargetHeader>());
+  auto header = message.getRoot<rpc::TargetHeader>();
+  header.setCleanShutdown(true);
+  header.setSoftwareVersion(version_);
+  txn.putMessage(targetDb_, keyOf(HEADER_KEY), message);
+  txn.commit();
+  env_->sync();
+  spdlog::info("target {}: marked clean by version {}", dir_.cStr(), version_.cStr());
+}
+
+}  // namespace cairn

@@ -1,0 +1,342 @@
+# Cairn wire protocol.
+#
+# Evolution rules (kept from the first release on, checked by tests/unit/schema_test.cc):
+# fields and methods are only ever added, with the next free ordinal; nothing is renumbered,
+# retyped or removed. Names may change, ordinals never. A peer announces what it understands in
+# Hello.features / ServerInfo.features and a newer peer never sends an older one anything else.
+#
+# Errors that a filesystem returns (ENOENT, EEXIST, ...) travel as `error` in the reply, as Linux
+# errno numbers; Cap'n Proto exceptions mean the request itself was bad or the link failed.
+
+@0xcebd11a8229a269f;
+
+using Cxx = import "/capnp/c++.capnp";
+$Cxx.namespace("cairn::rpc");
+
+enum TargetKind {
+  meta @0;
+  data @1;
+}
+
+struct Hello {
+  clientUuid @0 :Data;         # 16 bytes, fixed for the life of a mount
+  softwareVersion @1 :Text;
+  features @2 :UInt64;         # Feature bits, see rpc/feature_flags.h
+  hostName @3 :Text;
+  role @4 :Role;
+  enum Role {
+    client @0;
+    admin @1;
+    server @2;
+  }
+}
+
+struct ServerInfo {
+  softwareVersion @0 :Text;
+  features @1 :UInt64;
+  kind @2 :TargetKind;
+  fsName @3 :Text;
+  fsUuid @4 :Data;
+  targetIndex @5 :UInt32;
+  instance @6 :UInt64;         # how many times the target has been started
+}
+
+struct Timespec {
+  sec @0 :Int64;
+  nsec @1 :UInt32;
+}
+
+struct Cred {
+  uid @0 :UInt32;
+  gid @1 :UInt32;
+  pid @2 :UInt32;
+}
+
+struct Attr {
+  ino @0 :UInt64;
+  generation @1 :UInt64;
+  mode @2 :UInt32;
+  nlink @3 :UInt32;
+  uid @4 :UInt32;
+  gid @5 :UInt32;
+  rdev @6 :UInt64;
+  size @7 :UInt64;
+  blocks @8 :UInt64;           # 512-byte units actually stored
+  atime @9 :Timespec;
+  mtime @10 :Timespec;
+  ctime @11 :Timespec;
+}
+
+# Where a regular file's bytes live: stripe k of the file (k = offset / stripeSize) is on data
+# target targets[k % len], in object `objectId` at offset (k / len) * stripeSize + offset % stripeSize.
+struct Layout {
+  objectId @0 :UInt64;
+  stripeSize @1 :UInt32;
+  targets @2 :List(UInt32);
+}
+
+struct DirEntry {
+  name @0 :Data;
+  cookie @1 :UInt64;           # pass back as `cookie` to continue after this entry
+  attr @2 :Attr;
+}
+
+struct StatFs {
+  blockSize @0 :UInt32;
+  totalBlocks @1 :UInt64;
+  freeBlocks @2 :UInt64;
+  totalInodes @3 :UInt64;
+  freeInodes @4 :UInt64;
+  nameMax @5 :UInt32;
+}
+
+struct TargetAddress {
+  index @0 :UInt32;
+  kind @1 :TargetKind;
+  addresses @2 :List(Text);    # HOST:PORT of every server that may serve the target
+}
+
+# setattr's `valid` bits.
+const setMode :UInt32 = 1;
+const setUid :UInt32 = 2;
+const setGid :UInt32 = 4;
+const setSize :UInt32 = 8;
+const setAtime :UInt32 = 16;
+const setMtime :UInt32 = 32;
+const setAtimeNow :UInt32 = 128;
+const setMtimeNow :UInt32 = 256;
+const setCtime :UInt32 = 1024;
+
+struct MetaRequest {
+  requestId @0 :UInt64;        # per client, increasing; a resend carries the same id
+  oldestUnreplied @1 :UInt64;  # the server may forget replies to ids below this
+  cred @2 :Cred;
+  union {
+    getattr @3 :UInt64;
+    lookup :group {
+      parent @4 :UInt64;
+      name @5 :Data;
+    }
+    setattr :group {
+      ino @6 :UInt64;
+      valid @7 :UInt32;
+      mode @8 :UInt32;
+      uid @9 :UInt32;
+      gid @10 :UInt32;
+      size @11 :UInt64;
+      atime @12 :Timespec;
+      mtime @13 :Timespec;
+    }
+    mknod :group {             # regular files, fifos, sockets, devices
+      parent @14 :UInt64;
+      name @15 :Data;
+      mode @16 :UInt32;
+      rdev @17 :UInt64;
+    }
+    mkdir :group {
+      parent @18 :UInt64;
+      name @19 :Data;
+      mode @20 :UInt32;
+    }
+    symlink :group {
+      parent @21 :UInt64;
+      name @22 :Data;
+      target @23 :Data;
+    }
+    link :group {
+      ino @24 :UInt64;
+      newParent @25 :UInt64;
+      newName @26 :Data;
+    }
+    unlink :group {
+      parent @27 :UInt64;
+      name @28 :Data;
+    }
+    rmdir :group {
+      parent @29 :UInt64;
+      name @30 :Data;
+    }
+    rename :group {
+      parent @31 :UInt64;
+      name @32 :Data;
+      newParent @33 :UInt64;
+      newName @34 :Data;
+      flags @35 :UInt32;       # RENAME_NOREPLACE / RENAME_EXCHANGE
+    }
+    open :group {
+      ino @36 :UInt64;
+      flags @37 :UInt32;
+      handle @38 :UInt64;      # chosen by the client, unique per client; replay reuses it
+    }
+    create :group {
+      parent @39 :UInt64;
+      name @40 :Data;
+      mode @41 :UInt32;
+      flags @42 :UInt32;
+      handle @43 :UInt64;
+    }
+    release @44 :UInt64;       # handle
+    readdir :group {
+      ino @45 :UInt64;
+      cookie @46 :UInt64;      # 0 = from the start
+      maxEntries @47 :UInt32;
+    }
+    readlink @48 :UInt64;
+    statfs @49 :Void;
+    setxattr :group {
+      ino @50 :UInt64;
+      name @51 :Data;
+      value @52 :Data;
+      flags @53 :UInt32;       # XATTR_CREATE / XATTR_REPLACE
+    }
+    getxattr :group {
+      ino @54 :UInt64;
+      name @55 :Data;
+    }
+    listxattr @56 :UInt64;
+    removexattr :group {
+      ino @57 :UInt64;
+      name @58 :Data;
+    }
+    wrote :group {             # data was written up to `end`: extend size, set mtime/ctime
+      ino @59 :UInt64;
+      end @60 :UInt64;
+    }
+    reserveAppend :group {     # O_APPEND: take [size, size+length) atomically
+      ino @61 :UInt64;
+      length @62 :UInt64;
+    }
+    sync @63 :Void;            # reply once everything committed so far is on disk
+    getTargets @64 :Void;
+  }
+}
+
+struct MetaReply {
+  error @0 :Int32;             # 0 or a Linux errno
+  transno @1 :UInt64;          # transaction that made the change; 0 for reads
+  lastSynced @2 :UInt64;       # every transaction up to this one is on disk
+  union {
+    none @3 :Void;
+    attr @4 :Attr;
+    opened :group {
+      attr @5 :Attr;
+      layout @6 :Layout;
+    }
+    entries :group {
+      list @7 :List(DirEntry);
+      eof @8 :Bool;
+    }
+    bytes @9 :Data;            # readlink, getxattr
+    names @10 :List(Data);     # listxattr
+    statfs @11 :StatFs;
+    targets @12 :List(TargetAddress);
+    offset @13 :UInt64;        # reserveAppend
+  }
+}
+
+struct DataRequest {
+  requestId @0 :UInt64;
+  oldestUnreplied @1 :UInt64;
+  union {
+    write :group {
+      objectId @2 :UInt64;
+      offset @3 :UInt64;
+      data @4 :Data;
+    }
+    read :group {
+      objectId @5 :UInt64;
+      offset @6 :UInt64;
+      length @7 :UInt32;
+    }
+    truncate :group {
+      objectId @8 :UInt64;
+      size @9 :UInt64;
+    }
+    destroy @10 :UInt64;
+    statfs @11 :Void;
+    sync @12 :Void;
+  }
+}
+
+struct DataReply {
+  error @0 :Int32;
+  transno @1 :UInt64;
+  lastSynced @2 :UInt64;
+  union {
+    none @3 :Void;
+    data @4 :Data;             # read: may be shorter than asked; the rest is a hole
+    statfs @5 :StatFs;
+    stored @6 :UInt64;         # write/truncate: bytes the object now holds on this target
+  }
+}
+
+interface MetaSession {
+  call @0 (request :MetaRequest) -> (reply :MetaReply);
+}
+
+interface DataSession {
+  call @0 (request :DataRequest) -> (reply :DataReply);
+}
+
+struct ClientStatus {
+  uuid @0 :Data;
+  hostName @1 :Text;
+  softwareVersion @2 :Text;
+  connected @3 :Bool;
+  lastRequestId @4 :UInt64;
+  openFiles @5 :UInt32;
+}
+
+struct ServerStatus {
+  info @0 :ServerInfo;
+  address @1 :Text;
+  state @2 :Text;              # serving, draining, stopped
+  uptimeMs @3 :UInt64;
+  lastTransno @4 :UInt64;
+  lastSynced @5 :UInt64;
+  mapUsedBytes @6 :UInt64;
+  mapSizeBytes @7 :UInt64;
+  clients @8 :List(ClientStatus);
+  rpcCount @9 :UInt64;
+  targets @10 :List(TargetAddress);
+}
+
+interface Bootstrap {
+  # Starts (or resumes, for a known clientUuid) a session. Exactly one of meta/data is set,
+  # by the target's kind.
+  connect @0 (hello :Hello) -> (info :ServerInfo, meta :MetaSession, data :DataSession);
+  status @1 () -> (status :ServerStatus);
+  # A data server announces where it serves; the metadata server records it for clients.
+  registerTarget @2 (fsUuid :Data, target :TargetAddress) -> ();
+}
+
+# What the target keeps about itself (the LMDB "header" record).
+struct TargetHeader {
+  fsName @0 :Text;
+  fsUuid @1 :Data;
+  kind @2 :TargetKind;
+  index @3 :UInt32;
+  formatVersion @4 :UInt32;    # on-disk layout version
+  softwareVersion @5 :Text;    # of the last instance that opened it
+  cleanShutdown @6 :Bool;
+  instance @7 :UInt64;
+  lastTransno @8 :UInt64;
+  features @9 :UInt64;
+  defaultStripeSize @10 :UInt32;
+  defaultStripeCount @11 :UInt32;
+  nextIno @12 :UInt64;         # meta only
+}
+
+# A metadata target's inode record.
+struct Inode {
+  attr @0 :Attr;
+  layout @1 :Layout;           # regular files
+  symlink @2 :Data;            # symlinks
+  nextCookie @3 :UInt64;       # directories: next readdir cookie
+  parent @4 :UInt64;           # directories: for ".." and the rename loop check
+}
+
+struct DirentValue {
+  ino @0 :UInt64;
+  cookie @1 :UInt64;
+}

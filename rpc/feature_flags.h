@@ -1,0 +1,13 @@
+// Feature bits announced in Hello.features / ServerInfo.features. A peer uses a feature only if
+// both sides announced it. Bits are never reused.
+#pragma once
+
+#include <cstdint>
+
+namespace cairn::features {
+
+constexpr uint64_t BASE = 1 << 0;  // the protocol of release 0.1
+
+constexpr uint64_t SUPPORTED = BASE;
+
+}  // namespace cairn::features

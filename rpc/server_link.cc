@@ -1,0 +1,266 @@
+#include "rpc/server_link.h"
+
+#include <kj/debug.h>
+#include <spdlog/spdlog.h>
+
+#include "rpc/feature_flags.h"
+#include "rpc/version.h"
+
+namespace cairn {
+
+namespace {
+class LogErrors : public kj::TaskSet::ErrorHandler {
+public:
+  explicit LogErrors(kj::StringPtr name) : name_(kj::str(name)) {}
+  void taskFailed(kj::Exception&& e) override {
+    spdlog::warn("link {}: {}", name_.cStr(), e.getDescription().cStr());
+  }
+  kj::String name_;
+};
+
+// Backoff between connection attempts: quick at first (a restarting server is usually back
+// within a second), then at most one attempt per second.
+kj::Duration backoff(unsigned attempt) {
+  static const kj::Duration steps[] = {20 * kj::MILLISECONDS, 50 * kj::MILLISECONDS,
+                                       100 * kj::MILLISECONDS, 200 * kj::MILLISECONDS,
+                                       500 * kj::MILLISECONDS};
+  return attempt < kj::size(steps) ? steps[attempt] : 1 * kj::SECONDS;
+}
+
+constexpr kj::Duration CONNECT_TIMEOUT = 5 * kj::SECONDS;
+}  // namespace
+
+struct ServerLink::Connection {
+  Connection(kj::Own<kj::AsyncIoStream> s) : stream(kj::mv(s)), client(*stream) {}
+  kj::Own<kj::AsyncIoStream> stream;
+  capnp::TwoPartyClient client;
+  rpc::Bootstrap::Client server = nullptr;
+  rpc::MetaSession::Client meta = nullptr;
+  rpc::DataSession::Client data = nullptr;
+};
+
+// A request on its way: keeps its id in the unreplied set until it is answered or abandoned.
+struct ServerLink::Pending : public kj::Refcounted {
+  Pending(ServerLink& link, bool update, Class cls)
+      : link(link), id(update ? link.nextRequestId_++ : 0), cls(cls) {
+    if (id != 0) link.unreplied_.insert(id);
+  }
+  ~Pending() {
+    if (id != 0) link.unreplied_.erase(id);
+  }
+  ServerLink& link;
+  uint64_t id;
+  Class cls;
+};
+
+ServerLink::ServerLink(kj::Network& network, kj::Timer& timer, kj::String name,
+                       kj::Array<kj::String> addresses, const LinkIdentity& identity)
+    : network_(network), timer_(timer), name_(kj::mv(name)), addresses_(kj::mv(addresses)),
+      uuid_(kj::heapArray<kj::byte>(identity.uuid)), role_(identity.role),
+      hostName_(kj::str(identity.hostName)), currentAddress_(kj::str()),
+      peerVersion_(kj::str()) {
+  tasks_ = kj::heap<kj::TaskSet>(*kj::heap<LogErrors>(name_).attach());
+}
+
+ServerLink::~ServerLink() noexcept(false) {}
+
+void ServerLink::setRecovery(kj::Function<kj::Promise<void>()> recovery) {
+  recovery_ = kj::mv(recovery);
+}
+
+void ServerLink::setAddresses(kj::Array<kj::String> addresses) {
+  KJ_REQUIRE(addresses.size() > 0, "a link needs at least one address", name_);
+  addresses_ = kj::mv(addresses);
+}
+
+void ServerLink::start() {
+  KJ_REQUIRE(addresses_.size() > 0, "a link needs at least one address", name_);
+  state_ = State::CONNECTING;
+  connectLoop(0);
+}
+
+uint64_t ServerLink::oldestUnreplied() const {
+  return unreplied_.empty() ? nextRequestId_ : *unreplied_.begin();
+}
+
+kj::Promise<void> ServerLink::whenOpen(Class cls) {
+  if (state_ == State::ACTIVE || (state_ == State::RECOVERING && cls == Class::RECOVERY)) {
+    return kj::READY_NOW;
+  }
+  auto paf = kj::newPromiseAndFulfiller<void>();
+  waiters_.add(Waiter{cls, kj::mv(paf.fulfiller)});
+  return kj::mv(paf.promise);
+}
+
+void ServerLink::openGate(State state) {
+  state_ = state;
+  kj::Vector<Waiter> still;
+  for (auto& w : waiters_) {
+    bool pass = state == State::ACTIVE || (state == State::RECOVERING && w.cls == Class::RECOVERY);
+    if (pass) {
+      w.fulfiller->fulfill();
+    } else if (w.fulfiller->isWaiting()) {
+      still.add(kj::mv(w));
+    }
+  }
+  waiters_ = kj::mv(still);
+}
+
+void ServerLink::connectLoop(unsigned attempt) {
+  auto& address = addresses_[attempt % addresses_.size()];
+  auto addressCopy = kj::str(address);
+  auto started = timer_.now();
+  connecting_ =
+      network_.parseAddress(address)
+          .then([](kj::Own<kj::NetworkAddress> addr) { return addr->connect(); })
+          .then([this, addressCopy = kj::mv(addressCopy)](kj::Own<kj::AsyncIoStream> stream) mutable {
+            auto conn = kj::heap<Connection>(kj::mv(stream));
+            conn->server = conn->client.bootstrap().castAs<rpc::Bootstrap>();
+            auto req = conn->server.connectRequest();
+            auto hello = req.initHello();
+            hello.setClientUuid(uuid_);
+            hello.setSoftwareVersion(CAIRN_VERSION);
+            hello.setFeatures(features::SUPPORTED);
+            hello.setHostName(hostName_);
+            hello.setRole(role_);
+            return req.send().then(
+                [this, conn = kj::mv(conn), addressCopy = kj::mv(addressCopy)](
+                    capnp::Response<rpc::Bootstrap::ConnectResults>&& reply) mutable {
+                  auto info = reply.getInfo();
+                  conn->meta = reply.getMeta();
+                  conn->data = reply.getData();
+                  peerFeatures_ = info.getFeatures() & features::SUPPORTED;
+                  peerVersion_ = kj::str(info.getSoftwareVersion());
+                  currentAddress_ = kj::mv(addressCopy);
+                  uint64_t gen = ++generation_;
+                  tasks_->add(conn->client.onDisconnect().then(
+                      [this, gen]() { lost(gen, "connection closed"); }));
+                  connection_ = kj::mv(conn);
+                  spdlog::info("link {}: connected to {} (version {}, instance {})",
+                               name_.cStr(), currentAddress_.cStr(), peerVersion_.cStr(),
+                               info.getInstance());
+                  return gen;
+                });
+          })
+          .exclusiveJoin(timer_.afterDelay(CONNECT_TIMEOUT).then([]() -> uint64_t {
+            KJ_FAIL_REQUIRE("connect timed out");
+          }))
+          .then([this, started](uint64_t gen) -> kj::Promise<void> {
+            openGate(State::RECOVERING);
+            kj::Promise<void> recovered = kj::READY_NOW;
+            KJ_IF_MAYBE(r, recovery_) { recovered = (*r)(); }
+            return recovered.then(
+                [this, gen, started]() {
+                  if (gen != generation_) return;
+                  spdlog::info("link {}: active after {} ms", name_.cStr(),
+                               (timer_.now() - started) / kj::MILLISECONDS);
+                  openGate(State::ACTIVE);
+                },
+                [this, gen](kj::Exception&& e) {
+                  spdlog::warn("link {}: recovery failed: {}", name_.cStr(),
+                               e.getDescription().cStr());
+                  lost(gen, "recovery failed");
+                });
+          })
+          .catch_([this, attempt](kj::Exception&& e) {
+            if (attempt % 50 == 0) {
+              spdlog::info("link {}: cannot reach {}: {}; retrying", name_.cStr(),
+                           addresses_[attempt % addresses_.size()].cStr(),
+                           e.getDescription().cStr());
+            }
+            tasks_->add(timer_.afterDelay(backoff(attempt)).then([this, attempt]() {
+              connectLoop(attempt + 1);
+            }));
+          })
+          .eagerlyEvaluate(nullptr);
+}
+
+void ServerLink::lost(uint64_t generation, kj::StringPtr why) {
+  if (generation != generation_ || connection_ == nullptr) return;
+  spdlog::warn("link {}: lost {} ({}); reconnecting", name_.cStr(), currentAddress_.cStr(),
+               why.cStr());
+  state_ = State::DISCONNECTED;
+  ++generation_;
+  // Never destroy a connection from inside one of its own continuations.
+  KJ_IF_MAYBE(c, connection_) {
+    tasks_->add(kj::evalLater([dead = kj::mv(*c)]() mutable { (void)dead; }));
+  }
+  connection_ = nullptr;
+  tasks_->add(kj::evalLater([this]() { connectLoop(0); }));
+}
+
+template <typename Response, typename Build>
+kj::Promise<Response> ServerLink::send(kj::Own<Pending> pending, Build& build) {
+  return whenOpen(pending->cls).then([this, pending = kj::mv(pending), &build]() mutable
+                                     -> kj::Promise<Response> {
+    auto& conn = *KJ_ASSERT_NONNULL(connection_);
+    uint64_t gen = generation_;
+    auto onError = [this, gen, pending = kj::addRef(*pending), &build](kj::Exception&& e) mutable
+        -> kj::Promise<Response> {
+      if (e.getType() != kj::Exception::Type::DISCONNECTED) return kj::mv(e);
+      lost(gen, e.getDescription());
+      return send<Response>(kj::mv(pending), build);
+    };
+    if constexpr (kj::isSameType<Response, MetaResponse>()) {
+      auto req = conn.meta.callRequest();
+      auto r = req.initRequest();
+      r.setRequestId(pending->id);
+      r.setOldestUnreplied(oldestUnreplied());
+      build(r);
+      return req.send().then(
+          [this, pending = kj::mv(pending)](Response&& resp) mutable -> kj::Promise<Response> {
+            lastSynced_ = kj::max(lastSynced_, resp.getReply().getLastSynced());
+            return kj::mv(resp);
+          },
+          kj::mv(onError));
+    } else {
+      auto req = conn.data.callRequest();
+      auto r = req.initRequest();
+      r.setRequestId(pending->id);
+      r.setOldestUnreplied(oldestUnreplied());
+      build(r);
+      return req.send().then(
+          [this, pending = kj::mv(pending)](Response&& resp) mutable -> kj::Promise<Response> {
+            lastSynced_ = kj::max(lastSynced_, resp.getReply().getLastSynced());
+            return kj::mv(resp);
+          },
+          kj::mv(onError));
+    }
+  });
+}
+
+kj::Promise<ServerLink::MetaResponse> ServerLink::meta(
+    kj::Function<void(rpc::MetaRequest::Builder)> build, bool update, Class cls) {
+  auto pending = kj::refcounted<Pending>(*this, update, cls);
+  auto buildOwn = kj::heap(kj::mv(build));
+  auto& ref = *buildOwn;
+  return send<MetaResponse>(kj::mv(pending), ref).attach(kj::mv(buildOwn));
+}
+
+kj::Promise<ServerLink::DataResponse> ServerLink::data(
+    kj::Function<void(rpc::DataRequest::Builder)> build, bool update, Class cls) {
+  auto pending = kj::refcounted<Pending>(*this, update, cls);
+  auto buildOwn = kj::heap(kj::mv(build));
+  auto& ref = *buildOwn;
+  return send<DataResponse>(kj::mv(pending), ref).attach(kj::mv(buildOwn));
+}
+
+kj::Promise<rpc::Bootstrap::Client> ServerLink::server(Class cls) {
+  return whenOpen(cls).then([this]() -> rpc::Bootstrap::Client {
+    return KJ_ASSERT_NONNULL(connection_)->server;
+  });
+}
+
+kj::Array<kj::String> splitAddresses(kj::StringPtr list) {
+  kj::Vector<kj::String> out;
+  size_t start = 0;
+  for (size_t i = 0; i <= list.size(); ++i) {
+    if (i == list.size() || list[i] == ',') {
+      if (i > start) out.add(kj::heapString(list.slice(start, i)));
+      start = i + 1;
+    }
+  }
+  return out.releaseAsArray();
+}
+
+}  // namespace cairn

@@ -1,0 +1,116 @@
+// One connection to one server (target), and the only way requests leave for it.
+//
+// Every request waits at the link's gate before it is formatted. The gate opens for a class of
+// requests according to the link's state:
+//   CONNECTING / DISCONNECTED   nothing passes; the link is (re)connecting with backoff
+//   RECOVERING                  only RECOVERY requests (e.g. open replay) pass
+//   ACTIVE                      everything passes
+// A request that fails with DISCONNECTED goes back through the gate and is sent again, with the
+// same request id, so the server answers a resent update from its reply record instead of
+// applying it twice. The application never sees the outage, only a wait that a signal can end
+// (by dropping the promise).
+//
+// The link can be torn down and re-established any number of times; callers hold the link, never
+// a capability of one particular connection.
+#pragma once
+
+#include <capnp/rpc-twoparty.h>
+#include <kj/async-io.h>
+#include <kj/function.h>
+#include <kj/refcount.h>
+#include <kj/string.h>
+#include <kj/vector.h>
+
+#include <cstdint>
+#include <set>
+
+#include "rpc/cairn.capnp.h"
+
+namespace cairn {
+
+struct LinkIdentity {
+  kj::Array<kj::byte> uuid;  // 16 bytes
+  rpc::Hello::Role role = rpc::Hello::Role::CLIENT;
+  kj::String hostName;
+};
+
+class ServerLink {
+public:
+  enum class State { CONNECTING, RECOVERING, ACTIVE, DISCONNECTED };
+  enum class Class { NORMAL, RECOVERY };
+
+  ServerLink(kj::Network& network, kj::Timer& timer, kj::String name,
+             kj::Array<kj::String> addresses, const LinkIdentity& identity);
+  ~ServerLink() noexcept(false);
+  KJ_DISALLOW_COPY(ServerLink);
+
+  // Run after every (re)connect, while only RECOVERY requests pass; the gate opens when it
+  // resolves. A failure disconnects and tries again.
+  void setRecovery(kj::Function<kj::Promise<void>()> recovery);
+  void setAddresses(kj::Array<kj::String> addresses);
+  void start();
+
+  using MetaResponse = capnp::Response<rpc::MetaSession::CallResults>;
+  using DataResponse = capnp::Response<rpc::DataSession::CallResults>;
+  // `update` requests get a request id and are recorded by the server; `build` is called for
+  // every attempt and must fill the request the same way each time.
+  kj::Promise<MetaResponse> meta(kj::Function<void(rpc::MetaRequest::Builder)> build,
+                                 bool update, Class cls = Class::NORMAL);
+  kj::Promise<DataResponse> data(kj::Function<void(rpc::DataRequest::Builder)> build,
+                                 bool update, Class cls = Class::NORMAL);
+  // The server's bootstrap capability of the current connection, once the gate is open.
+  kj::Promise<rpc::Bootstrap::Client> server(Class cls = Class::NORMAL);
+
+  State state() const { return state_; }
+  kj::StringPtr name() const { return name_; }
+  kj::StringPtr currentAddress() const { return currentAddress_; }
+  // Valid once connected: what the server said about itself.
+  uint64_t peerFeatures() const { return peerFeatures_; }
+  kj::StringPtr peerVersion() const { return peerVersion_; }
+  uint64_t lastSynced() const { return lastSynced_; }
+
+private:
+  struct Connection;
+  struct Pending;
+  template <typename Response, typename Build>
+  kj::Promise<Response> send(kj::Own<Pending> pending, Build& build);
+
+  kj::Promise<void> whenOpen(Class cls);
+  void openGate(State state);
+  void connectLoop(unsigned attempt);
+  void lost(uint64_t generation, kj::StringPtr why);
+  uint64_t oldestUnreplied() const;
+
+  kj::Network& network_;
+  kj::Timer& timer_;
+  kj::String name_;
+  kj::Array<kj::String> addresses_;
+  kj::Array<kj::byte> uuid_;
+  rpc::Hello::Role role_;
+  kj::String hostName_;
+  kj::Maybe<kj::Function<kj::Promise<void>()>> recovery_;
+
+  State state_ = State::DISCONNECTED;
+  uint64_t generation_ = 0;
+  kj::Maybe<kj::Own<Connection>> connection_;
+  kj::String currentAddress_;
+  uint64_t peerFeatures_ = 0;
+  kj::String peerVersion_;
+  uint64_t lastSynced_ = 0;
+
+  uint64_t nextRequestId_ = 1;
+  std::set<uint64_t> unreplied_;
+
+  struct Waiter {
+    Class cls;
+    kj::Own<kj::PromiseFulfiller<void>> fulfiller;
+  };
+  kj::Vector<Waiter> waiters_;
+  kj::Own<kj::TaskSet> tasks_;
+  kj::Promise<void> connecting_ = nullptr;
+};
+
+// Splits "HOST:PORT,HOST:PORT" into its addresses.
+kj::Array<kj::String> splitAddresses(kj::StringPtr list);
+
+}  // namespace cairn

@@ -97,6 +97,9 @@ void MetaService::read(rpc::MetaRequest::Reader req, rpc::MetaReply::Builder rep
       setOpened(node, reply);
       return;
     }
+    case R::LAYOUT:
+      setOpened(ns_.get(txn, req.getLayout()), reply);
+      return;
     case R::READDIR: {
       auto r = req.getReaddir();
       uint32_t max = kj::min(kj::max(r.getMaxEntries(), 1u), MAX_READDIR);

@@ -106,6 +106,7 @@ void InodeData::toAttr(rpc::Attr::Builder out) const {
   toWire(atime, out.initAtime());
   toWire(mtime, out.initMtime());
   toWire(ctime, out.initCtime());
+  if (isDir()) out.setParent(parent);
 }
 
 Namespace::Namespace(Target& target, kj::Function<bool(uint64_t)> isOpen)

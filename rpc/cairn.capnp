@@ -65,6 +65,7 @@ struct Attr {
   atime @9 :Timespec;
   mtime @10 :Timespec;
   ctime @11 :Timespec;
+  parent @12 :UInt64;          # directories: the parent's ino (for "..")
 }
 
 # Where a regular file's bytes live: stripe k of the file (k = offset / stripeSize) is on data
@@ -208,6 +209,7 @@ struct MetaRequest {
     }
     sync @63 :Void;            # reply once everything committed so far is on disk
     getTargets @64 :Void;
+    layout @65 :UInt64;        # -> opened (attr + layout), for truncate without an open file
   }
 }
 

@@ -25,6 +25,14 @@ inline void fsRequire(bool cond, int err) {
   if (!cond) throw FsError(err);
 }
 
+// Inside the client's promise chains a filesystem error travels as a kj::Exception (kj turns
+// any other exception type into a plain FAILED one); these two make and read it.
+kj::Exception errnoException(int err);
+// The errno carried by an exception from errnoException, or the one for its type.
+int errnoOf(const kj::Exception& e);
+// Throws errnoException(err) if err != 0 (a reply's error field).
+void checkErrno(int err);
+
 // The errno a client reports for a kj exception that ended a request: DISCONNECTED and
 // OVERLOADED never reach applications (the request path retries them), so what is left is a
 // peer that refused the request (EIO) or one that does not know it (EOPNOTSUPP).

@@ -1,0 +1,144 @@
+// The client core: every filesystem operation as a promise, in terms of inode numbers, file
+// handles and byte arrays, with no FUSE types (fuse_ops.cc adapts). Filesystem errors reject
+// the promise with errnoException(err).
+//
+// Requests leave only through ServerLinks: one to the metadata server and one per data target,
+// learned from the metadata server. A link that loses its server parks requests and reconnects;
+// after a reconnect to the metadata server the client re-opens every open file (open replay).
+#pragma once
+
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+
+#include <kj/async-io.h>
+#include <kj/string.h>
+#include <kj/vector.h>
+
+#include <map>
+
+#include "fusefs/inode_table.h"
+#include "fusefs/open_table.h"
+#include "rpc/server_link.h"
+
+namespace cairn {
+
+struct ClientOptions {
+  kj::Array<kj::String> metaAddresses;
+  kj::String hostName;
+};
+
+struct Cred {
+  uint32_t uid = 0;
+  uint32_t gid = 0;
+  uint32_t pid = 0;
+};
+
+struct Entry {
+  struct stat attr;
+  uint64_t generation = 0;
+};
+
+struct Opened {
+  uint64_t fh = 0;
+  Entry entry;
+};
+
+struct DirItem {
+  kj::Array<kj::byte> name;
+  uint64_t cookie = 0;
+  struct stat attr;
+};
+
+struct DirPage {
+  kj::Vector<DirItem> items;
+  bool eof = false;
+  uint64_t parent = 0;
+};
+
+// What setattr changes (FUSE_SET_ATTR_* bits, translated by the caller).
+struct SetAttr {
+  uint32_t valid = 0;  // rpc::SET_* bits
+  uint32_t mode = 0, uid = 0, gid = 0;
+  uint64_t size = 0;
+  timespec atime{}, mtime{};
+};
+
+class Client {
+public:
+  Client(kj::AsyncIoContext& io, ClientOptions options);
+  ~Client() noexcept(false);
+  KJ_DISALLOW_COPY(Client);
+
+  void start();
+
+  kj::Promise<struct stat> getattr(uint64_t ino);
+  kj::Promise<Entry> lookup(const Cred& cred, uint64_t parent, kj::Array<kj::byte> name);
+  kj::Promise<struct stat> setattr(const Cred& cred, uint64_t ino, SetAttr attr,
+                                   kj::Maybe<uint64_t> fh);
+  kj::Promise<Entry> mknod(const Cred& cred, uint64_t parent, kj::Array<kj::byte> name,
+                           uint32_t mode, uint64_t rdev);
+  kj::Promise<Entry> mkdir(const Cred& cred, uint64_t parent, kj::Array<kj::byte> name,
+                           uint32_t mode);
+  kj::Promise<Entry> symlink(const Cred& cred, uint64_t parent, kj::Array<kj::byte> name,
+                             kj::Array<kj::byte> target);
+  kj::Promise<Entry> link(const Cred& cred, uint64_t ino, uint64_t newParent,
+                          kj::Array<kj::byte> newName);
+  kj::Promise<void> unlink(const Cred& cred, uint64_t parent, kj::Array<kj::byte> name);
+  kj::Promise<void> rmdir(const Cred& cred, uint64_t parent, kj::Array<kj::byte> name);
+  kj::Promise<void> rename(const Cred& cred, uint64_t parent, kj::Array<kj::byte> name,
+                           uint64_t newParent, kj::Array<kj::byte> newName, uint32_t flags);
+  kj::Promise<kj::Array<kj::byte>> readlink(uint64_t ino);
+
+  kj::Promise<Opened> open(const Cred& cred, uint64_t ino, uint32_t flags);
+  kj::Promise<Opened> create(const Cred& cred, uint64_t parent, kj::Array<kj::byte> name,
+                             uint32_t mode, uint32_t flags);
+  kj::Promise<kj::Array<kj::byte>> read(uint64_t fh, uint64_t offset, size_t size);
+  kj::Promise<size_t> write(uint64_t fh, uint64_t offset, kj::Array<kj::byte> data);
+  kj::Promise<void> fsync(uint64_t fh);
+  // Everything committed so far, on every target, on disk.
+  kj::Promise<void> syncAll();
+  kj::Promise<void> release(uint64_t fh);
+
+  kj::Promise<DirPage> readdir(uint64_t ino, uint64_t cookie, uint32_t maxEntries);
+  kj::Promise<struct statvfs> statfs();
+
+  kj::Promise<void> setxattr(uint64_t ino, kj::Array<kj::byte> name, kj::Array<kj::byte> value,
+                             uint32_t flags);
+  kj::Promise<kj::Array<kj::byte>> getxattr(uint64_t ino, kj::Array<kj::byte> name);
+  kj::Promise<kj::Array<kj::byte>> listxattr(uint64_t ino);  // NUL-separated names
+  kj::Promise<void> removexattr(uint64_t ino, kj::Array<kj::byte> name);
+
+  // The kernel took a reference (a reply carrying an entry) or dropped some.
+  void remember(uint64_t ino) { inodes_.remember(ino); }
+  void forget(uint64_t ino, uint64_t n) { inodes_.forget(ino, n); }
+
+  InodeTable& inodes() { return inodes_; }
+  OpenTable& opens() { return opens_; }
+  ServerLink& meta() { return *meta_; }
+
+private:
+  using MetaBuild = kj::Function<void(rpc::MetaRequest::Builder)>;
+  kj::Promise<ServerLink::MetaResponse> metaCall(MetaBuild build, bool update,
+                                                 ServerLink::Class cls = ServerLink::Class::NORMAL);
+  kj::Promise<Entry> entryCall(MetaBuild build);
+  kj::Promise<ServerLink*> dataLink(uint32_t index);
+  kj::Promise<void> refreshTargets(ServerLink::Class cls);
+  kj::Promise<void> recoverMeta();
+  kj::Promise<kj::Own<SharedLayout>> layoutOf(uint64_t ino);
+  kj::Promise<void> truncateObjects(const StripeLayout& layout, uint64_t size);
+  kj::Promise<void> syncTargets(const StripeLayout& layout);
+  OpenTable::File& openFile(uint64_t fh);
+  Entry toEntry(rpc::Attr::Reader attr);
+
+  kj::AsyncIoContext& io_;
+  ClientOptions options_;
+  LinkIdentity identity_;
+  kj::Own<ServerLink> meta_;
+  std::map<uint32_t, kj::Own<ServerLink>> data_;
+  InodeTable inodes_;
+  OpenTable opens_;
+};
+
+void attrToStat(rpc::Attr::Reader attr, struct stat* st);
+
+}  // namespace cairn

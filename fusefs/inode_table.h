@@ -1,0 +1,46 @@
+// The client's inode table: what it knows of each inode the kernel holds a reference to.
+// Inode numbers are the metadata target's persistent ids, so they mean the same after a server
+// restart or a remount. `nlookup` counts the kernel's references (lookup, create, mknod, mkdir,
+// symlink, link replies) and FORGET takes them back; at zero the entry goes, as in libfuse's
+// passthrough_hp. The root is pinned.
+#pragma once
+
+#include <kj/map.h>
+#include <kj/memory.h>
+#include <kj/refcount.h>
+
+#include <cstdint>
+#include <unordered_map>
+
+#include "fusefs/striping.h"
+
+namespace cairn {
+
+// Layouts never change after a file is made, so they are shared, not copied.
+struct SharedLayout : public kj::Refcounted {
+  StripeLayout layout;
+};
+
+class InodeTable {
+public:
+  struct Inode {
+    uint64_t nlookup = 0;
+    uint64_t size = 0;  // the latest size any reply reported
+    kj::Maybe<kj::Own<SharedLayout>> layout;
+  };
+
+  InodeTable();
+  // A reply handed the kernel a reference.
+  Inode& remember(uint64_t ino);
+  // The kernel dropped n references.
+  void forget(uint64_t ino, uint64_t n);
+  kj::Maybe<Inode&> find(uint64_t ino);
+  // Record a size from any reply, for inodes the table knows.
+  void sawSize(uint64_t ino, uint64_t size);
+  size_t size() const { return inodes_.size(); }
+
+private:
+  std::unordered_map<uint64_t, Inode> inodes_;
+};
+
+}  // namespace cairn

@@ -73,9 +73,6 @@ kj::Array<kj::byte> serverUuid() {
 }
 
 int serve(const ServeOptions& o) {
-  kj::UnixEventPort::captureSignal(SIGTERM);
-  kj::UnixEventPort::captureSignal(SIGINT);
-  signal(SIGPIPE, SIG_IGN);
   auto io = kj::setupAsyncIo();
 
   OpenOptions open;
@@ -166,6 +163,11 @@ int serve(const ServeOptions& o) {
 }  // namespace cairn
 
 int main(int argc, char** argv) {
+  // Before any thread exists (spdlog, the syncer), so that every thread has them blocked and
+  // only the event loop receives them.
+  kj::UnixEventPort::captureSignal(SIGTERM);
+  kj::UnixEventPort::captureSignal(SIGINT);
+  signal(SIGPIPE, SIG_IGN);
   CLI::App app{"Cairn object server: serves one metadata or data target from LMDB"};
   app.set_version_flag("--version", std::string("cairn-server ") + CAIRN_VERSION);
   std::string logLevel = "info", logFile;
@@ -207,7 +209,6 @@ int main(int argc, char** argv) {
 
   if (!logFile.empty()) {
     spdlog::set_default_logger(spdlog::basic_logger_mt("cairn-server", logFile));
-    spdlog::flush_every(std::chrono::seconds(1));
   }
   spdlog::set_level(spdlog::level::from_str(logLevel));
   spdlog::flush_on(spdlog::level::info);

@@ -1,0 +1,147 @@
+// cairnctl: administration of a running Cairn cluster.
+//
+//   cairnctl --server HOST:PORT status [--json]
+#include <CLI/CLI.hpp>
+#include <capnp/rpc-twoparty.h>
+#include <kj/async-io.h>
+#include <kj/debug.h>
+#include <kj/encoding.h>
+
+#include <cstdio>
+#include <string>
+
+#include "rpc/cairn.capnp.h"
+#include "rpc/version.h"
+
+namespace {
+
+kj::String jsonString(kj::StringPtr s) {
+  kj::Vector<char> out;
+  out.add('"');
+  for (char c : s) {
+    if (c == '"' || c == '\\') {
+      out.add('\\');
+      out.add(c);
+    } else if (static_cast<unsigned char>(c) < 0x20) {
+      char esc[8];
+      snprintf(esc, sizeof(esc), "\\u%04x", static_cast<unsigned>(c));
+      out.addAll(kj::StringPtr(esc));
+    } else {
+      out.add(c);
+    }
+  }
+  out.add('"');
+  out.add('\0');
+  return kj::String(out.releaseAsArray());
+}
+
+kj::String kindName(cairn::rpc::TargetKind kind) {
+  return kj::str(kind == cairn::rpc::TargetKind::META ? "meta" : "data");
+}
+
+void printStatus(cairn::rpc::ServerStatus::Reader s, bool json) {
+  auto info = s.getInfo();
+  if (json) {
+    kj::Vector<kj::String> clients;
+    for (auto c : s.getClients()) {
+      clients.add(kj::str("{\"uuid\":\"", kj::encodeHex(c.getUuid()), "\",\"host\":",
+                          jsonString(c.getHostName()), ",\"version\":",
+                          jsonString(c.getSoftwareVersion()), ",\"connected\":",
+                          c.getConnected() ? "true" : "false", ",\"lastRequestId\":",
+                          c.getLastRequestId(), ",\"openFiles\":", c.getOpenFiles(), "}"));
+    }
+    kj::Vector<kj::String> targets;
+    for (auto t : s.getTargets()) {
+      kj::Vector<kj::String> addrs;
+      for (auto a : t.getAddresses()) addrs.add(jsonString(a));
+      targets.add(kj::str("{\"index\":", t.getIndex(), ",\"kind\":\"", kindName(t.getKind()),
+                          "\",\"addresses\":[", kj::strArray(addrs, ","), "]}"));
+    }
+    printf("%s\n",
+           kj::str("{\"address\":", jsonString(s.getAddress()), ",\"kind\":\"",
+                   kindName(info.getKind()), "\",\"target\":", info.getTargetIndex(),
+                   ",\"fs\":", jsonString(info.getFsName()), ",\"fsUuid\":\"",
+                   kj::encodeHex(info.getFsUuid()), "\",\"version\":",
+                   jsonString(info.getSoftwareVersion()), ",\"instance\":", info.getInstance(),
+                   ",\"state\":", jsonString(s.getState()), ",\"uptimeMs\":", s.getUptimeMs(),
+                   ",\"lastTransno\":", s.getLastTransno(), ",\"lastSynced\":",
+                   s.getLastSynced(), ",\"mapUsedBytes\":", s.getMapUsedBytes(),
+                   ",\"mapSizeBytes\":", s.getMapSizeBytes(), ",\"rpcCount\":", s.getRpcCount(),
+                   ",\"clients\":[", kj::strArray(clients, ","), "],\"targets\":[",
+                   kj::strArray(targets, ","), "]}")
+               .cStr());
+    return;
+  }
+  printf("server    %s\n", s.getAddress().cStr());
+  printf("target    %s %u of %s (%s)\n", kindName(info.getKind()).cStr(), info.getTargetIndex(),
+         info.getFsName().cStr(), kj::encodeHex(info.getFsUuid()).cStr());
+  printf("version   %s (instance %llu)\n", info.getSoftwareVersion().cStr(),
+         static_cast<unsigned long long>(info.getInstance()));
+  printf("state     %s, up %.1f s\n", s.getState().cStr(), s.getUptimeMs() / 1000.0);
+  printf("commits   last %llu, synced %llu; map %.1f MiB used; %llu RPCs served\n",
+         static_cast<unsigned long long>(s.getLastTransno()),
+         static_cast<unsigned long long>(s.getLastSynced()), s.getMapUsedBytes() / 1048576.0,
+         static_cast<unsigned long long>(s.getRpcCount()));
+  for (auto t : s.getTargets()) {
+    kj::Vector<kj::StringPtr> addrs;
+    for (auto a : t.getAddresses()) addrs.add(a);
+    printf("target    %s %u at %s\n", kindName(t.getKind()).cStr(), t.getIndex(),
+           kj::strArray(addrs, ",").cStr());
+  }
+  printf("clients   %u\n", s.getClients().size());
+  for (auto c : s.getClients()) {
+    printf("  %s  %-20s %-8s %-12s last request %llu, %u open\n",
+           kj::encodeHex(c.getUuid()).cStr(), c.getHostName().cStr(),
+           c.getSoftwareVersion().cStr(), c.getConnected() ? "connected" : "disconnected",
+           static_cast<unsigned long long>(c.getLastRequestId()), c.getOpenFiles());
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"Cairn administration"};
+  app.set_version_flag("--version", std::string("cairnctl ") + CAIRN_VERSION);
+  std::string server;
+  double timeout = 10;
+  app.add_option("--server", server, "HOST:PORT of the server to talk to");
+  app.add_option("--timeout", timeout, "seconds to wait for the server");
+  app.require_subcommand(1);
+  app.fallthrough();
+  bool json = false;
+  auto* status = app.add_subcommand("status", "what the server serves, its state and clients");
+  status->add_flag("--json", json, "machine-readable output");
+  CLI11_PARSE(app, argc, argv);
+
+  if (server.empty()) {
+    fprintf(stderr, "cairnctl: --server HOST:PORT is required\n");
+    return 2;
+  }
+  try {
+    auto io = kj::setupAsyncIo();
+    auto& timer = io.provider->getTimer();
+    auto deadline = int64_t(timeout * 1000) * kj::MILLISECONDS;
+    auto stream = io.provider->getNetwork()
+                      .parseAddress(server.c_str())
+                      .then([](kj::Own<kj::NetworkAddress> a) { return a->connect(); })
+                      .exclusiveJoin(timer.afterDelay(deadline).then(
+                          []() -> kj::Own<kj::AsyncIoStream> { KJ_FAIL_REQUIRE("timed out"); }))
+                      .wait(io.waitScope);
+    capnp::TwoPartyClient client(*stream);
+    auto bootstrap = client.bootstrap().castAs<cairn::rpc::Bootstrap>();
+    if (*status) {
+      auto resp = bootstrap.statusRequest()
+                      .send()
+                      .exclusiveJoin(timer.afterDelay(deadline).then(
+                          []() -> capnp::Response<cairn::rpc::Bootstrap::StatusResults> {
+                            KJ_FAIL_REQUIRE("timed out");
+                          }))
+                      .wait(io.waitScope);
+      printStatus(resp.getStatus(), json);
+    }
+  } catch (kj::Exception& e) {
+    fprintf(stderr, "cairnctl: %s: %s\n", server.c_str(), e.getDescription().cStr());
+    return 1;
+  }
+  return 0;
+}

@@ -63,6 +63,10 @@ void opInit(void*, fuse_conn_info* conn) {
   // (the reader sleeps on a locked page and no INTERRUPT is sent), so reads are synchronous.
   conn->want &= ~FUSE_CAP_ASYNC_READ;
   conn->want &= ~(FUSE_CAP_SPLICE_READ | FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE);
+  // libfuse turns these on by default. Without them the kernel sends O_TRUNC as a setattr
+  // before the open, and clears set-user/group-ID bits on write and chown with a setattr of its
+  // own, so both go through the one setattr path (truncating the data objects first).
+  conn->want &= ~(FUSE_CAP_ATOMIC_O_TRUNC | FUSE_CAP_HANDLE_KILLPRIV);
   conn->max_write = 1 << 20;
   conn->max_readahead = 1 << 20;
   if (conn->capable & FUSE_CAP_PARALLEL_DIROPS) conn->want |= FUSE_CAP_PARALLEL_DIROPS;

@@ -142,6 +142,13 @@ kj::Promise<void> ServerImpl::status(StatusContext context) {
     auto targets = s.initTargets(count);
     size_t j = 0;
     ns->listTargets(txn, [&](rpc::TargetAddress::Reader t) { targets.setWithCaveats(j++, t); });
+    s.setOrphans(ns->orphans(txn).size());
+    s.setDestroyQueue(ns->pendingDestroys(txn, SIZE_MAX).size());
+  }
+  KJ_IF_MAYBE(o, ctx_.opens) { s.setOpenFiles(o->total()); }
+  KJ_IF_MAYBE(objects, ctx_.objects) {
+    store::Txn txn(ctx_.target.env(), store::Txn::READ);
+    s.setChunks(objects->objectCount(txn));
   }
   return kj::READY_NOW;
 }

@@ -301,6 +301,10 @@ struct ServerStatus {
   clients @8 :List(ClientStatus);
   rpcCount @9 :UInt64;
   targets @10 :List(TargetAddress);
+  orphans @11 :UInt64;         # meta: inodes unlinked while open
+  destroyQueue @12 :UInt64;    # meta: files whose data objects are still to be removed
+  chunks @13 :UInt64;          # data: stored chunks
+  openFiles @14 :UInt64;       # meta: open handles of all clients
 }
 
 interface Bootstrap {

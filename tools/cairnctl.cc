@@ -67,6 +67,8 @@ void printStatus(cairn::rpc::ServerStatus::Reader s, bool json) {
                    ",\"lastTransno\":", s.getLastTransno(), ",\"lastSynced\":",
                    s.getLastSynced(), ",\"mapUsedBytes\":", s.getMapUsedBytes(),
                    ",\"mapSizeBytes\":", s.getMapSizeBytes(), ",\"rpcCount\":", s.getRpcCount(),
+                   ",\"orphans\":", s.getOrphans(), ",\"destroyQueue\":", s.getDestroyQueue(),
+                   ",\"chunks\":", s.getChunks(), ",\"openFiles\":", s.getOpenFiles(),
                    ",\"clients\":[", kj::strArray(clients, ","), "],\"targets\":[",
                    kj::strArray(targets, ","), "]}")
                .cStr());
@@ -82,6 +84,14 @@ void printStatus(cairn::rpc::ServerStatus::Reader s, bool json) {
          static_cast<unsigned long long>(s.getLastTransno()),
          static_cast<unsigned long long>(s.getLastSynced()), s.getMapUsedBytes() / 1048576.0,
          static_cast<unsigned long long>(s.getRpcCount()));
+  if (info.getKind() == cairn::rpc::TargetKind::META) {
+    printf("files     %llu open, %llu orphans, %llu waiting for their data to be removed\n",
+           static_cast<unsigned long long>(s.getOpenFiles()),
+           static_cast<unsigned long long>(s.getOrphans()),
+           static_cast<unsigned long long>(s.getDestroyQueue()));
+  } else {
+    printf("data      %llu chunks stored\n", static_cast<unsigned long long>(s.getChunks()));
+  }
   for (auto t : s.getTargets()) {
     kj::Vector<kj::StringPtr> addrs;
     for (auto a : t.getAddresses()) addrs.add(a);

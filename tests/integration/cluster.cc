@@ -1,0 +1,303 @@
+#include "tests/integration/cluster.h"
+
+#include <fcntl.h>
+#include <ftw.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <memory>
+#include <random>
+#include <regex>
+#include <sstream>
+#include <stdexcept>
+
+namespace cairn::test {
+
+namespace {
+
+std::string readFile(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+std::string randomHex(int bytes) {
+  std::random_device rd;
+  std::string out;
+  const char* digits = "0123456789abcdef";
+  for (int i = 0; i < bytes; ++i) {
+    unsigned v = rd() & 0xff;
+    out += digits[v >> 4];
+    out += digits[v & 15];
+  }
+  return out;
+}
+
+[[noreturn]] void fail(const std::string& what) { throw std::runtime_error(what); }
+
+std::vector<char*> cargv(const std::vector<std::string>& argv) {
+  std::vector<char*> out;
+  for (auto& a : argv) out.push_back(const_cast<char*>(a.c_str()));
+  out.push_back(nullptr);
+  return out;
+}
+
+}  // namespace
+
+std::string buildDir() {
+  const char* d = getenv("CAIRN_BUILD_DIR");
+  if (d == nullptr) fail("CAIRN_BUILD_DIR is not set (run the tests with meson test)");
+  return d;
+}
+std::string serverBin() { return buildDir() + "/objserver/cairn-server"; }
+std::string mountBin() { return buildDir() + "/fusefs/cairn-mount"; }
+std::string ctlBin() { return buildDir() + "/tools/cairnctl"; }
+
+RunResult run(const std::vector<std::string>& argv) {
+  TempDir tmp;
+  std::string outPath = tmp.path() + "/out", errPath = tmp.path() + "/err";
+  pid_t pid = fork();
+  if (pid == 0) {
+    int out = open(outPath.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    int err = open(errPath.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    int in = open("/dev/null", O_RDONLY);
+    dup2(in, 0);
+    dup2(out, 1);
+    dup2(err, 2);
+    auto args = cargv(argv);
+    execv(args[0], args.data());
+    _exit(127);
+  }
+  int status = 0;
+  waitpid(pid, &status, 0);
+  RunResult r;
+  r.status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  r.out = readFile(outPath);
+  r.err = readFile(errPath);
+  return r;
+}
+
+TempDir::TempDir() {
+  char tmpl[] = "/tmp/cairn-test-XXXXXX";
+  if (mkdtemp(tmpl) == nullptr) fail("mkdtemp failed");
+  path_ = tmpl;
+}
+
+TempDir::~TempDir() {
+  nftw(
+      path_.c_str(),
+      [](const char* p, const struct stat*, int, struct FTW*) { return remove(p); }, 64,
+      FTW_DEPTH | FTW_PHYS | FTW_MOUNT);
+}
+
+Child::Child(const std::vector<std::string>& argv, const std::string& stderrPath) {
+  pid_ = fork();
+  if (pid_ < 0) fail("fork failed");
+  if (pid_ == 0) {
+    setsid();
+    int in = open("/dev/null", O_RDONLY);
+    int out = open(stderrPath.empty() ? "/dev/null" : stderrPath.c_str(),
+                   O_WRONLY | O_CREAT | O_APPEND, 0600);
+    dup2(in, 0);
+    dup2(out, 1);
+    dup2(out, 2);
+    auto args = cargv(argv);
+    execv(args[0], args.data());
+    _exit(127);
+  }
+}
+
+Child::~Child() {
+  if (pid_ > 0 && status_ < 0) stop(SIGTERM, 15000);
+}
+
+bool Child::alive() {
+  if (status_ >= 0) return false;
+  int status;
+  pid_t r = waitpid(pid_, &status, WNOHANG);
+  if (r == pid_) {
+    status_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    return false;
+  }
+  return true;
+}
+
+int Child::wait(int timeoutMs) {
+  waitFor([this] { return !alive(); }, timeoutMs);
+  return status_;
+}
+
+int Child::stop(int sig, int timeoutMs) {
+  if (!alive()) return status_;
+  kill(pid_, sig);
+  if (wait(timeoutMs) < 0) {
+    kill(pid_, SIGKILL);
+    wait(5000);
+  }
+  return status_;
+}
+
+bool isMounted(const std::string& path) {
+  std::ifstream in("/proc/self/mountinfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    std::istringstream fields(line);
+    std::string f;
+    for (int i = 0; i < 5 && fields >> f; ++i) {
+    }
+    if (f == path) return true;
+  }
+  return false;
+}
+
+uint64_t jsonNumber(const std::string& json, const std::string& key) {
+  std::smatch m;
+  std::regex re("\"" + key + "\":([0-9]+)");
+  if (!std::regex_search(json, m, re)) fail("no field " + key + " in " + json);
+  return std::stoull(m[1]);
+}
+
+TestCluster::TestCluster() : TestCluster(Options()) {}
+
+TestCluster::TestCluster(Options options) : options_(std::move(options)) {
+  std::string uuid = randomHex(16);
+  servers_.resize(1 + options_.dataServers);
+  for (int i = 0; i < int(servers_.size()); ++i) {
+    auto& s = servers_[i];
+    s.kind = i == 0 ? "meta" : "data";
+    s.index = i == 0 ? 0 : i - 1;
+    s.name = s.kind + std::to_string(s.index);
+    s.dir = dir() + "/" + s.name;
+    s.log = dir() + "/" + s.name + ".log";
+    s.args = i == 0 ? options_.metaArgs : options_.dataArgs;
+    std::vector<std::string> format = {serverBin(), "format", "--dir", s.dir, "--kind", s.kind,
+                                       "--fs", "test", "--fs-uuid", uuid,
+                                       "--index", std::to_string(s.index)};
+    if (i == 0) {
+      format.push_back("--stripe-size");
+      format.push_back(std::to_string(options_.stripeSize));
+    }
+    auto r = run(format);
+    if (r.status != 0) fail("format failed: " + r.err);
+  }
+  for (auto& s : servers_) start(s, {}, true);
+  // Data servers register with the metadata server as they start.
+  bool registered = waitFor(
+      [this] {
+        auto r = run({ctlBin(), "--server", metaAddress(), "status", "--json"});
+        size_t found = 0;
+        for (size_t at = 0; (at = r.out.find("\"kind\":\"data\"", at)) != std::string::npos;
+             ++at) {
+          ++found;
+        }
+        return r.status == 0 && found >= size_t(options_.dataServers);
+      },
+      10000);
+  if (!registered) fail("data servers did not register");
+}
+
+TestCluster::~TestCluster() {
+  for (auto& m : mounts_) {
+    if (isMounted(m.path)) {
+      if (run({"/bin/fusermount3", "-u", m.path}).status != 0) {
+        run({"/bin/fusermount3", "-uz", m.path});
+      }
+    }
+    if (m.proc) m.proc->stop(SIGTERM, 5000);
+  }
+  for (auto it = servers_.rbegin(); it != servers_.rend(); ++it) {
+    if (it->proc) it->proc->stop(SIGTERM, 10000);
+  }
+}
+
+void TestCluster::start(Server& s, const std::vector<std::string>& extra, bool mustStart) {
+  std::string portFile = s.dir + ".port";
+  unlink(portFile.c_str());
+  std::vector<std::string> argv = {serverBin(), "serve", "--dir", s.dir, "--kind", s.kind,
+                                   "--listen", "127.0.0.1:" + std::to_string(s.port),
+                                   "--port-file", portFile, "--log-file", s.log};
+  if (s.kind == "data") {
+    argv.push_back("--mgs");
+    argv.push_back(metaAddress());
+  }
+  argv.insert(argv.end(), s.args.begin(), s.args.end());
+  argv.insert(argv.end(), extra.begin(), extra.end());
+  s.proc = std::make_unique<Child>(argv, s.log + ".stderr");
+  bool up = waitFor(
+      [&] { return access(portFile.c_str(), F_OK) == 0 || !s.proc->alive(); }, 15000);
+  if (!up || !s.proc->alive()) {
+    if (mustStart) fail(s.name + " did not start: " + readFile(s.log + ".stderr"));
+    return;
+  }
+  s.port = std::stoi(readFile(portFile));
+  s.address = "127.0.0.1:" + std::to_string(s.port);
+}
+
+std::string TestCluster::mount(const std::string& extraOptions) {
+  int n = int(mounts_.size());
+  Mount m;
+  m.path = dir() + "/mnt" + std::to_string(n);
+  m.log = dir() + "/mount" + std::to_string(n) + ".log";
+  mkdir(m.path.c_str(), 0755);
+  std::string opts = "allow_other,default_permissions,log_file=" + m.log;
+  if (!extraOptions.empty()) opts += "," + extraOptions;
+  m.proc = std::make_unique<Child>(
+      std::vector<std::string>{mountBin(), metaAddress(), m.path, "-f", "-o", opts},
+      m.log + ".stderr");
+  if (!waitFor([&] { return isMounted(m.path) || !m.proc->alive(); }, 10000) ||
+      !isMounted(m.path)) {
+    fail("mount failed: " + readFile(m.log + ".stderr"));
+  }
+  auto path = m.path;
+  mounts_.push_back(std::move(m));
+  return path;
+}
+
+void TestCluster::unmount(const std::string& mountPoint) {
+  for (auto& m : mounts_) {
+    if (m.path != mountPoint) continue;
+    if (run({"/bin/fusermount3", "-u", m.path}).status != 0) {
+      run({"/bin/fusermount3", "-uz", m.path});
+    }
+    if (m.proc) m.proc->wait(5000);
+  }
+}
+
+std::string TestCluster::mountLog(int index) const { return readFile(mounts_.at(index).log); }
+
+int TestCluster::stopServer(int server, int sig) {
+  auto& s = servers_.at(server);
+  int status = s.proc ? s.proc->stop(sig) : -1;
+  s.proc.reset();
+  return status;
+}
+
+bool TestCluster::startServer(int server, const std::vector<std::string>& extra) {
+  auto& s = servers_.at(server);
+  start(s, extra, false);
+  return s.proc && waitFor([&] { return !s.proc->alive(); }, 300) == false;
+}
+
+void TestCluster::stopAll() {
+  for (int i = serverCount() - 1; i >= 0; --i) stopServer(i);
+}
+
+void TestCluster::startAll() {
+  for (int i = 0; i < serverCount(); ++i) {
+    if (!startServer(i)) fail("restart of server " + std::to_string(i) + " failed");
+  }
+}
+
+std::string TestCluster::status(int server) {
+  auto r = run({ctlBin(), "--server", address(server), "status", "--json"});
+  if (r.status != 0) fail("status failed: " + r.err);
+  return r.out;
+}
+
+}  // namespace cairn::test

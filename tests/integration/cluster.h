@@ -1,0 +1,137 @@
+// A real Cairn cluster for a test: cairn-server processes on free loopback ports, LMDB targets
+// in a temporary directory, and FUSE mounts through the kernel. Everything it starts it stops in
+// its destructor, also when the test fails: mounts are unmounted (fusermount3 -u, then -uz), and
+// processes are stopped by the pid it recorded, never by name.
+#pragma once
+
+#include <signal.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#include <cstdint>
+#include <memory>
+
+#include <map>
+#include <string>
+#include <vector>
+
+namespace cairn::test {
+
+struct RunResult {
+  int status = -1;  // exit status, or 128 + signal
+  std::string out;
+  std::string err;
+};
+
+// Runs a command to completion.
+RunResult run(const std::vector<std::string>& argv);
+
+std::string buildDir();  // CAIRN_BUILD_DIR, set by meson test
+std::string serverBin();
+std::string mountBin();
+std::string ctlBin();
+
+class TempDir {
+public:
+  TempDir();
+  ~TempDir();
+  const std::string& path() const { return path_; }
+
+private:
+  std::string path_;
+};
+
+// A child process, stopped (SIGTERM, then SIGKILL) and reaped when the object goes.
+class Child {
+public:
+  explicit Child(const std::vector<std::string>& argv, const std::string& stderrPath = "");
+  ~Child();
+  Child(const Child&) = delete;
+  Child& operator=(const Child&) = delete;
+
+  pid_t pid() const { return pid_; }
+  bool alive();
+  // Sends sig and waits up to timeoutMs; returns the exit status (128 + signal if killed).
+  int stop(int sig = SIGTERM, int timeoutMs = 15000);
+  int wait(int timeoutMs);
+
+private:
+  pid_t pid_ = -1;
+  int status_ = -1;
+};
+
+bool isMounted(const std::string& path);
+// Waits until `pred` holds or timeoutMs passes; returns whether it held.
+template <typename Pred>
+bool waitFor(Pred&& pred, int timeoutMs);
+
+class TestCluster {
+public:
+  struct Options {
+    int dataServers = 2;
+    uint32_t stripeSize = 64 * 1024;
+    std::vector<std::string> metaArgs;  // extra `serve` arguments
+    std::vector<std::string> dataArgs;
+  };
+  TestCluster();
+  explicit TestCluster(Options options);
+  ~TestCluster();
+
+  const std::string& dir() const { return tmp_.path(); }
+  std::string metaAddress() const { return servers_.at(0).address; }
+  // Server 0 is the metadata server, 1..N the data servers.
+  int serverCount() const { return int(servers_.size()); }
+  std::string address(int server) const { return servers_.at(server).address; }
+  std::string targetDir(int server) const { return servers_.at(server).dir; }
+  std::string log(int server) const { return servers_.at(server).log; }
+
+  // Mounts one more client; returns its mount point. Unmounted in the destructor.
+  std::string mount(const std::string& extraOptions = "");
+  void unmount(const std::string& mountPoint);
+  std::string mountLog(int index) const;
+
+  // Stops a server (SIGTERM: clean, SIGKILL: crash) and returns its exit status.
+  int stopServer(int server, int sig = SIGTERM);
+  // Starts it again on the same port, with optional extra arguments; returns false if the
+  // process exited within the first moments (e.g. refused to start).
+  bool startServer(int server, const std::vector<std::string>& extra = {});
+  void stopAll();
+  void startAll();
+
+  // `cairnctl status --json` of a server.
+  std::string status(int server);
+
+private:
+  struct Server {
+    std::string name, kind, dir, log, address;
+    int index = 0;
+    int port = 0;
+    std::vector<std::string> args;
+    std::unique_ptr<Child> proc;
+  };
+  struct Mount {
+    std::string path;
+    std::string log;
+    std::unique_ptr<Child> proc;
+  };
+  void start(Server& s, const std::vector<std::string>& extra, bool mustStart);
+
+  Options options_;
+  TempDir tmp_;
+  std::vector<Server> servers_;
+  std::vector<Mount> mounts_;
+};
+
+// Reads an unsigned number field from a flat JSON object text (test helper, not a parser).
+uint64_t jsonNumber(const std::string& json, const std::string& key);
+
+template <typename Pred>
+bool waitFor(Pred&& pred, int timeoutMs) {
+  for (int waited = 0;; waited += 20) {
+    if (pred()) return true;
+    if (waited >= timeoutMs) return false;
+    usleep(20 * 1000);
+  }
+}
+
+}  // namespace cairn::test

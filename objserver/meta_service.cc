@@ -94,6 +94,7 @@ void MetaService::read(rpc::MetaRequest::Reader req, rpc::MetaReply::Builder rep
                     S_ISBLK(node.mode) || S_ISSOCK(node.mode),
                 EINVAL);
       opens_.open(session_->key, o.getHandle(), node.ino);
+      spdlog::debug("client {} opened ino {} as handle {}", session_->key, node.ino, o.getHandle());
       setOpened(node, reply);
       return;
     }
@@ -253,6 +254,7 @@ void MetaService::update(rpc::MetaRequest::Reader req, capnp::MallocMessageBuild
 
 void MetaService::release(uint64_t handle, rpc::MetaReply::Builder reply) {
   uint64_t ino = opens_.close(session_->key, handle);
+  spdlog::debug("client {} released handle {} (ino {})", session_->key, handle, ino);
   if (ino != 0 && !opens_.isOpen(ino)) {
     // The last close of an unlinked file destroys it.
     try {

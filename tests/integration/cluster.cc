@@ -1,6 +1,9 @@
 #include "tests/integration/cluster.h"
 
+#include <gtest/gtest.h>
+
 #include <fcntl.h>
+#include <linux/close_range.h>
 #include <ftw.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -70,6 +73,8 @@ RunResult run(const std::vector<std::string>& argv) {
     dup2(in, 0);
     dup2(out, 1);
     dup2(err, 2);
+    // Nothing else the test has open (files on a mount!) may leak into the child.
+    close_range(3, ~0U, 0);
     auto args = cargv(argv);
     execv(args[0], args.data());
     _exit(127);
@@ -107,6 +112,7 @@ Child::Child(const std::vector<std::string>& argv, const std::string& stderrPath
     dup2(in, 0);
     dup2(out, 1);
     dup2(out, 2);
+    close_range(3, ~0U, 0);
     auto args = cargv(argv);
     execv(args[0], args.data());
     _exit(127);
@@ -202,7 +208,31 @@ TestCluster::TestCluster(Options options) : options_(std::move(options)) {
   if (!registered) fail("data servers did not register");
 }
 
+namespace {
+std::string tail(const std::string& text, int lines) {
+  size_t at = text.size();
+  for (int n = 0; n <= lines && at > 0; ++n) {
+    size_t nl = text.rfind('\n', at - 1);
+    if (nl == std::string::npos) return text;
+    at = nl;
+  }
+  return text.substr(at);
+}
+}  // namespace
+
+void TestCluster::dumpLogs() {
+  for (auto& s : servers_) {
+    fprintf(stderr, "---- %s (%s) ----%s%s\n", s.name.c_str(), s.log.c_str(),
+            tail(readFile(s.log), 25).c_str(), tail(readFile(s.log + ".stderr"), 5).c_str());
+  }
+  for (auto& m : mounts_) {
+    fprintf(stderr, "---- mount %s ----%s%s\n", m.path.c_str(), tail(readFile(m.log), 25).c_str(),
+            tail(readFile(m.log + ".stderr"), 5).c_str());
+  }
+}
+
 TestCluster::~TestCluster() {
+  if (::testing::Test::HasFailure()) dumpLogs();
   for (auto& m : mounts_) {
     if (isMounted(m.path)) {
       if (run({"/bin/fusermount3", "-u", m.path}).status != 0) {
@@ -267,6 +297,12 @@ void TestCluster::unmount(const std::string& mountPoint) {
     }
     if (m.proc) m.proc->wait(5000);
   }
+}
+
+void TestCluster::killMount(int index) {
+  auto& m = mounts_.at(index);
+  if (m.proc) m.proc->stop(SIGKILL, 5000);
+  run({"/bin/fusermount3", "-uz", m.path});
 }
 
 std::string TestCluster::mountLog(int index) const { return readFile(mounts_.at(index).log); }

@@ -88,6 +88,8 @@ public:
   // Mounts one more client; returns its mount point. Unmounted in the destructor.
   std::string mount(const std::string& extraOptions = "");
   void unmount(const std::string& mountPoint);
+  // SIGKILLs a mount's daemon (a client that vanishes); the mount point is cleaned up lazily.
+  void killMount(int index);
   std::string mountLog(int index) const;
 
   // Stops a server (SIGTERM: clean, SIGKILL: crash) and returns its exit status.
@@ -97,6 +99,9 @@ public:
   bool startServer(int server, const std::vector<std::string>& extra = {});
   void stopAll();
   void startAll();
+
+  // Prints the end of every log (the destructor does it when the test failed).
+  void dumpLogs();
 
   // `cairnctl status --json` of a server.
   std::string status(int server);

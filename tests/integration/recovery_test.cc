@@ -1,0 +1,273 @@
+// What a client sees while servers stop, crash and come back: nothing but a wait. Data and
+// namespace survive every kind of stop; open files stay open; two mounts see each other's
+// completed changes; a process waiting on an absent server can be interrupted.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <string>
+#include <thread>
+
+#include "tests/integration/cluster.h"
+
+namespace cairn::test {
+namespace {
+
+std::string slurp(const std::string& path) {
+  int fd = open(path.c_str(), O_RDONLY);
+  if (fd < 0) return "<" + std::string(strerror(errno)) + ">";
+  std::string out;
+  char buf[65536];
+  ssize_t n;
+  while ((n = read(fd, buf, sizeof(buf))) > 0) out.append(buf, n);
+  close(fd);
+  return out;
+}
+
+void put(const std::string& path, const std::string& data) {
+  int fd = open(path.c_str(), O_CREAT | O_WRONLY | O_TRUNC, 0644);
+  ASSERT_GE(fd, 0) << path << ": " << strerror(errno);
+  ASSERT_EQ(write(fd, data.data(), data.size()), ssize_t(data.size()));
+  close(fd);
+}
+
+std::string pattern(size_t n, uint32_t seed) {
+  std::string s(n, '\0');
+  for (auto& c : s) {
+    seed = seed * 1664525 + 1013904223;
+    c = char(seed >> 24);
+  }
+  return s;
+}
+
+// Builds a small tree of every kind of object and checks it.
+void makeTree(const std::string& root) {
+  ASSERT_EQ(mkdir((root + "/dir").c_str(), 0750), 0);
+  put(root + "/dir/small", "small file");
+  put(root + "/dir/big", pattern(3 << 20, 7));
+  ASSERT_EQ(symlink("dir/small", (root + "/link").c_str()), 0);
+  ASSERT_EQ(link((root + "/dir/small").c_str(), (root + "/hard").c_str()), 0);
+  ASSERT_EQ(setxattr((root + "/dir").c_str(), "user.k", "v", 1, 0), 0);
+  ASSERT_EQ(mkfifo((root + "/fifo").c_str(), 0600), 0);
+}
+
+void checkTree(const std::string& root) {
+  EXPECT_EQ(slurp(root + "/dir/small"), "small file");
+  EXPECT_TRUE(slurp(root + "/dir/big") == pattern(3 << 20, 7));
+  EXPECT_EQ(slurp(root + "/link"), "small file");
+  struct stat st;
+  ASSERT_EQ(stat((root + "/hard").c_str(), &st), 0);
+  EXPECT_EQ(st.st_nlink, 2u);
+  ASSERT_EQ(stat((root + "/dir").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode, S_IFDIR | 0750);
+  char v[8] = {};
+  EXPECT_EQ(getxattr((root + "/dir").c_str(), "user.k", v, sizeof(v)), 1);
+  ASSERT_EQ(lstat((root + "/fifo").c_str(), &st), 0);
+  EXPECT_TRUE(S_ISFIFO(st.st_mode));
+}
+
+TEST(Recovery, EverythingSurvivesCleanAndCrashRestarts) {
+  TestCluster cluster;
+  auto mnt = cluster.mount();
+  makeTree(mnt);
+  struct stat before;
+  ASSERT_EQ(stat((mnt + "/dir/big").c_str(), &before), 0);
+
+  cluster.stopAll();  // SIGTERM: clean
+  cluster.startAll();
+  checkTree(mnt);  // the same mount reconnected on its own
+  struct stat after;
+  ASSERT_EQ(stat((mnt + "/dir/big").c_str(), &after), 0);
+  EXPECT_EQ(before.st_ino, after.st_ino);  // inode numbers are persistent
+
+  for (int i = cluster.serverCount() - 1; i >= 0; --i) cluster.stopServer(i, SIGKILL);
+  cluster.startAll();
+  checkTree(mnt);
+  checkTree(cluster.mount());  // and a fresh mount sees the same
+  EXPECT_NE(cluster.status(0).find("\"instance\":3"), std::string::npos);
+}
+
+TEST(Recovery, RestartRefusedAfterUncleanStopByAnotherVersion) {
+  TestCluster cluster;
+  cluster.stopServer(0, SIGKILL);
+  EXPECT_FALSE(cluster.startServer(0, {"--version-override", "9.9.9"}));
+  EXPECT_TRUE(cluster.startServer(0, {"--version-override", "9.9.9", "--force"}));
+  cluster.stopServer(0, SIGTERM);
+  // After a clean stop any version may start.
+  EXPECT_TRUE(cluster.startServer(0));
+}
+
+TEST(Recovery, ApplicationsOnlyWaitWhileServersAreDown) {
+  TestCluster cluster;
+  auto mnt = cluster.mount();
+  put(mnt + "/f", "x");
+  int fd = open((mnt + "/f").c_str(), O_RDWR | O_APPEND);
+  ASSERT_GE(fd, 0);
+
+  cluster.stopServer(0, SIGKILL);
+  cluster.stopServer(1, SIGKILL);
+  cluster.stopServer(2, SIGKILL);
+  std::atomic<int> errors{0}, done{0};
+  std::thread worker([&] {
+    for (int i = 0; i < 20; ++i) {
+      struct stat st;
+      if (stat((mnt + "/f").c_str(), &st) != 0) ++errors;
+      if (write(fd, "y", 1) != 1) ++errors;
+      ++done;
+    }
+  });
+  usleep(500 * 1000);
+  EXPECT_EQ(done.load(), 0);  // parked, not failed
+  cluster.startAll();
+  worker.join();
+  EXPECT_EQ(errors.load(), 0);
+  EXPECT_EQ(done.load(), 20);
+  close(fd);
+  EXPECT_EQ(slurp(mnt + "/f"), "x" + std::string(20, 'y'));
+}
+
+TEST(Recovery, UnlinkedOpenFileSurvivesRestartAndIsFreedAtLastClose) {
+  TestCluster::Options options;
+  options.metaArgs = {"--recovery-window", "1"};
+  TestCluster cluster(options);
+  auto mnt = cluster.mount();
+  put(mnt + "/ghost", pattern(1 << 20, 3));
+  int fd = open((mnt + "/ghost").c_str(), O_RDWR);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(unlink((mnt + "/ghost").c_str()), 0);
+  uint64_t chunksWith = jsonNumber(cluster.status(1), "chunks") +
+                        jsonNumber(cluster.status(2), "chunks");
+  EXPECT_GT(chunksWith, 0u);
+
+  cluster.stopServer(0, SIGKILL);
+  cluster.startServer(0);
+  usleep(1500 * 1000);  // past the recovery window: the replayed open keeps the orphan
+  std::string buf(1 << 20, '\0');
+  ASSERT_EQ(pread(fd, buf.data(), buf.size(), 0), ssize_t(buf.size()));
+  EXPECT_TRUE(buf == pattern(1 << 20, 3));
+  EXPECT_EQ(jsonNumber(cluster.status(0), "orphans"), 1u);
+  close(fd);
+  EXPECT_TRUE(waitFor([&] { return jsonNumber(cluster.status(0), "orphans") == 0; }, 5000));
+  EXPECT_TRUE(waitFor(
+      [&] {
+        return jsonNumber(cluster.status(1), "chunks") + jsonNumber(cluster.status(2), "chunks") ==
+               0;
+      },
+      5000));
+}
+
+TEST(Recovery, OrphanOfAVanishedClientIsFreed) {
+  TestCluster::Options options;
+  options.metaArgs = {"--disconnect-grace", "1"};
+  TestCluster cluster(options);
+  auto mnt = cluster.mount();
+  auto other = cluster.mount();
+  put(mnt + "/ghost", "data");
+  // A process holds the file open through the first mount; the other mount unlinks it.
+  pid_t holder = fork();
+  if (holder == 0) {
+    int fd = open((mnt + "/ghost").c_str(), O_RDONLY);
+    pause();
+    _exit(fd >= 0 ? 0 : 1);
+  }
+  ASSERT_TRUE(waitFor([&] { return jsonNumber(cluster.status(0), "openFiles") == 1; }, 5000));
+  ASSERT_EQ(unlink((other + "/ghost").c_str()), 0);
+  EXPECT_EQ(jsonNumber(cluster.status(0), "orphans"), 1u);
+  // The first client vanishes (its daemon killed, as a crashed host would): after the grace
+  // period the server closes what it had open and frees the orphan.
+  cluster.killMount(0);
+  kill(holder, SIGKILL);
+  waitpid(holder, nullptr, 0);
+  EXPECT_TRUE(waitFor([&] { return jsonNumber(cluster.status(0), "orphans") == 0; }, 8000));
+  EXPECT_TRUE(waitFor(
+      [&] {
+        return jsonNumber(cluster.status(1), "chunks") + jsonNumber(cluster.status(2), "chunks") ==
+               0;
+      },
+      8000));
+  // The other client carries on.
+  put(other + "/after", "fine");
+  EXPECT_EQ(slurp(other + "/after"), "fine");
+}
+
+TEST(Recovery, TwoMountsSeeEachOthersChanges) {
+  TestCluster cluster;
+  auto a = cluster.mount();
+  auto b = cluster.mount();
+  put(a + "/shared", "v1");
+  EXPECT_EQ(slurp(b + "/shared"), "v1");
+  put(b + "/shared", "version two");
+  EXPECT_EQ(slurp(a + "/shared"), "version two");
+  ASSERT_EQ(chmod((a + "/shared").c_str(), 0600), 0);
+  struct stat st;
+  ASSERT_EQ(stat((b + "/shared").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0600u);
+  ASSERT_EQ(rename((b + "/shared").c_str(), (b + "/moved").c_str()), 0);
+  EXPECT_EQ(stat((a + "/shared").c_str(), &st), -1);
+  EXPECT_EQ(slurp(a + "/moved"), "version two");
+  ASSERT_EQ(mkdir((a + "/d").c_str(), 0755), 0);
+  EXPECT_EQ(stat((b + "/d").c_str(), &st), 0);
+  ASSERT_EQ(unlink((a + "/moved").c_str()), 0);
+  EXPECT_EQ(stat((b + "/moved").c_str(), &st), -1);
+  EXPECT_EQ(errno, ENOENT);
+  // A reader that has the file open sees a later write after the writer's write() returned.
+  put(a + "/live", std::string(8192, 'a'));
+  int rfd = open((b + "/live").c_str(), O_RDONLY | O_DIRECT);
+  ASSERT_GE(rfd, 0);
+  int wfd = open((a + "/live").c_str(), O_WRONLY);
+  ASSERT_EQ(pwrite(wfd, "BBBB", 4, 4096), 4);
+  void* mem = nullptr;
+  ASSERT_EQ(posix_memalign(&mem, 4096, 8192), 0);
+  ASSERT_EQ(pread(rfd, mem, 8192, 0), 8192);
+  EXPECT_EQ(std::string(static_cast<char*>(mem) + 4096, 4), "BBBB");
+  free(mem);
+  close(wfd);
+  close(rfd);
+}
+
+TEST(Recovery, WaitingProcessesCanBeInterruptedAndKilled) {
+  TestCluster cluster;
+  auto mnt = cluster.mount();
+  put(mnt + "/f", "x");
+  cluster.stopServer(0, SIGKILL);
+
+  // A caught signal (no SA_RESTART) ends the wait with EINTR.
+  pid_t child = fork();
+  if (child == 0) {
+    struct sigaction sa {};
+    sa.sa_handler = [](int) {};
+    sigaction(SIGUSR1, &sa, nullptr);
+    struct stat st;
+    int rc = stat((mnt + "/f").c_str(), &st);
+    _exit(rc == -1 && errno == EINTR ? 0 : 1);
+  }
+  usleep(300 * 1000);
+  kill(child, SIGUSR1);
+  int status = 0;
+  ASSERT_TRUE(waitFor([&] { return waitpid(child, &status, WNOHANG) == child; }, 5000));
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+
+  // SIGKILL ends a waiting process at once.
+  child = fork();
+  if (child == 0) {
+    struct stat st;
+    stat((mnt + "/f").c_str(), &st);
+    _exit(0);
+  }
+  usleep(300 * 1000);
+  kill(child, SIGKILL);
+  ASSERT_TRUE(waitFor([&] { return waitpid(child, &status, WNOHANG) == child; }, 5000));
+  EXPECT_TRUE(WIFSIGNALED(status));
+
+  // The mount lives on.
+  cluster.startServer(0);
+  EXPECT_EQ(slurp(mnt + "/f"), "x");
+}
+
+}  // namespace
+}  // namespace cairn::test

@@ -79,6 +79,7 @@ kj::Promise<void> DataService::call(CallContext context) {
             switch (req.which()) {
               case R::WRITE: {
                 auto w = req.getWrite();
+                ctx_.target.env().requireSpace(txn, w.getData().size());
                 objects_.write(txn, w.getObjectId(), w.getOffset(), w.getData());
                 break;
               }

@@ -160,6 +160,15 @@ void MetaService::update(rpc::MetaRequest::Reader req, capnp::MallocMessageBuild
   ctx_.update<rpc::MetaReply>(
       *session_, req.getRequestId(), req.getOldestUnreplied(), message,
       [&](store::Txn& txn, rpc::MetaReply::Builder reply) {
+        // What can only shrink the namespace must work on a full target; the rest must not
+        // eat the reserve those need.
+        switch (req.which()) {
+          case R::UNLINK: case R::RMDIR: case R::REMOVEXATTR: case R::SETATTR: case R::WROTE:
+          case R::RENAME:
+            break;
+          default:
+            ctx_.target.env().requireSpace(txn, 4096);
+        }
         switch (req.which()) {
           case R::SETATTR:
             ns_.setattr(txn, req.getSetattr()).toAttr(reply.initAttr());

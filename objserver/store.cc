@@ -60,6 +60,37 @@ uint64_t Env::usedBytes() {
   return uint64_t(info.me_last_pgno + 1) * stat.ms_psize;
 }
 
+uint64_t Env::freeBytes(Txn&, uint64_t enough) {
+  MDB_envinfo info;
+  MDB_stat stat;
+  check(mdb_env_info(env_, &info), "mdb_env_info");
+  check(mdb_env_stat(env_, &stat), "mdb_env_stat");
+  uint64_t pages = mapSize_ / stat.ms_psize;
+  uint64_t untouched = pages > info.me_last_pgno + 1 ? pages - info.me_last_pgno - 1 : 0;
+  // Reading the free list costs time; skip it while the untouched map is plenty.
+  if (untouched * stat.ms_psize >= enough) return untouched * stat.ms_psize;
+  uint64_t freed = 0;
+  // Database 0 is LMDB's free list: each record holds a count of page numbers, then the numbers.
+  // LMDB opens it only in read-only transactions, and what the last commit freed is enough.
+  Txn reader(*this, Txn::READ);
+  MDB_cursor* cursor;
+  check(mdb_cursor_open(reader.get(), 0, &cursor), "mdb_cursor_open(free list)");
+  KJ_DEFER(mdb_cursor_close(cursor));
+  MDB_val k, v;
+  for (int rc = mdb_cursor_get(cursor, &k, &v, MDB_FIRST); rc == MDB_SUCCESS;
+       rc = mdb_cursor_get(cursor, &k, &v, MDB_NEXT)) {
+    if (v.mv_size >= sizeof(size_t)) freed += *static_cast<const size_t*>(v.mv_data);
+  }
+  return (untouched + freed) * stat.ms_psize;
+}
+
+void Env::requireSpace(Txn& txn, uint64_t bytes) {
+  uint64_t reserve = kj::max(mapSize_ / 32, uint64_t(256) << 10);
+  // Values larger than a page take whole overflow pages; count them generously.
+  uint64_t need = reserve + bytes + bytes / 8;
+  if (freeBytes(txn, need) < need) throw FsError(ENOSPC);
+}
+
 Txn::Txn(Env& env, Mode mode) {
   check(mdb_txn_begin(env.get(), nullptr, mode == READ ? MDB_RDONLY : 0, &txn_), "mdb_txn_begin");
 }

@@ -37,6 +37,12 @@ public:
   void sync();                         // flush everything committed so far to disk
   uint64_t mapSize() const { return mapSize_; }
   uint64_t usedBytes();
+  // Bytes a transaction can still take: the untouched end of the map plus freed pages.
+  // Stops counting once it found `enough`.
+  uint64_t freeBytes(class Txn& txn, uint64_t enough = UINT64_MAX);
+  // Refuses (FsError ENOSPC) a change that would eat into the reserve kept for deletions:
+  // LMDB needs free pages even to delete, so a map filled to the brim could never be emptied.
+  void requireSpace(class Txn& txn, uint64_t bytes);
 
 private:
   MDB_env* env_ = nullptr;

@@ -1,0 +1,410 @@
+// Bad input of every kind reaches a server straight over its socket, or as a bad target
+// directory: each gets a clear error, the server keeps serving everyone else, nothing is lost.
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <lmdb.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <capnp/rpc-twoparty.h>
+#include <capnp/schema.h>
+#include <capnp/serialize.h>
+#include <kj/async-io.h>
+
+#include <fstream>
+#include <string>
+
+#include "rpc/cairn.capnp.h"
+#include "tests/integration/cluster.h"
+
+namespace cairn::test {
+namespace {
+
+int connectTo(const std::string& address) {
+  auto colon = address.rfind(':');
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_port = htons(std::stoi(address.substr(colon + 1)));
+  inet_pton(AF_INET, address.substr(0, colon).c_str(), &sa.sin_addr);
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  EXPECT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)), 0);
+  return fd;
+}
+
+void sendRaw(const std::string& address, const std::string& bytes) {
+  int fd = connectTo(address);
+  (void)!write(fd, bytes.data(), bytes.size());
+  usleep(50 * 1000);
+  close(fd);
+}
+
+bool serving(TestCluster& cluster, int server) {
+  return run({ctlBin(), "--server", cluster.address(server), "--timeout", "3", "status"}).status ==
+         0;
+}
+
+// A raw Cap'n Proto session with the metadata server, as a (possibly hostile) client.
+struct RawClient {
+  explicit RawClient(const std::string& address)
+      : io(kj::setupAsyncIo()),
+        stream(io.provider->getNetwork()
+                   .parseAddress(address)
+                   .then([](kj::Own<kj::NetworkAddress> a) { return a->connect(); })
+                   .wait(io.waitScope)),
+        client(*stream),
+        bootstrap(client.bootstrap().castAs<rpc::Bootstrap>()) {}
+
+  rpc::MetaSession::Client meta() {
+    auto req = bootstrap.connectRequest();
+    auto hello = req.initHello();
+    auto uuid = kj::heapArray<kj::byte>(16);
+    for (auto i : kj::indices(uuid)) uuid[i] = kj::byte(i * 7 + 1);
+    hello.setClientUuid(uuid);
+    hello.setSoftwareVersion("test");
+    return req.send().wait(io.waitScope).getMeta();
+  }
+
+  template <typename Build>
+  int metaError(rpc::MetaSession::Client& meta, Build&& build) {
+    auto req = meta.callRequest();
+    build(req.initRequest());
+    return req.send().wait(io.waitScope).getReply().getError();
+  }
+
+  kj::AsyncIoContext io;
+  kj::Own<kj::AsyncIoStream> stream;
+  capnp::TwoPartyClient client;
+  rpc::Bootstrap::Client bootstrap;
+};
+
+kj::Array<kj::byte> bytesOf(const std::string& s) {
+  return kj::heapArray<kj::byte>(reinterpret_cast<const kj::byte*>(s.data()), s.size());
+}
+
+TEST(BadInput, GarbageAndTruncatedMessagesLeaveTheServerServing) {
+  TestCluster cluster;
+  auto mnt = cluster.mount();
+  std::ofstream(mnt + "/keep") << "precious";
+  for (int server = 0; server < cluster.serverCount(); ++server) {
+    sendRaw(cluster.address(server), "GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    sendRaw(cluster.address(server), std::string(100000, '\xff'));
+    // A frame header announcing one huge segment, then silence.
+    sendRaw(cluster.address(server), std::string("\x00\x00\x00\x00\xff\xff\xff\x0f", 8));
+    // Half a real message.
+    capnp::MallocMessageBuilder message;
+    message.initRoot<rpc::MetaRequest>().initLookup().setName(bytesOf("some name"));
+    auto words = capnp::messageToFlatArray(message);
+    auto bytes = words.asBytes();
+    sendRaw(cluster.address(server),
+            std::string(reinterpret_cast<const char*>(bytes.begin()), bytes.size() / 2));
+    EXPECT_TRUE(serving(cluster, server)) << "server " << server;
+  }
+  std::ifstream in(mnt + "/keep");
+  std::string back;
+  in >> back;
+  EXPECT_EQ(back, "precious");
+}
+
+TEST(BadInput, MalformedRequestsGetErrorsNotCrashes) {
+  TestCluster cluster;
+  RawClient raw(cluster.metaAddress());
+
+  // A hello with a short uuid is refused.
+  {
+    auto req = raw.bootstrap.connectRequest();
+    req.initHello().setClientUuid(bytesOf("short"));
+    EXPECT_ANY_THROW(req.send().wait(raw.io.waitScope));
+  }
+  auto meta = raw.meta();
+  using B = rpc::MetaRequest::Builder;
+  EXPECT_EQ(raw.metaError(meta, [](B b) { b.setGetattr(987654321); }), ENOENT);
+  EXPECT_EQ(raw.metaError(meta,
+                          [](B b) {
+                            auto m = b.initMkdir();
+                            m.setParent(1);
+                            m.setName(bytesOf("a/b"));
+                            m.setMode(0755);
+                          }),
+            EINVAL);
+  EXPECT_EQ(raw.metaError(meta,
+                          [](B b) {
+                            auto m = b.initMkdir();
+                            m.setParent(1);
+                            m.setName(bytesOf(std::string("nul\0inside", 10)));
+                          }),
+            EINVAL);
+  EXPECT_EQ(raw.metaError(meta,
+                          [](B b) {
+                            auto m = b.initMkdir();
+                            m.setParent(1);
+                            m.setName(bytesOf(std::string(256, 'x')));
+                          }),
+            ENAMETOOLONG);
+  EXPECT_EQ(raw.metaError(meta,
+                          [](B b) {
+                            auto m = b.initMkdir();
+                            m.setParent(1);
+                            m.setName(bytesOf(".."));
+                          }),
+            EINVAL);
+  EXPECT_EQ(raw.metaError(meta,
+                          [](B b) {
+                            auto s = b.initSymlink();
+                            s.setParent(1);
+                            s.setName(bytesOf("l"));
+                            s.setTarget(bytesOf(std::string(5000, 'p')));
+                          }),
+            ENAMETOOLONG);
+  EXPECT_EQ(raw.metaError(meta,
+                          [](B b) {
+                            auto m = b.initMknod();
+                            m.setParent(1);
+                            m.setName(bytesOf("weird"));
+                            m.setMode(0170000);
+                          }),
+            EINVAL);
+  EXPECT_EQ(raw.metaError(meta,
+                          [](B b) {
+                            auto r = b.initReaddir();
+                            r.setIno(1);
+                            r.setMaxEntries(4000000000u);
+                          }),
+            0);
+  EXPECT_EQ(raw.metaError(meta,
+                          [](B b) {
+                            auto r = b.initRename();
+                            r.setParent(1);
+                            r.setName(bytesOf("x"));
+                            r.setNewParent(1);
+                            r.setNewName(bytesOf("y"));
+                            r.setFlags(0xffff);
+                          }),
+            EINVAL);
+  EXPECT_EQ(raw.metaError(meta,
+                          [](B b) {
+                            auto w = b.initWrote();
+                            w.setIno(1);
+                            w.setEnd(1);
+                          }),
+            EINVAL);
+  EXPECT_EQ(raw.metaError(meta,
+                          [](B b) {
+                            auto s = b.initSetxattr();
+                            s.setIno(1);
+                            s.setName(bytesOf("user.big"));
+                            s.setValue(kj::heapArray<kj::byte>(70000));
+                          }),
+            E2BIG);
+
+  // A request kind this server does not know (a newer client): UNIMPLEMENTED, not a crash.
+  {
+    auto req = meta.callRequest();
+    auto r = req.initRequest();
+    r.setGetattr(1);
+    auto offset = capnp::Schema::from<rpc::MetaRequest>().getProto().getStruct()
+                      .getDiscriminantOffset();
+    auto data = capnp::toAny(r).getDataSection();
+    data[offset * 2] = kj::byte(0xe7);
+    data[offset * 2 + 1] = kj::byte(0x03);
+    try {
+      req.send().wait(raw.io.waitScope);
+      ADD_FAILURE() << "an unknown request kind was accepted";
+    } catch (kj::Exception& e) {
+      EXPECT_EQ(e.getType(), kj::Exception::Type::UNIMPLEMENTED);
+    }
+  }
+  // An unknown method and an unknown interface.
+  {
+    auto req = raw.bootstrap.typelessRequest(capnp::typeId<rpc::Bootstrap>(), 77, nullptr);
+    EXPECT_ANY_THROW(req.send().wait(raw.io.waitScope));
+    auto req2 = raw.bootstrap.typelessRequest(0x1234567812345678ull, 0, nullptr);
+    EXPECT_ANY_THROW(req2.send().wait(raw.io.waitScope));
+  }
+  EXPECT_TRUE(serving(cluster, 0));
+  EXPECT_TRUE(serving(cluster, 1));
+  // And a real client still works.
+  auto mnt = cluster.mount();
+  EXPECT_EQ(mkdir((mnt + "/fine").c_str(), 0755), 0);
+}
+
+TEST(BadInput, AbsurdDataRequestsGetErrors) {
+  TestCluster cluster;
+  RawClient data(cluster.address(1));
+  auto req = data.bootstrap.connectRequest();
+  req.initHello().setClientUuid(kj::heapArray<kj::byte>(16));
+  auto session = req.send().wait(data.io.waitScope).getData();
+  auto w = session.callRequest();
+  auto write = w.initRequest().initWrite();
+  write.setObjectId(5);
+  write.setOffset(uint64_t(1) << 63);
+  write.setData(bytesOf("x"));
+  EXPECT_EQ(w.send().wait(data.io.waitScope).getReply().getError(), EFBIG);
+  auto r = session.callRequest();
+  r.initRequest().initRead().setLength(1u << 30);
+  EXPECT_ANY_THROW(r.send().wait(data.io.waitScope));
+  auto t = session.callRequest();
+  t.initRequest().initTruncate().setSize(~uint64_t(0));
+  EXPECT_EQ(t.send().wait(data.io.waitScope).getReply().getError(), EINVAL);
+  EXPECT_TRUE(serving(cluster, 1));
+}
+
+TEST(BadInput, ResentUpdatesAreAnsweredFromTheRecord) {
+  TestCluster cluster;
+  RawClient raw(cluster.metaAddress());
+  auto meta = raw.meta();
+  auto mkdirAs = [&](uint64_t requestId) {
+    auto req = meta.callRequest();
+    auto r = req.initRequest();
+    r.setRequestId(requestId);
+    r.setOldestUnreplied(requestId);
+    auto m = r.initMkdir();
+    m.setParent(1);
+    m.setName(bytesOf("once"));
+    m.setMode(0755);
+    auto reply = req.send().wait(raw.io.waitScope);
+    return std::make_pair(reply.getReply().getError(), reply.getReply().getTransno());
+  };
+  auto first = mkdirAs(1);
+  EXPECT_EQ(first.first, 0);
+  auto resend = mkdirAs(1);  // the same request again: the recorded reply, not EEXIST
+  EXPECT_EQ(resend.first, 0);
+  EXPECT_EQ(resend.second, first.second);
+  EXPECT_EQ(mkdirAs(2).first, EEXIST);  // a new request is applied
+}
+
+void expectRefused(const std::vector<std::string>& argv, const std::string& phrase) {
+  auto r = run(argv);
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.err.find(phrase), std::string::npos) << r.err;
+}
+
+TEST(BadInput, DamagedForeignAndWrongTargetsAreRefused) {
+  TempDir tmp;
+  auto dir = [&](const std::string& n) { return tmp.path() + "/" + n; };
+  auto serve = [&](const std::string& d, const std::string& kind) {
+    return std::vector<std::string>{serverBin(), "serve", "--dir", d, "--kind", kind,
+                                    "--mgs", "127.0.0.1:1"};
+  };
+  expectRefused(serve(dir("missing"), "meta"), "does not exist");
+  mkdir(dir("empty").c_str(), 0700);
+  expectRefused(serve(dir("empty"), "meta"), "format it first");
+  // Garbage where the LMDB file should be.
+  mkdir(dir("garbage").c_str(), 0700);
+  std::ofstream(dir("garbage") + "/data.mdb") << std::string(100000, 'g');
+  expectRefused(serve(dir("garbage"), "meta"), "cannot open the target's LMDB environment");
+  // A valid LMDB environment that is not a Cairn target.
+  mkdir(dir("foreign").c_str(), 0700);
+  {
+    MDB_env* env;
+    ASSERT_EQ(mdb_env_create(&env), 0);
+    ASSERT_EQ(mdb_env_open(env, dir("foreign").c_str(), 0, 0600), 0);
+    MDB_txn* txn;
+    MDB_dbi dbi;
+    mdb_txn_begin(env, nullptr, 0, &txn);
+    mdb_dbi_open(txn, nullptr, 0, &dbi);
+    MDB_val k{3, const_cast<char*>("abc")}, v{3, const_cast<char*>("def")};
+    mdb_put(txn, dbi, &k, &v, 0);
+    mdb_txn_commit(txn);
+    mdb_env_close(env);
+  }
+  expectRefused(serve(dir("foreign"), "meta"), "not a Cairn target");
+  // The wrong kind, and another filesystem's target.
+  ASSERT_EQ(run({serverBin(), "format", "--dir", dir("m"), "--kind", "meta", "--fs", "one"}).status,
+            0);
+  expectRefused(serve(dir("m"), "data"), "another kind");
+  auto other = serve(dir("m"), "meta");
+  other.push_back("--fs");
+  other.push_back("two");
+  expectRefused(other, "another filesystem");
+  // Formatting over a target is refused; the target is intact afterwards.
+  expectRefused({serverBin(), "format", "--dir", dir("m"), "--kind", "meta", "--fs", "x"},
+                "already holds a target");
+  auto ok = serve(dir("m"), "meta");
+  Child server(ok);
+  EXPECT_TRUE(waitFor([&] { return !server.alive(); }, 300) == false);
+  // A second server on the same target is refused while the first runs.
+  expectRefused(serve(dir("m"), "meta"), "being served by another process");
+}
+
+TEST(BadInput, DataServerOfAnotherFilesystemIsNotRegistered) {
+  TestCluster cluster;
+  TempDir tmp;
+  auto d = tmp.path() + "/stranger";
+  ASSERT_EQ(run({serverBin(), "format", "--dir", d, "--kind", "data", "--fs", "test", "--index",
+                 "7"})
+                .status,
+            0);
+  Child stranger({serverBin(), "serve", "--dir", d, "--kind", "data", "--mgs",
+                  cluster.metaAddress(), "--log-file", tmp.path() + "/log"});
+  EXPECT_TRUE(waitFor(
+      [&] {
+        std::ifstream in(tmp.path() + "/log");
+        std::string all((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+        return all.find("refused this target") != std::string::npos;
+      },
+      5000));
+  EXPECT_EQ(cluster.status(0).find("\"index\":7"), std::string::npos);
+  EXPECT_TRUE(serving(cluster, 0));
+}
+
+TEST(BadInput, FullTargetsAnswerENOSPCAndLoseNothing) {
+  TestCluster::Options options;
+  options.dataServers = 1;
+  options.dataArgs = {"--map-size", std::to_string(8 << 20)};
+  TestCluster cluster(options);
+  auto mnt = cluster.mount();
+  std::string keep(1 << 20, 'k');
+  {
+    int fd = open((mnt + "/keep").c_str(), O_CREAT | O_WRONLY, 0644);
+    ASSERT_EQ(write(fd, keep.data(), keep.size()), ssize_t(keep.size()));
+    close(fd);
+  }
+  int fd = open((mnt + "/fill").c_str(), O_CREAT | O_WRONLY, 0644);
+  std::string chunk(1 << 20, 'f');
+  int err = 0;
+  for (int i = 0; i < 64 && err == 0; ++i) {
+    if (write(fd, chunk.data(), chunk.size()) < 0) err = errno;
+  }
+  EXPECT_EQ(err, ENOSPC);
+  close(fd);
+  EXPECT_TRUE(serving(cluster, 1));
+  int in = open((mnt + "/keep").c_str(), O_RDONLY);
+  std::string back(keep.size(), '\0');
+  EXPECT_EQ(read(in, back.data(), back.size()), ssize_t(back.size()));
+  close(in);
+  EXPECT_TRUE(back == keep);
+  // Space comes back once the file is gone.
+  ASSERT_EQ(unlink((mnt + "/fill").c_str()), 0);
+  ASSERT_TRUE(waitFor([&] { return jsonNumber(cluster.status(0), "destroyQueue") == 0; }, 5000));
+  fd = open((mnt + "/again").c_str(), O_CREAT | O_WRONLY, 0644);
+  EXPECT_EQ(write(fd, chunk.data(), chunk.size()), ssize_t(chunk.size()));
+  close(fd);
+}
+
+TEST(BadInput, FullMetadataTargetAnswersENOSPC) {
+  TestCluster::Options options;
+  options.dataServers = 1;
+  options.metaArgs = {"--map-size", std::to_string(2 << 20)};
+  TestCluster cluster(options);
+  auto mnt = cluster.mount();
+  int err = 0, made = 0;
+  for (int i = 0; i < 20000 && err == 0; ++i) {
+    std::string name = mnt + "/d" + std::to_string(i) + std::string(200, 'x');
+    if (mkdir(name.c_str(), 0755) != 0) {
+      err = errno;
+    } else {
+      ++made;
+    }
+  }
+  EXPECT_EQ(err, ENOSPC);
+  EXPECT_GT(made, 10);
+  EXPECT_TRUE(serving(cluster, 0));
+  struct stat st;
+  EXPECT_EQ(stat((mnt + "/d0" + std::string(200, 'x')).c_str(), &st), 0);
+}
+
+}  // namespace
+}  // namespace cairn::test

@@ -172,6 +172,8 @@ uint64_t jsonNumber(const std::string& json, const std::string& key) {
 TestCluster::TestCluster() : TestCluster(Options()) {}
 
 TestCluster::TestCluster(Options options) : options_(std::move(options)) {
+  // Mount points live below; other users must be able to reach them (permission tests).
+  chmod(dir().c_str(), 0755);
   std::string uuid = randomHex(16);
   servers_.resize(1 + options_.dataServers);
   for (int i = 0; i < int(servers_.size()); ++i) {

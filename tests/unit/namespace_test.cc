@@ -1,0 +1,269 @@
+// The metadata operator on a real LMDB target, without RPC: names, links, rename's many cases,
+// orphans and the destroy queue, readdir cookies, xattrs.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <linux/fs.h>
+#include <sys/stat.h>
+#include <sys/xattr.h>
+
+#include <capnp/message.h>
+
+#include <set>
+#include <string>
+
+#include "objserver/namespace.h"
+#include "rpc/errors.h"
+#include "tests/unit/temp_dir.h"
+
+namespace cairn {
+namespace {
+
+kj::ArrayPtr<const kj::byte> n(const char* s) {
+  return kj::arrayPtr(reinterpret_cast<const kj::byte*>(s), strlen(s));
+}
+
+class NamespaceTest : public ::testing::Test {
+protected:
+  // kj destructors may throw; a test fixture's must not.
+  ~NamespaceTest() noexcept override {}
+  void SetUp() override {
+    FormatOptions f;
+    f.kind = rpc::TargetKind::META;
+    f.fsName = kj::str("unit");
+    f.stripeSize = 65536;
+    Target::format((dir.path() + "/m").c_str(), f);
+    target = kj::heap<Target>((dir.path() + "/m").c_str(), rpc::TargetKind::META, OpenOptions{});
+    ns = kj::heap<Namespace>(*target, [this](uint64_t ino) { return open.count(ino) > 0; });
+    apply([&](store::Txn& txn) {
+      for (uint32_t i = 0; i < 2; ++i) {
+        capnp::MallocMessageBuilder message;
+        auto t = message.initRoot<rpc::TargetAddress>();
+        t.setIndex(i);
+        t.setKind(rpc::TargetKind::DATA);
+        t.initAddresses(1).set(0, "127.0.0.1:1");
+        ns->registerTarget(txn, t);
+      }
+    });
+  }
+
+  template <typename F>
+  void apply(F&& f) {
+    store::Txn txn(target->env(), store::Txn::WRITE);
+    f(txn);
+    txn.commit();
+  }
+  // Runs f in a transaction; returns the errno it threw (0 if none) and commits only on success.
+  template <typename F>
+  int err(F&& f) {
+    try {
+      store::Txn txn(target->env(), store::Txn::WRITE);
+      f(txn);
+      txn.commit();
+      return 0;
+    } catch (FsError& e) {
+      return e.err();
+    }
+  }
+  uint64_t make(uint64_t parent, const char* name, uint32_t mode) {
+    uint64_t ino = 0;
+    apply([&](store::Txn& txn) { ino = ns->make(txn, parent, n(name), mode, 0, nullptr, {}).ino; });
+    return ino;
+  }
+  InodeData get(uint64_t ino) {
+    store::Txn txn(target->env(), store::Txn::READ);
+    return ns->get(txn, ino);
+  }
+  uint64_t lookup(uint64_t parent, const char* name) {
+    store::Txn txn(target->env(), store::Txn::READ);
+    return ns->lookup(txn, parent, n(name)).ino;
+  }
+  bool exists(uint64_t parent, const char* name) {
+    return err([&](store::Txn& txn) { ns->lookup(txn, parent, n(name)); }) == 0;
+  }
+  size_t pendingDestroys() {
+    store::Txn txn(target->env(), store::Txn::READ);
+    return ns->pendingDestroys(txn, 1000).size();
+  }
+
+  TempDir dir;
+  kj::Own<Target> target;
+  kj::Own<Namespace> ns;
+  std::set<uint64_t> open;
+};
+
+TEST_F(NamespaceTest, RegularFilesGetALayoutOverTheDataTargets) {
+  uint64_t a = make(ROOT_INO, "a", S_IFREG | 0644);
+  uint64_t b = make(ROOT_INO, "b", S_IFREG | 0644);
+  auto fa = get(a), fb = get(b);
+  EXPECT_EQ(fa.layout.stripeSize, 65536u);
+  EXPECT_EQ(fa.layout.targets.size(), 2u);
+  EXPECT_EQ(fa.layout.objectId, a);
+  EXPECT_NE(fa.layout.targets[0], fb.layout.targets[0]);  // files start on different targets
+}
+
+TEST_F(NamespaceTest, NamesAreChecked) {
+  EXPECT_EQ(err([&](store::Txn& t) { ns->make(t, ROOT_INO, n(""), S_IFREG, 0, nullptr, {}); }),
+            EINVAL);
+  EXPECT_EQ(err([&](store::Txn& t) { ns->make(t, ROOT_INO, n("a/b"), S_IFREG, 0, nullptr, {}); }),
+            EINVAL);
+  EXPECT_EQ(err([&](store::Txn& t) { ns->make(t, ROOT_INO, n("."), S_IFDIR, 0, nullptr, {}); }),
+            EINVAL);
+  std::string longName(256, 'x');
+  EXPECT_EQ(err([&](store::Txn& t) {
+              ns->make(t, ROOT_INO, n(longName.c_str()), S_IFREG, 0, nullptr, {});
+            }),
+            ENAMETOOLONG);
+  make(ROOT_INO, "dup", S_IFREG | 0644);
+  EXPECT_EQ(err([&](store::Txn& t) { ns->make(t, ROOT_INO, n("dup"), S_IFREG, 0, nullptr, {}); }),
+            EEXIST);
+  uint64_t file = make(ROOT_INO, "file", S_IFREG | 0644);
+  EXPECT_EQ(err([&](store::Txn& t) { ns->make(t, file, n("x"), S_IFREG, 0, nullptr, {}); }),
+            ENOTDIR);
+}
+
+TEST_F(NamespaceTest, DirectoryLinkCounts) {
+  uint64_t d = make(ROOT_INO, "d", S_IFDIR | 0755);
+  EXPECT_EQ(get(ROOT_INO).nlink, 3u);
+  make(d, "sub", S_IFDIR | 0755);
+  EXPECT_EQ(get(d).nlink, 3u);
+  EXPECT_EQ(err([&](store::Txn& t) { ns->unlink(t, ROOT_INO, n("d"), true); }), ENOTEMPTY);
+  apply([&](store::Txn& t) { ns->unlink(t, d, n("sub"), true); });
+  apply([&](store::Txn& t) { ns->unlink(t, ROOT_INO, n("d"), true); });
+  EXPECT_EQ(get(ROOT_INO).nlink, 2u);
+}
+
+TEST_F(NamespaceTest, RenameCases) {
+  uint64_t a = make(ROOT_INO, "a", S_IFDIR | 0755);
+  uint64_t b = make(ROOT_INO, "b", S_IFDIR | 0755);
+  uint64_t sub = make(a, "sub", S_IFDIR | 0755);
+  uint64_t f = make(a, "f", S_IFREG | 0644);
+  // Into its own subtree.
+  EXPECT_EQ(err([&](store::Txn& t) { ns->rename(t, ROOT_INO, n("a"), sub, n("x"), 0); }), EINVAL);
+  EXPECT_EQ(err([&](store::Txn& t) { ns->rename(t, ROOT_INO, n("a"), a, n("x"), 0); }), EINVAL);
+  // A directory across parents moves its ".." and the link counts.
+  apply([&](store::Txn& t) { ns->rename(t, a, n("sub"), b, n("sub2"), 0); });
+  EXPECT_EQ(get(sub).parent, b);
+  EXPECT_EQ(get(a).nlink, 2u);
+  EXPECT_EQ(get(b).nlink, 3u);
+  // Over a file, with the replaced file destroyed (queued for its objects).
+  uint64_t g = make(b, "g", S_IFREG | 0644);
+  apply([&](store::Txn& t) { ns->rename(t, a, n("f"), b, n("g"), 0); });
+  EXPECT_FALSE(exists(a, "f"));
+  EXPECT_EQ(lookup(b, "g"), f);
+  EXPECT_EQ(pendingDestroys(), 1u);
+  EXPECT_EQ(err([&](store::Txn& t) { ns->get(t, g); }), ENOENT);
+  // NOREPLACE / EXCHANGE.
+  make(ROOT_INO, "x", S_IFREG | 0644);
+  make(ROOT_INO, "y", S_IFREG | 0644);
+  EXPECT_EQ(err([&](store::Txn& t) {
+              ns->rename(t, ROOT_INO, n("x"), ROOT_INO, n("y"), RENAME_NOREPLACE);
+            }),
+            EEXIST);
+  EXPECT_EQ(err([&](store::Txn& t) {
+              ns->rename(t, ROOT_INO, n("x"), ROOT_INO, n("y"), RENAME_NOREPLACE | RENAME_EXCHANGE);
+            }),
+            EINVAL);
+  EXPECT_EQ(err([&](store::Txn& t) {
+              ns->rename(t, ROOT_INO, n("x"), ROOT_INO, n("nope"), RENAME_EXCHANGE);
+            }),
+            ENOENT);
+  // Same inode under two names: nothing happens.
+  apply([&](store::Txn& t) { ns->link(t, f, ROOT_INO, n("f-alias")); });
+  apply([&](store::Txn& t) { ns->rename(t, b, n("g"), ROOT_INO, n("f-alias"), 0); });
+  EXPECT_TRUE(exists(b, "g"));
+  EXPECT_EQ(get(f).nlink, 2u);
+}
+
+TEST_F(NamespaceTest, UnlinkedOpenFilesBecomeOrphansUntilClosed) {
+  uint64_t f = make(ROOT_INO, "f", S_IFREG | 0644);
+  open.insert(f);
+  apply([&](store::Txn& t) { ns->unlink(t, ROOT_INO, n("f"), false); });
+  EXPECT_EQ(get(f).nlink, 0u);
+  {
+    store::Txn txn(target->env(), store::Txn::READ);
+    EXPECT_EQ(ns->orphans(txn).size(), 1u);
+  }
+  EXPECT_EQ(pendingDestroys(), 0u);
+  // Nothing is reaped while it is open...
+  apply([&](store::Txn& t) { EXPECT_EQ(ns->reapOrphans(t), 0u); });
+  // ...and the last close destroys it.
+  open.erase(f);
+  apply([&](store::Txn& t) { ns->closed(t, f); });
+  EXPECT_EQ(pendingDestroys(), 1u);
+  apply([&](store::Txn& t) { ns->destroyed(t, f); });
+  EXPECT_EQ(pendingDestroys(), 0u);
+}
+
+TEST_F(NamespaceTest, ReaddirCookiesStayValid) {
+  for (int i = 0; i < 50; ++i) make(ROOT_INO, ("e" + std::to_string(i)).c_str(), S_IFREG | 0644);
+  capnp::MallocMessageBuilder message;
+  auto list = message.initRoot<rpc::MetaReply>().initEntries().initList(20);
+  uint32_t count = 0;
+  {
+    store::Txn txn(target->env(), store::Txn::READ);
+    EXPECT_FALSE(ns->readdir(txn, ROOT_INO, 0, 20, &list, &count));
+  }
+  ASSERT_EQ(count, 20u);
+  uint64_t resume = list[19].getCookie();
+  std::string nextName;
+  // Remove an entry already read and one not read yet, add one: the walk goes on after resume.
+  apply([&](store::Txn& t) { ns->unlink(t, ROOT_INO, n("e0"), false); });
+  apply([&](store::Txn& t) { ns->unlink(t, ROOT_INO, n("e30"), false); });
+  make(ROOT_INO, "late", S_IFREG | 0644);
+  std::set<std::string> rest;
+  for (uint64_t cookie = resume;;) {
+    capnp::MallocMessageBuilder m;
+    auto l = m.initRoot<rpc::MetaReply>().initEntries().initList(7);
+    uint32_t c = 0;
+    store::Txn txn(target->env(), store::Txn::READ);
+    bool eof = ns->readdir(txn, ROOT_INO, cookie, 7, &l, &c);
+    for (uint32_t i = 0; i < c; ++i) {
+      rest.insert(std::string(l[i].getName().asChars().begin(), l[i].getName().size()));
+      cookie = l[i].getCookie();
+    }
+    if (eof) break;
+  }
+  EXPECT_EQ(rest.size(), 30u);  // e20..e49 without e30, plus "late"
+  EXPECT_TRUE(rest.count("late"));
+  EXPECT_FALSE(rest.count("e30"));
+}
+
+TEST_F(NamespaceTest, Xattrs) {
+  uint64_t f = make(ROOT_INO, "f", S_IFREG | 0644);
+  apply([&](store::Txn& t) { ns->setxattr(t, f, n("user.a"), n("1"), 0); });
+  EXPECT_EQ(err([&](store::Txn& t) { ns->setxattr(t, f, n("user.a"), n("2"), XATTR_CREATE); }),
+            EEXIST);
+  EXPECT_EQ(err([&](store::Txn& t) { ns->setxattr(t, f, n("user.b"), n("2"), XATTR_REPLACE); }),
+            ENODATA);
+  EXPECT_EQ(err([&](store::Txn& t) { ns->setxattr(t, f, n("system.posix_acl_access"), n("x"), 0); }),
+            EOPNOTSUPP);
+  auto big = kj::heapArray<kj::byte>(XATTR_VALUE_MAX + 1);
+  EXPECT_EQ(err([&](store::Txn& t) { ns->setxattr(t, f, n("user.big"), big, 0); }), E2BIG);
+  {
+    store::Txn txn(target->env(), store::Txn::READ);
+    EXPECT_EQ(ns->listxattr(txn, f).size(), 1u);
+  }
+  // Destroying the inode takes its xattrs along.
+  apply([&](store::Txn& t) { ns->unlink(t, ROOT_INO, n("f"), false); });
+  store::Txn txn(target->env(), store::Txn::READ);
+  EXPECT_EQ(ns->inodeCount(txn), 1u);
+}
+
+TEST_F(NamespaceTest, SetgidDirectoriesPassTheirGroupOn) {
+  uint64_t d = make(ROOT_INO, "d", S_IFDIR | 02775);
+  InodeData dir = get(d);
+  dir.gid = 77;
+  apply([&](store::Txn& t) { ns->put(t, dir); });
+  uint64_t f = 0, sub = 0;
+  apply([&](store::Txn& t) {
+    f = ns->make(t, d, n("f"), S_IFREG | 0644, 0, nullptr, Creds{5, 6}).ino;
+    sub = ns->make(t, d, n("s"), S_IFDIR | 0755, 0, nullptr, Creds{5, 6}).ino;
+  });
+  EXPECT_EQ(get(f).gid, 77u);
+  EXPECT_EQ(get(f).uid, 5u);
+  EXPECT_EQ(get(sub).gid, 77u);
+  EXPECT_TRUE(get(sub).mode & S_ISGID);
+}
+
+}  // namespace
+}  // namespace cairn

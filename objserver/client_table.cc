@@ -55,6 +55,25 @@ void ClientTable::prune(store::Txn& txn, kj::ArrayPtr<const kj::byte> client, ui
   }
 }
 
+kj::Vector<kj::Array<kj::byte>> ClientTable::clients(store::Txn& txn) {
+  kj::Vector<kj::Array<kj::byte>> out;
+  store::Cursor cursor(txn, replies_);
+  for (auto item = cursor.first();;) {
+    KJ_IF_MAYBE(i, item) {
+      auto uuid = kj::heapArray(i->key.slice(0, UUID_SIZE));
+      // Skip the rest of this client's records.
+      item = cursor.seek(replyKey(uuid, UINT64_MAX));
+      KJ_IF_MAYBE(j, item) {
+        if (sameClient(j->key, uuid)) item = cursor.next();
+      }
+      out.add(kj::mv(uuid));
+    } else {
+      break;
+    }
+  }
+  return out;
+}
+
 uint64_t ClientTable::lastRequestId(store::Txn& txn, kj::ArrayPtr<const kj::byte> client) {
   uint64_t last = 0;
   store::Cursor cursor(txn, replies_);

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <kj/array.h>
+#include <kj/vector.h>
 
 #include "objserver/store.h"
 #include "objserver/target.h"
@@ -22,6 +23,12 @@ public:
   void prune(store::Txn& txn, kj::ArrayPtr<const kj::byte> client, uint64_t below);
   // The highest request id recorded for the client (0 if none).
   uint64_t lastRequestId(store::Txn& txn, kj::ArrayPtr<const kj::byte> client);
+  // Every client with records.
+  kj::Vector<kj::Array<kj::byte>> clients(store::Txn& txn);
+  // Forgets a client that is gone for good.
+  void forget(store::Txn& txn, kj::ArrayPtr<const kj::byte> client) {
+    prune(txn, client, UINT64_MAX);
+  }
 
 private:
   MDB_dbi replies_;

@@ -3,6 +3,7 @@
 #include <sys/statvfs.h>
 
 #include <kj/debug.h>
+#include <spdlog/spdlog.h>
 
 #include "objserver/object_store.h"
 
@@ -42,6 +43,16 @@ void targetStatFs(Target& target, rpc::StatFs::Builder out) {
 
 kj::Promise<void> DataService::call(CallContext context) {
   ++ctx_.rpcCount;
+  // A request that breaks the protocol is refused with an exception; say so once, here.
+  try {
+    return dispatch(context);
+  } catch (kj::Exception& e) {
+    spdlog::warn("client {}: data request refused: {}", session_->key, e.getDescription().cStr());
+    throw;
+  }
+}
+
+kj::Promise<void> DataService::dispatch(CallContext context) {
   auto req = context.getParams().getRequest();
   using R = rpc::DataRequest;
   switch (req.which()) {

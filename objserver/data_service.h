@@ -14,6 +14,7 @@ public:
   kj::Promise<void> call(CallContext context) override;
 
 private:
+  kj::Promise<void> dispatch(CallContext context);
   ServerContext& ctx_;
   ObjectStore& objects_;
   kj::Own<ClientSession> session_;

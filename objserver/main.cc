@@ -104,6 +104,14 @@ int serve(const ServeOptions& o) {
   kj::Maybe<kj::Own<ObjectStore>> objects;
   kj::Maybe<kj::Own<Registrar>> registrar;
   kj::Promise<void> reaper = kj::READY_NOW;
+  // Clients of the previous instance get the recovery window to come back.
+  kj::Promise<void> forgetter = io.provider->getTimer()
+                                    .afterDelay(ctx.config.recoveryWindow)
+                                    .then([&]() { ctx.expireAbsentClients(); })
+                                    .eagerlyEvaluate([](kj::Exception&& e) {
+                                      spdlog::error("expiring clients: {}",
+                                                    e.getDescription().cStr());
+                                    });
 
   if (target.kind() == rpc::TargetKind::META) {
     auto& of = *opens.emplace(kj::heap<OpenFiles>());

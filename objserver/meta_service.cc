@@ -48,6 +48,16 @@ MetaService::~MetaService() noexcept(false) { ctx_.disconnected(*session_); }
 
 kj::Promise<void> MetaService::call(CallContext context) {
   ++ctx_.rpcCount;
+  // A request that breaks the protocol is refused with an exception; say so once, here.
+  try {
+    return dispatch(context);
+  } catch (kj::Exception& e) {
+    spdlog::warn("client {}: metadata request refused: {}", session_->key, e.getDescription().cStr());
+    throw;
+  }
+}
+
+kj::Promise<void> MetaService::dispatch(CallContext context) {
   auto req = context.getParams().getRequest();
   using R = rpc::MetaRequest;
   if (req.which() == R::SYNC) {

@@ -15,6 +15,7 @@ public:
   kj::Promise<void> call(CallContext context) override;
 
 private:
+  kj::Promise<void> dispatch(CallContext context);
   void read(rpc::MetaRequest::Reader req, rpc::MetaReply::Builder reply);
   void update(rpc::MetaRequest::Reader req, capnp::MallocMessageBuilder& message);
   void release(uint64_t handle, rpc::MetaReply::Builder reply);

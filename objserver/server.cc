@@ -58,18 +58,47 @@ void ServerContext::disconnected(ClientSession& session) {
   uint64_t epoch = ++session.disconnects;
   spdlog::info("client {} ({}) disconnected; keeping its opens for {} s", session.key,
                session.hostName.cStr(), config.disconnectGrace / kj::SECONDS);
-  // The session object outlives this capability: it stays in `sessions`.
-  tasks.add(io.provider->getTimer().afterDelay(config.disconnectGrace).then([this, &session, epoch]() {
-    if (session.connections == 0 && session.disconnects == epoch) dropOpens(session);
-  }));
+  // The session outlives this capability (it stays in `sessions`) until the grace period ends
+  // without the client coming back; then it, its opens and its reply records go.
+  tasks.add(io.provider->getTimer().afterDelay(config.disconnectGrace).then(
+      [this, s = kj::addRef(session), epoch]() mutable {
+        if (s->connections == 0 && s->disconnects == epoch) expire(*s);
+      }));
+}
+
+void ServerContext::expire(ClientSession& session) {
+  dropOpens(session);
+  try {
+    commit([&](store::Txn& txn) { clients.forget(txn, session.uuid); });
+  } catch (FsError& e) {
+    spdlog::warn("cannot forget client {}: {}", session.key, e.what());
+  }
+  spdlog::info("client {} ({}) did not come back within {} s: session ended", session.key,
+               session.hostName.cStr(), config.disconnectGrace / kj::SECONDS);
+  sessions.erase(session.key);
+}
+
+void ServerContext::expireAbsentClients() {
+  // Clients recorded by an earlier instance that have not reconnected by now are gone.
+  kj::Vector<kj::Array<kj::byte>> gone;
+  {
+    store::Txn txn(target.env(), store::Txn::READ);
+    for (auto& uuid : clients.clients(txn)) {
+      if (sessions.count(kj::encodeHex(uuid).cStr()) == 0) gone.add(kj::mv(uuid));
+    }
+  }
+  if (gone.size() == 0) return;
+  commit([&](store::Txn& txn) {
+    for (auto& uuid : gone) clients.forget(txn, uuid);
+  });
+  spdlog::info("forgot {} clients of earlier instances that did not come back", gone.size());
 }
 
 void ServerContext::dropOpens(ClientSession& session) {
   KJ_IF_MAYBE(o, opens) {
     auto inos = o->closeAll(session.key);
     if (inos.empty()) return;
-    spdlog::info("client {} did not come back: closed its {} open files", session.key,
-                 inos.size());
+    spdlog::info("client {}: closed its {} open files", session.key, inos.size());
     auto& n = KJ_ASSERT_NONNULL(ns);
     commit([&](store::Txn& txn) {
       for (uint64_t ino : inos) n.closed(txn, ino);

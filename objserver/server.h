@@ -68,6 +68,8 @@ public:
   ClientSession& session(rpc::Hello::Reader hello);
   void connected(ClientSession& session);
   void disconnected(ClientSession& session);
+  // After the recovery window: forget clients of earlier instances that never came back.
+  void expireAbsentClients();
 
   // Runs one update: a resend is answered from the reply record; otherwise `apply` runs in one
   // write transaction with a new transaction number, and the reply is recorded in it.
@@ -93,6 +95,7 @@ private:
   };
   ErrorHandler errorHandler_;
   void dropOpens(ClientSession& session);
+  void expire(ClientSession& session);
 };
 
 // The bootstrap capability.

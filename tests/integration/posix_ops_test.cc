@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <linux/fs.h>
 #include <stdio.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/sysmacros.h>
@@ -509,6 +510,23 @@ TEST_F(PosixOps, Fsync) {
   close(dfd);
   std::string st = cluster_->status(1);
   EXPECT_EQ(jsonNumber(st, "lastSynced"), jsonNumber(st, "lastTransno"));
+}
+
+TEST_F(PosixOps, SharedWritableMmap) {
+  int fd = open(p("mm").c_str(), O_CREAT | O_RDWR, 0600);
+  ASSERT_EQ(ftruncate(fd, 3 * 4096), 0);
+  char* m = static_cast<char*>(mmap(nullptr, 3 * 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0));
+  ASSERT_NE(m, MAP_FAILED);
+  memcpy(m + 4096 - 2, "mapped", 6);
+  ASSERT_EQ(msync(m, 3 * 4096, MS_SYNC), 0);
+  // read() on the same client sees what was stored through the mapping...
+  EXPECT_EQ(readAt(fd, 6, 4096 - 2), "mapped");
+  // ...and a mapping sees what write() stored.
+  writeAll(fd, "written", 2 * 4096 + 10);
+  EXPECT_EQ(std::string(m + 2 * 4096 + 10, 7), "written");
+  munmap(m, 3 * 4096);
+  close(fd);
+  EXPECT_EQ(slurp(p("mm")).substr(4096 - 2, 6), "mapped");
 }
 
 TEST_F(PosixOps, LargeSequentialRoundTrip) {

@@ -190,6 +190,15 @@ TEST(Recovery, OrphanOfAVanishedClientIsFreed) {
                0;
       },
       8000));
+  // Its session is gone too: one client left.
+  EXPECT_TRUE(waitFor(
+      [&] {
+        auto st = cluster.status(0);
+        size_t n = 0;
+        for (size_t at = 0; (at = st.find("\"uuid\"", at)) != std::string::npos; ++at) ++n;
+        return n == 1;
+      },
+      8000));
   // The other client carries on.
   put(other + "/after", "fine");
   EXPECT_EQ(slurp(other + "/after"), "fine");

@@ -353,6 +353,23 @@ kj::Promise<kj::Array<kj::byte>> Client::readlink(uint64_t ino) {
       });
 }
 
+// An open or create was answered: the file table entry gets its inode and layout.
+Opened Client::opened(uint64_t fh, ServerLink::MetaResponse& resp) {
+  auto opened = resp.getReply().getOpened();
+  Opened out;
+  out.fh = fh;
+  out.entry = toEntry(opened.getAttr());
+  uint64_t ino = opened.getAttr().getIno();
+  auto& file = KJ_ASSERT_NONNULL(opens_.find(fh));
+  file.ino = ino;
+  if (opened.hasLayout()) {
+    auto layout = toLayout(opened.getLayout());
+    file.layout = kj::addRef(*layout);
+    KJ_IF_MAYBE(inode, inodes_.find(ino)) { inode->layout = kj::mv(layout); }
+  }
+  return out;
+}
+
 kj::Promise<Opened> Client::open(const Cred& cred, uint64_t ino, uint32_t flags) {
   OpenTable::File file;
   file.ino = ino;
@@ -367,23 +384,11 @@ kj::Promise<Opened> Client::open(const Cred& cred, uint64_t ino, uint32_t flags)
                o.setHandle(fh);
              },
              false)
-      .then(
-          [this, fh, ino](ServerLink::MetaResponse&& resp) {
-            auto opened = resp.getReply().getOpened();
-            Opened out;
-            out.fh = fh;
-            out.entry = toEntry(opened.getAttr());
-            if (opened.hasLayout()) {
-              auto layout = toLayout(opened.getLayout());
-              KJ_IF_MAYBE(f, opens_.find(fh)) { f->layout = kj::addRef(*layout); }
-              KJ_IF_MAYBE(inode, inodes_.find(ino)) { inode->layout = kj::mv(layout); }
-            }
-            return out;
-          },
-          [this, fh](kj::Exception&& e) -> Opened {
-            opens_.remove(fh);
-            kj::throwFatalException(kj::mv(e));
-          });
+      .then([this, fh](ServerLink::MetaResponse&& resp) { return opened(fh, resp); },
+            [this, fh](kj::Exception&& e) -> Opened {
+              opens_.remove(fh);
+              kj::throwFatalException(kj::mv(e));
+            });
 }
 
 kj::Promise<Opened> Client::create(const Cred& cred, uint64_t parent, kj::Array<kj::byte> name,
@@ -402,28 +407,11 @@ kj::Promise<Opened> Client::create(const Cred& cred, uint64_t parent, kj::Array<
                c.setHandle(fh);
              },
              true)
-      .then(
-          [this, fh](ServerLink::MetaResponse&& resp) {
-            auto opened = resp.getReply().getOpened();
-            Opened out;
-            out.fh = fh;
-            out.entry = toEntry(opened.getAttr());
-            uint64_t ino = opened.getAttr().getIno();
-            auto& inode = inodes_.remember(ino);
-            inode.size = opened.getAttr().getSize();
-            auto& file = KJ_ASSERT_NONNULL(opens_.find(fh));
-            file.ino = ino;
-            if (opened.hasLayout()) {
-              auto layout = toLayout(opened.getLayout());
-              file.layout = kj::addRef(*layout);
-              inode.layout = kj::mv(layout);
-            }
-            return out;
-          },
-          [this, fh](kj::Exception&& e) -> Opened {
-            opens_.remove(fh);
-            kj::throwFatalException(kj::mv(e));
-          });
+      .then([this, fh](ServerLink::MetaResponse&& resp) { return opened(fh, resp); },
+            [this, fh](kj::Exception&& e) -> Opened {
+              opens_.remove(fh);
+              kj::throwFatalException(kj::mv(e));
+            });
 }
 
 OpenTable::File& Client::openFile(uint64_t fh) {

@@ -129,6 +129,7 @@ private:
   kj::Promise<void> syncTargets(const StripeLayout& layout);
   OpenTable::File& openFile(uint64_t fh);
   Entry toEntry(rpc::Attr::Reader attr);
+  Opened opened(uint64_t fh, ServerLink::MetaResponse& resp);
 
   kj::AsyncIoContext& io_;
   ClientOptions options_;

@@ -198,6 +198,7 @@ void opCreate(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
                           param.attr = o.entry.attr;
                           param.attr_timeout = ATTR_TIMEOUT;
                           param.entry_timeout = ENTRY_TIMEOUT;
+                          c->remember(param.ino);  // the reply hands the kernel a reference
                           if (fuse_reply_create(req, &param, &out) == -ENOENT) {
                             c->release(o.fh).detach([](kj::Exception&&) {});
                           }

@@ -107,14 +107,7 @@ void ServerContext::dropOpens(ClientSession& session) {
   }
 }
 
-kj::Promise<void> ServerImpl::connect(ConnectContext context) {
-  auto hello = context.getParams().getHello();
-  auto& session = ctx_.session(hello);
-  spdlog::info("{} {} connected from {} (version {}, features {:#x})",
-               hello.getRole() == rpc::Hello::Role::CLIENT ? "client" : "peer", session.key,
-               session.hostName.cStr(), session.softwareVersion.cStr(), session.features);
-  auto results = context.getResults();
-  auto info = results.initInfo();
+void ServerImpl::fillInfo(rpc::ServerInfo::Builder info) {
   info.setSoftwareVersion(ctx_.target.softwareVersion());
   info.setFeatures(features::SUPPORTED);
   info.setKind(ctx_.target.kind());
@@ -122,6 +115,16 @@ kj::Promise<void> ServerImpl::connect(ConnectContext context) {
   info.setFsUuid(ctx_.target.fsUuid());
   info.setTargetIndex(ctx_.target.index());
   info.setInstance(ctx_.target.instance());
+}
+
+kj::Promise<void> ServerImpl::connect(ConnectContext context) {
+  auto hello = context.getParams().getHello();
+  auto& session = ctx_.session(hello);
+  spdlog::info("{} {} connected from {} (version {}, features {:#x})",
+               hello.getRole() == rpc::Hello::Role::CLIENT ? "client" : "peer", session.key,
+               session.hostName.cStr(), session.softwareVersion.cStr(), session.features);
+  auto results = context.getResults();
+  fillInfo(results.initInfo());
   if (ctx_.target.kind() == rpc::TargetKind::META) {
     results.setMeta(kj::heap<MetaService>(ctx_, kj::addRef(session)));
   } else {
@@ -132,14 +135,7 @@ kj::Promise<void> ServerImpl::connect(ConnectContext context) {
 
 kj::Promise<void> ServerImpl::status(StatusContext context) {
   auto s = context.getResults().initStatus();
-  auto info = s.initInfo();
-  info.setSoftwareVersion(ctx_.target.softwareVersion());
-  info.setFeatures(features::SUPPORTED);
-  info.setKind(ctx_.target.kind());
-  info.setFsName(ctx_.target.fsName());
-  info.setFsUuid(ctx_.target.fsUuid());
-  info.setTargetIndex(ctx_.target.index());
-  info.setInstance(ctx_.target.instance());
+  fillInfo(s.initInfo());
   s.setAddress(ctx_.config.advertise);
   s.setState("serving");
   s.setUptimeMs((ctx_.io.provider->getTimer().now() - ctx_.started) / kj::MILLISECONDS);

@@ -108,6 +108,7 @@ public:
   kj::Promise<void> registerTarget(RegisterTargetContext context) override;
 
 private:
+  void fillInfo(rpc::ServerInfo::Builder info);
   ServerContext& ctx_;
 };
 

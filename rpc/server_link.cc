@@ -39,6 +39,16 @@ struct ServerLink::Connection {
   rpc::DataSession::Client data = nullptr;
 };
 
+// The session capability a response type comes from.
+template <typename Response>
+auto& sessionFor(ServerLink::Connection& conn) {
+  if constexpr (kj::isSameType<Response, ServerLink::MetaResponse>()) {
+    return conn.meta;
+  } else {
+    return conn.data;
+  }
+}
+
 // A request on its way: keeps its id in the unreplied set until it is answered or abandoned.
 struct ServerLink::Pending : public kj::Refcounted {
   Pending(ServerLink& link, bool update, Class cls)
@@ -201,31 +211,17 @@ kj::Promise<Response> ServerLink::send(kj::Own<Pending> pending, Build& build) {
       lost(gen, e.getDescription());
       return send<Response>(kj::mv(pending), build);
     };
-    if constexpr (kj::isSameType<Response, MetaResponse>()) {
-      auto req = conn.meta.callRequest();
-      auto r = req.initRequest();
-      r.setRequestId(pending->id);
-      r.setOldestUnreplied(oldestUnreplied());
-      build(r);
-      return req.send().then(
-          [this, pending = kj::mv(pending)](Response&& resp) mutable -> kj::Promise<Response> {
-            lastSynced_ = kj::max(lastSynced_, resp.getReply().getLastSynced());
-            return kj::mv(resp);
-          },
-          kj::mv(onError));
-    } else {
-      auto req = conn.data.callRequest();
-      auto r = req.initRequest();
-      r.setRequestId(pending->id);
-      r.setOldestUnreplied(oldestUnreplied());
-      build(r);
-      return req.send().then(
-          [this, pending = kj::mv(pending)](Response&& resp) mutable -> kj::Promise<Response> {
-            lastSynced_ = kj::max(lastSynced_, resp.getReply().getLastSynced());
-            return kj::mv(resp);
-          },
-          kj::mv(onError));
-    }
+    auto req = sessionFor<Response>(conn).callRequest();
+    auto r = req.initRequest();
+    r.setRequestId(pending->id);
+    r.setOldestUnreplied(oldestUnreplied());
+    build(r);
+    return req.send().then(
+        [this, pending = kj::mv(pending)](Response&& resp) mutable -> kj::Promise<Response> {
+          lastSynced_ = kj::max(lastSynced_, resp.getReply().getLastSynced());
+          return kj::mv(resp);
+        },
+        kj::mv(onError));
   });
 }
 

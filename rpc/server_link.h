@@ -69,8 +69,9 @@ public:
   kj::StringPtr peerVersion() const { return peerVersion_; }
   uint64_t lastSynced() const { return lastSynced_; }
 
+  struct Connection;  // one TCP connection and its capabilities
+
 private:
-  struct Connection;
   struct Pending;
   template <typename Response, typename Build>
   kj::Promise<Response> send(kj::Own<Pending> pending, Build& build);

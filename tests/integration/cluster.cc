@@ -30,6 +30,24 @@ std::string readFile(const std::string& path) {
   return ss.str();
 }
 
+// In a forked child: stdin from /dev/null, stdout and stderr to files, nothing else inherited
+// (files the test has open on a mount must not leak into servers), then exec.
+[[noreturn]] void execChild(const std::vector<std::string>& argv, const std::string& outPath,
+                            const std::string& errPath) {
+  int in = open("/dev/null", O_RDONLY);
+  int out = open(outPath.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
+  int err = errPath == outPath ? out : open(errPath.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
+  dup2(in, 0);
+  dup2(out, 1);
+  dup2(err, 2);
+  close_range(3, ~0U, 0);
+  std::vector<char*> args;
+  for (auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  execv(args[0], args.data());
+  _exit(127);
+}
+
 std::string randomHex(int bytes) {
   std::random_device rd;
   std::string out;
@@ -44,12 +62,6 @@ std::string randomHex(int bytes) {
 
 [[noreturn]] void fail(const std::string& what) { throw std::runtime_error(what); }
 
-std::vector<char*> cargv(const std::vector<std::string>& argv) {
-  std::vector<char*> out;
-  for (auto& a : argv) out.push_back(const_cast<char*>(a.c_str()));
-  out.push_back(nullptr);
-  return out;
-}
 
 }  // namespace
 
@@ -66,19 +78,7 @@ RunResult run(const std::vector<std::string>& argv) {
   TempDir tmp;
   std::string outPath = tmp.path() + "/out", errPath = tmp.path() + "/err";
   pid_t pid = fork();
-  if (pid == 0) {
-    int out = open(outPath.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    int err = open(errPath.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    int in = open("/dev/null", O_RDONLY);
-    dup2(in, 0);
-    dup2(out, 1);
-    dup2(err, 2);
-    // Nothing else the test has open (files on a mount!) may leak into the child.
-    close_range(3, ~0U, 0);
-    auto args = cargv(argv);
-    execv(args[0], args.data());
-    _exit(127);
-  }
+  if (pid == 0) execChild(argv, outPath, errPath);
   int status = 0;
   waitpid(pid, &status, 0);
   RunResult r;
@@ -106,16 +106,8 @@ Child::Child(const std::vector<std::string>& argv, const std::string& stderrPath
   if (pid_ < 0) fail("fork failed");
   if (pid_ == 0) {
     setsid();
-    int in = open("/dev/null", O_RDONLY);
-    int out = open(stderrPath.empty() ? "/dev/null" : stderrPath.c_str(),
-                   O_WRONLY | O_CREAT | O_APPEND, 0600);
-    dup2(in, 0);
-    dup2(out, 1);
-    dup2(out, 2);
-    close_range(3, ~0U, 0);
-    auto args = cargv(argv);
-    execv(args[0], args.data());
-    _exit(127);
+    std::string out = stderrPath.empty() ? "/dev/null" : stderrPath;
+    execChild(argv, out, out);
   }
 }
 
@@ -160,6 +152,17 @@ bool isMounted(const std::string& path) {
     if (f == path) return true;
   }
   return false;
+}
+
+std::string readWhole(const std::string& path) {
+  int fd = open(path.c_str(), O_RDONLY);
+  if (fd < 0) return "<" + std::string(strerror(errno)) + ">";
+  std::string out;
+  char buf[65536];
+  ssize_t n;
+  while ((n = read(fd, buf, sizeof(buf))) > 0) out.append(buf, n);
+  close(fd);
+  return out;
 }
 
 uint64_t jsonNumber(const std::string& json, const std::string& key) {

@@ -127,6 +127,9 @@ private:
   std::vector<Mount> mounts_;
 };
 
+// The whole content of a file ("<error text>" if it cannot be opened).
+std::string readWhole(const std::string& path);
+
 // Reads an unsigned number field from a flat JSON object text (test helper, not a parser).
 uint64_t jsonNumber(const std::string& json, const std::string& key);
 

@@ -48,16 +48,7 @@ protected:
     buf.resize(r < 0 ? 0 : r);
     return buf;
   }
-  static std::string slurp(const std::string& path) {
-    int fd = open(path.c_str(), O_RDONLY);
-    EXPECT_GE(fd, 0) << path << ": " << strerror(errno);
-    std::string out;
-    char buf[65536];
-    ssize_t n;
-    while ((n = read(fd, buf, sizeof(buf))) > 0) out.append(buf, n);
-    close(fd);
-    return out;
-  }
+  static std::string slurp(const std::string& path) { return readWhole(path); }
   static int errnoOf(int rc) { return rc == -1 ? errno : 0; }
 
   static TestCluster* cluster_;

@@ -18,16 +18,7 @@
 namespace cairn::test {
 namespace {
 
-std::string slurp(const std::string& path) {
-  int fd = open(path.c_str(), O_RDONLY);
-  if (fd < 0) return "<" + std::string(strerror(errno)) + ">";
-  std::string out;
-  char buf[65536];
-  ssize_t n;
-  while ((n = read(fd, buf, sizeof(buf))) > 0) out.append(buf, n);
-  close(fd);
-  return out;
-}
+std::string slurp(const std::string& path) { return readWhole(path); }
 
 void put(const std::string& path, const std::string& data) {
   int fd = open(path.c_str(), O_CREAT | O_WRONLY | O_TRUNC, 0644);

@@ -80,6 +80,14 @@ Client::~Client() noexcept(false) {}
 
 void Client::start() { meta_->start(); }
 
+bool Client::outage() const {
+  if (meta_->state() != ServerLink::State::ACTIVE) return true;
+  for (auto& [index, link] : data_) {
+    if (link->state() != ServerLink::State::ACTIVE) return true;
+  }
+  return false;
+}
+
 // After every (re)connect to the metadata server: learn the data targets, then re-open every
 // open file under its handle, so the server knows them (and keeps unlinked-but-open files).
 kj::Promise<void> Client::recoverMeta() {

@@ -112,6 +112,9 @@ public:
   void remember(uint64_t ino) { inodes_.remember(ino); }
   void forget(uint64_t ino, uint64_t n) { inodes_.forget(ino, n); }
 
+  // True while some server is unreachable (requests to it park at its gate).
+  bool outage() const;
+
   InodeTable& inodes() { return inodes_; }
   OpenTable& opens() { return opens_; }
   ServerLink& meta() { return *meta_; }

@@ -355,13 +355,19 @@ fuse_lowlevel_ops makeTable() {
 
 }  // namespace
 
-FuseOps::FuseOps(Client& client) : client_(client), tasks_(errorHandler_) {}
+FuseOps::FuseOps(Client& client, kj::Timer& timer)
+    : client_(client), timer_(timer), tasks_(errorHandler_) {}
 
 FuseOps::~FuseOps() noexcept(false) {}
 
 const fuse_lowlevel_ops& FuseOps::table() {
   static const fuse_lowlevel_ops t = makeTable();
   return t;
+}
+
+kj::Promise<void> FuseOps::untilOutage() {
+  if (client_.outage()) return kj::READY_NOW;
+  return timer_.afterDelay(100 * kj::MILLISECONDS).then([this]() { return untilOutage(); });
 }
 
 void FuseOps::ErrorHandler::taskFailed(kj::Exception&& e) {
@@ -375,7 +381,10 @@ void FuseOps::runPromise(fuse_req_t req, kj::Promise<void> work) {
   // Calls onInterrupt at once if the request was already interrupted. libfuse forgets the hook
   // when the request is answered, so `interrupt` may go with the task.
   fuse_req_interrupt_func(req, onInterrupt, interrupt.get());
-  auto interrupted = paf.promise.then([req]() { fuse_reply_err(req, EINTR); });
+  // After an interrupt, end the request as soon as (or once) a server is unreachable.
+  auto interrupted = paf.promise.then([this]() { return untilOutage(); }).then([req]() {
+    fuse_reply_err(req, EINTR);
+  });
   tasks_.add(work.catch_([req](kj::Exception&& e) {
                    int err = errnoOf(e);
                    if (err == EIO) spdlog::warn("request failed: {}", e.getDescription().cStr());

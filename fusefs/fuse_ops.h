@@ -2,9 +2,11 @@
 // on the Client and the result into exactly one fuse_reply_*. Handlers run on the event-loop
 // thread, start a promise and return; the reply comes from its continuation.
 //
-// Every request registers an interrupt hook: a signal to the caller (FUSE INTERRUPT) ends the
-// wait with EINTR and cancels whatever the request was waiting for (a parked request at a
-// closed gate, or an RPC in flight), so no process is left unkillable.
+// Every request registers an interrupt hook. A signal to the caller (FUSE INTERRUPT) ends the
+// request with EINTR when it is blocked on an absent server (parked at a closed gate), as the
+// design requires; a request to live servers completes (it takes microseconds, and an update
+// already sent must not be left half-known to the application). If an outage begins while an
+// interrupted request is still running, it is ended then. SIGKILL always ends the caller.
 #pragma once
 
 #define FUSE_USE_VERSION 314
@@ -26,7 +28,7 @@ struct FuseUserdata {
 
 class FuseOps {
 public:
-  explicit FuseOps(Client& client);
+  FuseOps(Client& client, kj::Timer& timer);
   ~FuseOps() noexcept(false);
 
   static const fuse_lowlevel_ops& table();
@@ -40,11 +42,13 @@ public:
 
 private:
   void runPromise(fuse_req_t req, kj::Promise<void> work);
+  kj::Promise<void> untilOutage();
   class ErrorHandler : public kj::TaskSet::ErrorHandler {
   public:
     void taskFailed(kj::Exception&& e) override;
   };
   Client& client_;
+  kj::Timer& timer_;
   ErrorHandler errorHandler_;
   kj::TaskSet tasks_;
 };

@@ -121,7 +121,7 @@ int main(int argc, char** argv) {
     KJ_REQUIRE(options.metaAddresses.size() > 0, "no server address given");
     options.hostName = kj::str(host);
     cairn::Client client(io, kj::mv(options));
-    cairn::FuseOps fuseOps(client);
+    cairn::FuseOps fuseOps(client, io.provider->getTimer());
     userdata.ops = &fuseOps;
     client.start();
     spdlog::info("cairn-mount {} mounted {} at {}", CAIRN_VERSION, cfg.addresses,

@@ -239,6 +239,8 @@ InodeData Namespace::setattr(store::Txn& txn, rpc::MetaRequest::Setattr::Reader 
     fsRequire(!node.isDir(), EISDIR);
     fsRequire(node.isReg(), EINVAL);
     fsRequire(req.getSize() <= uint64_t(INT64_MAX), EFBIG);
+    // A size change is a content change (the kernel leaves this to the filesystem).
+    if (req.getSize() != node.size) node.mtime = now;
     node.size = req.getSize();
   }
   if (valid & rpc::SET_ATIME_NOW) {

@@ -1,0 +1,47 @@
+// The conformance suite runs every test twice: on a local directory (showing the test right on
+// Linux's own filesystem) and on a Cairn mount. Tests get their directory from FsTest::dir().
+#pragma once
+
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <functional>
+#include <string>
+
+namespace cairn::posix {
+
+// The two places: "local" (a directory on the machine's disk) and "cairn".
+std::string rootOf(const std::string& fs);
+
+class FsTest : public ::testing::TestWithParam<std::string> {
+protected:
+  void SetUp() override;
+  const std::string& dir() const { return dir_; }
+  std::string p(const std::string& name) const { return dir_ + "/" + name; }
+  bool onCairn() const { return GetParam() == "cairn"; }
+
+private:
+  std::string dir_;
+};
+
+// Helpers shared by the tests.
+int err(int rc);                               // errno of a failed call, 0 on success
+void touch(const std::string& path, mode_t mode = 0644);
+void writeFile(const std::string& path, const std::string& data);
+std::string readFile(const std::string& path);
+struct stat statOf(const std::string& path);  // lstat
+// Sets atime and mtime well in the past, so that any later update is visible.
+void age(const std::string& path);
+bool newer(const timespec& t, long sinceSec);  // t is after (now - sinceSec)
+// Runs body as an unprivileged user (uid/gid 4242, optionally in supplementary group 5353);
+// returns what body returns (an errno, 0 for success).
+constexpr uid_t USER = 4242;
+constexpr gid_t GROUP = 4242;
+constexpr gid_t SUPP = 5353;
+int asUser(const std::function<int()>& body, bool supplementary = false);
+
+#define ON_BOTH(Suite) INSTANTIATE_TEST_SUITE_P(Fs, Suite, ::testing::Values("local", "cairn"), \
+                                                [](const auto& info) { return info.param; })
+
+}  // namespace cairn::posix

@@ -65,7 +65,7 @@ void attrToStat(rpc::Attr::Reader a, struct stat* st) {
 }
 
 Client::Client(kj::AsyncIoContext& io, ClientOptions options)
-    : io_(io), options_(kj::mv(options)) {
+    : io_(io), options_(kj::mv(options)), tasks_(errorHandler_) {
   identity_.uuid = randomUuid();
   identity_.role = rpc::Hello::Role::CLIENT;
   identity_.hostName = kj::str(options_.hostName);
@@ -77,6 +77,10 @@ Client::Client(kj::AsyncIoContext& io, ClientOptions options)
 }
 
 Client::~Client() noexcept(false) {}
+
+void Client::ErrorHandler::taskFailed(kj::Exception&& e) {
+  spdlog::warn("background request failed: {}", e.getDescription().cStr());
+}
 
 void Client::start() { meta_->start(); }
 
@@ -168,7 +172,7 @@ Entry Client::toEntry(rpc::Attr::Reader attr) {
   Entry e;
   attrToStat(attr, &e.attr);
   e.generation = attr.getGeneration();
-  inodes_.sawSize(attr.getIno(), attr.getSize());
+  inodes_.sawAttr(attr.getIno(), attr.getSize(), e.attr.st_atim, e.attr.st_mtim, e.attr.st_ctim);
   return e;
 }
 
@@ -463,9 +467,49 @@ kj::Promise<kj::Array<kj::byte>> Client::read(uint64_t fh, uint64_t offset, size
           });
     }));
   }
+  uint64_t ino = file.ino;
+  bool noatime = file.flags & O_NOATIME;
   return kj::joinPromises(parts.finish())
-      .then([buffer = kj::mv(buffer)]() mutable { return kj::mv(buffer); })
+      .then([this, ino, noatime, buffer = kj::mv(buffer)]() mutable {
+        if (!noatime) touchAtime(ino);
+        return kj::mv(buffer);
+      })
       .attach(kj::addRef(shared));
+}
+
+namespace {
+bool notAfter(const timespec& a, const timespec& b) {
+  return a.tv_sec < b.tv_sec || (a.tv_sec == b.tv_sec && a.tv_nsec <= b.tv_nsec);
+}
+}  // namespace
+
+// relatime, the Linux default: a read updates atime if it is not newer than mtime or ctime,
+// or is a day old. The update is not waited for; it leaves on the metadata link before any
+// later request, so a stat after the read sees it.
+void Client::touchAtime(uint64_t ino) {
+  auto* found = inodes_.find(ino).map([](InodeTable::Inode& i) { return &i; }).orDefault(nullptr);
+  if (found == nullptr) return;
+  auto& inode = *found;
+  timespec now;
+  clock_gettime(CLOCK_REALTIME, &now);
+  bool stale = notAfter(inode.atime, inode.mtime) || notAfter(inode.atime, inode.ctime) ||
+               now.tv_sec - inode.atime.tv_sec >= 24 * 3600;
+  if (!stale || inode.atimePending) return;
+  inode.atimePending = true;
+  tasks_.add(metaCall(
+                 [ino](rpc::MetaRequest::Builder b) {
+                   auto s = b.initSetattr();
+                   s.setIno(ino);
+                   s.setValid(rpc::SET_ATIME_NOW);
+                 },
+                 true)
+                 .then([this, ino](ServerLink::MetaResponse&& resp) {
+                   toEntry(resp.getReply().getAttr());
+                   KJ_IF_MAYBE(i, inodes_.find(ino)) { i->atimePending = false; }
+                 },
+                 [this, ino](kj::Exception&&) {
+                   KJ_IF_MAYBE(i, inodes_.find(ino)) { i->atimePending = false; }
+                 }));
 }
 
 kj::Promise<size_t> Client::write(uint64_t fh, uint64_t offset, kj::Array<kj::byte> data) {

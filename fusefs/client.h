@@ -131,6 +131,7 @@ private:
   kj::Promise<void> truncateObjects(const StripeLayout& layout, uint64_t size);
   kj::Promise<void> syncTargets(const StripeLayout& layout);
   OpenTable::File& openFile(uint64_t fh);
+  void touchAtime(uint64_t ino);
   Entry toEntry(rpc::Attr::Reader attr);
   Opened opened(uint64_t fh, ServerLink::MetaResponse& resp);
 
@@ -141,6 +142,12 @@ private:
   std::map<uint32_t, kj::Own<ServerLink>> data_;
   InodeTable inodes_;
   OpenTable opens_;
+  class ErrorHandler : public kj::TaskSet::ErrorHandler {
+  public:
+    void taskFailed(kj::Exception&& e) override;
+  };
+  ErrorHandler errorHandler_;
+  kj::TaskSet tasks_;  // requests nobody waits for (atime updates)
 };
 
 void attrToStat(rpc::Attr::Reader attr, struct stat* st);

@@ -34,9 +34,14 @@ kj::Maybe<InodeTable::Inode&> InodeTable::find(uint64_t ino) {
   return it->second;
 }
 
-void InodeTable::sawSize(uint64_t ino, uint64_t size) {
+void InodeTable::sawAttr(uint64_t ino, uint64_t size, timespec atime, timespec mtime,
+                         timespec ctime) {
   auto it = inodes_.find(ino);
-  if (it != inodes_.end()) it->second.size = size;
+  if (it == inodes_.end()) return;
+  it->second.size = size;
+  it->second.atime = atime;
+  it->second.mtime = mtime;
+  it->second.ctime = ctime;
 }
 
 }  // namespace cairn

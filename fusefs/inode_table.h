@@ -10,6 +10,7 @@
 #include <kj/refcount.h>
 
 #include <cstdint>
+#include <ctime>
 #include <unordered_map>
 
 #include "fusefs/striping.h"
@@ -26,6 +27,8 @@ public:
   struct Inode {
     uint64_t nlookup = 0;
     uint64_t size = 0;  // the latest size any reply reported
+    timespec atime{}, mtime{}, ctime{};
+    bool atimePending = false;  // an atime update is on its way
     kj::Maybe<kj::Own<SharedLayout>> layout;
   };
 
@@ -35,8 +38,8 @@ public:
   // The kernel dropped n references.
   void forget(uint64_t ino, uint64_t n);
   kj::Maybe<Inode&> find(uint64_t ino);
-  // Record a size from any reply, for inodes the table knows.
-  void sawSize(uint64_t ino, uint64_t size);
+  // Record what a reply said about an inode the table knows.
+  void sawAttr(uint64_t ino, uint64_t size, timespec atime, timespec mtime, timespec ctime);
   size_t size() const { return inodes_.size(); }
 
 private:

@@ -1,0 +1,187 @@
+#include "objserver/lock_manager.h"
+
+#include <kj/debug.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+
+namespace cairn {
+
+bool compatible(LockMode a, LockMode b) {
+  // The classic matrix (VMS, Lustre): rows and columns NL, CR, CW, PR, PW, EX.
+  static constexpr bool table[6][6] = {
+      {true, true, true, true, true, true},      // NL
+      {true, true, true, true, true, false},     // CR
+      {true, true, true, false, false, false},   // CW
+      {true, true, false, true, false, false},   // PR
+      {true, true, false, false, false, false},  // PW
+      {true, false, false, false, false, false}, // EX
+  };
+  return table[static_cast<int>(a)][static_cast<int>(b)];
+}
+
+kj::StringPtr modeName(LockMode mode) {
+  static const kj::StringPtr names[] = {"NL", "CR", "CW", "PR", "PW", "EX"};
+  return names[static_cast<int>(mode)];
+}
+
+bool conflicts(const LockSpec& a, const LockSpec& b) {
+  return a.resource == b.resource && !compatible(a.mode, b.mode) && (a.bits & b.bits) != 0 &&
+         a.start <= b.end && b.start <= a.end;
+}
+
+LockManager::LockManager(kj::Timer& timer, kj::Duration callbackTimeout,
+                         kj::Function<void(LockOwner&)> evict)
+    : timer_(timer), callbackTimeout_(callbackTimeout), evict_(kj::mv(evict)),
+      tasks_(errorHandler_) {}
+
+LockManager::~LockManager() noexcept(false) {}
+
+kj::Promise<uint64_t> LockManager::enqueue(LockOwner& owner, LockSpec spec) {
+  KJ_REQUIRE(static_cast<int>(spec.mode) <= static_cast<int>(LockMode::EX), "bad lock mode");
+  KJ_REQUIRE(spec.start <= spec.end, "bad lock extent", spec.start, spec.end);
+  uint64_t id = nextId_++;
+  auto lock = kj::heap<Lock>();
+  lock->id = id;
+  lock->owner = &owner;
+  lock->spec = spec;
+  auto paf = kj::newPromiseAndFulfiller<uint64_t>();
+  lock->waiter = kj::mv(paf.fulfiller);
+  resources_[spec.resource].waiting.push_back(lock.get());
+  locks_.emplace(id, kj::mv(lock));
+  process(spec.resource);
+  // A request withdrawn before its grant (the client went away, or gave up) leaves the queue.
+  return paf.promise.attach(kj::defer([this, id]() {
+    auto it = locks_.find(id);
+    if (it != locks_.end() && !it->second->granted) remove(id);
+  }));
+}
+
+void LockManager::cancel(LockOwner& owner, uint64_t lockId) {
+  auto it = locks_.find(lockId);
+  if (it == locks_.end()) return;
+  KJ_REQUIRE(it->second->owner == &owner, "a lock can only be cancelled by its owner", lockId);
+  remove(lockId);
+}
+
+void LockManager::dropAll(LockOwner& owner) {
+  std::vector<uint64_t> ids;
+  for (auto& [id, lock] : locks_) {
+    if (lock->owner == &owner) ids.push_back(id);
+  }
+  for (uint64_t id : ids) remove(id);
+}
+
+void LockManager::remove(uint64_t lockId) {
+  auto it = locks_.find(lockId);
+  if (it == locks_.end()) return;
+  auto own = kj::mv(it->second);
+  locks_.erase(it);
+  ResourceId rid = own->spec.resource;
+  auto& res = resources_[rid];
+  res.granted.erase(std::remove(res.granted.begin(), res.granted.end(), own.get()),
+                    res.granted.end());
+  res.waiting.erase(std::remove(res.waiting.begin(), res.waiting.end(), own.get()),
+                    res.waiting.end());
+  KJ_IF_MAYBE(w, own->waiter) {
+    // Withdrawn while waiting: whoever still waits on it learns why.
+    if ((*w)->isWaiting()) (*w)->reject(KJ_EXCEPTION(DISCONNECTED, "lock request dropped"));
+  }
+  if (res.granted.empty() && res.waiting.empty()) {
+    resources_.erase(rid);
+  } else {
+    process(rid);
+  }
+}
+
+void LockManager::process(const ResourceId& rid) {
+  auto found = resources_.find(rid);
+  if (found == resources_.end()) return;
+  auto& res = found->second;
+  std::vector<Lock*> grantNow;
+  std::vector<Lock*> ahead;  // earlier waiters still waiting
+  for (Lock* w : res.waiting) {
+    bool blocked = false;
+    for (Lock* g : res.granted) {
+      if (conflicts(w->spec, g->spec)) {
+        blocked = true;
+        if (!g->blockingSent) callBack(*g);
+      }
+    }
+    for (Lock* e : ahead) {
+      if (conflicts(w->spec, e->spec)) blocked = true;
+    }
+    if (blocked) {
+      ahead.push_back(w);
+    } else {
+      grantNow.push_back(w);
+      res.granted.push_back(w);
+    }
+  }
+  for (Lock* g : grantNow) {
+    res.waiting.erase(std::find(res.waiting.begin(), res.waiting.end(), g));
+    g->granted = true;
+    KJ_IF_MAYBE(w, g->waiter) {
+      (*w)->fulfill(kj::cp(g->id));
+    }
+    g->waiter = nullptr;
+  }
+  // A lock granted now may already be in someone's way (a later waiter it conflicts with).
+  if (!grantNow.empty() && !res.waiting.empty()) {
+    for (Lock* w : res.waiting) {
+      for (Lock* g : res.granted) {
+        if (conflicts(w->spec, g->spec) && !g->blockingSent) callBack(*g);
+      }
+    }
+  }
+}
+
+void LockManager::callBack(Lock& holder) {
+  holder.blockingSent = true;
+  ++callbacks_;
+  holder.owner->blocking(holder.id);
+  uint64_t id = holder.id;
+  // The eviction runs as its own event: it destroys the lock, and with it this timer.
+  holder.deadline = timer_.afterDelay(callbackTimeout_).then([this, id]() {
+    tasks_.add(kj::evalLater([this, id]() { expired(id); }));
+  }).eagerlyEvaluate(nullptr);
+}
+
+void LockManager::expired(uint64_t id) {
+  auto it = locks_.find(id);
+  if (it == locks_.end()) return;
+  LockOwner& owner = *it->second->owner;
+  ++evictions_;
+  spdlog::warn("{} did not cancel lock {} within {} ms: evicting it", owner.ownerName().cStr(), id,
+               callbackTimeout_ / kj::MILLISECONDS);
+  evict_(owner);
+  dropAll(owner);  // in case the eviction did not already
+}
+
+void LockManager::ErrorHandler::taskFailed(kj::Exception&& e) {
+  spdlog::error("lock manager: {}", e.getDescription().cStr());
+}
+
+LockManager::Stats LockManager::stats() const {
+  Stats s;
+  for (auto& [id, lock] : locks_) {
+    if (lock->granted) {
+      ++s.granted;
+    } else {
+      ++s.waiting;
+    }
+  }
+  s.callbacks = callbacks_;
+  s.evictions = evictions_;
+  return s;
+}
+
+size_t LockManager::heldBy(const LockOwner& owner) const {
+  size_t n = 0;
+  for (auto& [id, lock] : locks_) {
+    if (lock->owner == &owner && lock->granted) ++n;
+  }
+  return n;
+}
+
+}  // namespace cairn

@@ -1,0 +1,176 @@
+// The lock manager alone: compatibility, bits and extents, grant order, blocking callbacks,
+// eviction of an owner that does not cancel, withdrawn requests.
+#include <gtest/gtest.h>
+
+#include <kj/async-io.h>
+
+#include <vector>
+
+#include "objserver/lock_manager.h"
+
+namespace cairn {
+namespace {
+
+struct Owner : public LockOwner {
+  explicit Owner(const char* n) : name(n) {}
+  void blocking(uint64_t id) override { asked.push_back(id); }
+  kj::StringPtr ownerName() const override { return name; }
+  kj::StringPtr name;
+  std::vector<uint64_t> asked;
+};
+
+LockSpec spec(LockMode mode, uint64_t bits = ~uint64_t(0), uint64_t start = 0,
+              uint64_t end = ~uint64_t(0)) {
+  LockSpec s;
+  s.resource = ResourceId{RES_INODE, 42};
+  s.mode = mode;
+  s.bits = bits;
+  s.start = start;
+  s.end = end;
+  return s;
+}
+
+class Locks : public ::testing::Test {
+protected:
+  ~Locks() noexcept override {}
+  Locks()
+      : io(kj::setupAsyncIo()),
+        manager(io.provider->getTimer(), 200 * kj::MILLISECONDS,
+                [this](LockOwner& o) { evicted.push_back(&o); }) {}
+  // Lets queued events run.
+  void settle() { io.provider->getTimer().afterDelay(1 * kj::MILLISECONDS).wait(io.waitScope); }
+  bool granted(kj::Promise<uint64_t>& p) { return p.poll(io.waitScope); }
+
+  kj::AsyncIoContext io;
+  LockManager manager;
+  std::vector<LockOwner*> evicted;
+  Owner a{"a"}, b{"b"}, c{"c"};
+};
+
+TEST(LockModes, CompatibilityMatrixIsSymmetricAndClassic) {
+  using M = LockMode;
+  const M all[] = {M::NL, M::CR, M::CW, M::PR, M::PW, M::EX};
+  for (M x : all) {
+    for (M y : all) EXPECT_EQ(compatible(x, y), compatible(y, x));
+    EXPECT_TRUE(compatible(M::NL, x));
+  }
+  EXPECT_TRUE(compatible(M::PR, M::PR));
+  EXPECT_FALSE(compatible(M::PR, M::PW));
+  EXPECT_TRUE(compatible(M::CW, M::CW));
+  EXPECT_FALSE(compatible(M::CW, M::PR));
+  EXPECT_TRUE(compatible(M::CR, M::PW));
+  EXPECT_FALSE(compatible(M::EX, M::CR));
+}
+
+TEST(LockModes, BitsAndExtentsSeparateLocks) {
+  EXPECT_TRUE(conflicts(spec(LockMode::PR), spec(LockMode::EX)));
+  EXPECT_FALSE(conflicts(spec(LockMode::PR, BIT_LOOKUP), spec(LockMode::EX, BIT_ATTR)));
+  EXPECT_FALSE(conflicts(spec(LockMode::PW, ~0ull, 0, 4095), spec(LockMode::PW, ~0ull, 4096, 8191)));
+  EXPECT_TRUE(conflicts(spec(LockMode::PW, ~0ull, 0, 4096), spec(LockMode::PW, ~0ull, 4096, 8191)));
+  auto other = spec(LockMode::EX);
+  other.resource.id = 43;
+  EXPECT_FALSE(conflicts(spec(LockMode::EX), other));
+}
+
+TEST_F(Locks, ReadersShareAWriterWaitsForThemToCancel) {
+  auto r1 = manager.enqueue(a, spec(LockMode::PR));
+  auto r2 = manager.enqueue(b, spec(LockMode::PR));
+  ASSERT_TRUE(granted(r1));
+  ASSERT_TRUE(granted(r2));
+  uint64_t id1 = r1.wait(io.waitScope), id2 = r2.wait(io.waitScope);
+  auto w = manager.enqueue(c, spec(LockMode::PW));
+  EXPECT_FALSE(granted(w));
+  EXPECT_EQ(a.asked, std::vector<uint64_t>{id1});
+  EXPECT_EQ(b.asked, std::vector<uint64_t>{id2});
+  EXPECT_EQ(manager.stats().callbacks, 2u);
+  manager.cancel(a, id1);
+  EXPECT_FALSE(granted(w));
+  manager.cancel(b, id2);
+  EXPECT_TRUE(granted(w));
+  EXPECT_EQ(manager.stats().granted, 1u);
+}
+
+TEST_F(Locks, RequestsDoNotOvertakeAnEarlierConflictingOne) {
+  auto r = manager.enqueue(a, spec(LockMode::PR));
+  uint64_t rid = r.wait(io.waitScope);
+  auto w = manager.enqueue(b, spec(LockMode::EX));
+  auto r2 = manager.enqueue(c, spec(LockMode::PR));  // compatible with a, but behind b
+  EXPECT_FALSE(granted(w));
+  EXPECT_FALSE(granted(r2));
+  manager.cancel(a, rid);
+  EXPECT_TRUE(granted(w));
+  EXPECT_FALSE(granted(r2));
+  // The writer now stands in the reader's way, so it was asked to cancel as well.
+  EXPECT_EQ(b.asked.size(), 1u);
+  manager.cancel(b, w.wait(io.waitScope));
+  EXPECT_TRUE(granted(r2));
+}
+
+TEST_F(Locks, DisjointBitsAndExtentsAreGrantedTogether) {
+  auto x = manager.enqueue(a, spec(LockMode::EX, BIT_ATTR));
+  auto y = manager.enqueue(b, spec(LockMode::EX, BIT_LOOKUP));
+  EXPECT_TRUE(granted(x));
+  EXPECT_TRUE(granted(y));
+  auto d1 = manager.enqueue(a, spec(LockMode::PW, BIT_LAYOUT, 0, 1 << 20));
+  auto d2 = manager.enqueue(b, spec(LockMode::PW, BIT_LAYOUT, (1 << 20) + 1, 2 << 20));
+  EXPECT_TRUE(granted(d1));
+  EXPECT_TRUE(granted(d2));
+  EXPECT_TRUE(a.asked.empty() && b.asked.empty());
+}
+
+TEST_F(Locks, AnOwnerThatDoesNotCancelIsEvictedAndOthersProceed) {
+  auto stuck = manager.enqueue(a, spec(LockMode::PW, BIT_ATTR));
+  stuck.wait(io.waitScope);
+  auto second = manager.enqueue(a, spec(LockMode::PR, BIT_XATTR));
+  second.wait(io.waitScope);
+  auto w = manager.enqueue(b, spec(LockMode::EX));
+  EXPECT_FALSE(granted(w));
+  // Nobody cancels: after the callback timeout the owner is evicted, all its locks go.
+  uint64_t id = w.wait(io.waitScope);
+  EXPECT_GT(id, 0u);
+  ASSERT_EQ(evicted.size(), 1u);
+  EXPECT_EQ(evicted[0], &a);
+  EXPECT_EQ(manager.heldBy(a), 0u);
+  EXPECT_EQ(manager.stats().evictions, 1u);
+  // A late cancel from the evicted owner is harmless.
+  manager.cancel(a, 1);
+}
+
+TEST_F(Locks, WithdrawnRequestsLeaveTheQueue) {
+  auto r = manager.enqueue(a, spec(LockMode::EX));
+  uint64_t rid = r.wait(io.waitScope);
+  {
+    auto gaveUp = manager.enqueue(b, spec(LockMode::EX));
+    EXPECT_FALSE(granted(gaveUp));
+  }  // dropped: withdrawn
+  EXPECT_EQ(manager.stats().waiting, 0u);
+  auto next = manager.enqueue(c, spec(LockMode::EX));
+  manager.cancel(a, rid);
+  EXPECT_TRUE(granted(next));
+}
+
+TEST_F(Locks, DropAllReleasesEverything) {
+  auto x = manager.enqueue(a, spec(LockMode::EX, BIT_ATTR));
+  auto y = manager.enqueue(a, spec(LockMode::EX, BIT_LOOKUP));
+  x.wait(io.waitScope);
+  y.wait(io.waitScope);
+  auto w = manager.enqueue(b, spec(LockMode::PR));
+  manager.dropAll(a);
+  EXPECT_TRUE(granted(w));
+  EXPECT_EQ(manager.stats().granted, 1u);
+}
+
+TEST_F(Locks, OnlyTheOwnerCancels) {
+  auto x = manager.enqueue(a, spec(LockMode::EX));
+  uint64_t id = x.wait(io.waitScope);
+  EXPECT_ANY_THROW(manager.cancel(b, id));
+  EXPECT_EQ(manager.stats().granted, 1u);
+}
+
+TEST_F(Locks, BadRequestsAreRefused) {
+  auto s = spec(LockMode::EX, ~0ull, 10, 5);
+  EXPECT_ANY_THROW(manager.enqueue(a, s));
+}
+
+}  // namespace
+}  // namespace cairn

@@ -95,6 +95,16 @@ bool Client::outage() const {
 // After every (re)connect to the metadata server: learn the data targets, then re-open every
 // open file under its handle, so the server knows them (and keeps unlinked-but-open files).
 kj::Promise<void> Client::recoverMeta() {
+  if (meta_->takeEvicted()) {
+    // Evicted: the server forgot our opens. Those descriptors can only fail (EIO); the mount
+    // itself carries on and new opens work.
+    size_t n = 0;
+    for (auto& [fh, file] : opens_.all()) {
+      if (!file.lost) ++n;
+      file.lost = true;
+    }
+    spdlog::warn("evicted by the metadata server: {} open files now return EIO", n);
+  }
   return refreshTargets(ServerLink::Class::RECOVERY).then([this]() {
     auto started = io_.provider->getTimer().now();
     auto replays = kj::heapArrayBuilder<kj::Promise<void>>(opens_.size());

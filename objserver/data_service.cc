@@ -3,6 +3,8 @@
 #include <sys/statvfs.h>
 
 #include <kj/debug.h>
+
+#include "objserver/lock_service.h"
 #include <spdlog/spdlog.h>
 
 #include "objserver/object_store.h"
@@ -43,6 +45,7 @@ void targetStatFs(Target& target, rpc::StatFs::Builder out) {
 
 kj::Promise<void> DataService::call(CallContext context) {
   ++ctx_.rpcCount;
+  if (session_->evicted) throwEvicted(*session_);
   // A request that breaks the protocol is refused with an exception; say so once, here.
   try {
     return dispatch(context);

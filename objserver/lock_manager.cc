@@ -154,8 +154,9 @@ void LockManager::expired(uint64_t id) {
   ++evictions_;
   spdlog::warn("{} did not cancel lock {} within {} ms: evicting it", owner.ownerName().cStr(), id,
                callbackTimeout_ / kj::MILLISECONDS);
+  // Its locks go first: the eviction may end the owner's session, and the owner with it.
+  dropAll(owner);
   evict_(owner);
-  dropAll(owner);  // in case the eviction did not already
 }
 
 void LockManager::ErrorHandler::taskFailed(kj::Exception&& e) {

@@ -38,6 +38,7 @@ struct ServeOptions {
   uint64_t mapSize = uint64_t(1) << 40;
   double disconnectGrace = 30;
   double recoveryWindow = 30;
+  double lockTimeout = 10;
   bool force = false;
 };
 
@@ -95,6 +96,7 @@ int serve(const ServeOptions& o) {
   config.advertise = kj::str(advertise);
   config.disconnectGrace = int64_t(o.disconnectGrace * 1000) * kj::MILLISECONDS;
   config.recoveryWindow = int64_t(o.recoveryWindow * 1000) * kj::MILLISECONDS;
+  config.lockTimeout = int64_t(o.lockTimeout * 1000) * kj::MILLISECONDS;
   ServerContext ctx(io, target, kj::mv(config));
 
   LinkIdentity identity{serverUuid(), rpc::Hello::Role::SERVER, kj::str(advertise)};
@@ -198,6 +200,9 @@ int main(int argc, char** argv) {
                 "seconds a vanished client keeps its open files");
   s->add_option("--recovery-window", serve.recoveryWindow,
                 "seconds orphans wait after a restart for their clients to re-open them");
+  s->add_option("--lock-timeout", serve.lockTimeout,
+                "seconds a client has to cancel a lock when asked (else it is evicted), and a "
+                "disconnected client's locks are kept");
   s->add_flag("--force", serve.force, "start even after an unclean stop by another version");
   s->add_option("--version-override", serve.versionOverride,
                 "test hook: act as this software version");

@@ -4,6 +4,8 @@
 #include <sys/stat.h>
 
 #include <kj/debug.h>
+
+#include "objserver/lock_service.h"
 #include <spdlog/spdlog.h>
 
 #include "objserver/destroyer.h"
@@ -48,6 +50,7 @@ MetaService::~MetaService() noexcept(false) { ctx_.disconnected(*session_); }
 
 kj::Promise<void> MetaService::call(CallContext context) {
   ++ctx_.rpcCount;
+  if (session_->evicted) throwEvicted(*session_);
   // A request that breaks the protocol is refused with an exception; say so once, here.
   try {
     return dispatch(context);

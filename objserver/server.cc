@@ -6,6 +6,7 @@
 
 #include "objserver/data_service.h"
 #include "objserver/destroyer.h"
+#include "objserver/lock_service.h"
 #include "objserver/meta_service.h"
 #include "objserver/namespace.h"
 #include "objserver/object_store.h"
@@ -18,10 +19,22 @@ void ServerContext::ErrorHandler::taskFailed(kj::Exception&& e) {
   spdlog::warn("server task failed: {}", e.getDescription().cStr());
 }
 
+void ClientSession::blocking(uint64_t lockId) {
+  KJ_IF_MAYBE(cb, callback) {
+    auto req = cb->blockingRequest();
+    req.setLockId(lockId);
+    // Not waited for: a client that does not act in time is evicted by the lock manager.
+    req.send().detach([](kj::Exception&&) {});
+  }
+}
+
 ServerContext::ServerContext(kj::AsyncIoContext& io, Target& target, ServerConfig config)
     : io(io), target(target), config(kj::mv(config)),
       syncer(target, std::chrono::milliseconds(100)), clients(target),
-      started(io.provider->getTimer().now()), tasks(errorHandler_) {}
+      started(io.provider->getTimer().now()), tasks(errorHandler_),
+      locks(io.provider->getTimer(), this->config.lockTimeout, [this](LockOwner& owner) {
+        evict(static_cast<ClientSession&>(owner), "did not cancel a lock in time");
+      }) {}
 
 ServerContext::~ServerContext() noexcept(false) {}
 
@@ -42,6 +55,8 @@ ClientSession& ServerContext::session(rpc::Hello::Reader hello) {
   }
   auto& s = *it->second;
   s.hostName = kj::str(hello.getHostName());
+  s.label = kj::str(hello.getRole() == rpc::Hello::Role::CLIENT ? "client " : "peer ", key.c_str(),
+                    " (", s.hostName, ")");
   s.softwareVersion = kj::str(hello.getSoftwareVersion());
   s.features = hello.getFeatures();
   s.role = hello.getRole();
@@ -56,17 +71,52 @@ void ServerContext::disconnected(ClientSession& session) {
   KJ_ASSERT(session.connections > 0);
   if (--session.connections > 0) return;
   uint64_t epoch = ++session.disconnects;
-  spdlog::info("client {} ({}) disconnected; keeping its opens for {} s", session.key,
-               session.hostName.cStr(), config.disconnectGrace / kj::SECONDS);
+  spdlog::info("{} disconnected; keeping its locks {} s and its opens {} s",
+               session.label.cStr(), config.lockTimeout / kj::SECONDS,
+               config.disconnectGrace / kj::SECONDS);
+  // It may come back (a restarting client, a flapping link): its locks wait the lock timeout.
+  tasks.add(io.provider->getTimer().afterDelay(config.lockTimeout).then(
+      [this, s = kj::addRef(session), epoch]() mutable {
+        if (isCurrent(*s) && s->connections == 0 && s->disconnects == epoch &&
+            locks.heldBy(*s) > 0) {
+          spdlog::info("{} did not come back: dropping its {} locks", s->label.cStr(),
+                       locks.heldBy(*s));
+          locks.dropAll(*s);
+        }
+      }));
   // The session outlives this capability (it stays in `sessions`) until the grace period ends
   // without the client coming back; then it, its opens and its reply records go.
   tasks.add(io.provider->getTimer().afterDelay(config.disconnectGrace).then(
       [this, s = kj::addRef(session), epoch]() mutable {
-        if (s->connections == 0 && s->disconnects == epoch) expire(*s);
+        if (isCurrent(*s) && s->connections == 0 && s->disconnects == epoch) expire(*s);
       }));
 }
 
+bool ServerContext::isCurrent(const ClientSession& session) const {
+  // An evicted session is replaced by a new one under the same key when the client returns.
+  auto it = sessions.find(session.key);
+  return it != sessions.end() && it->second.get() == &session;
+}
+
+void ServerContext::evict(ClientSession& session, kj::StringPtr why) {
+  if (session.evicted) return;
+  session.evicted = true;
+  auto keep = kj::addRef(session);
+  spdlog::warn("evicting {}: {}", session.label.cStr(), why.cStr());
+  locks.dropAll(session);
+  dropOpens(session);
+  try {
+    commit([&](store::Txn& txn) { clients.forget(txn, session.uuid); });
+  } catch (FsError& e) {
+    spdlog::warn("cannot forget {}: {}", session.label.cStr(), e.what());
+  }
+  if (evictedClients.size() > 10000) evictedClients.clear();
+  evictedClients.insert(session.key);
+  sessions.erase(session.key);
+}
+
 void ServerContext::expire(ClientSession& session) {
+  locks.dropAll(session);
   dropOpens(session);
   try {
     commit([&](store::Txn& txn) { clients.forget(txn, session.uuid); });
@@ -125,6 +175,12 @@ kj::Promise<void> ServerImpl::connect(ConnectContext context) {
                session.hostName.cStr(), session.softwareVersion.cStr(), session.features);
   auto results = context.getResults();
   fillInfo(results.initInfo());
+  if (context.getParams().hasCallback()) session.callback = context.getParams().getCallback();
+  if (ctx_.evictedClients.erase(session.key) > 0) {
+    results.setEvicted(true);
+    spdlog::info("{} is back after its eviction: told so", session.label.cStr());
+  }
+  results.setLocks(kj::heap<LockService>(ctx_, kj::addRef(session)));
   if (ctx_.target.kind() == rpc::TargetKind::META) {
     results.setMeta(kj::heap<MetaService>(ctx_, kj::addRef(session)));
   } else {
@@ -158,6 +214,7 @@ kj::Promise<void> ServerImpl::status(StatusContext context) {
     c.setSoftwareVersion(v->softwareVersion);
     c.setConnected(v->connections > 0);
     c.setLastRequestId(v->lastRequestId);
+    c.setLocks(ctx_.locks.heldBy(*v));
     KJ_IF_MAYBE(o, ctx_.opens) { c.setOpenFiles(o->countFor(v->key)); }
   }
   KJ_IF_MAYBE(ns, ctx_.ns) {
@@ -171,6 +228,11 @@ kj::Promise<void> ServerImpl::status(StatusContext context) {
     s.setDestroyQueue(ns->pendingDestroys(txn, SIZE_MAX).size());
   }
   KJ_IF_MAYBE(o, ctx_.opens) { s.setOpenFiles(o->total()); }
+  auto lockStats = ctx_.locks.stats();
+  s.setLocksGranted(lockStats.granted);
+  s.setLocksWaiting(lockStats.waiting);
+  s.setLockCallbacks(lockStats.callbacks);
+  s.setEvictions(lockStats.evictions);
   KJ_IF_MAYBE(objects, ctx_.objects) {
     store::Txn txn(ctx_.target.env(), store::Txn::READ);
     s.setChunks(objects->objectCount(txn));

@@ -8,9 +8,11 @@
 #include <kj/refcount.h>
 
 #include <map>
+#include <set>
 #include <string>
 
 #include "objserver/client_table.h"
+#include "objserver/lock_manager.h"
 #include "objserver/syncer.h"
 #include "objserver/target.h"
 #include "rpc/cairn.capnp.h"
@@ -23,9 +25,16 @@ class ObjectStore;
 class OpenFiles;
 class Destroyer;
 
-// One client (or peer server) as the server knows it, across its reconnections.
-struct ClientSession : public kj::Refcounted {
+// One client (or peer server) as the server knows it, across its reconnections. It is also
+// the owner of the client's locks.
+struct ClientSession : public kj::Refcounted, public LockOwner {
+  void blocking(uint64_t lockId) override;
+  kj::StringPtr ownerName() const override { return label; }
+
   kj::Array<kj::byte> uuid;
+  kj::String label;  // "client <uuid> (<host>)" for logs
+  kj::Maybe<rpc::LockCallback::Client> callback;
+  bool evicted = false;
   std::string key;  // uuid as hex
   kj::String hostName;
   kj::String softwareVersion;
@@ -41,6 +50,7 @@ struct ServerConfig {
   kj::String advertise;                            // HOST:PORT given to peers
   kj::Duration disconnectGrace = 30 * kj::SECONDS; // opens of a vanished client are kept this long
   kj::Duration recoveryWindow = 30 * kj::SECONDS;  // orphans wait this long for open replay
+  kj::Duration lockTimeout = 10 * kj::SECONDS;     // to cancel a lock when asked; to come back
 };
 
 class ServerContext {
@@ -56,7 +66,9 @@ public:
   kj::TimePoint started;
   uint64_t rpcCount = 0;
   std::map<std::string, kj::Own<ClientSession>> sessions;
+  std::set<std::string> evictedClients;  // told so when they reconnect
   kj::TaskSet tasks;
+  LockManager locks;  // after `sessions`: destroyed before the owners it refers to
 
   // Set for a metadata target.
   kj::Maybe<Namespace&> ns;
@@ -68,6 +80,9 @@ public:
   ClientSession& session(rpc::Hello::Reader hello);
   void connected(ClientSession& session);
   void disconnected(ClientSession& session);
+  // Ends a client's session: locks, opens and reply records go; its next request fails and
+  // its next connect is told it was evicted.
+  void evict(ClientSession& session, kj::StringPtr why);
   // After the recovery window: forget clients of earlier instances that never came back.
   void expireAbsentClients();
 
@@ -96,6 +111,7 @@ private:
   ErrorHandler errorHandler_;
   void dropOpens(ClientSession& session);
   void expire(ClientSession& session);
+  bool isCurrent(const ClientSession& session) const;
 };
 
 // The bootstrap capability.

@@ -280,6 +280,35 @@ interface DataSession {
   call @0 (request :DataRequest) -> (reply :DataReply);
 }
 
+enum LockMode {
+  nl @0;
+  cr @1;
+  cw @2;
+  pr @3;
+  pw @4;
+  ex @5;
+}
+
+struct LockRequest {
+  type @0 :UInt32;             # 1 inode, 2 object, 3 the active-server lock
+  id @1 :UInt64;
+  mode @2 :LockMode;
+  bits @3 :UInt64 = 0xffffffffffffffff;   # inode bits: lookup 1, attributes 2, layout 4, xattrs 8
+  start @4 :UInt64;                       # byte extent, inclusive
+  end @5 :UInt64 = 0xffffffffffffffff;
+}
+
+# Given by a client at connect; the server calls it when a lock the client holds is wanted.
+interface LockCallback {
+  blocking @0 (lockId :UInt64) -> ();
+}
+
+interface LockSession {
+  # Resolves once granted; may wait while others are asked to cancel theirs.
+  enqueue @0 (request :LockRequest) -> (lockId :UInt64);
+  cancel @1 (lockId :UInt64) -> ();
+}
+
 struct ClientStatus {
   uuid @0 :Data;
   hostName @1 :Text;
@@ -287,6 +316,7 @@ struct ClientStatus {
   connected @3 :Bool;
   lastRequestId @4 :UInt64;
   openFiles @5 :UInt32;
+  locks @6 :UInt32;
 }
 
 struct ServerStatus {
@@ -305,12 +335,18 @@ struct ServerStatus {
   destroyQueue @12 :UInt64;    # meta: files whose data objects are still to be removed
   chunks @13 :UInt64;          # data: stored chunks
   openFiles @14 :UInt64;       # meta: open handles of all clients
+  locksGranted @15 :UInt64;
+  locksWaiting @16 :UInt64;
+  lockCallbacks @17 :UInt64;   # blocking callbacks sent since start
+  evictions @18 :UInt64;       # clients evicted since start
 }
 
 interface Bootstrap {
   # Starts (or resumes, for a known clientUuid) a session. Exactly one of meta/data is set,
   # by the target's kind.
-  connect @0 (hello :Hello) -> (info :ServerInfo, meta :MetaSession, data :DataSession);
+  connect @0 (hello :Hello, callback :LockCallback)
+      -> (info :ServerInfo, meta :MetaSession, data :DataSession, locks :LockSession,
+          evicted :Bool);    # this client was evicted since it last connected
   status @1 () -> (status :ServerStatus);
   # A data server announces where it serves; the metadata server records it for clients.
   registerTarget @2 (fsUuid :Data, target :TargetAddress) -> ();

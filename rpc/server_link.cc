@@ -141,6 +141,10 @@ void ServerLink::connectLoop(unsigned attempt) {
                   conn->data = reply.getData();
                   peerFeatures_ = info.getFeatures() & features::SUPPORTED;
                   peerVersion_ = kj::str(info.getSoftwareVersion());
+                  if (reply.getEvicted()) {
+                    evicted_ = true;
+                    spdlog::warn("link {}: the server had evicted this client", name_.cStr());
+                  }
                   currentAddress_ = kj::mv(addressCopy);
                   uint64_t gen = ++generation_;
                   tasks_->add(conn->client.onDisconnect().then(

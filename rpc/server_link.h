@@ -68,6 +68,13 @@ public:
   uint64_t peerFeatures() const { return peerFeatures_; }
   kj::StringPtr peerVersion() const { return peerVersion_; }
   uint64_t lastSynced() const { return lastSynced_; }
+  // True once after a connect at which the server said it had evicted this client: whatever
+  // the client held there (open files, locks) is gone.
+  bool takeEvicted() {
+    bool e = evicted_;
+    evicted_ = false;
+    return e;
+  }
 
   struct Connection;  // one TCP connection and its capabilities
 
@@ -98,6 +105,7 @@ private:
   uint64_t peerFeatures_ = 0;
   kj::String peerVersion_;
   uint64_t lastSynced_ = 0;
+  bool evicted_ = false;
 
   uint64_t nextRequestId_ = 1;
   std::set<uint64_t> unreplied_;

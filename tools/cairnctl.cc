@@ -48,7 +48,8 @@ void printStatus(cairn::rpc::ServerStatus::Reader s, bool json) {
                           jsonString(c.getHostName()), ",\"version\":",
                           jsonString(c.getSoftwareVersion()), ",\"connected\":",
                           c.getConnected() ? "true" : "false", ",\"lastRequestId\":",
-                          c.getLastRequestId(), ",\"openFiles\":", c.getOpenFiles(), "}"));
+                          c.getLastRequestId(), ",\"openFiles\":", c.getOpenFiles(),
+                          ",\"locks\":", c.getLocks(), "}"));
     }
     kj::Vector<kj::String> targets;
     for (auto t : s.getTargets()) {
@@ -69,6 +70,9 @@ void printStatus(cairn::rpc::ServerStatus::Reader s, bool json) {
                    ",\"mapSizeBytes\":", s.getMapSizeBytes(), ",\"rpcCount\":", s.getRpcCount(),
                    ",\"orphans\":", s.getOrphans(), ",\"destroyQueue\":", s.getDestroyQueue(),
                    ",\"chunks\":", s.getChunks(), ",\"openFiles\":", s.getOpenFiles(),
+                   ",\"locksGranted\":", s.getLocksGranted(), ",\"locksWaiting\":",
+                   s.getLocksWaiting(), ",\"lockCallbacks\":", s.getLockCallbacks(),
+                   ",\"evictions\":", s.getEvictions(),
                    ",\"clients\":[", kj::strArray(clients, ","), "],\"targets\":[",
                    kj::strArray(targets, ","), "]}")
                .cStr());
@@ -92,6 +96,11 @@ void printStatus(cairn::rpc::ServerStatus::Reader s, bool json) {
   } else {
     printf("data      %llu chunks stored\n", static_cast<unsigned long long>(s.getChunks()));
   }
+  printf("locks     %llu granted, %llu waiting; %llu callbacks, %llu evictions since start\n",
+         static_cast<unsigned long long>(s.getLocksGranted()),
+         static_cast<unsigned long long>(s.getLocksWaiting()),
+         static_cast<unsigned long long>(s.getLockCallbacks()),
+         static_cast<unsigned long long>(s.getEvictions()));
   for (auto t : s.getTargets()) {
     kj::Vector<kj::StringPtr> addrs;
     for (auto a : t.getAddresses()) addrs.add(a);

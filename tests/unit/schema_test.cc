@@ -58,6 +58,10 @@ void collect(capnp::EnumSchema e, const std::string& prefix, std::set<std::strin
 
 void collect(capnp::InterfaceSchema i, const std::string& prefix, std::set<std::string>& out) {
   for (auto m : i.getMethods()) {
+    // The implicit parameter and result structs evolve by the same rules.
+    std::string method = prefix + "." + m.getProto().getName().cStr();
+    collect(m.getParamType(), method + ".params", out);
+    collect(m.getResultType(), method + ".results", out);
     out.insert(prefix + " @" + std::to_string(m.getOrdinal()) + " " +
                typeName(capnp::Type(m.getParamType())) + " -> " +
                typeName(capnp::Type(m.getResultType())) + " (" + m.getProto().getName().cStr() +
@@ -86,9 +90,13 @@ std::set<std::string> current() {
   STRUCT(TargetHeader);
   STRUCT(Inode);
   STRUCT(DirentValue);
+  STRUCT(LockRequest);
 #undef STRUCT
   collect(capnp::Schema::from<rpc::TargetKind>(), "TargetKind", out);
   collect(capnp::Schema::from<rpc::Hello::Role>(), "Hello.Role", out);
+  collect(capnp::Schema::from<rpc::LockMode>(), "LockMode", out);
+  collect(capnp::Schema::from<rpc::LockCallback>(), "LockCallback", out);
+  collect(capnp::Schema::from<rpc::LockSession>(), "LockSession", out);
   collect(capnp::Schema::from<rpc::MetaSession>(), "MetaSession", out);
   collect(capnp::Schema::from<rpc::DataSession>(), "DataSession", out);
   collect(capnp::Schema::from<rpc::Bootstrap>(), "Bootstrap", out);

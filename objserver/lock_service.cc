@@ -1,0 +1,43 @@
+#include "objserver/lock_service.h"
+
+#include <kj/debug.h>
+
+namespace cairn {
+
+void throwEvicted(const ClientSession& session) {
+  kj::throwFatalException(KJ_EXCEPTION(DISCONNECTED, "this client was evicted; reconnect",
+                                       session.label));
+}
+
+LockService::LockService(ServerContext& ctx, kj::Own<ClientSession> session)
+    : ctx_(ctx), session_(kj::mv(session)) {}
+
+void LockService::requireSession() {
+  if (session_->evicted) throwEvicted(*session_);
+}
+
+kj::Promise<void> LockService::enqueue(EnqueueContext context) {
+  requireSession();
+  auto r = context.getParams().getRequest();
+  auto mode = static_cast<uint16_t>(r.getMode());
+  KJ_REQUIRE(mode <= static_cast<uint16_t>(LockMode::EX), "unknown lock mode", mode);
+  KJ_REQUIRE(r.getType() >= RES_INODE && r.getType() <= RES_SERVER, "unknown resource type",
+             r.getType());
+  LockSpec spec;
+  spec.resource = ResourceId{r.getType(), r.getId()};
+  spec.mode = static_cast<LockMode>(mode);
+  spec.bits = r.getBits();
+  spec.start = r.getStart();
+  spec.end = r.getEnd();
+  return ctx_.locks.enqueue(*session_, spec).then([context](uint64_t id) mutable {
+    context.getResults().setLockId(id);
+  });
+}
+
+kj::Promise<void> LockService::cancel(CancelContext context) {
+  requireSession();
+  ctx_.locks.cancel(*session_, context.getParams().getLockId());
+  return kj::READY_NOW;
+}
+
+}  // namespace cairn

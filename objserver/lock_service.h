@@ -1,0 +1,25 @@
+// The lock service: one capability per client session, a thin layer over the LockManager.
+#pragma once
+
+#include "objserver/server.h"
+
+namespace cairn {
+
+class LockService final : public rpc::LockSession::Server {
+public:
+  LockService(ServerContext& ctx, kj::Own<ClientSession> session);
+
+  kj::Promise<void> enqueue(EnqueueContext context) override;
+  kj::Promise<void> cancel(CancelContext context) override;
+
+private:
+  void requireSession();
+  ServerContext& ctx_;
+  kj::Own<ClientSession> session_;
+};
+
+// A refused request from an evicted client: DISCONNECTED, so that the client reconnects and
+// is told at connect that it was evicted.
+[[noreturn]] void throwEvicted(const ClientSession& session);
+
+}  // namespace cairn

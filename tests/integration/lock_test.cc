@@ -1,0 +1,176 @@
+// The lock manager over the wire: clients (raw Cap'n Proto sessions, as a mount will be) take
+// locks, receive blocking callbacks, cancel; one that does not cancel is evicted and told so;
+// the locks of one that vanishes are dropped after the lock timeout.
+#include <gtest/gtest.h>
+
+#include <capnp/rpc-twoparty.h>
+#include <kj/async-io.h>
+
+#include <string>
+#include <vector>
+
+#include "rpc/cairn.capnp.h"
+#include "tests/integration/cluster.h"
+
+namespace cairn::test {
+namespace {
+
+class Callback final : public rpc::LockCallback::Server {
+public:
+  explicit Callback(std::vector<uint64_t>& asked) : asked_(asked) {}
+  kj::Promise<void> blocking(BlockingContext context) override {
+    asked_.push_back(context.getParams().getLockId());
+    return kj::READY_NOW;
+  }
+
+private:
+  std::vector<uint64_t>& asked_;
+};
+
+// One client: a connection, its session and its lock callback.
+struct LockClient {
+  LockClient(kj::AsyncIoContext& io, const std::string& address, kj::byte uuidByte) : io(io) {
+    connect(address, uuidByte);
+  }
+  void connect(const std::string& address, kj::byte uuidByte) {
+    stream = io.provider->getNetwork()
+                 .parseAddress(address)
+                 .then([](kj::Own<kj::NetworkAddress> a) { return a->connect(); })
+                 .wait(io.waitScope);
+    client = kj::heap<capnp::TwoPartyClient>(*stream);
+    auto req = client->bootstrap().castAs<rpc::Bootstrap>().connectRequest();
+    auto hello = req.initHello();
+    auto uuid = kj::heapArray<kj::byte>(16);
+    for (auto& b : uuid) b = uuidByte;
+    hello.setClientUuid(uuid);
+    hello.setSoftwareVersion("test");
+    req.setCallback(kj::heap<Callback>(asked));
+    auto reply = req.send().wait(io.waitScope);
+    locks = reply.getLocks();
+    meta = reply.getMeta();
+    evicted = reply.getEvicted();
+  }
+  kj::Promise<uint64_t> enqueue(rpc::LockMode mode, uint64_t bits = ~uint64_t(0)) {
+    auto req = locks.enqueueRequest();
+    auto r = req.initRequest();
+    r.setType(1);
+    r.setId(1);
+    r.setMode(mode);
+    r.setBits(bits);
+    return req.send().then([](auto&& resp) { return resp.getLockId(); });
+  }
+  void cancel(uint64_t id) {
+    auto req = locks.cancelRequest();
+    req.setLockId(id);
+    req.send().wait(io.waitScope);
+  }
+  void disconnect() {
+    locks = nullptr;
+    meta = nullptr;
+    client = nullptr;
+    stream = nullptr;
+  }
+
+  kj::AsyncIoContext& io;
+  kj::Own<kj::AsyncIoStream> stream;
+  kj::Own<capnp::TwoPartyClient> client;
+  rpc::LockSession::Client locks = nullptr;
+  rpc::MetaSession::Client meta = nullptr;
+  std::vector<uint64_t> asked;
+  bool evicted = false;
+};
+
+// Waits until `pred` holds while the event loop runs.
+template <typename Pred>
+bool spin(kj::AsyncIoContext& io, Pred&& pred, int ms) {
+  for (int waited = 0; !pred(); waited += 10) {
+    if (waited > ms) return false;
+    io.provider->getTimer().afterDelay(10 * kj::MILLISECONDS).wait(io.waitScope);
+  }
+  return true;
+}
+
+TestCluster::Options withLockTimeout() {
+  TestCluster::Options o;
+  o.dataServers = 1;
+  o.metaArgs = {"--lock-timeout", "1"};
+  return o;
+}
+
+TEST(Locks, BlockingCallbackThenCancelThenGrant) {
+  TestCluster cluster(withLockTimeout());
+  auto io = kj::setupAsyncIo();
+  LockClient a(io, cluster.metaAddress(), 1), b(io, cluster.metaAddress(), 2);
+  uint64_t ra = a.enqueue(rpc::LockMode::PR).wait(io.waitScope);
+  uint64_t rb = b.enqueue(rpc::LockMode::PR).wait(io.waitScope);  // readers share
+  auto w = a.enqueue(rpc::LockMode::PW, 2);  // a writer on the attribute bit
+  ASSERT_TRUE(spin(io, [&] { return !a.asked.empty() && !b.asked.empty(); }, 3000));
+  EXPECT_FALSE(w.poll(io.waitScope));
+  a.cancel(ra);
+  b.cancel(rb);
+  EXPECT_GT(w.wait(io.waitScope), 0u);
+  auto st = cluster.status(0);
+  EXPECT_EQ(jsonNumber(st, "locksGranted"), 1u);
+  EXPECT_EQ(jsonNumber(st, "lockCallbacks"), 2u);
+  EXPECT_EQ(jsonNumber(st, "evictions"), 0u);
+}
+
+TEST(Locks, AClientThatDoesNotCancelIsEvictedAndToldSo) {
+  TestCluster cluster(withLockTimeout());
+  auto io = kj::setupAsyncIo();
+  LockClient stuck(io, cluster.metaAddress(), 3), other(io, cluster.metaAddress(), 4);
+  stuck.enqueue(rpc::LockMode::EX).wait(io.waitScope);
+  auto w = other.enqueue(rpc::LockMode::EX);
+  // The stuck client ignores its callback; after the lock timeout the other gets the lock.
+  EXPECT_GT(w.wait(io.waitScope), 0u);
+  EXPECT_EQ(stuck.asked.size(), 1u);
+  EXPECT_EQ(jsonNumber(cluster.status(0), "evictions"), 1u);
+  // Its next request fails (DISCONNECTED: reconnect)...
+  auto req = stuck.meta.callRequest();
+  req.initRequest().setGetattr(1);
+  try {
+    req.send().wait(io.waitScope);
+    ADD_FAILURE() << "an evicted client was served";
+  } catch (kj::Exception& e) {
+    EXPECT_EQ(e.getType(), kj::Exception::Type::DISCONNECTED);
+  }
+  // ...and when it reconnects it is told it was evicted, then served again.
+  stuck.disconnect();
+  stuck.connect(cluster.metaAddress(), 3);
+  EXPECT_TRUE(stuck.evicted);
+  auto again = stuck.meta.callRequest();
+  again.initRequest().setGetattr(1);
+  EXPECT_EQ(again.send().wait(io.waitScope).getReply().getError(), 0);
+}
+
+TEST(Locks, LocksOfAVanishedClientGoAfterTheTimeout) {
+  TestCluster cluster(withLockTimeout());
+  auto io = kj::setupAsyncIo();
+  LockClient gone(io, cluster.metaAddress(), 5), other(io, cluster.metaAddress(), 6);
+  gone.enqueue(rpc::LockMode::EX).wait(io.waitScope);
+  gone.disconnect();
+  auto w = other.enqueue(rpc::LockMode::EX);
+  EXPECT_GT(w.wait(io.waitScope), 0u);
+  EXPECT_EQ(jsonNumber(cluster.status(0), "locksGranted"), 1u);
+}
+
+TEST(Locks, BadLockRequestsAreRefused) {
+  TestCluster cluster(withLockTimeout());
+  auto io = kj::setupAsyncIo();
+  LockClient c(io, cluster.metaAddress(), 7);
+  auto req = c.locks.enqueueRequest();
+  auto r = req.initRequest();
+  r.setType(99);
+  EXPECT_ANY_THROW(req.send().wait(io.waitScope));
+  auto req2 = c.locks.enqueueRequest();
+  auto r2 = req2.initRequest();
+  r2.setType(1);
+  r2.setStart(10);
+  r2.setEnd(5);
+  EXPECT_ANY_THROW(req2.send().wait(io.waitScope));
+  c.cancel(12345);  // unknown ids are not an error
+  EXPECT_EQ(run({ctlBin(), "--server", cluster.metaAddress(), "status"}).status, 0);
+}
+
+}  // namespace
+}  // namespace cairn::test

@@ -122,6 +122,7 @@ public:
   kj::Promise<void> connect(ConnectContext context) override;
   kj::Promise<void> status(StatusContext context) override;
   kj::Promise<void> registerTarget(RegisterTargetContext context) override;
+  kj::Promise<void> ping(PingContext) override { return kj::READY_NOW; }
 
 private:
   void fillInfo(rpc::ServerInfo::Builder info);

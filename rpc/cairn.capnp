@@ -350,6 +350,8 @@ interface Bootstrap {
   status @1 () -> (status :ServerStatus);
   # A data server announces where it serves; the metadata server records it for clients.
   registerTarget @2 (fsUuid :Data, target :TargetAddress) -> ();
+  # Liveness: Cap'n Proto has no keepalive, so links ping and give up on a silent peer.
+  ping @3 () -> ();
 }
 
 # What the target keeps about itself (the LMDB "header" record).

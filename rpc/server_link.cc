@@ -28,6 +28,10 @@ kj::Duration backoff(unsigned attempt) {
 }
 
 constexpr kj::Duration CONNECT_TIMEOUT = 5 * kj::SECONDS;
+// A connection whose peer has not answered a ping for this long is given up and re-made: a
+// host that vanished sends no RST, and a stopped or wedged process answers nothing.
+constexpr kj::Duration PING_INTERVAL = 2 * kj::SECONDS;
+constexpr kj::Duration PING_TIMEOUT = 8 * kj::SECONDS;
 }  // namespace
 
 struct ServerLink::Connection {
@@ -149,6 +153,7 @@ void ServerLink::connectLoop(unsigned attempt) {
                   uint64_t gen = ++generation_;
                   tasks_->add(conn->client.onDisconnect().then(
                       [this, gen]() { lost(gen, "connection closed"); }));
+                  tasks_->add(heartbeat(gen));
                   connection_ = kj::mv(conn);
                   spdlog::info("link {}: connected to {} (version {}, instance {})",
                                name_.cStr(), currentAddress_.cStr(), peerVersion_.cStr(),
@@ -187,6 +192,29 @@ void ServerLink::connectLoop(unsigned attempt) {
             }));
           })
           .eagerlyEvaluate(nullptr);
+}
+
+kj::Promise<void> ServerLink::heartbeat(uint64_t gen) {
+  return timer_.afterDelay(PING_INTERVAL).then([this, gen]() -> kj::Promise<void> {
+    if (gen != generation_) return kj::READY_NOW;
+    auto& conn = *KJ_ASSERT_NONNULL(connection_);
+    return conn.server.pingRequest()
+        .send()
+        .then([](auto&&) { return true; },
+              [](kj::Exception&& e) {
+                // An older server without ping still answers (UNIMPLEMENTED): it is alive.
+                return e.getType() == kj::Exception::Type::UNIMPLEMENTED;
+              })
+        .exclusiveJoin(timer_.afterDelay(PING_TIMEOUT).then([]() { return false; }))
+        .then([this, gen](bool alive) -> kj::Promise<void> {
+          if (gen != generation_) return kj::READY_NOW;
+          if (!alive) {
+            lost(gen, "no answer to ping");
+            return kj::READY_NOW;
+          }
+          return heartbeat(gen);
+        });
+  });
 }
 
 void ServerLink::lost(uint64_t generation, kj::StringPtr why) {

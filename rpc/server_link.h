@@ -87,6 +87,7 @@ private:
   void openGate(State state);
   void connectLoop(unsigned attempt);
   void lost(uint64_t generation, kj::StringPtr why);
+  kj::Promise<void> heartbeat(uint64_t generation);
   uint64_t oldestUnreplied() const;
 
   kj::Network& network_;

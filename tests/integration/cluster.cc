@@ -325,6 +325,11 @@ bool TestCluster::startServer(int server, const std::vector<std::string>& extra)
   return s.proc && waitFor([&] { return !s.proc->alive(); }, 300) == false;
 }
 
+void TestCluster::signalServer(int server, int sig) {
+  auto& s = servers_.at(server);
+  if (s.proc && s.proc->alive()) kill(s.proc->pid(), sig);
+}
+
 void TestCluster::stopAll() {
   for (int i = serverCount() - 1; i >= 0; --i) stopServer(i);
 }

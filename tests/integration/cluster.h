@@ -97,6 +97,8 @@ public:
   // Starts it again on the same port, with optional extra arguments; returns false if the
   // process exited within the first moments (e.g. refused to start).
   bool startServer(int server, const std::vector<std::string>& extra = {});
+  // Sends a signal without waiting (SIGSTOP/SIGCONT: a server that hangs).
+  void signalServer(int server, int sig);
   void stopAll();
   void startAll();
 

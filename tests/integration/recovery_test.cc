@@ -122,6 +122,40 @@ TEST(Recovery, ApplicationsOnlyWaitWhileServersAreDown) {
   EXPECT_EQ(slurp(mnt + "/f"), "x" + std::string(20, 'y'));
 }
 
+TEST(Recovery, AFrozenServerIsWaitedForAndNothingIsAppliedTwice) {
+  TestCluster cluster;
+  auto mnt = cluster.mount();
+  put(mnt + "/log", "");
+  int fd = open((mnt + "/log").c_str(), O_WRONLY | O_APPEND);
+  ASSERT_GE(fd, 0);
+  std::atomic<bool> stop{false};
+  std::atomic<int> errors{0}, appends{0};
+  std::thread worker([&] {
+    while (!stop) {
+      struct stat st;
+      if (stat((mnt + "/log").c_str(), &st) != 0) ++errors;
+      if (write(fd, "r", 1) != 1) {
+        ++errors;
+      } else {
+        ++appends;
+      }
+    }
+  });
+  usleep(300 * 1000);
+  // Frozen well past the ping timeout: the client gives the connection up and reconnects
+  // (into the frozen server's backlog) until it answers again.
+  cluster.signalServer(0, SIGSTOP);
+  usleep(11 * 1000 * 1000);
+  cluster.signalServer(0, SIGCONT);
+  int before = appends;
+  ASSERT_TRUE(waitFor([&] { return appends > before + 50; }, 20000));
+  stop = true;
+  worker.join();
+  close(fd);
+  EXPECT_EQ(errors.load(), 0);
+  EXPECT_EQ(readWhole(mnt + "/log").size(), size_t(appends.load()));
+}
+
 TEST(Recovery, UnlinkedOpenFileSurvivesRestartAndIsFreedAtLastClose) {
   TestCluster::Options options;
   options.metaArgs = {"--recovery-window", "1"};

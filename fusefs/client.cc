@@ -624,6 +624,63 @@ kj::Promise<void> Client::release(uint64_t fh) {
   return metaCall([fh](rpc::MetaRequest::Builder b) { b.setRelease(fh); }, false).ignoreResult();
 }
 
+kj::Promise<void> Client::setlk(uint64_t ino, uint64_t owner, uint32_t space, AppLock lock,
+                                bool wait) {
+  return metaCall(
+             [=](rpc::MetaRequest::Builder b) {
+               auto r = b.initSetlk();
+               r.setIno(ino);
+               r.setOwner(owner);
+               r.setSpace(space);
+               r.setType(lock.type);
+               r.setStart(lock.start);
+               r.setEnd(lock.end);
+               r.setPid(lock.pid);
+               r.setWait(wait);
+             },
+             false)
+      .then([this, ino, owner, space, lock](ServerLink::MetaResponse&&) {
+        if (lock.type != 2) lockHolders_.emplace(ino, owner, space);
+      });
+}
+
+kj::Promise<Client::AppLock> Client::getlk(uint64_t ino, uint64_t owner, uint32_t space,
+                                           AppLock lock) {
+  return metaCall(
+             [=](rpc::MetaRequest::Builder b) {
+               auto r = b.initGetlk();
+               r.setIno(ino);
+               r.setOwner(owner);
+               r.setSpace(space);
+               r.setType(lock.type);
+               r.setStart(lock.start);
+               r.setEnd(lock.end);
+             },
+             false)
+      .then([](ServerLink::MetaResponse&& resp) {
+        auto l = resp.getReply().getLock();
+        AppLock out;
+        out.type = l.getType();
+        out.start = l.getStart();
+        out.end = l.getEnd();
+        out.pid = l.getPid();
+        return out;
+      });
+}
+
+kj::Promise<void> Client::releaseLocks(uint64_t ino, uint64_t owner, uint32_t space) {
+  if (lockHolders_.erase(std::make_tuple(ino, owner, space)) == 0) return kj::READY_NOW;
+  return metaCall(
+             [=](rpc::MetaRequest::Builder b) {
+               auto r = b.initReleaseLocks();
+               r.setIno(ino);
+               r.setOwner(owner);
+               r.setSpace(space);
+             },
+             false)
+      .ignoreResult();
+}
+
 kj::Promise<DirPage> Client::readdir(uint64_t ino, uint64_t cookie, uint32_t maxEntries) {
   // From the start, ".." needs the parent, which the directory's own attributes carry.
   kj::Promise<uint64_t> parent = uint64_t(0);

@@ -15,6 +15,8 @@
 #include <kj/vector.h>
 
 #include <map>
+#include <set>
+#include <tuple>
 
 #include "fusefs/inode_table.h"
 #include "fusefs/open_table.h"
@@ -99,6 +101,18 @@ public:
   kj::Promise<void> syncAll();
   kj::Promise<void> release(uint64_t fh);
 
+  // Application locks (fcntl record locks in space 0, flock in space 1). `end` is inclusive,
+  // UINT64_MAX meaning "to the end of the file"; type 0 read, 1 write, 2 unlock.
+  struct AppLock {
+    uint32_t type = 2;
+    uint64_t start = 0, end = 0;
+    uint32_t pid = 0;
+  };
+  kj::Promise<void> setlk(uint64_t ino, uint64_t owner, uint32_t space, AppLock lock, bool wait);
+  kj::Promise<AppLock> getlk(uint64_t ino, uint64_t owner, uint32_t space, AppLock lock);
+  // Close: the owner's locks on the file go (no request if it never took one).
+  kj::Promise<void> releaseLocks(uint64_t ino, uint64_t owner, uint32_t space);
+
   kj::Promise<DirPage> readdir(uint64_t ino, uint64_t cookie, uint32_t maxEntries);
   kj::Promise<struct statvfs> statfs();
 
@@ -142,6 +156,7 @@ private:
   std::map<uint32_t, kj::Own<ServerLink>> data_;
   InodeTable inodes_;
   OpenTable opens_;
+  std::set<std::tuple<uint64_t, uint64_t, uint32_t>> lockHolders_;  // ino, owner, space
   class ErrorHandler : public kj::TaskSet::ErrorHandler {
   public:
     void taskFailed(kj::Exception&& e) override;

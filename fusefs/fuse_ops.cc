@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <linux/fs.h>
+#include <sys/file.h>
 
 #include <kj/debug.h>
 #include <spdlog/spdlog.h>
@@ -219,13 +220,89 @@ void opWrite(fuse_req_t req, fuse_ino_t, const char* buf, size_t size, off_t off
   }); });
 }
 
-void opFlush(fuse_req_t req, fuse_ino_t, fuse_file_info*) {
-  // Writes are acknowledged only once committed on their targets: nothing to flush.
-  fuse_reply_err(req, 0);
+void opFlush(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  // Writes are acknowledged only once committed on their targets; what close() leaves to do is
+  // dropping the closing owner's record locks (POSIX: any close by the process drops them).
+  uint64_t owner = fi->lock_owner;
+  ops(req).run(req, [&]() {
+    return client(req).releaseLocks(ino, owner, 0).then([req]() { fuse_reply_err(req, 0); });
+  });
 }
 
-void opRelease(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
-  ops(req).run(req, [&]() { return client(req).release(fi->fh).then([req]() { fuse_reply_err(req, 0); }); });
+void opRelease(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  uint64_t fh = fi->fh, owner = fi->lock_owner;
+  bool flock = fi->flock_release;
+  Client* c = &client(req);
+  ops(req).run(req, [&]() {
+    kj::Promise<void> unlock = flock ? c->releaseLocks(ino, owner, 1) : kj::READY_NOW;
+    return unlock.then([c, fh]() { return c->release(fh); }).then([req]() {
+      fuse_reply_err(req, 0);
+    });
+  });
+}
+
+// struct flock <-> an inclusive range; l_len 0 means "to the end of the file".
+Client::AppLock toAppLock(const struct flock* fl) {
+  Client::AppLock l;
+  l.type = fl->l_type == F_RDLCK ? 0 : fl->l_type == F_WRLCK ? 1 : 2;
+  l.start = uint64_t(fl->l_start);
+  l.end = fl->l_len == 0 ? ~uint64_t(0) : uint64_t(fl->l_start + fl->l_len - 1);
+  l.pid = uint32_t(fl->l_pid);
+  return l;
+}
+
+void opGetlk(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi, struct flock* lock) {
+  auto want = toAppLock(lock);
+  uint64_t owner = fi->lock_owner;
+  ops(req).run(req, [&]() {
+    return client(req).getlk(ino, owner, 0, want).then([req](Client::AppLock got) {
+      struct flock out;
+      memset(&out, 0, sizeof(out));
+      out.l_type = got.type == 0 ? F_RDLCK : got.type == 1 ? F_WRLCK : F_UNLCK;
+      out.l_whence = SEEK_SET;
+      if (got.type != 2) {
+        out.l_start = off_t(got.start);
+        out.l_len = got.end >= uint64_t(INT64_MAX) ? 0 : off_t(got.end - got.start + 1);
+        out.l_pid = pid_t(got.pid);
+      }
+      fuse_reply_lock(req, &out);
+    });
+  });
+}
+
+void opSetlk(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi, struct flock* lock, int sleep) {
+  auto want = toAppLock(lock);
+  uint64_t owner = fi->lock_owner;
+  auto start = [&]() {
+    return client(req).setlk(ino, owner, 0, want, sleep != 0).then([req]() {
+      fuse_reply_err(req, 0);
+    });
+  };
+  if (sleep) {
+    ops(req).runAbortable(req, start);
+  } else {
+    ops(req).run(req, start);
+  }
+}
+
+void opFlock(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi, int op) {
+  Client::AppLock want;
+  want.type = (op & LOCK_SH) ? 0 : (op & LOCK_EX) ? 1 : 2;
+  want.start = 0;
+  want.end = ~uint64_t(0);
+  want.pid = uint32_t(fuse_req_ctx(req)->pid);
+  bool wait = !(op & LOCK_NB) && want.type != 2;
+  uint64_t owner = fi->lock_owner;
+  auto start = [&]() {
+    return client(req).setlk(ino, owner, 1, want, wait).then([req]() {
+      fuse_reply_err(req, 0);
+    });
+  };
+  if (wait) {
+    ops(req).runAbortable(req, start);
+  } else {
+    ops(req).run(req, start);
+  }
 }
 
 void opFsync(fuse_req_t req, fuse_ino_t, int, fuse_file_info* fi) {
@@ -350,6 +427,9 @@ fuse_lowlevel_ops makeTable() {
   t.listxattr = opListxattr;
   t.removexattr = opRemovexattr;
   t.access = opAccess;
+  t.getlk = opGetlk;
+  t.setlk = opSetlk;
+  t.flock = opFlock;
   return t;
 }
 
@@ -374,7 +454,7 @@ void FuseOps::ErrorHandler::taskFailed(kj::Exception&& e) {
   spdlog::error("request task failed: {}", e.getDescription().cStr());
 }
 
-void FuseOps::runPromise(fuse_req_t req, kj::Promise<void> work) {
+void FuseOps::runPromise(fuse_req_t req, kj::Promise<void> work, bool abortable) {
   auto interrupt = kj::heap<Interrupt>();
   auto paf = kj::newPromiseAndFulfiller<void>();
   interrupt->fulfiller = kj::mv(paf.fulfiller);
@@ -382,9 +462,9 @@ void FuseOps::runPromise(fuse_req_t req, kj::Promise<void> work) {
   // when the request is answered, so `interrupt` may go with the task.
   fuse_req_interrupt_func(req, onInterrupt, interrupt.get());
   // After an interrupt, end the request as soon as (or once) a server is unreachable.
-  auto interrupted = paf.promise.then([this]() { return untilOutage(); }).then([req]() {
-    fuse_reply_err(req, EINTR);
-  });
+  auto interrupted =
+      paf.promise.then([this, abortable]() { return abortable ? kj::READY_NOW : untilOutage(); })
+          .then([req]() { fuse_reply_err(req, EINTR); });
   tasks_.add(work.catch_([req](kj::Exception&& e) {
                    int err = errnoOf(e);
                    if (err == EIO) spdlog::warn("request failed: {}", e.getDescription().cStr());

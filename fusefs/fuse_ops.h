@@ -37,11 +37,17 @@ public:
   // the error otherwise, including an exception thrown by `start` itself.
   template <typename Start>
   void run(fuse_req_t req, Start&& start) {
-    runPromise(req, kj::evalNow(kj::fwd<Start>(start)));
+    runPromise(req, kj::evalNow(kj::fwd<Start>(start)), false);
+  }
+  // For requests that only wait and change nothing until they end (a lock wait): a signal
+  // ends them at once.
+  template <typename Start>
+  void runAbortable(fuse_req_t req, Start&& start) {
+    runPromise(req, kj::evalNow(kj::fwd<Start>(start)), true);
   }
 
 private:
-  void runPromise(fuse_req_t req, kj::Promise<void> work);
+  void runPromise(fuse_req_t req, kj::Promise<void> work, bool abortable);
   kj::Promise<void> untilOutage();
   class ErrorHandler : public kj::TaskSet::ErrorHandler {
   public:

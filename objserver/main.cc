@@ -19,6 +19,7 @@
 #include "objserver/namespace.h"
 #include "objserver/object_store.h"
 #include "objserver/open_files.h"
+#include "objserver/posix_locks.h"
 #include "objserver/registrar.h"
 #include "objserver/server.h"
 #include "rpc/version.h"
@@ -101,6 +102,7 @@ int serve(const ServeOptions& o) {
 
   LinkIdentity identity{serverUuid(), rpc::Hello::Role::SERVER, kj::str(advertise)};
   kj::Maybe<kj::Own<OpenFiles>> opens;
+  kj::Maybe<kj::Own<PosixLocks>> posixLocks;
   kj::Maybe<kj::Own<Namespace>> ns;
   kj::Maybe<kj::Own<Destroyer>> destroyer;
   kj::Maybe<kj::Own<ObjectStore>> objects;
@@ -124,6 +126,7 @@ int serve(const ServeOptions& o) {
     ctx.ns = n;
     ctx.opens = of;
     ctx.destroyer = d;
+    ctx.posixLocks = *posixLocks.emplace(kj::heap<PosixLocks>());
     d.start();
     size_t orphanCount;
     {

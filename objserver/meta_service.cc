@@ -11,6 +11,7 @@
 #include "objserver/destroyer.h"
 #include "objserver/namespace.h"
 #include "objserver/open_files.h"
+#include "objserver/posix_locks.h"
 
 namespace cairn {
 
@@ -71,6 +72,9 @@ kj::Promise<void> MetaService::dispatch(CallContext context) {
   if (req.which() == R::RELEASE) {
     release(req.getRelease(), context.getResults().initReply());
     return kj::READY_NOW;
+  }
+  if (req.which() == R::SETLK || req.which() == R::GETLK || req.which() == R::RELEASE_LOCKS) {
+    return applicationLock(req, context);
   }
   if (isUpdate(req.which())) {
     capnp::MallocMessageBuilder message;
@@ -271,6 +275,61 @@ void MetaService::update(rpc::MetaRequest::Reader req, capnp::MallocMessageBuild
       opens_.open(session_->key, req.getCreate().getHandle(),
                   reply.getOpened().getAttr().getIno());
     }
+  }
+}
+
+kj::Promise<void> MetaService::applicationLock(rpc::MetaRequest::Reader req,
+                                               CallContext context) {
+  using R = rpc::MetaRequest;
+  auto& table = KJ_ASSERT_NONNULL(ctx_.posixLocks);
+  auto reply = context.getResults().initReply();
+  switch (req.which()) {
+    case R::SETLK: {
+      auto r = req.getSetlk();
+      KJ_REQUIRE(r.getSpace() <= 1, "unknown lock space", r.getSpace());
+      PosixLock lock;
+      KJ_REQUIRE(r.getType() <= PosixLock::UNLOCK, "unknown lock type", r.getType());
+      lock.type = static_cast<PosixLock::Type>(r.getType());
+      lock.start = r.getStart();
+      lock.end = r.getEnd();
+      lock.pid = r.getPid();
+      try {
+        // A waiting lock ends when the caller gives up (a signal): let the call be cancelled.
+        context.allowCancellation();
+        return table.set(r.getIno(), r.getSpace(), {session_->key, r.getOwner()}, lock, r.getWait())
+            .then([this, context]() mutable {
+              context.getResults().getReply().setLastSynced(ctx_.syncer.lastSynced());
+            });
+      } catch (FsError& e) {
+        reply.setError(e.err());
+        return kj::READY_NOW;
+      }
+    }
+    case R::GETLK: {
+      auto r = req.getGetlk();
+      PosixLock want;
+      KJ_REQUIRE(r.getType() <= PosixLock::WRITE, "unknown lock type", r.getType());
+      want.type = static_cast<PosixLock::Type>(r.getType());
+      want.start = r.getStart();
+      want.end = r.getEnd();
+      auto out = reply.initLock();
+      out.setType(PosixLock::UNLOCK);
+      KJ_IF_MAYBE(c, table.test(r.getIno(), r.getSpace(), {session_->key, r.getOwner()}, want)) {
+        out.setType(c->type);
+        out.setStart(c->start);
+        out.setEnd(c->end);
+        out.setPid(c->pid);
+      }
+      return kj::READY_NOW;
+    }
+    case R::RELEASE_LOCKS: {
+      auto r = req.getReleaseLocks();
+      table.releaseOwner(r.getIno(), r.getSpace(), {session_->key, r.getOwner()});
+      reply.setNone();
+      return kj::READY_NOW;
+    }
+    default:
+      KJ_UNREACHABLE;
   }
 }
 

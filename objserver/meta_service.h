@@ -19,6 +19,7 @@ private:
   void read(rpc::MetaRequest::Reader req, rpc::MetaReply::Builder reply);
   void update(rpc::MetaRequest::Reader req, capnp::MallocMessageBuilder& message);
   void release(uint64_t handle, rpc::MetaReply::Builder reply);
+  kj::Promise<void> applicationLock(rpc::MetaRequest::Reader req, CallContext context);
 
   ServerContext& ctx_;
   Namespace& ns_;

@@ -11,6 +11,7 @@
 #include "objserver/namespace.h"
 #include "objserver/object_store.h"
 #include "objserver/open_files.h"
+#include "objserver/posix_locks.h"
 #include "rpc/feature_flags.h"
 
 namespace cairn {
@@ -104,6 +105,7 @@ void ServerContext::evict(ClientSession& session, kj::StringPtr why) {
   auto keep = kj::addRef(session);
   spdlog::warn("evicting {}: {}", session.label.cStr(), why.cStr());
   locks.dropAll(session);
+  KJ_IF_MAYBE(p, posixLocks) { p->releaseClient(session.key); }
   dropOpens(session);
   try {
     commit([&](store::Txn& txn) { clients.forget(txn, session.uuid); });
@@ -117,6 +119,7 @@ void ServerContext::evict(ClientSession& session, kj::StringPtr why) {
 
 void ServerContext::expire(ClientSession& session) {
   locks.dropAll(session);
+  KJ_IF_MAYBE(p, posixLocks) { p->releaseClient(session.key); }
   dropOpens(session);
   try {
     commit([&](store::Txn& txn) { clients.forget(txn, session.uuid); });

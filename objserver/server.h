@@ -24,6 +24,7 @@ class Namespace;
 class ObjectStore;
 class OpenFiles;
 class Destroyer;
+class PosixLocks;
 
 // One client (or peer server) as the server knows it, across its reconnections. It is also
 // the owner of the client's locks.
@@ -74,6 +75,7 @@ public:
   kj::Maybe<Namespace&> ns;
   kj::Maybe<OpenFiles&> opens;
   kj::Maybe<Destroyer&> destroyer;
+  kj::Maybe<PosixLocks&> posixLocks;
   // Set for a data target.
   kj::Maybe<ObjectStore&> objects;
 

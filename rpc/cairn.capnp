@@ -210,6 +210,29 @@ struct MetaRequest {
     sync @63 :Void;            # reply once everything committed so far is on disk
     getTargets @64 :Void;
     layout @65 :UInt64;        # -> opened (attr + layout), for truncate without an open file
+    setlk :group {             # fcntl F_SETLK(W) / flock: application locks
+      ino @66 :UInt64;
+      owner @67 :UInt64;       # the kernel's lock owner on this client
+      space @68 :UInt32;       # 0 fcntl record locks, 1 flock
+      type @69 :UInt32;        # 0 read, 1 write, 2 unlock
+      start @70 :UInt64;
+      end @71 :UInt64;         # inclusive; the maximum is "to the end of the file"
+      pid @72 :UInt32;
+      wait @73 :Bool;
+    }
+    getlk :group {             # -> lock: the first conflicting lock, type 2 if none
+      ino @74 :UInt64;
+      owner @75 :UInt64;
+      space @76 :UInt32;
+      type @77 :UInt32;
+      start @78 :UInt64;
+      end @79 :UInt64;
+    }
+    releaseLocks :group {      # close: the owner's locks on the file go
+      ino @80 :UInt64;
+      owner @81 :UInt64;
+      space @82 :UInt32;
+    }
   }
 }
 
@@ -233,6 +256,12 @@ struct MetaReply {
     statfs @11 :StatFs;
     targets @12 :List(TargetAddress);
     offset @13 :UInt64;        # reserveAppend
+    lock :group {              # getlk
+      type @14 :UInt32;
+      start @15 :UInt64;
+      end @16 :UInt64;
+      pid @17 :UInt32;
+    }
   }
 }
 

@@ -71,8 +71,8 @@ Client::Client(kj::AsyncIoContext& io, ClientOptions options)
   identity_.hostName = kj::str(options_.hostName);
   auto addresses = kj::heapArrayBuilder<kj::String>(options_.metaAddresses.size());
   for (auto& a : options_.metaAddresses) addresses.add(kj::str(a));
-  meta_ = kj::heap<ServerLink>(io.provider->getNetwork(), io.provider->getTimer(),
-                               kj::str("meta"), addresses.finish(), identity_);
+  meta_ = kj::heap<ServerLink>(io.provider->getNetwork(), io.provider->getTimer(), kj::str("meta"),
+                               addresses.finish(), identity_);
   meta_->setRecovery([this]() { return recoverMeta(); });
 }
 
@@ -82,7 +82,9 @@ void Client::ErrorHandler::taskFailed(kj::Exception&& e) {
   spdlog::warn("background request failed: {}", e.getDescription().cStr());
 }
 
-void Client::start() { meta_->start(); }
+void Client::start() {
+  meta_->start();
+}
 
 bool Client::outage() const {
   if (meta_->state() != ServerLink::State::ACTIVE) return true;
@@ -124,7 +126,9 @@ kj::Promise<void> Client::recoverMeta() {
                             [this, handle](kj::Exception&& e) {
                               // The file is gone on the server: this descriptor can only fail.
                               if (errnoOf(e) != ENOENT) kj::throwFatalException(kj::mv(e));
-                              KJ_IF_MAYBE(f, opens_.find(handle)) { f->lost = true; }
+                              KJ_IF_MAYBE (f, opens_.find(handle)) {
+                                f->lost = true;
+                              }
                               spdlog::warn("open replay: handle {} lost its file", handle);
                             }));
     }
@@ -150,9 +154,9 @@ kj::Promise<void> Client::refreshTargets(ServerLink::Class cls) {
             it->second->setAddresses(addresses.finish());
             continue;
           }
-          auto link = kj::heap<ServerLink>(io_.provider->getNetwork(), io_.provider->getTimer(),
-                                           kj::str("data", t.getIndex()), addresses.finish(),
-                                           identity_);
+          auto link =
+              kj::heap<ServerLink>(io_.provider->getNetwork(), io_.provider->getTimer(),
+                                   kj::str("data", t.getIndex()), addresses.finish(), identity_);
           link->start();
           data_.emplace(t.getIndex(), kj::mv(link));
         }
@@ -208,21 +212,23 @@ kj::Promise<Entry> Client::lookup(const Cred& cred, uint64_t parent, kj::Array<k
                l.setName(name);
              },
              false)
-      .then([this](ServerLink::MetaResponse&& resp) {
-        return toEntry(resp.getReply().getAttr());
-      });
+      .then([this](ServerLink::MetaResponse&& resp) { return toEntry(resp.getReply().getAttr()); });
 }
 
 kj::Promise<kj::Own<SharedLayout>> Client::layoutOf(uint64_t ino) {
-  KJ_IF_MAYBE(inode, inodes_.find(ino)) {
-    KJ_IF_MAYBE(l, inode->layout) { return kj::addRef(**l); }
+  KJ_IF_MAYBE (inode, inodes_.find(ino)) {
+    KJ_IF_MAYBE (l, inode->layout) {
+      return kj::addRef(**l);
+    }
   }
   return metaCall([ino](rpc::MetaRequest::Builder b) { b.setLayout(ino); }, false)
       .then([this, ino](ServerLink::MetaResponse&& resp) {
         auto opened = resp.getReply().getOpened();
         KJ_REQUIRE(opened.hasLayout(), "a regular file without a layout", ino);
         auto layout = toLayout(opened.getLayout());
-        KJ_IF_MAYBE(inode, inodes_.find(ino)) { inode->layout = kj::addRef(*layout); }
+        KJ_IF_MAYBE (inode, inodes_.find(ino)) {
+          inode->layout = kj::addRef(*layout);
+        }
         return layout;
       });
 }
@@ -271,13 +277,15 @@ kj::Promise<struct stat> Client::setattr(const Cred& cred, uint64_t ino, SetAttr
   };
   if (!(attr.valid & rpc::SET_SIZE)) return send();
   // The data goes first: once the size says "shorter", no byte past it may be readable.
-  return getattr(ino).then([this, ino, attr](struct stat st) -> kj::Promise<void> {
-    if (!S_ISREG(st.st_mode)) return kj::READY_NOW;  // the server gives the right error
-    if (attr.size >= uint64_t(st.st_size)) return kj::READY_NOW;
-    return layoutOf(ino).then([this, attr](kj::Own<SharedLayout> layout) {
-      return truncateObjects(layout->layout, attr.size).attach(kj::mv(layout));
-    });
-  }).then(kj::mv(send));
+  return getattr(ino)
+      .then([this, ino, attr](struct stat st) -> kj::Promise<void> {
+        if (!S_ISREG(st.st_mode)) return kj::READY_NOW;  // the server gives the right error
+        if (attr.size >= uint64_t(st.st_size)) return kj::READY_NOW;
+        return layoutOf(ino).then([this, attr](kj::Own<SharedLayout> layout) {
+          return truncateObjects(layout->layout, attr.size).attach(kj::mv(layout));
+        });
+      })
+      .then(kj::mv(send));
 }
 
 kj::Promise<Entry> Client::mknod(const Cred& cred, uint64_t parent, kj::Array<kj::byte> name,
@@ -305,14 +313,14 @@ kj::Promise<Entry> Client::mkdir(const Cred& cred, uint64_t parent, kj::Array<kj
 
 kj::Promise<Entry> Client::symlink(const Cred& cred, uint64_t parent, kj::Array<kj::byte> name,
                                    kj::Array<kj::byte> target) {
-  return entryCall([cred, parent, name = kj::mv(name),
-                    target = kj::mv(target)](rpc::MetaRequest::Builder b) {
-    setCred(b, cred);
-    auto s = b.initSymlink();
-    s.setParent(parent);
-    s.setName(name);
-    s.setTarget(target);
-  });
+  return entryCall(
+      [cred, parent, name = kj::mv(name), target = kj::mv(target)](rpc::MetaRequest::Builder b) {
+        setCred(b, cred);
+        auto s = b.initSymlink();
+        s.setParent(parent);
+        s.setName(name);
+        s.setTarget(target);
+      });
 }
 
 kj::Promise<Entry> Client::link(const Cred& cred, uint64_t ino, uint64_t newParent,
@@ -351,8 +359,7 @@ kj::Promise<void> Client::rmdir(const Cred& cred, uint64_t parent, kj::Array<kj:
 }
 
 kj::Promise<void> Client::rename(const Cred& cred, uint64_t parent, kj::Array<kj::byte> name,
-                                 uint64_t newParent, kj::Array<kj::byte> newName,
-                                 uint32_t flags) {
+                                 uint64_t newParent, kj::Array<kj::byte> newName, uint32_t flags) {
   return metaCall(
              [cred, parent, name = kj::mv(name), newParent, newName = kj::mv(newName),
               flags](rpc::MetaRequest::Builder b) {
@@ -387,7 +394,9 @@ Opened Client::opened(uint64_t fh, ServerLink::MetaResponse& resp) {
   if (opened.hasLayout()) {
     auto layout = toLayout(opened.getLayout());
     file.layout = kj::addRef(*layout);
-    KJ_IF_MAYBE(inode, inodes_.find(ino)) { inode->layout = kj::mv(layout); }
+    KJ_IF_MAYBE (inode, inodes_.find(ino)) {
+      inode->layout = kj::mv(layout);
+    }
   }
   return out;
 }
@@ -446,7 +455,9 @@ kj::Promise<kj::Array<kj::byte>> Client::read(uint64_t fh, uint64_t offset, size
   auto& file = openFile(fh);
   auto& shared = *KJ_REQUIRE_NONNULL(file.layout, "read of a file without a layout");
   uint64_t known = 0;
-  KJ_IF_MAYBE(inode, inodes_.find(file.ino)) { known = inode->size; }
+  KJ_IF_MAYBE (inode, inodes_.find(file.ino)) {
+    known = inode->size;
+  }
   // The kernel asks for attributes before it reads past the size it knows, so `known` is
   // at least as fresh as the kernel's idea of the end of the file.
   if (offset >= known || size == 0) return kj::heapArray<kj::byte>(0);
@@ -513,13 +524,18 @@ void Client::touchAtime(uint64_t ino) {
                    s.setValid(rpc::SET_ATIME_NOW);
                  },
                  true)
-                 .then([this, ino](ServerLink::MetaResponse&& resp) {
-                   toEntry(resp.getReply().getAttr());
-                   KJ_IF_MAYBE(i, inodes_.find(ino)) { i->atimePending = false; }
-                 },
-                 [this, ino](kj::Exception&&) {
-                   KJ_IF_MAYBE(i, inodes_.find(ino)) { i->atimePending = false; }
-                 }));
+                 .then(
+                     [this, ino](ServerLink::MetaResponse&& resp) {
+                       toEntry(resp.getReply().getAttr());
+                       KJ_IF_MAYBE (i, inodes_.find(ino)) {
+                         i->atimePending = false;
+                       }
+                     },
+                     [this, ino](kj::Exception&&) {
+                       KJ_IF_MAYBE (i, inodes_.find(ino)) {
+                         i->atimePending = false;
+                       }
+                     }));
 }
 
 kj::Promise<size_t> Client::write(uint64_t fh, uint64_t offset, kj::Array<kj::byte> data) {
@@ -537,9 +553,7 @@ kj::Promise<size_t> Client::write(uint64_t fh, uint64_t offset, kj::Array<kj::by
                   r.setLength(length);
                 },
                 true)
-                .then([](ServerLink::MetaResponse&& resp) {
-                  return resp.getReply().getOffset();
-                });
+                .then([](ServerLink::MetaResponse&& resp) { return resp.getReply().getOffset(); });
   }
   return where.then([this, ino, layout = kj::mv(layout),
                      data = kj::mv(data)](uint64_t at) mutable -> kj::Promise<size_t> {
@@ -568,16 +582,15 @@ kj::Promise<size_t> Client::write(uint64_t fh, uint64_t offset, kj::Array<kj::by
     }
     uint64_t end = at + data.size();
     // Size and mtime on the metadata target, in parallel with the data.
-    parts.add(metaCall(
-                  [ino, end](rpc::MetaRequest::Builder b) {
-                    auto w = b.initWrote();
-                    w.setIno(ino);
-                    w.setEnd(end);
-                  },
-                  true)
-                  .then([this](ServerLink::MetaResponse&& resp) {
-                    toEntry(resp.getReply().getAttr());
-                  }));
+    parts.add(
+        metaCall(
+            [ino, end](rpc::MetaRequest::Builder b) {
+              auto w = b.initWrote();
+              w.setIno(ino);
+              w.setEnd(end);
+            },
+            true)
+            .then([this](ServerLink::MetaResponse&& resp) { toEntry(resp.getReply().getAttr()); }));
     size_t n = data.size();
     return kj::joinPromises(parts.finish())
         .then([n]() { return n; })
@@ -598,7 +611,7 @@ kj::Promise<void> Client::syncTargets(const StripeLayout& layout) {
 
 kj::Promise<void> Client::fsync(uint64_t fh) {
   auto& file = openFile(fh);
-  KJ_IF_MAYBE(l, file.layout) {
+  KJ_IF_MAYBE (l, file.layout) {
     auto layout = kj::addRef(**l);
     auto& ref = layout->layout;
     return syncTargets(ref).attach(kj::mv(layout));
@@ -610,8 +623,7 @@ kj::Promise<void> Client::syncAll() {
   auto parts = kj::heapArrayBuilder<kj::Promise<void>>(data_.size() + 1);
   parts.add(metaCall([](rpc::MetaRequest::Builder b) { b.setSync(); }, false).ignoreResult());
   for (auto& [index, link] : data_) {
-    parts.add(
-        link->data([](rpc::DataRequest::Builder b) { b.setSync(); }, false).ignoreResult());
+    parts.add(link->data([](rpc::DataRequest::Builder b) { b.setSync(); }, false).ignoreResult());
   }
   return kj::joinPromises(parts.finish());
 }
@@ -691,26 +703,26 @@ kj::Promise<DirPage> Client::readdir(uint64_t ino, uint64_t cookie, uint32_t max
                  });
   }
   auto entries = metaCall(
-             [ino, cookie, maxEntries](rpc::MetaRequest::Builder b) {
-               auto r = b.initReaddir();
-               r.setIno(ino);
-               r.setCookie(kj::max(cookie, uint64_t(2)));
-               r.setMaxEntries(maxEntries);
-             },
-             false)
-      .then([](ServerLink::MetaResponse&& resp) {
-        auto entries = resp.getReply().getEntries();
-        DirPage page;
-        page.eof = entries.getEof();
-        for (auto e : entries.getList()) {
-          DirItem item;
-          item.name = kj::heapArray(e.getName());
-          item.cookie = e.getCookie();
-          attrToStat(e.getAttr(), &item.attr);
-          page.items.add(kj::mv(item));
-        }
-        return page;
-      });
+                     [ino, cookie, maxEntries](rpc::MetaRequest::Builder b) {
+                       auto r = b.initReaddir();
+                       r.setIno(ino);
+                       r.setCookie(kj::max(cookie, uint64_t(2)));
+                       r.setMaxEntries(maxEntries);
+                     },
+                     false)
+                     .then([](ServerLink::MetaResponse&& resp) {
+                       auto entries = resp.getReply().getEntries();
+                       DirPage page;
+                       page.eof = entries.getEof();
+                       for (auto e : entries.getList()) {
+                         DirItem item;
+                         item.name = kj::heapArray(e.getName());
+                         item.cookie = e.getCookie();
+                         attrToStat(e.getAttr(), &item.attr);
+                         page.items.add(kj::mv(item));
+                       }
+                       return page;
+                     });
   return parent.then([entries = kj::mv(entries)](uint64_t parent) mutable {
     return entries.then([parent](DirPage&& page) {
       page.parent = parent;
@@ -733,8 +745,8 @@ kj::Promise<struct statvfs> Client::statfs() {
         out.f_files = m.getTotalInodes();
         out.f_ffree = out.f_favail = m.getFreeInodes();
         out.f_namemax = m.getNameMax();
-        return kj::joinPromises(kj::mv(parts)).then(
-            [out](kj::Array<ServerLink::DataResponse>&& replies) mutable {
+        return kj::joinPromises(kj::mv(parts))
+            .then([out](kj::Array<ServerLink::DataResponse>&& replies) mutable {
               for (auto& r : replies) {
                 auto s = r.getReply().getStatfs();
                 uint64_t scale = s.getBlockSize() / 4096;

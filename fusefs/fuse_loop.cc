@@ -26,7 +26,9 @@ FuseLoop::FuseLoop(fuse_session* session, kj::UnixEventPort& port)
   memset(&buf_, 0, sizeof(buf_));
 }
 
-FuseLoop::~FuseLoop() { free(buf_.mem); }
+FuseLoop::~FuseLoop() {
+  free(buf_.mem);
+}
 
 kj::Promise<void> FuseLoop::run() {
   return observer_.whenBecomesReadable().then([this]() { return drain(); });

@@ -17,7 +17,9 @@ FuseOps& ops(fuse_req_t req) {
   return *static_cast<FuseUserdata*>(fuse_req_userdata(req))->ops;
 }
 
-Client& client(fuse_req_t req) { return ops(req).client(); }
+Client& client(fuse_req_t req) {
+  return ops(req).client();
+}
 
 Cred credOf(fuse_req_t req) {
   auto* ctx = fuse_req_ctx(req);
@@ -74,9 +76,11 @@ void opInit(void*, fuse_conn_info* conn) {
 }
 
 void opLookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
-  ops(req).run(req, [&]() { return client(req).lookup(credOf(req), parent, bytes(name)).then([req](Entry e) {
-    replyEntry(req, e);
-  }); });
+  ops(req).run(req, [&]() {
+    return client(req).lookup(credOf(req), parent, bytes(name)).then([req](Entry e) {
+      replyEntry(req, e);
+    });
+  });
 }
 
 void opForget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup) {
@@ -90,17 +94,30 @@ void opForgetMulti(fuse_req_t req, size_t count, fuse_forget_data* forgets) {
 }
 
 void opGetattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info*) {
-  ops(req).run(req, [&]() { return client(req).getattr(ino).then([req](struct stat st) {
-    fuse_reply_attr(req, &st, ATTR_TIMEOUT);
-  }); });
+  ops(req).run(req, [&]() {
+    return client(req).getattr(ino).then(
+        [req](struct stat st) { fuse_reply_attr(req, &st, ATTR_TIMEOUT); });
+  });
 }
 
 void opSetattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int toSet, fuse_file_info* fi) {
   SetAttr s;
-  if (toSet & FUSE_SET_ATTR_MODE) { s.valid |= rpc::SET_MODE; s.mode = attr->st_mode; }
-  if (toSet & FUSE_SET_ATTR_UID) { s.valid |= rpc::SET_UID; s.uid = attr->st_uid; }
-  if (toSet & FUSE_SET_ATTR_GID) { s.valid |= rpc::SET_GID; s.gid = attr->st_gid; }
-  if (toSet & FUSE_SET_ATTR_SIZE) { s.valid |= rpc::SET_SIZE; s.size = attr->st_size; }
+  if (toSet & FUSE_SET_ATTR_MODE) {
+    s.valid |= rpc::SET_MODE;
+    s.mode = attr->st_mode;
+  }
+  if (toSet & FUSE_SET_ATTR_UID) {
+    s.valid |= rpc::SET_UID;
+    s.uid = attr->st_uid;
+  }
+  if (toSet & FUSE_SET_ATTR_GID) {
+    s.valid |= rpc::SET_GID;
+    s.gid = attr->st_gid;
+  }
+  if (toSet & FUSE_SET_ATTR_SIZE) {
+    s.valid |= rpc::SET_SIZE;
+    s.size = attr->st_size;
+  }
   if (toSet & FUSE_SET_ATTR_ATIME_NOW) {
     s.valid |= rpc::SET_ATIME_NOW;
   } else if (toSet & FUSE_SET_ATTR_ATIME) {
@@ -115,109 +132,139 @@ void opSetattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int toSet, fus
   }
   kj::Maybe<uint64_t> fh;
   if (fi != nullptr) fh = fi->fh;
-  ops(req).run(req, [&]() { return client(req).setattr(credOf(req), ino, s, fh).then([req](struct stat st) {
-    fuse_reply_attr(req, &st, ATTR_TIMEOUT);
-  }); });
+  ops(req).run(req, [&]() {
+    return client(req).setattr(credOf(req), ino, s, fh).then([req](struct stat st) {
+      fuse_reply_attr(req, &st, ATTR_TIMEOUT);
+    });
+  });
 }
 
 void opReadlink(fuse_req_t req, fuse_ino_t ino) {
-  ops(req).run(req, [&]() { return client(req).readlink(ino).then([req](kj::Array<kj::byte> target) {
-    auto s = kj::heapString(reinterpret_cast<const char*>(target.begin()), target.size());
-    fuse_reply_readlink(req, s.cStr());
-  }); });
+  ops(req).run(req, [&]() {
+    return client(req).readlink(ino).then([req](kj::Array<kj::byte> target) {
+      auto s = kj::heapString(reinterpret_cast<const char*>(target.begin()), target.size());
+      fuse_reply_readlink(req, s.cStr());
+    });
+  });
 }
 
 void opMknod(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, dev_t rdev) {
-  ops(req).run(req, [&]() { return client(req).mknod(credOf(req), parent, bytes(name), mode, rdev)
-                        .then([req](Entry e) { replyEntry(req, e); }); });
+  ops(req).run(req, [&]() {
+    return client(req).mknod(credOf(req), parent, bytes(name), mode, rdev).then([req](Entry e) {
+      replyEntry(req, e);
+    });
+  });
 }
 
 void opMkdir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode) {
-  ops(req).run(req, [&]() { return client(req).mkdir(credOf(req), parent, bytes(name), mode)
-                        .then([req](Entry e) { replyEntry(req, e); }); });
+  ops(req).run(req, [&]() {
+    return client(req).mkdir(credOf(req), parent, bytes(name), mode).then([req](Entry e) {
+      replyEntry(req, e);
+    });
+  });
 }
 
 void opSymlink(fuse_req_t req, const char* target, fuse_ino_t parent, const char* name) {
-  ops(req).run(req, [&]() { return client(req).symlink(credOf(req), parent, bytes(name), bytes(target))
-                        .then([req](Entry e) { replyEntry(req, e); }); });
+  ops(req).run(req, [&]() {
+    return client(req)
+        .symlink(credOf(req), parent, bytes(name), bytes(target))
+        .then([req](Entry e) { replyEntry(req, e); });
+  });
 }
 
 void opLink(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newParent, const char* newName) {
-  ops(req).run(req, [&]() { return client(req).link(credOf(req), ino, newParent, bytes(newName))
-                        .then([req](Entry e) { replyEntry(req, e); }); });
+  ops(req).run(req, [&]() {
+    return client(req).link(credOf(req), ino, newParent, bytes(newName)).then([req](Entry e) {
+      replyEntry(req, e);
+    });
+  });
 }
 
 void opUnlink(fuse_req_t req, fuse_ino_t parent, const char* name) {
-  ops(req).run(req, [&]() { return client(req).unlink(credOf(req), parent, bytes(name)).then([req]() {
-    fuse_reply_err(req, 0);
-  }); });
+  ops(req).run(req, [&]() {
+    return client(req).unlink(credOf(req), parent, bytes(name)).then([req]() {
+      fuse_reply_err(req, 0);
+    });
+  });
 }
 
 void opRmdir(fuse_req_t req, fuse_ino_t parent, const char* name) {
-  ops(req).run(req, [&]() { return client(req).rmdir(credOf(req), parent, bytes(name)).then([req]() {
-    fuse_reply_err(req, 0);
-  }); });
+  ops(req).run(req, [&]() {
+    return client(req).rmdir(credOf(req), parent, bytes(name)).then([req]() {
+      fuse_reply_err(req, 0);
+    });
+  });
 }
 
 void opRename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t newParent,
               const char* newName, unsigned int flags) {
-  ops(req).run(req, [&]() { return client(req)
-                        .rename(credOf(req), parent, bytes(name), newParent, bytes(newName), flags)
-                        .then([req]() { fuse_reply_err(req, 0); }); });
+  ops(req).run(req, [&]() {
+    return client(req)
+        .rename(credOf(req), parent, bytes(name), newParent, bytes(newName), flags)
+        .then([req]() { fuse_reply_err(req, 0); });
+  });
 }
 
 void opOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   fuse_file_info info = *fi;
   Client* c = &client(req);
-  ops(req).run(req, [&]() { return c->open(credOf(req), ino, fi->flags).then([req, info, c](Opened o) {
-    fuse_file_info out = info;
-    out.fh = o.fh;
-    // O_APPEND writes land where the server says; the page cache cannot know that offset.
-    out.direct_io = (info.flags & O_APPEND) != 0;
-    out.keep_cache = 0;
-    if (fuse_reply_open(req, &out) == -ENOENT) {
-      // The opener was interrupted after all: the kernel will never release this handle.
-      c->release(o.fh).detach([](kj::Exception&&) {});
-    }
-  }); });
+  ops(req).run(req, [&]() {
+    return c->open(credOf(req), ino, fi->flags).then([req, info, c](Opened o) {
+      fuse_file_info out = info;
+      out.fh = o.fh;
+      // O_APPEND writes land where the server says; the page cache cannot know that offset.
+      out.direct_io = (info.flags & O_APPEND) != 0;
+      out.keep_cache = 0;
+      if (fuse_reply_open(req, &out) == -ENOENT) {
+        // The opener was interrupted after all: the kernel will never release this handle.
+        c->release(o.fh).detach([](kj::Exception&&) {});
+      }
+    });
+  });
 }
 
 void opCreate(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
               fuse_file_info* fi) {
   fuse_file_info info = *fi;
   Client* c = &client(req);
-  ops(req).run(req, [&]() { return c->create(credOf(req), parent, bytes(name), mode, fi->flags)
-                        .then([req, info, c](Opened o) {
-                          fuse_file_info out = info;
-                          out.fh = o.fh;
-                          out.direct_io = (info.flags & O_APPEND) != 0;
-                          out.keep_cache = 0;
-                          fuse_entry_param param;
-                          memset(&param, 0, sizeof(param));
-                          param.ino = o.entry.attr.st_ino;
-                          param.generation = o.entry.generation;
-                          param.attr = o.entry.attr;
-                          param.attr_timeout = ATTR_TIMEOUT;
-                          param.entry_timeout = ENTRY_TIMEOUT;
-                          c->remember(param.ino);  // the reply hands the kernel a reference
-                          if (fuse_reply_create(req, &param, &out) == -ENOENT) {
-                            c->release(o.fh).detach([](kj::Exception&&) {});
-                          }
-                        }); });
+  ops(req).run(req, [&]() {
+    return c->create(credOf(req), parent, bytes(name), mode, fi->flags)
+        .then([req, info, c](Opened o) {
+          fuse_file_info out = info;
+          out.fh = o.fh;
+          out.direct_io = (info.flags & O_APPEND) != 0;
+          out.keep_cache = 0;
+          fuse_entry_param param;
+          memset(&param, 0, sizeof(param));
+          param.ino = o.entry.attr.st_ino;
+          param.generation = o.entry.generation;
+          param.attr = o.entry.attr;
+          param.attr_timeout = ATTR_TIMEOUT;
+          param.entry_timeout = ENTRY_TIMEOUT;
+          c->remember(param.ino);  // the reply hands the kernel a reference
+          if (fuse_reply_create(req, &param, &out) == -ENOENT) {
+            c->release(o.fh).detach([](kj::Exception&&) {});
+          }
+        });
+  });
 }
 
 void opRead(fuse_req_t req, fuse_ino_t, size_t size, off_t off, fuse_file_info* fi) {
-  ops(req).run(req, [&]() { return client(req).read(fi->fh, off, size).then([req](kj::Array<kj::byte> data) {
-    fuse_reply_buf(req, reinterpret_cast<const char*>(data.begin()), data.size());
-  }); });
+  ops(req).run(req, [&]() {
+    return client(req).read(fi->fh, off, size).then([req](kj::Array<kj::byte> data) {
+      fuse_reply_buf(req, reinterpret_cast<const char*>(data.begin()), data.size());
+    });
+  });
 }
 
 void opWrite(fuse_req_t req, fuse_ino_t, const char* buf, size_t size, off_t off,
              fuse_file_info* fi) {
   // libfuse reuses `buf` for the next request: copy it before going async.
-  ops(req).run(req, [&]() { return client(req).write(fi->fh, off, bytes(buf, size)).then([req](size_t n) {
-    fuse_reply_write(req, n);
-  }); });
+  ops(req).run(req, [&]() {
+    return client(req).write(fi->fh, off, bytes(buf, size)).then([req](size_t n) {
+      fuse_reply_write(req, n);
+    });
+  });
 }
 
 void opFlush(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
@@ -294,9 +341,7 @@ void opFlock(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi, int op) {
   bool wait = !(op & LOCK_NB) && want.type != 2;
   uint64_t owner = fi->lock_owner;
   auto start = [&]() {
-    return client(req).setlk(ino, owner, 1, want, wait).then([req]() {
-      fuse_reply_err(req, 0);
-    });
+    return client(req).setlk(ino, owner, 1, want, wait).then([req]() { fuse_reply_err(req, 0); });
   };
   if (wait) {
     ops(req).runAbortable(req, start);
@@ -306,7 +351,8 @@ void opFlock(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi, int op) {
 }
 
 void opFsync(fuse_req_t req, fuse_ino_t, int, fuse_file_info* fi) {
-  ops(req).run(req, [&]() { return client(req).fsync(fi->fh).then([req]() { fuse_reply_err(req, 0); }); });
+  ops(req).run(
+      req, [&]() { return client(req).fsync(fi->fh).then([req]() { fuse_reply_err(req, 0); }); });
 }
 
 void opOpendir(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
@@ -316,50 +362,57 @@ void opOpendir(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
 
 void opReaddir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info*) {
   uint32_t max = uint32_t(size / 32 + 2);
-  ops(req).run(req, [&]() { return client(req).readdir(ino, off, max).then([req, ino, size, off](DirPage page) {
-    auto buf = kj::heapArray<char>(size);
-    size_t used = 0;
-    auto add = [&](const char* name, uint64_t entryIno, uint32_t mode, uint64_t next) {
-      struct stat st;
-      memset(&st, 0, sizeof(st));
-      st.st_ino = entryIno;
-      st.st_mode = mode;
-      size_t need = fuse_add_direntry(req, buf.begin() + used, size - used, name, &st, next);
-      if (need > size - used) return false;
-      used += need;
-      return true;
-    };
-    // Offsets: 1 and 2 follow "." and ".."; after that an entry's offset is its cookie.
-    bool room = true;
-    if (off < 1) room = add(".", ino, S_IFDIR, 1);
-    if (room && off < 2) room = add("..", page.parent != 0 ? page.parent : ino, S_IFDIR, 2);
-    for (auto& item : page.items) {
-      if (!room) break;
-      auto name = kj::heapString(reinterpret_cast<const char*>(item.name.begin()),
-                                 item.name.size());
-      room = add(name.cStr(), item.attr.st_ino, item.attr.st_mode, item.cookie);
-    }
-    fuse_reply_buf(req, buf.begin(), used);
-  }); });
+  ops(req).run(req, [&]() {
+    return client(req).readdir(ino, off, max).then([req, ino, size, off](DirPage page) {
+      auto buf = kj::heapArray<char>(size);
+      size_t used = 0;
+      auto add = [&](const char* name, uint64_t entryIno, uint32_t mode, uint64_t next) {
+        struct stat st;
+        memset(&st, 0, sizeof(st));
+        st.st_ino = entryIno;
+        st.st_mode = mode;
+        size_t need = fuse_add_direntry(req, buf.begin() + used, size - used, name, &st, next);
+        if (need > size - used) return false;
+        used += need;
+        return true;
+      };
+      // Offsets: 1 and 2 follow "." and ".."; after that an entry's offset is its cookie.
+      bool room = true;
+      if (off < 1) room = add(".", ino, S_IFDIR, 1);
+      if (room && off < 2) room = add("..", page.parent != 0 ? page.parent : ino, S_IFDIR, 2);
+      for (auto& item : page.items) {
+        if (!room) break;
+        auto name =
+            kj::heapString(reinterpret_cast<const char*>(item.name.begin()), item.name.size());
+        room = add(name.cStr(), item.attr.st_ino, item.attr.st_mode, item.cookie);
+      }
+      fuse_reply_buf(req, buf.begin(), used);
+    });
+  });
 }
 
-void opReleasedir(fuse_req_t req, fuse_ino_t, fuse_file_info*) { fuse_reply_err(req, 0); }
+void opReleasedir(fuse_req_t req, fuse_ino_t, fuse_file_info*) {
+  fuse_reply_err(req, 0);
+}
 
 void opFsyncdir(fuse_req_t req, fuse_ino_t, int, fuse_file_info*) {
-  ops(req).run(req, [&]() { return client(req).syncAll().then([req]() { fuse_reply_err(req, 0); }); });
+  ops(req).run(req,
+               [&]() { return client(req).syncAll().then([req]() { fuse_reply_err(req, 0); }); });
 }
 
 void opStatfs(fuse_req_t req, fuse_ino_t) {
-  ops(req).run(req, [&]() { return client(req).statfs().then([req](struct statvfs s) {
-    fuse_reply_statfs(req, &s);
-  }); });
+  ops(req).run(req, [&]() {
+    return client(req).statfs().then([req](struct statvfs s) { fuse_reply_statfs(req, &s); });
+  });
 }
 
 void opSetxattr(fuse_req_t req, fuse_ino_t ino, const char* name, const char* value, size_t size,
                 int flags) {
-  ops(req).run(req, [&]() { return client(req)
-                        .setxattr(ino, bytes(name), bytes(value, size), uint32_t(flags))
-                        .then([req]() { fuse_reply_err(req, 0); }); });
+  ops(req).run(req, [&]() {
+    return client(req)
+        .setxattr(ino, bytes(name), bytes(value, size), uint32_t(flags))
+        .then([req]() { fuse_reply_err(req, 0); });
+  });
 }
 
 void replySized(fuse_req_t req, size_t size, const kj::Array<kj::byte>& data) {
@@ -373,19 +426,24 @@ void replySized(fuse_req_t req, size_t size, const kj::Array<kj::byte>& data) {
 }
 
 void opGetxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) {
-  ops(req).run(req, [&]() { return client(req).getxattr(ino, bytes(name)).then(
-                        [req, size](kj::Array<kj::byte> value) { replySized(req, size, value); }); });
+  ops(req).run(req, [&]() {
+    return client(req).getxattr(ino, bytes(name)).then([req, size](kj::Array<kj::byte> value) {
+      replySized(req, size, value);
+    });
+  });
 }
 
 void opListxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
-  ops(req).run(req, [&]() { return client(req).listxattr(ino).then(
-                        [req, size](kj::Array<kj::byte> names) { replySized(req, size, names); }); });
+  ops(req).run(req, [&]() {
+    return client(req).listxattr(ino).then(
+        [req, size](kj::Array<kj::byte> names) { replySized(req, size, names); });
+  });
 }
 
 void opRemovexattr(fuse_req_t req, fuse_ino_t ino, const char* name) {
-  ops(req).run(req, [&]() { return client(req).removexattr(ino, bytes(name)).then([req]() {
-    fuse_reply_err(req, 0);
-  }); });
+  ops(req).run(req, [&]() {
+    return client(req).removexattr(ino, bytes(name)).then([req]() { fuse_reply_err(req, 0); });
+  });
 }
 
 void opAccess(fuse_req_t req, fuse_ino_t, int) {

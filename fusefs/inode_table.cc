@@ -8,7 +8,9 @@ namespace {
 constexpr uint64_t ROOT = 1;
 }
 
-InodeTable::InodeTable() { inodes_[ROOT].nlookup = 1; }
+InodeTable::InodeTable() {
+  inodes_[ROOT].nlookup = 1;
+}
 
 InodeTable::Inode& InodeTable::remember(uint64_t ino) {
   auto& inode = inodes_[ino];

@@ -57,14 +57,15 @@ int optProc(void* data, const char* arg, int key, fuse_args*) {
 }
 
 void usage(const char* prog) {
-  printf("usage: %s HOST:PORT[,HOST:PORT...] MOUNTPOINT [options]\n\n"
-         "    -f                     stay in the foreground\n"
-         "    -d                     debug: foreground, log every FUSE request\n"
-         "    -o allow_other,default_permissions   let every user in, with normal permissions\n"
-         "    -o log_file=PATH       log here (needed to see logs once in the background)\n"
-         "    -o log_level=LEVEL     trace, debug, info, warn, error (default info)\n"
-         "    --version              print the version\n\n",
-         prog);
+  printf(
+      "usage: %s HOST:PORT[,HOST:PORT...] MOUNTPOINT [options]\n\n"
+      "    -f                     stay in the foreground\n"
+      "    -d                     debug: foreground, log every FUSE request\n"
+      "    -o allow_other,default_permissions   let every user in, with normal permissions\n"
+      "    -o log_file=PATH       log here (needed to see logs once in the background)\n"
+      "    -o log_level=LEVEL     trace, debug, info, warn, error (default info)\n"
+      "    --version              print the version\n\n",
+      prog);
   fuse_lowlevel_help();
 }
 
@@ -124,16 +125,14 @@ int main(int argc, char** argv) {
     cairn::FuseOps fuseOps(client, io.provider->getTimer());
     userdata.ops = &fuseOps;
     client.start();
-    spdlog::info("cairn-mount {} mounted {} at {}", CAIRN_VERSION, cfg.addresses,
-                 opts.mountpoint);
+    spdlog::info("cairn-mount {} mounted {} at {}", CAIRN_VERSION, cfg.addresses, opts.mountpoint);
 
     cairn::FuseLoop loop(se, io.unixEventPort);
-    auto stop = io.unixEventPort.onSignal(SIGTERM)
-                    .exclusiveJoin(io.unixEventPort.onSignal(SIGINT))
-                    .exclusiveJoin(io.unixEventPort.onSignal(SIGHUP))
-                    .then([](siginfo_t info) {
-                      spdlog::info("signal {}: unmounting", info.si_signo);
-                    });
+    auto stop =
+        io.unixEventPort.onSignal(SIGTERM)
+            .exclusiveJoin(io.unixEventPort.onSignal(SIGINT))
+            .exclusiveJoin(io.unixEventPort.onSignal(SIGHUP))
+            .then([](siginfo_t info) { spdlog::info("signal {}: unmounting", info.si_signo); });
     loop.run().exclusiveJoin(kj::mv(stop)).wait(io.waitScope);
     spdlog::info("unmounted {}", opts.mountpoint);
   } catch (kj::Exception& e) {

@@ -14,6 +14,8 @@ kj::Maybe<OpenTable::File&> OpenTable::find(uint64_t fh) {
   return it->second;
 }
 
-void OpenTable::remove(uint64_t fh) { files_.erase(fh); }
+void OpenTable::remove(uint64_t fh) {
+  files_.erase(fh);
+}
 
 }  // namespace cairn

@@ -23,10 +23,10 @@ bool sameClient(store::Bytes key, kj::ArrayPtr<const kj::byte> client) {
 ClientTable::ClientTable(Target& target) : replies_(target.db("replies")) {}
 
 kj::Maybe<kj::Array<capnp::word>> ClientTable::find(store::Txn& txn,
-                                                   kj::ArrayPtr<const kj::byte> client,
-                                                   uint64_t requestId) {
+                                                    kj::ArrayPtr<const kj::byte> client,
+                                                    uint64_t requestId) {
   auto key = replyKey(client, requestId);
-  KJ_IF_MAYBE(value, txn.get(replies_, key)) {
+  KJ_IF_MAYBE (value, txn.get(replies_, key)) {
     KJ_REQUIRE(value->size() % sizeof(capnp::word) == 0, "damaged reply record");
     auto words = kj::heapArray<capnp::word>(value->size() / sizeof(capnp::word));
     memcpy(words.begin(), value->begin(), value->size());
@@ -35,8 +35,8 @@ kj::Maybe<kj::Array<capnp::word>> ClientTable::find(store::Txn& txn,
   return nullptr;
 }
 
-void ClientTable::record(store::Txn& txn, kj::ArrayPtr<const kj::byte> client,
-                         uint64_t requestId, capnp::MessageBuilder& reply) {
+void ClientTable::record(store::Txn& txn, kj::ArrayPtr<const kj::byte> client, uint64_t requestId,
+                         capnp::MessageBuilder& reply) {
   auto key = replyKey(client, requestId);
   txn.putMessage(replies_, key, reply);
 }
@@ -45,7 +45,7 @@ void ClientTable::prune(store::Txn& txn, kj::ArrayPtr<const kj::byte> client, ui
   auto start = replyKey(client, 0);
   store::Cursor cursor(txn, replies_);
   for (auto item = cursor.seek(start);;) {
-    KJ_IF_MAYBE(i, item) {
+    KJ_IF_MAYBE (i, item) {
       if (!sameClient(i->key, client) || store::readU64(i->key, UUID_SIZE) >= below) break;
       cursor.del();
       item = cursor.seek(start);
@@ -59,11 +59,11 @@ kj::Vector<kj::Array<kj::byte>> ClientTable::clients(store::Txn& txn) {
   kj::Vector<kj::Array<kj::byte>> out;
   store::Cursor cursor(txn, replies_);
   for (auto item = cursor.first();;) {
-    KJ_IF_MAYBE(i, item) {
+    KJ_IF_MAYBE (i, item) {
       auto uuid = kj::heapArray(i->key.slice(0, UUID_SIZE));
       // Skip the rest of this client's records.
       item = cursor.seek(replyKey(uuid, UINT64_MAX));
-      KJ_IF_MAYBE(j, item) {
+      KJ_IF_MAYBE (j, item) {
         if (sameClient(j->key, uuid)) item = cursor.next();
       }
       out.add(kj::mv(uuid));
@@ -78,7 +78,7 @@ uint64_t ClientTable::lastRequestId(store::Txn& txn, kj::ArrayPtr<const kj::byte
   uint64_t last = 0;
   store::Cursor cursor(txn, replies_);
   for (auto item = cursor.seek(replyKey(client, 0));;) {
-    KJ_IF_MAYBE(i, item) {
+    KJ_IF_MAYBE (i, item) {
       if (!sameClient(i->key, client)) break;
       last = store::readU64(i->key, UUID_SIZE);
       item = cursor.next();

@@ -4,8 +4,8 @@
 
 #include <kj/debug.h>
 
-#include "objserver/lock_service.h"
 #include <spdlog/spdlog.h>
+#include "objserver/lock_service.h"
 
 #include "objserver/object_store.h"
 
@@ -20,7 +20,9 @@ DataService::DataService(ServerContext& ctx, kj::Own<ClientSession> session)
   ctx_.connected(*session_);
 }
 
-DataService::~DataService() noexcept(false) { ctx_.disconnected(*session_); }
+DataService::~DataService() noexcept(false) {
+  ctx_.disconnected(*session_);
+}
 
 void targetStatFs(Target& target, rpc::StatFs::Builder out) {
   constexpr uint64_t BLOCK = 4096;
@@ -87,28 +89,28 @@ kj::Promise<void> DataService::dispatch(CallContext context) {
     case R::TRUNCATE:
     case R::DESTROY: {
       capnp::MallocMessageBuilder message;
-      ctx_.update<rpc::DataReply>(
-          *session_, req.getRequestId(), req.getOldestUnreplied(), message,
-          [&](store::Txn& txn, rpc::DataReply::Builder reply) {
-            switch (req.which()) {
-              case R::WRITE: {
-                auto w = req.getWrite();
-                ctx_.target.env().requireSpace(txn, w.getData().size());
-                objects_.write(txn, w.getObjectId(), w.getOffset(), w.getData());
-                break;
-              }
-              case R::TRUNCATE:
-                objects_.truncate(txn, req.getTruncate().getObjectId(),
-                                  req.getTruncate().getSize());
-                break;
-              case R::DESTROY:
-                objects_.destroy(txn, req.getDestroy());
-                break;
-              default:
-                KJ_UNREACHABLE;
-            }
-            reply.setNone();
-          });
+      ctx_.update<rpc::DataReply>(*session_, req.getRequestId(), req.getOldestUnreplied(), message,
+                                  [&](store::Txn& txn, rpc::DataReply::Builder reply) {
+                                    switch (req.which()) {
+                                      case R::WRITE: {
+                                        auto w = req.getWrite();
+                                        ctx_.target.env().requireSpace(txn, w.getData().size());
+                                        objects_.write(txn, w.getObjectId(), w.getOffset(),
+                                                       w.getData());
+                                        break;
+                                      }
+                                      case R::TRUNCATE:
+                                        objects_.truncate(txn, req.getTruncate().getObjectId(),
+                                                          req.getTruncate().getSize());
+                                        break;
+                                      case R::DESTROY:
+                                        objects_.destroy(txn, req.getDestroy());
+                                        break;
+                                      default:
+                                        KJ_UNREACHABLE;
+                                    }
+                                    reply.setNone();
+                                  });
       context.getResults().setReply(message.getRoot<rpc::DataReply>());
       return kj::READY_NOW;
     }

@@ -6,18 +6,18 @@
 namespace cairn {
 
 Destroyer::Destroyer(ServerContext& ctx, Namespace& ns, const LinkIdentity& identity)
-    : ctx_(ctx), ns_(ns),
-      identity_{kj::heapArray<kj::byte>(identity.uuid), identity.role,
-                kj::str(identity.hostName)} {}
+    : ctx_(ctx),
+      ns_(ns),
+      identity_{kj::heapArray<kj::byte>(identity.uuid), identity.role, kj::str(identity.hostName)} {
+}
 
 void Destroyer::start() {
-  running_ = loop().eagerlyEvaluate([](kj::Exception&& e) {
-    spdlog::error("destroyer stopped: {}", e.getDescription().cStr());
-  });
+  running_ = loop().eagerlyEvaluate(
+      [](kj::Exception&& e) { spdlog::error("destroyer stopped: {}", e.getDescription().cStr()); });
 }
 
 void Destroyer::poke() {
-  KJ_IF_MAYBE(w, wake_) {
+  KJ_IF_MAYBE (w, wake_) {
     (*w)->fulfill();
     wake_ = nullptr;
   }
@@ -49,8 +49,7 @@ kj::Maybe<ServerLink&> Destroyer::linkFor(uint32_t index) {
   }
   if (addresses.size() == 0) return nullptr;
   auto link = kj::heap<ServerLink>(ctx_.io.provider->getNetwork(), ctx_.io.provider->getTimer(),
-                                   kj::str("destroyer->data", index), kj::mv(addresses),
-                                   identity_);
+                                   kj::str("destroyer->data", index), kj::mv(addresses), identity_);
   link->start();
   auto& ref = *link;
   links_.emplace(index, kj::mv(link));
@@ -73,10 +72,9 @@ kj::Promise<void> Destroyer::loop() {
     auto parts = kj::heapArrayBuilder<kj::Promise<void>>(item.layout.targets.size());
     bool reachable = true;
     for (uint32_t t : item.layout.targets) {
-      KJ_IF_MAYBE(link, linkFor(t)) {
+      KJ_IF_MAYBE (link, linkFor(t)) {
         uint64_t object = item.layout.objectId;
-        parts.add(link->data([object](rpc::DataRequest::Builder r) { r.setDestroy(object); },
-                             true)
+        parts.add(link->data([object](rpc::DataRequest::Builder r) { r.setDestroy(object); }, true)
                       .then([](ServerLink::DataResponse&& resp) {
                         KJ_REQUIRE(resp.getReply().getError() == 0, "destroy failed",
                                    resp.getReply().getError());
@@ -93,19 +91,22 @@ kj::Promise<void> Destroyer::loop() {
   }
   bool progress = done.size() > 0;
   return kj::joinPromises(done.finish())
-      .then([this, progress]() -> kj::Promise<void> {
-        if (progress) return loop();
-        // Some target is unknown yet: look again later or when told.
-        auto paf = kj::newPromiseAndFulfiller<void>();
-        wake_ = kj::mv(paf.fulfiller);
-        return paf.promise.exclusiveJoin(ctx_.io.provider->getTimer().afterDelay(5 * kj::SECONDS))
-            .then([this]() { return loop(); });
-      }, [this](kj::Exception&& e) -> kj::Promise<void> {
-        spdlog::warn("destroying objects: {}; will retry", e.getDescription().cStr());
-        return ctx_.io.provider->getTimer().afterDelay(1 * kj::SECONDS).then([this]() {
-          return loop();
-        });
-      });
+      .then(
+          [this, progress]() -> kj::Promise<void> {
+            if (progress) return loop();
+            // Some target is unknown yet: look again later or when told.
+            auto paf = kj::newPromiseAndFulfiller<void>();
+            wake_ = kj::mv(paf.fulfiller);
+            return paf.promise
+                .exclusiveJoin(ctx_.io.provider->getTimer().afterDelay(5 * kj::SECONDS))
+                .then([this]() { return loop(); });
+          },
+          [this](kj::Exception&& e) -> kj::Promise<void> {
+            spdlog::warn("destroying objects: {}; will retry", e.getDescription().cStr());
+            return ctx_.io.provider->getTimer().afterDelay(1 * kj::SECONDS).then([this]() {
+              return loop();
+            });
+          });
 }
 
 }  // namespace cairn

@@ -10,12 +10,12 @@ namespace cairn {
 bool compatible(LockMode a, LockMode b) {
   // The classic matrix (VMS, Lustre): rows and columns NL, CR, CW, PR, PW, EX.
   static constexpr bool table[6][6] = {
-      {true, true, true, true, true, true},      // NL
-      {true, true, true, true, true, false},     // CR
-      {true, true, true, false, false, false},   // CW
-      {true, true, false, true, false, false},   // PR
-      {true, true, false, false, false, false},  // PW
-      {true, false, false, false, false, false}, // EX
+      {true, true, true, true, true, true},       // NL
+      {true, true, true, true, true, false},      // CR
+      {true, true, true, false, false, false},    // CW
+      {true, true, false, true, false, false},    // PR
+      {true, true, false, false, false, false},   // PW
+      {true, false, false, false, false, false},  // EX
   };
   return table[static_cast<int>(a)][static_cast<int>(b)];
 }
@@ -32,7 +32,9 @@ bool conflicts(const LockSpec& a, const LockSpec& b) {
 
 LockManager::LockManager(kj::Timer& timer, kj::Duration callbackTimeout,
                          kj::Function<void(LockOwner&)> evict)
-    : timer_(timer), callbackTimeout_(callbackTimeout), evict_(kj::mv(evict)),
+    : timer_(timer),
+      callbackTimeout_(callbackTimeout),
+      evict_(kj::mv(evict)),
       tasks_(errorHandler_) {}
 
 LockManager::~LockManager() noexcept(false) {}
@@ -83,7 +85,7 @@ void LockManager::remove(uint64_t lockId) {
                     res.granted.end());
   res.waiting.erase(std::remove(res.waiting.begin(), res.waiting.end(), own.get()),
                     res.waiting.end());
-  KJ_IF_MAYBE(w, own->waiter) {
+  KJ_IF_MAYBE (w, own->waiter) {
     // Withdrawn while waiting: whoever still waits on it learns why.
     if ((*w)->isWaiting()) (*w)->reject(KJ_EXCEPTION(DISCONNECTED, "lock request dropped"));
   }
@@ -121,7 +123,7 @@ void LockManager::process(const ResourceId& rid) {
   for (Lock* g : grantNow) {
     res.waiting.erase(std::find(res.waiting.begin(), res.waiting.end(), g));
     g->granted = true;
-    KJ_IF_MAYBE(w, g->waiter) {
+    KJ_IF_MAYBE (w, g->waiter) {
       (*w)->fulfill(kj::cp(g->id));
     }
     g->waiter = nullptr;
@@ -142,9 +144,10 @@ void LockManager::callBack(Lock& holder) {
   holder.owner->blocking(holder.id);
   uint64_t id = holder.id;
   // The eviction runs as its own event: it destroys the lock, and with it this timer.
-  holder.deadline = timer_.afterDelay(callbackTimeout_).then([this, id]() {
-    tasks_.add(kj::evalLater([this, id]() { expired(id); }));
-  }).eagerlyEvaluate(nullptr);
+  holder.deadline =
+      timer_.afterDelay(callbackTimeout_)
+          .then([this, id]() { tasks_.add(kj::evalLater([this, id]() { expired(id); })); })
+          .eagerlyEvaluate(nullptr);
 }
 
 void LockManager::expired(uint64_t id) {

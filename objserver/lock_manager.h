@@ -32,7 +32,9 @@ kj::StringPtr modeName(LockMode mode);
 struct ResourceId {
   uint32_t type = 0;
   uint64_t id = 0;
-  bool operator<(const ResourceId& o) const { return type < o.type || (type == o.type && id < o.id); }
+  bool operator<(const ResourceId& o) const {
+    return type < o.type || (type == o.type && id < o.id);
+  }
   bool operator==(const ResourceId& o) const { return type == o.type && id == o.id; }
 };
 
@@ -69,8 +71,7 @@ class LockManager {
 public:
   // `evict` is called for an owner that did not cancel in time; it must end the owner's
   // session, which calls dropAll().
-  LockManager(kj::Timer& timer, kj::Duration callbackTimeout,
-              kj::Function<void(LockOwner&)> evict);
+  LockManager(kj::Timer& timer, kj::Duration callbackTimeout, kj::Function<void(LockOwner&)> evict);
   ~LockManager() noexcept(false);
   KJ_DISALLOW_COPY(LockManager);
 

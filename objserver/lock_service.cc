@@ -5,8 +5,8 @@
 namespace cairn {
 
 void throwEvicted(const ClientSession& session) {
-  kj::throwFatalException(KJ_EXCEPTION(DISCONNECTED, "this client was evicted; reconnect",
-                                       session.label));
+  kj::throwFatalException(
+      KJ_EXCEPTION(DISCONNECTED, "this client was evicted; reconnect", session.label));
 }
 
 LockService::LockService(ServerContext& ctx, kj::Own<ClientSession> session)

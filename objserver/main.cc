@@ -2,13 +2,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <CLI/CLI.hpp>
 #include <capnp/rpc-twoparty.h>
 #include <kj/async-io.h>
 #include <kj/async-unix.h>
 #include <kj/debug.h>
 #include <spdlog/sinks/basic_file_sink.h>
 #include <spdlog/spdlog.h>
+#include <CLI/CLI.hpp>
 
 #include <cstdio>
 #include <fstream>
@@ -50,7 +50,7 @@ rpc::TargetKind parseKind(const std::string& kind) {
 }
 
 kj::String hostPart(kj::StringPtr address) {
-  KJ_IF_MAYBE(colon, address.findLast(':')) {
+  KJ_IF_MAYBE (colon, address.findLast(':')) {
     return kj::heapString(address.slice(0, *colon));
   }
   return kj::str(address);
@@ -84,14 +84,11 @@ int serve(const ServeOptions& o) {
   if (!o.versionOverride.empty()) open.versionOverride = kj::str(o.versionOverride.c_str());
   Target target(o.dir.c_str(), parseKind(o.kind), kj::mv(open));
 
-  auto listener = io.provider->getNetwork()
-                      .parseAddress(o.listen.c_str())
-                      .wait(io.waitScope)
-                      ->listen();
+  auto listener =
+      io.provider->getNetwork().parseAddress(o.listen.c_str()).wait(io.waitScope)->listen();
   uint port = listener->getPort();
-  kj::String advertise = o.advertise.empty()
-                             ? kj::str(hostPart(o.listen.c_str()), ":", port)
-                             : kj::str(o.advertise.c_str());
+  kj::String advertise = o.advertise.empty() ? kj::str(hostPart(o.listen.c_str()), ":", port)
+                                             : kj::str(o.advertise.c_str());
 
   ServerConfig config;
   config.advertise = kj::str(advertise);
@@ -109,19 +106,18 @@ int serve(const ServeOptions& o) {
   kj::Maybe<kj::Own<Registrar>> registrar;
   kj::Promise<void> reaper = kj::READY_NOW;
   // Clients of the previous instance get the recovery window to come back.
-  kj::Promise<void> forgetter = io.provider->getTimer()
-                                    .afterDelay(ctx.config.recoveryWindow)
-                                    .then([&]() { ctx.expireAbsentClients(); })
-                                    .eagerlyEvaluate([](kj::Exception&& e) {
-                                      spdlog::error("expiring clients: {}",
-                                                    e.getDescription().cStr());
-                                    });
+  kj::Promise<void> forgetter =
+      io.provider->getTimer()
+          .afterDelay(ctx.config.recoveryWindow)
+          .then([&]() { ctx.expireAbsentClients(); })
+          .eagerlyEvaluate([](kj::Exception&& e) {
+            spdlog::error("expiring clients: {}", e.getDescription().cStr());
+          });
 
   if (target.kind() == rpc::TargetKind::META) {
     auto& of = *opens.emplace(kj::heap<OpenFiles>());
-    auto& n = *ns.emplace(kj::heap<Namespace>(target, [&of](uint64_t ino) {
-      return of.isOpen(ino);
-    }));
+    auto& n =
+        *ns.emplace(kj::heap<Namespace>(target, [&of](uint64_t ino) { return of.isOpen(ino); }));
     auto& d = *destroyer.emplace(kj::heap<Destroyer>(ctx, n, identity));
     ctx.ns = n;
     ctx.opens = of;

@@ -5,8 +5,8 @@
 
 #include <kj/debug.h>
 
-#include "objserver/lock_service.h"
 #include <spdlog/spdlog.h>
+#include "objserver/lock_service.h"
 
 #include "objserver/destroyer.h"
 #include "objserver/namespace.h"
@@ -25,9 +25,19 @@ Creds credsOf(rpc::MetaRequest::Reader req) {
 bool isUpdate(rpc::MetaRequest::Which which) {
   using R = rpc::MetaRequest;
   switch (which) {
-    case R::SETATTR: case R::MKNOD: case R::MKDIR: case R::SYMLINK: case R::LINK:
-    case R::UNLINK: case R::RMDIR: case R::RENAME: case R::CREATE: case R::SETXATTR:
-    case R::REMOVEXATTR: case R::WROTE: case R::RESERVE_APPEND:
+    case R::SETATTR:
+    case R::MKNOD:
+    case R::MKDIR:
+    case R::SYMLINK:
+    case R::LINK:
+    case R::UNLINK:
+    case R::RMDIR:
+    case R::RENAME:
+    case R::CREATE:
+    case R::SETXATTR:
+    case R::REMOVEXATTR:
+    case R::WROTE:
+    case R::RESERVE_APPEND:
       return true;
     default:
       return false;
@@ -42,12 +52,16 @@ void setOpened(const InodeData& node, rpc::MetaReply::Builder reply) {
 }  // namespace
 
 MetaService::MetaService(ServerContext& ctx, kj::Own<ClientSession> session)
-    : ctx_(ctx), ns_(KJ_ASSERT_NONNULL(ctx.ns)), opens_(KJ_ASSERT_NONNULL(ctx.opens)),
+    : ctx_(ctx),
+      ns_(KJ_ASSERT_NONNULL(ctx.ns)),
+      opens_(KJ_ASSERT_NONNULL(ctx.opens)),
       session_(kj::mv(session)) {
   ctx_.connected(*session_);
 }
 
-MetaService::~MetaService() noexcept(false) { ctx_.disconnected(*session_); }
+MetaService::~MetaService() noexcept(false) {
+  ctx_.disconnected(*session_);
+}
 
 kj::Promise<void> MetaService::call(CallContext context) {
   ++ctx_.rpcCount;
@@ -56,7 +70,8 @@ kj::Promise<void> MetaService::call(CallContext context) {
   try {
     return dispatch(context);
   } catch (kj::Exception& e) {
-    spdlog::warn("client {}: metadata request refused: {}", session_->key, e.getDescription().cStr());
+    spdlog::warn("client {}: metadata request refused: {}", session_->key,
+                 e.getDescription().cStr());
     throw;
   }
 }
@@ -80,7 +95,9 @@ kj::Promise<void> MetaService::dispatch(CallContext context) {
     capnp::MallocMessageBuilder message;
     update(req, message);
     context.getResults().setReply(message.getRoot<rpc::MetaReply>());
-    KJ_IF_MAYBE(d, ctx_.destroyer) { d->poke(); }
+    KJ_IF_MAYBE (d, ctx_.destroyer) {
+      d->poke();
+    }
   } else {
     auto reply = context.getResults().initReply();
     try {
@@ -121,8 +138,9 @@ void MetaService::read(rpc::MetaRequest::Reader req, rpc::MetaReply::Builder rep
     case R::READDIR: {
       auto r = req.getReaddir();
       uint32_t max = kj::min(kj::max(r.getMaxEntries(), 1u), MAX_READDIR);
-      auto orphan = capnp::Orphanage::getForMessageContaining(reply)
-                        .newOrphan<capnp::List<rpc::DirEntry>>(max);
+      auto orphan =
+          capnp::Orphanage::getForMessageContaining(reply).newOrphan<capnp::List<rpc::DirEntry>>(
+              max);
       auto list = orphan.get();
       uint32_t count = 0;
       bool eof = ns_.readdir(txn, r.getIno(), r.getCookie(), max, &list, &count);
@@ -180,7 +198,11 @@ void MetaService::update(rpc::MetaRequest::Reader req, capnp::MallocMessageBuild
         // What can only shrink the namespace must work on a full target; the rest must not
         // eat the reserve those need.
         switch (req.which()) {
-          case R::UNLINK: case R::RMDIR: case R::REMOVEXATTR: case R::SETATTR: case R::WROTE:
+          case R::UNLINK:
+          case R::RMDIR:
+          case R::REMOVEXATTR:
+          case R::SETATTR:
+          case R::WROTE:
           case R::RENAME:
             break;
           default:
@@ -195,19 +217,22 @@ void MetaService::update(rpc::MetaRequest::Reader req, capnp::MallocMessageBuild
             fsRequire((m.getMode() & S_IFMT) != S_IFDIR && (m.getMode() & S_IFMT) != S_IFLNK,
                       EINVAL);
             ns_.make(txn, m.getParent(), m.getName(), m.getMode(), m.getRdev(), nullptr,
-                     credsOf(req)).toAttr(reply.initAttr());
+                     credsOf(req))
+                .toAttr(reply.initAttr());
             return;
           }
           case R::MKDIR: {
             auto m = req.getMkdir();
-            ns_.make(txn, m.getParent(), m.getName(), S_IFDIR | (m.getMode() & 07777), 0,
-                     nullptr, credsOf(req)).toAttr(reply.initAttr());
+            ns_.make(txn, m.getParent(), m.getName(), S_IFDIR | (m.getMode() & 07777), 0, nullptr,
+                     credsOf(req))
+                .toAttr(reply.initAttr());
             return;
           }
           case R::SYMLINK: {
             auto s = req.getSymlink();
             ns_.make(txn, s.getParent(), s.getName(), S_IFLNK | 0777, 0, s.getTarget(),
-                     credsOf(req)).toAttr(reply.initAttr());
+                     credsOf(req))
+                .toAttr(reply.initAttr());
             return;
           }
           case R::LINK: {
@@ -234,8 +259,8 @@ void MetaService::update(rpc::MetaRequest::Reader req, capnp::MallocMessageBuild
             auto c = req.getCreate();
             kj::Maybe<InodeData> made;
             try {
-              made = ns_.make(txn, c.getParent(), c.getName(), S_IFREG | (c.getMode() & 07777),
-                              0, nullptr, credsOf(req));
+              made = ns_.make(txn, c.getParent(), c.getName(), S_IFREG | (c.getMode() & 07777), 0,
+                              nullptr, credsOf(req));
             } catch (FsError& e) {
               // Another client made it first: without O_EXCL that is an ordinary open.
               if (e.err() != EEXIST || (c.getFlags() & O_EXCL)) throw;
@@ -272,14 +297,12 @@ void MetaService::update(rpc::MetaRequest::Reader req, capnp::MallocMessageBuild
   if (req.which() == R::CREATE) {
     auto reply = message.getRoot<rpc::MetaReply>();
     if (reply.getError() == 0) {
-      opens_.open(session_->key, req.getCreate().getHandle(),
-                  reply.getOpened().getAttr().getIno());
+      opens_.open(session_->key, req.getCreate().getHandle(), reply.getOpened().getAttr().getIno());
     }
   }
 }
 
-kj::Promise<void> MetaService::applicationLock(rpc::MetaRequest::Reader req,
-                                               CallContext context) {
+kj::Promise<void> MetaService::applicationLock(rpc::MetaRequest::Reader req, CallContext context) {
   using R = rpc::MetaRequest;
   auto& table = KJ_ASSERT_NONNULL(ctx_.posixLocks);
   auto reply = context.getResults().initReply();
@@ -314,7 +337,7 @@ kj::Promise<void> MetaService::applicationLock(rpc::MetaRequest::Reader req,
       want.end = r.getEnd();
       auto out = reply.initLock();
       out.setType(PosixLock::UNLOCK);
-      KJ_IF_MAYBE(c, table.test(r.getIno(), r.getSpace(), {session_->key, r.getOwner()}, want)) {
+      KJ_IF_MAYBE (c, table.test(r.getIno(), r.getSpace(), {session_->key, r.getOwner()}, want)) {
         out.setType(c->type);
         out.setStart(c->start);
         out.setEnd(c->end);
@@ -344,7 +367,9 @@ void MetaService::release(uint64_t handle, rpc::MetaReply::Builder reply) {
       // The orphan stays listed and is reaped at the next start.
       spdlog::warn("cannot destroy orphan {}: {}", ino, e.what());
     }
-    KJ_IF_MAYBE(d, ctx_.destroyer) { d->poke(); }
+    KJ_IF_MAYBE (d, ctx_.destroyer) {
+      d->poke();
+    }
   }
   reply.setNone();
   reply.setLastSynced(ctx_.syncer.lastSynced());

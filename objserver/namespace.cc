@@ -89,8 +89,12 @@ timespec nowTime() {
   return t;
 }
 
-bool InodeData::isDir() const { return S_ISDIR(mode); }
-bool InodeData::isReg() const { return S_ISREG(mode); }
+bool InodeData::isDir() const {
+  return S_ISDIR(mode);
+}
+bool InodeData::isReg() const {
+  return S_ISREG(mode);
+}
 
 void InodeData::toAttr(rpc::Attr::Builder out) const {
   out.setIno(ino);
@@ -137,14 +141,14 @@ Namespace::Namespace(Target& target, kj::Function<bool(uint64_t)> isOpen)
 }
 
 kj::Maybe<InodeData> Namespace::find(store::Txn& txn, uint64_t ino) {
-  KJ_IF_MAYBE(raw, txn.get(inodes_, store::U64Key(ino).ptr())) {
+  KJ_IF_MAYBE (raw, txn.get(inodes_, store::U64Key(ino).ptr())) {
     return decodeInode(*raw);
   }
   return nullptr;
 }
 
 InodeData Namespace::get(store::Txn& txn, uint64_t ino) {
-  KJ_IF_MAYBE(node, find(txn, ino)) {
+  KJ_IF_MAYBE (node, find(txn, ino)) {
     return kj::mv(*node);
   }
   throw FsError(ENOENT);
@@ -181,7 +185,7 @@ InodeData Namespace::requireDir(store::Txn& txn, uint64_t ino) {
 
 kj::Maybe<uint64_t> Namespace::entry(store::Txn& txn, uint64_t parent,
                                      kj::ArrayPtr<const kj::byte> name, uint64_t* cookie) {
-  KJ_IF_MAYBE(raw, txn.get(dentries_, childKey(parent, name))) {
+  KJ_IF_MAYBE (raw, txn.get(dentries_, childKey(parent, name))) {
     if (cookie != nullptr) *cookie = store::readU64(*raw, 8);
     return store::readU64(*raw, 0);
   }
@@ -189,8 +193,8 @@ kj::Maybe<uint64_t> Namespace::entry(store::Txn& txn, uint64_t parent,
 }
 
 uint64_t Namespace::requireEntry(store::Txn& txn, uint64_t parent,
-                                kj::ArrayPtr<const kj::byte> name) {
-  KJ_IF_MAYBE(ino, entry(txn, parent, name)) {
+                                 kj::ArrayPtr<const kj::byte> name) {
+  KJ_IF_MAYBE (ino, entry(txn, parent, name)) {
     return *ino;
   }
   throw FsError(ENOENT);
@@ -212,7 +216,7 @@ void Namespace::removeEntry(store::Txn& txn, uint64_t parent, kj::ArrayPtr<const
 
 bool Namespace::dirEmpty(store::Txn& txn, uint64_t ino) {
   store::Cursor cursor(txn, cookies_);
-  KJ_IF_MAYBE(item, cursor.seek(pairKey(ino, 0))) {
+  KJ_IF_MAYBE (item, cursor.seek(pairKey(ino, 0))) {
     return store::readU64(item->key, 0) != ino;
   }
   return true;
@@ -222,7 +226,7 @@ InodeData Namespace::lookup(store::Txn& txn, uint64_t parent, kj::ArrayPtr<const
   fsRequire(name.size() <= NAME_MAX_BYTES, ENAMETOOLONG);
   auto dir = get(txn, parent);
   fsRequire(dir.isDir(), ENOTDIR);
-  KJ_IF_MAYBE(ino, entry(txn, parent, name)) {
+  KJ_IF_MAYBE (ino, entry(txn, parent, name)) {
     return get(txn, *ino);
   }
   throw FsError(ENOENT);
@@ -369,7 +373,7 @@ void Namespace::destroyInode(store::Txn& txn, const InodeData& node) {
     store::Cursor cursor(txn, xattrs_);
     auto start = childKey(node.ino, nullptr);
     for (auto item = cursor.seek(start);; item = cursor.seek(start)) {
-      KJ_IF_MAYBE(i, item) {
+      KJ_IF_MAYBE (i, item) {
         if (store::readU64(i->key, 0) != node.ino) break;
         cursor.del();
       } else {
@@ -404,8 +408,7 @@ void Namespace::unlink(store::Txn& txn, uint64_t parent, kj::ArrayPtr<const kj::
 }
 
 void Namespace::rename(store::Txn& txn, uint64_t parent, kj::ArrayPtr<const kj::byte> name,
-                       uint64_t newParent, kj::ArrayPtr<const kj::byte> newName,
-                       uint32_t flags) {
+                       uint64_t newParent, kj::ArrayPtr<const kj::byte> newName, uint32_t flags) {
   fsRequire((flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE)) == 0, EINVAL);
   fsRequire(!((flags & RENAME_NOREPLACE) && (flags & RENAME_EXCHANGE)), EINVAL);
   fsRequire(name.size() <= NAME_MAX_BYTES, ENAMETOOLONG);
@@ -442,8 +445,16 @@ void Namespace::rename(store::Txn& txn, uint64_t parent, kj::ArrayPtr<const kj::
     txn.put(dentries_, childKey(newParent, newName), pairKey(srcIno, dstCookie));
     if (parent != newParent) {
       auto dstDir = get(txn, newParent);
-      if (src.isDir()) { src.parent = newParent; srcDir.nlink--; dstDir.nlink++; }
-      if (other.isDir()) { other.parent = parent; dstDir.nlink--; srcDir.nlink++; }
+      if (src.isDir()) {
+        src.parent = newParent;
+        srcDir.nlink--;
+        dstDir.nlink++;
+      }
+      if (other.isDir()) {
+        other.parent = parent;
+        dstDir.nlink--;
+        srcDir.nlink++;
+      }
       dstDir.mtime = dstDir.ctime = now;
       put(txn, dstDir);
     }
@@ -455,7 +466,7 @@ void Namespace::rename(store::Txn& txn, uint64_t parent, kj::ArrayPtr<const kj::
     return;
   }
 
-  KJ_IF_MAYBE(d, dstIno) {
+  KJ_IF_MAYBE (d, dstIno) {
     fsRequire(!(flags & RENAME_NOREPLACE), EEXIST);
     if (*d == srcIno) return;  // two names of one inode: POSIX says do nothing
     auto victim = get(txn, *d);
@@ -508,7 +519,7 @@ bool Namespace::readdir(store::Txn& txn, uint64_t ino, uint64_t cookie, uint32_t
   *count = 0;
   store::Cursor cursor(txn, cookies_);
   for (auto item = cursor.seek(pairKey(ino, cookie + 1));; item = cursor.next()) {
-    KJ_IF_MAYBE(i, item) {
+    KJ_IF_MAYBE (i, item) {
       if (store::readU64(i->key, 0) != ino) return true;
       if (*count == maxEntries) return false;
       uint64_t childCookie = store::readU64(i->key, 8);
@@ -551,9 +562,9 @@ void requireXattrName(kj::ArrayPtr<const kj::byte> name) {
   for (auto c : name) fsRequire(c != '\0', EINVAL);
   // ACLs would need kernel support we do not claim; say so rather than store them inertly.
   kj::StringPtr system = "system.";
-  fsRequire(!(name.size() >= system.size() &&
-              memcmp(name.begin(), system.begin(), system.size()) == 0),
-            EOPNOTSUPP);
+  fsRequire(
+      !(name.size() >= system.size() && memcmp(name.begin(), system.begin(), system.size()) == 0),
+      EOPNOTSUPP);
 }
 }  // namespace
 
@@ -575,7 +586,7 @@ kj::Array<kj::byte> Namespace::getxattr(store::Txn& txn, uint64_t ino,
                                         kj::ArrayPtr<const kj::byte> name) {
   fsRequire(name.size() <= NAME_MAX_BYTES, ERANGE);
   get(txn, ino);
-  KJ_IF_MAYBE(value, txn.get(xattrs_, childKey(ino, name))) {
+  KJ_IF_MAYBE (value, txn.get(xattrs_, childKey(ino, name))) {
     return kj::heapArray(*value);
   }
   throw FsError(ENODATA);
@@ -586,7 +597,7 @@ kj::Vector<kj::Array<kj::byte>> Namespace::listxattr(store::Txn& txn, uint64_t i
   kj::Vector<kj::Array<kj::byte>> names;
   store::Cursor cursor(txn, xattrs_);
   for (auto item = cursor.seek(childKey(ino, nullptr));; item = cursor.next()) {
-    KJ_IF_MAYBE(i, item) {
+    KJ_IF_MAYBE (i, item) {
       if (store::readU64(i->key, 0) != ino) break;
       names.add(kj::heapArray(i->key.slice(8, i->key.size())));
     } else {
@@ -605,7 +616,7 @@ void Namespace::removexattr(store::Txn& txn, uint64_t ino, kj::ArrayPtr<const kj
 }
 
 void Namespace::closed(store::Txn& txn, uint64_t ino) {
-  KJ_IF_MAYBE(node, find(txn, ino)) {
+  KJ_IF_MAYBE (node, find(txn, ino)) {
     if (node->nlink == 0 && !isOpen_(ino)) destroyInode(txn, *node);
   }
 }
@@ -614,7 +625,7 @@ kj::Vector<uint64_t> Namespace::orphans(store::Txn& txn) {
   kj::Vector<uint64_t> out;
   store::Cursor cursor(txn, orphans_);
   for (auto item = cursor.first();; item = cursor.next()) {
-    KJ_IF_MAYBE(i, item) {
+    KJ_IF_MAYBE (i, item) {
       out.add(store::readU64(i->key));
     } else {
       break;
@@ -627,7 +638,7 @@ size_t Namespace::reapOrphans(store::Txn& txn) {
   size_t n = 0;
   for (uint64_t ino : orphans(txn)) {
     if (isOpen_(ino)) continue;
-    KJ_IF_MAYBE(node, find(txn, ino)) {
+    KJ_IF_MAYBE (node, find(txn, ino)) {
       destroyInode(txn, *node);
     } else {
       txn.del(orphans_, store::U64Key(ino).ptr());
@@ -641,7 +652,7 @@ kj::Vector<Namespace::PendingDestroy> Namespace::pendingDestroys(store::Txn& txn
   kj::Vector<PendingDestroy> out;
   store::Cursor cursor(txn, destroy_);
   for (auto item = cursor.first(); out.size() < max; item = cursor.next()) {
-    KJ_IF_MAYBE(i, item) {
+    KJ_IF_MAYBE (i, item) {
       store::StoredMessage stored(i->value);
       out.add(PendingDestroy{store::readU64(i->key), decodeLayout(stored.getRoot<rpc::Layout>())});
     } else {
@@ -661,11 +672,10 @@ void Namespace::registerTarget(store::Txn& txn, rpc::TargetAddress::Reader targe
   txn.putMessage(targets_, store::U64Key(target.getIndex()).ptr(), message);
 }
 
-void Namespace::listTargets(store::Txn& txn,
-                            kj::Function<void(rpc::TargetAddress::Reader)> each) {
+void Namespace::listTargets(store::Txn& txn, kj::Function<void(rpc::TargetAddress::Reader)> each) {
   store::Cursor cursor(txn, targets_);
   for (auto item = cursor.first();; item = cursor.next()) {
-    KJ_IF_MAYBE(i, item) {
+    KJ_IF_MAYBE (i, item) {
       store::StoredMessage stored(i->value);
       each(stored.getRoot<rpc::TargetAddress>());
     } else {

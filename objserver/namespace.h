@@ -73,9 +73,8 @@ public:
 
   InodeData lookup(store::Txn& txn, uint64_t parent, kj::ArrayPtr<const kj::byte> name);
   InodeData setattr(store::Txn& txn, rpc::MetaRequest::Setattr::Reader req);
-  InodeData make(store::Txn& txn, uint64_t parent, kj::ArrayPtr<const kj::byte> name,
-                 uint32_t mode, uint64_t rdev, kj::ArrayPtr<const kj::byte> symlink,
-                 const Creds& creds);
+  InodeData make(store::Txn& txn, uint64_t parent, kj::ArrayPtr<const kj::byte> name, uint32_t mode,
+                 uint64_t rdev, kj::ArrayPtr<const kj::byte> symlink, const Creds& creds);
   InodeData link(store::Txn& txn, uint64_t ino, uint64_t newParent,
                  kj::ArrayPtr<const kj::byte> newName);
   void unlink(store::Txn& txn, uint64_t parent, kj::ArrayPtr<const kj::byte> name, bool dir);

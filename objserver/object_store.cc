@@ -39,7 +39,7 @@ void ObjectStore::write(store::Txn& txn, uint64_t object, uint64_t offset,
       // Partial chunk: merge with what is stored.
       kj::byte buf[CHUNK_SIZE];
       size_t have = 0;
-      KJ_IF_MAYBE(old, txn.get(chunks_, key.ptr())) {
+      KJ_IF_MAYBE (old, txn.get(chunks_, key.ptr())) {
         have = old->size();
         memcpy(buf, old->begin(), have);
       }
@@ -62,7 +62,7 @@ kj::Array<kj::byte> ObjectStore::read(store::Txn& txn, uint64_t object, uint64_t
   store::Cursor cursor(txn, chunks_);
   ChunkKey first(object, offset / CHUNK_SIZE);
   for (auto item = cursor.seek(first.ptr());; item = cursor.next()) {
-    KJ_IF_MAYBE(i, item) {
+    KJ_IF_MAYBE (i, item) {
       if (store::readU64(i->key, 0) != object) break;
       uint64_t chunkStart = store::readU64(i->key, 8) * CHUNK_SIZE;
       if (chunkStart >= end) break;
@@ -85,7 +85,7 @@ void ObjectStore::truncate(store::Txn& txn, uint64_t object, uint64_t size) {
   uint64_t within = size % CHUNK_SIZE;
   if (within > 0) {
     ChunkKey boundary(object, firstGone);
-    KJ_IF_MAYBE(old, txn.get(chunks_, boundary.ptr())) {
+    KJ_IF_MAYBE (old, txn.get(chunks_, boundary.ptr())) {
       if (old->size() > within) {
         kj::byte buf[CHUNK_SIZE];
         memcpy(buf, old->begin(), within);
@@ -97,7 +97,7 @@ void ObjectStore::truncate(store::Txn& txn, uint64_t object, uint64_t size) {
   store::Cursor cursor(txn, chunks_);
   ChunkKey start(object, firstGone);
   for (auto item = cursor.seek(start.ptr());; item = cursor.seek(start.ptr())) {
-    KJ_IF_MAYBE(i, item) {
+    KJ_IF_MAYBE (i, item) {
       if (store::readU64(i->key, 0) != object) break;
       cursor.del();
     } else {
@@ -106,7 +106,9 @@ void ObjectStore::truncate(store::Txn& txn, uint64_t object, uint64_t size) {
   }
 }
 
-void ObjectStore::destroy(store::Txn& txn, uint64_t object) { truncate(txn, object, 0); }
+void ObjectStore::destroy(store::Txn& txn, uint64_t object) {
+  truncate(txn, object, 0);
+}
 
 uint64_t ObjectStore::objectCount(store::Txn& txn) {
   MDB_stat stat;

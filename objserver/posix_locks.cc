@@ -91,7 +91,7 @@ kj::Maybe<PosixLock> PosixLocks::test(uint64_t ino, uint32_t space, const Owner&
                                       const PosixLock& lock) {
   auto it = files_.find(Key{ino, space});
   if (it == files_.end()) return nullptr;
-  KJ_IF_MAYBE(h, conflict(it->second, owner, lock)) {
+  KJ_IF_MAYBE (h, conflict(it->second, owner, lock)) {
     return h->lock;
   }
   return nullptr;
@@ -102,9 +102,9 @@ void PosixLocks::releaseOwner(uint64_t ino, uint32_t space, const Owner& owner) 
   auto it = files_.find(key);
   if (it == files_.end()) return;
   auto& held = it->second.held;
-  held.erase(std::remove_if(held.begin(), held.end(),
-                            [&](const Held& h) { return h.owner == owner; }),
-             held.end());
+  held.erase(
+      std::remove_if(held.begin(), held.end(), [&](const Held& h) { return h.owner == owner; }),
+      held.end());
   wake(key);
 }
 

@@ -6,7 +6,8 @@ namespace cairn {
 
 Registrar::Registrar(kj::AsyncIoContext& io, Target& target, kj::Array<kj::String> metaAddresses,
                      kj::String advertise, const LinkIdentity& identity)
-    : target_(target), advertise_(kj::mv(advertise)),
+    : target_(target),
+      advertise_(kj::mv(advertise)),
       link_(io.provider->getNetwork(), io.provider->getTimer(), kj::str("data->meta"),
             kj::mv(metaAddresses), identity) {
   link_.setRecovery([this]() {
@@ -25,8 +26,7 @@ Registrar::Registrar(kj::AsyncIoContext& io, Target& target, kj::Array<kj::Strin
           },
           [](kj::Exception&& e) {
             // Most likely a target of another filesystem: say so loudly, keep trying slowly.
-            spdlog::error("the metadata server refused this target: {}",
-                          e.getDescription().cStr());
+            spdlog::error("the metadata server refused this target: {}", e.getDescription().cStr());
             kj::throwRecoverableException(kj::mv(e));
           });
     });

@@ -21,7 +21,7 @@ void ServerContext::ErrorHandler::taskFailed(kj::Exception&& e) {
 }
 
 void ClientSession::blocking(uint64_t lockId) {
-  KJ_IF_MAYBE(cb, callback) {
+  KJ_IF_MAYBE (cb, callback) {
     auto req = cb->blockingRequest();
     req.setLockId(lockId);
     // Not waited for: a client that does not act in time is evicted by the lock manager.
@@ -30,9 +30,13 @@ void ClientSession::blocking(uint64_t lockId) {
 }
 
 ServerContext::ServerContext(kj::AsyncIoContext& io, Target& target, ServerConfig config)
-    : io(io), target(target), config(kj::mv(config)),
-      syncer(target, std::chrono::milliseconds(100)), clients(target),
-      started(io.provider->getTimer().now()), tasks(errorHandler_),
+    : io(io),
+      target(target),
+      config(kj::mv(config)),
+      syncer(target, std::chrono::milliseconds(100)),
+      clients(target),
+      started(io.provider->getTimer().now()),
+      tasks(errorHandler_),
       locks(io.provider->getTimer(), this->config.lockTimeout, [this](LockOwner& owner) {
         evict(static_cast<ClientSession&>(owner), "did not cancel a lock in time");
       }) {}
@@ -72,25 +76,26 @@ void ServerContext::disconnected(ClientSession& session) {
   KJ_ASSERT(session.connections > 0);
   if (--session.connections > 0) return;
   uint64_t epoch = ++session.disconnects;
-  spdlog::info("{} disconnected; keeping its locks {} s and its opens {} s",
-               session.label.cStr(), config.lockTimeout / kj::SECONDS,
-               config.disconnectGrace / kj::SECONDS);
+  spdlog::info("{} disconnected; keeping its locks {} s and its opens {} s", session.label.cStr(),
+               config.lockTimeout / kj::SECONDS, config.disconnectGrace / kj::SECONDS);
   // It may come back (a restarting client, a flapping link): its locks wait the lock timeout.
-  tasks.add(io.provider->getTimer().afterDelay(config.lockTimeout).then(
-      [this, s = kj::addRef(session), epoch]() mutable {
-        if (isCurrent(*s) && s->connections == 0 && s->disconnects == epoch &&
-            locks.heldBy(*s) > 0) {
-          spdlog::info("{} did not come back: dropping its {} locks", s->label.cStr(),
-                       locks.heldBy(*s));
-          locks.dropAll(*s);
-        }
-      }));
+  tasks.add(io.provider->getTimer()
+                .afterDelay(config.lockTimeout)
+                .then([this, s = kj::addRef(session), epoch]() mutable {
+                  if (isCurrent(*s) && s->connections == 0 && s->disconnects == epoch &&
+                      locks.heldBy(*s) > 0) {
+                    spdlog::info("{} did not come back: dropping its {} locks", s->label.cStr(),
+                                 locks.heldBy(*s));
+                    locks.dropAll(*s);
+                  }
+                }));
   // The session outlives this capability (it stays in `sessions`) until the grace period ends
   // without the client coming back; then it, its opens and its reply records go.
-  tasks.add(io.provider->getTimer().afterDelay(config.disconnectGrace).then(
-      [this, s = kj::addRef(session), epoch]() mutable {
-        if (isCurrent(*s) && s->connections == 0 && s->disconnects == epoch) expire(*s);
-      }));
+  tasks.add(io.provider->getTimer()
+                .afterDelay(config.disconnectGrace)
+                .then([this, s = kj::addRef(session), epoch]() mutable {
+                  if (isCurrent(*s) && s->connections == 0 && s->disconnects == epoch) expire(*s);
+                }));
 }
 
 bool ServerContext::isCurrent(const ClientSession& session) const {
@@ -105,7 +110,9 @@ void ServerContext::evict(ClientSession& session, kj::StringPtr why) {
   auto keep = kj::addRef(session);
   spdlog::warn("evicting {}: {}", session.label.cStr(), why.cStr());
   locks.dropAll(session);
-  KJ_IF_MAYBE(p, posixLocks) { p->releaseClient(session.key); }
+  KJ_IF_MAYBE (p, posixLocks) {
+    p->releaseClient(session.key);
+  }
   dropOpens(session);
   try {
     commit([&](store::Txn& txn) { clients.forget(txn, session.uuid); });
@@ -119,7 +126,9 @@ void ServerContext::evict(ClientSession& session, kj::StringPtr why) {
 
 void ServerContext::expire(ClientSession& session) {
   locks.dropAll(session);
-  KJ_IF_MAYBE(p, posixLocks) { p->releaseClient(session.key); }
+  KJ_IF_MAYBE (p, posixLocks) {
+    p->releaseClient(session.key);
+  }
   dropOpens(session);
   try {
     commit([&](store::Txn& txn) { clients.forget(txn, session.uuid); });
@@ -148,7 +157,7 @@ void ServerContext::expireAbsentClients() {
 }
 
 void ServerContext::dropOpens(ClientSession& session) {
-  KJ_IF_MAYBE(o, opens) {
+  KJ_IF_MAYBE (o, opens) {
     auto inos = o->closeAll(session.key);
     if (inos.empty()) return;
     spdlog::info("client {}: closed its {} open files", session.key, inos.size());
@@ -156,7 +165,9 @@ void ServerContext::dropOpens(ClientSession& session) {
     commit([&](store::Txn& txn) {
       for (uint64_t ino : inos) n.closed(txn, ino);
     });
-    KJ_IF_MAYBE(d, destroyer) { d->poke(); }
+    KJ_IF_MAYBE (d, destroyer) {
+      d->poke();
+    }
   }
 }
 
@@ -218,9 +229,11 @@ kj::Promise<void> ServerImpl::status(StatusContext context) {
     c.setConnected(v->connections > 0);
     c.setLastRequestId(v->lastRequestId);
     c.setLocks(ctx_.locks.heldBy(*v));
-    KJ_IF_MAYBE(o, ctx_.opens) { c.setOpenFiles(o->countFor(v->key)); }
+    KJ_IF_MAYBE (o, ctx_.opens) {
+      c.setOpenFiles(o->countFor(v->key));
+    }
   }
-  KJ_IF_MAYBE(ns, ctx_.ns) {
+  KJ_IF_MAYBE (ns, ctx_.ns) {
     store::Txn txn(ctx_.target.env(), store::Txn::READ);
     size_t count = 0;
     ns->listTargets(txn, [&](rpc::TargetAddress::Reader) { ++count; });
@@ -230,13 +243,15 @@ kj::Promise<void> ServerImpl::status(StatusContext context) {
     s.setOrphans(ns->orphans(txn).size());
     s.setDestroyQueue(ns->pendingDestroys(txn, SIZE_MAX).size());
   }
-  KJ_IF_MAYBE(o, ctx_.opens) { s.setOpenFiles(o->total()); }
+  KJ_IF_MAYBE (o, ctx_.opens) {
+    s.setOpenFiles(o->total());
+  }
   auto lockStats = ctx_.locks.stats();
   s.setLocksGranted(lockStats.granted);
   s.setLocksWaiting(lockStats.waiting);
   s.setLockCallbacks(lockStats.callbacks);
   s.setEvictions(lockStats.evictions);
-  KJ_IF_MAYBE(objects, ctx_.objects) {
+  KJ_IF_MAYBE (objects, ctx_.objects) {
     store::Txn txn(ctx_.target.env(), store::Txn::READ);
     s.setChunks(objects->objectCount(txn));
   }
@@ -246,8 +261,7 @@ kj::Promise<void> ServerImpl::status(StatusContext context) {
 kj::Promise<void> ServerImpl::registerTarget(RegisterTargetContext context) {
   auto params = context.getParams();
   auto& ns = KJ_REQUIRE_NONNULL(ctx_.ns, "only a metadata server keeps the target list");
-  KJ_REQUIRE(params.getFsUuid() == ctx_.target.fsUuid(),
-             "the target belongs to another filesystem",
+  KJ_REQUIRE(params.getFsUuid() == ctx_.target.fsUuid(), "the target belongs to another filesystem",
              kj::encodeHex(params.getFsUuid()), kj::encodeHex(ctx_.target.fsUuid()));
   auto t = params.getTarget();
   KJ_REQUIRE(t.getKind() == rpc::TargetKind::DATA, "only data targets register");
@@ -258,7 +272,9 @@ kj::Promise<void> ServerImpl::registerTarget(RegisterTargetContext context) {
   for (auto a : t.getAddresses()) addresses.add(kj::str(a));
   spdlog::info("data target {} registered at {}", t.getIndex(),
                kj::strArray(addresses, ",").cStr());
-  KJ_IF_MAYBE(d, ctx_.destroyer) { d->targetMoved(t.getIndex(), addresses.releaseAsArray()); }
+  KJ_IF_MAYBE (d, ctx_.destroyer) {
+    d->targetMoved(t.getIndex(), addresses.releaseAsArray());
+  }
   return kj::READY_NOW;
 }
 

@@ -48,10 +48,10 @@ struct ClientSession : public kj::Refcounted, public LockOwner {
 };
 
 struct ServerConfig {
-  kj::String advertise;                            // HOST:PORT given to peers
-  kj::Duration disconnectGrace = 30 * kj::SECONDS; // opens of a vanished client are kept this long
-  kj::Duration recoveryWindow = 30 * kj::SECONDS;  // orphans wait this long for open replay
-  kj::Duration lockTimeout = 10 * kj::SECONDS;     // to cancel a lock when asked; to come back
+  kj::String advertise;                             // HOST:PORT given to peers
+  kj::Duration disconnectGrace = 30 * kj::SECONDS;  // opens of a vanished client are kept this long
+  kj::Duration recoveryWindow = 30 * kj::SECONDS;   // orphans wait this long for open replay
+  kj::Duration lockTimeout = 10 * kj::SECONDS;      // to cancel a lock when asked; to come back
 };
 
 class ServerContext {
@@ -136,7 +136,7 @@ void ServerContext::update(ClientSession& session, uint64_t requestId, uint64_t 
                            capnp::MallocMessageBuilder& message, Apply&& apply) {
   if (requestId != 0) {
     store::Txn txn(target.env(), store::Txn::READ);
-    KJ_IF_MAYBE(words, clients.find(txn, session.uuid, requestId)) {
+    KJ_IF_MAYBE (words, clients.find(txn, session.uuid, requestId)) {
       capnp::FlatArrayMessageReader recorded(*words);
       message.setRoot(recorded.getRoot<Reply>());
       message.getRoot<Reply>().setLastSynced(syncer.lastSynced());

@@ -50,7 +50,9 @@ MDB_dbi Env::openDb(kj::StringPtr name) {
   return dbi;
 }
 
-void Env::sync() { check(mdb_env_sync(env_, 1), "mdb_env_sync"); }
+void Env::sync() {
+  check(mdb_env_sync(env_, 1), "mdb_env_sync");
+}
 
 uint64_t Env::usedBytes() {
   MDB_envinfo info;
@@ -136,7 +138,9 @@ Cursor::Cursor(Txn& txn, MDB_dbi dbi) {
   check(mdb_cursor_open(txn.get(), dbi, &cursor_), "mdb_cursor_open");
 }
 
-Cursor::~Cursor() { mdb_cursor_close(cursor_); }
+Cursor::~Cursor() {
+  mdb_cursor_close(cursor_);
+}
 
 kj::Maybe<Cursor::Item> Cursor::op(MDB_cursor_op o, Bytes key) {
   MDB_val k = toVal(key), v;
@@ -146,10 +150,18 @@ kj::Maybe<Cursor::Item> Cursor::op(MDB_cursor_op o, Bytes key) {
   return Item{fromVal(k), fromVal(v)};
 }
 
-kj::Maybe<Cursor::Item> Cursor::seek(Bytes key) { return op(MDB_SET_RANGE, key); }
-kj::Maybe<Cursor::Item> Cursor::next() { return op(MDB_NEXT); }
-kj::Maybe<Cursor::Item> Cursor::first() { return op(MDB_FIRST); }
-void Cursor::del() { check(mdb_cursor_del(cursor_, 0), "mdb_cursor_del"); }
+kj::Maybe<Cursor::Item> Cursor::seek(Bytes key) {
+  return op(MDB_SET_RANGE, key);
+}
+kj::Maybe<Cursor::Item> Cursor::next() {
+  return op(MDB_NEXT);
+}
+kj::Maybe<Cursor::Item> Cursor::first() {
+  return op(MDB_FIRST);
+}
+void Cursor::del() {
+  check(mdb_cursor_del(cursor_, 0), "mdb_cursor_del");
+}
 
 StoredMessage::StoredMessage(Bytes value) {
   KJ_REQUIRE(value.size() % sizeof(capnp::word) == 0, "stored record is not a message",
@@ -159,7 +171,9 @@ StoredMessage::StoredMessage(Bytes value) {
   reader_ = kj::heap<capnp::FlatArrayMessageReader>(words_);
 }
 
-U64Key::U64Key(uint64_t v) { writeU64(bytes, v); }
+U64Key::U64Key(uint64_t v) {
+  writeU64(bytes, v);
+}
 
 void writeU64(kj::byte* out, uint64_t v) {
   for (int i = 7; i >= 0; --i) {

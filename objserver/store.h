@@ -84,7 +84,7 @@ public:
   kj::Maybe<Item> seek(Bytes key);  // first key >= key
   kj::Maybe<Item> next();
   kj::Maybe<Item> first();
-  void del();                       // the current item
+  void del();  // the current item
 
 private:
   kj::Maybe<Item> op(MDB_cursor_op op, Bytes key = nullptr);
@@ -96,7 +96,9 @@ class StoredMessage {
 public:
   explicit StoredMessage(Bytes value);
   template <typename T>
-  typename T::Reader getRoot() { return reader_->getRoot<T>(); }
+  typename T::Reader getRoot() {
+    return reader_->getRoot<T>();
+  }
 
 private:
   kj::Array<capnp::word> words_;

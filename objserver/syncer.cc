@@ -5,7 +5,9 @@
 namespace cairn {
 
 Syncer::Syncer(Target& target, std::chrono::milliseconds interval)
-    : target_(target), interval_(interval), lastSynced_(target.lastCommitted()),
+    : target_(target),
+      interval_(interval),
+      lastSynced_(target.lastCommitted()),
       thread_([this] { run(); }) {}
 
 Syncer::~Syncer() {

@@ -22,7 +22,9 @@ constexpr uint32_t FORMAT_VERSION = 1;
 constexpr kj::StringPtr HEADER_KEY = "header"_kj;
 constexpr kj::StringPtr TRANSNO_KEY = "lastTransno"_kj;
 
-store::Bytes keyOf(kj::StringPtr s) { return s.asBytes(); }
+store::Bytes keyOf(kj::StringPtr s) {
+  return s.asBytes();
+}
 
 bool fileExists(kj::StringPtr path) {
   struct stat st;
@@ -31,8 +33,7 @@ bool fileExists(kj::StringPtr path) {
 
 kj::Array<kj::byte> parseUuid(kj::StringPtr hex) {
   auto decoded = kj::decodeHex(hex.asArray());
-  KJ_REQUIRE(!decoded.hadErrors && decoded.size() == 16, "a filesystem uuid is 32 hex digits",
-             hex);
+  KJ_REQUIRE(!decoded.hadErrors && decoded.size() == 16, "a filesystem uuid is 32 hex digits", hex);
   return kj::mv(decoded);
 }
 
@@ -63,7 +64,9 @@ int takeOwnerLock(kj::StringPtr dir) {
 
 }  // namespace
 
-kj::String hexString(kj::ArrayPtr<const kj::byte> bytes) { return kj::encodeHex(bytes); }
+kj::String hexString(kj::ArrayPtr<const kj::byte> bytes) {
+  return kj::encodeHex(bytes);
+}
 
 void Target::format(kj::StringPtr dir, const FormatOptions& options) {
   KJ_REQUIRE(options.fsName.size() > 0 && options.fsName.size() <= 64,
@@ -71,8 +74,10 @@ void Target::format(kj::StringPtr dir, const FormatOptions& options) {
   if (mkdir(dir.cStr(), 0700) != 0 && errno != EEXIST) {
     KJ_FAIL_SYSCALL("mkdir", errno, dir);
   }
-  KJ_REQUIRE(!fileExists(kj::str(dir, "/data.mdb")), "the directory already holds a target; "
-             "refusing to format over it", dir);
+  KJ_REQUIRE(!fileExists(kj::str(dir, "/data.mdb")),
+             "the directory already holds a target; "
+             "refusing to format over it",
+             dir);
   int ownerFd = takeOwnerLock(dir);
   KJ_DEFER(close(ownerFd));
 
@@ -135,7 +140,7 @@ Target::Target(kj::StringPtr dir, rpc::TargetKind expectedKind, OpenOptions opti
              header.getFormatVersion());
   KJ_REQUIRE(header.getKind() == expectedKind, "the target is of another kind", dir,
              header.getKind() == rpc::TargetKind::META ? "meta" : "data");
-  KJ_IF_MAYBE(name, options.expectFsName) {
+  KJ_IF_MAYBE (name, options.expectFsName) {
     KJ_REQUIRE(*name == fsName_, "the target belongs to another filesystem", dir, fsName_, *name);
   }
   fsUuid_ = kj::heapArray(header.getFsUuid());
@@ -143,7 +148,7 @@ Target::Target(kj::StringPtr dir, rpc::TargetKind expectedKind, OpenOptions opti
   index_ = header.getIndex();
   stripeSize_ = header.getDefaultStripeSize();
   stripeCount_ = header.getDefaultStripeCount();
-  KJ_IF_MAYBE(v, options.versionOverride) {
+  KJ_IF_MAYBE (v, options.versionOverride) {
     version_ = kj::str(*v);
   } else {
     version_ = kj::str(CAIRN_VERSION);
@@ -161,20 +166,25 @@ Target::Target(kj::StringPtr dir, rpc::TargetKind expectedKind, OpenOptions opti
     startReason_ = "unclean stop by another version, forced: previous clients will be evicted";
   } else {
     KJ_FAIL_REQUIRE(kj::str(
-        "the previous instance (version ", previous, ") did not shut down cleanly and this is "
-        "version ", version_, ": refusing to start. Start the previous version to recover its "
+        "the previous instance (version ", previous,
+        ") did not shut down cleanly and this is "
+        "version ",
+        version_,
+        ": refusing to start. Start the previous version to recover its "
         "clients and shut it down cleanly, or pass --force to start anyway; --force evicts the "
         "clients of the previous instance, which lose whatever they had not yet had committed"));
   }
-  KJ_IF_MAYBE(t, txn.get(targetDb_, keyOf(TRANSNO_KEY))) {
+  KJ_IF_MAYBE (t, txn.get(targetDb_, keyOf(TRANSNO_KEY))) {
     lastTransno_ = store::readU64(*t);
   }
   lastCommitted_.store(lastTransno_);
   instance_ = header.getInstance() + 1;
-  spdlog::info("target {}: fs {} ({}), kind {}, index {}, instance {}, previous version {} {}; "
-               "starting: {}", dir.cStr(), fsName_.cStr(), hexString(fsUuid_).cStr(),
-               kind_ == rpc::TargetKind::META ? "meta" : "data", index_, instance_,
-               previous.cStr(), clean ? "clean" : "unclean", startReason_.cStr());
+  spdlog::info(
+      "target {}: fs {} ({}), kind {}, index {}, instance {}, previous version {} {}; "
+      "starting: {}",
+      dir.cStr(), fsName_.cStr(), hexString(fsUuid_).cStr(),
+      kind_ == rpc::TargetKind::META ? "meta" : "data", index_, instance_, previous.cStr(),
+      clean ? "clean" : "unclean", startReason_.cStr());
 
   capnp::MallocMessageBuilder message;
   message.setRoot(header);
@@ -193,7 +203,9 @@ Target::~Target() noexcept(false) {
   if (ownerFd_ >= 0) close(ownerFd_);
 }
 
-MDB_dbi Target::db(kj::StringPtr name) { return env_->openDb(name); }
+MDB_dbi Target::db(kj::StringPtr name) {
+  return env_->openDb(name);
+}
 
 uint64_t Target::nextTransno(store::Txn& txn) {
   // The number is only taken for good if the transaction commits; an abort leaves a gap, which

@@ -26,10 +26,10 @@ struct FormatOptions {
 };
 
 struct OpenOptions {
-  bool force = false;                    // start even after an unclean stop by another version
+  bool force = false;  // start even after an unclean stop by another version
   uint64_t mapSize = uint64_t(1) << 40;
-  kj::Maybe<kj::String> expectFsName;    // refuse a target of another filesystem
-  kj::Maybe<kj::String> versionOverride; // test hook: pretend to be this software version
+  kj::Maybe<kj::String> expectFsName;     // refuse a target of another filesystem
+  kj::Maybe<kj::String> versionOverride;  // test hook: pretend to be this software version
 };
 
 class Target {

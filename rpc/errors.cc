@@ -5,7 +5,9 @@
 
 namespace cairn {
 
-const char* FsError::what() const noexcept { return strerror(err_); }
+const char* FsError::what() const noexcept {
+  return strerror(err_);
+}
 
 namespace {
 constexpr kj::StringPtr PREFIX = "cairn errno "_kj;
@@ -31,10 +33,14 @@ void checkErrno(int err) {
 
 int errnoForException(const kj::Exception& e) {
   switch (e.getType()) {
-    case kj::Exception::Type::UNIMPLEMENTED: return EOPNOTSUPP;
-    case kj::Exception::Type::OVERLOADED: return EAGAIN;
-    case kj::Exception::Type::DISCONNECTED: return EIO;
-    case kj::Exception::Type::FAILED: return EIO;
+    case kj::Exception::Type::UNIMPLEMENTED:
+      return EOPNOTSUPP;
+    case kj::Exception::Type::OVERLOADED:
+      return EAGAIN;
+    case kj::Exception::Type::DISCONNECTED:
+      return EIO;
+    case kj::Exception::Type::FAILED:
+      return EIO;
   }
   return EIO;
 }

@@ -69,9 +69,14 @@ struct ServerLink::Pending : public kj::Refcounted {
 
 ServerLink::ServerLink(kj::Network& network, kj::Timer& timer, kj::String name,
                        kj::Array<kj::String> addresses, const LinkIdentity& identity)
-    : network_(network), timer_(timer), name_(kj::mv(name)), addresses_(kj::mv(addresses)),
-      uuid_(kj::heapArray<kj::byte>(identity.uuid)), role_(identity.role),
-      hostName_(kj::str(identity.hostName)), currentAddress_(kj::str()),
+    : network_(network),
+      timer_(timer),
+      name_(kj::mv(name)),
+      addresses_(kj::mv(addresses)),
+      uuid_(kj::heapArray<kj::byte>(identity.uuid)),
+      role_(identity.role),
+      hostName_(kj::str(identity.hostName)),
+      currentAddress_(kj::str()),
       peerVersion_(kj::str()) {
   tasks_ = kj::heap<kj::TaskSet>(*kj::heap<LogErrors>(name_).attach());
 }
@@ -127,7 +132,8 @@ void ServerLink::connectLoop(unsigned attempt) {
   connecting_ =
       network_.parseAddress(address)
           .then([](kj::Own<kj::NetworkAddress> addr) { return addr->connect(); })
-          .then([this, addressCopy = kj::mv(addressCopy)](kj::Own<kj::AsyncIoStream> stream) mutable {
+          .then([this,
+                 addressCopy = kj::mv(addressCopy)](kj::Own<kj::AsyncIoStream> stream) mutable {
             auto conn = kj::heap<Connection>(kj::mv(stream));
             conn->server = conn->client.bootstrap().castAs<rpc::Bootstrap>();
             auto req = conn->server.connectRequest();
@@ -155,9 +161,8 @@ void ServerLink::connectLoop(unsigned attempt) {
                       [this, gen]() { lost(gen, "connection closed"); }));
                   tasks_->add(heartbeat(gen));
                   connection_ = kj::mv(conn);
-                  spdlog::info("link {}: connected to {} (version {}, instance {})",
-                               name_.cStr(), currentAddress_.cStr(), peerVersion_.cStr(),
-                               info.getInstance());
+                  spdlog::info("link {}: connected to {} (version {}, instance {})", name_.cStr(),
+                               currentAddress_.cStr(), peerVersion_.cStr(), info.getInstance());
                   return gen;
                 });
           })
@@ -167,7 +172,9 @@ void ServerLink::connectLoop(unsigned attempt) {
           .then([this, started](uint64_t gen) -> kj::Promise<void> {
             openGate(State::RECOVERING);
             kj::Promise<void> recovered = kj::READY_NOW;
-            KJ_IF_MAYBE(r, recovery_) { recovered = (*r)(); }
+            KJ_IF_MAYBE (r, recovery_) {
+              recovered = (*r)();
+            }
             return recovered.then(
                 [this, gen, started]() {
                   if (gen != generation_) return;
@@ -224,7 +231,7 @@ void ServerLink::lost(uint64_t generation, kj::StringPtr why) {
   state_ = State::DISCONNECTED;
   ++generation_;
   // Never destroy a connection from inside one of its own continuations.
-  KJ_IF_MAYBE(c, connection_) {
+  KJ_IF_MAYBE (c, connection_) {
     tasks_->add(kj::evalLater([dead = kj::mv(*c)]() mutable { (void)dead; }));
   }
   connection_ = nullptr;
@@ -233,28 +240,28 @@ void ServerLink::lost(uint64_t generation, kj::StringPtr why) {
 
 template <typename Response, typename Build>
 kj::Promise<Response> ServerLink::send(kj::Own<Pending> pending, Build& build) {
-  return whenOpen(pending->cls).then([this, pending = kj::mv(pending), &build]() mutable
-                                     -> kj::Promise<Response> {
-    auto& conn = *KJ_ASSERT_NONNULL(connection_);
-    uint64_t gen = generation_;
-    auto onError = [this, gen, pending = kj::addRef(*pending), &build](kj::Exception&& e) mutable
-        -> kj::Promise<Response> {
-      if (e.getType() != kj::Exception::Type::DISCONNECTED) return kj::mv(e);
-      lost(gen, e.getDescription());
-      return send<Response>(kj::mv(pending), build);
-    };
-    auto req = sessionFor<Response>(conn).callRequest();
-    auto r = req.initRequest();
-    r.setRequestId(pending->id);
-    r.setOldestUnreplied(oldestUnreplied());
-    build(r);
-    return req.send().then(
-        [this, pending = kj::mv(pending)](Response&& resp) mutable -> kj::Promise<Response> {
-          lastSynced_ = kj::max(lastSynced_, resp.getReply().getLastSynced());
-          return kj::mv(resp);
-        },
-        kj::mv(onError));
-  });
+  return whenOpen(pending->cls)
+      .then([this, pending = kj::mv(pending), &build]() mutable -> kj::Promise<Response> {
+        auto& conn = *KJ_ASSERT_NONNULL(connection_);
+        uint64_t gen = generation_;
+        auto onError = [this, gen, pending = kj::addRef(*pending),
+                        &build](kj::Exception&& e) mutable -> kj::Promise<Response> {
+          if (e.getType() != kj::Exception::Type::DISCONNECTED) return kj::mv(e);
+          lost(gen, e.getDescription());
+          return send<Response>(kj::mv(pending), build);
+        };
+        auto req = sessionFor<Response>(conn).callRequest();
+        auto r = req.initRequest();
+        r.setRequestId(pending->id);
+        r.setOldestUnreplied(oldestUnreplied());
+        build(r);
+        return req.send().then(
+            [this, pending = kj::mv(pending)](Response&& resp) mutable -> kj::Promise<Response> {
+              lastSynced_ = kj::max(lastSynced_, resp.getReply().getLastSynced());
+              return kj::mv(resp);
+            },
+            kj::mv(onError));
+      });
 }
 
 kj::Promise<ServerLink::MetaResponse> ServerLink::meta(
@@ -274,9 +281,8 @@ kj::Promise<ServerLink::DataResponse> ServerLink::data(
 }
 
 kj::Promise<rpc::Bootstrap::Client> ServerLink::server(Class cls) {
-  return whenOpen(cls).then([this]() -> rpc::Bootstrap::Client {
-    return KJ_ASSERT_NONNULL(connection_)->server;
-  });
+  return whenOpen(cls).then(
+      [this]() -> rpc::Bootstrap::Client { return KJ_ASSERT_NONNULL(connection_)->server; });
 }
 
 kj::Array<kj::String> splitAddresses(kj::StringPtr list) {

@@ -54,10 +54,10 @@ public:
   using DataResponse = capnp::Response<rpc::DataSession::CallResults>;
   // `update` requests get a request id and are recorded by the server; `build` is called for
   // every attempt and must fill the request the same way each time.
-  kj::Promise<MetaResponse> meta(kj::Function<void(rpc::MetaRequest::Builder)> build,
-                                 bool update, Class cls = Class::NORMAL);
-  kj::Promise<DataResponse> data(kj::Function<void(rpc::DataRequest::Builder)> build,
-                                 bool update, Class cls = Class::NORMAL);
+  kj::Promise<MetaResponse> meta(kj::Function<void(rpc::MetaRequest::Builder)> build, bool update,
+                                 Class cls = Class::NORMAL);
+  kj::Promise<DataResponse> data(kj::Function<void(rpc::DataRequest::Builder)> build, bool update,
+                                 Class cls = Class::NORMAL);
   // The server's bootstrap capability of the current connection, once the gate is open.
   kj::Promise<rpc::Bootstrap::Client> server(Class cls = Class::NORMAL);
 

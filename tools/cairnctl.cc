@@ -1,11 +1,11 @@
 // cairnctl: administration of a running Cairn cluster.
 //
 //   cairnctl --server HOST:PORT status [--json]
-#include <CLI/CLI.hpp>
 #include <capnp/rpc-twoparty.h>
 #include <kj/async-io.h>
 #include <kj/debug.h>
 #include <kj/encoding.h>
+#include <CLI/CLI.hpp>
 
 #include <cstdio>
 #include <string>
@@ -44,12 +44,12 @@ void printStatus(cairn::rpc::ServerStatus::Reader s, bool json) {
   if (json) {
     kj::Vector<kj::String> clients;
     for (auto c : s.getClients()) {
-      clients.add(kj::str("{\"uuid\":\"", kj::encodeHex(c.getUuid()), "\",\"host\":",
-                          jsonString(c.getHostName()), ",\"version\":",
-                          jsonString(c.getSoftwareVersion()), ",\"connected\":",
-                          c.getConnected() ? "true" : "false", ",\"lastRequestId\":",
-                          c.getLastRequestId(), ",\"openFiles\":", c.getOpenFiles(),
-                          ",\"locks\":", c.getLocks(), "}"));
+      clients.add(kj::str("{\"uuid\":\"", kj::encodeHex(c.getUuid()),
+                          "\",\"host\":", jsonString(c.getHostName()),
+                          ",\"version\":", jsonString(c.getSoftwareVersion()),
+                          ",\"connected\":", c.getConnected() ? "true" : "false",
+                          ",\"lastRequestId\":", c.getLastRequestId(),
+                          ",\"openFiles\":", c.getOpenFiles(), ",\"locks\":", c.getLocks(), "}"));
     }
     kj::Vector<kj::String> targets;
     for (auto t : s.getTargets()) {
@@ -60,21 +60,19 @@ void printStatus(cairn::rpc::ServerStatus::Reader s, bool json) {
     }
     printf("%s\n",
            kj::str("{\"address\":", jsonString(s.getAddress()), ",\"kind\":\"",
-                   kindName(info.getKind()), "\",\"target\":", info.getTargetIndex(),
-                   ",\"fs\":", jsonString(info.getFsName()), ",\"fsUuid\":\"",
-                   kj::encodeHex(info.getFsUuid()), "\",\"version\":",
-                   jsonString(info.getSoftwareVersion()), ",\"instance\":", info.getInstance(),
-                   ",\"state\":", jsonString(s.getState()), ",\"uptimeMs\":", s.getUptimeMs(),
-                   ",\"lastTransno\":", s.getLastTransno(), ",\"lastSynced\":",
-                   s.getLastSynced(), ",\"mapUsedBytes\":", s.getMapUsedBytes(),
+                   kindName(info.getKind()), "\",\"target\":", info.getTargetIndex(), ",\"fs\":",
+                   jsonString(info.getFsName()), ",\"fsUuid\":\"", kj::encodeHex(info.getFsUuid()),
+                   "\",\"version\":", jsonString(info.getSoftwareVersion()),
+                   ",\"instance\":", info.getInstance(), ",\"state\":", jsonString(s.getState()),
+                   ",\"uptimeMs\":", s.getUptimeMs(), ",\"lastTransno\":", s.getLastTransno(),
+                   ",\"lastSynced\":", s.getLastSynced(), ",\"mapUsedBytes\":", s.getMapUsedBytes(),
                    ",\"mapSizeBytes\":", s.getMapSizeBytes(), ",\"rpcCount\":", s.getRpcCount(),
                    ",\"orphans\":", s.getOrphans(), ",\"destroyQueue\":", s.getDestroyQueue(),
                    ",\"chunks\":", s.getChunks(), ",\"openFiles\":", s.getOpenFiles(),
                    ",\"locksGranted\":", s.getLocksGranted(), ",\"locksWaiting\":",
                    s.getLocksWaiting(), ",\"lockCallbacks\":", s.getLockCallbacks(),
-                   ",\"evictions\":", s.getEvictions(),
-                   ",\"clients\":[", kj::strArray(clients, ","), "],\"targets\":[",
-                   kj::strArray(targets, ","), "]}")
+                   ",\"evictions\":", s.getEvictions(), ",\"clients\":[",
+                   kj::strArray(clients, ","), "],\"targets\":[", kj::strArray(targets, ","), "]}")
                .cStr());
     return;
   }
@@ -109,9 +107,9 @@ void printStatus(cairn::rpc::ServerStatus::Reader s, bool json) {
   }
   printf("clients   %u\n", s.getClients().size());
   for (auto c : s.getClients()) {
-    printf("  %s  %-20s %-8s %-12s last request %llu, %u open\n",
-           kj::encodeHex(c.getUuid()).cStr(), c.getHostName().cStr(),
-           c.getSoftwareVersion().cStr(), c.getConnected() ? "connected" : "disconnected",
+    printf("  %s  %-20s %-8s %-12s last request %llu, %u open\n", kj::encodeHex(c.getUuid()).cStr(),
+           c.getHostName().cStr(), c.getSoftwareVersion().cStr(),
+           c.getConnected() ? "connected" : "disconnected",
            static_cast<unsigned long long>(c.getLastRequestId()), c.getOpenFiles());
   }
 }

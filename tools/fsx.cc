@@ -83,7 +83,8 @@ private:
     for (size_t i = 0; i < n; ++i) {
       char want = off + i < model_.size() ? model_[off + i] : 0;
       if (got[i] != want) {
-        fprintf(stderr, "fsx: %s: byte %llu is 0x%02x, the model says 0x%02x (op %llu, seed %llu)\n",
+        fprintf(stderr,
+                "fsx: %s: byte %llu is 0x%02x, the model says 0x%02x (op %llu, seed %llu)\n",
                 what.c_str(), static_cast<unsigned long long>(off + i),
                 static_cast<unsigned char>(got[i]), static_cast<unsigned char>(want),
                 static_cast<unsigned long long>(count_), static_cast<unsigned long long>(o_.seed));

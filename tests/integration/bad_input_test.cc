@@ -204,8 +204,8 @@ TEST(BadInput, MalformedRequestsGetErrorsNotCrashes) {
     auto req = meta.callRequest();
     auto r = req.initRequest();
     r.setGetattr(1);
-    auto offset = capnp::Schema::from<rpc::MetaRequest>().getProto().getStruct()
-                      .getDiscriminantOffset();
+    auto offset =
+        capnp::Schema::from<rpc::MetaRequest>().getProto().getStruct().getDiscriminantOffset();
     auto data = capnp::toAny(r).getDataSection();
     data[offset * 2] = kj::byte(0xe7);
     data[offset * 2 + 1] = kj::byte(0x03);
@@ -285,8 +285,8 @@ TEST(BadInput, DamagedForeignAndWrongTargetsAreRefused) {
   TempDir tmp;
   auto dir = [&](const std::string& n) { return tmp.path() + "/" + n; };
   auto serve = [&](const std::string& d, const std::string& kind) {
-    return std::vector<std::string>{serverBin(), "serve", "--dir", d, "--kind", kind,
-                                    "--mgs", "127.0.0.1:1"};
+    return std::vector<std::string>{serverBin(), "serve", "--dir", d,
+                                    "--kind",    kind,    "--mgs", "127.0.0.1:1"};
   };
   expectRefused(serve(dir("missing"), "meta"), "does not exist");
   mkdir(dir("empty").c_str(), 0700);
@@ -333,10 +333,10 @@ TEST(BadInput, DataServerOfAnotherFilesystemIsNotRegistered) {
   TestCluster cluster;
   TempDir tmp;
   auto d = tmp.path() + "/stranger";
-  ASSERT_EQ(run({serverBin(), "format", "--dir", d, "--kind", "data", "--fs", "test", "--index",
-                 "7"})
-                .status,
-            0);
+  ASSERT_EQ(
+      run({serverBin(), "format", "--dir", d, "--kind", "data", "--fs", "test", "--index", "7"})
+          .status,
+      0);
   Child stranger({serverBin(), "serve", "--dir", d, "--kind", "data", "--mgs",
                   cluster.metaAddress(), "--log-file", tmp.path() + "/log"});
   EXPECT_TRUE(waitFor(

@@ -3,8 +3,8 @@
 #include <gtest/gtest.h>
 
 #include <fcntl.h>
-#include <linux/close_range.h>
 #include <ftw.h>
+#include <linux/close_range.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -60,8 +60,9 @@ std::string randomHex(int bytes) {
   return out;
 }
 
-[[noreturn]] void fail(const std::string& what) { throw std::runtime_error(what); }
-
+[[noreturn]] void fail(const std::string& what) {
+  throw std::runtime_error(what);
+}
 
 }  // namespace
 
@@ -70,9 +71,15 @@ std::string buildDir() {
   if (d == nullptr) fail("CAIRN_BUILD_DIR is not set (run the tests with meson test)");
   return d;
 }
-std::string serverBin() { return buildDir() + "/objserver/cairn-server"; }
-std::string mountBin() { return buildDir() + "/fusefs/cairn-mount"; }
-std::string ctlBin() { return buildDir() + "/tools/cairnctl"; }
+std::string serverBin() {
+  return buildDir() + "/objserver/cairn-server";
+}
+std::string mountBin() {
+  return buildDir() + "/fusefs/cairn-mount";
+}
+std::string ctlBin() {
+  return buildDir() + "/tools/cairnctl";
+}
 
 RunResult run(const std::vector<std::string>& argv) {
   TempDir tmp;
@@ -96,9 +103,8 @@ TempDir::TempDir() {
 
 TempDir::~TempDir() {
   nftw(
-      path_.c_str(),
-      [](const char* p, const struct stat*, int, struct FTW*) { return remove(p); }, 64,
-      FTW_DEPTH | FTW_PHYS | FTW_MOUNT);
+      path_.c_str(), [](const char* p, const struct stat*, int, struct FTW*) { return remove(p); },
+      64, FTW_DEPTH | FTW_PHYS | FTW_MOUNT);
 }
 
 Child::Child(const std::vector<std::string>& argv, const std::string& stderrPath) {
@@ -147,8 +153,7 @@ bool isMounted(const std::string& path) {
   while (std::getline(in, line)) {
     std::istringstream fields(line);
     std::string f;
-    for (int i = 0; i < 5 && fields >> f; ++i) {
-    }
+    for (int i = 0; i < 5 && fields >> f; ++i) {}
     if (f == path) return true;
   }
   return false;
@@ -187,9 +192,9 @@ TestCluster::TestCluster(Options options) : options_(std::move(options)) {
     s.dir = dir() + "/" + s.name;
     s.log = dir() + "/" + s.name + ".log";
     s.args = i == 0 ? options_.metaArgs : options_.dataArgs;
-    std::vector<std::string> format = {serverBin(), "format", "--dir", s.dir, "--kind", s.kind,
-                                       "--fs", "test", "--fs-uuid", uuid,
-                                       "--index", std::to_string(s.index)};
+    std::vector<std::string> format = {serverBin(), "format", "--dir",   s.dir,
+                                       "--kind",    s.kind,   "--fs",    "test",
+                                       "--fs-uuid", uuid,     "--index", std::to_string(s.index)};
     if (i == 0) {
       format.push_back("--stripe-size");
       format.push_back(std::to_string(options_.stripeSize));
@@ -203,8 +208,7 @@ TestCluster::TestCluster(Options options) : options_(std::move(options)) {
       [this] {
         auto r = run({ctlBin(), "--server", metaAddress(), "status", "--json"});
         size_t found = 0;
-        for (size_t at = 0; (at = r.out.find("\"kind\":\"data\"", at)) != std::string::npos;
-             ++at) {
+        for (size_t at = 0; (at = r.out.find("\"kind\":\"data\"", at)) != std::string::npos; ++at) {
           ++found;
         }
         return r.status == 0 && found >= size_t(options_.dataServers);
@@ -254,9 +258,10 @@ TestCluster::~TestCluster() {
 void TestCluster::start(Server& s, const std::vector<std::string>& extra, bool mustStart) {
   std::string portFile = s.dir + ".port";
   unlink(portFile.c_str());
-  std::vector<std::string> argv = {serverBin(), "serve", "--dir", s.dir, "--kind", s.kind,
-                                   "--listen", "127.0.0.1:" + std::to_string(s.port),
-                                   "--port-file", portFile, "--log-file", s.log};
+  std::vector<std::string> argv = {
+      serverBin(),   "serve",  "--dir",      s.dir,
+      "--kind",      s.kind,   "--listen",   "127.0.0.1:" + std::to_string(s.port),
+      "--port-file", portFile, "--log-file", s.log};
   if (s.kind == "data") {
     argv.push_back("--mgs");
     argv.push_back(metaAddress());
@@ -264,8 +269,7 @@ void TestCluster::start(Server& s, const std::vector<std::string>& extra, bool m
   argv.insert(argv.end(), s.args.begin(), s.args.end());
   argv.insert(argv.end(), extra.begin(), extra.end());
   s.proc = std::make_unique<Child>(argv, s.log + ".stderr");
-  bool up = waitFor(
-      [&] { return access(portFile.c_str(), F_OK) == 0 || !s.proc->alive(); }, 15000);
+  bool up = waitFor([&] { return access(portFile.c_str(), F_OK) == 0 || !s.proc->alive(); }, 15000);
   if (!up || !s.proc->alive()) {
     if (mustStart) fail(s.name + " did not start: " + readFile(s.log + ".stderr"));
     return;
@@ -310,7 +314,9 @@ void TestCluster::killMount(int index) {
   run({"/bin/fusermount3", "-uz", m.path});
 }
 
-std::string TestCluster::mountLog(int index) const { return readFile(mounts_.at(index).log); }
+std::string TestCluster::mountLog(int index) const {
+  return readFile(mounts_.at(index).log);
+}
 
 int TestCluster::stopServer(int server, int sig) {
   auto& s = servers_.at(server);

@@ -103,8 +103,9 @@ TEST(Locks, BlockingCallbackThenCancelThenGrant) {
   LockClient a(io, cluster.metaAddress(), 1), b(io, cluster.metaAddress(), 2);
   uint64_t ra = a.enqueue(rpc::LockMode::PR).wait(io.waitScope);
   uint64_t rb = b.enqueue(rpc::LockMode::PR).wait(io.waitScope);  // readers share
-  auto w = a.enqueue(rpc::LockMode::PW, 2);  // a writer on the attribute bit
-  ASSERT_TRUE(spin(io, [&] { return !a.asked.empty() && !b.asked.empty(); }, 3000));
+  auto w = a.enqueue(rpc::LockMode::PW, 2);                       // a writer on the attribute bit
+  ASSERT_TRUE(spin(
+      io, [&] { return !a.asked.empty() && !b.asked.empty(); }, 3000));
   EXPECT_FALSE(w.poll(io.waitScope));
   a.cancel(ra);
   b.cancel(rb);

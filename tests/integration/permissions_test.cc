@@ -27,8 +27,7 @@ int as(std::function<int()> body, bool withOtherGroup = false) {
   pid_t pid = fork();
   if (pid == 0) {
     gid_t groups[] = {OTHER_GROUP};
-    if (setgroups(withOtherGroup ? 1 : 0, groups) != 0 || setgid(GROUP) != 0 ||
-        setuid(USER) != 0) {
+    if (setgroups(withOtherGroup ? 1 : 0, groups) != 0 || setgid(GROUP) != 0 || setuid(USER) != 0) {
       _exit(99);
     }
     int err = body();
@@ -43,7 +42,9 @@ int as(std::function<int()> body, bool withOtherGroup = false) {
   return err;
 }
 
-int check(int rc) { return rc < 0 ? errno : 0; }
+int check(int rc) {
+  return rc < 0 ? errno : 0;
+}
 
 class Permissions : public ::testing::Test {
 protected:
@@ -137,8 +138,7 @@ TEST_F(Permissions, StickyDirectories) {
   close(fd);
   chmod(p("tmp/roots").c_str(), 0666);
   EXPECT_EQ(as([&] { return check(unlink(p("tmp/roots").c_str())); }), EPERM);
-  EXPECT_EQ(as([&] { return check(rename(p("tmp/roots").c_str(), p("tmp/x").c_str())); }),
-            EPERM);
+  EXPECT_EQ(as([&] { return check(rename(p("tmp/roots").c_str(), p("tmp/x").c_str())); }), EPERM);
   EXPECT_EQ(as([&] {
               int fd = open(p("tmp/users").c_str(), O_CREAT | O_WRONLY, 0644);
               if (fd < 0) return errno;

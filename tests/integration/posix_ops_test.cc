@@ -276,20 +276,18 @@ TEST_F(PosixOps, Rename) {
   // RENAME_NOREPLACE and RENAME_EXCHANGE.
   touch("n1", "n1");
   touch("n2", "n2");
-  EXPECT_EQ(errnoOf(renameat2(AT_FDCWD, p("n1").c_str(), AT_FDCWD, p("n2").c_str(),
-                              RENAME_NOREPLACE)),
-            EEXIST);
-  ASSERT_EQ(renameat2(AT_FDCWD, p("n1").c_str(), AT_FDCWD, p("n3").c_str(), RENAME_NOREPLACE),
-            0);
+  EXPECT_EQ(
+      errnoOf(renameat2(AT_FDCWD, p("n1").c_str(), AT_FDCWD, p("n2").c_str(), RENAME_NOREPLACE)),
+      EEXIST);
+  ASSERT_EQ(renameat2(AT_FDCWD, p("n1").c_str(), AT_FDCWD, p("n3").c_str(), RENAME_NOREPLACE), 0);
   ASSERT_EQ(renameat2(AT_FDCWD, p("n3").c_str(), AT_FDCWD, p("n2").c_str(), RENAME_EXCHANGE), 0);
   EXPECT_EQ(slurp(p("n3")), "n2");
   EXPECT_EQ(slurp(p("n2")), "n1");
-  EXPECT_EQ(errnoOf(renameat2(AT_FDCWD, p("n3").c_str(), AT_FDCWD, p("n9").c_str(),
-                              RENAME_EXCHANGE)),
-            ENOENT);
+  EXPECT_EQ(
+      errnoOf(renameat2(AT_FDCWD, p("n3").c_str(), AT_FDCWD, p("n9").c_str(), RENAME_EXCHANGE)),
+      ENOENT);
   // Exchanging a directory and a file across parents keeps link counts right.
-  ASSERT_EQ(renameat2(AT_FDCWD, p("a/d3").c_str(), AT_FDCWD, p("n3").c_str(), RENAME_EXCHANGE),
-            0);
+  ASSERT_EQ(renameat2(AT_FDCWD, p("a/d3").c_str(), AT_FDCWD, p("n3").c_str(), RENAME_EXCHANGE), 0);
   stat(p("n3").c_str(), &st);
   EXPECT_TRUE(S_ISDIR(st.st_mode));
   stat(p("a").c_str(), &st);

@@ -18,7 +18,9 @@
 namespace cairn::test {
 namespace {
 
-std::string slurp(const std::string& path) { return readWhole(path); }
+std::string slurp(const std::string& path) {
+  return readWhole(path);
+}
 
 void put(const std::string& path, const std::string& data) {
   int fd = open(path.c_str(), O_CREAT | O_WRONLY | O_TRUNC, 0644);
@@ -165,8 +167,8 @@ TEST(Recovery, UnlinkedOpenFileSurvivesRestartAndIsFreedAtLastClose) {
   int fd = open((mnt + "/ghost").c_str(), O_RDWR);
   ASSERT_GE(fd, 0);
   ASSERT_EQ(unlink((mnt + "/ghost").c_str()), 0);
-  uint64_t chunksWith = jsonNumber(cluster.status(1), "chunks") +
-                        jsonNumber(cluster.status(2), "chunks");
+  uint64_t chunksWith =
+      jsonNumber(cluster.status(1), "chunks") + jsonNumber(cluster.status(2), "chunks");
   EXPECT_GT(chunksWith, 0u);
 
   cluster.stopServer(0, SIGKILL);

@@ -42,8 +42,8 @@ TEST(Scale, FiveGiBSparseFile) {
   EXPECT_TRUE(hole == std::string(1 << 20, '\0'));
   close(fd);
   // Only what was written is stored.
-  uint64_t chunks = jsonNumber(cluster.status(1), "chunks") +
-                    jsonNumber(cluster.status(2), "chunks");
+  uint64_t chunks =
+      jsonNumber(cluster.status(1), "chunks") + jsonNumber(cluster.status(2), "chunks");
   EXPECT_LE(chunks, 8u);
 }
 

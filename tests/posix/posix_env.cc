@@ -51,7 +51,9 @@ void FsTest::SetUp() {
   chmod(dir_.c_str(), 0777);
 }
 
-int err(int rc) { return rc < 0 ? errno : 0; }
+int err(int rc) {
+  return rc < 0 ? errno : 0;
+}
 
 void touch(const std::string& path, mode_t mode) {
   int fd = open(path.c_str(), O_CREAT | O_WRONLY, mode);
@@ -66,7 +68,9 @@ void writeFile(const std::string& path, const std::string& data) {
   close(fd);
 }
 
-std::string readFile(const std::string& path) { return test::readWhole(path); }
+std::string readFile(const std::string& path) {
+  return test::readWhole(path);
+}
 
 struct stat statOf(const std::string& path) {
   struct stat st {};
@@ -79,7 +83,9 @@ void age(const std::string& path) {
   ASSERT_EQ(utimensat(AT_FDCWD, path.c_str(), old, AT_SYMLINK_NOFOLLOW), 0) << strerror(errno);
 }
 
-bool newer(const timespec& t, long sinceSec) { return t.tv_sec >= time(nullptr) - sinceSec; }
+bool newer(const timespec& t, long sinceSec) {
+  return t.tv_sec >= time(nullptr) - sinceSec;
+}
 
 int asUser(const std::function<int()>& body, bool supplementary) {
   int pipefd[2];

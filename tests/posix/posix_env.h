@@ -26,7 +26,7 @@ private:
 };
 
 // Helpers shared by the tests.
-int err(int rc);                               // errno of a failed call, 0 on success
+int err(int rc);  // errno of a failed call, 0 on success
 void touch(const std::string& path, mode_t mode = 0644);
 void writeFile(const std::string& path, const std::string& data);
 std::string readFile(const std::string& path);
@@ -41,7 +41,8 @@ constexpr gid_t GROUP = 4242;
 constexpr gid_t SUPP = 5353;
 int asUser(const std::function<int()>& body, bool supplementary = false);
 
-#define ON_BOTH(Suite) INSTANTIATE_TEST_SUITE_P(Fs, Suite, ::testing::Values("local", "cairn"), \
-                                                [](const auto& info) { return info.param; })
+#define ON_BOTH(Suite)                                                     \
+  INSTANTIATE_TEST_SUITE_P(Fs, Suite, ::testing::Values("local", "cairn"), \
+                           [](const auto& info) { return info.param; })
 
 }  // namespace cairn::posix

@@ -65,7 +65,8 @@ TEST(LockModes, CompatibilityMatrixIsSymmetricAndClassic) {
 TEST(LockModes, BitsAndExtentsSeparateLocks) {
   EXPECT_TRUE(conflicts(spec(LockMode::PR), spec(LockMode::EX)));
   EXPECT_FALSE(conflicts(spec(LockMode::PR, BIT_LOOKUP), spec(LockMode::EX, BIT_ATTR)));
-  EXPECT_FALSE(conflicts(spec(LockMode::PW, ~0ull, 0, 4095), spec(LockMode::PW, ~0ull, 4096, 8191)));
+  EXPECT_FALSE(
+      conflicts(spec(LockMode::PW, ~0ull, 0, 4095), spec(LockMode::PW, ~0ull, 4096, 8191)));
   EXPECT_TRUE(conflicts(spec(LockMode::PW, ~0ull, 0, 4096), spec(LockMode::PW, ~0ull, 4096, 8191)));
   auto other = spec(LockMode::EX);
   other.resource.id = 43;

@@ -235,8 +235,9 @@ TEST_F(NamespaceTest, Xattrs) {
             EEXIST);
   EXPECT_EQ(err([&](store::Txn& t) { ns->setxattr(t, f, n("user.b"), n("2"), XATTR_REPLACE); }),
             ENODATA);
-  EXPECT_EQ(err([&](store::Txn& t) { ns->setxattr(t, f, n("system.posix_acl_access"), n("x"), 0); }),
-            EOPNOTSUPP);
+  EXPECT_EQ(
+      err([&](store::Txn& t) { ns->setxattr(t, f, n("system.posix_acl_access"), n("x"), 0); }),
+      EOPNOTSUPP);
   auto big = kj::heapArray<kj::byte>(XATTR_VALUE_MAX + 1);
   EXPECT_EQ(err([&](store::Txn& t) { ns->setxattr(t, f, n("user.big"), big, 0); }), E2BIG);
   {

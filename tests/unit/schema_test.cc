@@ -27,8 +27,8 @@ std::string typeName(capnp::Type type) {
     case capnp::schema::Type::LIST:
       return "List(" + typeName(type.asList().getElementType()) + ")";
     default: {
-      static const char* const names[] = {"Void",   "Bool",   "Int8",    "Int16",   "Int32",
-                                          "Int64",  "UInt8",  "UInt16",  "UInt32",  "UInt64",
+      static const char* const names[] = {"Void",    "Bool",    "Int8",   "Int16",  "Int32",
+                                          "Int64",   "UInt8",   "UInt16", "UInt32", "UInt64",
                                           "Float32", "Float64", "Text",   "Data"};
       auto w = static_cast<size_t>(type.which());
       return w < sizeof(names) / sizeof(names[0]) ? names[w] : std::to_string(w);

@@ -15,7 +15,9 @@
 namespace cairn {
 namespace {
 
-store::Bytes b(kj::StringPtr s) { return s.asBytes(); }
+store::Bytes b(kj::StringPtr s) {
+  return s.asBytes();
+}
 
 TEST(Store, PutGetDeleteAndCursors) {
   TempDir dir;
@@ -217,7 +219,7 @@ TEST_F(Objects, WritesReadsAndHoles) {
   const uint64_t C = ObjectStore::CHUNK_SIZE;
   write(1, 10, "hello");
   EXPECT_EQ(read(1, 0, 100), std::string(10, '\0') + "hello");  // cut after the last byte
-  write(1, C - 2, "span");  // across a chunk boundary
+  write(1, C - 2, "span");                                      // across a chunk boundary
   EXPECT_EQ(read(1, C - 2, 4), "span");
   write(1, 5 * C, "far");
   EXPECT_EQ(read(1, 3 * C, 10), "");  // a hole after which something is stored: cut

@@ -42,6 +42,12 @@ LockManager::~LockManager() noexcept(false) {}
 kj::Promise<uint64_t> LockManager::enqueue(LockOwner& owner, LockSpec spec) {
   KJ_REQUIRE(static_cast<int>(spec.mode) <= static_cast<int>(LockMode::EX), "bad lock mode");
   KJ_REQUIRE(spec.start <= spec.end, "bad lock extent", spec.start, spec.end);
+  auto& count = perOwner_[&owner];
+  if (count >= MAX_PER_OWNER) {
+    kj::throwFatalException(
+        KJ_EXCEPTION(OVERLOADED, "too many locks for one client", owner.ownerName(), count));
+  }
+  ++count;
   uint64_t id = nextId_++;
   auto lock = kj::heap<Lock>();
   lock->id = id;
@@ -79,6 +85,8 @@ void LockManager::remove(uint64_t lockId) {
   if (it == locks_.end()) return;
   auto own = kj::mv(it->second);
   locks_.erase(it);
+  auto counted = perOwner_.find(own->owner);
+  if (counted != perOwner_.end() && --counted->second == 0) perOwner_.erase(counted);
   ResourceId rid = own->spec.resource;
   auto& res = resources_[rid];
   res.granted.erase(std::remove(res.granted.begin(), res.granted.end(), own.get()),

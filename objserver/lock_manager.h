@@ -73,6 +73,10 @@ public:
   // session, which calls dropAll().
   LockManager(kj::Timer& timer, kj::Duration callbackTimeout, kj::Function<void(LockOwner&)> evict);
   ~LockManager() noexcept(false);
+
+  // Whatever a client claims, it holds or waits for at most this many locks (OVERLOADED past
+  // it), so no client can grow the server without bound.
+  static constexpr size_t MAX_PER_OWNER = 100000;
   KJ_DISALLOW_COPY(LockManager);
 
   // Resolves with the lock's id once granted. Dropping the promise before then withdraws it.
@@ -122,6 +126,7 @@ private:
   kj::Function<void(LockOwner&)> evict_;
   std::map<ResourceId, Resource> resources_;
   std::unordered_map<uint64_t, kj::Own<Lock>> locks_;
+  std::unordered_map<const LockOwner*, size_t> perOwner_;
   uint64_t nextId_ = 1;
   uint64_t callbacks_ = 0;
   uint64_t evictions_ = 0;

@@ -24,6 +24,12 @@ kj::Maybe<const PosixLocks::Held&> PosixLocks::conflict(const File& f, const Own
 }
 
 void PosixLocks::apply(File& f, const Owner& owner, const PosixLock& lock) {
+  auto mine = [&](const std::vector<Held>& v) {
+    size_t n = 0;
+    for (auto& h : v) n += h.owner == owner;
+    return n;
+  };
+  size_t before = mine(f.held);
   // The owner's own ranges under the new one are replaced; the parts outside it stay.
   std::vector<Held> kept;
   for (auto& h : f.held) {
@@ -44,12 +50,14 @@ void PosixLocks::apply(File& f, const Owner& owner, const PosixLock& lock) {
   }
   if (lock.type != PosixLock::UNLOCK) kept.push_back(Held{owner, lock});
   f.held = std::move(kept);
+  adjust(owner.client, before, mine(f.held));
 }
 
 kj::Promise<void> PosixLocks::set(uint64_t ino, uint32_t space, Owner owner, PosixLock lock,
                                   bool wait) {
   KJ_REQUIRE(lock.start <= lock.end, "bad lock range", lock.start, lock.end);
   KJ_REQUIRE(lock.type <= PosixLock::UNLOCK, "bad lock type", static_cast<uint32_t>(lock.type));
+  if (lock.type != PosixLock::UNLOCK) fsRequire(countFor(owner.client) < MAX_PER_CLIENT, ENOLCK);
   Key key{ino, space};
   auto& f = files_[key];
   if (lock.type == PosixLock::UNLOCK || conflict(f, owner, lock) == nullptr) {
@@ -60,12 +68,17 @@ kj::Promise<void> PosixLocks::set(uint64_t ino, uint32_t space, Owner owner, Pos
   fsRequire(wait, EAGAIN);
   auto paf = kj::newPromiseAndFulfiller<void>();
   uint64_t id = nextWaiter_++;
+  adjust(owner.client, 0, 1);
   f.waiting.push_back(Waiter{id, std::move(owner), lock, kj::mv(paf.fulfiller)});
   // A waiter whose caller gave up (a signal, a vanished client) leaves the queue.
   return paf.promise.attach(kj::defer([this, key, id]() {
     auto it = files_.find(key);
     if (it == files_.end()) return;
-    it->second.waiting.remove_if([id](const Waiter& w) { return w.id == id; });
+    it->second.waiting.remove_if([this, id](const Waiter& w) {
+      if (w.id != id) return false;
+      adjust(w.owner.client, 1, 0);
+      return true;
+    });
     if (it->second.held.empty() && it->second.waiting.empty()) files_.erase(it);
   }));
 }
@@ -77,6 +90,7 @@ void PosixLocks::wake(const Key& key) {
   // Grant in arrival order whatever no longer conflicts.
   for (auto w = f.waiting.begin(); w != f.waiting.end();) {
     if (conflict(f, w->owner, w->lock) == nullptr) {
+      adjust(w->owner.client, 1, 0);
       apply(f, w->owner, w->lock);
       w->fulfiller->fulfill();
       w = f.waiting.erase(w);
@@ -102,9 +116,11 @@ void PosixLocks::releaseOwner(uint64_t ino, uint32_t space, const Owner& owner) 
   auto it = files_.find(key);
   if (it == files_.end()) return;
   auto& held = it->second.held;
+  size_t before = held.size();
   held.erase(
       std::remove_if(held.begin(), held.end(), [&](const Held& h) { return h.owner == owner; }),
       held.end());
+  adjust(owner.client, before - held.size(), 0);
   wake(key);
 }
 
@@ -115,9 +131,23 @@ void PosixLocks::releaseClient(const std::string& client) {
     f.held.erase(std::remove_if(f.held.begin(), f.held.end(),
                                 [&](const Held& h) { return h.owner.client == client; }),
                  f.held.end());
-    if (f.held.size() != before) touched.push_back(key);
+    if (f.held.size() != before) {
+      adjust(client, before - f.held.size(), 0);
+      touched.push_back(key);
+    }
   }
   for (auto& key : touched) wake(key);
+}
+
+size_t PosixLocks::countFor(const std::string& client) const {
+  auto it = perClient_.find(client);
+  return it == perClient_.end() ? 0 : it->second;
+}
+
+void PosixLocks::adjust(const std::string& client, size_t before, size_t after) {
+  auto& n = perClient_[client];
+  n = n + after - before;
+  if (n == 0) perClient_.erase(client);
 }
 
 size_t PosixLocks::count() const {

@@ -25,6 +25,9 @@ struct PosixLock {
 
 class PosixLocks {
 public:
+  // Per client, held plus waiting (ENOLCK past it), so no client grows the server unbounded.
+  static constexpr size_t MAX_PER_CLIENT = 100000;
+
   // Who: a client session and the kernel's lock owner there. Space: 0 fcntl, 1 flock (the
   // two kinds never interact, as on Linux).
   struct Owner {
@@ -65,7 +68,10 @@ private:
   void apply(File& f, const Owner& owner, const PosixLock& lock);
   void wake(const Key& key);
 
+  size_t countFor(const std::string& client) const;
+  void adjust(const std::string& client, size_t before, size_t after);
   std::map<Key, File> files_;
+  std::map<std::string, size_t> perClient_;  // held + waiting
   uint64_t nextWaiter_ = 1;
 };
 

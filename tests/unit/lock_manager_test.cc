@@ -168,6 +168,24 @@ TEST_F(Locks, OnlyTheOwnerCancels) {
   EXPECT_EQ(manager.stats().granted, 1u);
 }
 
+TEST_F(Locks, OneClientCannotHoldUnboundedLocks) {
+  std::vector<kj::Promise<uint64_t>> held;
+  for (size_t i = 0; i < LockManager::MAX_PER_OWNER; ++i) {
+    auto s = spec(LockMode::PR);
+    s.resource.id = i;
+    held.push_back(manager.enqueue(a, s));
+  }
+  try {
+    manager.enqueue(a, spec(LockMode::PR));
+    ADD_FAILURE() << "lock past the limit granted";
+  } catch (kj::Exception& e) {
+    EXPECT_EQ(e.getType(), kj::Exception::Type::OVERLOADED);
+  }
+  EXPECT_NO_THROW(manager.enqueue(b, spec(LockMode::PR)));  // others are not affected
+  manager.dropAll(a);
+  EXPECT_NO_THROW(manager.enqueue(a, spec(LockMode::PR)));
+}
+
 TEST_F(Locks, BadRequestsAreRefused) {
   auto s = spec(LockMode::EX, ~0ull, 10, 5);
   EXPECT_ANY_THROW(manager.enqueue(a, s));

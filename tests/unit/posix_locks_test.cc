@@ -36,7 +36,7 @@ protected:
 
 TEST_F(Posix, OnlyOtherOwnersConflict) {
   EXPECT_EQ(set(a, lock(PosixLock::WRITE, 0, 99)), 0);
-  EXPECT_EQ(set(a, lock(PosixLock::WRITE, 50, 150)), 0);  // the owner's own: replaced
+  EXPECT_EQ(set(a, lock(PosixLock::WRITE, 50, 150)), 0);      // the owner's own: replaced
   EXPECT_EQ(set(a2, lock(PosixLock::READ, 10, 10)), EAGAIN);  // another owner on one client
   EXPECT_EQ(set(b, lock(PosixLock::READ, 151, 200)), 0);
   EXPECT_EQ(set(b, lock(PosixLock::READ, 150, 150)), EAGAIN);
@@ -73,6 +73,24 @@ TEST_F(Posix, AWithdrawnWaiterLeavesNoTrace) {
   table.releaseOwner(1, 0, a);
   EXPECT_EQ(table.count(), 0u);
   EXPECT_EQ(set(a2, lock(PosixLock::WRITE, 0, 9)), 0);
+}
+
+TEST_F(Posix, CountsPerClientFollowSplitsWaitsAndReleases) {
+  set(a, lock(PosixLock::WRITE, 0, 99));
+  set(a, lock(PosixLock::UNLOCK, 40, 59));  // split in two
+  set(a2, lock(PosixLock::READ, 200, 300));
+  EXPECT_EQ(table.count(), 3u);
+  {
+    auto w = table.set(1, 0, b, lock(PosixLock::WRITE, 0, 9), true);
+    EXPECT_FALSE(w.poll(io.waitScope));
+  }
+  table.releaseClient("client-a");
+  EXPECT_EQ(table.count(), 0u);
+  // Everything was given back: the client can take the maximum again.
+  for (size_t i = 0; i < 1000; ++i) {
+    ASSERT_EQ(set(a, lock(PosixLock::WRITE, i * 10, i * 10 + 1)), 0);
+  }
+  EXPECT_EQ(table.count(), 1000u);
 }
 
 }  // namespace

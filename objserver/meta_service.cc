@@ -13,6 +13,8 @@
 #include "objserver/open_files.h"
 #include "objserver/posix_locks.h"
 
+#include <map>
+
 namespace cairn {
 
 namespace {
@@ -92,12 +94,18 @@ kj::Promise<void> MetaService::dispatch(CallContext context) {
     return applicationLock(req, context);
   }
   if (isUpdate(req.which())) {
-    capnp::MallocMessageBuilder message;
-    update(req, message);
-    context.getResults().setReply(message.getRoot<rpc::MetaReply>());
-    KJ_IF_MAYBE (d, ctx_.destroyer) {
-      d->poke();
-    }
+    // First every client caching what the update changes is called back and cancels; then the
+    // update runs, in one transaction; then the server's locks go.
+    return lockFor(affected(req)).then([this, context](kj::Array<uint64_t> held) mutable {
+      KJ_DEFER(for (uint64_t id : held) ctx_.locks.cancel(ctx_.serverOwner, id));
+      auto req = context.getParams().getRequest();
+      capnp::MallocMessageBuilder message;
+      update(req, message);
+      context.getResults().setReply(message.getRoot<rpc::MetaReply>());
+      KJ_IF_MAYBE (d, ctx_.destroyer) {
+        d->poke();
+      }
+    });
   } else {
     auto reply = context.getResults().initReply();
     try {
@@ -188,6 +196,98 @@ void MetaService::read(rpc::MetaRequest::Reader req, rpc::MetaReply::Builder rep
   }
   KJ_UNIMPLEMENTED("unknown metadata request; the client is newer than this server",
                    static_cast<uint>(req.which()));
+}
+
+kj::Vector<LockSpec> MetaService::affected(rpc::MetaRequest::Reader req) {
+  using R = rpc::MetaRequest;
+  std::map<uint64_t, uint64_t> bits;  // ino -> bits; ordered, so locks are taken in ino order
+  auto add = [&](uint64_t ino, uint64_t b) { bits[ino] |= b; };
+  constexpr uint64_t DIR = BIT_LOOKUP | BIT_ATTR;
+  // The inode a name points to now (it may be replaced before the update runs; the update's own
+  // checks in its transaction are what count, the lock only calls caches back).
+  auto child = [&](uint64_t parent, kj::ArrayPtr<const kj::byte> name) {
+    try {
+      store::Txn txn(ctx_.target.env(), store::Txn::READ);
+      add(ns_.lookup(txn, parent, name).ino, BIT_ATTR | BIT_LOOKUP);
+    } catch (FsError&) {
+      // No such entry: the update will say so.
+    }
+  };
+  switch (req.which()) {
+    case R::SETATTR:
+      add(req.getSetattr().getIno(), BIT_ATTR);
+      break;
+    case R::WROTE:
+      add(req.getWrote().getIno(), BIT_ATTR);
+      break;
+    case R::RESERVE_APPEND:
+      add(req.getReserveAppend().getIno(), BIT_ATTR);
+      break;
+    case R::SETXATTR:
+      add(req.getSetxattr().getIno(), BIT_ATTR | BIT_XATTR);
+      break;
+    case R::REMOVEXATTR:
+      add(req.getRemovexattr().getIno(), BIT_ATTR | BIT_XATTR);
+      break;
+    case R::MKNOD:
+      add(req.getMknod().getParent(), DIR);
+      break;
+    case R::MKDIR:
+      add(req.getMkdir().getParent(), DIR);
+      break;
+    case R::SYMLINK:
+      add(req.getSymlink().getParent(), DIR);
+      break;
+    case R::CREATE:
+      add(req.getCreate().getParent(), DIR);
+      break;
+    case R::LINK:
+      add(req.getLink().getNewParent(), DIR);
+      add(req.getLink().getIno(), BIT_ATTR);
+      break;
+    case R::UNLINK:
+      add(req.getUnlink().getParent(), DIR);
+      child(req.getUnlink().getParent(), req.getUnlink().getName());
+      break;
+    case R::RMDIR:
+      add(req.getRmdir().getParent(), DIR);
+      child(req.getRmdir().getParent(), req.getRmdir().getName());
+      break;
+    case R::RENAME: {
+      auto r = req.getRename();
+      add(r.getParent(), DIR);
+      add(r.getNewParent(), DIR);
+      child(r.getParent(), r.getName());
+      child(r.getNewParent(), r.getNewName());
+      break;
+    }
+    default:
+      break;
+  }
+  kj::Vector<LockSpec> specs;
+  for (auto& [ino, b] : bits) {
+    LockSpec spec;
+    spec.resource = ResourceId{RES_INODE, ino};
+    spec.mode = LockMode::EX;
+    spec.bits = b;
+    specs.add(spec);
+  }
+  return specs;
+}
+
+kj::Promise<kj::Array<uint64_t>> MetaService::lockFor(kj::Vector<LockSpec> specs) {
+  // One after another, in inode order: two updates never wait on each other in a cycle.
+  kj::Promise<kj::Vector<uint64_t>> chain = kj::Vector<uint64_t>();
+  for (auto& spec : specs) {
+    chain = chain.then([this, spec](kj::Vector<uint64_t> held) mutable {
+      return ctx_.locks.enqueue(ctx_.serverOwner, spec)
+          .then([held = kj::mv(held)](uint64_t id) mutable {
+            held.add(id);
+            return kj::mv(held);
+          });
+    });
+  }
+  return chain.then([](kj::Vector<uint64_t> held) { return held.releaseAsArray(); });
 }
 
 void MetaService::update(rpc::MetaRequest::Reader req, capnp::MallocMessageBuilder& message) {

@@ -18,6 +18,9 @@ private:
   kj::Promise<void> dispatch(CallContext context);
   void read(rpc::MetaRequest::Reader req, rpc::MetaReply::Builder reply);
   void update(rpc::MetaRequest::Reader req, capnp::MallocMessageBuilder& message);
+  // What an update changes, as the EX locks the server takes before applying it.
+  kj::Vector<LockSpec> affected(rpc::MetaRequest::Reader req);
+  kj::Promise<kj::Array<uint64_t>> lockFor(kj::Vector<LockSpec> specs);
   void release(uint64_t handle, rpc::MetaReply::Builder reply);
   kj::Promise<void> applicationLock(rpc::MetaRequest::Reader req, CallContext context);
 

@@ -68,6 +68,12 @@ public:
   uint64_t rpcCount = 0;
   std::map<std::string, kj::Own<ClientSession>> sessions;
   std::set<std::string> evictedClients;  // told so when they reconnect
+  // The server's own locks (held while an update runs) belong to this owner.
+  class ServerOwner : public LockOwner {
+  public:
+    void blocking(uint64_t) override {}  // held only for the length of one update
+    kj::StringPtr ownerName() const override { return "the server"; }
+  } serverOwner;
   kj::TaskSet tasks;
   LockManager locks;  // after `sessions`: destroyed before the owners it refers to
 

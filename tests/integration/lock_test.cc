@@ -1,12 +1,17 @@
 // The lock manager over the wire: clients (raw Cap'n Proto sessions, as a mount will be) take
 // locks, receive blocking callbacks, cancel; one that does not cancel is evicted and told so;
 // the locks of one that vanishes are dropped after the lock timeout.
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <capnp/rpc-twoparty.h>
 #include <kj/async-io.h>
 
+#include <atomic>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "rpc/cairn.capnp.h"
@@ -153,6 +158,54 @@ TEST(Locks, LocksOfAVanishedClientGoAfterTheTimeout) {
   auto w = other.enqueue(rpc::LockMode::EX);
   EXPECT_GT(w.wait(io.waitScope), 0u);
   EXPECT_EQ(jsonNumber(cluster.status(0), "locksGranted"), 1u);
+}
+
+TEST(Locks, UpdatesWaitUntilCachingClientsHaveCancelled) {
+  TestCluster cluster(withLockTimeout());
+  auto mnt = cluster.mount();
+  auto io = kj::setupAsyncIo();
+  LockClient cacher(io, cluster.metaAddress(), 8);
+  // The cacher holds the root directory's names and attributes (inode 1, lookup + attr bits).
+  uint64_t held = cacher.enqueue(rpc::LockMode::PR, 1 | 2).wait(io.waitScope);
+  std::atomic<bool> done{false};
+  std::atomic<int> rc{-1};
+  std::thread writer([&] {
+    rc = mkdir((mnt + "/made").c_str(), 0755);
+    done = true;
+  });
+  ASSERT_TRUE(spin(
+      io, [&] { return !cacher.asked.empty(); }, 3000));
+  EXPECT_EQ(cacher.asked[0], held);
+  io.provider->getTimer().afterDelay(200 * kj::MILLISECONDS).wait(io.waitScope);
+  EXPECT_FALSE(done.load());  // the update waits for the cancel
+  cacher.cancel(held);
+  writer.join();
+  EXPECT_EQ(rc.load(), 0);
+  EXPECT_EQ(jsonNumber(cluster.status(0), "evictions"), 0u);
+  // Locks on other inodes, or on bits the update does not touch, are left alone.
+  uint64_t other = cacher.enqueue(rpc::LockMode::PR, 8).wait(io.waitScope);  // xattr bit
+  ASSERT_EQ(mkdir((mnt + "/made2").c_str(), 0755), 0);
+  EXPECT_EQ(cacher.asked.size(), 1u);
+  cacher.cancel(other);
+}
+
+TEST(Locks, AnUpdateProceedsAfterEvictingAStuckCacher) {
+  TestCluster cluster(withLockTimeout());
+  auto mnt = cluster.mount();
+  auto io = kj::setupAsyncIo();
+  LockClient stuck(io, cluster.metaAddress(), 9);
+  stuck.enqueue(rpc::LockMode::PR, 1 | 2).wait(io.waitScope);
+  std::atomic<bool> done{false};
+  std::thread writer([&] {
+    int fd = open((mnt + "/f").c_str(), O_CREAT | O_WRONLY, 0644);
+    if (fd >= 0) close(fd);
+    done = fd >= 0;
+  });
+  // The stuck client never cancels: after the lock timeout it is evicted and the create goes on.
+  ASSERT_TRUE(spin(
+      io, [&] { return done.load(); }, 8000));
+  writer.join();
+  EXPECT_EQ(jsonNumber(cluster.status(0), "evictions"), 1u);
 }
 
 TEST(Locks, BadLockRequestsAreRefused) {

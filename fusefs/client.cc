@@ -636,17 +636,25 @@ kj::Promise<void> Client::release(uint64_t fh) {
   return metaCall([fh](rpc::MetaRequest::Builder b) { b.setRelease(fh); }, false).ignoreResult();
 }
 
+namespace {
+// setlk and getlk name a lock the same way.
+template <typename Builder>
+void fillLock(Builder r, uint64_t ino, uint64_t owner, uint32_t space, const Client::AppLock& l) {
+  r.setIno(ino);
+  r.setOwner(owner);
+  r.setSpace(space);
+  r.setType(l.type);
+  r.setStart(l.start);
+  r.setEnd(l.end);
+}
+}  // namespace
+
 kj::Promise<void> Client::setlk(uint64_t ino, uint64_t owner, uint32_t space, AppLock lock,
                                 bool wait) {
   return metaCall(
              [=](rpc::MetaRequest::Builder b) {
                auto r = b.initSetlk();
-               r.setIno(ino);
-               r.setOwner(owner);
-               r.setSpace(space);
-               r.setType(lock.type);
-               r.setStart(lock.start);
-               r.setEnd(lock.end);
+               fillLock(r, ino, owner, space, lock);
                r.setPid(lock.pid);
                r.setWait(wait);
              },
@@ -659,15 +667,7 @@ kj::Promise<void> Client::setlk(uint64_t ino, uint64_t owner, uint32_t space, Ap
 kj::Promise<Client::AppLock> Client::getlk(uint64_t ino, uint64_t owner, uint32_t space,
                                            AppLock lock) {
   return metaCall(
-             [=](rpc::MetaRequest::Builder b) {
-               auto r = b.initGetlk();
-               r.setIno(ino);
-               r.setOwner(owner);
-               r.setSpace(space);
-               r.setType(lock.type);
-               r.setStart(lock.start);
-               r.setEnd(lock.end);
-             },
+             [=](rpc::MetaRequest::Builder b) { fillLock(b.initGetlk(), ino, owner, space, lock); },
              false)
       .then([](ServerLink::MetaResponse&& resp) {
         auto l = resp.getReply().getLock();

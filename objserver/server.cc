@@ -107,8 +107,20 @@ bool ServerContext::isCurrent(const ClientSession& session) const {
 void ServerContext::evict(ClientSession& session, kj::StringPtr why) {
   if (session.evicted) return;
   session.evicted = true;
-  auto keep = kj::addRef(session);
   spdlog::warn("evicting {}: {}", session.label.cStr(), why.cStr());
+  if (evictedClients.size() > 10000) evictedClients.clear();
+  evictedClients.insert(session.key);
+  endSession(session);
+}
+
+void ServerContext::expire(ClientSession& session) {
+  spdlog::info("{} did not come back within {} s: session ended", session.label.cStr(),
+               config.disconnectGrace / kj::SECONDS);
+  endSession(session);
+}
+
+void ServerContext::endSession(ClientSession& session) {
+  auto keep = kj::addRef(session);  // the map may hold the last reference
   locks.dropAll(session);
   KJ_IF_MAYBE (p, posixLocks) {
     p->releaseClient(session.key);
@@ -119,24 +131,6 @@ void ServerContext::evict(ClientSession& session, kj::StringPtr why) {
   } catch (FsError& e) {
     spdlog::warn("cannot forget {}: {}", session.label.cStr(), e.what());
   }
-  if (evictedClients.size() > 10000) evictedClients.clear();
-  evictedClients.insert(session.key);
-  sessions.erase(session.key);
-}
-
-void ServerContext::expire(ClientSession& session) {
-  locks.dropAll(session);
-  KJ_IF_MAYBE (p, posixLocks) {
-    p->releaseClient(session.key);
-  }
-  dropOpens(session);
-  try {
-    commit([&](store::Txn& txn) { clients.forget(txn, session.uuid); });
-  } catch (FsError& e) {
-    spdlog::warn("cannot forget client {}: {}", session.key, e.what());
-  }
-  spdlog::info("client {} ({}) did not come back within {} s: session ended", session.key,
-               session.hostName.cStr(), config.disconnectGrace / kj::SECONDS);
   sessions.erase(session.key);
 }
 

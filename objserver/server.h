@@ -119,6 +119,7 @@ private:
   ErrorHandler errorHandler_;
   void dropOpens(ClientSession& session);
   void expire(ClientSession& session);
+  void endSession(ClientSession& session);  // what evict and expire share
   bool isCurrent(const ClientSession& session) const;
 };
 

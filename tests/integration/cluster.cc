@@ -4,6 +4,7 @@
 
 #include <fcntl.h>
 #include <ftw.h>
+#include <grp.h>
 #include <linux/close_range.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -157,6 +158,27 @@ bool isMounted(const std::string& path) {
     if (f == path) return true;
   }
   return false;
+}
+
+int runAs(uid_t uid, gid_t gid, const std::vector<gid_t>& groups,
+          const std::function<int()>& body) {
+  int pipefd[2];
+  if (pipe(pipefd) != 0) return -1;
+  pid_t pid = fork();
+  if (pid == 0) {
+    if (setgroups(groups.size(), groups.data()) != 0 || setgid(gid) != 0 || setuid(uid) != 0) {
+      _exit(99);
+    }
+    int e = body();
+    (void)!write(pipefd[1], &e, sizeof(e));
+    _exit(0);
+  }
+  close(pipefd[1]);
+  int e = -1;
+  (void)!read(pipefd[0], &e, sizeof(e));
+  close(pipefd[0]);
+  waitpid(pid, nullptr, 0);
+  return e;
 }
 
 std::string readWhole(const std::string& path) {

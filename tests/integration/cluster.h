@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 
 #include <map>
@@ -128,6 +129,10 @@ private:
   std::vector<Server> servers_;
   std::vector<Mount> mounts_;
 };
+
+// Runs body in a child process as uid:gid with the given supplementary groups; returns what
+// body returns (an errno, 0 for success), or -1 if the child could not switch identity.
+int runAs(uid_t uid, gid_t gid, const std::vector<gid_t>& groups, const std::function<int()>& body);
 
 // The whole content of a file ("<error text>" if it cannot be opened).
 std::string readWhole(const std::string& path);

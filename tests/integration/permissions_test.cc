@@ -19,27 +19,10 @@ constexpr uid_t USER = 4242;
 constexpr gid_t GROUP = 4242;
 constexpr gid_t OTHER_GROUP = 5353;
 
-// Runs `body` as USER:GROUP (with OTHER_GROUP as a supplementary group if asked); returns the
-// errno it reports (0 for success).
+// Runs `body` as USER:GROUP (with OTHER_GROUP as a supplementary group if asked).
 int as(std::function<int()> body, bool withOtherGroup = false) {
-  int pipefd[2];
-  if (pipe(pipefd) != 0) return -1;
-  pid_t pid = fork();
-  if (pid == 0) {
-    gid_t groups[] = {OTHER_GROUP};
-    if (setgroups(withOtherGroup ? 1 : 0, groups) != 0 || setgid(GROUP) != 0 || setuid(USER) != 0) {
-      _exit(99);
-    }
-    int err = body();
-    (void)!write(pipefd[1], &err, sizeof(err));
-    _exit(0);
-  }
-  close(pipefd[1]);
-  int err = -1;
-  (void)!read(pipefd[0], &err, sizeof(err));
-  close(pipefd[0]);
-  waitpid(pid, nullptr, 0);
-  return err;
+  return runAs(USER, GROUP, withOtherGroup ? std::vector<gid_t>{OTHER_GROUP} : std::vector<gid_t>{},
+               body);
 }
 
 int check(int rc) {

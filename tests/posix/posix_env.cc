@@ -88,24 +88,8 @@ bool newer(const timespec& t, long sinceSec) {
 }
 
 int asUser(const std::function<int()>& body, bool supplementary) {
-  int pipefd[2];
-  if (pipe(pipefd) != 0) return -1;
-  pid_t pid = fork();
-  if (pid == 0) {
-    gid_t groups[] = {SUPP};
-    if (setgroups(supplementary ? 1 : 0, groups) != 0 || setgid(GROUP) != 0 || setuid(USER) != 0) {
-      _exit(99);
-    }
-    int e = body();
-    (void)!write(pipefd[1], &e, sizeof(e));
-    _exit(0);
-  }
-  close(pipefd[1]);
-  int e = -1;
-  (void)!read(pipefd[0], &e, sizeof(e));
-  close(pipefd[0]);
-  waitpid(pid, nullptr, 0);
-  return e;
+  return test::runAs(USER, GROUP, supplementary ? std::vector<gid_t>{SUPP} : std::vector<gid_t>{},
+                     body);
 }
 
 }  // namespace cairn::posix

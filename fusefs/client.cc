@@ -186,7 +186,7 @@ Entry Client::toEntry(rpc::Attr::Reader attr) {
   Entry e;
   attrToStat(attr, &e.attr);
   e.generation = attr.getGeneration();
-  inodes_.sawAttr(attr.getIno(), attr.getSize(), e.attr.st_atim, e.attr.st_mtim, e.attr.st_ctim);
+  inodes_.sawAttr(e.attr);
   return e;
 }
 
@@ -198,9 +198,22 @@ kj::Promise<Entry> Client::entryCall(MetaBuild build) {
 
 kj::Promise<struct stat> Client::getattr(uint64_t ino) {
   return metaCall([ino](rpc::MetaRequest::Builder b) { b.setGetattr(ino); }, false)
-      .then([this](ServerLink::MetaResponse&& resp) {
-        return toEntry(resp.getReply().getAttr()).attr;
-      });
+      .then(
+          [this](ServerLink::MetaResponse&& resp) {
+            return toEntry(resp.getReply().getAttr()).attr;
+          },
+          [ this, ino ](kj::Exception && e) -> struct stat {
+            // Removed on the server while the kernel still holds it (a descriptor of a removed
+            // directory, a cwd): what it last was, with no links left, as local filesystems do.
+            KJ_IF_MAYBE (inode, inodes_.find(ino)) {
+              if (errnoOf(e) == ENOENT && inode->last.st_ino == ino) {
+                auto st = inode->last;
+                st.st_nlink = 0;
+                return st;
+              }
+            }
+            kj::throwFatalException(kj::mv(e));
+          });
 }
 
 kj::Promise<Entry> Client::lookup(const Cred& cred, uint64_t parent, kj::Array<kj::byte> name) {
@@ -513,8 +526,9 @@ void Client::touchAtime(uint64_t ino) {
   auto& inode = *found;
   timespec now;
   clock_gettime(CLOCK_REALTIME, &now);
-  bool stale = notAfter(inode.atime, inode.mtime) || notAfter(inode.atime, inode.ctime) ||
-               now.tv_sec - inode.atime.tv_sec >= 24 * 3600;
+  const auto& a = inode.last;
+  bool stale = notAfter(a.st_atim, a.st_mtim) || notAfter(a.st_atim, a.st_ctim) ||
+               now.tv_sec - a.st_atim.tv_sec >= 24 * 3600;
   if (!stale || inode.atimePending) return;
   inode.atimePending = true;
   tasks_.add(metaCall(

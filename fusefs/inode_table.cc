@@ -36,14 +36,11 @@ kj::Maybe<InodeTable::Inode&> InodeTable::find(uint64_t ino) {
   return it->second;
 }
 
-void InodeTable::sawAttr(uint64_t ino, uint64_t size, timespec atime, timespec mtime,
-                         timespec ctime) {
-  auto it = inodes_.find(ino);
+void InodeTable::sawAttr(const struct stat& attr) {
+  auto it = inodes_.find(attr.st_ino);
   if (it == inodes_.end()) return;
-  it->second.size = size;
-  it->second.atime = atime;
-  it->second.mtime = mtime;
-  it->second.ctime = ctime;
+  it->second.size = attr.st_size;
+  it->second.last = attr;
 }
 
 }  // namespace cairn

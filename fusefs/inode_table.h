@@ -9,7 +9,9 @@
 #include <kj/memory.h>
 #include <kj/refcount.h>
 
+#include <sys/stat.h>
 #include <cstdint>
+
 #include <ctime>
 #include <unordered_map>
 
@@ -26,8 +28,8 @@ class InodeTable {
 public:
   struct Inode {
     uint64_t nlookup = 0;
-    uint64_t size = 0;  // the latest size any reply reported
-    timespec atime{}, mtime{}, ctime{};
+    uint64_t size = 0;          // the latest size any reply reported
+    struct stat last {};        // the latest attributes any reply reported
     bool atimePending = false;  // an atime update is on its way
     kj::Maybe<kj::Own<SharedLayout>> layout;
   };
@@ -39,7 +41,7 @@ public:
   void forget(uint64_t ino, uint64_t n);
   kj::Maybe<Inode&> find(uint64_t ino);
   // Record what a reply said about an inode the table knows.
-  void sawAttr(uint64_t ino, uint64_t size, timespec atime, timespec mtime, timespec ctime);
+  void sawAttr(const struct stat& attr);
   size_t size() const { return inodes_.size(); }
 
 private:

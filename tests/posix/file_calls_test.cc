@@ -3,8 +3,10 @@
 #include <fcntl.h>
 #include <linux/falloc.h>
 #include <linux/fs.h>
+#include <signal.h>
 #include <sys/ioctl.h>
 #include <sys/statvfs.h>
+#include <sys/wait.h>
 #include <sys/xattr.h>
 
 #include "tests/posix/posix_env.h"
@@ -107,6 +109,28 @@ TEST_P(Open, AccessModesAreChecked) {
   close(fd);
   // O_NOATIME is for the owner only.
   EXPECT_EQ(asUser([&] { return err(open(p("ro").c_str(), O_RDONLY | O_NOATIME)); }), EPERM);
+}
+
+TEST_P(Open, WritingARunningProgramIsETXTBSY) {
+  // A program that runs from this filesystem cannot be opened for writing meanwhile.
+  std::string prog = p("sleeper");
+  {
+    std::string bytes = readFile("/bin/sleep");
+    writeFile(prog, bytes);
+    ASSERT_EQ(chmod(prog.c_str(), 0755), 0);
+  }
+  pid_t child = fork();
+  if (child == 0) {
+    execl(prog.c_str(), "sleeper", "5", nullptr);
+    _exit(127);
+  }
+  usleep(300 * 1000);
+  EXPECT_EQ(err(open(prog.c_str(), O_WRONLY)), ETXTBSY);
+  kill(child, SIGKILL);
+  waitpid(child, nullptr, 0);
+  int fd = open(prog.c_str(), O_WRONLY);
+  EXPECT_GE(fd, 0);
+  close(fd);
 }
 
 TEST_P(Open, TmpfileIsClaimedOrRefusedCleanly) {

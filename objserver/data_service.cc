@@ -46,7 +46,7 @@ void targetStatFs(Target& target, rpc::StatFs::Builder out) {
 }
 
 kj::Promise<void> DataService::call(CallContext context) {
-  ++ctx_.rpcCount;
+  ctx_.countRpc("data", context.getParams().getRequest());
   if (session_->evicted) throwEvicted(*session_);
   // A request that breaks the protocol is refused with an exception; say so once, here.
   try {

@@ -66,7 +66,7 @@ MetaService::~MetaService() noexcept(false) {
 }
 
 kj::Promise<void> MetaService::call(CallContext context) {
-  ++ctx_.rpcCount;
+  ctx_.countRpc("meta", context.getParams().getRequest());
   if (session_->evicted) throwEvicted(*session_);
   // A request that breaks the protocol is refused with an exception; say so once, here.
   try {

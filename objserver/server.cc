@@ -208,6 +208,12 @@ kj::Promise<void> ServerImpl::status(StatusContext context) {
   s.setMapUsedBytes(ctx_.target.env().usedBytes());
   s.setMapSizeBytes(ctx_.target.env().mapSize());
   s.setRpcCount(ctx_.rpcCount);
+  auto rpcs = s.initRpcs(ctx_.rpcsByKind.size());
+  size_t r = 0;
+  for (auto& [name, count] : ctx_.rpcsByKind) {
+    rpcs[r].setName(name);
+    rpcs[r++].setCount(count);
+  }
   size_t n = 0;
   for (auto& [k, v] : ctx_.sessions) {
     if (v->role == rpc::Hello::Role::CLIENT) ++n;

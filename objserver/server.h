@@ -3,6 +3,7 @@
 #pragma once
 
 #include <capnp/message.h>
+#include <capnp/schema.h>
 #include <kj/async-io.h>
 #include <kj/map.h>
 #include <kj/refcount.h>
@@ -66,6 +67,18 @@ public:
   ClientTable clients;
   kj::TimePoint started;
   uint64_t rpcCount = 0;
+  std::map<std::string, uint64_t> rpcsByKind;  // "meta.lookup" -> count
+  // Counts one request of a union kind (its name taken from the schema).
+  template <typename Request>
+  void countRpc(kj::StringPtr service, Request req) {
+    ++rpcCount;
+    auto fields = capnp::Schema::from<typename Request::Reads>().getUnionFields();
+    auto which = static_cast<uint>(req.which());
+    std::string name = service.cStr();
+    name += ".";
+    name += which < fields.size() ? fields[which].getProto().getName().cStr() : "unknown";
+    ++rpcsByKind[name];
+  }
   std::map<std::string, kj::Own<ClientSession>> sessions;
   std::set<std::string> evictedClients;  // told so when they reconnect
   // The server's own locks (held while an update runs) belong to this owner.

@@ -348,6 +348,11 @@ struct ClientStatus {
   locks @6 :UInt32;
 }
 
+struct RpcCount {
+  name @0 :Text;               # e.g. "meta.lookup", "data.write"
+  count @1 :UInt64;
+}
+
 struct ServerStatus {
   info @0 :ServerInfo;
   address @1 :Text;
@@ -368,6 +373,7 @@ struct ServerStatus {
   locksWaiting @16 :UInt64;
   lockCallbacks @17 :UInt64;   # blocking callbacks sent since start
   evictions @18 :UInt64;       # clients evicted since start
+  rpcs @19 :List(RpcCount);    # requests served since start, by kind
 }
 
 interface Bootstrap {

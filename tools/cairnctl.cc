@@ -51,6 +51,8 @@ void printStatus(cairn::rpc::ServerStatus::Reader s, bool json) {
                           ",\"lastRequestId\":", c.getLastRequestId(),
                           ",\"openFiles\":", c.getOpenFiles(), ",\"locks\":", c.getLocks(), "}"));
     }
+    kj::Vector<kj::String> rpcs;
+    for (auto r : s.getRpcs()) rpcs.add(kj::str(jsonString(r.getName()), ":", r.getCount()));
     kj::Vector<kj::String> targets;
     for (auto t : s.getTargets()) {
       kj::Vector<kj::String> addrs;
@@ -71,7 +73,8 @@ void printStatus(cairn::rpc::ServerStatus::Reader s, bool json) {
                    ",\"chunks\":", s.getChunks(), ",\"openFiles\":", s.getOpenFiles(),
                    ",\"locksGranted\":", s.getLocksGranted(), ",\"locksWaiting\":",
                    s.getLocksWaiting(), ",\"lockCallbacks\":", s.getLockCallbacks(),
-                   ",\"evictions\":", s.getEvictions(), ",\"clients\":[",
+                   ",\"evictions\":", s.getEvictions(), ",\"rpcs\":{", kj::strArray(rpcs, ","),
+                   "},\"clients\":[",
                    kj::strArray(clients, ","), "],\"targets\":[", kj::strArray(targets, ","), "]}")
                .cStr());
     return;
@@ -104,6 +107,13 @@ void printStatus(cairn::rpc::ServerStatus::Reader s, bool json) {
     for (auto a : t.getAddresses()) addrs.add(a);
     printf("target    %s %u at %s\n", kindName(t.getKind()).cStr(), t.getIndex(),
            kj::strArray(addrs, ",").cStr());
+  }
+  if (s.getRpcs().size() > 0) {
+    printf("requests ");
+    for (auto r : s.getRpcs()) {
+      printf(" %s %llu", r.getName().cStr(), static_cast<unsigned long long>(r.getCount()));
+    }
+    printf("\n");
   }
   printf("clients   %u\n", s.getClients().size());
   for (auto c : s.getClients()) {

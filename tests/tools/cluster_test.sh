@@ -32,6 +32,15 @@ check "status shows one line per server with HOST:PORT" \
   test "$(echo "$text" | grep -cE '^(meta|data) +[0-9]+ +127\.0\.0\.1:[0-9]+')" -eq 4
 meta=$(echo "$json" | python3 -c 'import json,sys; print([s["address"] for s in json.load(sys.stdin)["servers"] if s["kind"]=="meta"][0])')
 check "cairnctl status" bash -c "'$BUILD/tools/cairnctl' --server $meta status | grep -q 'meta 0'"
+ls "$T/mnt" >/dev/null
+stat "$T/mnt/nothing-here" 2>/dev/null || true
+check "cairnctl counts requests by kind" python3 -c '
+import json, subprocess, sys
+s = json.loads(subprocess.run([sys.argv[1], "--server", sys.argv[2], "status", "--json"],
+                              capture_output=True, text=True).stdout)
+assert s["rpcs"].get("meta.lookup", 0) >= 1 and s["rpcs"].get("meta.readdir", 0) >= 1, s["rpcs"]
+assert sum(s["rpcs"].values()) == s["rpcCount"], s
+' "$BUILD/tools/cairnctl" "$meta"
 
 "$C" mount --dir "$T/state" --bin "$BUILD" "$T/m2" >/dev/null
 echo "through one" > "$T/mnt/hello"

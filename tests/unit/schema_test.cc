@@ -91,6 +91,7 @@ std::set<std::string> current() {
   STRUCT(Inode);
   STRUCT(DirentValue);
   STRUCT(LockRequest);
+  STRUCT(RpcCount);
 #undef STRUCT
   collect(capnp::Schema::from<rpc::TargetKind>(), "TargetKind", out);
   collect(capnp::Schema::from<rpc::Hello::Role>(), "Hello.Role", out);

@@ -71,10 +71,10 @@ void printStatus(cairn::rpc::ServerStatus::Reader s, bool json) {
                    ",\"mapSizeBytes\":", s.getMapSizeBytes(), ",\"rpcCount\":", s.getRpcCount(),
                    ",\"orphans\":", s.getOrphans(), ",\"destroyQueue\":", s.getDestroyQueue(),
                    ",\"chunks\":", s.getChunks(), ",\"openFiles\":", s.getOpenFiles(),
-                   ",\"locksGranted\":", s.getLocksGranted(), ",\"locksWaiting\":",
-                   s.getLocksWaiting(), ",\"lockCallbacks\":", s.getLockCallbacks(),
-                   ",\"evictions\":", s.getEvictions(), ",\"rpcs\":{", kj::strArray(rpcs, ","),
-                   "},\"clients\":[",
+                   ",\"locksGranted\":", s.getLocksGranted(),
+                   ",\"locksWaiting\":", s.getLocksWaiting(),
+                   ",\"lockCallbacks\":", s.getLockCallbacks(), ",\"evictions\":", s.getEvictions(),
+                   ",\"rpcs\":{", kj::strArray(rpcs, ","), "},\"clients\":[",
                    kj::strArray(clients, ","), "],\"targets\":[", kj::strArray(targets, ","), "]}")
                .cStr());
     return;

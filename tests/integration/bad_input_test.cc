@@ -121,35 +121,20 @@ TEST(BadInput, MalformedRequestsGetErrorsNotCrashes) {
   auto meta = raw.meta();
   using B = rpc::MetaRequest::Builder;
   EXPECT_EQ(raw.metaError(meta, [](B b) { b.setGetattr(987654321); }), ENOENT);
-  EXPECT_EQ(raw.metaError(meta,
-                          [](B b) {
-                            auto m = b.initMkdir();
-                            m.setParent(1);
-                            m.setName(bytesOf("a/b"));
-                            m.setMode(0755);
-                          }),
-            EINVAL);
-  EXPECT_EQ(raw.metaError(meta,
-                          [](B b) {
-                            auto m = b.initMkdir();
-                            m.setParent(1);
-                            m.setName(bytesOf(std::string("nul\0inside", 10)));
-                          }),
-            EINVAL);
-  EXPECT_EQ(raw.metaError(meta,
-                          [](B b) {
-                            auto m = b.initMkdir();
-                            m.setParent(1);
-                            m.setName(bytesOf(std::string(256, 'x')));
-                          }),
-            ENAMETOOLONG);
-  EXPECT_EQ(raw.metaError(meta,
-                          [](B b) {
-                            auto m = b.initMkdir();
-                            m.setParent(1);
-                            m.setName(bytesOf(".."));
-                          }),
-            EINVAL);
+  // mkdir in the root under a hostile name.
+  auto mkdirNamed = [&](std::string name) {
+    return raw.metaError(meta, [&name](B b) {
+      auto m = b.initMkdir();
+      m.setParent(1);
+      m.setName(bytesOf(name));
+      m.setMode(0755);
+    });
+  };
+  EXPECT_EQ(mkdirNamed("a/b"), EINVAL);
+  EXPECT_EQ(mkdirNamed(std::string("nul\0inside", 10)), EINVAL);
+  EXPECT_EQ(mkdirNamed(std::string(256, 'x')), ENAMETOOLONG);
+  EXPECT_EQ(mkdirNamed(".."), EINVAL);
+  EXPECT_EQ(mkdirNamed(""), EINVAL);
   EXPECT_EQ(raw.metaError(meta,
                           [](B b) {
                             auto s = b.initSymlink();

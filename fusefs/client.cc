@@ -1,6 +1,7 @@
 #include "fusefs/client.h"
 
 #include <fcntl.h>
+#include <linux/fs.h>
 #include <unistd.h>
 
 #include <kj/debug.h>
@@ -9,6 +10,8 @@
 #include <random>
 
 #include "rpc/errors.h"
+#include "rpc/feature_flags.h"
+#include "rpc/lock_names.h"
 
 namespace cairn {
 
@@ -74,6 +77,16 @@ Client::Client(kj::AsyncIoContext& io, ClientOptions options)
   meta_ = kj::heap<ServerLink>(io.provider->getNetwork(), io.provider->getTimer(), kj::str("meta"),
                                addresses.finish(), identity_);
   meta_->setRecovery([this]() { return recoverMeta(); });
+  locks_ = kj::heap<LockCache>(
+      *meta_, io.provider->getTimer(),
+      [this](uint64_t ino, uint64_t bit) { return revoke(ino, bit); }, options_.lockLimits);
+  meta_->setLockCallback(locks_->callback());
+  meta_->setOnLost([this]() {
+    // The server drops our locks when we come back (or a restarted one never had them):
+    // nothing they covered may be trusted from now on.
+    locks_->forgetAll();
+    cache_.clear();
+  });
 }
 
 Client::~Client() noexcept(false) {}
@@ -176,10 +189,127 @@ kj::Promise<ServerLink*> Client::dataLink(uint32_t index) {
 
 kj::Promise<ServerLink::MetaResponse> Client::metaCall(MetaBuild build, bool update,
                                                        ServerLink::Class cls) {
-  return meta_->meta(kj::mv(build), update, cls).then([](ServerLink::MetaResponse&& resp) {
-    checkErrno(resp.getReply().getError());
-    return kj::mv(resp);
+  return metaCall(kj::mv(build), update, cls, [](rpc::MetaReply::Reader) {});
+}
+
+kj::Promise<ServerLink::MetaResponse> Client::metaCall(MetaBuild build, bool update,
+                                                       ServerLink::Class cls, OnReply onReply) {
+  return meta_->meta(kj::mv(build), update, cls)
+      .then([this, onReply = kj::mv(onReply)](ServerLink::MetaResponse&& resp) mutable {
+        // Replies and blocking callbacks are handled in the order they left the server as long
+        // as each is handled in its first event here; a later event could be overtaken by a
+        // callback and cache what it just took back.
+        absorb(resp.getReply());
+        onReply(resp.getReply());
+        checkErrno(resp.getReply().getError());
+        return kj::mv(resp);
+      });
+}
+
+void Client::absorb(rpc::MetaReply::Reader reply) {
+  if (reply.hasLocks()) locks_->granted(reply.getLocks());
+  auto see = [this](rpc::Attr::Reader a) {
+    struct stat st;
+    attrToStat(a, &st);
+    inodes_.sawAttr(st);
+    if (locks_->held(a.getIno(), BIT_ATTR) != 0) {
+      cache_.setAttr(st, a.getGeneration());
+    } else {
+      cache_.dropAttr(a.getIno());
+    }
+  };
+  // Our own update: our locks were not called back, so what it changed is refreshed here.
+  for (auto a : reply.getChanged()) {
+    if (a.getMode() == 0) {
+      cache_.dropAttr(a.getIno());
+    } else {
+      see(a);
+    }
+  }
+  if (reply.getError() != 0) return;
+  switch (reply.which()) {
+    case rpc::MetaReply::ATTR:
+      see(reply.getAttr());
+      break;
+    case rpc::MetaReply::OPENED:
+      see(reply.getOpened().getAttr());
+      break;
+    case rpc::MetaReply::ENTRIES:
+      for (auto e : reply.getEntries().getList()) see(e.getAttr());
+      break;
+    default:
+      break;
+  }
+}
+
+bool Client::caching() const {
+  return options_.caching && (meta_->peerFeatures() & features::CACHING_LOCKS) != 0;
+}
+
+uint32_t Client::wantFor(uint64_t dir, uint64_t ino, bool data) {
+  if (!caching()) return 0;
+  uint32_t want = 0;
+  if (dir != 0 && locks_->held(dir, BIT_LOOKUP) == 0) want |= rpc::WANT_DIR;
+  if (ino == 0 || locks_->held(ino, BIT_ATTR) == 0) want |= rpc::WANT_INODE;
+  if (data && (ino == 0 || locks_->held(ino, BIT_DATA) == 0)) want |= rpc::WANT_DATA;
+  return want;
+}
+
+kj::Promise<void> Client::revoke(uint64_t ino, uint64_t bit) {
+  if (bit == BIT_LOOKUP) cache_.dropDir(ino);
+  if (bit == BIT_ATTR) cache_.dropAttr(ino);
+  KJ_IF_MAYBE (kernel, kernel_) {
+    if (bit == BIT_ATTR || bit == BIT_DATA) return kernel->invalidate(ino, bit == BIT_DATA);
+  }
+  return kj::READY_NOW;
+}
+
+// A file this client may dirty pages of (open for writing: a shared mapping writes behind our
+// back) holds its data lock in PW, so that readers elsewhere call the dirty pages back. It is
+// taken at the open, where this request holds no page of the file locked: in a READ or WRITE,
+// giving our own PR back to get PW could wait on the very page that request has locked.
+kj::Promise<Opened> Client::withDataLock(Opened o) {
+  auto& file = KJ_ASSERT_NONNULL(opens_.find(o.fh));
+  bool mayDirty = (file.flags & O_ACCMODE) != O_RDONLY && !(file.flags & O_APPEND);
+  if (!caching() || !mayDirty || !S_ISREG(o.entry.attr.st_mode)) return o;
+  uint64_t ino = o.entry.attr.st_ino;
+  return locks_->acquire(ino, BIT_DATA, rpc::LockMode::PW).then([this, o, ino]() mutable {
+    o.keepCache = locks_->held(ino, BIT_DATA) != 0;
+    return o;
   });
+}
+
+kj::Promise<void> Client::dataLock(uint64_t ino) {
+  // Any mode will do here (PR or PW): see withDataLock for why there is no upgrade.
+  if (!caching() || locks_->held(ino, BIT_DATA) != 0) return kj::READY_NOW;
+  if (locks_->revoking(ino, BIT_DATA)) {
+    // The kernel may be waiting on this very request to finish dropping the pages (a locked
+    // page, a write-back): waiting for a new lock here would never end. Go ahead, and have
+    // the revocation drop what this brings in once more.
+    locks_->usedWhileRevoking(ino, BIT_DATA);
+    return kj::READY_NOW;
+  }
+  auto writers = writers_.find(ino);
+  bool mayDirty = writers != writers_.end() && writers->second > 0;
+  return locks_->acquire(ino, BIT_DATA, mayDirty ? rpc::LockMode::PW : rpc::LockMode::PR);
+}
+
+kj::Maybe<Entry> Client::cachedEntry(uint64_t ino) {
+  if (locks_->held(ino, BIT_ATTR) == 0) return nullptr;
+  KJ_IF_MAYBE (c, cache_.attr(ino)) {
+    Entry e;
+    e.attr = c->attr;
+    e.generation = c->generation;
+    e.cached = true;
+    return e;
+  }
+  return nullptr;
+}
+
+Entry Client::entryOf(rpc::Attr::Reader attr) {
+  Entry e = toEntry(attr);
+  e.cached = locks_->held(attr.getIno(), BIT_ATTR) != 0 && cache_.attr(attr.getIno()) != nullptr;
+  return e;
 }
 
 Entry Client::toEntry(rpc::Attr::Reader attr) {
@@ -190,42 +320,92 @@ Entry Client::toEntry(rpc::Attr::Reader attr) {
   return e;
 }
 
-kj::Promise<Entry> Client::entryCall(MetaBuild build) {
-  return metaCall(kj::mv(build), true).then([this](ServerLink::MetaResponse&& resp) {
-    return toEntry(resp.getReply().getAttr());
-  });
+namespace {
+std::string nameOf(kj::ArrayPtr<const kj::byte> name) {
+  return std::string(reinterpret_cast<const char*>(name.begin()), name.size());
+}
+}  // namespace
+
+// Updates that make a name: the reply's inode joins the directory's cached names. A new inode
+// (`made`) has no extended attributes, and a new directory no entries.
+kj::Promise<Entry> Client::entryCall(MetaBuild build, uint64_t parent, kj::Array<kj::byte> name,
+                                     bool made) {
+  auto key = nameOf(name);
+  return metaCall(kj::mv(build), true, ServerLink::Class::NORMAL,
+                  [this, parent, made, key = kj::mv(key)](rpc::MetaReply::Reader reply) mutable {
+                    if (reply.getError() != 0) {
+                      cache_.dropEntry(parent, key);
+                      return;
+                    }
+                    uint64_t ino = reply.getAttr().getIno();
+                    if (locks_->held(parent, BIT_LOOKUP) != 0) {
+                      cache_.setEntry(parent, kj::mv(key), ino);
+                    }
+                    if (made && locks_->held(ino, BIT_ATTR) != 0) cache_.markNoXattrs(ino);
+                    if (made && locks_->held(ino, BIT_LOOKUP) != 0) cache_.markComplete(ino);
+                  })
+      .then([this](ServerLink::MetaResponse&& resp) { return entryOf(resp.getReply().getAttr()); })
+      .attach(kj::mv(name));
 }
 
-kj::Promise<struct stat> Client::getattr(uint64_t ino) {
-  return metaCall([ino](rpc::MetaRequest::Builder b) { b.setGetattr(ino); }, false)
-      .then(
-          [this](ServerLink::MetaResponse&& resp) {
-            return toEntry(resp.getReply().getAttr()).attr;
-          },
-          [ this, ino ](kj::Exception && e) -> struct stat {
-            // Removed on the server while the kernel still holds it (a descriptor of a removed
-            // directory, a cwd): what it last was, with no links left, as local filesystems do.
-            KJ_IF_MAYBE (inode, inodes_.find(ino)) {
-              if (errnoOf(e) == ENOENT && inode->last.st_ino == ino) {
-                auto st = inode->last;
-                st.st_nlink = 0;
-                return st;
+kj::Promise<Entry> Client::getattr(uint64_t ino) {
+  KJ_IF_MAYBE (e, cachedEntry(ino)) {
+    return *e;
+  }
+  uint32_t want = wantFor(0, ino, false);
+  return metaCall(
+             [ino, want](rpc::MetaRequest::Builder b) {
+               b.setGetattr(ino);
+               b.setWantLocks(want);
+             },
+             false)
+      .then([this](ServerLink::MetaResponse&& resp) { return entryOf(resp.getReply().getAttr()); },
+            [this, ino](kj::Exception&& e) -> Entry {
+              // Removed on the server while the kernel still holds it (a descriptor of a removed
+              // directory, a cwd): what it last was, with no links left, as local filesystems do.
+              KJ_IF_MAYBE (inode, inodes_.find(ino)) {
+                if (errnoOf(e) == ENOENT && inode->last.st_ino == ino) {
+                  Entry gone;
+                  gone.attr = inode->last;
+                  gone.attr.st_nlink = 0;
+                  return gone;
+                }
               }
-            }
-            kj::throwFatalException(kj::mv(e));
-          });
+              kj::throwFatalException(kj::mv(e));
+            });
 }
 
 kj::Promise<Entry> Client::lookup(const Cred& cred, uint64_t parent, kj::Array<kj::byte> name) {
+  auto key = nameOf(name);
+  if (locks_->held(parent, BIT_LOOKUP) != 0) {
+    KJ_IF_MAYBE (ino, cache_.entry(parent, key)) {
+      if (*ino == 0) return errnoException(ENOENT);
+      KJ_IF_MAYBE (e, cachedEntry(*ino)) {
+        return *e;
+      }
+    } else if (cache_.complete(parent)) {
+      return errnoException(ENOENT);
+    }
+  }
+  uint32_t want = wantFor(parent, 0, false);
   return metaCall(
-             [cred, parent, name = kj::mv(name)](rpc::MetaRequest::Builder b) {
+             [cred, parent, name = kj::mv(name), want](rpc::MetaRequest::Builder b) {
                setCred(b, cred);
                auto l = b.initLookup();
                l.setParent(parent);
                l.setName(name);
+               b.setWantLocks(want);
              },
-             false)
-      .then([this](ServerLink::MetaResponse&& resp) { return toEntry(resp.getReply().getAttr()); });
+             false, ServerLink::Class::NORMAL,
+             [this, parent, key = kj::mv(key)](rpc::MetaReply::Reader reply) mutable {
+               if (locks_->held(parent, BIT_LOOKUP) == 0) return;
+               if (reply.getError() == 0) {
+                 cache_.setEntry(parent, kj::mv(key), reply.getAttr().getIno());
+               } else if (reply.getError() == ENOENT) {
+                 cache_.setEntry(parent, kj::mv(key), 0);
+               }
+             })
+      .then([this](ServerLink::MetaResponse&& resp) { return entryOf(resp.getReply().getAttr()); });
 }
 
 kj::Promise<kj::Own<SharedLayout>> Client::layoutOf(uint64_t ino) {
@@ -266,12 +446,14 @@ kj::Promise<void> Client::truncateObjects(const StripeLayout& layout, uint64_t s
   return kj::joinPromises(parts.finish());
 }
 
-kj::Promise<struct stat> Client::setattr(const Cred& cred, uint64_t ino, SetAttr attr,
-                                         kj::Maybe<uint64_t> fh) {
+kj::Promise<Entry> Client::setattr(const Cred& cred, uint64_t ino, SetAttr attr,
+                                   kj::Maybe<uint64_t> fh) {
   (void)fh;
   auto send = [this, cred, ino, attr]() {
+    uint32_t want = wantFor(0, ino, false);
     return metaCall(
-               [cred, ino, attr](rpc::MetaRequest::Builder b) {
+               [cred, ino, attr, want](rpc::MetaRequest::Builder b) {
+                 b.setWantLocks(want);
                  setCred(b, cred);
                  auto s = b.initSetattr();
                  s.setIno(ino);
@@ -284,14 +466,14 @@ kj::Promise<struct stat> Client::setattr(const Cred& cred, uint64_t ino, SetAttr
                  setTime(s.initMtime(), attr.mtime);
                },
                true)
-        .then([this](ServerLink::MetaResponse&& resp) {
-          return toEntry(resp.getReply().getAttr()).attr;
-        });
+        .then(
+            [this](ServerLink::MetaResponse&& resp) { return entryOf(resp.getReply().getAttr()); });
   };
   if (!(attr.valid & rpc::SET_SIZE)) return send();
   // The data goes first: once the size says "shorter", no byte past it may be readable.
   return getattr(ino)
-      .then([this, ino, attr](struct stat st) -> kj::Promise<void> {
+      .then([this, ino, attr](Entry e) -> kj::Promise<void> {
+        auto& st = e.attr;
         if (!S_ISREG(st.st_mode)) return kj::READY_NOW;  // the server gives the right error
         if (attr.size >= uint64_t(st.st_size)) return kj::READY_NOW;
         return layoutOf(ino).then([this, attr](kj::Own<SharedLayout> layout) {
@@ -303,51 +485,72 @@ kj::Promise<struct stat> Client::setattr(const Cred& cred, uint64_t ino, SetAttr
 
 kj::Promise<Entry> Client::mknod(const Cred& cred, uint64_t parent, kj::Array<kj::byte> name,
                                  uint32_t mode, uint64_t rdev) {
-  return entryCall([cred, parent, name = kj::mv(name), mode, rdev](rpc::MetaRequest::Builder b) {
-    setCred(b, cred);
-    auto m = b.initMknod();
-    m.setParent(parent);
-    m.setName(name);
-    m.setMode(mode);
-    m.setRdev(rdev);
-  });
+  auto copy = kj::heapArray(name.asPtr());
+  uint32_t want = wantFor(parent, 0, false);
+  return entryCall(
+      [cred, parent, name = kj::mv(name), mode, rdev, want](rpc::MetaRequest::Builder b) {
+        setCred(b, cred);
+        b.setWantLocks(want);
+        auto m = b.initMknod();
+        m.setParent(parent);
+        m.setName(name);
+        m.setMode(mode);
+        m.setRdev(rdev);
+      },
+      parent, kj::mv(copy), true);
 }
 
 kj::Promise<Entry> Client::mkdir(const Cred& cred, uint64_t parent, kj::Array<kj::byte> name,
                                  uint32_t mode) {
-  return entryCall([cred, parent, name = kj::mv(name), mode](rpc::MetaRequest::Builder b) {
-    setCred(b, cred);
-    auto m = b.initMkdir();
-    m.setParent(parent);
-    m.setName(name);
-    m.setMode(mode);
-  });
+  auto copy = kj::heapArray(name.asPtr());
+  uint32_t want = wantFor(parent, 0, false) | (caching() ? rpc::WANT_NEW_DIR : 0);
+  return entryCall(
+      [cred, parent, name = kj::mv(name), mode, want](rpc::MetaRequest::Builder b) {
+        setCred(b, cred);
+        b.setWantLocks(want);
+        auto m = b.initMkdir();
+        m.setParent(parent);
+        m.setName(name);
+        m.setMode(mode);
+      },
+      parent, kj::mv(copy), true);
 }
 
 kj::Promise<Entry> Client::symlink(const Cred& cred, uint64_t parent, kj::Array<kj::byte> name,
                                    kj::Array<kj::byte> target) {
+  auto copy = kj::heapArray(name.asPtr());
+  uint32_t want = wantFor(parent, 0, false);
   return entryCall(
-      [cred, parent, name = kj::mv(name), target = kj::mv(target)](rpc::MetaRequest::Builder b) {
+      [cred, parent, name = kj::mv(name), target = kj::mv(target),
+       want](rpc::MetaRequest::Builder b) {
         setCred(b, cred);
+        b.setWantLocks(want);
         auto s = b.initSymlink();
         s.setParent(parent);
         s.setName(name);
         s.setTarget(target);
-      });
+      },
+      parent, kj::mv(copy), true);
 }
 
 kj::Promise<Entry> Client::link(const Cred& cred, uint64_t ino, uint64_t newParent,
                                 kj::Array<kj::byte> newName) {
-  return entryCall([cred, ino, newParent, newName = kj::mv(newName)](rpc::MetaRequest::Builder b) {
-    setCred(b, cred);
-    auto l = b.initLink();
-    l.setIno(ino);
-    l.setNewParent(newParent);
-    l.setNewName(newName);
-  });
+  auto copy = kj::heapArray(newName.asPtr());
+  uint32_t want = wantFor(newParent, ino, false);
+  return entryCall(
+      [cred, ino, newParent, newName = kj::mv(newName), want](rpc::MetaRequest::Builder b) {
+        setCred(b, cred);
+        b.setWantLocks(want);
+        auto l = b.initLink();
+        l.setIno(ino);
+        l.setNewParent(newParent);
+        l.setNewName(newName);
+      },
+      newParent, kj::mv(copy), false);
 }
 
 kj::Promise<void> Client::unlink(const Cred& cred, uint64_t parent, kj::Array<kj::byte> name) {
+  auto key = nameOf(name);
   return metaCall(
              [cred, parent, name = kj::mv(name)](rpc::MetaRequest::Builder b) {
                setCred(b, cred);
@@ -355,11 +558,15 @@ kj::Promise<void> Client::unlink(const Cred& cred, uint64_t parent, kj::Array<kj
                u.setParent(parent);
                u.setName(name);
              },
-             true)
+             true, ServerLink::Class::NORMAL,
+             [this, parent, key = kj::mv(key)](rpc::MetaReply::Reader reply) mutable {
+               removed(parent, kj::mv(key), reply.getError());
+             })
       .ignoreResult();
 }
 
 kj::Promise<void> Client::rmdir(const Cred& cred, uint64_t parent, kj::Array<kj::byte> name) {
+  auto key = nameOf(name);
   return metaCall(
              [cred, parent, name = kj::mv(name)](rpc::MetaRequest::Builder b) {
                setCred(b, cred);
@@ -367,12 +574,25 @@ kj::Promise<void> Client::rmdir(const Cred& cred, uint64_t parent, kj::Array<kj:
                r.setParent(parent);
                r.setName(name);
              },
-             true)
+             true, ServerLink::Class::NORMAL,
+             [this, parent, key = kj::mv(key)](rpc::MetaReply::Reader reply) mutable {
+               removed(parent, kj::mv(key), reply.getError());
+             })
       .ignoreResult();
+}
+
+// Our own removal of a name: the directory's cached names follow (our lock was not called back).
+void Client::removed(uint64_t parent, std::string name, int error) {
+  if (error == 0 && locks_->held(parent, BIT_LOOKUP) != 0) {
+    cache_.setEntry(parent, kj::mv(name), 0);
+  } else {
+    cache_.dropEntry(parent, name);
+  }
 }
 
 kj::Promise<void> Client::rename(const Cred& cred, uint64_t parent, kj::Array<kj::byte> name,
                                  uint64_t newParent, kj::Array<kj::byte> newName, uint32_t flags) {
+  auto from = nameOf(name), to = nameOf(newName);
   return metaCall(
              [cred, parent, name = kj::mv(name), newParent, newName = kj::mv(newName),
               flags](rpc::MetaRequest::Builder b) {
@@ -384,7 +604,22 @@ kj::Promise<void> Client::rename(const Cred& cred, uint64_t parent, kj::Array<kj
                r.setNewName(newName);
                r.setFlags(flags);
              },
-             true)
+             true, ServerLink::Class::NORMAL,
+             [this, parent, newParent, flags, from = kj::mv(from),
+              to = kj::mv(to)](rpc::MetaReply::Reader reply) mutable {
+               // The name moves, if we knew what it named; otherwise both are forgotten.
+               kj::Maybe<uint64_t> moved = cache_.entry(parent, from);
+               bool known = reply.getError() == 0 && !(flags & RENAME_EXCHANGE) &&
+                            locks_->held(parent, BIT_LOOKUP) != 0 &&
+                            locks_->held(newParent, BIT_LOOKUP) != 0 && moved.orDefault(0) != 0;
+               if (!known) {
+                 cache_.dropEntry(parent, from);
+                 cache_.dropEntry(newParent, to);
+                 return;
+               }
+               cache_.setEntry(parent, kj::mv(from), 0);
+               cache_.setEntry(newParent, kj::mv(to), KJ_ASSERT_NONNULL(moved));
+             })
       .ignoreResult();
 }
 
@@ -400,10 +635,18 @@ Opened Client::opened(uint64_t fh, ServerLink::MetaResponse& resp) {
   auto opened = resp.getReply().getOpened();
   Opened out;
   out.fh = fh;
-  out.entry = toEntry(opened.getAttr());
+  out.entry = entryOf(opened.getAttr());
   uint64_t ino = opened.getAttr().getIno();
+
   auto& file = KJ_ASSERT_NONNULL(opens_.find(fh));
   file.ino = ino;
+  if ((file.flags & O_ACCMODE) != O_RDONLY && !(file.flags & O_APPEND)) ++writers_[ino];
+  out.keepCache = locks_->held(ino, BIT_DATA) != 0;
+  // Reads the page cache answers never reach us (FUSE inodes are S_NOATIME in the kernel):
+  // the access time a read would set is set at the open for reading instead.
+  if (out.keepCache && (file.flags & O_ACCMODE) != O_WRONLY && !(file.flags & O_NOATIME)) {
+    touchAtime(ino);
+  }
   if (opened.hasLayout()) {
     auto layout = toLayout(opened.getLayout());
     file.layout = kj::addRef(*layout);
@@ -419,17 +662,19 @@ kj::Promise<Opened> Client::open(const Cred& cred, uint64_t ino, uint32_t flags)
   file.ino = ino;
   file.flags = flags;
   uint64_t fh = opens_.add(kj::mv(file));
+  uint32_t want = wantFor(0, ino, true);
   return metaCall(
-             [cred, ino, flags, fh](rpc::MetaRequest::Builder b) {
+             [cred, ino, flags, fh, want](rpc::MetaRequest::Builder b) {
                setCred(b, cred);
+               b.setWantLocks(want);
                auto o = b.initOpen();
                o.setIno(ino);
                o.setFlags(flags);
                o.setHandle(fh);
              },
              false)
-      .then([this, fh](ServerLink::MetaResponse&& resp) { return opened(fh, resp); },
-            [this, fh](kj::Exception&& e) -> Opened {
+      .then([this, fh](ServerLink::MetaResponse&& resp) { return withDataLock(opened(fh, resp)); },
+            [this, fh](kj::Exception&& e) -> kj::Promise<Opened> {
               opens_.remove(fh);
               kj::throwFatalException(kj::mv(e));
             });
@@ -440,9 +685,13 @@ kj::Promise<Opened> Client::create(const Cred& cred, uint64_t parent, kj::Array<
   OpenTable::File file;
   file.flags = flags;
   uint64_t fh = opens_.add(kj::mv(file));
+  uint32_t want = wantFor(parent, 0, true);
+  auto key = nameOf(name);
   return metaCall(
-             [cred, parent, name = kj::mv(name), mode, flags, fh](rpc::MetaRequest::Builder b) {
+             [cred, parent, name = kj::mv(name), mode, flags, fh,
+              want](rpc::MetaRequest::Builder b) {
                setCred(b, cred);
+               b.setWantLocks(want);
                auto c = b.initCreate();
                c.setParent(parent);
                c.setName(name);
@@ -450,9 +699,16 @@ kj::Promise<Opened> Client::create(const Cred& cred, uint64_t parent, kj::Array<
                c.setFlags(flags);
                c.setHandle(fh);
              },
-             true)
-      .then([this, fh](ServerLink::MetaResponse&& resp) { return opened(fh, resp); },
-            [this, fh](kj::Exception&& e) -> Opened {
+             true, ServerLink::Class::NORMAL,
+             [this, parent, key = kj::mv(key)](rpc::MetaReply::Reader reply) mutable {
+               if (reply.getError() != 0) {
+                 cache_.dropEntry(parent, key);
+               } else if (locks_->held(parent, BIT_LOOKUP) != 0) {
+                 cache_.setEntry(parent, kj::mv(key), reply.getOpened().getAttr().getIno());
+               }
+             })
+      .then([this, fh](ServerLink::MetaResponse&& resp) { return withDataLock(opened(fh, resp)); },
+            [this, fh](kj::Exception&& e) -> kj::Promise<Opened> {
               opens_.remove(fh);
               kj::throwFatalException(kj::mv(e));
             });
@@ -465,6 +721,15 @@ OpenTable::File& Client::openFile(uint64_t fh) {
 }
 
 kj::Promise<kj::Array<kj::byte>> Client::read(uint64_t fh, uint64_t offset, size_t size) {
+  // What is read lands in the kernel's page cache: only under the file's DATA lock (O_APPEND
+  // handles bypass the page cache).
+  auto& file = openFile(fh);
+  if (file.flags & O_APPEND) return readUnlocked(fh, offset, size);
+  return dataLock(file.ino).then(
+      [this, fh, offset, size]() { return readUnlocked(fh, offset, size); });
+}
+
+kj::Promise<kj::Array<kj::byte>> Client::readUnlocked(uint64_t fh, uint64_t offset, size_t size) {
   auto& file = openFile(fh);
   auto& shared = *KJ_REQUIRE_NONNULL(file.layout, "read of a file without a layout");
   uint64_t known = 0;
@@ -531,6 +796,9 @@ void Client::touchAtime(uint64_t ino) {
                now.tv_sec - a.st_atim.tv_sec >= 24 * 3600;
   if (!stale || inode.atimePending) return;
   inode.atimePending = true;
+  // A stat right after the read must see it, before the server's answer is back.
+  inode.last.st_atim = now;
+  cache_.setAtime(ino, now);
   tasks_.add(metaCall(
                  [ino](rpc::MetaRequest::Builder b) {
                    auto s = b.initSetattr();
@@ -554,6 +822,25 @@ void Client::touchAtime(uint64_t ino) {
 
 kj::Promise<size_t> Client::write(uint64_t fh, uint64_t offset, kj::Array<kj::byte> data) {
   auto& file = openFile(fh);
+  uint64_t ino = file.ino;
+  if (file.flags & O_APPEND) {
+    // Direct I/O: the kernel's pages of this file (other descriptors) may now be stale, and
+    // our own update does not call our lock back: drop them before write() returns.
+    return writeUnlocked(fh, offset, kj::mv(data))
+        .then([this, ino](size_t n) -> kj::Promise<size_t> {
+          KJ_IF_MAYBE (kernel, kernel_) {
+            return kernel->invalidate(ino, true).then([n]() { return n; });
+          }
+          return n;
+        });
+  }
+  return dataLock(ino).then([this, fh, offset, data = kj::mv(data)]() mutable {
+    return writeUnlocked(fh, offset, kj::mv(data));
+  });
+}
+
+kj::Promise<size_t> Client::writeUnlocked(uint64_t fh, uint64_t offset, kj::Array<kj::byte> data) {
+  auto& file = openFile(fh);
   auto layout = kj::addRef(*KJ_REQUIRE_NONNULL(file.layout, "write to a file without a layout"));
   uint64_t ino = file.ino;
   size_t length = data.size();
@@ -576,7 +863,7 @@ kj::Promise<size_t> Client::write(uint64_t fh, uint64_t offset, kj::Array<kj::by
       return kj::Promise<size_t>(errnoException(EFBIG));
     }
     auto pieces = splitRange(layout->layout, at, data.size());
-    auto parts = kj::heapArrayBuilder<kj::Promise<void>>(pieces.size() + 1);
+    auto parts = kj::heapArrayBuilder<kj::Promise<void>>(pieces.size());
     uint64_t object = layout->layout.objectId;
     auto* base = data.begin();
     for (auto& p : pieces) {
@@ -595,19 +882,22 @@ kj::Promise<size_t> Client::write(uint64_t fh, uint64_t offset, kj::Array<kj::by
       }));
     }
     uint64_t end = at + data.size();
-    // Size and mtime on the metadata target, in parallel with the data.
-    parts.add(
-        metaCall(
-            [ino, end](rpc::MetaRequest::Builder b) {
-              auto w = b.initWrote();
-              w.setIno(ino);
-              w.setEnd(end);
-            },
-            true)
-            .then([this](ServerLink::MetaResponse&& resp) { toEntry(resp.getReply().getAttr()); }));
     size_t n = data.size();
+    // Size and mtime on the metadata target once the data is in place: that update calls back
+    // the other clients' cached pages, and what they read after that must be the new bytes.
     return kj::joinPromises(parts.finish())
-        .then([n]() { return n; })
+        .then([this, ino, end]() {
+          uint32_t want = wantFor(0, ino, false);
+          return metaCall(
+              [ino, end, want](rpc::MetaRequest::Builder b) {
+                b.setWantLocks(want);
+                auto w = b.initWrote();
+                w.setIno(ino);
+                w.setEnd(end);
+              },
+              true);
+        })
+        .then([n](ServerLink::MetaResponse&&) { return n; })
         .attach(kj::mv(data), kj::mv(layout));
   });
 }
@@ -645,6 +935,10 @@ kj::Promise<void> Client::syncAll() {
 kj::Promise<void> Client::release(uint64_t fh) {
   auto& file = KJ_REQUIRE_NONNULL(opens_.find(fh), "unknown file handle", fh);
   bool lost = file.lost;
+  if ((file.flags & O_ACCMODE) != O_RDONLY && !(file.flags & O_APPEND)) {
+    auto w = writers_.find(file.ino);
+    if (w != writers_.end() && --w->second <= 0) writers_.erase(w);
+  }
   opens_.remove(fh);
   if (lost) return kj::READY_NOW;
   return metaCall([fh](rpc::MetaRequest::Builder b) { b.setRelease(fh); }, false).ignoreResult();
@@ -716,33 +1010,69 @@ kj::Promise<DirPage> Client::readdir(uint64_t ino, uint64_t cookie, uint32_t max
                    return resp.getReply().getAttr().getParent();
                  });
   }
-  auto entries = metaCall(
-                     [ino, cookie, maxEntries](rpc::MetaRequest::Builder b) {
-                       auto r = b.initReaddir();
-                       r.setIno(ino);
-                       r.setCookie(kj::max(cookie, uint64_t(2)));
-                       r.setMaxEntries(maxEntries);
-                     },
-                     false)
-                     .then([](ServerLink::MetaResponse&& resp) {
-                       auto entries = resp.getReply().getEntries();
-                       DirPage page;
-                       page.eof = entries.getEof();
-                       for (auto e : entries.getList()) {
-                         DirItem item;
-                         item.name = kj::heapArray(e.getName());
-                         item.cookie = e.getCookie();
-                         attrToStat(e.getAttr(), &item.attr);
-                         page.items.add(kj::mv(item));
-                       }
-                       return page;
-                     });
+  // The names and attributes of a batch come with the locks that cover them: an `ls -l` then
+  // costs one round trip per batch, the per-name LOOKUPs are answered from the cache.
+  uint32_t want = caching() ? (rpc::WANT_DIR | rpc::WANT_INODE) : 0;
+  auto entries =
+      metaCall(
+          [ino, cookie, maxEntries, want](rpc::MetaRequest::Builder b) {
+            b.setWantLocks(want);
+            auto r = b.initReaddir();
+            r.setIno(ino);
+            r.setCookie(kj::max(cookie, uint64_t(2)));
+            r.setMaxEntries(maxEntries);
+          },
+          false, ServerLink::Class::NORMAL,
+          [this, ino, cookie](rpc::MetaReply::Reader reply) { listed(ino, cookie, reply); })
+          .then([](ServerLink::MetaResponse&& resp) {
+            auto entries = resp.getReply().getEntries();
+            DirPage page;
+            page.eof = entries.getEof();
+            for (auto e : entries.getList()) {
+              DirItem item;
+              item.name = kj::heapArray(e.getName());
+              item.cookie = e.getCookie();
+              attrToStat(e.getAttr(), &item.attr);
+              page.items.add(kj::mv(item));
+            }
+            return page;
+          });
   return parent.then([entries = kj::mv(entries)](uint64_t parent) mutable {
     return entries.then([parent](DirPage&& page) {
       page.parent = parent;
       return kj::mv(page);
     });
   });
+}
+
+// A batch of a directory's names. Batches that follow each other from the first to the last
+// under one LOOKUP lock make the cached names the whole directory.
+void Client::listed(uint64_t dir, uint64_t cookie, rpc::MetaReply::Reader reply) {
+  uint64_t lock = locks_->held(dir, BIT_LOOKUP);
+  if (reply.getError() != 0 || lock == 0) {
+    listings_.erase(dir);
+    return;
+  }
+  auto entries = reply.getEntries();
+  for (auto e : entries.getList()) {
+    cache_.setEntry(dir, nameOf(e.getName()), e.getAttr().getIno());
+  }
+  uint64_t from = kj::max(cookie, uint64_t(2));
+  auto it = listings_.find(dir);
+  bool continues = cookie < 2 || (it != listings_.end() && it->second.lock == lock &&
+                                  it->second.nextCookie == from);
+  if (!continues) {
+    if (it != listings_.end()) listings_.erase(it);
+    return;
+  }
+  auto list = entries.getList();
+  uint64_t next = list.size() > 0 ? list[list.size() - 1].getCookie() : from;
+  if (entries.getEof()) {
+    listings_.erase(dir);
+    cache_.markComplete(dir);
+  } else {
+    listings_[dir] = Listing{lock, next};
+  }
 }
 
 kj::Promise<struct statvfs> Client::statfs() {
@@ -775,6 +1105,7 @@ kj::Promise<struct statvfs> Client::statfs() {
 
 kj::Promise<void> Client::setxattr(uint64_t ino, kj::Array<kj::byte> name,
                                    kj::Array<kj::byte> value, uint32_t flags) {
+  auto key = nameOf(name);
   return metaCall(
              [ino, name = kj::mv(name), value = kj::mv(value), flags](rpc::MetaRequest::Builder b) {
                auto s = b.initSetxattr();
@@ -783,18 +1114,45 @@ kj::Promise<void> Client::setxattr(uint64_t ino, kj::Array<kj::byte> name,
                s.setValue(value);
                s.setFlags(flags);
              },
-             true)
+             true, ServerLink::Class::NORMAL,
+             // After the reply, not before the request: a read answered before our change
+             // may still be on its way.
+             [this, ino, key = kj::mv(key)](rpc::MetaReply::Reader) { cache_.dropXattr(ino, key); })
       .ignoreResult();
 }
 
 kj::Promise<kj::Array<kj::byte>> Client::getxattr(uint64_t ino, kj::Array<kj::byte> name) {
+  // The kernel asks on every write (security.capability) and `ls -l` on every name: mostly
+  // for attributes that do not exist, which the cache remembers too.
+  auto key = nameOf(name);
+  if (locks_->held(ino, BIT_ATTR) != 0) {
+    KJ_IF_MAYBE (known, cache_.xattr(ino, key)) {
+      KJ_IF_MAYBE (value, *known) {
+        return kj::heapArray<kj::byte>(reinterpret_cast<const kj::byte*>(value->data()),
+                                       value->size());
+      }
+      return errnoException(ENODATA);
+    }
+  }
+  uint32_t want = wantFor(0, ino, false);
   return metaCall(
-             [ino, name = kj::mv(name)](rpc::MetaRequest::Builder b) {
+             [ino, name = kj::mv(name), want](rpc::MetaRequest::Builder b) {
+               b.setWantLocks(want);
                auto g = b.initGetxattr();
                g.setIno(ino);
                g.setName(name);
              },
-             false)
+             false, ServerLink::Class::NORMAL,
+             [this, ino, key = kj::mv(key)](rpc::MetaReply::Reader reply) mutable {
+               if (locks_->held(ino, BIT_ATTR) == 0) return;
+               if (reply.getError() == 0) {
+                 auto v = reply.getBytes();
+                 cache_.setXattr(ino, kj::mv(key),
+                                 std::string(reinterpret_cast<const char*>(v.begin()), v.size()));
+               } else if (reply.getError() == ENODATA) {
+                 cache_.setXattr(ino, kj::mv(key), nullptr);
+               }
+             })
       .then([](ServerLink::MetaResponse&& resp) {
         return kj::heapArray(resp.getReply().getBytes());
       });
@@ -813,13 +1171,15 @@ kj::Promise<kj::Array<kj::byte>> Client::listxattr(uint64_t ino) {
 }
 
 kj::Promise<void> Client::removexattr(uint64_t ino, kj::Array<kj::byte> name) {
+  auto key = nameOf(name);
   return metaCall(
              [ino, name = kj::mv(name)](rpc::MetaRequest::Builder b) {
                auto r = b.initRemovexattr();
                r.setIno(ino);
                r.setName(name);
              },
-             true)
+             true, ServerLink::Class::NORMAL,
+             [this, ino, key = kj::mv(key)](rpc::MetaReply::Reader) { cache_.dropXattr(ino, key); })
       .ignoreResult();
 }
 

@@ -5,6 +5,10 @@
 // Requests leave only through ServerLinks: one to the metadata server and one per data target,
 // learned from the metadata server. A link that loses its server parks requests and reconnects;
 // after a reconnect to the metadata server the client re-opens every open file (open replay).
+//
+// What the metadata server says is cached only under its locks (LockCache, MetaCache): replies
+// carry the locks the request asked for, blocking callbacks take them back, and a lost link
+// drops them all. The kernel's attribute and page caches follow the same locks (KernelCache).
 #pragma once
 
 #include <sys/stat.h>
@@ -16,9 +20,13 @@
 
 #include <map>
 #include <set>
+#include <string>
 #include <tuple>
 
 #include "fusefs/inode_table.h"
+#include "fusefs/kernel_cache.h"
+#include "fusefs/lock_cache.h"
+#include "fusefs/meta_cache.h"
 #include "fusefs/open_table.h"
 #include "rpc/server_link.h"
 
@@ -27,6 +35,8 @@ namespace cairn {
 struct ClientOptions {
   kj::Array<kj::String> metaAddresses;
   kj::String hostName;
+  bool caching = true;  // ask for caching locks; off: every operation asks the server
+  LockCache::Limits lockLimits;
 };
 
 struct Cred {
@@ -38,11 +48,13 @@ struct Cred {
 struct Entry {
   struct stat attr;
   uint64_t generation = 0;
+  bool cached = false;  // a lock covers the attributes: the kernel may keep them
 };
 
 struct Opened {
   uint64_t fh = 0;
   Entry entry;
+  bool keepCache = false;  // a lock covers the contents: the kernel may keep its pages
 };
 
 struct DirItem {
@@ -72,11 +84,12 @@ public:
   KJ_DISALLOW_COPY(Client);
 
   void start();
+  // Where the kernel's caches are dropped when their locks go (none: nothing kernel-side).
+  void setKernelCache(KernelCache& kernel) { kernel_ = kernel; }
 
-  kj::Promise<struct stat> getattr(uint64_t ino);
+  kj::Promise<Entry> getattr(uint64_t ino);
   kj::Promise<Entry> lookup(const Cred& cred, uint64_t parent, kj::Array<kj::byte> name);
-  kj::Promise<struct stat> setattr(const Cred& cred, uint64_t ino, SetAttr attr,
-                                   kj::Maybe<uint64_t> fh);
+  kj::Promise<Entry> setattr(const Cred& cred, uint64_t ino, SetAttr attr, kj::Maybe<uint64_t> fh);
   kj::Promise<Entry> mknod(const Cred& cred, uint64_t parent, kj::Array<kj::byte> name,
                            uint32_t mode, uint64_t rdev);
   kj::Promise<Entry> mkdir(const Cred& cred, uint64_t parent, kj::Array<kj::byte> name,
@@ -123,7 +136,10 @@ public:
   kj::Promise<void> removexattr(uint64_t ino, kj::Array<kj::byte> name);
 
   // The kernel took a reference (a reply carrying an entry) or dropped some.
-  void remember(uint64_t ino) { inodes_.remember(ino); }
+  void remember(const struct stat& attr) {
+    inodes_.remember(attr.st_ino);
+    inodes_.sawAttr(attr);
+  }
   void forget(uint64_t ino, uint64_t n) { inodes_.forget(ino, n); }
 
   // True while some server is unreachable (requests to it park at its gate).
@@ -132,18 +148,42 @@ public:
   InodeTable& inodes() { return inodes_; }
   OpenTable& opens() { return opens_; }
   ServerLink& meta() { return *meta_; }
+  LockCache& lockCache() { return *locks_; }
+  MetaCache& metaCache() { return cache_; }
 
 private:
   using MetaBuild = kj::Function<void(rpc::MetaRequest::Builder)>;
+  // Runs on the reply before anything else does (and before an error is thrown), in the same
+  // event as the locks it carries are recorded: what it caches is covered by them.
+  using OnReply = kj::Function<void(rpc::MetaReply::Reader)>;
   kj::Promise<ServerLink::MetaResponse> metaCall(MetaBuild build, bool update,
                                                  ServerLink::Class cls = ServerLink::Class::NORMAL);
-  kj::Promise<Entry> entryCall(MetaBuild build);
+  kj::Promise<ServerLink::MetaResponse> metaCall(MetaBuild build, bool update,
+                                                 ServerLink::Class cls, OnReply onReply);
+  kj::Promise<Entry> entryCall(MetaBuild build, uint64_t parent, kj::Array<kj::byte> name,
+                               bool made);
+  void listed(uint64_t dir, uint64_t cookie, rpc::MetaReply::Reader reply);
+  // Locks and attributes a reply brings.
+  void absorb(rpc::MetaReply::Reader reply);
+  // The want* bits for a request about `ino` (and the directory `dir`, if any).
+  uint32_t wantFor(uint64_t dir, uint64_t ino, bool data);
+  bool caching() const;  // asked for, and the metadata server can
+  // What a lock on (ino, bit) covered goes: the client's copies, then the kernel's.
+  kj::Promise<void> revoke(uint64_t ino, uint64_t bit);
+  // Pages of `ino` may be cached by the kernel only under its DATA lock: take it first.
+  kj::Promise<void> dataLock(uint64_t ino);
+  kj::Promise<Opened> withDataLock(Opened o);
+  kj::Maybe<Entry> cachedEntry(uint64_t ino);
+  void removed(uint64_t parent, std::string name, int error);
+  Entry entryOf(rpc::Attr::Reader attr);
   kj::Promise<ServerLink*> dataLink(uint32_t index);
   kj::Promise<void> refreshTargets(ServerLink::Class cls);
   kj::Promise<void> recoverMeta();
   kj::Promise<kj::Own<SharedLayout>> layoutOf(uint64_t ino);
   kj::Promise<void> truncateObjects(const StripeLayout& layout, uint64_t size);
   kj::Promise<void> syncTargets(const StripeLayout& layout);
+  kj::Promise<kj::Array<kj::byte>> readUnlocked(uint64_t fh, uint64_t offset, size_t size);
+  kj::Promise<size_t> writeUnlocked(uint64_t fh, uint64_t offset, kj::Array<kj::byte> data);
   OpenTable::File& openFile(uint64_t fh);
   void touchAtime(uint64_t ino);
   Entry toEntry(rpc::Attr::Reader attr);
@@ -152,10 +192,19 @@ private:
   kj::AsyncIoContext& io_;
   ClientOptions options_;
   LinkIdentity identity_;
-  kj::Own<ServerLink> meta_;
-  std::map<uint32_t, kj::Own<ServerLink>> data_;
   InodeTable inodes_;
   OpenTable opens_;
+  MetaCache cache_;
+  struct Listing {
+    uint64_t lock;        // the LOOKUP lock the batches so far came under
+    uint64_t nextCookie;  // where the next batch must start to continue them
+  };
+  std::map<uint64_t, Listing> listings_;
+  std::map<uint64_t, int> writers_;  // ino -> open handles that may dirty its pages
+  kj::Maybe<KernelCache&> kernel_;
+  kj::Own<ServerLink> meta_;
+  std::map<uint32_t, kj::Own<ServerLink>> data_;
+  kj::Own<LockCache> locks_;  // the metadata server's; after meta_: it goes first
   std::set<std::tuple<uint64_t, uint64_t, uint32_t>> lockHolders_;  // ino, owner, space
   class ErrorHandler : public kj::TaskSet::ErrorHandler {
   public:

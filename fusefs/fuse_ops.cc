@@ -34,20 +34,30 @@ kj::Array<kj::byte> bytes(const char* s, size_t n) {
   return kj::heapArray<kj::byte>(reinterpret_cast<const kj::byte*>(s), n);
 }
 
-// Caching stays off until the lock manager covers it: every lookup and getattr asks the server,
-// so every mount sees every completed change of every other mount.
+// The kernel keeps attributes only while a lock covers them (the client drops them from the
+// kernel when the lock goes); the timeout only bounds what a lost notification could cost.
+// Entries are never kept by the kernel: the client answers repeated LOOKUPs from its own cache,
+// which no invalidation can race with (docs/caching.md).
 constexpr double ENTRY_TIMEOUT = 0.0;
-constexpr double ATTR_TIMEOUT = 0.0;
+constexpr double CACHED_ATTR_TIMEOUT = 3600.0;
+
+double attrTimeout(const Entry& e) {
+  return e.cached ? CACHED_ATTR_TIMEOUT : 0.0;
+}
+
+void fillEntry(fuse_entry_param* param, const Entry& e) {
+  memset(param, 0, sizeof(*param));
+  param->ino = e.attr.st_ino;
+  param->generation = e.generation;
+  param->attr = e.attr;
+  param->attr_timeout = attrTimeout(e);
+  param->entry_timeout = ENTRY_TIMEOUT;
+}
 
 void replyEntry(fuse_req_t req, const Entry& e) {
   fuse_entry_param param;
-  memset(&param, 0, sizeof(param));
-  param.ino = e.attr.st_ino;
-  param.generation = e.generation;
-  param.attr = e.attr;
-  param.attr_timeout = ATTR_TIMEOUT;
-  param.entry_timeout = ENTRY_TIMEOUT;
-  client(req).remember(e.attr.st_ino);
+  fillEntry(&param, e);
+  client(req).remember(e.attr);
   fuse_reply_entry(req, &param);
 }
 
@@ -96,7 +106,7 @@ void opForgetMulti(fuse_req_t req, size_t count, fuse_forget_data* forgets) {
 void opGetattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info*) {
   ops(req).run(req, [&]() {
     return client(req).getattr(ino).then(
-        [req](struct stat st) { fuse_reply_attr(req, &st, ATTR_TIMEOUT); });
+        [req](Entry e) { fuse_reply_attr(req, &e.attr, attrTimeout(e)); });
   });
 }
 
@@ -133,8 +143,8 @@ void opSetattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int toSet, fus
   kj::Maybe<uint64_t> fh;
   if (fi != nullptr) fh = fi->fh;
   ops(req).run(req, [&]() {
-    return client(req).setattr(credOf(req), ino, s, fh).then([req](struct stat st) {
-      fuse_reply_attr(req, &st, ATTR_TIMEOUT);
+    return client(req).setattr(credOf(req), ino, s, fh).then([req](Entry e) {
+      fuse_reply_attr(req, &e.attr, attrTimeout(e));
     });
   });
 }
@@ -214,7 +224,8 @@ void opOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
       out.fh = o.fh;
       // O_APPEND writes land where the server says; the page cache cannot know that offset.
       out.direct_io = (info.flags & O_APPEND) != 0;
-      out.keep_cache = 0;
+      // Pages cached before stay only if the DATA lock kept them right meanwhile.
+      out.keep_cache = o.keepCache;
       if (fuse_reply_open(req, &out) == -ENOENT) {
         // The opener was interrupted after all: the kernel will never release this handle.
         c->release(o.fh).detach([](kj::Exception&&) {});
@@ -233,15 +244,10 @@ void opCreate(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
           fuse_file_info out = info;
           out.fh = o.fh;
           out.direct_io = (info.flags & O_APPEND) != 0;
-          out.keep_cache = 0;
+          out.keep_cache = o.keepCache;
           fuse_entry_param param;
-          memset(&param, 0, sizeof(param));
-          param.ino = o.entry.attr.st_ino;
-          param.generation = o.entry.generation;
-          param.attr = o.entry.attr;
-          param.attr_timeout = ATTR_TIMEOUT;
-          param.entry_timeout = ENTRY_TIMEOUT;
-          c->remember(param.ino);  // the reply hands the kernel a reference
+          fillEntry(&param, o.entry);
+          c->remember(o.entry.attr);  // the reply hands the kernel a reference
           if (fuse_reply_create(req, &param, &out) == -ENOENT) {
             c->release(o.fh).detach([](kj::Exception&&) {});
           }

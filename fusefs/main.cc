@@ -3,7 +3,8 @@
 //   cairn-mount HOST:PORT[,HOST:PORT...] MOUNTPOINT [-f] [-d] [-o OPTIONS]
 //
 // The addresses are the metadata server's (several for a failover pair). Besides the usual FUSE
-// options (allow_other, default_permissions, ...), -o takes log_file=PATH and log_level=LEVEL.
+// options (allow_other, default_permissions, ...), -o takes log_file=PATH, log_level=LEVEL and
+// nocache.
 #define FUSE_USE_VERSION 314
 #include <fuse_lowlevel.h>
 #include <unistd.h>
@@ -20,6 +21,7 @@
 #include "fusefs/client.h"
 #include "fusefs/fuse_loop.h"
 #include "fusefs/fuse_ops.h"
+#include "fusefs/notifier.h"
 #include "rpc/version.h"
 
 namespace {
@@ -28,6 +30,7 @@ struct MountConfig {
   char* addresses = nullptr;
   char* logFile = nullptr;
   char* logLevel = nullptr;
+  int noCache = 0;
   int version = 0;
 };
 
@@ -36,6 +39,7 @@ enum { KEY_VERSION };
 const fuse_opt SPECS[] = {
     {"log_file=%s", offsetof(MountConfig, logFile), 0},
     {"log_level=%s", offsetof(MountConfig, logLevel), 0},
+    {"nocache", offsetof(MountConfig, noCache), 1},
     FUSE_OPT_KEY("--version", KEY_VERSION),
     FUSE_OPT_KEY("-V", KEY_VERSION),
     FUSE_OPT_END,
@@ -64,6 +68,7 @@ void usage(const char* prog) {
       "    -o allow_other,default_permissions   let every user in, with normal permissions\n"
       "    -o log_file=PATH       log here (needed to see logs once in the background)\n"
       "    -o log_level=LEVEL     trace, debug, info, warn, error (default info)\n"
+      "    -o nocache             cache nothing: every operation asks the servers\n"
       "    --version              print the version\n\n",
       prog);
   fuse_lowlevel_help();
@@ -121,7 +126,10 @@ int main(int argc, char** argv) {
     options.metaAddresses = cairn::splitAddresses(cfg.addresses);
     KJ_REQUIRE(options.metaAddresses.size() > 0, "no server address given");
     options.hostName = kj::str(host);
+    options.caching = !cfg.noCache;
+    cairn::Notifier notifier(se);
     cairn::Client client(io, kj::mv(options));
+    client.setKernelCache(notifier);
     cairn::FuseOps fuseOps(client, io.provider->getTimer());
     userdata.ops = &fuseOps;
     client.start();

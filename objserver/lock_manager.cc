@@ -39,19 +39,41 @@ LockManager::LockManager(kj::Timer& timer, kj::Duration callbackTimeout,
 
 LockManager::~LockManager() noexcept(false) {}
 
-kj::Promise<uint64_t> LockManager::enqueue(LockOwner& owner, LockSpec spec) {
+bool LockManager::blocks(const Lock& granted, const Lock& wanted) {
+  return granted.owner != wanted.onBehalfOf && conflicts(granted.spec, wanted.spec);
+}
+
+// A request on a client's behalf does not queue behind one that waits for that client's own
+// lock: the client may need the request done to give the lock back (dirty pages written back
+// while it revokes), and the waiter would wait forever.
+bool LockManager::waitsOnOwner(const Resource& res, const Lock& waiter, const LockOwner* owner) {
+  if (owner == nullptr) return false;
+  for (Lock* g : res.granted) {
+    if (g->owner == owner && conflicts(g->spec, waiter.spec)) return true;
+  }
+  return false;
+}
+
+bool LockManager::admit(LockOwner& owner) {
+  auto& count = perOwner_[&owner];
+  if (count >= MAX_PER_OWNER) return false;
+  ++count;
+  return true;
+}
+
+kj::Promise<uint64_t> LockManager::enqueue(LockOwner& owner, LockSpec spec,
+                                           const LockOwner* onBehalfOf) {
   KJ_REQUIRE(static_cast<int>(spec.mode) <= static_cast<int>(LockMode::EX), "bad lock mode");
   KJ_REQUIRE(spec.start <= spec.end, "bad lock extent", spec.start, spec.end);
-  auto& count = perOwner_[&owner];
-  if (count >= MAX_PER_OWNER) {
-    kj::throwFatalException(
-        KJ_EXCEPTION(OVERLOADED, "too many locks for one client", owner.ownerName(), count));
+  if (!admit(owner)) {
+    kj::throwFatalException(KJ_EXCEPTION(OVERLOADED, "too many locks for one client",
+                                         owner.ownerName(), MAX_PER_OWNER));
   }
-  ++count;
   uint64_t id = nextId_++;
   auto lock = kj::heap<Lock>();
   lock->id = id;
   lock->owner = &owner;
+  lock->onBehalfOf = onBehalfOf;
   lock->spec = spec;
   auto paf = kj::newPromiseAndFulfiller<uint64_t>();
   lock->waiter = kj::mv(paf.fulfiller);
@@ -63,6 +85,38 @@ kj::Promise<uint64_t> LockManager::enqueue(LockOwner& owner, LockSpec spec) {
     auto it = locks_.find(id);
     if (it != locks_.end() && !it->second->granted) remove(id);
   }));
+}
+
+kj::Maybe<uint64_t> LockManager::tryGrant(LockOwner& owner, LockSpec spec) {
+  KJ_REQUIRE(static_cast<int>(spec.mode) <= static_cast<int>(LockMode::EX), "bad lock mode");
+  KJ_REQUIRE(spec.start <= spec.end, "bad lock extent", spec.start, spec.end);
+  auto found = resources_.find(spec.resource);
+  if (found != resources_.end()) {
+    for (Lock* g : found->second.granted) {
+      // Asked again for what it holds (it cannot tell which of a reply's inodes it covers
+      // already): the same lock, not a second one.
+      if (g->owner == &owner && !g->blockingSent && g->spec.mode == spec.mode &&
+          g->spec.bits == spec.bits && g->spec.start == spec.start && g->spec.end == spec.end) {
+        return g->id;
+      }
+    }
+    for (Lock* g : found->second.granted) {
+      if (conflicts(g->spec, spec)) return nullptr;
+    }
+    for (Lock* w : found->second.waiting) {
+      if (conflicts(w->spec, spec)) return nullptr;
+    }
+  }
+  if (!admit(owner)) return nullptr;
+  uint64_t id = nextId_++;
+  auto lock = kj::heap<Lock>();
+  lock->id = id;
+  lock->owner = &owner;
+  lock->spec = spec;
+  lock->granted = true;
+  resources_[spec.resource].granted.push_back(lock.get());
+  locks_.emplace(id, kj::mv(lock));
+  return id;
 }
 
 void LockManager::cancel(LockOwner& owner, uint64_t lockId) {
@@ -113,13 +167,13 @@ void LockManager::process(const ResourceId& rid) {
   for (Lock* w : res.waiting) {
     bool blocked = false;
     for (Lock* g : res.granted) {
-      if (conflicts(w->spec, g->spec)) {
+      if (blocks(*g, *w)) {
         blocked = true;
         if (!g->blockingSent) callBack(*g);
       }
     }
     for (Lock* e : ahead) {
-      if (conflicts(w->spec, e->spec)) blocked = true;
+      if (conflicts(w->spec, e->spec) && !waitsOnOwner(res, *e, w->onBehalfOf)) blocked = true;
     }
     if (blocked) {
       ahead.push_back(w);
@@ -140,7 +194,7 @@ void LockManager::process(const ResourceId& rid) {
   if (!grantNow.empty() && !res.waiting.empty()) {
     for (Lock* w : res.waiting) {
       for (Lock* g : res.granted) {
-        if (conflicts(w->spec, g->spec) && !g->blockingSent) callBack(*g);
+        if (blocks(*g, *w) && !g->blockingSent) callBack(*g);
       }
     }
   }

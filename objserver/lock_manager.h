@@ -23,6 +23,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include "rpc/lock_names.h"
+
 namespace cairn {
 
 enum class LockMode : uint8_t { NL, CR, CW, PR, PW, EX };
@@ -37,17 +39,6 @@ struct ResourceId {
   }
   bool operator==(const ResourceId& o) const { return type == o.type && id == o.id; }
 };
-
-// Resource types.
-constexpr uint32_t RES_INODE = 1;   // metadata target: an inode (bits below)
-constexpr uint32_t RES_OBJECT = 2;  // data target: a file object (byte extents)
-constexpr uint32_t RES_SERVER = 3;  // the active-server lock
-
-// Inode bits: what of an inode a lock covers.
-constexpr uint64_t BIT_LOOKUP = 1;  // the names leading to it, and its directory entries
-constexpr uint64_t BIT_ATTR = 2;    // attributes
-constexpr uint64_t BIT_LAYOUT = 4;  // layout
-constexpr uint64_t BIT_XATTR = 8;   // extended attributes
 
 struct LockSpec {
   ResourceId resource;
@@ -80,7 +71,13 @@ public:
   KJ_DISALLOW_COPY(LockManager);
 
   // Resolves with the lock's id once granted. Dropping the promise before then withdraws it.
-  kj::Promise<uint64_t> enqueue(LockOwner& owner, LockSpec spec);
+  // A lock taken `onBehalfOf` a client (the server's own, for that client's update) does not
+  // wait for, nor call back, that client's locks: the client keeps its caches right itself.
+  kj::Promise<uint64_t> enqueue(LockOwner& owner, LockSpec spec,
+                                const LockOwner* onBehalfOf = nullptr);
+  // Grants at once if nothing granted or waiting conflicts, else returns null and changes
+  // nothing: how a reply carries a caching lock without ever making a read wait.
+  kj::Maybe<uint64_t> tryGrant(LockOwner& owner, LockSpec spec);
   // Releases a granted lock. An unknown id (already cancelled, or dropped) is not an error:
   // cancels race with evictions and resends.
   void cancel(LockOwner& owner, uint64_t lockId);
@@ -100,6 +97,7 @@ private:
   struct Lock {
     uint64_t id;
     LockOwner* owner;
+    const LockOwner* onBehalfOf = nullptr;
     LockSpec spec;
     bool granted = false;
     bool blockingSent = false;
@@ -112,6 +110,9 @@ private:
   };
 
   void process(const ResourceId& id);
+  static bool blocks(const Lock& granted, const Lock& wanted);
+  static bool waitsOnOwner(const Resource& res, const Lock& waiter, const LockOwner* owner);
+  bool admit(LockOwner& owner);
   void remove(uint64_t lockId);
   void callBack(Lock& holder);
   void expired(uint64_t lockId);

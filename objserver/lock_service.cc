@@ -40,4 +40,10 @@ kj::Promise<void> LockService::cancel(CancelContext context) {
   return kj::READY_NOW;
 }
 
+kj::Promise<void> LockService::cancelMany(CancelManyContext context) {
+  requireSession();
+  for (uint64_t id : context.getParams().getLockIds()) ctx_.locks.cancel(*session_, id);
+  return kj::READY_NOW;
+}
+
 }  // namespace cairn

@@ -94,18 +94,26 @@ kj::Promise<void> MetaService::dispatch(CallContext context) {
     return applicationLock(req, context);
   }
   if (isUpdate(req.which())) {
-    // First every client caching what the update changes is called back and cancels; then the
-    // update runs, in one transaction; then the server's locks go.
-    return lockFor(affected(req)).then([this, context](kj::Array<uint64_t> held) mutable {
-      KJ_DEFER(for (uint64_t id : held) ctx_.locks.cancel(ctx_.serverOwner, id));
-      auto req = context.getParams().getRequest();
-      capnp::MallocMessageBuilder message;
-      update(req, message);
-      context.getResults().setReply(message.getRoot<rpc::MetaReply>());
-      KJ_IF_MAYBE (d, ctx_.destroyer) {
-        d->poke();
-      }
-    });
+    // First every other client caching what the update changes is called back and cancels;
+    // then the update runs, in one transaction; then the server's locks go.
+    auto specs = affected(req);
+    auto inos = kj::heapArray<uint64_t>(specs.size());
+    for (auto i : kj::indices(specs)) inos[i] = specs[i].resource.id;
+    return lockFor(kj::mv(specs))
+        .then([this, context, inos = kj::mv(inos)](kj::Array<uint64_t> held) mutable {
+          auto req = context.getParams().getRequest();
+          capnp::MallocMessageBuilder message;
+          {
+            KJ_DEFER(for (uint64_t id : held) ctx_.locks.cancel(ctx_.serverOwner, id));
+            update(req, message, inos);
+          }
+          auto reply = context.getResults();
+          reply.setReply(message.getRoot<rpc::MetaReply>());
+          if (reply.getReply().getError() == 0) grant(req, reply.getReply());
+          KJ_IF_MAYBE (d, ctx_.destroyer) {
+            d->poke();
+          }
+        });
   } else {
     auto reply = context.getResults().initReply();
     try {
@@ -113,9 +121,102 @@ kj::Promise<void> MetaService::dispatch(CallContext context) {
     } catch (FsError& e) {
       reply.setError(e.err());
     }
+    // "No such name" and "no such attribute" are answers worth caching too.
+    int err = reply.getError();
+    if (err == 0 || err == ENOENT || err == ENODATA) grant(req, reply);
     reply.setLastSynced(ctx_.syncer.lastSynced());
   }
   return kj::READY_NOW;
+}
+
+namespace {
+// The directory whose entries a request reads or adds to (its LOOKUP lock covers the answer).
+uint64_t directoryOf(rpc::MetaRequest::Reader req) {
+  using R = rpc::MetaRequest;
+  switch (req.which()) {
+    case R::LOOKUP:
+      return req.getLookup().getParent();
+    case R::READDIR:
+      return req.getReaddir().getIno();
+    case R::MKNOD:
+      return req.getMknod().getParent();
+    case R::MKDIR:
+      return req.getMkdir().getParent();
+    case R::SYMLINK:
+      return req.getSymlink().getParent();
+    case R::CREATE:
+      return req.getCreate().getParent();
+    case R::LINK:
+      return req.getLink().getNewParent();
+    default:
+      return 0;
+  }
+}
+}  // namespace
+
+void MetaService::grant(rpc::MetaRequest::Reader req, rpc::MetaReply::Builder reply) {
+  uint32_t want = req.getWantLocks();
+  if (want == 0) return;
+  struct Granted {
+    uint64_t id, ino, bits;
+    LockMode mode;
+  };
+  kj::Vector<Granted> granted;
+  auto take = [&](uint64_t ino, uint64_t bits, LockMode mode) {
+    LockSpec spec;
+    spec.resource = ResourceId{RES_INODE, ino};
+    spec.mode = mode;
+    spec.bits = bits;
+    KJ_IF_MAYBE (id, ctx_.locks.tryGrant(*session_, spec)) {
+      granted.add(Granted{*id, ino, bits, mode});
+    }
+  };
+  // A file opened for writing may get dirty pages (a shared mapping) that readers elsewhere
+  // must see: its data lock is PW, which their PR calls back.
+  uint32_t openFlags = req.which() == rpc::MetaRequest::OPEN     ? req.getOpen().getFlags()
+                       : req.which() == rpc::MetaRequest::CREATE ? req.getCreate().getFlags()
+                                                                 : 0;
+  LockMode dataMode = (openFlags & O_ACCMODE) != O_RDONLY ? LockMode::PW : LockMode::PR;
+  auto inode = [&](rpc::Attr::Reader attr) {
+    if (attr.getIno() == 0) return;
+    if (want & rpc::WANT_INODE) take(attr.getIno(), BIT_ATTR, LockMode::PR);
+    if ((want & rpc::WANT_DATA) && S_ISREG(attr.getMode())) {
+      take(attr.getIno(), BIT_DATA, dataMode);
+    }
+  };
+  if (want & rpc::WANT_DIR) {
+    uint64_t dir = directoryOf(req);
+    if (dir != 0) take(dir, BIT_LOOKUP, LockMode::PR);
+  }
+  if ((want & rpc::WANT_NEW_DIR) && req.which() == rpc::MetaRequest::MKDIR &&
+      reply.getError() == 0) {
+    take(reply.getAttr().getIno(), BIT_LOOKUP, LockMode::PR);
+  }
+  if (req.which() == rpc::MetaRequest::GETXATTR) {
+    if (want & rpc::WANT_INODE) take(req.getGetxattr().getIno(), BIT_ATTR, LockMode::PR);
+  } else if (reply.getError() == 0) {
+    switch (reply.which()) {
+      case rpc::MetaReply::ATTR:
+        inode(reply.getAttr());
+        break;
+      case rpc::MetaReply::OPENED:
+        inode(reply.getOpened().getAttr());
+        break;
+      case rpc::MetaReply::ENTRIES:
+        for (auto e : reply.getEntries().getList()) inode(e.getAttr());
+        break;
+      default:
+        break;
+    }
+  }
+  if (granted.empty()) return;
+  auto out = reply.initLocks(granted.size());
+  for (auto i : kj::indices(granted)) {
+    out[i].setLockId(granted[i].id);
+    out[i].setIno(granted[i].ino);
+    out[i].setBits(granted[i].bits);
+    out[i].setMode(static_cast<rpc::LockMode>(granted[i].mode));
+  }
 }
 
 void MetaService::read(rpc::MetaRequest::Reader req, rpc::MetaReply::Builder reply) {
@@ -215,13 +316,16 @@ kj::Vector<LockSpec> MetaService::affected(rpc::MetaRequest::Reader req) {
   };
   switch (req.which()) {
     case R::SETATTR:
-      add(req.getSetattr().getIno(), BIT_ATTR);
+      // A size change changes the contents too: cached pages past the new end go.
+      add(req.getSetattr().getIno(),
+          BIT_ATTR | ((req.getSetattr().getValid() & rpc::SET_SIZE) ? BIT_DATA : 0));
       break;
     case R::WROTE:
-      add(req.getWrote().getIno(), BIT_ATTR);
+      // Sent after the data reached the data targets: readers drop their pages, then re-read.
+      add(req.getWrote().getIno(), BIT_ATTR | BIT_DATA);
       break;
     case R::RESERVE_APPEND:
-      add(req.getReserveAppend().getIno(), BIT_ATTR);
+      add(req.getReserveAppend().getIno(), BIT_ATTR | BIT_DATA);
       break;
     case R::SETXATTR:
       add(req.getSetxattr().getIno(), BIT_ATTR | BIT_XATTR);
@@ -280,7 +384,7 @@ kj::Promise<kj::Array<uint64_t>> MetaService::lockFor(kj::Vector<LockSpec> specs
   kj::Promise<kj::Vector<uint64_t>> chain = kj::Vector<uint64_t>();
   for (auto& spec : specs) {
     chain = chain.then([this, spec](kj::Vector<uint64_t> held) mutable {
-      return ctx_.locks.enqueue(ctx_.serverOwner, spec)
+      return ctx_.locks.enqueue(ctx_.serverOwner, spec, session_.get())
           .then([held = kj::mv(held)](uint64_t id) mutable {
             held.add(id);
             return kj::mv(held);
@@ -290,115 +394,127 @@ kj::Promise<kj::Array<uint64_t>> MetaService::lockFor(kj::Vector<LockSpec> specs
   return chain.then([](kj::Vector<uint64_t> held) { return held.releaseAsArray(); });
 }
 
-void MetaService::update(rpc::MetaRequest::Reader req, capnp::MallocMessageBuilder& message) {
+void MetaService::update(rpc::MetaRequest::Reader req, capnp::MallocMessageBuilder& message,
+                         kj::ArrayPtr<const uint64_t> changed) {
   using R = rpc::MetaRequest;
-  ctx_.update<rpc::MetaReply>(
-      *session_, req.getRequestId(), req.getOldestUnreplied(), message,
-      [&](store::Txn& txn, rpc::MetaReply::Builder reply) {
-        // What can only shrink the namespace must work on a full target; the rest must not
-        // eat the reserve those need.
-        switch (req.which()) {
-          case R::UNLINK:
-          case R::RMDIR:
-          case R::REMOVEXATTR:
-          case R::SETATTR:
-          case R::WROTE:
-          case R::RENAME:
-            break;
-          default:
-            ctx_.target.env().requireSpace(txn, 4096);
-        }
-        switch (req.which()) {
-          case R::SETATTR:
-            ns_.setattr(txn, req.getSetattr()).toAttr(reply.initAttr());
-            return;
-          case R::MKNOD: {
-            auto m = req.getMknod();
-            fsRequire((m.getMode() & S_IFMT) != S_IFDIR && (m.getMode() & S_IFMT) != S_IFLNK,
-                      EINVAL);
-            ns_.make(txn, m.getParent(), m.getName(), m.getMode(), m.getRdev(), nullptr,
-                     credsOf(req))
-                .toAttr(reply.initAttr());
-            return;
-          }
-          case R::MKDIR: {
-            auto m = req.getMkdir();
-            ns_.make(txn, m.getParent(), m.getName(), S_IFDIR | (m.getMode() & 07777), 0, nullptr,
-                     credsOf(req))
-                .toAttr(reply.initAttr());
-            return;
-          }
-          case R::SYMLINK: {
-            auto s = req.getSymlink();
-            ns_.make(txn, s.getParent(), s.getName(), S_IFLNK | 0777, 0, s.getTarget(),
-                     credsOf(req))
-                .toAttr(reply.initAttr());
-            return;
-          }
-          case R::LINK: {
-            auto l = req.getLink();
-            ns_.link(txn, l.getIno(), l.getNewParent(), l.getNewName()).toAttr(reply.initAttr());
-            return;
-          }
-          case R::UNLINK:
-            ns_.unlink(txn, req.getUnlink().getParent(), req.getUnlink().getName(), false);
-            reply.setNone();
-            return;
-          case R::RMDIR:
-            ns_.unlink(txn, req.getRmdir().getParent(), req.getRmdir().getName(), true);
-            reply.setNone();
-            return;
-          case R::RENAME: {
-            auto r = req.getRename();
-            ns_.rename(txn, r.getParent(), r.getName(), r.getNewParent(), r.getNewName(),
-                       r.getFlags());
-            reply.setNone();
-            return;
-          }
-          case R::CREATE: {
-            auto c = req.getCreate();
-            kj::Maybe<InodeData> made;
-            try {
-              made = ns_.make(txn, c.getParent(), c.getName(), S_IFREG | (c.getMode() & 07777), 0,
-                              nullptr, credsOf(req));
-            } catch (FsError& e) {
-              // Another client made it first: without O_EXCL that is an ordinary open.
-              if (e.err() != EEXIST || (c.getFlags() & O_EXCL)) throw;
-              made = ns_.lookup(txn, c.getParent(), c.getName());
-              fsRequire(KJ_ASSERT_NONNULL(made).isReg(), EISDIR);
-            }
-            auto& node = KJ_ASSERT_NONNULL(made);
-            setOpened(node, reply);
-            return;
-          }
-          case R::SETXATTR: {
-            auto s = req.getSetxattr();
-            ns_.setxattr(txn, s.getIno(), s.getName(), s.getValue(), s.getFlags());
-            reply.setNone();
-            return;
-          }
-          case R::REMOVEXATTR:
-            ns_.removexattr(txn, req.getRemovexattr().getIno(), req.getRemovexattr().getName());
-            reply.setNone();
-            return;
-          case R::WROTE:
-            ns_.wrote(txn, req.getWrote().getIno(), req.getWrote().getEnd())
-                .toAttr(reply.initAttr());
-            return;
-          case R::RESERVE_APPEND:
-            reply.setOffset(ns_.reserveAppend(txn, req.getReserveAppend().getIno(),
-                                              req.getReserveAppend().getLength()));
-            return;
-          default:
-            KJ_UNREACHABLE;
-        }
-      });
+  ctx_.update<rpc::MetaReply>(*session_, req.getRequestId(), req.getOldestUnreplied(), message,
+                              [&](store::Txn& txn, rpc::MetaReply::Builder reply) {
+                                apply(req, txn, reply);
+                                // What the requester needs to keep its own caches right (its locks
+                                // were not called back); recorded with the reply, so a resend gets
+                                // it too.
+                                auto out = reply.initChanged(changed.size());
+                                for (auto i : kj::indices(changed)) {
+                                  try {
+                                    ns_.get(txn, changed[i]).toAttr(out[i]);
+                                  } catch (FsError&) {
+                                    out[i].setIno(changed[i]);  // mode 0: gone
+                                  }
+                                }
+                              });
   // The open half of a create lives in memory; a resend registers it again (idempotent).
   if (req.which() == R::CREATE) {
     auto reply = message.getRoot<rpc::MetaReply>();
     if (reply.getError() == 0) {
       opens_.open(session_->key, req.getCreate().getHandle(), reply.getOpened().getAttr().getIno());
     }
+  }
+}
+
+void MetaService::apply(rpc::MetaRequest::Reader req, store::Txn& txn,
+                        rpc::MetaReply::Builder reply) {
+  using R = rpc::MetaRequest;
+  // What can only shrink the namespace must work on a full target; the rest must not
+  // eat the reserve those need.
+  switch (req.which()) {
+    case R::UNLINK:
+    case R::RMDIR:
+    case R::REMOVEXATTR:
+    case R::SETATTR:
+    case R::WROTE:
+    case R::RENAME:
+      break;
+    default:
+      ctx_.target.env().requireSpace(txn, 4096);
+  }
+  switch (req.which()) {
+    case R::SETATTR:
+      ns_.setattr(txn, req.getSetattr()).toAttr(reply.initAttr());
+      return;
+    case R::MKNOD: {
+      auto m = req.getMknod();
+      fsRequire((m.getMode() & S_IFMT) != S_IFDIR && (m.getMode() & S_IFMT) != S_IFLNK, EINVAL);
+      ns_.make(txn, m.getParent(), m.getName(), m.getMode(), m.getRdev(), nullptr, credsOf(req))
+          .toAttr(reply.initAttr());
+      return;
+    }
+    case R::MKDIR: {
+      auto m = req.getMkdir();
+      ns_.make(txn, m.getParent(), m.getName(), S_IFDIR | (m.getMode() & 07777), 0, nullptr,
+               credsOf(req))
+          .toAttr(reply.initAttr());
+      return;
+    }
+    case R::SYMLINK: {
+      auto s = req.getSymlink();
+      ns_.make(txn, s.getParent(), s.getName(), S_IFLNK | 0777, 0, s.getTarget(), credsOf(req))
+          .toAttr(reply.initAttr());
+      return;
+    }
+    case R::LINK: {
+      auto l = req.getLink();
+      ns_.link(txn, l.getIno(), l.getNewParent(), l.getNewName()).toAttr(reply.initAttr());
+      return;
+    }
+    case R::UNLINK:
+      ns_.unlink(txn, req.getUnlink().getParent(), req.getUnlink().getName(), false);
+      reply.setNone();
+      return;
+    case R::RMDIR:
+      ns_.unlink(txn, req.getRmdir().getParent(), req.getRmdir().getName(), true);
+      reply.setNone();
+      return;
+    case R::RENAME: {
+      auto r = req.getRename();
+      ns_.rename(txn, r.getParent(), r.getName(), r.getNewParent(), r.getNewName(), r.getFlags());
+      reply.setNone();
+      return;
+    }
+    case R::CREATE: {
+      auto c = req.getCreate();
+      kj::Maybe<InodeData> made;
+      try {
+        made = ns_.make(txn, c.getParent(), c.getName(), S_IFREG | (c.getMode() & 07777), 0,
+                        nullptr, credsOf(req));
+      } catch (FsError& e) {
+        // Another client made it first: without O_EXCL that is an ordinary open.
+        if (e.err() != EEXIST || (c.getFlags() & O_EXCL)) throw;
+        made = ns_.lookup(txn, c.getParent(), c.getName());
+        fsRequire(KJ_ASSERT_NONNULL(made).isReg(), EISDIR);
+      }
+      auto& node = KJ_ASSERT_NONNULL(made);
+      setOpened(node, reply);
+      return;
+    }
+    case R::SETXATTR: {
+      auto s = req.getSetxattr();
+      ns_.setxattr(txn, s.getIno(), s.getName(), s.getValue(), s.getFlags());
+      reply.setNone();
+      return;
+    }
+    case R::REMOVEXATTR:
+      ns_.removexattr(txn, req.getRemovexattr().getIno(), req.getRemovexattr().getName());
+      reply.setNone();
+      return;
+    case R::WROTE:
+      ns_.wrote(txn, req.getWrote().getIno(), req.getWrote().getEnd()).toAttr(reply.initAttr());
+      return;
+    case R::RESERVE_APPEND:
+      reply.setOffset(ns_.reserveAppend(txn, req.getReserveAppend().getIno(),
+                                        req.getReserveAppend().getLength()));
+      return;
+    default:
+      KJ_UNREACHABLE;
   }
 }
 

@@ -17,7 +17,12 @@ public:
 private:
   kj::Promise<void> dispatch(CallContext context);
   void read(rpc::MetaRequest::Reader req, rpc::MetaReply::Builder reply);
-  void update(rpc::MetaRequest::Reader req, capnp::MallocMessageBuilder& message);
+  // Runs an update; `changed` are the inodes it may change, reported back as they end up.
+  void update(rpc::MetaRequest::Reader req, capnp::MallocMessageBuilder& message,
+              kj::ArrayPtr<const uint64_t> changed);
+  void apply(rpc::MetaRequest::Reader req, store::Txn& txn, rpc::MetaReply::Builder reply);
+  // Adds to a successful reply the caching locks the request asked for and can have at once.
+  void grant(rpc::MetaRequest::Reader req, rpc::MetaReply::Builder reply);
   // What an update changes, as the EX locks the server takes before applying it.
   kj::Vector<LockSpec> affected(rpc::MetaRequest::Reader req);
   kj::Promise<kj::Array<uint64_t>> lockFor(kj::Vector<LockSpec> specs);

@@ -184,6 +184,9 @@ kj::Promise<void> ServerImpl::connect(ConnectContext context) {
   auto results = context.getResults();
   fillInfo(results.initInfo());
   if (context.getParams().hasCallback()) session.callback = context.getParams().getCallback();
+  // A client drops what it cached when it loses a connection, so the locks it held through the
+  // old one protect nothing now; dropping them keeps others from waiting on callbacks for them.
+  ctx_.locks.dropAll(session);
   if (ctx_.evictedClients.erase(session.key) > 0) {
     results.setEvicted(true);
     spdlog::info("{} is back after its eviction: told so", session.label.cStr());

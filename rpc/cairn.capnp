@@ -108,6 +108,14 @@ const setAtimeNow :UInt32 = 128;
 const setMtimeNow :UInt32 = 256;
 const setCtime :UInt32 = 1024;
 
+# MetaRequest.wantLocks bits: the caching locks a client asks to be granted with a reply (an
+# "intent"). The server grants them only if it can at once (nobody holds or awaits a conflicting
+# lock); a client caches only what a granted lock covers.
+const wantDir :UInt32 = 1;     # LOOKUP on the directory named (lookup's parent, readdir's ino)
+const wantInode :UInt32 = 2;   # ATTR on the inode the reply describes (each entry's, for readdir)
+const wantData :UInt32 = 4;    # DATA on the file opened or created: its pages may be cached
+const wantNewDir :UInt32 = 8;  # mkdir: LOOKUP on the new directory (known empty)
+
 struct MetaRequest {
   requestId @0 :UInt64;        # per client, increasing; a resend carries the same id
   oldestUnreplied @1 :UInt64;  # the server may forget replies to ids below this
@@ -234,6 +242,15 @@ struct MetaRequest {
       space @82 :UInt32;
     }
   }
+  wantLocks @83 :UInt32;       # want* bits; 0 from clients that do not cache
+}
+
+# A caching lock granted with a reply, on `bits` of inode `ino`.
+struct GrantedLock {
+  lockId @0 :UInt64;
+  ino @1 :UInt64;
+  bits @2 :UInt64;
+  mode @3 :LockMode;   # PR, or PW for the DATA of a file opened for writing
 }
 
 struct MetaReply {
@@ -263,6 +280,10 @@ struct MetaReply {
       pid @17 :UInt32;
     }
   }
+  locks @18 :List(GrantedLock);  # granted for `wantLocks`
+  # Updates: every inode the update changed, as it is now (mode 0 = removed). The requesting
+  # client's own caching locks are not called back for its update; it refreshes from this.
+  changed @19 :List(Attr);
 }
 
 struct DataRequest {
@@ -322,7 +343,8 @@ struct LockRequest {
   type @0 :UInt32;             # 1 inode, 2 object, 3 the active-server lock
   id @1 :UInt64;
   mode @2 :LockMode;
-  bits @3 :UInt64 = 0xffffffffffffffff;   # inode bits: lookup 1, attributes 2, layout 4, xattrs 8
+  bits @3 :UInt64 = 0xffffffffffffffff;   # inode bits: lookup 1, attributes 2, layout 4, xattrs 8,
+                                          # data 16 (file contents, for page caching)
   start @4 :UInt64;                       # byte extent, inclusive
   end @5 :UInt64 = 0xffffffffffffffff;
 }
@@ -336,6 +358,7 @@ interface LockSession {
   # Resolves once granted; may wait while others are asked to cancel theirs.
   enqueue @0 (request :LockRequest) -> (lockId :UInt64);
   cancel @1 (lockId :UInt64) -> ();
+  cancelMany @2 (lockIds :List(UInt64)) -> ();
 }
 
 struct ClientStatus {

@@ -8,6 +8,9 @@ namespace cairn::features {
 
 constexpr uint64_t BASE = 1 << 0;  // the protocol of release 0.1
 
-constexpr uint64_t SUPPORTED = BASE;
+// Caching locks: MetaRequest.wantLocks, MetaReply.locks/changed, LockSession.cancelMany.
+constexpr uint64_t CACHING_LOCKS = 1 << 1;
+
+constexpr uint64_t SUPPORTED = BASE | CACHING_LOCKS;
 
 }  // namespace cairn::features

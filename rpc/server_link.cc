@@ -41,6 +41,7 @@ struct ServerLink::Connection {
   rpc::Bootstrap::Client server = nullptr;
   rpc::MetaSession::Client meta = nullptr;
   rpc::DataSession::Client data = nullptr;
+  rpc::LockSession::Client locks = nullptr;
 };
 
 // The session capability a response type comes from.
@@ -85,6 +86,14 @@ ServerLink::~ServerLink() noexcept(false) {}
 
 void ServerLink::setRecovery(kj::Function<kj::Promise<void>()> recovery) {
   recovery_ = kj::mv(recovery);
+}
+
+void ServerLink::setLockCallback(rpc::LockCallback::Client callback) {
+  lockCallback_ = kj::mv(callback);
+}
+
+void ServerLink::setOnLost(kj::Function<void()> onLost) {
+  onLost_ = kj::mv(onLost);
 }
 
 void ServerLink::setAddresses(kj::Array<kj::String> addresses) {
@@ -143,12 +152,16 @@ void ServerLink::connectLoop(unsigned attempt) {
             hello.setFeatures(features::SUPPORTED);
             hello.setHostName(hostName_);
             hello.setRole(role_);
+            KJ_IF_MAYBE (cb, lockCallback_) {
+              req.setCallback(*cb);
+            }
             return req.send().then(
                 [this, conn = kj::mv(conn), addressCopy = kj::mv(addressCopy)](
                     capnp::Response<rpc::Bootstrap::ConnectResults>&& reply) mutable {
                   auto info = reply.getInfo();
                   conn->meta = reply.getMeta();
                   conn->data = reply.getData();
+                  conn->locks = reply.getLocks();
                   peerFeatures_ = info.getFeatures() & features::SUPPORTED;
                   peerVersion_ = kj::str(info.getSoftwareVersion());
                   if (reply.getEvicted()) {
@@ -235,6 +248,9 @@ void ServerLink::lost(uint64_t generation, kj::StringPtr why) {
     tasks_->add(kj::evalLater([dead = kj::mv(*c)]() mutable { (void)dead; }));
   }
   connection_ = nullptr;
+  KJ_IF_MAYBE (f, onLost_) {
+    (*f)();
+  }
   tasks_->add(kj::evalLater([this]() { connectLoop(0); }));
 }
 
@@ -283,6 +299,18 @@ kj::Promise<ServerLink::DataResponse> ServerLink::data(
 kj::Promise<rpc::Bootstrap::Client> ServerLink::server(Class cls) {
   return whenOpen(cls).then(
       [this]() -> rpc::Bootstrap::Client { return KJ_ASSERT_NONNULL(connection_)->server; });
+}
+
+kj::Promise<rpc::LockSession::Client> ServerLink::locks(Class cls) {
+  return whenOpen(cls).then(
+      [this]() -> rpc::LockSession::Client { return KJ_ASSERT_NONNULL(connection_)->locks; });
+}
+
+kj::Maybe<rpc::LockSession::Client> ServerLink::currentLocks() {
+  KJ_IF_MAYBE (c, connection_) {
+    return (*c)->locks;
+  }
+  return nullptr;
 }
 
 kj::Array<kj::String> splitAddresses(kj::StringPtr list) {

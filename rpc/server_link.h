@@ -48,6 +48,11 @@ public:
   // resolves. A failure disconnects and tries again.
   void setRecovery(kj::Function<kj::Promise<void>()> recovery);
   void setAddresses(kj::Array<kj::String> addresses);
+  // Given to the server at every connect: how it asks this client to give a lock back.
+  void setLockCallback(rpc::LockCallback::Client callback);
+  // Called as soon as a connection is lost (before any reconnect): the server drops this
+  // client's locks when it connects again, so whatever they covered must go now.
+  void setOnLost(kj::Function<void()> onLost);
   void start();
 
   using MetaResponse = capnp::Response<rpc::MetaSession::CallResults>;
@@ -60,6 +65,16 @@ public:
                                  Class cls = Class::NORMAL);
   // The server's bootstrap capability of the current connection, once the gate is open.
   kj::Promise<rpc::Bootstrap::Client> server(Class cls = Class::NORMAL);
+  // The lock session of the current connection, once the gate is open.
+  kj::Promise<rpc::LockSession::Client> locks(Class cls = Class::NORMAL);
+  // The lock session of the current connection if there is one, gate or not: cancels must
+  // get through while everything else waits. Null while disconnected.
+  kj::Maybe<rpc::LockSession::Client> currentLocks();
+  // Bumped at every connect and every loss: lock ids are only meaningful within one.
+  uint64_t generation() const { return generation_; }
+  // A call on a capability of this link's connection `generation` failed with DISCONNECTED
+  // (as the link's own requests do: the server may have ended our session): reconnect.
+  void disconnected(uint64_t generation, kj::StringPtr why) { lost(generation, why); }
 
   State state() const { return state_; }
   kj::StringPtr name() const { return name_; }
@@ -98,6 +113,8 @@ private:
   rpc::Hello::Role role_;
   kj::String hostName_;
   kj::Maybe<kj::Function<kj::Promise<void>()>> recovery_;
+  kj::Maybe<rpc::LockCallback::Client> lockCallback_;
+  kj::Maybe<kj::Function<void()>> onLost_;
 
   State state_ = State::DISCONNECTED;
   uint64_t generation_ = 0;

@@ -265,6 +265,8 @@ void TestCluster::dumpLogs() {
 TestCluster::~TestCluster() {
   if (::testing::Test::HasFailure()) dumpLogs();
   for (auto& m : mounts_) {
+    // A daemon a test stopped cannot answer the unmount.
+    if (m.proc && m.proc->alive()) kill(m.proc->pid(), SIGCONT);
     if (isMounted(m.path)) {
       if (run({"/bin/fusermount3", "-u", m.path}).status != 0) {
         run({"/bin/fusermount3", "-uz", m.path});
@@ -334,6 +336,11 @@ void TestCluster::killMount(int index) {
   auto& m = mounts_.at(index);
   if (m.proc) m.proc->stop(SIGKILL, 5000);
   run({"/bin/fusermount3", "-uz", m.path});
+}
+
+void TestCluster::signalMount(int index, int sig) {
+  auto& m = mounts_.at(index);
+  if (m.proc) kill(m.proc->pid(), sig);
 }
 
 std::string TestCluster::mountLog(int index) const {

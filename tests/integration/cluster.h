@@ -91,6 +91,8 @@ public:
   void unmount(const std::string& mountPoint);
   // SIGKILLs a mount's daemon (a client that vanishes); the mount point is cleaned up lazily.
   void killMount(int index);
+  // Sends a mount's daemon a signal (SIGSTOP/SIGCONT: a client that hangs).
+  void signalMount(int index, int sig);
   std::string mountLog(int index) const;
 
   // Stops a server (SIGTERM: clean, SIGKILL: crash) and returns its exit status.

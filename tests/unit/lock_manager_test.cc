@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <kj/async-io.h>
+#include <kj/debug.h>
 
 #include <vector>
 
@@ -189,6 +190,59 @@ TEST_F(Locks, OneClientCannotHoldUnboundedLocks) {
 TEST_F(Locks, BadRequestsAreRefused) {
   auto s = spec(LockMode::EX, ~0ull, 10, 5);
   EXPECT_ANY_THROW(manager.enqueue(a, s));
+}
+
+TEST_F(Locks, TryGrantNeverWaitsAndRespectsTheQueue) {
+  // Free: granted at once.
+  auto first = manager.tryGrant(a, spec(LockMode::PR, BIT_ATTR));
+  ASSERT_TRUE(first != nullptr);
+  // A compatible one too, and a conflicting one on other bits.
+  EXPECT_TRUE(manager.tryGrant(b, spec(LockMode::PR, BIT_ATTR)) != nullptr);
+  EXPECT_TRUE(manager.tryGrant(b, spec(LockMode::PR, BIT_LOOKUP)) != nullptr);
+  // An update waits for the readers: nobody may start caching behind its back, and no
+  // callback was sent for a refused try.
+  auto writer = manager.enqueue(c, spec(LockMode::EX, BIT_ATTR));
+  EXPECT_FALSE(granted(writer));
+  EXPECT_TRUE(manager.tryGrant(c, spec(LockMode::PR, BIT_ATTR)) == nullptr);
+  EXPECT_EQ(a.asked.size(), 1u);
+  // Once the readers cancel, the writer has it, and a try still fails while it holds it.
+  manager.cancel(a, KJ_ASSERT_NONNULL(first));
+  for (uint64_t id : b.asked) manager.cancel(b, id);
+  ASSERT_TRUE(granted(writer));
+  EXPECT_TRUE(manager.tryGrant(a, spec(LockMode::PR, BIT_ATTR)) == nullptr);
+  // Other bits are not the writer's: another reader is welcome there.
+  EXPECT_TRUE(manager.tryGrant(a, spec(LockMode::PR, BIT_LOOKUP)) != nullptr);
+}
+
+TEST_F(Locks, OnBehalfOfSkipsTheRequestersOwnLocks) {
+  Owner server{"server"};
+  auto mine = manager.tryGrant(a, spec(LockMode::PR, BIT_ATTR));
+  auto theirs = manager.tryGrant(b, spec(LockMode::PR, BIT_ATTR));
+  ASSERT_TRUE(mine != nullptr && theirs != nullptr);
+  // The server's lock for a's update waits only for b, and only b is called back.
+  auto update = manager.enqueue(server, spec(LockMode::EX, BIT_ATTR), &a);
+  EXPECT_FALSE(granted(update));
+  EXPECT_TRUE(a.asked.empty());
+  ASSERT_EQ(b.asked.size(), 1u);
+  manager.cancel(b, b.asked[0]);
+  ASSERT_TRUE(granted(update));
+  EXPECT_EQ(manager.heldBy(a), 1u);  // a still holds its lock: it refreshes its cache itself
+}
+
+TEST_F(Locks, AWriteBackDuringARevocationDoesNotQueueBehindTheRevoker) {
+  Owner server{"server"};
+  // a caches pages; b's update waits for a to give them back.
+  ASSERT_TRUE(manager.tryGrant(a, spec(LockMode::PR, BIT_DATA)) != nullptr);
+  auto bUpdate = manager.enqueue(server, spec(LockMode::EX, BIT_DATA | BIT_ATTR), &b);
+  EXPECT_FALSE(granted(bUpdate));
+  ASSERT_EQ(a.asked.size(), 1u);
+  // While giving back, a writes dirty pages back: its update must not wait behind b's.
+  auto aUpdate = manager.enqueue(server, spec(LockMode::EX, BIT_DATA | BIT_ATTR), &a);
+  ASSERT_TRUE(granted(aUpdate));
+  manager.cancel(server, aUpdate.wait(io.waitScope));
+  EXPECT_FALSE(granted(bUpdate));
+  manager.cancel(a, a.asked[0]);
+  EXPECT_TRUE(granted(bUpdate));
 }
 
 }  // namespace

@@ -92,6 +92,7 @@ std::set<std::string> current() {
   STRUCT(DirentValue);
   STRUCT(LockRequest);
   STRUCT(RpcCount);
+  STRUCT(GrantedLock);
 #undef STRUCT
   collect(capnp::Schema::from<rpc::TargetKind>(), "TargetKind", out);
   collect(capnp::Schema::from<rpc::Hello::Role>(), "Hello.Role", out);

@@ -1,0 +1,254 @@
+#include "fusefs/lock_cache.h"
+
+#include <kj/debug.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "rpc/lock_names.h"
+
+namespace cairn {
+
+namespace {
+// A read or write that used the covered state during a revocation makes the revocation drop it
+// again; after this many passes the lock goes anyway (and the covered state once more after).
+constexpr unsigned MAX_PASSES = 3;
+constexpr kj::Duration SWEEP_INTERVAL = 10 * kj::SECONDS;
+}  // namespace
+
+class LockCache::Callback final : public rpc::LockCallback::Server {
+public:
+  explicit Callback(kj::Own<Handle> handle) : handle_(kj::mv(handle)) {}
+  kj::Promise<void> blocking(BlockingContext context) override {
+    // Answered at once: the server waits for the cancel, not for this reply.
+    if (handle_->cache != nullptr) handle_->cache->blocking(context.getParams().getLockId());
+    return kj::READY_NOW;
+  }
+
+private:
+  kj::Own<Handle> handle_;
+};
+
+LockCache::LockCache(ServerLink& link, kj::Timer& timer, Revoke revoke, Limits limits)
+    : link_(link),
+      timer_(timer),
+      revoke_(kj::mv(revoke)),
+      limits_(limits),
+      handle_(kj::refcounted<Handle>()),
+      tasks_(errorHandler_) {
+  handle_->cache = this;
+  sweeper_ = sweepLoop().eagerlyEvaluate(nullptr);
+}
+
+LockCache::~LockCache() noexcept(false) {
+  handle_->cache = nullptr;
+}
+
+void LockCache::ErrorHandler::taskFailed(kj::Exception&& e) {
+  spdlog::warn("lock cache: {}", e.getDescription().cStr());
+}
+
+rpc::LockCallback::Client LockCache::callback() {
+  return kj::heap<Callback>(kj::addRef(*handle_));
+}
+
+uint64_t LockCache::held(uint64_t ino, uint64_t bit) {
+  auto it = held_.find(Key(ino, bit));
+  if (it == held_.end()) return 0;
+  it->second.lastUsed = timer_.now();
+  return it->second.id;
+}
+
+kj::Maybe<rpc::LockMode> LockCache::heldMode(uint64_t ino, uint64_t bit) {
+  auto it = held_.find(Key(ino, bit));
+  if (it == held_.end()) return nullptr;
+  it->second.lastUsed = timer_.now();
+  return it->second.mode;
+}
+
+bool LockCache::revoking(uint64_t ino, uint64_t bit) const {
+  return revoking_.count(Key(ino, bit)) > 0;
+}
+
+void LockCache::usedWhileRevoking(uint64_t ino, uint64_t bit) {
+  auto it = revoking_.find(Key(ino, bit));
+  if (it != revoking_.end()) it->second.usedAgain = true;
+}
+
+void LockCache::granted(capnp::List<rpc::GrantedLock>::Reader locks) {
+  for (auto l : locks) add(l.getIno(), l.getBits(), l.getLockId(), l.getMode());
+  trim();
+}
+
+void LockCache::add(uint64_t ino, uint64_t bit, uint64_t id, rpc::LockMode mode) {
+  // Called back before we saw it granted: it was cancelled then, and covers nothing.
+  if (early_.erase(id) > 0) return;
+  Key key(ino, bit);
+  auto it = held_.find(key);
+  if (it != held_.end() && it->second.id == id) {
+    it->second.lastUsed = timer_.now();  // granted again: the server hands out the same lock
+    return;
+  }
+  if (it != held_.end() || revoking_.count(key) > 0) {
+    cancel(id, link_.generation());  // a second lock on the same thing
+    return;
+  }
+  held_.emplace(key, Held{id, mode, link_.generation(), timer_.now()});
+  byId_.emplace(id, key);
+}
+
+void LockCache::blocking(uint64_t id) {
+  ++callbacks_;
+  auto it = byId_.find(id);
+  if (it == byId_.end()) {
+    // Not seen yet (the reply granting it is still on its way): give it back now and ignore
+    // the grant when it comes. Ids the link never knew only make the server ignore a cancel.
+    if (early_.size() < 100000) early_.insert(id);
+    cancel(id, link_.generation());
+    return;
+  }
+  giveBack(it->second);
+}
+
+// Stops using the lock at once (nothing new is cached under it), drops what it covered, then
+// cancels it.
+void LockCache::giveBack(Key key) {
+  auto it = held_.find(key);
+  if (it == held_.end()) return;
+  Revoking r{it->second.id, it->second.generation};
+  byId_.erase(it->second.id);
+  held_.erase(it);
+  revoking_.emplace(key, r);
+  tasks_.add(dropCovered(key, 1).then([this, key]() {
+    auto it = revoking_.find(key);
+    if (it == revoking_.end()) return;
+    bool usedAgain = it->second.usedAgain;
+    cancel(it->second.id, it->second.generation);
+    revoking_.erase(it);
+    if (usedAgain) tasks_.add(revoke_(key.first, key.second));
+  }));
+}
+
+kj::Promise<void> LockCache::dropCovered(Key key, unsigned pass) {
+  return revoke_(key.first, key.second).then([this, key, pass]() -> kj::Promise<void> {
+    auto it = revoking_.find(key);
+    if (it == revoking_.end() || !it->second.usedAgain || pass >= MAX_PASSES) {
+      return kj::READY_NOW;
+    }
+    it->second.usedAgain = false;
+    return dropCovered(key, pass + 1);
+  });
+}
+
+void LockCache::cancel(uint64_t id, uint64_t generation) {
+  if (generation != link_.generation()) return;  // the server dropped it at reconnect
+  if (cancels_.empty()) {
+    cancelGeneration_ = generation;
+    tasks_.add(kj::evalLater([this]() { flushCancels(); }));
+  }
+  cancels_.add(id);
+}
+
+// Cancels collected in one turn of the event loop leave as one message.
+void LockCache::flushCancels() {
+  auto ids = cancels_.releaseAsArray();
+  if (ids.size() == 0 || cancelGeneration_ != link_.generation()) return;
+  KJ_IF_MAYBE (session, link_.currentLocks()) {
+    auto req = session->cancelManyRequest();
+    auto list = req.initLockIds(ids.size());
+    for (auto i : kj::indices(ids)) list.set(i, ids[i]);
+    uint64_t generation = cancelGeneration_;
+    tasks_.add(req.send().ignoreResult().catch_([this, generation](kj::Exception&& e) {
+      // A lost connection drops the locks anyway; the link reconnects.
+      if (e.getType() != kj::Exception::Type::DISCONNECTED) kj::throwFatalException(kj::mv(e));
+      link_.disconnected(generation, e.getDescription());
+    }));
+  }
+}
+
+kj::Promise<void> LockCache::acquire(uint64_t ino, uint64_t bit, rpc::LockMode mode) {
+  auto key = std::make_pair(Key(ino, bit), mode);
+  KJ_IF_MAYBE (m, heldMode(ino, bit)) {
+    if (*m == mode || *m == rpc::LockMode::PW) return kj::READY_NOW;
+  }
+  auto found = acquiring_.find(key);
+  if (found != acquiring_.end()) return found->second.addBranch();
+  auto forked =
+      enqueue(ino, bit, mode).attach(kj::defer([this, key]() { acquiring_.erase(key); })).fork();
+  auto branch = forked.addBranch();
+  acquiring_.emplace(key, kj::mv(forked));
+  return branch;
+}
+
+kj::Promise<void> LockCache::enqueue(uint64_t ino, uint64_t bit, rpc::LockMode mode) {
+  auto generation = kj::heap<uint64_t>(0);
+  auto& sent = *generation;
+  return link_.locks()
+      .then([this, ino, bit, mode, &sent](rpc::LockSession::Client session) {
+        uint64_t generation = link_.generation();
+        sent = generation;
+        auto req = session.enqueueRequest();
+        auto r = req.initRequest();
+        r.setType(RES_INODE);
+        r.setId(ino);
+        r.setMode(mode);
+        r.setBits(bit);
+        return req.send().then([this, ino, bit, mode, generation](auto&& reply) {
+          if (generation != link_.generation()) return;  // granted by a connection since lost
+          add(ino, bit, reply.getLockId(), mode);
+          trim();
+        });
+      })
+      .catch_([this, ino, bit, mode, &sent](kj::Exception&& e) -> kj::Promise<void> {
+        // The connection went while we waited, or the server ended our session: reconnect,
+        // and ask again there.
+        if (e.getType() != kj::Exception::Type::DISCONNECTED) return kj::mv(e);
+        link_.disconnected(sent, e.getDescription());
+        return timer_.afterDelay(10 * kj::MILLISECONDS).then([this, ino, bit, mode]() {
+          return enqueue(ino, bit, mode);
+        });
+      })
+      .attach(kj::mv(generation));
+}
+
+void LockCache::forgetAll() {
+  std::vector<Key> keys;
+  for (auto& [key, h] : held_) keys.push_back(key);
+  held_.clear();
+  byId_.clear();
+  early_.clear();
+  cancels_.clear();
+  // Revocations under way finish dropping; their cancels are skipped (old generation).
+  for (auto& key : keys) tasks_.add(revoke_(key.first, key.second));
+  if (!keys.empty())
+    spdlog::info("lock cache: connection lost, {} cached locks dropped", keys.size());
+}
+
+// Past the bound, the least recently used locks go back, a tenth of the bound at a time so that
+// a stream of new locks does not turn into one give-back per grant.
+void LockCache::trim() {
+  if (held_.size() <= limits_.maxLocks) return;
+  std::vector<std::pair<kj::TimePoint, Key>> order;
+  order.reserve(held_.size());
+  for (auto& [key, h] : held_) order.emplace_back(h.lastUsed, key);
+  size_t excess = held_.size() - limits_.maxLocks + limits_.maxLocks / 10;
+  excess = std::min(excess, order.size());
+  std::partial_sort(order.begin(), order.begin() + excess, order.end(),
+                    [](auto& a, auto& b) { return a.first < b.first; });
+  for (size_t i = 0; i < excess; ++i) giveBack(order[i].second);
+}
+
+kj::Promise<void> LockCache::sweepLoop() {
+  return timer_.afterDelay(SWEEP_INTERVAL).then([this]() {
+    auto now = timer_.now();
+    std::vector<Key> idle;
+    for (auto& [key, h] : held_) {
+      if (now - h.lastUsed > limits_.maxIdle) idle.push_back(key);
+    }
+    for (auto& key : idle) giveBack(key);
+    return sweepLoop();
+  });
+}
+
+}  // namespace cairn

@@ -1,0 +1,118 @@
+// The caching locks a client holds on one server, and what happens when the server wants one
+// back. Every attribute, directory entry and page the client (or its kernel) caches is covered
+// by one of these; the server's blocking callback lands here, the covered state is dropped
+// (`revoke`: the client's own caches at once, the kernel's through the notifier thread, dirty
+// pages written back first), and only then is the lock cancelled.
+//
+// A lock covers one bit of one inode (lookup, attributes or data), in PR, or in PW for the data
+// of a file this client has open for writing. Most arrive granted with a reply (the request's
+// intent); data locks are also taken on their own, waiting if need be. The cache is bounded: past
+// `maxLocks`, or when idle for `maxIdle`, locks are given back the same way as when the server
+// asks.
+#pragma once
+
+#include <kj/async.h>
+#include <kj/function.h>
+#include <kj/timer.h>
+
+#include <cstdint>
+#include <map>
+#include <set>
+#include <unordered_map>
+#include <utility>
+
+#include "rpc/cairn.capnp.h"
+#include "rpc/server_link.h"
+
+namespace cairn {
+
+class LockCache {
+public:
+  // Drops what a lock on (ino, bit) covers; the lock is cancelled once the promise resolves.
+  using Revoke = kj::Function<kj::Promise<void>(uint64_t ino, uint64_t bit)>;
+  struct Limits {
+    size_t maxLocks = 20000;
+    kj::Duration maxIdle = 600 * kj::SECONDS;
+  };
+
+  LockCache(ServerLink& link, kj::Timer& timer, Revoke revoke, Limits limits);
+  ~LockCache() noexcept(false);
+  KJ_DISALLOW_COPY(LockCache);
+
+  // What to give the server at connect.
+  rpc::LockCallback::Client callback();
+
+  // The id of the lock held on (ino, bit), 0 if none; counts as a use.
+  uint64_t held(uint64_t ino, uint64_t bit);
+  // Its mode, if one is held.
+  kj::Maybe<rpc::LockMode> heldMode(uint64_t ino, uint64_t bit);
+  // True while a lock on (ino, bit) is being given back.
+  bool revoking(uint64_t ino, uint64_t bit) const;
+  // Someone used what a lock being given back covers (a read that could not wait for a new
+  // lock without deadlocking the revocation): drop it all once more before cancelling.
+  void usedWhileRevoking(uint64_t ino, uint64_t bit);
+  // Locks that came with a reply.
+  void granted(capnp::List<rpc::GrantedLock>::Reader locks);
+  // Takes a lock on (ino, bit), waiting while the server calls back conflicting ones (a PR of
+  // our own that PW replaces among them).
+  kj::Promise<void> acquire(uint64_t ino, uint64_t bit, rpc::LockMode mode);
+  // The connection is gone; the server drops our locks when we reconnect. Everything they
+  // covered is revoked (the caller's caches), nothing is cancelled.
+  void forgetAll();
+
+  size_t size() const { return held_.size(); }
+  uint64_t callbacks() const { return callbacks_; }
+
+private:
+  using Key = std::pair<uint64_t, uint64_t>;  // ino, bit
+  struct Held {
+    uint64_t id;
+    rpc::LockMode mode;
+    uint64_t generation;  // of the link when granted: ids mean nothing across connections
+    kj::TimePoint lastUsed;
+  };
+  struct Revoking {
+    uint64_t id;
+    uint64_t generation;
+    bool usedAgain = false;
+  };
+  class Callback;
+
+  void add(uint64_t ino, uint64_t bit, uint64_t id, rpc::LockMode mode);
+  kj::Promise<void> enqueue(uint64_t ino, uint64_t bit, rpc::LockMode mode);
+  void blocking(uint64_t id);
+  void giveBack(Key key);
+  kj::Promise<void> dropCovered(Key key, unsigned pass);
+  void cancel(uint64_t id, uint64_t generation);
+  void flushCancels();
+  void trim();
+  kj::Promise<void> sweepLoop();
+
+  ServerLink& link_;
+  kj::Timer& timer_;
+  Revoke revoke_;
+  Limits limits_;
+  std::map<Key, Held> held_;
+  std::unordered_map<uint64_t, Key> byId_;
+  std::map<Key, Revoking> revoking_;
+  std::set<uint64_t> early_;  // called back before the reply granting it was seen
+  std::map<std::pair<Key, rpc::LockMode>, kj::ForkedPromise<void>> acquiring_;
+  kj::Vector<uint64_t> cancels_;  // to send, batched
+  uint64_t cancelGeneration_ = 0;
+  uint64_t callbacks_ = 0;
+  // The callback capability may outlive the cache (the connection holds it): it reaches the
+  // cache through this, which the cache clears when it goes.
+  struct Handle : public kj::Refcounted {
+    LockCache* cache;
+  };
+  kj::Own<Handle> handle_;
+  class ErrorHandler : public kj::TaskSet::ErrorHandler {
+  public:
+    void taskFailed(kj::Exception&& e) override;
+  };
+  ErrorHandler errorHandler_;
+  kj::TaskSet tasks_;
+  kj::Promise<void> sweeper_ = nullptr;
+};
+
+}  // namespace cairn

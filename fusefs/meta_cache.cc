@@ -1,0 +1,112 @@
+#include "fusefs/meta_cache.h"
+
+#include <kj/debug.h>
+
+namespace cairn {
+
+kj::Maybe<const MetaCache::Inode&> MetaCache::attr(uint64_t ino) const {
+  auto it = attrs_.find(ino);
+  if (it == attrs_.end()) return nullptr;
+  return it->second;
+}
+
+void MetaCache::setAttr(const struct stat& attr, uint64_t generation) {
+  attrs_[attr.st_ino] = Inode{attr, generation};
+}
+
+void MetaCache::setAtime(uint64_t ino, const timespec& atime) {
+  auto it = attrs_.find(ino);
+  if (it != attrs_.end()) it->second.attr.st_atim = atime;
+}
+
+void MetaCache::dropAttr(uint64_t ino) {
+  attrs_.erase(ino);
+  xattrs_.erase(ino);
+}
+
+kj::Maybe<kj::Maybe<const std::string&>> MetaCache::xattr(uint64_t ino,
+                                                          const std::string& name) const {
+  using Known = kj::Maybe<kj::Maybe<const std::string&>>;
+  auto i = xattrs_.find(ino);
+  if (i == xattrs_.end()) return nullptr;
+  auto x = i->second.known.find(name);
+  if (x == i->second.known.end()) {
+    if (i->second.all) return Known(kj::Maybe<const std::string&>(nullptr));
+    return nullptr;
+  }
+  KJ_IF_MAYBE (value, x->second) {
+    return kj::Maybe<const std::string&>(*value);
+  }
+  return Known(kj::Maybe<const std::string&>(nullptr));
+}
+
+void MetaCache::markNoXattrs(uint64_t ino) {
+  auto& x = xattrs_[ino];
+  x.known.clear();
+  x.all = true;
+}
+
+void MetaCache::setXattr(uint64_t ino, std::string name, kj::Maybe<std::string> value) {
+  xattrs_[ino].known[kj::mv(name)] = kj::mv(value);
+}
+
+void MetaCache::dropXattr(uint64_t ino, const std::string& name) {
+  auto i = xattrs_.find(ino);
+  if (i != xattrs_.end()) {
+    i->second.known.erase(name);
+    i->second.all = false;
+  }
+}
+
+kj::Maybe<uint64_t> MetaCache::entry(uint64_t dir, const std::string& name) const {
+  auto d = dirs_.find(dir);
+  if (d == dirs_.end()) return nullptr;
+  auto e = d->second.find(name);
+  if (e == d->second.end()) return nullptr;
+  return e->second;
+}
+
+void MetaCache::setEntry(uint64_t dir, std::string name, uint64_t ino) {
+  auto& names = dirs_[dir];
+  auto it = names.find(name);
+  if (it != names.end()) {
+    it->second = ino;
+    return;
+  }
+  if (names_ >= MAX_NAMES) {
+    complete_.erase(dir);  // a name left out: "not found" no longer means "none"
+    return;
+  }
+  names.emplace(kj::mv(name), ino);
+  ++names_;
+}
+
+void MetaCache::dropEntry(uint64_t dir, const std::string& name) {
+  auto d = dirs_.find(dir);
+  complete_.erase(dir);
+  if (d == dirs_.end()) return;
+  names_ -= d->second.erase(name);
+}
+
+void MetaCache::dropDir(uint64_t dir) {
+  complete_.erase(dir);
+  auto d = dirs_.find(dir);
+  if (d == dirs_.end()) return;
+  names_ -= d->second.size();
+  dirs_.erase(d);
+}
+
+void MetaCache::markComplete(uint64_t dir) {
+  dirs_[dir];
+  complete_.insert(dir);
+}
+
+void MetaCache::clear() {
+  attrs_.clear();
+  xattrs_.clear();
+  dirs_.clear();
+  complete_.clear();
+  names_ = 0;
+}
+
+}  // namespace cairn

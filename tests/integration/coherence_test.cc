@@ -1,0 +1,344 @@
+// Coherence of the client caches across clients: two mounts of one filesystem, each caching
+// attributes, names and pages under the metadata server's locks. Whatever one client completed,
+// the other sees at once, including what its kernel had cached; and caching really happens
+// (repeated stat and re-reads cost no requests).
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "tests/integration/cluster.h"
+
+namespace cairn::test {
+namespace {
+
+void writeAll(const std::string& path, const std::string& data, int flags = O_TRUNC) {
+  int fd = open(path.c_str(), O_CREAT | O_WRONLY | flags, 0644);
+  ASSERT_GE(fd, 0) << path << ": " << strerror(errno);
+  ASSERT_EQ(write(fd, data.data(), data.size()), ssize_t(data.size()));
+  ASSERT_EQ(close(fd), 0);
+}
+
+std::string preadAll(int fd, size_t max = 1 << 20) {
+  std::string out(max, '\0');
+  ssize_t n = pread(fd, out.data(), max, 0);
+  if (n < 0) return "<" + std::string(strerror(errno)) + ">";
+  out.resize(size_t(n));
+  return out;
+}
+
+struct stat statOf(const std::string& path) {
+  struct stat st {};
+  EXPECT_EQ(stat(path.c_str(), &st), 0) << path << ": " << strerror(errno);
+  return st;
+}
+
+bool exists(const std::string& path) {
+  struct stat st;
+  return stat(path.c_str(), &st) == 0;
+}
+
+class Coherence : public ::testing::Test {
+protected:
+  static void SetUpTestSuite() {
+    TestCluster::Options options;
+    options.metaArgs = {"--lock-timeout", "2"};
+    cluster_ = new TestCluster(options);
+    a_ = new std::string(cluster_->mount());
+    b_ = new std::string(cluster_->mount());
+  }
+  static void TearDownTestSuite() {
+    delete cluster_;
+    delete a_;
+    delete b_;
+  }
+  void SetUp() override {
+    name_ = std::string("/") + ::testing::UnitTest::GetInstance()->current_test_info()->name();
+    ASSERT_EQ(mkdir(a(""), 0755), 0);
+  }
+  void TearDown() override {
+    if (HasFailure()) cluster_->dumpLogs();
+  }
+  // A path in this test's directory, through mount A or B.
+  std::string pa(const std::string& rel) { return *a_ + name_ + "/" + rel; }
+  std::string pb(const std::string& rel) { return *b_ + name_ + "/" + rel; }
+  const char* a(const std::string& rel) {
+    held_ = rel.empty() ? *a_ + name_ : pa(rel);
+    return held_.c_str();
+  }
+  uint64_t rpcs(const std::string& kind) { return jsonNumber(cluster_->status(0), kind); }
+
+  static TestCluster* cluster_;
+  static std::string* a_;
+  static std::string* b_;
+  std::string name_, held_;
+};
+TestCluster* Coherence::cluster_ = nullptr;
+std::string* Coherence::a_ = nullptr;
+std::string* Coherence::b_ = nullptr;
+
+TEST_F(Coherence, RepeatedStatAndRereadsCostNoRequests) {
+  writeAll(pa("f"), std::string(100000, 'x'));
+  statOf(pb("f"));
+  int fd = open(pb("f").c_str(), O_RDONLY);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(preadAll(fd).size(), 100000u);
+  usleep(200 * 1000);  // the access-time update of that first read is sent in the background
+  std::string statusBefore = cluster_->status(0);
+  uint64_t metaBefore = jsonNumber(statusBefore, "rpcCount");
+  uint64_t dataBefore =
+      jsonNumber(cluster_->status(1), "rpcCount") + jsonNumber(cluster_->status(2), "rpcCount");
+  for (int i = 0; i < 50; ++i) {
+    statOf(pb("f"));
+    ASSERT_EQ(preadAll(fd).size(), 100000u);
+  }
+  // The status calls themselves are not requests of a client.
+  std::string statusAfter = cluster_->status(0);
+  EXPECT_EQ(jsonNumber(statusAfter, "rpcCount"), metaBefore) << statusBefore << "\n" << statusAfter;
+  EXPECT_EQ(
+      jsonNumber(cluster_->status(1), "rpcCount") + jsonNumber(cluster_->status(2), "rpcCount"),
+      dataBefore);
+  close(fd);
+}
+
+TEST_F(Coherence, AWriteIsSeenByTheOtherClientsNextRead) {
+  writeAll(pa("f"), "old contents");
+  int fb = open(pb("f").c_str(), O_RDONLY);
+  ASSERT_GE(fb, 0);
+  ASSERT_EQ(preadAll(fb), "old contents");  // now in B's page cache
+  for (int round = 0; round < 20; ++round) {
+    std::string data = "round " + std::to_string(round) + std::string(size_t(round * 1000), 'r');
+    int fa = open(pa("f").c_str(), O_WRONLY);
+    ASSERT_GE(fa, 0);
+    ASSERT_EQ(pwrite(fa, data.data(), data.size(), 0), ssize_t(data.size()));
+    // write() returned: B sees it, through its open descriptor and through a new one.
+    std::string seen = preadAll(fb);
+    ASSERT_EQ(seen.substr(0, data.size()), data) << "round " << round;
+    ASSERT_EQ(readWhole(pb("f")).substr(0, data.size()), data);
+    close(fa);
+  }
+  close(fb);
+}
+
+TEST_F(Coherence, SizeAndTimesAreSeenAtOnce) {
+  writeAll(pa("f"), "12345");
+  auto before = statOf(pb("f"));
+  EXPECT_EQ(before.st_size, 5);
+  sleep(1);  // mtime has a second's resolution to compare with
+  writeAll(pa("f"), "678", O_APPEND);
+  auto after = statOf(pb("f"));
+  EXPECT_EQ(after.st_size, 8);
+  EXPECT_GT(after.st_mtim.tv_sec, before.st_mtim.tv_sec);
+  ASSERT_EQ(chmod(pa("f").c_str(), 0600), 0);
+  EXPECT_EQ(statOf(pb("f")).st_mode & 07777, 0600u);
+  ASSERT_EQ(truncate(pa("f").c_str(), 2), 0);
+  EXPECT_EQ(statOf(pb("f")).st_size, 2);
+}
+
+TEST_F(Coherence, NamespaceChangesReachCachedNames) {
+  writeAll(pa("one"), "1");
+  // B lists the directory and looks names up: it now knows every name in it.
+  EXPECT_EQ(statOf(pb("one")).st_size, 1);
+  EXPECT_FALSE(exists(pb("two")));
+  EXPECT_FALSE(exists(pb("three")));
+  writeAll(pa("two"), "22");
+  EXPECT_EQ(statOf(pb("two")).st_size, 2) << "a name created on A is unknown on B";
+  ASSERT_EQ(unlink(pa("one").c_str()), 0);
+  EXPECT_FALSE(exists(pb("one"))) << "a name removed on A still exists on B";
+  ASSERT_EQ(rename(pa("two").c_str(), pa("three").c_str()), 0);
+  EXPECT_FALSE(exists(pb("two")));
+  EXPECT_EQ(readWhole(pb("three")), "22");
+  ASSERT_EQ(mkdir(pa("sub").c_str(), 0755), 0);
+  EXPECT_TRUE(S_ISDIR(statOf(pb("sub")).st_mode));
+  ASSERT_EQ(rename(pa("three").c_str(), pa("sub/moved").c_str()), 0);
+  EXPECT_EQ(readWhole(pb("sub/moved")), "22");
+  EXPECT_FALSE(exists(pb("three")));
+  ASSERT_EQ(rmdir(pa("sub").c_str()), -1);  // not empty
+  ASSERT_EQ(unlink(pa("sub/moved").c_str()), 0);
+  ASSERT_EQ(rmdir(pa("sub").c_str()), 0);
+  EXPECT_FALSE(exists(pb("sub")));
+}
+
+TEST_F(Coherence, ACachedLookupFollowsARenameOverIt) {
+  writeAll(pa("x"), "the first x");
+  writeAll(pa("y"), "the second");
+  EXPECT_EQ(readWhole(pb("x")), "the first x");
+  auto old = statOf(pb("x"));
+  ASSERT_EQ(rename(pa("y").c_str(), pa("x").c_str()), 0);
+  EXPECT_EQ(readWhole(pb("x")), "the second");
+  EXPECT_NE(statOf(pb("x")).st_ino, old.st_ino);
+  EXPECT_FALSE(exists(pb("y")));
+}
+
+TEST_F(Coherence, ListingsFollowChanges) {
+  for (int i = 0; i < 30; ++i) writeAll(pa("n" + std::to_string(i)), "");
+  auto names = [&]() {
+    std::set<std::string> out;
+    auto r = run({"/bin/ls", "-1", *b_ + name_});
+    size_t start = 0;
+    for (size_t i = 0; i <= r.out.size(); ++i) {
+      if (i == r.out.size() || r.out[i] == '\n') {
+        if (i > start) out.insert(r.out.substr(start, i - start));
+        start = i + 1;
+      }
+    }
+    return out;
+  };
+  EXPECT_EQ(names().size(), 30u);
+  ASSERT_EQ(unlink(pa("n3").c_str()), 0);
+  writeAll(pa("extra"), "");
+  auto now = names();
+  EXPECT_EQ(now.size(), 30u);
+  EXPECT_EQ(now.count("n3"), 0u);
+  EXPECT_EQ(now.count("extra"), 1u);
+  EXPECT_TRUE(exists(pb("extra")));
+  EXPECT_FALSE(exists(pb("n3")));
+}
+
+TEST_F(Coherence, AppendsFromTwoClientsNeverOverwriteEachOther) {
+  writeAll(pa("log"), "");
+  constexpr int PER_CLIENT = 200;
+  constexpr size_t RECORD = 64;
+  auto appender = [](std::string path, char tag) {
+    int fd = open(path.c_str(), O_WRONLY | O_APPEND);
+    if (fd < 0) return;
+    for (int i = 0; i < PER_CLIENT; ++i) {
+      std::string rec(RECORD, tag);
+      auto num = std::to_string(i);
+      rec.replace(1, num.size(), num);
+      rec[RECORD - 1] = '\n';
+      if (write(fd, rec.data(), rec.size()) != ssize_t(rec.size())) break;
+    }
+    close(fd);
+  };
+  std::thread ta(appender, pa("log"), 'A');
+  std::thread tb(appender, pb("log"), 'B');
+  ta.join();
+  tb.join();
+  std::string all = readWhole(pa("log"));
+  ASSERT_EQ(all.size(), 2 * PER_CLIENT * RECORD);
+  std::set<std::string> seen;
+  for (size_t off = 0; off < all.size(); off += RECORD) {
+    std::string rec = all.substr(off, RECORD);
+    ASSERT_TRUE(rec[0] == 'A' || rec[0] == 'B') << "torn record at " << off;
+    ASSERT_EQ(rec[RECORD - 1], '\n');
+    ASSERT_EQ(rec.find_first_not_of(std::string(1, rec[0]) + "0123456789", 1), RECORD - 1);
+    seen.insert(rec);
+  }
+  EXPECT_EQ(seen.size(), size_t(2 * PER_CLIENT));  // every record once, none overwritten
+  EXPECT_EQ(readWhole(pb("log")), all);
+}
+
+TEST_F(Coherence, TruncateOnOneClientReachesTheOthersCachedPages) {
+  writeAll(pa("f"), std::string(200000, 'z'));
+  int fb = open(pb("f").c_str(), O_RDONLY);
+  ASSERT_GE(fb, 0);
+  ASSERT_EQ(preadAll(fb).size(), 200000u);
+  ASSERT_EQ(truncate(pa("f").c_str(), 10), 0);
+  EXPECT_EQ(preadAll(fb), std::string(10, 'z'));
+  ASSERT_EQ(truncate(pa("f").c_str(), 4096), 0);
+  EXPECT_EQ(preadAll(fb), std::string(10, 'z') + std::string(4086, '\0'));
+  close(fb);
+}
+
+TEST_F(Coherence, AnMmapReaderSeesTheOtherClientsWrites) {
+  writeAll(pa("m"), std::string(8192, 'a'));
+  int fb = open(pb("m").c_str(), O_RDONLY);
+  ASSERT_GE(fb, 0);
+  void* map = mmap(nullptr, 8192, PROT_READ, MAP_SHARED, fb, 0);
+  ASSERT_NE(map, MAP_FAILED);
+  auto* bytes = static_cast<const volatile char*>(map);
+  ASSERT_EQ(bytes[0], 'a');
+  ASSERT_EQ(bytes[5000], 'a');
+  int fa = open(pa("m").c_str(), O_WRONLY);
+  ASSERT_GE(fa, 0);
+  ASSERT_EQ(pwrite(fa, "B", 1, 0), 1);
+  ASSERT_EQ(pwrite(fa, "C", 1, 5000), 1);
+  EXPECT_EQ(bytes[0], 'B');
+  EXPECT_EQ(bytes[5000], 'C');
+  close(fa);
+  munmap(map, 8192);
+  close(fb);
+}
+
+TEST_F(Coherence, SharedWritableMmapIsWrittenBackBeforeTheOtherClientReads) {
+  writeAll(pa("w"), std::string(4096, '.'));
+  int fa = open(pa("w").c_str(), O_RDWR);
+  ASSERT_GE(fa, 0);
+  void* map = mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fa, 0);
+  ASSERT_NE(map, MAP_FAILED);
+  memcpy(map, "dirty page", 10);  // no msync: the page is dirty in A's kernel
+  // B's read calls A's lock back; A writes the page back before giving it up.
+  EXPECT_EQ(readWhole(pb("w")).substr(0, 10), "dirty page");
+  munmap(map, 4096);
+  close(fa);
+}
+
+// A client that stops answering (its daemon stopped, as a hung host would be) holds a lock
+// another client needs: the other proceeds once the stuck one is evicted, and the stuck one,
+// when it runs again, gets EIO on the file it had open and works normally otherwise.
+TEST_F(Coherence, AStuckClientIsEvictedAndNobodyHangs) {
+  TestCluster::Options options;
+  options.metaArgs = {"--lock-timeout", "2"};
+  TestCluster cluster(options);
+  std::string ma = cluster.mount(), mb = cluster.mount();
+  writeAll(ma + "/f", "before");
+  int fa = open((ma + "/f").c_str(), O_RDONLY);
+  ASSERT_GE(fa, 0);
+  ASSERT_EQ(preadAll(fa), "before");  // A holds the file's locks
+  cluster.signalMount(0, SIGSTOP);
+  auto started = std::chrono::steady_clock::now();
+  writeAll(mb + "/f", "after!");
+  double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  EXPECT_LT(waited, 10.0);
+  EXPECT_EQ(readWhole(mb + "/f"), "after!");
+  // Before anything forks: a child closing its copy of `fa` would wait on the stopped daemon.
+  cluster.signalMount(0, SIGCONT);
+  EXPECT_EQ(jsonNumber(cluster.status(0), "evictions"), 1u);
+  std::string old = preadAll(fa);
+  EXPECT_TRUE(old == "<Input/output error>" || old == "after!") << old;
+  close(fa);
+  EXPECT_TRUE(waitFor([&] { return readWhole(ma + "/f") == "after!"; }, 10000));
+}
+
+// A client killed outright while holding locks and dirty pages: the others wait at most the
+// lock timeout.
+TEST_F(Coherence, AKilledClientDelaysOthersAtMostTheLockTimeout) {
+  TestCluster::Options options;
+  options.metaArgs = {"--lock-timeout", "2"};
+  TestCluster cluster(options);
+  std::string ma = cluster.mount(), mb = cluster.mount();
+  writeAll(ma + "/f", std::string(4096, '.'));
+  pid_t child = fork();
+  if (child == 0) {
+    // Dirties a page through a shared mapping and waits to be killed with its mount.
+    int fd = open((ma + "/f").c_str(), O_RDWR);
+    void* map = mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (map == MAP_FAILED) _exit(1);
+    memcpy(map, "lost", 4);
+    pause();
+    _exit(0);
+  }
+  usleep(300 * 1000);
+  cluster.killMount(0);
+  auto started = std::chrono::steady_clock::now();
+  writeAll(mb + "/f", "survivor");
+  double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  EXPECT_LT(waited, 10.0);
+  EXPECT_EQ(readWhole(mb + "/f").substr(0, 8), "survivor");
+  kill(child, SIGKILL);
+  waitpid(child, nullptr, 0);
+}
+
+}  // namespace
+}  // namespace cairn::test

@@ -214,6 +214,7 @@ void Client::absorb(rpc::MetaReply::Reader reply) {
     inodes_.sawAttr(st);
     if (locks_->held(a.getIno(), BIT_ATTR) != 0) {
       cache_.setAttr(st, a.getGeneration());
+      if (a.getNoXattrs()) cache_.markNoXattrs(a.getIno());
     } else {
       cache_.dropAttr(a.getIno());
     }
@@ -803,7 +804,7 @@ void Client::touchAtime(uint64_t ino) {
                  [ino](rpc::MetaRequest::Builder b) {
                    auto s = b.initSetattr();
                    s.setIno(ino);
-                   s.setValid(rpc::SET_ATIME_NOW);
+                   s.setValid(rpc::SET_ATIME_NOW | rpc::SET_ACCESS);
                  },
                  true)
                  .then(

@@ -219,9 +219,36 @@ void MetaService::grant(rpc::MetaRequest::Reader req, rpc::MetaReply::Builder re
   }
 }
 
+// Says which inodes of a reply have no extended attributes at all: a client caching them then
+// answers the kernel's many xattr questions (ls -l, every write) without asking.
+void MetaService::markXattrs(store::Txn& txn, rpc::MetaReply::Builder reply) {
+  auto mark = [&](rpc::Attr::Builder attr) {
+    if (attr.getIno() != 0) attr.setNoXattrs(!ns_.hasXattrs(txn, attr.getIno()));
+  };
+  switch (reply.which()) {
+    case rpc::MetaReply::ATTR:
+      mark(reply.getAttr());
+      break;
+    case rpc::MetaReply::OPENED:
+      mark(reply.getOpened().getAttr());
+      break;
+    case rpc::MetaReply::ENTRIES:
+      for (auto e : reply.getEntries().getList()) mark(e.getAttr());
+      break;
+    default:
+      break;
+  }
+}
+
 void MetaService::read(rpc::MetaRequest::Reader req, rpc::MetaReply::Builder reply) {
-  using R = rpc::MetaRequest;
   store::Txn txn(ctx_.target.env(), store::Txn::READ);
+  readIn(txn, req, reply);
+  if (reply.getError() == 0) markXattrs(txn, reply);
+}
+
+void MetaService::readIn(store::Txn& txn, rpc::MetaRequest::Reader req,
+                         rpc::MetaReply::Builder reply) {
+  using R = rpc::MetaRequest;
   switch (req.which()) {
     case R::GETATTR:
       ns_.get(txn, req.getGetattr()).toAttr(reply.initAttr());
@@ -400,6 +427,7 @@ void MetaService::update(rpc::MetaRequest::Reader req, capnp::MallocMessageBuild
   ctx_.update<rpc::MetaReply>(*session_, req.getRequestId(), req.getOldestUnreplied(), message,
                               [&](store::Txn& txn, rpc::MetaReply::Builder reply) {
                                 apply(req, txn, reply);
+                                markXattrs(txn, reply);
                                 // What the requester needs to keep its own caches right (its locks
                                 // were not called back); recorded with the reply, so a resend gets
                                 // it too.

@@ -17,6 +17,8 @@ public:
 private:
   kj::Promise<void> dispatch(CallContext context);
   void read(rpc::MetaRequest::Reader req, rpc::MetaReply::Builder reply);
+  void readIn(store::Txn& txn, rpc::MetaRequest::Reader req, rpc::MetaReply::Builder reply);
+  void markXattrs(store::Txn& txn, rpc::MetaReply::Builder reply);
   // Runs an update; `changed` are the inodes it may change, reported back as they end up.
   void update(rpc::MetaRequest::Reader req, capnp::MallocMessageBuilder& message,
               kj::ArrayPtr<const uint64_t> changed);

@@ -257,7 +257,8 @@ InodeData Namespace::setattr(store::Txn& txn, rpc::MetaRequest::Setattr::Reader 
   } else if (valid & rpc::SET_MTIME) {
     node.mtime = fromWire(req.getMtime());
   }
-  node.ctime = now;
+  // An access (relatime after a read) is not a change of the inode; anything else is.
+  if (!(valid & rpc::SET_ACCESS)) node.ctime = now;
   put(txn, node);
   return node;
 }
@@ -605,6 +606,14 @@ kj::Vector<kj::Array<kj::byte>> Namespace::listxattr(store::Txn& txn, uint64_t i
     }
   }
   return names;
+}
+
+bool Namespace::hasXattrs(store::Txn& txn, uint64_t ino) {
+  store::Cursor cursor(txn, xattrs_);
+  KJ_IF_MAYBE (i, cursor.seek(childKey(ino, nullptr))) {
+    return store::readU64(i->key, 0) == ino;
+  }
+  return false;
 }
 
 void Namespace::removexattr(store::Txn& txn, uint64_t ino, kj::ArrayPtr<const kj::byte> name) {

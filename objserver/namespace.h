@@ -90,6 +90,7 @@ public:
                 kj::ArrayPtr<const kj::byte> value, uint32_t flags);
   kj::Array<kj::byte> getxattr(store::Txn& txn, uint64_t ino, kj::ArrayPtr<const kj::byte> name);
   kj::Vector<kj::Array<kj::byte>> listxattr(store::Txn& txn, uint64_t ino);
+  bool hasXattrs(store::Txn& txn, uint64_t ino);
   void removexattr(store::Txn& txn, uint64_t ino, kj::ArrayPtr<const kj::byte> name);
 
   // The last open of an inode was closed: an orphan is destroyed now.

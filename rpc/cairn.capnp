@@ -66,6 +66,7 @@ struct Attr {
   mtime @10 :Timespec;
   ctime @11 :Timespec;
   parent @12 :UInt64;          # directories: the parent's ino (for "..")
+  noXattrs @13 :Bool;          # the inode has no extended attributes (false: unknown)
 }
 
 # Where a regular file's bytes live: stripe k of the file (k = offset / stripeSize) is on data
@@ -107,6 +108,7 @@ const setMtime :UInt32 = 32;
 const setAtimeNow :UInt32 = 128;
 const setMtimeNow :UInt32 = 256;
 const setCtime :UInt32 = 1024;
+const setAccess :UInt32 = 2048;   # with setAtimeNow: a read's atime update; ctime stays
 
 # MetaRequest.wantLocks bits: the caching locks a client asks to be granted with a reply (an
 # "intent"). The server grants them only if it can at once (nobody holds or awaits a conflicting

@@ -8,6 +8,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -167,6 +168,26 @@ TEST_F(Coherence, NamespaceChangesReachCachedNames) {
   ASSERT_EQ(unlink(pa("sub/moved").c_str()), 0);
   ASSERT_EQ(rmdir(pa("sub").c_str()), 0);
   EXPECT_FALSE(exists(pb("sub")));
+}
+
+TEST_F(Coherence, ExtendedAttributesAreSeenAtOnce) {
+  writeAll(pa("f"), "x");
+  char buf[64];
+  // B learns the file has none, then A adds one, changes it, removes it.
+  EXPECT_EQ(getxattr(pb("f").c_str(), "user.k", buf, sizeof(buf)), -1);
+  EXPECT_EQ(errno, ENODATA);
+  ASSERT_EQ(setxattr(pa("f").c_str(), "user.k", "v1", 2, 0), 0);
+  ASSERT_EQ(getxattr(pb("f").c_str(), "user.k", buf, sizeof(buf)), 2);
+  EXPECT_EQ(std::string(buf, 2), "v1");
+  ASSERT_EQ(setxattr(pa("f").c_str(), "user.k", "v22", 3, 0), 0);
+  ASSERT_EQ(getxattr(pb("f").c_str(), "user.k", buf, sizeof(buf)), 3);
+  EXPECT_EQ(std::string(buf, 3), "v22");
+  ASSERT_EQ(removexattr(pa("f").c_str(), "user.k"), 0);
+  EXPECT_EQ(getxattr(pb("f").c_str(), "user.k", buf, sizeof(buf)), -1);
+  // And a client's own changes, through its own cache.
+  ASSERT_EQ(setxattr(pb("f").c_str(), "user.mine", "m", 1, 0), 0);
+  ASSERT_EQ(getxattr(pb("f").c_str(), "user.mine", buf, sizeof(buf)), 1);
+  ASSERT_EQ(getxattr(pa("f").c_str(), "user.mine", buf, sizeof(buf)), 1);
 }
 
 TEST_F(Coherence, ACachedLookupFollowsARenameOverIt) {

@@ -68,7 +68,12 @@ void attrToStat(rpc::Attr::Reader a, struct stat* st) {
 }
 
 Client::Client(kj::AsyncIoContext& io, ClientOptions options)
-    : io_(io), options_(kj::mv(options)), tasks_(errorHandler_) {
+    : io_(io),
+      options_(kj::mv(options)),
+      readAhead_([this](uint64_t ino, uint64_t offset, size_t length) {
+        return fetchAhead(ino, offset, length);
+      }),
+      tasks_(errorHandler_) {
   identity_.uuid = randomUuid();
   identity_.role = rpc::Hello::Role::CLIENT;
   identity_.hostName = kj::str(options_.hostName);
@@ -86,6 +91,7 @@ Client::Client(kj::AsyncIoContext& io, ClientOptions options)
     // nothing they covered may be trusted from now on.
     locks_->forgetAll();
     cache_.clear();
+    readAhead_.clear();
   });
 }
 
@@ -259,6 +265,7 @@ uint32_t Client::wantFor(uint64_t dir, uint64_t ino, bool data) {
 kj::Promise<void> Client::revoke(uint64_t ino, uint64_t bit) {
   if (bit == BIT_LOOKUP) cache_.dropDir(ino);
   if (bit == BIT_ATTR) cache_.dropAttr(ino);
+  if (bit == BIT_DATA) readAhead_.drop(ino);
   KJ_IF_MAYBE (kernel, kernel_) {
     if (bit == BIT_ATTR || bit == BIT_DATA) return kernel->invalidate(ino, bit == BIT_DATA);
   }
@@ -450,6 +457,7 @@ kj::Promise<void> Client::truncateObjects(const StripeLayout& layout, uint64_t s
 kj::Promise<Entry> Client::setattr(const Cred& cred, uint64_t ino, SetAttr attr,
                                    kj::Maybe<uint64_t> fh) {
   (void)fh;
+  if (attr.valid & rpc::SET_SIZE) readAhead_.drop(ino);
   auto send = [this, cred, ino, attr]() {
     uint32_t want = wantFor(0, ino, false);
     return metaCall(
@@ -741,14 +749,34 @@ kj::Promise<kj::Array<kj::byte>> Client::readUnlocked(uint64_t fh, uint64_t offs
   // at least as fresh as the kernel's idea of the end of the file.
   if (offset >= known || size == 0) return kj::heapArray<kj::byte>(0);
   uint64_t end = kj::min(offset + size, known);
+  uint64_t ino = file.ino;
+  bool noatime = file.flags & O_NOATIME;
+  // Fetching ahead only under the DATA lock: what it brings in is dropped with the lock.
+  bool ahead = caching() && locks_->held(ino, BIT_DATA) != 0 && !(file.flags & O_APPEND);
+  kj::Promise<kj::Array<kj::byte>> data = nullptr;
+  KJ_IF_MAYBE (prefetched, readAhead_.read(ino, offset, end - offset, known, ahead)) {
+    data = kj::mv(*prefetched);
+  } else {
+    data = fetch(shared.layout, offset, end - offset).attach(kj::addRef(shared));
+  }
+  return data.then([this, ino, noatime](kj::Array<kj::byte> buffer) {
+    if (!noatime) touchAtime(ino);
+    return kj::mv(buffer);
+  });
+}
+
+kj::Promise<kj::Array<kj::byte>> Client::fetch(const StripeLayout& layout, uint64_t offset,
+                                               size_t length) {
+  auto& shared = layout;
+  uint64_t end = offset + length;
   auto buffer = kj::heapArray<kj::byte>(end - offset);
   memset(buffer.begin(), 0, buffer.size());
-  auto pieces = splitRange(shared.layout, offset, end - offset);
+  auto pieces = splitRange(shared, offset, end - offset);
   auto parts = kj::heapArrayBuilder<kj::Promise<void>>(pieces.size());
-  uint64_t object = shared.layout.objectId;
+  uint64_t object = shared.objectId;
   for (auto& p : pieces) {
     kj::byte* out = buffer.begin() + (p.fileOffset - offset);
-    parts.add(dataLink(shared.layout.targets[p.slot]).then([object, p, out](ServerLink* link) {
+    parts.add(dataLink(shared.targets[p.slot]).then([object, p, out](ServerLink* link) {
       return link
           ->data(
               [object, p](rpc::DataRequest::Builder b) {
@@ -767,14 +795,17 @@ kj::Promise<kj::Array<kj::byte>> Client::readUnlocked(uint64_t fh, uint64_t offs
           });
     }));
   }
-  uint64_t ino = file.ino;
-  bool noatime = file.flags & O_NOATIME;
-  return kj::joinPromises(parts.finish())
-      .then([this, ino, noatime, buffer = kj::mv(buffer)]() mutable {
-        if (!noatime) touchAtime(ino);
-        return kj::mv(buffer);
-      })
-      .attach(kj::addRef(shared));
+  return kj::joinPromises(parts.finish()).then([buffer = kj::mv(buffer)]() mutable {
+    return kj::mv(buffer);
+  });
+}
+
+// Read-ahead's fetches: by inode, through the layout the inode table keeps.
+kj::Promise<kj::Array<kj::byte>> Client::fetchAhead(uint64_t ino, uint64_t offset, size_t length) {
+  return layoutOf(ino).then([this, offset, length](kj::Own<SharedLayout> layout) {
+    auto& ref = layout->layout;
+    return fetch(ref, offset, length).attach(kj::mv(layout));
+  });
 }
 
 namespace {
@@ -842,6 +873,7 @@ kj::Promise<size_t> Client::write(uint64_t fh, uint64_t offset, kj::Array<kj::by
 
 kj::Promise<size_t> Client::writeUnlocked(uint64_t fh, uint64_t offset, kj::Array<kj::byte> data) {
   auto& file = openFile(fh);
+  readAhead_.drop(file.ino);
   auto layout = kj::addRef(*KJ_REQUIRE_NONNULL(file.layout, "write to a file without a layout"));
   uint64_t ino = file.ino;
   size_t length = data.size();
@@ -936,6 +968,7 @@ kj::Promise<void> Client::syncAll() {
 kj::Promise<void> Client::release(uint64_t fh) {
   auto& file = KJ_REQUIRE_NONNULL(opens_.find(fh), "unknown file handle", fh);
   bool lost = file.lost;
+  readAhead_.drop(file.ino);
   if ((file.flags & O_ACCMODE) != O_RDONLY && !(file.flags & O_APPEND)) {
     auto w = writers_.find(file.ino);
     if (w != writers_.end() && --w->second <= 0) writers_.erase(w);

@@ -28,6 +28,7 @@
 #include "fusefs/lock_cache.h"
 #include "fusefs/meta_cache.h"
 #include "fusefs/open_table.h"
+#include "fusefs/read_ahead.h"
 #include "rpc/server_link.h"
 
 namespace cairn {
@@ -183,6 +184,10 @@ private:
   kj::Promise<void> truncateObjects(const StripeLayout& layout, uint64_t size);
   kj::Promise<void> syncTargets(const StripeLayout& layout);
   kj::Promise<kj::Array<kj::byte>> readUnlocked(uint64_t fh, uint64_t offset, size_t size);
+  // The bytes of [offset, offset + length) of a file, holes as zeros.
+  kj::Promise<kj::Array<kj::byte>> fetch(const StripeLayout& layout, uint64_t offset,
+                                         size_t length);
+  kj::Promise<kj::Array<kj::byte>> fetchAhead(uint64_t ino, uint64_t offset, size_t length);
   kj::Promise<size_t> writeUnlocked(uint64_t fh, uint64_t offset, kj::Array<kj::byte> data);
   OpenTable::File& openFile(uint64_t fh);
   void touchAtime(uint64_t ino);
@@ -201,6 +206,7 @@ private:
   };
   std::map<uint64_t, Listing> listings_;
   std::map<uint64_t, int> writers_;  // ino -> open handles that may dirty its pages
+  ReadAhead readAhead_;
   kj::Maybe<KernelCache&> kernel_;
   kj::Own<ServerLink> meta_;
   std::map<uint32_t, kj::Own<ServerLink>> data_;

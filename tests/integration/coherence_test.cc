@@ -131,6 +131,28 @@ TEST_F(Coherence, AWriteIsSeenByTheOtherClientsNextRead) {
   close(fb);
 }
 
+TEST_F(Coherence, WhatWasReadAheadFollowsWritesElsewhere) {
+  constexpr size_t MiB = 1 << 20;
+  writeAll(pa("big"), std::string(8 * MiB, 'a'));
+  int fb = open(pb("big").c_str(), O_RDONLY);
+  ASSERT_GE(fb, 0);
+  std::string buf(MiB, '\0');
+  // Two sequential reads: B fetches the next megabytes ahead.
+  ASSERT_EQ(read(fb, buf.data(), MiB), ssize_t(MiB));
+  ASSERT_EQ(read(fb, buf.data(), MiB), ssize_t(MiB));
+  int fa = open(pa("big").c_str(), O_WRONLY);
+  ASSERT_GE(fa, 0);
+  std::string b(MiB, 'b');
+  ASSERT_EQ(pwrite(fa, b.data(), b.size(), 4 * MiB), ssize_t(MiB));
+  close(fa);
+  for (size_t at = 2 * MiB; at < 8 * MiB; at += MiB) {
+    ASSERT_EQ(read(fb, buf.data(), MiB), ssize_t(MiB));
+    char want = at == 4 * MiB ? 'b' : 'a';
+    ASSERT_EQ(buf, std::string(MiB, want)) << "at " << at;
+  }
+  close(fb);
+}
+
 TEST_F(Coherence, SizeAndTimesAreSeenAtOnce) {
   writeAll(pa("f"), "12345");
   auto before = statOf(pb("f"));

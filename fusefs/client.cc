@@ -266,10 +266,14 @@ kj::Promise<void> Client::revoke(uint64_t ino, uint64_t bit) {
   if (bit == BIT_LOOKUP) cache_.dropDir(ino);
   if (bit == BIT_ATTR) cache_.dropAttr(ino);
   if (bit == BIT_DATA) readAhead_.drop(ino);
-  KJ_IF_MAYBE (kernel, kernel_) {
-    if (bit == BIT_ATTR || bit == BIT_DATA) return kernel->invalidate(ino, bit == BIT_DATA);
-  }
-  return kj::READY_NOW;
+  if (bit != BIT_ATTR && bit != BIT_DATA) return kj::READY_NOW;
+  // Writes queued behind these locks go out before the locks do.
+  return flushed(ino).then([this, ino, bit]() -> kj::Promise<void> {
+    KJ_IF_MAYBE (kernel, kernel_) {
+      return kernel->invalidate(ino, bit == BIT_DATA);
+    }
+    return kj::READY_NOW;
+  });
 }
 
 // A file this client may dirty pages of (open for writing: a shared mapping writes behind our
@@ -309,6 +313,7 @@ kj::Maybe<Entry> Client::cachedEntry(uint64_t ino) {
     e.attr = c->attr;
     e.generation = c->generation;
     e.cached = true;
+    wb_.adjust(e.attr);
     return e;
   }
   return nullptr;
@@ -316,6 +321,7 @@ kj::Maybe<Entry> Client::cachedEntry(uint64_t ino) {
 
 Entry Client::entryOf(rpc::Attr::Reader attr) {
   Entry e = toEntry(attr);
+  wb_.adjust(e.attr);
   e.cached = locks_->held(attr.getIno(), BIT_ATTR) != 0 && cache_.attr(attr.getIno()) != nullptr;
   return e;
 }
@@ -422,6 +428,12 @@ kj::Promise<kj::Own<SharedLayout>> Client::layoutOf(uint64_t ino) {
       return kj::addRef(**l);
     }
   }
+  for (auto& [fh, file] : opens_.all()) {
+    if (file.ino != ino) continue;
+    KJ_IF_MAYBE (l, file.layout) {
+      return kj::addRef(**l);
+    }
+  }
   return metaCall([ino](rpc::MetaRequest::Builder b) { b.setLayout(ino); }, false)
       .then([this, ino](ServerLink::MetaResponse&& resp) {
         auto opened = resp.getReply().getOpened();
@@ -458,6 +470,11 @@ kj::Promise<Entry> Client::setattr(const Cred& cred, uint64_t ino, SetAttr attr,
                                    kj::Maybe<uint64_t> fh) {
   (void)fh;
   if (attr.valid & rpc::SET_SIZE) readAhead_.drop(ino);
+  if (wb_.queued(ino)) {
+    // Queued writes come before a truncate (and before times set explicitly).
+    return flushed(ino).then(
+        [this, cred, ino, attr, fh]() { return setattr(cred, ino, attr, fh); });
+  }
   auto send = [this, cred, ino, attr]() {
     uint32_t want = wantFor(0, ino, false);
     return metaCall(
@@ -733,6 +750,9 @@ kj::Promise<kj::Array<kj::byte>> Client::read(uint64_t fh, uint64_t offset, size
   // What is read lands in the kernel's page cache: only under the file's DATA lock (O_APPEND
   // handles bypass the page cache).
   auto& file = openFile(fh);
+  if (wb_.queued(file.ino)) {
+    return flushed(file.ino).then([this, fh, offset, size]() { return read(fh, offset, size); });
+  }
   if (file.flags & O_APPEND) return readUnlocked(fh, offset, size);
   return dataLock(file.ino).then(
       [this, fh, offset, size]() { return readUnlocked(fh, offset, size); });
@@ -858,7 +878,11 @@ kj::Promise<size_t> Client::write(uint64_t fh, uint64_t offset, kj::Array<kj::by
   if (file.flags & O_APPEND) {
     // Direct I/O: the kernel's pages of this file (other descriptors) may now be stale, and
     // our own update does not call our lock back: drop them before write() returns.
-    return writeUnlocked(fh, offset, kj::mv(data))
+    // Writes queued through other descriptors go first.
+    return flushed(ino)
+        .then([this, fh, offset, data = kj::mv(data)]() mutable {
+          return writeUnlocked(fh, offset, kj::mv(data));
+        })
         .then([this, ino](size_t n) -> kj::Promise<size_t> {
           KJ_IF_MAYBE (kernel, kernel_) {
             return kernel->invalidate(ino, true).then([n]() { return n; });
@@ -866,8 +890,124 @@ kj::Promise<size_t> Client::write(uint64_t fh, uint64_t offset, kj::Array<kj::by
           return n;
         });
   }
-  return dataLock(ino).then([this, fh, offset, data = kj::mv(data)]() mutable {
-    return writeUnlocked(fh, offset, kj::mv(data));
+  return dataLock(ino)
+      .then([this, ino]() { return writeBehindLock(ino); })
+      .then(
+          [this, fh, ino, offset, data = kj::mv(data)](bool behind) mutable -> kj::Promise<size_t> {
+            if (behind) return queueWrite(ino, offset, kj::mv(data));
+            return flushed(ino).then([this, fh, offset, data = kj::mv(data)]() mutable {
+              return writeUnlocked(fh, offset, kj::mv(data));
+            });
+          });
+}
+
+kj::Promise<bool> Client::writeBehindLock(uint64_t ino) {
+  auto pw = [this, ino](uint64_t bit) {
+    return locks_->heldMode(ino, bit).orDefault(rpc::LockMode::NL) == rpc::LockMode::PW;
+  };
+  // PW on the data comes with a descriptor open for writing (withDataLock); never upgraded here.
+  if (!caching() || !pw(BIT_DATA)) return false;
+  if (pw(BIT_ATTR)) return true;
+  // Giving our PR on the attributes back touches no page: safe inside a WRITE.
+  return locks_->acquire(ino, BIT_ATTR, rpc::LockMode::PW).then([pw]() {
+    return pw(BIT_DATA) && pw(BIT_ATTR);
+  });
+}
+
+kj::Promise<size_t> Client::queueWrite(uint64_t ino, uint64_t offset, kj::Array<kj::byte> data) {
+  // An earlier queued write failed: this write() reports it (as close and fsync would).
+  int err = wb_.takeError(ino);
+  if (err != 0) return kj::Promise<size_t>(errnoException(err));
+  size_t n = data.size();
+  if (n == 0) return size_t(0);
+  if (offset > uint64_t(INT64_MAX) - n) return kj::Promise<size_t>(errnoException(EFBIG));
+  readAhead_.drop(ino);
+  size_t queued = wb_.add(ino, offset, kj::mv(data));
+  KJ_IF_MAYBE (inode, inodes_.find(ino)) {
+    inode->size = kj::max(inode->size, offset + n);
+  }
+  if (queued >= WriteBehind::FILE_BATCH) tasks_.add(flushed(ino));
+  // Past the bound, the writer waits for its file to be sent: memory stays bounded.
+  if (wb_.total() > WriteBehind::MAX_QUEUED) return flushed(ino).then([n]() { return n; });
+  return n;
+}
+
+// Sends what is queued for the file, and whatever is queued meanwhile, until nothing is left.
+// One batch at a time per file, so that batches land in order.
+kj::Promise<void> Client::flushed(uint64_t ino) {
+  KJ_IF_MAYBE (s, wb_.sending(ino)) {
+    return s->addBranch().then([this, ino]() { return flushed(ino); });
+  }
+  auto batch = wb_.take(ino);
+  if (batch.writes.empty()) return kj::READY_NOW;
+  auto sending = sendBatch(ino, kj::mv(batch)).fork();
+  auto branch = sending.addBranch();
+  wb_.setSending(ino, kj::mv(sending));
+  return branch.then([this, ino]() { return flushed(ino); });
+}
+
+kj::Promise<void> Client::sendBatch(uint64_t ino, WriteBehind::Batch batch) {
+  size_t bytes = 0;
+  for (auto& w : batch.writes) bytes += w.data.size();
+  uint64_t end = batch.end;
+  auto own = kj::heap(kj::mv(batch));
+  auto& writes = own->writes;
+  return layoutOf(ino)
+      .then([this, ino, end, &writes](kj::Own<SharedLayout> layout) {
+        kj::Vector<kj::Promise<void>> parts;
+        uint64_t object = layout->layout.objectId;
+        for (auto& w : writes) {
+          for (auto& p : splitRange(layout->layout, w.offset, w.data.size())) {
+            auto bytes = kj::arrayPtr(w.data.begin() + (p.fileOffset - w.offset), p.length);
+            parts.add(dataLink(layout->layout.targets[p.slot])
+                          .then([object, p, bytes](ServerLink* link) {
+                            return link->data(
+                                [object, p, bytes](rpc::DataRequest::Builder b) {
+                                  auto d = b.initWrite();
+                                  d.setObjectId(object);
+                                  d.setOffset(p.objectOffset);
+                                  d.setData(bytes);
+                                },
+                                true);
+                          })
+                          .then([](ServerLink::DataResponse&& resp) {
+                            checkErrno(resp.getReply().getError());
+                          }));
+          }
+        }
+        // As for a write-through: size and mtime once the data is in place.
+        return kj::joinPromises(parts.releaseAsArray())
+            .then([this, ino, end]() {
+              return metaCall(
+                  [ino, end](rpc::MetaRequest::Builder b) {
+                    auto w = b.initWrote();
+                    w.setIno(ino);
+                    w.setEnd(end);
+                  },
+                  true);
+            })
+            .ignoreResult()
+            .attach(kj::mv(layout));
+      })
+      .then([this, ino, bytes]() { wb_.sent(ino, bytes, 0); },
+            [this, ino, bytes](kj::Exception&& e) {
+              int err = errnoOf(e);
+              spdlog::warn("write-behind of inode {} failed: {}", ino, e.getDescription().cStr());
+              wb_.sent(ino, bytes, err != 0 ? err : EIO);
+            })
+      .then([this, ino]() {
+        // Not from inside the promise the entry holds: in an event of its own.
+        tasks_.add(kj::evalLater([this, ino]() { wb_.doneSending(ino); }));
+      })
+      .attach(kj::mv(own));
+}
+
+kj::Promise<void> Client::flush(uint64_t fh) {
+  auto& file = KJ_REQUIRE_NONNULL(opens_.find(fh), "unknown file handle", fh);
+  uint64_t ino = file.ino;
+  return flushed(ino).then([this, ino]() {
+    int err = wb_.takeError(ino);
+    if (err != 0) kj::throwFatalException(errnoException(err));
   });
 }
 
@@ -948,6 +1088,9 @@ kj::Promise<void> Client::syncTargets(const StripeLayout& layout) {
 
 kj::Promise<void> Client::fsync(uint64_t fh) {
   auto& file = openFile(fh);
+  if (wb_.queued(file.ino)) return flush(fh).then([this, fh]() { return fsync(fh); });
+  int err = wb_.takeError(file.ino);
+  if (err != 0) return kj::Promise<void>(errnoException(err));
   KJ_IF_MAYBE (l, file.layout) {
     auto layout = kj::addRef(**l);
     auto& ref = layout->layout;
@@ -966,6 +1109,11 @@ kj::Promise<void> Client::syncAll() {
 }
 
 kj::Promise<void> Client::release(uint64_t fh) {
+  auto& queued = KJ_REQUIRE_NONNULL(opens_.find(fh), "unknown file handle", fh);
+  if (wb_.queued(queued.ino)) {
+    // The server forgets the open (an unlinked file goes with its last one): data first.
+    return flushed(queued.ino).then([this, fh]() { return release(fh); });
+  }
   auto& file = KJ_REQUIRE_NONNULL(opens_.find(fh), "unknown file handle", fh);
   bool lost = file.lost;
   readAhead_.drop(file.ino);

@@ -29,6 +29,7 @@
 #include "fusefs/meta_cache.h"
 #include "fusefs/open_table.h"
 #include "fusefs/read_ahead.h"
+#include "fusefs/write_behind.h"
 #include "rpc/server_link.h"
 
 namespace cairn {
@@ -111,6 +112,9 @@ public:
   kj::Promise<kj::Array<kj::byte>> read(uint64_t fh, uint64_t offset, size_t size);
   kj::Promise<size_t> write(uint64_t fh, uint64_t offset, kj::Array<kj::byte> data);
   kj::Promise<void> fsync(uint64_t fh);
+  // close(): what was written through this descriptor (and all queued for the file) is sent;
+  // a failure of write-behind is reported here.
+  kj::Promise<void> flush(uint64_t fh);
   // Everything committed so far, on every target, on disk.
   kj::Promise<void> syncAll();
   kj::Promise<void> release(uint64_t fh);
@@ -174,6 +178,10 @@ private:
   // Pages of `ino` may be cached by the kernel only under its DATA lock: take it first.
   kj::Promise<void> dataLock(uint64_t ino);
   kj::Promise<Opened> withDataLock(Opened o);
+  kj::Promise<bool> writeBehindLock(uint64_t ino);
+  kj::Promise<size_t> queueWrite(uint64_t ino, uint64_t offset, kj::Array<kj::byte> data);
+  kj::Promise<void> flushed(uint64_t ino);
+  kj::Promise<void> sendBatch(uint64_t ino, WriteBehind::Batch batch);
   kj::Maybe<Entry> cachedEntry(uint64_t ino);
   void removed(uint64_t parent, std::string name, int error);
   Entry entryOf(rpc::Attr::Reader attr);
@@ -207,6 +215,7 @@ private:
   std::map<uint64_t, Listing> listings_;
   std::map<uint64_t, int> writers_;  // ino -> open handles that may dirty its pages
   ReadAhead readAhead_;
+  WriteBehind wb_;
   kj::Maybe<KernelCache&> kernel_;
   kj::Own<ServerLink> meta_;
   std::map<uint32_t, kj::Own<ServerLink>> data_;

@@ -274,11 +274,14 @@ void opWrite(fuse_req_t req, fuse_ino_t, const char* buf, size_t size, off_t off
 }
 
 void opFlush(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
-  // Writes are acknowledged only once committed on their targets; what close() leaves to do is
-  // dropping the closing owner's record locks (POSIX: any close by the process drops them).
-  uint64_t owner = fi->lock_owner;
+  // close(): writes queued behind go out (their failure is close's), and the closing owner's
+  // record locks go (POSIX: any close by the process drops them).
+  uint64_t owner = fi->lock_owner, fh = fi->fh;
+  Client* c = &client(req);
   ops(req).run(req, [&]() {
-    return client(req).releaseLocks(ino, owner, 0).then([req]() { fuse_reply_err(req, 0); });
+    return c->flush(fh)
+        .then([c, ino, owner]() { return c->releaseLocks(ino, owner, 0); })
+        .then([req]() { fuse_reply_err(req, 0); });
   });
 }
 

@@ -119,6 +119,15 @@ kj::Maybe<uint64_t> LockManager::tryGrant(LockOwner& owner, LockSpec spec) {
   return id;
 }
 
+bool LockManager::heldByOthers(const LockSpec& spec, const LockOwner& owner) const {
+  auto found = resources_.find(spec.resource);
+  if (found == resources_.end()) return false;
+  for (Lock* g : found->second.granted) {
+    if (g->owner != &owner && conflicts(g->spec, spec)) return true;
+  }
+  return false;
+}
+
 void LockManager::cancel(LockOwner& owner, uint64_t lockId) {
   auto it = locks_.find(lockId);
   if (it == locks_.end()) return;

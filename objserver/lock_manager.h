@@ -78,6 +78,8 @@ public:
   // Grants at once if nothing granted or waiting conflicts, else returns null and changes
   // nothing: how a reply carries a caching lock without ever making a read wait.
   kj::Maybe<uint64_t> tryGrant(LockOwner& owner, LockSpec spec);
+  // Whether another owner than `owner` holds a lock that conflicts with `spec`.
+  bool heldByOthers(const LockSpec& spec, const LockOwner& owner) const;
   // Releases a granted lock. An unknown id (already cancelled, or dropped) is not an error:
   // cancels race with evictions and resends.
   void cancel(LockOwner& owner, uint64_t lockId);

@@ -114,19 +114,79 @@ kj::Promise<void> MetaService::dispatch(CallContext context) {
             d->poke();
           }
         });
-  } else {
-    auto reply = context.getResults().initReply();
-    try {
-      read(req, reply);
-    } catch (FsError& e) {
-      reply.setError(e.err());
-    }
-    // "No such name" and "no such attribute" are answers worth caching too.
-    int err = reply.getError();
-    if (err == 0 || err == ENOENT || err == ENODATA) grant(req, reply);
-    reply.setLastSynced(ctx_.syncer.lastSynced());
   }
+  return readReply(context, 0, nullptr);
+}
+
+kj::Promise<void> MetaService::readReply(CallContext context, unsigned attempt,
+                                         kj::Array<uint64_t> taken) {
+  auto req = context.getParams().getRequest();
+  auto reply = context.getResults().initReply();
+  try {
+    read(req, reply);
+  } catch (FsError& e) {
+    reply.setError(e.err());
+  }
+  // An inode another client holds for writing (PW on its attributes: it has writes it has
+  // not sent yet) may be newer than what was just read. Take PR on it first — the writer is
+  // called back and sends them — and read again.
+  if (attempt < 3) {
+    auto busy = writtenElsewhere(reply);
+    if (busy.size() > 0) {
+      auto waits = kj::heapArrayBuilder<kj::Promise<uint64_t>>(busy.size());
+      for (uint64_t ino : busy) {
+        LockSpec spec;
+        spec.resource = ResourceId{RES_INODE, ino};
+        spec.mode = LockMode::PR;
+        spec.bits = BIT_ATTR;
+        waits.add(ctx_.locks.enqueue(*session_, spec));
+      }
+      return kj::joinPromises(waits.finish())
+          .then([this, context, attempt, taken = kj::mv(taken)](kj::Array<uint64_t> ids) mutable {
+            kj::Vector<uint64_t> all;
+            all.addAll(taken);
+            all.addAll(ids);
+            return readReply(context, attempt + 1, all.releaseAsArray());
+          });
+    }
+  }
+  // "No such name" and "no such attribute" are answers worth caching too.
+  int err = reply.getError();
+  if (err == 0 || err == ENOENT || err == ENODATA) grant(req, reply);
+  // The locks taken above that the client did not ask for are not its to keep.
+  for (uint64_t id : taken) {
+    bool granted = false;
+    for (auto l : reply.getLocks()) granted = granted || l.getLockId() == id;
+    if (!granted) ctx_.locks.cancel(*session_, id);
+  }
+  reply.setLastSynced(ctx_.syncer.lastSynced());
   return kj::READY_NOW;
+}
+
+kj::Vector<uint64_t> MetaService::writtenElsewhere(rpc::MetaReply::Reader reply) {
+  kj::Vector<uint64_t> out;
+  if (reply.getError() != 0) return out;
+  auto check = [&](rpc::Attr::Reader attr) {
+    LockSpec spec;
+    spec.resource = ResourceId{RES_INODE, attr.getIno()};
+    spec.mode = LockMode::PR;
+    spec.bits = BIT_ATTR;
+    if (attr.getIno() != 0 && ctx_.locks.heldByOthers(spec, *session_)) out.add(attr.getIno());
+  };
+  switch (reply.which()) {
+    case rpc::MetaReply::ATTR:
+      check(reply.getAttr());
+      break;
+    case rpc::MetaReply::OPENED:
+      check(reply.getOpened().getAttr());
+      break;
+    case rpc::MetaReply::ENTRIES:
+      for (auto e : reply.getEntries().getList()) check(e.getAttr());
+      break;
+    default:
+      break;
+  }
+  return out;
 }
 
 namespace {
@@ -171,16 +231,20 @@ void MetaService::grant(rpc::MetaRequest::Reader req, rpc::MetaReply::Builder re
       granted.add(Granted{*id, ino, bits, mode});
     }
   };
-  // A file opened for writing may get dirty pages (a shared mapping) that readers elsewhere
-  // must see: its data lock is PW, which their PR calls back.
+  // A file opened for writing may get dirty pages (a shared mapping) and writes queued behind
+  // that readers elsewhere must see: its data and attribute locks are PW, which their PR calls
+  // back.
   uint32_t openFlags = req.which() == rpc::MetaRequest::OPEN     ? req.getOpen().getFlags()
                        : req.which() == rpc::MetaRequest::CREATE ? req.getCreate().getFlags()
                                                                  : 0;
-  LockMode dataMode = (openFlags & O_ACCMODE) != O_RDONLY ? LockMode::PW : LockMode::PR;
+  // (O_APPEND descriptors write around the page cache and queue nothing.)
+  bool writing = (openFlags & O_ACCMODE) != O_RDONLY && !(openFlags & O_APPEND);
+  LockMode dataMode = writing ? LockMode::PW : LockMode::PR;
   auto inode = [&](rpc::Attr::Reader attr) {
     if (attr.getIno() == 0) return;
-    if (want & rpc::WANT_INODE) take(attr.getIno(), BIT_ATTR, LockMode::PR);
-    if ((want & rpc::WANT_DATA) && S_ISREG(attr.getMode())) {
+    bool reg = S_ISREG(attr.getMode());
+    if (want & rpc::WANT_INODE) take(attr.getIno(), BIT_ATTR, reg ? dataMode : LockMode::PR);
+    if ((want & rpc::WANT_DATA) && reg) {
       take(attr.getIno(), BIT_DATA, dataMode);
     }
   };

@@ -16,6 +16,10 @@ public:
 
 private:
   kj::Promise<void> dispatch(CallContext context);
+  // A read; it waits for writers elsewhere of what it read to send their writes, and reads
+  // again (`taken`: the locks it took for that).
+  kj::Promise<void> readReply(CallContext context, unsigned attempt, kj::Array<uint64_t> taken);
+  kj::Vector<uint64_t> writtenElsewhere(rpc::MetaReply::Reader reply);
   void read(rpc::MetaRequest::Reader req, rpc::MetaReply::Builder reply);
   void readIn(store::Txn& txn, rpc::MetaRequest::Reader req, rpc::MetaReply::Builder reply);
   void markXattrs(store::Txn& txn, rpc::MetaReply::Builder reply);

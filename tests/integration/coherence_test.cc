@@ -153,6 +153,27 @@ TEST_F(Coherence, WhatWasReadAheadFollowsWritesElsewhere) {
   close(fb);
 }
 
+// Writes a client queued behind (not yet sent, the descriptor still open) are seen elsewhere:
+// a stat calls the writer's attribute lock back, a read its data lock.
+TEST_F(Coherence, WritesQueuedBehindAreSeenByStatAndRead) {
+  int fa = open(pa("wb").c_str(), O_CREAT | O_WRONLY, 0644);
+  ASSERT_GE(fa, 0);
+  std::string first(300000, 'q');
+  ASSERT_EQ(write(fa, first.data(), first.size()), ssize_t(first.size()));
+  struct stat mine;
+  ASSERT_EQ(fstat(fa, &mine), 0);
+  EXPECT_EQ(mine.st_size, 300000);
+  EXPECT_EQ(statOf(pb("wb")).st_size, 300000);
+  ASSERT_EQ(write(fa, "tail", 4), 4);
+  EXPECT_TRUE(readWhole(pb("wb")) == first + "tail");
+  // A listing sees the size too.
+  ASSERT_EQ(write(fa, "more", 4), 4);
+  auto ls = run({"/bin/ls", "-l", pb("wb")});
+  EXPECT_NE(ls.out.find(" 300008 "), std::string::npos) << ls.out;
+  ASSERT_EQ(close(fa), 0);
+  EXPECT_EQ(statOf(pb("wb")).st_size, 300008);
+}
+
 TEST_F(Coherence, SizeAndTimesAreSeenAtOnce) {
   writeAll(pa("f"), "12345");
   auto before = statOf(pb("f"));

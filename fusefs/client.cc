@@ -262,8 +262,42 @@ uint32_t Client::wantFor(uint64_t dir, uint64_t ino, bool data) {
   return want;
 }
 
+bool Client::nameForKernel(uint64_t parent, const std::string& name) {
+  KJ_IF_MAYBE (kernel, kernel_) {
+    if (!kernel->keepsNames() || locks_->held(parent, BIT_LOOKUP) == 0) return false;
+    kernelNames_[parent].insert(name);
+    lastNameReply_.insert_or_assign(parent, io_.provider->getTimer().now());
+    return true;
+  }
+  return false;
+}
+
+// A LOOKUP answer is entered into the kernel's dentry cache by the task that looked up, after
+// the daemon has written it: an entry invalidation sent in between finds nothing to drop. So if
+// a name of the directory was handed out lately, the kernel's epoch is raised as well: every
+// lookup begun before it is checked again at its next use.
+constexpr kj::Duration NAME_IN_FLIGHT = 2 * kj::SECONDS;
+
 kj::Promise<void> Client::revoke(uint64_t ino, uint64_t bit) {
-  if (bit == BIT_LOOKUP) cache_.dropDir(ino);
+  if (bit == BIT_LOOKUP) {
+    cache_.dropDir(ino);
+    std::vector<std::string> names;
+    auto it = kernelNames_.find(ino);
+    if (it != kernelNames_.end()) {
+      names.assign(it->second.begin(), it->second.end());
+      kernelNames_.erase(it);
+    }
+    bool epoch = false;
+    auto last = lastNameReply_.find(ino);
+    if (last != lastNameReply_.end()) {
+      epoch = io_.provider->getTimer().now() - last->second < NAME_IN_FLIGHT;
+      lastNameReply_.erase(last);
+    }
+    KJ_IF_MAYBE (kernel, kernel_) {
+      if (!names.empty() || epoch) return kernel->forgetNames(ino, kj::mv(names), epoch);
+    }
+    return kj::READY_NOW;
+  }
   if (bit == BIT_ATTR) cache_.dropAttr(ino);
   if (bit == BIT_DATA) readAhead_.drop(ino);
   if (bit != BIT_ATTR && bit != BIT_DATA) return kj::READY_NOW;
@@ -281,6 +315,14 @@ kj::Promise<void> Client::revoke(uint64_t ino, uint64_t bit) {
 // taken at the open, where this request holds no page of the file locked: in a READ or WRITE,
 // giving our own PR back to get PW could wait on the very page that request has locked.
 kj::Promise<Opened> Client::withDataLock(Opened o) {
+  if (o.atimeSet) {
+    // The kernel keeps the attributes, and is not told of an access time it did not set.
+    KJ_IF_MAYBE (kernel, kernel_) {
+      o.atimeSet = false;
+      uint64_t ino = o.entry.attr.st_ino;
+      return kernel->invalidate(ino, false).then([this, o]() { return withDataLock(o); });
+    }
+  }
   auto& file = KJ_ASSERT_NONNULL(opens_.find(o.fh));
   bool mayDirty = (file.flags & O_ACCMODE) != O_RDONLY && !(file.flags & O_APPEND);
   if (!caching() || !mayDirty || !S_ISREG(o.entry.attr.st_mode)) return o;
@@ -345,21 +387,29 @@ std::string nameOf(kj::ArrayPtr<const kj::byte> name) {
 kj::Promise<Entry> Client::entryCall(MetaBuild build, uint64_t parent, kj::Array<kj::byte> name,
                                      bool made) {
   auto key = nameOf(name);
+  auto named = kj::heap<bool>(false);
+  bool& nameCached = *named;
   return metaCall(kj::mv(build), true, ServerLink::Class::NORMAL,
-                  [this, parent, made, key = kj::mv(key)](rpc::MetaReply::Reader reply) mutable {
+                  [this, parent, made, &nameCached,
+                   key = kj::mv(key)](rpc::MetaReply::Reader reply) mutable {
                     if (reply.getError() != 0) {
                       cache_.dropEntry(parent, key);
                       return;
                     }
                     uint64_t ino = reply.getAttr().getIno();
                     if (locks_->held(parent, BIT_LOOKUP) != 0) {
+                      nameCached = nameForKernel(parent, key);
                       cache_.setEntry(parent, kj::mv(key), ino);
                     }
                     if (made && locks_->held(ino, BIT_ATTR) != 0) cache_.markNoXattrs(ino);
                     if (made && locks_->held(ino, BIT_LOOKUP) != 0) cache_.markComplete(ino);
                   })
-      .then([this](ServerLink::MetaResponse&& resp) { return entryOf(resp.getReply().getAttr()); })
-      .attach(kj::mv(name));
+      .then([this, &nameCached](ServerLink::MetaResponse&& resp) {
+        auto e = entryOf(resp.getReply().getAttr());
+        e.nameCached = nameCached;
+        return e;
+      })
+      .attach(kj::mv(name), kj::mv(named));
 }
 
 kj::Promise<Entry> Client::getattr(uint64_t ino) {
@@ -395,6 +445,7 @@ kj::Promise<Entry> Client::lookup(const Cred& cred, uint64_t parent, kj::Array<k
     KJ_IF_MAYBE (ino, cache_.entry(parent, key)) {
       if (*ino == 0) return errnoException(ENOENT);
       KJ_IF_MAYBE (e, cachedEntry(*ino)) {
+        e->nameCached = nameForKernel(parent, key);
         return *e;
       }
     } else if (cache_.complete(parent)) {
@@ -402,6 +453,9 @@ kj::Promise<Entry> Client::lookup(const Cred& cred, uint64_t parent, kj::Array<k
     }
   }
   uint32_t want = wantFor(parent, 0, false);
+  // Decided with the reply's locks, in its first event (see absorb).
+  auto named = kj::heap<bool>(false);
+  bool& nameCached = *named;
   return metaCall(
              [cred, parent, name = kj::mv(name), want](rpc::MetaRequest::Builder b) {
                setCred(b, cred);
@@ -411,15 +465,21 @@ kj::Promise<Entry> Client::lookup(const Cred& cred, uint64_t parent, kj::Array<k
                b.setWantLocks(want);
              },
              false, ServerLink::Class::NORMAL,
-             [this, parent, key = kj::mv(key)](rpc::MetaReply::Reader reply) mutable {
+             [this, parent, &nameCached, key = kj::mv(key)](rpc::MetaReply::Reader reply) mutable {
                if (locks_->held(parent, BIT_LOOKUP) == 0) return;
                if (reply.getError() == 0) {
+                 nameCached = nameForKernel(parent, key);
                  cache_.setEntry(parent, kj::mv(key), reply.getAttr().getIno());
                } else if (reply.getError() == ENOENT) {
                  cache_.setEntry(parent, kj::mv(key), 0);
                }
              })
-      .then([this](ServerLink::MetaResponse&& resp) { return entryOf(resp.getReply().getAttr()); });
+      .then([this, &nameCached](ServerLink::MetaResponse&& resp) {
+        auto e = entryOf(resp.getReply().getAttr());
+        e.nameCached = nameCached;
+        return e;
+      })
+      .attach(kj::mv(named));
 }
 
 kj::Promise<kj::Own<SharedLayout>> Client::layoutOf(uint64_t ino) {
@@ -671,7 +731,7 @@ Opened Client::opened(uint64_t fh, ServerLink::MetaResponse& resp) {
   // Reads the page cache answers never reach us (FUSE inodes are S_NOATIME in the kernel):
   // the access time a read would set is set at the open for reading instead.
   if (out.keepCache && (file.flags & O_ACCMODE) != O_WRONLY && !(file.flags & O_NOATIME)) {
-    touchAtime(ino);
+    out.atimeSet = touchAtime(ino);
   }
   if (opened.hasLayout()) {
     auto layout = toLayout(opened.getLayout());
@@ -713,6 +773,8 @@ kj::Promise<Opened> Client::create(const Cred& cred, uint64_t parent, kj::Array<
   uint64_t fh = opens_.add(kj::mv(file));
   uint32_t want = wantFor(parent, 0, true);
   auto key = nameOf(name);
+  auto named = kj::heap<bool>(false);
+  bool& nameCached = *named;
   return metaCall(
              [cred, parent, name = kj::mv(name), mode, flags, fh,
               want](rpc::MetaRequest::Builder b) {
@@ -726,18 +788,25 @@ kj::Promise<Opened> Client::create(const Cred& cred, uint64_t parent, kj::Array<
                c.setHandle(fh);
              },
              true, ServerLink::Class::NORMAL,
-             [this, parent, key = kj::mv(key)](rpc::MetaReply::Reader reply) mutable {
+             [this, parent, &nameCached, key = kj::mv(key)](rpc::MetaReply::Reader reply) mutable {
                if (reply.getError() != 0) {
                  cache_.dropEntry(parent, key);
                } else if (locks_->held(parent, BIT_LOOKUP) != 0) {
+                 nameCached = nameForKernel(parent, key);
                  cache_.setEntry(parent, kj::mv(key), reply.getOpened().getAttr().getIno());
                }
              })
-      .then([this, fh](ServerLink::MetaResponse&& resp) { return withDataLock(opened(fh, resp)); },
-            [this, fh](kj::Exception&& e) -> kj::Promise<Opened> {
-              opens_.remove(fh);
-              kj::throwFatalException(kj::mv(e));
-            });
+      .then(
+          [this, fh, &nameCached](ServerLink::MetaResponse&& resp) {
+            auto o = opened(fh, resp);
+            o.entry.nameCached = nameCached;
+            return withDataLock(kj::mv(o));
+          },
+          [this, fh](kj::Exception&& e) -> kj::Promise<Opened> {
+            opens_.remove(fh);
+            kj::throwFatalException(kj::mv(e));
+          })
+      .attach(kj::mv(named));
 }
 
 OpenTable::File& Client::openFile(uint64_t fh) {
@@ -837,16 +906,16 @@ bool notAfter(const timespec& a, const timespec& b) {
 // relatime, the Linux default: a read updates atime if it is not newer than mtime or ctime,
 // or is a day old. The update is not waited for; it leaves on the metadata link before any
 // later request, so a stat after the read sees it.
-void Client::touchAtime(uint64_t ino) {
+bool Client::touchAtime(uint64_t ino) {
   auto* found = inodes_.find(ino).map([](InodeTable::Inode& i) { return &i; }).orDefault(nullptr);
-  if (found == nullptr) return;
+  if (found == nullptr) return false;
   auto& inode = *found;
   timespec now;
   clock_gettime(CLOCK_REALTIME, &now);
   const auto& a = inode.last;
   bool stale = notAfter(a.st_atim, a.st_mtim) || notAfter(a.st_atim, a.st_ctim) ||
                now.tv_sec - a.st_atim.tv_sec >= 24 * 3600;
-  if (!stale || inode.atimePending) return;
+  if (!stale || inode.atimePending) return false;
   inode.atimePending = true;
   // A stat right after the read must see it, before the server's answer is back.
   inode.last.st_atim = now;
@@ -870,6 +939,7 @@ void Client::touchAtime(uint64_t ino) {
                          i->atimePending = false;
                        }
                      }));
+  return true;
 }
 
 kj::Promise<size_t> Client::write(uint64_t fh, uint64_t offset, kj::Array<kj::byte> data) {

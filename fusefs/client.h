@@ -22,6 +22,8 @@
 #include <set>
 #include <string>
 #include <tuple>
+#include <unordered_map>
+#include <unordered_set>
 
 #include "fusefs/inode_table.h"
 #include "fusefs/kernel_cache.h"
@@ -50,13 +52,15 @@ struct Cred {
 struct Entry {
   struct stat attr;
   uint64_t generation = 0;
-  bool cached = false;  // a lock covers the attributes: the kernel may keep them
+  bool cached = false;      // a lock covers the attributes: the kernel may keep them
+  bool nameCached = false;  // a lock covers the name that led here: the kernel may keep it
 };
 
 struct Opened {
   uint64_t fh = 0;
   Entry entry;
   bool keepCache = false;  // a lock covers the contents: the kernel may keep its pages
+  bool atimeSet = false;   // the open set the access time: the kernel's copy is stale
 };
 
 struct DirItem {
@@ -184,6 +188,9 @@ private:
   kj::Promise<void> sendBatch(uint64_t ino, WriteBehind::Batch batch);
   kj::Maybe<Entry> cachedEntry(uint64_t ino);
   void removed(uint64_t parent, std::string name, int error);
+  // The kernel may keep the name `e` was reached by, if its directory's lock is held: noted,
+  // so that the name is dropped from the kernel with the lock.
+  bool nameForKernel(uint64_t parent, const std::string& name);
   Entry entryOf(rpc::Attr::Reader attr);
   kj::Promise<ServerLink*> dataLink(uint32_t index);
   kj::Promise<void> refreshTargets(ServerLink::Class cls);
@@ -198,7 +205,7 @@ private:
   kj::Promise<kj::Array<kj::byte>> fetchAhead(uint64_t ino, uint64_t offset, size_t length);
   kj::Promise<size_t> writeUnlocked(uint64_t fh, uint64_t offset, kj::Array<kj::byte> data);
   OpenTable::File& openFile(uint64_t fh);
-  void touchAtime(uint64_t ino);
+  bool touchAtime(uint64_t ino);  // true if it sets the access time
   Entry toEntry(rpc::Attr::Reader attr);
   Opened opened(uint64_t fh, ServerLink::MetaResponse& resp);
 
@@ -214,6 +221,9 @@ private:
   };
   std::map<uint64_t, Listing> listings_;
   std::map<uint64_t, int> writers_;  // ino -> open handles that may dirty its pages
+  // Names the kernel keeps, by directory, and when a lookup in it was last answered.
+  std::unordered_map<uint64_t, std::unordered_set<std::string>> kernelNames_;
+  std::unordered_map<uint64_t, kj::TimePoint> lastNameReply_;
   ReadAhead readAhead_;
   WriteBehind wb_;
   kj::Maybe<KernelCache&> kernel_;

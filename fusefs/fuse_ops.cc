@@ -7,6 +7,7 @@
 #include <kj/debug.h>
 #include <spdlog/spdlog.h>
 
+#include "fusefs/notifier.h"
 #include "rpc/errors.h"
 
 namespace cairn {
@@ -38,11 +39,10 @@ kj::Array<kj::byte> bytes(const char* s, size_t n) {
 // kernel when the lock goes); the timeout only bounds what a lost notification could cost.
 // Entries are never kept by the kernel: the client answers repeated LOOKUPs from its own cache,
 // which no invalidation can race with (docs/caching.md).
-constexpr double ENTRY_TIMEOUT = 0.0;
-constexpr double CACHED_ATTR_TIMEOUT = 3600.0;
+constexpr double CACHED_TIMEOUT = 3600.0;
 
 double attrTimeout(const Entry& e) {
-  return e.cached ? CACHED_ATTR_TIMEOUT : 0.0;
+  return e.cached ? CACHED_TIMEOUT : 0.0;
 }
 
 void fillEntry(fuse_entry_param* param, const Entry& e) {
@@ -51,7 +51,7 @@ void fillEntry(fuse_entry_param* param, const Entry& e) {
   param->generation = e.generation;
   param->attr = e.attr;
   param->attr_timeout = attrTimeout(e);
-  param->entry_timeout = ENTRY_TIMEOUT;
+  param->entry_timeout = e.nameCached ? CACHED_TIMEOUT : 0.0;
 }
 
 void replyEntry(fuse_req_t req, const Entry& e) {
@@ -71,7 +71,10 @@ void onInterrupt(fuse_req_t, void* data) {
 
 // ---- one handler per operation ----
 
-void opInit(void*, fuse_conn_info* conn) {
+void opInit(void* userdata, fuse_conn_info* conn) {
+  KJ_IF_MAYBE (notifier, kj::_::readMaybe(static_cast<FuseUserdata*>(userdata)->notifier)) {
+    notifier->kernelProtocol(conn->proto_minor);
+  }
   // A page-cache read waiting on a parked READ cannot be interrupted with async reads on
   // (the reader sleeps on a locked page and no INTERRUPT is sent), so reads are synchronous.
   conn->want &= ~FUSE_CAP_ASYNC_READ;

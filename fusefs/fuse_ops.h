@@ -19,11 +19,13 @@
 namespace cairn {
 
 class FuseOps;
+class Notifier;
 
 // What libfuse hands every handler (fuse_req_userdata). The session exists before the event
 // loop and the client do, so this is filled in once they are made.
 struct FuseUserdata {
   FuseOps* ops = nullptr;
+  Notifier* notifier = nullptr;  // told the kernel's protocol version at init
 };
 
 class FuseOps {

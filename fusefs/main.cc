@@ -132,6 +132,7 @@ int main(int argc, char** argv) {
     client.setKernelCache(notifier);
     cairn::FuseOps fuseOps(client, io.provider->getTimer());
     userdata.ops = &fuseOps;
+    userdata.notifier = &notifier;
     client.start();
     spdlog::info("cairn-mount {} mounted {} at {}", CAIRN_VERSION, cfg.addresses, opts.mountpoint);
 

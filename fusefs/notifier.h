@@ -22,6 +22,10 @@ public:
   KJ_DISALLOW_COPY(Notifier);
 
   kj::Promise<void> invalidate(uint64_t ino, bool pages) override;
+  bool keepsNames() const override { return epochs_; }
+  kj::Promise<void> forgetNames(uint64_t dir, std::vector<std::string> names, bool epoch) override;
+  // Called at FUSE init with the kernel's protocol minor version.
+  void kernelProtocol(unsigned minor);
 
 private:
   struct State;
@@ -30,6 +34,7 @@ private:
   // write-backs nobody will answer, and is then left to finish on its own.
   std::shared_ptr<State> state_;
   std::thread thread_;
+  bool epochs_ = false;
 };
 
 }  // namespace cairn

@@ -11,6 +11,7 @@
 #include <sys/xattr.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstring>
 #include <set>
@@ -242,6 +243,32 @@ TEST_F(Coherence, ACachedLookupFollowsARenameOverIt) {
   EXPECT_EQ(readWhole(pb("x")), "the second");
   EXPECT_NE(statOf(pb("x")).st_ino, old.st_ino);
   EXPECT_FALSE(exists(pb("y")));
+}
+
+// The name B's kernel keeps for "x" must follow every rename over it, also while B is busy
+// looking names of the directory up (lookups in flight when the callback comes).
+TEST_F(Coherence, EveryRenameOverACachedNameIsSeen) {
+  std::atomic<bool> stop{false};
+  std::thread looker([&] {
+    while (!stop) {
+      struct stat st;
+      stat(pb("x").c_str(), &st);
+      stat(pb("other").c_str(), &st);
+    }
+  });
+  for (int i = 0; i < 300; ++i) {
+    std::string content = "version " + std::to_string(i);
+    writeAll(pa("tmp"), content);
+    ASSERT_EQ(rename(pa("tmp").c_str(), pa("x").c_str()), 0);
+    std::string seen = readWhole(pb("x"));
+    if (seen != content) {
+      stop = true;
+      looker.join();
+      FAIL() << "after rename " << i << " B read '" << seen << "'";
+    }
+  }
+  stop = true;
+  looker.join();
 }
 
 TEST_F(Coherence, ListingsFollowChanges) {

@@ -12,6 +12,7 @@
 #include "rpc/errors.h"
 #include "rpc/feature_flags.h"
 #include "rpc/lock_names.h"
+#include "rpc/reply_attrs.h"
 
 namespace cairn {
 
@@ -233,20 +234,7 @@ void Client::absorb(rpc::MetaReply::Reader reply) {
       see(a);
     }
   }
-  if (reply.getError() != 0) return;
-  switch (reply.which()) {
-    case rpc::MetaReply::ATTR:
-      see(reply.getAttr());
-      break;
-    case rpc::MetaReply::OPENED:
-      see(reply.getOpened().getAttr());
-      break;
-    case rpc::MetaReply::ENTRIES:
-      for (auto e : reply.getEntries().getList()) see(e.getAttr());
-      break;
-    default:
-      break;
-  }
+  if (reply.getError() == 0) forEachAttr(reply, see);
 }
 
 bool Client::caching() const {

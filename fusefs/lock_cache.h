@@ -31,7 +31,7 @@ public:
   // Drops what a lock on (ino, bit) covers; the lock is cancelled once the promise resolves.
   using Revoke = kj::Function<kj::Promise<void>(uint64_t ino, uint64_t bit)>;
   struct Limits {
-    size_t maxLocks = 20000;
+    size_t maxLocks = 60000;  // the server refuses a client more than 100,000
     kj::Duration maxIdle = 600 * kj::SECONDS;
   };
 

@@ -54,6 +54,14 @@ bool LockManager::waitsOnOwner(const Resource& res, const Lock& waiter, const Lo
   return false;
 }
 
+kj::Own<LockManager::Lock> LockManager::newLock(LockOwner& owner, const LockSpec& spec) {
+  auto lock = kj::heap<Lock>();
+  lock->id = nextId_++;
+  lock->owner = &owner;
+  lock->spec = spec;
+  return lock;
+}
+
 bool LockManager::admit(LockOwner& owner) {
   auto& count = perOwner_[&owner];
   if (count >= MAX_PER_OWNER) return false;
@@ -69,12 +77,9 @@ kj::Promise<uint64_t> LockManager::enqueue(LockOwner& owner, LockSpec spec,
     kj::throwFatalException(KJ_EXCEPTION(OVERLOADED, "too many locks for one client",
                                          owner.ownerName(), MAX_PER_OWNER));
   }
-  uint64_t id = nextId_++;
-  auto lock = kj::heap<Lock>();
-  lock->id = id;
-  lock->owner = &owner;
+  auto lock = newLock(owner, spec);
+  uint64_t id = lock->id;
   lock->onBehalfOf = onBehalfOf;
-  lock->spec = spec;
   auto paf = kj::newPromiseAndFulfiller<uint64_t>();
   lock->waiter = kj::mv(paf.fulfiller);
   resources_[spec.resource].waiting.push_back(lock.get());
@@ -108,11 +113,8 @@ kj::Maybe<uint64_t> LockManager::tryGrant(LockOwner& owner, LockSpec spec) {
     }
   }
   if (!admit(owner)) return nullptr;
-  uint64_t id = nextId_++;
-  auto lock = kj::heap<Lock>();
-  lock->id = id;
-  lock->owner = &owner;
-  lock->spec = spec;
+  auto lock = newLock(owner, spec);
+  uint64_t id = lock->id;
   lock->granted = true;
   resources_[spec.resource].granted.push_back(lock.get());
   locks_.emplace(id, kj::mv(lock));

@@ -115,6 +115,7 @@ private:
   static bool blocks(const Lock& granted, const Lock& wanted);
   static bool waitsOnOwner(const Resource& res, const Lock& waiter, const LockOwner* owner);
   bool admit(LockOwner& owner);
+  kj::Own<Lock> newLock(LockOwner& owner, const LockSpec& spec);
   void remove(uint64_t lockId);
   void callBack(Lock& holder);
   void expired(uint64_t lockId);

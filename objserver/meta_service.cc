@@ -12,6 +12,7 @@
 #include "objserver/namespace.h"
 #include "objserver/open_files.h"
 #include "objserver/posix_locks.h"
+#include "rpc/reply_attrs.h"
 
 #include <map>
 
@@ -173,19 +174,7 @@ kj::Vector<uint64_t> MetaService::writtenElsewhere(rpc::MetaReply::Reader reply)
     spec.bits = BIT_ATTR;
     if (attr.getIno() != 0 && ctx_.locks.heldByOthers(spec, *session_)) out.add(attr.getIno());
   };
-  switch (reply.which()) {
-    case rpc::MetaReply::ATTR:
-      check(reply.getAttr());
-      break;
-    case rpc::MetaReply::OPENED:
-      check(reply.getOpened().getAttr());
-      break;
-    case rpc::MetaReply::ENTRIES:
-      for (auto e : reply.getEntries().getList()) check(e.getAttr());
-      break;
-    default:
-      break;
-  }
+  forEachAttr(reply, check);
   return out;
 }
 
@@ -259,19 +248,7 @@ void MetaService::grant(rpc::MetaRequest::Reader req, rpc::MetaReply::Builder re
   if (req.which() == rpc::MetaRequest::GETXATTR) {
     if (want & rpc::WANT_INODE) take(req.getGetxattr().getIno(), BIT_ATTR, LockMode::PR);
   } else if (reply.getError() == 0) {
-    switch (reply.which()) {
-      case rpc::MetaReply::ATTR:
-        inode(reply.getAttr());
-        break;
-      case rpc::MetaReply::OPENED:
-        inode(reply.getOpened().getAttr());
-        break;
-      case rpc::MetaReply::ENTRIES:
-        for (auto e : reply.getEntries().getList()) inode(e.getAttr());
-        break;
-      default:
-        break;
-    }
+    forEachAttr(reply.asReader(), inode);
   }
   if (granted.empty()) return;
   auto out = reply.initLocks(granted.size());
@@ -289,19 +266,7 @@ void MetaService::markXattrs(store::Txn& txn, rpc::MetaReply::Builder reply) {
   auto mark = [&](rpc::Attr::Builder attr) {
     if (attr.getIno() != 0) attr.setNoXattrs(!ns_.hasXattrs(txn, attr.getIno()));
   };
-  switch (reply.which()) {
-    case rpc::MetaReply::ATTR:
-      mark(reply.getAttr());
-      break;
-    case rpc::MetaReply::OPENED:
-      mark(reply.getOpened().getAttr());
-      break;
-    case rpc::MetaReply::ENTRIES:
-      for (auto e : reply.getEntries().getList()) mark(e.getAttr());
-      break;
-    default:
-      break;
-  }
+  forEachAttr(reply, mark);
 }
 
 void MetaService::read(rpc::MetaRequest::Reader req, rpc::MetaReply::Builder reply) {

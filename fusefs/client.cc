@@ -230,6 +230,8 @@ void Client::absorb(rpc::MetaReply::Reader reply) {
   for (auto a : reply.getChanged()) {
     if (a.getMode() == 0) {
       cache_.dropAttr(a.getIno());
+      // Removed by our own update: its locks cover nothing any more.
+      locks_->giveBackInode(a.getIno());
     } else {
       see(a);
     }

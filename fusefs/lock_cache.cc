@@ -130,6 +130,12 @@ void LockCache::giveBack(Key key) {
   }));
 }
 
+void LockCache::giveBackInode(uint64_t ino) {
+  for (uint64_t bit : {BIT_LOOKUP, BIT_ATTR, BIT_DATA}) {
+    if (held_.count(Key(ino, bit)) > 0) giveBack(Key(ino, bit));
+  }
+}
+
 kj::Promise<void> LockCache::dropCovered(Key key, unsigned pass) {
   return revoke_(key.first, key.second).then([this, key, pass]() -> kj::Promise<void> {
     auto it = revoking_.find(key);

@@ -51,6 +51,8 @@ public:
   // Someone used what a lock being given back covers (a read that could not wait for a new
   // lock without deadlocking the revocation): drop it all once more before cancelling.
   void usedWhileRevoking(uint64_t ino, uint64_t bit);
+  // The inode is gone: its locks go back (what they covered is dropped first, as always).
+  void giveBackInode(uint64_t ino);
   // Locks that came with a reply.
   void granted(capnp::List<rpc::GrantedLock>::Reader locks);
   // Takes a lock on (ino, bit), waiting while the server calls back conflicting ones (a PR of

@@ -879,6 +879,44 @@ kj::Promise<kj::Array<kj::byte>> Client::fetch(const StripeLayout& layout, uint6
   });
 }
 
+kj::Promise<void> Client::store(const StripeLayout& layout, uint64_t offset,
+                                kj::ArrayPtr<const kj::byte> data) {
+  auto pieces = splitRange(layout, offset, data.size());
+  auto parts = kj::heapArrayBuilder<kj::Promise<void>>(pieces.size());
+  uint64_t object = layout.objectId;
+  for (auto& p : pieces) {
+    auto bytes = data.slice(p.fileOffset - offset, p.fileOffset - offset + p.length);
+    parts.add(dataLink(layout.targets[p.slot]).then([object, p, bytes](ServerLink* link) {
+      return link
+          ->data(
+              [object, p, bytes](rpc::DataRequest::Builder b) {
+                auto w = b.initWrite();
+                w.setObjectId(object);
+                w.setOffset(p.objectOffset);
+                w.setData(bytes);
+              },
+              true)
+          .then([](ServerLink::DataResponse&& resp) { checkErrno(resp.getReply().getError()); });
+    }));
+  }
+  return kj::joinPromises(parts.finish());
+}
+
+// Size and mtime on the metadata target, once the data is in place: that update calls back the
+// other clients' cached pages, and what they read after that must be the new bytes.
+kj::Promise<void> Client::wrote(uint64_t ino, uint64_t end) {
+  uint32_t want = wantFor(0, ino, false);
+  return metaCall(
+             [ino, end, want](rpc::MetaRequest::Builder b) {
+               b.setWantLocks(want);
+               auto w = b.initWrote();
+               w.setIno(ino);
+               w.setEnd(end);
+             },
+             true)
+      .ignoreResult();
+}
+
 // Read-ahead's fetches: by inode, through the layout the inode table keeps.
 kj::Promise<kj::Array<kj::byte>> Client::fetchAhead(uint64_t ino, uint64_t offset, size_t length) {
   return layoutOf(ino).then([this, offset, length](kj::Own<SharedLayout> layout) {
@@ -1014,39 +1052,11 @@ kj::Promise<void> Client::sendBatch(uint64_t ino, WriteBehind::Batch batch) {
   auto& writes = own->writes;
   return layoutOf(ino)
       .then([this, ino, end, &writes](kj::Own<SharedLayout> layout) {
-        kj::Vector<kj::Promise<void>> parts;
-        uint64_t object = layout->layout.objectId;
-        for (auto& w : writes) {
-          for (auto& p : splitRange(layout->layout, w.offset, w.data.size())) {
-            auto bytes = kj::arrayPtr(w.data.begin() + (p.fileOffset - w.offset), p.length);
-            parts.add(dataLink(layout->layout.targets[p.slot])
-                          .then([object, p, bytes](ServerLink* link) {
-                            return link->data(
-                                [object, p, bytes](rpc::DataRequest::Builder b) {
-                                  auto d = b.initWrite();
-                                  d.setObjectId(object);
-                                  d.setOffset(p.objectOffset);
-                                  d.setData(bytes);
-                                },
-                                true);
-                          })
-                          .then([](ServerLink::DataResponse&& resp) {
-                            checkErrno(resp.getReply().getError());
-                          }));
-          }
-        }
+        auto parts = kj::heapArrayBuilder<kj::Promise<void>>(writes.size());
+        for (auto& w : writes) parts.add(store(layout->layout, w.offset, w.data));
         // As for a write-through: size and mtime once the data is in place.
-        return kj::joinPromises(parts.releaseAsArray())
-            .then([this, ino, end]() {
-              return metaCall(
-                  [ino, end](rpc::MetaRequest::Builder b) {
-                    auto w = b.initWrote();
-                    w.setIno(ino);
-                    w.setEnd(end);
-                  },
-                  true);
-            })
-            .ignoreResult()
+        return kj::joinPromises(parts.finish())
+            .then([this, ino, end]() { return wrote(ino, end); })
             .attach(kj::mv(layout));
       })
       .then([this, ino, bytes]() { wb_.sent(ino, bytes, 0); },
@@ -1095,42 +1105,11 @@ kj::Promise<size_t> Client::writeUnlocked(uint64_t fh, uint64_t offset, kj::Arra
     if (at > uint64_t(INT64_MAX) - data.size()) {
       return kj::Promise<size_t>(errnoException(EFBIG));
     }
-    auto pieces = splitRange(layout->layout, at, data.size());
-    auto parts = kj::heapArrayBuilder<kj::Promise<void>>(pieces.size());
-    uint64_t object = layout->layout.objectId;
-    auto* base = data.begin();
-    for (auto& p : pieces) {
-      auto bytes = kj::arrayPtr(base + (p.fileOffset - at), p.length);
-      parts.add(dataLink(layout->layout.targets[p.slot]).then([object, p, bytes](ServerLink* link) {
-        return link
-            ->data(
-                [object, p, bytes](rpc::DataRequest::Builder b) {
-                  auto w = b.initWrite();
-                  w.setObjectId(object);
-                  w.setOffset(p.objectOffset);
-                  w.setData(bytes);
-                },
-                true)
-            .then([](ServerLink::DataResponse&& resp) { checkErrno(resp.getReply().getError()); });
-      }));
-    }
     uint64_t end = at + data.size();
     size_t n = data.size();
-    // Size and mtime on the metadata target once the data is in place: that update calls back
-    // the other clients' cached pages, and what they read after that must be the new bytes.
-    return kj::joinPromises(parts.finish())
-        .then([this, ino, end]() {
-          uint32_t want = wantFor(0, ino, false);
-          return metaCall(
-              [ino, end, want](rpc::MetaRequest::Builder b) {
-                b.setWantLocks(want);
-                auto w = b.initWrote();
-                w.setIno(ino);
-                w.setEnd(end);
-              },
-              true);
-        })
-        .then([n](ServerLink::MetaResponse&&) { return n; })
+    return store(layout->layout, at, data)
+        .then([this, ino, end]() { return wrote(ino, end); })
+        .then([n]() { return n; })
         .attach(kj::mv(data), kj::mv(layout));
   });
 }

@@ -203,6 +203,10 @@ private:
   kj::Promise<kj::Array<kj::byte>> fetch(const StripeLayout& layout, uint64_t offset,
                                          size_t length);
   kj::Promise<kj::Array<kj::byte>> fetchAhead(uint64_t ino, uint64_t offset, size_t length);
+  // Writes bytes of a file to its data targets (the caller keeps them alive meanwhile).
+  kj::Promise<void> store(const StripeLayout& layout, uint64_t offset,
+                          kj::ArrayPtr<const kj::byte> data);
+  kj::Promise<void> wrote(uint64_t ino, uint64_t end);
   kj::Promise<size_t> writeUnlocked(uint64_t fh, uint64_t offset, kj::Array<kj::byte> data);
   OpenTable::File& openFile(uint64_t fh);
   bool touchAtime(uint64_t ino);  // true if it sets the access time

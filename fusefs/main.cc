@@ -3,8 +3,8 @@
 //   cairn-mount HOST:PORT[,HOST:PORT...] MOUNTPOINT [-f] [-d] [-o OPTIONS]
 //
 // The addresses are the metadata server's (several for a failover pair). Besides the usual FUSE
-// options (allow_other, default_permissions, ...), -o takes log_file=PATH, log_level=LEVEL and
-// nocache.
+// options (allow_other, default_permissions, ...), -o takes log_file=PATH, log_level=LEVEL,
+// nocache and lock_limit=N.
 #define FUSE_USE_VERSION 314
 #include <fuse_lowlevel.h>
 #include <unistd.h>
@@ -31,6 +31,7 @@ struct MountConfig {
   char* logFile = nullptr;
   char* logLevel = nullptr;
   int noCache = 0;
+  unsigned lockLimit = 0;
   int version = 0;
 };
 
@@ -40,6 +41,7 @@ const fuse_opt SPECS[] = {
     {"log_file=%s", offsetof(MountConfig, logFile), 0},
     {"log_level=%s", offsetof(MountConfig, logLevel), 0},
     {"nocache", offsetof(MountConfig, noCache), 1},
+    {"lock_limit=%u", offsetof(MountConfig, lockLimit), 0},
     FUSE_OPT_KEY("--version", KEY_VERSION),
     FUSE_OPT_KEY("-V", KEY_VERSION),
     FUSE_OPT_END,
@@ -69,6 +71,7 @@ void usage(const char* prog) {
       "    -o log_file=PATH       log here (needed to see logs once in the background)\n"
       "    -o log_level=LEVEL     trace, debug, info, warn, error (default info)\n"
       "    -o nocache             cache nothing: every operation asks the servers\n"
+      "    -o lock_limit=N        cache under at most N locks (default 60000)\n"
       "    --version              print the version\n\n",
       prog);
   fuse_lowlevel_help();
@@ -127,6 +130,7 @@ int main(int argc, char** argv) {
     KJ_REQUIRE(options.metaAddresses.size() > 0, "no server address given");
     options.hostName = kj::str(host);
     options.caching = !cfg.noCache;
+    if (cfg.lockLimit > 0) options.lockLimits.maxLocks = cfg.lockLimit;
     cairn::Notifier notifier(se);
     cairn::Client client(io, kj::mv(options));
     client.setKernelCache(notifier);

@@ -11,6 +11,7 @@
 #include <sys/xattr.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstring>
@@ -373,6 +374,29 @@ TEST_F(Coherence, SharedWritableMmapIsWrittenBackBeforeTheOtherClientReads) {
   EXPECT_EQ(readWhole(pb("w")).substr(0, 10), "dirty page");
   munmap(map, 4096);
   close(fa);
+}
+
+// A client allowed few locks gives the least recently used back as it goes, and stays coherent.
+TEST_F(Coherence, ABoundedLockCacheStaysBoundedAndCoherent) {
+  TestCluster cluster;
+  std::string small = cluster.mount("lock_limit=40");
+  for (int i = 0; i < 200; ++i) writeAll(small + "/f" + std::to_string(i), std::to_string(i));
+  ASSERT_EQ(run({"/bin/ls", "-l", small}).status, 0);
+  for (int round = 0; round < 2; ++round) {
+    for (int i = 0; i < 200; ++i) {
+      ASSERT_EQ(readWhole(small + "/f" + std::to_string(i)), std::to_string(i)) << i;
+    }
+  }
+  // The only client: its locks on the server are a few past the bound at most (until the
+  // next trim), and it did cache.
+  uint64_t locks = jsonNumber(cluster.status(0), "locks");
+  EXPECT_LE(locks, 60u);
+  EXPECT_GE(locks, 20u);
+  std::string other = cluster.mount();
+  writeAll(other + "/f7", "changed");
+  EXPECT_EQ(readWhole(small + "/f7"), "changed");
+  ASSERT_EQ(unlink((other + "/f8").c_str()), 0);
+  EXPECT_FALSE(exists(small + "/f8"));
 }
 
 // A client that stops answering (its daemon stopped, as a hung host would be) holds a lock

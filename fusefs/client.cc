@@ -262,6 +262,17 @@ bool Client::nameForKernel(uint64_t parent, const std::string& name) {
   return false;
 }
 
+// The kernel moves its dentry on our own rename, keeping the timeout it had: the new name is
+// the kernel's now, and must go with the new directory's lock. Without that lock, every entry
+// looked up so far is made to be checked again instead (the move may not have happened yet,
+// so dropping the one name could miss it).
+void Client::movedInKernel(uint64_t dir, const std::string& name) {
+  KJ_IF_MAYBE (kernel, kernel_) {
+    if (!kernel->keepsNames()) return;
+    if (!nameForKernel(dir, name)) tasks_.add(kernel->forgetNames(dir, {}, true));
+  }
+}
+
 // A LOOKUP answer is entered into the kernel's dentry cache by the task that looked up, after
 // the daemon has written it: an entry invalidation sent in between finds nothing to drop. So if
 // a name of the directory was handed out lately, the kernel's epoch is raised as well: every
@@ -683,6 +694,10 @@ kj::Promise<void> Client::rename(const Cred& cred, uint64_t parent, kj::Array<kj
              true, ServerLink::Class::NORMAL,
              [this, parent, newParent, flags, from = kj::mv(from),
               to = kj::mv(to)](rpc::MetaReply::Reader reply) mutable {
+               if (reply.getError() == 0) {
+                 movedInKernel(newParent, to);
+                 if (flags & RENAME_EXCHANGE) movedInKernel(parent, from);
+               }
                // The name moves, if we knew what it named; otherwise both are forgotten.
                kj::Maybe<uint64_t> moved = cache_.entry(parent, from);
                bool known = reply.getError() == 0 && !(flags & RENAME_EXCHANGE) &&

@@ -191,6 +191,7 @@ private:
   // The kernel may keep the name `e` was reached by, if its directory's lock is held: noted,
   // so that the name is dropped from the kernel with the lock.
   bool nameForKernel(uint64_t parent, const std::string& name);
+  void movedInKernel(uint64_t dir, const std::string& name);
   Entry entryOf(rpc::Attr::Reader attr);
   kj::Promise<ServerLink*> dataLink(uint32_t index);
   kj::Promise<void> refreshTargets(ServerLink::Class cls);

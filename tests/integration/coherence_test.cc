@@ -272,6 +272,20 @@ TEST_F(Coherence, EveryRenameOverACachedNameIsSeen) {
   looker.join();
 }
 
+// A's kernel keeps the name its own rename made; B's removal of that name must reach it.
+TEST_F(Coherence, ANameMadeByOurOwnRenameFollowsChangesElsewhere) {
+  writeAll(pa("old"), "moved");
+  EXPECT_EQ(readWhole(pa("old")), "moved");
+  ASSERT_EQ(rename(pa("old").c_str(), pa("new").c_str()), 0);
+  EXPECT_EQ(readWhole(pa("new")), "moved");
+  // Past the time a lookup counts as in flight: only the names A tracks are dropped then.
+  sleep(3);
+  ASSERT_EQ(unlink(pb("new").c_str()), 0);
+  EXPECT_FALSE(exists(pa("new")));
+  writeAll(pb("new"), "again");
+  EXPECT_EQ(readWhole(pa("new")), "again");
+}
+
 TEST_F(Coherence, ListingsFollowChanges) {
   for (int i = 0; i < 30; ++i) writeAll(pa("n" + std::to_string(i)), "");
   auto names = [&]() {

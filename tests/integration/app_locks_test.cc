@@ -24,20 +24,11 @@ int setlk(int fd, short type, off_t start, off_t len, bool wait = false) {
   return fcntl(fd, wait ? F_SETLKW : F_SETLK, &fl) == 0 ? 0 : errno;
 }
 
-class AppLocks : public ::testing::Test {
+class AppLocks : public TwoClients {
 protected:
-  static void SetUpTestSuite() {
-    cluster_ = new TestCluster();
-    a_ = new std::string(cluster_->mount());
-    b_ = new std::string(cluster_->mount());
-  }
-  static void TearDownTestSuite() {
-    delete cluster_;
-    delete a_;
-    delete b_;
-  }
+  static void SetUpTestSuite() { startClients(); }
   void SetUp() override {
-    name_ = std::string("/") + ::testing::UnitTest::GetInstance()->current_test_info()->name();
+    TwoClients::SetUp();
     int fd = open((*a_ + name_).c_str(), O_CREAT | O_RDWR, 0666);
     ASSERT_GE(fd, 0);
     close(fd);
@@ -52,15 +43,8 @@ protected:
   }
   std::string inB() { return *b_ + name_; }
 
-  static TestCluster* cluster_;
-  static std::string* a_;
-  static std::string* b_;
-  std::string name_;
   int fa = -1, fb = -1;
 };
-TestCluster* AppLocks::cluster_ = nullptr;
-std::string* AppLocks::a_ = nullptr;
-std::string* AppLocks::b_ = nullptr;
 
 TEST_F(AppLocks, RecordLocksExcludeOtherClients) {
   ASSERT_EQ(setlk(fa, F_WRLCK, 0, 100), 0);

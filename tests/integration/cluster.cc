@@ -192,6 +192,27 @@ std::string readWhole(const std::string& path) {
   return out;
 }
 
+TestCluster* TwoClients::cluster_ = nullptr;
+std::string* TwoClients::a_ = nullptr;
+std::string* TwoClients::b_ = nullptr;
+
+void TwoClients::startClients(TestCluster::Options options) {
+  cluster_ = new TestCluster(std::move(options));
+  a_ = new std::string(cluster_->mount());
+  b_ = new std::string(cluster_->mount());
+}
+
+void TwoClients::TearDownTestSuite() {
+  delete cluster_;
+  delete a_;
+  delete b_;
+  cluster_ = nullptr;
+}
+
+void TwoClients::SetUp() {
+  name_ = std::string("/") + ::testing::UnitTest::GetInstance()->current_test_info()->name();
+}
+
 uint64_t jsonNumber(const std::string& json, const std::string& key) {
   std::smatch m;
   std::regex re("\"" + key + "\":([0-9]+)");

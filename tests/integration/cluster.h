@@ -4,6 +4,7 @@
 // processes are stopped by the pid it recorded, never by name.
 #pragma once
 
+#include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/types.h>
 #include <unistd.h>
@@ -130,6 +131,20 @@ private:
   TempDir tmp_;
   std::vector<Server> servers_;
   std::vector<Mount> mounts_;
+};
+
+// A test suite sharing one cluster and two mounts of it (two clients, A and B); `name_` is
+// "/<the current test's name>", for paths of its own.
+class TwoClients : public ::testing::Test {
+protected:
+  static void startClients(TestCluster::Options options = {});
+  static void TearDownTestSuite();
+  void SetUp() override;
+
+  static TestCluster* cluster_;
+  static std::string* a_;
+  static std::string* b_;
+  std::string name_;
 };
 
 // Runs body in a child process as uid:gid with the given supplementary groups; returns what

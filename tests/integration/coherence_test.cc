@@ -51,22 +51,15 @@ bool exists(const std::string& path) {
   return stat(path.c_str(), &st) == 0;
 }
 
-class Coherence : public ::testing::Test {
+class Coherence : public TwoClients {
 protected:
   static void SetUpTestSuite() {
     TestCluster::Options options;
     options.metaArgs = {"--lock-timeout", "2"};
-    cluster_ = new TestCluster(options);
-    a_ = new std::string(cluster_->mount());
-    b_ = new std::string(cluster_->mount());
-  }
-  static void TearDownTestSuite() {
-    delete cluster_;
-    delete a_;
-    delete b_;
+    startClients(options);
   }
   void SetUp() override {
-    name_ = std::string("/") + ::testing::UnitTest::GetInstance()->current_test_info()->name();
+    TwoClients::SetUp();
     ASSERT_EQ(mkdir(a(""), 0755), 0);
   }
   void TearDown() override {
@@ -81,14 +74,8 @@ protected:
   }
   uint64_t rpcs(const std::string& kind) { return jsonNumber(cluster_->status(0), kind); }
 
-  static TestCluster* cluster_;
-  static std::string* a_;
-  static std::string* b_;
-  std::string name_, held_;
+  std::string held_;
 };
-TestCluster* Coherence::cluster_ = nullptr;
-std::string* Coherence::a_ = nullptr;
-std::string* Coherence::b_ = nullptr;
 
 TEST_F(Coherence, RepeatedStatAndRereadsCostNoRequests) {
   writeAll(pa("f"), std::string(100000, 'x'));

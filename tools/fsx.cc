@@ -5,6 +5,7 @@
 //
 //   fsx [--seed N] [--ops N | --seconds S] [--max-size BYTES] [--also PATH] FILE
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -21,6 +22,8 @@
 #include "rpc/version.h"
 
 namespace {
+
+char lastOp[160] = "(none yet)";  // for the SIGBUS handler
 
 struct Options {
   std::string file;
@@ -63,6 +66,7 @@ private:
 
   void note(const std::string& what) {
     log_.push_back(std::to_string(count_) + ": " + what);
+    snprintf(lastOp, sizeof(lastOp), "%s", log_.back().c_str());
     if (log_.size() > 40) log_.pop_front();
     if (o_.verbose) printf("%s\n", log_.back().c_str());
   }
@@ -220,7 +224,19 @@ private:
 
 }  // namespace
 
+// A mapped access the filesystem could not serve (a failed READ, or a page past the size the
+// kernel believes) is a SIGBUS: say which operation it was before dying of it.
+void onSigbus(int) {
+  static const char head[] = "fsx: SIGBUS in operation ";
+  ssize_t ignored = write(2, head, sizeof(head) - 1);
+  ignored = write(2, lastOp, strlen(lastOp));
+  ignored = write(2, "\n", 1);
+  (void)ignored;
+  _exit(135);
+}
+
 int main(int argc, char** argv) {
+  signal(SIGBUS, onSigbus);
   CLI::App app{"fsx: random file operations checked against an in-memory model"};
   app.set_version_flag("--version", std::string("fsx (cairn) ") + CAIRN_VERSION);
   Options o;

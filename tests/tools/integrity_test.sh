@@ -45,11 +45,11 @@ srv["pid"] = p.pid
 json.dump(cluster, open(path, "w"), indent=2)
 PY
 done
-wait "$FSX_PID"
-rc=$?
+rc=0
+wait "$FSX_PID" || rc=$?
 FSX_PID=
-check "fsx across kill -9 and restart of every server (see $T/fsx-restart.log)" test $rc -eq 0
 cat "$T/fsx-restart.log"
+check "fsx across kill -9 and restart of every server (exit status $rc)" test $rc -eq 0
 
 check "fio with crc32c verification" fio --name=verify --directory="$T/a" --rw=randrw \
   --bs=4k --bsrange=4k-256k --size=32m --numjobs=2 --verify=crc32c --verify_fatal=1 \

@@ -111,10 +111,13 @@ uint64_t ServerLink::oldestUnreplied() const {
   return unreplied_.empty() ? nextRequestId_ : *unreplied_.begin();
 }
 
+bool ServerLink::open(Class cls) const {
+  return connection_ != nullptr &&
+         (state_ == State::ACTIVE || (state_ == State::RECOVERING && cls == Class::RECOVERY));
+}
+
 kj::Promise<void> ServerLink::whenOpen(Class cls) {
-  if (state_ == State::ACTIVE || (state_ == State::RECOVERING && cls == Class::RECOVERY)) {
-    return kj::READY_NOW;
-  }
+  if (open(cls)) return kj::READY_NOW;
   auto paf = kj::newPromiseAndFulfiller<void>();
   waiters_.add(Waiter{cls, kj::mv(paf.fulfiller)});
   return kj::mv(paf.promise);
@@ -258,6 +261,9 @@ template <typename Response, typename Build>
 kj::Promise<Response> ServerLink::send(kj::Own<Pending> pending, Build& build) {
   return whenOpen(pending->cls)
       .then([this, pending = kj::mv(pending), &build]() mutable -> kj::Promise<Response> {
+        // The gate opened, but the connection may have gone since (this runs an event later):
+        // back to the gate.
+        if (!open(pending->cls)) return send<Response>(kj::mv(pending), build);
         auto& conn = *KJ_ASSERT_NONNULL(connection_);
         uint64_t gen = generation_;
         auto onError = [this, gen, pending = kj::addRef(*pending),
@@ -297,13 +303,17 @@ kj::Promise<ServerLink::DataResponse> ServerLink::data(
 }
 
 kj::Promise<rpc::Bootstrap::Client> ServerLink::server(Class cls) {
-  return whenOpen(cls).then(
-      [this]() -> rpc::Bootstrap::Client { return KJ_ASSERT_NONNULL(connection_)->server; });
+  return whenOpen(cls).then([this, cls]() -> kj::Promise<rpc::Bootstrap::Client> {
+    if (!open(cls)) return server(cls);  // lost again meanwhile
+    return KJ_ASSERT_NONNULL(connection_)->server;
+  });
 }
 
 kj::Promise<rpc::LockSession::Client> ServerLink::locks(Class cls) {
-  return whenOpen(cls).then(
-      [this]() -> rpc::LockSession::Client { return KJ_ASSERT_NONNULL(connection_)->locks; });
+  return whenOpen(cls).then([this, cls]() -> kj::Promise<rpc::LockSession::Client> {
+    if (!open(cls)) return locks(cls);  // lost again meanwhile
+    return KJ_ASSERT_NONNULL(connection_)->locks;
+  });
 }
 
 kj::Maybe<rpc::LockSession::Client> ServerLink::currentLocks() {

@@ -99,6 +99,7 @@ private:
   kj::Promise<Response> send(kj::Own<Pending> pending, Build& build);
 
   kj::Promise<void> whenOpen(Class cls);
+  bool open(Class cls) const;  // the gate lets `cls` through and there is a connection
   void openGate(State state);
   void connectLoop(unsigned attempt);
   void lost(uint64_t generation, kj::StringPtr why);

@@ -4,7 +4,8 @@
 source "$(dirname "$0")/lib.sh"
 cleanup() {
   cd /
-  [ -n "${FSX_PID:-}" ] && kill "$FSX_PID" 2>/dev/null
+  # (a failing command here would end the trap under set -e, and nothing would be stopped)
+  [ -n "${FSX_PID:-}" ] && kill "$FSX_PID" 2>/dev/null || true
   "$ROOT/tools/cluster" down --dir "$T/state" --bin "$BUILD" >/dev/null 2>&1 || true
   rm -rf "$T"
 }

@@ -87,6 +87,7 @@ Client::Client(kj::AsyncIoContext& io, ClientOptions options)
       *meta_, io.provider->getTimer(),
       [this](uint64_t ino, uint64_t bit) { return revoke(ino, bit); }, options_.lockLimits);
   meta_->setLockCallback(locks_->callback());
+  meta_->setOnDrain([this]() { return drainMeta(); });
   meta_->setOnLost([this]() {
     // The server drops our locks when we come back (or a restarted one never had them):
     // nothing they covered may be trusted from now on.
@@ -125,7 +126,11 @@ kj::Promise<void> Client::recoverMeta() {
       if (!file.lost) ++n;
       file.lost = true;
     }
-    spdlog::warn("evicted by the metadata server: {} open files now return EIO", n);
+    spdlog::warn(
+        "evicted by the metadata server: {} open files now return EIO, {} "
+        "application locks lost",
+        n, appLocks_.size());
+    appLocks_.clear();
   }
   return refreshTargets(ServerLink::Class::RECOVERY).then([this]() {
     auto started = io_.provider->getTimer().now();
@@ -153,13 +158,121 @@ kj::Promise<void> Client::recoverMeta() {
                             }));
     }
     size_t count = replays.size();
-    return kj::joinPromises(replays.finish()).then([this, count, started]() {
-      if (count > 0) {
-        spdlog::info("open replay: {} files re-opened in {} ms", count,
-                     (io_.provider->getTimer().now() - started) / kj::MILLISECONDS);
-      }
-    });
+    return kj::joinPromises(replays.finish())
+        .then([this, count, started]() {
+          if (count > 0) {
+            spdlog::info("open replay: {} files re-opened in {} ms", count,
+                         (io_.provider->getTimer().now() - started) / kj::MILLISECONDS);
+          }
+          return replayAppLocks();
+        })
+        .then([this]() -> kj::Promise<void> {
+          if (!(meta_->peerFeatures() & features::ACTIVE_SERVER_LOCK)) return kj::READY_NOW;
+          return metaCall([](rpc::MetaRequest::Builder b) { b.setRecoveryDone(); }, false,
+                          ServerLink::Class::RECOVERY)
+              .ignoreResult();
+        });
   });
+}
+
+// Application locks live in the metadata server's memory: after it restarted (or after a
+// reconnect to one that dropped our session) each is taken again, ahead of any new one.
+kj::Promise<void> Client::replayAppLocks() {
+  if (appLocks_.size() == 0 || !(meta_->peerFeatures() & features::ACTIVE_SERVER_LOCK)) {
+    return kj::READY_NOW;
+  }
+  auto started = io_.provider->getTimer().now();
+  auto parts = kj::heapArrayBuilder<kj::Promise<void>>(appLocks_.size());
+  for (auto& [key, ranges] : appLocks_.all()) {
+    auto [ino, owner, space] = key;
+    for (auto& r : ranges) {
+      parts.add(metaCall(
+                    [ino = ino, owner = owner, space = space, r](rpc::MetaRequest::Builder b) {
+                      b.setReplay(true);
+                      auto l = b.initSetlk();
+                      l.setIno(ino);
+                      l.setOwner(owner);
+                      l.setSpace(space);
+                      l.setType(r.type);
+                      l.setStart(r.start);
+                      l.setEnd(r.end);
+                      l.setPid(r.pid);
+                    },
+                    false, ServerLink::Class::RECOVERY)
+                    .then([](auto&&) {},
+                          [ino = ino](kj::Exception&& e) {
+                            // Someone else holds it now (the server forgot us for too long):
+                            // nothing we can do but say so.
+                            if (errnoOf(e) == 0) kj::throwFatalException(kj::mv(e));
+                            spdlog::error(
+                                "lock replay: a lock on inode {} could not be taken "
+                                "again: {}",
+                                ino, e.getDescription().cStr());
+                          }));
+    }
+  }
+  size_t n = appLocks_.size();
+  return kj::joinPromises(parts.finish()).then([this, n, started]() {
+    spdlog::info("lock replay: {} application locks taken again in {} ms", n,
+                 (io_.provider->getTimer().now() - started) / kj::MILLISECONDS);
+  });
+}
+
+kj::Promise<void> Client::recoverData(ServerLink& link) {
+  if (!(link.peerFeatures() & features::ACTIVE_SERVER_LOCK)) return kj::READY_NOW;
+  return link
+      .data([](rpc::DataRequest::Builder b) { b.setRecoveryDone(); }, false,
+            ServerLink::Class::RECOVERY)
+      .ignoreResult();
+}
+
+kj::Promise<void> Client::flushAll() {
+  auto files = wb_.files();
+  auto parts = kj::heapArrayBuilder<kj::Promise<void>>(files.size());
+  for (uint64_t ino : files) parts.add(flushed(ino));
+  return kj::joinPromises(parts.finish());
+}
+
+kj::Promise<void> Client::drainMeta() {
+  auto started = io_.provider->getTimer().now();
+  size_t queued = wb_.files().size();
+  // Giving a lock back drops what it covered, writing back first (queued writes, the kernel's
+  // dirty pages): so every lock goes back, then nothing cached from this server is left.
+  return flushAll()
+      .then([this]() { return locks_->giveBackAll(); })
+      .then([this, started, queued]() {
+        cache_.clear();
+        readAhead_.clear();
+        spdlog::info(
+            "metadata server shutting down: {} files written back, caches dropped in {} "
+            "ms",
+            queued, (io_.provider->getTimer().now() - started) / kj::MILLISECONDS);
+      });
+}
+
+kj::Promise<void> Client::drainData(uint32_t index) {
+  auto started = io_.provider->getTimer().now();
+  readAhead_.clear();
+  // Pages may hold this target's bytes: written back (if dirty) and dropped, the locks kept.
+  auto inos = locks_->inodesHolding(BIT_DATA);
+  auto parts = kj::heapArrayBuilder<kj::Promise<void>>(inos.size());
+  for (uint64_t ino : inos) {
+    parts.add(kj::evalLater([this, ino]() -> kj::Promise<void> {
+      KJ_IF_MAYBE (kernel, kernel_) {
+        return kernel->invalidate(ino, true);
+      }
+      return kj::READY_NOW;
+    }));
+  }
+  return flushAll()
+      .then([parts = parts.finish()]() mutable { return kj::joinPromises(kj::mv(parts)); })
+      .then([this]() { return flushAll(); })
+      .then([this, index, started, n = inos.size()]() {
+        spdlog::info(
+            "data target {} shutting down: written back, pages of {} files dropped in {} "
+            "ms",
+            index, n, (io_.provider->getTimer().now() - started) / kj::MILLISECONDS);
+      });
 }
 
 kj::Promise<void> Client::refreshTargets(ServerLink::Class cls) {
@@ -177,6 +290,10 @@ kj::Promise<void> Client::refreshTargets(ServerLink::Class cls) {
           auto link =
               kj::heap<ServerLink>(io_.provider->getNetwork(), io_.provider->getTimer(),
                                    kj::str("data", t.getIndex()), addresses.finish(), identity_);
+          uint32_t index = t.getIndex();
+          auto& ref = *link;
+          link->setRecovery([this, &ref]() { return recoverData(ref); });
+          link->setOnDrain([this, index]() { return drainData(index); });
           link->start();
           data_.emplace(t.getIndex(), kj::mv(link));
         }
@@ -483,7 +600,7 @@ kj::Promise<Entry> Client::lookup(const Cred& cred, uint64_t parent, kj::Array<k
       .attach(kj::mv(named));
 }
 
-kj::Promise<kj::Own<SharedLayout>> Client::layoutOf(uint64_t ino) {
+kj::Promise<kj::Own<SharedLayout>> Client::layoutOf(uint64_t ino, ServerLink::Class cls) {
   KJ_IF_MAYBE (inode, inodes_.find(ino)) {
     KJ_IF_MAYBE (l, inode->layout) {
       return kj::addRef(**l);
@@ -495,7 +612,7 @@ kj::Promise<kj::Own<SharedLayout>> Client::layoutOf(uint64_t ino) {
       return kj::addRef(**l);
     }
   }
-  return metaCall([ino](rpc::MetaRequest::Builder b) { b.setLayout(ino); }, false)
+  return metaCall([ino](rpc::MetaRequest::Builder b) { b.setLayout(ino); }, false, cls)
       .then([this, ino](ServerLink::MetaResponse&& resp) {
         auto opened = resp.getReply().getOpened();
         KJ_REQUIRE(opened.hasLayout(), "a regular file without a layout", ino);
@@ -895,13 +1012,13 @@ kj::Promise<kj::Array<kj::byte>> Client::fetch(const StripeLayout& layout, uint6
 }
 
 kj::Promise<void> Client::store(const StripeLayout& layout, uint64_t offset,
-                                kj::ArrayPtr<const kj::byte> data) {
+                                kj::ArrayPtr<const kj::byte> data, ServerLink::Class cls) {
   auto pieces = splitRange(layout, offset, data.size());
   auto parts = kj::heapArrayBuilder<kj::Promise<void>>(pieces.size());
   uint64_t object = layout.objectId;
   for (auto& p : pieces) {
     auto bytes = data.slice(p.fileOffset - offset, p.fileOffset - offset + p.length);
-    parts.add(dataLink(layout.targets[p.slot]).then([object, p, bytes](ServerLink* link) {
+    parts.add(dataLink(layout.targets[p.slot]).then([object, p, bytes, cls](ServerLink* link) {
       return link
           ->data(
               [object, p, bytes](rpc::DataRequest::Builder b) {
@@ -910,7 +1027,7 @@ kj::Promise<void> Client::store(const StripeLayout& layout, uint64_t offset,
                 w.setOffset(p.objectOffset);
                 w.setData(bytes);
               },
-              true)
+              true, cls)
           .then([](ServerLink::DataResponse&& resp) { checkErrno(resp.getReply().getError()); });
     }));
   }
@@ -919,7 +1036,7 @@ kj::Promise<void> Client::store(const StripeLayout& layout, uint64_t offset,
 
 // Size and mtime on the metadata target, once the data is in place: that update calls back the
 // other clients' cached pages, and what they read after that must be the new bytes.
-kj::Promise<void> Client::wrote(uint64_t ino, uint64_t end) {
+kj::Promise<void> Client::wrote(uint64_t ino, uint64_t end, ServerLink::Class cls) {
   uint32_t want = wantFor(0, ino, false);
   return metaCall(
              [ino, end, want](rpc::MetaRequest::Builder b) {
@@ -928,7 +1045,7 @@ kj::Promise<void> Client::wrote(uint64_t ino, uint64_t end) {
                w.setIno(ino);
                w.setEnd(end);
              },
-             true)
+             true, cls)
       .ignoreResult();
 }
 
@@ -985,8 +1102,12 @@ bool Client::touchAtime(uint64_t ino) {
   return true;
 }
 
-kj::Promise<size_t> Client::write(uint64_t fh, uint64_t offset, kj::Array<kj::byte> data) {
+kj::Promise<size_t> Client::write(uint64_t fh, uint64_t offset, kj::Array<kj::byte> data,
+                                  bool writeback) {
   auto& file = openFile(fh);
+  // The kernel writing dirty pages back (a shared mapping) takes part in a shutdown's
+  // write-back: it passes a draining gate, as the write-behind queue does.
+  auto cls = writeback ? ServerLink::Class::WRITEBACK : ServerLink::Class::NORMAL;
   uint64_t ino = file.ino;
   if (file.flags & O_APPEND) {
     // Direct I/O: the kernel's pages of this file (other descriptors) may now be stale, and
@@ -994,7 +1115,7 @@ kj::Promise<size_t> Client::write(uint64_t fh, uint64_t offset, kj::Array<kj::by
     // Writes queued through other descriptors go first.
     return flushed(ino)
         .then([this, fh, offset, data = kj::mv(data)]() mutable {
-          return writeUnlocked(fh, offset, kj::mv(data));
+          return writeUnlocked(fh, offset, kj::mv(data), ServerLink::Class::NORMAL);
         })
         .then([this, ino](size_t n) -> kj::Promise<size_t> {
           KJ_IF_MAYBE (kernel, kernel_) {
@@ -1005,13 +1126,13 @@ kj::Promise<size_t> Client::write(uint64_t fh, uint64_t offset, kj::Array<kj::by
   }
   return dataLock(ino)
       .then([this, ino]() { return writeBehindLock(ino); })
-      .then(
-          [this, fh, ino, offset, data = kj::mv(data)](bool behind) mutable -> kj::Promise<size_t> {
-            if (behind) return queueWrite(ino, offset, kj::mv(data));
-            return flushed(ino).then([this, fh, offset, data = kj::mv(data)]() mutable {
-              return writeUnlocked(fh, offset, kj::mv(data));
-            });
-          });
+      .then([this, fh, ino, offset, cls,
+             data = kj::mv(data)](bool behind) mutable -> kj::Promise<size_t> {
+        if (behind) return queueWrite(ino, offset, kj::mv(data));
+        return flushed(ino).then([this, fh, offset, cls, data = kj::mv(data)]() mutable {
+          return writeUnlocked(fh, offset, kj::mv(data), cls);
+        });
+      });
 }
 
 kj::Promise<bool> Client::writeBehindLock(uint64_t ino) {
@@ -1065,13 +1186,15 @@ kj::Promise<void> Client::sendBatch(uint64_t ino, WriteBehind::Batch batch) {
   uint64_t end = batch.end;
   auto own = kj::heap(kj::mv(batch));
   auto& writes = own->writes;
-  return layoutOf(ino)
+  // Queued writes are dirty data: they pass a gate that a controlled shutdown closed.
+  constexpr auto cls = ServerLink::Class::WRITEBACK;
+  return layoutOf(ino, cls)
       .then([this, ino, end, &writes](kj::Own<SharedLayout> layout) {
         auto parts = kj::heapArrayBuilder<kj::Promise<void>>(writes.size());
-        for (auto& w : writes) parts.add(store(layout->layout, w.offset, w.data));
+        for (auto& w : writes) parts.add(store(layout->layout, w.offset, w.data, cls));
         // As for a write-through: size and mtime once the data is in place.
         return kj::joinPromises(parts.finish())
-            .then([this, ino, end]() { return wrote(ino, end); })
+            .then([this, ino, end]() { return wrote(ino, end, cls); })
             .attach(kj::mv(layout));
       })
       .then([this, ino, bytes]() { wb_.sent(ino, bytes, 0); },
@@ -1096,7 +1219,8 @@ kj::Promise<void> Client::flush(uint64_t fh) {
   });
 }
 
-kj::Promise<size_t> Client::writeUnlocked(uint64_t fh, uint64_t offset, kj::Array<kj::byte> data) {
+kj::Promise<size_t> Client::writeUnlocked(uint64_t fh, uint64_t offset, kj::Array<kj::byte> data,
+                                          ServerLink::Class cls) {
   auto& file = openFile(fh);
   readAhead_.drop(file.ino);
   auto layout = kj::addRef(*KJ_REQUIRE_NONNULL(file.layout, "write to a file without a layout"));
@@ -1114,7 +1238,7 @@ kj::Promise<size_t> Client::writeUnlocked(uint64_t fh, uint64_t offset, kj::Arra
                 true)
                 .then([](ServerLink::MetaResponse&& resp) { return resp.getReply().getOffset(); });
   }
-  return where.then([this, ino, layout = kj::mv(layout),
+  return where.then([this, ino, cls, layout = kj::mv(layout),
                      data = kj::mv(data)](uint64_t at) mutable -> kj::Promise<size_t> {
     if (data.size() == 0) return size_t(0);
     if (at > uint64_t(INT64_MAX) - data.size()) {
@@ -1122,8 +1246,8 @@ kj::Promise<size_t> Client::writeUnlocked(uint64_t fh, uint64_t offset, kj::Arra
     }
     uint64_t end = at + data.size();
     size_t n = data.size();
-    return store(layout->layout, at, data)
-        .then([this, ino, end]() { return wrote(ino, end); })
+    return store(layout->layout, at, data, cls)
+        .then([this, ino, end, cls]() { return wrote(ino, end, cls); })
         .then([n]() { return n; })
         .attach(kj::mv(data), kj::mv(layout));
   });
@@ -1204,7 +1328,8 @@ kj::Promise<void> Client::setlk(uint64_t ino, uint64_t owner, uint32_t space, Ap
              },
              false)
       .then([this, ino, owner, space, lock](ServerLink::MetaResponse&&) {
-        if (lock.type != 2) lockHolders_.emplace(ino, owner, space);
+        appLocks_.set({ino, owner, space},
+                      AppLocks::Range{lock.start, lock.end, lock.type, lock.pid});
       });
 }
 
@@ -1225,7 +1350,8 @@ kj::Promise<Client::AppLock> Client::getlk(uint64_t ino, uint64_t owner, uint32_
 }
 
 kj::Promise<void> Client::releaseLocks(uint64_t ino, uint64_t owner, uint32_t space) {
-  if (lockHolders_.erase(std::make_tuple(ino, owner, space)) == 0) return kj::READY_NOW;
+  if (!appLocks_.holds({ino, owner, space})) return kj::READY_NOW;
+  appLocks_.release({ino, owner, space});
   return metaCall(
              [=](rpc::MetaRequest::Builder b) {
                auto r = b.initReleaseLocks();

@@ -25,6 +25,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "fusefs/app_locks.h"
 #include "fusefs/inode_table.h"
 #include "fusefs/kernel_cache.h"
 #include "fusefs/lock_cache.h"
@@ -114,7 +115,9 @@ public:
   kj::Promise<Opened> create(const Cred& cred, uint64_t parent, kj::Array<kj::byte> name,
                              uint32_t mode, uint32_t flags);
   kj::Promise<kj::Array<kj::byte>> read(uint64_t fh, uint64_t offset, size_t size);
-  kj::Promise<size_t> write(uint64_t fh, uint64_t offset, kj::Array<kj::byte> data);
+  // `writeback`: the kernel writing back dirty pages (not an application's write()).
+  kj::Promise<size_t> write(uint64_t fh, uint64_t offset, kj::Array<kj::byte> data,
+                            bool writeback = false);
   kj::Promise<void> fsync(uint64_t fh);
   // close(): what was written through this descriptor (and all queued for the file) is sent;
   // a failure of write-behind is reported here.
@@ -196,7 +199,15 @@ private:
   kj::Promise<ServerLink*> dataLink(uint32_t index);
   kj::Promise<void> refreshTargets(ServerLink::Class cls);
   kj::Promise<void> recoverMeta();
-  kj::Promise<kj::Own<SharedLayout>> layoutOf(uint64_t ino);
+  kj::Promise<void> replayAppLocks();
+  kj::Promise<void> recoverData(ServerLink& link);
+  // A controlled shutdown of the metadata server, or of data target `index`: write back what
+  // is queued for it (and the kernel's dirty pages), drop what was cached from it.
+  kj::Promise<void> drainMeta();
+  kj::Promise<void> drainData(uint32_t index);
+  kj::Promise<void> flushAll();
+  kj::Promise<kj::Own<SharedLayout>> layoutOf(uint64_t ino,
+                                              ServerLink::Class cls = ServerLink::Class::NORMAL);
   kj::Promise<void> truncateObjects(const StripeLayout& layout, uint64_t size);
   kj::Promise<void> syncTargets(const StripeLayout& layout);
   kj::Promise<kj::Array<kj::byte>> readUnlocked(uint64_t fh, uint64_t offset, size_t size);
@@ -206,9 +217,10 @@ private:
   kj::Promise<kj::Array<kj::byte>> fetchAhead(uint64_t ino, uint64_t offset, size_t length);
   // Writes bytes of a file to its data targets (the caller keeps them alive meanwhile).
   kj::Promise<void> store(const StripeLayout& layout, uint64_t offset,
-                          kj::ArrayPtr<const kj::byte> data);
-  kj::Promise<void> wrote(uint64_t ino, uint64_t end);
-  kj::Promise<size_t> writeUnlocked(uint64_t fh, uint64_t offset, kj::Array<kj::byte> data);
+                          kj::ArrayPtr<const kj::byte> data, ServerLink::Class cls);
+  kj::Promise<void> wrote(uint64_t ino, uint64_t end, ServerLink::Class cls);
+  kj::Promise<size_t> writeUnlocked(uint64_t fh, uint64_t offset, kj::Array<kj::byte> data,
+                                    ServerLink::Class cls);
   OpenTable::File& openFile(uint64_t fh);
   bool touchAtime(uint64_t ino);  // true if it sets the access time
   Entry toEntry(rpc::Attr::Reader attr);
@@ -235,7 +247,7 @@ private:
   kj::Own<ServerLink> meta_;
   std::map<uint32_t, kj::Own<ServerLink>> data_;
   kj::Own<LockCache> locks_;  // the metadata server's; after meta_: it goes first
-  std::set<std::tuple<uint64_t, uint64_t, uint32_t>> lockHolders_;  // ino, owner, space
+  AppLocks appLocks_;         // granted application locks, replayed after a restart
   class ErrorHandler : public kj::TaskSet::ErrorHandler {
   public:
     void taskFailed(kj::Exception&& e) override;

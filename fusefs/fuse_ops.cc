@@ -270,7 +270,7 @@ void opWrite(fuse_req_t req, fuse_ino_t, const char* buf, size_t size, off_t off
              fuse_file_info* fi) {
   // libfuse reuses `buf` for the next request: copy it before going async.
   ops(req).run(req, [&]() {
-    return client(req).write(fi->fh, off, bytes(buf, size)).then([req](size_t n) {
+    return client(req).write(fi->fh, off, bytes(buf, size), fi->writepage).then([req](size_t n) {
       fuse_reply_write(req, n);
     });
   });

@@ -114,20 +114,46 @@ void LockCache::blocking(uint64_t id) {
 // Stops using the lock at once (nothing new is cached under it), drops what it covered, then
 // cancels it.
 void LockCache::giveBack(Key key) {
+  tasks_.add(release(key));
+}
+
+kj::Promise<void> LockCache::release(Key key) {
   auto it = held_.find(key);
-  if (it == held_.end()) return;
+  if (it == held_.end()) return kj::READY_NOW;
   Revoking r{it->second.id, it->second.generation};
   byId_.erase(it->second.id);
   held_.erase(it);
   revoking_.emplace(key, r);
-  tasks_.add(dropCovered(key, 1).then([this, key]() {
+  return dropCovered(key, 1).then([this, key]() -> kj::Promise<void> {
     auto it = revoking_.find(key);
-    if (it == revoking_.end()) return;
+    if (it == revoking_.end()) return kj::READY_NOW;
     bool usedAgain = it->second.usedAgain;
     cancel(it->second.id, it->second.generation);
     revoking_.erase(it);
-    if (usedAgain) tasks_.add(revoke_(key.first, key.second));
-  }));
+    if (usedAgain) return revoke_(key.first, key.second);
+    return kj::READY_NOW;
+  });
+}
+
+kj::Promise<void> LockCache::giveBackAll() {
+  std::vector<Key> keys;
+  for (auto& [key, h] : held_) keys.push_back(key);
+  auto parts = kj::heapArrayBuilder<kj::Promise<void>>(keys.size());
+  for (auto& key : keys) parts.add(release(key));
+  size_t n = keys.size();
+  return kj::joinPromises(parts.finish()).then([this, n]() {
+    // The cancels leave now, ahead of anything the caller sends next on this connection.
+    flushCancels();
+    if (n > 0) spdlog::info("lock cache: gave back all {} cached locks", n);
+  });
+}
+
+std::vector<uint64_t> LockCache::inodesHolding(uint64_t bit) const {
+  std::vector<uint64_t> out;
+  for (auto& [key, h] : held_) {
+    if (key.second == bit) out.push_back(key.first);
+  }
+  return out;
 }
 
 void LockCache::giveBackInode(uint64_t ino) {

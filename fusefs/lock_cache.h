@@ -20,6 +20,7 @@
 #include <set>
 #include <unordered_map>
 #include <utility>
+#include <vector>
 
 #include "rpc/cairn.capnp.h"
 #include "rpc/server_link.h"
@@ -58,6 +59,11 @@ public:
   // Takes a lock on (ino, bit), waiting while the server calls back conflicting ones (a PR of
   // our own that PW replaces among them).
   kj::Promise<void> acquire(uint64_t ino, uint64_t bit, rpc::LockMode mode);
+  // A controlled shutdown of the server: every lock goes back, what it covered dropped first
+  // (dirty data written back). Resolves once the cancels have left.
+  kj::Promise<void> giveBackAll();
+  // The inodes on which a lock on `bit` is held.
+  std::vector<uint64_t> inodesHolding(uint64_t bit) const;
   // The connection is gone; the server drops our locks when we reconnect. Everything they
   // covered is revoked (the caller's caches), nothing is cancelled.
   void forgetAll();
@@ -84,6 +90,7 @@ private:
   kj::Promise<void> enqueue(uint64_t ino, uint64_t bit, rpc::LockMode mode);
   void blocking(uint64_t id);
   void giveBack(Key key);
+  kj::Promise<void> release(Key key);
   kj::Promise<void> dropCovered(Key key, unsigned pass);
   void cancel(uint64_t id, uint64_t generation);
   void flushCancels();

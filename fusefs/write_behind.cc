@@ -25,6 +25,14 @@ WriteBehind::Batch WriteBehind::take(uint64_t ino) {
   return out;
 }
 
+std::vector<uint64_t> WriteBehind::files() const {
+  std::vector<uint64_t> out;
+  for (auto& [ino, f] : files_) {
+    if (f.bytes > 0 || f.inFlight > 0) out.push_back(ino);
+  }
+  return out;
+}
+
 bool WriteBehind::queued(uint64_t ino) const {
   auto it = files_.find(ino);
   return it != files_.end() && (it->second.bytes > 0 || it->second.inFlight > 0);

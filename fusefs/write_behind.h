@@ -40,6 +40,8 @@ public:
   // Takes what is queued for a file (empty if nothing).
   Batch take(uint64_t ino);
   bool queued(uint64_t ino) const;
+  // Every file with writes queued or being sent.
+  std::vector<uint64_t> files() const;
   size_t total() const { return total_; }
   // A batch was sent (or failed with `error`, a Linux errno).
   void sent(uint64_t ino, size_t bytes, int error);

@@ -20,7 +20,44 @@ bool sameClient(store::Bytes key, kj::ArrayPtr<const kj::byte> client) {
 }
 }  // namespace
 
-ClientTable::ClientTable(Target& target) : replies_(target.db("replies")) {}
+ClientTable::ClientTable(Target& target)
+    : replies_(target.db("replies")),
+      joined_(target.db("clients")),
+      evicted_(target.db("evicted")) {}
+
+void ClientTable::join(store::Txn& txn, kj::ArrayPtr<const kj::byte> client) {
+  KJ_REQUIRE(client.size() == UUID_SIZE, "a client uuid is 16 bytes", client.size());
+  txn.put(joined_, client, store::Bytes());
+}
+
+bool ClientTable::joined(store::Txn& txn, kj::ArrayPtr<const kj::byte> client) {
+  return txn.get(joined_, client) != nullptr;
+}
+
+void ClientTable::forget(store::Txn& txn, kj::ArrayPtr<const kj::byte> client) {
+  prune(txn, client, UINT64_MAX);
+  txn.del(joined_, client);
+}
+
+void ClientTable::markEvicted(store::Txn& txn, kj::ArrayPtr<const kj::byte> client,
+                              kj::StringPtr why) {
+  KJ_REQUIRE(client.size() == UUID_SIZE, "a client uuid is 16 bytes", client.size());
+  txn.put(evicted_, client, why.asBytes());
+}
+
+kj::Maybe<kj::String> ClientTable::takeEvicted(store::Txn& txn,
+                                               kj::ArrayPtr<const kj::byte> client) {
+  KJ_IF_MAYBE (value, txn.get(evicted_, client)) {
+    auto why = kj::heapString(reinterpret_cast<const char*>(value->begin()), value->size());
+    txn.del(evicted_, client);
+    return kj::mv(why);
+  }
+  return nullptr;
+}
+
+bool ClientTable::isEvicted(store::Txn& txn, kj::ArrayPtr<const kj::byte> client) {
+  return txn.get(evicted_, client) != nullptr;
+}
 
 kj::Maybe<kj::Array<capnp::word>> ClientTable::find(store::Txn& txn,
                                                     kj::ArrayPtr<const kj::byte> client,
@@ -57,6 +94,17 @@ void ClientTable::prune(store::Txn& txn, kj::ArrayPtr<const kj::byte> client, ui
 
 kj::Vector<kj::Array<kj::byte>> ClientTable::clients(store::Txn& txn) {
   kj::Vector<kj::Array<kj::byte>> out;
+  {
+    store::Cursor cursor(txn, joined_);
+    for (auto item = cursor.first();;) {
+      KJ_IF_MAYBE (i, item) {
+        if (i->key.size() == UUID_SIZE) out.add(kj::heapArray(i->key));
+        item = cursor.next();
+      } else {
+        break;
+      }
+    }
+  }
   store::Cursor cursor(txn, replies_);
   for (auto item = cursor.first();;) {
     KJ_IF_MAYBE (i, item) {
@@ -66,7 +114,7 @@ kj::Vector<kj::Array<kj::byte>> ClientTable::clients(store::Txn& txn) {
       KJ_IF_MAYBE (j, item) {
         if (sameClient(j->key, uuid)) item = cursor.next();
       }
-      out.add(kj::mv(uuid));
+      if (!joined(txn, uuid)) out.add(kj::mv(uuid));
     } else {
       break;
     }

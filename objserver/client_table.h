@@ -23,15 +23,25 @@ public:
   void prune(store::Txn& txn, kj::ArrayPtr<const kj::byte> client, uint64_t below);
   // The highest request id recorded for the client (0 if none).
   uint64_t lastRequestId(store::Txn& txn, kj::ArrayPtr<const kj::byte> client);
-  // Every client with records.
+  // Every client with records, or that joined (below).
   kj::Vector<kj::Array<kj::byte>> clients(store::Txn& txn);
+  // A client connected to this target: after a restart it is expected back (recovery).
+  void join(store::Txn& txn, kj::ArrayPtr<const kj::byte> client);
+  bool joined(store::Txn& txn, kj::ArrayPtr<const kj::byte> client);
   // Forgets a client that is gone for good.
-  void forget(store::Txn& txn, kj::ArrayPtr<const kj::byte> client) {
-    prune(txn, client, UINT64_MAX);
-  }
+  void forget(store::Txn& txn, kj::ArrayPtr<const kj::byte> client);
+
+  // Evictions are kept on the target, so that a client evicted by an instance that then shut
+  // down (or by a forced start) is told at its next connect, whichever instance it reaches.
+  void markEvicted(store::Txn& txn, kj::ArrayPtr<const kj::byte> client, kj::StringPtr why);
+  // The reason, if the client was evicted; the mark goes.
+  kj::Maybe<kj::String> takeEvicted(store::Txn& txn, kj::ArrayPtr<const kj::byte> client);
+  bool isEvicted(store::Txn& txn, kj::ArrayPtr<const kj::byte> client);
 
 private:
   MDB_dbi replies_;
+  MDB_dbi joined_;
+  MDB_dbi evicted_;
 };
 
 }  // namespace cairn

@@ -48,6 +48,7 @@ void targetStatFs(Target& target, rpc::StatFs::Builder out) {
 kj::Promise<void> DataService::call(CallContext context) {
   ctx_.countRpc("data", context.getParams().getRequest());
   if (session_->evicted) throwEvicted(*session_);
+  if (ctx_.state == ServerState::STOPPED) throwStopped();
   // A request that breaks the protocol is refused with an exception; say so once, here.
   try {
     return dispatch(context);
@@ -81,6 +82,10 @@ kj::Promise<void> DataService::dispatch(CallContext context) {
       reply.setLastSynced(ctx_.syncer.lastSynced());
       return kj::READY_NOW;
     }
+    case R::RECOVERY_DONE:
+      ctx_.recoveryDone(*session_);
+      context.getResults().initReply().setLastSynced(ctx_.syncer.lastSynced());
+      return kj::READY_NOW;
     case R::SYNC:
       return ctx_.syncer.syncNow().then([this, context]() mutable {
         context.getResults().initReply().setLastSynced(ctx_.syncer.lastSynced());

@@ -14,6 +14,11 @@ LockService::LockService(ServerContext& ctx, kj::Own<ClientSession> session)
 
 void LockService::requireSession() {
   if (session_->evicted) throwEvicted(*session_);
+  if (ctx_.state == ServerState::STOPPED) throwStopped();
+}
+
+void throwStopped() {
+  kj::throwFatalException(KJ_EXCEPTION(DISCONNECTED, "the server has stopped; reconnect"));
 }
 
 kj::Promise<void> LockService::enqueue(EnqueueContext context) {
@@ -37,12 +42,16 @@ kj::Promise<void> LockService::enqueue(EnqueueContext context) {
 kj::Promise<void> LockService::cancel(CancelContext context) {
   requireSession();
   ctx_.locks.cancel(*session_, context.getParams().getLockId());
+  ctx_.cancelled(*session_, context.getParams().getLockId());
   return kj::READY_NOW;
 }
 
 kj::Promise<void> LockService::cancelMany(CancelManyContext context) {
   requireSession();
-  for (uint64_t id : context.getParams().getLockIds()) ctx_.locks.cancel(*session_, id);
+  for (uint64_t id : context.getParams().getLockIds()) {
+    ctx_.locks.cancel(*session_, id);
+    ctx_.cancelled(*session_, id);
+  }
   return kj::READY_NOW;
 }
 

@@ -22,5 +22,8 @@ private:
 // A refused request from an evicted client: DISCONNECTED, so that the client reconnects and
 // is told at connect that it was evicted.
 [[noreturn]] void throwEvicted(const ClientSession& session);
+// A request after a controlled shutdown completed (the client should not send one): the same,
+// so that it reconnects to the next instance.
+[[noreturn]] void throwStopped();
 
 }  // namespace cairn

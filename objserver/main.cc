@@ -81,7 +81,12 @@ int serve(const ServeOptions& o) {
   open.force = o.force;
   open.mapSize = o.mapSize;
   if (!o.fsName.empty()) open.expectFsName = kj::str(o.fsName.c_str());
-  if (!o.versionOverride.empty()) open.versionOverride = kj::str(o.versionOverride.c_str());
+  if (!o.versionOverride.empty()) {
+    open.versionOverride = kj::str(o.versionOverride.c_str());
+  } else if (const char* v = getenv("CAIRN_VERSION_OVERRIDE"); v != nullptr && *v != '\0') {
+    // How tests and upgrade drills run "another version" of the same build.
+    open.versionOverride = kj::str(v);
+  }
   Target target(o.dir.c_str(), parseKind(o.kind), kj::mv(open));
 
   auto listener =
@@ -96,6 +101,8 @@ int serve(const ServeOptions& o) {
   config.recoveryWindow = int64_t(o.recoveryWindow * 1000) * kj::MILLISECONDS;
   config.lockTimeout = int64_t(o.lockTimeout * 1000) * kj::MILLISECONDS;
   ServerContext ctx(io, target, kj::mv(config));
+
+  ctx.startRecovery();
 
   LinkIdentity identity{serverUuid(), rpc::Hello::Role::SERVER, kj::str(advertise)};
   kj::Maybe<kj::Own<OpenFiles>> opens;
@@ -158,13 +165,31 @@ int serve(const ServeOptions& o) {
                o.kind, target.index(), target.fsName().cStr(), advertise.cStr());
   if (!o.portFile.empty()) writePortFile(o.portFile, port);
 
-  auto stop = io.unixEventPort.onSignal(SIGTERM)
-                  .exclusiveJoin(io.unixEventPort.onSignal(SIGINT))
-                  .then([](siginfo_t info) { return info.si_signo; });
-  int signo = stop.exclusiveJoin(listening.then([]() { return 0; })).wait(io.waitScope);
-  spdlog::info("signal {}: shutting down", signo);
-  // Every reply already means "committed"; make it durable and say we stopped cleanly.
+  auto signalled = [&]() {
+    return io.unixEventPort.onSignal(SIGTERM)
+        .exclusiveJoin(io.unixEventPort.onSignal(SIGINT))
+        .then([](siginfo_t info) { return info.si_signo; });
+  };
+  // SIGTERM (or SIGINT) starts a controlled shutdown, as `cairnctl shutdown` does; a second one
+  // while clients are still writing back stops at once, and the target is not marked clean.
+  auto onSignal = signalled().then([&](int signo) {
+    spdlog::info("signal {}: controlled shutdown", signo);
+    return ctx.shutdown(kj::str("signal ", signo))
+        .then([]() { return true; })
+        .exclusiveJoin(signalled().then([](int again) {
+          spdlog::warn("signal {} during the shutdown: stopping now, not clean", again);
+          return false;
+        }));
+  });
+  auto requested = ctx.whenStopped().then([]() { return true; });
+  bool clean = onSignal.exclusiveJoin(kj::mv(requested))
+                   .exclusiveJoin(listening.then([]() { return false; }))
+                   .wait(io.waitScope);
+  if (!clean) return 1;
+  // Every reply already means "committed": make it durable and say we stopped cleanly.
   target.markClean();
+  // Let the last replies (the administrator's shutdown request) leave before the sockets close.
+  io.provider->getTimer().afterDelay(100 * kj::MILLISECONDS).wait(io.waitScope);
   return 0;
 }
 

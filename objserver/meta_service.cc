@@ -69,6 +69,7 @@ MetaService::~MetaService() noexcept(false) {
 kj::Promise<void> MetaService::call(CallContext context) {
   ctx_.countRpc("meta", context.getParams().getRequest());
   if (session_->evicted) throwEvicted(*session_);
+  if (ctx_.state == ServerState::STOPPED) throwStopped();
   // A request that breaks the protocol is refused with an exception; say so once, here.
   try {
     return dispatch(context);
@@ -91,7 +92,19 @@ kj::Promise<void> MetaService::dispatch(CallContext context) {
     release(req.getRelease(), context.getResults().initReply());
     return kj::READY_NOW;
   }
+  if (req.which() == R::RECOVERY_DONE) {
+    ctx_.recoveryDone(*session_);
+    context.getResults().initReply().setLastSynced(ctx_.syncer.lastSynced());
+    return kj::READY_NOW;
+  }
   if (req.which() == R::SETLK || req.which() == R::GETLK || req.which() == R::RELEASE_LOCKS) {
+    bool replay = req.which() == R::SETLK && req.getReplay();
+    if (ctx_.recovering() > 0 && !replay && req.which() != R::RELEASE_LOCKS) {
+      // Locks granted before the restart are being taken again: nothing new until they are.
+      return ctx_.recovered().then([this, context]() mutable {
+        return applicationLock(context.getParams().getRequest(), context);
+      });
+    }
     return applicationLock(req, context);
   }
   if (isUpdate(req.which())) {
@@ -592,7 +605,10 @@ kj::Promise<void> MetaService::applicationLock(rpc::MetaRequest::Reader req, Cal
       try {
         // A waiting lock ends when the caller gives up (a signal): let the call be cancelled.
         context.allowCancellation();
-        return table.set(r.getIno(), r.getSpace(), {session_->key, r.getOwner()}, lock, r.getWait())
+        // A replayed lock was granted before the restart, so nothing can conflict with it
+        // (new locks wait for the replays): never make it wait.
+        bool wait = r.getWait() && !req.getReplay();
+        return table.set(r.getIno(), r.getSpace(), {session_->key, r.getOwner()}, lock, wait)
             .then([this, context]() mutable {
               context.getResults().getReply().setLastSynced(ctx_.syncer.lastSynced());
             });

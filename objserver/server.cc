@@ -76,6 +76,12 @@ void ServerContext::disconnected(ClientSession& session) {
   KJ_ASSERT(session.connections > 0);
   if (--session.connections > 0) return;
   uint64_t epoch = ++session.disconnects;
+  if (state == ServerState::DRAINING && session.serverLock != 0 &&
+      session.role == rpc::Hello::Role::CLIENT) {
+    // It went before it was ready: what it held (dirty data, locks) cannot be handed back now.
+    evict(session, "disconnected during a controlled shutdown");
+    return;
+  }
   spdlog::info("{} disconnected; keeping its locks {} s and its opens {} s", session.label.cStr(),
                config.lockTimeout / kj::SECONDS, config.disconnectGrace / kj::SECONDS);
   // It may come back (a restarting client, a flapping link): its locks wait the lock timeout.
@@ -108,8 +114,14 @@ void ServerContext::evict(ClientSession& session, kj::StringPtr why) {
   if (session.evicted) return;
   session.evicted = true;
   spdlog::warn("evicting {}: {}", session.label.cStr(), why.cStr());
-  if (evictedClients.size() > 10000) evictedClients.clear();
-  evictedClients.insert(session.key);
+  session.recovery = kj::str("evicted: ", why);
+  if (session.role == rpc::Hello::Role::CLIENT) {
+    try {
+      commit([&](store::Txn& txn) { clients.markEvicted(txn, session.uuid, why); });
+    } catch (FsError& e) {
+      spdlog::warn("cannot record the eviction of {}: {}", session.label.cStr(), e.what());
+    }
+  }
   endSession(session);
 }
 
@@ -126,6 +138,7 @@ void ServerContext::endSession(ClientSession& session) {
     p->releaseClient(session.key);
   }
   dropOpens(session);
+  if (recovering_.erase(session.key) > 0 && recovering_.empty()) endRecoveryWait();
   try {
     commit([&](store::Txn& txn) { clients.forget(txn, session.uuid); });
   } catch (FsError& e) {
@@ -135,7 +148,8 @@ void ServerContext::endSession(ClientSession& session) {
 }
 
 void ServerContext::expireAbsentClients() {
-  // Clients recorded by an earlier instance that have not reconnected by now are gone.
+  // Clients recorded by an earlier instance that have not reconnected by now are gone (an
+  // eviction mark stays: the client is told if it ever comes back).
   kj::Vector<kj::Array<kj::byte>> gone;
   {
     store::Txn txn(target.env(), store::Txn::READ);
@@ -187,10 +201,25 @@ kj::Promise<void> ServerImpl::connect(ConnectContext context) {
   // A client drops what it cached when it loses a connection, so the locks it held through the
   // old one protect nothing now; dropping them keeps others from waiting on callbacks for them.
   ctx_.locks.dropAll(session);
-  if (ctx_.evictedClients.erase(session.key) > 0) {
-    results.setEvicted(true);
-    spdlog::info("{} is back after its eviction: told so", session.label.cStr());
+  session.serverLock = 0;
+  ctx_.admit(session);
+  session.connectedAt = ctx_.io.provider->getTimer().now();
+  if (session.role == rpc::Hello::Role::CLIENT) {
+    kj::Maybe<kj::String> evicted;
+    ctx_.commit([&](store::Txn& txn) {
+      evicted = ctx_.clients.takeEvicted(txn, session.uuid);
+      if (!ctx_.clients.joined(txn, session.uuid)) ctx_.clients.join(txn, session.uuid);
+    });
+    KJ_IF_MAYBE (why, evicted) {
+      results.setEvicted(true);
+      spdlog::info("{} is back after its eviction ({}): told so", session.label.cStr(),
+                   why->cStr());
+      session.recovery = kj::str("evicted: ", *why);
+    } else if (session.recovery == nullptr || !session.recovery.startsWith("evicted")) {
+      session.recovery = kj::str("recovering");
+    }
   }
+  results.setServerLock(session.serverLock);
   results.setLocks(kj::heap<LockService>(ctx_, kj::addRef(session)));
   if (ctx_.target.kind() == rpc::TargetKind::META) {
     results.setMeta(kj::heap<MetaService>(ctx_, kj::addRef(session)));
@@ -204,7 +233,9 @@ kj::Promise<void> ServerImpl::status(StatusContext context) {
   auto s = context.getResults().initStatus();
   fillInfo(s.initInfo());
   s.setAddress(ctx_.config.advertise);
-  s.setState("serving");
+  s.setState(stateName(ctx_.state));
+  s.setRecovering(ctx_.recovering());
+  s.setStartReason(ctx_.target.startReason());
   s.setUptimeMs((ctx_.io.provider->getTimer().now() - ctx_.started) / kj::MILLISECONDS);
   s.setLastTransno(ctx_.target.lastCommitted());
   s.setLastSynced(ctx_.syncer.lastSynced());
@@ -232,6 +263,7 @@ kj::Promise<void> ServerImpl::status(StatusContext context) {
     c.setConnected(v->connections > 0);
     c.setLastRequestId(v->lastRequestId);
     c.setLocks(ctx_.locks.heldBy(*v));
+    c.setRecovery(v->recovery == nullptr ? kj::StringPtr("new") : v->recovery.asPtr());
     KJ_IF_MAYBE (o, ctx_.opens) {
       c.setOpenFiles(o->countFor(v->key));
     }
@@ -259,6 +291,10 @@ kj::Promise<void> ServerImpl::status(StatusContext context) {
     s.setChunks(objects->objectCount(txn));
   }
   return kj::READY_NOW;
+}
+
+kj::Promise<void> ServerImpl::shutdown(ShutdownContext) {
+  return ctx_.shutdown("requested by an administrator");
 }
 
 kj::Promise<void> ServerImpl::registerTarget(RegisterTargetContext context) {

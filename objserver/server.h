@@ -46,7 +46,15 @@ struct ClientSession : public kj::Refcounted, public LockOwner {
   uint64_t lastRequestId = 0;
   uint64_t prunedBelow = 0;
   uint64_t disconnects = 0;  // bumped on each disconnect, so a stale grace timer does nothing
+  uint64_t serverLock = 0;   // its PR on the active-server lock (0: none, or cancelled)
+  kj::String recovery;       // how its last connect went, for status
+  kj::TimePoint connectedAt = kj::origin<kj::TimePoint>();
 };
+
+// Serving -> draining (a controlled shutdown has begun: the server's EX on the active-server
+// lock waits for every client's PR) -> stopped (it holds EX; nothing more is taken).
+enum class ServerState { SERVING, DRAINING, STOPPED };
+kj::StringPtr stateName(ServerState state);
 
 struct ServerConfig {
   kj::String advertise;                             // HOST:PORT given to peers
@@ -80,7 +88,7 @@ public:
     ++rpcsByKind[name];
   }
   std::map<std::string, kj::Own<ClientSession>> sessions;
-  std::set<std::string> evictedClients;  // told so when they reconnect
+  ServerState state = ServerState::SERVING;
   // The server's own locks (held while an update runs) belong to this owner.
   class ServerOwner : public LockOwner {
   public:
@@ -107,6 +115,27 @@ public:
   // After the recovery window: forget clients of earlier instances that never came back.
   void expireAbsentClients();
 
+  // Controlled shutdown (objserver/shutdown.cc). Starts it (again: no-op) and returns a promise
+  // that resolves once the server holds its active-server lock in EX: every client has written
+  // back and cancelled its PR, or was evicted. Then the caller commits, marks the target clean
+  // and exits.
+  kj::Promise<void> shutdown(kj::StringPtr why);
+  // Resolves when a shutdown has completed, whoever started it (one caller: main).
+  kj::Promise<void> whenStopped() { return kj::mv(stopped_.promise); }
+  // Grants a connecting client its PR on the active-server lock; refuses (OVERLOADED, "retry")
+  // while a shutdown is under way.
+  void admit(ClientSession& session);
+  // A client cancelled a lock: was it its active-server lock ("ready to reconnect")?
+  void cancelled(ClientSession& session, uint64_t lockId);
+
+  // Clients of the previous instance that have not finished recovery (objserver/recovery.cc).
+  // New application locks wait for them (or for the recovery window), so that every lock
+  // granted before the restart is taken again first.
+  void startRecovery();
+  void recoveryDone(ClientSession& session);
+  kj::Promise<void> recovered();  // resolves when none is left
+  size_t recovering() const { return recovering_.size(); }
+
   // Runs one update: a resend is answered from the reply record; otherwise `apply` runs in one
   // write transaction with a new transaction number, and the reply is recorded in it.
   template <typename Reply, typename Apply>
@@ -131,6 +160,12 @@ private:
   };
   ErrorHandler errorHandler_;
   void dropOpens(ClientSession& session);
+  void endRecoveryWait();
+  std::set<std::string> recovering_;  // keys of clients of the previous instance
+  kj::Vector<kj::Own<kj::PromiseFulfiller<void>>> recoveryWaiters_;
+  kj::Maybe<kj::ForkedPromise<void>> stopping_;
+  kj::PromiseFulfillerPair<void> stopped_ = kj::newPromiseAndFulfiller<void>();
+  kj::Promise<void> recoveryTimer_ = nullptr;
   void expire(ClientSession& session);
   void endSession(ClientSession& session);  // what evict and expire share
   bool isCurrent(const ClientSession& session) const;
@@ -145,6 +180,7 @@ public:
   kj::Promise<void> status(StatusContext context) override;
   kj::Promise<void> registerTarget(RegisterTargetContext context) override;
   kj::Promise<void> ping(PingContext) override { return kj::READY_NOW; }
+  kj::Promise<void> shutdown(ShutdownContext context) override;
 
 private:
   void fillInfo(rpc::ServerInfo::Builder info);

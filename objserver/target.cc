@@ -158,11 +158,14 @@ Target::Target(kj::StringPtr dir, rpc::TargetKind expectedKind, OpenOptions opti
   // the previous shutdown was clean, or the administrator forces it.
   kj::StringPtr previous = header.getSoftwareVersion();
   bool clean = header.getCleanShutdown();
+  previousClean_ = clean;
+  versionChanged_ = previous != version_;
   if (clean) {
     startReason_ = "previous shutdown was clean";
   } else if (previous == version_) {
     startReason_ = "unclean stop, same version: normal recovery";
   } else if (options.force) {
+    forced_ = true;
     startReason_ = "unclean stop by another version, forced: previous clients will be evicted";
   } else {
     KJ_FAIL_REQUIRE(kj::str(

@@ -51,8 +51,14 @@ public:
   uint32_t defaultStripeSize() const { return stripeSize_; }
   uint32_t defaultStripeCount() const { return stripeCount_; }
   kj::StringPtr softwareVersion() const { return version_; }
-  // What the start-up check found: "clean", "same version", "forced", "new".
+  // Why the start-up check let this instance start.
   kj::StringPtr startReason() const { return startReason_; }
+  // How the previous instance left the target.
+  bool previousClean() const { return previousClean_; }
+  bool versionChanged() const { return versionChanged_; }
+  // Started with --force after an unclean stop by another version: the previous instance's
+  // clients are evicted when they come back.
+  bool forced() const { return forced_; }
 
   // Every change takes the next transaction number in its own write transaction.
   uint64_t nextTransno(store::Txn& txn);
@@ -79,6 +85,9 @@ private:
   uint32_t stripeCount_ = 0;
   kj::String version_;
   kj::StringPtr startReason_;
+  bool previousClean_ = false;
+  bool versionChanged_ = false;
+  bool forced_ = false;
   uint64_t lastTransno_ = 0;
   std::atomic<uint64_t> lastCommitted_{0};
 };

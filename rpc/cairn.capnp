@@ -243,8 +243,14 @@ struct MetaRequest {
       owner @81 :UInt64;
       space @82 :UInt32;
     }
+    # The client has replayed its opens and application locks after a (re)connect: the server
+    # stops waiting for it before it lets new application locks be taken.
+    recoveryDone @84 :Void;
   }
   wantLocks @83 :UInt32;       # want* bits; 0 from clients that do not cache
+  # setlk only: this lock was granted before the server restarted and is being taken again
+  # (lock replay). It is granted at once, ahead of new requests.
+  replay @85 :Bool;
 }
 
 # A caching lock granted with a reply, on `bits` of inode `ino`.
@@ -309,6 +315,7 @@ struct DataRequest {
     destroy @10 :UInt64;
     statfs @11 :Void;
     sync @12 :Void;
+    recoveryDone @13 :Void;    # as MetaRequest.recoveryDone
   }
 }
 
@@ -371,6 +378,8 @@ struct ClientStatus {
   lastRequestId @4 :UInt64;
   openFiles @5 :UInt32;
   locks @6 :UInt32;
+  recovery @7 :Text;           # how its last (re)connect went: "new", "recovering",
+                               # "recovered in N ms", "evicted: why"
 }
 
 struct RpcCount {
@@ -399,6 +408,8 @@ struct ServerStatus {
   lockCallbacks @17 :UInt64;   # blocking callbacks sent since start
   evictions @18 :UInt64;       # clients evicted since start
   rpcs @19 :List(RpcCount);    # requests served since start, by kind
+  recovering @20 :UInt32;      # clients of the previous instance not yet recovered
+  startReason @21 :Text;       # why the start-up check let this instance start
 }
 
 interface Bootstrap {
@@ -406,12 +417,18 @@ interface Bootstrap {
   # by the target's kind.
   connect @0 (hello :Hello, callback :LockCallback)
       -> (info :ServerInfo, meta :MetaSession, data :DataSession, locks :LockSession,
-          evicted :Bool);    # this client was evicted since it last connected
+          evicted :Bool,     # this client was evicted since it last connected
+          serverLock :UInt64);  # the active-server lock, granted PR with the session (0: none)
   status @1 () -> (status :ServerStatus);
   # A data server announces where it serves; the metadata server records it for clients.
   registerTarget @2 (fsUuid :Data, target :TargetAddress) -> ();
   # Liveness: Cap'n Proto has no keepalive, so links ping and give up on a silent peer.
   ping @3 () -> ();
+  # Controlled shutdown (an administrator's request; SIGTERM does the same): the server takes
+  # its active-server lock in EX, which calls every client back; once each has written back,
+  # dropped its caches and cancelled its PR (or been evicted), the server commits, marks the
+  # target clean and exits. Resolves just before it exits.
+  shutdown @4 () -> ();
 }
 
 # What the target keeps about itself (the LMDB "header" record).

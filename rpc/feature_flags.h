@@ -11,6 +11,9 @@ constexpr uint64_t BASE = 1 << 0;  // the protocol of release 0.1
 // Caching locks: MetaRequest.wantLocks, MetaReply.locks/changed, LockSession.cancelMany.
 constexpr uint64_t CACHING_LOCKS = 1 << 1;
 
-constexpr uint64_t SUPPORTED = BASE | CACHING_LOCKS;
+// Controlled shutdown: the active-server lock granted at connect (ConnectResults.serverLock),
+// Bootstrap.shutdown, recoveryDone, setlk replay. Bit 2 is taken by a branch not yet landed.
+constexpr uint64_t ACTIVE_SERVER_LOCK = 1 << 3;
+constexpr uint64_t SUPPORTED = BASE | CACHING_LOCKS | ACTIVE_SERVER_LOCK;
 
 }  // namespace cairn::features

@@ -18,13 +18,14 @@ public:
   kj::String name_;
 };
 
-// Backoff between connection attempts: quick at first (a restarting server is usually back
-// within a second), then at most one attempt per second.
+// Backoff between connection attempts: quick for the first seconds (a server restarted for an
+// upgrade is back within a second, and every millisecond here is an application's wait), then
+// at most one attempt per second.
 kj::Duration backoff(unsigned attempt) {
-  static const kj::Duration steps[] = {20 * kj::MILLISECONDS, 50 * kj::MILLISECONDS,
-                                       100 * kj::MILLISECONDS, 200 * kj::MILLISECONDS,
-                                       500 * kj::MILLISECONDS};
-  return attempt < kj::size(steps) ? steps[attempt] : 1 * kj::SECONDS;
+  static const kj::Duration steps[] = {10 * kj::MILLISECONDS, 20 * kj::MILLISECONDS,
+                                       50 * kj::MILLISECONDS, 100 * kj::MILLISECONDS};
+  if (attempt < kj::size(steps)) return steps[attempt];
+  return attempt < 40 ? 150 * kj::MILLISECONDS : 1 * kj::SECONDS;
 }
 
 constexpr kj::Duration CONNECT_TIMEOUT = 5 * kj::SECONDS;
@@ -42,6 +43,21 @@ struct ServerLink::Connection {
   rpc::MetaSession::Client meta = nullptr;
   rpc::DataSession::Client data = nullptr;
   rpc::LockSession::Client locks = nullptr;
+};
+
+// Given to the server at connect. The active-server lock's callback is the link's own (a
+// controlled shutdown); any other lock's goes to the owner's callback (the lock cache).
+class ServerLink::Callback final : public rpc::LockCallback::Server {
+public:
+  explicit Callback(kj::Own<Handle> handle) : handle_(kj::mv(handle)) {}
+  kj::Promise<void> blocking(BlockingContext context) override {
+    // Answered at once: the server waits for the cancel, not for this reply.
+    if (handle_->link != nullptr) handle_->link->blocking(context.getParams().getLockId());
+    return kj::READY_NOW;
+  }
+
+private:
+  kj::Own<Handle> handle_;
 };
 
 // The session capability a response type comes from.
@@ -80,9 +96,69 @@ ServerLink::ServerLink(kj::Network& network, kj::Timer& timer, kj::String name,
       currentAddress_(kj::str()),
       peerVersion_(kj::str()) {
   tasks_ = kj::heap<kj::TaskSet>(*kj::heap<LogErrors>(name_).attach());
+  handle_ = kj::refcounted<Handle>();
+  handle_->link = this;
 }
 
-ServerLink::~ServerLink() noexcept(false) {}
+ServerLink::~ServerLink() noexcept(false) {
+  handle_->link = nullptr;
+}
+
+void ServerLink::setOnDrain(kj::Function<kj::Promise<void>()> onDrain) {
+  onDrain_ = kj::mv(onDrain);
+}
+
+void ServerLink::blocking(uint64_t lockId) {
+  if (lockId != 0 && lockId == serverLock_) {
+    drain(generation_);
+    return;
+  }
+  KJ_IF_MAYBE (cb, lockCallback_) {
+    auto req = cb->blockingRequest();
+    req.setLockId(lockId);
+    tasks_->add(req.send().ignoreResult());
+  }
+}
+
+// Controlled shutdown, the client's part (Simplified Interoperation): new requests wait at the
+// gate before they are formatted; dirty data goes back and cached state is dropped (the owner's
+// onDrain); the requests in flight finish; then the PR on the active-server lock is cancelled
+// and the link waits for the server to go.
+void ServerLink::drain(uint64_t gen) {
+  if (gen != generation_ || connection_ == nullptr) return;
+  if (state_ == State::DRAINING || state_ == State::READY) return;
+  auto started = timer_.now();
+  state_ = State::DRAINING;
+  spdlog::info("link {}: the server is shutting down: requests wait, writing back", name_.cStr());
+  kj::Promise<void> written = kj::READY_NOW;
+  KJ_IF_MAYBE (f, onDrain_) {
+    written = (*f)().catch_([this](kj::Exception&& e) {
+      // Whatever could not be written back is still queued: it goes after the reconnect.
+      spdlog::warn("link {}: write-back before the shutdown failed: {}", name_.cStr(),
+                   e.getDescription().cStr());
+    });
+  }
+  tasks_->add(
+      written.then([this]() { return idle(); }).then([this, gen, started]() -> kj::Promise<void> {
+        if (gen != generation_ || connection_ == nullptr) return kj::READY_NOW;
+        state_ = State::READY;
+        auto req = KJ_ASSERT_NONNULL(connection_)->locks.cancelRequest();
+        req.setLockId(serverLock_);
+        serverLock_ = 0;
+        spdlog::info("link {}: ready to reconnect ({} ms after the callback)", name_.cStr(),
+                     (timer_.now() - started) / kj::MILLISECONDS);
+        return req.send().ignoreResult().catch_([](kj::Exception&&) {
+          // The server went first: nothing is lost, we reconnect anyway.
+        });
+      }));
+}
+
+kj::Promise<void> ServerLink::idle() {
+  if (inFlight_ == 0) return kj::READY_NOW;
+  auto paf = kj::newPromiseAndFulfiller<void>();
+  idleWaiters_.add(kj::mv(paf.fulfiller));
+  return kj::mv(paf.promise);
+}
 
 void ServerLink::setRecovery(kj::Function<kj::Promise<void>()> recovery) {
   recovery_ = kj::mv(recovery);
@@ -111,9 +187,23 @@ uint64_t ServerLink::oldestUnreplied() const {
   return unreplied_.empty() ? nextRequestId_ : *unreplied_.begin();
 }
 
+namespace {
+bool passes(ServerLink::State state, ServerLink::Class cls) {
+  static constexpr bool table[6][3] = {
+      // NORMAL RECOVERY WRITEBACK
+      {false, false, false},  // CONNECTING
+      {false, true, false},   // RECOVERING
+      {true, true, true},     // ACTIVE
+      {false, false, true},   // DRAINING
+      {false, false, false},  // READY
+      {false, false, false},  // DISCONNECTED
+  };
+  return table[static_cast<int>(state)][static_cast<int>(cls)];
+}
+}  // namespace
+
 bool ServerLink::open(Class cls) const {
-  return connection_ != nullptr &&
-         (state_ == State::ACTIVE || (state_ == State::RECOVERING && cls == Class::RECOVERY));
+  return connection_ != nullptr && passes(state_, cls);
 }
 
 kj::Promise<void> ServerLink::whenOpen(Class cls) {
@@ -127,8 +217,7 @@ void ServerLink::openGate(State state) {
   state_ = state;
   kj::Vector<Waiter> still;
   for (auto& w : waiters_) {
-    bool pass = state == State::ACTIVE || (state == State::RECOVERING && w.cls == Class::RECOVERY);
-    if (pass) {
+    if (passes(state, w.cls)) {
       w.fulfiller->fulfill();
     } else if (w.fulfiller->isWaiting()) {
       still.add(kj::mv(w));
@@ -155,9 +244,7 @@ void ServerLink::connectLoop(unsigned attempt) {
             hello.setFeatures(features::SUPPORTED);
             hello.setHostName(hostName_);
             hello.setRole(role_);
-            KJ_IF_MAYBE (cb, lockCallback_) {
-              req.setCallback(*cb);
-            }
+            req.setCallback(kj::heap<Callback>(kj::addRef(*handle_)));
             return req.send().then(
                 [this, conn = kj::mv(conn), addressCopy = kj::mv(addressCopy)](
                     capnp::Response<rpc::Bootstrap::ConnectResults>&& reply) mutable {
@@ -165,6 +252,7 @@ void ServerLink::connectLoop(unsigned attempt) {
                   conn->meta = reply.getMeta();
                   conn->data = reply.getData();
                   conn->locks = reply.getLocks();
+                  serverLock_ = reply.getServerLock();
                   peerFeatures_ = info.getFeatures() & features::SUPPORTED;
                   peerVersion_ = kj::str(info.getSoftwareVersion());
                   if (reply.getEvicted()) {
@@ -193,7 +281,8 @@ void ServerLink::connectLoop(unsigned attempt) {
             }
             return recovered.then(
                 [this, gen, started]() {
-                  if (gen != generation_) return;
+                  // Lost meanwhile, or the server began shutting down again.
+                  if (gen != generation_ || state_ != State::RECOVERING) return;
                   spdlog::info("link {}: active after {} ms", name_.cStr(),
                                (timer_.now() - started) / kj::MILLISECONDS);
                   openGate(State::ACTIVE);
@@ -246,6 +335,7 @@ void ServerLink::lost(uint64_t generation, kj::StringPtr why) {
                why.cStr());
   state_ = State::DISCONNECTED;
   ++generation_;
+  serverLock_ = 0;
   // Never destroy a connection from inside one of its own continuations.
   KJ_IF_MAYBE (c, connection_) {
     tasks_->add(kj::evalLater([dead = kj::mv(*c)]() mutable { (void)dead; }));
@@ -277,12 +367,24 @@ kj::Promise<Response> ServerLink::send(kj::Own<Pending> pending, Build& build) {
         r.setRequestId(pending->id);
         r.setOldestUnreplied(oldestUnreplied());
         build(r);
-        return req.send().then(
-            [this, pending = kj::mv(pending)](Response&& resp) mutable -> kj::Promise<Response> {
-              lastSynced_ = kj::max(lastSynced_, resp.getReply().getLastSynced());
-              return kj::mv(resp);
-            },
-            kj::mv(onError));
+        // Counted while in flight: a draining link cancels its active-server lock only when
+        // none is left.
+        ++inFlight_;
+        auto done = kj::defer([this]() {
+          if (--inFlight_ == 0) {
+            auto waiters = kj::mv(idleWaiters_);
+            for (auto& w : waiters) w->fulfill();
+          }
+        });
+        return req.send()
+            .attach(kj::mv(done))
+            .then(
+                [this,
+                 pending = kj::mv(pending)](Response&& resp) mutable -> kj::Promise<Response> {
+                  lastSynced_ = kj::max(lastSynced_, resp.getReply().getLastSynced());
+                  return kj::mv(resp);
+                },
+                kj::mv(onError));
       });
 }
 
@@ -305,14 +407,16 @@ kj::Promise<ServerLink::DataResponse> ServerLink::data(
 kj::Promise<rpc::Bootstrap::Client> ServerLink::server(Class cls) {
   return whenOpen(cls).then([this, cls]() -> kj::Promise<rpc::Bootstrap::Client> {
     if (!open(cls)) return server(cls);  // lost again meanwhile
-    return KJ_ASSERT_NONNULL(connection_)->server;
+    rpc::Bootstrap::Client cap = KJ_ASSERT_NONNULL(connection_)->server;
+    return kj::mv(cap);
   });
 }
 
 kj::Promise<rpc::LockSession::Client> ServerLink::locks(Class cls) {
   return whenOpen(cls).then([this, cls]() -> kj::Promise<rpc::LockSession::Client> {
     if (!open(cls)) return locks(cls);  // lost again meanwhile
-    return KJ_ASSERT_NONNULL(connection_)->locks;
+    rpc::LockSession::Client cap = KJ_ASSERT_NONNULL(connection_)->locks;
+    return kj::mv(cap);
   });
 }
 

@@ -5,6 +5,11 @@
 //   CONNECTING / DISCONNECTED   nothing passes; the link is (re)connecting with backoff
 //   RECOVERING                  only RECOVERY requests (e.g. open replay) pass
 //   ACTIVE                      everything passes
+//   DRAINING                    the server is shutting down (it called back the active-server
+//                               lock): only WRITEBACK requests pass, the ones that hand dirty
+//                               data back; once they and every request in flight are done, the
+//                               link cancels its PR on the active-server lock and goes to
+//   READY                       nothing passes; waiting for the server to go, then reconnects
 // A request that fails with DISCONNECTED goes back through the gate and is sent again, with the
 // same request id, so the server answers a resent update from its reply record instead of
 // applying it twice. The application never sees the outage, only a wait that a signal can end
@@ -36,8 +41,10 @@ struct LinkIdentity {
 
 class ServerLink {
 public:
-  enum class State { CONNECTING, RECOVERING, ACTIVE, DISCONNECTED };
-  enum class Class { NORMAL, RECOVERY };
+  enum class State { CONNECTING, RECOVERING, ACTIVE, DRAINING, READY, DISCONNECTED };
+  // NORMAL passes only an ACTIVE gate; WRITEBACK (dirty data going back) an ACTIVE or DRAINING
+  // one; RECOVERY only a RECOVERING one.
+  enum class Class { NORMAL, RECOVERY, WRITEBACK };
 
   ServerLink(kj::Network& network, kj::Timer& timer, kj::String name,
              kj::Array<kj::String> addresses, const LinkIdentity& identity);
@@ -53,6 +60,10 @@ public:
   // Called as soon as a connection is lost (before any reconnect): the server drops this
   // client's locks when it connects again, so whatever they covered must go now.
   void setOnLost(kj::Function<void()> onLost);
+  // Called when the server starts a controlled shutdown, after the gate closed: the owner writes
+  // back what it holds for this server and drops what it cached from it. When the promise
+  // resolves and the requests in flight are done, the link cancels its active-server lock.
+  void setOnDrain(kj::Function<kj::Promise<void>()> onDrain);
   void start();
 
   using MetaResponse = capnp::Response<rpc::MetaSession::CallResults>;
@@ -92,8 +103,12 @@ public:
   }
 
   struct Connection;  // one TCP connection and its capabilities
+  class Callback;     // the lock callback given at connect
 
 private:
+  void blocking(uint64_t lockId);
+  void drain(uint64_t generation);
+  kj::Promise<void> idle();  // no request of this link in flight
   struct Pending;
   template <typename Response, typename Build>
   kj::Promise<Response> send(kj::Own<Pending> pending, Build& build);
@@ -116,6 +131,11 @@ private:
   kj::Maybe<kj::Function<kj::Promise<void>()>> recovery_;
   kj::Maybe<rpc::LockCallback::Client> lockCallback_;
   kj::Maybe<kj::Function<void()>> onLost_;
+  kj::Maybe<kj::Function<kj::Promise<void>()>> onDrain_;
+  struct Handle : public kj::Refcounted {
+    ServerLink* link;
+  };
+  kj::Own<Handle> handle_;  // how the callback capability (which may outlive us) reaches us
 
   State state_ = State::DISCONNECTED;
   uint64_t generation_ = 0;
@@ -125,6 +145,9 @@ private:
   kj::String peerVersion_;
   uint64_t lastSynced_ = 0;
   bool evicted_ = false;
+  uint64_t serverLock_ = 0;  // our PR on the active-server lock of this connection
+  size_t inFlight_ = 0;
+  kj::Vector<kj::Own<kj::PromiseFulfiller<void>>> idleWaiters_;
 
   uint64_t nextRequestId_ = 1;
   std::set<uint64_t> unreplied_;

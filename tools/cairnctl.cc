@@ -44,12 +44,12 @@ void printStatus(cairn::rpc::ServerStatus::Reader s, bool json) {
   if (json) {
     kj::Vector<kj::String> clients;
     for (auto c : s.getClients()) {
-      clients.add(kj::str("{\"uuid\":\"", kj::encodeHex(c.getUuid()),
-                          "\",\"host\":", jsonString(c.getHostName()),
-                          ",\"version\":", jsonString(c.getSoftwareVersion()),
-                          ",\"connected\":", c.getConnected() ? "true" : "false",
-                          ",\"lastRequestId\":", c.getLastRequestId(),
-                          ",\"openFiles\":", c.getOpenFiles(), ",\"locks\":", c.getLocks(), "}"));
+      clients.add(kj::str(
+          "{\"uuid\":\"", kj::encodeHex(c.getUuid()), "\",\"host\":", jsonString(c.getHostName()),
+          ",\"version\":", jsonString(c.getSoftwareVersion()),
+          ",\"connected\":", c.getConnected() ? "true" : "false",
+          ",\"lastRequestId\":", c.getLastRequestId(), ",\"openFiles\":", c.getOpenFiles(),
+          ",\"locks\":", c.getLocks(), ",\"recovery\":", jsonString(c.getRecovery()), "}"));
     }
     kj::Vector<kj::String> rpcs;
     for (auto r : s.getRpcs()) rpcs.add(kj::str(jsonString(r.getName()), ":", r.getCount()));
@@ -71,11 +71,12 @@ void printStatus(cairn::rpc::ServerStatus::Reader s, bool json) {
                    ",\"mapSizeBytes\":", s.getMapSizeBytes(), ",\"rpcCount\":", s.getRpcCount(),
                    ",\"orphans\":", s.getOrphans(), ",\"destroyQueue\":", s.getDestroyQueue(),
                    ",\"chunks\":", s.getChunks(), ",\"openFiles\":", s.getOpenFiles(),
-                   ",\"locksGranted\":", s.getLocksGranted(),
-                   ",\"locksWaiting\":", s.getLocksWaiting(),
-                   ",\"lockCallbacks\":", s.getLockCallbacks(), ",\"evictions\":", s.getEvictions(),
-                   ",\"rpcs\":{", kj::strArray(rpcs, ","), "},\"clients\":[",
-                   kj::strArray(clients, ","), "],\"targets\":[", kj::strArray(targets, ","), "]}")
+                   ",\"locksGranted\":", s.getLocksGranted(), ",\"locksWaiting\":",
+                   s.getLocksWaiting(), ",\"lockCallbacks\":", s.getLockCallbacks(),
+                   ",\"evictions\":", s.getEvictions(), ",\"recovering\":", s.getRecovering(),
+                   ",\"startReason\":", jsonString(s.getStartReason()), ",\"rpcs\":{",
+                   kj::strArray(rpcs, ","), "},\"clients\":[", kj::strArray(clients, ","),
+                   "],\"targets\":[", kj::strArray(targets, ","), "]}")
                .cStr());
     return;
   }
@@ -84,7 +85,11 @@ void printStatus(cairn::rpc::ServerStatus::Reader s, bool json) {
          info.getFsName().cStr(), kj::encodeHex(info.getFsUuid()).cStr());
   printf("version   %s (instance %llu)\n", info.getSoftwareVersion().cStr(),
          static_cast<unsigned long long>(info.getInstance()));
-  printf("state     %s, up %.1f s\n", s.getState().cStr(), s.getUptimeMs() / 1000.0);
+  printf("state     %s, up %.1f s; started: %s\n", s.getState().cStr(), s.getUptimeMs() / 1000.0,
+         s.getStartReason().cStr());
+  if (s.getRecovering() > 0) {
+    printf("recovery  %u clients of the previous instance not back yet\n", s.getRecovering());
+  }
   printf("commits   last %llu, synced %llu; map %.1f MiB used; %llu RPCs served\n",
          static_cast<unsigned long long>(s.getLastTransno()),
          static_cast<unsigned long long>(s.getLastSynced()), s.getMapUsedBytes() / 1048576.0,
@@ -117,10 +122,11 @@ void printStatus(cairn::rpc::ServerStatus::Reader s, bool json) {
   }
   printf("clients   %u\n", s.getClients().size());
   for (auto c : s.getClients()) {
-    printf("  %s  %-20s %-8s %-12s last request %llu, %u open\n", kj::encodeHex(c.getUuid()).cStr(),
-           c.getHostName().cStr(), c.getSoftwareVersion().cStr(),
+    printf("  %s  %-20s %-8s %-12s last request %llu, %u open; %s\n",
+           kj::encodeHex(c.getUuid()).cStr(), c.getHostName().cStr(), c.getSoftwareVersion().cStr(),
            c.getConnected() ? "connected" : "disconnected",
-           static_cast<unsigned long long>(c.getLastRequestId()), c.getOpenFiles());
+           static_cast<unsigned long long>(c.getLastRequestId()), c.getOpenFiles(),
+           c.getRecovery().cStr());
   }
 }
 
@@ -138,6 +144,10 @@ int main(int argc, char** argv) {
   bool json = false;
   auto* status = app.add_subcommand("status", "what the server serves, its state and clients");
   status->add_flag("--json", json, "machine-readable output");
+  auto* shutdown = app.add_subcommand(
+      "shutdown",
+      "controlled shutdown: every client writes back and lets go, then the server marks its "
+      "target clean and exits (waits for that; --timeout default 60 s here)");
   CLI11_PARSE(app, argc, argv);
 
   if (server.empty()) {
@@ -147,6 +157,7 @@ int main(int argc, char** argv) {
   try {
     auto io = kj::setupAsyncIo();
     auto& timer = io.provider->getTimer();
+    if (*shutdown && app.get_option("--timeout")->count() == 0) timeout = 60;
     auto deadline = int64_t(timeout * 1000) * kj::MILLISECONDS;
     auto stream = io.provider->getNetwork()
                       .parseAddress(server.c_str())
@@ -165,6 +176,27 @@ int main(int argc, char** argv) {
                           }))
                       .wait(io.waitScope);
       printStatus(resp.getStatus(), json);
+    }
+    if (*shutdown) {
+      auto started = timer.now();
+      bool done = bootstrap.shutdownRequest()
+                      .send()
+                      .then([](auto&&) { return true; },
+                            [](kj::Exception&& e) {
+                              // The server may close the connection as it exits, before the
+                              // reply leaves: that is a completed shutdown too.
+                              if (e.getType() == kj::Exception::Type::DISCONNECTED) return true;
+                              kj::throwFatalException(kj::mv(e));
+                            })
+                      .exclusiveJoin(timer.afterDelay(deadline).then([]() { return false; }))
+                      .wait(io.waitScope);
+      if (!done) {
+        fprintf(stderr, "cairnctl: %s: still shutting down after %.0f s\n", server.c_str(),
+                timeout);
+        return 1;
+      }
+      printf("%s: shut down cleanly in %.2f s\n", server.c_str(),
+             double((timer.now() - started) / kj::MILLISECONDS) / 1000.0);
     }
   } catch (kj::Exception& e) {
     fprintf(stderr, "cairnctl: %s: %s\n", server.c_str(), e.getDescription().cStr());

@@ -375,6 +375,21 @@ int TestCluster::stopServer(int server, int sig) {
   return status;
 }
 
+int TestCluster::shutdownServer(int server, RunResult* result) {
+  auto& s = servers_.at(server);
+  auto r = run({ctlBin(), "--server", s.address, "--timeout", "60", "shutdown"});
+  if (result != nullptr) *result = r;
+  if (r.status != 0) fail("cairnctl shutdown failed: " + r.err);
+  int status = s.proc ? s.proc->wait(20000) : -1;
+  s.proc.reset();
+  return status;
+}
+
+pid_t TestCluster::mountPid(int index) const {
+  auto& m = mounts_.at(index);
+  return m.proc ? m.proc->pid() : -1;
+}
+
 bool TestCluster::startServer(int server, const std::vector<std::string>& extra) {
   auto& s = servers_.at(server);
   start(s, extra, false);

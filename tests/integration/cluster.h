@@ -95,9 +95,13 @@ public:
   // Sends a mount's daemon a signal (SIGSTOP/SIGCONT: a client that hangs).
   void signalMount(int index, int sig);
   std::string mountLog(int index) const;
+  pid_t mountPid(int index) const;
 
   // Stops a server (SIGTERM: clean, SIGKILL: crash) and returns its exit status.
   int stopServer(int server, int sig = SIGTERM);
+  // Controlled shutdown through `cairnctl shutdown`; returns the server's exit status once it
+  // has exited (and what cairnctl printed, if asked).
+  int shutdownServer(int server, RunResult* result = nullptr);
   // Starts it again on the same port, with optional extra arguments; returns false if the
   // process exited within the first moments (e.g. refused to start).
   bool startServer(int server, const std::vector<std::string>& extra = {});

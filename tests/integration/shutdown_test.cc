@@ -1,0 +1,402 @@
+// Controlled shutdown, upgrade and recovery (Simplified Interoperation), with real servers and
+// real mounts: the active-server lock's callback makes every client write back and let go before
+// a server stops; clients that cannot take part are evicted and told so; open files, unlinked
+// open files and application locks survive; a new version refuses an unclean target unless
+// forced; processes waiting on a stopped server can be interrupted or killed.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <capnp/rpc-twoparty.h>
+#include <kj/async-io.h>
+
+#include <regex>
+#include <sstream>
+#include <string>
+
+#include "rpc/cairn.capnp.h"
+#include "tests/integration/cluster.h"
+
+namespace cairn::test {
+namespace {
+
+std::string pattern(size_t n, uint32_t seed) {
+  std::string s(n, '\0');
+  for (auto& c : s) {
+    seed = seed * 1664525 + 1013904223;
+    c = char(seed >> 24);
+  }
+  return s;
+}
+
+void put(const std::string& path, const std::string& data) {
+  int fd = open(path.c_str(), O_CREAT | O_WRONLY | O_TRUNC, 0644);
+  ASSERT_GE(fd, 0) << path << ": " << strerror(errno);
+  ASSERT_EQ(write(fd, data.data(), data.size()), ssize_t(data.size()));
+  ASSERT_EQ(close(fd), 0);
+}
+
+bool contains(const std::string& text, const std::string& part) {
+  return text.find(part) != std::string::npos;
+}
+
+TestCluster::Options quickLocks() {
+  TestCluster::Options o;
+  o.dataServers = 2;
+  o.metaArgs = {"--lock-timeout", "2"};
+  o.dataArgs = {"--lock-timeout", "2"};
+  return o;
+}
+
+// Point 6: before the metadata server stops, a client writes back everything it holds for it —
+// queued writes and a shared mapping's dirty pages — and drops what it cached. The client is
+// killed right after the shutdown, so whatever another mount reads afterwards must have been
+// written back during it.
+TEST(Shutdown, ClientsWriteBackEverythingBeforeTheServerStops) {
+  TestCluster cluster(quickLocks());
+  auto a = cluster.mount();
+  auto b = cluster.mount();
+  put(a + "/mapped", std::string(8192, 'm'));
+  int fd = open((a + "/queued").c_str(), O_CREAT | O_RDWR, 0644);
+  ASSERT_GE(fd, 0);
+  auto data = pattern(3 << 20, 11);
+  ASSERT_EQ(write(fd, data.data(), data.size()), ssize_t(data.size()));  // write-behind
+  int mfd = open((a + "/mapped").c_str(), O_RDWR);
+  ASSERT_GE(mfd, 0);
+  auto* map = static_cast<char*>(mmap(nullptr, 8192, PROT_READ | PROT_WRITE, MAP_SHARED, mfd, 0));
+  ASSERT_NE(map, MAP_FAILED);
+  memcpy(map + 4096, "DIRTY PAGE", 10);  // dirty in the kernel's page cache only
+
+  RunResult ctl;
+  EXPECT_EQ(cluster.shutdownServer(0, &ctl), 0);
+  EXPECT_TRUE(contains(ctl.out, "shut down cleanly")) << ctl.out;
+  auto log = readWhole(cluster.log(0));
+  EXPECT_TRUE(contains(log, "every client ready")) << log;
+  EXPECT_TRUE(contains(log, "marked clean")) << log;
+  EXPECT_FALSE(contains(log, "evicting")) << log;
+  cluster.killMount(0);  // nothing more can come from client A
+  munmap(map, 8192);
+  close(mfd);
+  close(fd);
+
+  ASSERT_TRUE(cluster.startServer(0));
+  EXPECT_TRUE(contains(cluster.status(0), "previous shutdown was clean"));
+  EXPECT_TRUE(readWhole(b + "/queued") == data);
+  EXPECT_EQ(readWhole(b + "/mapped").substr(4096, 10), "DIRTY PAGE");
+}
+
+// Point 5: open files stay open across a controlled restart of every server — including one
+// unlinked while open — and the same descriptors go on working; no completed write is lost.
+TEST(Shutdown, OpenFilesStayOpenAcrossControlledRestarts) {
+  TestCluster::Options options = quickLocks();
+  options.metaArgs.push_back("--recovery-window");
+  options.metaArgs.push_back("1");
+  TestCluster cluster(options);
+  auto mnt = cluster.mount();
+  int fd = open((mnt + "/kept").c_str(), O_CREAT | O_RDWR, 0644);
+  ASSERT_GE(fd, 0);
+  put(mnt + "/ghost", pattern(1 << 20, 5));
+  int ghost = open((mnt + "/ghost").c_str(), O_RDWR);
+  ASSERT_GE(ghost, 0);
+  ASSERT_EQ(unlink((mnt + "/ghost").c_str()), 0);
+  std::string expect;
+  for (int round = 0; round < 3; ++round) {
+    std::string piece = "round " + std::to_string(round) + "\n";
+    ASSERT_EQ(write(fd, piece.data(), piece.size()), ssize_t(piece.size()));
+    expect += piece;
+    // Every server in turn, through `cairnctl shutdown` (the data servers) and SIGTERM (meta).
+    for (int s = cluster.serverCount() - 1; s >= 0; --s) {
+      if (s == 0) {
+        EXPECT_EQ(cluster.stopServer(0, SIGTERM), 0);
+      } else {
+        EXPECT_EQ(cluster.shutdownServer(s), 0);
+      }
+      ASSERT_TRUE(cluster.startServer(s));
+    }
+  }
+  usleep(1500 * 1000);  // past the recovery window: the replayed open keeps the orphan
+  std::string back(expect.size(), '\0');
+  ASSERT_EQ(pread(fd, back.data(), back.size(), 0), ssize_t(back.size()));
+  EXPECT_EQ(back, expect);
+  std::string buf(1 << 20, '\0');
+  ASSERT_EQ(pread(ghost, buf.data(), buf.size(), 0), ssize_t(buf.size()));
+  EXPECT_TRUE(buf == pattern(1 << 20, 5));
+  ASSERT_EQ(pwrite(ghost, "still here", 10, 0), 10);
+  EXPECT_EQ(jsonNumber(cluster.status(0), "orphans"), 1u);
+  EXPECT_EQ(close(ghost), 0);
+  EXPECT_TRUE(waitFor([&] { return jsonNumber(cluster.status(0), "orphans") == 0; }, 5000));
+  EXPECT_EQ(close(fd), 0);
+  EXPECT_EQ(readWhole(mnt + "/kept"), expect);
+  EXPECT_FALSE(contains(cluster.mountLog(0), "evicted"));
+}
+
+// Application locks are taken again after the metadata server restarts (controlled or not):
+// another client still cannot take a conflicting one, and can once they are released.
+TEST(Shutdown, ApplicationLocksSurviveRestarts) {
+  TestCluster cluster(quickLocks());
+  auto a = cluster.mount();
+  auto b = cluster.mount();
+  put(a + "/locked", "x");
+  int fd = open((a + "/locked").c_str(), O_RDWR);
+  ASSERT_GE(fd, 0);
+  struct flock fl {};
+  fl.l_type = F_WRLCK;
+  fl.l_whence = SEEK_SET;
+  fl.l_start = 0;
+  fl.l_len = 100;
+  ASSERT_EQ(fcntl(fd, F_SETLK, &fl), 0);
+  int ffd = open((a + "/locked").c_str(), O_RDONLY);
+  ASSERT_GE(ffd, 0);
+  ASSERT_EQ(flock(ffd, LOCK_EX | LOCK_NB), 0);
+
+  auto tryOther = [&](short type) {
+    // In a child: record locks belong to the process.
+    pid_t child = fork();
+    if (child == 0) {
+      int other = open((b + "/locked").c_str(), O_RDWR);
+      struct flock want {};
+      want.l_type = type;
+      want.l_whence = SEEK_SET;
+      want.l_start = 50;
+      want.l_len = 10;
+      int rc = fcntl(other, F_SETLK, &want);
+      int frc = flock(other, LOCK_EX | LOCK_NB);
+      _exit((rc == 0 ? 1 : 0) | (frc == 0 ? 2 : 0));
+    }
+    int status = 0;
+    waitpid(child, &status, 0);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  };
+  EXPECT_EQ(tryOther(F_WRLCK), 0);  // both refused
+  EXPECT_EQ(cluster.stopServer(0, SIGTERM), 0);
+  ASSERT_TRUE(cluster.startServer(0));
+  EXPECT_EQ(tryOther(F_WRLCK), 0) << "a lock was lost in a controlled restart";
+  cluster.stopServer(0, SIGKILL);
+  ASSERT_TRUE(cluster.startServer(0));
+  EXPECT_EQ(tryOther(F_RDLCK), 0) << "a lock was lost in a crash restart";
+  EXPECT_TRUE(contains(cluster.mountLog(0), "application locks taken again"));
+  close(ffd);  // the flock goes with its last descriptor
+  fl.l_type = F_UNLCK;
+  ASSERT_EQ(fcntl(fd, F_SETLK, &fl), 0);
+  EXPECT_EQ(tryOther(F_WRLCK), 3);  // both granted now
+  close(fd);
+}
+
+// One client session, as a mount makes, that never answers a blocking callback.
+struct DeafClient {
+  DeafClient(kj::AsyncIoContext& io, const std::string& address, kj::byte uuidByte) {
+    stream = io.provider->getNetwork()
+                 .parseAddress(address)
+                 .then([](kj::Own<kj::NetworkAddress> a) { return a->connect(); })
+                 .wait(io.waitScope);
+    client = kj::heap<capnp::TwoPartyClient>(*stream);
+    auto req = client->bootstrap().castAs<rpc::Bootstrap>().connectRequest();
+    auto hello = req.initHello();
+    auto uuid = kj::heapArray<kj::byte>(16);
+    for (auto& b : uuid) b = uuidByte;
+    hello.setClientUuid(uuid);
+    hello.setSoftwareVersion("test");
+    req.setCallback(kj::heap<Deaf>());
+    auto reply = req.send().wait(io.waitScope);
+    serverLock = reply.getServerLock();
+    evicted = reply.getEvicted();
+    // Held: the server counts a session connected while its capabilities are.
+    meta = reply.getMeta();
+    locks = reply.getLocks();
+  }
+  class Deaf final : public rpc::LockCallback::Server {
+    kj::Promise<void> blocking(BlockingContext) override { return kj::READY_NOW; }
+  };
+  kj::Own<kj::AsyncIoStream> stream;
+  kj::Own<capnp::TwoPartyClient> client;
+  rpc::MetaSession::Client meta = nullptr;
+  rpc::LockSession::Client locks = nullptr;
+  uint64_t serverLock = 0;
+  bool evicted = false;
+};
+
+// A client that ignores the callback is evicted after the lock timeout and the shutdown
+// completes; while it is under way, a newcomer is told "shutting down, retry" (OVERLOADED),
+// which a mount retries and never passes to an application.
+TEST(Shutdown, AClientThatIgnoresTheCallbackIsEvictedAndNewcomersWait) {
+  TestCluster cluster(quickLocks());
+  auto mnt = cluster.mount();
+  put(mnt + "/f", "before");
+  auto io = kj::setupAsyncIo();
+  DeafClient deaf(io, cluster.metaAddress(), 7);
+  EXPECT_NE(deaf.serverLock, 0u);
+
+  pid_t ctl = fork();
+  if (ctl == 0) {
+    execl(ctlBin().c_str(), "cairnctl", "--server", cluster.metaAddress().c_str(), "shutdown",
+          nullptr);
+    _exit(127);
+  }
+  ASSERT_TRUE(waitFor([&] { return contains(cluster.status(0), "\"state\":\"draining\""); }, 5000));
+  try {
+    DeafClient late(io, cluster.metaAddress(), 8);
+    ADD_FAILURE() << "a client was let in during a shutdown";
+  } catch (kj::Exception& e) {
+    EXPECT_EQ(e.getType(), kj::Exception::Type::OVERLOADED);
+    EXPECT_TRUE(contains(e.getDescription().cStr(), "shutting down")) << e.getDescription().cStr();
+  }
+  int status = 0;
+  ASSERT_TRUE(waitFor([&] { return waitpid(ctl, &status, WNOHANG) == ctl; }, 15000));
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  EXPECT_EQ(cluster.stopServer(0, SIGTERM), 0);  // already gone: its exit status
+  auto log = readWhole(cluster.log(0));
+  EXPECT_TRUE(contains(log, "evicting client 07070707")) << log;
+
+  ASSERT_TRUE(cluster.startServer(0));
+  DeafClient back(io, cluster.metaAddress(), 7);
+  EXPECT_TRUE(back.evicted);
+  // The well-behaved mount was not evicted and carries on.
+  EXPECT_EQ(readWhole(mnt + "/f"), "before");
+  put(mnt + "/g", "after");
+  EXPECT_EQ(readWhole(mnt + "/g"), "after");
+  EXPECT_FALSE(contains(cluster.mountLog(0), "evicted"));
+}
+
+// Kills the TCP connections of a mount's daemon to `address` (the kernel resets them), as a
+// network cut would.
+void cutConnections(pid_t mountPid, const std::string& address) {
+  auto listing = run({"/usr/bin/ss", "-tnpH", "state", "established", "dst", address});
+  std::istringstream lines(listing.out);
+  std::string line;
+  std::regex local(R"((\S+:\d+)\s+\S+:\d+\s+users:)");
+  int cut = 0;
+  while (std::getline(lines, line)) {
+    if (!contains(line, "pid=" + std::to_string(mountPid) + ",")) continue;
+    std::smatch m;
+    if (!std::regex_search(line, m, local)) continue;
+    run({"/usr/bin/ss", "-K", "-tn", "src", m[1].str(), "dst", address});
+    ++cut;
+  }
+  ASSERT_GT(cut, 0) << "no connection of pid " << mountPid << " to " << address << ":\n"
+                    << listing.out;
+}
+
+// Point 7: a client whose connection was cut (and that stays away) while the server shut
+// down missed the callback with dirty data in hand: it is evicted, and told so when it comes
+// back. Its open files then fail with EIO; the mount itself works on.
+TEST(Shutdown, AClientCutOffDuringTheShutdownIsEvictedOnReturn) {
+  TestCluster cluster(quickLocks());
+  auto a = cluster.mount();
+  auto b = cluster.mount();
+  put(a + "/f", "old");
+  // The descriptor lives in a child of its own: this process forks helpers (ss, cairnctl)
+  // while client A is stopped, and a forked copy of a descriptor on A would wait on A to close.
+  int toHolder[2], fromHolder[2];
+  ASSERT_EQ(pipe(toHolder), 0);
+  ASSERT_EQ(pipe(fromHolder), 0);
+  pid_t holder = fork();
+  if (holder == 0) {
+    int fd = open((a + "/f").c_str(), O_RDWR);
+    char go = pwrite(fd, "new", 3, 0) == 3 ? 'w' : 'x';  // queued behind: dirty
+    if (write(fromHolder[1], &go, 1) != 1 || read(toHolder[0], &go, 1) != 1) _exit(2);
+    char c;
+    int err = pread(fd, &c, 1, 0) == -1 ? errno : 0;
+    _exit(err == EIO ? 0 : 1);
+  }
+  char ready = 0;
+  ASSERT_EQ(read(fromHolder[0], &ready, 1), 1);
+  ASSERT_EQ(ready, 'w');
+  cluster.signalMount(0, SIGSTOP);
+  cutConnections(cluster.mountPid(0), cluster.metaAddress());
+  ASSERT_TRUE(waitFor(
+      [&] { return contains(readWhole(cluster.log(0)), "disconnected; keeping its locks"); },
+      5000));
+  EXPECT_EQ(cluster.shutdownServer(0), 0);
+  EXPECT_TRUE(contains(readWhole(cluster.log(0)), "disconnected during a controlled shutdown"));
+  ASSERT_TRUE(cluster.startServer(0));
+  cluster.signalMount(0, SIGCONT);
+
+  ASSERT_TRUE(
+      waitFor([&] { return contains(cluster.mountLog(0), "evicted by the metadata"); }, 10000))
+      << cluster.mountLog(0);
+  ASSERT_EQ(write(toHolder[1], "g", 1), 1);
+  int status = 0;
+  ASSERT_TRUE(waitFor([&] { return waitpid(holder, &status, WNOHANG) == holder; }, 10000));
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
+      << "the open file did not fail with EIO";
+  for (int fd : {toHolder[0], toHolder[1], fromHolder[0], fromHolder[1]}) close(fd);
+  put(a + "/g", "mount works");
+  EXPECT_EQ(readWhole(a + "/g"), "mount works");
+  EXPECT_EQ(readWhole(b + "/g"), "mount works");
+}
+
+// Point 4: an unclean stop followed by another version is refused with a message that says
+// what --force does; with --force the old clients are evicted when they come back, cleanly:
+// their open files fail with EIO, the mount works on.
+TEST(Shutdown, NewVersionAfterUncleanStopIsRefusedUnlessForced) {
+  TestCluster cluster(quickLocks());
+  auto mnt = cluster.mount();
+  put(mnt + "/f", "data");
+  int fd = open((mnt + "/f").c_str(), O_RDONLY);
+  ASSERT_GE(fd, 0);
+  cluster.stopServer(0, SIGKILL);
+  EXPECT_FALSE(cluster.startServer(0, {"--version-override", "9.9.9"}));
+  auto refused = readWhole(cluster.log(0));
+  EXPECT_TRUE(contains(refused, "did not shut down cleanly")) << refused;
+  EXPECT_TRUE(contains(refused, "--force")) << refused;
+  ASSERT_TRUE(cluster.startServer(0, {"--version-override", "9.9.9", "--force"}));
+  ASSERT_TRUE(
+      waitFor([&] { return contains(cluster.mountLog(0), "evicted by the metadata"); }, 10000))
+      << cluster.mountLog(0);
+  char c;
+  EXPECT_EQ(pread(fd, &c, 1, 0), -1);
+  EXPECT_EQ(errno, EIO);
+  close(fd);
+  EXPECT_EQ(readWhole(mnt + "/f"), "data");
+  put(mnt + "/g", "new");
+  EXPECT_EQ(readWhole(mnt + "/g"), "new");
+  EXPECT_TRUE(contains(cluster.status(0), "\"version\":\"9.9.9\""));
+}
+
+// Point 9: a process blocked on a server that has shut down (the gate closed before its
+// request was formatted) returns EINTR on a caught signal and dies at once on SIGKILL; the
+// mount lives on.
+TEST(Shutdown, ProcessesBlockedOnAStoppedServerCanBeInterruptedAndKilled) {
+  TestCluster cluster(quickLocks());
+  auto mnt = cluster.mount();
+  put(mnt + "/f", "x");
+  EXPECT_EQ(cluster.shutdownServer(0), 0);
+
+  pid_t child = fork();
+  if (child == 0) {
+    struct sigaction sa {};
+    sa.sa_handler = [](int) {};
+    sigaction(SIGINT, &sa, nullptr);
+    int rc = mkdir((mnt + "/d").c_str(), 0755);
+    _exit(rc == -1 && errno == EINTR ? 0 : 1);
+  }
+  usleep(300 * 1000);
+  kill(child, SIGINT);
+  int status = 0;
+  ASSERT_TRUE(waitFor([&] { return waitpid(child, &status, WNOHANG) == child; }, 5000));
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+
+  child = fork();
+  if (child == 0) {
+    struct stat st;
+    stat((mnt + "/f").c_str(), &st);
+    _exit(0);
+  }
+  usleep(300 * 1000);
+  kill(child, SIGKILL);
+  ASSERT_TRUE(waitFor([&] { return waitpid(child, &status, WNOHANG) == child; }, 5000));
+  EXPECT_TRUE(WIFSIGNALED(status));
+
+  ASSERT_TRUE(cluster.startServer(0));
+  EXPECT_EQ(readWhole(mnt + "/f"), "x");
+  struct stat st;
+  EXPECT_EQ(stat((mnt + "/d").c_str(), &st), -1);  // the interrupted mkdir was never sent
+}
+
+}  // namespace
+}  // namespace cairn::test

@@ -252,27 +252,16 @@ kj::Promise<void> Client::drainMeta() {
 
 kj::Promise<void> Client::drainData(uint32_t index) {
   auto started = io_.provider->getTimer().now();
+  // What this client holds for a data target is its queued writes and its read-ahead chunks.
+  // The pages the kernel caches are covered by the metadata server's DATA locks, which a data
+  // target's restart does not touch (it commits everything first), so they stay. (Dropping
+  // them here could also wait for ever: a READ blocked at this very gate holds its page.)
   readAhead_.clear();
-  // Pages may hold this target's bytes: written back (if dirty) and dropped, the locks kept.
-  auto inos = locks_->inodesHolding(BIT_DATA);
-  auto parts = kj::heapArrayBuilder<kj::Promise<void>>(inos.size());
-  for (uint64_t ino : inos) {
-    parts.add(kj::evalLater([this, ino]() -> kj::Promise<void> {
-      KJ_IF_MAYBE (kernel, kernel_) {
-        return kernel->invalidate(ino, true);
-      }
-      return kj::READY_NOW;
-    }));
-  }
-  return flushAll()
-      .then([parts = parts.finish()]() mutable { return kj::joinPromises(kj::mv(parts)); })
-      .then([this]() { return flushAll(); })
-      .then([this, index, started, n = inos.size()]() {
-        spdlog::info(
-            "data target {} shutting down: written back, pages of {} files dropped in {} "
-            "ms",
-            index, n, (io_.provider->getTimer().now() - started) / kj::MILLISECONDS);
-      });
+  size_t queued = wb_.files().size();
+  return flushAll().then([this, index, started, queued]() {
+    spdlog::info("data target {} shutting down: {} files written back in {} ms", index, queued,
+                 (io_.provider->getTimer().now() - started) / kj::MILLISECONDS);
+  });
 }
 
 kj::Promise<void> Client::refreshTargets(ServerLink::Class cls) {

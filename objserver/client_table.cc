@@ -92,19 +92,22 @@ void ClientTable::prune(store::Txn& txn, kj::ArrayPtr<const kj::byte> client, ui
   }
 }
 
-kj::Vector<kj::Array<kj::byte>> ClientTable::clients(store::Txn& txn) {
+kj::Vector<kj::Array<kj::byte>> ClientTable::joinedClients(store::Txn& txn) {
   kj::Vector<kj::Array<kj::byte>> out;
-  {
-    store::Cursor cursor(txn, joined_);
-    for (auto item = cursor.first();;) {
-      KJ_IF_MAYBE (i, item) {
-        if (i->key.size() == UUID_SIZE) out.add(kj::heapArray(i->key));
-        item = cursor.next();
-      } else {
-        break;
-      }
+  store::Cursor cursor(txn, joined_);
+  for (auto item = cursor.first();;) {
+    KJ_IF_MAYBE (i, item) {
+      if (i->key.size() == UUID_SIZE) out.add(kj::heapArray(i->key));
+      item = cursor.next();
+    } else {
+      break;
     }
   }
+  return out;
+}
+
+kj::Vector<kj::Array<kj::byte>> ClientTable::clients(store::Txn& txn) {
+  auto out = joinedClients(txn);
   store::Cursor cursor(txn, replies_);
   for (auto item = cursor.first();;) {
     KJ_IF_MAYBE (i, item) {

@@ -28,6 +28,8 @@ public:
   // A client connected to this target: after a restart it is expected back (recovery).
   void join(store::Txn& txn, kj::ArrayPtr<const kj::byte> client);
   bool joined(store::Txn& txn, kj::ArrayPtr<const kj::byte> client);
+  // The clients that joined (peer servers never do).
+  kj::Vector<kj::Array<kj::byte>> joinedClients(store::Txn& txn);
   // Forgets a client that is gone for good.
   void forget(store::Txn& txn, kj::ArrayPtr<const kj::byte> client);
 

@@ -13,7 +13,7 @@ void ServerContext::startRecovery() {
   kj::Vector<kj::Array<kj::byte>> known;
   {
     store::Txn txn(target.env(), store::Txn::READ);
-    for (auto& uuid : clients.clients(txn)) {
+    for (auto& uuid : clients.joinedClients(txn)) {
       if (!clients.isEvicted(txn, uuid)) known.add(kj::mv(uuid));
     }
   }

@@ -33,6 +33,8 @@ constexpr kj::Duration CONNECT_TIMEOUT = 5 * kj::SECONDS;
 // host that vanished sends no RST, and a stopped or wedged process answers nothing.
 constexpr kj::Duration PING_INTERVAL = 2 * kj::SECONDS;
 constexpr kj::Duration PING_TIMEOUT = 8 * kj::SECONDS;
+// How long a draining link works at writing back before it lets go of the server regardless.
+constexpr kj::Duration DRAIN_LIMIT = 5 * kj::SECONDS;
 }  // namespace
 
 struct ServerLink::Connection {
@@ -132,11 +134,19 @@ void ServerLink::drain(uint64_t gen) {
   spdlog::info("link {}: the server is shutting down: requests wait, writing back", name_.cStr());
   kj::Promise<void> written = kj::READY_NOW;
   KJ_IF_MAYBE (f, onDrain_) {
-    written = (*f)().catch_([this](kj::Exception&& e) {
-      // Whatever could not be written back is still queued: it goes after the reconnect.
-      spdlog::warn("link {}: write-back before the shutdown failed: {}", name_.cStr(),
-                   e.getDescription().cStr());
-    });
+    // Bounded: the server evicts a client that has not let go within its lock timeout, which
+    // costs far more than anything written back late (it goes after the reconnect).
+    written = (*f)()
+                  .catch_([this](kj::Exception&& e) {
+                    spdlog::warn("link {}: write-back before the shutdown failed: {}", name_.cStr(),
+                                 e.getDescription().cStr());
+                  })
+                  .exclusiveJoin(timer_.afterDelay(DRAIN_LIMIT).then([this]() {
+                    spdlog::warn(
+                        "link {}: write-back before the shutdown still running after "
+                        "{} ms: letting go anyway",
+                        name_.cStr(), DRAIN_LIMIT / kj::MILLISECONDS);
+                  }));
   }
   tasks_->add(
       written.then([this]() { return idle(); }).then([this, gen, started]() -> kj::Promise<void> {

@@ -61,6 +61,20 @@ kj::Promise<void> DataService::call(CallContext context) {
 kj::Promise<void> DataService::dispatch(CallContext context) {
   auto req = context.getParams().getRequest();
   using R = rpc::DataRequest;
+  if (req.which() == R::REPLAYS_SENT) {
+    ctx_.replaysSent(*session_);
+    context.getResults().initReply().setLastSynced(ctx_.reportedSynced());
+    return kj::READY_NOW;
+  }
+  bool update = req.which() == R::WRITE || req.which() == R::TRUNCATE || req.which() == R::DESTROY;
+  // Updates are put in order against the replays of a recovery.
+  return ctx_.ordered(*session_, req.getReplayOf(), req.getResend(), update,
+                      [this, context]() mutable { return run(context); });
+}
+
+kj::Promise<void> DataService::run(CallContext context) {
+  auto req = context.getParams().getRequest();
+  using R = rpc::DataRequest;
   switch (req.which()) {
     case R::READ: {
       auto reply = context.getResults().initReply();
@@ -73,49 +87,50 @@ kj::Promise<void> DataService::dispatch(CallContext context) {
       } catch (FsError& e) {
         reply.setError(e.err());
       }
-      reply.setLastSynced(ctx_.syncer.lastSynced());
+      reply.setLastSynced(ctx_.reportedSynced());
       return kj::READY_NOW;
     }
     case R::STATFS: {
       auto reply = context.getResults().initReply();
       targetStatFs(ctx_.target, reply.initStatfs());
-      reply.setLastSynced(ctx_.syncer.lastSynced());
+      reply.setLastSynced(ctx_.reportedSynced());
       return kj::READY_NOW;
     }
     case R::RECOVERY_DONE:
       ctx_.recoveryDone(*session_);
-      context.getResults().initReply().setLastSynced(ctx_.syncer.lastSynced());
+      context.getResults().initReply().setLastSynced(ctx_.reportedSynced());
       return kj::READY_NOW;
     case R::SYNC:
       return ctx_.syncer.syncNow().then([this, context]() mutable {
-        context.getResults().initReply().setLastSynced(ctx_.syncer.lastSynced());
+        context.getResults().initReply().setLastSynced(ctx_.reportedSynced());
       });
     case R::WRITE:
     case R::TRUNCATE:
     case R::DESTROY: {
       capnp::MallocMessageBuilder message;
-      ctx_.update<rpc::DataReply>(*session_, req.getRequestId(), req.getOldestUnreplied(), message,
-                                  [&](store::Txn& txn, rpc::DataReply::Builder reply) {
-                                    switch (req.which()) {
-                                      case R::WRITE: {
-                                        auto w = req.getWrite();
-                                        ctx_.target.env().requireSpace(txn, w.getData().size());
-                                        objects_.write(txn, w.getObjectId(), w.getOffset(),
-                                                       w.getData());
-                                        break;
-                                      }
-                                      case R::TRUNCATE:
-                                        objects_.truncate(txn, req.getTruncate().getObjectId(),
-                                                          req.getTruncate().getSize());
-                                        break;
-                                      case R::DESTROY:
-                                        objects_.destroy(txn, req.getDestroy());
-                                        break;
-                                      default:
-                                        KJ_UNREACHABLE;
-                                    }
-                                    reply.setNone();
-                                  });
+      ctx_.update<rpc::DataReply>(
+          *session_, req.getRequestId(), req.getOldestUnreplied(), message,
+          [&](store::Txn& txn, rpc::DataReply::Builder reply) {
+            switch (req.which()) {
+              case R::WRITE: {
+                auto w = req.getWrite();
+                ctx_.target.env().requireSpace(txn, w.getData().size());
+                objects_.write(txn, w.getObjectId(), w.getOffset(), w.getData());
+                break;
+              }
+              case R::TRUNCATE:
+                objects_.truncate(txn, req.getTruncate().getObjectId(),
+                                  req.getTruncate().getSize());
+                break;
+              case R::DESTROY:
+                objects_.destroy(txn, req.getDestroy());
+                break;
+              default:
+                KJ_UNREACHABLE;
+            }
+            reply.setNone();
+          },
+          req.getReplayOf());
       context.getResults().setReply(message.getRoot<rpc::DataReply>());
       return kj::READY_NOW;
     }

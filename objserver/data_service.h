@@ -15,6 +15,7 @@ public:
 
 private:
   kj::Promise<void> dispatch(CallContext context);
+  kj::Promise<void> run(CallContext context);
   ServerContext& ctx_;
   ObjectStore& objects_;
   kj::Own<ClientSession> session_;

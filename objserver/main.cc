@@ -41,6 +41,7 @@ struct ServeOptions {
   double recoveryWindow = 30;
   double lockTimeout = 10;
   bool force = false;
+  bool testReplayBarrier = false;
 };
 
 rpc::TargetKind parseKind(const std::string& kind) {
@@ -100,6 +101,7 @@ int serve(const ServeOptions& o) {
   config.disconnectGrace = int64_t(o.disconnectGrace * 1000) * kj::MILLISECONDS;
   config.recoveryWindow = int64_t(o.recoveryWindow * 1000) * kj::MILLISECONDS;
   config.lockTimeout = int64_t(o.lockTimeout * 1000) * kj::MILLISECONDS;
+  config.testReplayBarrier = o.testReplayBarrier;
   ServerContext ctx(io, target, kj::mv(config));
 
   ctx.startRecovery();
@@ -230,6 +232,9 @@ int main(int argc, char** argv) {
   s->add_flag("--force", serve.force, "start even after an unclean stop by another version");
   s->add_option("--version-override", serve.versionOverride,
                 "test hook: act as this software version");
+  s->add_flag("--test-replay-barrier", serve.testReplayBarrier,
+              "test hook: allow `cairnctl replay-barrier` (commits after it are discarded at the "
+              "next start, as in a host crash)");
 
   cairn::FormatOptions format;
   std::string formatDir, kind = "meta", fsName, fsUuid;

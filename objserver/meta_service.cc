@@ -83,9 +83,22 @@ kj::Promise<void> MetaService::call(CallContext context) {
 kj::Promise<void> MetaService::dispatch(CallContext context) {
   auto req = context.getParams().getRequest();
   using R = rpc::MetaRequest;
+  if (req.which() == R::REPLAYS_SENT) {
+    ctx_.replaysSent(*session_);
+    context.getResults().initReply().setLastSynced(ctx_.reportedSynced());
+    return kj::READY_NOW;
+  }
+  // Updates are put in order against the replays of a recovery.
+  return ctx_.ordered(*session_, req.getReplayOf(), req.getResend(), isUpdate(req.which()),
+                      [this, context]() mutable { return run(context); });
+}
+
+kj::Promise<void> MetaService::run(CallContext context) {
+  auto req = context.getParams().getRequest();
+  using R = rpc::MetaRequest;
   if (req.which() == R::SYNC) {
     return ctx_.syncer.syncNow().then([this, context]() mutable {
-      context.getResults().initReply().setLastSynced(ctx_.syncer.lastSynced());
+      context.getResults().initReply().setLastSynced(ctx_.reportedSynced());
     });
   }
   if (req.which() == R::RELEASE) {
@@ -94,7 +107,7 @@ kj::Promise<void> MetaService::dispatch(CallContext context) {
   }
   if (req.which() == R::RECOVERY_DONE) {
     ctx_.recoveryDone(*session_);
-    context.getResults().initReply().setLastSynced(ctx_.syncer.lastSynced());
+    context.getResults().initReply().setLastSynced(ctx_.reportedSynced());
     return kj::READY_NOW;
   }
   if (req.which() == R::SETLK || req.which() == R::GETLK || req.which() == R::RELEASE_LOCKS) {
@@ -173,7 +186,7 @@ kj::Promise<void> MetaService::readReply(CallContext context, unsigned attempt,
     for (auto l : reply.getLocks()) granted = granted || l.getLockId() == id;
     if (!granted) ctx_.locks.cancel(*session_, id);
   }
-  reply.setLastSynced(ctx_.syncer.lastSynced());
+  reply.setLastSynced(ctx_.reportedSynced());
   return kj::READY_NOW;
 }
 
@@ -466,22 +479,24 @@ kj::Promise<kj::Array<uint64_t>> MetaService::lockFor(kj::Vector<LockSpec> specs
 void MetaService::update(rpc::MetaRequest::Reader req, capnp::MallocMessageBuilder& message,
                          kj::ArrayPtr<const uint64_t> changed) {
   using R = rpc::MetaRequest;
-  ctx_.update<rpc::MetaReply>(*session_, req.getRequestId(), req.getOldestUnreplied(), message,
-                              [&](store::Txn& txn, rpc::MetaReply::Builder reply) {
-                                apply(req, txn, reply);
-                                markXattrs(txn, reply);
-                                // What the requester needs to keep its own caches right (its locks
-                                // were not called back); recorded with the reply, so a resend gets
-                                // it too.
-                                auto out = reply.initChanged(changed.size());
-                                for (auto i : kj::indices(changed)) {
-                                  try {
-                                    ns_.get(txn, changed[i]).toAttr(out[i]);
-                                  } catch (FsError&) {
-                                    out[i].setIno(changed[i]);  // mode 0: gone
-                                  }
-                                }
-                              });
+  ctx_.update<rpc::MetaReply>(
+      *session_, req.getRequestId(), req.getOldestUnreplied(), message,
+      [&](store::Txn& txn, rpc::MetaReply::Builder reply) {
+        apply(req, txn, reply);
+        markXattrs(txn, reply);
+        // What the requester needs to keep its own caches right (its locks
+        // were not called back); recorded with the reply, so a resend gets
+        // it too.
+        auto out = reply.initChanged(changed.size());
+        for (auto i : kj::indices(changed)) {
+          try {
+            ns_.get(txn, changed[i]).toAttr(out[i]);
+          } catch (FsError&) {
+            out[i].setIno(changed[i]);  // mode 0: gone
+          }
+        }
+      },
+      req.getReplayOf());
   // The open half of a create lives in memory; a resend registers it again (idempotent).
   if (req.which() == R::CREATE) {
     auto reply = message.getRoot<rpc::MetaReply>();
@@ -610,7 +625,7 @@ kj::Promise<void> MetaService::applicationLock(rpc::MetaRequest::Reader req, Cal
         bool wait = r.getWait() && !req.getReplay();
         return table.set(r.getIno(), r.getSpace(), {session_->key, r.getOwner()}, lock, wait)
             .then([this, context]() mutable {
-              context.getResults().getReply().setLastSynced(ctx_.syncer.lastSynced());
+              context.getResults().getReply().setLastSynced(ctx_.reportedSynced());
             });
       } catch (FsError& e) {
         reply.setError(e.err());
@@ -661,7 +676,7 @@ void MetaService::release(uint64_t handle, rpc::MetaReply::Builder reply) {
     }
   }
   reply.setNone();
-  reply.setLastSynced(ctx_.syncer.lastSynced());
+  reply.setLastSynced(ctx_.reportedSynced());
 }
 
 }  // namespace cairn

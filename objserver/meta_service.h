@@ -16,6 +16,7 @@ public:
 
 private:
   kj::Promise<void> dispatch(CallContext context);
+  kj::Promise<void> run(CallContext context);
   // A read; it waits for writers elsewhere of what it read to send their writes, and reads
   // again (`taken`: the locks it took for that).
   kj::Promise<void> readReply(CallContext context, unsigned attempt, kj::Array<uint64_t> taken);

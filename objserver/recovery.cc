@@ -34,12 +34,23 @@ void ServerContext::startRecovery() {
     return;
   }
   for (auto& uuid : known) recovering_.insert(kj::encodeHex(uuid).cStr());
+  if (!target.previousClean()) {
+    // An unclean stop may have lost commits that clients got replies for: they replay them.
+    replayWaiting_ = recovering_;
+    replayPhase_ = ReplayPhase::WAITING;
+  }
   spdlog::info("recovery: waiting up to {} s for {} clients of the previous instance",
                config.recoveryWindow / kj::SECONDS, recovering_.size());
   recoveryTimer_ =
       io.provider->getTimer()
           .afterDelay(config.recoveryWindow)
           .then([this]() {
+            if (replayPhase_ == ReplayPhase::WAITING) {
+              spdlog::warn("recovery window over: {} clients did not send their replays",
+                           replayWaiting_.size());
+              replayWaiting_.clear();
+              startReplays();
+            }
             if (recovering_.empty()) return;
             spdlog::warn("recovery window over: {} clients did not recover", recovering_.size());
             recovering_.clear();
@@ -68,6 +79,72 @@ kj::Promise<void> ServerContext::recovered() {
 void ServerContext::endRecoveryWait() {
   auto waiters = kj::mv(recoveryWaiters_);
   for (auto& w : waiters) w->fulfill();
+}
+
+}  // namespace cairn
+
+namespace cairn {
+
+uint64_t ServerContext::reportedSynced() const {
+  uint64_t synced = syncer.lastSynced();
+  return barrier != 0 ? kj::min(barrier, synced) : synced;
+}
+
+kj::Promise<void> ServerContext::replayTurn(ClientSession& session, uint64_t transno) {
+  // After the replays have run (the window is over), one more can no longer be put in order.
+  if (replayPhase_ == ReplayPhase::DONE) {
+    evict(session, "came back with replays after the others had been applied");
+    return KJ_EXCEPTION(DISCONNECTED, "this client was evicted; reconnect");
+  }
+  KJ_REQUIRE(transno > target.lastCommitted() || replayPhase_ == ReplayPhase::APPLYING,
+             "a replay of a transaction the target has", transno, target.lastCommitted());
+  KJ_REQUIRE(replayQueue_.count(transno) == 0, "two replays of one transaction", transno);
+  auto paf = kj::newPromiseAndFulfiller<void>();
+  replayQueue_.emplace(transno, kj::mv(paf.fulfiller));
+  return kj::mv(paf.promise);
+}
+
+void ServerContext::replaysSent(ClientSession& session) {
+  if (replayWaiting_.erase(session.key) > 0 && replayWaiting_.empty() &&
+      replayPhase_ == ReplayPhase::WAITING) {
+    startReplays();
+  }
+}
+
+void ServerContext::startReplays() {
+  replayPhase_ = ReplayPhase::APPLYING;
+  replayStarted_ = io.provider->getTimer().now();
+  spdlog::info("replay: applying {} updates of returning clients in transaction order",
+               replayQueue_.size());
+  nextReplay();
+}
+
+void ServerContext::nextReplay() {
+  if (replayQueue_.empty()) {
+    replayPhase_ = ReplayPhase::DONE;
+    spdlog::info("replay: {} updates applied in {} ms; serving updates again", replaysApplied_,
+                 (io.provider->getTimer().now() - replayStarted_) / kj::MILLISECONDS);
+    auto waiters = kj::mv(replayWaiters_);
+    for (auto& w : waiters) w->fulfill();
+    return;
+  }
+  auto first = replayQueue_.begin();
+  auto fulfiller = kj::mv(first->second);
+  replayQueue_.erase(first);
+  ++replaysApplied_;
+  fulfiller->fulfill();
+}
+
+void ServerContext::replayed() {
+  // Not from inside the finishing request's own continuation.
+  tasks.add(kj::evalLater([this]() { nextReplay(); }));
+}
+
+kj::Promise<void> ServerContext::replaysFinished() {
+  if (replayPhase_ == ReplayPhase::DONE) return kj::READY_NOW;
+  auto paf = kj::newPromiseAndFulfiller<void>();
+  replayWaiters_.add(kj::mv(paf.fulfiller));
+  return kj::mv(paf.promise);
 }
 
 }  // namespace cairn

@@ -139,6 +139,7 @@ void ServerContext::endSession(ClientSession& session) {
   }
   dropOpens(session);
   if (recovering_.erase(session.key) > 0 && recovering_.empty()) endRecoveryWait();
+  replaysSent(session);  // it will send no more
   try {
     commit([&](store::Txn& txn) { clients.forget(txn, session.uuid); });
   } catch (FsError& e) {
@@ -220,6 +221,8 @@ kj::Promise<void> ServerImpl::connect(ConnectContext context) {
     }
   }
   results.setServerLock(session.serverLock);
+  // What is on disk (everything, after a restart): a client replays only what is newer.
+  results.setLastTransno(ctx_.reportedSynced());
   results.setLocks(kj::heap<LockService>(ctx_, kj::addRef(session)));
   if (ctx_.target.kind() == rpc::TargetKind::META) {
     results.setMeta(kj::heap<MetaService>(ctx_, kj::addRef(session)));
@@ -238,7 +241,7 @@ kj::Promise<void> ServerImpl::status(StatusContext context) {
   s.setStartReason(ctx_.target.startReason());
   s.setUptimeMs((ctx_.io.provider->getTimer().now() - ctx_.started) / kj::MILLISECONDS);
   s.setLastTransno(ctx_.target.lastCommitted());
-  s.setLastSynced(ctx_.syncer.lastSynced());
+  s.setLastSynced(ctx_.reportedSynced());
   s.setMapUsedBytes(ctx_.target.env().usedBytes());
   s.setMapSizeBytes(ctx_.target.env().mapSize());
   s.setRpcCount(ctx_.rpcCount);
@@ -295,6 +298,14 @@ kj::Promise<void> ServerImpl::status(StatusContext context) {
 
 kj::Promise<void> ServerImpl::shutdown(ShutdownContext) {
   return ctx_.shutdown("requested by an administrator");
+}
+
+kj::Promise<void> ServerImpl::replayBarrier(ReplayBarrierContext context) {
+  KJ_REQUIRE(ctx_.config.testReplayBarrier,
+             "replay barriers are a test hook: start the server with --test-replay-barrier");
+  ctx_.barrier = ctx_.target.replayBarrier();
+  context.getResults().setTransno(ctx_.barrier);
+  return kj::READY_NOW;
 }
 
 kj::Promise<void> ServerImpl::registerTarget(RegisterTargetContext context) {

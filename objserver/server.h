@@ -61,6 +61,7 @@ struct ServerConfig {
   kj::Duration disconnectGrace = 30 * kj::SECONDS;  // opens of a vanished client are kept this long
   kj::Duration recoveryWindow = 30 * kj::SECONDS;   // orphans wait this long for open replay
   kj::Duration lockTimeout = 10 * kj::SECONDS;      // to cancel a lock when asked; to come back
+  bool testReplayBarrier = false;                   // Bootstrap.replayBarrier allowed (tests)
 };
 
 class ServerContext {
@@ -136,18 +137,34 @@ public:
   kj::Promise<void> recovered();  // resolves when none is left
   size_t recovering() const { return recovering_.size(); }
 
+  // Replay after an unclean stop (objserver/recovery.cc). Each returning client sends the
+  // updates it got a reply for but the target may have lost (newer than what it had synced),
+  // then replaysSent. Once every client of the previous instance has (or the window is over),
+  // the replays run one at a time in their original transaction order; other updates wait
+  // until they are done. `run` is the request's own work.
+  template <typename Run>
+  kj::Promise<void> ordered(ClientSession& session, uint64_t replayOf, bool resend, bool update,
+                            Run run);
+  void replaysSent(ClientSession& session);
+  // The last synced transaction, as clients are told (a replay barrier holds it back).
+  uint64_t reportedSynced() const;
+  uint64_t barrier = 0;  // set by a replay barrier
+
   // Runs one update: a resend is answered from the reply record; otherwise `apply` runs in one
   // write transaction with a new transaction number, and the reply is recorded in it.
   template <typename Reply, typename Apply>
   void update(ClientSession& session, uint64_t requestId, uint64_t oldestUnreplied,
-              capnp::MallocMessageBuilder& message, Apply&& apply);
+              capnp::MallocMessageBuilder& message, Apply&& apply, uint64_t replayOf = 0);
 
   // One write transaction with its own transaction number, for changes no client asked for
   // (closing a vanished client's files, the destroy queue, the target list).
   template <typename Apply>
   void commit(Apply&& apply) {
     store::Txn txn(target.env(), store::Txn::WRITE);
-    uint64_t transno = target.nextTransno(txn);
+    // While replays wait to run, their numbers must stay free: the server's own changes (no
+    // client knows their number) share the current one.
+    uint64_t transno =
+        replayPhase_ == ReplayPhase::DONE ? target.nextTransno(txn) : target.lastTransno();
     apply(txn);
     txn.commit();
     target.committed(transno);
@@ -161,6 +178,18 @@ private:
   ErrorHandler errorHandler_;
   void dropOpens(ClientSession& session);
   void endRecoveryWait();
+  enum class ReplayPhase { WAITING, APPLYING, DONE };
+  ReplayPhase replayPhase_ = ReplayPhase::DONE;
+  std::set<std::string> replayWaiting_;  // clients that have not sent all their replays
+  std::map<uint64_t, kj::Own<kj::PromiseFulfiller<void>>> replayQueue_;  // by transaction
+  kj::Vector<kj::Own<kj::PromiseFulfiller<void>>> replayWaiters_;
+  size_t replaysApplied_ = 0;
+  kj::TimePoint replayStarted_ = kj::origin<kj::TimePoint>();
+  kj::Promise<void> replayTurn(ClientSession& session, uint64_t transno);
+  void replayed();
+  void startReplays();
+  void nextReplay();
+  kj::Promise<void> replaysFinished();
   std::set<std::string> recovering_;  // keys of clients of the previous instance
   kj::Vector<kj::Own<kj::PromiseFulfiller<void>>> recoveryWaiters_;
   kj::Maybe<kj::ForkedPromise<void>> stopping_;
@@ -180,6 +209,7 @@ public:
   kj::Promise<void> status(StatusContext context) override;
   kj::Promise<void> registerTarget(RegisterTargetContext context) override;
   kj::Promise<void> ping(PingContext) override { return kj::READY_NOW; }
+  kj::Promise<void> replayBarrier(ReplayBarrierContext context) override;
   kj::Promise<void> shutdown(ShutdownContext context) override;
 
 private:
@@ -187,22 +217,40 @@ private:
   ServerContext& ctx_;
 };
 
+template <typename Run>
+kj::Promise<void> ServerContext::ordered(ClientSession& session, uint64_t replayOf, bool resend,
+                                         bool update, Run run) {
+  if ((replayOf != 0 || resend) && replayPhase_ != ReplayPhase::DONE && target.versionChanged()) {
+    // Point 4 of the design: across a version change after an unclean stop, only opens replay.
+    evict(session, "it had requests to replay or resend, and the server's version changed");
+    return KJ_EXCEPTION(DISCONNECTED, "this client was evicted; reconnect");
+  }
+  if (replayOf != 0) {
+    return replayTurn(session, replayOf).then([this, run = kj::mv(run)]() mutable {
+      return kj::evalNow(kj::mv(run)).attach(kj::defer([this]() { replayed(); }));
+    });
+  }
+  if (update && replayPhase_ != ReplayPhase::DONE) return replaysFinished().then(kj::mv(run));
+  return run();
+}
+
 template <typename Reply, typename Apply>
 void ServerContext::update(ClientSession& session, uint64_t requestId, uint64_t oldestUnreplied,
-                           capnp::MallocMessageBuilder& message, Apply&& apply) {
+                           capnp::MallocMessageBuilder& message, Apply&& apply, uint64_t replayOf) {
   if (requestId != 0) {
     store::Txn txn(target.env(), store::Txn::READ);
     KJ_IF_MAYBE (words, clients.find(txn, session.uuid, requestId)) {
       capnp::FlatArrayMessageReader recorded(*words);
       message.setRoot(recorded.getRoot<Reply>());
-      message.getRoot<Reply>().setLastSynced(syncer.lastSynced());
+      message.getRoot<Reply>().setLastSynced(reportedSynced());
       return;
     }
   }
   try {
     auto reply = message.initRoot<Reply>();
     store::Txn txn(target.env(), store::Txn::WRITE);
-    uint64_t transno = target.nextTransno(txn);
+    uint64_t transno =
+        replayOf != 0 ? target.replayTransno(txn, replayOf) : target.nextTransno(txn);
     apply(txn, reply);
     reply.setTransno(transno);
     if (requestId != 0) {
@@ -218,7 +266,7 @@ void ServerContext::update(ClientSession& session, uint64_t requestId, uint64_t 
   } catch (FsError& e) {
     message.initRoot<Reply>().setError(e.err());
   }
-  message.getRoot<Reply>().setLastSynced(syncer.lastSynced());
+  message.getRoot<Reply>().setLastSynced(reportedSynced());
 }
 
 }  // namespace cairn

@@ -107,6 +107,7 @@ Target::Target(kj::StringPtr dir, rpc::TargetKind expectedKind, OpenOptions opti
              "no target here: format it first (cairn-server format ...)", dir);
   ownerFd_ = takeOwnerLock(dir);
   KJ_ON_SCOPE_FAILURE(close(ownerFd_));
+  restoreBarrier();
 
   store::Env::Options envOptions;
   envOptions.mapSize = options.mapSize;
@@ -210,6 +211,15 @@ MDB_dbi Target::db(kj::StringPtr name) {
   return env_->openDb(name);
 }
 
+uint64_t Target::replayTransno(store::Txn& txn, uint64_t original) {
+  // Replays run in their original order above what survived, so their numbers still increase.
+  if (original <= lastTransno_) return nextTransno(txn);
+  lastTransno_ = original;
+  store::U64Key value(original);
+  txn.put(targetDb_, keyOf(TRANSNO_KEY), value.ptr());
+  return original;
+}
+
 uint64_t Target::nextTransno(store::Txn& txn) {
   // The number is only taken for good if the transaction commits; an abort leaves a gap, which
   // is harmless (transaction numbers need to increase, not to be dense).
@@ -217,6 +227,45 @@ uint64_t Target::nextTransno(store::Txn& txn) {
   store::U64Key value(t);
   txn.put(targetDb_, keyOf(TRANSNO_KEY), value.ptr());
   return t;
+}
+
+namespace {
+kj::String barrierDir(kj::StringPtr dir) {
+  return kj::str(dir, "/replay-barrier");
+}
+}  // namespace
+
+// The snapshot is taken in one read transaction, so it is exactly the state as of one commit.
+uint64_t Target::replayBarrier() {
+  auto path = barrierDir(dir_);
+  auto tmp = kj::str(path, ".tmp");
+  KJ_REQUIRE(!fileExists(path), "a replay barrier is already set on this target", dir_);
+  if (fileExists(kj::str(tmp, "/data.mdb"))) KJ_SYSCALL(unlink(kj::str(tmp, "/data.mdb").cStr()));
+  if (!fileExists(tmp)) KJ_SYSCALL(mkdir(tmp.cStr(), 0700));
+  uint64_t transno;
+  {
+    store::Txn txn(*env_, store::Txn::READ);
+    transno = lastCommitted_.load();
+    // mdb_env_copy takes its own read transaction; ours only pins the number it copies.
+    int rc = mdb_env_copy(env_->get(), tmp.cStr());
+    KJ_REQUIRE(rc == 0, "cannot copy the target for a replay barrier", mdb_strerror(rc));
+  }
+  KJ_SYSCALL(rename(tmp.cStr(), path.cStr()));
+  spdlog::warn(
+      "target {}: replay barrier at transaction {}: what is committed after it is "
+      "discarded at the next start",
+      dir_.cStr(), transno);
+  return transno;
+}
+
+void Target::restoreBarrier() {
+  auto path = barrierDir(dir_);
+  auto copy = kj::str(path, "/data.mdb");
+  if (!fileExists(copy)) return;
+  KJ_SYSCALL(rename(copy.cStr(), kj::str(dir_, "/data.mdb").cStr()));
+  KJ_SYSCALL(rmdir(path.cStr()));
+  spdlog::warn("target {}: replay barrier: commits after it discarded, as a host crash would",
+               dir_.cStr());
 }
 
 void Target::markClean() {

@@ -62,6 +62,9 @@ public:
 
   // Every change takes the next transaction number in its own write transaction.
   uint64_t nextTransno(store::Txn& txn);
+  // A replayed update keeps the number it had before the crash (clients know it by it).
+  uint64_t replayTransno(store::Txn& txn, uint64_t original);
+  uint64_t lastTransno() const { return lastTransno_; }
   // Called after each commit, so the syncer knows what a sync started now covers.
   void committed(uint64_t transno) { lastCommitted_.store(transno); }
   uint64_t lastCommitted() const { return lastCommitted_.load(); }
@@ -69,9 +72,15 @@ public:
   // Controlled shutdown: everything synced, header says clean and by which version.
   void markClean();
 
+  // Test hook: snapshots the target as of now; the next start goes back to the snapshot,
+  // discarding every later commit (as a host crash discards unsynced ones). Returns the last
+  // transaction the snapshot holds.
+  uint64_t replayBarrier();
+
   MDB_dbi db(kj::StringPtr name);  // opens a named database (start-up only)
 
 private:
+  void restoreBarrier();
   kj::String dir_;
   int ownerFd_ = -1;
   kj::Own<store::Env> env_;

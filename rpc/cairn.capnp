@@ -246,11 +246,20 @@ struct MetaRequest {
     # The client has replayed its opens and application locks after a (re)connect: the server
     # stops waiting for it before it lets new application locks be taken.
     recoveryDone @84 :Void;
+    # After a restart: this client has sent every replay it has (replayOf below). The server
+    # applies the replays of all its returning clients in transaction order once each has.
+    replaysSent @87 :Void;
   }
   wantLocks @83 :UInt32;       # want* bits; 0 from clients that do not cache
   # setlk only: this lock was granted before the server restarted and is being taken again
   # (lock replay). It is granted at once, ahead of new requests.
   replay @85 :Bool;
+  # Replay of an update that got a reply (transaction `replayOf`) but that the server lost in a
+  # crash: it committed it without syncing it. Applied again, in transaction order.
+  replayOf @86 :UInt64;
+  # Sent again after a lost connection: the server may have applied it (its reply record then
+  # answers) or not.
+  resend @88 :Bool;
 }
 
 # A caching lock granted with a reply, on `bits` of inode `ino`.
@@ -316,7 +325,10 @@ struct DataRequest {
     statfs @11 :Void;
     sync @12 :Void;
     recoveryDone @13 :Void;    # as MetaRequest.recoveryDone
+    replaysSent @14 :Void;     # as MetaRequest.replaysSent
   }
+  replayOf @15 :UInt64;        # as MetaRequest.replayOf
+  resend @16 :Bool;            # as MetaRequest.resend
 }
 
 struct DataReply {
@@ -418,7 +430,9 @@ interface Bootstrap {
   connect @0 (hello :Hello, callback :LockCallback)
       -> (info :ServerInfo, meta :MetaSession, data :DataSession, locks :LockSession,
           evicted :Bool,     # this client was evicted since it last connected
-          serverLock :UInt64);  # the active-server lock, granted PR with the session (0: none)
+          serverLock :UInt64,  # the active-server lock, granted PR with the session (0: none)
+          lastTransno :UInt64);  # every transaction up to this one is on disk: a client
+                                 # replays what it holds beyond it, and forgets the rest
   status @1 () -> (status :ServerStatus);
   # A data server announces where it serves; the metadata server records it for clients.
   registerTarget @2 (fsUuid :Data, target :TargetAddress) -> ();
@@ -429,6 +443,10 @@ interface Bootstrap {
   # dropped its caches and cancelled its PR (or been evicted), the server commits, marks the
   # target clean and exits. Resolves just before it exits.
   shutdown @4 () -> ();
+  # Test hook (servers started with --test-replay-barrier): from now on what the target commits
+  # is discarded when it next starts, as a host crash would discard unsynced commits, and the
+  # server reports nothing after this point as synced. Returns the barrier's transaction.
+  replayBarrier @5 () -> (transno :UInt64);
 }
 
 # What the target keeps about itself (the LMDB "header" record).

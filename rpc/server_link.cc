@@ -33,6 +33,9 @@ constexpr kj::Duration CONNECT_TIMEOUT = 5 * kj::SECONDS;
 // host that vanished sends no RST, and a stopped or wedged process answers nothing.
 constexpr kj::Duration PING_INTERVAL = 2 * kj::SECONDS;
 constexpr kj::Duration PING_TIMEOUT = 8 * kj::SECONDS;
+// Past this many bytes of updates kept for replay, the link asks the server to sync (which lets
+// it forget them) instead of waiting for the next periodic sync to be reported.
+constexpr size_t KEEP_LIMIT = 64 << 20;
 // How long a draining link works at writing back before it lets go of the server regardless.
 constexpr kj::Duration DRAIN_LIMIT = 5 * kj::SECONDS;
 }  // namespace
@@ -84,6 +87,7 @@ struct ServerLink::Pending : public kj::Refcounted {
   ServerLink& link;
   uint64_t id;
   Class cls;
+  unsigned attempts = 0;
 };
 
 ServerLink::ServerLink(kj::Network& network, kj::Timer& timer, kj::String name,
@@ -263,10 +267,20 @@ void ServerLink::connectLoop(unsigned attempt) {
                   conn->data = reply.getData();
                   conn->locks = reply.getLocks();
                   serverLock_ = reply.getServerLock();
+                  connectSynced_ = reply.getLastTransno();
                   peerFeatures_ = info.getFeatures() & features::SUPPORTED;
                   peerVersion_ = kj::str(info.getSoftwareVersion());
+                  peerKind_ = info.getKind();
                   if (reply.getEvicted()) {
                     evicted_ = true;
+                    if (!kept_.empty()) {
+                      spdlog::error(
+                          "link {}: {} updates kept for replay are lost with the "
+                          "eviction",
+                          name_.cStr(), kept_.size());
+                    }
+                    kept_.clear();
+                    keptBytes_ = 0;
                     spdlog::warn("link {}: the server had evicted this client", name_.cStr());
                   }
                   currentAddress_ = kj::mv(addressCopy);
@@ -285,10 +299,14 @@ void ServerLink::connectLoop(unsigned attempt) {
           }))
           .then([this, started](uint64_t gen) -> kj::Promise<void> {
             openGate(State::RECOVERING);
-            kj::Promise<void> recovered = kj::READY_NOW;
-            KJ_IF_MAYBE (r, recovery_) {
-              recovered = (*r)();
-            }
+            // Replays first (in transaction order, and before anything could depend on them),
+            // then the owner's recovery (open replay, lock replay).
+            kj::Promise<void> recovered = replay(gen, connectSynced_).then([this]() {
+              KJ_IF_MAYBE (r, recovery_) {
+                return (*r)();
+              }
+              return kj::Promise<void>(kj::READY_NOW);
+            });
             return recovered.then(
                 [this, gen, started]() {
                   // Lost meanwhile, or the server began shutting down again.
@@ -377,6 +395,16 @@ kj::Promise<Response> ServerLink::send(kj::Own<Pending> pending, Build& build) {
         r.setRequestId(pending->id);
         r.setOldestUnreplied(oldestUnreplied());
         build(r);
+        r.setResend(pending->attempts++ > 0);
+        // An update is kept (a copy: the caller's buffers go with its promise) until the
+        // server has it on disk, for replay after a crash that loses it.
+        kj::Maybe<Kept> copy;
+        if (pending->id != 0 && (peerFeatures_ & features::ACTIVE_SERVER_LOCK)) {
+          auto message = kj::heap<capnp::MallocMessageBuilder>();
+          message->setRoot(r.asReader());
+          size_t bytes = message->sizeInWords() * sizeof(capnp::word);
+          copy = Kept{kj::mv(message), kj::isSameType<Response, MetaResponse>(), bytes};
+        }
         // Counted while in flight: a draining link cancels its active-server lock only when
         // none is left.
         ++inFlight_;
@@ -389,13 +417,120 @@ kj::Promise<Response> ServerLink::send(kj::Own<Pending> pending, Build& build) {
         return req.send()
             .attach(kj::mv(done))
             .then(
-                [this,
-                 pending = kj::mv(pending)](Response&& resp) mutable -> kj::Promise<Response> {
-                  lastSynced_ = kj::max(lastSynced_, resp.getReply().getLastSynced());
+                [this, pending = kj::mv(pending),
+                 copy = kj::mv(copy)](Response&& resp) mutable -> kj::Promise<Response> {
+                  auto reply = resp.getReply();
+                  lastSynced_ = kj::max(lastSynced_, reply.getLastSynced());
+                  KJ_IF_MAYBE (c, copy) {
+                    if (reply.getTransno() > lastSynced_) keep(reply.getTransno(), kj::mv(*c));
+                  }
+                  synced(lastSynced_);
                   return kj::mv(resp);
                 },
                 kj::mv(onError));
       });
+}
+
+void ServerLink::keep(uint64_t transno, Kept kept) {
+  keptBytes_ += kept.bytes;
+  bool meta = kept.meta;
+  auto old = kept_.find(transno);
+  if (old != kept_.end()) {
+    keptBytes_ -= old->second.bytes;
+    kept_.erase(old);
+  }
+  kept_.emplace(transno, kj::mv(kept));
+  if (keptBytes_ > KEEP_LIMIT && !syncing_) {
+    syncing_ = true;
+    kj::Promise<void> sync = nullptr;
+    if (meta) {
+      sync = this->meta([](rpc::MetaRequest::Builder b) { b.setSync(); }, false).ignoreResult();
+    } else {
+      sync = data([](rpc::DataRequest::Builder b) { b.setSync(); }, false).ignoreResult();
+    }
+    tasks_->add(sync.attach(kj::defer([this]() { syncing_ = false; })));
+  }
+}
+
+void ServerLink::synced(uint64_t through) {
+  while (!kept_.empty() && kept_.begin()->first <= through) {
+    keptBytes_ -= kept_.begin()->second.bytes;
+    kept_.erase(kept_.begin());
+  }
+}
+
+kj::Promise<void> ServerLink::replay(uint64_t gen, uint64_t serverSynced) {
+  // What the server has on disk needs no replay; its count may be lower than before (the
+  // crash lost what was not synced), so it replaces ours.
+  lastSynced_ = serverSynced;
+  synced(serverSynced);
+  if (!(peerFeatures_ & features::ACTIVE_SERVER_LOCK)) return kj::READY_NOW;
+  auto started = timer_.now();
+  size_t bytes = keptBytes_;
+  auto parts = kj::heapArrayBuilder<kj::Promise<void>>(kept_.size() + 1);
+  // Sent at once, in transaction order; the server runs them in that order, interleaved with
+  // other clients' replays.
+  for (auto& [transno, kept] : kept_) {
+    parts.add(kept.meta ? replayOne<MetaResponse>(transno) : replayOne<DataResponse>(transno));
+  }
+  size_t n = kept_.size();
+  // Then: "that was all" (on the session the server has: meta or data).
+  auto& conn = *KJ_ASSERT_NONNULL(connection_);
+  auto sentMeta = [&]() {
+    auto req = conn.meta.callRequest();
+    req.initRequest().setReplaysSent();
+    return req.send().ignoreResult();
+  };
+  auto sentData = [&]() {
+    auto req = conn.data.callRequest();
+    req.initRequest().setReplaysSent();
+    return req.send().ignoreResult();
+  };
+  parts.add(peerKind_ == rpc::TargetKind::META ? sentMeta() : sentData());
+  return kj::joinPromises(parts.finish()).then([this, gen, n, bytes, started]() {
+    if (n > 0 && gen == generation_) {
+      spdlog::info("link {}: replayed {} updates ({} bytes) in {} ms", name_.cStr(), n, bytes,
+                   (timer_.now() - started) / kj::MILLISECONDS);
+    }
+  });
+}
+
+template <typename Response>
+kj::Promise<void> ServerLink::replayOne(uint64_t transno) {
+  auto& conn = *KJ_ASSERT_NONNULL(connection_);
+  auto req = sessionFor<Response>(conn).callRequest();
+  auto& kept = kept_.find(transno)->second;
+  if constexpr (kj::isSameType<Response, MetaResponse>()) {
+    req.setRequest(kept.request->getRoot<rpc::MetaRequest>().asReader());
+  } else {
+    req.setRequest(kept.request->getRoot<rpc::DataRequest>().asReader());
+  }
+  auto r = req.getRequest();
+  r.setReplayOf(transno);
+  r.setResend(false);
+  // Its own reply record must outlive it: replayed again after another crash, it is answered
+  // from there.
+  r.setOldestUnreplied(r.getRequestId());
+  return req.send().then([this, transno](Response&& resp) {
+    auto reply = resp.getReply();
+    if (reply.getError() != 0) {
+      spdlog::error(
+          "link {}: the replay of transaction {} failed (errno {}): it conflicts with "
+          "what another client did since",
+          name_.cStr(), transno, reply.getError());
+    }
+    lastSynced_ = kj::max(lastSynced_, reply.getLastSynced());
+    // Renumbered (it could not keep its number): kept under the new one.
+    uint64_t now = reply.getTransno();
+    if (now != transno && now != 0) {
+      auto node = kept_.extract(transno);
+      if (!node.empty()) {
+        node.key() = now;
+        kept_.insert(kj::mv(node));
+      }
+    }
+    synced(lastSynced_);
+  });
 }
 
 kj::Promise<ServerLink::MetaResponse> ServerLink::meta(

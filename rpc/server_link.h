@@ -17,8 +17,14 @@
 //
 // The link can be torn down and re-established any number of times; callers hold the link, never
 // a capability of one particular connection.
+//
+// Replay: the link keeps a copy of every update that got a reply (write data included) until
+// the server reports it synced. After a reconnect it first replays, in transaction order, what
+// is newer than what the server says is on disk (a crash of its host may have lost it), then
+// tells the server it has sent all; only then does the owner's recovery (open replay) run.
 #pragma once
 
+#include <capnp/message.h>
 #include <capnp/rpc-twoparty.h>
 #include <kj/async-io.h>
 #include <kj/function.h>
@@ -27,6 +33,7 @@
 #include <kj/vector.h>
 
 #include <cstdint>
+#include <map>
 #include <set>
 
 #include "rpc/cairn.capnp.h"
@@ -94,6 +101,9 @@ public:
   uint64_t peerFeatures() const { return peerFeatures_; }
   kj::StringPtr peerVersion() const { return peerVersion_; }
   uint64_t lastSynced() const { return lastSynced_; }
+  // Updates kept for replay (not yet synced by the server), and their bytes.
+  size_t keptForReplay() const { return kept_.size(); }
+  size_t keptBytes() const { return keptBytes_; }
   // True once after a connect at which the server said it had evicted this client: whatever
   // the client held there (open files, locks) is gone.
   bool takeEvicted() {
@@ -109,6 +119,16 @@ private:
   void blocking(uint64_t lockId);
   void drain(uint64_t generation);
   kj::Promise<void> idle();  // no request of this link in flight
+  struct Kept {
+    kj::Own<capnp::MallocMessageBuilder> request;  // a MetaRequest or a DataRequest
+    bool meta;
+    size_t bytes;
+  };
+  void keep(uint64_t transno, Kept kept);
+  void synced(uint64_t lastSynced);
+  kj::Promise<void> replay(uint64_t generation, uint64_t serverSynced);
+  template <typename Response>
+  kj::Promise<void> replayOne(uint64_t transno);
   struct Pending;
   template <typename Response, typename Build>
   kj::Promise<Response> send(kj::Own<Pending> pending, Build& build);
@@ -146,6 +166,12 @@ private:
   uint64_t lastSynced_ = 0;
   bool evicted_ = false;
   uint64_t serverLock_ = 0;  // our PR on the active-server lock of this connection
+  uint64_t connectSynced_ = 0;
+  rpc::TargetKind peerKind_ =
+      rpc::TargetKind::META;       // what the server had on disk when we connected
+  std::map<uint64_t, Kept> kept_;  // by transaction number
+  size_t keptBytes_ = 0;
+  bool syncing_ = false;
   size_t inFlight_ = 0;
   kj::Vector<kj::Own<kj::PromiseFulfiller<void>>> idleWaiters_;
 

@@ -148,6 +148,10 @@ int main(int argc, char** argv) {
       "shutdown",
       "controlled shutdown: every client writes back and lets go, then the server marks its "
       "target clean and exits (waits for that; --timeout default 60 s here)");
+  auto* barrier = app.add_subcommand(
+      "replay-barrier",
+      "test hook (server started with --test-replay-barrier): what the target commits from now "
+      "on is discarded at its next start, as in a host crash");
   CLI11_PARSE(app, argc, argv);
 
   if (server.empty()) {
@@ -176,6 +180,11 @@ int main(int argc, char** argv) {
                           }))
                       .wait(io.waitScope);
       printStatus(resp.getStatus(), json);
+    }
+    if (*barrier) {
+      auto resp = bootstrap.replayBarrierRequest().send().wait(io.waitScope);
+      printf("%s: replay barrier at transaction %llu\n", server.c_str(),
+             static_cast<unsigned long long>(resp.getTransno()));
     }
     if (*shutdown) {
       auto started = timer.now();

@@ -96,6 +96,10 @@ kj::Promise<void> DataService::run(CallContext context) {
       reply.setLastSynced(ctx_.reportedSynced());
       return kj::READY_NOW;
     }
+    case R::REPLAYS_SENT:
+      ctx_.replaysSent(*session_);
+      context.getResults().initReply().setLastSynced(ctx_.reportedSynced());
+      return kj::READY_NOW;
     case R::RECOVERY_DONE:
       ctx_.recoveryDone(*session_);
       context.getResults().initReply().setLastSynced(ctx_.reportedSynced());

@@ -240,8 +240,12 @@ uint64_t Target::replayBarrier() {
   auto path = barrierDir(dir_);
   auto tmp = kj::str(path, ".tmp");
   KJ_REQUIRE(!fileExists(path), "a replay barrier is already set on this target", dir_);
-  if (fileExists(kj::str(tmp, "/data.mdb"))) KJ_SYSCALL(unlink(kj::str(tmp, "/data.mdb").cStr()));
-  if (!fileExists(tmp)) KJ_SYSCALL(mkdir(tmp.cStr(), 0700));
+  if (fileExists(kj::str(tmp, "/data.mdb"))) {
+    KJ_SYSCALL(unlink(kj::str(tmp, "/data.mdb").cStr()));
+  }
+  if (!fileExists(tmp)) {
+    KJ_SYSCALL(mkdir(tmp.cStr(), 0700));
+  }
   uint64_t transno;
   {
     store::Txn txn(*env_, store::Txn::READ);

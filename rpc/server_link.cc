@@ -268,6 +268,10 @@ void ServerLink::connectLoop(unsigned attempt) {
                   conn->locks = reply.getLocks();
                   serverLock_ = reply.getServerLock();
                   connectSynced_ = reply.getLastTransno();
+                  // Only a new instance can have lost commits: a reconnect to the same one (a
+                  // network blip) finds everything it had, synced or not.
+                  restarted_ = instance_ != 0 && info.getInstance() != instance_;
+                  instance_ = info.getInstance();
                   peerFeatures_ = info.getFeatures() & features::SUPPORTED;
                   peerVersion_ = kj::str(info.getSoftwareVersion());
                   peerKind_ = info.getKind();
@@ -460,20 +464,26 @@ void ServerLink::synced(uint64_t through) {
 }
 
 kj::Promise<void> ServerLink::replay(uint64_t gen, uint64_t serverSynced) {
-  // What the server has on disk needs no replay; its count may be lower than before (the
-  // crash lost what was not synced), so it replaces ours.
-  lastSynced_ = serverSynced;
-  synced(serverSynced);
   if (!(peerFeatures_ & features::ACTIVE_SERVER_LOCK)) return kj::READY_NOW;
+  if (restarted_) {
+    // What the server has on disk needs no replay; its count may be lower than before (the
+    // crash lost what was not synced), so it replaces ours.
+    lastSynced_ = serverSynced;
+    synced(serverSynced);
+  }
+  // Nothing to replay to the instance that has it all (still said, in case it waits for us).
+  auto keepFrom = restarted_ ? kept_.begin() : kept_.end();
   auto started = timer_.now();
   size_t bytes = keptBytes_;
-  auto parts = kj::heapArrayBuilder<kj::Promise<void>>(kept_.size() + 1);
+  size_t n = std::distance(keepFrom, kept_.end());
+  auto parts = kj::heapArrayBuilder<kj::Promise<void>>(n + 1);
   // Sent at once, in transaction order; the server runs them in that order, interleaved with
   // other clients' replays.
-  for (auto& [transno, kept] : kept_) {
-    parts.add(kept.meta ? replayOne<MetaResponse>(transno) : replayOne<DataResponse>(transno));
+  for (auto it = keepFrom; it != kept_.end(); ++it) {
+    uint64_t transno = it->first;
+    parts.add(it->second.meta ? replayOne<MetaResponse>(transno)
+                              : replayOne<DataResponse>(transno));
   }
-  size_t n = kept_.size();
   // Then: "that was all" (on the session the server has: meta or data).
   auto& conn = *KJ_ASSERT_NONNULL(connection_);
   auto sentMeta = [&]() {

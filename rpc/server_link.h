@@ -167,6 +167,8 @@ private:
   bool evicted_ = false;
   uint64_t serverLock_ = 0;  // our PR on the active-server lock of this connection
   uint64_t connectSynced_ = 0;
+  uint64_t instance_ = 0;   // of the server at the last connect
+  bool restarted_ = false;  // the server is a new instance since the previous connect
   rpc::TargetKind peerKind_ =
       rpc::TargetKind::META;       // what the server had on disk when we connected
   std::map<uint64_t, Kept> kept_;  // by transaction number

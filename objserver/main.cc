@@ -191,7 +191,7 @@ int serve(const ServeOptions& o) {
   // Every reply already means "committed": make it durable and say we stopped cleanly.
   target.markClean();
   // Let the last replies (the administrator's shutdown request) leave before the sockets close.
-  io.provider->getTimer().afterDelay(100 * kj::MILLISECONDS).wait(io.waitScope);
+  io.provider->getTimer().afterDelay(20 * kj::MILLISECONDS).wait(io.waitScope);
   return 0;
 }
 

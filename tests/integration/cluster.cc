@@ -411,6 +411,43 @@ void TestCluster::startAll() {
   }
 }
 
+void writeWhole(const std::string& path, const std::string& data) {
+  int fd = open(path.c_str(), O_CREAT | O_WRONLY | O_TRUNC, 0644);
+  ASSERT_GE(fd, 0) << path << ": " << strerror(errno);
+  ASSERT_EQ(write(fd, data.data(), data.size()), ssize_t(data.size())) << path;
+  ASSERT_EQ(close(fd), 0) << path;
+}
+
+std::string pattern(size_t n, uint32_t seed) {
+  std::string s(n, '\0');
+  for (auto& c : s) {
+    seed = seed * 1664525 + 1013904223;
+    c = char(seed >> 24);
+  }
+  return s;
+}
+
+bool blockedCallEndsWith(int sig, const std::function<int()>& call) {
+  pid_t child = fork();
+  if (child == 0) {
+    struct sigaction sa {};
+    sa.sa_handler = [](int) {};
+    if (sig != SIGKILL) sigaction(sig, &sa, nullptr);
+    int rc = call();
+    _exit(rc == -1 && errno == EINTR ? 0 : 1);
+  }
+  usleep(300 * 1000);
+  kill(child, sig);
+  int status = 0;
+  if (!waitFor([&] { return waitpid(child, &status, WNOHANG) == child; }, 5000)) {
+    kill(child, SIGKILL);
+    waitpid(child, &status, 0);
+    return false;
+  }
+  if (sig == SIGKILL) return WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL;
+  return WIFEXITED(status) && WEXITSTATUS(status) == 0;
+}
+
 std::string TestCluster::status(int server) {
   auto r = run({ctlBin(), "--server", address(server), "status", "--json"});
   if (r.status != 0) fail("status failed: " + r.err);

@@ -157,6 +157,14 @@ int runAs(uid_t uid, gid_t gid, const std::vector<gid_t>& groups, const std::fun
 
 // The whole content of a file ("<error text>" if it cannot be opened).
 std::string readWhole(const std::string& path);
+// Creates (or truncates) and writes a file; a failure fails the test.
+void writeWhole(const std::string& path, const std::string& data);
+// Deterministic pseudo-random bytes.
+std::string pattern(size_t n, uint32_t seed);
+// Runs `call` (which blocks: its server is away) in a child process and sends the child `sig`
+// after 300 ms. For a caught signal (the child has a handler, without SA_RESTART) true means the
+// call returned EINTR; for SIGKILL, that the child died of it. False too if it outlived 5 s.
+bool blockedCallEndsWith(int sig, const std::function<int()>& call);
 
 // Reads an unsigned number field from a flat JSON object text (test helper, not a parser).
 uint64_t jsonNumber(const std::string& json, const std::string& key);

@@ -16,6 +16,7 @@
 
 #include "rpc/cairn.capnp.h"
 #include "tests/integration/cluster.h"
+#include "tests/integration/raw_session.h"
 
 namespace cairn::test {
 namespace {
@@ -38,22 +39,12 @@ struct LockClient {
     connect(address, uuidByte);
   }
   void connect(const std::string& address, kj::byte uuidByte) {
-    stream = io.provider->getNetwork()
-                 .parseAddress(address)
-                 .then([](kj::Own<kj::NetworkAddress> a) { return a->connect(); })
-                 .wait(io.waitScope);
-    client = kj::heap<capnp::TwoPartyClient>(*stream);
-    auto req = client->bootstrap().castAs<rpc::Bootstrap>().connectRequest();
-    auto hello = req.initHello();
-    auto uuid = kj::heapArray<kj::byte>(16);
-    for (auto& b : uuid) b = uuidByte;
-    hello.setClientUuid(uuid);
-    hello.setSoftwareVersion("test");
-    req.setCallback(kj::heap<Callback>(asked));
-    auto reply = req.send().wait(io.waitScope);
-    locks = reply.getLocks();
-    meta = reply.getMeta();
-    evicted = reply.getEvicted();
+    auto s = connectRaw(io, address, uuidByte, kj::heap<Callback>(asked));
+    stream = kj::mv(s.stream);
+    client = kj::mv(s.client);
+    locks = kj::mv(s.locks);
+    meta = kj::mv(s.meta);
+    evicted = s.evicted;
   }
   kj::Promise<uint64_t> enqueue(rpc::LockMode mode, uint64_t bits = ~uint64_t(0)) {
     auto req = locks.enqueueRequest();

@@ -22,27 +22,11 @@ std::string slurp(const std::string& path) {
   return readWhole(path);
 }
 
-void put(const std::string& path, const std::string& data) {
-  int fd = open(path.c_str(), O_CREAT | O_WRONLY | O_TRUNC, 0644);
-  ASSERT_GE(fd, 0) << path << ": " << strerror(errno);
-  ASSERT_EQ(write(fd, data.data(), data.size()), ssize_t(data.size()));
-  close(fd);
-}
-
-std::string pattern(size_t n, uint32_t seed) {
-  std::string s(n, '\0');
-  for (auto& c : s) {
-    seed = seed * 1664525 + 1013904223;
-    c = char(seed >> 24);
-  }
-  return s;
-}
-
 // Builds a small tree of every kind of object and checks it.
 void makeTree(const std::string& root) {
   ASSERT_EQ(mkdir((root + "/dir").c_str(), 0750), 0);
-  put(root + "/dir/small", "small file");
-  put(root + "/dir/big", pattern(3 << 20, 7));
+  writeWhole(root + "/dir/small", "small file");
+  writeWhole(root + "/dir/big", pattern(3 << 20, 7));
   ASSERT_EQ(symlink("dir/small", (root + "/link").c_str()), 0);
   ASSERT_EQ(link((root + "/dir/small").c_str(), (root + "/hard").c_str()), 0);
   ASSERT_EQ(setxattr((root + "/dir").c_str(), "user.k", "v", 1, 0), 0);
@@ -98,7 +82,7 @@ TEST(Recovery, RestartRefusedAfterUncleanStopByAnotherVersion) {
 TEST(Recovery, ApplicationsOnlyWaitWhileServersAreDown) {
   TestCluster cluster;
   auto mnt = cluster.mount();
-  put(mnt + "/f", "x");
+  writeWhole(mnt + "/f", "x");
   int fd = open((mnt + "/f").c_str(), O_RDWR | O_APPEND);
   ASSERT_GE(fd, 0);
 
@@ -127,7 +111,7 @@ TEST(Recovery, ApplicationsOnlyWaitWhileServersAreDown) {
 TEST(Recovery, AFrozenServerIsWaitedForAndNothingIsAppliedTwice) {
   TestCluster cluster;
   auto mnt = cluster.mount();
-  put(mnt + "/log", "");
+  writeWhole(mnt + "/log", "");
   int fd = open((mnt + "/log").c_str(), O_WRONLY | O_APPEND);
   ASSERT_GE(fd, 0);
   std::atomic<bool> stop{false};
@@ -167,7 +151,7 @@ TEST(Recovery, UnlinkedOpenFileSurvivesRestartAndIsFreedAtLastClose) {
   options.metaArgs = {"--recovery-window", "1"};
   TestCluster cluster(options);
   auto mnt = cluster.mount();
-  put(mnt + "/ghost", pattern(1 << 20, 3));
+  writeWhole(mnt + "/ghost", pattern(1 << 20, 3));
   int fd = open((mnt + "/ghost").c_str(), O_RDWR);
   ASSERT_GE(fd, 0);
   ASSERT_EQ(unlink((mnt + "/ghost").c_str()), 0);
@@ -198,7 +182,7 @@ TEST(Recovery, OrphanOfAVanishedClientIsFreed) {
   TestCluster cluster(options);
   auto mnt = cluster.mount();
   auto other = cluster.mount();
-  put(mnt + "/ghost", "data");
+  writeWhole(mnt + "/ghost", "data");
   // A process holds the file open through the first mount; the other mount unlinks it.
   pid_t holder = fork();
   if (holder == 0) {
@@ -231,7 +215,7 @@ TEST(Recovery, OrphanOfAVanishedClientIsFreed) {
       },
       8000));
   // The other client carries on.
-  put(other + "/after", "fine");
+  writeWhole(other + "/after", "fine");
   EXPECT_EQ(slurp(other + "/after"), "fine");
 }
 
@@ -239,9 +223,9 @@ TEST(Recovery, TwoMountsSeeEachOthersChanges) {
   TestCluster cluster;
   auto a = cluster.mount();
   auto b = cluster.mount();
-  put(a + "/shared", "v1");
+  writeWhole(a + "/shared", "v1");
   EXPECT_EQ(slurp(b + "/shared"), "v1");
-  put(b + "/shared", "version two");
+  writeWhole(b + "/shared", "version two");
   EXPECT_EQ(slurp(a + "/shared"), "version two");
   ASSERT_EQ(chmod((a + "/shared").c_str(), 0600), 0);
   struct stat st;
@@ -256,7 +240,7 @@ TEST(Recovery, TwoMountsSeeEachOthersChanges) {
   EXPECT_EQ(stat((b + "/moved").c_str(), &st), -1);
   EXPECT_EQ(errno, ENOENT);
   // A reader that has the file open sees a later write after the writer's write() returned.
-  put(a + "/live", std::string(8192, 'a'));
+  writeWhole(a + "/live", std::string(8192, 'a'));
   int rfd = open((b + "/live").c_str(), O_RDONLY | O_DIRECT);
   ASSERT_GE(rfd, 0);
   int wfd = open((a + "/live").c_str(), O_WRONLY);
@@ -273,36 +257,16 @@ TEST(Recovery, TwoMountsSeeEachOthersChanges) {
 TEST(Recovery, WaitingProcessesCanBeInterruptedAndKilled) {
   TestCluster cluster;
   auto mnt = cluster.mount();
-  put(mnt + "/f", "x");
+  writeWhole(mnt + "/f", "x");
   cluster.stopServer(0, SIGKILL);
 
-  // A caught signal (no SA_RESTART) ends the wait with EINTR.
-  pid_t child = fork();
-  if (child == 0) {
-    struct sigaction sa {};
-    sa.sa_handler = [](int) {};
-    sigaction(SIGUSR1, &sa, nullptr);
+  // A caught signal (no SA_RESTART) ends the wait with EINTR; SIGKILL ends it at once.
+  auto statF = [&] {
     struct stat st;
-    int rc = stat((mnt + "/f").c_str(), &st);
-    _exit(rc == -1 && errno == EINTR ? 0 : 1);
-  }
-  usleep(300 * 1000);
-  kill(child, SIGUSR1);
-  int status = 0;
-  ASSERT_TRUE(waitFor([&] { return waitpid(child, &status, WNOHANG) == child; }, 5000));
-  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
-
-  // SIGKILL ends a waiting process at once.
-  child = fork();
-  if (child == 0) {
-    struct stat st;
-    stat((mnt + "/f").c_str(), &st);
-    _exit(0);
-  }
-  usleep(300 * 1000);
-  kill(child, SIGKILL);
-  ASSERT_TRUE(waitFor([&] { return waitpid(child, &status, WNOHANG) == child; }, 5000));
-  EXPECT_TRUE(WIFSIGNALED(status));
+    return stat((mnt + "/f").c_str(), &st);
+  };
+  EXPECT_TRUE(blockedCallEndsWith(SIGUSR1, statF));
+  EXPECT_TRUE(blockedCallEndsWith(SIGKILL, statF));
 
   // The mount lives on.
   cluster.startServer(0);

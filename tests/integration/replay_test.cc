@@ -20,13 +20,6 @@
 namespace cairn::test {
 namespace {
 
-void put(const std::string& path, const std::string& data) {
-  int fd = open(path.c_str(), O_CREAT | O_WRONLY | O_TRUNC, 0644);
-  ASSERT_GE(fd, 0) << path << ": " << strerror(errno);
-  ASSERT_EQ(write(fd, data.data(), data.size()), ssize_t(data.size()));
-  ASSERT_EQ(close(fd), 0);
-}
-
 void append(const std::string& path, const std::string& data) {
   int fd = open(path.c_str(), O_CREAT | O_WRONLY | O_APPEND, 0644);
   ASSERT_GE(fd, 0) << path << ": " << strerror(errno);
@@ -58,13 +51,14 @@ void barrier(TestCluster& cluster, int server) {
 // A burst of namespace and data operations from two clients, interleaved on the same names.
 void burst(const std::string& a, const std::string& b) {
   ASSERT_EQ(mkdir((a + "/d").c_str(), 0755), 0);
-  for (int i = 0; i < 20; ++i) put(a + "/d/f" + std::to_string(i), "file " + std::to_string(i));
+  for (int i = 0; i < 20; ++i)
+    writeWhole(a + "/d/f" + std::to_string(i), "file " + std::to_string(i));
   ASSERT_EQ(rename((b + "/d/f3").c_str(), (b + "/d/renamed").c_str()), 0);
   ASSERT_EQ(unlink((a + "/d/f4").c_str()), 0);
   ASSERT_EQ(setxattr((b + "/d/f5").c_str(), "user.tag", "five", 4, 0), 0);
   ASSERT_EQ(chmod((a + "/d/f6").c_str(), 0600), 0);
   ASSERT_EQ(symlink("f7", (b + "/d/link").c_str()), 0);
-  put(b + "/d/renamed", "rewritten by b");  // a name a's create made, b's rename moved
+  writeWhole(b + "/d/renamed", "rewritten by b");  // a name a's create made, b's rename moved
   for (int i = 0; i < 30; ++i)
     append((i % 2 ? a : b) + "/d/log", "line " + std::to_string(i) + "\n");
   ASSERT_EQ(rename((a + "/d/f8").c_str(), (a + "/d/f9").c_str()), 0);  // replaces f9
@@ -100,7 +94,7 @@ TEST(Replay, MetadataCrashAfterABarrierLosesNothing) {
   TestCluster cluster(withBarrier());
   auto a = cluster.mount();
   auto b = cluster.mount();
-  put(a + "/before", "committed before the barrier");
+  writeWhole(a + "/before", "committed before the barrier");
   barrier(cluster, 0);
   burst(a, b);
   checkBurst(a);
@@ -124,7 +118,7 @@ TEST(Replay, DataCrashAfterABarrierLosesNothing) {
   TestCluster cluster(options);
   auto a = cluster.mount();
   std::string expect(1 << 20, 'o');
-  put(a + "/data", expect);
+  writeWhole(a + "/data", expect);
   barrier(cluster, 1);
   int fd = open((a + "/data").c_str(), O_RDWR);
   ASSERT_GE(fd, 0);
@@ -132,7 +126,9 @@ TEST(Replay, DataCrashAfterABarrierLosesNothing) {
     std::string piece(4096, char('A' + i % 26));
     ASSERT_EQ(pwrite(fd, piece.data(), piece.size(), off_t(i) * 12288), ssize_t(piece.size()));
     expect.replace(size_t(i) * 12288, piece.size(), piece);
-    if (i % 16 == 15) ASSERT_EQ(fsync(fd), 0);
+    if (i % 16 == 15) {
+      ASSERT_EQ(fsync(fd), 0);
+    }
   }
   ASSERT_EQ(fsync(fd), 0);
   ASSERT_EQ(close(fd), 0);

@@ -21,25 +21,10 @@
 
 #include "rpc/cairn.capnp.h"
 #include "tests/integration/cluster.h"
+#include "tests/integration/raw_session.h"
 
 namespace cairn::test {
 namespace {
-
-std::string pattern(size_t n, uint32_t seed) {
-  std::string s(n, '\0');
-  for (auto& c : s) {
-    seed = seed * 1664525 + 1013904223;
-    c = char(seed >> 24);
-  }
-  return s;
-}
-
-void put(const std::string& path, const std::string& data) {
-  int fd = open(path.c_str(), O_CREAT | O_WRONLY | O_TRUNC, 0644);
-  ASSERT_GE(fd, 0) << path << ": " << strerror(errno);
-  ASSERT_EQ(write(fd, data.data(), data.size()), ssize_t(data.size()));
-  ASSERT_EQ(close(fd), 0);
-}
 
 bool contains(const std::string& text, const std::string& part) {
   return text.find(part) != std::string::npos;
@@ -61,7 +46,7 @@ TEST(Shutdown, ClientsWriteBackEverythingBeforeTheServerStops) {
   TestCluster cluster(quickLocks());
   auto a = cluster.mount();
   auto b = cluster.mount();
-  put(a + "/mapped", std::string(8192, 'm'));
+  writeWhole(a + "/mapped", std::string(8192, 'm'));
   int fd = open((a + "/queued").c_str(), O_CREAT | O_RDWR, 0644);
   ASSERT_GE(fd, 0);
   auto data = pattern(3 << 20, 11);
@@ -100,7 +85,7 @@ TEST(Shutdown, OpenFilesStayOpenAcrossControlledRestarts) {
   auto mnt = cluster.mount();
   int fd = open((mnt + "/kept").c_str(), O_CREAT | O_RDWR, 0644);
   ASSERT_GE(fd, 0);
-  put(mnt + "/ghost", pattern(1 << 20, 5));
+  writeWhole(mnt + "/ghost", pattern(1 << 20, 5));
   int ghost = open((mnt + "/ghost").c_str(), O_RDWR);
   ASSERT_GE(ghost, 0);
   ASSERT_EQ(unlink((mnt + "/ghost").c_str()), 0);
@@ -141,7 +126,7 @@ TEST(Shutdown, ApplicationLocksSurviveRestarts) {
   TestCluster cluster(quickLocks());
   auto a = cluster.mount();
   auto b = cluster.mount();
-  put(a + "/locked", "x");
+  writeWhole(a + "/locked", "x");
   int fd = open((a + "/locked").c_str(), O_RDWR);
   ASSERT_GE(fd, 0);
   struct flock fl {};
@@ -187,38 +172,13 @@ TEST(Shutdown, ApplicationLocksSurviveRestarts) {
   close(fd);
 }
 
-// One client session, as a mount makes, that never answers a blocking callback.
-struct DeafClient {
-  DeafClient(kj::AsyncIoContext& io, const std::string& address, kj::byte uuidByte) {
-    stream = io.provider->getNetwork()
-                 .parseAddress(address)
-                 .then([](kj::Own<kj::NetworkAddress> a) { return a->connect(); })
-                 .wait(io.waitScope);
-    client = kj::heap<capnp::TwoPartyClient>(*stream);
-    auto req = client->bootstrap().castAs<rpc::Bootstrap>().connectRequest();
-    auto hello = req.initHello();
-    auto uuid = kj::heapArray<kj::byte>(16);
-    for (auto& b : uuid) b = uuidByte;
-    hello.setClientUuid(uuid);
-    hello.setSoftwareVersion("test");
-    req.setCallback(kj::heap<Deaf>());
-    auto reply = req.send().wait(io.waitScope);
-    serverLock = reply.getServerLock();
-    evicted = reply.getEvicted();
-    // Held: the server counts a session connected while its capabilities are.
-    meta = reply.getMeta();
-    locks = reply.getLocks();
-  }
-  class Deaf final : public rpc::LockCallback::Server {
-    kj::Promise<void> blocking(BlockingContext) override { return kj::READY_NOW; }
-  };
-  kj::Own<kj::AsyncIoStream> stream;
-  kj::Own<capnp::TwoPartyClient> client;
-  rpc::MetaSession::Client meta = nullptr;
-  rpc::LockSession::Client locks = nullptr;
-  uint64_t serverLock = 0;
-  bool evicted = false;
+// A client session that never answers a blocking callback.
+class Deaf final : public rpc::LockCallback::Server {
+  kj::Promise<void> blocking(BlockingContext) override { return kj::READY_NOW; }
 };
+RawSession deafClient(kj::AsyncIoContext& io, const std::string& address, kj::byte uuidByte) {
+  return connectRaw(io, address, uuidByte, kj::heap<Deaf>());
+}
 
 // A client that ignores the callback is evicted after the lock timeout and the shutdown
 // completes; while it is under way, a newcomer is told "shutting down, retry" (OVERLOADED),
@@ -226,9 +186,9 @@ struct DeafClient {
 TEST(Shutdown, AClientThatIgnoresTheCallbackIsEvictedAndNewcomersWait) {
   TestCluster cluster(quickLocks());
   auto mnt = cluster.mount();
-  put(mnt + "/f", "before");
+  writeWhole(mnt + "/f", "before");
   auto io = kj::setupAsyncIo();
-  DeafClient deaf(io, cluster.metaAddress(), 7);
+  auto deaf = deafClient(io, cluster.metaAddress(), 7);
   EXPECT_NE(deaf.serverLock, 0u);
 
   pid_t ctl = fork();
@@ -239,7 +199,7 @@ TEST(Shutdown, AClientThatIgnoresTheCallbackIsEvictedAndNewcomersWait) {
   }
   ASSERT_TRUE(waitFor([&] { return contains(cluster.status(0), "\"state\":\"draining\""); }, 5000));
   try {
-    DeafClient late(io, cluster.metaAddress(), 8);
+    auto late = deafClient(io, cluster.metaAddress(), 8);
     ADD_FAILURE() << "a client was let in during a shutdown";
   } catch (kj::Exception& e) {
     EXPECT_EQ(e.getType(), kj::Exception::Type::OVERLOADED);
@@ -253,11 +213,11 @@ TEST(Shutdown, AClientThatIgnoresTheCallbackIsEvictedAndNewcomersWait) {
   EXPECT_TRUE(contains(log, "evicting client 07070707")) << log;
 
   ASSERT_TRUE(cluster.startServer(0));
-  DeafClient back(io, cluster.metaAddress(), 7);
+  auto back = deafClient(io, cluster.metaAddress(), 7);
   EXPECT_TRUE(back.evicted);
   // The well-behaved mount was not evicted and carries on.
   EXPECT_EQ(readWhole(mnt + "/f"), "before");
-  put(mnt + "/g", "after");
+  writeWhole(mnt + "/g", "after");
   EXPECT_EQ(readWhole(mnt + "/g"), "after");
   EXPECT_FALSE(contains(cluster.mountLog(0), "evicted"));
 }
@@ -288,7 +248,7 @@ TEST(Shutdown, AClientCutOffDuringTheShutdownIsEvictedOnReturn) {
   TestCluster cluster(quickLocks());
   auto a = cluster.mount();
   auto b = cluster.mount();
-  put(a + "/f", "old");
+  writeWhole(a + "/f", "old");
   // The descriptor lives in a child of its own: this process forks helpers (ss, cairnctl)
   // while client A is stopped, and a forked copy of a descriptor on A would wait on A to close.
   int toHolder[2], fromHolder[2];
@@ -325,7 +285,7 @@ TEST(Shutdown, AClientCutOffDuringTheShutdownIsEvictedOnReturn) {
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
       << "the open file did not fail with EIO";
   for (int fd : {toHolder[0], toHolder[1], fromHolder[0], fromHolder[1]}) close(fd);
-  put(a + "/g", "mount works");
+  writeWhole(a + "/g", "mount works");
   EXPECT_EQ(readWhole(a + "/g"), "mount works");
   EXPECT_EQ(readWhole(b + "/g"), "mount works");
 }
@@ -336,7 +296,7 @@ TEST(Shutdown, AClientCutOffDuringTheShutdownIsEvictedOnReturn) {
 TEST(Shutdown, NewVersionAfterUncleanStopIsRefusedUnlessForced) {
   TestCluster cluster(quickLocks());
   auto mnt = cluster.mount();
-  put(mnt + "/f", "data");
+  writeWhole(mnt + "/f", "data");
   int fd = open((mnt + "/f").c_str(), O_RDONLY);
   ASSERT_GE(fd, 0);
   cluster.stopServer(0, SIGKILL);
@@ -353,7 +313,7 @@ TEST(Shutdown, NewVersionAfterUncleanStopIsRefusedUnlessForced) {
   EXPECT_EQ(errno, EIO);
   close(fd);
   EXPECT_EQ(readWhole(mnt + "/f"), "data");
-  put(mnt + "/g", "new");
+  writeWhole(mnt + "/g", "new");
   EXPECT_EQ(readWhole(mnt + "/g"), "new");
   EXPECT_TRUE(contains(cluster.status(0), "\"version\":\"9.9.9\""));
 }
@@ -364,33 +324,14 @@ TEST(Shutdown, NewVersionAfterUncleanStopIsRefusedUnlessForced) {
 TEST(Shutdown, ProcessesBlockedOnAStoppedServerCanBeInterruptedAndKilled) {
   TestCluster cluster(quickLocks());
   auto mnt = cluster.mount();
-  put(mnt + "/f", "x");
+  writeWhole(mnt + "/f", "x");
   EXPECT_EQ(cluster.shutdownServer(0), 0);
 
-  pid_t child = fork();
-  if (child == 0) {
-    struct sigaction sa {};
-    sa.sa_handler = [](int) {};
-    sigaction(SIGINT, &sa, nullptr);
-    int rc = mkdir((mnt + "/d").c_str(), 0755);
-    _exit(rc == -1 && errno == EINTR ? 0 : 1);
-  }
-  usleep(300 * 1000);
-  kill(child, SIGINT);
-  int status = 0;
-  ASSERT_TRUE(waitFor([&] { return waitpid(child, &status, WNOHANG) == child; }, 5000));
-  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
-
-  child = fork();
-  if (child == 0) {
+  EXPECT_TRUE(blockedCallEndsWith(SIGINT, [&] { return mkdir((mnt + "/d").c_str(), 0755); }));
+  EXPECT_TRUE(blockedCallEndsWith(SIGKILL, [&] {
     struct stat st;
-    stat((mnt + "/f").c_str(), &st);
-    _exit(0);
-  }
-  usleep(300 * 1000);
-  kill(child, SIGKILL);
-  ASSERT_TRUE(waitFor([&] { return waitpid(child, &status, WNOHANG) == child; }, 5000));
-  EXPECT_TRUE(WIFSIGNALED(status));
+    return stat((mnt + "/f").c_str(), &st);
+  }));
 
   ASSERT_TRUE(cluster.startServer(0));
   EXPECT_EQ(readWhole(mnt + "/f"), "x");

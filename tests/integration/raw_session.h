@@ -1,0 +1,48 @@
+// A client session made by hand over Cap'n Proto, the way a mount makes one: for tests that need
+// a client that misbehaves (never cancels a lock, vanishes) or that look at the wire directly.
+#pragma once
+
+#include <capnp/rpc-twoparty.h>
+#include <kj/async-io.h>
+
+#include <string>
+
+#include "rpc/cairn.capnp.h"
+
+namespace cairn::test {
+
+struct RawSession {
+  kj::Own<kj::AsyncIoStream> stream;
+  kj::Own<capnp::TwoPartyClient> client;
+  rpc::MetaSession::Client meta = nullptr;
+  rpc::LockSession::Client locks = nullptr;
+  uint64_t serverLock = 0;  // the active-server lock granted with the session
+  bool evicted = false;     // the server said it had evicted this client
+};
+
+// Connects as client `uuidByte` x 16 with `callback` for blocking callbacks. The session lasts
+// while the returned capabilities do (the server counts it connected until then).
+inline RawSession connectRaw(kj::AsyncIoContext& io, const std::string& address, kj::byte uuidByte,
+                             rpc::LockCallback::Client callback) {
+  RawSession s;
+  s.stream = io.provider->getNetwork()
+                 .parseAddress(address)
+                 .then([](kj::Own<kj::NetworkAddress> a) { return a->connect(); })
+                 .wait(io.waitScope);
+  s.client = kj::heap<capnp::TwoPartyClient>(*s.stream);
+  auto req = s.client->bootstrap().castAs<rpc::Bootstrap>().connectRequest();
+  auto hello = req.initHello();
+  auto uuid = kj::heapArray<kj::byte>(16);
+  for (auto& b : uuid) b = uuidByte;
+  hello.setClientUuid(uuid);
+  hello.setSoftwareVersion("test");
+  req.setCallback(kj::mv(callback));
+  auto reply = req.send().wait(io.waitScope);
+  s.meta = reply.getMeta();
+  s.locks = reply.getLocks();
+  s.serverLock = reply.getServerLock();
+  s.evicted = reply.getEvicted();
+  return s;
+}
+
+}  // namespace cairn::test

@@ -52,6 +52,19 @@ kj::Own<SharedLayout> toLayout(rpc::Layout::Reader in) {
 
 }  // namespace
 
+namespace {
+// setlk and getlk name a lock the same way.
+template <typename Builder>
+void fillLock(Builder r, uint64_t ino, uint64_t owner, uint32_t space, const Client::AppLock& l) {
+  r.setIno(ino);
+  r.setOwner(owner);
+  r.setSpace(space);
+  r.setType(l.type);
+  r.setStart(l.start);
+  r.setEnd(l.end);
+}
+}  // namespace
+
 void attrToStat(rpc::Attr::Reader a, struct stat* st) {
   memset(st, 0, sizeof(*st));
   st->st_ino = a.getIno();
@@ -123,6 +136,7 @@ kj::Promise<void> Client::recoverMeta() {
     // itself carries on and new opens work.
     size_t n = 0;
     for (auto& [fh, file] : opens_.all()) {
+      if (file.opening) continue;  // its request goes out to the new session
       if (!file.lost) ++n;
       file.lost = true;
     }
@@ -136,7 +150,7 @@ kj::Promise<void> Client::recoverMeta() {
     auto started = io_.provider->getTimer().now();
     auto replays = kj::heapArrayBuilder<kj::Promise<void>>(opens_.size());
     for (auto& [fh, file] : opens_.all()) {
-      if (file.lost) continue;
+      if (file.lost || file.opening) continue;
       uint64_t handle = fh, ino = file.ino;
       uint32_t flags = file.flags;
       replays.add(metaCall(
@@ -190,12 +204,7 @@ kj::Promise<void> Client::replayAppLocks() {
                     [ino = ino, owner = owner, space = space, r](rpc::MetaRequest::Builder b) {
                       b.setReplay(true);
                       auto l = b.initSetlk();
-                      l.setIno(ino);
-                      l.setOwner(owner);
-                      l.setSpace(space);
-                      l.setType(r.type);
-                      l.setStart(r.start);
-                      l.setEnd(r.end);
+                      fillLock(l, ino, owner, space, AppLock{r.type, r.start, r.end, r.pid});
                       l.setPid(r.pid);
                     },
                     false, ServerLink::Class::RECOVERY)
@@ -233,13 +242,50 @@ kj::Promise<void> Client::flushAll() {
   return kj::joinPromises(parts.finish());
 }
 
+// While the metadata server shuts down, requests the kernel has in progress may wait at the
+// gate holding a directory's lock or a page's (a create, a write taking its attribute lock).
+// The kernel's names therefore go by one epoch bump, which takes no lock, and its attributes
+// and pages are waited for only a moment: what is still queued then is done once the parked
+// requests have gone through after the restart.
+constexpr kj::Duration KERNEL_WAIT_IN_SHUTDOWN = 500 * kj::MILLISECONDS;
+
+kj::Promise<void> Client::revokeForShutdown(uint64_t ino, uint64_t bit) {
+  if (bit == BIT_LOOKUP) {
+    cache_.dropDir(ino);
+    kernelNames_.erase(ino);
+    lastNameReply_.erase(ino);
+    return kj::READY_NOW;
+  }
+  if (bit == BIT_ATTR) cache_.dropAttr(ino);
+  if (bit == BIT_DATA) readAhead_.drop(ino);
+  if (bit != BIT_ATTR && bit != BIT_DATA) return kj::READY_NOW;
+  return flushed(ino).then([this, ino, bit]() -> kj::Promise<void> {
+    KJ_IF_MAYBE (kernel, kernel_) {
+      return kernel->invalidate(ino, bit == BIT_DATA)
+          .exclusiveJoin(io_.provider->getTimer().afterDelay(KERNEL_WAIT_IN_SHUTDOWN));
+    }
+    return kj::READY_NOW;
+  });
+}
+
 kj::Promise<void> Client::drainMeta() {
   auto started = io_.provider->getTimer().now();
   size_t queued = wb_.files().size();
+  draining_ = true;
   // Giving a lock back drops what it covered, writing back first (queued writes, the kernel's
   // dirty pages): so every lock goes back, then nothing cached from this server is left.
   return flushAll()
       .then([this]() { return locks_->giveBackAll(); })
+      .then([this]() -> kj::Promise<void> {
+        KJ_IF_MAYBE (kernel, kernel_) {
+          if (kernel->keepsNames()) {
+            return kernel->forgetNames(1, {}, true)
+                .exclusiveJoin(io_.provider->getTimer().afterDelay(KERNEL_WAIT_IN_SHUTDOWN));
+          }
+        }
+        return kj::READY_NOW;
+      })
+      .attach(kj::defer([this]() { draining_ = false; }))
       .then([this, started, queued]() {
         cache_.clear();
         readAhead_.clear();
@@ -386,6 +432,7 @@ void Client::movedInKernel(uint64_t dir, const std::string& name) {
 constexpr kj::Duration NAME_IN_FLIGHT = 2 * kj::SECONDS;
 
 kj::Promise<void> Client::revoke(uint64_t ino, uint64_t bit) {
+  if (draining_) return revokeForShutdown(ino, bit);
   if (bit == BIT_LOOKUP) {
     cache_.dropDir(ino);
     std::vector<std::string> names;
@@ -837,6 +884,7 @@ Opened Client::opened(uint64_t fh, ServerLink::MetaResponse& resp) {
 
   auto& file = KJ_ASSERT_NONNULL(opens_.find(fh));
   file.ino = ino;
+  file.opening = false;
   if ((file.flags & O_ACCMODE) != O_RDONLY && !(file.flags & O_APPEND)) ++writers_[ino];
   out.keepCache = locks_->held(ino, BIT_DATA) != 0;
   // Reads the page cache answers never reach us (FUSE inodes are S_NOATIME in the kernel):
@@ -1292,19 +1340,6 @@ kj::Promise<void> Client::release(uint64_t fh) {
   if (lost) return kj::READY_NOW;
   return metaCall([fh](rpc::MetaRequest::Builder b) { b.setRelease(fh); }, false).ignoreResult();
 }
-
-namespace {
-// setlk and getlk name a lock the same way.
-template <typename Builder>
-void fillLock(Builder r, uint64_t ino, uint64_t owner, uint32_t space, const Client::AppLock& l) {
-  r.setIno(ino);
-  r.setOwner(owner);
-  r.setSpace(space);
-  r.setType(l.type);
-  r.setStart(l.start);
-  r.setEnd(l.end);
-}
-}  // namespace
 
 kj::Promise<void> Client::setlk(uint64_t ino, uint64_t owner, uint32_t space, AppLock lock,
                                 bool wait) {

@@ -19,6 +19,9 @@ public:
     uint32_t flags = 0;
     kj::Maybe<kj::Own<SharedLayout>> layout;  // regular files
     bool lost = false;  // the server no longer knows the file: every use fails with EIO
+    // Its open (or create) has not been answered yet: nothing to replay (the request itself
+    // goes out, or again, after the reconnect).
+    bool opening = true;
   };
 
   uint64_t add(File file);

@@ -7,6 +7,7 @@
 #include <kj/debug.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <random>
 
 #include "rpc/errors.h"
@@ -227,7 +228,23 @@ kj::Promise<void> Client::replayAppLocks() {
   });
 }
 
-kj::Promise<void> Client::recoverData(ServerLink& link) {
+kj::Promise<void> Client::recoverData(ServerLink& link, uint32_t index) {
+  if (link.takeEvicted()) {
+    // The target dropped what it had of ours (it was shut down while we could not write back):
+    // the files with stripes there can only fail now; the mount carries on.
+    size_t n = 0;
+    for (auto& [fh, file] : opens_.all()) {
+      KJ_IF_MAYBE (l, file.layout) {
+        auto& targets = (*l)->layout.targets;
+        if (!file.lost && std::find(targets.begin(), targets.end(), index) != targets.end()) {
+          file.lost = true;
+          ++n;
+        }
+      }
+    }
+    spdlog::warn("evicted by data target {}: {} open files with stripes there now return EIO",
+                 index, n);
+  }
   if (!(link.peerFeatures() & features::ACTIVE_SERVER_LOCK)) return kj::READY_NOW;
   return link
       .data([](rpc::DataRequest::Builder b) { b.setRecoveryDone(); }, false,
@@ -327,7 +344,7 @@ kj::Promise<void> Client::refreshTargets(ServerLink::Class cls) {
                                    kj::str("data", t.getIndex()), addresses.finish(), identity_);
           uint32_t index = t.getIndex();
           auto& ref = *link;
-          link->setRecovery([this, &ref]() { return recoverData(ref); });
+          link->setRecovery([this, &ref, index]() { return recoverData(ref, index); });
           link->setOnDrain([this, index]() { return drainData(index); });
           link->start();
           data_.emplace(t.getIndex(), kj::mv(link));

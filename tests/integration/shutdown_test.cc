@@ -244,7 +244,7 @@ void cutConnections(pid_t mountPid, const std::string& address) {
 // Point 7: a client whose connection was cut (and that stays away) while the server shut
 // down missed the callback with dirty data in hand: it is evicted, and told so when it comes
 // back. Its open files then fail with EIO; the mount itself works on.
-TEST(Shutdown, AClientCutOffDuringTheShutdownIsEvictedOnReturn) {
+void cutOffDuringShutdown(int server, const std::string& told) {
   TestCluster cluster(quickLocks());
   auto a = cluster.mount();
   auto b = cluster.mount();
@@ -267,17 +267,17 @@ TEST(Shutdown, AClientCutOffDuringTheShutdownIsEvictedOnReturn) {
   ASSERT_EQ(read(fromHolder[0], &ready, 1), 1);
   ASSERT_EQ(ready, 'w');
   cluster.signalMount(0, SIGSTOP);
-  cutConnections(cluster.mountPid(0), cluster.metaAddress());
+  cutConnections(cluster.mountPid(0), cluster.address(server));
   ASSERT_TRUE(waitFor(
-      [&] { return contains(readWhole(cluster.log(0)), "disconnected; keeping its locks"); },
+      [&] { return contains(readWhole(cluster.log(server)), "disconnected; keeping its locks"); },
       5000));
-  EXPECT_EQ(cluster.shutdownServer(0), 0);
-  EXPECT_TRUE(contains(readWhole(cluster.log(0)), "disconnected during a controlled shutdown"));
-  ASSERT_TRUE(cluster.startServer(0));
+  EXPECT_EQ(cluster.shutdownServer(server), 0);
+  EXPECT_TRUE(
+      contains(readWhole(cluster.log(server)), "disconnected during a controlled shutdown"));
+  ASSERT_TRUE(cluster.startServer(server));
   cluster.signalMount(0, SIGCONT);
 
-  ASSERT_TRUE(
-      waitFor([&] { return contains(cluster.mountLog(0), "evicted by the metadata"); }, 10000))
+  ASSERT_TRUE(waitFor([&] { return contains(cluster.mountLog(0), told); }, 10000))
       << cluster.mountLog(0);
   ASSERT_EQ(write(toHolder[1], "g", 1), 1);
   int status = 0;
@@ -288,6 +288,15 @@ TEST(Shutdown, AClientCutOffDuringTheShutdownIsEvictedOnReturn) {
   writeWhole(a + "/g", "mount works");
   EXPECT_EQ(readWhole(a + "/g"), "mount works");
   EXPECT_EQ(readWhole(b + "/g"), "mount works");
+}
+
+TEST(Shutdown, AClientCutOffDuringTheShutdownIsEvictedOnReturn) {
+  cutOffDuringShutdown(0, "evicted by the metadata server");
+}
+
+// The same for a data server: the files with stripes there fail, the mount carries on.
+TEST(Shutdown, AClientCutOffFromADataServerDuringItsShutdownIsEvictedOnReturn) {
+  cutOffDuringShutdown(1, "evicted by data target 0");
 }
 
 // Point 4: an unclean stop followed by another version is refused with a message that says

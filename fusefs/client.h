@@ -183,7 +183,6 @@ private:
   // What a lock on (ino, bit) covered goes: the client's copies, then the kernel's.
   kj::Promise<void> revoke(uint64_t ino, uint64_t bit);
   kj::Promise<void> revokeForShutdown(uint64_t ino, uint64_t bit);
-  bool draining_ = false;  // the metadata server is shutting down: give everything back
   // Pages of `ino` may be cached by the kernel only under its DATA lock: take it first.
   kj::Promise<void> dataLock(uint64_t ino);
   kj::Promise<Opened> withDataLock(Opened o);
@@ -240,6 +239,7 @@ private:
   };
   std::map<uint64_t, Listing> listings_;
   std::map<uint64_t, int> writers_;  // ino -> open handles that may dirty its pages
+  bool draining_ = false;            // the metadata server is shutting down: everything goes back
   // Names the kernel keeps, by directory, and when a lookup in it was last answered.
   std::unordered_map<uint64_t, std::unordered_set<std::string>> kernelNames_;
   std::unordered_map<uint64_t, kj::TimePoint> lastNameReply_;

@@ -46,12 +46,12 @@ void targetStatFs(Target& target, rpc::StatFs::Builder out) {
 }
 
 kj::Promise<void> DataService::call(CallContext context) {
-  ctx_.countRpc("data", context.getParams().getRequest());
+  auto kind = ctx_.countRpc("data", context.getParams().getRequest());
   if (session_->evicted) throwEvicted(*session_);
   if (ctx_.state == ServerState::STOPPED) throwStopped();
   // A request that breaks the protocol is refused with an exception; say so once, here.
   try {
-    return dispatch(context);
+    return ctx_.timed(kj::mv(kind), dispatch(context));
   } catch (kj::Exception& e) {
     spdlog::warn("client {}: data request refused: {}", session_->key, e.getDescription().cStr());
     throw;
@@ -84,6 +84,7 @@ kj::Promise<void> DataService::run(CallContext context) {
         store::Txn txn(ctx_.target.env(), store::Txn::READ);
         auto bytes = objects_.read(txn, r.getObjectId(), r.getOffset(), r.getLength());
         reply.setData(bytes);
+        ctx_.bytesOut += bytes.size();
       } catch (FsError& e) {
         reply.setError(e.err());
       }
@@ -119,6 +120,7 @@ kj::Promise<void> DataService::run(CallContext context) {
               case R::WRITE: {
                 auto w = req.getWrite();
                 ctx_.target.env().requireSpace(txn, w.getData().size());
+                ctx_.bytesIn += w.getData().size();
                 objects_.write(txn, w.getObjectId(), w.getOffset(), w.getData());
                 break;
               }

@@ -16,6 +16,7 @@
 
 #include "objserver/data_service.h"
 #include "objserver/destroyer.h"
+#include "objserver/metrics.h"
 #include "objserver/namespace.h"
 #include "objserver/object_store.h"
 #include "objserver/open_files.h"
@@ -42,6 +43,7 @@ struct ServeOptions {
   double lockTimeout = 10;
   bool force = false;
   bool testReplayBarrier = false;
+  std::string metrics;
 };
 
 rpc::TargetKind parseKind(const std::string& kind) {
@@ -163,6 +165,18 @@ int serve(const ServeOptions& o) {
 
   capnp::TwoPartyServer server(kj::heap<ServerImpl>(ctx));
   auto listening = server.listen(*listener);
+  kj::Maybe<kj::Own<MetricsServer>> metrics;
+  kj::Maybe<kj::Own<kj::ConnectionReceiver>> metricsPort;
+  kj::Promise<void> metricsServing = kj::NEVER_DONE;
+  if (!o.metrics.empty()) {
+    auto& port = *metricsPort.emplace(
+        io.provider->getNetwork().parseAddress(o.metrics.c_str()).wait(io.waitScope)->listen());
+    ctx.metricsAddress = kj::str(hostPart(o.metrics.c_str()), ":", port.getPort());
+    auto& m = *metrics.emplace(kj::heap<MetricsServer>(ctx, io.provider->getTimer()));
+    metricsServing = m.listen(port).eagerlyEvaluate(
+        [](kj::Exception&& e) { spdlog::error("metrics: {}", e.getDescription().cStr()); });
+    spdlog::info("metrics at http://{}/metrics", ctx.metricsAddress.cStr());
+  }
   spdlog::info("cairn-server {} serving {} target {} of {} on {}", target.softwareVersion().cStr(),
                o.kind, target.index(), target.fsName().cStr(), advertise.cStr());
   if (!o.portFile.empty()) writePortFile(o.portFile, port);
@@ -232,6 +246,8 @@ int main(int argc, char** argv) {
   s->add_flag("--force", serve.force, "start even after an unclean stop by another version");
   s->add_option("--version-override", serve.versionOverride,
                 "test hook: act as this software version");
+  s->add_option("--metrics", serve.metrics,
+                "HOST:PORT to serve Prometheus /metrics on (port 0: any free port)");
   s->add_flag("--test-replay-barrier", serve.testReplayBarrier,
               "test hook: allow `cairnctl replay-barrier` (commits after it are discarded at the "
               "next start, as in a host crash)");

@@ -122,8 +122,10 @@ void ServerContext::startReplays() {
 void ServerContext::nextReplay() {
   if (replayQueue_.empty()) {
     replayPhase_ = ReplayPhase::DONE;
+    auto took = io.provider->getTimer().now() - replayStarted_;
+    replaySeconds_ = double(took / kj::MICROSECONDS) / 1e6;
     spdlog::info("replay: {} updates applied in {} ms; serving updates again", replaysApplied_,
-                 (io.provider->getTimer().now() - replayStarted_) / kj::MILLISECONDS);
+                 took / kj::MILLISECONDS);
     auto waiters = kj::mv(replayWaiters_);
     for (auto& w : waiters) w->fulfill();
     return;

@@ -239,6 +239,8 @@ kj::Promise<void> ServerImpl::status(StatusContext context) {
   s.setState(stateName(ctx_.state));
   s.setRecovering(ctx_.recovering());
   s.setStartReason(ctx_.target.startReason());
+  s.setMetricsAddress(ctx_.metricsAddress == nullptr ? kj::StringPtr("")
+                                                     : ctx_.metricsAddress.asPtr());
   s.setUptimeMs((ctx_.io.provider->getTimer().now() - ctx_.started) / kj::MILLISECONDS);
   s.setLastTransno(ctx_.target.lastCommitted());
   s.setLastSynced(ctx_.reportedSynced());

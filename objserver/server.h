@@ -14,6 +14,7 @@
 
 #include "objserver/client_table.h"
 #include "objserver/lock_manager.h"
+#include "objserver/metrics.h"
 #include "objserver/syncer.h"
 #include "objserver/target.h"
 #include "rpc/cairn.capnp.h"
@@ -77,9 +78,9 @@ public:
   kj::TimePoint started;
   uint64_t rpcCount = 0;
   std::map<std::string, uint64_t> rpcsByKind;  // "meta.lookup" -> count
-  // Counts one request of a union kind (its name taken from the schema).
+  // Counts one request of a union kind (its name taken from the schema); returns the name.
   template <typename Request>
-  void countRpc(kj::StringPtr service, Request req) {
+  std::string countRpc(kj::StringPtr service, Request req) {
     ++rpcCount;
     auto fields = capnp::Schema::from<typename Request::Reads>().getUnionFields();
     auto which = static_cast<uint>(req.which());
@@ -87,7 +88,20 @@ public:
     name += ".";
     name += which < fields.size() ? fields[which].getProto().getName().cStr() : "unknown";
     ++rpcsByKind[name];
+    return name;
   }
+  // Runs a request's promise, recording how long it took under its kind.
+  kj::Promise<void> timed(std::string kind, kj::Promise<void> request) {
+    auto started = io.provider->getTimer().now();
+    return request.attach(kj::defer([this, kind = kj::mv(kind), started]() {
+      rpcLatency[kind].observe(
+          double((io.provider->getTimer().now() - started) / kj::MICROSECONDS) / 1e6);
+    }));
+  }
+  std::map<std::string, LatencyHistogram> rpcLatency;
+  uint64_t bytesIn = 0;   // file data written to this target
+  uint64_t bytesOut = 0;  // file data read from it
+  kj::String metricsAddress;
   std::map<std::string, kj::Own<ClientSession>> sessions;
   ServerState state = ServerState::SERVING;
   // The server's own locks (held while an update runs) belong to this owner.
@@ -148,6 +162,8 @@ public:
   void replaysSent(ClientSession& session);
   // The last synced transaction, as clients are told (a replay barrier holds it back).
   uint64_t reportedSynced() const;
+  size_t replaysApplied() const { return replaysApplied_; }
+  double replaySeconds() const { return replaySeconds_; }
   uint64_t barrier = 0;  // set by a replay barrier
 
   // Runs one update: a resend is answered from the reply record; otherwise `apply` runs in one
@@ -184,6 +200,7 @@ private:
   std::map<uint64_t, kj::Own<kj::PromiseFulfiller<void>>> replayQueue_;  // by transaction
   kj::Vector<kj::Own<kj::PromiseFulfiller<void>>> replayWaiters_;
   size_t replaysApplied_ = 0;
+  double replaySeconds_ = 0;
   kj::TimePoint replayStarted_ = kj::origin<kj::TimePoint>();
   kj::Promise<void> replayTurn(ClientSession& session, uint64_t transno);
   void replayed();

@@ -422,6 +422,7 @@ struct ServerStatus {
   rpcs @19 :List(RpcCount);    # requests served since start, by kind
   recovering @20 :UInt32;      # clients of the previous instance not yet recovered
   startReason @21 :Text;       # why the start-up check let this instance start
+  metricsAddress @22 :Text;    # HOST:PORT of its Prometheus /metrics, if it serves them
 }
 
 interface Bootstrap {

@@ -74,7 +74,8 @@ void printStatus(cairn::rpc::ServerStatus::Reader s, bool json) {
                    ",\"locksGranted\":", s.getLocksGranted(), ",\"locksWaiting\":",
                    s.getLocksWaiting(), ",\"lockCallbacks\":", s.getLockCallbacks(),
                    ",\"evictions\":", s.getEvictions(), ",\"recovering\":", s.getRecovering(),
-                   ",\"startReason\":", jsonString(s.getStartReason()), ",\"rpcs\":{",
+                   ",\"startReason\":", jsonString(s.getStartReason()),
+                   ",\"metrics\":", jsonString(s.getMetricsAddress()), ",\"rpcs\":{",
                    kj::strArray(rpcs, ","), "},\"clients\":[", kj::strArray(clients, ","),
                    "],\"targets\":[", kj::strArray(targets, ","), "]}")
                .cStr());

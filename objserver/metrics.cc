@@ -1,0 +1,152 @@
+#include "objserver/metrics.h"
+
+#include <kj/debug.h>
+
+#include "objserver/server.h"
+
+namespace cairn {
+
+void LatencyHistogram::observe(double seconds) {
+  size_t i = 0;
+  while (i < BUCKETS && seconds > BOUNDS[i]) ++i;
+  ++counts[i];
+  ++count;
+  sum += seconds;
+}
+
+namespace {
+
+// One metric family: its HELP and TYPE lines, then its samples.
+void family(kj::Vector<kj::String>& out, kj::StringPtr name, kj::StringPtr type,
+            kj::StringPtr help) {
+  out.add(kj::str("# HELP ", name, " ", help, "\n# TYPE ", name, " ", type, "\n"));
+}
+
+void sample(kj::Vector<kj::String>& out, kj::StringPtr name, kj::StringPtr labels, double value) {
+  if (labels.size() > 0) {
+    out.add(kj::str(name, "{", labels, "} ", value, "\n"));
+  } else {
+    out.add(kj::str(name, " ", value, "\n"));
+  }
+}
+
+void gauge(kj::Vector<kj::String>& out, kj::StringPtr name, kj::StringPtr help, double value,
+           kj::StringPtr type = "gauge") {
+  family(out, name, type, help);
+  sample(out, name, "", value);
+}
+
+}  // namespace
+
+kj::String renderMetrics(ServerContext& ctx) {
+  kj::Vector<kj::String> out;
+  auto& target = ctx.target;
+  auto kind = target.kind() == rpc::TargetKind::META ? "meta" : "data";
+  family(out, "cairn_server_info", "gauge", "what this server serves (always 1)");
+  sample(out, "cairn_server_info",
+         kj::str("kind=\"", kind, "\",target=\"", target.index(), "\",fs=\"", target.fsName(),
+                 "\",version=\"", target.softwareVersion(), "\""),
+         1);
+  family(out, "cairn_server_state", "gauge", "1 for the state the server is in");
+  for (auto s : {ServerState::SERVING, ServerState::DRAINING, ServerState::STOPPED}) {
+    sample(out, "cairn_server_state", kj::str("state=\"", stateName(s), "\""),
+           ctx.state == s ? 1 : 0);
+  }
+  gauge(out, "cairn_uptime_seconds", "seconds since this instance started",
+        double((ctx.io.provider->getTimer().now() - ctx.started) / kj::MILLISECONDS) / 1000);
+  gauge(out, "cairn_instance", "how many times the target has been started",
+        double(target.instance()));
+
+  family(out, "cairn_requests_total", "counter", "requests served, by kind");
+  for (auto& [name, count] : ctx.rpcsByKind) {
+    sample(out, "cairn_requests_total", kj::str("kind=\"", name.c_str(), "\""), double(count));
+  }
+  family(out, "cairn_request_duration_seconds", "histogram",
+         "time from a request's arrival to its reply, by kind");
+  for (auto& [name, h] : ctx.rpcLatency) {
+    uint64_t cumulative = 0;
+    for (size_t i = 0; i <= LatencyHistogram::BUCKETS; ++i) {
+      cumulative += h.counts[i];
+      auto le =
+          i < LatencyHistogram::BUCKETS ? kj::str(LatencyHistogram::BOUNDS[i]) : kj::str("+Inf");
+      sample(out, "cairn_request_duration_seconds_bucket",
+             kj::str("kind=\"", name.c_str(), "\",le=\"", le, "\""), double(cumulative));
+    }
+    sample(out, "cairn_request_duration_seconds_sum", kj::str("kind=\"", name.c_str(), "\""),
+           h.sum);
+    sample(out, "cairn_request_duration_seconds_count", kj::str("kind=\"", name.c_str(), "\""),
+           double(h.count));
+  }
+  gauge(out, "cairn_data_bytes_in_total", "file data received (writes)", double(ctx.bytesIn),
+        "counter");
+  gauge(out, "cairn_data_bytes_out_total", "file data sent (reads)", double(ctx.bytesOut),
+        "counter");
+
+  auto locks = ctx.locks.stats();
+  gauge(out, "cairn_locks_granted", "locks granted now", double(locks.granted));
+  gauge(out, "cairn_locks_waiting", "lock requests waiting now", double(locks.waiting));
+  gauge(out, "cairn_lock_callbacks_total", "blocking callbacks sent", double(locks.callbacks),
+        "counter");
+  gauge(out, "cairn_evictions_total", "clients evicted for not cancelling a lock",
+        double(locks.evictions), "counter");
+
+  size_t connected = 0, clients = 0;
+  for (auto& [key, s] : ctx.sessions) {
+    if (s->role != rpc::Hello::Role::CLIENT) continue;
+    ++clients;
+    if (s->connections > 0) ++connected;
+  }
+  gauge(out, "cairn_clients", "client sessions (connected or within their grace period)",
+        double(clients));
+  gauge(out, "cairn_clients_connected", "client sessions connected now", double(connected));
+  gauge(out, "cairn_clients_recovering",
+        "clients of the previous instance that have not finished recovery",
+        double(ctx.recovering()));
+  gauge(out, "cairn_replays_applied_total", "updates replayed by returning clients",
+        double(ctx.replaysApplied()), "counter");
+  gauge(out, "cairn_replay_duration_seconds", "how long applying the last replays took",
+        ctx.replaySeconds());
+
+  gauge(out, "cairn_last_transno", "the last transaction committed",
+        double(target.lastCommitted()));
+  gauge(out, "cairn_last_synced_transno", "the last transaction on disk",
+        double(ctx.reportedSynced()));
+  gauge(out, "cairn_lmdb_map_used_bytes", "bytes of the LMDB map in use",
+        double(target.env().usedBytes()));
+  gauge(out, "cairn_lmdb_map_size_bytes", "the LMDB map's size (ENOSPC beyond)",
+        double(target.env().mapSize()));
+  return kj::strArray(out, "");
+}
+
+class MetricsServer::Service final : public kj::HttpService {
+public:
+  Service(ServerContext& ctx, kj::HttpHeaderTable& table) : ctx_(ctx), table_(table) {}
+
+  kj::Promise<void> request(kj::HttpMethod method, kj::StringPtr url, const kj::HttpHeaders&,
+                            kj::AsyncInputStream&, Response& response) override {
+    if (method != kj::HttpMethod::GET || (url != "/metrics" && !url.startsWith("/metrics?"))) {
+      return response.sendError(404, "Not Found", table_);
+    }
+    auto body = renderMetrics(ctx_);
+    kj::HttpHeaders headers(table_);
+    headers.set(kj::HttpHeaderId::CONTENT_TYPE, "text/plain; version=0.0.4");
+    auto stream = response.send(200, "OK", headers, body.size());
+    auto write = stream->write(body.begin(), body.size());
+    return write.attach(kj::mv(stream), kj::mv(body));
+  }
+
+private:
+  ServerContext& ctx_;
+  kj::HttpHeaderTable& table_;
+};
+
+MetricsServer::MetricsServer(ServerContext& ctx, kj::Timer& timer)
+    : service_(kj::heap<Service>(ctx, table_)), server_(timer, table_, *service_) {}
+
+MetricsServer::~MetricsServer() noexcept(false) {}
+
+kj::Promise<void> MetricsServer::listen(kj::ConnectionReceiver& port) {
+  return server_.listenHttp(port);
+}
+
+}  // namespace cairn

@@ -1,0 +1,43 @@
+// Counters people can watch: each server serves them in Prometheus's text format at
+// http://HOST:PORT/metrics (`cairn-server serve --metrics HOST:PORT`), from what the server
+// keeps anyway (request counts and latencies by kind, data bytes, locks, evictions, state,
+// recovery, LMDB map use).
+#pragma once
+
+#include <kj/async-io.h>
+#include <kj/compat/http.h>
+
+#include <cstdint>
+
+namespace cairn {
+
+class ServerContext;
+
+// Request latency of one kind, in fixed buckets (seconds), as a Prometheus histogram.
+struct LatencyHistogram {
+  static constexpr double BOUNDS[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                                      0.05,   0.1,     0.25,   0.5,   1,      2.5,   5,    10};
+  static constexpr size_t BUCKETS = sizeof(BOUNDS) / sizeof(BOUNDS[0]);
+  uint64_t counts[BUCKETS + 1] = {};  // the last one: above every bound
+  uint64_t count = 0;
+  double sum = 0;
+  void observe(double seconds);
+};
+
+// The text of /metrics.
+kj::String renderMetrics(ServerContext& ctx);
+
+class MetricsServer {
+public:
+  MetricsServer(ServerContext& ctx, kj::Timer& timer);
+  ~MetricsServer() noexcept(false);
+  kj::Promise<void> listen(kj::ConnectionReceiver& port);
+
+private:
+  class Service;
+  kj::HttpHeaderTable table_;
+  kj::Own<Service> service_;
+  kj::HttpServer server_;
+};
+
+}  // namespace cairn

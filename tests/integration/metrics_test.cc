@@ -1,0 +1,96 @@
+// Prometheus /metrics of a real server: request counts and latency histograms by kind, data
+// bytes, locks, state and recovery, in the text exposition format.
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <regex>
+#include <string>
+
+#include "tests/integration/cluster.h"
+
+namespace cairn::test {
+namespace {
+
+// GET http://address/path; returns the whole response (status line, headers, body).
+std::string httpGet(const std::string& address, const std::string& path) {
+  auto colon = address.rfind(':');
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_port = htons(uint16_t(std::stoi(address.substr(colon + 1))));
+  inet_pton(AF_INET, address.substr(0, colon).c_str(), &sa.sin_addr);
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0 || connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != 0) {
+    if (fd >= 0) close(fd);
+    return "<cannot connect>";
+  }
+  std::string request = "GET " + path + " HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n";
+  if (write(fd, request.data(), request.size()) != ssize_t(request.size())) {
+    close(fd);
+    return "<cannot send>";
+  }
+  // Read until the body is complete (Content-Length): the server may keep the connection.
+  std::string response;
+  char buf[65536];
+  for (ssize_t n; (n = read(fd, buf, sizeof(buf))) > 0;) {
+    response.append(buf, size_t(n));
+    auto end = response.find("\r\n\r\n");
+    if (end == std::string::npos) continue;
+    std::smatch m;
+    auto head = response.substr(0, end);
+    if (!std::regex_search(head, m, std::regex("[Cc]ontent-[Ll]ength: *([0-9]+)"))) continue;
+    if (response.size() >= end + 4 + std::stoul(m[1].str())) break;
+  }
+  close(fd);
+  return response;
+}
+
+std::string metricsAddress(TestCluster& cluster, int server) {
+  std::smatch m;
+  auto status = cluster.status(server);
+  if (!std::regex_search(status, m, std::regex("\"metrics\":\"([^\"]+)\""))) return "";
+  return m[1].str();
+}
+
+// The value of one sample (exact name and labels), or -1.
+double value(const std::string& text, const std::string& series) {
+  auto at = text.find("\n" + series + " ");
+  if (at == std::string::npos) return -1;
+  return std::stod(text.substr(at + series.size() + 2));
+}
+
+TEST(Metrics, ServersExposeRequestsLatencyLocksAndState) {
+  TestCluster::Options options;
+  options.dataServers = 1;
+  options.metaArgs = {"--metrics", "127.0.0.1:0"};
+  options.dataArgs = {"--metrics", "127.0.0.1:0"};
+  TestCluster cluster(options);
+  auto mnt = cluster.mount();
+  writeWhole(mnt + "/f", std::string(100000, 'x'));
+  EXPECT_EQ(readWhole(mnt + "/f").size(), 100000u);
+
+  auto meta = metricsAddress(cluster, 0);
+  ASSERT_FALSE(meta.empty()) << cluster.status(0);
+  auto text = httpGet(meta, "/metrics");
+  ASSERT_EQ(text.rfind("HTTP/1.1 200", 0), 0u) << text;
+  EXPECT_NE(text.find("# TYPE cairn_request_duration_seconds histogram"), std::string::npos);
+  EXPECT_GE(value(text, "cairn_requests_total{kind=\"meta.create\"}"), 1);
+  double creates = value(text, "cairn_request_duration_seconds_count{kind=\"meta.create\"}");
+  EXPECT_GE(creates, 1);
+  EXPECT_EQ(value(text, "cairn_request_duration_seconds_bucket{kind=\"meta.create\",le=\"+Inf\"}"),
+            creates);
+  EXPECT_EQ(value(text, "cairn_server_state{state=\"serving\"}"), 1);
+  EXPECT_EQ(value(text, "cairn_clients_connected"), 1);
+  EXPECT_GE(value(text, "cairn_locks_granted"), 1);  // at least the client's active-server lock
+  EXPECT_GT(value(text, "cairn_lmdb_map_used_bytes"), 0);
+
+  auto data = httpGet(metricsAddress(cluster, 1), "/metrics");
+  EXPECT_GE(value(data, "cairn_data_bytes_in_total"), 100000);
+  EXPECT_NE(data.find("kind=\"data\""), std::string::npos);
+  EXPECT_EQ(httpGet(meta, "/other").rfind("HTTP/1.1 404", 0), 0u);
+}
+
+}  // namespace
+}  // namespace cairn::test

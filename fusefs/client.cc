@@ -121,6 +121,26 @@ void Client::start() {
   meta_->start();
 }
 
+kj::Promise<void> Client::leave(kj::Duration limit) {
+  auto parts = kj::heapArrayBuilder<kj::Promise<void>>(data_.size() + 1);
+  auto bye = [](rpc::MetaRequest::Builder b) { b.setGoodbye(); };
+  if (meta_->state() == ServerLink::State::ACTIVE &&
+      (meta_->peerFeatures() & features::ACTIVE_SERVER_LOCK)) {
+    parts.add(meta_->meta(bye, false).ignoreResult());
+  }
+  for (auto& [index, link] : data_) {
+    if (link->state() != ServerLink::State::ACTIVE ||
+        !(link->peerFeatures() & features::ACTIVE_SERVER_LOCK)) {
+      continue;
+    }
+    parts.add(
+        link->data([](rpc::DataRequest::Builder b) { b.setGoodbye(); }, false).ignoreResult());
+  }
+  return kj::joinPromises(parts.finish())
+      .catch_([](kj::Exception&&) {})
+      .exclusiveJoin(io_.provider->getTimer().afterDelay(limit));
+}
+
 bool Client::outage() const {
   if (meta_->state() != ServerLink::State::ACTIVE) return true;
   for (auto& [index, link] : data_) {

@@ -91,6 +91,9 @@ public:
   KJ_DISALLOW_COPY(Client);
 
   void start();
+  // Unmounting: every server is told the session ends (best effort, at most `limit`), so that
+  // a restart does not wait for this client's recovery.
+  kj::Promise<void> leave(kj::Duration limit);
   // Where the kernel's caches are dropped when their locks go (none: nothing kernel-side).
   void setKernelCache(KernelCache& kernel) { kernel_ = kernel; }
 

@@ -147,6 +147,7 @@ int main(int argc, char** argv) {
             .exclusiveJoin(io.unixEventPort.onSignal(SIGHUP))
             .then([](siginfo_t info) { spdlog::info("signal {}: unmounting", info.si_signo); });
     loop.run().exclusiveJoin(kj::mv(stop)).wait(io.waitScope);
+    client.leave(1 * kj::SECONDS).wait(io.waitScope);
     spdlog::info("unmounted {}", opts.mountpoint);
   } catch (kj::Exception& e) {
     spdlog::error("{}", e.getDescription().cStr());

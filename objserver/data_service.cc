@@ -66,6 +66,11 @@ kj::Promise<void> DataService::dispatch(CallContext context) {
     context.getResults().initReply().setLastSynced(ctx_.reportedSynced());
     return kj::READY_NOW;
   }
+  if (req.which() == R::GOODBYE) {
+    ctx_.goodbye(*session_);
+    context.getResults().initReply().setLastSynced(ctx_.reportedSynced());
+    return kj::READY_NOW;
+  }
   bool update = req.which() == R::WRITE || req.which() == R::TRUNCATE || req.which() == R::DESTROY;
   // Updates are put in order against the replays of a recovery.
   return ctx_.ordered(*session_, req.getReplayOf(), req.getResend(), update,
@@ -98,9 +103,8 @@ kj::Promise<void> DataService::run(CallContext context) {
       return kj::READY_NOW;
     }
     case R::REPLAYS_SENT:
-      ctx_.replaysSent(*session_);
-      context.getResults().initReply().setLastSynced(ctx_.reportedSynced());
-      return kj::READY_NOW;
+    case R::GOODBYE:
+      KJ_UNREACHABLE;  // answered in dispatch()
     case R::RECOVERY_DONE:
       ctx_.recoveryDone(*session_);
       context.getResults().initReply().setLastSynced(ctx_.reportedSynced());

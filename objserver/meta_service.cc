@@ -88,6 +88,11 @@ kj::Promise<void> MetaService::dispatch(CallContext context) {
     context.getResults().initReply().setLastSynced(ctx_.reportedSynced());
     return kj::READY_NOW;
   }
+  if (req.which() == R::GOODBYE) {
+    ctx_.goodbye(*session_);
+    context.getResults().initReply().setLastSynced(ctx_.reportedSynced());
+    return kj::READY_NOW;
+  }
   // Updates are put in order against the replays of a recovery.
   return ctx_.ordered(*session_, req.getReplayOf(), req.getResend(), isUpdate(req.which()),
                       [this, context]() mutable { return run(context); });

@@ -125,6 +125,12 @@ void ServerContext::evict(ClientSession& session, kj::StringPtr why) {
   endSession(session);
 }
 
+void ServerContext::goodbye(ClientSession& session) {
+  if (!isCurrent(session)) return;
+  spdlog::info("{} unmounted: session ended", session.label.cStr());
+  endSession(session);
+}
+
 void ServerContext::expire(ClientSession& session) {
   spdlog::info("{} did not come back within {} s: session ended", session.label.cStr(),
                config.disconnectGrace / kj::SECONDS);

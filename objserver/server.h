@@ -127,6 +127,8 @@ public:
   // Ends a client's session: locks, opens and reply records go; its next request fails and
   // its next connect is told it was evicted.
   void evict(ClientSession& session, kj::StringPtr why);
+  // A client unmounts: its session ends at once, so that a restart does not wait for it.
+  void goodbye(ClientSession& session);
   // After the recovery window: forget clients of earlier instances that never came back.
   void expireAbsentClients();
 

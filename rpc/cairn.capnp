@@ -249,6 +249,8 @@ struct MetaRequest {
     # After a restart: this client has sent every replay it has (replayOf below). The server
     # applies the replays of all its returning clients in transaction order once each has.
     replaysSent @87 :Void;
+    # The client is unmounting: its session ends now (a restart does not wait for it).
+    goodbye @89 :Void;
   }
   wantLocks @83 :UInt32;       # want* bits; 0 from clients that do not cache
   # setlk only: this lock was granted before the server restarted and is being taken again
@@ -326,6 +328,7 @@ struct DataRequest {
     sync @12 :Void;
     recoveryDone @13 :Void;    # as MetaRequest.recoveryDone
     replaysSent @14 :Void;     # as MetaRequest.replaysSent
+    goodbye @17 :Void;         # as MetaRequest.goodbye
   }
   replayOf @15 :UInt64;        # as MetaRequest.replayOf
   resend @16 :Bool;            # as MetaRequest.resend

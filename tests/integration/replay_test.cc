@@ -161,5 +161,25 @@ TEST(Replay, DataServerKilledDuringWritesLosesAndDoublesNothing) {
   EXPECT_EQ(writer.wait(30000), 0) << readWhole(cluster.dir() + "/appendcheck.err");
 }
 
+// A client that unmounted says goodbye: after a crash the server waits for the clients it had
+// (their replays must go first), but not for that one.
+TEST(Replay, AnUnmountedClientIsNotWaitedForAfterACrash) {
+  TestCluster::Options options;
+  options.metaArgs = {"--recovery-window", "60"};
+  TestCluster cluster(options);
+  auto a = cluster.mount();
+  auto b = cluster.mount();
+  writeWhole(a + "/from-a", "a");
+  writeWhole(b + "/from-b", "b");
+  cluster.unmount(b);
+  EXPECT_TRUE(contains(readWhole(cluster.log(0)), "unmounted: session ended"));
+  cluster.stopServer(0, SIGKILL);
+  ASSERT_TRUE(cluster.startServer(0));
+  // Within the 60 s window only if the server did not wait for b.
+  Child update({"/usr/bin/timeout", "20", "/bin/mkdir", a + "/after-crash"});
+  EXPECT_EQ(update.wait(25000), 0);
+  EXPECT_EQ(readWhole(a + "/from-b"), "b");
+}
+
 }  // namespace
 }  // namespace cairn::test

@@ -19,6 +19,13 @@ namespace cairn {
 
 namespace {
 
+// While the metadata server shuts down, requests the kernel has in progress may wait at the
+// gate holding a directory's lock or a page's (a create, a write taking its attribute lock).
+// The kernel's names therefore go by one epoch bump, which takes no lock, and its attributes
+// and pages are waited for only a moment: what is still queued then is done once the parked
+// requests have gone through after the restart.
+constexpr kj::Duration KERNEL_WAIT_IN_SHUTDOWN = 500 * kj::MILLISECONDS;
+
 kj::Array<kj::byte> randomUuid() {
   std::random_device rd;
   auto uuid = kj::heapArray<kj::byte>(16);
@@ -279,32 +286,6 @@ kj::Promise<void> Client::flushAll() {
   return kj::joinPromises(parts.finish());
 }
 
-// While the metadata server shuts down, requests the kernel has in progress may wait at the
-// gate holding a directory's lock or a page's (a create, a write taking its attribute lock).
-// The kernel's names therefore go by one epoch bump, which takes no lock, and its attributes
-// and pages are waited for only a moment: what is still queued then is done once the parked
-// requests have gone through after the restart.
-constexpr kj::Duration KERNEL_WAIT_IN_SHUTDOWN = 500 * kj::MILLISECONDS;
-
-kj::Promise<void> Client::revokeForShutdown(uint64_t ino, uint64_t bit) {
-  if (bit == BIT_LOOKUP) {
-    cache_.dropDir(ino);
-    kernelNames_.erase(ino);
-    lastNameReply_.erase(ino);
-    return kj::READY_NOW;
-  }
-  if (bit == BIT_ATTR) cache_.dropAttr(ino);
-  if (bit == BIT_DATA) readAhead_.drop(ino);
-  if (bit != BIT_ATTR && bit != BIT_DATA) return kj::READY_NOW;
-  return flushed(ino).then([this, ino, bit]() -> kj::Promise<void> {
-    KJ_IF_MAYBE (kernel, kernel_) {
-      return kernel->invalidate(ino, bit == BIT_DATA)
-          .exclusiveJoin(io_.provider->getTimer().afterDelay(KERNEL_WAIT_IN_SHUTDOWN));
-    }
-    return kj::READY_NOW;
-  });
-}
-
 kj::Promise<void> Client::drainMeta() {
   auto started = io_.provider->getTimer().now();
   size_t queued = wb_.files().size();
@@ -469,7 +450,6 @@ void Client::movedInKernel(uint64_t dir, const std::string& name) {
 constexpr kj::Duration NAME_IN_FLIGHT = 2 * kj::SECONDS;
 
 kj::Promise<void> Client::revoke(uint64_t ino, uint64_t bit) {
-  if (draining_) return revokeForShutdown(ino, bit);
   if (bit == BIT_LOOKUP) {
     cache_.dropDir(ino);
     std::vector<std::string> names;
@@ -484,6 +464,7 @@ kj::Promise<void> Client::revoke(uint64_t ino, uint64_t bit) {
       epoch = io_.provider->getTimer().now() - last->second < NAME_IN_FLIGHT;
       lastNameReply_.erase(last);
     }
+    if (draining_) return kj::READY_NOW;  // one epoch bump at the end drops them all
     KJ_IF_MAYBE (kernel, kernel_) {
       if (!names.empty() || epoch) return kernel->forgetNames(ino, kj::mv(names), epoch);
     }
@@ -495,7 +476,9 @@ kj::Promise<void> Client::revoke(uint64_t ino, uint64_t bit) {
   // Writes queued behind these locks go out before the locks do.
   return flushed(ino).then([this, ino, bit]() -> kj::Promise<void> {
     KJ_IF_MAYBE (kernel, kernel_) {
-      return kernel->invalidate(ino, bit == BIT_DATA);
+      auto dropped = kernel->invalidate(ino, bit == BIT_DATA);
+      if (!draining_) return dropped;
+      return dropped.exclusiveJoin(io_.provider->getTimer().afterDelay(KERNEL_WAIT_IN_SHUTDOWN));
     }
     return kj::READY_NOW;
   });

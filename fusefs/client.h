@@ -185,7 +185,6 @@ private:
   bool caching() const;  // asked for, and the metadata server can
   // What a lock on (ino, bit) covered goes: the client's copies, then the kernel's.
   kj::Promise<void> revoke(uint64_t ino, uint64_t bit);
-  kj::Promise<void> revokeForShutdown(uint64_t ino, uint64_t bit);
   // Pages of `ino` may be cached by the kernel only under its DATA lock: take it first.
   kj::Promise<void> dataLock(uint64_t ino);
   kj::Promise<Opened> withDataLock(Opened o);

@@ -83,13 +83,8 @@ kj::Promise<void> MetaService::call(CallContext context) {
 kj::Promise<void> MetaService::dispatch(CallContext context) {
   auto req = context.getParams().getRequest();
   using R = rpc::MetaRequest;
-  if (req.which() == R::REPLAYS_SENT) {
-    ctx_.replaysSent(*session_);
-    context.getResults().initReply().setLastSynced(ctx_.reportedSynced());
-    return kj::READY_NOW;
-  }
-  if (req.which() == R::GOODBYE) {
-    ctx_.goodbye(*session_);
+  if (req.which() == R::REPLAYS_SENT || req.which() == R::GOODBYE) {
+    ctx_.sessionNote(*session_, req.which() == R::GOODBYE);
     context.getResults().initReply().setLastSynced(ctx_.reportedSynced());
     return kj::READY_NOW;
   }

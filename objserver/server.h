@@ -129,6 +129,10 @@ public:
   void evict(ClientSession& session, kj::StringPtr why);
   // A client unmounts: its session ends at once, so that a restart does not wait for it.
   void goodbye(ClientSession& session);
+  // What both services answer the same way: the client has sent its replays, or leaves.
+  void sessionNote(ClientSession& session, bool goodbye) {
+    goodbye ? this->goodbye(session) : replaysSent(session);
+  }
   // After the recovery window: forget clients of earlier instances that never came back.
   void expireAbsentClients();
 

@@ -148,6 +148,13 @@ kj::Promise<void> Client::leave(kj::Duration limit) {
       .exclusiveJoin(io_.provider->getTimer().afterDelay(limit));
 }
 
+kj::Vector<ServerLink*> Client::links() {
+  kj::Vector<ServerLink*> out;
+  out.add(meta_.get());
+  for (auto& [index, link] : data_) out.add(link.get());
+  return out;
+}
+
 bool Client::outage() const {
   if (meta_->state() != ServerLink::State::ACTIVE) return true;
   for (auto& [index, link] : data_) {
@@ -588,8 +595,10 @@ kj::Promise<Entry> Client::entryCall(MetaBuild build, uint64_t parent, kj::Array
 
 kj::Promise<Entry> Client::getattr(uint64_t ino) {
   KJ_IF_MAYBE (e, cachedEntry(ino)) {
+    ++stats_.cacheHits;
     return *e;
   }
+  ++stats_.cacheMisses;
   uint32_t want = wantFor(0, ino, false);
   return metaCall(
              [ino, want](rpc::MetaRequest::Builder b) {
@@ -617,15 +626,18 @@ kj::Promise<Entry> Client::lookup(const Cred& cred, uint64_t parent, kj::Array<k
   auto key = nameOf(name);
   if (locks_->held(parent, BIT_LOOKUP) != 0) {
     KJ_IF_MAYBE (ino, cache_.entry(parent, key)) {
+      ++stats_.cacheHits;
       if (*ino == 0) return errnoException(ENOENT);
       KJ_IF_MAYBE (e, cachedEntry(*ino)) {
         e->nameCached = nameForKernel(parent, key);
         return *e;
       }
     } else if (cache_.complete(parent)) {
+      ++stats_.cacheHits;
       return errnoException(ENOENT);
     }
   }
+  ++stats_.cacheMisses;
   uint32_t want = wantFor(parent, 0, false);
   // Decided with the reply's locks, in its first event (see absorb).
   auto named = kj::heap<bool>(false);

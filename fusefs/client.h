@@ -160,6 +160,16 @@ public:
   // True while some server is unreachable (requests to it park at its gate).
   bool outage() const;
 
+  // What the mount did, for its counters (fusefs/client_metrics.cc).
+  struct Stats {
+    uint64_t cacheHits = 0;    // getattr and lookup answered from the cache
+    uint64_t cacheMisses = 0;  // ... that had to ask the metadata server
+  };
+  const Stats& stats() const { return stats_; }
+  // Every link: the metadata server's first, then the data targets' by index.
+  kj::Vector<ServerLink*> links();
+  size_t dirtyBytes() const { return wb_.total(); }
+
   InodeTable& inodes() { return inodes_; }
   OpenTable& opens() { return opens_; }
   ServerLink& meta() { return *meta_; }
@@ -258,6 +268,7 @@ private:
   };
   ErrorHandler errorHandler_;
   kj::TaskSet tasks_;  // requests nobody waits for (atime updates)
+  Stats stats_;
 };
 
 void attrToStat(rpc::Attr::Reader attr, struct stat* st);

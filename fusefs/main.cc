@@ -19,6 +19,7 @@
 #include <cstdio>
 
 #include "fusefs/client.h"
+#include "fusefs/client_metrics.h"
 #include "fusefs/fuse_loop.h"
 #include "fusefs/fuse_ops.h"
 #include "fusefs/notifier.h"
@@ -139,6 +140,26 @@ int main(int argc, char** argv) {
     userdata.notifier = &notifier;
     client.start();
     spdlog::info("cairn-mount {} mounted {} at {}", CAIRN_VERSION, cfg.addresses, opts.mountpoint);
+
+    // The mount's counters, on a local socket (`cairnctl --mount MNT stats`).
+    cairn::ClientMetricsServer metrics(client, io.provider->getTimer());
+    auto socketPath = cairn::statsSocketPath(opts.mountpoint);
+    kj::Maybe<kj::Own<kj::ConnectionReceiver>> statsPort;
+    kj::Promise<void> statsServing = kj::NEVER_DONE;
+    mkdir("/run/cairn", 0755);
+    unlink(socketPath.cStr());  // a mount point has one mount: a socket left here is stale
+    try {
+      auto& port = *statsPort.emplace(io.provider->getNetwork()
+                                          .parseAddress(kj::str("unix:", socketPath))
+                                          .wait(io.waitScope)
+                                          ->listen());
+      statsServing = metrics.listen(port).eagerlyEvaluate([](kj::Exception&& e) {
+        spdlog::warn("counters socket: {}", e.getDescription().cStr());
+      });
+    } catch (kj::Exception& e) {
+      spdlog::warn("no counters socket at {}: {}", socketPath.cStr(), e.getDescription().cStr());
+    }
+    KJ_DEFER(unlink(socketPath.cStr()));
 
     cairn::FuseLoop loop(se, io.unixEventPort);
     auto stop =

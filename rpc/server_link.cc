@@ -1,5 +1,6 @@
 #include "rpc/server_link.h"
 
+#include <capnp/schema.h>
 #include <kj/debug.h>
 #include <spdlog/spdlog.h>
 
@@ -381,8 +382,16 @@ void ServerLink::lost(uint64_t generation, kj::StringPtr why) {
 
 template <typename Response, typename Build>
 kj::Promise<Response> ServerLink::send(kj::Own<Pending> pending, Build& build) {
+  kj::Maybe<kj::TimePoint> parked;
+  if (!open(pending->cls)) {
+    ++stats_.gateWaits;
+    parked = timer_.now();
+  }
   return whenOpen(pending->cls)
-      .then([this, pending = kj::mv(pending), &build]() mutable -> kj::Promise<Response> {
+      .then([this, pending = kj::mv(pending), &build, parked]() mutable -> kj::Promise<Response> {
+        KJ_IF_MAYBE (since, parked) {
+          stats_.gateWaited += timer_.now() - *since;
+        }
         // The gate opened, but the connection may have gone since (this runs an event later):
         // back to the gate.
         if (!open(pending->cls)) return send<Response>(kj::mv(pending), build);
@@ -400,6 +409,7 @@ kj::Promise<Response> ServerLink::send(kj::Own<Pending> pending, Build& build) {
         r.setOldestUnreplied(oldestUnreplied());
         build(r);
         r.setResend(pending->attempts++ > 0);
+        countRequest(r.asReader());
         // An update is kept (a copy: the caller's buffers go with its promise) until the
         // server has it on disk, for replay after a crash that loses it.
         kj::Maybe<Kept> copy;
@@ -433,6 +443,15 @@ kj::Promise<Response> ServerLink::send(kj::Own<Pending> pending, Build& build) {
                 },
                 kj::mv(onError));
       });
+}
+
+template <typename Reader>
+void ServerLink::countRequest(Reader r) {
+  auto fields = capnp::Schema::from<typename Reader::Reads>().getUnionFields();
+  auto which = static_cast<uint>(r.which());
+  std::string kind = kj::isSameType<Reader, rpc::MetaRequest::Reader>() ? "meta." : "data.";
+  kind += which < fields.size() ? fields[which].getProto().getName().cStr() : "unknown";
+  ++stats_.requests[kind];
 }
 
 void ServerLink::keep(uint64_t transno, Kept kept) {

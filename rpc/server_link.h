@@ -35,6 +35,7 @@
 #include <cstdint>
 #include <map>
 #include <set>
+#include <string>
 
 #include "rpc/cairn.capnp.h"
 
@@ -101,6 +102,13 @@ public:
   uint64_t peerFeatures() const { return peerFeatures_; }
   kj::StringPtr peerVersion() const { return peerVersion_; }
   uint64_t lastSynced() const { return lastSynced_; }
+  // What the link did, for the client's counters.
+  struct Stats {
+    std::map<std::string, uint64_t> requests;   // by kind ("meta.lookup")
+    uint64_t gateWaits = 0;                     // requests that found the gate closed
+    kj::Duration gateWaited = 0 * kj::SECONDS;  // their time there, in all
+  };
+  const Stats& stats() const { return stats_; }
   // Updates kept for replay (not yet synced by the server), and their bytes.
   size_t keptForReplay() const { return kept_.size(); }
   size_t keptBytes() const { return keptBytes_; }
@@ -125,6 +133,8 @@ private:
     size_t bytes;
   };
   void keep(uint64_t transno, Kept kept);
+  template <typename Reader>
+  void countRequest(Reader r);
   void synced(uint64_t lastSynced);
   kj::Promise<void> replay(uint64_t generation, uint64_t serverSynced);
   template <typename Response>
@@ -174,6 +184,7 @@ private:
   std::map<uint64_t, Kept> kept_;  // by transaction number
   size_t keptBytes_ = 0;
   bool syncing_ = false;
+  Stats stats_;
   size_t inFlight_ = 0;
   kj::Vector<kj::Own<kj::PromiseFulfiller<void>>> idleWaiters_;
 

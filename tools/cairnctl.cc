@@ -3,14 +3,18 @@
 //   cairnctl --server HOST:PORT status [--json]
 #include <capnp/rpc-twoparty.h>
 #include <kj/async-io.h>
+#include <kj/compat/http.h>
 #include <kj/debug.h>
 #include <kj/encoding.h>
 #include <CLI/CLI.hpp>
 
+#include <climits>
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 
 #include "rpc/cairn.capnp.h"
+#include "rpc/stats_socket.h"
 #include "rpc/version.h"
 
 namespace {
@@ -131,14 +135,46 @@ void printStatus(cairn::rpc::ServerStatus::Reader s, bool json) {
   }
 }
 
+// GET /metrics from a mount's counters socket.
+int printMountStats(const std::string& mount, double timeout) {
+  char real[PATH_MAX];
+  auto path = cairn::statsSocketPath(realpath(mount.c_str(), real) ? real : mount.c_str());
+  try {
+    auto io = kj::setupAsyncIo();
+    auto deadline = io.provider->getTimer().afterDelay(int64_t(timeout * 1000) * kj::MILLISECONDS);
+    kj::HttpHeaderTable table;
+    auto conn = io.provider->getNetwork()
+                    .parseAddress(kj::str("unix:", path))
+                    .then([](kj::Own<kj::NetworkAddress> a) { return a->connect(); })
+                    .wait(io.waitScope);
+    auto client = kj::newHttpClient(table, *conn);
+    auto request = client->request(kj::HttpMethod::GET, "/metrics", kj::HttpHeaders(table));
+    auto body =
+        request.response
+            .then([](kj::HttpClient::Response&& r) {
+              KJ_REQUIRE(r.statusCode == 200, "the mount answered", r.statusCode);
+              return r.body->readAllText().attach(kj::mv(r.body));
+            })
+            .exclusiveJoin(deadline.then([]() -> kj::String { KJ_FAIL_REQUIRE("timed out"); }))
+            .wait(io.waitScope);
+    fputs(body.cStr(), stdout);
+    return 0;
+  } catch (kj::Exception& e) {
+    fprintf(stderr, "cairnctl: %s (%s): %s\n", mount.c_str(), path.cStr(),
+            e.getDescription().cStr());
+    return 1;
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"Cairn administration"};
   app.set_version_flag("--version", std::string("cairnctl ") + CAIRN_VERSION);
-  std::string server;
+  std::string server, mount;
   double timeout = 10;
   app.add_option("--server", server, "HOST:PORT of the server to talk to");
+  app.add_option("--mount", mount, "mount point of the client to talk to (stats)");
   app.add_option("--timeout", timeout, "seconds to wait for the server");
   app.require_subcommand(1);
   app.fallthrough();
@@ -153,8 +189,17 @@ int main(int argc, char** argv) {
       "replay-barrier",
       "test hook (server started with --test-replay-barrier): what the target commits from now "
       "on is discarded at its next start, as in a host crash");
+  auto* stats = app.add_subcommand(
+      "stats", "a mount's own counters (--mount MNT): requests, gate waits, caches, dirty bytes");
   CLI11_PARSE(app, argc, argv);
 
+  if (*stats) {
+    if (mount.empty()) {
+      fprintf(stderr, "cairnctl: stats needs --mount MOUNTPOINT\n");
+      return 2;
+    }
+    return printMountStats(mount, timeout);
+  }
   if (server.empty()) {
     fprintf(stderr, "cairnctl: --server HOST:PORT is required\n");
     return 2;

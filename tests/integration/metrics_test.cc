@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <regex>
@@ -90,6 +91,26 @@ TEST(Metrics, ServersExposeRequestsLatencyLocksAndState) {
   EXPECT_GE(value(data, "cairn_data_bytes_in_total"), 100000);
   EXPECT_NE(data.find("kind=\"data\""), std::string::npos);
   EXPECT_EQ(httpGet(meta, "/other").rfind("HTTP/1.1 404", 0), 0u);
+}
+
+// A mount's own counters, read with `cairnctl --mount MNT stats` from its local socket.
+TEST(Metrics, AMountExposesItsOwnCounters) {
+  TestCluster cluster;
+  auto mnt = cluster.mount();
+  writeWhole(mnt + "/f", "counted");
+  struct stat st;
+  for (int i = 0; i < 10; ++i) ASSERT_EQ(stat((mnt + "/f").c_str(), &st), 0);
+  auto r = run({ctlBin(), "--mount", mnt, "stats"});
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_GE(value(r.out, "cairn_client_requests_total{link=\"meta\",kind=\"meta.create\"}"), 1)
+      << r.out;
+  EXPECT_EQ(value(r.out, "cairn_client_link_state{link=\"meta\",state=\"active\"}"), 1);
+  EXPECT_GE(value(r.out, "cairn_client_locks_held"), 1);
+  EXPECT_GE(value(r.out, "cairn_client_gate_waits_total{link=\"meta\"}"), 0);
+  EXPECT_NE(r.out.find("cairn_client_dirty_bytes "), std::string::npos);
+  // Another mount point has no counters: a clear error.
+  auto none = run({ctlBin(), "--mount", cluster.dir(), "stats"});
+  EXPECT_NE(none.status, 0);
 }
 
 }  // namespace

@@ -1,0 +1,108 @@
+#include "fusefs/client_metrics.h"
+
+#include "fusefs/client.h"
+
+namespace cairn {
+
+namespace {
+kj::StringPtr stateName(ServerLink::State state) {
+  switch (state) {
+    case ServerLink::State::CONNECTING:
+      return "connecting";
+    case ServerLink::State::RECOVERING:
+      return "recovering";
+    case ServerLink::State::ACTIVE:
+      return "active";
+    case ServerLink::State::DRAINING:
+      return "draining";
+    case ServerLink::State::READY:
+      return "ready";
+    case ServerLink::State::DISCONNECTED:
+      return "disconnected";
+  }
+  return "unknown";
+}
+
+void help(kj::Vector<kj::String>& out, kj::StringPtr name, kj::StringPtr type, kj::StringPtr text) {
+  out.add(kj::str("# HELP ", name, " ", text, "\n# TYPE ", name, " ", type, "\n"));
+}
+}  // namespace
+
+kj::String renderClientMetrics(Client& client) {
+  kj::Vector<kj::String> out;
+  auto links = client.links();
+  help(out, "cairn_client_requests_total", "counter", "requests sent, by server link and kind");
+  for (auto* link : links) {
+    for (auto& [kind, n] : link->stats().requests) {
+      out.add(kj::str("cairn_client_requests_total{link=\"", link->name(), "\",kind=\"",
+                      kind.c_str(), "\"} ", n, "\n"));
+    }
+  }
+  help(out, "cairn_client_gate_waits_total", "counter",
+       "requests that waited at a link's gate (server away, recovering or shutting down)");
+  for (auto* link : links) {
+    out.add(kj::str("cairn_client_gate_waits_total{link=\"", link->name(), "\"} ",
+                    link->stats().gateWaits, "\n"));
+  }
+  help(out, "cairn_client_gate_wait_seconds_total", "counter", "time requests spent there");
+  for (auto* link : links) {
+    out.add(kj::str("cairn_client_gate_wait_seconds_total{link=\"", link->name(), "\"} ",
+                    double(link->stats().gateWaited / kj::MICROSECONDS) / 1e6, "\n"));
+  }
+  help(out, "cairn_client_link_state", "gauge", "1 for the state each link is in");
+  for (auto* link : links) {
+    out.add(kj::str("cairn_client_link_state{link=\"", link->name(), "\",state=\"",
+                    stateName(link->state()), "\"} 1\n"));
+  }
+  help(out, "cairn_client_replay_kept_bytes", "gauge",
+       "updates kept until the server reports them synced, for replay after a crash");
+  for (auto* link : links) {
+    out.add(kj::str("cairn_client_replay_kept_bytes{link=\"", link->name(), "\"} ",
+                    link->keptBytes(), "\n"));
+  }
+  auto& stats = client.stats();
+  help(out, "cairn_client_cache_hits_total", "counter", "getattr and lookup answered locally");
+  out.add(kj::str("cairn_client_cache_hits_total ", stats.cacheHits, "\n"));
+  help(out, "cairn_client_cache_misses_total", "counter", "getattr and lookup sent to the server");
+  out.add(kj::str("cairn_client_cache_misses_total ", stats.cacheMisses, "\n"));
+  help(out, "cairn_client_dirty_bytes", "gauge", "writes queued behind, not yet sent");
+  out.add(kj::str("cairn_client_dirty_bytes ", client.dirtyBytes(), "\n"));
+  help(out, "cairn_client_locks_held", "gauge", "caching locks held on the metadata server");
+  out.add(kj::str("cairn_client_locks_held ", client.lockCache().size(), "\n"));
+  help(out, "cairn_client_open_files", "gauge", "files open through this mount");
+  out.add(kj::str("cairn_client_open_files ", client.opens().size(), "\n"));
+  return kj::strArray(out, "");
+}
+
+class ClientMetricsServer::Service final : public kj::HttpService {
+public:
+  Service(Client& client, kj::HttpHeaderTable& table) : client_(client), table_(table) {}
+
+  kj::Promise<void> request(kj::HttpMethod method, kj::StringPtr url, const kj::HttpHeaders&,
+                            kj::AsyncInputStream&, Response& response) override {
+    if (method != kj::HttpMethod::GET || url != "/metrics") {
+      return response.sendError(404, "Not Found", table_);
+    }
+    auto body = renderClientMetrics(client_);
+    kj::HttpHeaders headers(table_);
+    headers.set(kj::HttpHeaderId::CONTENT_TYPE, "text/plain; version=0.0.4");
+    auto stream = response.send(200, "OK", headers, body.size());
+    auto write = stream->write(body.begin(), body.size());
+    return write.attach(kj::mv(stream), kj::mv(body));
+  }
+
+private:
+  Client& client_;
+  kj::HttpHeaderTable& table_;
+};
+
+ClientMetricsServer::ClientMetricsServer(Client& client, kj::Timer& timer)
+    : service_(kj::heap<Service>(client, table_)), server_(timer, table_, *service_) {}
+
+ClientMetricsServer::~ClientMetricsServer() noexcept(false) {}
+
+kj::Promise<void> ClientMetricsServer::listen(kj::ConnectionReceiver& port) {
+  return server_.listenHttp(port);
+}
+
+}  // namespace cairn

@@ -74,35 +74,4 @@ kj::String renderClientMetrics(Client& client) {
   return kj::strArray(out, "");
 }
 
-class ClientMetricsServer::Service final : public kj::HttpService {
-public:
-  Service(Client& client, kj::HttpHeaderTable& table) : client_(client), table_(table) {}
-
-  kj::Promise<void> request(kj::HttpMethod method, kj::StringPtr url, const kj::HttpHeaders&,
-                            kj::AsyncInputStream&, Response& response) override {
-    if (method != kj::HttpMethod::GET || url != "/metrics") {
-      return response.sendError(404, "Not Found", table_);
-    }
-    auto body = renderClientMetrics(client_);
-    kj::HttpHeaders headers(table_);
-    headers.set(kj::HttpHeaderId::CONTENT_TYPE, "text/plain; version=0.0.4");
-    auto stream = response.send(200, "OK", headers, body.size());
-    auto write = stream->write(body.begin(), body.size());
-    return write.attach(kj::mv(stream), kj::mv(body));
-  }
-
-private:
-  Client& client_;
-  kj::HttpHeaderTable& table_;
-};
-
-ClientMetricsServer::ClientMetricsServer(Client& client, kj::Timer& timer)
-    : service_(kj::heap<Service>(client, table_)), server_(timer, table_, *service_) {}
-
-ClientMetricsServer::~ClientMetricsServer() noexcept(false) {}
-
-kj::Promise<void> ClientMetricsServer::listen(kj::ConnectionReceiver& port) {
-  return server_.listenHttp(port);
-}
-
 }  // namespace cairn

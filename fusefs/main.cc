@@ -23,6 +23,7 @@
 #include "fusefs/fuse_loop.h"
 #include "fusefs/fuse_ops.h"
 #include "fusefs/notifier.h"
+#include "rpc/metrics_http.h"
 #include "rpc/version.h"
 
 namespace {
@@ -142,7 +143,8 @@ int main(int argc, char** argv) {
     spdlog::info("cairn-mount {} mounted {} at {}", CAIRN_VERSION, cfg.addresses, opts.mountpoint);
 
     // The mount's counters, on a local socket (`cairnctl --mount MNT stats`).
-    cairn::ClientMetricsServer metrics(client, io.provider->getTimer());
+    cairn::MetricsHttpServer metrics(io.provider->getTimer(),
+                                     [&client]() { return cairn::renderClientMetrics(client); });
     auto socketPath = cairn::statsSocketPath(opts.mountpoint);
     kj::Maybe<kj::Own<kj::ConnectionReceiver>> statsPort;
     kj::Promise<void> statsServing = kj::NEVER_DONE;

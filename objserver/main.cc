@@ -23,6 +23,7 @@
 #include "objserver/posix_locks.h"
 #include "objserver/registrar.h"
 #include "objserver/server.h"
+#include "rpc/metrics_http.h"
 #include "rpc/version.h"
 
 namespace cairn {
@@ -165,14 +166,15 @@ int serve(const ServeOptions& o) {
 
   capnp::TwoPartyServer server(kj::heap<ServerImpl>(ctx));
   auto listening = server.listen(*listener);
-  kj::Maybe<kj::Own<MetricsServer>> metrics;
+  kj::Maybe<kj::Own<MetricsHttpServer>> metrics;
   kj::Maybe<kj::Own<kj::ConnectionReceiver>> metricsPort;
   kj::Promise<void> metricsServing = kj::NEVER_DONE;
   if (!o.metrics.empty()) {
     auto& port = *metricsPort.emplace(
         io.provider->getNetwork().parseAddress(o.metrics.c_str()).wait(io.waitScope)->listen());
     ctx.metricsAddress = kj::str(hostPart(o.metrics.c_str()), ":", port.getPort());
-    auto& m = *metrics.emplace(kj::heap<MetricsServer>(ctx, io.provider->getTimer()));
+    auto& m = *metrics.emplace(kj::heap<MetricsHttpServer>(
+        io.provider->getTimer(), [&ctx]() { return renderMetrics(ctx); }));
     metricsServing = m.listen(port).eagerlyEvaluate(
         [](kj::Exception&& e) { spdlog::error("metrics: {}", e.getDescription().cStr()); });
     spdlog::info("metrics at http://{}/metrics", ctx.metricsAddress.cStr());

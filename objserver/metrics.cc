@@ -118,35 +118,4 @@ kj::String renderMetrics(ServerContext& ctx) {
   return kj::strArray(out, "");
 }
 
-class MetricsServer::Service final : public kj::HttpService {
-public:
-  Service(ServerContext& ctx, kj::HttpHeaderTable& table) : ctx_(ctx), table_(table) {}
-
-  kj::Promise<void> request(kj::HttpMethod method, kj::StringPtr url, const kj::HttpHeaders&,
-                            kj::AsyncInputStream&, Response& response) override {
-    if (method != kj::HttpMethod::GET || (url != "/metrics" && !url.startsWith("/metrics?"))) {
-      return response.sendError(404, "Not Found", table_);
-    }
-    auto body = renderMetrics(ctx_);
-    kj::HttpHeaders headers(table_);
-    headers.set(kj::HttpHeaderId::CONTENT_TYPE, "text/plain; version=0.0.4");
-    auto stream = response.send(200, "OK", headers, body.size());
-    auto write = stream->write(body.begin(), body.size());
-    return write.attach(kj::mv(stream), kj::mv(body));
-  }
-
-private:
-  ServerContext& ctx_;
-  kj::HttpHeaderTable& table_;
-};
-
-MetricsServer::MetricsServer(ServerContext& ctx, kj::Timer& timer)
-    : service_(kj::heap<Service>(ctx, table_)), server_(timer, table_, *service_) {}
-
-MetricsServer::~MetricsServer() noexcept(false) {}
-
-kj::Promise<void> MetricsServer::listen(kj::ConnectionReceiver& port) {
-  return server_.listenHttp(port);
-}
-
 }  // namespace cairn

@@ -4,8 +4,7 @@
 // recovery, LMDB map use).
 #pragma once
 
-#include <kj/async-io.h>
-#include <kj/compat/http.h>
+#include <kj/string.h>
 
 #include <cstdint>
 
@@ -24,20 +23,7 @@ struct LatencyHistogram {
   void observe(double seconds);
 };
 
-// The text of /metrics.
+// The text of /metrics (served by rpc/metrics_http.h).
 kj::String renderMetrics(ServerContext& ctx);
-
-class MetricsServer {
-public:
-  MetricsServer(ServerContext& ctx, kj::Timer& timer);
-  ~MetricsServer() noexcept(false);
-  kj::Promise<void> listen(kj::ConnectionReceiver& port);
-
-private:
-  class Service;
-  kj::HttpHeaderTable table_;
-  kj::Own<Service> service_;
-  kj::HttpServer server_;
-};
 
 }  // namespace cairn

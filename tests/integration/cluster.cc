@@ -1,4 +1,5 @@
 #include "tests/integration/cluster.h"
+#include "rpc/stats_socket.h"
 
 #include <gtest/gtest.h>
 
@@ -357,6 +358,7 @@ void TestCluster::killMount(int index) {
   auto& m = mounts_.at(index);
   if (m.proc) m.proc->stop(SIGKILL, 5000);
   run({"/bin/fusermount3", "-uz", m.path});
+  unlink(statsSocketPath(m.path).cStr());  // a killed mount cannot remove its counters socket
 }
 
 void TestCluster::signalMount(int index, int sig) {

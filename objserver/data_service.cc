@@ -46,12 +46,12 @@ void targetStatFs(Target& target, rpc::StatFs::Builder out) {
 }
 
 kj::Promise<void> DataService::call(CallContext context) {
-  auto kind = ctx_.countRpc("data", context.getParams().getRequest());
+  auto& kind = ctx_.countRpc("data", context.getParams().getRequest());
   if (session_->evicted) throwEvicted(*session_);
   if (ctx_.state == ServerState::STOPPED) throwStopped();
   // A request that breaks the protocol is refused with an exception; say so once, here.
   try {
-    return ctx_.timed(kj::mv(kind), dispatch(context));
+    return ctx_.timed(kind, dispatch(context));
   } catch (kj::Exception& e) {
     spdlog::warn("client {}: data request refused: {}", session_->key, e.getDescription().cStr());
     throw;

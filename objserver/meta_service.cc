@@ -67,12 +67,12 @@ MetaService::~MetaService() noexcept(false) {
 }
 
 kj::Promise<void> MetaService::call(CallContext context) {
-  auto kind = ctx_.countRpc("meta", context.getParams().getRequest());
+  auto& kind = ctx_.countRpc("meta", context.getParams().getRequest());
   if (session_->evicted) throwEvicted(*session_);
   if (ctx_.state == ServerState::STOPPED) throwStopped();
   // A request that breaks the protocol is refused with an exception; say so once, here.
   try {
-    return ctx_.timed(kj::mv(kind), dispatch(context));
+    return ctx_.timed(kind, dispatch(context));
   } catch (kj::Exception& e) {
     spdlog::warn("client {}: metadata request refused: {}", session_->key,
                  e.getDescription().cStr());

@@ -58,12 +58,14 @@ kj::String renderMetrics(ServerContext& ctx) {
         double(target.instance()));
 
   family(out, "cairn_requests_total", "counter", "requests served, by kind");
-  for (auto& [name, count] : ctx.rpcsByKind) {
-    sample(out, "cairn_requests_total", kj::str("kind=\"", name.c_str(), "\""), double(count));
+  for (auto& [name, kind] : ctx.rpcs) {
+    sample(out, "cairn_requests_total", kj::str("kind=\"", name.c_str(), "\""), double(kind.count));
   }
   family(out, "cairn_request_duration_seconds", "histogram",
          "time from a request's arrival to its reply, by kind");
-  for (auto& [name, h] : ctx.rpcLatency) {
+  for (auto& [name, kind] : ctx.rpcs) {
+    auto& h = kind.latency;
+    if (h.count == 0) continue;
     uint64_t cumulative = 0;
     for (size_t i = 0; i <= LatencyHistogram::BUCKETS; ++i) {
       cumulative += h.counts[i];

@@ -212,17 +212,26 @@ kj::Promise<void> ServerImpl::connect(ConnectContext context) {
   ctx_.admit(session);
   session.connectedAt = ctx_.io.provider->getTimer().now();
   if (session.role == rpc::Hello::Role::CLIENT) {
+    bool marked, joined;
+    {
+      store::Txn txn(ctx_.target.env(), store::Txn::READ);
+      marked = ctx_.clients.isEvicted(txn, session.uuid);
+      joined = ctx_.clients.joined(txn, session.uuid);
+    }
+    // Only a first connect, or a return after an eviction, has anything to write.
     kj::Maybe<kj::String> evicted;
-    ctx_.commit([&](store::Txn& txn) {
-      evicted = ctx_.clients.takeEvicted(txn, session.uuid);
-      if (!ctx_.clients.joined(txn, session.uuid)) ctx_.clients.join(txn, session.uuid);
-    });
+    if (marked || !joined) {
+      ctx_.commit([&](store::Txn& txn) {
+        evicted = ctx_.clients.takeEvicted(txn, session.uuid);
+        if (!joined) ctx_.clients.join(txn, session.uuid);
+      });
+    }
     KJ_IF_MAYBE (why, evicted) {
       results.setEvicted(true);
       spdlog::info("{} is back after its eviction ({}): told so", session.label.cStr(),
                    why->cStr());
       session.recovery = kj::str("evicted: ", *why);
-    } else if (session.recovery == nullptr || !session.recovery.startsWith("evicted")) {
+    } else {
       session.recovery = kj::str("recovering");
     }
   }
@@ -253,11 +262,11 @@ kj::Promise<void> ServerImpl::status(StatusContext context) {
   s.setMapUsedBytes(ctx_.target.env().usedBytes());
   s.setMapSizeBytes(ctx_.target.env().mapSize());
   s.setRpcCount(ctx_.rpcCount);
-  auto rpcs = s.initRpcs(ctx_.rpcsByKind.size());
+  auto rpcs = s.initRpcs(ctx_.rpcs.size());
   size_t r = 0;
-  for (auto& [name, count] : ctx_.rpcsByKind) {
+  for (auto& [name, kind] : ctx_.rpcs) {
     rpcs[r].setName(name);
-    rpcs[r++].setCount(count);
+    rpcs[r++].setCount(kind.count);
   }
   size_t n = 0;
   for (auto& [k, v] : ctx_.sessions) {

@@ -77,28 +77,32 @@ public:
   ClientTable clients;
   kj::TimePoint started;
   uint64_t rpcCount = 0;
-  std::map<std::string, uint64_t> rpcsByKind;  // "meta.lookup" -> count
-  // Counts one request of a union kind (its name taken from the schema); returns the name.
+  struct RpcKind {
+    uint64_t count = 0;        // requests received
+    LatencyHistogram latency;  // of those that were answered
+  };
+  std::map<std::string, RpcKind> rpcs;  // "meta.lookup" -> ...; nodes never move
+  // Counts one request of a union kind (its name taken from the schema).
   template <typename Request>
-  std::string countRpc(kj::StringPtr service, Request req) {
+  RpcKind& countRpc(kj::StringPtr service, Request req) {
     ++rpcCount;
     auto fields = capnp::Schema::from<typename Request::Reads>().getUnionFields();
     auto which = static_cast<uint>(req.which());
     std::string name = service.cStr();
     name += ".";
     name += which < fields.size() ? fields[which].getProto().getName().cStr() : "unknown";
-    ++rpcsByKind[name];
-    return name;
+    auto& kind = rpcs[name];
+    ++kind.count;
+    return kind;
   }
   // Runs a request's promise, recording how long it took under its kind.
-  kj::Promise<void> timed(std::string kind, kj::Promise<void> request) {
+  kj::Promise<void> timed(RpcKind& kind, kj::Promise<void> request) {
     auto started = io.provider->getTimer().now();
-    return request.attach(kj::defer([this, kind = kj::mv(kind), started]() {
-      rpcLatency[kind].observe(
-          double((io.provider->getTimer().now() - started) / kj::MICROSECONDS) / 1e6);
+    return request.attach(kj::defer([this, &kind, started]() {
+      kind.latency.observe(double((io.provider->getTimer().now() - started) / kj::MICROSECONDS) /
+                           1e6);
     }));
   }
-  std::map<std::string, LatencyHistogram> rpcLatency;
   uint64_t bytesIn = 0;   // file data written to this target
   uint64_t bytesOut = 0;  // file data read from it
   kj::String metricsAddress;

@@ -246,14 +246,10 @@ uint64_t Target::replayBarrier() {
   if (!fileExists(tmp)) {
     KJ_SYSCALL(mkdir(tmp.cStr(), 0700));
   }
-  uint64_t transno;
-  {
-    store::Txn txn(*env_, store::Txn::READ);
-    transno = lastCommitted_.load();
-    // mdb_env_copy takes its own read transaction; ours only pins the number it copies.
-    int rc = mdb_env_copy(env_->get(), tmp.cStr());
-    KJ_REQUIRE(rc == 0, "cannot copy the target for a replay barrier", mdb_strerror(rc));
-  }
+  // Commits happen on this (the event loop's) thread only, so none slips in during the copy.
+  uint64_t transno = lastCommitted_.load();
+  int rc = mdb_env_copy(env_->get(), tmp.cStr());
+  KJ_REQUIRE(rc == 0, "cannot copy the target for a replay barrier", mdb_strerror(rc));
   KJ_SYSCALL(rename(tmp.cStr(), path.cStr()));
   spdlog::warn(
       "target {}: replay barrier at transaction {}: what is committed after it is "

@@ -505,17 +505,15 @@ kj::Promise<void> ServerLink::replay(uint64_t gen, uint64_t serverSynced) {
   }
   // Then: "that was all" (on the session the server has: meta or data).
   auto& conn = *KJ_ASSERT_NONNULL(connection_);
-  auto sentMeta = [&]() {
+  if (peerKind_ == rpc::TargetKind::META) {
     auto req = conn.meta.callRequest();
     req.initRequest().setReplaysSent();
-    return req.send().ignoreResult();
-  };
-  auto sentData = [&]() {
+    parts.add(req.send().ignoreResult());
+  } else {
     auto req = conn.data.callRequest();
     req.initRequest().setReplaysSent();
-    return req.send().ignoreResult();
-  };
-  parts.add(peerKind_ == rpc::TargetKind::META ? sentMeta() : sentData());
+    parts.add(req.send().ignoreResult());
+  }
   return kj::joinPromises(parts.finish()).then([this, gen, n, bytes, started]() {
     if (n > 0 && gen == generation_) {
       spdlog::info("link {}: replayed {} updates ({} bytes) in {} ms", name_.cStr(), n, bytes,

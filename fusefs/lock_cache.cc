@@ -148,14 +148,6 @@ kj::Promise<void> LockCache::giveBackAll() {
   });
 }
 
-std::vector<uint64_t> LockCache::inodesHolding(uint64_t bit) const {
-  std::vector<uint64_t> out;
-  for (auto& [key, h] : held_) {
-    if (key.second == bit) out.push_back(key.first);
-  }
-  return out;
-}
-
 void LockCache::giveBackInode(uint64_t ino) {
   for (uint64_t bit : {BIT_LOOKUP, BIT_ATTR, BIT_DATA}) {
     if (held_.count(Key(ino, bit)) > 0) giveBack(Key(ino, bit));

@@ -62,8 +62,6 @@ public:
   // A controlled shutdown of the server: every lock goes back, what it covered dropped first
   // (dirty data written back). Resolves once the cancels have left.
   kj::Promise<void> giveBackAll();
-  // The inodes on which a lock on `bit` is held.
-  std::vector<uint64_t> inodesHolding(uint64_t bit) const;
   // The connection is gone; the server drops our locks when we reconnect. Everything they
   // covered is revoked (the caller's caches), nothing is cancelled.
   void forgetAll();

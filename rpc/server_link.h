@@ -109,8 +109,7 @@ public:
     kj::Duration gateWaited = 0 * kj::SECONDS;  // their time there, in all
   };
   const Stats& stats() const { return stats_; }
-  // Updates kept for replay (not yet synced by the server), and their bytes.
-  size_t keptForReplay() const { return kept_.size(); }
+  // Bytes of the updates kept for replay (not yet synced by the server).
   size_t keptBytes() const { return keptBytes_; }
   // True once after a connect at which the server said it had evicted this client: whatever
   // the client held there (open files, locks) is gone.

@@ -103,7 +103,14 @@ int main(int argc, char** argv) {
   spdlog::set_level(spdlog::level::from_str(cfg.logLevel ? cfg.logLevel : "info"));
   spdlog::flush_on(spdlog::level::info);
 
-  auto fsname = kj::str("-ofsname=cairn:", cfg.addresses);
+  // A failover pair's "A,B": the comma would split the -o list, so it is escaped.
+  kj::Vector<char> escaped;
+  for (const char* c = cfg.addresses; *c != '\0'; ++c) {
+    if (*c == ',' || *c == '\\') escaped.add('\\');
+    escaped.add(*c);
+  }
+  escaped.add('\0');
+  auto fsname = kj::str("-ofsname=cairn:", escaped.begin());
   fuse_opt_add_arg(&args, fsname.cStr());
   fuse_opt_add_arg(&args, "-osubtype=cairn");
 

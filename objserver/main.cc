@@ -23,6 +23,7 @@
 #include "objserver/posix_locks.h"
 #include "objserver/registrar.h"
 #include "objserver/server.h"
+#include "objserver/standby.h"
 #include "rpc/metrics_http.h"
 #include "rpc/version.h"
 
@@ -45,6 +46,8 @@ struct ServeOptions {
   bool force = false;
   bool testReplayBarrier = false;
   std::string metrics;
+  std::string partner;
+  double failoverTimeout = 2;
 };
 
 rpc::TargetKind parseKind(const std::string& kind) {
@@ -78,38 +81,92 @@ kj::Array<kj::byte> serverUuid() {
   return uuid;
 }
 
-int serve(const ServeOptions& o) {
-  auto io = kj::setupAsyncIo();
+// What the process keeps across its phases (serving, standing by): its address, its identity
+// towards other servers, the metrics port.
+struct Process {
+  const ServeOptions& options;
+  kj::AsyncIoContext& io;
+  kj::Own<kj::ConnectionReceiver> listener;
+  kj::String advertise;
+  LinkIdentity identity;
+  kj::String metricsAddress;
+  kj::Maybe<ServerContext&> serving;  // what /metrics reports on
+  bool announced = false;
 
+  // The port file is written once the server serves or stands by, so that a tool waiting for it
+  // sees a target that failed to open as an exit instead.
+  void announce() {
+    if (announced) return;
+    announced = true;
+    if (!options.portFile.empty()) writePortFile(options.portFile, listener->getPort());
+  }
+  kj::Promise<int> signalled() {
+    return io.unixEventPort.onSignal(SIGTERM)
+        .exclusiveJoin(io.unixEventPort.onSignal(SIGINT))
+        .then([](siginfo_t info) { return info.si_signo; });
+  }
+};
+
+constexpr kj::Duration HEARTBEAT_INTERVAL = 200 * kj::MILLISECONDS;
+// After letting the target go, a server leaves it to its partner this long before it would
+// take it back (the partner may be slow, or gone).
+constexpr kj::Duration HANDOFF_HOLD_OFF = 3 * kj::SECONDS;
+
+// How one period of serving ended.
+struct Ending {
+  enum Kind { EXIT_CLEAN, EXIT_UNCLEAN, STAND_BY } kind;
+  kj::String note;  // why standing by
+  kj::Duration holdOff = 0 * kj::SECONDS;
+};
+
+// Polls the owner lock's heartbeat thread: resolves with the reason once this server must stop.
+kj::Promise<kj::String> whenFenced(kj::Timer& timer, TargetLock& lock) {
+  return timer.afterDelay(100 * kj::MILLISECONDS)
+      .then([&timer, &lock]() -> kj::Promise<kj::String> {
+        KJ_IF_MAYBE (why, lock.lost()) {
+          return kj::mv(*why);
+        }
+        return whenFenced(timer, lock);
+      });
+}
+
+Ending serveTarget(Process& p, kj::Own<TargetLock> lock) {
+  const ServeOptions& o = p.options;
+  auto& io = p.io;
   OpenOptions open;
   open.force = o.force;
   open.mapSize = o.mapSize;
+  open.lock = kj::mv(lock);
   if (!o.fsName.empty()) open.expectFsName = kj::str(o.fsName.c_str());
-  if (!o.versionOverride.empty()) {
-    open.versionOverride = kj::str(o.versionOverride.c_str());
-  } else if (const char* v = getenv("CAIRN_VERSION_OVERRIDE"); v != nullptr && *v != '\0') {
-    // How tests and upgrade drills run "another version" of the same build.
-    open.versionOverride = kj::str(v);
+  if (!o.versionOverride.empty()) open.versionOverride = kj::str(o.versionOverride.c_str());
+  kj::Own<Target> owned;
+  try {
+    owned = kj::heap<Target>(o.dir.c_str(), parseKind(o.kind), kj::mv(open));
+  } catch (kj::Exception& e) {
+    if (o.partner.empty()) throw;
+    // A standby that may not open the target (the start-up rule refused it) keeps standing by:
+    // the administrator can start the version that may, or force it.
+    spdlog::error("cannot take the target over: {}", e.getDescription().cStr());
+    return Ending{Ending::STAND_BY, kj::str("cannot open the target: ", e.getDescription()),
+                  5 * kj::SECONDS};
   }
-  Target target(o.dir.c_str(), parseKind(o.kind), kj::mv(open));
-
-  auto listener =
-      io.provider->getNetwork().parseAddress(o.listen.c_str()).wait(io.waitScope)->listen();
-  uint port = listener->getPort();
-  kj::String advertise = o.advertise.empty() ? kj::str(hostPart(o.listen.c_str()), ":", port)
-                                             : kj::str(o.advertise.c_str());
+  Target& target = *owned;
+  target.lock().startBeating(HEARTBEAT_INTERVAL);
 
   ServerConfig config;
-  config.advertise = kj::str(advertise);
+  config.advertise = kj::str(p.advertise);
   config.disconnectGrace = int64_t(o.disconnectGrace * 1000) * kj::MILLISECONDS;
   config.recoveryWindow = int64_t(o.recoveryWindow * 1000) * kj::MILLISECONDS;
   config.lockTimeout = int64_t(o.lockTimeout * 1000) * kj::MILLISECONDS;
   config.testReplayBarrier = o.testReplayBarrier;
+  config.partner = kj::str(o.partner.c_str());
   ServerContext ctx(io, target, kj::mv(config));
+  ctx.metricsAddress = kj::str(p.metricsAddress);
+  p.serving = ctx;
+  KJ_DEFER(p.serving = nullptr);
 
   ctx.startRecovery();
 
-  LinkIdentity identity{serverUuid(), rpc::Hello::Role::SERVER, kj::str(advertise)};
   kj::Maybe<kj::Own<OpenFiles>> opens;
   kj::Maybe<kj::Own<PosixLocks>> posixLocks;
   kj::Maybe<kj::Own<Namespace>> ns;
@@ -130,7 +187,7 @@ int serve(const ServeOptions& o) {
     auto& of = *opens.emplace(kj::heap<OpenFiles>());
     auto& n =
         *ns.emplace(kj::heap<Namespace>(target, [&of](uint64_t ino) { return of.isOpen(ino); }));
-    auto& d = *destroyer.emplace(kj::heap<Destroyer>(ctx, n, identity));
+    auto& d = *destroyer.emplace(kj::heap<Destroyer>(ctx, n, p.identity));
     ctx.ns = n;
     ctx.opens = of;
     ctx.destroyer = d;
@@ -159,56 +216,140 @@ int serve(const ServeOptions& o) {
   } else {
     KJ_REQUIRE(!o.mgs.empty(), "a data server needs --mgs, the metadata server's address");
     ctx.objects = *objects.emplace(kj::heap<ObjectStore>(target));
+    // The metadata target keeps both addresses of a pair and gives them to clients.
+    auto addresses = kj::heapArrayBuilder<kj::String>(o.partner.empty() ? 1 : 2);
+    addresses.add(kj::str(p.advertise));
+    if (!o.partner.empty()) addresses.add(kj::str(o.partner.c_str()));
     auto& r = *registrar.emplace(kj::heap<Registrar>(io, target, splitAddresses(o.mgs.c_str()),
-                                                     kj::str(advertise), identity));
+                                                     addresses.finish(), p.identity));
     r.start();
   }
 
   capnp::TwoPartyServer server(kj::heap<ServerImpl>(ctx));
-  auto listening = server.listen(*listener);
+  auto listening = server.listen(*p.listener);
+  spdlog::info("cairn-server {} serving {} target {} of {} on {}", target.softwareVersion().cStr(),
+               o.kind, target.index(), target.fsName().cStr(), p.advertise.cStr());
+  p.announce();
+
+  // SIGTERM (or SIGINT) starts a controlled shutdown, as `cairnctl shutdown` does; a second one
+  // while clients are still writing back stops at once, and the target is not marked clean.
+  enum End { CLEAN, UNCLEAN, FENCED };
+  auto onSignal = p.signalled().then([&](int signo) {
+    spdlog::info("signal {}: controlled shutdown", signo);
+    return ctx.shutdown(kj::str("signal ", signo))
+        .then([]() { return CLEAN; })
+        .exclusiveJoin(p.signalled().then([](int again) {
+          spdlog::warn("signal {} during the shutdown: stopping now, not clean", again);
+          return UNCLEAN;
+        }));
+  });
+  auto requested = ctx.whenStopped().then([]() { return CLEAN; });
+  kj::String fencedWhy;
+  auto fenced = whenFenced(io.provider->getTimer(), target.lock()).then([&](kj::String why) {
+    fencedWhy = kj::mv(why);
+    return FENCED;
+  });
+  End end = onSignal.exclusiveJoin(kj::mv(requested))
+                .exclusiveJoin(kj::mv(fenced))
+                .exclusiveJoin(listening.then([]() { return UNCLEAN; }))
+                .wait(io.waitScope);
+  switch (end) {
+    case UNCLEAN:
+      return Ending{Ending::EXIT_UNCLEAN, nullptr};
+    case FENCED:
+      // Not one more write: the partner may already be opening the target.
+      spdlog::error("stopped serving at once: {}", fencedWhy.cStr());
+      if (o.partner.empty()) return Ending{Ending::EXIT_UNCLEAN, nullptr};
+      return Ending{Ending::STAND_BY, kj::str("fenced: ", fencedWhy), HANDOFF_HOLD_OFF};
+    case CLEAN:
+      break;
+  }
+  // Every reply already means "committed": make it durable and say we stopped cleanly.
+  target.markClean();
+  target.lock().release();
+  // Let the last replies (the administrator's shutdown request) leave before the sockets close.
+  io.provider->getTimer().afterDelay(20 * kj::MILLISECONDS).wait(io.waitScope);
+  if (ctx.failingOver) {
+    spdlog::info("failed over: the partner {} takes the target over; standing by", o.partner);
+    return Ending{Ending::STAND_BY, kj::str("failed over to the partner"), HANDOFF_HOLD_OFF};
+  }
+  return Ending{Ending::EXIT_CLEAN, nullptr};
+}
+
+int serve(const ServeOptions& o) {
+  auto io = kj::setupAsyncIo();
+  auto listener =
+      io.provider->getNetwork().parseAddress(o.listen.c_str()).wait(io.waitScope)->listen();
+  uint port = listener->getPort();
+  kj::String advertise = o.advertise.empty() ? kj::str(hostPart(o.listen.c_str()), ":", port)
+                                             : kj::str(o.advertise.c_str());
+  Process p{o,
+            io,
+            kj::mv(listener),
+            kj::str(advertise),
+            LinkIdentity{serverUuid(), rpc::Hello::Role::SERVER, kj::str(advertise)},
+            nullptr,
+            nullptr};
+
   kj::Maybe<kj::Own<MetricsHttpServer>> metrics;
   kj::Maybe<kj::Own<kj::ConnectionReceiver>> metricsPort;
   kj::Promise<void> metricsServing = kj::NEVER_DONE;
   if (!o.metrics.empty()) {
-    auto& port = *metricsPort.emplace(
+    auto& mport = *metricsPort.emplace(
         io.provider->getNetwork().parseAddress(o.metrics.c_str()).wait(io.waitScope)->listen());
-    ctx.metricsAddress = kj::str(hostPart(o.metrics.c_str()), ":", port.getPort());
-    auto& m = *metrics.emplace(kj::heap<MetricsHttpServer>(
-        io.provider->getTimer(), [&ctx]() { return renderMetrics(ctx); }));
-    metricsServing = m.listen(port).eagerlyEvaluate(
-        [](kj::Exception&& e) { spdlog::error("metrics: {}", e.getDescription().cStr()); });
-    spdlog::info("metrics at http://{}/metrics", ctx.metricsAddress.cStr());
-  }
-  spdlog::info("cairn-server {} serving {} target {} of {} on {}", target.softwareVersion().cStr(),
-               o.kind, target.index(), target.fsName().cStr(), advertise.cStr());
-  if (!o.portFile.empty()) writePortFile(o.portFile, port);
-
-  auto signalled = [&]() {
-    return io.unixEventPort.onSignal(SIGTERM)
-        .exclusiveJoin(io.unixEventPort.onSignal(SIGINT))
-        .then([](siginfo_t info) { return info.si_signo; });
-  };
-  // SIGTERM (or SIGINT) starts a controlled shutdown, as `cairnctl shutdown` does; a second one
-  // while clients are still writing back stops at once, and the target is not marked clean.
-  auto onSignal = signalled().then([&](int signo) {
-    spdlog::info("signal {}: controlled shutdown", signo);
-    return ctx.shutdown(kj::str("signal ", signo))
-        .then([]() { return true; })
-        .exclusiveJoin(signalled().then([](int again) {
-          spdlog::warn("signal {} during the shutdown: stopping now, not clean", again);
-          return false;
+    p.metricsAddress = kj::str(hostPart(o.metrics.c_str()), ":", mport.getPort());
+    auto& m =
+        *metrics.emplace(kj::heap<MetricsHttpServer>(io.provider->getTimer(), [&p]() -> kj::String {
+          KJ_IF_MAYBE (ctx, p.serving) {
+            return renderMetrics(*ctx);
+          }
+          return renderStandbyMetrics();
         }));
-  });
-  auto requested = ctx.whenStopped().then([]() { return true; });
-  bool clean = onSignal.exclusiveJoin(kj::mv(requested))
-                   .exclusiveJoin(listening.then([]() { return false; }))
-                   .wait(io.waitScope);
-  if (!clean) return 1;
-  // Every reply already means "committed": make it durable and say we stopped cleanly.
-  target.markClean();
-  // Let the last replies (the administrator's shutdown request) leave before the sockets close.
-  io.provider->getTimer().afterDelay(20 * kj::MILLISECONDS).wait(io.waitScope);
-  return 0;
+    metricsServing = m.listen(mport).eagerlyEvaluate(
+        [](kj::Exception&& e) { spdlog::error("metrics: {}", e.getDescription().cStr()); });
+    spdlog::info("metrics at http://{}/metrics", p.metricsAddress.cStr());
+  }
+
+  // A server of a failover pair starts as a standby, which takes the target at once if it is
+  // free (and no other host's heartbeat moves).
+  kj::Maybe<kj::Own<TargetLock>> lock;
+  Ending ending{Ending::STAND_BY, kj::str("the partner serves the target")};
+  if (o.partner.empty()) {
+    lock = TargetLock::take(o.dir.c_str(), advertise);
+    // Shared storage may not carry the owner lock from another host: its heartbeat would.
+    TargetLock::refuseForeignOwner(o.dir.c_str());
+  }
+  for (;;) {
+    if (lock == nullptr) {
+      StandbyConfig config;
+      config.dir = kj::str(o.dir.c_str());
+      config.advertise = kj::str(advertise);
+      config.partner = kj::str(o.partner.c_str());
+      config.version = kj::str(o.versionOverride.empty() ? CAIRN_VERSION : o.versionOverride);
+      config.kind = parseKind(o.kind);
+      config.failoverTimeout = int64_t(o.failoverTimeout * 1000) * kj::MILLISECONDS;
+      config.holdOff = ending.holdOff;
+      config.note = kj::mv(ending.note);
+      Standby standby(io, *p.listener, kj::mv(config));
+      p.announce();
+      auto stopped = p.signalled().then([](int signo) -> kj::Maybe<kj::Own<TargetLock>> {
+        spdlog::info("signal {}: the standby stops", signo);
+        return nullptr;
+      });
+      lock = standby.run().exclusiveJoin(kj::mv(stopped)).wait(io.waitScope);
+      if (lock == nullptr) return 0;
+    }
+    ending = serveTarget(p, KJ_ASSERT_NONNULL(kj::mv(lock)));
+    lock = nullptr;
+    switch (ending.kind) {
+      case Ending::EXIT_CLEAN:
+        return 0;
+      case Ending::EXIT_UNCLEAN:
+        return 1;
+      case Ending::STAND_BY:
+        break;
+    }
+  }
 }
 
 }  // namespace
@@ -250,6 +391,12 @@ int main(int argc, char** argv) {
                 "test hook: act as this software version");
   s->add_option("--metrics", serve.metrics,
                 "HOST:PORT to serve Prometheus /metrics on (port 0: any free port)");
+  s->add_option("--partner", serve.partner,
+                "HOST:PORT of the failover partner that reaches the same target: this server "
+                "stands by while the partner serves it, and takes over when it lets go");
+  s->add_option("--failover-timeout", serve.failoverTimeout,
+                "seconds a standby waits on an unreachable partner, while clients ask for the "
+                "target, before it fences the partner and takes over");
   s->add_flag("--test-replay-barrier", serve.testReplayBarrier,
               "test hook: allow `cairnctl replay-barrier` (commits after it are discarded at the "
               "next start, as in a host crash)");
@@ -284,6 +431,11 @@ int main(int argc, char** argv) {
       printf("formatted %s target %u of %s in %s\n", kind.c_str(), format.index, fsName.c_str(),
              formatDir.c_str());
       return 0;
+    }
+    if (const char* v = getenv("CAIRN_VERSION_OVERRIDE");
+        serve.versionOverride.empty() && v != nullptr && *v != '\0') {
+      // How tests and upgrade drills run "another version" of the same build.
+      serve.versionOverride = v;
     }
     return cairn::serve(serve);
   } catch (kj::Exception& e) {

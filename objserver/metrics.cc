@@ -38,6 +38,16 @@ void gauge(kj::Vector<kj::String>& out, kj::StringPtr name, kj::StringPtr help, 
 
 }  // namespace
 
+kj::String renderStandbyMetrics() {
+  kj::Vector<kj::String> out;
+  family(out, "cairn_server_state", "gauge", "1 for the state the server is in");
+  for (auto s : {ServerState::SERVING, ServerState::DRAINING, ServerState::STOPPED}) {
+    sample(out, "cairn_server_state", kj::str("state=\"", stateName(s), "\""), 0);
+  }
+  sample(out, "cairn_server_state", "state=\"standby\"", 1);
+  return kj::strArray(out, "");
+}
+
 kj::String renderMetrics(ServerContext& ctx) {
   kj::Vector<kj::String> out;
   auto& target = ctx.target;
@@ -52,6 +62,7 @@ kj::String renderMetrics(ServerContext& ctx) {
     sample(out, "cairn_server_state", kj::str("state=\"", stateName(s), "\""),
            ctx.state == s ? 1 : 0);
   }
+  sample(out, "cairn_server_state", "state=\"standby\"", 0);
   gauge(out, "cairn_uptime_seconds", "seconds since this instance started",
         double((ctx.io.provider->getTimer().now() - ctx.started) / kj::MILLISECONDS) / 1000);
   gauge(out, "cairn_instance", "how many times the target has been started",

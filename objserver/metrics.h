@@ -25,5 +25,7 @@ struct LatencyHistogram {
 
 // The text of /metrics (served by rpc/metrics_http.h).
 kj::String renderMetrics(ServerContext& ctx);
+// What a standby (which serves no target) has to say: its state.
+kj::String renderStandbyMetrics();
 
 }  // namespace cairn

@@ -5,9 +5,9 @@
 namespace cairn {
 
 Registrar::Registrar(kj::AsyncIoContext& io, Target& target, kj::Array<kj::String> metaAddresses,
-                     kj::String advertise, const LinkIdentity& identity)
+                     kj::Array<kj::String> addresses, const LinkIdentity& identity)
     : target_(target),
-      advertise_(kj::mv(advertise)),
+      addresses_(kj::mv(addresses)),
       link_(io.provider->getNetwork(), io.provider->getTimer(), kj::str("data->meta"),
             kj::mv(metaAddresses), identity) {
   link_.setRecovery([this]() {
@@ -17,12 +17,13 @@ Registrar::Registrar(kj::AsyncIoContext& io, Target& target, kj::Array<kj::Strin
       auto t = req.initTarget();
       t.setIndex(target_.index());
       t.setKind(rpc::TargetKind::DATA);
-      t.initAddresses(1).set(0, advertise_);
+      auto list = t.initAddresses(addresses_.size());
+      for (auto i : kj::indices(addresses_)) list.set(i, addresses_[i]);
       return req.send().then(
           [this](auto&&) {
             registered_ = true;
             spdlog::info("registered data target {} at {} with the metadata server",
-                         target_.index(), advertise_.cStr());
+                         target_.index(), kj::strArray(addresses_, ",").cStr());
           },
           [](kj::Exception&& e) {
             // Most likely a target of another filesystem: say so loudly, keep trying slowly.

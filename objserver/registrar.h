@@ -1,5 +1,6 @@
-// A data server tells the metadata server where it serves, after every (re)connect, so that a
-// data server that moved to another port or host is found again by clients and the destroyer.
+// A data server tells the metadata server where it serves (and where its failover partner
+// would), after every (re)connect, so that a data server that moved to another port or host, or
+// failed over to its partner, is found again by clients and the destroyer.
 #pragma once
 
 #include <kj/async-io.h>
@@ -12,13 +13,13 @@ namespace cairn {
 class Registrar {
 public:
   Registrar(kj::AsyncIoContext& io, Target& target, kj::Array<kj::String> metaAddresses,
-            kj::String advertise, const LinkIdentity& identity);
+            kj::Array<kj::String> addresses, const LinkIdentity& identity);
   void start() { link_.start(); }
   bool registered() const { return registered_; }
 
 private:
   Target& target_;
-  kj::String advertise_;
+  kj::Array<kj::String> addresses_;  // this server's first, then its failover partner's
   ServerLink link_;
   bool registered_ = false;
 };

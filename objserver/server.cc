@@ -197,6 +197,7 @@ void ServerImpl::fillInfo(rpc::ServerInfo::Builder info) {
 }
 
 kj::Promise<void> ServerImpl::connect(ConnectContext context) {
+  ctx_.checkOwner();
   auto hello = context.getParams().getHello();
   auto& session = ctx_.session(hello);
   spdlog::info("{} {} connected from {} (version {}, features {:#x})",
@@ -254,6 +255,7 @@ kj::Promise<void> ServerImpl::status(StatusContext context) {
   s.setState(stateName(ctx_.state));
   s.setRecovering(ctx_.recovering());
   s.setStartReason(ctx_.target.startReason());
+  s.setPartner(ctx_.config.partner);
   s.setMetricsAddress(ctx_.metricsAddress == nullptr ? kj::StringPtr("")
                                                      : ctx_.metricsAddress.asPtr());
   s.setUptimeMs((ctx_.io.provider->getTimer().now() - ctx_.started) / kj::MILLISECONDS);
@@ -315,6 +317,13 @@ kj::Promise<void> ServerImpl::status(StatusContext context) {
 
 kj::Promise<void> ServerImpl::shutdown(ShutdownContext) {
   return ctx_.shutdown("requested by an administrator");
+}
+
+kj::Promise<void> ServerImpl::failover(FailoverContext) {
+  KJ_REQUIRE(ctx_.config.partner.size() > 0,
+             "this server has no failover partner (serve --partner HOST:PORT)");
+  if (ctx_.state == ServerState::SERVING) ctx_.failingOver = true;
+  return ctx_.shutdown("failover to the partner requested");
 }
 
 kj::Promise<void> ServerImpl::replayBarrier(ReplayBarrierContext context) {

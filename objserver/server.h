@@ -63,6 +63,7 @@ struct ServerConfig {
   kj::Duration recoveryWindow = 30 * kj::SECONDS;   // orphans wait this long for open replay
   kj::Duration lockTimeout = 10 * kj::SECONDS;      // to cancel a lock when asked; to come back
   bool testReplayBarrier = false;                   // Bootstrap.replayBarrier allowed (tests)
+  kj::String partner;                               // failover partner's HOST:PORT, if any
 };
 
 class ServerContext {
@@ -85,6 +86,7 @@ public:
   // Counts one request of a union kind (its name taken from the schema).
   template <typename Request>
   RpcKind& countRpc(kj::StringPtr service, Request req) {
+    checkOwner();
     ++rpcCount;
     auto fields = capnp::Schema::from<typename Request::Reads>().getUnionFields();
     auto which = static_cast<uint>(req.which());
@@ -125,6 +127,14 @@ public:
   // Set for a data target.
   kj::Maybe<ObjectStore&> objects;
 
+  // Refuses (DISCONNECTED: the client goes to the partner) once this server has been asked to
+  // give the target up, even before the main loop has noticed and stopped.
+  void checkOwner() {
+    KJ_IF_MAYBE (why, target.lock().verify()) {
+      kj::throwFatalException(KJ_EXCEPTION(DISCONNECTED, "this server gave its target up", *why));
+    }
+  }
+
   ClientSession& session(rpc::Hello::Reader hello);
   void connected(ClientSession& session);
   void disconnected(ClientSession& session);
@@ -147,6 +157,8 @@ public:
   kj::Promise<void> shutdown(kj::StringPtr why);
   // Resolves when a shutdown has completed, whoever started it (one caller: main).
   kj::Promise<void> whenStopped() { return kj::mv(stopped_.promise); }
+  // The shutdown is a failover: the process stays up as its partner's standby.
+  bool failingOver = false;
   // Grants a connecting client its PR on the active-server lock; refuses (OVERLOADED, "retry")
   // while a shutdown is under way.
   void admit(ClientSession& session);
@@ -238,6 +250,7 @@ public:
   kj::Promise<void> ping(PingContext) override { return kj::READY_NOW; }
   kj::Promise<void> replayBarrier(ReplayBarrierContext context) override;
   kj::Promise<void> shutdown(ShutdownContext context) override;
+  kj::Promise<void> failover(FailoverContext context) override;
 
 private:
   void fillInfo(rpc::ServerInfo::Builder info);

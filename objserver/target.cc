@@ -1,7 +1,5 @@
 #include "objserver/target.h"
 
-#include <fcntl.h>
-#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -44,24 +42,6 @@ kj::Array<kj::byte> randomUuid() {
   return out;
 }
 
-// Takes the exclusive owner lock: two processes must never serve one target.
-int takeOwnerLock(kj::StringPtr dir) {
-  auto path = kj::str(dir, "/owner.lock");
-  int fd = open(path.cStr(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-  KJ_REQUIRE(fd >= 0, "cannot open the target's owner lock", path, strerror(errno));
-  if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
-    char buf[32] = {};
-    ssize_t n = pread(fd, buf, sizeof(buf) - 1, 0);
-    close(fd);
-    KJ_FAIL_REQUIRE("the target is being served by another process", dir,
-                    kj::str("owner pid ", n > 0 ? kj::StringPtr(buf) : "unknown"_kj));
-  }
-  auto pid = kj::str(getpid(), "\n");
-  KJ_SYSCALL(ftruncate(fd, 0));
-  KJ_SYSCALL(pwrite(fd, pid.begin(), pid.size(), 0));
-  return fd;
-}
-
 }  // namespace
 
 kj::String hexString(kj::ArrayPtr<const kj::byte> bytes) {
@@ -78,8 +58,7 @@ void Target::format(kj::StringPtr dir, const FormatOptions& options) {
              "the directory already holds a target; "
              "refusing to format over it",
              dir);
-  int ownerFd = takeOwnerLock(dir);
-  KJ_DEFER(close(ownerFd));
+  auto lock = TargetLock::take(dir, "format");
 
   store::Env env(dir, store::Env::Options{});
   MDB_dbi dbi = env.openDb("target");
@@ -105,8 +84,11 @@ Target::Target(kj::StringPtr dir, rpc::TargetKind expectedKind, OpenOptions opti
   KJ_REQUIRE(fileExists(dir), "the target directory does not exist", dir);
   KJ_REQUIRE(fileExists(kj::str(dir, "/data.mdb")),
              "no target here: format it first (cairn-server format ...)", dir);
-  ownerFd_ = takeOwnerLock(dir);
-  KJ_ON_SCOPE_FAILURE(close(ownerFd_));
+  KJ_IF_MAYBE (taken, options.lock) {
+    lock_ = kj::mv(*taken);
+  } else {
+    lock_ = TargetLock::take(dir, "cairn-server");
+  }
   restoreBarrier();
 
   store::Env::Options envOptions;
@@ -203,8 +185,9 @@ Target::Target(kj::StringPtr dir, rpc::TargetKind expectedKind, OpenOptions opti
 }
 
 Target::~Target() noexcept(false) {
+  // The environment closes before the owner lock goes: the next owner finds it shut.
   env_ = nullptr;
-  if (ownerFd_ >= 0) close(ownerFd_);
+  lock_ = nullptr;
 }
 
 MDB_dbi Target::db(kj::StringPtr name) {

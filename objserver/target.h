@@ -12,6 +12,7 @@
 #include <cstdint>
 
 #include "objserver/store.h"
+#include "objserver/target_lock.h"
 #include "rpc/cairn.capnp.h"
 
 namespace cairn {
@@ -30,6 +31,7 @@ struct OpenOptions {
   uint64_t mapSize = uint64_t(1) << 40;
   kj::Maybe<kj::String> expectFsName;     // refuse a target of another filesystem
   kj::Maybe<kj::String> versionOverride;  // test hook: pretend to be this software version
+  kj::Maybe<kj::Own<TargetLock>> lock;    // already taken (a standby's); else taken here
 };
 
 class Target {
@@ -42,6 +44,7 @@ public:
   KJ_DISALLOW_COPY(Target);
 
   store::Env& env() { return *env_; }
+  TargetLock& lock() { return *lock_; }
   kj::StringPtr dir() const { return dir_; }
   kj::StringPtr fsName() const { return fsName_; }
   kj::ArrayPtr<const kj::byte> fsUuid() const { return fsUuid_; }
@@ -82,7 +85,7 @@ public:
 private:
   void restoreBarrier();
   kj::String dir_;
-  int ownerFd_ = -1;
+  kj::Own<TargetLock> lock_;
   kj::Own<store::Env> env_;
   MDB_dbi targetDb_;
   kj::String fsName_;

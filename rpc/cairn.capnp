@@ -405,7 +405,7 @@ struct RpcCount {
 struct ServerStatus {
   info @0 :ServerInfo;
   address @1 :Text;
-  state @2 :Text;              # serving, draining, stopped
+  state @2 :Text;              # serving, draining, stopped, standby
   uptimeMs @3 :UInt64;
   lastTransno @4 :UInt64;
   lastSynced @5 :UInt64;
@@ -426,6 +426,8 @@ struct ServerStatus {
   recovering @20 :UInt32;      # clients of the previous instance not yet recovered
   startReason @21 :Text;       # why the start-up check let this instance start
   metricsAddress @22 :Text;    # HOST:PORT of its Prometheus /metrics, if it serves them
+  partner @23 :Text;           # HOST:PORT of its failover partner ("" if it has none)
+  standbyNote @24 :Text;       # standby: why it is not serving (partner active, start refused)
 }
 
 interface Bootstrap {
@@ -451,6 +453,11 @@ interface Bootstrap {
   # is discarded when it next starts, as a host crash would discard unsynced commits, and the
   # server reports nothing after this point as synced. Returns the barrier's transaction.
   replayBarrier @5 () -> (transno :UInt64);
+  # Failover pairs. On the active server: a controlled shutdown as above, after which the
+  # process stays up as its partner's standby instead of exiting. On a standby: take over now
+  # (asks the active partner to fail over; one that cannot be reached is fenced through the
+  # target's heartbeat record). Resolves when this server has done its part.
+  failover @6 () -> ();
 }
 
 # What the target keeps about itself (the LMDB "header" record).

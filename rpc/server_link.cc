@@ -190,6 +190,10 @@ void ServerLink::setOnLost(kj::Function<void()> onLost) {
 void ServerLink::setAddresses(kj::Array<kj::String> addresses) {
   KJ_REQUIRE(addresses.size() > 0, "a link needs at least one address", name_);
   addresses_ = kj::mv(addresses);
+  preferred_ = 0;
+  for (auto i : kj::indices(addresses_)) {
+    if (addresses_[i] == currentAddress_) preferred_ = i;
+  }
 }
 
 void ServerLink::start() {
@@ -242,13 +246,15 @@ void ServerLink::openGate(State state) {
 }
 
 void ServerLink::connectLoop(unsigned attempt) {
-  auto& address = addresses_[attempt % addresses_.size()];
+  // From the address that worked last: after a failover that is the partner's.
+  size_t index = (preferred_ + attempt) % addresses_.size();
+  auto& address = addresses_[index];
   auto addressCopy = kj::str(address);
   auto started = timer_.now();
   connecting_ =
       network_.parseAddress(address)
           .then([](kj::Own<kj::NetworkAddress> addr) { return addr->connect(); })
-          .then([this,
+          .then([this, index,
                  addressCopy = kj::mv(addressCopy)](kj::Own<kj::AsyncIoStream> stream) mutable {
             auto conn = kj::heap<Connection>(kj::mv(stream));
             conn->server = conn->client.bootstrap().castAs<rpc::Bootstrap>();
@@ -261,7 +267,7 @@ void ServerLink::connectLoop(unsigned attempt) {
             hello.setRole(role_);
             req.setCallback(kj::heap<Callback>(kj::addRef(*handle_)));
             return req.send().then(
-                [this, conn = kj::mv(conn), addressCopy = kj::mv(addressCopy)](
+                [this, index, conn = kj::mv(conn), addressCopy = kj::mv(addressCopy)](
                     capnp::Response<rpc::Bootstrap::ConnectResults>&& reply) mutable {
                   auto info = reply.getInfo();
                   conn->meta = reply.getMeta();
@@ -289,6 +295,7 @@ void ServerLink::connectLoop(unsigned attempt) {
                     spdlog::warn("link {}: the server had evicted this client", name_.cStr());
                   }
                   currentAddress_ = kj::mv(addressCopy);
+                  preferred_ = index;
                   uint64_t gen = ++generation_;
                   tasks_->add(conn->client.onDisconnect().then(
                       [this, gen]() { lost(gen, "connection closed"); }));
@@ -326,10 +333,9 @@ void ServerLink::connectLoop(unsigned attempt) {
                   lost(gen, "recovery failed");
                 });
           })
-          .catch_([this, attempt](kj::Exception&& e) {
+          .catch_([this, attempt, address = kj::str(address)](kj::Exception&& e) {
             if (attempt % 50 == 0) {
-              spdlog::info("link {}: cannot reach {}: {}; retrying", name_.cStr(),
-                           addresses_[attempt % addresses_.size()].cStr(),
+              spdlog::info("link {}: cannot reach {}: {}; retrying", name_.cStr(), address.cStr(),
                            e.getDescription().cStr());
             }
             tasks_->add(timer_.afterDelay(backoff(attempt)).then([this, attempt]() {

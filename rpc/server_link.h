@@ -153,7 +153,8 @@ private:
   kj::Network& network_;
   kj::Timer& timer_;
   kj::String name_;
-  kj::Array<kj::String> addresses_;
+  kj::Array<kj::String> addresses_;  // a failover pair has two
+  size_t preferred_ = 0;             // the one that worked last
   kj::Array<kj::byte> uuid_;
   rpc::Hello::Role role_;
   kj::String hostName_;

@@ -1,6 +1,8 @@
 // cairnctl: administration of a running Cairn cluster.
 //
 //   cairnctl --server HOST:PORT status [--json]
+//   cairnctl --server HOST:PORT shutdown | failover | replay-barrier
+//   cairnctl --mount MNT stats
 #include <capnp/rpc-twoparty.h>
 #include <kj/async-io.h>
 #include <kj/compat/http.h>
@@ -78,7 +80,8 @@ void printStatus(cairn::rpc::ServerStatus::Reader s, bool json) {
                    ",\"locksGranted\":", s.getLocksGranted(), ",\"locksWaiting\":",
                    s.getLocksWaiting(), ",\"lockCallbacks\":", s.getLockCallbacks(),
                    ",\"evictions\":", s.getEvictions(), ",\"recovering\":", s.getRecovering(),
-                   ",\"startReason\":", jsonString(s.getStartReason()),
+                   ",\"startReason\":", jsonString(s.getStartReason()), ",\"partner\":",
+                   jsonString(s.getPartner()), ",\"standbyNote\":", jsonString(s.getStandbyNote()),
                    ",\"metrics\":", jsonString(s.getMetricsAddress()), ",\"rpcs\":{",
                    kj::strArray(rpcs, ","), "},\"clients\":[", kj::strArray(clients, ","),
                    "],\"targets\":[", kj::strArray(targets, ","), "]}")
@@ -86,6 +89,14 @@ void printStatus(cairn::rpc::ServerStatus::Reader s, bool json) {
     return;
   }
   printf("server    %s\n", s.getAddress().cStr());
+  if (s.getPartner().size() > 0) printf("partner   %s\n", s.getPartner().cStr());
+  if (s.getState() == "standby") {
+    printf("target    %s (standby)\n", kindName(info.getKind()).cStr());
+    printf("version   %s\n", info.getSoftwareVersion().cStr());
+    printf("state     standby, up %.1f s: %s\n", s.getUptimeMs() / 1000.0,
+           s.getStandbyNote().cStr());
+    return;
+  }
   printf("target    %s %u of %s (%s)\n", kindName(info.getKind()).cStr(), info.getTargetIndex(),
          info.getFsName().cStr(), kj::encodeHex(info.getFsUuid()).cStr());
   printf("version   %s (instance %llu)\n", info.getSoftwareVersion().cStr(),
@@ -133,6 +144,73 @@ void printStatus(cairn::rpc::ServerStatus::Reader s, bool json) {
            static_cast<unsigned long long>(c.getLastRequestId()), c.getOpenFiles(),
            c.getRecovery().cStr());
   }
+}
+
+// One connection to a server's bootstrap capability.
+struct Connection {
+  kj::Own<kj::AsyncIoStream> stream;
+  kj::Own<capnp::TwoPartyClient> client;
+  cairn::rpc::Bootstrap::Client server;
+};
+
+template <typename T>
+kj::Promise<T> within(kj::Timer& timer, kj::Duration limit, kj::Promise<T> promise) {
+  return promise.exclusiveJoin(
+      timer.afterDelay(limit).then([]() -> T { KJ_FAIL_REQUIRE("timed out"); }));
+}
+
+Connection connectTo(kj::AsyncIoContext& io, kj::StringPtr address, kj::Duration limit) {
+  auto stream = within(io.provider->getTimer(), limit,
+                       io.provider->getNetwork().parseAddress(address).then(
+                           [](kj::Own<kj::NetworkAddress> a) { return a->connect(); }))
+                    .wait(io.waitScope);
+  auto client = kj::heap<capnp::TwoPartyClient>(*stream);
+  auto server = client->bootstrap().castAs<cairn::rpc::Bootstrap>();
+  return Connection{kj::mv(stream), kj::mv(client), kj::mv(server)};
+}
+
+// The state a server reports ("serving", "standby", ...), or "unreachable".
+kj::String stateOf(kj::AsyncIoContext& io, kj::StringPtr address) {
+  try {
+    auto conn = connectTo(io, address, 1 * kj::SECONDS);
+    auto reply =
+        within(io.provider->getTimer(), 1 * kj::SECONDS, conn.server.statusRequest().send())
+            .wait(io.waitScope);
+    return kj::str(reply.getStatus().getState());
+  } catch (kj::Exception&) {
+    return kj::str("unreachable");
+  }
+}
+
+// Moves a failover pair's target to the other server and waits until that one serves it.
+int failover(kj::AsyncIoContext& io, Connection& conn, kj::StringPtr address, kj::Duration limit) {
+  auto& timer = io.provider->getTimer();
+  auto started = timer.now();
+  auto status = within(timer, limit, conn.server.statusRequest().send()).wait(io.waitScope);
+  auto before = status.getStatus();
+  KJ_REQUIRE(before.getPartner().size() > 0, "the server has no failover partner", address);
+  // On the active server: it fails over to its partner. On a standby: it takes over.
+  bool fromActive = before.getState() != "standby";
+  auto next = kj::str(fromActive ? before.getPartner() : before.getAddress());
+  within(timer, limit,
+         conn.server.failoverRequest().send().then([](auto&&) {},
+                                                   [](kj::Exception&& e) {
+                                                     // A standby that took over drops its standby
+                                                     // connections: done too.
+                                                     if (e.getType() !=
+                                                         kj::Exception::Type::DISCONNECTED) {
+                                                       kj::throwFatalException(kj::mv(e));
+                                                     }
+                                                   }))
+      .wait(io.waitScope);
+  for (;;) {
+    if (stateOf(io, next) == "serving") break;
+    KJ_REQUIRE(timer.now() - started < limit, "the partner did not start serving in time", next);
+    timer.afterDelay(20 * kj::MILLISECONDS).wait(io.waitScope);
+  }
+  printf("%s: failed over to %s in %.2f s\n", address.cStr(), next.cStr(),
+         double((timer.now() - started) / kj::MILLISECONDS) / 1000.0);
+  return 0;
 }
 
 // GET /metrics from a mount's counters socket.
@@ -189,6 +267,11 @@ int main(int argc, char** argv) {
       "replay-barrier",
       "test hook (server started with --test-replay-barrier): what the target commits from now "
       "on is discarded at its next start, as in a host crash");
+  auto* failoverCmd = app.add_subcommand(
+      "failover",
+      "move the target to the other server of its failover pair (on the active one: controlled "
+      "shutdown, then it stands by; on the standby: it takes over) and wait until that one "
+      "serves (--timeout default 60 s here)");
   auto* stats = app.add_subcommand(
       "stats", "a mount's own counters (--mount MNT): requests, gate waits, caches, dirty bytes");
   CLI11_PARSE(app, argc, argv);
@@ -207,16 +290,11 @@ int main(int argc, char** argv) {
   try {
     auto io = kj::setupAsyncIo();
     auto& timer = io.provider->getTimer();
-    if (*shutdown && app.get_option("--timeout")->count() == 0) timeout = 60;
+    if ((*shutdown || *failoverCmd) && app.get_option("--timeout")->count() == 0) timeout = 60;
     auto deadline = int64_t(timeout * 1000) * kj::MILLISECONDS;
-    auto stream = io.provider->getNetwork()
-                      .parseAddress(server.c_str())
-                      .then([](kj::Own<kj::NetworkAddress> a) { return a->connect(); })
-                      .exclusiveJoin(timer.afterDelay(deadline).then(
-                          []() -> kj::Own<kj::AsyncIoStream> { KJ_FAIL_REQUIRE("timed out"); }))
-                      .wait(io.waitScope);
-    capnp::TwoPartyClient client(*stream);
-    auto bootstrap = client.bootstrap().castAs<cairn::rpc::Bootstrap>();
+    auto conn = connectTo(io, server.c_str(), deadline);
+    auto& bootstrap = conn.server;
+    if (*failoverCmd) return failover(io, conn, server.c_str(), deadline);
     if (*status) {
       auto resp = bootstrap.statusRequest()
                       .send()

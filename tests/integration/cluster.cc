@@ -7,7 +7,9 @@
 #include <ftw.h>
 #include <grp.h>
 #include <linux/close_range.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -64,6 +66,20 @@ std::string randomHex(int bytes) {
 
 [[noreturn]] void fail(const std::string& what) {
   throw std::runtime_error(what);
+}
+
+int freePort() {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(addr);
+  if (fd < 0 || bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
+      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+    fail(std::string("cannot find a free port: ") + strerror(errno));
+  }
+  close(fd);
+  return ntohs(addr.sin_port);
 }
 
 }  // namespace
@@ -246,6 +262,25 @@ TestCluster::TestCluster(Options options) : options_(std::move(options)) {
     auto r = run(format);
     if (r.status != 0) fail("format failed: " + r.err);
   }
+  if (options_.failover) {
+    // Both of a pair must know each other's address before either starts.
+    int n = int(servers_.size());
+    servers_.resize(2 * n);
+    for (int i = 0; i < n; ++i) {
+      auto& b = servers_[n + i];
+      auto& a = servers_[i];
+      b.kind = a.kind;
+      b.index = a.index;
+      b.name = a.name + "-b";
+      b.dir = a.dir;
+      b.log = dir() + "/" + b.name + ".log";
+      b.args = a.args;
+      a.port = freePort();
+      b.port = freePort();
+      a.partner = "127.0.0.1:" + std::to_string(b.port);
+      b.partner = "127.0.0.1:" + std::to_string(a.port);
+    }
+  }
   for (auto& s : servers_) start(s, {}, true);
   // Data servers register with the metadata server as they start.
   bool registered = waitFor(
@@ -310,7 +345,11 @@ void TestCluster::start(Server& s, const std::vector<std::string>& extra, bool m
       "--port-file", portFile, "--log-file", s.log};
   if (s.kind == "data") {
     argv.push_back("--mgs");
-    argv.push_back(metaAddress());
+    argv.push_back(metaAddresses());
+  }
+  if (!s.partner.empty()) {
+    argv.push_back("--partner");
+    argv.push_back(s.partner);
   }
   argv.insert(argv.end(), s.args.begin(), s.args.end());
   argv.insert(argv.end(), extra.begin(), extra.end());
@@ -333,7 +372,7 @@ std::string TestCluster::mount(const std::string& extraOptions) {
   std::string opts = "allow_other,default_permissions,log_file=" + m.log;
   if (!extraOptions.empty()) opts += "," + extraOptions;
   m.proc = std::make_unique<Child>(
-      std::vector<std::string>{mountBin(), metaAddress(), m.path, "-f", "-o", opts},
+      std::vector<std::string>{mountBin(), metaAddresses(), m.path, "-f", "-o", opts},
       m.log + ".stderr");
   if (!waitFor([&] { return isMounted(m.path) || !m.proc->alive(); }, 10000) ||
       !isMounted(m.path)) {
@@ -448,6 +487,25 @@ bool blockedCallEndsWith(int sig, const std::function<int()>& call) {
   }
   if (sig == SIGKILL) return WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL;
   return WIFEXITED(status) && WEXITSTATUS(status) == 0;
+}
+
+std::string TestCluster::metaAddresses() const {
+  if (!options_.failover) return metaAddress();
+  return metaAddress() + "," + servers_.at(partner(0)).address;
+}
+
+int TestCluster::partner(int server) const {
+  if (!options_.failover) fail("no failover pairs in this cluster");
+  int n = serverCount() / 2;
+  return server < n ? server + n : server - n;
+}
+
+int TestCluster::serving(int server) {
+  for (int i : {server, partner(server)}) {
+    auto r = run({ctlBin(), "--server", address(i), "--timeout", "2", "status", "--json"});
+    if (r.status == 0 && r.out.find("\"state\":\"serving\"") != std::string::npos) return i;
+  }
+  return -1;
 }
 
 std::string TestCluster::status(int server) {

@@ -74,6 +74,9 @@ public:
     uint32_t stripeSize = 64 * 1024;
     std::vector<std::string> metaArgs;  // extra `serve` arguments
     std::vector<std::string> dataArgs;
+    // Every target gets a standby partner (same target directory, as shared storage would be):
+    // servers 1+N .. 1+2N are the partners of servers 0 .. N.
+    bool failover = false;
   };
   TestCluster();
   explicit TestCluster(Options options);
@@ -81,6 +84,12 @@ public:
 
   const std::string& dir() const { return tmp_.path(); }
   std::string metaAddress() const { return servers_.at(0).address; }
+  // What clients and data servers are given: both of a failover pair ("A,B").
+  std::string metaAddresses() const;
+  // The other server of a failover pair.
+  int partner(int server) const;
+  // Of a server and its partner, the one that reports "serving" (-1: neither).
+  int serving(int server);
   // Server 0 is the metadata server, 1..N the data servers.
   int serverCount() const { return int(servers_.size()); }
   std::string address(int server) const { return servers_.at(server).address; }
@@ -118,7 +127,7 @@ public:
 
 private:
   struct Server {
-    std::string name, kind, dir, log, address;
+    std::string name, kind, dir, log, address, partner;
     int index = 0;
     int port = 0;
     std::vector<std::string> args;

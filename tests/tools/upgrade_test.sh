@@ -23,7 +23,7 @@ for m in a b; do
   "$BUILD/tools/appendcheck" "$T/$m/app-$m" --files 4 --seconds "$SECONDS_" > "$T/app-$m.log" 2>&1 &
   PIDS+=($!)
   fio --name=upgrade-$m --directory="$T/$m/fio-$m" --rw=randwrite --bs=4k --size=8m \
-    --verify=crc32c --verify_backlog=128 --verify_fatal=1 --do_verify=1 --ioengine=psync \
+    --verify=crc32c --verify_backlog=128 --verify_fatal=1 --verify_state_save=0 --do_verify=1 --ioengine=psync \
     --fsync=32 --time_based --runtime="$SECONDS_" --output="$T/fio-$m.out" > /dev/null 2>&1 &
   PIDS+=($!)
 done

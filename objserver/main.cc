@@ -85,6 +85,7 @@ kj::Array<kj::byte> serverUuid() {
 // towards other servers, the metrics port.
 struct Process {
   const ServeOptions& options;
+  kj::ArrayPtr<const kj::String> argv;  // as started: an upgrade in place runs it again
   kj::AsyncIoContext& io;
   kj::Own<kj::ConnectionReceiver> listener;
   kj::String advertise;
@@ -114,9 +115,20 @@ constexpr kj::Duration HANDOFF_HOLD_OFF = 3 * kj::SECONDS;
 
 // How one period of serving ended.
 struct Ending {
-  enum Kind { EXIT_CLEAN, EXIT_UNCLEAN, STAND_BY } kind;
+  enum Kind { EXIT_CLEAN, EXIT_UNCLEAN, STAND_BY, REEXEC } kind;
   kj::String note;  // why standing by
   kj::Duration holdOff = 0 * kj::SECONDS;
+  kj::Maybe<Reexec> reexec;
+
+  static Ending exit(bool clean) {
+    return Ending{clean ? EXIT_CLEAN : EXIT_UNCLEAN, nullptr, 0 * kj::SECONDS, nullptr};
+  }
+  static Ending standBy(kj::String note, kj::Duration holdOff) {
+    return Ending{STAND_BY, kj::mv(note), holdOff, nullptr};
+  }
+  static Ending restart(Reexec how) {
+    return Ending{REEXEC, nullptr, 0 * kj::SECONDS, kj::mv(how)};
+  }
 };
 
 // Polls the owner lock's heartbeat thread: resolves with the reason once this server must stop.
@@ -147,8 +159,8 @@ Ending serveTarget(Process& p, kj::Own<TargetLock> lock) {
     // A standby that may not open the target (the start-up rule refused it) keeps standing by:
     // the administrator can start the version that may, or force it.
     spdlog::error("cannot take the target over: {}", e.getDescription().cStr());
-    return Ending{Ending::STAND_BY, kj::str("cannot open the target: ", e.getDescription()),
-                  5 * kj::SECONDS};
+    return Ending::standBy(kj::str("cannot open the target: ", e.getDescription()),
+                           5 * kj::SECONDS);
   }
   Target& target = *owned;
   target.lock().startBeating(HEARTBEAT_INTERVAL);
@@ -255,12 +267,12 @@ Ending serveTarget(Process& p, kj::Own<TargetLock> lock) {
                 .wait(io.waitScope);
   switch (end) {
     case UNCLEAN:
-      return Ending{Ending::EXIT_UNCLEAN, nullptr};
+      return Ending::exit(false);
     case FENCED:
       // Not one more write: the partner may already be opening the target.
       spdlog::error("stopped serving at once: {}", fencedWhy.cStr());
-      if (o.partner.empty()) return Ending{Ending::EXIT_UNCLEAN, nullptr};
-      return Ending{Ending::STAND_BY, kj::str("fenced: ", fencedWhy), HANDOFF_HOLD_OFF};
+      if (o.partner.empty()) return Ending::exit(false);
+      return Ending::standBy(kj::str("fenced: ", fencedWhy), HANDOFF_HOLD_OFF);
     case CLEAN:
       break;
   }
@@ -269,21 +281,26 @@ Ending serveTarget(Process& p, kj::Own<TargetLock> lock) {
   target.lock().release();
   // Let the last replies (the administrator's shutdown request) leave before the sockets close.
   io.provider->getTimer().afterDelay(20 * kj::MILLISECONDS).wait(io.waitScope);
+  KJ_IF_MAYBE (how, ctx.restartWith) {
+    return Ending::restart(kj::mv(*how));
+  }
   if (ctx.failingOver) {
     spdlog::info("failed over: the partner {} takes the target over; standing by", o.partner);
-    return Ending{Ending::STAND_BY, kj::str("failed over to the partner"), HANDOFF_HOLD_OFF};
+    return Ending::standBy(kj::str("failed over to the partner"), HANDOFF_HOLD_OFF);
   }
-  return Ending{Ending::EXIT_CLEAN, nullptr};
+  return Ending::exit(true);
 }
 
-int serve(const ServeOptions& o) {
+int serve(const ServeOptions& o, kj::ArrayPtr<const kj::String> argv) {
   auto io = kj::setupAsyncIo();
   auto listener =
       io.provider->getNetwork().parseAddress(o.listen.c_str()).wait(io.waitScope)->listen();
   uint port = listener->getPort();
   kj::String advertise = o.advertise.empty() ? kj::str(hostPart(o.listen.c_str()), ":", port)
                                              : kj::str(o.advertise.c_str());
+  auto bound = kj::str(hostPart(o.listen.c_str()), ":", port);
   Process p{o,
+            argv,
             io,
             kj::mv(listener),
             kj::str(advertise),
@@ -313,13 +330,18 @@ int serve(const ServeOptions& o) {
   // A server of a failover pair starts as a standby, which takes the target at once if it is
   // free (and no other host's heartbeat moves).
   kj::Maybe<kj::Own<TargetLock>> lock;
-  Ending ending{Ending::STAND_BY, kj::str("the partner serves the target")};
+  auto ending = Ending::standBy(kj::str("the partner serves the target"), 0 * kj::SECONDS);
   if (o.partner.empty()) {
     lock = TargetLock::take(o.dir.c_str(), advertise);
     // Shared storage may not carry the owner lock from another host: its heartbeat would.
     TargetLock::refuseForeignOwner(o.dir.c_str());
   }
   for (;;) {
+    if (ending.kind == Ending::REEXEC) {
+      // Everything is closed (the target, its lock, the sessions); the pinned addresses keep
+      // the port.
+      reexec(KJ_ASSERT_NONNULL(ending.reexec), p.argv, bound, p.metricsAddress);
+    }
     if (lock == nullptr) {
       StandbyConfig config;
       config.dir = kj::str(o.dir.c_str());
@@ -337,7 +359,15 @@ int serve(const ServeOptions& o) {
         return nullptr;
       });
       lock = standby.run().exclusiveJoin(kj::mv(stopped)).wait(io.waitScope);
-      if (lock == nullptr) return 0;
+      if (lock == nullptr) {
+        KJ_IF_MAYBE (how, standby.restartWith) {
+          // Let the reply to the restart request leave first.
+          io.provider->getTimer().afterDelay(20 * kj::MILLISECONDS).wait(io.waitScope);
+          ending = Ending::restart(kj::mv(*how));
+          continue;
+        }
+        return 0;
+      }
     }
     ending = serveTarget(p, KJ_ASSERT_NONNULL(kj::mv(lock)));
     lock = nullptr;
@@ -347,6 +377,7 @@ int serve(const ServeOptions& o) {
       case Ending::EXIT_UNCLEAN:
         return 1;
       case Ending::STAND_BY:
+      case Ending::REEXEC:
         break;
     }
   }
@@ -437,7 +468,9 @@ int main(int argc, char** argv) {
       // How tests and upgrade drills run "another version" of the same build.
       serve.versionOverride = v;
     }
-    return cairn::serve(serve);
+    auto args = kj::heapArrayBuilder<kj::String>(argc);
+    for (int i = 0; i < argc; ++i) args.add(kj::str(argv[i]));
+    return cairn::serve(serve, args.finish());
   } catch (kj::Exception& e) {
     spdlog::error("{}", e.getDescription().cStr());
     fprintf(stderr, "cairn-server: %s\n", e.getDescription().cStr());

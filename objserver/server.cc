@@ -326,6 +326,19 @@ kj::Promise<void> ServerImpl::failover(FailoverContext) {
   return ctx_.shutdown("failover to the partner requested");
 }
 
+kj::Promise<void> ServerImpl::restart(RestartContext context) {
+  auto params = context.getParams();
+  // Checked before anything stops: a wrong path leaves the server serving.
+  auto version = checkServerBinary(params.getBinary());
+  context.getResults().setVersion(params.getVersionOverride().size() > 0
+                                      ? params.getVersionOverride()
+                                      : kj::StringPtr(version));
+  if (ctx_.state == ServerState::SERVING) {
+    ctx_.restartWith = Reexec{kj::str(params.getBinary()), kj::str(params.getVersionOverride())};
+  }
+  return ctx_.shutdown(kj::str("restart as ", params.getBinary(), " (version ", version, ")"));
+}
+
 kj::Promise<void> ServerImpl::replayBarrier(ReplayBarrierContext context) {
   KJ_REQUIRE(ctx_.config.testReplayBarrier,
              "replay barriers are a test hook: start the server with --test-replay-barrier");

@@ -15,6 +15,7 @@
 #include "objserver/client_table.h"
 #include "objserver/lock_manager.h"
 #include "objserver/metrics.h"
+#include "objserver/reexec.h"
 #include "objserver/syncer.h"
 #include "objserver/target.h"
 #include "rpc/cairn.capnp.h"
@@ -159,6 +160,8 @@ public:
   kj::Promise<void> whenStopped() { return kj::mv(stopped_.promise); }
   // The shutdown is a failover: the process stays up as its partner's standby.
   bool failingOver = false;
+  // The shutdown is an upgrade in place: the process then becomes this binary.
+  kj::Maybe<Reexec> restartWith;
   // Grants a connecting client its PR on the active-server lock; refuses (OVERLOADED, "retry")
   // while a shutdown is under way.
   void admit(ClientSession& session);
@@ -251,6 +254,7 @@ public:
   kj::Promise<void> replayBarrier(ReplayBarrierContext context) override;
   kj::Promise<void> shutdown(ShutdownContext context) override;
   kj::Promise<void> failover(FailoverContext context) override;
+  kj::Promise<void> restart(RestartContext context) override;
 
 private:
   void fillInfo(rpc::ServerInfo::Builder info);

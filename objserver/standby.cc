@@ -44,6 +44,18 @@ public:
     KJ_FAIL_REQUIRE("a standby serves no target");
   }
   kj::Promise<void> failover(FailoverContext) override { return standby_.takeOverNow(); }
+  kj::Promise<void> restart(RestartContext context) override {
+    auto params = context.getParams();
+    auto version = checkServerBinary(params.getBinary());
+    context.getResults().setVersion(params.getVersionOverride().size() > 0
+                                        ? params.getVersionOverride()
+                                        : kj::StringPtr(version));
+    spdlog::info("standby: restart as {} (version {})", params.getBinary().cStr(), version.cStr());
+    standby_.restartWith =
+        Reexec{kj::str(params.getBinary()), kj::str(params.getVersionOverride())};
+    standby_.stop();
+    return kj::READY_NOW;
+  }
 
 private:
   Standby& standby_;

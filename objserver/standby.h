@@ -15,6 +15,7 @@
 #include <capnp/rpc-twoparty.h>
 #include <kj/async-io.h>
 
+#include "objserver/reexec.h"
 #include "objserver/target_lock.h"
 #include "rpc/cairn.capnp.h"
 
@@ -42,6 +43,8 @@ public:
   // to stop (shutdown, SIGTERM).
   kj::Promise<kj::Maybe<kj::Own<TargetLock>>> run();
   void stop();
+  // Set when it stopped to be upgraded in place (Bootstrap.restart).
+  kj::Maybe<Reexec> restartWith;
 
   // What the bootstrap capability does (objserver/standby.cc).
   void fillStatus(rpc::ServerStatus::Builder status);

@@ -458,6 +458,11 @@ interface Bootstrap {
   # (asks the active partner to fail over; one that cannot be reached is fenced through the
   # target's heartbeat record). Resolves when this server has done its part.
   failover @6 () -> ();
+  # Upgrade in place: checks that `binary` is a cairn-server this host can run, then shuts down
+  # as `shutdown` does (a standby: at once) and replaces the process with it: same pid, same
+  # arguments, same port. `versionOverride` (test hook) is the version the new image acts as
+  # ("": its own). Resolves just before the exec.
+  restart @7 (binary :Text, versionOverride :Text) -> (version :Text);  # the new binary's
 }
 
 # What the target keeps about itself (the LMDB "header" record).

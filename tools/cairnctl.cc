@@ -2,6 +2,8 @@
 //
 //   cairnctl --server HOST:PORT status [--json]
 //   cairnctl --server HOST:PORT shutdown | failover | replay-barrier
+//   cairnctl --server HOST:PORT restart --bin PATH
+//   cairnctl --server META[,META] upgrade --bin PATH [--group N] [--order ...] [--dry-run] [--json]
 //   cairnctl --mount MNT stats
 #include <capnp/rpc-twoparty.h>
 #include <kj/async-io.h>
@@ -16,30 +18,19 @@
 #include <string>
 
 #include "rpc/cairn.capnp.h"
+#include "rpc/server_link.h"
 #include "rpc/stats_socket.h"
 #include "rpc/version.h"
+#include "tools/ctl_util.h"
+#include "tools/rolling_upgrade.h"
 
 namespace {
 
-kj::String jsonString(kj::StringPtr s) {
-  kj::Vector<char> out;
-  out.add('"');
-  for (char c : s) {
-    if (c == '"' || c == '\\') {
-      out.add('\\');
-      out.add(c);
-    } else if (static_cast<unsigned char>(c) < 0x20) {
-      char esc[8];
-      snprintf(esc, sizeof(esc), "\\u%04x", static_cast<unsigned>(c));
-      out.addAll(kj::StringPtr(esc));
-    } else {
-      out.add(c);
-    }
-  }
-  out.add('"');
-  out.add('\0');
-  return kj::String(out.releaseAsArray());
-}
+using cairn::ctl::Connection;
+using cairn::ctl::connectTo;
+using cairn::ctl::jsonString;
+using cairn::ctl::stateOf;
+using cairn::ctl::within;
 
 kj::String kindName(cairn::rpc::TargetKind kind) {
   return kj::str(kind == cairn::rpc::TargetKind::META ? "meta" : "data");
@@ -146,42 +137,6 @@ void printStatus(cairn::rpc::ServerStatus::Reader s, bool json) {
   }
 }
 
-// One connection to a server's bootstrap capability.
-struct Connection {
-  kj::Own<kj::AsyncIoStream> stream;
-  kj::Own<capnp::TwoPartyClient> client;
-  cairn::rpc::Bootstrap::Client server;
-};
-
-template <typename T>
-kj::Promise<T> within(kj::Timer& timer, kj::Duration limit, kj::Promise<T> promise) {
-  return promise.exclusiveJoin(
-      timer.afterDelay(limit).then([]() -> T { KJ_FAIL_REQUIRE("timed out"); }));
-}
-
-Connection connectTo(kj::AsyncIoContext& io, kj::StringPtr address, kj::Duration limit) {
-  auto stream = within(io.provider->getTimer(), limit,
-                       io.provider->getNetwork().parseAddress(address).then(
-                           [](kj::Own<kj::NetworkAddress> a) { return a->connect(); }))
-                    .wait(io.waitScope);
-  auto client = kj::heap<capnp::TwoPartyClient>(*stream);
-  auto server = client->bootstrap().castAs<cairn::rpc::Bootstrap>();
-  return Connection{kj::mv(stream), kj::mv(client), kj::mv(server)};
-}
-
-// The state a server reports ("serving", "standby", ...), or "unreachable".
-kj::String stateOf(kj::AsyncIoContext& io, kj::StringPtr address) {
-  try {
-    auto conn = connectTo(io, address, 1 * kj::SECONDS);
-    auto reply =
-        within(io.provider->getTimer(), 1 * kj::SECONDS, conn.server.statusRequest().send())
-            .wait(io.waitScope);
-    return kj::str(reply.getStatus().getState());
-  } catch (kj::Exception&) {
-    return kj::str("unreachable");
-  }
-}
-
 // Moves a failover pair's target to the other server and waits until that one serves it.
 int failover(kj::AsyncIoContext& io, Connection& conn, kj::StringPtr address, kj::Duration limit) {
   auto& timer = io.provider->getTimer();
@@ -272,6 +227,31 @@ int main(int argc, char** argv) {
       "move the target to the other server of its failover pair (on the active one: controlled "
       "shutdown, then it stands by; on the standby: it takes over) and wait until that one "
       "serves (--timeout default 60 s here)");
+  std::string binary, versionOverride, order = "data-first";
+  unsigned group = 1;
+  bool dryRun = false;
+  auto* restartCmd = app.add_subcommand(
+      "restart",
+      "upgrade one server in place: controlled shutdown, then the process becomes --bin (same "
+      "pid, arguments and port)");
+  restartCmd->add_option("--bin", binary, "the new cairn-server, as the server's host sees it")
+      ->required();
+  restartCmd->add_option("--version-override", versionOverride,
+                         "test hook: the version the new server acts as");
+  auto* upgradeCmd = app.add_subcommand(
+      "upgrade",
+      "rolling upgrade of the whole cluster (--server: the metadata server(s)) to --bin, target "
+      "by target, through failover where a target has a standby; run again to resume");
+  upgradeCmd->add_option("--bin", binary, "the new cairn-server, as the servers' hosts see it")
+      ->required();
+  upgradeCmd->add_option("--group", group, "data targets upgraded at once (default 1)")
+      ->check(CLI::Range(1u, 1000u));
+  upgradeCmd->add_option("--order", order, "data-first (default) or meta-first")
+      ->check(CLI::IsMember({"data-first", "meta-first"}));
+  upgradeCmd->add_flag("--dry-run", dryRun, "print the plan, change nothing");
+  upgradeCmd->add_flag("--json", json, "progress as one JSON object per line");
+  upgradeCmd->add_option("--version-override", versionOverride,
+                         "test hook: the version the new servers act as");
   auto* stats = app.add_subcommand(
       "stats", "a mount's own counters (--mount MNT): requests, gate waits, caches, dirty bytes");
   CLI11_PARSE(app, argc, argv);
@@ -290,11 +270,53 @@ int main(int argc, char** argv) {
   try {
     auto io = kj::setupAsyncIo();
     auto& timer = io.provider->getTimer();
-    if ((*shutdown || *failoverCmd) && app.get_option("--timeout")->count() == 0) timeout = 60;
+    bool longWait = *shutdown || *failoverCmd || *restartCmd || *upgradeCmd;
+    if (longWait && app.get_option("--timeout")->count() == 0) timeout = 120;
     auto deadline = int64_t(timeout * 1000) * kj::MILLISECONDS;
+    if (*upgradeCmd) {
+      cairn::ctl::UpgradeOptions options;
+      options.metaAddresses = cairn::splitAddresses(server.c_str());
+      options.binary = kj::str(binary.c_str());
+      options.versionOverride = kj::str(versionOverride.c_str());
+      options.group = group;
+      options.metaFirst = order == "meta-first";
+      options.dryRun = dryRun;
+      options.json = json;
+      options.timeout = deadline;
+      return cairn::ctl::rollingUpgrade(io, options);
+    }
     auto conn = connectTo(io, server.c_str(), deadline);
     auto& bootstrap = conn.server;
     if (*failoverCmd) return failover(io, conn, server.c_str(), deadline);
+    if (*restartCmd) {
+      auto started = timer.now();
+      auto req = bootstrap.restartRequest();
+      req.setBinary(binary);
+      req.setVersionOverride(versionOverride);
+      auto version =
+          within(timer, deadline,
+                 req.send().then([](auto&& r) { return kj::str(r.getVersion()); },
+                                 [](kj::Exception&& e) {
+                                   // It may exec before the reply leaves.
+                                   if (e.getType() != kj::Exception::Type::DISCONNECTED) {
+                                     kj::throwFatalException(kj::mv(e));
+                                   }
+                                   return kj::str("?");
+                                 }))
+              .wait(io.waitScope);
+      // Serving (or standing by) again once it answers from a new instance.
+      for (;;) {
+        timer.afterDelay(20 * kj::MILLISECONDS).wait(io.waitScope);
+        auto state = stateOf(io, server.c_str());
+        if (state == "serving" || state == "standby") {
+          printf("%s: restarted as version %s in %.2f s (%s)\n", server.c_str(), version.cStr(),
+                 double((timer.now() - started) / kj::MILLISECONDS) / 1000.0, state.cStr());
+          break;
+        }
+        KJ_REQUIRE(timer.now() - started < deadline, "the server did not come back in time");
+      }
+      return 0;
+    }
     if (*status) {
       auto resp = bootstrap.statusRequest()
                       .send()

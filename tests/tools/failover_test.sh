@@ -6,7 +6,8 @@
 #      over, the old server comes back as the standby), to another version;
 #   2. the active server of every target is killed with SIGKILL, one after the other, and its
 #      partner takes over;
-#   3. `tools/cluster upgrade` again, which also restarts the killed standbys.
+#   3. `tools/cluster upgrade` again, which also restarts the killed standbys;
+#   4. `cairnctl upgrade --group 2`: each pair upgraded in place through failover.
 # Zero failed operations, zero verify errors, the first descriptors still working at the end,
 # no client evicted, and never two servers serving one target.
 source "$(dirname "$0")/lib.sh"
@@ -73,6 +74,15 @@ sleep 2
 check "upgrade again (restarting the killed servers as standbys)" \
   env CAIRN_VERSION_OVERRIDE=0.1.99-failover-test "$CLUSTER" upgrade --dir "$T/state" --bin "$BUILD"
 
+sleep 1
+META=$(python3 -c 'import json, sys
+print(",".join(s["address"] for s in json.load(open(sys.argv[1]))["servers"] if s["kind"] == "meta"))' \
+  "$T/state/cluster.json")
+check "cairnctl upgrade, two data targets at a time, through failover" \
+  "$BUILD/tools/cairnctl" --server "$META" upgrade --bin "$BUILD/objserver/cairn-server" \
+  --version-override 0.1.97-pairs --group 2
+check "after it, one server serves each target" one_serves
+
 rc=0
 for p in "${PIDS[@]}"; do wait "$p" || rc=$?; done
 PIDS=()
@@ -84,7 +94,7 @@ check "appendcheck on mount b: no errors" grep -q ", 0 errors, 0 verify errors" 
 check "every server runs the new version, one serving and one standing by per target" python3 -c '
 import json, sys, collections
 s = json.loads(sys.argv[1])
-assert all(x["version"] == "0.1.99-failover-test" for x in s["servers"]), s
+assert all(x["version"] == "0.1.97-pairs" for x in s["servers"]), s
 roles = collections.Counter((x["kind"], x["target"], x["state"]) for x in s["servers"])
 assert all(n == 1 for n in roles.values()) and len(roles) == 6, roles
 ' "$(status)"

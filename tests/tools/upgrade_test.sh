@@ -2,8 +2,9 @@
 # Rolling upgrade under load (Simplified Interoperation, point 5): fio with crc32c verification
 # and appendcheck (files kept open, appending, fsyncing, reading back through the same
 # descriptors) run on two mounts while `tools/cluster upgrade` restarts every server through a
-# controlled shutdown, twice: once with the same version, once as another version. Zero failed
-# operations, zero verify errors, the descriptors opened first still working at the end.
+# controlled shutdown, twice: once with the same version, once as another version; then
+# `cairnctl upgrade` upgrades every server in place to a third. Zero failed operations, zero
+# verify errors, the descriptors opened first still working at the end.
 source "$(dirname "$0")/lib.sh"
 PIDS=()
 cleanup() {
@@ -16,7 +17,7 @@ trap cleanup EXIT
 CLUSTER="$ROOT/tools/cluster"
 "$CLUSTER" up --dir "$T/state" --mount "$T/a" --bin "$BUILD" >/dev/null
 "$CLUSTER" mount --dir "$T/state" --bin "$BUILD" "$T/b" >/dev/null
-SECONDS_=${UPGRADE_LOAD_SECONDS:-20}
+SECONDS_=${UPGRADE_LOAD_SECONDS:-24}
 
 for m in a b; do
   mkdir "$T/$m/app-$m" "$T/$m/fio-$m"
@@ -33,6 +34,27 @@ sleep 2
 check "upgrade of every server to another version" \
   env CAIRN_VERSION_OVERRIDE=0.1.99-upgrade-test "$CLUSTER" upgrade --dir "$T/state" --bin "$BUILD"
 
+sleep 2
+# cairnctl upgrade: every server upgraded in place (same pid, same port). A binary that is not a
+# cairn-server stops it at the first target with a report, and nothing changes; run again with
+# the right binary, it completes; run once more, it has nothing left to do.
+META=$(python3 -c 'import json, sys
+print(next(s["address"] for s in json.load(open(sys.argv[1]))["servers"] if s["kind"] == "meta"))' \
+  "$T/state/cluster.json")
+check "cairnctl upgrade refuses a binary that is not a cairn-server" \
+  bash -c '! "$1" --server "$2" upgrade --bin /bin/true > "$3" 2>&1' _ "$BUILD/tools/cairnctl" \
+  "$META" "$T/bad.out"
+check "... and says where it stopped" grep -q "upgrade stopped at data0" "$T/bad.out"
+check "cairnctl upgrade to a third version, in place" "$BUILD/tools/cairnctl" --server "$META" \
+  upgrade --bin "$BUILD/objserver/cairn-server" --version-override 0.1.98-in-place --json \
+  > "$T/upgrade.json"
+check "its last line says it is done" \
+  python3 -c 'import json, sys; e = json.loads(open(sys.argv[1]).read().splitlines()[-1])
+assert e["event"] == "done" and e["ok"], e' "$T/upgrade.json"
+"$BUILD/tools/cairnctl" --server "$META" upgrade --bin "$BUILD/objserver/cairn-server" \
+  --version-override 0.1.98-in-place > "$T/again.out"
+check "run again, it skips every target" test "$(grep -c "already at the version" "$T/again.out")" -eq 3
+
 rc=0
 for p in "${PIDS[@]}"; do wait "$p" || rc=$?; done
 PIDS=()
@@ -45,7 +67,7 @@ json=$("$CLUSTER" status --dir "$T/state" --bin "$BUILD" --json)
 check "every server serves the new version" python3 -c '
 import json, sys
 s = json.loads(sys.argv[1])
-assert all(x["state"] == "serving" and x["version"] == "0.1.99-upgrade-test" for x in s["servers"]), s
+assert all(x["state"] == "serving" and x["version"] == "0.1.98-in-place" for x in s["servers"]), s
 ' "$json"
 check "no client was evicted" bash -c '! grep -q "evicted by" "$1"/state/mount*.log' _ "$T"
 echo "$CHECKS passed, 0 failed"

@@ -397,6 +397,10 @@ int main(int argc, char** argv) {
   std::string logLevel = "info", logFile;
   app.add_option("--log-level", logLevel, "trace, debug, info, warn, error");
   app.add_option("--log-file", logFile, "log here instead of stderr");
+  // Options can come from a TOML file instead (a site's per-server config, as the systemd unit
+  // cairn-server@.service uses): top-level keys for the global ones, a [serve] table for serve's.
+  // The command line wins over the file.
+  app.set_config("--config", "", "read options from this TOML file ([serve] table for serve's)");
   app.require_subcommand(1);
   app.fallthrough();
 

@@ -78,4 +78,44 @@ check "data survives down and up" test "$(cat "$T/mnt/hello")" = "through one"
 check "up twice is refused" bash -c "! '$C' up --dir '$T/state' --mount '$T/x' --bin '$BUILD' 2>/dev/null"
 "$C" down --dir "$T/state" --bin "$BUILD" >/dev/null
 
+# A server from a config file, as the systemd unit cairn-server@.service starts it: the
+# example file with this test's paths; SIGTERM (systemctl stop) is a controlled shutdown.
+mkdir -p "$T/cfg"
+"$BUILD/objserver/cairn-server" format --dir "$T/cfg/meta" --kind meta --fs cfgtest > /dev/null
+python3 - "$ROOT/objserver/systemd/cairn-server.toml.example" "$T/cfg" > "$T/cfg/meta.toml" <<'PY'
+import re, sys
+text = open(sys.argv[1]).read()
+d = sys.argv[2]
+values = {"log-file": f"{d}/meta.log", "dir": f"{d}/meta", "kind": "meta", "fs": "cfgtest",
+          "listen": "127.0.0.1:0", "advertise": None, "mgs": None, "partner": None,
+          "metrics": "127.0.0.1:0"}
+out = []
+for line in text.splitlines():
+    m = re.match(r"^([a-z-]+) = ", line)
+    if m and m.group(1) in values:
+        v = values[m.group(1)]
+        if v is None:
+            continue
+        line = f'{m.group(1)} = "{v}"'
+    out.append(line)
+out.append(f'port-file = "{d}/meta.port"')
+print("\n".join(out))
+PY
+"$BUILD/objserver/cairn-server" --config "$T/cfg/meta.toml" serve &
+CFG_PID=$!
+for _ in $(seq 100); do [ -s "$T/cfg/meta.port" ] && break; sleep 0.05; done
+check "a server started from the example config serves" bash -c \
+  "'$BUILD/tools/cairnctl' --server 127.0.0.1:$(cat "$T/cfg/meta.port") status | grep -q 'meta 0 of cfgtest'"
+kill -TERM "$CFG_PID"
+rc=0
+wait "$CFG_PID" || rc=$?
+check "SIGTERM is a controlled shutdown (exit 0, target marked clean)" \
+  bash -c "test $rc -eq 0 && grep -q 'marked clean' '$T/cfg/meta.log'"
+if command -v systemd-analyze >/dev/null; then
+  sed "s|/usr/local/bin/cairn-server|$BUILD/objserver/cairn-server|" \
+    "$ROOT/objserver/systemd/cairn-server@.service" > "$T/cfg/cairn-server@.service"
+  check "systemd-analyze verify accepts the unit" \
+    bash -c "systemd-analyze verify '$T/cfg/cairn-server@.service' 2>&1 | { ! grep -v -e '^$' -e 'Documentation'; }"
+fi
+
 echo "$CHECKS passed, 0 failed"

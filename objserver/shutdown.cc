@@ -9,6 +9,7 @@
 #include <spdlog/spdlog.h>
 
 #include "objserver/server.h"
+#include "rpc/feature_flags.h"
 #include "rpc/lock_names.h"
 
 namespace cairn {
@@ -43,6 +44,12 @@ LockSpec activeServerLock(LockMode mode) {
 
 void ServerContext::admit(ClientSession& session) {
   if (state != ServerState::SERVING) refuseShuttingDown();
+  // A peer that did not announce the feature would not answer the callback: it gets no PR,
+  // and a shutdown does not wait for it (it reconnects and resends, as before the feature).
+  if (!(session.features & features::ACTIVE_SERVER_LOCK)) {
+    session.serverLock = 0;
+    return;
+  }
   KJ_IF_MAYBE (id, locks.tryGrant(session, activeServerLock(LockMode::PR))) {
     session.serverLock = *id;
   } else {

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "rpc/cairn.capnp.h"
+#include "rpc/feature_flags.h"
 
 namespace cairn::test {
 
@@ -22,8 +23,10 @@ struct RawSession {
 
 // Connects as client `uuidByte` x 16 with `callback` for blocking callbacks. The session lasts
 // while the returned capabilities do (the server counts it connected until then).
+// `features`: what it announces (a peer of an older release announces less).
 inline RawSession connectRaw(kj::AsyncIoContext& io, const std::string& address, kj::byte uuidByte,
-                             rpc::LockCallback::Client callback) {
+                             rpc::LockCallback::Client callback,
+                             uint64_t features = features::SUPPORTED) {
   RawSession s;
   s.stream = io.provider->getNetwork()
                  .parseAddress(address)
@@ -36,6 +39,7 @@ inline RawSession connectRaw(kj::AsyncIoContext& io, const std::string& address,
   for (auto& b : uuid) b = uuidByte;
   hello.setClientUuid(uuid);
   hello.setSoftwareVersion("test");
+  hello.setFeatures(features);
   req.setCallback(kj::mv(callback));
   auto reply = req.send().wait(io.waitScope);
   s.meta = reply.getMeta();

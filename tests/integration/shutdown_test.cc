@@ -222,6 +222,21 @@ TEST(Shutdown, AClientThatIgnoresTheCallbackIsEvictedAndNewcomersWait) {
   EXPECT_FALSE(contains(cluster.mountLog(0), "evicted"));
 }
 
+// Interop: a peer of a release before the active-server lock (it does not announce the feature)
+// is never sent its callback: it gets no PR, and a shutdown does not wait on it.
+TEST(Shutdown, APeerWithoutTheFeatureGetsNoServerLock) {
+  TestCluster cluster(quickLocks());
+  auto io = kj::setupAsyncIo();
+  auto old = connectRaw(io, cluster.metaAddress(), 9, kj::heap<Deaf>(),
+                        features::BASE | features::CACHING_LOCKS);
+  EXPECT_EQ(old.serverLock, 0u);
+  RunResult ctl;
+  EXPECT_EQ(cluster.shutdownServer(0, &ctl), 0);
+  auto log = readWhole(cluster.log(0));
+  EXPECT_FALSE(contains(log, "evicting client 09090909")) << log;
+  EXPECT_TRUE(contains(log, "marked clean")) << log;
+}
+
 // Kills the TCP connections of a mount's daemon to `address` (the kernel resets them), as a
 // network cut would.
 void cutConnections(pid_t mountPid, const std::string& address) {

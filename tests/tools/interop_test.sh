@@ -1,0 +1,108 @@
+#!/bin/bash
+# Interop across versions: the previous release (tools/releases.txt), built from its commit next
+# to this tree, against this tree's binaries, with fio (crc32c verification) and appendcheck
+# running on two mounts, one of each version:
+#   old servers with an old and a new client; a cluster half old and half new; a full rolling
+#   upgrade to the new version; a full rolling downgrade back to the old one.
+# Zero failed operations, zero verify errors, no client evicted, each server at the version
+# expected after each step. Until a release older than the tree exists, the version override
+# stands in for the old side (same binaries, another version string).
+source "$(dirname "$0")/lib.sh"
+PIDS=()
+cleanup() {
+  cd /
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  "$ROOT/tools/cluster" down --dir "$T/state" --bin "$BUILD" >/dev/null 2>&1 || true
+  rm -rf "$T"
+}
+trap cleanup EXIT
+CLUSTER="$ROOT/tools/cluster"
+NEW_VERSION=$("$BUILD/objserver/cairn-server" --version | awk '{print $2}')
+
+# The newest release older than this tree.
+read -r OLD_VERSION OLD_COMMIT < <(python3 - "$ROOT/tools/releases.txt" "$NEW_VERSION" <<'PY'
+import sys
+def key(v):
+    return tuple(int(p) if p.isdigit() else 0 for p in v.split("-")[0].split("."))
+new = sys.argv[2]
+older = [l.split() for l in open(sys.argv[1]) if l.strip() and not l.startswith("#")]
+older = [r for r in older if key(r[0]) < key(new)]
+print(*(older[-1] if older else ("", "")))
+PY
+)
+OLD_ENV=()
+if [ -z "$OLD_VERSION" ]; then
+  echo "no release older than $NEW_VERSION: the version override stands in for the old side"
+  OLD_BIN="$BUILD"
+  OLD_VERSION="$NEW_VERSION-previous"
+  OLD_ENV=(env CAIRN_VERSION_OVERRIDE="$OLD_VERSION")
+else
+  # Built once per build directory, from the release's commit (git history needed).
+  OLD_SRC="$BUILD/interop/$OLD_COMMIT"
+  OLD_BIN="$OLD_SRC/build"
+  if [ ! -x "$OLD_BIN/objserver/cairn-server" ] || [ ! -x "$OLD_BIN/fusefs/cairn-mount" ] ||
+     [ ! -x "$OLD_BIN/tools/cairnctl" ]; then
+    if ! git -C "$ROOT" cat-file -e "$OLD_COMMIT^{commit}" 2>/dev/null; then
+      if ! git -C "$ROOT" rev-parse --git-dir >/dev/null 2>&1; then
+        echo "SKIP: not a git checkout, so release $OLD_VERSION ($OLD_COMMIT) cannot be built"
+        exit 77
+      fi
+      fail "release $OLD_VERSION's commit $OLD_COMMIT is not in this clone (git fetch --unshallow)"
+    fi
+    echo "building release $OLD_VERSION ($OLD_COMMIT) in $OLD_SRC"
+    rm -rf "$OLD_SRC"
+    mkdir -p "$OLD_SRC"
+    git -C "$ROOT" archive "$OLD_COMMIT" | tar -x -C "$OLD_SRC"
+    meson setup "$OLD_BIN" "$OLD_SRC" > "$T/old-build.log" 2>&1 ||
+      { tail -20 "$T/old-build.log"; fail "meson setup of release $OLD_VERSION"; }
+    ninja -C "$OLD_BIN" objserver/cairn-server fusefs/cairn-mount tools/cairnctl \
+      >> "$T/old-build.log" 2>&1 || { tail -20 "$T/old-build.log"; fail "build of release $OLD_VERSION"; }
+  fi
+  check "the old build is release $OLD_VERSION" \
+    test "$("$OLD_BIN/objserver/cairn-server" --version)" = "cairn-server $OLD_VERSION"
+fi
+echo "old: $OLD_VERSION ($OLD_BIN), new: $NEW_VERSION ($BUILD)"
+
+versions() {  # the version each server reports, in the cluster's order
+  "$CLUSTER" status --dir "$T/state" --bin "$BUILD" --json |
+    python3 -c 'import json, sys; print(" ".join(s.get("version", "-") for s in json.load(sys.stdin)["servers"]))'
+}
+
+"${OLD_ENV[@]}" "$CLUSTER" up --dir "$T/state" --mount "$T/old" --bin "$OLD_BIN" >/dev/null
+"$CLUSTER" mount --dir "$T/state" --bin "$BUILD" "$T/new" >/dev/null
+check "old servers: $(versions)" test "$(versions)" = "$OLD_VERSION $OLD_VERSION $OLD_VERSION"
+
+SECONDS_=${INTEROP_LOAD_SECONDS:-20}
+for m in old new; do
+  mkdir "$T/$m/app-$m" "$T/$m/fio-$m"
+  "$BUILD/tools/appendcheck" "$T/$m/app-$m" --files 4 --seconds "$SECONDS_" > "$T/app-$m.log" 2>&1 &
+  PIDS+=($!)
+  fio --name=interop-$m --directory="$T/$m/fio-$m" --rw=randwrite --bs=4k --size=8m \
+    --verify=crc32c --verify_backlog=128 --verify_fatal=1 --verify_state_save=0 --do_verify=1 \
+    --ioengine=psync --fsync=32 --time_based --runtime="$SECONDS_" --output="$T/fio-$m.out" \
+    > /dev/null 2>&1 &
+  PIDS+=($!)
+done
+sleep 3
+check "half the cluster upgraded (data0)" \
+  "$CLUSTER" upgrade --dir "$T/state" --bin "$BUILD" --only data0
+check "half old, half new: $(versions)" \
+  test "$(versions)" = "$OLD_VERSION $NEW_VERSION $OLD_VERSION"
+sleep 2
+check "rolling upgrade of every server" "$CLUSTER" upgrade --dir "$T/state" --bin "$BUILD"
+check "all new: $(versions)" test "$(versions)" = "$NEW_VERSION $NEW_VERSION $NEW_VERSION"
+sleep 2
+check "rolling downgrade of every server" \
+  "${OLD_ENV[@]}" "$CLUSTER" upgrade --dir "$T/state" --bin "$OLD_BIN"
+check "all old again: $(versions)" test "$(versions)" = "$OLD_VERSION $OLD_VERSION $OLD_VERSION"
+
+rc=0
+for p in "${PIDS[@]}"; do wait "$p" || rc=$?; done
+PIDS=()
+cat "$T/app-old.log" "$T/app-new.log"
+grep -h -E "err=|verify" "$T/fio-old.out" "$T/fio-new.out" | head -4 || true
+check "appendcheck and fio saw no error (exit status $rc)" test "$rc" -eq 0
+check "old client: no errors" grep -q ", 0 errors, 0 verify errors" "$T/app-old.log"
+check "new client: no errors" grep -q ", 0 errors, 0 verify errors" "$T/app-new.log"
+check "no client was evicted" bash -c '! grep -q "evicted by" "$1"/state/mount*.log' _ "$T"
+echo "$CHECKS passed, 0 failed"

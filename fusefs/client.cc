@@ -45,6 +45,12 @@ void setTime(rpc::Timespec::Builder out, const timespec& t) {
   out.setNsec(uint32_t(t.tv_nsec));
 }
 
+// Out of line: GCC 12 warns (falsely, -Wmaybe-uninitialized) where an Array moved into a ready
+// promise is inlined into a large function.
+[[gnu::noinline]] kj::Promise<kj::Array<kj::byte>> readyBytes(kj::Array<kj::byte> bytes) {
+  return kj::mv(bytes);
+}
+
 kj::Own<SharedLayout> toLayout(rpc::Layout::Reader in) {
   auto shared = kj::refcounted<SharedLayout>();
   shared->layout.objectId = in.getObjectId();
@@ -96,7 +102,11 @@ Client::Client(kj::AsyncIoContext& io, ClientOptions options)
         return fetchAhead(ino, offset, length);
       }),
       tasks_(errorHandler_) {
-  identity_.uuid = randomUuid();
+  KJ_IF_MAYBE (uuid, options_.uuid) {
+    identity_.uuid = kj::heapArray<kj::byte>(*uuid);
+  } else {
+    identity_.uuid = randomUuid();
+  }
   identity_.role = rpc::Hello::Role::CLIENT;
   identity_.hostName = kj::str(options_.hostName);
   auto addresses = kj::heapArrayBuilder<kj::String>(options_.metaAddresses.size());
@@ -350,6 +360,8 @@ kj::Promise<void> Client::refreshTargets(ServerLink::Class cls) {
           auto link =
               kj::heap<ServerLink>(io_.provider->getNetwork(), io_.provider->getTimer(),
                                    kj::str("data", t.getIndex()), addresses.finish(), identity_);
+          auto handed = handedRequestIds_.find(link->name().cStr());
+          if (handed != handedRequestIds_.end()) link->continueRequestIds(handed->second);
           uint32_t index = t.getIndex();
           auto& ref = *link;
           link->setRecovery([this, &ref, index]() { return recoverData(ref, index); });
@@ -1027,7 +1039,7 @@ kj::Promise<kj::Array<kj::byte>> Client::readUnlocked(uint64_t fh, uint64_t offs
   }
   // The kernel asks for attributes before it reads past the size it knows, so `known` is
   // at least as fresh as the kernel's idea of the end of the file.
-  if (offset >= known || size == 0) return kj::heapArray<kj::byte>(0);
+  if (offset >= known || size == 0) return readyBytes(kj::heapArray<kj::byte>(0));
   uint64_t end = kj::min(offset + size, known);
   uint64_t ino = file.ino;
   bool noatime = file.flags & O_NOATIME;
@@ -1546,8 +1558,8 @@ kj::Promise<kj::Array<kj::byte>> Client::getxattr(uint64_t ino, kj::Array<kj::by
   if (locks_->held(ino, BIT_ATTR) != 0) {
     KJ_IF_MAYBE (known, cache_.xattr(ino, key)) {
       KJ_IF_MAYBE (value, *known) {
-        return kj::heapArray<kj::byte>(reinterpret_cast<const kj::byte*>(value->data()),
-                                       value->size());
+        return readyBytes(kj::heapArray<kj::byte>(reinterpret_cast<const kj::byte*>(value->data()),
+                                                  value->size()));
       }
       return errnoException(ENODATA);
     }
@@ -1599,6 +1611,98 @@ kj::Promise<void> Client::removexattr(uint64_t ino, kj::Array<kj::byte> name) {
              true, ServerLink::Class::NORMAL,
              [this, ino, key = kj::mv(key)](rpc::MetaReply::Reader) { cache_.dropXattr(ino, key); })
       .ignoreResult();
+}
+
+kj::Promise<void> Client::settleForHandover() {
+  KJ_REQUIRE(!outage(), "a server is unreachable: hand over once every server serves");
+  return flushAll().then([this]() {
+    auto parts = kj::heapArrayBuilder<kj::Promise<void>>(data_.size() + 1);
+    parts.add(meta_->settle());
+    for (auto& [index, link] : data_) parts.add(link->settle());
+    return kj::joinPromises(parts.finish());
+  });
+}
+
+void Client::exportState(rpc::MountHandover::Builder out) {
+  out.setClientUuid(identity_.uuid);
+  auto all = links();
+  auto links = out.initLinks(all.size());
+  for (auto i : kj::indices(all)) {
+    links[i].setName(all[i]->name());
+    links[i].setNextRequestId(all[i]->nextRequestId());
+  }
+  size_t count = 0;
+  inodes_.forEach([&](uint64_t, const InodeTable::Inode&) { ++count; });
+  auto inodes = out.initInodes(count);
+  size_t i = 0;
+  inodes_.forEach([&](uint64_t ino, const InodeTable::Inode& inode) {
+    inodes[i].setIno(ino);
+    inodes[i].setNlookup(inode.nlookup);
+    ++i;
+  });
+  auto opens = out.initOpens(opens_.size());
+  i = 0;
+  for (auto& [fh, file] : opens_.all()) {
+    auto o = opens[i++];
+    o.setHandle(fh);
+    o.setIno(file.ino);
+    o.setFlags(file.flags);
+    o.setLost(file.lost);
+    KJ_IF_MAYBE (l, file.layout) {
+      auto layout = o.initLayout();
+      layout.setObjectId((*l)->layout.objectId);
+      layout.setStripeSize((*l)->layout.stripeSize);
+      auto targets = layout.initTargets((*l)->layout.targets.size());
+      for (auto t : kj::indices((*l)->layout.targets)) targets.set(t, (*l)->layout.targets[t]);
+    }
+  }
+  out.setNextHandle(opens_.nextHandle());
+  auto locks = out.initAppLocks(appLocks_.size());
+  i = 0;
+  for (auto& [key, ranges] : appLocks_.all()) {
+    for (auto& r : ranges) {
+      auto l = locks[i++];
+      l.setIno(std::get<0>(key));
+      l.setOwner(std::get<1>(key));
+      l.setSpace(std::get<2>(key));
+      l.setStart(r.start);
+      l.setEnd(r.end);
+      l.setType(r.type);
+      l.setPid(r.pid);
+    }
+  }
+}
+
+void Client::importState(rpc::MountHandover::Reader in) {
+  for (auto l : in.getLinks()) {
+    if (l.getName() == meta_->name()) {
+      meta_->continueRequestIds(l.getNextRequestId());
+    } else {
+      handedRequestIds_[l.getName().cStr()] = l.getNextRequestId();
+    }
+  }
+  for (auto inode : in.getInodes()) inodes_.restore(inode.getIno(), inode.getNlookup());
+  for (auto o : in.getOpens()) {
+    OpenTable::File file;
+    file.ino = o.getIno();
+    file.flags = o.getFlags();
+    file.lost = o.getLost();
+    file.opening = false;
+    if (o.hasLayout()) file.layout = toLayout(o.getLayout());
+    if ((file.flags & O_ACCMODE) != O_RDONLY && !(file.flags & O_APPEND)) ++writers_[file.ino];
+    opens_.restore(o.getHandle(), kj::mv(file));
+  }
+  opens_.continueHandles(in.getNextHandle());
+  for (auto l : in.getAppLocks()) {
+    appLocks_.set(AppLocks::Key(l.getIno(), l.getOwner(), l.getSpace()),
+                  AppLocks::Range{l.getStart(), l.getEnd(), l.getType(), l.getPid()});
+  }
+  spdlog::info("took over: {} inodes the kernel holds, {} open files, {} application locks",
+               in.getInodes().size(), opens_.size(), appLocks_.size());
+}
+
+void Client::reconnectAll(kj::StringPtr why) {
+  for (auto* link : links()) link->disconnected(link->generation(), why);
 }
 
 }  // namespace cairn

@@ -42,6 +42,8 @@ struct ClientOptions {
   kj::String hostName;
   bool caching = true;  // ask for caching locks; off: every operation asks the server
   LockCache::Limits lockLimits;
+  // A process taking a mount over (fusefs/handover.h) goes on as the client that handed it.
+  kj::Maybe<kj::Array<kj::byte>> uuid;
 };
 
 struct Cred {
@@ -170,6 +172,16 @@ public:
   kj::Vector<ServerLink*> links();
   size_t dirtyBytes() const { return wb_.total(); }
 
+  // Client upgrade without unmounting (fusefs/handover.h). The handing process writes back
+  // what it queued and lets every link settle (nothing in flight, nothing kept for replay),
+  // then describes itself; the new one, before start(), carries on from that description.
+  kj::Promise<void> settleForHandover();
+  void exportState(rpc::MountHandover::Builder out);
+  void importState(rpc::MountHandover::Reader in);
+  // Forces every link to reconnect (after a handover that failed once the new process may
+  // have spoken to the servers as this client): caches go, recovery runs.
+  void reconnectAll(kj::StringPtr why);
+
   InodeTable& inodes() { return inodes_; }
   OpenTable& opens() { return opens_; }
   ServerLink& meta() { return *meta_; }
@@ -262,6 +274,7 @@ private:
   std::map<uint32_t, kj::Own<ServerLink>> data_;
   kj::Own<LockCache> locks_;  // the metadata server's; after meta_: it goes first
   AppLocks appLocks_;         // granted application locks, replayed after a restart
+  std::map<std::string, uint64_t> handedRequestIds_;  // by link name, from a handover
   class ErrorHandler : public kj::TaskSet::ErrorHandler {
   public:
     void taskFailed(kj::Exception&& e) override;

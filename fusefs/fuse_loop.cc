@@ -1,6 +1,9 @@
 #include "fusefs/fuse_loop.h"
 
 #include <fcntl.h>
+#include <linux/fuse.h>
+
+#include <cstring>
 
 #include <kj/debug.h>
 #include <spdlog/spdlog.h>
@@ -31,19 +34,60 @@ FuseLoop::~FuseLoop() {
 }
 
 kj::Promise<void> FuseLoop::run() {
-  return observer_.whenBecomesReadable().then([this]() { return drain(); });
+  // Read first: an edge that came before anyone waited for it is not reported again (requests
+  // may already be queued, e.g. for a process that takes a mount over).
+  return kj::evalLater([this]() { return drain(); });
+}
+
+void FuseLoop::pause() {
+  paused_ = true;
+}
+
+void FuseLoop::resume() {
+  paused_ = false;
+  KJ_IF_MAYBE (f, resumed_) {
+    (*f)->fulfill();
+    resumed_ = nullptr;
+  }
+}
+
+void FuseLoop::replayInit(kj::ArrayPtr<const kj::byte> request) {
+  KJ_REQUIRE(request.size() >= sizeof(fuse_in_header), "no FUSE_INIT to replay");
+  init_ = kj::heapArray(request);  // for the next handover
+  auto copy = kj::heapArray(request);
+  auto* header = reinterpret_cast<fuse_in_header*>(copy.begin());
+  KJ_REQUIRE(header->opcode == FUSE_INIT, "not a FUSE_INIT request", header->opcode);
+  // Far above any id the kernel hands out, odd (not an interrupt's), never 0 (a notification).
+  header->unique = (uint64_t(1) << 62) | 1;
+  fuse_buf buf;
+  memset(&buf, 0, sizeof(buf));
+  buf.mem = copy.begin();
+  buf.size = copy.size();
+  fuse_session_process_buf(session_, &buf);
 }
 
 kj::Promise<void> FuseLoop::drain() {
   for (int i = 0; i < BATCH; ++i) {
     if (fuse_session_exited(session_)) return kj::READY_NOW;
+    if (paused_) {
+      auto paf = kj::newPromiseAndFulfiller<void>();
+      resumed_ = kj::mv(paf.fulfiller);
+      return paf.promise.then([this]() { return drain(); });
+    }
     int res = fuse_session_receive_buf(session_, &buf_);
     if (res == -EINTR) continue;
     // The observer is edge-triggered: wait for the next edge only once the device is empty.
-    if (res == -EAGAIN) return run();
+    if (res == -EAGAIN) {
+      return observer_.whenBecomesReadable().then([this]() { return drain(); });
+    }
     if (res <= 0) {
       if (res < 0) spdlog::error("reading /dev/fuse: {}", strerror(-res));
       return kj::READY_NOW;  // unmounted
+    }
+    if (init_.size() == 0 && !(buf_.flags & FUSE_BUF_IS_FD) &&
+        size_t(res) >= sizeof(fuse_in_header) &&
+        reinterpret_cast<const fuse_in_header*>(buf_.mem)->opcode == FUSE_INIT) {
+      init_ = kj::heapArray(static_cast<const kj::byte*>(buf_.mem), size_t(res));
     }
     fuse_session_process_buf(session_, &buf_);
   }

@@ -6,6 +6,7 @@
 #define FUSE_USE_VERSION 314
 #include <fuse_lowlevel.h>
 
+#include <kj/array.h>
 #include <kj/async-unix.h>
 
 namespace cairn {
@@ -19,12 +20,26 @@ public:
   // Resolves when the session ends (unmounted, or fuse_session_exit).
   kj::Promise<void> run();
 
+  // Handover (fusefs/handover.h): stop taking requests from the kernel (they wait in the
+  // device for whoever reads next), and take them again.
+  void pause();
+  void resume();
+  // The kernel's FUSE_INIT request as it came, for a process that takes the mount over.
+  kj::ArrayPtr<const kj::byte> initRequest() const { return init_; }
+  // In a process that took the mount over: runs the previous process's FUSE_INIT through
+  // libfuse, so that the session is set up as the kernel negotiated it. libfuse's reply goes
+  // to a request id the kernel does not know, and the kernel drops it.
+  void replayInit(kj::ArrayPtr<const kj::byte> request);
+
 private:
   kj::Promise<void> drain();
 
   fuse_session* session_;
   kj::UnixEventPort::FdObserver observer_;
   fuse_buf buf_;
+  kj::Array<kj::byte> init_;
+  bool paused_ = false;
+  kj::Maybe<kj::Own<kj::PromiseFulfiller<void>>> resumed_;
 };
 
 }  // namespace cairn

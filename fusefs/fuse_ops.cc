@@ -524,7 +524,21 @@ void FuseOps::ErrorHandler::taskFailed(kj::Exception&& e) {
   spdlog::error("request task failed: {}", e.getDescription().cStr());
 }
 
+kj::Promise<void> FuseOps::idle() {
+  if (inFlight_ == 0) return kj::READY_NOW;
+  auto paf = kj::newPromiseAndFulfiller<void>();
+  idleWaiters_.add(kj::mv(paf.fulfiller));
+  return kj::mv(paf.promise);
+}
+
+void FuseOps::done() {
+  if (--inFlight_ > 0) return;
+  for (auto& w : idleWaiters_) w->fulfill();
+  idleWaiters_.clear();
+}
+
 void FuseOps::runPromise(fuse_req_t req, kj::Promise<void> work, bool abortable) {
+  ++inFlight_;
   auto interrupt = kj::heap<Interrupt>();
   auto paf = kj::newPromiseAndFulfiller<void>();
   interrupt->fulfiller = kj::mv(paf.fulfiller);
@@ -541,7 +555,7 @@ void FuseOps::runPromise(fuse_req_t req, kj::Promise<void> work, bool abortable)
                    fuse_reply_err(req, err);
                  })
                  .exclusiveJoin(kj::mv(interrupted))
-                 .attach(kj::mv(interrupt)));
+                 .attach(kj::mv(interrupt), kj::defer([this]() { done(); })));
 }
 
 }  // namespace cairn

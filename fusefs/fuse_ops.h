@@ -13,6 +13,7 @@
 #include <fuse_lowlevel.h>
 
 #include <kj/async.h>
+#include <kj/vector.h>
 
 #include "fusefs/client.h"
 
@@ -48,8 +49,14 @@ public:
     runPromise(req, kj::evalNow(kj::fwd<Start>(start)), true);
   }
 
+  // Resolves once no request is being worked on (every one has had its reply): for a handover,
+  // with the loop paused.
+  kj::Promise<void> idle();
+  size_t inFlight() const { return inFlight_; }
+
 private:
   void runPromise(fuse_req_t req, kj::Promise<void> work, bool abortable);
+  void done();
   kj::Promise<void> untilOutage();
   class ErrorHandler : public kj::TaskSet::ErrorHandler {
   public:
@@ -58,6 +65,8 @@ private:
   Client& client_;
   kj::Timer& timer_;
   ErrorHandler errorHandler_;
+  size_t inFlight_ = 0;
+  kj::Vector<kj::Own<kj::PromiseFulfiller<void>>> idleWaiters_;
   kj::TaskSet tasks_;
 };
 

@@ -37,6 +37,12 @@ public:
   InodeTable();
   // A reply handed the kernel a reference.
   Inode& remember(uint64_t ino);
+  // From a handover: the kernel holds `nlookup` references.
+  void restore(uint64_t ino, uint64_t nlookup) { inodes_[ino].nlookup = nlookup; }
+  template <typename F>
+  void forEach(F f) const {
+    for (auto& [ino, inode] : inodes_) f(ino, inode);
+  }
   // The kernel dropped n references.
   void forget(uint64_t ino, uint64_t n);
   kj::Maybe<Inode&> find(uint64_t ino);

@@ -1,12 +1,14 @@
 // cairn-mount: mounts a Cairn filesystem. Wiring only.
 //
 //   cairn-mount HOST:PORT[,HOST:PORT...] MOUNTPOINT [-f] [-d] [-o OPTIONS]
+//   cairn-mount --takeover MOUNTPOINT     (a new binary takes a live mount over: handover.h)
 //
 // The addresses are the metadata server's (several for a failover pair). Besides the usual FUSE
 // options (allow_other, default_permissions, ...), -o takes log_file=PATH, log_level=LEVEL,
 // nocache and lock_limit=N.
 #define FUSE_USE_VERSION 314
 #include <fuse_lowlevel.h>
+#include <sys/mount.h>
 #include <unistd.h>
 
 #include <kj/async-io.h>
@@ -15,13 +17,23 @@
 #include <spdlog/sinks/basic_file_sink.h>
 #include <spdlog/spdlog.h>
 
+#include <capnp/message.h>
+#include <capnp/serialize.h>
+
+#include <chrono>
+#include <climits>
 #include <cstddef>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
 
 #include "fusefs/client.h"
 #include "fusefs/client_metrics.h"
 #include "fusefs/fuse_loop.h"
 #include "fusefs/fuse_ops.h"
+#include "fusefs/handover.h"
 #include "fusefs/notifier.h"
 #include "rpc/metrics_http.h"
 #include "rpc/version.h"
@@ -74,14 +86,99 @@ void usage(const char* prog) {
       "    -o log_level=LEVEL     trace, debug, info, warn, error (default info)\n"
       "    -o nocache             cache nothing: every operation asks the servers\n"
       "    -o lock_limit=N        cache under at most N locks (default 60000)\n"
-      "    --version              print the version\n\n",
-      prog);
+      "    --version              print the version\n"
+      "usage: %s --takeover MOUNTPOINT\n"
+      "    take the mount over from the cairn-mount serving it (client upgrade without\n"
+      "    unmounting: applications keep their open files)\n\n",
+      prog, prog);
   fuse_lowlevel_help();
+}
+
+// Exit status of a process that handed its mount over: it must not unmount.
+constexpr int HANDED_OVER = 0;
+
+class TaskErrors : public kj::TaskSet::ErrorHandler {
+public:
+  void taskFailed(kj::Exception&& e) override {
+    spdlog::warn("after the takeover: {}", e.getDescription().cStr());
+  }
+};
+
+// The running process's side of a handover: when a new cairn-mount asks, stop reading the
+// kernel's requests, let those under way finish, write back and settle every link, send the
+// state with /dev/fuse; true once the new process has taken over. If anything fails, the mount
+// carries on here (reconnecting, in case the new process spoke to the servers as this client).
+kj::Promise<bool> handOverWhenAsked(cairn::HandoverListener& handover, cairn::FuseLoop& loop,
+                                    cairn::FuseOps& ops, cairn::Client& client, fuse_session* se,
+                                    const std::vector<std::string>& argv) {
+  return handover.requested().then([&handover, &loop, &ops, &client, se, &argv]() {
+    loop.pause();
+    auto started = std::chrono::steady_clock::now();
+    return ops.idle()
+        .then([&client]() { return client.settleForHandover(); })
+        .then([&handover, &loop, &client, se, &argv]() {
+          capnp::MallocMessageBuilder message;
+          auto state = message.initRoot<cairn::rpc::MountHandover>();
+          state.setSoftwareVersion(CAIRN_VERSION);
+          auto list = state.initArgv(argv.size());
+          for (size_t i = 0; i < argv.size(); ++i) list.set(i, argv[i].c_str());
+          state.setInitRequest(loop.initRequest());
+          client.exportState(state);
+          auto words = capnp::messageToFlatArray(message);
+          return handover.handOver(fuse_session_fd(se), words).attach(kj::mv(words));
+        })
+        .then(
+            [&handover, &loop, &ops, &client, se, &argv, started](bool done) -> kj::Promise<bool> {
+              if (done) {
+                spdlog::info("handover took {} ms",
+                             std::chrono::duration_cast<std::chrono::milliseconds>(
+                                 std::chrono::steady_clock::now() - started)
+                                 .count());
+                return true;
+              }
+              spdlog::warn("handover failed: carrying on");
+              client.reconnectAll("a handover failed");
+              loop.resume();
+              return handOverWhenAsked(handover, loop, ops, client, se, argv);
+            },
+            [&handover, &loop, &ops, &client, se, &argv](kj::Exception&& e) -> kj::Promise<bool> {
+              spdlog::warn("handover refused: {}", e.getDescription().cStr());
+              handover.refuse(e.getDescription());
+              loop.resume();
+              return handOverWhenAsked(handover, loop, ops, client, se, argv);
+            });
+  });
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Taking a live mount over: the command line is the running process's own, received with
+  // the /dev/fuse descriptor and the state (fusefs/handover.h).
+  kj::Maybe<cairn::ReceivedHandover> takeover;
+  kj::Maybe<kj::Own<capnp::FlatArrayMessageReader>> handed;
+  std::vector<std::string> handedArgs;
+  std::vector<char*> handedArgv;
+  if (argc == 3 && strcmp(argv[1], "--takeover") == 0) {
+    try {
+      char real[PATH_MAX];
+      auto& r = takeover.emplace(
+          cairn::requestHandover(realpath(argv[2], real) != nullptr ? real : argv[2]));
+      capnp::ReaderOptions options;
+      options.traversalLimitInWords = r.message.size() * 2 + 1024;
+      auto& reader = *handed.emplace(kj::heap<capnp::FlatArrayMessageReader>(r.message, options));
+      auto state = reader.getRoot<cairn::rpc::MountHandover>();
+      for (auto a : state.getArgv()) handedArgs.push_back(a.cStr());
+    } catch (kj::Exception& e) {
+      fprintf(stderr, "cairn-mount: %s\n", e.getDescription().cStr());
+      return 1;
+    }
+    for (auto& a : handedArgs) handedArgv.push_back(a.data());
+    handedArgv.push_back(nullptr);
+    argc = int(handedArgs.size());
+    argv = handedArgv.data();
+  }
+  std::vector<std::string> originalArgs(argv, argv + argc);
   fuse_args args = FUSE_ARGS_INIT(argc, argv);
   MountConfig cfg;
   if (fuse_opt_parse(&args, &cfg, SPECS, optProc) == -1) return 1;
@@ -119,8 +216,23 @@ int main(int argc, char** argv) {
       fuse_session_new(&args, &cairn::FuseOps::table(), sizeof(fuse_lowlevel_ops), &userdata);
   if (se == nullptr) return 1;
   KJ_DEFER(fuse_session_destroy(se));
-  if (fuse_session_mount(se, opts.mountpoint) != 0) return 1;
-  KJ_DEFER(fuse_session_unmount(se));
+  // Taking over, the session gets the running process's descriptor instead of a new mount.
+  kj::String device;
+  KJ_IF_MAYBE (t, takeover) {
+    device = kj::str("/dev/fd/", t->fuseFd.release());  // the session owns it from here
+  }
+  std::string mountPoint = opts.mountpoint;
+  if (fuse_session_mount(se, device == nullptr ? opts.mountpoint : device.cStr()) != 0) return 1;
+  bool handedOver = false;  // then the mount lives on in the new process: no unmount
+  KJ_DEFER({
+    if (handedOver) return;
+    if (device == nullptr) {
+      fuse_session_unmount(se);
+    } else {
+      // libfuse knows no mount point for a descriptor it was given: unmount as it would.
+      umount2(mountPoint.c_str(), MNT_DETACH);
+    }
+  });
   // Forks into the background unless -f; every thread and the event loop come after this.
   fuse_daemonize(opts.foreground);
 
@@ -131,6 +243,8 @@ int main(int argc, char** argv) {
     kj::UnixEventPort::captureSignal(SIGHUP);
     signal(SIGPIPE, SIG_IGN);
     auto io = kj::setupAsyncIo();
+    TaskErrors taskErrors;
+    kj::TaskSet tasks(taskErrors);
 
     char host[256] = {};
     gethostname(host, sizeof(host) - 1);
@@ -140,14 +254,51 @@ int main(int argc, char** argv) {
     options.hostName = kj::str(host);
     options.caching = !cfg.noCache;
     if (cfg.lockLimit > 0) options.lockLimits.maxLocks = cfg.lockLimit;
+    kj::Maybe<cairn::rpc::MountHandover::Reader> state;
+    KJ_IF_MAYBE (h, handed) {
+      auto s = (*h)->getRoot<cairn::rpc::MountHandover>();
+      options.uuid = kj::heapArray(s.getClientUuid());
+      state = s;
+    }
     cairn::Notifier notifier(se);
     cairn::Client client(io, kj::mv(options));
     client.setKernelCache(notifier);
     cairn::FuseOps fuseOps(client, io.provider->getTimer());
     userdata.ops = &fuseOps;
     userdata.notifier = &notifier;
+    cairn::FuseLoop loop(se, io.unixEventPort);
+    KJ_IF_MAYBE (s, state) {
+      // The session as the kernel negotiated it with the previous process, then that
+      // process's tables; the servers see the same client reconnect.
+      loop.replayInit(s->getInitRequest());
+      client.importState(*s);
+    }
     client.start();
-    spdlog::info("cairn-mount {} mounted {} at {}", CAIRN_VERSION, cfg.addresses, opts.mountpoint);
+    KJ_IF_MAYBE (t, takeover) {
+      auto& timer = io.provider->getTimer();
+      bool ready = false;
+      for (int i = 0; i < 500 && !ready; ++i) {
+        timer.afterDelay(20 * kj::MILLISECONDS).wait(io.waitScope);
+        ready = client.meta().state() == cairn::ServerLink::State::ACTIVE;
+      }
+      // Without an acknowledgement the running process carries on (and reconnects).
+      KJ_REQUIRE(ready, "the metadata server did not answer: not taking the mount over");
+      cairn::acknowledgeHandover(*t);
+      spdlog::info("cairn-mount {} took over {} from {} (version {})", CAIRN_VERSION,
+                   opts.mountpoint, "the running process",
+                   KJ_ASSERT_NONNULL(state).getSoftwareVersion().cStr());
+      // The kernel's caches were covered by the old process's locks, which the server dropped
+      // when this process connected as the same client: they go now.
+      if (notifier.keepsNames()) {
+        tasks.add(notifier.forgetNames(1, {}, true));
+      }
+      client.inodes().forEach([&](uint64_t ino, const cairn::InodeTable::Inode&) {
+        tasks.add(notifier.invalidate(ino, true));
+      });
+    } else {
+      spdlog::info("cairn-mount {} mounted {} at {}", CAIRN_VERSION, cfg.addresses,
+                   opts.mountpoint);
+    }
 
     // The mount's counters, on a local socket (`cairnctl --mount MNT stats`).
     cairn::MetricsHttpServer metrics(io.provider->getTimer(),
@@ -168,17 +319,36 @@ int main(int argc, char** argv) {
     } catch (kj::Exception& e) {
       spdlog::warn("no counters socket at {}: {}", socketPath.cStr(), e.getDescription().cStr());
     }
-    KJ_DEFER(unlink(socketPath.cStr()));
+    bool keepSocket = false;
+    KJ_DEFER(if (!keepSocket) unlink(socketPath.cStr()));
 
-    cairn::FuseLoop loop(se, io.unixEventPort);
-    auto stop =
-        io.unixEventPort.onSignal(SIGTERM)
-            .exclusiveJoin(io.unixEventPort.onSignal(SIGINT))
-            .exclusiveJoin(io.unixEventPort.onSignal(SIGHUP))
-            .then([](siginfo_t info) { spdlog::info("signal {}: unmounting", info.si_signo); });
-    loop.run().exclusiveJoin(kj::mv(stop)).wait(io.waitScope);
-    client.leave(1 * kj::SECONDS).wait(io.waitScope);
-    spdlog::info("unmounted {}", opts.mountpoint);
+    // A newer cairn-mount may ask to take this mount over.
+    cairn::HandoverListener handover(io.unixEventPort, io.provider->getTimer(),
+                                     cairn::handoverSocketPath(opts.mountpoint));
+    auto handoverDone = handOverWhenAsked(handover, loop, fuseOps, client, se, originalArgs);
+
+    auto stop = io.unixEventPort.onSignal(SIGTERM)
+                    .exclusiveJoin(io.unixEventPort.onSignal(SIGINT))
+                    .exclusiveJoin(io.unixEventPort.onSignal(SIGHUP))
+                    .then([](siginfo_t info) {
+                      spdlog::info("signal {}: unmounting", info.si_signo);
+                      return false;
+                    });
+    handedOver = loop.run()
+                     .then([]() { return false; })
+                     .exclusiveJoin(kj::mv(stop))
+                     .exclusiveJoin(kj::mv(handoverDone))
+                     .wait(io.waitScope);
+    if (handedOver) {
+      // The new process serves the mount and the servers know it as this client: no goodbye,
+      // no unmount; its counters socket is its own.
+      spdlog::info("handed {} over to a new cairn-mount; exiting", opts.mountpoint);
+      keepSocket = true;
+      status = HANDED_OVER;
+    } else {
+      client.leave(1 * kj::SECONDS).wait(io.waitScope);
+      spdlog::info("unmounted {}", opts.mountpoint);
+    }
   } catch (kj::Exception& e) {
     spdlog::error("{}", e.getDescription().cStr());
     status = 1;

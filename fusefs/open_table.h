@@ -25,6 +25,13 @@ public:
   };
 
   uint64_t add(File file);
+  // From a handover: the entry keeps the handle the kernel knows it by.
+  void restore(uint64_t fh, File file) {
+    files_.emplace(fh, kj::mv(file));
+    next_ = kj::max(next_, fh + 1);
+  }
+  uint64_t nextHandle() const { return next_; }
+  void continueHandles(uint64_t next) { next_ = kj::max(next_, next); }
   kj::Maybe<File&> find(uint64_t fh);
   void remove(uint64_t fh);
   size_t size() const { return files_.size(); }

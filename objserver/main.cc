@@ -327,6 +327,7 @@ int serve(const ServeOptions& o, kj::ArrayPtr<const kj::String> argv) {
     spdlog::info("metrics at http://{}/metrics", p.metricsAddress.cStr());
   }
 
+  Target::requireFormatted(o.dir.c_str());
   // A server of a failover pair starts as a standby, which takes the target at once if it is
   // free (and no other host's heartbeat moves).
   kj::Maybe<kj::Own<TargetLock>> lock;

@@ -48,6 +48,12 @@ kj::String hexString(kj::ArrayPtr<const kj::byte> bytes) {
   return kj::encodeHex(bytes);
 }
 
+void Target::requireFormatted(kj::StringPtr dir) {
+  KJ_REQUIRE(fileExists(dir), "the target directory does not exist", dir);
+  KJ_REQUIRE(fileExists(kj::str(dir, "/data.mdb")),
+             "no target here: format it first (cairn-server format ...)", dir);
+}
+
 void Target::format(kj::StringPtr dir, const FormatOptions& options) {
   KJ_REQUIRE(options.fsName.size() > 0 && options.fsName.size() <= 64,
              "a filesystem name is 1 to 64 characters", options.fsName);
@@ -81,9 +87,7 @@ void Target::format(kj::StringPtr dir, const FormatOptions& options) {
 
 Target::Target(kj::StringPtr dir, rpc::TargetKind expectedKind, OpenOptions options)
     : dir_(kj::str(dir)) {
-  KJ_REQUIRE(fileExists(dir), "the target directory does not exist", dir);
-  KJ_REQUIRE(fileExists(kj::str(dir, "/data.mdb")),
-             "no target here: format it first (cairn-server format ...)", dir);
+  requireFormatted(dir);
   KJ_IF_MAYBE (taken, options.lock) {
     lock_ = kj::mv(*taken);
   } else {

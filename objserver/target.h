@@ -39,6 +39,10 @@ public:
   // Makes a new target in `dir` (created if missing). Refuses a directory that already holds one.
   static void format(kj::StringPtr dir, const FormatOptions& options);
 
+  // Throws unless `dir` holds a formatted target (checked before anything is written there,
+  // such as the owner lock).
+  static void requireFormatted(kj::StringPtr dir);
+
   Target(kj::StringPtr dir, rpc::TargetKind expectedKind, OpenOptions options);
   ~Target() noexcept(false);
   KJ_DISALLOW_COPY(Target);

@@ -495,3 +495,44 @@ struct DirentValue {
   ino @0 :UInt64;
   cookie @1 :UInt64;
 }
+
+# Client upgrade without unmounting: what a running cairn-mount hands a new one over a local
+# socket, with the /dev/fuse descriptor (fusefs/handover.*). The new process carries on as the
+# same client (same uuid, request ids continuing), with the kernel's inode references and the
+# applications' open files and locks.
+struct MountHandover {
+  softwareVersion @0 :Text;      # of the process handing over
+  argv @1 :List(Text);           # its command line (options, addresses, mount point)
+  clientUuid @2 :Data;
+  initRequest @3 :Data;          # the kernel's FUSE_INIT request, as first received
+  links @4 :List(LinkState);
+  inodes @5 :List(HandedInode);
+  opens @6 :List(HandedOpen);
+  nextHandle @7 :UInt64;
+  appLocks @8 :List(HandedAppLock);
+
+  struct LinkState {
+    name @0 :Text;               # "meta", "data3"
+    nextRequestId @1 :UInt64;
+  }
+  struct HandedInode {
+    ino @0 :UInt64;
+    nlookup @1 :UInt64;
+  }
+  struct HandedOpen {
+    handle @0 :UInt64;
+    ino @1 :UInt64;
+    flags @2 :UInt32;
+    lost @3 :Bool;
+    layout @4 :Layout;           # regular files
+  }
+  struct HandedAppLock {
+    ino @0 :UInt64;
+    owner @1 :UInt64;
+    space @2 :UInt32;
+    start @3 :UInt64;
+    end @4 :UInt64;
+    type @5 :UInt32;
+    pid @6 :UInt32;
+  }
+}

@@ -175,6 +175,22 @@ kj::Promise<void> ServerLink::idle() {
   return kj::mv(paf.promise);
 }
 
+kj::Promise<void> ServerLink::settle() {
+  return idle().then([this]() -> kj::Promise<void> {
+    if (kept_.empty()) return kj::READY_NOW;
+    // A sync's reply says everything answered so far is on disk, which forgets the kept copies.
+    kj::Promise<void> sync = nullptr;
+    if (peerKind_ == rpc::TargetKind::META) {
+      sync = meta([](rpc::MetaRequest::Builder b) { b.setSync(); }, false).ignoreResult();
+    } else {
+      sync = data([](rpc::DataRequest::Builder b) { b.setSync(); }, false).ignoreResult();
+    }
+    return sync.then([this]() {
+      KJ_REQUIRE(kept_.empty(), "updates not yet synced after a sync", name_, kept_.size());
+    });
+  });
+}
+
 void ServerLink::setRecovery(kj::Function<kj::Promise<void>()> recovery) {
   recovery_ = kj::mv(recovery);
 }

@@ -111,6 +111,12 @@ public:
   const Stats& stats() const { return stats_; }
   // Bytes of the updates kept for replay (not yet synced by the server).
   size_t keptBytes() const { return keptBytes_; }
+  // Handover to a new client process (fusefs/handover.h): resolves once nothing of this link is
+  // in flight and the server has synced every update it answered, so that nothing needs to be
+  // kept for replay; the new process's link goes on numbering requests from here.
+  kj::Promise<void> settle();
+  uint64_t nextRequestId() const { return nextRequestId_; }
+  void continueRequestIds(uint64_t next) { nextRequestId_ = kj::max(nextRequestId_, next); }
   // True once after a connect at which the server said it had evicted this client: whatever
   // the client held there (open files, locks) is gone.
   bool takeEvicted() {

@@ -3,7 +3,8 @@
 # and appendcheck (files kept open, appending, fsyncing, reading back through the same
 # descriptors) run on two mounts while `tools/cluster upgrade` restarts every server through a
 # controlled shutdown, twice: once with the same version, once as another version; then
-# `cairnctl upgrade` upgrades every server in place to a third. Zero failed operations, zero
+# the mounts' processes are replaced by new ones without unmounting (`tools/cluster takeover`);
+# then `cairnctl upgrade` upgrades every server in place to a third. Zero failed operations, zero
 # verify errors, the descriptors opened first still working at the end.
 source "$(dirname "$0")/lib.sh"
 PIDS=()
@@ -34,7 +35,13 @@ sleep 2
 check "upgrade of every server to another version" \
   env CAIRN_VERSION_OVERRIDE=0.1.99-upgrade-test "$CLUSTER" upgrade --dir "$T/state" --bin "$BUILD"
 
-sleep 2
+sleep 1
+# The clients too, without unmounting: a new cairn-mount takes each mount over, twice for one.
+for m in a b a; do
+  check "client upgrade of mount $m by takeover" \
+    "$CLUSTER" takeover --dir "$T/state" --bin "$BUILD" "$T/$m"
+done
+sleep 1
 # cairnctl upgrade: every server upgraded in place (same pid, same port). A binary that is not a
 # cairn-server stops it at the first target with a report, and nothing changes; run again with
 # the right binary, it completes; run once more, it has nothing left to do.

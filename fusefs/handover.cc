@@ -57,6 +57,21 @@ void setBlocking(int fd, bool blocking) {
   KJ_SYSCALL(fcntl(fd, F_SETFL, blocking ? flags & ~O_NONBLOCK : flags | O_NONBLOCK));
 }
 
+// The answer's first part: the state's length, with room for the /dev/fuse descriptor.
+struct LengthAndFd {
+  LengthAndFd() {
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof(control);
+  }
+  KJ_DISALLOW_COPY(LengthAndFd);
+  uint64_t length = 0;
+  iovec iov{&length, sizeof(length)};
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+  msghdr msg{};
+};
+
 }  // namespace
 
 kj::String handoverSocketPath(kj::StringPtr mountPoint) {
@@ -132,22 +147,16 @@ void HandoverListener::refuse(kj::StringPtr why) {
 
 kj::Promise<bool> HandoverListener::handOver(int fuseFd, kj::ArrayPtr<const capnp::word> message) {
   int fd = connFd_.get();
-  uint64_t length = message.asBytes().size();
   // The length and the descriptor in one message, then the state.
-  iovec iov{&length, sizeof(length)};
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = control;
-  msg.msg_controllen = sizeof(control);
-  cmsghdr* c = CMSG_FIRSTHDR(&msg);
+  LengthAndFd head;
+  head.length = message.asBytes().size();
+  cmsghdr* c = CMSG_FIRSTHDR(&head.msg);
   c->cmsg_level = SOL_SOCKET;
   c->cmsg_type = SCM_RIGHTS;
   c->cmsg_len = CMSG_LEN(sizeof(int));
   memcpy(CMSG_DATA(c), &fuseFd, sizeof(int));
   try {
-    KJ_SYSCALL(sendmsg(fd, &msg, MSG_NOSIGNAL));
+    KJ_SYSCALL(sendmsg(fd, &head.msg, MSG_NOSIGNAL));
     writeAll(fd, message.asBytes().begin(), message.asBytes().size());
   } catch (kj::Exception& e) {
     spdlog::warn("handover: sending the state failed: {}", e.getDescription().cStr());
@@ -181,20 +190,15 @@ ReceivedHandover requestHandover(kj::StringPtr mountPoint) {
              "no cairn-mount to take over at this mount point", mountPoint, path, strerror(errno));
   writeAll(fd, HELLO.begin(), HELLO.size());
 
-  uint64_t length = 0;
-  iovec iov{&length, sizeof(length)};
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = control;
-  msg.msg_controllen = sizeof(control);
+  LengthAndFd head;
   ssize_t n;
   do {
-    n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC | MSG_WAITALL);
+    n = recvmsg(fd, &head.msg, MSG_CMSG_CLOEXEC | MSG_WAITALL);
   } while (n < 0 && errno == EINTR);
-  KJ_REQUIRE(n == ssize_t(sizeof(length)), "the running cairn-mount did not answer",
+  KJ_REQUIRE(n == ssize_t(sizeof(head.length)), "the running cairn-mount did not answer",
              strerror(errno));
+  uint64_t length = head.length;
+  msghdr& msg = head.msg;
   if (length == 0) {
     uint32_t size = 0;
     readAll(fd, &size, sizeof(size));

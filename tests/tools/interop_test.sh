@@ -8,15 +8,7 @@
 # expected after each step. Until a release older than the tree exists, the version override
 # stands in for the old side (same binaries, another version string).
 source "$(dirname "$0")/lib.sh"
-PIDS=()
-cleanup() {
-  cd /
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  "$ROOT/tools/cluster" down --dir "$T/state" --bin "$BUILD" >/dev/null 2>&1 || true
-  rm -rf "$T"
-}
-trap cleanup EXIT
-CLUSTER="$ROOT/tools/cluster"
+trap cluster_cleanup EXIT
 NEW_VERSION=$("$BUILD/objserver/cairn-server" --version | awk '{print $2}')
 
 # The newest release older than this tree.
@@ -73,16 +65,7 @@ versions() {  # the version each server reports, in the cluster's order
 check "old servers: $(versions)" test "$(versions)" = "$OLD_VERSION $OLD_VERSION $OLD_VERSION"
 
 SECONDS_=${INTEROP_LOAD_SECONDS:-20}
-for m in old new; do
-  mkdir "$T/$m/app-$m" "$T/$m/fio-$m"
-  "$BUILD/tools/appendcheck" "$T/$m/app-$m" --files 4 --seconds "$SECONDS_" > "$T/app-$m.log" 2>&1 &
-  PIDS+=($!)
-  fio --name=interop-$m --directory="$T/$m/fio-$m" --rw=randwrite --bs=4k --size=8m \
-    --verify=crc32c --verify_backlog=128 --verify_fatal=1 --verify_state_save=0 --do_verify=1 \
-    --ioengine=psync --fsync=32 --time_based --runtime="$SECONDS_" --output="$T/fio-$m.out" \
-    > /dev/null 2>&1 &
-  PIDS+=($!)
-done
+start_verify_load "$SECONDS_" old new
 sleep 3
 check "half the cluster upgraded (data0)" \
   "$CLUSTER" upgrade --dir "$T/state" --bin "$BUILD" --only data0
@@ -96,13 +79,5 @@ check "rolling downgrade of every server" \
   "${OLD_ENV[@]}" "$CLUSTER" upgrade --dir "$T/state" --bin "$OLD_BIN"
 check "all old again: $(versions)" test "$(versions)" = "$OLD_VERSION $OLD_VERSION $OLD_VERSION"
 
-rc=0
-for p in "${PIDS[@]}"; do wait "$p" || rc=$?; done
-PIDS=()
-cat "$T/app-old.log" "$T/app-new.log"
-grep -h -E "err=|verify" "$T/fio-old.out" "$T/fio-new.out" | head -4 || true
-check "appendcheck and fio saw no error (exit status $rc)" test "$rc" -eq 0
-check "old client: no errors" grep -q ", 0 errors, 0 verify errors" "$T/app-old.log"
-check "new client: no errors" grep -q ", 0 errors, 0 verify errors" "$T/app-new.log"
-check "no client was evicted" bash -c '! grep -q "evicted by" "$1"/state/mount*.log' _ "$T"
+check_verify_load old new
 echo "$CHECKS passed, 0 failed"

@@ -31,3 +31,45 @@ check() {  # check DESCRIPTION COMMAND...
     fail "$what"
   fi
 }
+
+# The tests that run a local cluster under load: its cleanup, and the verify workload (fio with
+# crc32c verification and appendcheck) on each of some mounts.
+CLUSTER="$ROOT/tools/cluster"
+LOAD_PIDS=()
+cluster_cleanup() {
+  cd /
+  for p in "${LOAD_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  "$CLUSTER" down --dir "$T/state" --bin "$BUILD" >/dev/null 2>&1 || true
+  rm -rf "$T"
+}
+
+start_verify_load() {  # start_verify_load SECONDS NAME... (mounts at $T/NAME)
+  local seconds=$1 m
+  shift
+  for m in "$@"; do
+    mkdir "$T/$m/app-$m" "$T/$m/fio-$m"
+    "$BUILD/tools/appendcheck" "$T/$m/app-$m" --files 4 --seconds "$seconds" \
+      > "$T/app-$m.log" 2>&1 &
+    LOAD_PIDS+=($!)
+    fio --name="load-$m" --directory="$T/$m/fio-$m" --rw=randwrite --bs=4k --size=8m \
+      --verify=crc32c --verify_backlog=128 --verify_fatal=1 --verify_state_save=0 \
+      --do_verify=1 --ioengine=psync --fsync=32 --time_based --runtime="$seconds" \
+      --output="$T/fio-$m.out" > /dev/null 2>&1 &
+    LOAD_PIDS+=($!)
+  done
+}
+
+check_verify_load() {  # check_verify_load NAME...: waits for the load, then no error anywhere
+  local rc=0 p m
+  for p in "${LOAD_PIDS[@]}"; do wait "$p" || rc=$?; done
+  LOAD_PIDS=()
+  for m in "$@"; do
+    cat "$T/app-$m.log"
+    grep -h -E "err=|verify" "$T/fio-$m.out" | head -2 || true
+  done
+  check "appendcheck and fio saw no error (exit status $rc)" test "$rc" -eq 0
+  for m in "$@"; do
+    check "appendcheck on mount $m: no errors" grep -q ", 0 errors, 0 verify errors" "$T/app-$m.log"
+  done
+  check "no client was evicted" bash -c '! grep -q "evicted by" "$1"/state/mount*.log' _ "$T"
+}

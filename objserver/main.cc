@@ -395,6 +395,13 @@ int main(int argc, char** argv) {
   signal(SIGPIPE, SIG_IGN);
   CLI::App app{"Cairn object server: serves one metadata or data target from LMDB"};
   app.set_version_flag("--version", std::string("cairn-server ") + CAIRN_VERSION);
+  app.add_flag_callback(
+      "--upgrade-order",
+      []() {
+        printf("%s\n", CAIRN_UPGRADE_ORDER);
+        throw CLI::Success();
+      },
+      "print the order a rolling upgrade to this release takes (data-first or meta-first)");
   std::string logLevel = "info", logFile;
   app.add_option("--log-level", logLevel, "trace, debug, info, warn, error");
   app.add_option("--log-file", logFile, "log here instead of stderr");

@@ -227,7 +227,7 @@ int main(int argc, char** argv) {
       "move the target to the other server of its failover pair (on the active one: controlled "
       "shutdown, then it stands by; on the standby: it takes over) and wait until that one "
       "serves (--timeout default 60 s here)");
-  std::string binary, versionOverride, order = "data-first";
+  std::string binary, versionOverride, order;
   unsigned group = 1;
   bool dryRun = false;
   auto* restartCmd = app.add_subcommand(
@@ -246,7 +246,10 @@ int main(int argc, char** argv) {
       ->required();
   upgradeCmd->add_option("--group", group, "data targets upgraded at once (default 1)")
       ->check(CLI::Range(1u, 1000u));
-  upgradeCmd->add_option("--order", order, "data-first (default) or meta-first")
+  upgradeCmd
+      ->add_option("--order", order,
+                   "data-first or meta-first (default: as the new release declares, "
+                   "cairn-server --upgrade-order)")
       ->check(CLI::IsMember({"data-first", "meta-first"}));
   upgradeCmd->add_flag("--dry-run", dryRun, "print the plan, change nothing");
   upgradeCmd->add_flag("--json", json, "progress as one JSON object per line");
@@ -279,7 +282,7 @@ int main(int argc, char** argv) {
       options.binary = kj::str(binary.c_str());
       options.versionOverride = kj::str(versionOverride.c_str());
       options.group = group;
-      options.metaFirst = order == "meta-first";
+      options.order = kj::str(order.c_str());
       options.dryRun = dryRun;
       options.json = json;
       options.timeout = deadline;

@@ -66,9 +66,9 @@ struct Link {
   capnp::TwoPartyClient client;
 };
 
-// `binary --version` run here, if this host has the binary: the version to upgrade to.
-std::string localVersion(const std::string& binary) {
-  std::string cmd = "'" + binary + "' --version 2>/dev/null";
+// `binary FLAG` run here, if this host has the binary: the first line it prints ("" if none).
+std::string askBinary(const std::string& binary, const char* flag) {
+  std::string cmd = "'" + binary + "' " + flag + " 2>/dev/null";
   FILE* p = popen(cmd.c_str(), "r");
   if (p == nullptr) return "";
   char buf[256] = {};
@@ -76,6 +76,12 @@ std::string localVersion(const std::string& binary) {
   if (pclose(p) != 0 || !read) return "";
   std::string out = buf;
   while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) out.pop_back();
+  return out;
+}
+
+// The version to upgrade to.
+std::string localVersion(const std::string& binary) {
+  auto out = askBinary(binary, "--version");
   const std::string prefix = "cairn-server ";
   return out.rfind(prefix, 0) == 0 ? out.substr(prefix.size()) : "";
 }
@@ -86,6 +92,17 @@ public:
       : io_(io), timer_(io.provider->getTimer()), options_(options) {}
 
   int run() {
+    // The order: as asked, else as the new release declares it, else data targets first.
+    order_ = options_.order.cStr();
+    orderFrom_ = "as asked";
+    if (order_.empty()) {
+      order_ = askBinary(options_.binary.cStr(), "--upgrade-order");
+      orderFrom_ = "as the new release declares";
+      if (order_ != "meta-first" && order_ != "data-first") {
+        order_ = "data-first";
+        orderFrom_ = "the default (the new binary is not on this host to ask)";
+      }
+    }
     std::vector<Target> plan;
     try {
       plan = makePlan();
@@ -149,9 +166,10 @@ private:
     }
     std::vector<Target> plan;
     Target metaTarget{"meta0", pair};
-    if (options_.metaFirst) plan.push_back(metaTarget);
+    bool metaFirst = order_ == "meta-first";
+    if (metaFirst) plan.push_back(metaTarget);
     plan.insert(plan.end(), data.begin(), data.end());
-    if (!options_.metaFirst) plan.push_back(metaTarget);
+    if (!metaFirst) plan.push_back(metaTarget);
     return plan;
   }
 
@@ -373,10 +391,10 @@ private:
       }
     }
     if (!options_.json) {
-      printf("to %s, %s first, %u data target%s at a time%s\n",
-             version_.empty() ? "the new binary's version" : version_.c_str(),
-             options_.metaFirst ? "metadata" : "data", options_.group,
-             options_.group == 1 ? "" : "s", options_.dryRun ? " (dry run: nothing done)" : "");
+      printf("to %s, %s (%s), %u data target%s at a time%s\n",
+             version_.empty() ? "the new binary's version" : version_.c_str(), order_.c_str(),
+             orderFrom_.c_str(), options_.group, options_.group == 1 ? "" : "s",
+             options_.dryRun ? " (dry run: nothing done)" : "");
     }
     fflush(stdout);
   }
@@ -432,6 +450,7 @@ private:
   kj::Timer& timer_;
   const UpgradeOptions& options_;
   std::string version_;
+  std::string order_, orderFrom_;
   kj::TimePoint begun_ = timer_.now();
 };
 

@@ -14,13 +14,13 @@
 namespace cairn::ctl {
 
 struct UpgradeOptions {
-  kj::Array<kj::String> metaAddresses;  // any server of the metadata target
-  kj::String binary;                    // the new cairn-server, as the servers' hosts see it
-  kj::String versionOverride;           // test hook: the version the new servers act as
-  unsigned group = 1;                   // data targets upgraded at once
-  bool metaFirst = false;               // default: data targets first, then the metadata target
-  bool dryRun = false;                  // print the plan only
-  bool json = false;                    // one JSON object per line
+  kj::Array<kj::String> metaAddresses;       // any server of the metadata target
+  kj::String binary;                         // the new cairn-server, as the servers' hosts see it
+  kj::String versionOverride;                // test hook: the version the new servers act as
+  unsigned group = 1;                        // data targets upgraded at once
+  kj::String order;                          // "data-first", "meta-first"; "": as the release says
+  bool dryRun = false;                       // print the plan only
+  bool json = false;                         // one JSON object per line
   kj::Duration timeout = 120 * kj::SECONDS;  // for each phase of each target
 };
 

@@ -32,6 +32,16 @@ sleep 1
 META=$(python3 -c 'import json, sys
 print(next(s["address"] for s in json.load(open(sys.argv[1]))["servers"] if s["kind"] == "meta"))' \
   "$T/state/cluster.json")
+# The plan: in the order the new release declares (cairn-server --upgrade-order), or as asked.
+plan_order() {  # the targets of a --dry-run --json plan, in order
+  "$BUILD/tools/cairnctl" --server "$META" upgrade --bin "$BUILD/objserver/cairn-server" \
+    --dry-run --json "$@" | python3 -c 'import json, sys
+print(" ".join(e["target"] for e in map(json.loads, sys.stdin) if e["event"] == "plan"))'
+}
+check "the dry run follows the release's declared order ($("$BUILD/objserver/cairn-server" --upgrade-order))" \
+  test "$(plan_order)" = "data0 data1 meta0"
+check "--order meta-first puts the metadata target first" \
+  test "$(plan_order --order meta-first)" = "meta0 data0 data1"
 check "cairnctl upgrade refuses a binary that is not a cairn-server" \
   bash -c '! "$1" --server "$2" upgrade --bin /bin/true > "$3" 2>&1' _ "$BUILD/tools/cairnctl" \
   "$META" "$T/bad.out"

@@ -73,3 +73,28 @@ check_verify_load() {  # check_verify_load NAME...: waits for the load, then no 
   done
   check "no client was evicted" bash -c '! grep -q "evicted by" "$1"/state/mount*.log' _ "$T"
 }
+
+# A second "host" for the multi-host tests: a network namespace joined to the test's own by a
+# veth pair on a random /30 of 10/8. Sets NS, HOST_IF, HOST_IP (this side), NS_IP (the other);
+# drop_netns removes both (the namespace's end of the pair goes with it).
+make_netns() {  # make_netns PREFIX (a few letters: interface names are at most 15 characters)
+  NS="cairn-$1-$$"
+  HOST_IF="$1$$h"
+  local ns_if="$1$$n"
+  local net="10.$((RANDOM % 200 + 20)).$((RANDOM % 250)).$((RANDOM % 60 * 4))"
+  HOST_IP="${net%.*}.$((${net##*.} + 1))"
+  NS_IP="${net%.*}.$((${net##*.} + 2))"
+  ip netns add "$NS"
+  ip link add "$HOST_IF" type veth peer name "$ns_if"
+  ip link set "$ns_if" netns "$NS"
+  ip addr add "$HOST_IP/30" dev "$HOST_IF"
+  ip link set "$HOST_IF" up
+  ip netns exec "$NS" ip addr add "$NS_IP/30" dev "$ns_if"
+  ip netns exec "$NS" ip link set "$ns_if" up
+  ip netns exec "$NS" ip link set lo up
+}
+
+drop_netns() {
+  [ -n "${HOST_IF:-}" ] && ip link del "$HOST_IF" 2>/dev/null || true
+  [ -n "${NS:-}" ] && ip netns del "$NS" 2>/dev/null || true
+}

@@ -10,12 +10,6 @@
 #      nobody; B keeps serving.
 # Zero failed operations, no lost or doubled record, never two servers serving the target.
 source "$(dirname "$0")/lib.sh"
-NS="cairn-pt-$$"
-HOST_IF="cpt$$h"
-NS_IF="cpt$$n"
-NET="10.$((RANDOM % 200 + 20)).$((RANDOM % 250)).$((RANDOM % 60 * 4))"
-A_IP="${NET%.*}.$((${NET##*.} + 2))"
-B_IP="${NET%.*}.$((${NET##*.} + 1))"
 PIDS=()
 MNT="$T/mnt"
 cleanup() {
@@ -26,21 +20,15 @@ cleanup() {
     for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
     kill -9 "$p" 2>/dev/null || true
   done
-  ip link del "$HOST_IF" 2>/dev/null || true
-  ip netns del "$NS" 2>/dev/null || true
+  drop_netns
   rm -rf "$T"
 }
 trap cleanup EXIT
 mkdir -p "$T/state" "$MNT"
 
-ip netns add "$NS"
-ip link add "$HOST_IF" type veth peer name "$NS_IF"
-ip link set "$NS_IF" netns "$NS"
-ip addr add "$B_IP/30" dev "$HOST_IF"
-ip link set "$HOST_IF" up
-ip netns exec "$NS" ip addr add "$A_IP/30" dev "$NS_IF"
-ip netns exec "$NS" ip link set "$NS_IF" up
-ip netns exec "$NS" ip link set lo up
+make_netns cpt
+A_IP=$NS_IP    # server A's host
+B_IP=$HOST_IP  # server B's, the data server's and the mount's
 
 SERVER="$BUILD/objserver/cairn-server"
 CTL="$BUILD/tools/cairnctl"

@@ -8,18 +8,12 @@
 # clean). The near client sees no error. When the link comes back, the far client is told it was
 # evicted: its old descriptor fails with EIO, and its mount works again for new opens.
 source "$(dirname "$0")/lib.sh"
-NS="cairn-vn-$$"
-HOST_IF="cvn$$h"
-NS_IF="cvn$$n"
-NET="10.$((RANDOM % 200 + 20)).$((RANDOM % 250)).$((RANDOM % 60 * 4))"
-S_IP="${NET%.*}.$((${NET##*.} + 1))"  # the servers' side
-C_IP="${NET%.*}.$((${NET##*.} + 2))"  # the far client's
 PIDS=()
 FAR="$T/far"
 NEAR="$T/near"
 cleanup() {
   cd /
-  ip link set "$HOST_IF" up 2>/dev/null || true
+  [ -n "${HOST_IF:-}" ] && ip link set "$HOST_IF" up 2>/dev/null || true
   unmount_all "$NEAR" "$FAR"
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${PIDS[@]}"; do
@@ -27,21 +21,14 @@ cleanup() {
     kill -9 "$p" 2>/dev/null || true
   done
   unmount_all "$NEAR" "$FAR"
-  ip link del "$HOST_IF" 2>/dev/null || true
-  ip netns del "$NS" 2>/dev/null || true
+  drop_netns
   rm -rf "$T"
 }
 trap cleanup EXIT
 mkdir -p "$T/state" "$FAR" "$NEAR"
 
-ip netns add "$NS"
-ip link add "$HOST_IF" type veth peer name "$NS_IF"
-ip link set "$NS_IF" netns "$NS"
-ip addr add "$S_IP/30" dev "$HOST_IF"
-ip link set "$HOST_IF" up
-ip netns exec "$NS" ip addr add "$C_IP/30" dev "$NS_IF"
-ip netns exec "$NS" ip link set "$NS_IF" up
-ip netns exec "$NS" ip link set lo up
+make_netns cvn
+S_IP=$HOST_IP  # the servers' side; the far client is at $NS_IP
 
 SERVER="$BUILD/objserver/cairn-server"
 CTL="$BUILD/tools/cairnctl"

@@ -1,6 +1,7 @@
 #include "objserver/reexec.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -18,6 +19,20 @@ kj::String checkServerBinary(kj::StringPtr binary) {
   KJ_REQUIRE(binary.startsWith("/"), "the new binary's path must be absolute", binary);
   KJ_REQUIRE(access(binary.cStr(), X_OK) == 0, "cannot run the new binary", binary,
              strerror(errno));
+  // Whoever can change the file, or its directory, could make this server run anything: only
+  // this server's user (or root) may.
+  auto slash = KJ_ASSERT_NONNULL(binary.findLast('/'));
+  auto dir = slash == 0 ? kj::str("/") : kj::heapString(binary.slice(0, slash));
+  for (auto path : {binary, dir.asPtr()}) {
+    struct stat st;
+    KJ_REQUIRE(stat(path.cStr(), &st) == 0, "cannot stat the new binary", path, strerror(errno));
+    KJ_REQUIRE(st.st_uid == 0 || st.st_uid == geteuid(),
+               "the new binary (or its directory) belongs to another user", path, st.st_uid);
+    // (A sticky directory, /tmp say, lets others add files but not replace this one.)
+    bool stickyDir = S_ISDIR(st.st_mode) && (st.st_mode & S_ISVTX);
+    KJ_REQUIRE((st.st_mode & (S_IWGRP | S_IWOTH)) == 0 || stickyDir,
+               "the new binary (or its directory) can be changed by other users", path);
+  }
   int fds[2];
   KJ_SYSCALL(pipe2(fds, O_CLOEXEC));
   pid_t pid = fork();

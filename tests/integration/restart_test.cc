@@ -4,6 +4,7 @@
 // that is not a cairn-server is refused before anything stops.
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <string>
@@ -53,6 +54,13 @@ TEST(Restart, ABinaryThatIsNotACairnServerIsRefused) {
   TestCluster::Options options;
   options.dataServers = 1;
   TestCluster cluster(options);
+  // A copy of the real binary that anyone may change is refused too.
+  auto loose = cluster.dir() + "/loose-cairn-server";
+  ASSERT_EQ(run({"/bin/cp", serverBin(), loose}).status, 0);
+  ASSERT_EQ(chmod(loose.c_str(), 0777), 0);
+  auto r0 = run({ctlBin(), "--server", cluster.address(0), "restart", "--bin", loose});
+  EXPECT_NE(r0.status, 0);
+  EXPECT_TRUE(contains(r0.err, "can be changed by other users")) << r0.err;
   for (auto bad : {"/bin/true", "/nonexistent/cairn-server", "relative/cairn-server"}) {
     auto r = run({ctlBin(), "--server", cluster.address(0), "restart", "--bin", bad});
     EXPECT_NE(r.status, 0) << bad;

@@ -48,7 +48,9 @@ void setTime(rpc::Timespec::Builder out, const timespec& t) {
 // Bytes known at once, as a promise. Not through kj's ImmediatePromiseNode<Array>: GCC 12 warns
 // (falsely, -Wmaybe-uninitialized) about that node's destructor wherever it is instantiated.
 kj::Promise<kj::Array<kj::byte>> readyBytes(kj::Array<kj::byte> bytes) {
-  return kj::READY_NOW.then([bytes = kj::mv(bytes)]() mutable { return kj::mv(bytes); });
+  return kj::Promise<void>(kj::READY_NOW).then([bytes = kj::mv(bytes)]() mutable {
+    return kj::mv(bytes);
+  });
 }
 
 kj::Own<SharedLayout> toLayout(rpc::Layout::Reader in) {

@@ -1,6 +1,7 @@
 // cairn-mount: mounts a Cairn filesystem. Wiring only.
 //
 //   cairn-mount HOST:PORT[,HOST:PORT...] MOUNTPOINT [-f] [-d] [-o OPTIONS]
+// (-o: the usual FUSE options, and log_file=, log_level=, nocache, lock_limit=, metrics=HOST:PORT)
 //   cairn-mount --takeover MOUNTPOINT     (a new binary takes a live mount over: handover.h)
 //
 // The addresses are the metadata server's (several for a failover pair). Besides the usual FUSE
@@ -44,6 +45,7 @@ struct MountConfig {
   char* addresses = nullptr;
   char* logFile = nullptr;
   char* logLevel = nullptr;
+  char* metrics = nullptr;  // HOST:PORT for the mount's own Prometheus /metrics
   int noCache = 0;
   unsigned lockLimit = 0;
   int version = 0;
@@ -54,6 +56,7 @@ enum { KEY_VERSION };
 const fuse_opt SPECS[] = {
     {"log_file=%s", offsetof(MountConfig, logFile), 0},
     {"log_level=%s", offsetof(MountConfig, logLevel), 0},
+    {"metrics=%s", offsetof(MountConfig, metrics), 0},
     {"nocache", offsetof(MountConfig, noCache), 1},
     {"lock_limit=%u", offsetof(MountConfig, lockLimit), 0},
     FUSE_OPT_KEY("--version", KEY_VERSION),
@@ -86,6 +89,7 @@ void usage(const char* prog) {
       "    -o log_level=LEVEL     trace, debug, info, warn, error (default info)\n"
       "    -o nocache             cache nothing: every operation asks the servers\n"
       "    -o lock_limit=N        cache under at most N locks (default 60000)\n"
+      "    -o metrics=HOST:PORT   also serve the mount's counters as Prometheus /metrics there\n"
       "    --version              print the version\n"
       "usage: %s --takeover MOUNTPOINT\n"
       "    take the mount over from the cairn-mount serving it (client upgrade without\n"
@@ -319,6 +323,16 @@ int main(int argc, char** argv) {
     } catch (kj::Exception& e) {
       spdlog::warn("no counters socket at {}: {}", socketPath.cStr(), e.getDescription().cStr());
     }
+    // Optionally on a TCP port too, for a Prometheus server to scrape.
+    kj::Maybe<kj::Own<kj::ConnectionReceiver>> metricsPort;
+    kj::Promise<void> metricsServing = kj::NEVER_DONE;
+    if (cfg.metrics != nullptr) {
+      auto& port = *metricsPort.emplace(
+          io.provider->getNetwork().parseAddress(cfg.metrics).wait(io.waitScope)->listen());
+      metricsServing = metrics.listen(port).eagerlyEvaluate(
+          [](kj::Exception&& e) { spdlog::warn("metrics port: {}", e.getDescription().cStr()); });
+      spdlog::info("mount counters at http://{}/metrics (port {})", cfg.metrics, port.getPort());
+    }
     bool keepSocket = false;
     KJ_DEFER(if (!keepSocket) unlink(socketPath.cStr()));
 
@@ -355,6 +369,7 @@ int main(int argc, char** argv) {
   }
   free(opts.mountpoint);
   free(cfg.addresses);
+  free(cfg.metrics);
   fuse_opt_free_args(&args);
   return status;
 }

@@ -108,6 +108,22 @@ TEST(Metrics, AMountExposesItsOwnCounters) {
   EXPECT_GE(value(r.out, "cairn_client_locks_held"), 1);
   EXPECT_GE(value(r.out, "cairn_client_gate_waits_total{link=\"meta\"}"), 0);
   EXPECT_NE(r.out.find("cairn_client_dirty_bytes "), std::string::npos);
+  // And, asked for, the same on a TCP port for a Prometheus server.
+  int probe = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(sa);
+  ASSERT_EQ(bind(probe, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)), 0);
+  ASSERT_EQ(getsockname(probe, reinterpret_cast<sockaddr*>(&sa), &len), 0);
+  auto address = "127.0.0.1:" + std::to_string(ntohs(sa.sin_port));
+  close(probe);
+  auto scraped = cluster.mount("metrics=" + address);
+  writeWhole(scraped + "/g", "scraped");
+  auto page = httpGet(address, "/metrics");
+  EXPECT_NE(page.find("200"), std::string::npos) << page;
+  EXPECT_GE(value(page, "cairn_client_requests_total{link=\"meta\",kind=\"meta.create\"}"), 1)
+      << page;
   // Another mount point has no counters: a clear error.
   auto none = run({ctlBin(), "--mount", cluster.dir(), "stats"});
   EXPECT_NE(none.status, 0);

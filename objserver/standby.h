@@ -27,7 +27,7 @@ struct StandbyConfig {
   kj::String partner;
   kj::String version;
   rpc::TargetKind kind = rpc::TargetKind::META;
-  kj::Duration poll = 10 * kj::MILLISECONDS;  // owner lock checks (a flock: cheap)
+  kj::Duration poll = 10 * kj::MILLISECONDS;       // owner lock checks (a flock: cheap)
   kj::Duration failoverTimeout = 2 * kj::SECONDS;  // partner silent this long: fence it
   kj::Duration holdOff = 0 * kj::SECONDS;          // leave the target to the partner first
   kj::String note;                                 // why standing by, for status

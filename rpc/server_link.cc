@@ -175,17 +175,17 @@ kj::Promise<void> ServerLink::idle() {
   return kj::mv(paf.promise);
 }
 
+kj::Promise<void> ServerLink::sync(bool meta) {
+  if (meta)
+    return this->meta([](rpc::MetaRequest::Builder b) { b.setSync(); }, false).ignoreResult();
+  return data([](rpc::DataRequest::Builder b) { b.setSync(); }, false).ignoreResult();
+}
+
 kj::Promise<void> ServerLink::settle() {
   return idle().then([this]() -> kj::Promise<void> {
     if (kept_.empty()) return kj::READY_NOW;
     // A sync's reply says everything answered so far is on disk, which forgets the kept copies.
-    kj::Promise<void> sync = nullptr;
-    if (peerKind_ == rpc::TargetKind::META) {
-      sync = meta([](rpc::MetaRequest::Builder b) { b.setSync(); }, false).ignoreResult();
-    } else {
-      sync = data([](rpc::DataRequest::Builder b) { b.setSync(); }, false).ignoreResult();
-    }
-    return sync.then([this]() {
+    return sync(peerKind_ == rpc::TargetKind::META).then([this]() {
       KJ_REQUIRE(kept_.empty(), "updates not yet synced after a sync", name_, kept_.size());
     });
   });
@@ -487,13 +487,7 @@ void ServerLink::keep(uint64_t transno, Kept kept) {
   kept_.emplace(transno, kj::mv(kept));
   if (keptBytes_ > KEEP_LIMIT && !syncing_) {
     syncing_ = true;
-    kj::Promise<void> sync = nullptr;
-    if (meta) {
-      sync = this->meta([](rpc::MetaRequest::Builder b) { b.setSync(); }, false).ignoreResult();
-    } else {
-      sync = data([](rpc::DataRequest::Builder b) { b.setSync(); }, false).ignoreResult();
-    }
-    tasks_->add(sync.attach(kj::defer([this]() { syncing_ = false; })));
+    tasks_->add(sync(meta).attach(kj::defer([this]() { syncing_ = false; })));
   }
 }
 

@@ -141,6 +141,8 @@ private:
   template <typename Reader>
   void countRequest(Reader r);
   void synced(uint64_t lastSynced);
+  // Asks the server to sync (its reply reports everything answered so far as on disk).
+  kj::Promise<void> sync(bool meta);
   kj::Promise<void> replay(uint64_t generation, uint64_t serverSynced);
   template <typename Response>
   kj::Promise<void> replayOne(uint64_t transno);

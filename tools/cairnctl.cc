@@ -234,16 +234,19 @@ int main(int argc, char** argv) {
       "restart",
       "upgrade one server in place: controlled shutdown, then the process becomes --bin (same "
       "pid, arguments and port)");
-  restartCmd->add_option("--bin", binary, "the new cairn-server, as the server's host sees it")
-      ->required();
-  restartCmd->add_option("--version-override", versionOverride,
-                         "test hook: the version the new server acts as");
+  // What both take: the new binary, and (test hook) the version it acts as.
+  auto newBinary = [&](CLI::App* cmd) {
+    cmd->add_option("--bin", binary, "the new cairn-server, as the servers' hosts see it")
+        ->required();
+    cmd->add_option("--version-override", versionOverride,
+                    "test hook: the version the new servers act as");
+  };
+  newBinary(restartCmd);
   auto* upgradeCmd = app.add_subcommand(
       "upgrade",
       "rolling upgrade of the whole cluster (--server: the metadata server(s)) to --bin, target "
       "by target, through failover where a target has a standby; run again to resume");
-  upgradeCmd->add_option("--bin", binary, "the new cairn-server, as the servers' hosts see it")
-      ->required();
+  newBinary(upgradeCmd);
   upgradeCmd->add_option("--group", group, "data targets upgraded at once (default 1)")
       ->check(CLI::Range(1u, 1000u));
   upgradeCmd
@@ -253,8 +256,6 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"data-first", "meta-first"}));
   upgradeCmd->add_flag("--dry-run", dryRun, "print the plan, change nothing");
   upgradeCmd->add_flag("--json", json, "progress as one JSON object per line");
-  upgradeCmd->add_option("--version-override", versionOverride,
-                         "test hook: the version the new servers act as");
   auto* stats = app.add_subcommand(
       "stats", "a mount's own counters (--mount MNT): requests, gate waits, caches, dirty bytes");
   CLI11_PARSE(app, argc, argv);

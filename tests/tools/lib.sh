@@ -98,3 +98,12 @@ drop_netns() {
   [ -n "${HOST_IF:-}" ] && ip link del "$HOST_IF" 2>/dev/null || true
   [ -n "${NS:-}" ] && ip netns del "$NS" 2>/dev/null || true
 }
+
+stop_pids() {  # stop_pids PID...: SIGTERM, up to 5 s each, then SIGKILL (only what we started)
+  local p
+  for p in "$@"; do kill "$p" 2>/dev/null || true; done
+  for p in "$@"; do
+    for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$p" 2>/dev/null || true
+  done
+}

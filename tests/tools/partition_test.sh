@@ -15,11 +15,7 @@ MNT="$T/mnt"
 cleanup() {
   cd /
   unmount_all "$MNT"
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do
-    for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$p" 2>/dev/null || true
-  done
+  stop_pids "${PIDS[@]}"
   drop_netns
   rm -rf "$T"
 }

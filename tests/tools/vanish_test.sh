@@ -15,11 +15,7 @@ cleanup() {
   cd /
   [ -n "${HOST_IF:-}" ] && ip link set "$HOST_IF" up 2>/dev/null || true
   unmount_all "$NEAR" "$FAR"
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do
-    for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$p" 2>/dev/null || true
-  done
+  stop_pids "${PIDS[@]}"
   unmount_all "$NEAR" "$FAR"
   drop_netns
   rm -rf "$T"

@@ -12,15 +12,16 @@
 
 namespace cairn {
 
-struct Notifier::State {
-  struct Job {
-    uint64_t ino = 0;
-    bool pages = false;
-    bool entries = false;  // forget `names` of directory `ino` (and with `epoch`, raise it)
-    std::vector<std::string> names;
-    bool epoch = false;
-    kj::Own<kj::CrossThreadPromiseFulfiller<void>> done;
-  };
+struct Notifier::Job {
+  uint64_t ino = 0;
+  bool pages = false;
+  bool entries = false;  // forget `names` of directory `ino` (and with `epoch`, raise it)
+  std::vector<std::string> names;
+  bool epoch = false;
+  kj::Own<kj::CrossThreadPromiseFulfiller<void>> done;
+};
+
+struct Notifier::Lane {
   void attributesOrPages(const Job& job);
   void entries(const Job& job);
   fuse_session* session;
@@ -31,59 +32,82 @@ struct Notifier::State {
   bool busy = false;     // guarded by mutex: a notify call is under way
 };
 
-Notifier::Notifier(fuse_session* session) : state_(std::make_shared<State>()) {
-  state_->session = session;
-  thread_ = std::thread(run, state_);
+Notifier::Notifier(fuse_session* session) {
+  for (int i = 0; i < LANES; ++i) {
+    lanes_[i] = std::make_shared<Lane>();
+    lanes_[i]->session = session;
+    threads_[i] = std::thread(run, lanes_[i]);
+  }
 }
 
 Notifier::~Notifier() noexcept(false) {
-  bool busy;
-  {
-    std::lock_guard<std::mutex> lock(state_->mutex);
-    state_->stop = true;
-    state_->jobs.clear();
-    busy = state_->busy;
-  }
-  state_->wake.notify_all();
-  if (busy) {
-    thread_.detach();
-  } else {
-    thread_.join();
+  for (int i = 0; i < LANES; ++i) {
+    bool busy;
+    {
+      std::lock_guard<std::mutex> lock(lanes_[i]->mutex);
+      lanes_[i]->stop = true;
+      lanes_[i]->jobs.clear();
+      busy = lanes_[i]->busy;
+    }
+    lanes_[i]->wake.notify_all();
+    if (busy) {
+      threads_[i].detach();
+    } else {
+      threads_[i].join();
+    }
   }
 }
 
-kj::Promise<void> Notifier::invalidate(uint64_t ino, bool pages) {
+kj::Promise<void> Notifier::post(LaneKind kind, Job job) {
   auto paf = kj::newPromiseAndCrossThreadFulfiller<void>();
+  job.done = kj::mv(paf.fulfiller);
+  auto& lane = *lanes_[kind];
   {
-    std::lock_guard<std::mutex> lock(state_->mutex);
-    state_->jobs.push_back(State::Job{ino, pages, false, {}, false, kj::mv(paf.fulfiller)});
+    std::lock_guard<std::mutex> lock(lane.mutex);
+    lane.jobs.push_back(kj::mv(job));
   }
-  state_->wake.notify_one();
+  lane.wake.notify_one();
   return kj::mv(paf.promise);
 }
 
-void Notifier::run(std::shared_ptr<State> state) {
+kj::Promise<void> Notifier::invalidate(uint64_t ino, bool pages) {
+  Job job;
+  job.ino = ino;
+  job.pages = pages;
+  return post(pages ? PAGES : ATTRS, kj::mv(job));
+}
+
+kj::Promise<void> Notifier::forgetNames(uint64_t dir, std::vector<std::string> names, bool epoch) {
+  Job job;
+  job.ino = dir;
+  job.entries = true;
+  job.names = kj::mv(names);
+  job.epoch = epoch;
+  return post(ENTRIES, kj::mv(job));
+}
+
+void Notifier::run(std::shared_ptr<Lane> lane) {
   for (;;) {
-    State::Job job;
+    Job job;
     {
-      std::unique_lock<std::mutex> lock(state->mutex);
-      state->busy = false;
-      state->wake.wait(lock, [&]() { return state->stop || !state->jobs.empty(); });
-      if (state->stop) return;
-      job = kj::mv(state->jobs.front());
-      state->jobs.pop_front();
-      state->busy = true;
+      std::unique_lock<std::mutex> lock(lane->mutex);
+      lane->busy = false;
+      lane->wake.wait(lock, [&]() { return lane->stop || !lane->jobs.empty(); });
+      if (lane->stop) return;
+      job = kj::mv(lane->jobs.front());
+      lane->jobs.pop_front();
+      lane->busy = true;
     }
     if (job.entries) {
-      state->entries(job);
+      lane->entries(job);
     } else {
-      state->attributesOrPages(job);
+      lane->attributesOrPages(job);
     }
     job.done->fulfill();
   }
 }
 
-void Notifier::State::attributesOrPages(const Job& job) {
+void Notifier::Lane::attributesOrPages(const Job& job) {
   // A negative offset invalidates the attributes only; 0, 0 the pages as well.
   int err = fuse_lowlevel_notify_inval_inode(session, job.ino, job.pages ? 0 : -1, 0);
   // -ENOENT: the kernel had nothing of it cached, which is what we wanted.
@@ -92,7 +116,7 @@ void Notifier::State::attributesOrPages(const Job& job) {
   }
 }
 
-void Notifier::State::entries(const Job& job) {
+void Notifier::Lane::entries(const Job& job) {
   for (auto& name : job.names) {
     int err = fuse_lowlevel_notify_inval_entry(session, job.ino, name.data(), name.size());
     if (err != 0 && err != -ENOENT) {
@@ -112,17 +136,6 @@ void Notifier::State::entries(const Job& job) {
       spdlog::warn("kernel entry epoch could not be raised: {}", strerror(errno));
     }
   }
-}
-
-kj::Promise<void> Notifier::forgetNames(uint64_t dir, std::vector<std::string> names, bool epoch) {
-  auto paf = kj::newPromiseAndCrossThreadFulfiller<void>();
-  {
-    std::lock_guard<std::mutex> lock(state_->mutex);
-    state_->jobs.push_back(
-        State::Job{dir, false, true, kj::mv(names), epoch, kj::mv(paf.fulfiller)});
-  }
-  state_->wake.notify_one();
-  return kj::mv(paf.promise);
 }
 
 void Notifier::kernelProtocol(unsigned minor) {

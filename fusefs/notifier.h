@@ -1,6 +1,12 @@
-// Makes the FUSE notify calls that drop the kernel's caches, on a thread of its own: the kernel
+// Makes the FUSE notify calls that drop the kernel's caches, on threads of their own: the kernel
 // writes dirty pages back (as WRITE requests to this daemon) before an inode invalidation
 // returns, so a call from the event-loop thread, which must answer those WRITEs, would deadlock.
+//
+// Each kind of drop has its own thread (a lane), because they wait on different things: a page
+// drop waits for every READ holding one of the file's pages, an entry drop for LOOKUPs in the
+// directory, an attribute drop for nothing. A READ or LOOKUP may itself wait for a lock that the
+// server grants only once another of our locks is cancelled; if that cancel waited for the drop
+// of attributes queued behind the page drop, nothing would move until the server evicted us.
 #pragma once
 
 #define FUSE_USE_VERSION 314
@@ -28,12 +34,15 @@ public:
   void kernelProtocol(unsigned minor);
 
 private:
-  struct State;
-  static void run(std::shared_ptr<State> state);
-  // Shared with the thread: at unmount the thread may still be inside the kernel, waiting for
+  struct Job;
+  struct Lane;
+  enum LaneKind { ATTRS, PAGES, ENTRIES, LANES };
+  kj::Promise<void> post(LaneKind kind, Job job);
+  static void run(std::shared_ptr<Lane> lane);
+  // Shared with the threads: at unmount a thread may still be inside the kernel, waiting for
   // write-backs nobody will answer, and is then left to finish on its own.
-  std::shared_ptr<State> state_;
-  std::thread thread_;
+  std::shared_ptr<Lane> lanes_[LANES];
+  std::thread threads_[LANES];
   bool epochs_ = false;
 };
 

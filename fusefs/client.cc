@@ -97,8 +97,9 @@ void attrToStat(rpc::Attr::Reader a, struct stat* st) {
   st->st_ctim = timespec{time_t(a.getCtime().getSec()), long(a.getCtime().getNsec())};
 }
 
-Client::Client(kj::AsyncIoContext& io, ClientOptions options)
+Client::Client(kj::AsyncIoContext& io, kj::Network& network, ClientOptions options)
     : io_(io),
+      network_(network),
       options_(kj::mv(options)),
       readAhead_([this](uint64_t ino, uint64_t offset, size_t length) {
         return fetchAhead(ino, offset, length);
@@ -113,7 +114,7 @@ Client::Client(kj::AsyncIoContext& io, ClientOptions options)
   identity_.hostName = kj::str(options_.hostName);
   auto addresses = kj::heapArrayBuilder<kj::String>(options_.metaAddresses.size());
   for (auto& a : options_.metaAddresses) addresses.add(kj::str(a));
-  meta_ = kj::heap<ServerLink>(io.provider->getNetwork(), io.provider->getTimer(), kj::str("meta"),
+  meta_ = kj::heap<ServerLink>(network_, io.provider->getTimer(), kj::str("meta"),
                                addresses.finish(), identity_);
   meta_->setRecovery([this]() { return recoverMeta(); });
   locks_ = kj::heap<LockCache>(
@@ -360,7 +361,7 @@ kj::Promise<void> Client::refreshTargets(ServerLink::Class cls) {
             continue;
           }
           auto link =
-              kj::heap<ServerLink>(io_.provider->getNetwork(), io_.provider->getTimer(),
+              kj::heap<ServerLink>(network_, io_.provider->getTimer(),
                                    kj::str("data", t.getIndex()), addresses.finish(), identity_);
           auto handed = handedRequestIds_.find(link->name().cStr());
           if (handed != handedRequestIds_.end()) link->continueRequestIds(handed->second);

@@ -88,7 +88,8 @@ struct SetAttr {
 
 class Client {
 public:
-  Client(kj::AsyncIoContext& io, ClientOptions options);
+  // `network`: how the links reach the servers (mutual TLS, or plain text).
+  Client(kj::AsyncIoContext& io, kj::Network& network, ClientOptions options);
   ~Client() noexcept(false);
   KJ_DISALLOW_COPY(Client);
 
@@ -252,6 +253,7 @@ private:
   Opened opened(uint64_t fh, ServerLink::MetaResponse& resp);
 
   kj::AsyncIoContext& io_;
+  kj::Network& network_;
   ClientOptions options_;
   LinkIdentity identity_;
   InodeTable inodes_;

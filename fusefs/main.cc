@@ -1,7 +1,8 @@
 // cairn-mount: mounts a Cairn filesystem. Wiring only.
 //
 //   cairn-mount HOST:PORT[,HOST:PORT...] MOUNTPOINT [-f] [-d] [-o OPTIONS]
-// (-o: the usual FUSE options, and log_file=, log_level=, nocache, lock_limit=, metrics=HOST:PORT)
+// (-o: the usual FUSE options, and log_file=, log_level=, nocache, lock_limit=, metrics=HOST:PORT,
+// tls=DIR)
 //   cairn-mount --takeover MOUNTPOINT     (a new binary takes a live mount over: handover.h)
 //
 // The addresses are the metadata server's (several for a failover pair). Besides the usual FUSE
@@ -37,6 +38,7 @@
 #include "fusefs/handover.h"
 #include "fusefs/notifier.h"
 #include "rpc/metrics_http.h"
+#include "rpc/transport.h"
 #include "rpc/version.h"
 
 namespace {
@@ -46,6 +48,7 @@ struct MountConfig {
   char* logFile = nullptr;
   char* logLevel = nullptr;
   char* metrics = nullptr;  // HOST:PORT for the mount's own Prometheus /metrics
+  char* tls = nullptr;      // credentials directory: mutual TLS with the servers
   int noCache = 0;
   unsigned lockLimit = 0;
   int version = 0;
@@ -57,6 +60,7 @@ const fuse_opt SPECS[] = {
     {"log_file=%s", offsetof(MountConfig, logFile), 0},
     {"log_level=%s", offsetof(MountConfig, logLevel), 0},
     {"metrics=%s", offsetof(MountConfig, metrics), 0},
+    {"tls=%s", offsetof(MountConfig, tls), 0},
     {"nocache", offsetof(MountConfig, noCache), 1},
     {"lock_limit=%u", offsetof(MountConfig, lockLimit), 0},
     FUSE_OPT_KEY("--version", KEY_VERSION),
@@ -90,6 +94,8 @@ void usage(const char* prog) {
       "    -o nocache             cache nothing: every operation asks the servers\n"
       "    -o lock_limit=N        cache under at most N locks (default 60000)\n"
       "    -o metrics=HOST:PORT   also serve the mount's counters as Prometheus /metrics there\n"
+      "    -o tls=DIR             mutual TLS with the credentials in DIR (ca.crt, cert.crt,\n"
+      "                           cert.key: cairnctl cert issue --client); without it, plain text\n"
       "    --version              print the version\n"
       "usage: %s --takeover MOUNTPOINT\n"
       "    take the mount over from the cairn-mount serving it (client upgrade without\n"
@@ -204,6 +210,21 @@ int main(int argc, char** argv) {
   spdlog::set_level(spdlog::level::from_str(cfg.logLevel ? cfg.logLevel : "info"));
   spdlog::flush_on(spdlog::level::info);
 
+  // Checked before the mount and the fork, so that bad credentials fail the mount command; the path
+  // made absolute, since the daemon changes to /.
+  kj::Maybe<cairn::TlsCredentials> credentials;
+  if (cfg.tls != nullptr) {
+    try {
+      char real[PATH_MAX];
+      bool found = realpath(cfg.tls, real) != nullptr;
+      KJ_REQUIRE(found, "-o tls=DIR: no such directory", cfg.tls, strerror(errno));
+      credentials = cairn::TlsCredentials::load(real, cairn::Peer::Role::CLIENT);
+    } catch (kj::Exception& e) {
+      fprintf(stderr, "cairn-mount: %s\n", e.getDescription().cStr());
+      return 1;
+    }
+  }
+
   // A failover pair's "A,B": the comma would split the -o list, so it is escaped.
   kj::Vector<char> escaped;
   for (const char* c = cfg.addresses; *c != '\0'; ++c) {
@@ -265,7 +286,15 @@ int main(int argc, char** argv) {
       state = s;
     }
     cairn::Notifier notifier(se);
-    cairn::Client client(io, kj::mv(options));
+    kj::Own<cairn::Transport> transport;
+    KJ_IF_MAYBE (c, credentials) {
+      spdlog::info("TLS: client {} with the CA of {}", c->name.cStr(), c->dir.cStr());
+      transport = cairn::Transport::tls(io, kj::mv(*c));
+    } else {
+      spdlog::warn("PLAIN TEXT: no -o tls=DIR; the servers must be started with plain text too");
+      transport = cairn::Transport::plaintext(io);
+    }
+    cairn::Client client(io, transport->network(), kj::mv(options));
     client.setKernelCache(notifier);
     cairn::FuseOps fuseOps(client, io.provider->getTimer());
     userdata.ops = &fuseOps;
@@ -370,6 +399,7 @@ int main(int argc, char** argv) {
   free(opts.mountpoint);
   free(cfg.addresses);
   free(cfg.metrics);
+  free(cfg.tls);
   fuse_opt_free_args(&args);
   return status;
 }

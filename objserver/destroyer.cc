@@ -48,7 +48,7 @@ kj::Maybe<ServerLink&> Destroyer::linkFor(uint32_t index) {
     });
   }
   if (addresses.size() == 0) return nullptr;
-  auto link = kj::heap<ServerLink>(ctx_.io.provider->getNetwork(), ctx_.io.provider->getTimer(),
+  auto link = kj::heap<ServerLink>(ctx_.network, ctx_.io.provider->getTimer(),
                                    kj::str("destroyer->data", index), kj::mv(addresses), identity_);
   link->start();
   auto& ref = *link;

@@ -25,6 +25,7 @@
 #include "objserver/server.h"
 #include "objserver/standby.h"
 #include "rpc/metrics_http.h"
+#include "rpc/transport.h"
 #include "rpc/version.h"
 
 namespace cairn {
@@ -48,7 +49,20 @@ struct ServeOptions {
   std::string metrics;
   std::string partner;
   double failoverTimeout = 2;
+  std::string tls;
+  bool plaintext = false;
+  std::vector<std::string> allowClients;
 };
+
+AccessPolicy accessPolicy(const ServeOptions& o) {
+  auto names = kj::heapArrayBuilder<kj::String>(o.allowClients.size());
+  for (auto& n : o.allowClients) names.add(kj::str(n.c_str()));
+  return AccessPolicy(names.finish());
+}
+
+bool loopback(kj::StringPtr host) {
+  return host.startsWith("127.") || host == "[::1]" || host == "::1" || host == "localhost";
+}
 
 rpc::TargetKind parseKind(const std::string& kind) {
   if (kind == "meta") return rpc::TargetKind::META;
@@ -87,6 +101,7 @@ struct Process {
   const ServeOptions& options;
   kj::ArrayPtr<const kj::String> argv;  // as started: an upgrade in place runs it again
   kj::AsyncIoContext& io;
+  Transport& transport;  // mutual TLS, or plain text
   kj::Own<kj::ConnectionReceiver> listener;
   kj::String advertise;
   LinkIdentity identity;
@@ -172,7 +187,8 @@ Ending serveTarget(Process& p, kj::Own<TargetLock> lock) {
   config.lockTimeout = int64_t(o.lockTimeout * 1000) * kj::MILLISECONDS;
   config.testReplayBarrier = o.testReplayBarrier;
   config.partner = kj::str(o.partner.c_str());
-  ServerContext ctx(io, target, kj::mv(config));
+  config.access = accessPolicy(o);
+  ServerContext ctx(io, p.transport.network(), target, kj::mv(config));
   ctx.metricsAddress = kj::str(p.metricsAddress);
   p.serving = ctx;
   KJ_DEFER(p.serving = nullptr);
@@ -232,12 +248,15 @@ Ending serveTarget(Process& p, kj::Own<TargetLock> lock) {
     auto addresses = kj::heapArrayBuilder<kj::String>(o.partner.empty() ? 1 : 2);
     addresses.add(kj::str(p.advertise));
     if (!o.partner.empty()) addresses.add(kj::str(o.partner.c_str()));
-    auto& r = *registrar.emplace(kj::heap<Registrar>(io, target, splitAddresses(o.mgs.c_str()),
+    auto& r = *registrar.emplace(kj::heap<Registrar>(io, p.transport.network(), target,
+                                                     splitAddresses(o.mgs.c_str()),
                                                      addresses.finish(), p.identity));
     r.start();
   }
 
-  capnp::TwoPartyServer server(kj::heap<ServerImpl>(ctx));
+  RpcServer server(p.transport, [&ctx](const Peer& peer) -> kj::Own<capnp::Capability::Server> {
+    return kj::heap<ServerImpl>(ctx, peer.clone());
+  });
   auto listening = server.listen(*p.listener);
   spdlog::info("cairn-server {} serving {} target {} of {} on {}", target.softwareVersion().cStr(),
                o.kind, target.index(), target.fsName().cStr(), p.advertise.cStr());
@@ -293,6 +312,25 @@ Ending serveTarget(Process& p, kj::Own<TargetLock> lock) {
 
 int serve(const ServeOptions& o, kj::ArrayPtr<const kj::String> argv) {
   auto io = kj::setupAsyncIo();
+  KJ_REQUIRE(o.tls.empty() || !o.plaintext, "--tls and --insecure-plaintext exclude each other");
+  kj::Own<Transport> transport;
+  if (!o.tls.empty()) {
+    auto credentials = TlsCredentials::load(o.tls.c_str(), Peer::Role::SERVER);
+    spdlog::info("TLS: server {} with the CA of {}", credentials.name.cStr(), o.tls);
+    transport = Transport::tls(io, kj::mv(credentials));
+  } else {
+    // Plain text lets anyone who reaches the port do anything, administration included: only on
+    // loopback, or when asked for by name.
+    KJ_REQUIRE(o.plaintext || loopback(hostPart(o.listen.c_str())),
+               "a server listening beyond loopback needs --tls DIR (cairnctl cert issue --server), "
+               "or --insecure-plaintext",
+               o.listen.c_str());
+    spdlog::warn(
+        "PLAIN TEXT: connections are neither authenticated nor encrypted, and anyone "
+        "who reaches {} may shut this server down or replace it; use --tls DIR",
+        o.listen);
+    transport = Transport::plaintext(io);
+  }
   auto listener =
       io.provider->getNetwork().parseAddress(o.listen.c_str()).wait(io.waitScope)->listen();
   uint port = listener->getPort();
@@ -302,6 +340,7 @@ int serve(const ServeOptions& o, kj::ArrayPtr<const kj::String> argv) {
   Process p{o,
             argv,
             io,
+            *transport,
             kj::mv(listener),
             kj::str(advertise),
             LinkIdentity{serverUuid(), rpc::Hello::Role::SERVER, kj::str(advertise)},
@@ -353,7 +392,8 @@ int serve(const ServeOptions& o, kj::ArrayPtr<const kj::String> argv) {
       config.failoverTimeout = int64_t(o.failoverTimeout * 1000) * kj::MILLISECONDS;
       config.holdOff = ending.holdOff;
       config.note = kj::mv(ending.note);
-      Standby standby(io, *p.listener, kj::mv(config));
+      config.access = accessPolicy(o);
+      Standby standby(io, *transport, *p.listener, kj::mv(config));
       p.announce();
       auto stopped = p.signalled().then([](int signo) -> kj::Maybe<kj::Own<TargetLock>> {
         spdlog::info("signal {}: the standby stops", signo);
@@ -440,6 +480,14 @@ int main(int argc, char** argv) {
   s->add_option("--failover-timeout", serve.failoverTimeout,
                 "seconds a standby waits on an unreachable partner, while clients ask for the "
                 "target, before it fences the partner and takes over");
+  s->add_option("--tls", serve.tls,
+                "credentials directory (ca.crt, cert.crt, cert.key; cairnctl cert issue --server): "
+                "every connection, in and out, is mutual TLS with the cluster's CA");
+  s->add_flag("--insecure-plaintext", serve.plaintext,
+              "serve plain text beyond loopback (no authentication, no encryption)");
+  s->add_option("--allow-client", serve.allowClients,
+                "with --tls: only these client certificate names may mount (repeatable; default: "
+                "every client certificate of the CA)");
   s->add_flag("--test-replay-barrier", serve.testReplayBarrier,
               "test hook: allow `cairnctl replay-barrier` (commits after it are discarded at the "
               "next start, as in a host crash)");

@@ -4,12 +4,13 @@
 
 namespace cairn {
 
-Registrar::Registrar(kj::AsyncIoContext& io, Target& target, kj::Array<kj::String> metaAddresses,
-                     kj::Array<kj::String> addresses, const LinkIdentity& identity)
+Registrar::Registrar(kj::AsyncIoContext& io, kj::Network& network, Target& target,
+                     kj::Array<kj::String> metaAddresses, kj::Array<kj::String> addresses,
+                     const LinkIdentity& identity)
     : target_(target),
       addresses_(kj::mv(addresses)),
-      link_(io.provider->getNetwork(), io.provider->getTimer(), kj::str("data->meta"),
-            kj::mv(metaAddresses), identity) {
+      link_(network, io.provider->getTimer(), kj::str("data->meta"), kj::mv(metaAddresses),
+            identity) {
   link_.setRecovery([this]() {
     return link_.server(ServerLink::Class::RECOVERY).then([this](rpc::Bootstrap::Client server) {
       auto req = server.registerTargetRequest();

@@ -12,8 +12,9 @@ namespace cairn {
 
 class Registrar {
 public:
-  Registrar(kj::AsyncIoContext& io, Target& target, kj::Array<kj::String> metaAddresses,
-            kj::Array<kj::String> addresses, const LinkIdentity& identity);
+  Registrar(kj::AsyncIoContext& io, kj::Network& network, Target& target,
+            kj::Array<kj::String> metaAddresses, kj::Array<kj::String> addresses,
+            const LinkIdentity& identity);
   void start() { link_.start(); }
   bool registered() const { return registered_; }
 

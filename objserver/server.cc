@@ -29,8 +29,10 @@ void ClientSession::blocking(uint64_t lockId) {
   }
 }
 
-ServerContext::ServerContext(kj::AsyncIoContext& io, Target& target, ServerConfig config)
+ServerContext::ServerContext(kj::AsyncIoContext& io, kj::Network& network, Target& target,
+                             ServerConfig config)
     : io(io),
+      network(network),
       target(target),
       config(kj::mv(config)),
       syncer(target, std::chrono::milliseconds(100)),
@@ -199,10 +201,14 @@ void ServerImpl::fillInfo(rpc::ServerInfo::Builder info) {
 kj::Promise<void> ServerImpl::connect(ConnectContext context) {
   ctx_.checkOwner();
   auto hello = context.getParams().getHello();
+  ctx_.config.access.check(peer_, hello.getRole() == rpc::Hello::Role::SERVER
+                                      ? AccessPolicy::Call::CONNECT_SERVER
+                                      : AccessPolicy::Call::CONNECT_CLIENT);
   auto& session = ctx_.session(hello);
-  spdlog::info("{} {} connected from {} (version {}, features {:#x})",
+  spdlog::info("{} {} connected from {} (version {}, features {:#x}){}",
                hello.getRole() == rpc::Hello::Role::CLIENT ? "client" : "peer", session.key,
-               session.hostName.cStr(), session.softwareVersion.cStr(), session.features);
+               session.hostName.cStr(), session.softwareVersion.cStr(), session.features,
+               peer_.authenticated() ? kj::str(" as ", peer_.describe()).cStr() : "");
   auto results = context.getResults();
   fillInfo(results.initInfo());
   if (context.getParams().hasCallback()) session.callback = context.getParams().getCallback();
@@ -249,6 +255,7 @@ kj::Promise<void> ServerImpl::connect(ConnectContext context) {
 }
 
 kj::Promise<void> ServerImpl::status(StatusContext context) {
+  ctx_.config.access.check(peer_, AccessPolicy::Call::STATUS);
   auto s = context.getResults().initStatus();
   fillInfo(s.initInfo());
   s.setAddress(ctx_.config.advertise);
@@ -316,10 +323,12 @@ kj::Promise<void> ServerImpl::status(StatusContext context) {
 }
 
 kj::Promise<void> ServerImpl::shutdown(ShutdownContext) {
-  return ctx_.shutdown("requested by an administrator");
+  ctx_.config.access.check(peer_, AccessPolicy::Call::SHUTDOWN);
+  return ctx_.shutdown(kj::str("requested by ", peer_.describe()));
 }
 
 kj::Promise<void> ServerImpl::failover(FailoverContext) {
+  ctx_.config.access.check(peer_, AccessPolicy::Call::FAILOVER);
   KJ_REQUIRE(ctx_.config.partner.size() > 0,
              "this server has no failover partner (serve --partner HOST:PORT)");
   if (ctx_.state == ServerState::SERVING) ctx_.failingOver = true;
@@ -327,6 +336,7 @@ kj::Promise<void> ServerImpl::failover(FailoverContext) {
 }
 
 kj::Promise<void> ServerImpl::restart(RestartContext context) {
+  ctx_.config.access.check(peer_, AccessPolicy::Call::RESTART);
   auto params = context.getParams();
   // Checked before anything stops: a wrong path leaves the server serving.
   auto version = checkServerBinary(params.getBinary());
@@ -340,6 +350,7 @@ kj::Promise<void> ServerImpl::restart(RestartContext context) {
 }
 
 kj::Promise<void> ServerImpl::replayBarrier(ReplayBarrierContext context) {
+  ctx_.config.access.check(peer_, AccessPolicy::Call::REPLAY_BARRIER);
   KJ_REQUIRE(ctx_.config.testReplayBarrier,
              "replay barriers are a test hook: start the server with --test-replay-barrier");
   ctx_.barrier = ctx_.target.replayBarrier();
@@ -348,6 +359,7 @@ kj::Promise<void> ServerImpl::replayBarrier(ReplayBarrierContext context) {
 }
 
 kj::Promise<void> ServerImpl::registerTarget(RegisterTargetContext context) {
+  ctx_.config.access.check(peer_, AccessPolicy::Call::REGISTER_TARGET);
   auto params = context.getParams();
   auto& ns = KJ_REQUIRE_NONNULL(ctx_.ns, "only a metadata server keeps the target list");
   KJ_REQUIRE(params.getFsUuid() == ctx_.target.fsUuid(), "the target belongs to another filesystem",

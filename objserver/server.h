@@ -12,6 +12,7 @@
 #include <set>
 #include <string>
 
+#include "objserver/access_policy.h"
 #include "objserver/client_table.h"
 #include "objserver/lock_manager.h"
 #include "objserver/metrics.h"
@@ -65,14 +66,17 @@ struct ServerConfig {
   kj::Duration lockTimeout = 10 * kj::SECONDS;      // to cancel a lock when asked; to come back
   bool testReplayBarrier = false;                   // Bootstrap.replayBarrier allowed (tests)
   kj::String partner;                               // failover partner's HOST:PORT, if any
+  AccessPolicy access;                              // who may ask what
 };
 
 class ServerContext {
 public:
-  ServerContext(kj::AsyncIoContext& io, Target& target, ServerConfig config);
+  // `network`: how this server reaches others (its partner's peers, the data servers).
+  ServerContext(kj::AsyncIoContext& io, kj::Network& network, Target& target, ServerConfig config);
   ~ServerContext() noexcept(false);
 
   kj::AsyncIoContext& io;
+  kj::Network& network;
   Target& target;
   ServerConfig config;
   Syncer syncer;
@@ -245,12 +249,16 @@ private:
 // The bootstrap capability.
 class ServerImpl final : public rpc::Bootstrap::Server {
 public:
-  explicit ServerImpl(ServerContext& ctx) : ctx_(ctx) {}
+  // `peer`: who is at the other end of this connection (its certificate).
+  ServerImpl(ServerContext& ctx, Peer peer) : ctx_(ctx), peer_(kj::mv(peer)) {}
 
   kj::Promise<void> connect(ConnectContext context) override;
   kj::Promise<void> status(StatusContext context) override;
   kj::Promise<void> registerTarget(RegisterTargetContext context) override;
-  kj::Promise<void> ping(PingContext) override { return kj::READY_NOW; }
+  kj::Promise<void> ping(PingContext) override {
+    ctx_.config.access.check(peer_, AccessPolicy::Call::PING);
+    return kj::READY_NOW;
+  }
   kj::Promise<void> replayBarrier(ReplayBarrierContext context) override;
   kj::Promise<void> shutdown(ShutdownContext context) override;
   kj::Promise<void> failover(FailoverContext context) override;
@@ -259,6 +267,7 @@ public:
 private:
   void fillInfo(rpc::ServerInfo::Builder info);
   ServerContext& ctx_;
+  Peer peer_;
 };
 
 template <typename Run>

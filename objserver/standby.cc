@@ -20,31 +20,45 @@ constexpr kj::Duration PARTNER_TIMEOUT = 1 * kj::SECONDS;
 
 class StandbyImpl final : public rpc::Bootstrap::Server {
 public:
-  explicit StandbyImpl(Standby& standby) : standby_(standby) {}
+  StandbyImpl(Standby& standby, Peer peer) : standby_(standby), peer_(kj::mv(peer)) {}
 
-  kj::Promise<void> connect(ConnectContext) override {
+  kj::Promise<void> connect(ConnectContext context) override {
+    check(context.getParams().getHello().getRole() == rpc::Hello::Role::SERVER
+              ? AccessPolicy::Call::CONNECT_SERVER
+              : AccessPolicy::Call::CONNECT_CLIENT);
     standby_.asked();
     refuseStandby();
   }
   kj::Promise<void> registerTarget(RegisterTargetContext) override {
+    check(AccessPolicy::Call::REGISTER_TARGET);
     standby_.asked();
     refuseStandby();
   }
   kj::Promise<void> status(StatusContext context) override {
+    check(AccessPolicy::Call::STATUS);
     standby_.fillStatus(context.getResults().initStatus());
     return kj::READY_NOW;
   }
-  kj::Promise<void> ping(PingContext) override { return kj::READY_NOW; }
+  kj::Promise<void> ping(PingContext) override {
+    check(AccessPolicy::Call::PING);
+    return kj::READY_NOW;
+  }
   kj::Promise<void> shutdown(ShutdownContext) override {
-    spdlog::info("standby: shutdown requested");
+    check(AccessPolicy::Call::SHUTDOWN);
+    spdlog::info("standby: shutdown requested by {}", peer_.describe().cStr());
     standby_.stop();
     return kj::READY_NOW;
   }
   kj::Promise<void> replayBarrier(ReplayBarrierContext) override {
+    check(AccessPolicy::Call::REPLAY_BARRIER);
     KJ_FAIL_REQUIRE("a standby serves no target");
   }
-  kj::Promise<void> failover(FailoverContext) override { return standby_.takeOverNow(); }
+  kj::Promise<void> failover(FailoverContext) override {
+    check(AccessPolicy::Call::FAILOVER);
+    return standby_.takeOverNow();
+  }
   kj::Promise<void> restart(RestartContext context) override {
+    check(AccessPolicy::Call::RESTART);
     auto params = context.getParams();
     auto version = checkServerBinary(params.getBinary());
     context.getResults().setVersion(params.getVersionOverride().size() > 0
@@ -58,7 +72,9 @@ public:
   }
 
 private:
+  void check(AccessPolicy::Call call) { standby_.access().check(peer_, call); }
   Standby& standby_;
+  Peer peer_;
 };
 
 }  // namespace
@@ -71,8 +87,10 @@ struct Standby::Partner {
   rpc::Bootstrap::Client server;
 };
 
-Standby::Standby(kj::AsyncIoContext& io, kj::ConnectionReceiver& listener, StandbyConfig config)
+Standby::Standby(kj::AsyncIoContext& io, Transport& transport, kj::ConnectionReceiver& listener,
+                 StandbyConfig config)
     : io_(io),
+      transport_(transport),
       timer_(io.provider->getTimer()),
       config_(kj::mv(config)),
       started_(timer_.now()),
@@ -81,7 +99,10 @@ Standby::Standby(kj::AsyncIoContext& io, kj::ConnectionReceiver& listener, Stand
       fencedAt_(started_),
       foreignSince_(started_),
       result_(nullptr),
-      server_(kj::heap<StandbyImpl>(*this)),
+      server_(transport,
+              [this](const Peer& peer) -> kj::Own<capnp::Capability::Server> {
+                return kj::heap<StandbyImpl>(*this, peer.clone());
+              }),
       listening_(server_.listen(listener).eagerlyEvaluate([](kj::Exception&& e) {
         spdlog::error("standby: listening failed: {}", e.getDescription().cStr());
       })) {
@@ -128,7 +149,7 @@ void Standby::fillStatus(rpc::ServerStatus::Builder status) {
 
 kj::Promise<void> Standby::connectPartner() {
   if (partner_ != nullptr) return kj::READY_NOW;
-  return io_.provider->getNetwork()
+  return transport_.network()
       .parseAddress(config_.partner)
       .then([](kj::Own<kj::NetworkAddress> address) { return address->connect(); })
       .then([this](kj::Own<kj::AsyncIoStream> stream) {

@@ -15,6 +15,7 @@
 #include <capnp/rpc-twoparty.h>
 #include <kj/async-io.h>
 
+#include "objserver/access_policy.h"
 #include "objserver/reexec.h"
 #include "objserver/target_lock.h"
 #include "rpc/cairn.capnp.h"
@@ -31,11 +32,14 @@ struct StandbyConfig {
   kj::Duration failoverTimeout = 2 * kj::SECONDS;  // partner silent this long: fence it
   kj::Duration holdOff = 0 * kj::SECONDS;          // leave the target to the partner first
   kj::String note;                                 // why standing by, for status
+  AccessPolicy access;                             // who may ask what
 };
 
 class Standby {
 public:
-  Standby(kj::AsyncIoContext& io, kj::ConnectionReceiver& listener, StandbyConfig config);
+  // Answers on `listener` through `transport`, which also reaches the partner.
+  Standby(kj::AsyncIoContext& io, Transport& transport, kj::ConnectionReceiver& listener,
+          StandbyConfig config);
   ~Standby() noexcept(false);
   KJ_DISALLOW_COPY(Standby);
 
@@ -48,6 +52,7 @@ public:
 
   // What the bootstrap capability does (objserver/standby.cc).
   void fillStatus(rpc::ServerStatus::Builder status);
+  const AccessPolicy& access() const { return config_.access; }
   void asked();  // a client or peer wanted a session
   kj::Promise<void> takeOverNow();
 
@@ -61,6 +66,7 @@ private:
   void fence(kj::StringPtr why);
 
   kj::AsyncIoContext& io_;
+  Transport& transport_;
   kj::Timer& timer_;
   StandbyConfig config_;
   kj::TimePoint started_;
@@ -76,7 +82,7 @@ private:
   kj::Maybe<kj::Own<Partner>> partner_;
   kj::Own<kj::PromiseFulfiller<kj::Maybe<kj::Own<TargetLock>>>> done_;
   kj::Promise<kj::Maybe<kj::Own<TargetLock>>> result_;
-  capnp::TwoPartyServer server_;
+  RpcServer server_;
   kj::Promise<void> listening_;
   kj::Promise<void> watching_ = nullptr;
   kj::Promise<void> polling_ = nullptr;

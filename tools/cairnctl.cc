@@ -5,6 +5,9 @@
 //   cairnctl --server HOST:PORT restart --bin PATH
 //   cairnctl --server META[,META] upgrade --bin PATH [--group N] [--order ...] [--dry-run] [--json]
 //   cairnctl --mount MNT stats
+//   cairnctl ca init --dir CA
+//   cairnctl cert issue --ca CA --server|--client|--admin NAME --out DIR
+// With --tls DIR (or $CAIRN_TLS) every connection is mutual TLS with those credentials.
 #include <capnp/rpc-twoparty.h>
 #include <kj/async-io.h>
 #include <kj/compat/http.h>
@@ -20,7 +23,9 @@
 #include "rpc/cairn.capnp.h"
 #include "rpc/server_link.h"
 #include "rpc/stats_socket.h"
+#include "rpc/transport.h"
 #include "rpc/version.h"
+#include "tools/cert_authority.h"
 #include "tools/ctl_util.h"
 #include "tools/rolling_upgrade.h"
 
@@ -138,7 +143,9 @@ void printStatus(cairn::rpc::ServerStatus::Reader s, bool json) {
 }
 
 // Moves a failover pair's target to the other server and waits until that one serves it.
-int failover(kj::AsyncIoContext& io, Connection& conn, kj::StringPtr address, kj::Duration limit) {
+int failover(cairn::ctl::Context& ctx, Connection& conn, kj::StringPtr address,
+             kj::Duration limit) {
+  auto& io = ctx.io;
   auto& timer = io.provider->getTimer();
   auto started = timer.now();
   auto status = within(timer, limit, conn.server.statusRequest().send()).wait(io.waitScope);
@@ -159,7 +166,7 @@ int failover(kj::AsyncIoContext& io, Connection& conn, kj::StringPtr address, kj
                                                    }))
       .wait(io.waitScope);
   for (;;) {
-    if (stateOf(io, next) == "serving") break;
+    if (stateOf(ctx, next) == "serving") break;
     KJ_REQUIRE(timer.now() - started < limit, "the partner did not start serving in time", next);
     timer.afterDelay(20 * kj::MILLISECONDS).wait(io.waitScope);
   }
@@ -209,6 +216,14 @@ int main(int argc, char** argv) {
   app.add_option("--server", server, "HOST:PORT of the server to talk to");
   app.add_option("--mount", mount, "mount point of the client to talk to (stats)");
   app.add_option("--timeout", timeout, "seconds to wait for the server");
+  std::string tlsDir;
+  bool plaintext = false;
+  if (const char* env = getenv("CAIRN_TLS")) tlsDir = env;
+  app.add_option("--tls", tlsDir,
+                 "credentials directory (ca.crt, cert.crt, cert.key; default $CAIRN_TLS): mutual "
+                 "TLS, an admin certificate for administrative calls");
+  app.add_flag("--insecure-plaintext", plaintext,
+               "talk plain text (servers started with --insecure-plaintext, loopback tests)");
   app.require_subcommand(1);
   app.fallthrough();
   bool json = false;
@@ -258,7 +273,59 @@ int main(int argc, char** argv) {
   upgradeCmd->add_flag("--json", json, "progress as one JSON object per line");
   auto* stats = app.add_subcommand(
       "stats", "a mount's own counters (--mount MNT): requests, gate waits, caches, dirty bytes");
+  // The cluster's certificate authority.
+  std::string caDir, caName = "cairn", outDir;
+  int days = 0, backdate = 0;
+  auto* caCmd = app.add_subcommand("ca", "the cluster's certificate authority");
+  auto* caInit = caCmd->add_subcommand("init", "make a new CA (ca.key, ca.crt) in --dir");
+  caInit->add_option("--dir", caDir, "where the CA lives (its key stays here)")->required();
+  caInit->add_option("--name", caName, "the cluster's name, in the CA's common name");
+  caInit->add_option("--days", days, "validity (default 3650)");
+  caCmd->require_subcommand(1);
+  auto* certCmd = app.add_subcommand("cert", "certificates the CA signs");
+  auto* issueCmd = certCmd->add_subcommand(
+      "issue",
+      "sign a certificate for a server, a client host or an administrator, written as "
+      "the credentials directory --out (ca.crt, cert.crt, cert.key) that --tls reads");
+  std::string asServer, asClient, asAdmin;
+  issueCmd->add_option("--ca", caDir, "the CA's directory (cairnctl ca init)")->required();
+  auto* roleServer = issueCmd->add_option("--server", asServer, "a server's name");
+  auto* roleClient = issueCmd->add_option("--client", asClient, "a client host's name");
+  auto* roleAdmin = issueCmd->add_option("--admin", asAdmin, "an administrator's name");
+  roleServer->excludes(roleClient)->excludes(roleAdmin);
+  roleClient->excludes(roleAdmin);
+  issueCmd->add_option("--out", outDir, "credentials directory to write")->required();
+  issueCmd->add_option("--days", days, "validity (default 825)");
+  issueCmd->add_option("--backdate", backdate,
+                       "start the validity this many days ago (tests: expired certificates)");
+  certCmd->require_subcommand(1);
   CLI11_PARSE(app, argc, argv);
+
+  if (*caInit || *issueCmd) {
+    try {
+      if (*caInit) {
+        cairn::ca::init(caDir, caName, days > 0 ? days : 3650);
+        printf("CA made in %s (keep %s/ca.key private)\n", caDir.c_str(), caDir.c_str());
+        return 0;
+      }
+      cairn::ca::Request r;
+      r.role = !asServer.empty() ? "server" : !asClient.empty() ? "client" : "admin";
+      r.name = !asServer.empty() ? asServer : !asClient.empty() ? asClient : asAdmin;
+      if (r.name.empty()) {
+        fprintf(stderr, "cairnctl: cert issue needs --server, --client or --admin NAME\n");
+        return 2;
+      }
+      if (days > 0) r.days = days;
+      r.backdateDays = backdate;
+      cairn::ca::issue(caDir, outDir, r);
+      printf("%s certificate for %s written to %s\n", r.role.c_str(), r.name.c_str(),
+             outDir.c_str());
+      return 0;
+    } catch (kj::Exception& e) {
+      fprintf(stderr, "cairnctl: %s\n", e.getDescription().cStr());
+      return 1;
+    }
+  }
 
   if (*stats) {
     if (mount.empty()) {
@@ -274,6 +341,10 @@ int main(int argc, char** argv) {
   try {
     auto io = kj::setupAsyncIo();
     auto& timer = io.provider->getTimer();
+    KJ_REQUIRE(tlsDir.empty() || !plaintext, "--tls and --insecure-plaintext exclude each other");
+    auto transport = tlsDir.empty() ? cairn::Transport::plaintext(io)
+                                    : cairn::Transport::tls(io, tlsDir.c_str(), nullptr);
+    cairn::ctl::Context ctx{io, transport->network()};
     bool longWait = *shutdown || *failoverCmd || *restartCmd || *upgradeCmd;
     if (longWait && app.get_option("--timeout")->count() == 0) timeout = 120;
     auto deadline = int64_t(timeout * 1000) * kj::MILLISECONDS;
@@ -287,11 +358,11 @@ int main(int argc, char** argv) {
       options.dryRun = dryRun;
       options.json = json;
       options.timeout = deadline;
-      return cairn::ctl::rollingUpgrade(io, options);
+      return cairn::ctl::rollingUpgrade(ctx, options);
     }
-    auto conn = connectTo(io, server.c_str(), deadline);
+    auto conn = connectTo(ctx, server.c_str(), deadline);
     auto& bootstrap = conn.server;
-    if (*failoverCmd) return failover(io, conn, server.c_str(), deadline);
+    if (*failoverCmd) return failover(ctx, conn, server.c_str(), deadline);
     if (*restartCmd) {
       auto started = timer.now();
       auto req = bootstrap.restartRequest();
@@ -311,7 +382,7 @@ int main(int argc, char** argv) {
       // Serving (or standing by) again once it answers from a new instance.
       for (;;) {
         timer.afterDelay(20 * kj::MILLISECONDS).wait(io.waitScope);
-        auto state = stateOf(io, server.c_str());
+        auto state = stateOf(ctx, server.c_str());
         if (state == "serving" || state == "standby") {
           printf("%s: restarted as version %s in %.2f s (%s)\n", server.c_str(), version.cStr(),
                  double((timer.now() - started) / kj::MILLISECONDS) / 1000.0, state.cStr());
@@ -358,7 +429,10 @@ int main(int argc, char** argv) {
              double((timer.now() - started) / kj::MILLISECONDS) / 1000.0);
     }
   } catch (kj::Exception& e) {
-    fprintf(stderr, "cairnctl: %s: %s\n", server.c_str(), e.getDescription().cStr());
+    // A server with --tls hangs up on plain text before it says anything.
+    bool hint = tlsDir.empty() && e.getType() == kj::Exception::Type::DISCONNECTED;
+    fprintf(stderr, "cairnctl: %s: %s%s\n", server.c_str(), e.getDescription().cStr(),
+            hint ? " (a server with --tls takes only TLS: pass --tls DIR or set CAIRN_TLS)" : "");
     return 1;
   }
   return 0;

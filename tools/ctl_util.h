@@ -32,6 +32,13 @@ inline kj::String jsonString(kj::StringPtr s) {
   return kj::String(out.releaseAsArray());
 }
 
+// What every command talks through: the event loop, and the network its connections take (TLS
+// with the administrator's credentials, or plain text).
+struct Context {
+  kj::AsyncIoContext& io;
+  kj::Network& network;
+};
+
 // One connection to a server's bootstrap capability.
 struct Connection {
   kj::Own<kj::AsyncIoStream> stream;
@@ -45,20 +52,25 @@ kj::Promise<T> within(kj::Timer& timer, kj::Duration limit, kj::Promise<T> promi
       timer.afterDelay(limit).then([]() -> T { KJ_FAIL_REQUIRE("timed out"); }));
 }
 
-inline Connection connectTo(kj::AsyncIoContext& io, kj::StringPtr address, kj::Duration limit) {
+inline Connection connectTo(Context& ctx, kj::StringPtr address, kj::Duration limit) {
+  auto& io = ctx.io;
   auto stream = within(io.provider->getTimer(), limit,
-                       io.provider->getNetwork().parseAddress(address).then(
+                       ctx.network.parseAddress(address).then(
                            [](kj::Own<kj::NetworkAddress> a) { return a->connect(); }))
                     .wait(io.waitScope);
   auto client = kj::heap<capnp::TwoPartyClient>(*stream);
   auto server = client->bootstrap().castAs<cairn::rpc::Bootstrap>();
+  // With TLS 1.3 the server judges our certificate after our side of the handshake is done: a
+  // round trip first, so that a refusal shows here and not as the hang-up a shutdown expects.
+  within(io.provider->getTimer(), limit, server.pingRequest().send()).wait(io.waitScope);
   return Connection{kj::mv(stream), kj::mv(client), kj::mv(server)};
 }
 
 // The state a server reports ("serving", "standby", ...), or "unreachable".
-inline kj::String stateOf(kj::AsyncIoContext& io, kj::StringPtr address) {
+inline kj::String stateOf(Context& ctx, kj::StringPtr address) {
+  auto& io = ctx.io;
   try {
-    auto conn = connectTo(io, address, 1 * kj::SECONDS);
+    auto conn = connectTo(ctx, address, 1 * kj::SECONDS);
     auto reply =
         within(io.provider->getTimer(), 1 * kj::SECONDS, conn.server.statusRequest().send())
             .wait(io.waitScope);

@@ -88,8 +88,8 @@ std::string localVersion(const std::string& binary) {
 
 class Upgrader {
 public:
-  Upgrader(kj::AsyncIoContext& io, const UpgradeOptions& options)
-      : io_(io), timer_(io.provider->getTimer()), options_(options) {}
+  Upgrader(Context& ctx, const UpgradeOptions& options)
+      : ctx_(ctx), io_(ctx.io), timer_(io_.provider->getTimer()), options_(options) {}
 
   int run() {
     // The order: as asked, else as the new release declares it, else data targets first.
@@ -178,8 +178,7 @@ private:
   template <typename T, typename Call>
   kj::Promise<T> call(const std::string& address, kj::Duration limit, Call&& f) {
     auto work =
-        io_.provider->getNetwork()
-            .parseAddress(address.c_str())
+        ctx_.network.parseAddress(address.c_str())
             .then([](kj::Own<kj::NetworkAddress> a) { return a->connect(); })
             .then([f = kj::fwd<Call>(f)](kj::Own<kj::AsyncIoStream> s) mutable -> kj::Promise<T> {
               auto link = kj::heap<Link>(kj::mv(s));
@@ -446,6 +445,7 @@ private:
     fflush(stdout);
   }
 
+  Context& ctx_;
   kj::AsyncIoContext& io_;
   kj::Timer& timer_;
   const UpgradeOptions& options_;
@@ -456,8 +456,8 @@ private:
 
 }  // namespace
 
-int rollingUpgrade(kj::AsyncIoContext& io, const UpgradeOptions& options) {
-  return Upgrader(io, options).run();
+int rollingUpgrade(Context& ctx, const UpgradeOptions& options) {
+  return Upgrader(ctx, options).run();
 }
 
 }  // namespace cairn::ctl

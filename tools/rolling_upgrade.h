@@ -11,6 +11,8 @@
 #include <kj/async-io.h>
 #include <kj/string.h>
 
+#include "tools/ctl_util.h"
+
 namespace cairn::ctl {
 
 struct UpgradeOptions {
@@ -25,6 +27,6 @@ struct UpgradeOptions {
 };
 
 // Returns the process exit status: 0 done, 1 stopped at a failure (reported).
-int rollingUpgrade(kj::AsyncIoContext& io, const UpgradeOptions& options);
+int rollingUpgrade(Context& ctx, const UpgradeOptions& options);
 
 }  // namespace cairn::ctl

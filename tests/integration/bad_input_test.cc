@@ -19,6 +19,7 @@
 
 #include "rpc/cairn.capnp.h"
 #include "tests/integration/cluster.h"
+#include "tests/integration/raw_session.h"
 
 namespace cairn::test {
 namespace {
@@ -34,11 +35,21 @@ int connectTo(const std::string& address) {
   return fd;
 }
 
+// Straight onto the socket: with TLS on, into the handshake.
 void sendRaw(const std::string& address, const std::string& bytes) {
   int fd = connectTo(address);
   (void)!write(fd, bytes.data(), bytes.size());
   usleep(50 * 1000);
   close(fd);
+}
+
+// Through an authenticated connection (as a client of the cluster), where the Cap'n Proto layer
+// reads it.
+void sendInside(const std::string& address, const std::string& bytes) {
+  auto io = kj::setupAsyncIo();
+  auto stream = connectStream(io, address);
+  stream->write(bytes.data(), bytes.size()).wait(io.waitScope);
+  io.provider->getTimer().afterDelay(50 * kj::MILLISECONDS).wait(io.waitScope);
 }
 
 bool serving(TestCluster& cluster, int server) {
@@ -50,10 +61,7 @@ bool serving(TestCluster& cluster, int server) {
 struct RawClient {
   explicit RawClient(const std::string& address)
       : io(kj::setupAsyncIo()),
-        stream(io.provider->getNetwork()
-                   .parseAddress(address)
-                   .then([](kj::Own<kj::NetworkAddress> a) { return a->connect(); })
-                   .wait(io.waitScope)),
+        stream(connectStream(io, address)),
         client(*stream),
         bootstrap(client.bootstrap().castAs<rpc::Bootstrap>()) {}
 
@@ -89,17 +97,20 @@ TEST(BadInput, GarbageAndTruncatedMessagesLeaveTheServerServing) {
   auto mnt = cluster.mount();
   std::ofstream(mnt + "/keep") << "precious";
   for (int server = 0; server < cluster.serverCount(); ++server) {
+    // Garbage where the TLS handshake should be, and then the same inside TLS.
     sendRaw(cluster.address(server), "GET / HTTP/1.1\r\nHost: x\r\n\r\n");
     sendRaw(cluster.address(server), std::string(100000, '\xff'));
+    sendInside(cluster.address(server), "GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    sendInside(cluster.address(server), std::string(100000, '\xff'));
     // A frame header announcing one huge segment, then silence.
-    sendRaw(cluster.address(server), std::string("\x00\x00\x00\x00\xff\xff\xff\x0f", 8));
+    sendInside(cluster.address(server), std::string("\x00\x00\x00\x00\xff\xff\xff\x0f", 8));
     // Half a real message.
     capnp::MallocMessageBuilder message;
     message.initRoot<rpc::MetaRequest>().initLookup().setName(bytesOf("some name"));
     auto words = capnp::messageToFlatArray(message);
     auto bytes = words.asBytes();
-    sendRaw(cluster.address(server),
-            std::string(reinterpret_cast<const char*>(bytes.begin()), bytes.size() / 2));
+    sendInside(cluster.address(server),
+               std::string(reinterpret_cast<const char*>(bytes.begin()), bytes.size() / 2));
     EXPECT_TRUE(serving(cluster, server)) << "server " << server;
   }
   std::ifstream in(mnt + "/keep");
@@ -323,7 +334,8 @@ TEST(BadInput, DataServerOfAnotherFilesystemIsNotRegistered) {
           .status,
       0);
   Child stranger({serverBin(), "serve", "--dir", d, "--kind", "data", "--mgs",
-                  cluster.metaAddress(), "--log-file", tmp.path() + "/log"});
+                  cluster.metaAddress(), "--log-file", tmp.path() + "/log", "--tls",
+                  cluster.issue("server", "stranger", "stranger")});
   EXPECT_TRUE(waitFor(
       [&] {
         std::ifstream in(tmp.path() + "/log");

@@ -239,9 +239,23 @@ uint64_t jsonNumber(const std::string& json, const std::string& key) {
 
 TestCluster::TestCluster() : TestCluster(Options()) {}
 
+std::string rawCredentials;
+
 TestCluster::TestCluster(Options options) : options_(std::move(options)) {
   // Mount points live below; other users must be able to reach them (permission tests).
   chmod(dir().c_str(), 0755);
+  if (options_.tls) {
+    auto r = run({ctlBin(), "ca", "init", "--dir", dir() + "/tls/ca"});
+    if (r.status != 0) fail("cairnctl ca init failed: " + r.err);
+    issue("client", "testhost", "client");
+    issue("admin", "tester", "admin");
+    // cairnctl, as the tests run it, talks as the administrator; raw sessions as a client.
+    setenv("CAIRN_TLS", credentials("admin").c_str(), 1);
+    rawCredentials = credentials("client");
+  } else {
+    unsetenv("CAIRN_TLS");
+    rawCredentials.clear();
+  }
   std::string uuid = randomHex(16);
   servers_.resize(1 + options_.dataServers);
   for (int i = 0; i < int(servers_.size()); ++i) {
@@ -281,6 +295,9 @@ TestCluster::TestCluster(Options options) : options_(std::move(options)) {
       b.partner = "127.0.0.1:" + std::to_string(a.port);
     }
   }
+  if (options_.tls) {
+    for (auto& s : servers_) issue("server", s.name, s.name);
+  }
   for (auto& s : servers_) start(s, {}, true);
   // Data servers register with the metadata server as they start.
   bool registered = waitFor(
@@ -293,7 +310,10 @@ TestCluster::TestCluster(Options options) : options_(std::move(options)) {
         return r.status == 0 && found >= size_t(options_.dataServers);
       },
       10000);
-  if (!registered) fail("data servers did not register");
+  if (!registered) {
+    dumpLogs();
+    fail("data servers did not register");
+  }
 }
 
 namespace {
@@ -317,6 +337,21 @@ void TestCluster::dumpLogs() {
     fprintf(stderr, "---- mount %s ----%s%s\n", m.path.c_str(), tail(readFile(m.log), 25).c_str(),
             tail(readFile(m.log + ".stderr"), 5).c_str());
   }
+}
+
+std::string TestCluster::credentials(const std::string& who) const {
+  return options_.tls ? dir() + "/tls/" + who : "";
+}
+
+std::string TestCluster::issue(const std::string& role, const std::string& name,
+                               const std::string& as, const std::vector<std::string>& extra) {
+  std::string out = dir() + "/tls/" + as;
+  std::vector<std::string> argv = {ctlBin(),    "cert", "issue", "--ca", dir() + "/tls/ca",
+                                   "--" + role, name,   "--out", out};
+  argv.insert(argv.end(), extra.begin(), extra.end());
+  auto r = run(argv);
+  if (r.status != 0) fail("cairnctl cert issue failed: " + r.err);
+  return out;
 }
 
 TestCluster::~TestCluster() {
@@ -351,6 +386,10 @@ void TestCluster::start(Server& s, const std::vector<std::string>& extra, bool m
     argv.push_back("--partner");
     argv.push_back(s.partner);
   }
+  if (options_.tls) {
+    argv.push_back("--tls");
+    argv.push_back(credentials(s.name));
+  }
   argv.insert(argv.end(), s.args.begin(), s.args.end());
   argv.insert(argv.end(), extra.begin(), extra.end());
   s.proc = std::make_unique<Child>(argv, s.log + ".stderr");
@@ -370,6 +409,7 @@ std::string TestCluster::mount(const std::string& extraOptions) {
   m.log = dir() + "/mount" + std::to_string(n) + ".log";
   mkdir(m.path.c_str(), 0755);
   std::string opts = "allow_other,default_permissions,log_file=" + m.log;
+  if (options_.tls) opts += ",tls=" + credentials("client");
   if (!extraOptions.empty()) opts += "," + extraOptions;
   m.proc = std::make_unique<Child>(
       std::vector<std::string>{mountBin(), metaAddresses(), m.path, "-f", "-o", opts},

@@ -63,6 +63,10 @@ private:
 };
 
 bool isMounted(const std::string& path);
+
+// The credentials directory raw connections use (connectStream); set by the running TestCluster
+// ("" in plain text).
+extern std::string rawCredentials;
 // Waits until `pred` holds or timeoutMs passes; returns whether it held.
 template <typename Pred>
 bool waitFor(Pred&& pred, int timeoutMs);
@@ -77,12 +81,22 @@ public:
     // Every target gets a standby partner (same target directory, as shared storage would be):
     // servers 1+N .. 1+2N are the partners of servers 0 .. N.
     bool failover = false;
+    // Mutual TLS with a CA of the cluster's own, as in production (tls/ under dir(): ca, one
+    // credentials directory per server name, client, admin). Off: plain text on loopback.
+    bool tls = true;
   };
   TestCluster();
   explicit TestCluster(Options options);
   ~TestCluster();
 
   const std::string& dir() const { return tmp_.path(); }
+  // A credentials directory of the cluster's CA ("client", "admin", a server's name), or "" in
+  // plain text.
+  std::string credentials(const std::string& who) const;
+  // Issues one more certificate of the cluster's CA (cairnctl cert issue --ROLE NAME [extra])
+  // into the credentials directory tls/AS; returns its path.
+  std::string issue(const std::string& role, const std::string& name, const std::string& as,
+                    const std::vector<std::string>& extra = {});
   std::string metaAddress() const { return servers_.at(0).address; }
   // What clients and data servers are given: both of a failover pair ("A,B").
   std::string metaAddresses() const;

@@ -9,8 +9,24 @@
 
 #include "rpc/cairn.capnp.h"
 #include "rpc/feature_flags.h"
+#include "rpc/transport.h"
+#include "tests/integration/cluster.h"
 
 namespace cairn::test {
+
+// A connection to a server as the cluster's clients make them: mutual TLS with the client
+// credentials of the running TestCluster (rawCredentials), or plain text.
+inline kj::Own<kj::AsyncIoStream> connectStream(kj::AsyncIoContext& io,
+                                                const std::string& address) {
+  auto transport = rawCredentials.empty()
+                       ? Transport::plaintext(io)
+                       : Transport::tls(io, rawCredentials.c_str(), Peer::Role::CLIENT);
+  auto stream = transport->network()
+                    .parseAddress(address)
+                    .then([](kj::Own<kj::NetworkAddress> a) { return a->connect(); })
+                    .wait(io.waitScope);
+  return stream.attach(kj::mv(transport));
+}
 
 struct RawSession {
   kj::Own<kj::AsyncIoStream> stream;
@@ -28,10 +44,7 @@ inline RawSession connectRaw(kj::AsyncIoContext& io, const std::string& address,
                              rpc::LockCallback::Client callback,
                              uint64_t features = features::SUPPORTED) {
   RawSession s;
-  s.stream = io.provider->getNetwork()
-                 .parseAddress(address)
-                 .then([](kj::Own<kj::NetworkAddress> a) { return a->connect(); })
-                 .wait(io.waitScope);
+  s.stream = connectStream(io, address);
   s.client = kj::heap<capnp::TwoPartyClient>(*s.stream);
   auto req = s.client->bootstrap().castAs<rpc::Bootstrap>().connectRequest();
   auto hello = req.initHello();

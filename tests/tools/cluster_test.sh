@@ -52,10 +52,12 @@ check "status counts two clients" \
 # The mount helper, where it is installed (tools/build installs it as root).
 if [ -x /sbin/mount.fuse.cairn ] && command -v cairn-mount >/dev/null; then
   mkdir -p "$T/helper" "$T/fstab-mnt"
-  check "mount -t fuse.cairn" mount -t fuse.cairn "$meta" "$T/helper" -o allow_other,default_permissions
+  check "mount -t fuse.cairn" mount -t fuse.cairn "$meta" "$T/helper" \
+    -o "allow_other,default_permissions,tls=$T/state/tls/client"
   check "the helper's mount works" test "$(cat "$T/helper/hello")" = "through one"
   unmount_all "$T/helper"
-  echo "$meta $T/fstab-mnt fuse.cairn defaults,_netdev,allow_other 0 0" > "$T/fstab"
+  echo "$meta $T/fstab-mnt fuse.cairn defaults,_netdev,allow_other,tls=$T/state/tls/client 0 0" \
+    > "$T/fstab"
   check "an fstab line" mount -T "$T/fstab" "$T/fstab-mnt"
   check "the fstab mount works" test "$(cat "$T/fstab-mnt/hello")" = "through one"
   unmount_all "$T/fstab-mnt"
@@ -88,7 +90,7 @@ text = open(sys.argv[1]).read()
 d = sys.argv[2]
 values = {"log-file": f"{d}/meta.log", "dir": f"{d}/meta", "kind": "meta", "fs": "cfgtest",
           "listen": "127.0.0.1:0", "advertise": None, "mgs": None, "partner": None,
-          "metrics": "127.0.0.1:0"}
+          "metrics": "127.0.0.1:0", "tls": f"{d}/tls"}
 out = []
 for line in text.splitlines():
     m = re.match(r"^([a-z-]+) = ", line)
@@ -101,6 +103,8 @@ for line in text.splitlines():
 out.append(f'port-file = "{d}/meta.port"')
 print("\n".join(out))
 PY
+"$BUILD/tools/cairnctl" cert issue --ca "$T/state/tls/ca" --server cfgmeta --out "$T/cfg/tls" \
+  > /dev/null
 "$BUILD/objserver/cairn-server" --config "$T/cfg/meta.toml" serve &
 CFG_PID=$!
 for _ in $(seq 100); do [ -s "$T/cfg/meta.port" ] && break; sleep 0.05; done

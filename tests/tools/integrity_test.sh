@@ -40,6 +40,8 @@ cmd = [os.path.join(build, "objserver", "cairn-server"), "serve", "--dir", srv["
        "--log-file", os.path.join(state, srv["name"] + ".log")]
 if srv["kind"] == "data":
     cmd += ["--mgs", next(s["address"] for s in cluster["servers"] if s["kind"] == "meta")]
+if srv.get("tls"):
+    cmd += ["--tls", srv["tls"]]
 p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                      stderr=subprocess.DEVNULL, start_new_session=True)
 srv["pid"] = p.pid

@@ -60,7 +60,10 @@ versions() {  # the version each server reports, in the cluster's order
     python3 -c 'import json, sys; print(" ".join(s.get("version", "-") for s in json.load(sys.stdin)["servers"]))'
 }
 
-"${OLD_ENV[@]}" "$CLUSTER" up --dir "$T/state" --mount "$T/old" --bin "$OLD_BIN" >/dev/null
+# Release 0.1.0 speaks plain text only: the mixed cluster does too.
+unset CAIRN_TLS
+"${OLD_ENV[@]}" "$CLUSTER" up --dir "$T/state" --mount "$T/old" --bin "$OLD_BIN" \
+  --insecure-plaintext >/dev/null
 "$CLUSTER" mount --dir "$T/state" --bin "$BUILD" "$T/new" >/dev/null
 check "old servers: $(versions)" test "$(versions)" = "$OLD_VERSION $OLD_VERSION $OLD_VERSION"
 

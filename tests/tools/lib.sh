@@ -35,6 +35,9 @@ check() {  # check DESCRIPTION COMMAND...
 # The tests that run a local cluster under load: its cleanup, and the verify workload (fio with
 # crc32c verification and appendcheck) on each of some mounts.
 CLUSTER="$ROOT/tools/cluster"
+# tools/cluster up makes the cluster's CA and credentials under $T/state/tls: cairnctl talks as
+# its administrator. (A test with a plain-text cluster unsets this.)
+export CAIRN_TLS="$T/state/tls/admin"
 LOAD_PIDS=()
 cluster_cleanup() {
   cd /
@@ -72,6 +75,18 @@ check_verify_load() {  # check_verify_load NAME...: waits for the load, then no 
     check "appendcheck on mount $m: no errors" grep -q ", 0 errors, 0 verify errors" "$T/app-$m.log"
   done
   check "no client was evicted" bash -c '! grep -q "evicted by" "$1"/state/mount*.log' _ "$T"
+}
+
+# Credentials for tests that start servers themselves: a CA in $T/tls/ca and a credentials
+# directory $T/tls/NAME for each server NAME given, plus $T/tls/client and $T/tls/admin (which
+# cairnctl then uses).
+make_tls() {  # make_tls SERVER_NAME...
+  local ctl="$BUILD/tools/cairnctl" n
+  "$ctl" ca init --dir "$T/tls/ca" > /dev/null
+  for n in "$@"; do "$ctl" cert issue --ca "$T/tls/ca" --server "$n" --out "$T/tls/$n" > /dev/null; done
+  "$ctl" cert issue --ca "$T/tls/ca" --client testhost --out "$T/tls/client" > /dev/null
+  "$ctl" cert issue --ca "$T/tls/ca" --admin tester --out "$T/tls/admin" > /dev/null
+  export CAIRN_TLS="$T/tls/admin"
 }
 
 # A second "host" for the multi-host tests: a network namespace joined to the test's own by a

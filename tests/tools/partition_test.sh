@@ -48,13 +48,17 @@ start() {  # start NAME [ip netns exec NS] ARGS...
 state_of() { "$CTL" --server "$1" --timeout 1 status --json 2>/dev/null |
   python3 -c 'import json, sys; print(json.load(sys.stdin)["state"])' 2>/dev/null || echo unreachable; }
 
+# Across hosts, as in production: mutual TLS.
+make_tls metaA metaB data
 start metaA ip netns exec "$NS" "$SERVER" serve --dir "$T/state/meta" --kind meta \
-  --listen "$A" --partner "$B"
-start metaB "$SERVER" serve --dir "$T/state/meta" --kind meta --listen "$B" --partner "$A"
-start data "$SERVER" serve --dir "$T/state/data" --kind data --listen 127.0.0.1:0 --mgs "$A,$B"
+  --listen "$A" --partner "$B" --tls "$T/tls/metaA"
+start metaB "$SERVER" serve --dir "$T/state/meta" --kind meta --listen "$B" --partner "$A" \
+  --tls "$T/tls/metaB"
+start data "$SERVER" serve --dir "$T/state/data" --kind data --listen 127.0.0.1:0 --mgs "$A,$B" \
+  --tls "$T/tls/data"
 check "A serves, B stands by" test "$(state_of "$A")/$(state_of "$B")" = serving/standby
 
-"$BUILD/fusefs/cairn-mount" "$A,$B" "$MNT" -f -o "log_file=$T/state/mount.log" \
+"$BUILD/fusefs/cairn-mount" "$A,$B" "$MNT" -f -o "log_file=$T/state/mount.log,tls=$T/tls/client" \
   < /dev/null > /dev/null 2>> "$T/state/mount.stderr" &
 PIDS+=($!)
 for _ in $(seq 200); do mountpoint -q "$MNT" && break; sleep 0.05; done

@@ -36,12 +36,14 @@ start_server() {  # start_server NAME ARGS...: listens on the servers' side, any
   local name=$1
   shift
   rm -f "$T/state/$name.port"
-  "$SERVER" serve "$@" --lock-timeout 2 --log-file "$T/state/$name.log" \
+  "$SERVER" serve "$@" --lock-timeout 2 --tls "$T/tls/$name" --log-file "$T/state/$name.log" \
     --port-file "$T/state/$name.port" < /dev/null > /dev/null 2>> "$T/state/$name.stderr" &
   PIDS+=($!)
   for _ in $(seq 200); do [ -s "$T/state/$name.port" ] && return 0; sleep 0.05; done
   fail "$name did not start"
 }
+# Across hosts, as in production: mutual TLS.
+make_tls meta data
 start_server meta --dir "$T/state/meta" --kind meta --listen "$S_IP:0"
 META_PID=${PIDS[-1]}
 META="$S_IP:$(cat "$T/state/meta.port")"
@@ -50,7 +52,7 @@ start_server data --dir "$T/state/data" --kind data --listen "$S_IP:0" --mgs "$M
 mount_at() {  # mount_at DIR [ip netns exec NS]
   local dir=$1
   shift
-  "$@" "$BUILD/fusefs/cairn-mount" "$META" "$dir" -f -o "log_file=$dir.log" \
+  "$@" "$BUILD/fusefs/cairn-mount" "$META" "$dir" -f -o "log_file=$dir.log,tls=$T/tls/client" \
     < /dev/null > /dev/null 2>> "$dir.stderr" &
   PIDS+=($!)
   for _ in $(seq 200); do mountpoint -q "$dir" && return 0; sleep 0.05; done

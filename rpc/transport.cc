@@ -1,0 +1,283 @@
+#include "rpc/transport.h"
+
+#include <capnp/rpc-twoparty.h>
+#include <kj/debug.h>
+#include <kj/filesystem.h>
+#include <openssl/bio.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+#include <spdlog/spdlog.h>
+
+#include <cstring>
+
+namespace cairn {
+
+namespace {
+
+// A handshake that has not finished by then is dropped: a peer that connects and says nothing
+// must not hold a connection open forever.
+constexpr kj::Duration HANDSHAKE_LIMIT = 10 * kj::SECONDS;
+
+kj::String readText(kj::StringPtr dir, kj::StringPtr file) {
+  auto path = kj::str(dir, "/", file);
+  auto fs = kj::newDiskFilesystem();
+  KJ_IF_MAYBE (f, fs->getRoot().tryOpenFile(fs->getCurrentPath().eval(path))) {
+    return (*f)->readAllText();
+  }
+  KJ_FAIL_REQUIRE("TLS credentials: cannot read this file (cairnctl cert issue writes it)", path);
+}
+
+// The common name of a PEM certificate, and whether it is in date now.
+kj::String commonNameOf(kj::StringPtr pem, kj::StringPtr path, bool* inDate) {
+  BIO* bio = BIO_new_mem_buf(pem.begin(), int(pem.size()));
+  KJ_ASSERT(bio != nullptr);
+  X509* cert = PEM_read_bio_X509(bio, nullptr, nullptr, nullptr);
+  BIO_free(bio);
+  KJ_REQUIRE(cert != nullptr, "TLS credentials: not a PEM certificate", path);
+  KJ_DEFER(X509_free(cert));
+  char cn[256] = {};
+  int n = X509_NAME_get_text_by_NID(X509_get_subject_name(cert), NID_commonName, cn, sizeof(cn));
+  KJ_REQUIRE(n > 0, "TLS credentials: the certificate has no common name", path);
+  *inDate = X509_cmp_current_time(X509_get0_notBefore(cert)) < 0 &&
+            X509_cmp_current_time(X509_get0_notAfter(cert)) > 0;
+  return kj::heapString(cn, size_t(n));
+}
+
+// OpenSSL's reason, and what usually causes it: the peer is told nothing, the log says it all.
+kj::String explainRefusal(const kj::Exception& e) {
+  kj::StringPtr d = e.getDescription();
+  auto has = [&](kj::StringPtr what) { return strstr(d.cStr(), what.cStr()) != nullptr; };
+  kj::StringPtr why = "";
+  if (has("certificate verify failed")) {
+    why =
+        " (its certificate is not signed by this cluster's CA, or has expired, or is not yet "
+        "valid)";
+  } else if (has("peer did not return a certificate")) {
+    why = " (it has no certificate: a cluster member needs one, cairnctl cert issue)";
+  } else if (has("wrong version number") || has("http request") || has("unknown protocol")) {
+    why = " (it does not speak TLS: a plain-text peer, or an older release)";
+  }
+  return kj::str(d, why);
+}
+
+}  // namespace
+
+kj::StringPtr roleName(Peer::Role role) {
+  switch (role) {
+    case Peer::Role::SERVER:
+      return "server";
+    case Peer::Role::CLIENT:
+      return "client";
+    case Peer::Role::ADMIN:
+      return "admin";
+    case Peer::Role::PLAINTEXT:
+      return "plain-text peer";
+  }
+  return "?";
+}
+
+kj::String Peer::describe() const {
+  if (role == Role::PLAINTEXT) return kj::str("plain-text peer (", address, ")");
+  return kj::str(roleName(role), " ", name, " (", address, ")");
+}
+
+Peer::Role parseRole(kj::StringPtr commonName, kj::String* name) {
+  KJ_IF_MAYBE (colon, commonName.findFirst(':')) {
+    auto role = kj::heapString(commonName.slice(0, *colon));
+    *name = kj::str(commonName.slice(*colon + 1));
+    KJ_REQUIRE(name->size() > 0, "certificate common name without a name", commonName);
+    if (role == "server") return Peer::Role::SERVER;
+    if (role == "client") return Peer::Role::CLIENT;
+    if (role == "admin") return Peer::Role::ADMIN;
+  }
+  KJ_FAIL_REQUIRE("certificate common name is not ROLE:NAME (server, client or admin)", commonName);
+}
+
+// Addresses that shake hands as TLS clients once connected, and check that the other end is a
+// server of the cluster.
+class Transport::SecureNetwork final : public kj::Network {
+public:
+  SecureNetwork(kj::Network& inner, kj::TlsContext& tls) : inner_(inner), tls_(tls) {}
+
+  kj::Promise<kj::Own<kj::NetworkAddress>> parseAddress(kj::StringPtr addr,
+                                                        uint portHint) override {
+    return inner_.parseAddress(addr, portHint)
+        .then([this](kj::Own<kj::NetworkAddress> a) -> kj::Own<kj::NetworkAddress> {
+          return kj::heap<Address>(kj::mv(a), tls_);
+        });
+  }
+  kj::Own<kj::NetworkAddress> getSockaddr(const void* sockaddr, uint len) override {
+    return kj::heap<Address>(inner_.getSockaddr(sockaddr, len), tls_);
+  }
+  kj::Own<kj::Network> restrictPeers(kj::ArrayPtr<const kj::StringPtr>,
+                                     kj::ArrayPtr<const kj::StringPtr>) override {
+    KJ_UNIMPLEMENTED("restrictPeers on a TLS network");
+  }
+
+private:
+  class Address final : public kj::NetworkAddress {
+  public:
+    Address(kj::Own<kj::NetworkAddress> inner, kj::TlsContext& tls)
+        : inner_(kj::mv(inner)), tls_(tls) {}
+    kj::Promise<kj::Own<kj::AsyncIoStream>> connect() override {
+      return connectAuthenticated().then(
+          [](kj::AuthenticatedStream s) { return kj::mv(s.stream); });
+    }
+    kj::Promise<kj::AuthenticatedStream> connectAuthenticated() override {
+      auto where = inner_->toString();
+      // Callers drop the address once they have the promise: nothing here may refer to it.
+      kj::TlsContext& tls = tls_;
+      return inner_->connectAuthenticated()
+          .then([&tls](kj::AuthenticatedStream raw) {
+            return tls.wrapClient(kj::mv(raw), SERVER_HOST_NAME);
+          })
+          .then([where = kj::mv(where)](kj::AuthenticatedStream s) {
+            auto& id = kj::downcast<kj::TlsPeerIdentity>(*s.peerIdentity);
+            kj::String name;
+            KJ_REQUIRE(
+                id.hasCertificate() && parseRole(id.getCommonName(), &name) == Peer::Role::SERVER,
+                "the peer is not a server of this cluster", where);
+            return kj::mv(s);
+          });
+    }
+    kj::Own<kj::ConnectionReceiver> listen() override {
+      KJ_UNIMPLEMENTED("servers listen on the plain network and hand shakes in accept()");
+    }
+    kj::Own<kj::NetworkAddress> clone() override {
+      return kj::heap<Address>(inner_->clone(), tls_);
+    }
+    kj::String toString() override { return inner_->toString(); }
+
+  private:
+    kj::Own<kj::NetworkAddress> inner_;
+    kj::TlsContext& tls_;
+  };
+
+  kj::Network& inner_;
+  kj::TlsContext& tls_;
+};
+
+TlsCredentials TlsCredentials::load(kj::StringPtr dir, kj::Maybe<Peer::Role> expected) {
+  auto certPem = readText(dir, "cert.crt");
+  bool inDate = false;
+  auto cn = commonNameOf(certPem, kj::str(dir, "/cert.crt"), &inDate);
+  kj::String name;
+  auto role = parseRole(cn, &name);
+  KJ_IF_MAYBE (e, expected) {
+    KJ_REQUIRE(role == *e, "TLS credentials: this certificate is for another role", dir, cn,
+               roleName(*e));
+  }
+  // Said here, where the operator looks first; the peers would only see a failed handshake.
+  if (!inDate) spdlog::error("TLS: {}/cert.crt is not valid now (expired?)", dir.cStr());
+  return TlsCredentials{
+      kj::TlsCertificate(readText(dir, "ca.crt")),
+      kj::TlsKeypair{kj::TlsPrivateKey(readText(dir, "cert.key")), kj::TlsCertificate(certPem)},
+      role, kj::mv(name), kj::str(dir)};
+}
+
+kj::Own<Transport> Transport::tls(kj::AsyncIoContext& io, TlsCredentials credentials) {
+  auto creds = kj::heap<TlsCredentials>(kj::mv(credentials));
+  kj::TlsContext::Options options;
+  options.useSystemTrustStore = false;  // the cluster's CA, nobody else's
+  options.verifyClients = true;
+  options.trustedCertificates = kj::arrayPtr(&creds->ca, 1);
+  options.defaultKeypair = creds->keypair;
+  options.minVersion = kj::TlsVersion::TLS_1_2;
+  auto name = kj::str(creds->name);
+  auto context = kj::heap<kj::TlsContext>(kj::mv(options)).attach(kj::mv(creds));
+  return kj::heap<Transport>(io, kj::mv(context), kj::mv(name));
+}
+
+kj::Own<Transport> Transport::tls(kj::AsyncIoContext& io, kj::StringPtr dir,
+                                  kj::Maybe<Peer::Role> expected) {
+  return tls(io, TlsCredentials::load(dir, expected));
+}
+
+kj::Own<Transport> Transport::plaintext(kj::AsyncIoContext& io) {
+  return kj::heap<Transport>(io, nullptr, kj::str());
+}
+
+Transport::Transport(kj::AsyncIoContext& io, kj::Maybe<kj::Own<kj::TlsContext>> tls,
+                     kj::String selfName)
+    : io_(io), selfName_(kj::mv(selfName)) {
+  KJ_IF_MAYBE (t, tls) {
+    tls_ = kj::mv(*t);
+    network_ = kj::heap<SecureNetwork>(io.provider->getNetwork(), *tls_);
+  } else {
+    // Not owned: the provider's own network.
+    network_ = kj::Own<kj::Network>(&io.provider->getNetwork(), kj::NullDisposer::instance);
+  }
+}
+
+Transport::~Transport() noexcept(false) {}
+
+kj::Promise<Transport::Accepted> Transport::handshake(kj::AuthenticatedStream raw) {
+  auto address = raw.peerIdentity->toString();
+  if (!secure()) {
+    // Through a continuation rather than an immediate promise of the struct, which GCC 12
+    // wrongly warns about (maybe-uninitialized).
+    return kj::Promise<void>(kj::READY_NOW)
+        .then([stream = kj::mv(raw.stream), address = kj::mv(address)]() mutable {
+          return Accepted{kj::mv(stream), Peer{Peer::Role::PLAINTEXT, kj::str(), kj::mv(address)}};
+        });
+  }
+  auto& timer = io_.provider->getTimer();
+  return tls_->wrapServer(kj::mv(raw))
+      .exclusiveJoin(timer.afterDelay(HANDSHAKE_LIMIT).then([]() -> kj::AuthenticatedStream {
+        KJ_FAIL_REQUIRE("no TLS handshake within the limit");
+      }))
+      .then(
+          [address = kj::mv(address)](kj::AuthenticatedStream s) mutable {
+            auto& id = kj::downcast<kj::TlsPeerIdentity>(*s.peerIdentity);
+            // verifyClients makes this so; checked again because everything rests on it.
+            KJ_REQUIRE(id.hasCertificate(), "no client certificate");
+            kj::String name;
+            auto role = parseRole(id.getCommonName(), &name);
+            return Accepted{kj::mv(s.stream), Peer{role, kj::mv(name), kj::mv(address)}};
+          },
+          [](kj::Exception&& e) -> Accepted {
+            kj::throwFatalException(
+                kj::Exception(kj::Exception::Type::FAILED, __FILE__, __LINE__, explainRefusal(e)));
+          });
+}
+
+namespace {
+// One accepted connection and the RPC system on it, alive until the peer goes.
+struct RpcConnection {
+  RpcConnection(kj::Own<kj::AsyncIoStream> s, capnp::Capability::Client bootstrap)
+      : stream(kj::mv(s)), rpc(*stream, kj::mv(bootstrap), capnp::rpc::twoparty::Side::SERVER) {}
+  kj::Own<kj::AsyncIoStream> stream;
+  capnp::TwoPartyClient rpc;  // destroyed before the stream it uses
+};
+}  // namespace
+
+RpcServer::RpcServer(Transport& transport, Bootstrap bootstrap)
+    : transport_(transport), bootstrap_(kj::mv(bootstrap)), connections_(errors_) {}
+
+RpcServer::~RpcServer() noexcept(false) {}
+
+kj::Promise<void> RpcServer::listen(kj::ConnectionReceiver& port) {
+  return port.acceptAuthenticated().then([this, &port](kj::AuthenticatedStream raw) {
+    // Handshakes run side by side: one slow or silent peer holds nobody else up.
+    connections_.add(serve(kj::mv(raw)));
+    return listen(port);
+  });
+}
+
+kj::Promise<void> RpcServer::serve(kj::AuthenticatedStream raw) {
+  auto address = raw.peerIdentity->toString();
+  return transport_.handshake(kj::mv(raw))
+      .then(
+          [this](Transport::Accepted a) {
+            auto conn = kj::heap<RpcConnection>(kj::mv(a.stream),
+                                                capnp::Capability::Client(bootstrap_(a.peer)));
+            auto done = conn->rpc.onDisconnect();
+            return done.attach(kj::mv(conn));
+          },
+          [address = kj::mv(address)](kj::Exception&& e) {
+            spdlog::warn("refused a connection from {}: {}", address.cStr(),
+                         e.getDescription().cStr());
+          });
+}
+
+}  // namespace cairn

@@ -1,0 +1,119 @@
+// How Cairn's processes reach each other: mutual TLS (kj-tls over Debian's OpenSSL) with the
+// cluster's own CA, or — only when asked for, and loudly — plain text.
+//
+// Every process has one credentials directory (`cairnctl cert issue` writes it): `ca.crt`, the
+// cluster CA, the only one trusted (never the system's store); `cert.crt` and `cert.key`, its own
+// certificate and key. A certificate says who its holder is in its common name, "ROLE:NAME",
+// with ROLE one of server, client, admin; the CA vouches for both. Server certificates also name
+// the host `cairn-server` (a DNS SAN), which is the name every connection checks: a client's or
+// an administrator's certificate can never pass for a server's.
+//
+// Outgoing connections go through `network()`, a kj::Network whose addresses connect and then
+// shake hands; incoming ones through `accept()`, which answers with the peer's identity.
+#pragma once
+
+#include <capnp/capability.h>
+#include <kj/async-io.h>
+#include <kj/compat/tls.h>
+#include <kj/function.h>
+#include <kj/string.h>
+
+namespace cairn {
+
+// Who is at the other end of a connection.
+struct Peer {
+  enum class Role { SERVER, CLIENT, ADMIN, PLAINTEXT };
+  Role role;
+  kj::String name;     // from the certificate ("" in plain text)
+  kj::String address;  // where the connection came from
+  bool authenticated() const { return role != Role::PLAINTEXT; }
+  Peer clone() const { return Peer{role, kj::str(name), kj::str(address)}; }
+  // "admin alice (10.0.0.5:41234)", for log lines.
+  kj::String describe() const;
+};
+
+kj::StringPtr roleName(Peer::Role role);
+
+// The host name every server certificate carries and every connection checks.
+constexpr kj::StringPtr SERVER_HOST_NAME = "cairn-server"_kj;
+
+// What a TLS connection is made with, as read from a credentials directory.
+struct TlsCredentials {
+  kj::TlsCertificate ca;
+  kj::TlsKeypair keypair;
+  Peer::Role role;
+  kj::String name;
+  kj::String dir;
+  // Throws, saying which file is wrong, if they do not load or the certificate's role is not
+  // `expected` (null: any). Needs no event loop: a mount checks them before it forks.
+  static TlsCredentials load(kj::StringPtr dir, kj::Maybe<Peer::Role> expected);
+};
+
+class Transport {
+public:
+  // Mutual TLS with these credentials (or those in `dir`, see TlsCredentials::load).
+  static kj::Own<Transport> tls(kj::AsyncIoContext& io, TlsCredentials credentials);
+  static kj::Own<Transport> tls(kj::AsyncIoContext& io, kj::StringPtr dir,
+                                kj::Maybe<Peer::Role> expected);
+  // Plain text: no identities, no encryption. Only for loopback tests and old releases.
+  static kj::Own<Transport> plaintext(kj::AsyncIoContext& io);
+  // (Use tls() or plaintext().)
+  Transport(kj::AsyncIoContext& io, kj::Maybe<kj::Own<kj::TlsContext>> tls, kj::String selfName);
+  ~Transport() noexcept(false);
+  KJ_DISALLOW_COPY(Transport);
+
+  bool secure() const { return tls_.get() != nullptr; }
+  // Who this process is ("" in plain text).
+  kj::StringPtr selfName() const { return selfName_; }
+
+  // Connects through here: with TLS, each connection checks that it reached a server of the
+  // cluster before it is handed out.
+  kj::Network& network() { return *network_; }
+
+  // An accepted connection once it has shaken hands (with TLS: a certificate of the cluster's
+  // CA, in date, within 10 s), and who is at the other end. Fails with the reason, and what
+  // usually causes it, if the peer is refused.
+  struct Accepted {
+    kj::Own<kj::AsyncIoStream> stream;
+    Peer peer;
+  };
+  kj::Promise<Accepted> handshake(kj::AuthenticatedStream raw);
+
+private:
+  class SecureNetwork;
+
+  kj::AsyncIoContext& io_;
+  kj::Own<kj::TlsContext> tls_;  // null in plain text
+  kj::Own<kj::Network> network_;
+  kj::String selfName_;
+};
+
+// Serves a bootstrap capability of its own to every connection accepted on a port, made for the
+// peer's identity (capnp::TwoPartyServer serves one capability to all). The connections live as
+// long as this object — replies sent as a server stops still leave — and the accept loop as long
+// as listen()'s promise. Refused peers are logged with their address and the reason.
+class RpcServer {
+public:
+  using Bootstrap = kj::Function<kj::Own<capnp::Capability::Server>(const Peer&)>;
+  RpcServer(Transport& transport, Bootstrap bootstrap);
+  ~RpcServer() noexcept(false);
+  KJ_DISALLOW_COPY(RpcServer);
+
+  kj::Promise<void> listen(kj::ConnectionReceiver& port);
+
+private:
+  kj::Promise<void> serve(kj::AuthenticatedStream raw);
+  class Errors final : public kj::TaskSet::ErrorHandler {
+  public:
+    void taskFailed(kj::Exception&&) override {}  // a connection ended; nothing to do
+  };
+  Transport& transport_;
+  Bootstrap bootstrap_;
+  Errors errors_;
+  kj::TaskSet connections_;
+};
+
+// Parses "ROLE:NAME" (a certificate's common name); throws if it is not one.
+Peer::Role parseRole(kj::StringPtr commonName, kj::String* name);
+
+}  // namespace cairn

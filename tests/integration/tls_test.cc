@@ -1,0 +1,154 @@
+// Nobody gets in who does not belong: every connection to a server is mutual TLS with the
+// cluster's CA, and administrative calls take an administrator's certificate. Each refusal is
+// logged by the server with who tried what, and nothing is served to the refused peer.
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+
+#include <fstream>
+#include <string>
+
+#include "tests/integration/cluster.h"
+#include "tests/integration/raw_session.h"
+
+namespace cairn::test {
+namespace {
+
+std::string readAll(const std::string& path) {
+  std::ifstream in(path);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+// cairnctl with these credentials ("" : plain text).
+RunResult ctl(TestCluster& cluster, const std::string& tls, std::vector<std::string> args,
+              int server = 0) {
+  std::vector<std::string> argv = {ctlBin(), "--server", cluster.address(server), "--timeout", "5"};
+  if (tls.empty()) {
+    argv.push_back("--insecure-plaintext");
+  } else {
+    argv.push_back("--tls");
+    argv.push_back(tls);
+  }
+  argv.insert(argv.end(), args.begin(), args.end());
+  // The explicit --tls wins over the administrator's CAIRN_TLS that TestCluster set.
+  std::string saved = getenv("CAIRN_TLS") ? getenv("CAIRN_TLS") : "";
+  unsetenv("CAIRN_TLS");
+  auto r = run(argv);
+  if (!saved.empty()) setenv("CAIRN_TLS", saved.c_str(), 1);
+  return r;
+}
+
+bool logSays(TestCluster& cluster, int server, const std::string& what) {
+  return waitFor([&] { return readAll(cluster.log(server)).find(what) != std::string::npos; },
+                 5000);
+}
+
+TEST(Tls, APlainTextPeerIsRefusedAndLogged) {
+  TestCluster cluster;
+  for (int server = 0; server < cluster.serverCount(); ++server) {
+    auto r = ctl(cluster, "", {"status"}, server);
+    EXPECT_NE(r.status, 0) << r.out;
+    EXPECT_EQ(r.out.find("serving"), std::string::npos);
+    EXPECT_TRUE(logSays(cluster, server, "refused a connection from 127.0.0.1:"))
+        << readAll(cluster.log(server));
+    EXPECT_TRUE(logSays(cluster, server, "it does not speak TLS"));
+  }
+  // The administrator still gets in.
+  EXPECT_EQ(ctl(cluster, cluster.credentials("admin"), {"status"}).status, 0);
+}
+
+TEST(Tls, ACertificateOfAnotherCaIsRefused) {
+  TestCluster cluster;
+  TempDir other;
+  ASSERT_EQ(run({ctlBin(), "ca", "init", "--dir", other.path() + "/ca"}).status, 0);
+  ASSERT_EQ(run({ctlBin(), "cert", "issue", "--ca", other.path() + "/ca", "--admin", "mallory",
+                 "--out", other.path() + "/mallory"})
+                .status,
+            0);
+  auto r = ctl(cluster, other.path() + "/mallory", {"shutdown"});
+  EXPECT_NE(r.status, 0);
+  EXPECT_TRUE(logSays(cluster, 0, "refused a connection")) << readAll(cluster.log(0));
+  // Nor does a client of that CA mount: the mount command fails, nothing is mounted.
+  ASSERT_EQ(run({ctlBin(), "cert", "issue", "--ca", other.path() + "/ca", "--client", "intruder",
+                 "--out", other.path() + "/intruder"})
+                .status,
+            0);
+  std::string mnt = other.path() + "/mnt";
+  mkdir(mnt.c_str(), 0755);
+  Child mount({mountBin(), cluster.metaAddress(), mnt, "-f", "-o",
+               "tls=" + other.path() + "/intruder,log_file=" + other.path() + "/mount.log"});
+  EXPECT_TRUE(logSays(cluster, 0, "refused a connection")) << readAll(cluster.log(0));
+  EXPECT_EQ(readAll(cluster.log(0)).find("intruder"), std::string::npos);
+  mount.stop(SIGTERM, 5000);
+  if (isMounted(mnt)) run({"/bin/fusermount3", "-uz", mnt});
+  EXPECT_TRUE(ctl(cluster, cluster.credentials("admin"), {"status"}).out.find("serving") !=
+              std::string::npos);
+}
+
+TEST(Tls, AnExpiredCertificateIsRefused) {
+  TestCluster cluster;
+  // Valid for one day, ten days ago.
+  auto expired =
+      cluster.issue("admin", "old-admin", "old-admin", {"--backdate", "10", "--days", "1"});
+  auto r = ctl(cluster, expired, {"shutdown"});
+  EXPECT_NE(r.status, 0);
+  EXPECT_TRUE(logSays(cluster, 0, "refused a connection")) << readAll(cluster.log(0));
+  EXPECT_NE(readAll(cluster.log(0)).find("not signed by this cluster's CA, or has expired"),
+            std::string::npos)
+      << readAll(cluster.log(0));
+  EXPECT_EQ(ctl(cluster, cluster.credentials("admin"), {"status"}).status, 0);
+}
+
+TEST(Tls, AClientCertificateCannotAdministerAServer) {
+  TestCluster::Options options;
+  options.metaArgs = {"--test-replay-barrier"};
+  TestCluster cluster(options);
+  auto client = cluster.credentials("client");
+  EXPECT_EQ(ctl(cluster, client, {"status"}).status, 0);  // looking is allowed
+  for (auto call : {std::vector<std::string>{"shutdown"},
+                    {"replay-barrier"},
+                    {"restart", "--bin", serverBin()}}) {
+    auto r = ctl(cluster, client, call);
+    EXPECT_NE(r.status, 0) << call[0];
+    EXPECT_NE(r.err.find("permission denied"), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find("an admin certificate"), std::string::npos) << r.err;
+  }
+  EXPECT_TRUE(logSays(cluster, 0, "refused shutdown to client testhost"))
+      << readAll(cluster.log(0));
+  EXPECT_TRUE(logSays(cluster, 0, "refused restart to client testhost"));
+  // Still serving, still the same process.
+  EXPECT_NE(ctl(cluster, cluster.credentials("admin"), {"status"}).out.find("serving"),
+            std::string::npos);
+  // A data server's certificate is no administrator's either.
+  auto r = ctl(cluster, cluster.credentials("data0"), {"shutdown"});
+  EXPECT_NE(r.status, 0);
+  EXPECT_TRUE(logSays(cluster, 0, "refused shutdown to server data0"));
+}
+
+TEST(Tls, OnlyAllowedClientsMount) {
+  TestCluster::Options options;
+  options.metaArgs = {"--allow-client", "testhost"};
+  TestCluster cluster(options);
+  auto mnt = cluster.mount();  // testhost: allowed
+  std::ofstream(mnt + "/hello") << "hi";
+  EXPECT_EQ(readAll(mnt + "/hello"), "hi");
+  // Another client certificate of the same CA is not on the list: its session is refused.
+  auto other = cluster.issue("client", "elsewhere", "elsewhere");
+  auto io = kj::setupAsyncIo();
+  rawCredentials = other;
+  EXPECT_ANY_THROW(connectRaw(io, cluster.metaAddress(), 5, kj::heap<rpc::LockCallback::Server>()));
+  rawCredentials = cluster.credentials("client");
+  EXPECT_TRUE(logSays(cluster, 0, "refused a client session (mount) to client elsewhere"))
+      << readAll(cluster.log(0));
+}
+
+TEST(Tls, AServerBeyondLoopbackNeedsCredentials) {
+  TempDir tmp;
+  auto d = tmp.path() + "/meta";
+  ASSERT_EQ(run({serverBin(), "format", "--dir", d, "--kind", "meta", "--fs", "x"}).status, 0);
+  auto r = run({serverBin(), "serve", "--dir", d, "--kind", "meta", "--listen", "0.0.0.0:0"});
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.err.find("needs --tls DIR"), std::string::npos) << r.err;
+}
+
+}  // namespace
+}  // namespace cairn::test

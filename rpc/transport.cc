@@ -97,17 +97,18 @@ Peer::Role parseRole(kj::StringPtr commonName, kj::String* name) {
 // server of the cluster.
 class Transport::SecureNetwork final : public kj::Network {
 public:
-  SecureNetwork(kj::Network& inner, kj::TlsContext& tls) : inner_(inner), tls_(tls) {}
+  SecureNetwork(kj::Network& inner, kj::UnixEventPort& port, SslContext& tls)
+      : inner_(inner), port_(port), tls_(tls) {}
 
   kj::Promise<kj::Own<kj::NetworkAddress>> parseAddress(kj::StringPtr addr,
                                                         uint portHint) override {
     return inner_.parseAddress(addr, portHint)
         .then([this](kj::Own<kj::NetworkAddress> a) -> kj::Own<kj::NetworkAddress> {
-          return kj::heap<Address>(kj::mv(a), tls_);
+          return kj::heap<Address>(kj::mv(a), port_, tls_);
         });
   }
   kj::Own<kj::NetworkAddress> getSockaddr(const void* sockaddr, uint len) override {
-    return kj::heap<Address>(inner_.getSockaddr(sockaddr, len), tls_);
+    return kj::heap<Address>(inner_.getSockaddr(sockaddr, len), port_, tls_);
   }
   kj::Own<kj::Network> restrictPeers(kj::ArrayPtr<const kj::StringPtr>,
                                      kj::ArrayPtr<const kj::StringPtr>) override {
@@ -117,8 +118,8 @@ public:
 private:
   class Address final : public kj::NetworkAddress {
   public:
-    Address(kj::Own<kj::NetworkAddress> inner, kj::TlsContext& tls)
-        : inner_(kj::mv(inner)), tls_(tls) {}
+    Address(kj::Own<kj::NetworkAddress> inner, kj::UnixEventPort& port, SslContext& tls)
+        : inner_(kj::mv(inner)), port_(port), tls_(tls) {}
     kj::Promise<kj::Own<kj::AsyncIoStream>> connect() override {
       return connectAuthenticated().then(
           [](kj::AuthenticatedStream s) { return kj::mv(s.stream); });
@@ -126,35 +127,38 @@ private:
     kj::Promise<kj::AuthenticatedStream> connectAuthenticated() override {
       auto where = inner_->toString();
       // Callers drop the address once they have the promise: nothing here may refer to it.
-      kj::TlsContext& tls = tls_;
-      return inner_->connectAuthenticated()
-          .then([&tls](kj::AuthenticatedStream raw) {
-            return tls.wrapClient(kj::mv(raw), SERVER_HOST_NAME);
-          })
-          .then([where = kj::mv(where)](kj::AuthenticatedStream s) {
-            auto& id = kj::downcast<kj::TlsPeerIdentity>(*s.peerIdentity);
-            kj::String name;
-            KJ_REQUIRE(
-                id.hasCertificate() && parseRole(id.getCommonName(), &name) == Peer::Role::SERVER,
-                "the peer is not a server of this cluster", where);
-            return kj::mv(s);
+      SslContext& tls = tls_;
+      kj::UnixEventPort& port = port_;
+      return inner_->connectAuthenticated().then(
+          [&tls, &port, where = kj::mv(where)](kj::AuthenticatedStream raw) mutable {
+            auto identity = kj::mv(raw.peerIdentity);
+            return tls.connect(port, kj::mv(raw.stream), SERVER_HOST_NAME)
+                .then([identity = kj::mv(identity),
+                       where = kj::mv(where)](kj::Own<SslContext::Stream> s) mutable {
+                  kj::String name;
+                  KJ_REQUIRE(parseRole(s->peerCommonName(), &name) == Peer::Role::SERVER,
+                             "the peer is not a server of this cluster", where);
+                  return kj::AuthenticatedStream{kj::mv(s), kj::mv(identity)};
+                });
           });
     }
     kj::Own<kj::ConnectionReceiver> listen() override {
-      KJ_UNIMPLEMENTED("servers listen on the plain network and hand shakes in accept()");
+      KJ_UNIMPLEMENTED("servers listen on the plain network and shake hands in RpcServer");
     }
     kj::Own<kj::NetworkAddress> clone() override {
-      return kj::heap<Address>(inner_->clone(), tls_);
+      return kj::heap<Address>(inner_->clone(), port_, tls_);
     }
     kj::String toString() override { return inner_->toString(); }
 
   private:
     kj::Own<kj::NetworkAddress> inner_;
-    kj::TlsContext& tls_;
+    kj::UnixEventPort& port_;
+    SslContext& tls_;
   };
 
   kj::Network& inner_;
-  kj::TlsContext& tls_;
+  kj::UnixEventPort& port_;
+  SslContext& tls_;
 };
 
 TlsCredentials TlsCredentials::load(kj::StringPtr dir, kj::Maybe<Peer::Role> expected) {
@@ -169,23 +173,17 @@ TlsCredentials TlsCredentials::load(kj::StringPtr dir, kj::Maybe<Peer::Role> exp
   }
   // Said here, where the operator looks first; the peers would only see a failed handshake.
   if (!inDate) spdlog::error("TLS: {}/cert.crt is not valid now (expired?)", dir.cStr());
-  return TlsCredentials{
-      kj::TlsCertificate(readText(dir, "ca.crt")),
-      kj::TlsKeypair{kj::TlsPrivateKey(readText(dir, "cert.key")), kj::TlsCertificate(certPem)},
-      role, kj::mv(name), kj::str(dir)};
+  return TlsCredentials{readText(dir, "ca.crt"),
+                        kj::mv(certPem),
+                        readText(dir, "cert.key"),
+                        role,
+                        kj::mv(name),
+                        kj::str(dir)};
 }
 
 kj::Own<Transport> Transport::tls(kj::AsyncIoContext& io, TlsCredentials credentials) {
-  auto creds = kj::heap<TlsCredentials>(kj::mv(credentials));
-  kj::TlsContext::Options options;
-  options.useSystemTrustStore = false;  // the cluster's CA, nobody else's
-  options.verifyClients = true;
-  options.trustedCertificates = kj::arrayPtr(&creds->ca, 1);
-  options.defaultKeypair = creds->keypair;
-  options.minVersion = kj::TlsVersion::TLS_1_2;
-  auto name = kj::str(creds->name);
-  auto context = kj::heap<kj::TlsContext>(kj::mv(options)).attach(kj::mv(creds));
-  return kj::heap<Transport>(io, kj::mv(context), kj::mv(name));
+  auto context = kj::heap<SslContext>(credentials.caPem, credentials.certPem, credentials.keyPem);
+  return kj::heap<Transport>(io, kj::mv(context), kj::mv(credentials.name));
 }
 
 kj::Own<Transport> Transport::tls(kj::AsyncIoContext& io, kj::StringPtr dir,
@@ -197,12 +195,12 @@ kj::Own<Transport> Transport::plaintext(kj::AsyncIoContext& io) {
   return kj::heap<Transport>(io, nullptr, kj::str());
 }
 
-Transport::Transport(kj::AsyncIoContext& io, kj::Maybe<kj::Own<kj::TlsContext>> tls,
+Transport::Transport(kj::AsyncIoContext& io, kj::Maybe<kj::Own<SslContext>> tls,
                      kj::String selfName)
     : io_(io), selfName_(kj::mv(selfName)) {
   KJ_IF_MAYBE (t, tls) {
     tls_ = kj::mv(*t);
-    network_ = kj::heap<SecureNetwork>(io.provider->getNetwork(), *tls_);
+    network_ = kj::heap<SecureNetwork>(io.provider->getNetwork(), io.unixEventPort, *tls_);
   } else {
     // Not owned: the provider's own network.
     network_ = kj::Own<kj::Network>(&io.provider->getNetwork(), kj::NullDisposer::instance);
@@ -222,18 +220,15 @@ kj::Promise<Transport::Accepted> Transport::handshake(kj::AuthenticatedStream ra
         });
   }
   auto& timer = io_.provider->getTimer();
-  return tls_->wrapServer(kj::mv(raw))
-      .exclusiveJoin(timer.afterDelay(HANDSHAKE_LIMIT).then([]() -> kj::AuthenticatedStream {
+  return tls_->accept(io_.unixEventPort, kj::mv(raw.stream))
+      .exclusiveJoin(timer.afterDelay(HANDSHAKE_LIMIT).then([]() -> kj::Own<SslContext::Stream> {
         KJ_FAIL_REQUIRE("no TLS handshake within the limit");
       }))
       .then(
-          [address = kj::mv(address)](kj::AuthenticatedStream s) mutable {
-            auto& id = kj::downcast<kj::TlsPeerIdentity>(*s.peerIdentity);
-            // verifyClients makes this so; checked again because everything rests on it.
-            KJ_REQUIRE(id.hasCertificate(), "no client certificate");
+          [address = kj::mv(address)](kj::Own<SslContext::Stream> s) mutable {
             kj::String name;
-            auto role = parseRole(id.getCommonName(), &name);
-            return Accepted{kj::mv(s.stream), Peer{role, kj::mv(name), kj::mv(address)}};
+            auto role = parseRole(s->peerCommonName(), &name);
+            return Accepted{kj::mv(s), Peer{role, kj::mv(name), kj::mv(address)}};
           },
           [](kj::Exception&& e) -> Accepted {
             kj::throwFatalException(

@@ -1,4 +1,4 @@
-// How Cairn's processes reach each other: mutual TLS (kj-tls over Debian's OpenSSL) with the
+// How Cairn's processes reach each other: mutual TLS (OpenSSL, rpc/tls_stream.h) with the
 // cluster's own CA, or — only when asked for, and loudly — plain text.
 //
 // Every process has one credentials directory (`cairnctl cert issue` writes it): `ca.crt`, the
@@ -14,9 +14,10 @@
 
 #include <capnp/capability.h>
 #include <kj/async-io.h>
-#include <kj/compat/tls.h>
 #include <kj/function.h>
 #include <kj/string.h>
+
+#include "rpc/tls_stream.h"
 
 namespace cairn {
 
@@ -39,8 +40,7 @@ constexpr kj::StringPtr SERVER_HOST_NAME = "cairn-server"_kj;
 
 // What a TLS connection is made with, as read from a credentials directory.
 struct TlsCredentials {
-  kj::TlsCertificate ca;
-  kj::TlsKeypair keypair;
+  kj::String caPem, certPem, keyPem;
   Peer::Role role;
   kj::String name;
   kj::String dir;
@@ -58,7 +58,7 @@ public:
   // Plain text: no identities, no encryption. Only for loopback tests and old releases.
   static kj::Own<Transport> plaintext(kj::AsyncIoContext& io);
   // (Use tls() or plaintext().)
-  Transport(kj::AsyncIoContext& io, kj::Maybe<kj::Own<kj::TlsContext>> tls, kj::String selfName);
+  Transport(kj::AsyncIoContext& io, kj::Maybe<kj::Own<SslContext>> tls, kj::String selfName);
   ~Transport() noexcept(false);
   KJ_DISALLOW_COPY(Transport);
 
@@ -83,7 +83,7 @@ private:
   class SecureNetwork;
 
   kj::AsyncIoContext& io_;
-  kj::Own<kj::TlsContext> tls_;  // null in plain text
+  kj::Own<SslContext> tls_;  // null in plain text
   kj::Own<kj::Network> network_;
   kj::String selfName_;
 };

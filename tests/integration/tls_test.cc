@@ -92,8 +92,8 @@ TEST(Tls, AnExpiredCertificateIsRefused) {
   auto r = ctl(cluster, expired, {"shutdown"});
   EXPECT_NE(r.status, 0);
   EXPECT_TRUE(logSays(cluster, 0, "refused a connection")) << readAll(cluster.log(0));
-  EXPECT_NE(readAll(cluster.log(0)).find("not signed by this cluster's CA, or has expired"),
-            std::string::npos)
+  // OpenSSL's own verdict on the certificate is in the log line.
+  EXPECT_NE(readAll(cluster.log(0)).find("certificate has expired"), std::string::npos)
       << readAll(cluster.log(0));
   EXPECT_EQ(ctl(cluster, cluster.credentials("admin"), {"status"}).status, 0);
 }

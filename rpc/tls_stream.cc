@@ -1,0 +1,334 @@
+#include "rpc/tls_stream.h"
+
+#include <fcntl.h>
+#include <kj/debug.h>
+#include <openssl/bio.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <climits>
+#include <cstring>
+
+namespace cairn {
+
+namespace {
+
+SSL* sslOf(void* p) {
+  return static_cast<SSL*>(p);
+}
+SSL_CTX* ctxOf(void* p) {
+  return static_cast<SSL_CTX*>(p);
+}
+
+// OpenSSL's error queue, and the certificate check's verdict when that is what failed.
+kj::String errorText(SSL* ssl) {
+  kj::Vector<kj::String> parts;
+  char buf[256];
+  while (unsigned long e = ERR_get_error()) {
+    ERR_error_string_n(e, buf, sizeof(buf));
+    parts.add(kj::str(buf));
+  }
+  if (ssl != nullptr) {
+    long verdict = SSL_get_verify_result(ssl);
+    if (verdict != X509_V_OK) {
+      parts.add(kj::str("certificate check: ", X509_verify_cert_error_string(verdict)));
+    }
+  }
+  if (parts.size() == 0) return kj::str("TLS error");
+  return kj::strArray(parts, "; ");
+}
+
+[[noreturn]] void fail(SSL* ssl, kj::StringPtr what) {
+  kj::throwFatalException(kj::Exception(kj::Exception::Type::FAILED, __FILE__, __LINE__,
+                                        kj::str(what, ": ", errorText(ssl))));
+}
+
+// Small pieces of a message (Cap'n Proto's segment table, small segments) are gathered into one
+// TLS record instead of a record each.
+constexpr size_t GATHER = 16 * 1024;
+// With read-ahead, what one read of the socket may bring in: many records per system call.
+constexpr size_t READ_BUFFER = 256 * 1024;
+
+}  // namespace
+
+SslContext::SslContext(kj::StringPtr caPem, kj::StringPtr certPem, kj::StringPtr keyPem) {
+  // OpenSSL writes to the socket itself, without MSG_NOSIGNAL: a peer gone must be an error on
+  // that connection, not a SIGPIPE that ends the process. (Servers and mounts ignore it anyway.)
+  struct sigaction current;
+  if (sigaction(SIGPIPE, nullptr, &current) == 0 && current.sa_handler == SIG_DFL) {
+    signal(SIGPIPE, SIG_IGN);
+  }
+  SSL_CTX* ctx = SSL_CTX_new(TLS_method());
+  if (ctx == nullptr) fail(nullptr, "SSL_CTX_new");
+  ctx_ = ctx;
+  KJ_ON_SCOPE_FAILURE(SSL_CTX_free(ctx));
+  auto pem = [](kj::StringPtr text) {
+    BIO* bio = BIO_new_mem_buf(text.begin(), int(text.size()));
+    KJ_ASSERT(bio != nullptr);
+    return bio;
+  };
+  BIO* bio = pem(caPem);
+  X509* ca = PEM_read_bio_X509(bio, nullptr, nullptr, nullptr);
+  BIO_free(bio);
+  if (ca == nullptr) fail(nullptr, "the CA certificate");
+  int added = X509_STORE_add_cert(SSL_CTX_get_cert_store(ctx), ca);
+  X509_free(ca);
+  if (added != 1) fail(nullptr, "trusting the CA");
+  bio = pem(certPem);
+  X509* cert = PEM_read_bio_X509(bio, nullptr, nullptr, nullptr);
+  BIO_free(bio);
+  if (cert == nullptr) fail(nullptr, "the certificate");
+  int used = SSL_CTX_use_certificate(ctx, cert);
+  X509_free(cert);
+  if (used != 1) fail(nullptr, "using the certificate");
+  bio = pem(keyPem);
+  EVP_PKEY* key = PEM_read_bio_PrivateKey(bio, nullptr, nullptr, nullptr);
+  BIO_free(bio);
+  if (key == nullptr) fail(nullptr, "the key");
+  used = SSL_CTX_use_PrivateKey(ctx, key);
+  EVP_PKEY_free(key);
+  if (used != 1 || SSL_CTX_check_private_key(ctx) != 1) fail(nullptr, "the key and certificate");
+  SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+  SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, nullptr);
+  // Whole records per read; writes that may return early and be retried from elsewhere.
+  SSL_CTX_set_read_ahead(ctx, 1);
+  SSL_CTX_set_default_read_buffer_len(ctx, READ_BUFFER);
+  SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+  // No session tickets: connections are long-lived, and a ticket after the handshake would have
+  // the first read of a TLS 1.3 client write, and the first write read.
+  SSL_CTX_set_num_tickets(ctx, 0);
+  SSL_CTX_set_options(ctx, SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_NO_RENEGOTIATION);
+}
+
+SslContext::~SslContext() noexcept(false) {
+  SSL_CTX_free(ctxOf(ctx_));
+}
+
+namespace {
+// The socket's descriptor, ours from here (the stream that had it goes).
+int takeFd(kj::Own<kj::AsyncIoStream> socket) {
+  int fd = dup(KJ_REQUIRE_NONNULL(socket->getFd(), "TLS needs a socket"));
+  KJ_REQUIRE(fd >= 0, "dup", strerror(errno));
+  socket = nullptr;
+  int flags = fcntl(fd, F_GETFL);
+  KJ_REQUIRE(flags >= 0 && fcntl(fd, F_SETFL, flags | O_NONBLOCK) == 0, strerror(errno));
+  fcntl(fd, F_SETFD, FD_CLOEXEC);
+  return fd;
+}
+}  // namespace
+
+kj::Promise<kj::Own<SslContext::Stream>> SslContext::connect(kj::UnixEventPort& port,
+                                                             kj::Own<kj::AsyncIoStream> socket,
+                                                             kj::StringPtr hostName) {
+  int fd = takeFd(kj::mv(socket));
+  SSL* ssl = SSL_new(ctxOf(ctx_));
+  if (ssl == nullptr) {
+    close(fd);
+    fail(nullptr, "SSL_new");
+  }
+  auto stream = kj::heap<Stream>(port, fd, ssl);  // owns both from here
+  if (SSL_set_fd(ssl, fd) != 1 || SSL_set_tlsext_host_name(ssl, hostName.cStr()) != 1 ||
+      X509_VERIFY_PARAM_set1_host(SSL_get0_param(ssl), hostName.cStr(), hostName.size()) != 1) {
+    fail(ssl, "setting the connection up");
+  }
+  SSL_set_connect_state(ssl);
+  auto& s = *stream;
+  return s.ssl([ssl]() { return SSL_do_handshake(ssl); })
+      .then([stream = kj::mv(stream)](size_t) mutable { return kj::mv(stream); });
+}
+
+kj::Promise<kj::Own<SslContext::Stream>> SslContext::accept(kj::UnixEventPort& port,
+                                                            kj::Own<kj::AsyncIoStream> socket) {
+  int fd = takeFd(kj::mv(socket));
+  SSL* ssl = SSL_new(ctxOf(ctx_));
+  if (ssl == nullptr) {
+    close(fd);
+    fail(nullptr, "SSL_new");
+  }
+  auto stream = kj::heap<Stream>(port, fd, ssl);
+  if (SSL_set_fd(ssl, fd) != 1) fail(ssl, "setting the connection up");
+  SSL_set_accept_state(ssl);
+  auto& s = *stream;
+  return s.ssl([ssl]() { return SSL_do_handshake(ssl); })
+      .then([stream = kj::mv(stream)](size_t) mutable { return kj::mv(stream); });
+}
+
+SslContext::Stream::Stream(kj::UnixEventPort& port, int fd, void* ssl)
+    : fd_(fd),
+      ssl_(ssl),
+      observer_(kj::heap<kj::UnixEventPort::FdObserver>(
+          port, fd, kj::UnixEventPort::FdObserver::OBSERVE_READ_WRITE)) {}
+
+SslContext::Stream::~Stream() noexcept(false) {
+  readable_ = nullptr;
+  writable_ = nullptr;
+  observer_ = nullptr;  // out of the event port before the descriptor closes
+  SSL_free(sslOf(ssl_));
+  close(fd_);
+}
+
+kj::String SslContext::Stream::peerCommonName() {
+  X509* cert = SSL_get1_peer_certificate(sslOf(ssl_));
+  KJ_REQUIRE(cert != nullptr, "the peer presented no certificate");
+  KJ_DEFER(X509_free(cert));
+  char cn[256] = {};
+  int n = X509_NAME_get_text_by_NID(X509_get_subject_name(cert), NID_commonName, cn, sizeof(cn));
+  KJ_REQUIRE(n > 0, "the peer's certificate has no common name");
+  return kj::heapString(cn, size_t(n));
+}
+
+kj::Promise<void> SslContext::Stream::readable() {
+  if (readable_ == nullptr) {
+    readable_ = observer_->whenBecomesReadable().then([this]() { readable_ = nullptr; }).fork();
+  }
+  return KJ_ASSERT_NONNULL(readable_).addBranch();
+}
+
+kj::Promise<void> SslContext::Stream::writable() {
+  if (writable_ == nullptr) {
+    writable_ = observer_->whenBecomesWritable().then([this]() { writable_ = nullptr; }).fork();
+  }
+  return KJ_ASSERT_NONNULL(writable_).addBranch();
+}
+
+template <typename Op>
+kj::Promise<size_t> SslContext::Stream::ssl(Op op) {
+  // Errors as rejected promises, never thrown at the caller.
+  return kj::evalNow([&]() { return sslStep(kj::mv(op)); });
+}
+
+template <typename Op>
+kj::Promise<size_t> SslContext::Stream::sslStep(Op op) {
+  SSL* ssl = sslOf(ssl_);
+  ERR_clear_error();
+  errno = 0;
+  int r = op();
+  if (r > 0) return size_t(r);
+  switch (SSL_get_error(ssl, r)) {
+    case SSL_ERROR_WANT_READ:
+      return readable().then([this, op]() mutable { return this->ssl(kj::mv(op)); });
+    case SSL_ERROR_WANT_WRITE:
+      return writable().then([this, op]() mutable { return this->ssl(kj::mv(op)); });
+    case SSL_ERROR_ZERO_RETURN:
+      eof_ = true;
+      return size_t(0);
+    case SSL_ERROR_SYSCALL:
+      if (errno == 0) {  // the peer closed without a close_notify
+        eof_ = true;
+        return size_t(0);
+      }
+      kj::throwFatalException(kj::Exception(kj::Exception::Type::DISCONNECTED, __FILE__, __LINE__,
+                                            kj::str("TLS connection: ", strerror(errno))));
+    default:
+      fail(ssl, "TLS");
+  }
+}
+
+kj::Promise<size_t> SslContext::Stream::tryRead(void* buffer, size_t minBytes, size_t maxBytes) {
+  return readSome(static_cast<kj::byte*>(buffer), minBytes, maxBytes, 0);
+}
+
+kj::Promise<size_t> SslContext::Stream::readSome(kj::byte* out, size_t minBytes, size_t maxBytes,
+                                                 size_t done) {
+  if (eof_ || done >= maxBytes) return done;
+  SSL* ssl = sslOf(ssl_);
+  int want = int(kj::min(maxBytes - done, size_t(INT_MAX)));
+  return this->ssl([ssl, out, done, want]() { return SSL_read(ssl, out + done, want); })
+      .then([this, out, minBytes, maxBytes, done](size_t n) -> kj::Promise<size_t> {
+        if (n == 0) return done;  // end of stream
+        if (done + n >= minBytes) return done + n;
+        return readSome(out, minBytes, maxBytes, done + n);
+      });
+}
+
+kj::Promise<void> SslContext::Stream::write(const void* buffer, size_t size) {
+  return writeAll(kj::arrayPtr(static_cast<const kj::byte*>(buffer), size), nullptr);
+}
+
+kj::Promise<void> SslContext::Stream::write(
+    kj::ArrayPtr<const kj::ArrayPtr<const kj::byte>> pieces) {
+  size_t small = 0;
+  for (auto& p : pieces) small += p.size() < GATHER ? p.size() : 0;
+  if (small == 0 || pieces.size() == 1) {
+    if (pieces.size() == 0) return kj::READY_NOW;
+    return writeAll(pieces[0], pieces.slice(1, pieces.size()));
+  }
+  // Runs of small pieces gathered into one buffer each; large ones written as they are.
+  auto gathered = kj::heapArray<kj::byte>(small);
+  auto parts = kj::heapArrayBuilder<kj::ArrayPtr<const kj::byte>>(pieces.size());
+  size_t at = 0, runStart = 0;
+  bool inRun = false;
+  for (auto& p : pieces) {
+    if (p.size() < GATHER) {
+      if (!inRun) runStart = at;
+      inRun = true;
+      memcpy(gathered.begin() + at, p.begin(), p.size());
+      at += p.size();
+    } else {
+      if (inRun) parts.add(gathered.slice(runStart, at));
+      inRun = false;
+      parts.add(p);
+    }
+  }
+  if (inRun) parts.add(gathered.slice(runStart, at));
+  auto list = parts.finish();
+  auto first = list[0];
+  auto rest = list.slice(1, list.size());
+  return writeAll(first, rest).attach(kj::mv(gathered), kj::mv(list));
+}
+
+kj::Promise<void> SslContext::Stream::writeAll(
+    kj::ArrayPtr<const kj::byte> first, kj::ArrayPtr<const kj::ArrayPtr<const kj::byte>> rest) {
+  if (first.size() == 0) {
+    if (rest.size() == 0) return kj::READY_NOW;
+    return writeAll(rest[0], rest.slice(1, rest.size()));
+  }
+  SSL* ssl = sslOf(ssl_);
+  int size = int(kj::min(first.size(), size_t(INT_MAX)));
+  return this->ssl([ssl, first, size]() { return SSL_write(ssl, first.begin(), size); })
+      .then([this, first, rest](size_t n) -> kj::Promise<void> {
+        if (n == 0) return KJ_EXCEPTION(DISCONNECTED, "TLS connection ended during a write");
+        return writeAll(first.slice(n, first.size()), rest);
+      });
+}
+
+kj::Promise<void> SslContext::Stream::whenWriteDisconnected() {
+  return kj::NEVER_DONE;
+}
+
+void SslContext::Stream::shutdownWrite() {
+  // close_notify if it goes out at once; the socket's write side closes either way.
+  SSL_shutdown(sslOf(ssl_));
+  ::shutdown(fd_, SHUT_WR);
+}
+
+void SslContext::Stream::getsockopt(int level, int option, void* value, kj::uint* length) {
+  socklen_t len = *length;
+  KJ_SYSCALL(::getsockopt(fd_, level, option, value, &len));
+  *length = len;
+}
+
+void SslContext::Stream::setsockopt(int level, int option, const void* value, kj::uint length) {
+  KJ_SYSCALL(::setsockopt(fd_, level, option, value, length));
+}
+
+void SslContext::Stream::getsockname(struct sockaddr* addr, kj::uint* length) {
+  socklen_t len = *length;
+  KJ_SYSCALL(::getsockname(fd_, addr, &len));
+  *length = len;
+}
+
+void SslContext::Stream::getpeername(struct sockaddr* addr, kj::uint* length) {
+  socklen_t len = *length;
+  KJ_SYSCALL(::getpeername(fd_, addr, &len));
+  *length = len;
+}
+
+}  // namespace cairn

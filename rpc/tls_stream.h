@@ -1,0 +1,77 @@
+// TLS with OpenSSL straight on a connection's socket, as a kj::AsyncIoStream.
+//
+// Why not kj-tls: it drives OpenSSL through 8 KiB readiness buffers, two or more trips through
+// the event loop per 16 KiB record each way; on this machine that cost 40–65% of the streaming
+// throughput (1 GiB write 279 against 795 MiB/s in plain text). OpenSSL is readiness-based
+// itself, so here it reads and writes the non-blocking socket directly (read-ahead on: whole
+// records per system call) and the event loop is only asked to wait when OpenSSL says it must.
+#pragma once
+
+#include <kj/async-io.h>
+#include <kj/async-unix.h>
+#include <kj/string.h>
+
+namespace cairn {
+
+class SslContext {
+public:
+  // PEM text: the CA to trust (the only one), this side's certificate and key. Peers must
+  // present a certificate of that CA, in date; a client also checks the server's host name.
+  SslContext(kj::StringPtr caPem, kj::StringPtr certPem, kj::StringPtr keyPem);
+  ~SslContext() noexcept(false);
+  KJ_DISALLOW_COPY(SslContext);
+
+  class Stream;
+  // Shakes hands on `socket` (a connected TCP stream; its descriptor is taken over), as the
+  // client checking that the server's certificate names `hostName`, or as the server. Fails
+  // with OpenSSL's reason (and the certificate check's, when that was it).
+  kj::Promise<kj::Own<Stream>> connect(kj::UnixEventPort& port, kj::Own<kj::AsyncIoStream> socket,
+                                       kj::StringPtr hostName);
+  kj::Promise<kj::Own<Stream>> accept(kj::UnixEventPort& port, kj::Own<kj::AsyncIoStream> socket);
+
+private:
+  void* ctx_;  // SSL_CTX
+};
+
+class SslContext::Stream final : public kj::AsyncIoStream {
+public:
+  Stream(kj::UnixEventPort& port, int fd, void* ssl);
+  ~Stream() noexcept(false);
+  KJ_DISALLOW_COPY(Stream);
+
+  // The common name of the peer's certificate (verified by then).
+  kj::String peerCommonName();
+
+  kj::Promise<size_t> tryRead(void* buffer, size_t minBytes, size_t maxBytes) override;
+  kj::Promise<void> write(const void* buffer, size_t size) override;
+  kj::Promise<void> write(kj::ArrayPtr<const kj::ArrayPtr<const kj::byte>> pieces) override;
+  kj::Promise<void> whenWriteDisconnected() override;
+  void shutdownWrite() override;
+  void getsockopt(int level, int option, void* value, kj::uint* length) override;
+  void setsockopt(int level, int option, const void* value, kj::uint length) override;
+  void getsockname(struct sockaddr* addr, kj::uint* length) override;
+  void getpeername(struct sockaddr* addr, kj::uint* length) override;
+
+private:
+  friend class SslContext;
+  // Runs `op` (an SSL call) until it makes progress, waiting for the socket when OpenSSL says
+  // so; resolves with its positive result, or 0 at the end of the stream.
+  template <typename Op>
+  kj::Promise<size_t> ssl(Op op);
+  template <typename Op>
+  kj::Promise<size_t> sslStep(Op op);
+  kj::Promise<void> readable();
+  kj::Promise<void> writable();
+  kj::Promise<void> writeAll(kj::ArrayPtr<const kj::byte> first,
+                             kj::ArrayPtr<const kj::ArrayPtr<const kj::byte>> rest);
+  kj::Promise<size_t> readSome(kj::byte* out, size_t minBytes, size_t maxBytes, size_t done);
+
+  int fd_;
+  void* ssl_;  // SSL
+  kj::Own<kj::UnixEventPort::FdObserver> observer_;
+  // Shared by a read and a write waiting on the same readiness (TLS 1.3 can make a write read).
+  kj::Maybe<kj::ForkedPromise<void>> readable_, writable_;
+  bool eof_ = false;
+};
+
+}  // namespace cairn

@@ -1,5 +1,7 @@
 #include "objserver/namespace.h"
 
+#include <algorithm>
+
 #include <linux/fs.h>
 #include <sys/stat.h>
 #include <sys/xattr.h>
@@ -18,7 +20,7 @@ constexpr kj::StringPtr NEXT_INO_KEY = "nextIno"_kj;
 kj::Array<kj::byte> childKey(uint64_t parent, kj::ArrayPtr<const kj::byte> name) {
   auto key = kj::heapArray<kj::byte>(8 + name.size());
   store::writeU64(key.begin(), parent);
-  memcpy(key.begin() + 8, name.begin(), name.size());
+  std::copy(name.begin(), name.end(), key.begin() + 8);  // (memcpy from an empty name is UB)
   return key;
 }
 

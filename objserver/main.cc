@@ -52,6 +52,7 @@ struct ServeOptions {
   std::string tls;
   bool plaintext = false;
   std::vector<std::string> allowClients;
+  size_t maxConnections = 4096;
 };
 
 AccessPolicy accessPolicy(const ServeOptions& o) {
@@ -254,9 +255,14 @@ Ending serveTarget(Process& p, kj::Own<TargetLock> lock) {
     r.start();
   }
 
-  RpcServer server(p.transport, [&ctx](const Peer& peer) -> kj::Own<capnp::Capability::Server> {
-    return kj::heap<ServerImpl>(ctx, peer.clone());
-  });
+  RpcServer::Limits limits;
+  limits.connections = o.maxConnections;
+  RpcServer server(
+      p.transport,
+      [&ctx](const Peer& peer) -> kj::Own<capnp::Capability::Server> {
+        return kj::heap<ServerImpl>(ctx, peer.clone());
+      },
+      limits);
   auto listening = server.listen(*p.listener);
   spdlog::info("cairn-server {} serving {} target {} of {} on {}", target.softwareVersion().cStr(),
                o.kind, target.index(), target.fsName().cStr(), p.advertise.cStr());
@@ -488,6 +494,9 @@ int main(int argc, char** argv) {
   s->add_option("--allow-client", serve.allowClients,
                 "with --tls: only these client certificate names may mount (repeatable; default: "
                 "every client certificate of the CA)");
+  s->add_option("--max-connections", serve.maxConnections,
+                "connections this server keeps open at most (clients, peers, cairnctl); beyond "
+                "it new ones are closed at once (default 4096)");
   s->add_flag("--test-replay-barrier", serve.testReplayBarrier,
               "test hook: allow `cairnctl replay-barrier` (commits after it are discarded at the "
               "next start, as in a host crash)");

@@ -239,22 +239,43 @@ kj::Promise<Transport::Accepted> Transport::handshake(kj::AuthenticatedStream ra
 namespace {
 // One accepted connection and the RPC system on it, alive until the peer goes.
 struct RpcConnection {
-  RpcConnection(kj::Own<kj::AsyncIoStream> s, capnp::Capability::Client bootstrap)
-      : stream(kj::mv(s)), rpc(*stream, kj::mv(bootstrap), capnp::rpc::twoparty::Side::SERVER) {}
+  RpcConnection(kj::Own<kj::AsyncIoStream> s, capnp::Capability::Client bootstrap,
+                const RpcServer::Limits& limits)
+      : stream(kj::mv(s)),
+        network(*stream, capnp::rpc::twoparty::Side::SERVER, readerOptions(limits)),
+        rpc(capnp::makeRpcServer(network, kj::mv(bootstrap))) {
+    rpc.setFlowLimit(limits.inFlightWords);
+  }
+  static capnp::ReaderOptions readerOptions(const RpcServer::Limits& limits) {
+    capnp::ReaderOptions options;
+    options.traversalLimitInWords = limits.messageWords;
+    options.nestingLimit = int(limits.nesting);
+    return options;
+  }
   kj::Own<kj::AsyncIoStream> stream;
-  capnp::TwoPartyClient rpc;  // destroyed before the stream it uses
+  capnp::TwoPartyVatNetwork network;  // destroyed before the stream it uses
+  capnp::RpcSystem<capnp::rpc::twoparty::VatId> rpc;
 };
 }  // namespace
 
-RpcServer::RpcServer(Transport& transport, Bootstrap bootstrap)
-    : transport_(transport), bootstrap_(kj::mv(bootstrap)), connections_(errors_) {}
+RpcServer::RpcServer(Transport& transport, Bootstrap bootstrap, Limits limits)
+    : transport_(transport),
+      bootstrap_(kj::mv(bootstrap)),
+      limits_(limits),
+      connections_(errors_) {}
 
 RpcServer::~RpcServer() noexcept(false) {}
 
 kj::Promise<void> RpcServer::listen(kj::ConnectionReceiver& port) {
   return port.acceptAuthenticated().then([this, &port](kj::AuthenticatedStream raw) {
-    // Handshakes run side by side: one slow or silent peer holds nobody else up.
-    connections_.add(serve(kj::mv(raw)));
+    if (open_ >= limits_.connections) {
+      spdlog::warn("refused a connection from {}: {} connections open, the limit",
+                   raw.peerIdentity->toString().cStr(), open_);
+    } else {
+      // Handshakes run side by side: one slow or silent peer holds nobody else up.
+      ++open_;
+      connections_.add(serve(kj::mv(raw)).attach(kj::defer([this]() { --open_; })));
+    }
     return listen(port);
   });
 }
@@ -264,9 +285,9 @@ kj::Promise<void> RpcServer::serve(kj::AuthenticatedStream raw) {
   return transport_.handshake(kj::mv(raw))
       .then(
           [this](Transport::Accepted a) {
-            auto conn = kj::heap<RpcConnection>(kj::mv(a.stream),
-                                                capnp::Capability::Client(bootstrap_(a.peer)));
-            auto done = conn->rpc.onDisconnect();
+            auto conn = kj::heap<RpcConnection>(
+                kj::mv(a.stream), capnp::Capability::Client(bootstrap_(a.peer)), limits_);
+            auto done = conn->network.onDisconnect();
             return done.attach(kj::mv(conn));
           },
           [address = kj::mv(address)](kj::Exception&& e) {

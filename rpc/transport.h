@@ -94,8 +94,20 @@ private:
 // as listen()'s promise. Refused peers are logged with their address and the reason.
 class RpcServer {
 public:
+  // What one server takes, whatever its peers send.
+  struct Limits {
+    size_t connections = 4096;  // beyond: closed at once, logged
+    // One message (a data write carries at most a stripe chunk, 1 MiB by default).
+    uint64_t messageWords = (16u << 20) / 8;
+    unsigned nesting = 64;
+    // Calls a connection may have waiting for their replies; beyond it the server stops reading
+    // from that connection until replies go out (back-pressure, not an error).
+    size_t inFlightWords = (64u << 20) / 8;
+  };
   using Bootstrap = kj::Function<kj::Own<capnp::Capability::Server>(const Peer&)>;
-  RpcServer(Transport& transport, Bootstrap bootstrap);
+  RpcServer(Transport& transport, Bootstrap bootstrap, Limits limits);
+  RpcServer(Transport& transport, Bootstrap bootstrap)
+      : RpcServer(transport, kj::mv(bootstrap), Limits()) {}
   ~RpcServer() noexcept(false);
   KJ_DISALLOW_COPY(RpcServer);
 
@@ -109,6 +121,8 @@ private:
   };
   Transport& transport_;
   Bootstrap bootstrap_;
+  Limits limits_;
+  size_t open_ = 0;  // connections accepted and not yet gone
   Errors errors_;
   kj::TaskSet connections_;
 };

@@ -249,6 +249,52 @@ TEST(BadInput, AbsurdDataRequestsGetErrors) {
   EXPECT_TRUE(serving(cluster, 1));
 }
 
+TEST(BadInput, OversizedMessagesAndTooManyConnectionsAreRefused) {
+  TestCluster::Options options;
+  options.dataServers = 1;
+  options.metaArgs = {"--max-connections", "6"};
+  TestCluster cluster(options);
+  auto mnt = cluster.mount();
+  std::ofstream(mnt + "/keep") << "precious";
+  {
+    // A write of 20 MiB in one message: past the 16 MiB a server reads as one.
+    RawClient data(cluster.address(1));
+    auto req = data.bootstrap.connectRequest();
+    req.initHello().setClientUuid(kj::heapArray<kj::byte>(16));
+    auto session = req.send().wait(data.io.waitScope).getData();
+    auto w = session.callRequest();
+    auto write = w.initRequest().initWrite();
+    write.setObjectId(5);
+    write.initData(20 << 20);
+    EXPECT_ANY_THROW(w.send().wait(data.io.waitScope));
+  }
+  EXPECT_TRUE(serving(cluster, 1));
+  // Connections past --max-connections are closed at once; the ones open go on.
+  auto io = kj::setupAsyncIo();
+  std::vector<kj::Own<kj::AsyncIoStream>> held;
+  int refused = 0;
+  for (int i = 0; i < 8; ++i) {
+    try {
+      held.push_back(connectStream(io, cluster.metaAddress()));
+    } catch (kj::Exception&) {
+      ++refused;  // closed before the handshake
+    }
+  }
+  EXPECT_GT(refused, 0);
+  EXPECT_TRUE(waitFor(
+      [&] {
+        std::ifstream in(cluster.log(0));
+        std::string all((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+        return all.find("connections open, the limit") != std::string::npos;
+      },
+      5000));
+  held.clear();
+  std::ifstream in(mnt + "/keep");
+  std::string back;
+  in >> back;
+  EXPECT_EQ(back, "precious");
+}
+
 TEST(BadInput, ResentUpdatesAreAnsweredFromTheRecord) {
   TestCluster cluster;
   RawClient raw(cluster.metaAddress());

@@ -140,8 +140,7 @@ kj::Promise<kj::Own<SslContext::Stream>> SslContext::connect(kj::UnixEventPort& 
   }
   SSL_set_connect_state(ssl);
   auto& s = *stream;
-  return s.ssl([ssl]() { return SSL_do_handshake(ssl); })
-      .then([stream = kj::mv(stream)](size_t) mutable { return kj::mv(stream); });
+  return s.handshake().then([stream = kj::mv(stream)]() mutable { return kj::mv(stream); });
 }
 
 kj::Promise<kj::Own<SslContext::Stream>> SslContext::accept(kj::UnixEventPort& port,
@@ -156,8 +155,7 @@ kj::Promise<kj::Own<SslContext::Stream>> SslContext::accept(kj::UnixEventPort& p
   if (SSL_set_fd(ssl, fd) != 1) fail(ssl, "setting the connection up");
   SSL_set_accept_state(ssl);
   auto& s = *stream;
-  return s.ssl([ssl]() { return SSL_do_handshake(ssl); })
-      .then([stream = kj::mv(stream)](size_t) mutable { return kj::mv(stream); });
+  return s.handshake().then([stream = kj::mv(stream)]() mutable { return kj::mv(stream); });
 }
 
 SslContext::Stream::Stream(kj::UnixEventPort& port, int fd, void* ssl)
@@ -198,31 +196,21 @@ kj::Promise<void> SslContext::Stream::writable() {
   return KJ_ASSERT_NONNULL(writable_).addBranch();
 }
 
-template <typename Op>
-kj::Promise<size_t> SslContext::Stream::ssl(Op op) {
-  // Errors as rejected promises, never thrown at the caller.
-  return kj::evalNow([&]() { return sslStep(kj::mv(op)); });
-}
-
-template <typename Op>
-kj::Promise<size_t> SslContext::Stream::sslStep(Op op) {
+SslContext::Stream::Wait SslContext::Stream::attempt(int result) {
+  if (result > 0) return Wait::NONE;
   SSL* ssl = sslOf(ssl_);
-  ERR_clear_error();
-  errno = 0;
-  int r = op();
-  if (r > 0) return size_t(r);
-  switch (SSL_get_error(ssl, r)) {
+  switch (SSL_get_error(ssl, result)) {
     case SSL_ERROR_WANT_READ:
-      return readable().then([this, op]() mutable { return this->ssl(kj::mv(op)); });
+      return Wait::READABLE;
     case SSL_ERROR_WANT_WRITE:
-      return writable().then([this, op]() mutable { return this->ssl(kj::mv(op)); });
+      return Wait::WRITABLE;
     case SSL_ERROR_ZERO_RETURN:
       eof_ = true;
-      return size_t(0);
+      return Wait::NONE;
     case SSL_ERROR_SYSCALL:
       if (errno == 0) {  // the peer closed without a close_notify
         eof_ = true;
-        return size_t(0);
+        return Wait::NONE;
       }
       kj::throwFatalException(kj::Exception(kj::Exception::Type::DISCONNECTED, __FILE__, __LINE__,
                                             kj::str("TLS connection: ", strerror(errno))));
@@ -231,21 +219,48 @@ kj::Promise<size_t> SslContext::Stream::sslStep(Op op) {
   }
 }
 
+kj::Promise<void> SslContext::Stream::wait(Wait what) {
+  return what == Wait::READABLE ? readable() : writable();
+}
+
+kj::Promise<void> SslContext::Stream::handshake() {
+  return kj::evalNow([this]() -> kj::Promise<void> {
+    ERR_clear_error();
+    errno = 0;
+    int r = SSL_do_handshake(sslOf(ssl_));
+    if (r == 1) return kj::READY_NOW;
+    auto what = attempt(r);
+    KJ_REQUIRE(what != Wait::NONE, "the peer closed the connection during the TLS handshake");
+    return wait(what).then([this]() { return handshake(); });
+  });
+}
+
 kj::Promise<size_t> SslContext::Stream::tryRead(void* buffer, size_t minBytes, size_t maxBytes) {
   return readSome(static_cast<kj::byte*>(buffer), minBytes, maxBytes, 0);
 }
 
 kj::Promise<size_t> SslContext::Stream::readSome(kj::byte* out, size_t minBytes, size_t maxBytes,
                                                  size_t done) {
-  if (eof_ || done >= maxBytes) return done;
-  SSL* ssl = sslOf(ssl_);
-  int want = int(kj::min(maxBytes - done, size_t(INT_MAX)));
-  return this->ssl([ssl, out, done, want]() { return SSL_read(ssl, out + done, want); })
-      .then([this, out, minBytes, maxBytes, done](size_t n) -> kj::Promise<size_t> {
-        if (n == 0) return done;  // end of stream
-        if (done + n >= minBytes) return done + n;
-        return readSome(out, minBytes, maxBytes, done + n);
-      });
+  // As long as OpenSSL has records (read-ahead brings in many at once), no trip through the
+  // event loop: only when it must wait for the socket.
+  return kj::evalNow([&]() -> kj::Promise<size_t> {
+    SSL* ssl = sslOf(ssl_);
+    while (!eof_ && done < maxBytes) {
+      ERR_clear_error();
+      errno = 0;
+      int r = SSL_read(ssl, out + done, int(kj::min(maxBytes - done, size_t(INT_MAX))));
+      auto what = attempt(r);
+      if (r > 0) {
+        done += size_t(r);
+        if (done >= minBytes) return done;
+      } else if (what != Wait::NONE) {
+        return wait(what).then([this, out, minBytes, maxBytes, done]() {
+          return readSome(out, minBytes, maxBytes, done);
+        });
+      }
+    }
+    return done;
+  });
 }
 
 kj::Promise<void> SslContext::Stream::write(const void* buffer, size_t size) {
@@ -286,17 +301,28 @@ kj::Promise<void> SslContext::Stream::write(
 
 kj::Promise<void> SslContext::Stream::writeAll(
     kj::ArrayPtr<const kj::byte> first, kj::ArrayPtr<const kj::ArrayPtr<const kj::byte>> rest) {
-  if (first.size() == 0) {
-    if (rest.size() == 0) return kj::READY_NOW;
-    return writeAll(rest[0], rest.slice(1, rest.size()));
-  }
-  SSL* ssl = sslOf(ssl_);
-  int size = int(kj::min(first.size(), size_t(INT_MAX)));
-  return this->ssl([ssl, first, size]() { return SSL_write(ssl, first.begin(), size); })
-      .then([this, first, rest](size_t n) -> kj::Promise<void> {
-        if (n == 0) return KJ_EXCEPTION(DISCONNECTED, "TLS connection ended during a write");
-        return writeAll(first.slice(n, first.size()), rest);
-      });
+  // Record after record without the event loop, until the socket is full.
+  return kj::evalNow([&]() -> kj::Promise<void> {
+    SSL* ssl = sslOf(ssl_);
+    for (;;) {
+      while (first.size() == 0) {
+        if (rest.size() == 0) return kj::READY_NOW;
+        first = rest[0];
+        rest = rest.slice(1, rest.size());
+      }
+      ERR_clear_error();
+      errno = 0;
+      int r = SSL_write(ssl, first.begin(), int(kj::min(first.size(), size_t(INT_MAX))));
+      auto what = attempt(r);
+      if (r > 0) {
+        first = first.slice(size_t(r), first.size());
+      } else if (what != Wait::NONE) {
+        return wait(what).then([this, first, rest]() { return writeAll(first, rest); });
+      } else {
+        return KJ_EXCEPTION(DISCONNECTED, "TLS connection ended during a write");
+      }
+    }
+  });
 }
 
 kj::Promise<void> SslContext::Stream::whenWriteDisconnected() {

@@ -54,12 +54,11 @@ public:
 
 private:
   friend class SslContext;
-  // Runs `op` (an SSL call) until it makes progress, waiting for the socket when OpenSSL says
-  // so; resolves with its positive result, or 0 at the end of the stream.
-  template <typename Op>
-  kj::Promise<size_t> ssl(Op op);
-  template <typename Op>
-  kj::Promise<size_t> sslStep(Op op);
+  // What an SSL call that made no progress waits for (NONE: the stream ended).
+  enum class Wait { NONE, READABLE, WRITABLE };
+  Wait attempt(int result);  // throws on a TLS error or a broken connection
+  kj::Promise<void> wait(Wait what);
+  kj::Promise<void> handshake();
   kj::Promise<void> readable();
   kj::Promise<void> writable();
   kj::Promise<void> writeAll(kj::ArrayPtr<const kj::byte> first,

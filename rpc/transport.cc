@@ -220,7 +220,8 @@ kj::Promise<Transport::Accepted> Transport::handshake(kj::AuthenticatedStream ra
         });
   }
   auto& timer = io_.provider->getTimer();
-  return tls_->accept(io_.unixEventPort, kj::mv(raw.stream))
+  // (evalNow: a failure setting the connection up rejects this one, never the accept loop.)
+  return kj::evalNow([&]() { return tls_->accept(io_.unixEventPort, kj::mv(raw.stream)); })
       .exclusiveJoin(timer.afterDelay(HANDSHAKE_LIMIT).then([]() -> kj::Own<SslContext::Stream> {
         KJ_FAIL_REQUIRE("no TLS handshake within the limit");
       }))

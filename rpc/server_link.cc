@@ -341,11 +341,13 @@ void ServerLink::connectLoop(unsigned attempt) {
                   if (gen != generation_ || state_ != State::RECOVERING) return;
                   spdlog::info("link {}: active after {} ms", name_.cStr(),
                                (timer_.now() - started) / kj::MILLISECONDS);
+                  failedRecoveries_ = 0;
                   openGate(State::ACTIVE);
                 },
                 [this, gen](kj::Exception&& e) {
                   spdlog::warn("link {}: recovery failed: {}", name_.cStr(),
                                e.getDescription().cStr());
+                  ++failedRecoveries_;
                   lost(gen, "recovery failed");
                 });
           })
@@ -399,7 +401,15 @@ void ServerLink::lost(uint64_t generation, kj::StringPtr why) {
   KJ_IF_MAYBE (f, onLost_) {
     (*f)();
   }
-  tasks_->add(kj::evalLater([this]() { connectLoop(0); }));
+  if (failedRecoveries_ == 0) {
+    tasks_->add(kj::evalLater([this]() { connectLoop(0); }));
+  } else {
+    // Connecting works, recovering does not (a refused target, say): no tight loop of
+    // connects. 20 ms after the first failure, doubling up to 10 s.
+    auto delay = kj::min(20 * kj::MILLISECONDS * (1u << kj::min(failedRecoveries_ - 1, 10u)),
+                         10 * kj::SECONDS);
+    tasks_->add(timer_.afterDelay(delay).then([this]() { connectLoop(0); }));
+  }
 }
 
 template <typename Response, typename Build>

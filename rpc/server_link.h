@@ -177,6 +177,9 @@ private:
 
   State state_ = State::DISCONNECTED;
   uint64_t generation_ = 0;
+  // Recoveries that failed in a row (the server answers, then refuses what we ask, e.g. a
+  // target of another filesystem): reconnects after them back off as failed connects do.
+  unsigned failedRecoveries_ = 0;
   kj::Maybe<kj::Own<Connection>> connection_;
   kj::String currentAddress_;
   uint64_t peerFeatures_ = 0;

@@ -393,6 +393,15 @@ TEST(BadInput, DataServerOfAnotherFilesystemIsNotRegistered) {
       5000));
   EXPECT_EQ(cluster.status(0).find("\"index\":7"), std::string::npos);
   EXPECT_TRUE(serving(cluster, 0));
+  // It keeps asking, backing off: not a reconnect every few milliseconds.
+  usleep(2 * 1000 * 1000);
+  std::ifstream in(tmp.path() + "/log");
+  std::string all((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  size_t refusals = 0;
+  for (size_t at = 0; (at = all.find("refused this target", at)) != std::string::npos; ++at) {
+    ++refusals;
+  }
+  EXPECT_LE(refusals, 20u) << "refusals in about 2 s";
 }
 
 TEST(BadInput, FullTargetsAnswerENOSPCAndLoseNothing) {

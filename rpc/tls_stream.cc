@@ -69,32 +69,40 @@ SslContext::SslContext(kj::StringPtr caPem, kj::StringPtr certPem, kj::StringPtr
   if (ctx == nullptr) fail(nullptr, "SSL_CTX_new");
   ctx_ = ctx;
   KJ_ON_SCOPE_FAILURE(SSL_CTX_free(ctx));
-  auto pem = [](kj::StringPtr text) {
+  // Each PEM text read with its OpenSSL reader, then used; every object freed on every path.
+  auto withPem = [](kj::StringPtr text, auto read, auto use, kj::StringPtr what) {
     BIO* bio = BIO_new_mem_buf(text.begin(), int(text.size()));
     KJ_ASSERT(bio != nullptr);
-    return bio;
+    auto* object = read(bio);
+    BIO_free(bio);
+    if (object == nullptr) fail(nullptr, what);
+    if (use(object) != 1) fail(nullptr, what);
   };
-  BIO* bio = pem(caPem);
-  X509* ca = PEM_read_bio_X509(bio, nullptr, nullptr, nullptr);
-  BIO_free(bio);
-  if (ca == nullptr) fail(nullptr, "the CA certificate");
-  int added = X509_STORE_add_cert(SSL_CTX_get_cert_store(ctx), ca);
-  X509_free(ca);
-  if (added != 1) fail(nullptr, "trusting the CA");
-  bio = pem(certPem);
-  X509* cert = PEM_read_bio_X509(bio, nullptr, nullptr, nullptr);
-  BIO_free(bio);
-  if (cert == nullptr) fail(nullptr, "the certificate");
-  int used = SSL_CTX_use_certificate(ctx, cert);
-  X509_free(cert);
-  if (used != 1) fail(nullptr, "using the certificate");
-  bio = pem(keyPem);
-  EVP_PKEY* key = PEM_read_bio_PrivateKey(bio, nullptr, nullptr, nullptr);
-  BIO_free(bio);
-  if (key == nullptr) fail(nullptr, "the key");
-  used = SSL_CTX_use_PrivateKey(ctx, key);
-  EVP_PKEY_free(key);
-  if (used != 1 || SSL_CTX_check_private_key(ctx) != 1) fail(nullptr, "the key and certificate");
+  withPem(
+      caPem, [](BIO* b) { return PEM_read_bio_X509(b, nullptr, nullptr, nullptr); },
+      [ctx](X509* ca) {
+        int added = X509_STORE_add_cert(SSL_CTX_get_cert_store(ctx), ca);
+        X509_free(ca);
+        return added;
+      },
+      "the CA certificate");
+  withPem(
+      certPem, [](BIO* b) { return PEM_read_bio_X509(b, nullptr, nullptr, nullptr); },
+      [ctx](X509* cert) {
+        int used = SSL_CTX_use_certificate(ctx, cert);
+        X509_free(cert);
+        return used;
+      },
+      "the certificate");
+  withPem(
+      keyPem, [](BIO* b) { return PEM_read_bio_PrivateKey(b, nullptr, nullptr, nullptr); },
+      [ctx](EVP_PKEY* key) {
+        int used = SSL_CTX_use_PrivateKey(ctx, key);
+        EVP_PKEY_free(key);
+        return used;
+      },
+      "the key");
+  if (SSL_CTX_check_private_key(ctx) != 1) fail(nullptr, "the key and certificate");
   SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
   SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, nullptr);
   // Whole records per read; writes that may return early and be retried from elsewhere.

@@ -77,6 +77,13 @@ struct RawClient {
     return req.send().wait(io.waitScope).getMeta();
   }
 
+  // A data session on a data server's connection.
+  rpc::DataSession::Client data() {
+    auto req = bootstrap.connectRequest();
+    req.initHello().setClientUuid(kj::heapArray<kj::byte>(16));
+    return req.send().wait(io.waitScope).getData();
+  }
+
   template <typename Build>
   int metaError(rpc::MetaSession::Client& meta, Build&& build) {
     auto req = meta.callRequest();
@@ -231,9 +238,7 @@ TEST(BadInput, MalformedRequestsGetErrorsNotCrashes) {
 TEST(BadInput, AbsurdDataRequestsGetErrors) {
   TestCluster cluster;
   RawClient data(cluster.address(1));
-  auto req = data.bootstrap.connectRequest();
-  req.initHello().setClientUuid(kj::heapArray<kj::byte>(16));
-  auto session = req.send().wait(data.io.waitScope).getData();
+  auto session = data.data();
   auto w = session.callRequest();
   auto write = w.initRequest().initWrite();
   write.setObjectId(5);
@@ -259,10 +264,7 @@ TEST(BadInput, OversizedMessagesAndTooManyConnectionsAreRefused) {
   {
     // A write of 20 MiB in one message: past the 16 MiB a server reads as one.
     RawClient data(cluster.address(1));
-    auto req = data.bootstrap.connectRequest();
-    req.initHello().setClientUuid(kj::heapArray<kj::byte>(16));
-    auto session = req.send().wait(data.io.waitScope).getData();
-    auto w = session.callRequest();
+    auto w = data.data().callRequest();
     auto write = w.initRequest().initWrite();
     write.setObjectId(5);
     write.initData(20 << 20);

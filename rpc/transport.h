@@ -9,7 +9,7 @@
 // an administrator's certificate can never pass for a server's.
 //
 // Outgoing connections go through `network()`, a kj::Network whose addresses connect and then
-// shake hands; incoming ones through `accept()`, which answers with the peer's identity.
+// shake hands; incoming ones through `RpcServer`, which serves each with the peer's identity.
 #pragma once
 
 #include <capnp/capability.h>

@@ -353,8 +353,16 @@ void ServerLink::connectLoop(unsigned attempt) {
           })
           .catch_([this, attempt, address = kj::str(address)](kj::Exception&& e) {
             if (attempt % 50 == 0) {
-              spdlog::info("link {}: cannot reach {}: {}; retrying", name_.cStr(), address.cStr(),
-                           e.getDescription().cStr());
+              // A refusal (a certificate the server does not take, a client not allowed to
+              // mount) is no outage: said as an error, with the server's reason.
+              bool refused = e.getType() == kj::Exception::Type::FAILED;
+              if (refused) {
+                spdlog::error("link {}: {} refused us: {}; retrying", name_.cStr(), address.cStr(),
+                              e.getDescription().cStr());
+              } else {
+                spdlog::info("link {}: cannot reach {}: {}; retrying", name_.cStr(), address.cStr(),
+                             e.getDescription().cStr());
+              }
             }
             tasks_->add(timer_.afterDelay(backoff(attempt)).then([this, attempt]() {
               connectLoop(attempt + 1);

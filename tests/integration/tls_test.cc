@@ -139,6 +139,22 @@ TEST(Tls, OnlyAllowedClientsMount) {
   rawCredentials = cluster.credentials("client");
   EXPECT_TRUE(logSays(cluster, 0, "refused a client session (mount) to client elsewhere"))
       << readAll(cluster.log(0));
+  // A mount with that certificate says why it waits.
+  auto refusedMount = cluster.dir() + "/refused";
+  mkdir(refusedMount.c_str(), 0755);
+  Child mount({mountBin(), cluster.metaAddress(), refusedMount, "-f", "-o",
+               "tls=" + other + ",log_file=" + refusedMount + ".log"});
+  EXPECT_TRUE(waitFor(
+      [&] {
+        return readAll(refusedMount + ".log")
+                   .find(
+                       "refused us: remote exception: permission "
+                       "denied") != std::string::npos;
+      },
+      5000))
+      << readAll(refusedMount + ".log");
+  mount.stop(SIGTERM, 5000);
+  if (isMounted(refusedMount)) run({"/bin/fusermount3", "-uz", refusedMount});
 }
 
 TEST(Tls, AServerBeyondLoopbackNeedsCredentials) {

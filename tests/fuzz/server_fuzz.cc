@@ -18,7 +18,9 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <string>
@@ -178,16 +180,26 @@ struct World {
     meta = kj::heap<Served>(io, dir + "/meta", rpc::TargetKind::META, uuid, 0);
     data = kj::heap<Served>(io, dir + "/data", rpc::TargetKind::DATA, uuid, 0);
   }
-  ~World() { system(("rm -rf '" + dir + "'").c_str()); }
   kj::AsyncIoContext io;
   std::string dir;
   kj::Own<Served> meta, data;
 };
 
+// The targets' directory, removed when the process exits (libFuzzer and the replayer both end
+// with exit(); the servers themselves are left to the exit, as a crash would leave them).
+std::string* worldDir = nullptr;
+
+void removeWorldDir() {
+  if (worldDir != nullptr) std::filesystem::remove_all(*worldDir);
+}
+
 World& world() {
   static World* w = [] {
     spdlog::set_level(spdlog::level::off);  // the servers' refusals are the expected answers
-    return new World();
+    auto* made = new World();
+    worldDir = new std::string(made->dir);
+    std::atexit(removeWorldDir);
+    return made;
   }();
   return *w;
 }

@@ -132,9 +132,8 @@ int takeFd(kj::Own<kj::AsyncIoStream> socket) {
 }
 }  // namespace
 
-kj::Promise<kj::Own<SslContext::Stream>> SslContext::connect(kj::UnixEventPort& port,
-                                                             kj::Own<kj::AsyncIoStream> socket,
-                                                             kj::StringPtr hostName) {
+kj::Own<SslContext::Stream> SslContext::newStream(kj::UnixEventPort& port,
+                                                  kj::Own<kj::AsyncIoStream> socket) {
   int fd = takeFd(kj::mv(socket));
   SSL* ssl = SSL_new(ctxOf(ctx_));
   if (ssl == nullptr) {
@@ -142,28 +141,33 @@ kj::Promise<kj::Own<SslContext::Stream>> SslContext::connect(kj::UnixEventPort& 
     fail(nullptr, "SSL_new");
   }
   auto stream = kj::heap<Stream>(port, fd, ssl);  // owns both from here
-  if (SSL_set_fd(ssl, fd) != 1 || SSL_set_tlsext_host_name(ssl, hostName.cStr()) != 1 ||
-      X509_VERIFY_PARAM_set1_host(SSL_get0_param(ssl), hostName.cStr(), hostName.size()) != 1) {
-    fail(ssl, "setting the connection up");
-  }
-  SSL_set_connect_state(ssl);
+  if (SSL_set_fd(ssl, fd) != 1) fail(ssl, "setting the connection up");
+  return stream;
+}
+
+kj::Promise<kj::Own<SslContext::Stream>> SslContext::Stream::shakeHands(kj::Own<Stream> stream) {
   auto& s = *stream;
   return s.handshake().then([stream = kj::mv(stream)]() mutable { return kj::mv(stream); });
 }
 
+kj::Promise<kj::Own<SslContext::Stream>> SslContext::connect(kj::UnixEventPort& port,
+                                                             kj::Own<kj::AsyncIoStream> socket,
+                                                             kj::StringPtr hostName) {
+  auto stream = newStream(port, kj::mv(socket));
+  SSL* ssl = sslOf(stream->ssl_);
+  if (SSL_set_tlsext_host_name(ssl, hostName.cStr()) != 1 ||
+      X509_VERIFY_PARAM_set1_host(SSL_get0_param(ssl), hostName.cStr(), hostName.size()) != 1) {
+    fail(ssl, "setting the connection up");
+  }
+  SSL_set_connect_state(ssl);
+  return Stream::shakeHands(kj::mv(stream));
+}
+
 kj::Promise<kj::Own<SslContext::Stream>> SslContext::accept(kj::UnixEventPort& port,
                                                             kj::Own<kj::AsyncIoStream> socket) {
-  int fd = takeFd(kj::mv(socket));
-  SSL* ssl = SSL_new(ctxOf(ctx_));
-  if (ssl == nullptr) {
-    close(fd);
-    fail(nullptr, "SSL_new");
-  }
-  auto stream = kj::heap<Stream>(port, fd, ssl);
-  if (SSL_set_fd(ssl, fd) != 1) fail(ssl, "setting the connection up");
-  SSL_set_accept_state(ssl);
-  auto& s = *stream;
-  return s.handshake().then([stream = kj::mv(stream)]() mutable { return kj::mv(stream); });
+  auto stream = newStream(port, kj::mv(socket));
+  SSL_set_accept_state(sslOf(stream->ssl_));
+  return Stream::shakeHands(kj::mv(stream));
 }
 
 SslContext::Stream::Stream(kj::UnixEventPort& port, int fd, void* ssl)

@@ -30,6 +30,8 @@ public:
   kj::Promise<kj::Own<Stream>> accept(kj::UnixEventPort& port, kj::Own<kj::AsyncIoStream> socket);
 
 private:
+  // A stream on the socket's descriptor with a new SSL object, not yet shaken hands.
+  kj::Own<Stream> newStream(kj::UnixEventPort& port, kj::Own<kj::AsyncIoStream> socket);
   void* ctx_;  // SSL_CTX
 };
 
@@ -59,6 +61,8 @@ private:
   Wait attempt(int result);  // throws on a TLS error or a broken connection
   kj::Promise<void> wait(Wait what);
   kj::Promise<void> handshake();
+  // The stream, once its handshake is done.
+  static kj::Promise<kj::Own<Stream>> shakeHands(kj::Own<Stream> stream);
   kj::Promise<void> readable();
   kj::Promise<void> writable();
   kj::Promise<void> writeAll(kj::ArrayPtr<const kj::byte> first,

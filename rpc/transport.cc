@@ -183,7 +183,7 @@ TlsCredentials TlsCredentials::load(kj::StringPtr dir, kj::Maybe<Peer::Role> exp
 
 kj::Own<Transport> Transport::tls(kj::AsyncIoContext& io, TlsCredentials credentials) {
   auto context = kj::heap<SslContext>(credentials.caPem, credentials.certPem, credentials.keyPem);
-  return kj::heap<Transport>(io, kj::mv(context), kj::mv(credentials.name));
+  return kj::heap<Transport>(io, kj::mv(context));
 }
 
 kj::Own<Transport> Transport::tls(kj::AsyncIoContext& io, kj::StringPtr dir,
@@ -192,12 +192,10 @@ kj::Own<Transport> Transport::tls(kj::AsyncIoContext& io, kj::StringPtr dir,
 }
 
 kj::Own<Transport> Transport::plaintext(kj::AsyncIoContext& io) {
-  return kj::heap<Transport>(io, nullptr, kj::str());
+  return kj::heap<Transport>(io, nullptr);
 }
 
-Transport::Transport(kj::AsyncIoContext& io, kj::Maybe<kj::Own<SslContext>> tls,
-                     kj::String selfName)
-    : io_(io), selfName_(kj::mv(selfName)) {
+Transport::Transport(kj::AsyncIoContext& io, kj::Maybe<kj::Own<SslContext>> tls) : io_(io) {
   KJ_IF_MAYBE (t, tls) {
     tls_ = kj::mv(*t);
     network_ = kj::heap<SecureNetwork>(io.provider->getNetwork(), io.unixEventPort, *tls_);

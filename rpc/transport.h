@@ -58,13 +58,11 @@ public:
   // Plain text: no identities, no encryption. Only for loopback tests and old releases.
   static kj::Own<Transport> plaintext(kj::AsyncIoContext& io);
   // (Use tls() or plaintext().)
-  Transport(kj::AsyncIoContext& io, kj::Maybe<kj::Own<SslContext>> tls, kj::String selfName);
+  Transport(kj::AsyncIoContext& io, kj::Maybe<kj::Own<SslContext>> tls);
   ~Transport() noexcept(false);
   KJ_DISALLOW_COPY(Transport);
 
   bool secure() const { return tls_.get() != nullptr; }
-  // Who this process is ("" in plain text).
-  kj::StringPtr selfName() const { return selfName_; }
 
   // Connects through here: with TLS, each connection checks that it reached a server of the
   // cluster before it is handed out.
@@ -85,7 +83,6 @@ private:
   kj::AsyncIoContext& io_;
   kj::Own<SslContext> tls_;  // null in plain text
   kj::Own<kj::Network> network_;
-  kj::String selfName_;
 };
 
 // Serves a bootstrap capability of its own to every connection accepted on a port, made for the

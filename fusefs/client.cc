@@ -732,7 +732,6 @@ kj::Promise<void> Client::truncateObjects(const StripeLayout& layout, uint64_t s
 
 kj::Promise<Entry> Client::setattr(const Cred& cred, uint64_t ino, SetAttr attr,
                                    kj::Maybe<uint64_t> fh) {
-  (void)fh;
   if (attr.valid & rpc::SET_SIZE) readAhead_.drop(ino);
   if (wb_.queued(ino)) {
     // Queued writes come before a truncate (and before times set explicitly).
@@ -760,8 +759,12 @@ kj::Promise<Entry> Client::setattr(const Cred& cred, uint64_t ino, SetAttr attr,
             [this](ServerLink::MetaResponse&& resp) { return entryOf(resp.getReply().getAttr()); });
   };
   if (!(attr.valid & rpc::SET_SIZE)) return send();
-  // The data goes first: once the size says "shorter", no byte past it may be readable.
-  return getattr(ino)
+  // The data goes first: once the size says "shorter", no byte past it may be readable. So a
+  // truncate by path from a root the server squashes asks first whether it may write the file
+  // (a descriptor was checked when it was opened).
+  kj::Promise<void> allowed = kj::READY_NOW;
+  if (fh == nullptr && serverChecks(cred)) allowed = access(cred, ino, W_OK);
+  return allowed.then([this, ino]() { return getattr(ino); })
       .then([this, ino, attr](Entry e) -> kj::Promise<void> {
         auto& st = e.attr;
         if (!S_ISREG(st.st_mode)) return kj::READY_NOW;  // the server gives the right error
@@ -922,6 +925,26 @@ kj::Promise<kj::Array<kj::byte>> Client::readlink(uint64_t ino) {
       .then([](ServerLink::MetaResponse&& resp) {
         return kj::heapArray(resp.getReply().getBytes());
       });
+}
+
+kj::Promise<void> Client::opendir(const Cred& cred, uint64_t ino) {
+  return serverChecks(cred) ? access(cred, ino, R_OK) : kj::READY_NOW;
+}
+
+bool Client::serverChecks(const Cred& cred) const {
+  return cred.uid == 0 && meta_->rootSquashed();
+}
+
+kj::Promise<void> Client::access(const Cred& cred, uint64_t ino, uint32_t mask) {
+  return metaCall(
+             [cred, ino, mask](rpc::MetaRequest::Builder b) {
+               setCred(b, cred);
+               auto access = b.initAccess();
+               access.setIno(ino);
+               access.setMask(mask);
+             },
+             false)
+      .ignoreResult();
 }
 
 // An open or create was answered: the file table entry gets its inode and layout.

@@ -118,6 +118,13 @@ public:
   kj::Promise<kj::Array<kj::byte>> readlink(uint64_t ino);
 
   kj::Promise<Opened> open(const Cred& cred, uint64_t ino, uint32_t flags);
+  // Directories are opened without the server, except by a root the server squashes: its
+  // kernel let it in as root, the server says whether the squash id may read the directory.
+  kj::Promise<void> opendir(const Cred& cred, uint64_t ino);
+  // Whether the server, not this client's kernel, decides what `cred` may do (a squashed root).
+  bool serverChecks(const Cred& cred) const;
+  // Asks the server whether `cred` may access `ino` (R_OK/W_OK/X_OK).
+  kj::Promise<void> access(const Cred& cred, uint64_t ino, uint32_t mask);
   kj::Promise<Opened> create(const Cred& cred, uint64_t parent, kj::Array<kj::byte> name,
                              uint32_t mode, uint32_t flags);
   kj::Promise<kj::Array<kj::byte>> read(uint64_t fh, uint64_t offset, size_t size);

@@ -367,9 +367,15 @@ void opFsync(fuse_req_t req, fuse_ino_t, int, fuse_file_info* fi) {
       req, [&]() { return client(req).fsync(fi->fh).then([req]() { fuse_reply_err(req, 0); }); });
 }
 
-void opOpendir(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
-  fi->fh = 0;
-  fuse_reply_open(req, fi);
+void opOpendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  fuse_file_info info = *fi;
+  info.fh = 0;
+  ops(req).run(req, [&]() {
+    return client(req).opendir(credOf(req), ino).then([req, info]() {
+      fuse_file_info out = info;
+      fuse_reply_open(req, &out);
+    });
+  });
 }
 
 void opReaddir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info*) {

@@ -53,12 +53,25 @@ struct ServeOptions {
   bool plaintext = false;
   std::vector<std::string> allowClients;
   size_t maxConnections = 4096;
+  bool rootSquash = false;
+  std::string squashId = "65534:65534";
+  std::vector<std::string> trustRoot;
 };
 
 AccessPolicy accessPolicy(const ServeOptions& o) {
   auto names = kj::heapArrayBuilder<kj::String>(o.allowClients.size());
   for (auto& n : o.allowClients) names.add(kj::str(n.c_str()));
   return AccessPolicy(names.finish());
+}
+
+RootSquash rootSquash(const ServeOptions& o) {
+  RootSquash squash;
+  squash.enabled = o.rootSquash;
+  parseSquashId(o.squashId.c_str(), squash);
+  auto names = kj::heapArrayBuilder<kj::String>(o.trustRoot.size());
+  for (auto& n : o.trustRoot) names.add(kj::str(n.c_str()));
+  squash.trusted = names.finish();
+  return squash;
 }
 
 bool loopback(kj::StringPtr host) {
@@ -189,6 +202,10 @@ Ending serveTarget(Process& p, kj::Own<TargetLock> lock) {
   config.testReplayBarrier = o.testReplayBarrier;
   config.partner = kj::str(o.partner.c_str());
   config.access = accessPolicy(o);
+  config.squash = rootSquash(o);
+  if (target.kind() == rpc::TargetKind::META) {
+    spdlog::info("root squash: {}", config.squash.describe().cStr());
+  }
   ServerContext ctx(io, p.transport.network(), target, kj::mv(config));
   ctx.metricsAddress = kj::str(p.metricsAddress);
   p.serving = ctx;
@@ -497,6 +514,12 @@ int main(int argc, char** argv) {
   s->add_option("--max-connections", serve.maxConnections,
                 "connections this server keeps open at most (clients, peers, cairnctl); beyond "
                 "it new ones are closed at once (default 4096)");
+  s->add_flag("--root-squash", serve.rootSquash,
+              "metadata server: uid 0 from a client not named in --trust-root acts as the squash "
+              "id, and the server checks its permissions");
+  s->add_option("--squash-id", serve.squashId, "UID:GID a squashed root acts as (65534:65534)");
+  s->add_option("--trust-root", serve.trustRoot,
+                "with --root-squash: client certificate names whose root stays root (repeatable)");
   s->add_flag("--test-replay-barrier", serve.testReplayBarrier,
               "test hook: allow `cairnctl replay-barrier` (commits after it are discarded at the "
               "next start, as in a host crash)");

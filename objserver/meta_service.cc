@@ -11,6 +11,7 @@
 #include "objserver/destroyer.h"
 #include "objserver/namespace.h"
 #include "objserver/open_files.h"
+#include "objserver/permission_check.h"
 #include "objserver/posix_locks.h"
 #include "rpc/reply_attrs.h"
 
@@ -20,10 +21,6 @@ namespace cairn {
 
 namespace {
 constexpr uint32_t MAX_READDIR = 4096;
-
-Creds credsOf(rpc::MetaRequest::Reader req) {
-  return Creds{req.getCred().getUid(), req.getCred().getGid()};
-}
 
 bool isUpdate(rpc::MetaRequest::Which which) {
   using R = rpc::MetaRequest;
@@ -295,8 +292,18 @@ void MetaService::markXattrs(store::Txn& txn, rpc::MetaReply::Builder reply) {
   forEachAttr(reply, mark);
 }
 
+Caller MetaService::callerOf(rpc::MetaRequest::Reader req) {
+  auto cred = req.getCred();
+  if (cred.getUid() == 0 && session_->squashRoot) {
+    return Caller{ctx_.config.squash.uid, ctx_.config.squash.gid, true};
+  }
+  return Caller{cred.getUid(), cred.getGid(), false};
+}
+
 void MetaService::read(rpc::MetaRequest::Reader req, rpc::MetaReply::Builder reply) {
   store::Txn txn(ctx_.target.env(), store::Txn::READ);
+  auto caller = callerOf(req);
+  if (caller.checked) checkPermitted(ns_, txn, req, caller);
   readIn(txn, req, reply);
   if (reply.getError() == 0) markXattrs(txn, reply);
 }
@@ -347,6 +354,9 @@ void MetaService::readIn(store::Txn& txn, rpc::MetaRequest::Reader req,
       reply.setBytes(node.symlink);
       return;
     }
+    case R::ACCESS:
+      reply.setNone();  // read() has checked it, if the caller is one the server checks
+      return;
     case R::STATFS: {
       auto s = reply.initStatfs();
       s.setBlockSize(4096);
@@ -522,27 +532,44 @@ void MetaService::apply(rpc::MetaRequest::Reader req, store::Txn& txn,
     default:
       ctx_.target.env().requireSpace(txn, 4096);
   }
+  auto caller = callerOf(req);
+  if (caller.checked) checkPermitted(ns_, txn, req, caller);
   switch (req.which()) {
-    case R::SETATTR:
-      ns_.setattr(txn, req.getSetattr()).toAttr(reply.initAttr());
+    case R::SETATTR: {
+      auto s = req.getSetattr();
+      if (caller.checked && (s.getValid() & rpc::SET_MODE)) {
+        uint32_t mode = permittedMode(ns_.get(txn, s.getIno()), caller, s.getMode());
+        if (mode != s.getMode()) {
+          capnp::MallocMessageBuilder copy;
+          copy.setRoot(req);
+          copy.getRoot<rpc::MetaRequest>().getSetattr().setMode(mode);
+          s = copy.getRoot<rpc::MetaRequest>().asReader().getSetattr();
+          ns_.setattr(txn, s).toAttr(reply.initAttr());
+          return;
+        }
+      }
+      ns_.setattr(txn, s).toAttr(reply.initAttr());
       return;
+    }
     case R::MKNOD: {
       auto m = req.getMknod();
       fsRequire((m.getMode() & S_IFMT) != S_IFDIR && (m.getMode() & S_IFMT) != S_IFLNK, EINVAL);
-      ns_.make(txn, m.getParent(), m.getName(), m.getMode(), m.getRdev(), nullptr, credsOf(req))
+      ns_.make(txn, m.getParent(), m.getName(), m.getMode(), m.getRdev(), nullptr,
+               callerOf(req).creds())
           .toAttr(reply.initAttr());
       return;
     }
     case R::MKDIR: {
       auto m = req.getMkdir();
       ns_.make(txn, m.getParent(), m.getName(), S_IFDIR | (m.getMode() & 07777), 0, nullptr,
-               credsOf(req))
+               callerOf(req).creds())
           .toAttr(reply.initAttr());
       return;
     }
     case R::SYMLINK: {
       auto s = req.getSymlink();
-      ns_.make(txn, s.getParent(), s.getName(), S_IFLNK | 0777, 0, s.getTarget(), credsOf(req))
+      ns_.make(txn, s.getParent(), s.getName(), S_IFLNK | 0777, 0, s.getTarget(),
+               callerOf(req).creds())
           .toAttr(reply.initAttr());
       return;
     }
@@ -570,7 +597,7 @@ void MetaService::apply(rpc::MetaRequest::Reader req, store::Txn& txn,
       kj::Maybe<InodeData> made;
       try {
         made = ns_.make(txn, c.getParent(), c.getName(), S_IFREG | (c.getMode() & 07777), 0,
-                        nullptr, credsOf(req));
+                        nullptr, callerOf(req).creds());
       } catch (FsError& e) {
         // Another client made it first: without O_EXCL that is an ordinary open.
         if (e.err() != EEXIST || (c.getFlags() & O_EXCL)) throw;

@@ -3,6 +3,7 @@
 // the FsError into a MetaReply.
 #pragma once
 
+#include "objserver/permission_check.h"
 #include "objserver/server.h"
 
 namespace cairn {
@@ -21,6 +22,8 @@ private:
   // again (`taken`: the locks it took for that).
   kj::Promise<void> readReply(CallContext context, unsigned attempt, kj::Array<uint64_t> taken);
   kj::Vector<uint64_t> writtenElsewhere(rpc::MetaReply::Reader reply);
+  // Who the request acts as: its credentials, or the squash id for a squashed root.
+  Caller callerOf(rpc::MetaRequest::Reader req);
   void read(rpc::MetaRequest::Reader req, rpc::MetaReply::Builder reply);
   void readIn(store::Txn& txn, rpc::MetaRequest::Reader req, rpc::MetaReply::Builder reply);
   void markXattrs(store::Txn& txn, rpc::MetaReply::Builder reply);

@@ -219,6 +219,8 @@ kj::Promise<void> ServerImpl::connect(ConnectContext context) {
   ctx_.admit(session);
   session.connectedAt = ctx_.io.provider->getTimer().now();
   if (session.role == rpc::Hello::Role::CLIENT) {
+    session.squashRoot = ctx_.config.squash.squashes(peer_);
+    results.setRootSquashed(session.squashRoot);
     bool marked, joined;
     {
       store::Txn txn(ctx_.target.env(), store::Txn::READ);

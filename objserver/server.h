@@ -17,6 +17,7 @@
 #include "objserver/lock_manager.h"
 #include "objserver/metrics.h"
 #include "objserver/reexec.h"
+#include "objserver/root_squash.h"
 #include "objserver/syncer.h"
 #include "objserver/target.h"
 #include "rpc/cairn.capnp.h"
@@ -45,6 +46,7 @@ struct ClientSession : public kj::Refcounted, public LockOwner {
   kj::String softwareVersion;
   uint64_t features = 0;
   rpc::Hello::Role role = rpc::Hello::Role::CLIENT;
+  bool squashRoot = false;  // its uid 0 acts as the squash id (set at each connect)
   uint32_t connections = 0;
   uint64_t lastRequestId = 0;
   uint64_t prunedBelow = 0;
@@ -67,6 +69,7 @@ struct ServerConfig {
   bool testReplayBarrier = false;                   // Bootstrap.replayBarrier allowed (tests)
   kj::String partner;                               // failover partner's HOST:PORT, if any
   AccessPolicy access;                              // who may ask what
+  RootSquash squash;                                // whose root acts as whom
 };
 
 class ServerContext {

@@ -251,6 +251,13 @@ struct MetaRequest {
     replaysSent @87 :Void;
     # The client is unmounting: its session ends now (a restart does not wait for it).
     goodbye @89 :Void;
+    # Whether the caller may access inode `ino` (R_OK/W_OK/X_OK bits): the server checks only
+    # the callers it squashed (see ConnectResults.rootSquashed); everyone else gets yes. A
+    # squashed client asks before it opens a directory, which it answers without the server.
+    access :group {
+      ino @90 :UInt64;
+      mask @91 :UInt32;
+    }
   }
   wantLocks @83 :UInt32;       # want* bits; 0 from clients that do not cache
   # setlk only: this lock was granted before the server restarted and is being taken again
@@ -437,8 +444,10 @@ interface Bootstrap {
       -> (info :ServerInfo, meta :MetaSession, data :DataSession, locks :LockSession,
           evicted :Bool,     # this client was evicted since it last connected
           serverLock :UInt64,  # the active-server lock, granted PR with the session (0: none)
-          lastTransno :UInt64);  # every transaction up to this one is on disk: a client
+          lastTransno :UInt64,   # every transaction up to this one is on disk: a client
                                  # replays what it holds beyond it, and forgets the rest
+          rootSquashed :Bool);   # this filesystem squashes this client's root: uid 0 acts
+                                 # as an unprivileged id, whose permissions the server checks
   status @1 () -> (status :ServerStatus);
   # A data server announces where it serves; the metadata server records it for clients.
   registerTarget @2 (fsUuid :Data, target :TargetAddress) -> ();

@@ -296,6 +296,7 @@ void ServerLink::connectLoop(unsigned attempt) {
                   restarted_ = instance_ != 0 && info.getInstance() != instance_;
                   instance_ = info.getInstance();
                   peerFeatures_ = info.getFeatures() & features::SUPPORTED;
+                  rootSquashed_ = reply.getRootSquashed();
                   peerVersion_ = kj::str(info.getSoftwareVersion());
                   peerKind_ = info.getKind();
                   if (reply.getEvicted()) {

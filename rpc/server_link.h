@@ -100,6 +100,8 @@ public:
   kj::StringPtr currentAddress() const { return currentAddress_; }
   // Valid once connected: what the server said about itself.
   uint64_t peerFeatures() const { return peerFeatures_; }
+  // The server squashes this client's root (its permissions are the server's to check).
+  bool rootSquashed() const { return rootSquashed_; }
   kj::StringPtr peerVersion() const { return peerVersion_; }
   uint64_t lastSynced() const { return lastSynced_; }
   // What the link did, for the client's counters.
@@ -183,6 +185,7 @@ private:
   kj::Maybe<kj::Own<Connection>> connection_;
   kj::String currentAddress_;
   uint64_t peerFeatures_ = 0;
+  bool rootSquashed_ = false;
   kj::String peerVersion_;
   uint64_t lastSynced_ = 0;
   bool evicted_ = false;

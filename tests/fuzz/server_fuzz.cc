@@ -64,6 +64,8 @@ public:
     config.advertise = kj::str("fuzz");
     config.lockTimeout = 1 * kj::SECONDS;
     config.recoveryWindow = 0 * kj::SECONDS;
+    // Requests as uid 0 act as a squashed root, whose permissions the server checks.
+    config.squash.enabled = true;
     ctx_ = kj::heap<ServerContext>(io, io.provider->getNetwork(), *target_, kj::mv(config));
     ctx_->startRecovery();
     if (kind == rpc::TargetKind::META) {

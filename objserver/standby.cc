@@ -89,8 +89,7 @@ struct Standby::Partner {
 
 Standby::Standby(kj::AsyncIoContext& io, Transport& transport, kj::ConnectionReceiver& listener,
                  StandbyConfig config)
-    : io_(io),
-      transport_(transport),
+    : transport_(transport),
       timer_(io.provider->getTimer()),
       config_(kj::mv(config)),
       started_(timer_.now()),

@@ -65,7 +65,6 @@ private:
   void poll();
   void fence(kj::StringPtr why);
 
-  kj::AsyncIoContext& io_;
   Transport& transport_;
   kj::Timer& timer_;
   StandbyConfig config_;

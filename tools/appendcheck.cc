@@ -4,8 +4,14 @@
 // order. What an application sees while servers restart underneath it: any failed call, wrong
 // byte, lost or doubled record is counted, and the longest and median wait of a call reported.
 //
-//   appendcheck DIR [--files N] [--seconds S] [--fsync-every K]
+//   appendcheck DIR [--files N] [--seconds S] [--fsync-every K] [--ack-log FILE]
+//               [--retry-enospc]
 // Exit status 0 only if nothing went wrong. SIGTERM/SIGINT end the run early (then verify).
+// For fault injection (tools/faults): --ack-log appends "FILE SEQ" to a local file each time an
+// fsync acknowledged the records of file FILE up to SEQ, so that what was acknowledged can be
+// checked after this process or its mount is gone; --retry-enospc takes ENOSPC (a full target)
+// as the clear error it is, waits and writes the same record again; a mount that goes away
+// (ENOTCONN: its client was killed) ends the run with exit status 3, without the final check.
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/stat.h>
@@ -47,7 +53,11 @@ int main(int argc, char** argv) {
   int files = 4;
   double seconds = 10;
   int fsyncEvery = 1;
+  std::string ackLog;
+  bool retryEnospc = false;
   app.add_option("dir", dir, "directory to work in")->required();
+  app.add_option("--ack-log", ackLog, "append \"FILE SEQ\" here for every acknowledged fsync");
+  app.add_flag("--retry-enospc", retryEnospc, "on ENOSPC wait and write the record again");
   app.add_option("--files", files, "files kept open");
   app.add_option("--seconds", seconds, "how long to run");
   app.add_option("--fsync-every", fsyncEvery, "fsync after this many records per file");
@@ -69,7 +79,27 @@ int main(int argc, char** argv) {
     fds.push_back(fd);
   }
 
-  uint64_t errors = 0, records = 0;
+  FILE* acks = nullptr;
+  if (!ackLog.empty()) {
+    acks = fopen(ackLog.c_str(), "a");
+    if (acks == nullptr) {
+      fprintf(stderr, "appendcheck: %s: %s\n", ackLog.c_str(), strerror(errno));
+      return 2;
+    }
+    setvbuf(acks, nullptr, _IOLBF, 0);  // a line per acknowledgement, as it happens
+  }
+  uint64_t errors = 0, records = 0, enospc = 0;
+  bool mountLost = false;
+  // A full target is an answer, not a failure, when asked to retry; a lost mount ends the run.
+  auto expected = [&](int err) {
+    if (err == ENOTCONN) mountLost = stopping = true;
+    if (err == ENOSPC && retryEnospc) {
+      ++enospc;
+      usleep(200 * 1000);
+      return true;
+    }
+    return false;
+  };
   std::vector<double> waits;  // ms, per call
   auto timed = [&](auto&& call) {
     auto t0 = Clock::now();
@@ -84,20 +114,34 @@ int main(int argc, char** argv) {
     for (int i = 0; i < files; ++i) {
       auto rec = record(i, seq);
       int fd = fds[i];
-      timed([&] {
-        ssize_t n = write(fd, rec.data(), rec.size());
-        if (n != ssize_t(rec.size())) {
-          fprintf(stderr, "appendcheck: write: %s\n", n < 0 ? strerror(errno) : "short");
-          return false;
-        }
-        return true;
-      });
-      if ((seq + 1) % fsyncEvery == 0) {
+      bool written = false;
+      while (!written && !mountLost) {
         timed([&] {
-          if (fsync(fd) == 0) return true;
-          fprintf(stderr, "appendcheck: fsync: %s\n", strerror(errno));
+          ssize_t n = write(fd, rec.data(), rec.size());
+          if (n == ssize_t(rec.size())) return written = true;
+          if (n < 0 && expected(errno)) return true;
+          fprintf(stderr, "appendcheck: write: %s\n", n < 0 ? strerror(errno) : "short");
+          written = true;  // counted as an error; go on
           return false;
         });
+      }
+      if (mountLost) break;
+      if ((seq + 1) % fsyncEvery == 0) {
+        bool synced = false;
+        while (!synced && !mountLost) {
+          timed([&] {
+            if (fsync(fd) == 0) {
+              synced = true;
+              if (acks != nullptr) fprintf(acks, "%d %llu\n", i, (unsigned long long)seq);
+              return true;
+            }
+            if (expected(errno)) return true;
+            fprintf(stderr, "appendcheck: fsync: %s\n", strerror(errno));
+            synced = true;
+            return false;
+          });
+        }
+        if (mountLost) break;
       }
       timed([&] {
         struct stat st;
@@ -116,7 +160,13 @@ int main(int argc, char** argv) {
       });
       ++records;
     }
+    if (mountLost) break;
     ++seq;
+  }
+  if (mountLost) {
+    printf("appendcheck: the mount went away (ENOTCONN) after %llu records\n",
+           static_cast<unsigned long long>(records));
+    return 3;
   }
 
   // Every record once, in order, read through the descriptors opened at the start.
@@ -139,8 +189,9 @@ int main(int argc, char** argv) {
   double longest = waits.empty() ? 0 : waits.back();
   printf(
       "appendcheck: %llu records in %d files, %llu errors, %llu verify errors, "
-      "longest wait %.1f ms, median %.3f ms\n",
+      "longest wait %.1f ms, median %.3f ms, %llu ENOSPC retried\n",
       static_cast<unsigned long long>(records), files, static_cast<unsigned long long>(errors),
-      static_cast<unsigned long long>(verifyErrors), longest, median);
+      static_cast<unsigned long long>(verifyErrors), longest, median,
+      static_cast<unsigned long long>(enospc));
   return errors == 0 && verifyErrors == 0 ? 0 : 1;
 }

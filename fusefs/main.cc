@@ -20,6 +20,7 @@
 #include <spdlog/spdlog.h>
 
 #include <capnp/message.h>
+#include <capnp/rpc-twoparty.h>
 #include <capnp/serialize.h>
 
 #include <chrono>
@@ -162,6 +163,41 @@ kj::Promise<bool> handOverWhenAsked(cairn::HandoverListener& handover, cairn::Fu
 
 }  // namespace
 
+namespace {
+// Whether a metadata server refuses this client (a certificate it does not take, a name not in
+// its --allow-client). Asked once, before mounting, so that a refusal fails the mount command
+// instead of leaving a mount whose every call waits. A server that cannot be reached is no
+// refusal: the mount comes up and waits for it, as it would across a restart; an older server
+// without the question is asked nothing.
+kj::Maybe<kj::String> refusal(const char* addresses, kj::StringPtr tlsDir) {
+  auto io = kj::setupAsyncIo();
+  auto transport = tlsDir == nullptr ? cairn::Transport::plaintext(io)
+                                     : cairn::Transport::tls(io, tlsDir, cairn::Peer::Role::CLIENT);
+  auto& timer = io.provider->getTimer();
+  for (auto& address : cairn::splitAddresses(addresses)) {
+    try {
+      auto stream =
+          timer
+              .timeoutAfter(5 * kj::SECONDS,
+                            transport->network().parseAddress(address).then(
+                                [](kj::Own<kj::NetworkAddress> a) { return a->connect(); }))
+              .wait(io.waitScope);
+      capnp::TwoPartyClient client(*stream);
+      auto server = client.bootstrap().castAs<cairn::rpc::Bootstrap>();
+      timer.timeoutAfter(5 * kj::SECONDS, server.mayMountRequest().send().ignoreResult())
+          .wait(io.waitScope);
+      return nullptr;
+    } catch (kj::Exception& e) {
+      // Refusals are FAILED (the policy's, or a handshake's verdict); the rest is an outage.
+      if (e.getType() == kj::Exception::Type::FAILED) {
+        return kj::str(address, ": ", e.getDescription());
+      }
+    }
+  }
+  return nullptr;
+}
+}  // namespace
+
 int main(int argc, char** argv) {
   // Taking a live mount over: the command line is the running process's own, received with
   // the /dev/fuse descriptor and the state (fusefs/handover.h).
@@ -213,14 +249,22 @@ int main(int argc, char** argv) {
   // Checked before the mount and the fork, so that bad credentials fail the mount command; the path
   // made absolute, since the daemon changes to /.
   kj::Maybe<cairn::TlsCredentials> credentials;
+  kj::String tlsDir;
   if (cfg.tls != nullptr) {
     try {
       char real[PATH_MAX];
       bool found = realpath(cfg.tls, real) != nullptr;
       KJ_REQUIRE(found, "-o tls=DIR: no such directory", cfg.tls, strerror(errno));
+      tlsDir = kj::str(real);
       credentials = cairn::TlsCredentials::load(real, cairn::Peer::Role::CLIENT);
     } catch (kj::Exception& e) {
       fprintf(stderr, "cairn-mount: %s\n", e.getDescription().cStr());
+      return 1;
+    }
+  }
+  if (takeover == nullptr) {
+    KJ_IF_MAYBE (why, refusal(cfg.addresses, tlsDir)) {
+      fprintf(stderr, "cairn-mount: refused: %s\n", why->cStr());
       return 1;
     }
   }

@@ -262,6 +262,10 @@ public:
     ctx_.config.access.check(peer_, AccessPolicy::Call::PING);
     return kj::READY_NOW;
   }
+  kj::Promise<void> mayMount(MayMountContext) override {
+    ctx_.config.access.check(peer_, AccessPolicy::Call::CONNECT_CLIENT);
+    return kj::READY_NOW;
+  }
   kj::Promise<void> replayBarrier(ReplayBarrierContext context) override;
   kj::Promise<void> shutdown(ShutdownContext context) override;
   kj::Promise<void> failover(FailoverContext context) override;

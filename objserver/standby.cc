@@ -43,6 +43,10 @@ public:
     check(AccessPolicy::Call::PING);
     return kj::READY_NOW;
   }
+  kj::Promise<void> mayMount(MayMountContext) override {
+    check(AccessPolicy::Call::CONNECT_CLIENT);
+    return kj::READY_NOW;
+  }
   kj::Promise<void> shutdown(ShutdownContext) override {
     check(AccessPolicy::Call::SHUTDOWN);
     spdlog::info("standby: shutdown requested by {}", peer_.describe().cStr());

@@ -472,6 +472,9 @@ interface Bootstrap {
   # arguments, same port. `versionOverride` (test hook) is the version the new image acts as
   # ("": its own). Resolves just before the exec.
   restart @7 (binary :Text, versionOverride :Text) -> (version :Text);  # the new binary's
+  # Whether this peer may mount (its certificate, --allow-client), without starting a session:
+  # a mount asks before it mounts, so that a refusal fails the mount command.
+  mayMount @8 () -> ();
 }
 
 # What the target keeps about itself (the LMDB "header" record).

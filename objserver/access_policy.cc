@@ -26,6 +26,8 @@ kj::StringPtr callName(AccessPolicy::Call call) {
       return "restart";
     case C::REPLAY_BARRIER:
       return "replayBarrier";
+    case C::EVICT:
+      return "evict";
   }
   return "?";
 }
@@ -65,6 +67,7 @@ void AccessPolicy::check(const Peer& peer, Call call) const {
     case C::SHUTDOWN:
     case C::RESTART:
     case C::REPLAY_BARRIER:
+    case C::EVICT:
       if (peer.role == R::ADMIN) return;
       needs = "an admin certificate";
       break;

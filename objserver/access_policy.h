@@ -5,7 +5,7 @@
 //   connect as a server, and
 //   registerTarget               a server certificate (data servers, the metadata server)
 //   failover                     an administrator, or a server (a standby asks its partner)
-//   shutdown, restart,
+//   shutdown, restart, evict,
 //   replayBarrier                an administrator
 // A refusal is logged with the peer and the call, and answered with an error saying what
 // certificate it takes. In plain text (--insecure-plaintext, loopback tests) nobody is known
@@ -30,7 +30,8 @@ public:
     FAILOVER,
     SHUTDOWN,
     RESTART,
-    REPLAY_BARRIER
+    REPLAY_BARRIER,
+    EVICT
   };
 
   // `allowedClients`: the client names that may mount (empty: every client certificate).

@@ -360,6 +360,19 @@ kj::Promise<void> ServerImpl::replayBarrier(ReplayBarrierContext context) {
   return kj::READY_NOW;
 }
 
+kj::Promise<void> ServerImpl::evict(EvictContext context) {
+  ctx_.checkOwner();
+  ctx_.config.access.check(peer_, AccessPolicy::Call::EVICT);
+  auto uuid = context.getParams().getClientUuid();
+  KJ_REQUIRE(uuid.size() == 16, "a client uuid is 16 bytes", uuid.size());
+  auto it = ctx_.sessions.find(kj::encodeHex(uuid).cStr());
+  bool found = it != ctx_.sessions.end() && it->second->role == rpc::Hello::Role::CLIENT &&
+               !it->second->evicted;
+  if (found) ctx_.evict(*it->second, kj::str("evicted by ", peer_.describe()));
+  context.getResults().setEvicted(found);
+  return kj::READY_NOW;
+}
+
 kj::Promise<void> ServerImpl::registerTarget(RegisterTargetContext context) {
   ctx_.config.access.check(peer_, AccessPolicy::Call::REGISTER_TARGET);
   auto params = context.getParams();

@@ -267,6 +267,7 @@ public:
     return kj::READY_NOW;
   }
   kj::Promise<void> replayBarrier(ReplayBarrierContext context) override;
+  kj::Promise<void> evict(EvictContext context) override;
   kj::Promise<void> shutdown(ShutdownContext context) override;
   kj::Promise<void> failover(FailoverContext context) override;
   kj::Promise<void> restart(RestartContext context) override;

@@ -57,6 +57,10 @@ public:
     check(AccessPolicy::Call::REPLAY_BARRIER);
     KJ_FAIL_REQUIRE("a standby serves no target");
   }
+  kj::Promise<void> evict(EvictContext) override {
+    check(AccessPolicy::Call::EVICT);
+    KJ_FAIL_REQUIRE("a standby has no clients");
+  }
   kj::Promise<void> failover(FailoverContext) override {
     check(AccessPolicy::Call::FAILOVER);
     return standby_.takeOverNow();

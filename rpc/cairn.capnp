@@ -475,6 +475,10 @@ interface Bootstrap {
   # Whether this peer may mount (its certificate, --allow-client), without starting a session:
   # a mount asks before it mounts, so that a refusal fails the mount command.
   mayMount @8 () -> ();
+  # An administrator evicts a client from this server (a client that hangs, a host taken away):
+  # its session, locks and opens go, and it is told so when it comes back (its old descriptors
+  # fail with EIO; new opens work). `evicted`: false if this server had no session of it.
+  evict @9 (clientUuid :Data) -> (evicted :Bool);
 }
 
 # What the target keeps about itself (the LMDB "header" record).

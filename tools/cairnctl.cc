@@ -175,6 +175,40 @@ int failover(cairn::ctl::Context& ctx, Connection& conn, kj::StringPtr address,
   return 0;
 }
 
+// Evicts a client from the server at `address` and, if that is a metadata server, from every
+// server of every data target it knows (an eviction is per server: each has its own session).
+// Servers that cannot be reached are reported and skipped.
+int evictClient(cairn::ctl::Context& ctx, kj::StringPtr address, kj::StringPtr uuidHex,
+                kj::Duration limit) {
+  auto& io = ctx.io;
+  auto& timer = io.provider->getTimer();
+  auto uuid = kj::decodeHex(uuidHex);
+  KJ_REQUIRE(!uuid.hadErrors && uuid.size() == 16, "a client uuid is 32 hex digits", uuidHex);
+  kj::Vector<kj::String> servers;
+  servers.add(kj::str(address));
+  {
+    auto conn = connectTo(ctx, address, limit);
+    auto status = within(timer, limit, conn.server.statusRequest().send()).wait(io.waitScope);
+    for (auto target : status.getStatus().getTargets()) {
+      for (auto a : target.getAddresses()) servers.add(kj::str(a));
+    }
+  }
+  int found = 0;
+  for (auto& s : servers) {
+    try {
+      auto conn = connectTo(ctx, s, limit);
+      auto req = conn.server.evictRequest();
+      req.setClientUuid(uuid);
+      bool evicted = within(timer, limit, req.send()).wait(io.waitScope).getEvicted();
+      printf("%s: %s\n", s.cStr(), evicted ? "evicted" : "no session of that client");
+      found += evicted;
+    } catch (kj::Exception& e) {
+      fprintf(stderr, "cairnctl: %s: %s\n", s.cStr(), e.getDescription().cStr());
+    }
+  }
+  return found > 0 ? 0 : 1;
+}
+
 // GET /metrics from a mount's counters socket.
 int printMountStats(const std::string& mount, double timeout) {
   char real[PATH_MAX];
@@ -242,6 +276,12 @@ int main(int argc, char** argv) {
       "move the target to the other server of its failover pair (on the active one: controlled "
       "shutdown, then it stands by; on the standby: it takes over) and wait until that one "
       "serves (--timeout default 60 s here)");
+  std::string clientUuid;
+  auto* evictCmd = app.add_subcommand(
+      "evict",
+      "evict a client (uuid as in status) from this server and, from a metadata server, from "
+      "every data server: its locks and opens go; it is told when it comes back");
+  evictCmd->add_option("uuid", clientUuid, "the client's uuid (32 hex digits)")->required();
   std::string binary, versionOverride, order;
   unsigned group = 1;
   bool dryRun = false;
@@ -363,6 +403,7 @@ int main(int argc, char** argv) {
     auto conn = connectTo(ctx, server.c_str(), deadline);
     auto& bootstrap = conn.server;
     if (*failoverCmd) return failover(ctx, conn, server.c_str(), deadline);
+    if (*evictCmd) return evictClient(ctx, server.c_str(), clientUuid.c_str(), deadline);
     if (*restartCmd) {
       auto started = timer.now();
       auto req = bootstrap.restartRequest();

@@ -1,8 +1,10 @@
 // Nobody gets in who does not belong: every connection to a server is mutual TLS with the
 // cluster's CA, and administrative calls take an administrator's certificate. Each refusal is
 // logged by the server with who tried what, and nothing is served to the refused peer.
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <fstream>
 #include <string>
@@ -108,6 +110,7 @@ TEST(Tls, AClientCertificateCannotAdministerAServer) {
   EXPECT_EQ(ctl(cluster, client, {"status"}).status, 0);  // looking is allowed
   for (auto call : {std::vector<std::string>{"shutdown"},
                     {"replay-barrier"},
+                    {"evict", std::string(32, '0')},
                     {"restart", "--bin", serverBin()}}) {
     auto r = ctl(cluster, client, call);
     EXPECT_NE(r.status, 0) << call[0];
@@ -117,6 +120,7 @@ TEST(Tls, AClientCertificateCannotAdministerAServer) {
   EXPECT_TRUE(logSays(cluster, 0, "refused shutdown to client testhost"))
       << readAll(cluster.log(0));
   EXPECT_TRUE(logSays(cluster, 0, "refused restart to client testhost"));
+  EXPECT_TRUE(logSays(cluster, 0, "refused evict to client testhost"));
   // Still serving, still the same process.
   EXPECT_NE(ctl(cluster, cluster.credentials("admin"), {"status"}).out.find("serving"),
             std::string::npos);
@@ -124,6 +128,43 @@ TEST(Tls, AClientCertificateCannotAdministerAServer) {
   auto r = ctl(cluster, cluster.credentials("data0"), {"shutdown"});
   EXPECT_NE(r.status, 0);
   EXPECT_TRUE(logSays(cluster, 0, "refused shutdown to server data0"));
+}
+
+bool mountLogSays(TestCluster& cluster, const std::string& what) {
+  return cluster.mountLog(0).find(what) != std::string::npos;
+}
+
+TEST(Tls, AnAdministratorEvictsAClient) {
+  TestCluster cluster;
+  auto mnt = cluster.mount();
+  writeWhole(mnt + "/f", "kept");
+  int fd = open((mnt + "/f").c_str(), O_RDONLY);
+  ASSERT_GE(fd, 0);
+  auto status = cluster.status(0);
+  auto at = status.find("\"uuid\":\"");
+  ASSERT_NE(at, std::string::npos) << status;
+  auto uuid = status.substr(at + 8, 32);
+  auto r = ctl(cluster, cluster.credentials("admin"), {"evict", uuid});
+  EXPECT_EQ(r.status, 0) << r.out << r.err;
+  EXPECT_NE(r.out.find(cluster.metaAddress() + ": evicted"), std::string::npos) << r.out;
+  EXPECT_TRUE(logSays(cluster, 0, "evicting client " + uuid)) << readAll(cluster.log(0));
+  EXPECT_TRUE(logSays(cluster, 0, "evicted by admin tester")) << readAll(cluster.log(0));
+  // Told at its next request (here: another file made), it drops what it cached under its
+  // locks: the old descriptor fails, new opens work.
+  EXPECT_TRUE(waitFor(
+      [&] {
+        writeWhole(mnt + "/g", "after");
+        return mountLogSays(cluster, "evicted by the metadata server");
+      },
+      10000));
+  char byte;
+  EXPECT_EQ(pread(fd, &byte, 1, 0), -1);
+  EXPECT_EQ(errno, EIO);
+  close(fd);
+  EXPECT_EQ(readWhole(mnt + "/f"), "kept");
+  EXPECT_EQ(readWhole(mnt + "/g"), "after");
+  // Evicting it again finds no session.
+  EXPECT_NE(ctl(cluster, cluster.credentials("admin"), {"evict", std::string(32, 'f')}).status, 0);
 }
 
 TEST(Tls, OnlyAllowedClientsMount) {

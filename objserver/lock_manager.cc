@@ -1,5 +1,7 @@
 #include "objserver/lock_manager.h"
 
+#include <malloc.h>
+
 #include <kj/debug.h>
 #include <spdlog/spdlog.h>
 
@@ -143,6 +145,13 @@ void LockManager::dropAll(LockOwner& owner) {
     if (lock->owner == &owner) ids.push_back(id);
   }
   for (uint64_t id : ids) remove(id);
+  // Many locks gone (clients with large caches left): give the memory back. glibc keeps freed
+  // small blocks for reuse, so a server's RSS would otherwise stay at its peak for good.
+  droppedSinceTrim_ += ids.size();
+  if (droppedSinceTrim_ >= 100000) {
+    droppedSinceTrim_ = 0;
+    malloc_trim(0);
+  }
 }
 
 void LockManager::remove(uint64_t lockId) {

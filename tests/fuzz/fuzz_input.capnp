@@ -17,6 +17,31 @@ struct FuzzInput {
       lock @2 :Rpc.LockRequest;
       cancel @3 :UInt64;
       reconnect @4 :Void;   # the session goes, and comes back (as after a lost connection)
+      bootstrap @5 :BootstrapCall;
+    }
+  }
+
+  # A call on a server's Bootstrap, over a connection of its own, from a peer of the role given
+  # (what its certificate would say). Not here: shutdown, restart, failover and replayBarrier,
+  # which end or freeze the in-process server by design.
+  struct BootstrapCall {
+    toData @0 :Bool;        # the data server (else the metadata server)
+    as @1 :Role;
+    enum Role {
+      client @0;
+      server @1;
+      admin @2;
+    }
+    union {
+      status @2 :Void;
+      ping @3 :Void;
+      mayMount @4 :Void;
+      evict @5 :Data;       # a client uuid
+      registerTarget :group {
+        fsUuid @6 :Data;
+        target @7 :Rpc.TargetAddress;
+      }
+      connect @8 :Rpc.Hello;
     }
   }
 }

@@ -14,6 +14,7 @@
 #include <kj/async-io.h>
 #include <kj/debug.h>
 #include <spdlog/spdlog.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -151,6 +152,9 @@ public:
         case FuzzInput::Step::RECONNECT:
           connect();
           break;
+        case FuzzInput::Step::BOOTSTRAP:
+          bootstrapCall(s.getBootstrap(), limit);
+          break;
       }
     } catch (kj::Exception& e) {
       // The server said no (or dropped the connection): start over on a new one if it went.
@@ -159,6 +163,50 @@ public:
   }
 
 private:
+  template <typename Limit>
+  void bootstrapCall(FuzzInput::BootstrapCall::Reader c, Limit& limit) {
+    using B = FuzzInput::BootstrapCall;
+    static const Peer::Role roles[] = {Peer::Role::CLIENT, Peer::Role::SERVER, Peer::Role::ADMIN};
+    auto role = roles[kj::min(uint(c.getAs()), 2u)];
+    auto pipe = kj::newTwoWayPipe();
+    capnp::TwoPartyClient server(
+        *pipe.ends[0], kj::heap<ServerImpl>(*ctx_, Peer{role, kj::str("peer"), kj::str("pipe")}),
+        capnp::rpc::twoparty::Side::SERVER);
+    capnp::TwoPartyClient client(*pipe.ends[1]);
+    auto b = client.bootstrap().castAs<rpc::Bootstrap>();
+    switch (c.which()) {
+      case B::STATUS:
+        limit(b.statusRequest().send()).wait(io_.waitScope);
+        break;
+      case B::PING:
+        limit(b.pingRequest().send()).wait(io_.waitScope);
+        break;
+      case B::MAY_MOUNT:
+        limit(b.mayMountRequest().send()).wait(io_.waitScope);
+        break;
+      case B::EVICT: {
+        auto req = b.evictRequest();
+        req.setClientUuid(c.getEvict());
+        limit(req.send()).wait(io_.waitScope);
+        break;
+      }
+      case B::REGISTER_TARGET: {
+        auto req = b.registerTargetRequest();
+        req.setFsUuid(c.getRegisterTarget().getFsUuid());
+        req.setTarget(c.getRegisterTarget().getTarget());
+        limit(req.send()).wait(io_.waitScope);
+        break;
+      }
+      case B::CONNECT: {
+        auto req = b.connectRequest();
+        req.setHello(c.getConnect());
+        req.setCallback(kj::heap<Callback>());
+        limit(req.send()).wait(io_.waitScope);
+        break;
+      }
+    }
+  }
+
   kj::AsyncIoContext& io_;
   kj::Own<Target> target_;
   kj::Own<ServerContext> ctx_;
@@ -226,7 +274,8 @@ int runOne(const uint8_t* bytes, size_t size) {
     auto steps = input.getSteps();
     for (unsigned i = 0; i < steps.size() && i < 64; ++i) {
       auto s = steps[i];
-      bool toData = s.which() == FuzzInput::Step::DATA;
+      bool toData = s.which() == FuzzInput::Step::DATA ||
+                    (s.which() == FuzzInput::Step::BOOTSTRAP && s.getBootstrap().getToData());
       (toData ? w.data : w.meta)->step(s);
       ++sent;
     }
@@ -362,6 +411,60 @@ void writeSeeds(const std::string& dir) {
     auto again = steps[3].initLock();
     again.setType(3);
     again.setMode(cairn::rpc::LockMode::EX);
+  });
+  // Calls on the Bootstrap itself, from each kind of peer.
+  save("bootstrap", [&](FuzzInput::Builder in) {
+    using B = FuzzInput::BootstrapCall;
+    auto steps = in.initSteps(6);
+    steps[0].initBootstrap().setStatus();
+    steps[1].initBootstrap().setMayMount();
+    auto reg = steps[2].initBootstrap();
+    reg.setAs(B::Role::SERVER);
+    reg.initRegisterTarget().setFsUuid(kj::heapArray<kj::byte>(16));
+    auto target = reg.getRegisterTarget().initTarget();
+    target.setIndex(3);
+    target.setKind(cairn::rpc::TargetKind::DATA);
+    target.initAddresses(1).set(0, "127.0.0.1:1");
+    auto hello = steps[3].initBootstrap().initConnect();
+    hello.setClientUuid(kj::heapArray<kj::byte>(16));
+    hello.setRole(cairn::rpc::Hello::Role::SERVER);
+    auto evict = steps[4].initBootstrap();
+    evict.setAs(B::Role::ADMIN);
+    auto uuid = kj::heapArray<kj::byte>(16);
+    for (auto i : kj::indices(uuid)) uuid[i] = kj::byte(0xf0 + i);
+    evict.setEvict(uuid);
+    steps[5].setReconnect();
+  });
+  // Root squash: uid 0 acts as nobody, whose permissions the server checks.
+  save("squashed", [&](FuzzInput::Builder in) {
+    auto steps = in.initSteps(5);
+    auto root = [&](FuzzInput::Step::Builder s) {
+      auto m = meta(s);
+      m.initCred().setUid(0);
+      return m;
+    };
+    auto mk = root(steps[0]).initMkdir();
+    mk.setParent(1);
+    mk.setName(bytesOf("squashed"));
+    mk.setMode(0777);
+    auto cr = root(steps[1]).initCreate();
+    cr.setParent(1);
+    cr.setName(bytesOf("mine"));
+    cr.setMode(0600);
+    cr.setFlags(O_CREAT | O_RDWR);
+    cr.setHandle(7);
+    auto sa = root(steps[2]).initSetattr();
+    sa.setIno(1);
+    sa.setValid(cairn::rpc::SET_MODE | cairn::rpc::SET_UID);
+    sa.setMode(02777);
+    auto access = root(steps[3]).initAccess();
+    access.setIno(1);
+    access.setMask(7);
+    auto rn = root(steps[4]).initRename();
+    rn.setParent(1);
+    rn.setName(bytesOf("squashed"));
+    rn.setNewParent(1);
+    rn.setNewName(bytesOf("moved"));
   });
 }
 

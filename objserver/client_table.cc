@@ -34,6 +34,22 @@ bool ClientTable::joined(store::Txn& txn, kj::ArrayPtr<const kj::byte> client) {
   return txn.get(joined_, client) != nullptr;
 }
 
+namespace {
+constexpr kj::byte AWAY = 1;  // the `clients` record's value: empty while connected
+}
+
+void ClientTable::markAway(store::Txn& txn, kj::ArrayPtr<const kj::byte> client) {
+  KJ_REQUIRE(client.size() == UUID_SIZE, "a client uuid is 16 bytes", client.size());
+  txn.put(joined_, client, store::Bytes(&AWAY, 1));
+}
+
+bool ClientTable::away(store::Txn& txn, kj::ArrayPtr<const kj::byte> client) {
+  KJ_IF_MAYBE (value, txn.get(joined_, client)) {
+    return value->size() == 1 && (*value)[0] == AWAY;
+  }
+  return false;
+}
+
 void ClientTable::forget(store::Txn& txn, kj::ArrayPtr<const kj::byte> client) {
   prune(txn, client, UINT64_MAX);
   txn.del(joined_, client);

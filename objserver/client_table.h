@@ -28,6 +28,11 @@ public:
   // A client connected to this target: after a restart it is expected back (recovery).
   void join(store::Txn& txn, kj::ArrayPtr<const kj::byte> client);
   bool joined(store::Txn& txn, kj::ArrayPtr<const kj::byte> client);
+  // A joined client disconnected (join() again clears it). Once this mark is on disk, so is
+  // every update the client was ever answered: after a crash it has nothing to replay, and the
+  // others' updates need not wait for it.
+  void markAway(store::Txn& txn, kj::ArrayPtr<const kj::byte> client);
+  bool away(store::Txn& txn, kj::ArrayPtr<const kj::byte> client);
   // The clients that joined (peer servers never do).
   kj::Vector<kj::Array<kj::byte>> joinedClients(store::Txn& txn);
   // Forgets a client that is gone for good.

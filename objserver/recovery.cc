@@ -5,16 +5,22 @@
 #include <kj/encoding.h>
 #include <spdlog/spdlog.h>
 
+#include <set>
+#include <string>
+
 #include "objserver/server.h"
 
 namespace cairn {
 
 void ServerContext::startRecovery() {
   kj::Vector<kj::Array<kj::byte>> known;
+  std::set<std::string> away;
   {
     store::Txn txn(target.env(), store::Txn::READ);
     for (auto& uuid : clients.joinedClients(txn)) {
-      if (!clients.isEvicted(txn, uuid)) known.add(kj::mv(uuid));
+      if (clients.isEvicted(txn, uuid)) continue;
+      if (clients.away(txn, uuid)) away.insert(kj::encodeHex(uuid).cStr());
+      known.add(kj::mv(uuid));
     }
   }
   if (known.size() == 0) return;
@@ -36,11 +42,19 @@ void ServerContext::startRecovery() {
   for (auto& uuid : known) recovering_.insert(kj::encodeHex(uuid).cStr());
   if (!target.previousClean()) {
     // An unclean stop may have lost commits that clients got replies for: they replay them.
-    replayWaiting_ = recovering_;
+    // Not those that were away (disconnected) before it: their mark is on disk, so is every
+    // update they were answered. A client that died just before the server did would
+    // otherwise hold everyone's updates up for the whole recovery window.
+    for (auto& key : recovering_) {
+      if (away.count(key) == 0) replayWaiting_.insert(key);
+    }
     replayPhase_ = ReplayPhase::WAITING;
+    if (replayWaiting_.empty()) startReplays();
   }
-  spdlog::info("recovery: waiting up to {} s for {} clients of the previous instance",
-               config.recoveryWindow / kj::SECONDS, recovering_.size());
+  spdlog::info(
+      "recovery: waiting up to {} s for {} clients of the previous instance ({} away before "
+      "the stop: updates do not wait for them)",
+      config.recoveryWindow / kj::SECONDS, recovering_.size(), away.size());
   recoveryTimer_ =
       io.provider->getTimer()
           .afterDelay(config.recoveryWindow)

@@ -86,6 +86,16 @@ void ServerContext::disconnected(ClientSession& session) {
   }
   spdlog::info("{} disconnected; keeping its locks {} s and its opens {} s", session.label.cStr(),
                config.lockTimeout / kj::SECONDS, config.disconnectGrace / kj::SECONDS);
+  if (session.role == rpc::Hello::Role::CLIENT) {
+    // Not synced on purpose: lost in a crash, the mark only makes recovery wait for it.
+    try {
+      commit([&](store::Txn& txn) {
+        if (clients.joined(txn, session.uuid)) clients.markAway(txn, session.uuid);
+      });
+    } catch (FsError& e) {
+      spdlog::warn("cannot mark {} away: {}", session.label.cStr(), e.what());
+    }
+  }
   // It may come back (a restarting client, a flapping link): its locks wait the lock timeout.
   tasks.add(io.provider->getTimer()
                 .afterDelay(config.lockTimeout)
@@ -218,6 +228,7 @@ kj::Promise<void> ServerImpl::connect(ConnectContext context) {
   session.serverLock = 0;
   ctx_.admit(session);
   session.connectedAt = ctx_.io.provider->getTimer().now();
+  bool backFromAway = false;
   if (session.role == rpc::Hello::Role::CLIENT) {
     session.squashRoot = ctx_.config.squash.squashes(peer_);
     results.setRootSquashed(session.squashRoot);
@@ -226,13 +237,15 @@ kj::Promise<void> ServerImpl::connect(ConnectContext context) {
       store::Txn txn(ctx_.target.env(), store::Txn::READ);
       marked = ctx_.clients.isEvicted(txn, session.uuid);
       joined = ctx_.clients.joined(txn, session.uuid);
+      backFromAway = ctx_.clients.away(txn, session.uuid);
     }
-    // Only a first connect, or a return after an eviction, has anything to write.
+    // Only a first connect, a return after an eviction or after being away has anything to
+    // write.
     kj::Maybe<kj::String> evicted;
-    if (marked || !joined) {
+    if (marked || !joined || backFromAway) {
       ctx_.commit([&](store::Txn& txn) {
         evicted = ctx_.clients.takeEvicted(txn, session.uuid);
-        if (!joined) ctx_.clients.join(txn, session.uuid);
+        if (!joined || backFromAway) ctx_.clients.join(txn, session.uuid);
       });
     }
     KJ_IF_MAYBE (why, evicted) {
@@ -253,6 +266,9 @@ kj::Promise<void> ServerImpl::connect(ConnectContext context) {
   } else {
     results.setData(kj::heap<DataService>(ctx_, kj::addRef(session)));
   }
+  // The away mark must be gone from the disk before this client's next update is answered:
+  // a recovery that found it would not wait for that update's replay.
+  if (backFromAway) return ctx_.syncer.syncNow();
   return kj::READY_NOW;
 }
 

@@ -181,5 +181,35 @@ TEST(Replay, AnUnmountedClientIsNotWaitedForAfterACrash) {
   EXPECT_EQ(readWhole(a + "/from-b"), "b");
 }
 
+// A client that dies (no goodbye) and then the server crashes: the client's disconnect was
+// recorded and synced before the crash, so everything it was answered is on disk and it has
+// nothing to replay; the others' updates go on without waiting out the recovery window.
+TEST(Replay, AClientThatDiedBeforeTheCrashHoldsNobodyUp) {
+  TestCluster::Options options;
+  options.metaArgs = {"--recovery-window", "60", "--disconnect-grace", "60"};
+  TestCluster cluster(options);
+  auto a = cluster.mount();
+  auto b = cluster.mount();
+  writeWhole(a + "/from-a", "a");
+  writeWhole(b + "/from-b", "b");
+  cluster.killMount(1);
+  ASSERT_TRUE(
+      waitFor([&] { return contains(readWhole(cluster.log(0)), "disconnected; keeping"); }, 10000));
+  // The mark is on disk once the server reports everything synced.
+  ASSERT_TRUE(waitFor(
+      [&] {
+        auto s = cluster.status(0);
+        return jsonNumber(s, "lastSynced") >= jsonNumber(s, "lastTransno");
+      },
+      10000));
+  cluster.stopServer(0, SIGKILL);
+  ASSERT_TRUE(cluster.startServer(0));
+  Child update({"/usr/bin/timeout", "20", "/bin/mkdir", a + "/after-crash"});
+  EXPECT_EQ(update.wait(25000), 0);
+  EXPECT_TRUE(contains(readWhole(cluster.log(0)), "1 away before the stop"))
+      << readWhole(cluster.log(0));
+  EXPECT_EQ(readWhole(a + "/from-b"), "b");
+}
+
 }  // namespace
 }  // namespace cairn::test

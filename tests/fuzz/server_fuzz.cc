@@ -11,10 +11,10 @@
 //    finding, become regression tests in `meson test`).
 #include <capnp/rpc-twoparty.h>
 #include <capnp/serialize.h>
+#include <fcntl.h>
 #include <kj/async-io.h>
 #include <kj/debug.h>
 #include <spdlog/spdlog.h>
-#include <fcntl.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -342,18 +342,24 @@ void writeSeeds(const std::string& dir) {
     m.initCred().setUid(1000);
     return m;
   };
+  auto mkdirIn = [](cairn::rpc::MetaRequest::Builder m, const char* name, uint32_t mode) {
+    auto mk = m.initMkdir();
+    mk.setParent(1);
+    mk.setName(bytesOf(name));
+    mk.setMode(mode);
+  };
+  auto createIn = [](cairn::rpc::MetaRequest::Builder m, const char* name, uint32_t mode) {
+    auto cr = m.initCreate();
+    cr.setParent(1);
+    cr.setName(bytesOf(name));
+    cr.setMode(mode);
+    cr.setFlags(O_CREAT | O_RDWR);
+    cr.setHandle(7);
+  };
   save("namespace", [&](FuzzInput::Builder in) {
     auto steps = in.initSteps(8);
-    auto mk = meta(steps[0]).initMkdir();
-    mk.setParent(1);
-    mk.setName(bytesOf("d"));
-    mk.setMode(0755);
-    auto cr = meta(steps[1]).initCreate();
-    cr.setParent(1);
-    cr.setName(bytesOf("f"));
-    cr.setMode(0644);
-    cr.setFlags(2);
-    cr.setHandle(7);
+    mkdirIn(meta(steps[0]), "d", 0755);
+    createIn(meta(steps[1]), "f", 0644);
     auto lk = meta(steps[2]).initLookup();
     lk.setParent(1);
     lk.setName(bytesOf("f"));
@@ -420,13 +426,15 @@ void writeSeeds(const std::string& dir) {
     steps[1].initBootstrap().setMayMount();
     auto reg = steps[2].initBootstrap();
     reg.setAs(B::Role::SERVER);
-    reg.initRegisterTarget().setFsUuid(kj::heapArray<kj::byte>(16));
+    auto zeros = kj::heapArray<kj::byte>(16);
+    memset(zeros.begin(), 0, zeros.size());
+    reg.initRegisterTarget().setFsUuid(zeros);
     auto target = reg.getRegisterTarget().initTarget();
     target.setIndex(3);
     target.setKind(cairn::rpc::TargetKind::DATA);
     target.initAddresses(1).set(0, "127.0.0.1:1");
     auto hello = steps[3].initBootstrap().initConnect();
-    hello.setClientUuid(kj::heapArray<kj::byte>(16));
+    hello.setClientUuid(zeros);
     hello.setRole(cairn::rpc::Hello::Role::SERVER);
     auto evict = steps[4].initBootstrap();
     evict.setAs(B::Role::ADMIN);
@@ -443,16 +451,8 @@ void writeSeeds(const std::string& dir) {
       m.initCred().setUid(0);
       return m;
     };
-    auto mk = root(steps[0]).initMkdir();
-    mk.setParent(1);
-    mk.setName(bytesOf("squashed"));
-    mk.setMode(0777);
-    auto cr = root(steps[1]).initCreate();
-    cr.setParent(1);
-    cr.setName(bytesOf("mine"));
-    cr.setMode(0600);
-    cr.setFlags(O_CREAT | O_RDWR);
-    cr.setHandle(7);
+    mkdirIn(root(steps[0]), "squashed", 0777);
+    createIn(root(steps[1]), "mine", 0600);
     auto sa = root(steps[2]).initSetattr();
     sa.setIno(1);
     sa.setValid(cairn::rpc::SET_MODE | cairn::rpc::SET_UID);

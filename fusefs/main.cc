@@ -284,7 +284,9 @@ int main(int argc, char** argv) {
   fuse_session* se =
       fuse_session_new(&args, &cairn::FuseOps::table(), sizeof(fuse_lowlevel_ops), &userdata);
   if (se == nullptr) return 1;
-  KJ_DEFER(fuse_session_destroy(se));
+  // A notifier thread left inside a notify call still uses the session: it is not destroyed then.
+  bool sessionInUse = false;
+  KJ_DEFER(if (!sessionInUse) fuse_session_destroy(se));
   // Taking over, the session gets the running process's descriptor instead of a new mount.
   kj::String device;
   KJ_IF_MAYBE (t, takeover) {
@@ -330,6 +332,7 @@ int main(int argc, char** argv) {
       state = s;
     }
     cairn::Notifier notifier(se);
+    KJ_DEFER(sessionInUse = !notifier.stop());
     kj::Own<cairn::Transport> transport;
     KJ_IF_MAYBE (c, credentials) {
       spdlog::info("TLS: client {} with the CA of {}", c->name.cStr(), c->dir.cStr());

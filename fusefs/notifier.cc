@@ -7,6 +7,7 @@
 #include <cstring>
 #include <deque>
 #include <mutex>
+#include <string>
 
 #include <unistd.h>
 
@@ -22,8 +23,9 @@ struct Notifier::Job {
 };
 
 struct Notifier::Lane {
-  void attributesOrPages(const Job& job);
-  void entries(const Job& job);
+  // Each returns what went wrong ("" if nothing), for run() to log while the lane may still.
+  std::string attributesOrPages(const Job& job);
+  std::string entries(const Job& job);
   fuse_session* session;
   std::mutex mutex;
   std::condition_variable wake;
@@ -41,6 +43,13 @@ Notifier::Notifier(fuse_session* session) {
 }
 
 Notifier::~Notifier() noexcept(false) {
+  stop();
+}
+
+bool Notifier::stop() {
+  if (stopped_) return true;
+  stopped_ = true;
+  bool allJoined = true;
   for (int i = 0; i < LANES; ++i) {
     bool busy;
     {
@@ -52,10 +61,12 @@ Notifier::~Notifier() noexcept(false) {
     lanes_[i]->wake.notify_all();
     if (busy) {
       threads_[i].detach();
+      allJoined = false;
     } else {
       threads_[i].join();
     }
   }
+  return allJoined;
 }
 
 kj::Promise<void> Notifier::post(LaneKind kind, Job job) {
@@ -98,29 +109,33 @@ void Notifier::run(std::shared_ptr<Lane> lane) {
       lane->jobs.pop_front();
       lane->busy = true;
     }
-    if (job.entries) {
-      lane->entries(job);
-    } else {
-      lane->attributesOrPages(job);
-    }
+    auto problem = job.entries ? lane->entries(job) : lane->attributesOrPages(job);
+    // Under the lock: stop() cannot return (and the process go on tearing down) meanwhile.
+    std::lock_guard<std::mutex> lock(lane->mutex);
+    // Stopped while this call was inside the kernel: this thread was let go, and the logger and
+    // the event loop may be gone. Touch nothing more.
+    if (lane->stop) return;
+    if (!problem.empty()) spdlog::warn("{}", problem);
     job.done->fulfill();
   }
 }
 
-void Notifier::Lane::attributesOrPages(const Job& job) {
+std::string Notifier::Lane::attributesOrPages(const Job& job) {
   // A negative offset invalidates the attributes only; 0, 0 the pages as well.
   int err = fuse_lowlevel_notify_inval_inode(session, job.ino, job.pages ? 0 : -1, 0);
   // -ENOENT: the kernel had nothing of it cached, which is what we wanted.
   if (err != 0 && err != -ENOENT) {
-    spdlog::warn("kernel cache invalidation of inode {} failed: {}", job.ino, strerror(-err));
+    return fmt::format("kernel cache invalidation of inode {} failed: {}", job.ino, strerror(-err));
   }
+  return "";
 }
 
-void Notifier::Lane::entries(const Job& job) {
+std::string Notifier::Lane::entries(const Job& job) {
+  std::string problem;
   for (auto& name : job.names) {
     int err = fuse_lowlevel_notify_inval_entry(session, job.ino, name.data(), name.size());
-    if (err != 0 && err != -ENOENT) {
-      spdlog::warn("kernel entry invalidation in {} failed: {}", job.ino, strerror(-err));
+    if (err != 0 && err != -ENOENT && problem.empty()) {
+      problem = fmt::format("kernel entry invalidation in {} failed: {}", job.ino, strerror(-err));
     }
   }
   if (job.epoch) {
@@ -132,10 +147,11 @@ void Notifier::Lane::entries(const Job& job) {
       uint64_t unique;
     } header{16, 8, 0};
     ssize_t n = write(fuse_session_fd(session), &header, sizeof(header));
-    if (n != ssize_t(sizeof(header))) {
-      spdlog::warn("kernel entry epoch could not be raised: {}", strerror(errno));
+    if (n != ssize_t(sizeof(header)) && problem.empty()) {
+      problem = fmt::format("kernel entry epoch could not be raised: {}", strerror(errno));
     }
   }
+  return problem;
 }
 
 void Notifier::kernelProtocol(unsigned minor) {

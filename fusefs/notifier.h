@@ -24,8 +24,13 @@ namespace cairn {
 class Notifier final : public KernelCache {
 public:
   explicit Notifier(fuse_session* session);
-  ~Notifier() noexcept(false);
+  ~Notifier() noexcept(false);  // stop(), if not called before
   KJ_DISALLOW_COPY(Notifier);
+
+  // Ends the threads. Returns false if one was still inside a notify call (the kernel waiting
+  // for write-backs nobody will answer) and was left to finish on its own: that call still uses
+  // the FUSE session, which must then outlive this process's teardown (not be destroyed).
+  bool stop();
 
   kj::Promise<void> invalidate(uint64_t ino, bool pages) override;
   bool keepsNames() const override { return epochs_; }
@@ -44,6 +49,7 @@ private:
   std::shared_ptr<Lane> lanes_[LANES];
   std::thread threads_[LANES];
   bool epochs_ = false;
+  bool stopped_ = false;
 };
 
 }  // namespace cairn

@@ -537,15 +537,13 @@ void MetaService::apply(rpc::MetaRequest::Reader req, store::Txn& txn,
   switch (req.which()) {
     case R::SETATTR: {
       auto s = req.getSetattr();
+      capnp::MallocMessageBuilder adjusted;  // the request with the mode a checked chmod sets
       if (caller.checked && (s.getValid() & rpc::SET_MODE)) {
         uint32_t mode = permittedMode(ns_.get(txn, s.getIno()), caller, s.getMode());
         if (mode != s.getMode()) {
-          capnp::MallocMessageBuilder copy;
-          copy.setRoot(req);
-          copy.getRoot<rpc::MetaRequest>().getSetattr().setMode(mode);
-          s = copy.getRoot<rpc::MetaRequest>().asReader().getSetattr();
-          ns_.setattr(txn, s).toAttr(reply.initAttr());
-          return;
+          adjusted.setRoot(req);
+          adjusted.getRoot<rpc::MetaRequest>().getSetattr().setMode(mode);
+          s = adjusted.getRoot<rpc::MetaRequest>().asReader().getSetattr();
         }
       }
       ns_.setattr(txn, s).toAttr(reply.initAttr());
@@ -554,22 +552,20 @@ void MetaService::apply(rpc::MetaRequest::Reader req, store::Txn& txn,
     case R::MKNOD: {
       auto m = req.getMknod();
       fsRequire((m.getMode() & S_IFMT) != S_IFDIR && (m.getMode() & S_IFMT) != S_IFLNK, EINVAL);
-      ns_.make(txn, m.getParent(), m.getName(), m.getMode(), m.getRdev(), nullptr,
-               callerOf(req).creds())
+      ns_.make(txn, m.getParent(), m.getName(), m.getMode(), m.getRdev(), nullptr, caller.creds())
           .toAttr(reply.initAttr());
       return;
     }
     case R::MKDIR: {
       auto m = req.getMkdir();
       ns_.make(txn, m.getParent(), m.getName(), S_IFDIR | (m.getMode() & 07777), 0, nullptr,
-               callerOf(req).creds())
+               caller.creds())
           .toAttr(reply.initAttr());
       return;
     }
     case R::SYMLINK: {
       auto s = req.getSymlink();
-      ns_.make(txn, s.getParent(), s.getName(), S_IFLNK | 0777, 0, s.getTarget(),
-               callerOf(req).creds())
+      ns_.make(txn, s.getParent(), s.getName(), S_IFLNK | 0777, 0, s.getTarget(), caller.creds())
           .toAttr(reply.initAttr());
       return;
     }
@@ -597,7 +593,7 @@ void MetaService::apply(rpc::MetaRequest::Reader req, store::Txn& txn,
       kj::Maybe<InodeData> made;
       try {
         made = ns_.make(txn, c.getParent(), c.getName(), S_IFREG | (c.getMode() & 07777), 0,
-                        nullptr, callerOf(req).creds());
+                        nullptr, caller.creds());
       } catch (FsError& e) {
         // Another client made it first: without O_EXCL that is an ordinary open.
         if (e.err() != EEXIST || (c.getFlags() & O_EXCL)) throw;

@@ -66,7 +66,8 @@ kj::Promise<void> DataService::dispatch(CallContext context) {
     context.getResults().initReply().setLastSynced(ctx_.reportedSynced());
     return kj::READY_NOW;
   }
-  bool update = req.which() == R::WRITE || req.which() == R::TRUNCATE || req.which() == R::DESTROY;
+  bool update = req.which() == R::WRITE || req.which() == R::TRUNCATE ||
+                req.which() == R::DESTROY || req.which() == R::DESTROY_MANY;
   // Updates are put in order against the replays of a recovery.
   return ctx_.ordered(*session_, req.getReplayOf(), req.getResend(), update,
                       [this, context]() mutable { return run(context); });
@@ -110,7 +111,10 @@ kj::Promise<void> DataService::run(CallContext context) {
       });
     case R::WRITE:
     case R::TRUNCATE:
-    case R::DESTROY: {
+    case R::DESTROY:
+    case R::DESTROY_MANY: {
+      KJ_REQUIRE(req.which() != R::DESTROY_MANY || req.getDestroyMany().size() <= MAX_DESTROY_MANY,
+                 "too many objects in one destroyMany", req.getDestroyMany().size());
       capnp::MallocMessageBuilder message;
       ctx_.update<rpc::DataReply>(
           *session_, req.getRequestId(), req.getOldestUnreplied(), message,
@@ -129,6 +133,9 @@ kj::Promise<void> DataService::run(CallContext context) {
                 break;
               case R::DESTROY:
                 objects_.destroy(txn, req.getDestroy());
+                break;
+              case R::DESTROY_MANY:
+                for (uint64_t object : req.getDestroyMany()) objects_.destroy(txn, object);
                 break;
               default:
                 KJ_UNREACHABLE;

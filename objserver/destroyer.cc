@@ -3,7 +3,12 @@
 #include <kj/debug.h>
 #include <spdlog/spdlog.h>
 
+#include "objserver/data_service.h"
+#include "rpc/feature_flags.h"
+
 namespace cairn {
+
+static_assert(Destroyer::BATCH <= MAX_DESTROY_MANY, "a batch's objects fit one request");
 
 Destroyer::Destroyer(ServerContext& ctx, Namespace& ns, const LinkIdentity& identity)
     : ctx_(ctx),
@@ -60,53 +65,83 @@ kj::Promise<void> Destroyer::loop() {
   kj::Vector<Namespace::PendingDestroy> batch;
   {
     store::Txn txn(ctx_.target.env(), store::Txn::READ);
-    batch = ns_.pendingDestroys(txn, 64);
+    batch = ns_.pendingDestroys(txn, BATCH);
   }
   if (batch.size() == 0) {
     auto paf = kj::newPromiseAndFulfiller<void>();
     wake_ = kj::mv(paf.fulfiller);
-    return paf.promise.then([this]() { return loop(); });
+    return paf.promise.then([this]() { return later(); });
   }
-  auto done = kj::heapArrayBuilder<kj::Promise<void>>(batch.size());
+  bool full = batch.size() == BATCH;
+  // The batch's objects by target: one request (one transaction) per data target, then one
+  // transaction here for every file whose targets all confirmed. A file with a target not known
+  // yet stays queued.
+  std::map<uint32_t, kj::Vector<uint64_t>> byTarget;
+  auto inos = kj::heapArrayBuilder<uint64_t>(batch.size());
   for (auto& item : batch) {
-    auto parts = kj::heapArrayBuilder<kj::Promise<void>>(item.layout.targets.size());
     bool reachable = true;
-    for (uint32_t t : item.layout.targets) {
-      KJ_IF_MAYBE (link, linkFor(t)) {
-        uint64_t object = item.layout.objectId;
-        parts.add(link->data([object](rpc::DataRequest::Builder r) { r.setDestroy(object); }, true)
-                      .then([](ServerLink::DataResponse&& resp) {
-                        KJ_REQUIRE(resp.getReply().getError() == 0, "destroy failed",
-                                   resp.getReply().getError());
-                      }));
-      } else {
-        reachable = false;
-      }
-    }
+    for (uint32_t t : item.layout.targets) reachable = reachable && linkFor(t) != nullptr;
     if (!reachable) continue;
-    uint64_t ino = item.ino;
-    done.add(kj::joinPromises(parts.finish()).then([this, ino]() {
-      ctx_.commit([&](store::Txn& txn) { ns_.destroyed(txn, ino); });
-    }));
+    for (uint32_t t : item.layout.targets) byTarget[t].add(item.layout.objectId);
+    inos.add(item.ino);
   }
-  bool progress = done.size() > 0;
-  return kj::joinPromises(done.finish())
-      .then(
-          [this, progress]() -> kj::Promise<void> {
-            if (progress) return loop();
-            // Some target is unknown yet: look again later or when told.
-            auto paf = kj::newPromiseAndFulfiller<void>();
-            wake_ = kj::mv(paf.fulfiller);
-            return paf.promise
-                .exclusiveJoin(ctx_.io.provider->getTimer().afterDelay(5 * kj::SECONDS))
-                .then([this]() { return loop(); });
-          },
-          [this](kj::Exception&& e) -> kj::Promise<void> {
-            spdlog::warn("destroying objects: {}; will retry", e.getDescription().cStr());
-            return ctx_.io.provider->getTimer().afterDelay(1 * kj::SECONDS).then([this]() {
-              return loop();
-            });
-          });
+  auto done = kj::heapArrayBuilder<kj::Promise<void>>(byTarget.size());
+  for (auto& [target, objects] : byTarget) {
+    done.add(destroyOn(KJ_ASSERT_NONNULL(linkFor(target)), objects.releaseAsArray()));
+  }
+  bool progress = inos.size() > 0;
+  auto finished = kj::joinPromises(done.finish()).then([this, inos = inos.finish()]() {
+    ctx_.commit([&](store::Txn& txn) {
+      for (uint64_t ino : inos) ns_.destroyed(txn, ino);
+    });
+  });
+  return finished.then(
+      [this, progress, full]() -> kj::Promise<void> {
+        if (progress) return full ? loop() : later();
+        // Some target is unknown yet: look again later or when told.
+        auto paf = kj::newPromiseAndFulfiller<void>();
+        wake_ = kj::mv(paf.fulfiller);
+        return paf.promise.exclusiveJoin(ctx_.io.provider->getTimer().afterDelay(5 * kj::SECONDS))
+            .then([this]() { return loop(); });
+      },
+      [this](kj::Exception&& e) -> kj::Promise<void> {
+        spdlog::warn("destroying objects: {}; will retry", e.getDescription().cStr());
+        return ctx_.io.provider->getTimer().afterDelay(1 * kj::SECONDS).then([this]() {
+          return loop();
+        });
+      });
+}
+
+kj::Promise<void> Destroyer::later() {
+  // Nothing here is urgent: waiting a little gathers what a `rm -rf` queues meanwhile into one
+  // round, instead of a round of a few files each time one finishes.
+  return ctx_.io.provider->getTimer().afterDelay(GATHER).then([this]() { return loop(); });
+}
+
+kj::Promise<void> Destroyer::destroyOn(ServerLink& link, kj::Array<uint64_t> objects) {
+  // The server's features are known once connected: a server of a release before destroyMany
+  // gets a request per object.
+  return link.server().ignoreResult().then([&link, objects = kj::mv(objects)]() mutable {
+    auto check = [](ServerLink::DataResponse&& resp) {
+      KJ_REQUIRE(resp.getReply().getError() == 0, "destroy failed", resp.getReply().getError());
+    };
+    if (!(link.peerFeatures() & features::DESTROY_MANY)) {
+      auto each = kj::heapArrayBuilder<kj::Promise<void>>(objects.size());
+      for (uint64_t object : objects) {
+        each.add(link.data([object](rpc::DataRequest::Builder r) { r.setDestroy(object); }, true)
+                     .then(check));
+      }
+      return kj::joinPromises(each.finish());
+    }
+    return link
+        .data(
+            [objects = kj::mv(objects)](rpc::DataRequest::Builder r) {
+              auto list = r.initDestroyMany(objects.size());
+              for (size_t i = 0; i < objects.size(); i++) list.set(i, objects[i]);
+            },
+            true)
+        .then(check);
+  });
 }
 
 }  // namespace cairn

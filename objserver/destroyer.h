@@ -1,7 +1,7 @@
 // Removes the data objects of destroyed files from the data targets. The metadata target queues
-// them durably in the same transaction that destroys the inode; this works the queue off, one
-// file at a time, and takes an entry off only when every target has confirmed. A data target
-// that is down just delays it.
+// them durably in the same transaction that destroys the inode; this works the queue off in
+// batches (one request per data target, one transaction here), and takes an entry off only when
+// every target of its file has confirmed. A data target that is down just delays it.
 #pragma once
 
 #include <kj/async.h>
@@ -23,9 +23,15 @@ public:
   void targetMoved(uint32_t index, kj::Array<kj::String> addresses);
   size_t queued();
 
+  // Files per round; their objects go to each data target in one request (MAX_DESTROY_MANY).
+  static constexpr size_t BATCH = 512;
+  static constexpr kj::Duration GATHER = 100 * kj::MILLISECONDS;
+
 private:
   kj::Promise<void> loop();
   kj::Maybe<ServerLink&> linkFor(uint32_t index);
+  kj::Promise<void> later();  // loop() after GATHER
+  kj::Promise<void> destroyOn(ServerLink& link, kj::Array<uint64_t> objects);
 
   ServerContext& ctx_;
   Namespace& ns_;

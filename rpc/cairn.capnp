@@ -336,6 +336,7 @@ struct DataRequest {
     recoveryDone @13 :Void;    # as MetaRequest.recoveryDone
     replaysSent @14 :Void;     # as MetaRequest.replaysSent
     goodbye @17 :Void;         # as MetaRequest.goodbye
+    destroyMany @18 :List(UInt64);  # objects, at most 1,024 (features::DESTROY_MANY)
   }
   replayOf @15 :UInt64;        # as MetaRequest.replayOf
   resend @16 :Bool;            # as MetaRequest.resend

@@ -14,6 +14,9 @@ constexpr uint64_t CACHING_LOCKS = 1 << 1;
 // Controlled shutdown: the active-server lock granted at connect (ConnectResults.serverLock),
 // Bootstrap.shutdown, recoveryDone, setlk replay. Bit 2 is taken by a branch not yet landed.
 constexpr uint64_t ACTIVE_SERVER_LOCK = 1 << 3;
-constexpr uint64_t SUPPORTED = BASE | CACHING_LOCKS | ACTIVE_SERVER_LOCK;
+
+// DataRequest.destroyMany: a data server removes many objects in one transaction.
+constexpr uint64_t DESTROY_MANY = 1 << 4;
+constexpr uint64_t SUPPORTED = BASE | CACHING_LOCKS | ACTIVE_SERVER_LOCK | DESTROY_MANY;
 
 }  // namespace cairn::features

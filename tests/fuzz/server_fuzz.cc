@@ -384,7 +384,7 @@ void writeSeeds(const std::string& dir) {
     ul.setName(bytesOf("g"));
   });
   save("data", [&](FuzzInput::Builder in) {
-    auto steps = in.initSteps(4);
+    auto steps = in.initSteps(5);
     auto w = steps[0].initData();
     w.setRequestId(++id);
     auto wr = w.initWrite();
@@ -404,6 +404,10 @@ void writeSeeds(const std::string& dir) {
     auto d = steps[3].initData();
     d.setRequestId(++id);
     d.setDestroy(5);
+    auto many = steps[4].initData();
+    many.setRequestId(++id);
+    auto objects = many.initDestroyMany(3);
+    for (uint32_t i = 0; i < 3; i++) objects.set(i, 5 + i);
   });
   save("locks", [&](FuzzInput::Builder in) {
     auto steps = in.initSteps(4);

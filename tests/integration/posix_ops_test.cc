@@ -488,6 +488,29 @@ TEST_F(PosixOps, UnlinkedWhileOpenKeepsWorking) {
   EXPECT_TRUE(waitFor([] { return jsonNumber(cluster_->status(0), "destroyQueue") == 0; }, 5000));
 }
 
+// Removed files give their chunks back on every data target: more files than the destroyer
+// takes in one round (one destroyMany request per target), striped over both targets.
+TEST_F(PosixOps, RemovedFilesGiveTheirChunksBack) {
+  auto chunks = [] {
+    return jsonNumber(cluster_->status(1), "chunks") + jsonNumber(cluster_->status(2), "chunks");
+  };
+  ASSERT_TRUE(waitFor([] { return jsonNumber(cluster_->status(0), "destroyQueue") == 0; }, 5000));
+  uint64_t before = chunks();
+  constexpr int FILES = 700;  // > Destroyer::BATCH
+  std::string data(3 * 64 * 1024, 'c');
+  for (int i = 0; i < FILES; i++) {
+    int fd = open(p("many" + std::to_string(i)).c_str(), O_CREAT | O_WRONLY, 0644);
+    ASSERT_GE(fd, 0);
+    writeAll(fd, data, 0);
+    ASSERT_EQ(close(fd), 0);
+  }
+  sync();
+  ASSERT_TRUE(waitFor([&] { return chunks() >= before + FILES * 3; }, 10000));
+  for (int i = 0; i < FILES; i++) ASSERT_EQ(unlink(p("many" + std::to_string(i)).c_str()), 0);
+  EXPECT_TRUE(waitFor([] { return jsonNumber(cluster_->status(0), "destroyQueue") == 0; }, 20000));
+  EXPECT_TRUE(waitFor([&] { return chunks() == before; }, 5000)) << chunks() << " " << before;
+}
+
 TEST_F(PosixOps, Fsync) {
   int fd = open(p("sync").c_str(), O_CREAT | O_RDWR, 0600);
   writeAll(fd, std::string(1 << 20, 's'), 0);

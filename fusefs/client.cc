@@ -26,6 +26,21 @@ namespace {
 // requests have gone through after the restart.
 constexpr kj::Duration KERNEL_WAIT_IN_SHUTDOWN = 500 * kj::MILLISECONDS;
 
+// How long a setattr queued behind waits for more of its kind before it leaves: an archiver's
+// chown, chmod and utimes of one file come within microseconds of each other.
+constexpr kj::Duration ATTR_GATHER = 2 * kj::MILLISECONDS;
+
+// Close waits for a file's queued writes unless every target had more than ROOM_MARGIN free
+// (beyond what this client has queued) at a look less than ROOM_STALE ago; looks are taken at
+// most every ROOM_AGE. A target that runs out meanwhile fails a write-behind batch, which the
+// next write, fsync or close of the file reports.
+constexpr uint64_t ROOM_MARGIN = uint64_t(1) << 30;
+constexpr kj::Duration ROOM_AGE = 1 * kj::SECONDS;
+constexpr kj::Duration ROOM_STALE = 5 * kj::SECONDS;
+
+// At unmount, how long queued writes may take to leave.
+constexpr kj::Duration LEAVE_FLUSH_LIMIT = 30 * kj::SECONDS;
+
 kj::Array<kj::byte> randomUuid() {
   std::random_device rd;
   auto uuid = kj::heapArray<kj::byte>(16);
@@ -142,6 +157,19 @@ void Client::start() {
 }
 
 kj::Promise<void> Client::leave(kj::Duration limit) {
+  // Files closed just before the unmount may still have writes going behind.
+  return flushAll()
+      .catch_([](kj::Exception&& e) {
+        spdlog::warn("unmounting: write-behind failed: {}", e.getDescription().cStr());
+      })
+      .exclusiveJoin(io_.provider->getTimer().afterDelay(LEAVE_FLUSH_LIMIT).then([this]() {
+        spdlog::error("unmounting: {} files still had writes queued after {} s; they are lost",
+                      wb_.files().size(), LEAVE_FLUSH_LIMIT / kj::SECONDS);
+      }))
+      .then([this, limit]() { return goodbye(limit); });
+}
+
+kj::Promise<void> Client::goodbye(kj::Duration limit) {
   auto parts = kj::heapArrayBuilder<kj::Promise<void>>(data_.size() + 1);
   auto bye = [](rpc::MetaRequest::Builder b) { b.setGoodbye(); };
   if (meta_->state() == ServerLink::State::ACTIVE &&
@@ -733,32 +761,15 @@ kj::Promise<void> Client::truncateObjects(const StripeLayout& layout, uint64_t s
 kj::Promise<Entry> Client::setattr(const Cred& cred, uint64_t ino, SetAttr attr,
                                    kj::Maybe<uint64_t> fh) {
   if (attr.valid & rpc::SET_SIZE) readAhead_.drop(ino);
+  KJ_IF_MAYBE (e, setattrBehind(cred, ino, attr)) {
+    return *e;
+  }
   if (wb_.queued(ino)) {
     // Queued writes come before a truncate (and before times set explicitly).
     return flushed(ino).then(
         [this, cred, ino, attr, fh]() { return setattr(cred, ino, attr, fh); });
   }
-  auto send = [this, cred, ino, attr]() {
-    uint32_t want = wantFor(0, ino, false);
-    return metaCall(
-               [cred, ino, attr, want](rpc::MetaRequest::Builder b) {
-                 b.setWantLocks(want);
-                 setCred(b, cred);
-                 auto s = b.initSetattr();
-                 s.setIno(ino);
-                 s.setValid(attr.valid);
-                 s.setMode(attr.mode);
-                 s.setUid(attr.uid);
-                 s.setGid(attr.gid);
-                 s.setSize(attr.size);
-                 setTime(s.initAtime(), attr.atime);
-                 setTime(s.initMtime(), attr.mtime);
-               },
-               true)
-        .then(
-            [this](ServerLink::MetaResponse&& resp) { return entryOf(resp.getReply().getAttr()); });
-  };
-  if (!(attr.valid & rpc::SET_SIZE)) return send();
+  if (!(attr.valid & rpc::SET_SIZE)) return sendSetattr(cred, ino, attr, ServerLink::Class::NORMAL);
   // The data goes first: once the size says "shorter", no byte past it may be readable. So a
   // truncate by path from a root the server squashes asks first whether it may write the file
   // (a descriptor was checked when it was opened).
@@ -773,7 +784,60 @@ kj::Promise<Entry> Client::setattr(const Cred& cred, uint64_t ino, SetAttr attr,
           return truncateObjects(layout->layout, attr.size).attach(kj::mv(layout));
         });
       })
-      .then(kj::mv(send));
+      .then([this, cred, ino, attr]() {
+        return sendSetattr(cred, ino, attr, ServerLink::Class::NORMAL);
+      });
+}
+
+kj::Maybe<Entry> Client::setattrBehind(const Cred& cred, uint64_t ino, const SetAttr& attr) {
+  // Only under our PW on the attributes (a file this client writes behind), for what the kernel
+  // has already checked (default_permissions; not a caller the server checks), and not a size.
+  if (!caching() || (attr.valid & rpc::SET_SIZE) || serverChecks(cred)) return nullptr;
+  if (locks_->heldMode(ino, BIT_ATTR).orDefault(rpc::LockMode::NL) != rpc::LockMode::PW) {
+    return nullptr;
+  }
+  if (cache_.attr(ino) == nullptr) return nullptr;
+  WriteBehind::AttrChange change;
+  change.valid = attr.valid;
+  change.mode = attr.mode;
+  change.uid = attr.uid;
+  change.gid = attr.gid;
+  change.atime = attr.atime;
+  change.mtime = attr.mtime;
+  change.callerUid = cred.uid;
+  change.callerGid = cred.gid;
+  change.callerPid = cred.pid;
+  clock_gettime(CLOCK_REALTIME, &change.at);
+  // "Now" as this client sees it; the server sets its own when the change lands.
+  if (attr.valid & rpc::SET_ATIME_NOW) change.atime = change.at;
+  if (attr.valid & rpc::SET_MTIME_NOW) change.mtime = change.at;
+  wb_.setAttr(ino, change);
+  // Out soon, in the background; what comes meanwhile (tar: chown, chmod, utimes) joins it.
+  tasks_.add(io_.provider->getTimer().afterDelay(ATTR_GATHER).then([this, ino]() {
+    return flushed(ino);
+  }));
+  return cachedEntry(ino);
+}
+
+kj::Promise<Entry> Client::sendSetattr(const Cred& cred, uint64_t ino, const SetAttr& attr,
+                                       ServerLink::Class cls) {
+  uint32_t want = wantFor(0, ino, false);
+  return metaCall(
+             [cred, ino, attr, want](rpc::MetaRequest::Builder b) {
+               b.setWantLocks(want);
+               setCred(b, cred);
+               auto s = b.initSetattr();
+               s.setIno(ino);
+               s.setValid(attr.valid);
+               s.setMode(attr.mode);
+               s.setUid(attr.uid);
+               s.setGid(attr.gid);
+               s.setSize(attr.size);
+               setTime(s.initAtime(), attr.atime);
+               setTime(s.initMtime(), attr.mtime);
+             },
+             true, cls)
+      .then([this](ServerLink::MetaResponse&& resp) { return entryOf(resp.getReply().getAttr()); });
 }
 
 kj::Promise<Entry> Client::mknod(const Cred& cred, uint64_t parent, kj::Array<kj::byte> name,
@@ -1262,6 +1326,12 @@ kj::Promise<size_t> Client::queueWrite(uint64_t ino, uint64_t offset, kj::Array<
   // An earlier queued write failed: this write() reports it (as close and fsync would).
   int err = wb_.takeError(ino);
   if (err != 0) return kj::Promise<size_t>(errnoException(err));
+  if (wb_.attrQueued(ino)) {
+    // A chmod or utimes queued before this write lands before it.
+    return flushed(ino).then([this, ino, offset, data = kj::mv(data)]() mutable {
+      return queueWrite(ino, offset, kj::mv(data));
+    });
+  }
   size_t n = data.size();
   if (n == 0) return size_t(0);
   if (offset > uint64_t(INT64_MAX) - n) return kj::Promise<size_t>(errnoException(EFBIG));
@@ -1283,7 +1353,7 @@ kj::Promise<void> Client::flushed(uint64_t ino) {
     return s->addBranch().then([this, ino]() { return flushed(ino); });
   }
   auto batch = wb_.take(ino);
-  if (batch.writes.empty()) return kj::READY_NOW;
+  if (batch.writes.empty() && batch.attr == nullptr) return kj::READY_NOW;
   auto sending = sendBatch(ino, kj::mv(batch)).fork();
   auto branch = sending.addBranch();
   wb_.setSending(ino, kj::mv(sending));
@@ -1293,25 +1363,42 @@ kj::Promise<void> Client::flushed(uint64_t ino) {
 kj::Promise<void> Client::sendBatch(uint64_t ino, WriteBehind::Batch batch) {
   size_t bytes = 0;
   for (auto& w : batch.writes) bytes += w.data.size();
-  uint64_t end = batch.end;
+  bool attr = batch.attr != nullptr;
   auto own = kj::heap(kj::mv(batch));
-  auto& writes = own->writes;
+  auto& b = *own;
   // Queued writes are dirty data: they pass a gate that a controlled shutdown closed.
   constexpr auto cls = ServerLink::Class::WRITEBACK;
-  return layoutOf(ino, cls)
-      .then([this, ino, end, &writes](kj::Own<SharedLayout> layout) {
-        auto parts = kj::heapArrayBuilder<kj::Promise<void>>(writes.size());
-        for (auto& w : writes) parts.add(store(layout->layout, w.offset, w.data, cls));
-        // As for a write-through: size and mtime once the data is in place.
-        return kj::joinPromises(parts.finish())
-            .then([this, ino, end]() { return wrote(ino, end, cls); })
-            .attach(kj::mv(layout));
+  kj::Promise<void> data = kj::READY_NOW;
+  if (!b.writes.empty()) {
+    data = layoutOf(ino, cls).then([this, ino, &b](kj::Own<SharedLayout> layout) {
+      auto parts = kj::heapArrayBuilder<kj::Promise<void>>(b.writes.size());
+      for (auto& w : b.writes) parts.add(store(layout->layout, w.offset, w.data, cls));
+      // As for a write-through: size and mtime once the data is in place.
+      return kj::joinPromises(parts.finish())
+          .then([this, ino, end = b.end]() { return wrote(ino, end, cls); })
+          .attach(kj::mv(layout));
+    });
+  }
+  return data
+      .then([this, ino, &b]() -> kj::Promise<void> {
+        KJ_IF_MAYBE (a, b.attr) {
+          Cred cred{a->callerUid, a->callerGid, a->callerPid};
+          SetAttr set;
+          set.valid = a->valid;
+          set.mode = a->mode;
+          set.uid = a->uid;
+          set.gid = a->gid;
+          set.atime = a->atime;
+          set.mtime = a->mtime;
+          return sendSetattr(cred, ino, set, cls).ignoreResult();
+        }
+        return kj::READY_NOW;
       })
-      .then([this, ino, bytes]() { wb_.sent(ino, bytes, 0); },
-            [this, ino, bytes](kj::Exception&& e) {
+      .then([this, ino, bytes, attr]() { wb_.sent(ino, bytes, attr, 0); },
+            [this, ino, bytes, attr](kj::Exception&& e) {
               int err = errnoOf(e);
               spdlog::warn("write-behind of inode {} failed: {}", ino, e.getDescription().cStr());
-              wb_.sent(ino, bytes, err != 0 ? err : EIO);
+              wb_.sent(ino, bytes, attr, err != 0 ? err : EIO);
             })
       .then([this, ino]() {
         // Not from inside the promise the entry holds: in an event of its own.
@@ -1323,10 +1410,56 @@ kj::Promise<void> Client::sendBatch(uint64_t ino, WriteBehind::Batch batch) {
 kj::Promise<void> Client::flush(uint64_t fh) {
   auto& file = KJ_REQUIRE_NONNULL(opens_.find(fh), "unknown file handle", fh);
   uint64_t ino = file.ino;
+  if (wb_.queued(ino) && roomBehind()) {
+    // Flush-behind: the data leaves now and the release waits for it (and an fsync, and any
+    // other client's access through the locks), but the application goes on.
+    int err = wb_.takeError(ino);
+    if (err != 0) return kj::Promise<void>(errnoException(err));
+    tasks_.add(flushed(ino));
+    return kj::READY_NOW;
+  }
   return flushed(ino).then([this, ino]() {
     int err = wb_.takeError(ino);
     if (err != 0) kj::throwFatalException(errnoException(err));
   });
+}
+
+bool Client::roomBehind() {
+  auto now = io_.provider->getTimer().now();
+  bool fresh = false, stale = true;
+  KJ_IF_MAYBE (at, roomAt_) {
+    fresh = now - *at < ROOM_AGE;
+    stale = now - *at > ROOM_STALE;
+  }
+  if (!fresh && !roomLooking_) tasks_.add(lookAtRoom());
+  return !stale && roomFree_ > ROOM_MARGIN + wb_.total();
+}
+
+kj::Promise<void> Client::lookAtRoom() {
+  roomLooking_ = true;
+  auto parts = kj::heapArrayBuilder<kj::Promise<uint64_t>>(data_.size() + 1);
+  auto freeOf = [](rpc::StatFs::Reader s) {
+    // A server of an older release tells the metadata target's inodes only: no limit known.
+    return s.getTotalBlocks() == 0 ? UINT64_MAX : s.getFreeBlocks() * s.getBlockSize();
+  };
+  parts.add(metaCall([](rpc::MetaRequest::Builder b) { b.setStatfs(); }, false)
+                .then([freeOf](ServerLink::MetaResponse&& r) {
+                  return freeOf(r.getReply().getStatfs());
+                }));
+  for (auto& [index, link] : data_) {
+    parts.add(link->data([](rpc::DataRequest::Builder b) { b.setStatfs(); }, false)
+                  .then([freeOf](ServerLink::DataResponse&& r) {
+                    return freeOf(r.getReply().getStatfs());
+                  }));
+  }
+  return kj::joinPromises(parts.finish())
+      .then([this](kj::Array<uint64_t> free) {
+        roomFree_ = UINT64_MAX;
+        for (uint64_t f : free) roomFree_ = kj::min(roomFree_, f);
+        roomAt_ = io_.provider->getTimer().now();
+      })
+      .catch_([](kj::Exception&&) {})  // no look: the last one goes stale, closes wait
+      .attach(kj::defer([this]() { roomLooking_ = false; }));
 }
 
 kj::Promise<size_t> Client::writeUnlocked(uint64_t fh, uint64_t offset, kj::Array<kj::byte> data,
@@ -1376,7 +1509,7 @@ kj::Promise<void> Client::syncTargets(const StripeLayout& layout) {
 
 kj::Promise<void> Client::fsync(uint64_t fh) {
   auto& file = openFile(fh);
-  if (wb_.queued(file.ino)) return flush(fh).then([this, fh]() { return fsync(fh); });
+  if (wb_.queued(file.ino)) return flushed(file.ino).then([this, fh]() { return fsync(fh); });
   int err = wb_.takeError(file.ino);
   if (err != 0) return kj::Promise<void>(errnoException(err));
   KJ_IF_MAYBE (l, file.layout) {

@@ -94,8 +94,9 @@ public:
   KJ_DISALLOW_COPY(Client);
 
   void start();
-  // Unmounting: every server is told the session ends (best effort, at most `limit`), so that
-  // a restart does not wait for this client's recovery.
+  // Unmounting: writes still going behind are sent (files closed just before), then every
+  // server is told the session ends (best effort, at most `limit`), so that a restart does not
+  // wait for this client's recovery.
   kj::Promise<void> leave(kj::Duration limit);
   // Where the kernel's caches are dropped when their locks go (none: nothing kernel-side).
   void setKernelCache(KernelCache& kernel) { kernel_ = kernel; }
@@ -132,8 +133,9 @@ public:
   kj::Promise<size_t> write(uint64_t fh, uint64_t offset, kj::Array<kj::byte> data,
                             bool writeback = false);
   kj::Promise<void> fsync(uint64_t fh);
-  // close(): what was written through this descriptor (and all queued for the file) is sent;
-  // a failure of write-behind is reported here.
+  // close(): a failure of write-behind so far is reported here. What is queued for the file is
+  // sent now; close waits for it only while a target may be short of room (roomBehind), so that
+  // a full filesystem is still reported to the application that filled it.
   kj::Promise<void> flush(uint64_t fh);
   // Everything committed so far, on every target, on disk.
   kj::Promise<void> syncAll();
@@ -221,6 +223,10 @@ private:
   kj::Promise<bool> writeBehindLock(uint64_t ino);
   kj::Promise<size_t> queueWrite(uint64_t ino, uint64_t offset, kj::Array<kj::byte> data);
   kj::Promise<void> flushed(uint64_t ino);
+  // A setattr answered from here and queued behind (WriteBehind::setAttr), if it may be.
+  kj::Maybe<Entry> setattrBehind(const Cred& cred, uint64_t ino, const SetAttr& attr);
+  kj::Promise<Entry> sendSetattr(const Cred& cred, uint64_t ino, const SetAttr& attr,
+                                 ServerLink::Class cls);
   kj::Promise<void> sendBatch(uint64_t ino, WriteBehind::Batch batch);
   kj::Maybe<Entry> cachedEntry(uint64_t ino);
   void removed(uint64_t parent, std::string name, int error);
@@ -290,6 +296,14 @@ private:
   };
   ErrorHandler errorHandler_;
   kj::TaskSet tasks_;  // requests nobody waits for (atime updates)
+
+  // Room on the targets, looked at (statfs) at most every ROOM_AGE while writes go behind.
+  bool roomBehind();
+  kj::Promise<void> goodbye(kj::Duration limit);
+  kj::Promise<void> lookAtRoom();
+  uint64_t roomFree_ = 0;  // the least free bytes of any target at the last look
+  kj::Maybe<kj::TimePoint> roomAt_;
+  bool roomLooking_ = false;
   Stats stats_;
 };
 

@@ -277,8 +277,9 @@ void opWrite(fuse_req_t req, fuse_ino_t, const char* buf, size_t size, off_t off
 }
 
 void opFlush(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
-  // close(): writes queued behind go out (their failure is close's), and the closing owner's
-  // record locks go (POSIX: any close by the process drops them).
+  // close(): writes queued behind go out (close waits for them only when the targets may be
+  // short of room: Client::flush), and the closing owner's record locks go (POSIX: any close
+  // by the process drops them).
   uint64_t owner = fi->lock_owner, fh = fi->fh;
   Client* c = &client(req);
   ops(req).run(req, [&]() {

@@ -1,5 +1,9 @@
 #include "fusefs/write_behind.h"
 
+#include <kj/debug.h>
+
+#include "rpc/cairn.capnp.h"
+
 namespace cairn {
 
 size_t WriteBehind::add(uint64_t ino, uint64_t offset, kj::Array<kj::byte> data) {
@@ -14,6 +18,40 @@ size_t WriteBehind::add(uint64_t ino, uint64_t offset, kj::Array<kj::byte> data)
   return f.bytes;
 }
 
+void WriteBehind::setAttr(uint64_t ino, const AttrChange& change) {
+  auto& f = files_[ino];
+  KJ_IF_MAYBE (queued, f.queue.attr) {
+    auto& a = *queued;
+    // An explicit time and "now" for the same time replace each other.
+    if (change.valid & (rpc::SET_ATIME | rpc::SET_ATIME_NOW)) {
+      a.valid &= ~(rpc::SET_ATIME | rpc::SET_ATIME_NOW);
+    }
+    if (change.valid & (rpc::SET_MTIME | rpc::SET_MTIME_NOW)) {
+      a.valid &= ~(rpc::SET_MTIME | rpc::SET_MTIME_NOW);
+    }
+    // An access-time update alone is no change of the inode; with anything else it is.
+    bool accessOnly = (a.valid & rpc::SET_ACCESS) && (change.valid & rpc::SET_ACCESS);
+    a.valid = (a.valid | change.valid) & ~rpc::SET_ACCESS;
+    if (accessOnly) a.valid |= rpc::SET_ACCESS;
+    if (change.valid & rpc::SET_MODE) a.mode = change.mode;
+    if (change.valid & rpc::SET_UID) a.uid = change.uid;
+    if (change.valid & rpc::SET_GID) a.gid = change.gid;
+    if (change.valid & (rpc::SET_ATIME | rpc::SET_ATIME_NOW)) a.atime = change.atime;
+    if (change.valid & (rpc::SET_MTIME | rpc::SET_MTIME_NOW)) a.mtime = change.mtime;
+    a.callerUid = change.callerUid;
+    a.callerGid = change.callerGid;
+    a.callerPid = change.callerPid;
+    a.at = change.at;
+  } else {
+    f.queue.attr = change;
+  }
+}
+
+bool WriteBehind::attrQueued(uint64_t ino) const {
+  auto it = files_.find(ino);
+  return it != files_.end() && it->second.queue.attr != nullptr;
+}
+
 WriteBehind::Batch WriteBehind::take(uint64_t ino) {
   auto it = files_.find(ino);
   if (it == files_.end()) return {};
@@ -22,27 +60,31 @@ WriteBehind::Batch WriteBehind::take(uint64_t ino) {
   f.queue = Batch{};
   f.inFlight += f.bytes;
   f.bytes = 0;
+  KJ_IF_MAYBE (a, out.attr) {
+    f.attrInFlight = *a;
+  }
   return out;
 }
 
 std::vector<uint64_t> WriteBehind::files() const {
   std::vector<uint64_t> out;
   for (auto& [ino, f] : files_) {
-    if (f.bytes > 0 || f.inFlight > 0) out.push_back(ino);
+    if (f.pending()) out.push_back(ino);
   }
   return out;
 }
 
 bool WriteBehind::queued(uint64_t ino) const {
   auto it = files_.find(ino);
-  return it != files_.end() && (it->second.bytes > 0 || it->second.inFlight > 0);
+  return it != files_.end() && it->second.pending();
 }
 
-void WriteBehind::sent(uint64_t ino, size_t bytes, int error) {
+void WriteBehind::sent(uint64_t ino, size_t bytes, bool attr, int error) {
   auto it = files_.find(ino);
   if (it == files_.end()) return;
   auto& f = it->second;
   f.inFlight -= kj::min(bytes, f.inFlight);
+  if (attr) f.attrInFlight = nullptr;
   total_ -= kj::min(bytes, total_);
   if (error != 0 && f.error == 0) f.error = error;
   // The entry stays until doneSending: its `sending` is the promise running this.
@@ -58,14 +100,31 @@ int WriteBehind::takeError(uint64_t ino) {
 
 void WriteBehind::adjust(struct stat& attr) const {
   auto it = files_.find(attr.st_ino);
-  if (it == files_.end() || (it->second.bytes == 0 && it->second.inFlight == 0)) return;
+  if (it == files_.end() || !it->second.pending()) return;
   auto& f = it->second;
-  if (f.end > uint64_t(attr.st_size)) attr.st_size = off_t(f.end);
   auto newer = [](const timespec& a, const timespec& b) {
     return a.tv_sec > b.tv_sec || (a.tv_sec == b.tv_sec && a.tv_nsec > b.tv_nsec);
   };
-  if (newer(f.mtime, attr.st_mtim)) attr.st_mtim = f.mtime;
-  if (newer(f.mtime, attr.st_ctim)) attr.st_ctim = f.mtime;
+  if (f.bytes > 0 || f.inFlight > 0) {
+    if (f.end > uint64_t(attr.st_size)) attr.st_size = off_t(f.end);
+    if (newer(f.mtime, attr.st_mtim)) attr.st_mtim = f.mtime;
+    if (newer(f.mtime, attr.st_ctim)) attr.st_ctim = f.mtime;
+  }
+  // A change in flight, then the one queued after it.
+  auto apply = [&](const AttrChange& a) {
+    if (a.valid & rpc::SET_MODE) attr.st_mode = (attr.st_mode & S_IFMT) | (a.mode & 07777);
+    if (a.valid & rpc::SET_UID) attr.st_uid = a.uid;
+    if (a.valid & rpc::SET_GID) attr.st_gid = a.gid;
+    if (a.valid & (rpc::SET_ATIME | rpc::SET_ATIME_NOW)) attr.st_atim = a.atime;
+    if (a.valid & (rpc::SET_MTIME | rpc::SET_MTIME_NOW)) attr.st_mtim = a.mtime;
+    if (!(a.valid & rpc::SET_ACCESS) && newer(a.at, attr.st_ctim)) attr.st_ctim = a.at;
+  };
+  KJ_IF_MAYBE (a, f.attrInFlight) {
+    apply(*a);
+  }
+  KJ_IF_MAYBE (a, f.queue.attr) {
+    apply(*a);
+  }
 }
 
 kj::Maybe<kj::ForkedPromise<void>&> WriteBehind::sending(uint64_t ino) {
@@ -83,7 +142,7 @@ void WriteBehind::doneSending(uint64_t ino) {
   if (it == files_.end()) return;
   auto& f = it->second;
   f.sending = nullptr;
-  if (f.bytes == 0 && f.inFlight == 0 && f.error == 0) files_.erase(it);
+  if (!f.pending() && f.error == 0) files_.erase(it);
 }
 
 }  // namespace cairn

@@ -4,7 +4,13 @@
 // elsewhere needs PR on the data, a stat elsewhere PR on the attributes, so either calls the
 // writer back, and the give-back sends everything queued first. fsync, close, truncate and this
 // client's own READs of the file send the queue first too. A batch that fails is reported at the
-// next fsync or close of the file (as NFS does).
+// next write, fsync or close of the file (as NFS does).
+//
+// Under the same PW lock on the attributes, a chmod, chown or utimes of the file is answered from
+// here too (`setAttr`): the change is queued after the writes before it and goes out in the
+// background (one setattr, after the batch's `wrote`), so `tar` restoring owners, modes and times
+// of what it just wrote waits for no server. A write after a queued change goes in a batch of its
+// own, so the server applies them in the order the application made them.
 //
 // This file keeps the queue; the client sends it (Client::flushed).
 #pragma once
@@ -30,24 +36,39 @@ public:
     uint64_t offset;
     kj::Array<kj::byte> data;
   };
+  // A queued setattr (no size change): what to set, and who asked (their credentials).
+  struct AttrChange {
+    uint32_t valid = 0;  // rpc::SET_* bits
+    uint32_t mode = 0, uid = 0, gid = 0;
+    timespec atime{}, mtime{};
+    uint32_t callerUid = 0, callerGid = 0, callerPid = 0;
+    timespec at{};  // when it was asked: the inode's change time
+  };
   struct Batch {
     std::vector<Write> writes;
-    uint64_t end = 0;  // the file is at least this long once the batch is in place
+    uint64_t end = 0;            // the file is at least this long once the batch is in place
+    kj::Maybe<AttrChange> attr;  // set after the writes
   };
 
   // Queues a write; returns the bytes now queued for the file.
   size_t add(uint64_t ino, uint64_t offset, kj::Array<kj::byte> data);
+  // Queues a change of attributes, merged with one already queued (the later value wins).
+  void setAttr(uint64_t ino, const AttrChange& change);
+  // A change is queued (not yet taken): a write must not join its batch.
+  bool attrQueued(uint64_t ino) const;
   // Takes what is queued for a file (empty if nothing).
   Batch take(uint64_t ino);
+  // Writes or a change queued or being sent.
   bool queued(uint64_t ino) const;
   // Every file with writes queued or being sent.
   std::vector<uint64_t> files() const;
   size_t total() const { return total_; }
   // A batch was sent (or failed with `error`, a Linux errno).
-  void sent(uint64_t ino, size_t bytes, int error);
+  void sent(uint64_t ino, size_t bytes, bool attr, int error);
   // The error of a failed batch, once; 0 if none.
   int takeError(uint64_t ino);
-  // What queued writes make of the attributes the server last told: a longer file, newer times.
+  // What queued writes and changes make of the attributes the server last told: a longer file,
+  // newer times, the mode, owner and times set.
   void adjust(struct stat& attr) const;
 
   // Sending in progress for a file (one at a time, so batches land in order).
@@ -59,12 +80,16 @@ public:
 private:
   struct File {
     Batch queue;
-    size_t bytes = 0;     // queued, not yet taken
-    size_t inFlight = 0;  // taken, not yet sent
-    uint64_t end = 0;     // of everything queued or in flight
-    timespec mtime{};     // of the last queued write
+    size_t bytes = 0;                    // queued, not yet taken
+    size_t inFlight = 0;                 // taken, not yet sent
+    uint64_t end = 0;                    // of everything queued or in flight
+    timespec mtime{};                    // of the last queued write
+    kj::Maybe<AttrChange> attrInFlight;  // taken, not yet sent: still what the file looks like
     int error = 0;
     kj::Maybe<kj::ForkedPromise<void>> sending;
+    bool pending() const {
+      return bytes > 0 || inFlight > 0 || queue.attr != nullptr || attrInFlight != nullptr;
+    }
   };
   std::unordered_map<uint64_t, File> files_;
   size_t total_ = 0;

@@ -8,6 +8,7 @@
 #include <spdlog/spdlog.h>
 #include "objserver/lock_service.h"
 
+#include "objserver/data_service.h"
 #include "objserver/destroyer.h"
 #include "objserver/namespace.h"
 #include "objserver/open_files.h"
@@ -359,7 +360,9 @@ void MetaService::readIn(store::Txn& txn, rpc::MetaRequest::Reader req,
       return;
     case R::STATFS: {
       auto s = reply.initStatfs();
-      s.setBlockSize(4096);
+      // The blocks are the metadata target's room (clients write behind only while there is
+      // plenty); the file data's room is the data targets'.
+      targetStatFs(ctx_.target, s);
       uint64_t used = ns_.inodeCount(txn);
       constexpr uint64_t INODE_LIMIT = uint64_t(1) << 32;
       s.setTotalInodes(INODE_LIMIT);
@@ -686,7 +689,13 @@ kj::Promise<void> MetaService::applicationLock(rpc::MetaRequest::Reader req, Cal
 void MetaService::release(uint64_t handle, rpc::MetaReply::Builder reply) {
   uint64_t ino = opens_.close(session_->key, handle);
   spdlog::debug("client {} released handle {} (ino {})", session_->key, handle, ino);
+  bool orphan = false;
   if (ino != 0 && !opens_.isOpen(ino)) {
+    // Most last closes are of linked files: only an orphan's costs a write transaction.
+    store::Txn txn(ctx_.target.env(), store::Txn::READ);
+    orphan = ns_.isOrphan(txn, ino);
+  }
+  if (orphan) {
     // The last close of an unlinked file destroys it.
     try {
       ctx_.commit([&](store::Txn& txn) { ns_.closed(txn, ino); });

@@ -632,6 +632,10 @@ void Namespace::closed(store::Txn& txn, uint64_t ino) {
   }
 }
 
+bool Namespace::isOrphan(store::Txn& txn, uint64_t ino) {
+  return txn.get(orphans_, store::U64Key(ino).ptr()) != nullptr;
+}
+
 kj::Vector<uint64_t> Namespace::orphans(store::Txn& txn) {
   kj::Vector<uint64_t> out;
   store::Cursor cursor(txn, orphans_);

@@ -95,6 +95,8 @@ public:
 
   // The last open of an inode was closed: an orphan is destroyed now.
   void closed(store::Txn& txn, uint64_t ino);
+  // Unlinked while open (closed() has work to do); a read transaction will do.
+  bool isOrphan(store::Txn& txn, uint64_t ino);
   // Destroys every orphan nobody has open (after the recovery window, when clients had their
   // chance to re-open what they had open). Returns how many were destroyed.
   size_t reapOrphans(store::Txn& txn);

@@ -15,6 +15,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <functional>
 #include <set>
 #include <string>
 #include <thread>
@@ -161,6 +162,82 @@ TEST_F(Coherence, WritesQueuedBehindAreSeenByStatAndRead) {
   EXPECT_NE(ls.out.find(" 300008 "), std::string::npos) << ls.out;
   ASSERT_EQ(close(fa), 0);
   EXPECT_EQ(statOf(pb("wb")).st_size, 300008);
+}
+
+// Runs `call` on a thread; true if it returned within `ms` (the thread is joined either way:
+// the caller makes sure it can end, e.g. by continuing the servers it waits for).
+class Background {
+public:
+  explicit Background(std::function<void()> call)
+      : thread_([this, call = std::move(call)] {
+          call();
+          done_ = true;
+        }) {}
+  ~Background() { thread_.join(); }
+  bool doneWithin(int ms) {
+    return waitFor([this] { return done_.load(); }, ms);
+  }
+
+private:
+  std::atomic<bool> done_{false};
+  std::thread thread_;
+};
+
+// Flush-behind and setattr-behind: close, chmod, chown and utimes of a file this client writes
+// behind do not wait for the servers (the data and the changes go in the background), yet the
+// other client sees all of it at its next access, in the order it was made.
+TEST_F(Coherence, CloseAndAttributeChangesGoBehindAndAreSeenElsewhere) {
+  // The first close waits (the client has not looked at the targets' room yet).
+  writeAll(pa("warm"), "x");
+  sleep(1);
+  std::string data = pattern(3 << 20, 7);
+  int fd = open(pa("behind").c_str(), O_CREAT | O_WRONLY, 0644);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(write(fd, data.data(), data.size()), ssize_t(data.size()));
+  timespec times[2] = {{UTIME_OMIT, 0}, {1234567890, 0}};
+  // The data servers hang: the writes cannot land, and close does not wait for them.
+  cluster_->signalServer(1, SIGSTOP);
+  cluster_->signalServer(2, SIGSTOP);
+  bool returned;
+  {
+    Background closing([&] {
+      EXPECT_EQ(futimens(fd, times), 0);
+      EXPECT_EQ(fchmod(fd, 0640), 0);
+      EXPECT_EQ(fchown(fd, 123, 456), 0);
+      struct stat mine;
+      EXPECT_EQ(fstat(fd, &mine), 0);
+      EXPECT_EQ(mine.st_mode & 07777, 0640u);
+      EXPECT_EQ(mine.st_uid, 123u);
+      EXPECT_EQ(mine.st_mtim.tv_sec, 1234567890);
+      EXPECT_EQ(mine.st_size, ssize_t(data.size()));
+      EXPECT_EQ(close(fd), 0);
+    });
+    returned = closing.doneWithin(3000);
+    cluster_->signalServer(1, SIGCONT);
+    cluster_->signalServer(2, SIGCONT);
+  }
+  EXPECT_TRUE(returned) << "close or a setattr waited for the data servers";
+  // The other client's access calls the locks back: everything lands first, in order (the
+  // times set after the writes stay).
+  EXPECT_TRUE(readWhole(pb("behind")) == data);
+  auto st = statOf(pb("behind"));
+  EXPECT_EQ(st.st_size, ssize_t(data.size()));
+  EXPECT_EQ(st.st_mode & 07777, 0640u);
+  EXPECT_EQ(st.st_uid, 123u);
+  EXPECT_EQ(st.st_gid, 456u);
+  EXPECT_EQ(st.st_mtim.tv_sec, 1234567890);
+  // A write after a queued change comes after it: the time it sets is the write's.
+  fd = open(pa("behind").c_str(), O_WRONLY);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(pwrite(fd, "z", 1, 0), 1);
+  ASSERT_EQ(fchmod(fd, 0600), 0);
+  ASSERT_EQ(futimens(fd, times), 0);
+  ASSERT_EQ(pwrite(fd, "y", 1, 1), 1);
+  ASSERT_EQ(close(fd), 0);
+  st = statOf(pb("behind"));
+  EXPECT_EQ(st.st_mode & 07777, 0600u);
+  EXPECT_GT(st.st_mtim.tv_sec, 1234567890);
+  EXPECT_EQ(readWhole(pb("behind")).substr(0, 3), "zy" + data.substr(2, 1));
 }
 
 TEST_F(Coherence, SizeAndTimesAreSeenAtOnce) {

@@ -55,6 +55,9 @@ kj::String errorText(SSL* ssl) {
 constexpr size_t GATHER = 16 * 1024;
 // With read-ahead, what one read of the socket may bring in: many records per system call.
 constexpr size_t READ_BUFFER = 256 * 1024;
+// Records go out through a buffer of this size: a 1 MiB message leaves in four system calls
+// instead of 64 (one per 16 KiB record), flushed at the end of every write.
+constexpr size_t WRITE_BUFFER = 256 * 1024;
 
 }  // namespace
 
@@ -141,7 +144,18 @@ kj::Own<SslContext::Stream> SslContext::newStream(kj::UnixEventPort& port,
     fail(nullptr, "SSL_new");
   }
   auto stream = kj::heap<Stream>(port, fd, ssl);  // owns both from here
-  if (SSL_set_fd(ssl, fd) != 1) fail(ssl, "setting the connection up");
+  // Reads straight from the socket (read-ahead does the batching); writes through a buffer.
+  BIO* in = BIO_new_socket(fd, BIO_NOCLOSE);
+  BIO* out = BIO_new_socket(fd, BIO_NOCLOSE);
+  BIO* buffer = BIO_new(BIO_f_buffer());
+  if (in == nullptr || out == nullptr || buffer == nullptr ||
+      BIO_set_write_buffer_size(buffer, WRITE_BUFFER) != 1) {
+    BIO_free(in);
+    BIO_free(out);
+    BIO_free(buffer);
+    fail(ssl, "setting the connection up");
+  }
+  SSL_set_bio(ssl, in, BIO_push(buffer, out));  // the SSL object owns the chain from here
   return stream;
 }
 
@@ -318,7 +332,7 @@ kj::Promise<void> SslContext::Stream::writeAll(
     SSL* ssl = sslOf(ssl_);
     for (;;) {
       while (first.size() == 0) {
-        if (rest.size() == 0) return kj::READY_NOW;
+        if (rest.size() == 0) return flushOut();
         first = rest[0];
         rest = rest.slice(1, rest.size());
       }
@@ -337,6 +351,19 @@ kj::Promise<void> SslContext::Stream::writeAll(
   });
 }
 
+kj::Promise<void> SslContext::Stream::flushOut() {
+  BIO* out = SSL_get_wbio(sslOf(ssl_));
+  for (;;) {
+    errno = 0;
+    if (BIO_flush(out) == 1) return kj::READY_NOW;
+    if (!BIO_should_retry(out)) {
+      return KJ_EXCEPTION(DISCONNECTED, "TLS connection: writing", strerror(errno));
+    }
+    if (!BIO_should_write(out)) continue;  // interrupted: again
+    return writable().then([this]() { return flushOut(); });
+  }
+}
+
 kj::Promise<void> SslContext::Stream::whenWriteDisconnected() {
   return kj::NEVER_DONE;
 }
@@ -344,6 +371,7 @@ kj::Promise<void> SslContext::Stream::whenWriteDisconnected() {
 void SslContext::Stream::shutdownWrite() {
   // close_notify if it goes out at once; the socket's write side closes either way.
   SSL_shutdown(sslOf(ssl_));
+  BIO_flush(SSL_get_wbio(sslOf(ssl_)));
   ::shutdown(fd_, SHUT_WR);
 }
 

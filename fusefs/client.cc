@@ -30,6 +30,9 @@ constexpr kj::Duration KERNEL_WAIT_IN_SHUTDOWN = 500 * kj::MILLISECONDS;
 // chown, chmod and utimes of one file come within microseconds of each other.
 constexpr kj::Duration ATTR_GATHER = 2 * kj::MILLISECONDS;
 
+// How long a closed handle waits for others to be released with it (Client::release).
+constexpr kj::Duration RELEASE_GATHER = 5 * kj::MILLISECONDS;
+
 // Close waits for a file's queued writes unless every target had more than ROOM_MARGIN free
 // (beyond what this client has queued) at a look less than ROOM_STALE ago; looks are taken at
 // most every ROOM_AGE. A target that runs out meanwhile fails a write-behind batch, which the
@@ -166,7 +169,11 @@ kj::Promise<void> Client::leave(kj::Duration limit) {
         spdlog::error("unmounting: {} files still had writes queued after {} s; they are lost",
                       wb_.files().size(), LEAVE_FLUSH_LIMIT / kj::SECONDS);
       }))
-      .then([this, limit]() { return goodbye(limit); });
+      .then([this, limit]() {
+        // Handles closed last are released with the goodbye's end of the session anyway.
+        releases_.clear();
+        return goodbye(limit);
+      });
 }
 
 kj::Promise<void> Client::goodbye(kj::Duration limit) {
@@ -340,7 +347,8 @@ kj::Promise<void> Client::drainMeta() {
   draining_ = true;
   // Giving a lock back drops what it covered, writing back first (queued writes, the kernel's
   // dirty pages): so every lock goes back, then nothing cached from this server is left.
-  return flushAll()
+  // Handles closed but not yet released go too, before the server goes.
+  return kj::joinPromises(kj::arr(flushAll(), sendReleases()))
       .then([this]() { return locks_->giveBackAll(); })
       .then([this]() -> kj::Promise<void> {
         KJ_IF_MAYBE (kernel, kernel_) {
@@ -1544,7 +1552,38 @@ kj::Promise<void> Client::release(uint64_t fh) {
   }
   opens_.remove(fh);
   if (lost) return kj::READY_NOW;
+  if (meta_->peerFeatures() & features::RELEASE_MANY) {
+    // Nobody waits for a release (the kernel sends it after close() has returned): handles
+    // closed within RELEASE_GATHER of each other go in one request.
+    releases_.push_back(fh);
+    if (releases_.size() >= features::MAX_RELEASE_MANY) {
+      tasks_.add(sendReleases());
+    } else if (!releaseScheduled_) {
+      releaseScheduled_ = true;
+      tasks_.add(io_.provider->getTimer().afterDelay(RELEASE_GATHER).then([this]() {
+        releaseScheduled_ = false;
+        return sendReleases();
+      }));
+    }
+    return kj::READY_NOW;
+  }
   return metaCall([fh](rpc::MetaRequest::Builder b) { b.setRelease(fh); }, false).ignoreResult();
+}
+
+kj::Promise<void> Client::sendReleases() {
+  if (releases_.empty()) return kj::READY_NOW;
+  auto handles = kj::heapArray<uint64_t>(releases_.begin(), releases_.end());
+  releases_.clear();
+  // A resend after a lost connection, or a handle the server no longer knows (it restarted,
+  // and the open replay skipped what was closed), is a harmless no-op there. Releases are what
+  // a controlled shutdown writes back, so they pass its gate.
+  return metaCall(
+             [handles = kj::mv(handles)](rpc::MetaRequest::Builder b) {
+               auto list = b.initReleaseMany(handles.size());
+               for (auto i : kj::indices(handles)) list.set(i, handles[i]);
+             },
+             false, ServerLink::Class::WRITEBACK)
+      .ignoreResult();
 }
 
 kj::Promise<void> Client::setlk(uint64_t ino, uint64_t owner, uint32_t space, AppLock lock,
@@ -1777,7 +1816,7 @@ kj::Promise<void> Client::removexattr(uint64_t ino, kj::Array<kj::byte> name) {
 
 kj::Promise<void> Client::settleForHandover() {
   KJ_REQUIRE(!outage(), "a server is unreachable: hand over once every server serves");
-  return flushAll().then([this]() {
+  return kj::joinPromises(kj::arr(flushAll(), sendReleases())).then([this]() {
     auto parts = kj::heapArrayBuilder<kj::Promise<void>>(data_.size() + 1);
     parts.add(meta_->settle());
     for (auto& [index, link] : data_) parts.add(link->settle());

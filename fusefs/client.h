@@ -24,6 +24,7 @@
 #include <tuple>
 #include <unordered_map>
 #include <unordered_set>
+#include <vector>
 
 #include "fusefs/app_locks.h"
 #include "fusefs/inode_table.h"
@@ -299,6 +300,10 @@ private:
 
   // Room on the targets, looked at (statfs) at most every ROOM_AGE while writes go behind.
   bool roomBehind();
+  // Handles closed and not yet released (releaseMany), and whether a send is scheduled.
+  kj::Promise<void> sendReleases();
+  std::vector<uint64_t> releases_;
+  bool releaseScheduled_ = false;
   kj::Promise<void> goodbye(kj::Duration limit);
   kj::Promise<void> lookAtRoom();
   uint64_t roomFree_ = 0;  // the least free bytes of any target at the last look

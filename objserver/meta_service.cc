@@ -14,6 +14,7 @@
 #include "objserver/open_files.h"
 #include "objserver/permission_check.h"
 #include "objserver/posix_locks.h"
+#include "rpc/feature_flags.h"
 #include "rpc/reply_attrs.h"
 
 #include <map>
@@ -99,8 +100,22 @@ kj::Promise<void> MetaService::run(CallContext context) {
       context.getResults().initReply().setLastSynced(ctx_.reportedSynced());
     });
   }
-  if (req.which() == R::RELEASE) {
-    release(req.getRelease(), context.getResults().initReply());
+  if (req.which() == R::RELEASE || req.which() == R::RELEASE_MANY) {
+    bool destroyed = false;
+    if (req.which() == R::RELEASE) {
+      destroyed = release(req.getRelease());
+    } else {
+      auto handles = req.getReleaseMany();
+      KJ_REQUIRE(handles.size() <= features::MAX_RELEASE_MANY, "too many handles in one release",
+                 handles.size());
+      for (uint64_t handle : handles) destroyed = release(handle) || destroyed;
+    }
+    KJ_IF_MAYBE (d, ctx_.destroyer) {
+      if (destroyed) d->poke();
+    }
+    auto reply = context.getResults().initReply();
+    reply.setNone();
+    reply.setLastSynced(ctx_.reportedSynced());
     return kj::READY_NOW;
   }
   if (req.which() == R::RECOVERY_DONE) {
@@ -686,7 +701,7 @@ kj::Promise<void> MetaService::applicationLock(rpc::MetaRequest::Reader req, Cal
   }
 }
 
-void MetaService::release(uint64_t handle, rpc::MetaReply::Builder reply) {
+bool MetaService::release(uint64_t handle) {
   uint64_t ino = opens_.close(session_->key, handle);
   spdlog::debug("client {} released handle {} (ino {})", session_->key, handle, ino);
   bool orphan = false;
@@ -703,12 +718,8 @@ void MetaService::release(uint64_t handle, rpc::MetaReply::Builder reply) {
       // The orphan stays listed and is reaped at the next start.
       spdlog::warn("cannot destroy orphan {}: {}", ino, e.what());
     }
-    KJ_IF_MAYBE (d, ctx_.destroyer) {
-      d->poke();
-    }
   }
-  reply.setNone();
-  reply.setLastSynced(ctx_.reportedSynced());
+  return orphan;
 }
 
 }  // namespace cairn

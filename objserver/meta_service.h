@@ -36,7 +36,9 @@ private:
   // What an update changes, as the EX locks the server takes before applying it.
   kj::Vector<LockSpec> affected(rpc::MetaRequest::Reader req);
   kj::Promise<kj::Array<uint64_t>> lockFor(kj::Vector<LockSpec> specs);
-  void release(uint64_t handle, rpc::MetaReply::Builder reply);
+  // Closes one handle of this session; true if that was the last close of an orphan (its
+  // objects are now queued for the destroyer).
+  bool release(uint64_t handle);
   kj::Promise<void> applicationLock(rpc::MetaRequest::Reader req, CallContext context);
 
   ServerContext& ctx_;

@@ -258,6 +258,8 @@ struct MetaRequest {
       ino @90 :UInt64;
       mask @91 :UInt32;
     }
+    # Handles closed since the last release went out, at most 1,024 (features::RELEASE_MANY).
+    releaseMany @92 :List(UInt64);
   }
   wantLocks @83 :UInt32;       # want* bits; 0 from clients that do not cache
   # setlk only: this lock was granted before the server restarted and is being taken again

@@ -2,6 +2,7 @@
 // both sides announced it. Bits are never reused.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 namespace cairn::features {
@@ -17,6 +18,11 @@ constexpr uint64_t ACTIVE_SERVER_LOCK = 1 << 3;
 
 // DataRequest.destroyMany: a data server removes many objects in one transaction.
 constexpr uint64_t DESTROY_MANY = 1 << 4;
-constexpr uint64_t SUPPORTED = BASE | CACHING_LOCKS | ACTIVE_SERVER_LOCK | DESTROY_MANY;
+// MetaRequest.releaseMany: a client sends the handles it closed in batches.
+constexpr uint64_t RELEASE_MANY = 1 << 5;
+// The most handles one releaseMany may name.
+constexpr size_t MAX_RELEASE_MANY = 1024;
+constexpr uint64_t SUPPORTED =
+    BASE | CACHING_LOCKS | ACTIVE_SERVER_LOCK | DESTROY_MANY | RELEASE_MANY;
 
 }  // namespace cairn::features

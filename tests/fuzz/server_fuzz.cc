@@ -357,7 +357,7 @@ void writeSeeds(const std::string& dir) {
     cr.setHandle(7);
   };
   save("namespace", [&](FuzzInput::Builder in) {
-    auto steps = in.initSteps(8);
+    auto steps = in.initSteps(9);
     mkdirIn(meta(steps[0]), "d", 0755);
     createIn(meta(steps[1]), "f", 0644);
     auto lk = meta(steps[2]).initLookup();
@@ -382,6 +382,9 @@ void writeSeeds(const std::string& dir) {
     auto ul = meta(steps[7]).initUnlink();
     ul.setParent(2);
     ul.setName(bytesOf("g"));
+    auto handles = meta(steps[8]).initReleaseMany(2);
+    handles.set(0, 7);
+    handles.set(1, 8);
   });
   save("data", [&](FuzzInput::Builder in) {
     auto steps = in.initSteps(5);

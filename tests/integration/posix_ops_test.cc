@@ -511,6 +511,33 @@ TEST_F(PosixOps, RemovedFilesGiveTheirChunksBack) {
   EXPECT_TRUE(waitFor([&] { return chunks() == before; }, 5000)) << chunks() << " " << before;
 }
 
+// Closes reach the metadata server in batches (releaseMany), and every handle is released.
+TEST_F(PosixOps, ClosedHandlesAreReleasedInBatches) {
+  constexpr int FILES = 300;
+  for (int i = 0; i < FILES; i++) {
+    int fd = open(p("r" + std::to_string(i)).c_str(), O_CREAT | O_WRONLY, 0644);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(close(fd), 0);
+  }
+  ASSERT_TRUE(waitFor([] { return jsonNumber(cluster_->status(0), "openFiles") == 0; }, 5000));
+  auto served = [](const std::string& kind) -> uint64_t {  // requests of a kind (absent: 0)
+    auto status = cluster_->status(0);
+    return status.find("\"" + kind + "\":") == std::string::npos ? 0 : jsonNumber(status, kind);
+  };
+  uint64_t batches = served("meta.releaseMany");
+  uint64_t singles = served("meta.release");
+  for (int i = 0; i < FILES; i++) {
+    int fd = open(p("r" + std::to_string(i)).c_str(), O_RDONLY);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(close(fd), 0);
+  }
+  EXPECT_TRUE(waitFor([] { return jsonNumber(cluster_->status(0), "openFiles") == 0; }, 5000));
+  EXPECT_EQ(served("meta.release"), singles);
+  uint64_t sent = served("meta.releaseMany") - batches;
+  EXPECT_GT(sent, 0u);
+  EXPECT_LT(sent, uint64_t(FILES) / 2) << "closes were not batched";
+}
+
 TEST_F(PosixOps, Fsync) {
   int fd = open(p("sync").c_str(), O_CREAT | O_RDWR, 0600);
   writeAll(fd, std::string(1 << 20, 's'), 0);

@@ -11,7 +11,7 @@ size_t WriteBehind::add(uint64_t ino, uint64_t offset, kj::Array<kj::byte> data)
   size_t n = data.size();
   f.end = kj::max(f.end, offset + n);
   f.queue.end = kj::max(f.queue.end, offset + n);
-  clock_gettime(CLOCK_REALTIME, &f.mtime);
+  clock_gettime(CLOCK_REALTIME, &f.queuedMtime);
   f.queue.writes.push_back(Write{offset, kj::mv(data)});
   f.bytes += n;
   total_ += n;
@@ -58,6 +58,7 @@ WriteBehind::Batch WriteBehind::take(uint64_t ino) {
   auto& f = it->second;
   Batch out = kj::mv(f.queue);
   f.queue = Batch{};
+  if (f.bytes > 0) f.flightMtime = f.queuedMtime;
   f.inFlight += f.bytes;
   f.bytes = 0;
   KJ_IF_MAYBE (a, out.attr) {
@@ -107,11 +108,12 @@ void WriteBehind::adjust(struct stat& attr) const {
   };
   if (f.bytes > 0 || f.inFlight > 0) {
     if (f.end > uint64_t(attr.st_size)) attr.st_size = off_t(f.end);
-    if (newer(f.mtime, attr.st_mtim)) attr.st_mtim = f.mtime;
-    if (newer(f.mtime, attr.st_ctim)) attr.st_ctim = f.mtime;
   }
-  // A change in flight, then the one queued after it.
-  auto apply = [&](const AttrChange& a) {
+  auto wrote = [&](const timespec& at) {
+    if (newer(at, attr.st_mtim)) attr.st_mtim = at;
+    if (newer(at, attr.st_ctim)) attr.st_ctim = at;
+  };
+  auto changed = [&](const AttrChange& a) {
     if (a.valid & rpc::SET_MODE) attr.st_mode = (attr.st_mode & S_IFMT) | (a.mode & 07777);
     if (a.valid & rpc::SET_UID) attr.st_uid = a.uid;
     if (a.valid & rpc::SET_GID) attr.st_gid = a.gid;
@@ -119,11 +121,15 @@ void WriteBehind::adjust(struct stat& attr) const {
     if (a.valid & (rpc::SET_MTIME | rpc::SET_MTIME_NOW)) attr.st_mtim = a.mtime;
     if (!(a.valid & rpc::SET_ACCESS) && newer(a.at, attr.st_ctim)) attr.st_ctim = a.at;
   };
+  // In the order the application made them: a batch's writes come before its change (a write
+  // after a queued change starts a batch of its own), and the batch being sent before the queue.
+  if (f.inFlight > 0) wrote(f.flightMtime);
   KJ_IF_MAYBE (a, f.attrInFlight) {
-    apply(*a);
+    changed(*a);
   }
+  if (f.bytes > 0) wrote(f.queuedMtime);
   KJ_IF_MAYBE (a, f.queue.attr) {
-    apply(*a);
+    changed(*a);
   }
 }
 

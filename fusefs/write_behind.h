@@ -83,7 +83,8 @@ private:
     size_t bytes = 0;                    // queued, not yet taken
     size_t inFlight = 0;                 // taken, not yet sent
     uint64_t end = 0;                    // of everything queued or in flight
-    timespec mtime{};                    // of the last queued write
+    timespec queuedMtime{};              // of the last write queued (not yet taken)
+    timespec flightMtime{};              // of the last write of the batch being sent
     kj::Maybe<AttrChange> attrInFlight;  // taken, not yet sent: still what the file looks like
     int error = 0;
     kj::Maybe<kj::ForkedPromise<void>> sending;

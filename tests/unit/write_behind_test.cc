@@ -1,0 +1,130 @@
+// The write-behind queue: what queued writes and attribute changes make of a file's attributes,
+// in the order the application made them, while batches are queued and while they are sent.
+#include "fusefs/write_behind.h"
+
+#include <gtest/gtest.h>
+#include <kj/debug.h>
+
+#include "rpc/cairn.capnp.h"
+
+namespace cairn {
+namespace {
+
+constexpr uint64_t INO = 42;
+
+kj::Array<kj::byte> bytes(size_t n) {
+  return kj::heapArray<kj::byte>(n);
+}
+
+struct stat serverSays() {
+  struct stat st {};
+  st.st_ino = INO;
+  st.st_mode = S_IFREG | 0644;
+  st.st_size = 10;
+  st.st_mtim = {1000, 0};
+  st.st_ctim = {1000, 0};
+  return st;
+}
+
+WriteBehind::AttrChange setMtime(time_t sec) {
+  WriteBehind::AttrChange change;
+  change.valid = rpc::SET_MTIME;
+  change.mtime = {sec, 0};
+  clock_gettime(CLOCK_REALTIME, &change.at);
+  return change;
+}
+
+TEST(WriteBehind, QueuedWritesMakeTheFileLongerAndNewer) {
+  WriteBehind wb;
+  wb.add(INO, 100, bytes(50));
+  auto st = serverSays();
+  wb.adjust(st);
+  EXPECT_EQ(st.st_size, 150);
+  EXPECT_GT(st.st_mtim.tv_sec, 1000);
+  EXPECT_TRUE(wb.queued(INO));
+}
+
+TEST(WriteBehind, AChangeAfterTheWritesWins) {
+  WriteBehind wb;
+  wb.add(INO, 0, bytes(5));
+  wb.setAttr(INO, setMtime(5));
+  auto st = serverSays();
+  wb.adjust(st);
+  EXPECT_EQ(st.st_mtim.tv_sec, 5);  // utimes after the write: its time stays
+  // The same while that batch is being sent.
+  auto batch = wb.take(INO);
+  EXPECT_EQ(batch.writes.size(), 1u);
+  EXPECT_TRUE(batch.attr != nullptr);
+  st = serverSays();
+  wb.adjust(st);
+  EXPECT_EQ(st.st_mtim.tv_sec, 5);
+}
+
+TEST(WriteBehind, AWriteAfterAChangeBeingSentWins) {
+  WriteBehind wb;
+  wb.setAttr(INO, setMtime(5));
+  auto batch = wb.take(INO);  // the change is on its way to the server
+  EXPECT_FALSE(wb.attrQueued(INO));
+  wb.add(INO, 0, bytes(1));  // then the application writes
+  auto st = serverSays();
+  wb.adjust(st);
+  EXPECT_GT(st.st_mtim.tv_sec, 1000) << "the write came after the utimes";
+  wb.sent(INO, 0, true, 0);
+  st = serverSays();
+  wb.adjust(st);
+  EXPECT_GT(st.st_mtim.tv_sec, 1000);
+}
+
+TEST(WriteBehind, ChangesMergeAndTheLaterValueWins) {
+  WriteBehind wb;
+  WriteBehind::AttrChange mode;
+  mode.valid = rpc::SET_MODE;
+  mode.mode = 0600;
+  WriteBehind::AttrChange owner;
+  owner.valid = rpc::SET_UID | rpc::SET_GID;
+  owner.uid = 7;
+  owner.gid = 8;
+  WriteBehind::AttrChange again = mode;
+  again.mode = 0640;
+  wb.setAttr(INO, mode);
+  wb.setAttr(INO, owner);
+  wb.setAttr(INO, again);
+  auto batch = wb.take(INO);
+  auto& a = KJ_ASSERT_NONNULL(batch.attr);
+  EXPECT_EQ(a.valid, rpc::SET_MODE | rpc::SET_UID | rpc::SET_GID);
+  EXPECT_EQ(a.mode, 0640u);
+  EXPECT_EQ(a.uid, 7u);
+  auto st = serverSays();
+  wb.adjust(st);
+  EXPECT_EQ(st.st_mode, S_IFREG | 0640);
+  EXPECT_EQ(st.st_gid, 8u);
+}
+
+TEST(WriteBehind, AnAccessTimeUpdateStaysOneOnlyAlone) {
+  WriteBehind wb;
+  WriteBehind::AttrChange access;
+  access.valid = rpc::SET_ATIME_NOW | rpc::SET_ACCESS;
+  wb.setAttr(INO, access);
+  wb.setAttr(INO, access);
+  EXPECT_TRUE(KJ_ASSERT_NONNULL(wb.take(INO).attr).valid & rpc::SET_ACCESS);
+  wb.setAttr(INO, access);
+  wb.setAttr(INO, setMtime(5));
+  auto merged = KJ_ASSERT_NONNULL(wb.take(INO).attr).valid;
+  EXPECT_FALSE(merged & rpc::SET_ACCESS);  // with an mtime it is a change of the inode
+  EXPECT_TRUE(merged & rpc::SET_ATIME_NOW);
+}
+
+TEST(WriteBehind, SentEverythingLeavesNothingPending) {
+  WriteBehind wb;
+  wb.add(INO, 0, bytes(8));
+  wb.setAttr(INO, setMtime(5));
+  auto batch = wb.take(INO);
+  wb.sent(INO, 8, true, 0);
+  wb.doneSending(INO);
+  EXPECT_FALSE(wb.queued(INO));
+  EXPECT_TRUE(wb.files().empty());
+  EXPECT_EQ(wb.takeError(INO), 0);
+}
+
+}  // namespace
+}  // namespace cairn

@@ -169,11 +169,7 @@ kj::Promise<void> Client::leave(kj::Duration limit) {
         spdlog::error("unmounting: {} files still had writes queued after {} s; they are lost",
                       wb_.files().size(), LEAVE_FLUSH_LIMIT / kj::SECONDS);
       }))
-      .then([this, limit]() {
-        // Handles closed last are released with the goodbye's end of the session anyway.
-        releases_.clear();
-        return goodbye(limit);
-      });
+      .then([this, limit]() { return goodbye(limit); });
 }
 
 kj::Promise<void> Client::goodbye(kj::Duration limit) {
@@ -336,8 +332,9 @@ kj::Promise<void> Client::recoverData(ServerLink& link, uint32_t index) {
 
 kj::Promise<void> Client::flushAll() {
   auto files = wb_.files();
-  auto parts = kj::heapArrayBuilder<kj::Promise<void>>(files.size());
+  auto parts = kj::heapArrayBuilder<kj::Promise<void>>(files.size() + 1);
   for (uint64_t ino : files) parts.add(flushed(ino));
+  parts.add(sendReleases());
   return kj::joinPromises(parts.finish());
 }
 
@@ -347,8 +344,7 @@ kj::Promise<void> Client::drainMeta() {
   draining_ = true;
   // Giving a lock back drops what it covered, writing back first (queued writes, the kernel's
   // dirty pages): so every lock goes back, then nothing cached from this server is left.
-  // Handles closed but not yet released go too, before the server goes.
-  return kj::joinPromises(kj::arr(flushAll(), sendReleases()))
+  return flushAll()
       .then([this]() { return locks_->giveBackAll(); })
       .then([this]() -> kj::Promise<void> {
         KJ_IF_MAYBE (kernel, kernel_) {
@@ -1445,25 +1441,16 @@ bool Client::roomBehind() {
 
 kj::Promise<void> Client::lookAtRoom() {
   roomLooking_ = true;
-  auto parts = kj::heapArrayBuilder<kj::Promise<uint64_t>>(data_.size() + 1);
-  auto freeOf = [](rpc::StatFs::Reader s) {
-    // A server of an older release tells the metadata target's inodes only: no limit known.
-    return s.getTotalBlocks() == 0 ? UINT64_MAX : s.getFreeBlocks() * s.getBlockSize();
-  };
-  parts.add(metaCall([](rpc::MetaRequest::Builder b) { b.setStatfs(); }, false)
-                .then([freeOf](ServerLink::MetaResponse&& r) {
-                  return freeOf(r.getReply().getStatfs());
-                }));
-  for (auto& [index, link] : data_) {
-    parts.add(link->data([](rpc::DataRequest::Builder b) { b.setStatfs(); }, false)
-                  .then([freeOf](ServerLink::DataResponse&& r) {
-                    return freeOf(r.getReply().getStatfs());
-                  }));
-  }
-  return kj::joinPromises(parts.finish())
-      .then([this](kj::Array<uint64_t> free) {
-        roomFree_ = UINT64_MAX;
-        for (uint64_t f : free) roomFree_ = kj::min(roomFree_, f);
+  return statfsAll()
+      .then([this](StatfsReplies&& replies) {
+        auto freeOf = [](rpc::StatFs::Reader s) {
+          // A server of an older release tells the metadata target's inodes only: no limit.
+          return s.getTotalBlocks() == 0 ? UINT64_MAX : s.getFreeBlocks() * s.getBlockSize();
+        };
+        roomFree_ = freeOf(replies.meta.getReply().getStatfs());
+        for (auto& r : replies.data) {
+          roomFree_ = kj::min(roomFree_, freeOf(r.getReply().getStatfs()));
+        }
         roomAt_ = io_.provider->getTimer().now();
       })
       .catch_([](kj::Exception&&) {})  // no look: the last one goes stale, closes wait
@@ -1706,32 +1693,39 @@ void Client::listed(uint64_t dir, uint64_t cookie, rpc::MetaReply::Reader reply)
   }
 }
 
-kj::Promise<struct statvfs> Client::statfs() {
+kj::Promise<Client::StatfsReplies> Client::statfsAll() {
   auto parts = kj::heapArrayBuilder<kj::Promise<ServerLink::DataResponse>>(data_.size());
   for (auto& [index, link] : data_) {
     parts.add(link->data([](rpc::DataRequest::Builder b) { b.setStatfs(); }, false));
   }
   return metaCall([](rpc::MetaRequest::Builder b) { b.setStatfs(); }, false)
       .then([parts = parts.finish()](ServerLink::MetaResponse&& meta) mutable {
-        auto m = meta.getReply().getStatfs();
-        struct statvfs out;
-        memset(&out, 0, sizeof(out));
-        out.f_bsize = out.f_frsize = 4096;
-        out.f_files = m.getTotalInodes();
-        out.f_ffree = out.f_favail = m.getFreeInodes();
-        out.f_namemax = m.getNameMax();
         return kj::joinPromises(kj::mv(parts))
-            .then([out](kj::Array<ServerLink::DataResponse>&& replies) mutable {
-              for (auto& r : replies) {
-                auto s = r.getReply().getStatfs();
-                uint64_t scale = s.getBlockSize() / 4096;
-                out.f_blocks += s.getTotalBlocks() * scale;
-                out.f_bfree += s.getFreeBlocks() * scale;
-              }
-              out.f_bavail = out.f_bfree;
-              return out;
+            .then([meta = kj::mv(meta)](kj::Array<ServerLink::DataResponse>&& data) mutable {
+              return StatfsReplies{kj::mv(meta), kj::mv(data)};
             });
       });
+}
+
+kj::Promise<struct statvfs> Client::statfs() {
+  return statfsAll().then([](StatfsReplies&& replies) {
+    auto m = replies.meta.getReply().getStatfs();
+    struct statvfs out;
+    memset(&out, 0, sizeof(out));
+    out.f_bsize = out.f_frsize = 4096;
+    out.f_files = m.getTotalInodes();
+    out.f_ffree = out.f_favail = m.getFreeInodes();
+    out.f_namemax = m.getNameMax();
+    // The file data's room is the data targets' (the metadata target's is its own).
+    for (auto& r : replies.data) {
+      auto s = r.getReply().getStatfs();
+      uint64_t scale = s.getBlockSize() / 4096;
+      out.f_blocks += s.getTotalBlocks() * scale;
+      out.f_bfree += s.getFreeBlocks() * scale;
+    }
+    out.f_bavail = out.f_bfree;
+    return out;
+  });
 }
 
 kj::Promise<void> Client::setxattr(uint64_t ino, kj::Array<kj::byte> name,
@@ -1816,7 +1810,7 @@ kj::Promise<void> Client::removexattr(uint64_t ino, kj::Array<kj::byte> name) {
 
 kj::Promise<void> Client::settleForHandover() {
   KJ_REQUIRE(!outage(), "a server is unreachable: hand over once every server serves");
-  return kj::joinPromises(kj::arr(flushAll(), sendReleases())).then([this]() {
+  return flushAll().then([this]() {
     auto parts = kj::heapArrayBuilder<kj::Promise<void>>(data_.size() + 1);
     parts.add(meta_->settle());
     for (auto& [index, link] : data_) parts.add(link->settle());

@@ -245,6 +245,7 @@ private:
   // is queued for it (and the kernel's dirty pages), drop what was cached from it.
   kj::Promise<void> drainMeta();
   kj::Promise<void> drainData(uint32_t index);
+  // Sends everything held back: queued writes and attribute changes, handles not yet released.
   kj::Promise<void> flushAll();
   kj::Promise<kj::Own<SharedLayout>> layoutOf(uint64_t ino,
                                               ServerLink::Class cls = ServerLink::Class::NORMAL);
@@ -306,6 +307,12 @@ private:
   bool releaseScheduled_ = false;
   kj::Promise<void> goodbye(kj::Duration limit);
   kj::Promise<void> lookAtRoom();
+  // statfs of the metadata target and of every data target.
+  struct StatfsReplies {
+    ServerLink::MetaResponse meta;
+    kj::Array<ServerLink::DataResponse> data;
+  };
+  kj::Promise<StatfsReplies> statfsAll();
   uint64_t roomFree_ = 0;  // the least free bytes of any target at the last look
   kj::Maybe<kj::TimePoint> roomAt_;
   bool roomLooking_ = false;

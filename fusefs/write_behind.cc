@@ -22,22 +22,24 @@ void WriteBehind::setAttr(uint64_t ino, const AttrChange& change) {
   auto& f = files_[ino];
   KJ_IF_MAYBE (queued, f.queue.attr) {
     auto& a = *queued;
-    // An explicit time and "now" for the same time replace each other.
-    if (change.valid & (rpc::SET_ATIME | rpc::SET_ATIME_NOW)) {
-      a.valid &= ~(rpc::SET_ATIME | rpc::SET_ATIME_NOW);
-    }
-    if (change.valid & (rpc::SET_MTIME | rpc::SET_MTIME_NOW)) {
-      a.valid &= ~(rpc::SET_MTIME | rpc::SET_MTIME_NOW);
-    }
+    constexpr uint32_t ATIME = rpc::SET_ATIME | rpc::SET_ATIME_NOW;
+    constexpr uint32_t MTIME = rpc::SET_MTIME | rpc::SET_MTIME_NOW;
     // An access-time update alone is no change of the inode; with anything else it is.
     bool accessOnly = (a.valid & rpc::SET_ACCESS) && (change.valid & rpc::SET_ACCESS);
-    a.valid = (a.valid | change.valid) & ~rpc::SET_ACCESS;
-    if (accessOnly) a.valid |= rpc::SET_ACCESS;
+    a.valid &= ~rpc::SET_ACCESS;
+    // A time set again replaces the earlier one, explicit or "now".
+    if (change.valid & ATIME) {
+      a.valid &= ~ATIME;
+      a.atime = change.atime;
+    }
+    if (change.valid & MTIME) {
+      a.valid &= ~MTIME;
+      a.mtime = change.mtime;
+    }
     if (change.valid & rpc::SET_MODE) a.mode = change.mode;
     if (change.valid & rpc::SET_UID) a.uid = change.uid;
     if (change.valid & rpc::SET_GID) a.gid = change.gid;
-    if (change.valid & (rpc::SET_ATIME | rpc::SET_ATIME_NOW)) a.atime = change.atime;
-    if (change.valid & (rpc::SET_MTIME | rpc::SET_MTIME_NOW)) a.mtime = change.mtime;
+    a.valid |= (change.valid & ~rpc::SET_ACCESS) | (accessOnly ? rpc::SET_ACCESS : 0);
     a.callerUid = change.callerUid;
     a.callerGid = change.callerGid;
     a.callerPid = change.callerPid;

@@ -8,6 +8,7 @@
 #include "objserver/lock_service.h"
 
 #include "objserver/object_store.h"
+#include "rpc/feature_flags.h"
 
 namespace cairn {
 
@@ -113,7 +114,8 @@ kj::Promise<void> DataService::run(CallContext context) {
     case R::TRUNCATE:
     case R::DESTROY:
     case R::DESTROY_MANY: {
-      KJ_REQUIRE(req.which() != R::DESTROY_MANY || req.getDestroyMany().size() <= MAX_DESTROY_MANY,
+      KJ_REQUIRE(req.which() != R::DESTROY_MANY ||
+                     req.getDestroyMany().size() <= features::MAX_DESTROY_MANY,
                  "too many objects in one destroyMany", req.getDestroyMany().size());
       capnp::MallocMessageBuilder message;
       ctx_.update<rpc::DataReply>(

@@ -6,9 +6,6 @@
 
 namespace cairn {
 
-// The most objects one destroyMany request may name: a bounded transaction per request.
-constexpr size_t MAX_DESTROY_MANY = 1024;
-
 class DataService final : public rpc::DataSession::Server {
 public:
   DataService(ServerContext& ctx, kj::Own<ClientSession> session);

@@ -3,12 +3,11 @@
 #include <kj/debug.h>
 #include <spdlog/spdlog.h>
 
-#include "objserver/data_service.h"
 #include "rpc/feature_flags.h"
 
 namespace cairn {
 
-static_assert(Destroyer::BATCH <= MAX_DESTROY_MANY, "a batch's objects fit one request");
+static_assert(Destroyer::BATCH <= features::MAX_DESTROY_MANY, "a batch's objects fit one request");
 
 Destroyer::Destroyer(ServerContext& ctx, Namespace& ns, const LinkIdentity& identity)
     : ctx_(ctx),

@@ -23,7 +23,8 @@ public:
   void targetMoved(uint32_t index, kj::Array<kj::String> addresses);
   size_t queued();
 
-  // Files per round; their objects go to each data target in one request (MAX_DESTROY_MANY).
+  // Files per round; their objects go to each data target in one request
+  // (features::MAX_DESTROY_MANY).
   static constexpr size_t BATCH = 512;
   static constexpr kj::Duration GATHER = 100 * kj::MILLISECONDS;
 

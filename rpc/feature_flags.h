@@ -18,6 +18,8 @@ constexpr uint64_t ACTIVE_SERVER_LOCK = 1 << 3;
 
 // DataRequest.destroyMany: a data server removes many objects in one transaction.
 constexpr uint64_t DESTROY_MANY = 1 << 4;
+// The most objects one destroyMany may name: a bounded transaction per request.
+constexpr size_t MAX_DESTROY_MANY = 1024;
 // MetaRequest.releaseMany: a client sends the handles it closed in batches.
 constexpr uint64_t RELEASE_MANY = 1 << 5;
 // The most handles one releaseMany may name.

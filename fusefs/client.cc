@@ -1212,6 +1212,87 @@ kj::Promise<void> Client::store(const StripeLayout& layout, uint64_t offset,
   return kj::joinPromises(parts.finish());
 }
 
+namespace {
+
+struct StorePiece {
+  uint64_t offset;  // in the object
+  kj::ArrayPtr<const kj::byte> data;
+};
+
+// Sends pieces of one object to its target one request after another on the one connection (a
+// join arms its promises in order, at once), which the server applies in order: where pieces
+// overlap, the later lands last. `many`: as few writeMany requests as the limits allow.
+kj::Promise<void> sendPieces(ServerLink& link, uint64_t object,
+                             kj::ArrayPtr<const StorePiece> pieces, ServerLink::Class cls,
+                             bool many) {
+  kj::Vector<kj::Promise<void>> requests;
+  for (size_t i = 0; i < pieces.size();) {
+    size_t j = i + 1, bytes = pieces[i].data.size();
+    while (many && j < pieces.size() && j - i < features::MAX_WRITE_MANY_PIECES &&
+           bytes + pieces[j].data.size() <= features::MAX_WRITE_MANY_BYTES) {
+      bytes += pieces[j++].data.size();
+    }
+    auto group = pieces.slice(i, j);
+    requests.add(
+        link.data(
+                [object, group](rpc::DataRequest::Builder b) {
+                  if (group.size() == 1) {
+                    auto w = b.initWrite();
+                    w.setObjectId(object);
+                    w.setOffset(group[0].offset);
+                    w.setData(group[0].data);
+                    return;
+                  }
+                  auto list = b.initWriteMany(group.size());
+                  for (auto k : kj::indices(group)) {
+                    list[k].setObjectId(object);
+                    list[k].setOffset(group[k].offset);
+                    list[k].setData(group[k].data);
+                  }
+                },
+                true, cls)
+            .then([](ServerLink::DataResponse&& resp) { checkErrno(resp.getReply().getError()); }));
+    i = j;
+  }
+  return kj::joinPromises(requests.releaseAsArray());
+}
+
+}  // namespace
+
+kj::Promise<void> Client::storeBatch(const StripeLayout& layout,
+                                     kj::ArrayPtr<const WriteBehind::Write> writes,
+                                     ServerLink::Class cls) {
+  std::map<uint32_t, kj::Vector<StorePiece>> byTarget;
+  for (auto& w : writes) {
+    for (auto& p : splitRange(layout, w.offset, w.data.size())) {
+      auto bytes = w.data.slice(p.fileOffset - w.offset, p.fileOffset - w.offset + p.length);
+      byTarget[layout.targets[p.slot]].add(StorePiece{p.objectOffset, bytes});
+    }
+  }
+  uint64_t object = layout.objectId;
+  auto sends = kj::heapArrayBuilder<kj::Promise<void>>(byTarget.size());
+  for (auto& [target, list] : byTarget) {
+    sends.add(dataLink(target).then(
+        [object, pieces = list.releaseAsArray(), cls](ServerLink* link) mutable {
+          bool many = link->peerFeatures() & features::WRITE_MANY;
+          auto own = kj::heap(kj::mv(pieces));
+          kj::ArrayPtr<const StorePiece> all = *own;
+          return sendPieces(*link, object, all, cls, many)
+              .catch_([link, object, all, cls, many](kj::Exception&& e) -> kj::Promise<void> {
+                // The connection went meanwhile to a server of an older release (an upgrade rolled
+                // back), which refused writeMany: all of them again, one write each and in order
+                // (the same bytes written twice are the same file).
+                if (many && !(link->peerFeatures() & features::WRITE_MANY)) {
+                  return sendPieces(*link, object, all, cls, false);
+                }
+                return kj::mv(e);
+              })
+              .attach(kj::mv(own));
+        }));
+  }
+  return kj::joinPromises(sends.finish());
+}
+
 // Size and mtime on the metadata target, once the data is in place: that update calls back the
 // other clients' cached pages, and what they read after that must be the new bytes.
 kj::Promise<void> Client::wrote(uint64_t ino, uint64_t end, ServerLink::Class cls) {
@@ -1375,10 +1456,8 @@ kj::Promise<void> Client::sendBatch(uint64_t ino, WriteBehind::Batch batch) {
   kj::Promise<void> data = kj::READY_NOW;
   if (!b.writes.empty()) {
     data = layoutOf(ino, cls).then([this, ino, &b](kj::Own<SharedLayout> layout) {
-      auto parts = kj::heapArrayBuilder<kj::Promise<void>>(b.writes.size());
-      for (auto& w : b.writes) parts.add(store(layout->layout, w.offset, w.data, cls));
       // As for a write-through: size and mtime once the data is in place.
-      return kj::joinPromises(parts.finish())
+      return storeBatch(layout->layout, kj::arrayPtr(b.writes.data(), b.writes.size()), cls)
           .then([this, ino, end = b.end]() { return wrote(ino, end, cls); })
           .attach(kj::mv(layout));
     });

@@ -259,6 +259,11 @@ private:
   // Writes bytes of a file to its data targets (the caller keeps them alive meanwhile).
   kj::Promise<void> store(const StripeLayout& layout, uint64_t offset,
                           kj::ArrayPtr<const kj::byte> data, ServerLink::Class cls);
+  // A write-behind batch's writes: each target gets its pieces in the order they were made,
+  // in as few requests as it takes (writeMany), so in one transaction per request.
+  kj::Promise<void> storeBatch(const StripeLayout& layout,
+                               kj::ArrayPtr<const WriteBehind::Write> writes,
+                               ServerLink::Class cls);
   kj::Promise<void> wrote(uint64_t ino, uint64_t end, ServerLink::Class cls);
   kj::Promise<size_t> writeUnlocked(uint64_t fh, uint64_t offset, kj::Array<kj::byte> data,
                                     ServerLink::Class cls);

@@ -14,7 +14,10 @@ namespace cairn {
 
 namespace {
 constexpr uint32_t MAX_READ = 8 << 20;
-}
+// Reads of at least this much prefetch what follows them too: PREFETCH_AHEAD times as much.
+constexpr uint32_t PREFETCH_FROM = 128 << 10;
+constexpr uint32_t PREFETCH_AHEAD = 2;
+}  // namespace
 
 DataService::DataService(ServerContext& ctx, kj::Own<ClientSession> session)
     : ctx_(ctx), objects_(KJ_ASSERT_NONNULL(ctx.objects)), session_(kj::mv(session)) {
@@ -68,7 +71,8 @@ kj::Promise<void> DataService::dispatch(CallContext context) {
     return kj::READY_NOW;
   }
   bool update = req.which() == R::WRITE || req.which() == R::TRUNCATE ||
-                req.which() == R::DESTROY || req.which() == R::DESTROY_MANY;
+                req.which() == R::DESTROY || req.which() == R::DESTROY_MANY ||
+                req.which() == R::WRITE_MANY;
   // Updates are put in order against the replays of a recovery.
   return ctx_.ordered(*session_, req.getReplayOf(), req.getResend(), update,
                       [this, context]() mutable { return run(context); });
@@ -84,9 +88,19 @@ kj::Promise<void> DataService::run(CallContext context) {
       KJ_REQUIRE(r.getLength() <= MAX_READ, "read too large", r.getLength());
       try {
         store::Txn txn(ctx_.target.env(), store::Txn::READ);
-        auto bytes = objects_.read(txn, r.getObjectId(), r.getOffset(), r.getLength());
-        reply.setData(bytes);
-        ctx_.bytesOut += bytes.size();
+        if (r.getLength() >= PREFETCH_FROM) {
+          // A large read is most likely one of a sequence: the disk reads of this one and of
+          // the next ones start together.
+          objects_.prefetch(txn, r.getObjectId(), r.getOffset(),
+                            uint64_t(r.getLength()) * (1 + PREFETCH_AHEAD));
+        }
+        // Copied from the map straight into the reply (a new blob is zeros: holes need nothing).
+        auto data =
+            capnp::Orphanage::getForMessageContaining(reply).newOrphan<capnp::Data>(r.getLength());
+        size_t filled = objects_.read(txn, r.getObjectId(), r.getOffset(), data.get());
+        data.truncate(filled);
+        reply.adoptData(kj::mv(data));
+        ctx_.bytesOut += filled;
       } catch (FsError& e) {
         reply.setError(e.err());
       }
@@ -111,12 +125,21 @@ kj::Promise<void> DataService::run(CallContext context) {
         context.getResults().initReply().setLastSynced(ctx_.reportedSynced());
       });
     case R::WRITE:
+    case R::WRITE_MANY:
     case R::TRUNCATE:
     case R::DESTROY:
     case R::DESTROY_MANY: {
       KJ_REQUIRE(req.which() != R::DESTROY_MANY ||
                      req.getDestroyMany().size() <= features::MAX_DESTROY_MANY,
                  "too many objects in one destroyMany", req.getDestroyMany().size());
+      size_t manyBytes = 0;
+      if (req.which() == R::WRITE_MANY) {
+        auto pieces = req.getWriteMany();
+        KJ_REQUIRE(pieces.size() <= features::MAX_WRITE_MANY_PIECES,
+                   "too many pieces in one writeMany", pieces.size());
+        for (auto p : pieces) manyBytes += p.getData().size();
+        KJ_REQUIRE(manyBytes <= features::MAX_WRITE_MANY_BYTES, "writeMany too large", manyBytes);
+      }
       capnp::MallocMessageBuilder message;
       ctx_.update<rpc::DataReply>(
           *session_, req.getRequestId(), req.getOldestUnreplied(), message,
@@ -129,6 +152,15 @@ kj::Promise<void> DataService::run(CallContext context) {
                 objects_.write(txn, w.getObjectId(), w.getOffset(), w.getData());
                 break;
               }
+              case R::WRITE_MANY:
+                // A write-behind batch: one transaction (one commit, the tree's pages written
+                // once) instead of one per piece.
+                ctx_.target.env().requireSpace(txn, manyBytes);
+                ctx_.bytesIn += manyBytes;
+                for (auto p : req.getWriteMany()) {
+                  objects_.write(txn, p.getObjectId(), p.getOffset(), p.getData());
+                }
+                break;
               case R::TRUNCATE:
                 objects_.truncate(txn, req.getTruncate().getObjectId(),
                                   req.getTruncate().getSize());

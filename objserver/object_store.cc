@@ -1,6 +1,7 @@
 #include "objserver/object_store.h"
 
 #include <kj/debug.h>
+#include <sys/mman.h>
 
 #include "rpc/errors.h"
 
@@ -52,12 +53,10 @@ void ObjectStore::write(store::Txn& txn, uint64_t object, uint64_t offset,
   }
 }
 
-kj::Array<kj::byte> ObjectStore::read(store::Txn& txn, uint64_t object, uint64_t offset,
-                                      uint32_t length) {
+size_t ObjectStore::read(store::Txn& txn, uint64_t object, uint64_t offset,
+                         kj::ArrayPtr<kj::byte> out) {
   fsRequire(offset <= MAX_OFFSET, EINVAL);
-  uint64_t end = offset + kj::min(uint64_t(length), MAX_OFFSET - offset);
-  auto out = kj::heapArray<kj::byte>(end - offset);
-  memset(out.begin(), 0, out.size());
+  uint64_t end = offset + kj::min(uint64_t(out.size()), MAX_OFFSET - offset);
   size_t filled = 0;  // one past the last stored byte copied
   store::Cursor cursor(txn, chunks_);
   ChunkKey first(object, offset / CHUNK_SIZE);
@@ -76,7 +75,40 @@ kj::Array<kj::byte> ObjectStore::read(store::Txn& txn, uint64_t object, uint64_t
       break;
     }
   }
-  return kj::heapArray(out.slice(0, filled));
+  return filled;
+}
+
+void ObjectStore::prefetch(store::Txn& txn, uint64_t object, uint64_t offset, uint64_t length) {
+  if (offset > MAX_OFFSET) return;
+  uint64_t end = offset + kj::min(length, MAX_OFFSET - offset);
+  const uintptr_t page = 4096;
+  // Values next to each other in the map (a file written in order) go in one call.
+  uintptr_t runStart = 0, runEnd = 0;
+  auto flush = [&]() {
+    // Only advice: a failure changes nothing but speed.
+    if (runEnd > runStart)
+      madvise(reinterpret_cast<void*>(runStart), runEnd - runStart, MADV_WILLNEED);
+  };
+  store::Cursor cursor(txn, chunks_);
+  ChunkKey first(object, offset / CHUNK_SIZE);
+  for (auto item = cursor.seek(first.ptr());; item = cursor.next()) {
+    KJ_IF_MAYBE (i, item) {
+      if (store::readU64(i->key, 0) != object) break;
+      if (store::readU64(i->key, 8) * CHUNK_SIZE >= end) break;
+      auto from = reinterpret_cast<uintptr_t>(i->value.begin()) & ~(page - 1);
+      auto to = reinterpret_cast<uintptr_t>(i->value.end());
+      if (from >= runStart && from <= runEnd + page) {
+        runEnd = kj::max(runEnd, to);
+      } else {
+        flush();
+        runStart = from;
+        runEnd = to;
+      }
+    } else {
+      break;
+    }
+  }
+  flush();
 }
 
 void ObjectStore::truncate(store::Txn& txn, uint64_t object, uint64_t size) {

@@ -17,8 +17,13 @@ public:
   explicit ObjectStore(Target& target);
 
   void write(store::Txn& txn, uint64_t object, uint64_t offset, kj::ArrayPtr<const kj::byte> data);
-  // Returns `length` bytes at `offset` (zeros in holes), cut after the last stored byte.
-  kj::Array<kj::byte> read(store::Txn& txn, uint64_t object, uint64_t offset, uint32_t length);
+  // Copies what is stored of [offset, offset + out.size()) into `out`, which the caller zeroed
+  // (holes stay zeros); returns how much of `out` is the file (up to the last stored byte).
+  size_t read(store::Txn& txn, uint64_t object, uint64_t offset, kj::ArrayPtr<kj::byte> out);
+  // Starts the disk reads of what is stored of [offset, offset + length) (MADV_WILLNEED on the
+  // map), so that the copies of a cold read wait for reads already in flight instead of taking
+  // one page fault (one small synchronous read) after another.
+  void prefetch(store::Txn& txn, uint64_t object, uint64_t offset, uint64_t length);
   void truncate(store::Txn& txn, uint64_t object, uint64_t size);
   void destroy(store::Txn& txn, uint64_t object);
   uint64_t objectCount(store::Txn& txn);

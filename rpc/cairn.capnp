@@ -339,9 +339,17 @@ struct DataRequest {
     replaysSent @14 :Void;     # as MetaRequest.replaysSent
     goodbye @17 :Void;         # as MetaRequest.goodbye
     destroyMany @18 :List(UInt64);  # objects, at most 1,024 (features::DESTROY_MANY)
+    writeMany @19 :List(WritePiece);  # applied in order, in one transaction (features::WRITE_MANY)
   }
   replayOf @15 :UInt64;        # as MetaRequest.replayOf
   resend @16 :Bool;            # as MetaRequest.resend
+}
+
+# One write of a writeMany.
+struct WritePiece {
+  objectId @0 :UInt64;
+  offset @1 :UInt64;
+  data @2 :Data;
 }
 
 struct DataReply {

@@ -12,8 +12,14 @@ constexpr uint64_t BASE = 1 << 0;  // the protocol of release 0.1
 // Caching locks: MetaRequest.wantLocks, MetaReply.locks/changed, LockSession.cancelMany.
 constexpr uint64_t CACHING_LOCKS = 1 << 1;
 
+// DataRequest.writeMany: a data server applies a batch of writes in one transaction.
+constexpr uint64_t WRITE_MANY = 1 << 2;
+// What one writeMany may carry: a bounded transaction and message per request.
+constexpr size_t MAX_WRITE_MANY_PIECES = 4096;
+constexpr size_t MAX_WRITE_MANY_BYTES = 4 << 20;  // read twice, within the 16 MiB traversal limit
+
 // Controlled shutdown: the active-server lock granted at connect (ConnectResults.serverLock),
-// Bootstrap.shutdown, recoveryDone, setlk replay. Bit 2 is taken by a branch not yet landed.
+// Bootstrap.shutdown, recoveryDone, setlk replay.
 constexpr uint64_t ACTIVE_SERVER_LOCK = 1 << 3;
 
 // DataRequest.destroyMany: a data server removes many objects in one transaction.
@@ -25,6 +31,6 @@ constexpr uint64_t RELEASE_MANY = 1 << 5;
 // The most handles one releaseMany may name.
 constexpr size_t MAX_RELEASE_MANY = 1024;
 constexpr uint64_t SUPPORTED =
-    BASE | CACHING_LOCKS | ACTIVE_SERVER_LOCK | DESTROY_MANY | RELEASE_MANY;
+    BASE | CACHING_LOCKS | WRITE_MANY | ACTIVE_SERVER_LOCK | DESTROY_MANY | RELEASE_MANY;
 
 }  // namespace cairn::features

@@ -387,7 +387,7 @@ void writeSeeds(const std::string& dir) {
     handles.set(1, 8);
   });
   save("data", [&](FuzzInput::Builder in) {
-    auto steps = in.initSteps(5);
+    auto steps = in.initSteps(6);
     auto w = steps[0].initData();
     w.setRequestId(++id);
     auto wr = w.initWrite();
@@ -411,6 +411,14 @@ void writeSeeds(const std::string& dir) {
     many.setRequestId(++id);
     auto objects = many.initDestroyMany(3);
     for (uint32_t i = 0; i < 3; i++) objects.set(i, 5 + i);
+    auto pieces = steps[5].initData();
+    pieces.setRequestId(++id);
+    auto list = pieces.initWriteMany(3);
+    for (uint32_t i = 0; i < 3; i++) {
+      list[i].setObjectId(6);
+      list[i].setOffset(i * 70000);
+      list[i].setData(bytesOf("piece"));
+    }
   });
   save("locks", [&](FuzzInput::Builder in) {
     auto steps = in.initSteps(4);

@@ -12,6 +12,7 @@
 #include <sys/xattr.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <memory>
 #include <set>
 #include <string>
@@ -509,6 +510,46 @@ TEST_F(PosixOps, RemovedFilesGiveTheirChunksBack) {
   for (int i = 0; i < FILES; i++) ASSERT_EQ(unlink(p("many" + std::to_string(i)).c_str()), 0);
   EXPECT_TRUE(waitFor([] { return jsonNumber(cluster_->status(0), "destroyQueue") == 0; }, 20000));
   EXPECT_TRUE(waitFor([&] { return chunks() == before; }, 5000)) << chunks() << " " << before;
+}
+
+// Scattered small writes between two fsyncs reach each data target as one request (writeMany:
+// one transaction) instead of one each, and every one of them lands.
+TEST_F(PosixOps, ScatteredWritesGoInOneRequestPerTarget) {
+  constexpr size_t BLOCK = 4096, BLOCKS = 1024;  // a 4 MiB file, striped over both targets
+  int fd = open(p("scattered").c_str(), O_CREAT | O_RDWR, 0644);
+  ASSERT_GE(fd, 0);
+  writeAll(fd, std::string(BLOCK * BLOCKS, '.'), 0);
+  ASSERT_EQ(fsync(fd), 0);
+  auto served = [](const std::string& kind) -> uint64_t {  // by both data servers (absent: 0)
+    uint64_t n = 0;
+    for (int server : {1, 2}) {
+      auto status = cluster_->status(server);
+      if (status.find("\"" + kind + "\":") != std::string::npos) n += jsonNumber(status, kind);
+    }
+    return n;
+  };
+  uint64_t singles = served("data.write"), batches = served("data.writeMany");
+  std::vector<size_t> blocks;
+  for (size_t i = 0; i < 64; i++) blocks.push_back((i * 389 + 7) % BLOCKS);  // distinct
+  for (size_t b : blocks) writeAll(fd, std::string(BLOCK, char('A' + b % 26)), b * BLOCK);
+  ASSERT_EQ(fsync(fd), 0);
+  uint64_t sent = served("data.writeMany") - batches;
+  EXPECT_GE(sent, 1u);
+  EXPECT_LE(sent + served("data.write") - singles, 4u) << "the writes were not batched";
+  close(fd);
+  // Read back past this client's page cache.
+  fd = open(p("scattered").c_str(), O_RDONLY | O_DIRECT);
+  ASSERT_GE(fd, 0);
+  void* buf = nullptr;
+  ASSERT_EQ(posix_memalign(&buf, BLOCK, BLOCK), 0);
+  std::unique_ptr<void, decltype(&free)> own(buf, &free);
+  for (size_t b = 0; b < BLOCKS; b++) {
+    ASSERT_EQ(pread(fd, buf, BLOCK, b * BLOCK), ssize_t(BLOCK)) << strerror(errno);
+    bool written = std::find(blocks.begin(), blocks.end(), b) != blocks.end();
+    char want = written ? char('A' + b % 26) : '.';
+    ASSERT_EQ(std::string(static_cast<char*>(buf), BLOCK), std::string(BLOCK, want)) << b;
+  }
+  close(fd);
 }
 
 // Closes reach the metadata server in batches (releaseMany), and every handle is released.

@@ -93,6 +93,7 @@ std::set<std::string> current() {
   STRUCT(LockRequest);
   STRUCT(RpcCount);
   STRUCT(GrantedLock);
+  STRUCT(WritePiece);
 #undef STRUCT
   collect(capnp::Schema::from<rpc::TargetKind>(), "TargetKind", out);
   collect(capnp::Schema::from<rpc::Hello::Role>(), "Hello.Role", out);

@@ -38,6 +38,7 @@
 #include "fusefs/fuse_ops.h"
 #include "fusefs/handover.h"
 #include "fusefs/notifier.h"
+#include "rpc/heap_tuning.h"
 #include "rpc/metrics_http.h"
 #include "rpc/transport.h"
 #include "rpc/version.h"
@@ -199,6 +200,7 @@ kj::Maybe<kj::String> refusal(const char* addresses, kj::StringPtr tlsDir) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  cairn::keepLargeBuffers();
   // Taking a live mount over: the command line is the running process's own, received with
   // the /dev/fuse descriptor and the state (fusefs/handover.h).
   kj::Maybe<cairn::ReceivedHandover> takeover;

@@ -24,6 +24,7 @@
 #include "objserver/registrar.h"
 #include "objserver/server.h"
 #include "objserver/standby.h"
+#include "rpc/heap_tuning.h"
 #include "rpc/metrics_http.h"
 #include "rpc/transport.h"
 #include "rpc/version.h"
@@ -451,6 +452,7 @@ int serve(const ServeOptions& o, kj::ArrayPtr<const kj::String> argv) {
 }  // namespace cairn
 
 int main(int argc, char** argv) {
+  cairn::keepLargeBuffers();
   // Before any thread exists (spdlog, the syncer), so that every thread has them blocked and
   // only the event loop receives them.
   kj::UnixEventPort::captureSignal(SIGTERM);

@@ -1257,6 +1257,44 @@ kj::Promise<void> sendPieces(ServerLink& link, uint64_t object,
   return kj::joinPromises(requests.releaseAsArray());
 }
 
+// Pieces with the buffers of those joined.
+struct Joined {
+  kj::Array<StorePiece> pieces;
+  kj::Vector<kj::Array<kj::byte>> buffers;
+};
+
+// Small pieces that follow each other in the object (tar's 10 KiB writes) become one: the
+// server then rewrites each 64 KiB chunk once, not once per piece. Large pieces are not copied.
+Joined joinSmall(kj::Array<StorePiece> pieces) {
+  constexpr size_t SMALL = 64 << 10, MAX_JOINED = 1 << 20;
+  Joined out;
+  kj::Vector<StorePiece> result(pieces.size());
+  for (size_t i = 0; i < pieces.size();) {
+    size_t j = i + 1, bytes = pieces[i].data.size();
+    while (j < pieces.size() && pieces[j - 1].data.size() < SMALL &&
+           pieces[j].data.size() < SMALL &&
+           pieces[j].offset == pieces[j - 1].offset + pieces[j - 1].data.size() &&
+           bytes + pieces[j].data.size() <= MAX_JOINED) {
+      bytes += pieces[j++].data.size();
+    }
+    if (j == i + 1) {
+      result.add(pieces[i]);
+    } else {
+      auto buffer = kj::heapArray<kj::byte>(bytes);
+      size_t at = 0;
+      for (size_t k = i; k < j; k++) {
+        memcpy(buffer.begin() + at, pieces[k].data.begin(), pieces[k].data.size());
+        at += pieces[k].data.size();
+      }
+      result.add(StorePiece{pieces[i].offset, buffer});
+      out.buffers.add(kj::mv(buffer));
+    }
+    i = j;
+  }
+  out.pieces = result.releaseAsArray();
+  return out;
+}
+
 }  // namespace
 
 kj::Promise<void> Client::storeBatch(const StripeLayout& layout,
@@ -1272,11 +1310,12 @@ kj::Promise<void> Client::storeBatch(const StripeLayout& layout,
   uint64_t object = layout.objectId;
   auto sends = kj::heapArrayBuilder<kj::Promise<void>>(byTarget.size());
   for (auto& [target, list] : byTarget) {
-    sends.add(dataLink(target).then(
-        [object, pieces = list.releaseAsArray(), cls](ServerLink* link) mutable {
+    auto joined = kj::heap<Joined>(joinSmall(list.releaseAsArray()));
+    sends.add(
+        dataLink(target).then([object, joined = kj::mv(joined), cls](ServerLink* link) mutable {
           bool many = link->peerFeatures() & features::WRITE_MANY;
-          auto own = kj::heap(kj::mv(pieces));
-          kj::ArrayPtr<const StorePiece> all = *own;
+          auto own = kj::mv(joined);
+          kj::ArrayPtr<const StorePiece> all = own->pieces;
           return sendPieces(*link, object, all, cls, many)
               .catch_([link, object, all, cls, many](kj::Exception&& e) -> kj::Promise<void> {
                 // The connection went meanwhile to a server of an older release (an upgrade rolled

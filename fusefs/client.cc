@@ -454,7 +454,10 @@ void Client::absorb(rpc::MetaReply::Reader reply) {
   for (auto a : reply.getChanged()) {
     if (a.getMode() == 0) {
       cache_.dropAttr(a.getIno());
-      // Removed by our own update: its locks cover nothing any more.
+      // Removed by our own update: its locks cover nothing any more. A directory removed so
+      // has no name left for the kernel to drop, nor one on its way there: it was empty, and
+      // the kernel held it locked against lookups while removing it.
+      if (locks_->held(a.getIno(), BIT_LOOKUP) != 0) removedDirs_.insert(a.getIno());
       locks_->giveBackInode(a.getIno());
     } else {
       see(a);
@@ -506,6 +509,13 @@ constexpr kj::Duration NAME_IN_FLIGHT = 2 * kj::SECONDS;
 kj::Promise<void> Client::revoke(uint64_t ino, uint64_t bit) {
   if (bit == BIT_LOOKUP) {
     cache_.dropDir(ino);
+    if (removedDirs_.erase(ino) > 0) {
+      // Nothing to tell the kernel (see absorb); raising its epoch would make it check every
+      // name it holds, as `rm -r` removing directory after directory did.
+      kernelNames_.erase(ino);
+      lastNameReply_.erase(ino);
+      return kj::READY_NOW;
+    }
     std::vector<std::string> names;
     auto it = kernelNames_.find(ino);
     if (it != kernelNames_.end()) {
@@ -1769,6 +1779,7 @@ kj::Promise<DirPage> Client::readdir(uint64_t ino, uint64_t cookie, uint32_t max
               item.name = kj::heapArray(e.getName());
               item.cookie = e.getCookie();
               attrToStat(e.getAttr(), &item.attr);
+              item.generation = e.getAttr().getGeneration();
               page.items.add(kj::mv(item));
             }
             return page;
@@ -1783,6 +1794,19 @@ kj::Promise<DirPage> Client::readdir(uint64_t ino, uint64_t cookie, uint32_t max
 
 // A batch of a directory's names. Batches that follow each other from the first to the last
 // under one LOOKUP lock make the cached names the whole directory.
+Entry Client::listedEntry(uint64_t dir, const DirItem& item) {
+  Entry e;
+  KJ_IF_MAYBE (cached, cachedEntry(item.attr.st_ino)) {
+    e = *cached;
+  } else {
+    e.attr = item.attr;
+    e.generation = item.generation;
+    wb_.adjust(e.attr);
+  }
+  e.nameCached = nameForKernel(dir, nameOf(item.name));
+  return e;
+}
+
 void Client::listed(uint64_t dir, uint64_t cookie, rpc::MetaReply::Reader reply) {
   uint64_t lock = locks_->held(dir, BIT_LOOKUP);
   if (reply.getError() != 0 || lock == 0) {

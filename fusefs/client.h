@@ -71,6 +71,7 @@ struct DirItem {
   kj::Array<kj::byte> name;
   uint64_t cookie = 0;
   struct stat attr;
+  uint64_t generation = 0;
 };
 
 struct DirPage {
@@ -155,6 +156,9 @@ public:
   kj::Promise<void> releaseLocks(uint64_t ino, uint64_t owner, uint32_t space);
 
   kj::Promise<DirPage> readdir(uint64_t ino, uint64_t cookie, uint32_t maxEntries);
+  // What READDIRPLUS hands the kernel for a listed entry (as a LOOKUP of it would: the
+  // attributes and name kept as long as locks cover them). The caller adds the reference.
+  Entry listedEntry(uint64_t dir, const DirItem& item);
   kj::Promise<struct statvfs> statfs();
 
   kj::Promise<void> setxattr(uint64_t ino, kj::Array<kj::byte> name, kj::Array<kj::byte> value,
@@ -289,6 +293,8 @@ private:
   // Names the kernel keeps, by directory, and when a lookup in it was last answered.
   std::unordered_map<uint64_t, std::unordered_set<std::string>> kernelNames_;
   std::unordered_map<uint64_t, kj::TimePoint> lastNameReply_;
+  // Directories our own update removed whose lookup lock is still to go (see absorb).
+  std::unordered_set<uint64_t> removedDirs_;
   ReadAhead readAhead_;
   WriteBehind wb_;
   kj::Maybe<KernelCache&> kernel_;

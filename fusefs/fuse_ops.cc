@@ -86,6 +86,9 @@ void opInit(void* userdata, fuse_conn_info* conn) {
   conn->max_write = 1 << 20;
   conn->max_readahead = 1 << 20;
   if (conn->capable & FUSE_CAP_PARALLEL_DIROPS) conn->want |= FUSE_CAP_PARALLEL_DIROPS;
+  // READDIRPLUS for every part of a listing, not only the first (the "auto" choice): the
+  // attributes come with the names anyway, and a name handed out without them costs a LOOKUP.
+  conn->want &= ~FUSE_CAP_READDIRPLUS_AUTO;
 }
 
 void opLookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
@@ -410,6 +413,47 @@ void opReaddir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file
   });
 }
 
+// As READDIR, with each entry's attributes: the kernel makes its dentries and inodes from them,
+// so `rm -r`, `ls -l` or `du` after a listing send no LOOKUP per name.
+void opReaddirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info*) {
+  uint32_t max = uint32_t(size / 96 + 2);
+  ops(req).run(req, [&]() {
+    return client(req).readdir(ino, off, max).then([req, ino, size, off](DirPage page) {
+      auto& c = client(req);
+      auto buf = kj::heapArray<char>(size);
+      size_t used = 0;
+      // "." and "..": the kernel takes no reference for them (no inode number given).
+      auto addDot = [&](const char* name, uint64_t entryIno, uint64_t next) {
+        fuse_entry_param e;
+        memset(&e, 0, sizeof(e));
+        e.attr.st_ino = entryIno;
+        e.attr.st_mode = S_IFDIR;
+        size_t need = fuse_add_direntry_plus(req, buf.begin() + used, size - used, name, &e, next);
+        if (need > size - used) return false;
+        used += need;
+        return true;
+      };
+      bool room = true;
+      if (off < 1) room = addDot(".", ino, 1);
+      if (room && off < 2) room = addDot("..", page.parent != 0 ? page.parent : ino, 2);
+      for (auto& item : page.items) {
+        if (!room) break;
+        auto name =
+            kj::heapString(reinterpret_cast<const char*>(item.name.begin()), item.name.size());
+        // Sized first: an entry that does not fit is not handed out, and takes no reference.
+        size_t need = fuse_add_direntry_plus(req, nullptr, 0, name.cStr(), nullptr, 0);
+        if (need > size - used) break;
+        fuse_entry_param param;
+        fillEntry(&param, c.listedEntry(ino, item));
+        c.remember(param.attr);
+        used += fuse_add_direntry_plus(req, buf.begin() + used, size - used, name.cStr(), &param,
+                                       item.cookie);
+      }
+      fuse_reply_buf(req, buf.begin(), used);
+    });
+  });
+}
+
 void opReleasedir(fuse_req_t req, fuse_ino_t, fuse_file_info*) {
   fuse_reply_err(req, 0);
 }
@@ -496,6 +540,7 @@ fuse_lowlevel_ops makeTable() {
   t.fsync = opFsync;
   t.opendir = opOpendir;
   t.readdir = opReaddir;
+  t.readdirplus = opReaddirplus;
   t.releasedir = opReleasedir;
   t.fsyncdir = opFsyncdir;
   t.statfs = opStatfs;

@@ -23,6 +23,43 @@
 namespace cairn::test {
 namespace {
 
+namespace {
+
+// LOOKUPs and GETATTRs this mount's client answered or sent on, so far.
+uint64_t kernelAsked(const std::string& mnt) {
+  auto r = run({ctlBin(), "--mount", mnt, "stats"});
+  EXPECT_EQ(r.status, 0) << r.err;
+  uint64_t n = 0;
+  for (const char* name :
+       {"\ncairn_client_cache_hits_total ", "\ncairn_client_cache_misses_total "}) {
+    auto at = r.out.find(name);
+    EXPECT_NE(at, std::string::npos) << r.out;
+    if (at != std::string::npos) n += std::stoull(r.out.substr(at + strlen(name)));
+  }
+  return n;
+}
+
+// The kernel forgets the names and inodes nobody uses.
+void dropKernelNames() {
+  int fd = open("/proc/sys/vm/drop_caches", O_WRONLY);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(write(fd, "2", 1), 1);
+  close(fd);
+}
+
+// Lists a directory; returns how many names start with `prefix`.
+int listNames(const std::string& dir, char prefix) {
+  DIR* d = opendir(dir.c_str());
+  EXPECT_NE(d, nullptr);
+  if (d == nullptr) return 0;
+  int n = 0;
+  while (auto* e = readdir(d)) n += e->d_name[0] == prefix;
+  closedir(d);
+  return n;
+}
+
+}  // namespace
+
 class PosixOps : public ::testing::Test {
 protected:
   static void SetUpTestSuite() {
@@ -550,6 +587,45 @@ TEST_F(PosixOps, ScatteredWritesGoInOneRequestPerTarget) {
     ASSERT_EQ(std::string(static_cast<char*>(buf), BLOCK), std::string(BLOCK, want)) << b;
   }
   close(fd);
+}
+
+// A listing hands the kernel each name with its attributes (READDIRPLUS), under the locks that
+// came with it: stat() of every listed name is then answered by the kernel, with no LOOKUP.
+TEST_F(PosixOps, AListingHandsTheKernelNamesWithTheirAttributes) {
+  constexpr int FILES = 100;
+  for (int i = 0; i < FILES; i++) writeWhole(p("l" + std::to_string(i)), "x");
+  sync();
+  dropKernelNames();
+  EXPECT_EQ(listNames(dir_, 'l'), FILES);
+  uint64_t before = kernelAsked(*mnt_);
+  struct stat st;
+  for (int i = 0; i < FILES; i++) {
+    ASSERT_EQ(stat(p("l" + std::to_string(i)).c_str(), &st), 0);
+    EXPECT_EQ(st.st_size, 1);
+  }
+  EXPECT_LT(kernelAsked(*mnt_) - before, uint64_t(FILES) / 10)
+      << "stat() after a listing asked the client";
+}
+
+// Removing a directory just listed (as `rm -r` does, one after another) leaves the kernel the
+// names it holds elsewhere: none of them is made to be looked up again.
+TEST_F(PosixOps, RemovingAListedDirectoryKeepsOtherNames) {
+  constexpr int FILES = 50;
+  for (int i = 0; i < FILES; i++) writeWhole(p("k" + std::to_string(i)), "x");
+  ASSERT_EQ(mkdir(p("sub").c_str(), 0755), 0);
+  writeWhole(p("sub/kf"), "x");
+  sync();
+  dropKernelNames();
+  EXPECT_EQ(listNames(dir_, 'k'), FILES);
+  EXPECT_EQ(listNames(p("sub"), 'k'), 1);  // a name of `sub` handed out just now
+  ASSERT_EQ(unlink(p("sub/kf").c_str()), 0);
+  ASSERT_EQ(rmdir(p("sub").c_str()), 0);
+  usleep(100 * 1000);  // the client's reaction to the removal is asynchronous
+  uint64_t before = kernelAsked(*mnt_);
+  struct stat st;
+  for (int i = 0; i < FILES; i++) ASSERT_EQ(stat(p("k" + std::to_string(i)).c_str(), &st), 0);
+  EXPECT_LT(kernelAsked(*mnt_) - before, uint64_t(FILES) / 5)
+      << "the removal made the kernel look names up again";
 }
 
 // Closes reach the metadata server in batches (releaseMany), and every handle is released.

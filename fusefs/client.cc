@@ -1229,42 +1229,44 @@ struct StorePiece {
   kj::ArrayPtr<const kj::byte> data;
 };
 
-// Sends pieces of one object to its target one request after another on the one connection (a
-// join arms its promises in order, at once), which the server applies in order: where pieces
-// overlap, the later lands last. `many`: as few writeMany requests as the limits allow.
-kj::Promise<void> sendPieces(ServerLink& link, uint64_t object,
-                             kj::ArrayPtr<const StorePiece> pieces, ServerLink::Class cls,
-                             bool many) {
-  kj::Vector<kj::Promise<void>> requests;
+// The requests a target's pieces go in: as few writeMany requests as the limits allow, or one
+// write each (`many` false).
+kj::Vector<kj::ArrayPtr<const StorePiece>> groupPieces(kj::ArrayPtr<const StorePiece> pieces,
+                                                       bool many) {
+  kj::Vector<kj::ArrayPtr<const StorePiece>> groups;
   for (size_t i = 0; i < pieces.size();) {
     size_t j = i + 1, bytes = pieces[i].data.size();
     while (many && j < pieces.size() && j - i < features::MAX_WRITE_MANY_PIECES &&
            bytes + pieces[j].data.size() <= features::MAX_WRITE_MANY_BYTES) {
       bytes += pieces[j++].data.size();
     }
-    auto group = pieces.slice(i, j);
-    requests.add(
-        link.data(
-                [object, group](rpc::DataRequest::Builder b) {
-                  if (group.size() == 1) {
-                    auto w = b.initWrite();
-                    w.setObjectId(object);
-                    w.setOffset(group[0].offset);
-                    w.setData(group[0].data);
-                    return;
-                  }
-                  auto list = b.initWriteMany(group.size());
-                  for (auto k : kj::indices(group)) {
-                    list[k].setObjectId(object);
-                    list[k].setOffset(group[k].offset);
-                    list[k].setData(group[k].data);
-                  }
-                },
-                true, cls)
-            .then([](ServerLink::DataResponse&& resp) { checkErrno(resp.getReply().getError()); }));
+    groups.add(pieces.slice(i, j));
     i = j;
   }
-  return kj::joinPromises(requests.releaseAsArray());
+  return groups;
+}
+
+kj::Promise<void> sendGroup(ServerLink& link, uint64_t object, kj::ArrayPtr<const StorePiece> group,
+                            ServerLink::Class cls) {
+  return link
+      .data(
+          [object, group](rpc::DataRequest::Builder b) {
+            if (group.size() == 1) {
+              auto w = b.initWrite();
+              w.setObjectId(object);
+              w.setOffset(group[0].offset);
+              w.setData(group[0].data);
+              return;
+            }
+            auto list = b.initWriteMany(group.size());
+            for (auto k : kj::indices(group)) {
+              list[k].setObjectId(object);
+              list[k].setOffset(group[k].offset);
+              list[k].setData(group[k].data);
+            }
+          },
+          true, cls)
+      .then([](ServerLink::DataResponse&& resp) { checkErrno(resp.getReply().getError()); });
 }
 
 // Pieces with the buffers of those joined.
@@ -1317,29 +1319,59 @@ kj::Promise<void> Client::storeBatch(const StripeLayout& layout,
       byTarget[layout.targets[p.slot]].add(StorePiece{p.objectOffset, bytes});
     }
   }
-  uint64_t object = layout.objectId;
-  auto sends = kj::heapArrayBuilder<kj::Promise<void>>(byTarget.size());
+  auto joined = kj::heapArrayBuilder<Joined>(byTarget.size());
+  auto links = kj::heapArrayBuilder<kj::Promise<ServerLink*>>(byTarget.size());
   for (auto& [target, list] : byTarget) {
-    auto joined = kj::heap<Joined>(joinSmall(list.releaseAsArray()));
-    sends.add(
-        dataLink(target).then([object, joined = kj::mv(joined), cls](ServerLink* link) mutable {
-          bool many = link->peerFeatures() & features::WRITE_MANY;
-          auto own = kj::mv(joined);
-          kj::ArrayPtr<const StorePiece> all = own->pieces;
-          return sendPieces(*link, object, all, cls, many)
-              .catch_([link, object, all, cls, many](kj::Exception&& e) -> kj::Promise<void> {
-                // The connection went meanwhile to a server of an older release (an upgrade rolled
-                // back), which refused writeMany: all of them again, one write each and in order
-                // (the same bytes written twice are the same file).
-                if (many && !(link->peerFeatures() & features::WRITE_MANY)) {
-                  return sendPieces(*link, object, all, cls, false);
-                }
-                return kj::mv(e);
-              })
-              .attach(kj::mv(own));
-        }));
+    joined.add(joinSmall(list.releaseAsArray()));
+    links.add(dataLink(target));
   }
-  return kj::joinPromises(sends.finish());
+  uint64_t object = layout.objectId;
+  return kj::joinPromises(links.finish())
+      .then([object, cls, joined = joined.finish()](kj::Array<ServerLink*> links) mutable {
+        // Each target's requests in order on its connection (the server applies them so: where
+        // pieces overlap, the later lands last), and the targets' requests taking turns: every
+        // target starts on its share while the next requests are being encrypted and sent.
+        size_t n = links.size();
+        auto many = kj::heapArray<bool>(n);
+        auto groups = kj::heapArrayBuilder<kj::Vector<kj::ArrayPtr<const StorePiece>>>(n);
+        auto sent = kj::heapArray<kj::Vector<kj::Promise<void>>>(n);
+        size_t rounds = 0;
+        for (size_t t = 0; t < n; t++) {
+          many[t] = links[t]->peerFeatures() & features::WRITE_MANY;
+          groups.add(groupPieces(joined[t].pieces, many[t]));
+          rounds = kj::max(rounds, groups[t].size());
+        }
+        auto groupsOf = groups.finish();
+        for (size_t r = 0; r < rounds; r++) {
+          for (size_t t = 0; t < n; t++) {
+            if (r < groupsOf[t].size()) {
+              sent[t].add(sendGroup(*links[t], object, groupsOf[t][r], cls));
+            }
+          }
+        }
+        auto done = kj::heapArrayBuilder<kj::Promise<void>>(n);
+        for (size_t t = 0; t < n; t++) {
+          ServerLink* link = links[t];
+          kj::ArrayPtr<const StorePiece> all = joined[t].pieces;
+          bool batched = many[t];
+          done.add(kj::joinPromises(sent[t].releaseAsArray())
+                       .catch_([link, object, all, cls,
+                                batched](kj::Exception&& e) -> kj::Promise<void> {
+                         // The connection went meanwhile to a server of an older release (an
+                         // upgrade rolled back), which refused writeMany: all of them again, one
+                         // write each and in order (the same bytes written twice are the same
+                         // file).
+                         if (!batched || (link->peerFeatures() & features::WRITE_MANY)) {
+                           return kj::mv(e);
+                         }
+                         auto again = groupPieces(all, false);
+                         auto each = kj::heapArrayBuilder<kj::Promise<void>>(again.size());
+                         for (auto group : again) each.add(sendGroup(*link, object, group, cls));
+                         return kj::joinPromises(each.finish());
+                       }));
+        }
+        return kj::joinPromises(done.finish()).attach(kj::mv(joined));
+      });
 }
 
 // Size and mtime on the metadata target, once the data is in place: that update calls back the

@@ -29,7 +29,7 @@ namespace cairn {
 
 class WriteBehind {
 public:
-  static constexpr size_t FILE_BATCH = 8 << 20;   // queued for one file: start sending
+  static constexpr size_t FILE_BATCH = 4 << 20;   // queued for one file: start sending
   static constexpr size_t MAX_QUEUED = 64 << 20;  // queued over all files: writers wait
 
   struct Write {

@@ -1788,12 +1788,42 @@ kj::Promise<DirPage> Client::readdir(uint64_t ino, uint64_t cookie, uint32_t max
                    return resp.getReply().getAttr().getParent();
                  });
   }
+  uint64_t from = kj::max(cookie, uint64_t(2));
+  auto ahead = listedAhead_.find(ino);
+  if (ahead != listedAhead_.end()) {
+    auto& a = ahead->second;
+    size_t at = a.items.size() + 1;  // where `from` continues, if among the items
+    if (a.from == from) {
+      at = 0;
+    } else {
+      for (size_t i = 0; i < a.items.size(); i++) {
+        if (a.items[i].cookie == from) at = i + 1;
+      }
+    }
+    if (a.stamp == cache_.dirStamp(ino) && locks_->held(ino, BIT_LOOKUP) != 0 &&
+        at <= a.items.size() && (at < a.items.size() || a.eof)) {
+      DirPage page;
+      size_t end = kj::min(a.items.size(), at + maxEntries);
+      for (size_t i = at; i < end; i++) {
+        auto& item = a.items[i];
+        page.items.add(
+            DirItem{kj::heapArray(item.name.asPtr()), item.cookie, item.attr, item.generation});
+      }
+      page.eof = a.eof && end == a.items.size();
+      return parent.then([page = kj::mv(page)](uint64_t parent) mutable {
+        page.parent = parent;
+        return kj::mv(page);
+      });
+    }
+    listedAhead_.erase(ahead);
+  }
   // The names and attributes of a batch come with the locks that cover them: an `ls -l` then
   // costs one round trip per batch, the per-name LOOKUPs are answered from the cache.
   uint32_t want = caching() ? (rpc::WANT_DIR | rpc::WANT_INODE) : 0;
+  uint32_t ask = caching() ? kj::max(maxEntries, READDIR_BATCH) : maxEntries;
   auto entries =
       metaCall(
-          [ino, cookie, maxEntries, want](rpc::MetaRequest::Builder b) {
+          [ino, cookie, maxEntries = ask, want](rpc::MetaRequest::Builder b) {
             b.setWantLocks(want);
             auto r = b.initReaddir();
             r.setIno(ino);
@@ -1802,17 +1832,31 @@ kj::Promise<DirPage> Client::readdir(uint64_t ino, uint64_t cookie, uint32_t max
           },
           false, ServerLink::Class::NORMAL,
           [this, ino, cookie](rpc::MetaReply::Reader reply) { listed(ino, cookie, reply); })
-          .then([](ServerLink::MetaResponse&& resp) {
+          .then([this, ino, from, maxEntries](ServerLink::MetaResponse&& resp) {
             auto entries = resp.getReply().getEntries();
             DirPage page;
             page.eof = entries.getEof();
-            for (auto e : entries.getList()) {
+            auto list = entries.getList();
+            for (auto e : list) {
               DirItem item;
               item.name = kj::heapArray(e.getName());
               item.cookie = e.getCookie();
               attrToStat(e.getAttr(), &item.attr);
               item.generation = e.getAttr().getGeneration();
               page.items.add(kj::mv(item));
+            }
+            if (page.items.size() > maxEntries && locks_->held(ino, BIT_LOOKUP) != 0) {
+              // Kept whole: the kernel continues from the last entry its reader took, which
+              // may be any of those it was given.
+              if (listedAhead_.size() >= MAX_LISTED_AHEAD) listedAhead_.clear();
+              ListedAhead a{cache_.dirStamp(ino), from, {}, page.eof};
+              for (auto& item : page.items) {
+                a.items.add(DirItem{kj::heapArray(item.name.asPtr()), item.cookie, item.attr,
+                                    item.generation});
+              }
+              listedAhead_.insert_or_assign(ino, kj::mv(a));
+              page.items.truncate(maxEntries);
+              page.eof = false;
             }
             return page;
           });

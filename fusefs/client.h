@@ -288,8 +288,20 @@ private:
     uint64_t nextCookie;  // where the next batch must start to continue them
   };
   std::map<uint64_t, Listing> listings_;
-  std::map<uint64_t, int> writers_;  // ino -> open handles that may dirty its pages
-  bool draining_ = false;            // the metadata server is shutting down: everything goes back
+  // A readdir asks the server for more entries than the kernel's buffer takes (READDIRPLUS
+  // entries are large: ~40 to a request); the rest answers the kernel's next requests, while the
+  // directory's names are unchanged under the same LOOKUP lock (MetaCache::dirStamp).
+  struct ListedAhead {
+    uint64_t stamp;
+    uint64_t from;  // the cookie the first item continues
+    kj::Vector<DirItem> items;
+    bool eof;
+  };
+  std::unordered_map<uint64_t, ListedAhead> listedAhead_;
+  static constexpr uint32_t READDIR_BATCH = 512;
+  static constexpr size_t MAX_LISTED_AHEAD = 64;  // directories
+  std::map<uint64_t, int> writers_;               // ino -> open handles that may dirty its pages
+  bool draining_ = false;  // the metadata server is shutting down: everything goes back
   // Names the kernel keeps, by directory, and when a lookup in it was last answered.
   std::unordered_map<uint64_t, std::unordered_set<std::string>> kernelNames_;
   std::unordered_map<uint64_t, kj::TimePoint> lastNameReply_;

@@ -70,9 +70,11 @@ void MetaCache::setEntry(uint64_t dir, std::string name, uint64_t ino) {
   auto& names = dirs_[dir];
   auto it = names.find(name);
   if (it != names.end()) {
+    if (it->second != ino) touched(dir);
     it->second = ino;
     return;
   }
+  touched(dir);
   if (names_ >= MAX_NAMES) {
     complete_.erase(dir);  // a name left out: "not found" no longer means "none"
     return;
@@ -82,6 +84,7 @@ void MetaCache::setEntry(uint64_t dir, std::string name, uint64_t ino) {
 }
 
 void MetaCache::dropEntry(uint64_t dir, const std::string& name) {
+  touched(dir);
   auto d = dirs_.find(dir);
   complete_.erase(dir);
   if (d == dirs_.end()) return;
@@ -89,11 +92,17 @@ void MetaCache::dropEntry(uint64_t dir, const std::string& name) {
 }
 
 void MetaCache::dropDir(uint64_t dir) {
+  touched(dir);
   complete_.erase(dir);
   auto d = dirs_.find(dir);
   if (d == dirs_.end()) return;
   names_ -= d->second.size();
   dirs_.erase(d);
+}
+
+uint64_t MetaCache::dirStamp(uint64_t dir) const {
+  auto it = stamps_.find(dir);
+  return it == stamps_.end() ? 0 : it->second;
 }
 
 void MetaCache::markComplete(uint64_t dir) {
@@ -107,6 +116,7 @@ void MetaCache::clear() {
   dirs_.clear();
   complete_.clear();
   names_ = 0;
+  stamps_.clear();
 }
 
 }  // namespace cairn

@@ -46,6 +46,9 @@ public:
   void setEntry(uint64_t dir, std::string name, uint64_t ino);
   void dropEntry(uint64_t dir, const std::string& name);
   void dropDir(uint64_t dir);
+  // Changes whenever one of the directory's cached names does (0: never cached, or unchanged
+  // since clear()): what was read of it alongside is still the directory while this is.
+  uint64_t dirStamp(uint64_t dir) const;
   // Every name of the directory is cached: a name not found does not exist.
   void markComplete(uint64_t dir);
   bool complete(uint64_t dir) const { return complete_.count(dir) > 0; }
@@ -66,6 +69,9 @@ private:
   std::unordered_map<uint64_t, std::unordered_map<std::string, uint64_t>> dirs_;
   std::unordered_set<uint64_t> complete_;
   size_t names_ = 0;
+  void touched(uint64_t dir) { stamps_[dir] = ++changes_; }
+  std::unordered_map<uint64_t, uint64_t> stamps_;
+  uint64_t changes_ = 0;
 };
 
 }  // namespace cairn

@@ -4,6 +4,7 @@
 #include <linux/fs.h>
 #include <unistd.h>
 
+#include <capnp/orphan.h>
 #include <kj/debug.h>
 #include <spdlog/spdlog.h>
 
@@ -1246,23 +1247,36 @@ kj::Vector<kj::ArrayPtr<const StorePiece>> groupPieces(kj::ArrayPtr<const StoreP
   return groups;
 }
 
+// A piece's bytes in a request: referenced where they are, not copied into the message, when
+// Cap'n Proto allows (word-aligned, whole words: nothing past the end goes out). The batch
+// keeps them until the request's reply; a resend builds the request again.
+capnp::Orphan<capnp::Data> pieceData(capnp::Orphanage orphanage,
+                                     kj::ArrayPtr<const kj::byte> data) {
+  if (reinterpret_cast<uintptr_t>(data.begin()) % sizeof(capnp::word) == 0 &&
+      data.size() % sizeof(capnp::word) == 0) {
+    return orphanage.referenceExternalData(data);
+  }
+  return orphanage.newOrphanCopy(capnp::Data::Reader(data));
+}
+
 kj::Promise<void> sendGroup(ServerLink& link, uint64_t object, kj::ArrayPtr<const StorePiece> group,
                             ServerLink::Class cls) {
   return link
       .data(
           [object, group](rpc::DataRequest::Builder b) {
+            auto orphanage = capnp::Orphanage::getForMessageContaining(b);
             if (group.size() == 1) {
               auto w = b.initWrite();
               w.setObjectId(object);
               w.setOffset(group[0].offset);
-              w.setData(group[0].data);
+              w.adoptData(pieceData(orphanage, group[0].data));
               return;
             }
             auto list = b.initWriteMany(group.size());
             for (auto k : kj::indices(group)) {
               list[k].setObjectId(object);
               list[k].setOffset(group[k].offset);
-              list[k].setData(group[k].data);
+              list[k].adoptData(pieceData(orphanage, group[k].data));
             }
           },
           true, cls)

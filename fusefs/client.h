@@ -298,8 +298,8 @@ private:
     bool eof;
   };
   std::unordered_map<uint64_t, ListedAhead> listedAhead_;
-  static constexpr uint32_t READDIR_BATCH = 512;
-  static constexpr size_t MAX_LISTED_AHEAD = 64;  // directories
+  static constexpr uint32_t READDIR_BATCH = 2048;
+  static constexpr size_t MAX_LISTED_AHEAD = 16;  // directories (~400 KiB each at most)
   std::map<uint64_t, int> writers_;               // ino -> open handles that may dirty its pages
   bool draining_ = false;  // the metadata server is shutting down: everything goes back
   // Names the kernel keeps, by directory, and when a lookup in it was last answered.

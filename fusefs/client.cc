@@ -1837,12 +1837,12 @@ kj::Promise<DirPage> Client::readdir(uint64_t ino, uint64_t cookie, uint32_t max
   uint32_t ask = caching() ? kj::max(maxEntries, READDIR_BATCH) : maxEntries;
   auto entries =
       metaCall(
-          [ino, cookie, maxEntries = ask, want](rpc::MetaRequest::Builder b) {
+          [ino, cookie, ask, want](rpc::MetaRequest::Builder b) {
             b.setWantLocks(want);
             auto r = b.initReaddir();
             r.setIno(ino);
             r.setCookie(kj::max(cookie, uint64_t(2)));
-            r.setMaxEntries(maxEntries);
+            r.setMaxEntries(ask);
           },
           false, ServerLink::Class::NORMAL,
           [this, ino, cookie](rpc::MetaReply::Reader reply) { listed(ino, cookie, reply); })
@@ -1882,8 +1882,6 @@ kj::Promise<DirPage> Client::readdir(uint64_t ino, uint64_t cookie, uint32_t max
   });
 }
 
-// A batch of a directory's names. Batches that follow each other from the first to the last
-// under one LOOKUP lock make the cached names the whole directory.
 Entry Client::listedEntry(uint64_t dir, const DirItem& item) {
   Entry e;
   KJ_IF_MAYBE (cached, cachedEntry(item.attr.st_ino)) {
@@ -1897,6 +1895,8 @@ Entry Client::listedEntry(uint64_t dir, const DirItem& item) {
   return e;
 }
 
+// A batch of a directory's names. Batches that follow each other from the first to the last
+// under one LOOKUP lock make the cached names the whole directory.
 void Client::listed(uint64_t dir, uint64_t cookie, rpc::MetaReply::Reader reply) {
   uint64_t lock = locks_->held(dir, BIT_LOOKUP);
   if (reply.getError() != 0 || lock == 0) {

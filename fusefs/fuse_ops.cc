@@ -416,6 +416,8 @@ void opReaddir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file
 // As READDIR, with each entry's attributes: the kernel makes its dentries and inodes from them,
 // so `rm -r`, `ls -l` or `du` after a listing send no LOOKUP per name.
 void opReaddirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info*) {
+  // An entry takes 160 bytes or more (attributes and name): more than fit are asked for, and
+  // the client keeps the rest for the next request.
   uint32_t max = uint32_t(size / 96 + 2);
   ops(req).run(req, [&]() {
     return client(req).readdir(ino, off, max).then([req, ino, size, off](DirPage page) {

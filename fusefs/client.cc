@@ -483,7 +483,14 @@ uint32_t Client::wantFor(uint64_t dir, uint64_t ino, bool data) {
 bool Client::nameForKernel(uint64_t parent, const std::string& name) {
   KJ_IF_MAYBE (kernel, kernel_) {
     if (!kernel->keepsNames() || locks_->held(parent, BIT_LOOKUP) == 0) return false;
-    kernelNames_[parent].insert(name);
+    auto& names = kernelNames_[parent];
+    if (names.count(name) == 0) {
+      // As many as the client's own cache of names at most (a listing hands out every name of
+      // a directory): past that the kernel keeps no more, and asks again, answered from there.
+      if (kernelNameCount_ >= MetaCache::MAX_NAMES) return false;
+      names.insert(name);
+      ++kernelNameCount_;
+    }
     lastNameReply_.insert_or_assign(parent, io_.provider->getTimer().now());
     return true;
   }
@@ -507,22 +514,28 @@ void Client::movedInKernel(uint64_t dir, const std::string& name) {
 // lookup begun before it is checked again at its next use.
 constexpr kj::Duration NAME_IN_FLIGHT = 2 * kj::SECONDS;
 
+std::vector<std::string> Client::forgetKernelNames(uint64_t dir) {
+  std::vector<std::string> names;
+  auto it = kernelNames_.find(dir);
+  if (it != kernelNames_.end()) {
+    names.assign(it->second.begin(), it->second.end());
+    kernelNameCount_ -= it->second.size();
+    kernelNames_.erase(it);
+  }
+  return names;
+}
+
 kj::Promise<void> Client::revoke(uint64_t ino, uint64_t bit) {
   if (bit == BIT_LOOKUP) {
     cache_.dropDir(ino);
     if (removedDirs_.erase(ino) > 0) {
       // Nothing to tell the kernel (see absorb); raising its epoch would make it check every
       // name it holds, as `rm -r` removing directory after directory did.
-      kernelNames_.erase(ino);
+      forgetKernelNames(ino);
       lastNameReply_.erase(ino);
       return kj::READY_NOW;
     }
-    std::vector<std::string> names;
-    auto it = kernelNames_.find(ino);
-    if (it != kernelNames_.end()) {
-      names.assign(it->second.begin(), it->second.end());
-      kernelNames_.erase(it);
-    }
+    std::vector<std::string> names = forgetKernelNames(ino);
     bool epoch = false;
     auto last = lastNameReply_.find(ino);
     if (last != lastNameReply_.end()) {

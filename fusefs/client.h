@@ -238,6 +238,8 @@ private:
   // The kernel may keep the name `e` was reached by, if its directory's lock is held: noted,
   // so that the name is dropped from the kernel with the lock.
   bool nameForKernel(uint64_t parent, const std::string& name);
+  // Takes a directory's names out of the record of those the kernel keeps; returns them.
+  std::vector<std::string> forgetKernelNames(uint64_t dir);
   void movedInKernel(uint64_t dir, const std::string& name);
   Entry entryOf(rpc::Attr::Reader attr);
   kj::Promise<ServerLink*> dataLink(uint32_t index);
@@ -304,6 +306,7 @@ private:
   bool draining_ = false;  // the metadata server is shutting down: everything goes back
   // Names the kernel keeps, by directory, and when a lookup in it was last answered.
   std::unordered_map<uint64_t, std::unordered_set<std::string>> kernelNames_;
+  size_t kernelNameCount_ = 0;  // over all directories
   std::unordered_map<uint64_t, kj::TimePoint> lastNameReply_;
   // Directories our own update removed whose lookup lock is still to go (see absorb).
   std::unordered_set<uint64_t> removedDirs_;

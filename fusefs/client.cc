@@ -1213,29 +1213,6 @@ kj::Promise<kj::Array<kj::byte>> Client::fetch(const StripeLayout& layout, uint6
   });
 }
 
-kj::Promise<void> Client::store(const StripeLayout& layout, uint64_t offset,
-                                kj::ArrayPtr<const kj::byte> data, ServerLink::Class cls) {
-  auto pieces = splitRange(layout, offset, data.size());
-  auto parts = kj::heapArrayBuilder<kj::Promise<void>>(pieces.size());
-  uint64_t object = layout.objectId;
-  for (auto& p : pieces) {
-    auto bytes = data.slice(p.fileOffset - offset, p.fileOffset - offset + p.length);
-    parts.add(dataLink(layout.targets[p.slot]).then([object, p, bytes, cls](ServerLink* link) {
-      return link
-          ->data(
-              [object, p, bytes](rpc::DataRequest::Builder b) {
-                auto w = b.initWrite();
-                w.setObjectId(object);
-                w.setOffset(p.objectOffset);
-                w.setData(bytes);
-              },
-              true, cls)
-          .then([](ServerLink::DataResponse&& resp) { checkErrno(resp.getReply().getError()); });
-    }));
-  }
-  return kj::joinPromises(parts.finish());
-}
-
 namespace {
 
 struct StorePiece {
@@ -1335,6 +1312,23 @@ Joined joinSmall(kj::Array<StorePiece> pieces) {
 }
 
 }  // namespace
+
+kj::Promise<void> Client::store(const StripeLayout& layout, uint64_t offset,
+                                kj::ArrayPtr<const kj::byte> data, ServerLink::Class cls) {
+  auto pieces = splitRange(layout, offset, data.size());
+  auto parts = kj::heapArrayBuilder<kj::Promise<void>>(pieces.size());
+  uint64_t object = layout.objectId;
+  for (auto& p : pieces) {
+    auto piece = kj::heap(StorePiece{
+        p.objectOffset, data.slice(p.fileOffset - offset, p.fileOffset - offset + p.length)});
+    parts.add(dataLink(layout.targets[p.slot])
+                  .then([object, piece = kj::mv(piece), cls](ServerLink* link) mutable {
+                    kj::ArrayPtr<const StorePiece> one(piece.get(), 1);
+                    return sendGroup(*link, object, one, cls).attach(kj::mv(piece));
+                  }));
+  }
+  return kj::joinPromises(parts.finish());
+}
 
 kj::Promise<void> Client::storeBatch(const StripeLayout& layout,
                                      kj::ArrayPtr<const WriteBehind::Write> writes,

@@ -2,6 +2,7 @@
 
 #include <kj/debug.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include "rpc/errors.h"
 
@@ -53,11 +54,9 @@ void ObjectStore::write(store::Txn& txn, uint64_t object, uint64_t offset,
   }
 }
 
-size_t ObjectStore::read(store::Txn& txn, uint64_t object, uint64_t offset,
-                         kj::ArrayPtr<kj::byte> out) {
-  fsRequire(offset <= MAX_OFFSET, EINVAL);
-  uint64_t end = offset + kj::min(uint64_t(out.size()), MAX_OFFSET - offset);
-  size_t filled = 0;  // one past the last stored byte copied
+template <typename Func>
+void ObjectStore::forEachChunk(store::Txn& txn, uint64_t object, uint64_t offset, uint64_t end,
+                               Func&& func) {
   store::Cursor cursor(txn, chunks_);
   ChunkKey first(object, offset / CHUNK_SIZE);
   for (auto item = cursor.seek(first.ptr());; item = cursor.next()) {
@@ -65,49 +64,52 @@ size_t ObjectStore::read(store::Txn& txn, uint64_t object, uint64_t offset,
       if (store::readU64(i->key, 0) != object) break;
       uint64_t chunkStart = store::readU64(i->key, 8) * CHUNK_SIZE;
       if (chunkStart >= end) break;
-      uint64_t from = kj::max(chunkStart, offset);
-      uint64_t to = kj::min(chunkStart + i->value.size(), end);
-      if (from < to) {
-        memcpy(out.begin() + (from - offset), i->value.begin() + (from - chunkStart), to - from);
-        filled = to - offset;
-      }
+      func(chunkStart, i->value);
     } else {
       break;
     }
   }
+}
+
+size_t ObjectStore::read(store::Txn& txn, uint64_t object, uint64_t offset,
+                         kj::ArrayPtr<kj::byte> out) {
+  fsRequire(offset <= MAX_OFFSET, EINVAL);
+  uint64_t end = offset + kj::min(uint64_t(out.size()), MAX_OFFSET - offset);
+  size_t filled = 0;  // one past the last stored byte copied
+  forEachChunk(txn, object, offset, end, [&](uint64_t chunkStart, store::Bytes value) {
+    uint64_t from = kj::max(chunkStart, offset);
+    uint64_t to = kj::min(chunkStart + value.size(), end);
+    if (from < to) {
+      memcpy(out.begin() + (from - offset), value.begin() + (from - chunkStart), to - from);
+      filled = to - offset;
+    }
+  });
   return filled;
 }
 
 void ObjectStore::prefetch(store::Txn& txn, uint64_t object, uint64_t offset, uint64_t length) {
   if (offset > MAX_OFFSET) return;
   uint64_t end = offset + kj::min(length, MAX_OFFSET - offset);
-  const uintptr_t page = 4096;
+  static const uintptr_t page = uintptr_t(sysconf(_SC_PAGESIZE));  // LMDB's page: the OS's
   // Values next to each other in the map (a file written in order) go in one call.
   uintptr_t runStart = 0, runEnd = 0;
   auto flush = [&]() {
     // Only advice: a failure changes nothing but speed.
-    if (runEnd > runStart)
+    if (runEnd > runStart) {
       madvise(reinterpret_cast<void*>(runStart), runEnd - runStart, MADV_WILLNEED);
-  };
-  store::Cursor cursor(txn, chunks_);
-  ChunkKey first(object, offset / CHUNK_SIZE);
-  for (auto item = cursor.seek(first.ptr());; item = cursor.next()) {
-    KJ_IF_MAYBE (i, item) {
-      if (store::readU64(i->key, 0) != object) break;
-      if (store::readU64(i->key, 8) * CHUNK_SIZE >= end) break;
-      auto from = reinterpret_cast<uintptr_t>(i->value.begin()) & ~(page - 1);
-      auto to = reinterpret_cast<uintptr_t>(i->value.end());
-      if (from >= runStart && from <= runEnd + page) {
-        runEnd = kj::max(runEnd, to);
-      } else {
-        flush();
-        runStart = from;
-        runEnd = to;
-      }
-    } else {
-      break;
     }
-  }
+  };
+  forEachChunk(txn, object, offset, end, [&](uint64_t, store::Bytes value) {
+    auto from = reinterpret_cast<uintptr_t>(value.begin()) & ~(page - 1);
+    auto to = reinterpret_cast<uintptr_t>(value.end());
+    if (from >= runStart && from <= runEnd + page) {
+      runEnd = kj::max(runEnd, to);
+    } else {
+      flush();
+      runStart = from;
+      runEnd = to;
+    }
+  });
   flush();
 }
 

@@ -29,6 +29,11 @@ public:
   uint64_t objectCount(store::Txn& txn);
 
 private:
+  // Calls func(chunkStart, value) for each stored chunk of the object that begins before `end`
+  // and holds bytes at or after `offset`'s chunk, in order.
+  template <typename Func>
+  void forEachChunk(store::Txn& txn, uint64_t object, uint64_t offset, uint64_t end, Func&& func);
+
   MDB_dbi chunks_;
 };
 

@@ -120,6 +120,7 @@ Client::Client(kj::AsyncIoContext& io, kj::Network& network, ClientOptions optio
     : io_(io),
       network_(network),
       options_(kj::mv(options)),
+      cache_(options_.maxNames),
       readAhead_([this](uint64_t ino, uint64_t offset, size_t length) {
         return fetchAhead(ino, offset, length);
       }),
@@ -487,7 +488,7 @@ bool Client::nameForKernel(uint64_t parent, const std::string& name) {
     if (names.count(name) == 0) {
       // As many as the client's own cache of names at most (a listing hands out every name of
       // a directory): past that the kernel keeps no more, and asks again, answered from there.
-      if (kernelNameCount_ >= MetaCache::MAX_NAMES) return false;
+      if (kernelNameCount_ >= cache_.maxNames()) return false;
       names.insert(name);
       ++kernelNameCount_;
     }
@@ -1821,7 +1822,7 @@ kj::Promise<DirPage> Client::readdir(uint64_t ino, uint64_t cookie, uint32_t max
         if (a.items[i].cookie == from) at = i + 1;
       }
     }
-    if (a.stamp == cache_.dirStamp(ino) && locks_->held(ino, BIT_LOOKUP) != 0 &&
+    if (a.stamp != 0 && a.stamp == cache_.dirStamp(ino) && locks_->held(ino, BIT_LOOKUP) != 0 &&
         at <= a.items.size() && (at < a.items.size() || a.eof)) {
       DirPage page;
       size_t end = kj::min(a.items.size(), at + maxEntries);

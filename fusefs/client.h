@@ -43,6 +43,8 @@ struct ClientOptions {
   kj::String hostName;
   bool caching = true;  // ask for caching locks; off: every operation asks the server
   LockCache::Limits lockLimits;
+  // Directory entries cached, by the client and (as a record of what to drop) the kernel.
+  size_t maxNames = MetaCache::DEFAULT_MAX_NAMES;
   // A process taking a mount over (fusefs/handover.h) goes on as the client that handed it.
   kj::Maybe<kj::Array<kj::byte>> uuid;
 };
@@ -186,6 +188,7 @@ public:
   // Every link: the metadata server's first, then the data targets' by index.
   kj::Vector<ServerLink*> links();
   size_t dirtyBytes() const { return wb_.total(); }
+  size_t kernelNames() const { return kernelNameCount_; }
 
   // Client upgrade without unmounting (fusefs/handover.h). The handing process writes back
   // what it queued and lets every link settle (nothing in flight, nothing kept for replay),

@@ -69,6 +69,14 @@ kj::String renderClientMetrics(Client& client) {
   out.add(kj::str("cairn_client_dirty_bytes ", client.dirtyBytes(), "\n"));
   help(out, "cairn_client_locks_held", "gauge", "caching locks held on the metadata server");
   out.add(kj::str("cairn_client_locks_held ", client.lockCache().size(), "\n"));
+  help(out, "cairn_client_cached_names", "gauge",
+       "directory entries cached (at most the mount's name_limit)");
+  out.add(kj::str("cairn_client_cached_names ", client.metaCache().names(), "\n"));
+  help(out, "cairn_client_kernel_names", "gauge",
+       "directory entries the kernel was let keep (at most the mount's name_limit)");
+  out.add(kj::str("cairn_client_kernel_names ", client.kernelNames(), "\n"));
+  help(out, "cairn_client_cached_attrs", "gauge", "inode attributes cached");
+  out.add(kj::str("cairn_client_cached_attrs ", client.metaCache().attrs(), "\n"));
   help(out, "cairn_client_open_files", "gauge", "files open through this mount");
   out.add(kj::str("cairn_client_open_files ", client.opens().size(), "\n"));
   return kj::strArray(out, "");

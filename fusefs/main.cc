@@ -1,13 +1,13 @@
 // cairn-mount: mounts a Cairn filesystem. Wiring only.
 //
 //   cairn-mount HOST:PORT[,HOST:PORT...] MOUNTPOINT [-f] [-d] [-o OPTIONS]
-// (-o: the usual FUSE options, and log_file=, log_level=, nocache, lock_limit=, metrics=HOST:PORT,
-// tls=DIR)
+// (-o: the usual FUSE options, and log_file=, log_level=, nocache, lock_limit=, name_limit=,
+// metrics=HOST:PORT, tls=DIR)
 //   cairn-mount --takeover MOUNTPOINT     (a new binary takes a live mount over: handover.h)
 //
 // The addresses are the metadata server's (several for a failover pair). Besides the usual FUSE
 // options (allow_other, default_permissions, ...), -o takes log_file=PATH, log_level=LEVEL,
-// nocache and lock_limit=N.
+// nocache, lock_limit=N and name_limit=N.
 #define FUSE_USE_VERSION 314
 #include <fuse_lowlevel.h>
 #include <sys/mount.h>
@@ -53,6 +53,7 @@ struct MountConfig {
   char* tls = nullptr;      // credentials directory: mutual TLS with the servers
   int noCache = 0;
   unsigned lockLimit = 0;
+  unsigned nameLimit = 0;
   int version = 0;
 };
 
@@ -65,6 +66,7 @@ const fuse_opt SPECS[] = {
     {"tls=%s", offsetof(MountConfig, tls), 0},
     {"nocache", offsetof(MountConfig, noCache), 1},
     {"lock_limit=%u", offsetof(MountConfig, lockLimit), 0},
+    {"name_limit=%u", offsetof(MountConfig, nameLimit), 0},
     FUSE_OPT_KEY("--version", KEY_VERSION),
     FUSE_OPT_KEY("-V", KEY_VERSION),
     FUSE_OPT_END,
@@ -95,6 +97,7 @@ void usage(const char* prog) {
       "    -o log_level=LEVEL     trace, debug, info, warn, error (default info)\n"
       "    -o nocache             cache nothing: every operation asks the servers\n"
       "    -o lock_limit=N        cache under at most N locks (default 60000)\n"
+      "    -o name_limit=N        cache at most N directory entries (default 200000)\n"
       "    -o metrics=HOST:PORT   also serve the mount's counters as Prometheus /metrics there\n"
       "    -o tls=DIR             mutual TLS with the credentials in DIR (ca.crt, cert.crt,\n"
       "                           cert.key: cairnctl cert issue --client); without it, plain text\n"
@@ -327,6 +330,7 @@ int main(int argc, char** argv) {
     options.hostName = kj::str(host);
     options.caching = !cfg.noCache;
     if (cfg.lockLimit > 0) options.lockLimits.maxLocks = cfg.lockLimit;
+    if (cfg.nameLimit > 0) options.maxNames = cfg.nameLimit;
     kj::Maybe<cairn::rpc::MountHandover::Reader> state;
     KJ_IF_MAYBE (h, handed) {
       auto s = (*h)->getRoot<cairn::rpc::MountHandover>();

@@ -75,8 +75,10 @@ void MetaCache::setEntry(uint64_t dir, std::string name, uint64_t ino) {
     return;
   }
   touched(dir);
-  if (names_ >= MAX_NAMES) {
-    complete_.erase(dir);  // a name left out: "not found" no longer means "none"
+  if (names_ >= maxNames_) {
+    // A name left out: "not found" no longer means "none", not even once a listing ends.
+    complete_.erase(dir);
+    partial_.insert(dir);
     return;
   }
   names.emplace(kj::mv(name), ino);
@@ -92,8 +94,10 @@ void MetaCache::dropEntry(uint64_t dir, const std::string& name) {
 }
 
 void MetaCache::dropDir(uint64_t dir) {
-  touched(dir);
+  // Its stamp goes too: a later one is a new number, so nothing read before matches it.
+  stamps_.erase(dir);
   complete_.erase(dir);
+  partial_.erase(dir);
   auto d = dirs_.find(dir);
   if (d == dirs_.end()) return;
   names_ -= d->second.size();
@@ -106,6 +110,7 @@ uint64_t MetaCache::dirStamp(uint64_t dir) const {
 }
 
 void MetaCache::markComplete(uint64_t dir) {
+  if (partial_.count(dir) > 0) return;
   dirs_[dir];
   complete_.insert(dir);
 }
@@ -115,6 +120,7 @@ void MetaCache::clear() {
   xattrs_.clear();
   dirs_.clear();
   complete_.clear();
+  partial_.clear();
   names_ = 0;
   stamps_.clear();
 }

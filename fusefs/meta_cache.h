@@ -21,8 +21,10 @@ namespace cairn {
 
 class MetaCache {
 public:
-  // Bounds memory whatever the locks allow: past it, new names are simply not cached.
-  static constexpr size_t MAX_NAMES = 200000;
+  // Bounds memory whatever the locks allow: past the limit, new names are simply not cached.
+  static constexpr size_t DEFAULT_MAX_NAMES = 200000;
+  explicit MetaCache(size_t maxNames = DEFAULT_MAX_NAMES) : maxNames_(maxNames) {}
+  size_t maxNames() const { return maxNames_; }
 
   struct Inode {
     struct stat attr;
@@ -46,10 +48,12 @@ public:
   void setEntry(uint64_t dir, std::string name, uint64_t ino);
   void dropEntry(uint64_t dir, const std::string& name);
   void dropDir(uint64_t dir);
-  // Changes whenever one of the directory's cached names does (0: never cached, or unchanged
-  // since clear()): what was read of it alongside is still the directory while this is.
+  // Changes whenever one of the directory's cached names does (0: nothing cached since the
+  // directory was last dropped): what was read of it alongside is still the directory while
+  // this is, and not 0.
   uint64_t dirStamp(uint64_t dir) const;
-  // Every name of the directory is cached: a name not found does not exist.
+  // Every name of the directory is cached: a name not found does not exist. Ignored once a
+  // name of it was left out for want of room (until the directory is dropped).
   void markComplete(uint64_t dir);
   bool complete(uint64_t dir) const { return complete_.count(dir) > 0; }
   // The inode has no extended attributes at all (it was just made).
@@ -68,10 +72,14 @@ private:
   std::unordered_map<uint64_t, Xattrs> xattrs_;
   std::unordered_map<uint64_t, std::unordered_map<std::string, uint64_t>> dirs_;
   std::unordered_set<uint64_t> complete_;
+  std::unordered_set<uint64_t> partial_;  // some name left out since last dropped
+  size_t maxNames_;
   size_t names_ = 0;
   void touched(uint64_t dir) { stamps_[dir] = ++changes_; }
+  // Only for directories with something cached (they go with dropDir): bounded by the locks,
+  // not by how many directories were ever looked at.
   std::unordered_map<uint64_t, uint64_t> stamps_;
-  uint64_t changes_ = 0;
+  uint64_t changes_ = 0;  // never reset: a stamp once handed out is never handed out again
 };
 
 }  // namespace cairn

@@ -523,6 +523,48 @@ TEST_F(Coherence, ABoundedLockCacheStaysBoundedAndCoherent) {
   EXPECT_FALSE(exists(small + "/f8"));
 }
 
+// A gauge from a mount's counters (cairnctl --mount M stats).
+uint64_t mountGauge(const std::string& mnt, const std::string& name) {
+  auto r = run({ctlBin(), "--mount", mnt, "stats"});
+  EXPECT_EQ(r.status, 0) << r.err;
+  auto at = r.out.find("\n" + name + " ");
+  EXPECT_NE(at, std::string::npos) << name << " in " << r.out;
+  if (at == std::string::npos) return 0;
+  return std::stoull(r.out.substr(at + name.size() + 2));
+}
+
+// A client allowed few names caches no more of them, nor lets its kernel keep more, however
+// large the directories it lists; what it answers past the bound comes from the server.
+TEST_F(Coherence, ABoundedNameCacheStaysBoundedAndCoherent) {
+  TestCluster cluster;
+  std::string small = cluster.mount("name_limit=50");
+  constexpr int FILES = 300;
+  ASSERT_EQ(mkdir((small + "/d").c_str(), 0755), 0);
+  for (int i = 0; i < FILES; ++i) writeAll(small + "/d/f" + std::to_string(i), std::to_string(i));
+  for (int round = 0; round < 2; ++round) {
+    ASSERT_EQ(run({"/bin/ls", "-l", small + "/d"}).status, 0);
+    for (int i = 0; i < FILES; ++i) {
+      ASSERT_EQ(readWhole(small + "/d/f" + std::to_string(i)), std::to_string(i)) << i;
+    }
+    EXPECT_FALSE(exists(small + "/d/none"));
+  }
+  uint64_t names = mountGauge(small, "cairn_client_cached_names");
+  uint64_t kernel = mountGauge(small, "cairn_client_kernel_names");
+  EXPECT_LE(names, 50u);
+  EXPECT_LE(kernel, 50u);
+  EXPECT_GT(names, 0u);  // it did cache, up to the bound
+  // Names past the bound are not "known absent": another client's changes show.
+  std::string other = cluster.mount();
+  writeAll(other + "/d/new", "new");
+  ASSERT_EQ(unlink((other + "/d/f299").c_str()), 0);
+  ASSERT_EQ(rename((other + "/d/f0").c_str(), (other + "/d/g0").c_str()), 0);
+  EXPECT_EQ(readWhole(small + "/d/new"), "new");
+  EXPECT_FALSE(exists(small + "/d/f299"));
+  EXPECT_FALSE(exists(small + "/d/f0"));
+  EXPECT_EQ(readWhole(small + "/d/g0"), "0");
+  EXPECT_EQ(run({"/bin/sh", "-c", "ls " + small + "/d | wc -l"}).out, std::to_string(FILES) + "\n");
+}
+
 // A client that stops answering (its daemon stopped, as a hung host would be) holds a lock
 // another client needs: the other proceeds once the stuck one is evicted, and the stuck one,
 // when it runs again, gets EIO on the file it had open and works normally otherwise.

@@ -1717,7 +1717,15 @@ kj::Promise<void> Client::release(uint64_t fh) {
   readAhead_.drop(file.ino);
   if ((file.flags & O_ACCMODE) != O_RDONLY && !(file.flags & O_APPEND)) {
     auto w = writers_.find(file.ino);
-    if (w != writers_.end() && --w->second <= 0) writers_.erase(w);
+    if (w != writers_.end() && --w->second <= 0) {
+      writers_.erase(w);
+      // The last descriptor that could dirty the file is gone and what it queued was sent
+      // (above; its mappings were written back before the kernel let it go): PW has nothing
+      // left to protect. As PR it keeps our cached pages and attributes valid while readers
+      // elsewhere share it, instead of waiting for a callback to us at their next read.
+      locks_->downgrade(file.ino, BIT_DATA);
+      locks_->downgrade(file.ino, BIT_ATTR);
+    }
   }
   opens_.remove(fh);
   if (lost) return kj::READY_NOW;

@@ -69,6 +69,12 @@ kj::String renderClientMetrics(Client& client) {
   out.add(kj::str("cairn_client_dirty_bytes ", client.dirtyBytes(), "\n"));
   help(out, "cairn_client_locks_held", "gauge", "caching locks held on the metadata server");
   out.add(kj::str("cairn_client_locks_held ", client.lockCache().size(), "\n"));
+  help(out, "cairn_client_lock_callbacks_total", "counter",
+       "blocking callbacks received (a lock wanted elsewhere)");
+  out.add(kj::str("cairn_client_lock_callbacks_total ", client.lockCache().callbacks(), "\n"));
+  help(out, "cairn_client_lock_downgrades_total", "counter",
+       "write locks turned into read locks when the last writer closed");
+  out.add(kj::str("cairn_client_lock_downgrades_total ", client.lockCache().downgrades(), "\n"));
   help(out, "cairn_client_cached_names", "gauge",
        "directory entries cached (at most the mount's name_limit)");
   out.add(kj::str("cairn_client_cached_names ", client.metaCache().names(), "\n"));

@@ -83,8 +83,8 @@ void opInit(void* userdata, fuse_conn_info* conn) {
   // before the open, and clears set-user/group-ID bits on write and chown with a setattr of its
   // own, so both go through the one setattr path (truncating the data objects first).
   conn->want &= ~(FUSE_CAP_ATOMIC_O_TRUNC | FUSE_CAP_HANDLE_KILLPRIV);
-  conn->max_write = 1 << 20;
-  conn->max_readahead = 1 << 20;
+  conn->max_write = MAX_IO_BYTES;
+  conn->max_readahead = MAX_IO_BYTES;
   if (conn->capable & FUSE_CAP_PARALLEL_DIROPS) conn->want |= FUSE_CAP_PARALLEL_DIROPS;
   // READDIRPLUS for every part of a listing, not only the first (the "auto" choice): the
   // attributes come with the names anyway, and a name handed out without them costs a LOOKUP.

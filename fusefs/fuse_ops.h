@@ -22,6 +22,10 @@ namespace cairn {
 class FuseOps;
 class Notifier;
 
+// The largest READ and WRITE the kernel sends (max_write, max_readahead; main.cc raises the
+// mount's read-ahead window to it, fusefs/kernel_readahead.h).
+constexpr uint32_t MAX_IO_BYTES = 1 << 20;
+
 // What libfuse hands every handler (fuse_req_userdata). The session exists before the event
 // loop and the client do, so this is filled in once they are made.
 struct FuseUserdata {

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "rpc/feature_flags.h"
 #include "rpc/lock_names.h"
 
 namespace cairn {
@@ -151,6 +152,27 @@ kj::Promise<void> LockCache::giveBackAll() {
 void LockCache::giveBackInode(uint64_t ino) {
   for (uint64_t bit : {BIT_LOOKUP, BIT_ATTR, BIT_DATA}) {
     if (held_.count(Key(ino, bit)) > 0) giveBack(Key(ino, bit));
+  }
+}
+
+void LockCache::downgrade(uint64_t ino, uint64_t bit) {
+  auto it = held_.find(Key(ino, bit));
+  if (it == held_.end() || it->second.mode != rpc::LockMode::PW) return;
+  if (!(link_.peerFeatures() & features::LOCK_CONVERT)) return;
+  if (it->second.generation != link_.generation()) return;
+  KJ_IF_MAYBE (session, link_.currentLocks()) {
+    it->second.mode = rpc::LockMode::PR;
+    ++downgrades_;
+    auto req = session->convertRequest();
+    req.setLockId(it->second.id);
+    req.setMode(rpc::LockMode::PR);
+    uint64_t generation = it->second.generation;
+    // Nothing waits for it: until it lands the server counts the lock as PW, which only makes
+    // others wait, as before.
+    tasks_.add(req.send().ignoreResult().catch_([this, generation](kj::Exception&& e) {
+      if (e.getType() != kj::Exception::Type::DISCONNECTED) kj::throwFatalException(kj::mv(e));
+      link_.disconnected(generation, e.getDescription());
+    }));
   }
 }
 

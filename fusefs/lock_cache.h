@@ -54,6 +54,10 @@ public:
   void usedWhileRevoking(uint64_t ino, uint64_t bit);
   // The inode is gone: its locks go back (what they covered is dropped first, as always).
   void giveBackInode(uint64_t ino);
+  // A PW held on (ino, bit) becomes PR (features::LOCK_CONVERT), keeping what it covers: the
+  // caller has nothing dirty under it any more. Counted as PR here from now on, so nothing is
+  // done under it as PW while the conversion is on its way.
+  void downgrade(uint64_t ino, uint64_t bit);
   // Locks that came with a reply.
   void granted(capnp::List<rpc::GrantedLock>::Reader locks);
   // Takes a lock on (ino, bit), waiting while the server calls back conflicting ones (a PR of
@@ -68,6 +72,7 @@ public:
 
   size_t size() const { return held_.size(); }
   uint64_t callbacks() const { return callbacks_; }
+  uint64_t downgrades() const { return downgrades_; }
 
 private:
   using Key = std::pair<uint64_t, uint64_t>;  // ino, bit
@@ -107,6 +112,7 @@ private:
   kj::Vector<uint64_t> cancels_;  // to send, batched
   uint64_t cancelGeneration_ = 0;
   uint64_t callbacks_ = 0;
+  uint64_t downgrades_ = 0;  // conversions sent
   // The callback capability may outlive the cache (the connection holds it): it reaches the
   // cache through this, which the cache clears when it goes.
   struct Handle : public kj::Refcounted {

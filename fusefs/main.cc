@@ -37,6 +37,7 @@
 #include "fusefs/fuse_loop.h"
 #include "fusefs/fuse_ops.h"
 #include "fusefs/handover.h"
+#include "fusefs/kernel_readahead.h"
 #include "fusefs/notifier.h"
 #include "rpc/heap_tuning.h"
 #include "rpc/metrics_http.h"
@@ -309,6 +310,8 @@ int main(int argc, char** argv) {
       umount2(mountPoint.c_str(), MNT_DETACH);
     }
   });
+  // Taken over, the mount keeps the window it was given; setting it again does no harm.
+  cairn::setKernelReadahead(mountPoint.c_str(), cairn::MAX_IO_BYTES / 1024);
   // Forks into the background unless -f; every thread and the event loop come after this.
   fuse_daemonize(opts.foreground);
 

@@ -139,6 +139,32 @@ void LockManager::cancel(LockOwner& owner, uint64_t lockId) {
   remove(lockId);
 }
 
+namespace {
+// Every mode `to` conflicts with, `from` conflicts with too.
+bool weakerOrEqual(LockMode to, LockMode from) {
+  for (int m = 0; m <= static_cast<int>(LockMode::EX); ++m) {
+    auto other = static_cast<LockMode>(m);
+    if (!compatible(to, other) && compatible(from, other)) return false;
+  }
+  return true;
+}
+}  // namespace
+
+void LockManager::convert(LockOwner& owner, uint64_t lockId, LockMode mode) {
+  KJ_REQUIRE(static_cast<int>(mode) <= static_cast<int>(LockMode::EX), "bad lock mode");
+  auto it = locks_.find(lockId);
+  if (it == locks_.end()) return;
+  Lock& lock = *it->second;
+  KJ_REQUIRE(lock.owner == &owner, "a lock can only be converted by its owner", lockId);
+  KJ_REQUIRE(lock.granted, "only a granted lock can be converted", lockId);
+  KJ_REQUIRE(weakerOrEqual(mode, lock.spec.mode), "a conversion may only downgrade", lockId,
+             modeName(lock.spec.mode), modeName(mode));
+  if (mode == lock.spec.mode) return;
+  lock.spec.mode = mode;
+  // Waiters it no longer blocks go ahead. A callback already sent stays answered by a cancel.
+  process(lock.spec.resource);
+}
+
 void LockManager::dropAll(LockOwner& owner) {
   std::vector<uint64_t> ids;
   for (auto& [id, lock] : locks_) {

@@ -83,6 +83,10 @@ public:
   // Releases a granted lock. An unknown id (already cancelled, or dropped) is not an error:
   // cancels race with evictions and resends.
   void cancel(LockOwner& owner, uint64_t lockId);
+  // Downgrades a granted lock to `mode`, which must conflict with nothing the old mode did not
+  // (so nothing granted can start to conflict); waiters it no longer blocks are granted. An
+  // unknown id is not an error, as for cancel.
+  void convert(LockOwner& owner, uint64_t lockId, LockMode mode);
   // Drops every lock and request of an owner (eviction, or a client gone for good).
   void dropAll(LockOwner& owner);
 

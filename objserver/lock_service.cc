@@ -55,4 +55,12 @@ kj::Promise<void> LockService::cancelMany(CancelManyContext context) {
   return kj::READY_NOW;
 }
 
+kj::Promise<void> LockService::convert(ConvertContext context) {
+  requireSession();
+  auto mode = static_cast<uint16_t>(context.getParams().getMode());
+  KJ_REQUIRE(mode <= static_cast<uint16_t>(LockMode::EX), "unknown lock mode", mode);
+  ctx_.locks.convert(*session_, context.getParams().getLockId(), static_cast<LockMode>(mode));
+  return kj::READY_NOW;
+}
+
 }  // namespace cairn

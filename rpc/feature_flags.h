@@ -30,7 +30,9 @@ constexpr size_t MAX_DESTROY_MANY = 1024;
 constexpr uint64_t RELEASE_MANY = 1 << 5;
 // The most handles one releaseMany may name.
 constexpr size_t MAX_RELEASE_MANY = 1024;
-constexpr uint64_t SUPPORTED =
-    BASE | CACHING_LOCKS | WRITE_MANY | ACTIVE_SERVER_LOCK | DESTROY_MANY | RELEASE_MANY;
+// LockSession.convert: a granted lock downgraded in place (a writer's PW to PR at its last close).
+constexpr uint64_t LOCK_CONVERT = 1 << 6;
+constexpr uint64_t SUPPORTED = BASE | CACHING_LOCKS | WRITE_MANY | ACTIVE_SERVER_LOCK |
+                               DESTROY_MANY | RELEASE_MANY | LOCK_CONVERT;
 
 }  // namespace cairn::features

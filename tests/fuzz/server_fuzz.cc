@@ -149,6 +149,13 @@ public:
           limit(req.send()).wait(io_.waitScope);
           break;
         }
+        case FuzzInput::Step::CONVERT: {
+          auto req = KJ_ASSERT_NONNULL(locks_).convertRequest();
+          req.setLockId(s.getConvert().getLockId());
+          req.setMode(s.getConvert().getMode());
+          limit(req.send()).wait(io_.waitScope);
+          break;
+        }
         case FuzzInput::Step::RECONNECT:
           connect();
           break;
@@ -421,17 +428,26 @@ void writeSeeds(const std::string& dir) {
     }
   });
   save("locks", [&](FuzzInput::Builder in) {
-    auto steps = in.initSteps(4);
+    auto steps = in.initSteps(7);
     auto l = steps[0].initLock();
     l.setType(1);
     l.setId(1);
     l.setMode(cairn::rpc::LockMode::PW);
     l.setBits(16);
-    steps[1].setCancel(1);
-    steps[2].setReconnect();
-    auto again = steps[3].initLock();
+    auto down = steps[1].initConvert();  // a downgrade, then an upgrade (refused)
+    down.setLockId(1);
+    down.setMode(cairn::rpc::LockMode::PR);
+    auto up = steps[2].initConvert();
+    up.setLockId(1);
+    up.setMode(cairn::rpc::LockMode::EX);
+    steps[3].setCancel(1);
+    steps[4].setReconnect();
+    auto again = steps[5].initLock();
     again.setType(3);
     again.setMode(cairn::rpc::LockMode::EX);
+    auto bad = steps[6].initConvert();  // a mode no enum has
+    bad.setLockId(2);
+    bad.setMode(static_cast<cairn::rpc::LockMode>(77));
   });
   // Calls on the Bootstrap itself, from each kind of peer.
   save("bootstrap", [&](FuzzInput::Builder in) {

@@ -68,18 +68,30 @@ std::string randomHex(int bytes) {
   throw std::runtime_error(what);
 }
 
+// A port for a server that keeps it across restarts (a failover pair's): taken below the
+// kernel's ephemeral range, where no other program's outgoing connection can be handed it
+// between a stop and the next start (a port picked by binding port 0 could be).
 int freePort() {
-  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(addr);
-  if (fd < 0 || bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
-      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
-    fail(std::string("cannot find a free port: ") + strerror(errno));
+  int low = 32768;
+  std::ifstream range("/proc/sys/net/ipv4/ip_local_port_range");
+  range >> low;
+  int from = low > 12000 ? 10000 : 1024;
+  std::random_device rd;
+  for (int attempt = 0; attempt < 1000; ++attempt) {
+    int port = from + int(rd() % unsigned(low - from));
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) fail(std::string("socket: ") + strerror(errno));
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));  // as the servers bind
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    addr.sin_port = htons(uint16_t(port));
+    bool ok = bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
+    close(fd);
+    if (ok) return port;
   }
-  close(fd);
-  return ntohs(addr.sin_port);
+  fail("no free port below the ephemeral range");
 }
 
 }  // namespace

@@ -52,6 +52,25 @@ bool exists(const std::string& path) {
   return stat(path.c_str(), &st) == 0;
 }
 
+// A counter or gauge from a mount's counters (cairnctl --mount M stats).
+// `required` false: a counter not shown yet (nothing of its kind happened) is 0.
+uint64_t mountGauge(const std::string& mnt, const std::string& name, bool required = true) {
+  auto r = run({ctlBin(), "--mount", mnt, "stats"});
+  EXPECT_EQ(r.status, 0) << r.err;
+  auto at = r.out.find("\n" + name + " ");
+  if (required) {
+    EXPECT_NE(at, std::string::npos) << name << " in " << r.out;
+  }
+  if (at == std::string::npos) return 0;
+  return std::stoull(r.out.substr(at + name.size() + 2));
+}
+
+// The data requests a mount sent so far (reads, on every data target).
+uint64_t dataReads(const std::string& mnt) {
+  return mountGauge(mnt, "cairn_client_requests_total{link=\"data0\",kind=\"data.read\"}", false) +
+         mountGauge(mnt, "cairn_client_requests_total{link=\"data1\",kind=\"data.read\"}", false);
+}
+
 class Coherence : public TwoClients {
 protected:
   static void SetUpTestSuite() {
@@ -487,6 +506,26 @@ TEST_F(Coherence, AnMmapReaderSeesTheOtherClientsWrites) {
   close(fb);
 }
 
+// A writer that closed its file turns its data lock into a read lock: another client's read
+// shares it, and the writer keeps the pages it cached (no callback, no re-read); its next write
+// takes the lock back and the reader sees the new contents.
+TEST_F(Coherence, AClosedWritersLockIsSharedWithReaders) {
+  std::string data = pattern(256 << 10, 7);
+  uint64_t before = mountGauge(*a_, "cairn_client_lock_downgrades_total");
+  writeAll(pa("f"), data);
+  // The kernel releases the file after close() returns; the downgrade follows that.
+  ASSERT_TRUE(waitFor(
+      [&] { return mountGauge(*a_, "cairn_client_lock_downgrades_total") > before; }, 5000));
+  ASSERT_EQ(readWhole(pa("f")), data);
+  uint64_t readsA = dataReads(*a_);
+  ASSERT_EQ(readWhole(pb("f")), data);
+  ASSERT_EQ(readWhole(pa("f")), data);
+  EXPECT_EQ(dataReads(*a_), readsA) << "the writer's pages were called back";
+  std::string again = pattern(256 << 10, 8);
+  writeAll(pa("f"), again);
+  EXPECT_EQ(readWhole(pb("f")), again);
+}
+
 TEST_F(Coherence, SharedWritableMmapIsWrittenBackBeforeTheOtherClientReads) {
   writeAll(pa("w"), std::string(4096, '.'));
   int fa = open(pa("w").c_str(), O_RDWR);
@@ -521,16 +560,6 @@ TEST_F(Coherence, ABoundedLockCacheStaysBoundedAndCoherent) {
   EXPECT_EQ(readWhole(small + "/f7"), "changed");
   ASSERT_EQ(unlink((other + "/f8").c_str()), 0);
   EXPECT_FALSE(exists(small + "/f8"));
-}
-
-// A gauge from a mount's counters (cairnctl --mount M stats).
-uint64_t mountGauge(const std::string& mnt, const std::string& name) {
-  auto r = run({ctlBin(), "--mount", mnt, "stats"});
-  EXPECT_EQ(r.status, 0) << r.err;
-  auto at = r.out.find("\n" + name + " ");
-  EXPECT_NE(at, std::string::npos) << name << " in " << r.out;
-  if (at == std::string::npos) return 0;
-  return std::stoull(r.out.substr(at + name.size() + 2));
 }
 
 // A client allowed few names caches no more of them, nor lets its kernel keep more, however

@@ -169,6 +169,48 @@ TEST_F(Locks, OnlyTheOwnerCancels) {
   EXPECT_EQ(manager.stats().granted, 1u);
 }
 
+// A writer done writing converts its PW to PR: a reader waiting for it is granted at once and
+// shares it; the converted lock still conflicts with a new writer.
+TEST_F(Locks, ADowngradedLockLetsCompatibleWaitersIn) {
+  auto w = manager.enqueue(a, spec(LockMode::PW));
+  uint64_t id = w.wait(io.waitScope);
+  auto r = manager.enqueue(b, spec(LockMode::PR));
+  EXPECT_FALSE(granted(r));
+  EXPECT_EQ(a.asked, std::vector<uint64_t>{id});
+  manager.convert(a, id, LockMode::PR);
+  EXPECT_TRUE(granted(r));
+  EXPECT_EQ(manager.stats().granted, 2u);
+  // A new writer waits for both readers (the converted lock and the one it let in).
+  auto w2 = manager.enqueue(c, spec(LockMode::PW));
+  EXPECT_FALSE(granted(w2));
+  uint64_t rid = r.wait(io.waitScope);
+  EXPECT_EQ(b.asked, std::vector<uint64_t>{rid});
+  manager.cancel(a, id);
+  manager.cancel(b, rid);
+  EXPECT_TRUE(granted(w2));
+  uint64_t id2 = w2.wait(io.waitScope);
+  // Converted before anyone asked: a reader is not called back for, it just shares.
+  manager.convert(c, id2, LockMode::PR);
+  auto r2 = manager.enqueue(a, spec(LockMode::PR));
+  EXPECT_TRUE(granted(r2));
+  EXPECT_EQ(c.asked, std::vector<uint64_t>{});
+}
+
+TEST_F(Locks, OnlyDowngradesOfOwnGrantedLocksAreAccepted) {
+  auto w = manager.enqueue(a, spec(LockMode::PR));
+  uint64_t id = w.wait(io.waitScope);
+  EXPECT_ANY_THROW(manager.convert(a, id, LockMode::PW));  // an upgrade
+  EXPECT_ANY_THROW(manager.convert(a, id, LockMode::EX));
+  EXPECT_ANY_THROW(manager.convert(b, id, LockMode::PR));  // not b's
+  auto waiting = manager.enqueue(b, spec(LockMode::EX));
+  EXPECT_FALSE(granted(waiting));
+  EXPECT_ANY_THROW(manager.convert(b, id + 1, LockMode::NL));  // not granted yet
+  manager.convert(a, id + 100, LockMode::PR);                  // unknown: ignored
+  manager.convert(a, id, LockMode::PR);                        // the same mode: nothing
+  manager.convert(a, id, LockMode::NL);                        // NL conflicts with nothing
+  EXPECT_TRUE(granted(waiting));
+}
+
 TEST_F(Locks, OneClientCannotHoldUnboundedLocks) {
   std::vector<kj::Promise<uint64_t>> held;
   for (size_t i = 0; i < LockManager::MAX_PER_OWNER; ++i) {

@@ -1181,16 +1181,14 @@ kj::Promise<kj::Array<kj::byte>> Client::readUnlocked(uint64_t fh, uint64_t offs
 
 kj::Promise<kj::Array<kj::byte>> Client::fetch(const StripeLayout& layout, uint64_t offset,
                                                size_t length) {
-  auto& shared = layout;
-  uint64_t end = offset + length;
-  auto buffer = kj::heapArray<kj::byte>(end - offset);
-  memset(buffer.begin(), 0, buffer.size());
-  auto pieces = splitRange(shared, offset, end - offset);
+  // Not zeroed first: each piece fills its part, and zeros only what its reply leaves out.
+  auto buffer = kj::heapArray<kj::byte>(length);
+  auto pieces = splitRange(layout, offset, length);
   auto parts = kj::heapArrayBuilder<kj::Promise<void>>(pieces.size());
-  uint64_t object = shared.objectId;
+  uint64_t object = layout.objectId;
   for (auto& p : pieces) {
     kj::byte* out = buffer.begin() + (p.fileOffset - offset);
-    parts.add(dataLink(shared.targets[p.slot]).then([object, p, out](ServerLink* link) {
+    parts.add(dataLink(layout.targets[p.slot]).then([object, p, out](ServerLink* link) {
       return link
           ->data(
               [object, p](rpc::DataRequest::Builder b) {
@@ -1204,8 +1202,9 @@ kj::Promise<kj::Array<kj::byte>> Client::fetch(const StripeLayout& layout, uint6
             auto reply = resp.getReply();
             checkErrno(reply.getError());
             auto data = reply.getData();
-            // Shorter than asked: the rest is a hole and stays zero.
-            memcpy(out, data.begin(), kj::min(data.size(), size_t(p.length)));
+            size_t n = kj::min(data.size(), size_t(p.length));
+            memcpy(out, data.begin(), n);
+            memset(out + n, 0, p.length - n);  // shorter than asked: the rest is a hole
           });
     }));
   }

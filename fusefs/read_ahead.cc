@@ -34,7 +34,15 @@ kj::Maybe<kj::Promise<kj::Array<kj::byte>>> ReadAhead::read(uint64_t ino, uint64
   auto waits = kj::heapArrayBuilder<kj::Promise<void>>(covering.size());
   for (auto& c : covering) waits.add(c->done.addBranch());
   return kj::joinPromises(waits.finish())
-      .then([offset, end, covering = covering.releaseAsArray()]() {
+      .then([offset, end, covering = covering.releaseAsArray()]() mutable -> kj::Array<kj::byte> {
+        if (covering.size() == 1) {
+          // Within one chunk that holds it all: its bytes, kept alive by the reference.
+          auto& c = *covering[0];
+          uint64_t from = offset - (offset / CHUNK) * CHUNK;
+          if (from + (end - offset) <= c.data.size()) {
+            return c.data.slice(from, from + (end - offset)).attach(kj::addRef(c));
+          }
+        }
         auto out = kj::heapArray<kj::byte>(end - offset);
         uint64_t at = offset;
         for (auto& c : covering) {

@@ -450,17 +450,29 @@ int main(int argc, char** argv) {
     }
     if (*shutdown) {
       auto started = timer.now();
+      // The server answers once every client is ready to reconnect, and lets the answer leave
+      // before it exits: a connection that ends without one is a server that stopped some
+      // other way (a crash, a kill), which is no clean shutdown.
+      bool hungUp = false;
       bool done = bootstrap.shutdownRequest()
                       .send()
                       .then([](auto&&) { return true; },
-                            [](kj::Exception&& e) {
-                              // The server may close the connection as it exits, before the
-                              // reply leaves: that is a completed shutdown too.
-                              if (e.getType() == kj::Exception::Type::DISCONNECTED) return true;
-                              kj::throwFatalException(kj::mv(e));
+                            [&hungUp](kj::Exception&& e) {
+                              if (e.getType() != kj::Exception::Type::DISCONNECTED) {
+                                kj::throwFatalException(kj::mv(e));
+                              }
+                              hungUp = true;
+                              return false;
                             })
                       .exclusiveJoin(timer.afterDelay(deadline).then([]() { return false; }))
                       .wait(io.waitScope);
+      if (hungUp) {
+        fprintf(stderr,
+                "cairnctl: %s: the connection ended before the server said it had shut down: it "
+                "stopped some other way (see its log); its clients recover as after a crash\n",
+                server.c_str());
+        return 1;
+      }
       if (!done) {
         fprintf(stderr, "cairnctl: %s: still shutting down after %.0f s\n", server.c_str(),
                 timeout);

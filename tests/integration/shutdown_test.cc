@@ -222,6 +222,38 @@ TEST(Shutdown, AClientThatIgnoresTheCallbackIsEvictedAndNewcomersWait) {
   EXPECT_FALSE(contains(cluster.mountLog(0), "evicted"));
 }
 
+// A server that dies in the middle of a controlled shutdown (here: killed while a client holds
+// it up) did not shut down cleanly, and `cairnctl shutdown` must not say it did: a script that
+// upgrades servers one by one relies on that answer.
+TEST(Shutdown, AShutdownCutShortByACrashIsReportedAsAFailure) {
+  TestCluster::Options options;
+  options.metaArgs = {"--lock-timeout", "60"};  // the deaf client holds the shutdown up
+  TestCluster cluster(options);
+  auto io = kj::setupAsyncIo();
+  auto deaf = deafClient(io, cluster.metaAddress(), 9);
+  EXPECT_NE(deaf.serverLock, 0u);
+  int err[2];
+  ASSERT_EQ(pipe(err), 0);
+  pid_t ctl = fork();
+  if (ctl == 0) {
+    dup2(err[1], 2);
+    execl(ctlBin().c_str(), "cairnctl", "--server", cluster.metaAddress().c_str(), "shutdown",
+          nullptr);
+    _exit(127);
+  }
+  close(err[1]);
+  ASSERT_TRUE(waitFor([&] { return contains(cluster.status(0), "\"state\":\"draining\""); }, 5000));
+  cluster.signalServer(0, SIGKILL);
+  int status = 0;
+  ASSERT_TRUE(waitFor([&] { return waitpid(ctl, &status, WNOHANG) == ctl; }, 15000));
+  std::string said(4096, '\0');
+  ssize_t n = read(err[0], said.data(), said.size());
+  said.resize(n > 0 ? size_t(n) : 0);
+  close(err[0]);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 1) << status;
+  EXPECT_TRUE(contains(said, "stopped some other way")) << said;
+}
+
 // Interop: a peer of a release before the active-server lock (it does not announce the feature)
 // is never sent its callback: it gets no PR, and a shutdown does not wait on it.
 TEST(Shutdown, APeerWithoutTheFeatureGetsNoServerLock) {

@@ -1249,8 +1249,11 @@ capnp::Orphan<capnp::Data> pieceData(capnp::Orphanage orphanage,
   return orphanage.newOrphanCopy(capnp::Data::Reader(data));
 }
 
+// `keeps`: owns the pieces' bytes (a batch's), so that the copy kept for replay references
+// them instead of copying them (ServerLink::data).
 kj::Promise<void> sendGroup(ServerLink& link, uint64_t object, kj::ArrayPtr<const StorePiece> group,
-                            ServerLink::Class cls) {
+                            ServerLink::Class cls,
+                            kj::Maybe<kj::Own<kj::Refcounted>> keeps = nullptr) {
   return link
       .data(
           [object, group](rpc::DataRequest::Builder b) {
@@ -1269,7 +1272,7 @@ kj::Promise<void> sendGroup(ServerLink& link, uint64_t object, kj::ArrayPtr<cons
               list[k].adoptData(pieceData(orphanage, group[k].data));
             }
           },
-          true, cls)
+          true, cls, kj::mv(keeps))
       .then([](ServerLink::DataResponse&& resp) { checkErrno(resp.getReply().getError()); });
 }
 
@@ -1277,6 +1280,13 @@ kj::Promise<void> sendGroup(ServerLink& link, uint64_t object, kj::ArrayPtr<cons
 struct Joined {
   kj::Array<StorePiece> pieces;
   kj::Vector<kj::Array<kj::byte>> buffers;
+};
+
+// Every byte a batch's requests reference: the batch's writes (through `writes`) and the pieces
+// joined from them. Shared by the requests, and by their copies kept for replay until synced.
+struct BatchBytes : public kj::Refcounted {
+  kj::Own<kj::Refcounted> writes;
+  kj::Array<Joined> joined;
 };
 
 // Small pieces that follow each other in the object (tar's 10 KiB writes) become one: the
@@ -1332,7 +1342,7 @@ kj::Promise<void> Client::store(const StripeLayout& layout, uint64_t offset,
 
 kj::Promise<void> Client::storeBatch(const StripeLayout& layout,
                                      kj::ArrayPtr<const WriteBehind::Write> writes,
-                                     ServerLink::Class cls) {
+                                     kj::Own<kj::Refcounted> owner, ServerLink::Class cls) {
   std::map<uint32_t, kj::Vector<StorePiece>> byTarget;
   for (auto& w : writes) {
     for (auto& p : splitRange(layout, w.offset, w.data.size())) {
@@ -1347,8 +1357,12 @@ kj::Promise<void> Client::storeBatch(const StripeLayout& layout,
     links.add(dataLink(target));
   }
   uint64_t object = layout.objectId;
+  auto bytes = kj::refcounted<BatchBytes>();
+  bytes->writes = kj::mv(owner);
+  bytes->joined = joined.finish();
   return kj::joinPromises(links.finish())
-      .then([object, cls, joined = joined.finish()](kj::Array<ServerLink*> links) mutable {
+      .then([object, cls, bytes = kj::mv(bytes)](kj::Array<ServerLink*> links) mutable {
+        auto& joined = bytes->joined;
         // Each target's requests in order on its connection (the server applies them so: where
         // pieces overlap, the later lands last), and the targets' requests taking turns: every
         // target starts on its share while the next requests are being encrypted and sent.
@@ -1366,7 +1380,7 @@ kj::Promise<void> Client::storeBatch(const StripeLayout& layout,
         for (size_t r = 0; r < rounds; r++) {
           for (size_t t = 0; t < n; t++) {
             if (r < groupsOf[t].size()) {
-              sent[t].add(sendGroup(*links[t], object, groupsOf[t][r], cls));
+              sent[t].add(sendGroup(*links[t], object, groupsOf[t][r], cls, kj::addRef(*bytes)));
             }
           }
         }
@@ -1376,8 +1390,8 @@ kj::Promise<void> Client::storeBatch(const StripeLayout& layout,
           kj::ArrayPtr<const StorePiece> all = joined[t].pieces;
           bool batched = many[t];
           done.add(kj::joinPromises(sent[t].releaseAsArray())
-                       .catch_([link, object, all, cls,
-                                batched](kj::Exception&& e) -> kj::Promise<void> {
+                       .catch_([link, object, all, cls, batched, bytes = kj::addRef(*bytes)](
+                                   kj::Exception&& e) mutable -> kj::Promise<void> {
                          // The connection went meanwhile to a server of an older release (an
                          // upgrade rolled back), which refused writeMany: all of them again, one
                          // write each and in order (the same bytes written twice are the same
@@ -1387,11 +1401,13 @@ kj::Promise<void> Client::storeBatch(const StripeLayout& layout,
                          }
                          auto again = groupPieces(all, false);
                          auto each = kj::heapArrayBuilder<kj::Promise<void>>(again.size());
-                         for (auto group : again) each.add(sendGroup(*link, object, group, cls));
+                         for (auto group : again) {
+                           each.add(sendGroup(*link, object, group, cls, kj::addRef(*bytes)));
+                         }
                          return kj::joinPromises(each.finish());
                        }));
         }
-        return kj::joinPromises(done.finish()).attach(kj::mv(joined));
+        return kj::joinPromises(done.finish()).attach(kj::mv(bytes));
       });
 }
 
@@ -1551,15 +1567,17 @@ kj::Promise<void> Client::sendBatch(uint64_t ino, WriteBehind::Batch batch) {
   size_t bytes = 0;
   for (auto& w : batch.writes) bytes += w.data.size();
   bool attr = batch.attr != nullptr;
-  auto own = kj::heap(kj::mv(batch));
-  auto& b = *own;
+  auto own = kj::refcounted<OwnedBatch>();
+  own->batch = kj::mv(batch);
+  auto& b = own->batch;
   // Queued writes are dirty data: they pass a gate that a controlled shutdown closed.
   constexpr auto cls = ServerLink::Class::WRITEBACK;
   kj::Promise<void> data = kj::READY_NOW;
   if (!b.writes.empty()) {
-    data = layoutOf(ino, cls).then([this, ino, &b](kj::Own<SharedLayout> layout) {
+    data = layoutOf(ino, cls).then([this, ino, &b, &own = *own](kj::Own<SharedLayout> layout) {
       // As for a write-through: size and mtime once the data is in place.
-      return storeBatch(layout->layout, kj::arrayPtr(b.writes.data(), b.writes.size()), cls)
+      return storeBatch(layout->layout, kj::arrayPtr(b.writes.data(), b.writes.size()),
+                        kj::addRef(own), cls)
           .then([this, ino, end = b.end]() { return wrote(ino, end, cls); })
           .attach(kj::mv(layout));
     });

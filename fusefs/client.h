@@ -270,9 +270,13 @@ private:
                           kj::ArrayPtr<const kj::byte> data, ServerLink::Class cls);
   // A write-behind batch's writes: each target gets its pieces in the order they were made,
   // in as few requests as it takes (writeMany), so in one transaction per request.
+  // `owner` keeps `writes` alive (and with them what is kept for replay until synced).
   kj::Promise<void> storeBatch(const StripeLayout& layout,
                                kj::ArrayPtr<const WriteBehind::Write> writes,
-                               ServerLink::Class cls);
+                               kj::Own<kj::Refcounted> owner, ServerLink::Class cls);
+  struct OwnedBatch : public kj::Refcounted {
+    WriteBehind::Batch batch;
+  };
   kj::Promise<void> wrote(uint64_t ino, uint64_t end, ServerLink::Class cls);
   kj::Promise<size_t> writeUnlocked(uint64_t fh, uint64_t offset, kj::Array<kj::byte> data,
                                     ServerLink::Class cls);

@@ -89,6 +89,7 @@ struct ServerLink::Pending : public kj::Refcounted {
   uint64_t id;
   Class cls;
   unsigned attempts = 0;
+  kj::Maybe<kj::Own<kj::Refcounted>> keeps;  // see data()
 };
 
 ServerLink::ServerLink(kj::Network& network, kj::Timer& timer, kj::String name,
@@ -451,14 +452,26 @@ kj::Promise<Response> ServerLink::send(kj::Own<Pending> pending, Build& build) {
         build(r);
         r.setResend(pending->attempts++ > 0);
         countRequest(r.asReader());
-        // An update is kept (a copy: the caller's buffers go with its promise) until the
-        // server has it on disk, for replay after a crash that loses it.
+        // An update is kept until the server has it on disk, for replay after a crash that
+        // loses it: a copy (the caller's buffers go with its promise), or, when the caller
+        // handed over what owns the bytes the request references, built again referencing them.
         kj::Maybe<Kept> copy;
         if (pending->id != 0 && (peerFeatures_ & features::ACTIVE_SERVER_LOCK)) {
           auto message = kj::heap<capnp::MallocMessageBuilder>();
-          message->setRoot(r.asReader());
+          kj::Maybe<kj::Own<kj::Refcounted>> keeps;
+          KJ_IF_MAYBE (owner, pending->keeps) {
+            auto again = message->initRoot<typename decltype(r)::Builds>();
+            again.setRequestId(r.getRequestId());
+            again.setOldestUnreplied(r.getOldestUnreplied());
+            build(again);
+            again.setResend(r.getResend());
+            keeps = kj::addRef(**owner);
+          } else {
+            message->setRoot(r.asReader());
+          }
           size_t bytes = message->sizeInWords() * sizeof(capnp::word);
-          copy = Kept{kj::mv(message), kj::isSameType<Response, MetaResponse>(), bytes};
+          copy =
+              Kept{kj::mv(message), kj::isSameType<Response, MetaResponse>(), bytes, kj::mv(keeps)};
         }
         // Counted while in flight: a draining link cancels its active-server lock only when
         // none is left.
@@ -604,8 +617,10 @@ kj::Promise<ServerLink::MetaResponse> ServerLink::meta(
 }
 
 kj::Promise<ServerLink::DataResponse> ServerLink::data(
-    kj::Function<void(rpc::DataRequest::Builder)> build, bool update, Class cls) {
+    kj::Function<void(rpc::DataRequest::Builder)> build, bool update, Class cls,
+    kj::Maybe<kj::Own<kj::Refcounted>> keeps) {
   auto pending = kj::refcounted<Pending>(*this, update, cls);
+  if (update) pending->keeps = kj::mv(keeps);
   auto buildOwn = kj::heap(kj::mv(build));
   auto& ref = *buildOwn;
   return send<DataResponse>(kj::mv(pending), ref).attach(kj::mv(buildOwn));

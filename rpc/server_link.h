@@ -18,8 +18,9 @@
 // The link can be torn down and re-established any number of times; callers hold the link, never
 // a capability of one particular connection.
 //
-// Replay: the link keeps a copy of every update that got a reply (write data included) until
-// the server reports it synced. After a reconnect it first replays, in transaction order, what
+// Replay: the link keeps every update that got a reply (write data included) until the server
+// reports it synced — a copy, or for a write-behind batch the request built again around the
+// batch's own bytes, which it keeps alive (no second copy of the data). After a reconnect it first replays, in transaction order, what
 // is newer than what the server says is on disk (a crash of its host may have lost it), then
 // tells the server it has sent all; only then does the owner's recovery (open replay) run.
 #pragma once
@@ -80,8 +81,12 @@ public:
   // every attempt and must fill the request the same way each time.
   kj::Promise<MetaResponse> meta(kj::Function<void(rpc::MetaRequest::Builder)> build, bool update,
                                  Class cls = Class::NORMAL);
+  // `keeps` (an update's): owns the bytes `build` makes the request reference where they are
+  // (Orphanage::referenceExternalData). The copy kept for replay is then built the same way,
+  // referencing them too instead of copying them, and holds `keeps` until the update is synced.
   kj::Promise<DataResponse> data(kj::Function<void(rpc::DataRequest::Builder)> build, bool update,
-                                 Class cls = Class::NORMAL);
+                                 Class cls = Class::NORMAL,
+                                 kj::Maybe<kj::Own<kj::Refcounted>> keeps = nullptr);
   // The server's bootstrap capability of the current connection, once the gate is open.
   kj::Promise<rpc::Bootstrap::Client> server(Class cls = Class::NORMAL);
   // The lock session of the current connection, once the gate is open.
@@ -138,6 +143,7 @@ private:
     kj::Own<capnp::MallocMessageBuilder> request;  // a MetaRequest or a DataRequest
     bool meta;
     size_t bytes;
+    kj::Maybe<kj::Own<kj::Refcounted>> keeps;  // what `request` references (see data())
   };
   void keep(uint64_t transno, Kept kept);
   template <typename Reader>

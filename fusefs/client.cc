@@ -140,6 +140,11 @@ Client::Client(kj::AsyncIoContext& io, kj::Network& network, ClientOptions optio
   locks_ = kj::heap<LockCache>(
       *meta_, io.provider->getTimer(),
       [this](uint64_t ino, uint64_t bit) { return revoke(ino, bit); }, options_.lockLimits);
+  // A PW called back while no descriptor here can dirty the file and nothing of it is queued
+  // (the last writer closed moments ago, its downgrade still gathering) becomes PR at once.
+  locks_->setDowngradable([this](uint64_t ino, uint64_t bit) {
+    return (bit == BIT_DATA || bit == BIT_ATTR) && writers_.count(ino) == 0 && !wb_.queued(ino);
+  });
   meta_->setLockCallback(locks_->callback());
   meta_->setOnDrain([this]() { return drainMeta(); });
   meta_->setOnLost([this]() {
@@ -1739,9 +1744,14 @@ kj::Promise<void> Client::release(uint64_t fh) {
       // The last descriptor that could dirty the file is gone and what it queued was sent
       // (above; its mappings were written back before the kernel let it go): PW has nothing
       // left to protect. As PR it keeps our cached pages and attributes valid while readers
-      // elsewhere share it, instead of waiting for a callback to us at their next read.
-      locks_->downgrade(file.ino, BIT_DATA);
-      locks_->downgrade(file.ino, BIT_ATTR);
+      // elsewhere share it, instead of waiting for a callback to us at their next read. Done
+      // now for a file other clients have wanted lately (a message; most files written are
+      // read by nobody else), else when a reader's request calls the lock back.
+      if (locks_->contended(file.ino)) {
+        locks_->downgrade(file.ino, BIT_DATA);
+        locks_->downgrade(file.ino, BIT_ATTR);
+        locks_->flushConverts();
+      }
     }
   }
   opens_.remove(fh);

@@ -16,6 +16,9 @@ namespace {
 // again; after this many passes the lock goes anyway (and the covered state once more after).
 constexpr unsigned MAX_PASSES = 3;
 constexpr kj::Duration SWEEP_INTERVAL = 10 * kj::SECONDS;
+// Inodes remembered as wanted elsewhere (a callback came for one of their locks): a bound, past
+// which the record starts again.
+constexpr size_t MAX_CONTENDED = 4096;
 }  // namespace
 
 class LockCache::Callback final : public rpc::LockCallback::Server {
@@ -102,12 +105,35 @@ void LockCache::add(uint64_t ino, uint64_t bit, uint64_t id, rpc::LockMode mode)
 void LockCache::blocking(uint64_t id) {
   ++callbacks_;
   auto it = byId_.find(id);
+  if (it != byId_.end()) {
+    if (contended_.size() >= MAX_CONTENDED) contended_.clear();
+    contended_.insert(it->second.first);
+  }
   if (it == byId_.end()) {
+    // Being given back already (asked again after a downgrade that did not satisfy the
+    // waiter): its cancel is on its way.
+    for (auto& [key, r] : revoking_) {
+      if (r.id == id) return;
+    }
     // Not seen yet (the reply granting it is still on its way): give it back now and ignore
     // the grant when it comes. Ids the link never knew only make the server ignore a cancel.
     if (early_.size() < 100000) early_.insert(id);
     cancel(id, link_.generation());
     return;
+  }
+  auto held = held_.find(it->second);
+  if (held != held_.end() && held->second.mode == rpc::LockMode::PW &&
+      (link_.peerFeatures() & features::LOCK_CONVERT)) {
+    KJ_IF_MAYBE (keep, downgradable_) {
+      if ((*keep)(it->second.first, it->second.second)) {
+        // Nothing is dirty under it: as PR it keeps what it covers, and a reader waiting for
+        // it is let in at once. A writer waiting is not: the server then asks again, and the
+        // lock goes back as usual.
+        downgrade(it->second.first, it->second.second);
+        flushConverts();
+        return;
+      }
+    }
   }
   giveBack(it->second);
 }
@@ -160,15 +186,26 @@ void LockCache::downgrade(uint64_t ino, uint64_t bit) {
   if (it == held_.end() || it->second.mode != rpc::LockMode::PW) return;
   if (!(link_.peerFeatures() & features::LOCK_CONVERT)) return;
   if (it->second.generation != link_.generation()) return;
+  it->second.mode = rpc::LockMode::PR;
+  ++downgrades_;
+  // Until it lands the server counts the lock as PW, which only makes others wait, as before.
+  if (converts_.empty()) convertGeneration_ = link_.generation();
+  converts_.add(it->second.id);
+}
+
+bool LockCache::contended(uint64_t ino) const {
+  return contended_.count(ino) > 0;
+}
+
+void LockCache::flushConverts() {
+  auto ids = converts_.releaseAsArray();
+  if (ids.size() == 0 || convertGeneration_ != link_.generation()) return;
   KJ_IF_MAYBE (session, link_.currentLocks()) {
-    it->second.mode = rpc::LockMode::PR;
-    ++downgrades_;
-    auto req = session->convertRequest();
-    req.setLockId(it->second.id);
+    auto req = session->convertManyRequest();
+    auto list = req.initLockIds(ids.size());
+    for (auto i : kj::indices(ids)) list.set(i, ids[i]);
     req.setMode(rpc::LockMode::PR);
-    uint64_t generation = it->second.generation;
-    // Nothing waits for it: until it lands the server counts the lock as PW, which only makes
-    // others wait, as before.
+    uint64_t generation = convertGeneration_;
     tasks_.add(req.send().ignoreResult().catch_([this, generation](kj::Exception&& e) {
       if (e.getType() != kj::Exception::Type::DISCONNECTED) kj::throwFatalException(kj::mv(e));
       link_.disconnected(generation, e.getDescription());
@@ -265,6 +302,7 @@ void LockCache::forgetAll() {
   byId_.clear();
   early_.clear();
   cancels_.clear();
+  converts_.clear();
   // Revocations under way finish dropping; their cancels are skipped (old generation).
   for (auto& key : keys) tasks_.add(revoke_(key.first, key.second));
   if (!keys.empty())

@@ -19,6 +19,7 @@
 #include <map>
 #include <set>
 #include <unordered_map>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -42,6 +43,11 @@ public:
 
   // What to give the server at connect.
   rpc::LockCallback::Client callback();
+  // Whether a PW lock on (ino, bit) that the server calls back covers nothing dirty (no writer
+  // open, nothing queued): then it is downgraded to PR instead of given back.
+  void setDowngradable(kj::Function<bool(uint64_t ino, uint64_t bit)> downgradable) {
+    downgradable_ = kj::mv(downgradable);
+  }
 
   // The id of the lock held on (ino, bit), 0 if none; counts as a use.
   uint64_t held(uint64_t ino, uint64_t bit);
@@ -56,8 +62,11 @@ public:
   void giveBackInode(uint64_t ino);
   // A PW held on (ino, bit) becomes PR (features::LOCK_CONVERT), keeping what it covers: the
   // caller has nothing dirty under it any more. Counted as PR here from now on, so nothing is
-  // done under it as PW while the conversion is on its way.
+  // done under it as PW while the conversion is on its way; it leaves with flushConverts().
   void downgrade(uint64_t ino, uint64_t bit);
+  void flushConverts();
+  // A lock on the inode was called back lately: another client wants what it covers.
+  bool contended(uint64_t ino) const;
   // Locks that came with a reply.
   void granted(capnp::List<rpc::GrantedLock>::Reader locks);
   // Takes a lock on (ino, bit), waiting while the server calls back conflicting ones (a PR of
@@ -109,7 +118,11 @@ private:
   std::map<Key, Revoking> revoking_;
   std::set<uint64_t> early_;  // called back before the reply granting it was seen
   std::map<std::pair<Key, rpc::LockMode>, kj::ForkedPromise<void>> acquiring_;
-  kj::Vector<uint64_t> cancels_;  // to send, batched
+  kj::Vector<uint64_t> cancels_;   // to send, batched
+  kj::Vector<uint64_t> converts_;  // downgrades to send
+  std::unordered_set<uint64_t> contended_;
+  kj::Maybe<kj::Function<bool(uint64_t, uint64_t)>> downgradable_;
+  uint64_t convertGeneration_ = 0;
   uint64_t cancelGeneration_ = 0;
   uint64_t callbacks_ = 0;
   uint64_t downgrades_ = 0;  // conversions sent

@@ -161,7 +161,10 @@ void LockManager::convert(LockOwner& owner, uint64_t lockId, LockMode mode) {
              modeName(lock.spec.mode), modeName(mode));
   if (mode == lock.spec.mode) return;
   lock.spec.mode = mode;
-  // Waiters it no longer blocks go ahead. A callback already sent stays answered by a cancel.
+  // An answer to a callback, or not: either way the callback is settled. Waiters it no longer
+  // blocks go ahead; if it still blocks one, its owner is asked again (and must cancel).
+  lock.blockingSent = false;
+  lock.deadline = nullptr;
   process(lock.spec.resource);
 }
 

@@ -55,11 +55,13 @@ kj::Promise<void> LockService::cancelMany(CancelManyContext context) {
   return kj::READY_NOW;
 }
 
-kj::Promise<void> LockService::convert(ConvertContext context) {
+kj::Promise<void> LockService::convertMany(ConvertManyContext context) {
   requireSession();
   auto mode = static_cast<uint16_t>(context.getParams().getMode());
   KJ_REQUIRE(mode <= static_cast<uint16_t>(LockMode::EX), "unknown lock mode", mode);
-  ctx_.locks.convert(*session_, context.getParams().getLockId(), static_cast<LockMode>(mode));
+  for (uint64_t id : context.getParams().getLockIds()) {
+    ctx_.locks.convert(*session_, id, static_cast<LockMode>(mode));
+  }
   return kj::READY_NOW;
 }
 

@@ -12,7 +12,7 @@ public:
   kj::Promise<void> enqueue(EnqueueContext context) override;
   kj::Promise<void> cancel(CancelContext context) override;
   kj::Promise<void> cancelMany(CancelManyContext context) override;
-  kj::Promise<void> convert(ConvertContext context) override;
+  kj::Promise<void> convertMany(ConvertManyContext context) override;
 
 private:
   void requireSession();

@@ -105,12 +105,17 @@ public:
     ++kind.count;
     return kind;
   }
-  // Runs a request's promise, recording how long it took under its kind.
-  kj::Promise<void> timed(RpcKind& kind, kj::Promise<void> request) {
-    auto started = io.provider->getTimer().now();
-    return request.attach(kj::defer([this, &kind, started]() {
-      kind.latency.observe(double((io.provider->getTimer().now() - started) / kj::MICROSECONDS) /
-                           1e6);
+  // Starts a request (`dispatch` returns its promise) and records how long it took under its
+  // kind, from before the handler runs (most of a request's work is done right there) to the end
+  // of its promise. Read from the clock itself: the event loop's timer tells the time its turn
+  // began, so a request handled within one turn (most are) would always take 0.
+  template <typename Dispatch>
+  kj::Promise<void> timed(RpcKind& kind, Dispatch&& dispatch) {
+    auto& clock = kj::systemPreciseMonotonicClock();
+    auto started = clock.now();
+    kj::Promise<void> request = dispatch();
+    return request.attach(kj::defer([&kind, &clock, started]() {
+      kind.latency.observe(double((clock.now() - started) / kj::NANOSECONDS) / 1e9);
     }));
   }
   uint64_t bytesIn = 0;   // file data written to this target

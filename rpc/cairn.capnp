@@ -401,11 +401,11 @@ interface LockSession {
   enqueue @0 (request :LockRequest) -> (lockId :UInt64);
   cancel @1 (lockId :UInt64) -> ();
   cancelMany @2 (lockIds :List(UInt64)) -> ();
-  # Downgrades a granted lock in place (features::LOCK_CONVERT): only to a mode that conflicts
-  # with no more than the old one did (PW or EX to PR, EX to PW). A client that stopped writing
-  # keeps what it caches without keeping readers elsewhere waiting. An unknown id (cancelled,
-  # dropped) is ignored, as cancels are.
-  convert @3 (lockId :UInt64, mode :LockMode) -> ();
+  # Downgrades granted locks in place (features::LOCK_CONVERT), each to `mode`, which must
+  # conflict with no more than its mode did (PW or EX to PR, EX to PW). A client that stopped
+  # writing keeps what it caches without keeping readers elsewhere waiting. Unknown ids
+  # (cancelled, dropped) are ignored, as cancels are.
+  convertMany @3 (lockIds :List(UInt64), mode :LockMode) -> ();
 }
 
 struct ClientStatus {

@@ -18,7 +18,7 @@ struct FuzzInput {
       cancel @3 :UInt64;
       reconnect @4 :Void;   # the session goes, and comes back (as after a lost connection)
       bootstrap @5 :BootstrapCall;
-      convert :group {      # LockSession.convert
+      convert :group {      # LockSession.convertMany of one lock
         lockId @6 :UInt64;
         mode @7 :Rpc.LockMode;
       }

@@ -150,8 +150,8 @@ public:
           break;
         }
         case FuzzInput::Step::CONVERT: {
-          auto req = KJ_ASSERT_NONNULL(locks_).convertRequest();
-          req.setLockId(s.getConvert().getLockId());
+          auto req = KJ_ASSERT_NONNULL(locks_).convertManyRequest();
+          req.initLockIds(1).set(0, s.getConvert().getLockId());
           req.setMode(s.getConvert().getMode());
           limit(req.send()).wait(io_.waitScope);
           break;

@@ -506,24 +506,36 @@ TEST_F(Coherence, AnMmapReaderSeesTheOtherClientsWrites) {
   close(fb);
 }
 
-// A writer that closed its file turns its data lock into a read lock: another client's read
-// shares it, and the writer keeps the pages it cached (no callback, no re-read); its next write
-// takes the lock back and the reader sees the new contents.
+// A writer that closed its file answers a reader's callback by turning its PW into PR: the
+// reader shares the lock and the writer keeps the pages it cached (no re-read). A file that
+// other clients want is downgraded as soon as its writer closes it: the reader then does not
+// call the writer back at all. The next write takes the lock back and the reader sees it.
 TEST_F(Coherence, AClosedWritersLockIsSharedWithReaders) {
   std::string data = pattern(256 << 10, 7);
-  uint64_t before = mountGauge(*a_, "cairn_client_lock_downgrades_total");
   writeAll(pa("f"), data);
-  // The kernel releases the file after close() returns; the downgrade follows that.
-  ASSERT_TRUE(waitFor(
-      [&] { return mountGauge(*a_, "cairn_client_lock_downgrades_total") > before; }, 5000));
   ASSERT_EQ(readWhole(pa("f")), data);
   uint64_t readsA = dataReads(*a_);
+  uint64_t downgrades = mountGauge(*a_, "cairn_client_lock_downgrades_total");
   ASSERT_EQ(readWhole(pb("f")), data);
+  EXPECT_GT(mountGauge(*a_, "cairn_client_lock_downgrades_total"), downgrades);
   ASSERT_EQ(readWhole(pa("f")), data);
   EXPECT_EQ(dataReads(*a_), readsA) << "the writer's pages were called back";
+
   std::string again = pattern(256 << 10, 8);
+  downgrades = mountGauge(*a_, "cairn_client_lock_downgrades_total");
   writeAll(pa("f"), again);
-  EXPECT_EQ(readWhole(pb("f")), again);
+  // Wanted elsewhere before: downgraded once released, with no reader asking.
+  ASSERT_TRUE(waitFor(
+      [&] { return mountGauge(*a_, "cairn_client_lock_downgrades_total") > downgrades; }, 5000));
+  uint64_t callbacks = mountGauge(*a_, "cairn_client_lock_callbacks_total");
+  // O_NOATIME: an access time set by the read would be an update, which calls the attribute
+  // lock back whatever its mode.
+  int fd = open(pb("f").c_str(), O_RDONLY | O_NOATIME);
+  ASSERT_GE(fd, 0);
+  EXPECT_EQ(preadAll(fd), again);
+  close(fd);
+  EXPECT_EQ(mountGauge(*a_, "cairn_client_lock_callbacks_total"), callbacks);
+  EXPECT_EQ(readWhole(pa("f")), again);
 }
 
 TEST_F(Coherence, SharedWritableMmapIsWrittenBackBeforeTheOtherClientReads) {

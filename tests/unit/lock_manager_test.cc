@@ -196,6 +196,28 @@ TEST_F(Locks, ADowngradedLockLetsCompatibleWaitersIn) {
   EXPECT_EQ(c.asked, std::vector<uint64_t>{});
 }
 
+// A downgrade that answers a callback but leaves a writer still waiting: the owner is asked
+// again (and must cancel); one that leaves nobody waiting settles the callback — no eviction.
+TEST_F(Locks, ADowngradeThatDoesNotSatisfyTheWaiterIsCalledBackAgain) {
+  auto w = manager.enqueue(a, spec(LockMode::PW));
+  uint64_t id = w.wait(io.waitScope);
+  auto writer = manager.enqueue(c, spec(LockMode::PW));
+  EXPECT_EQ(a.asked, std::vector<uint64_t>{id});
+  manager.convert(a, id, LockMode::PR);
+  EXPECT_FALSE(granted(writer));
+  EXPECT_EQ(a.asked, (std::vector<uint64_t>{id, id}));
+  manager.cancel(a, id);
+  EXPECT_TRUE(granted(writer));
+  uint64_t wid = writer.wait(io.waitScope);
+  auto reader = manager.enqueue(b, spec(LockMode::PR));
+  EXPECT_EQ(c.asked, std::vector<uint64_t>{wid});
+  manager.convert(c, wid, LockMode::PR);
+  EXPECT_TRUE(granted(reader));
+  io.provider->getTimer().afterDelay(400 * kj::MILLISECONDS).wait(io.waitScope);
+  EXPECT_TRUE(evicted.empty());  // the callback's timeout was settled by the downgrade
+  EXPECT_EQ(manager.stats().granted, 2u);
+}
+
 TEST_F(Locks, OnlyDowngradesOfOwnGrantedLocksAreAccepted) {
   auto w = manager.enqueue(a, spec(LockMode::PR));
   uint64_t id = w.wait(io.waitScope);

@@ -105,10 +105,6 @@ void LockCache::add(uint64_t ino, uint64_t bit, uint64_t id, rpc::LockMode mode)
 void LockCache::blocking(uint64_t id) {
   ++callbacks_;
   auto it = byId_.find(id);
-  if (it != byId_.end()) {
-    if (contended_.size() >= MAX_CONTENDED) contended_.clear();
-    contended_.insert(it->second.first);
-  }
   if (it == byId_.end()) {
     // Being given back already (asked again after a downgrade that did not satisfy the
     // waiter): its cancel is on its way.
@@ -121,21 +117,25 @@ void LockCache::blocking(uint64_t id) {
     cancel(id, link_.generation());
     return;
   }
-  auto held = held_.find(it->second);
-  if (held != held_.end() && held->second.mode == rpc::LockMode::PW &&
-      (link_.peerFeatures() & features::LOCK_CONVERT)) {
-    KJ_IF_MAYBE (keep, downgradable_) {
-      if ((*keep)(it->second.first, it->second.second)) {
+  Key key = it->second;
+  if (contended_.size() >= MAX_CONTENDED) contended_.clear();
+  contended_.insert(key.first);
+  auto held = held_.find(key);
+  if (held != held_.end() && held->second.mode == rpc::LockMode::PW) {
+    KJ_IF_MAYBE (clean, downgradable_) {
+      if ((*clean)(key.first, key.second)) {
         // Nothing is dirty under it: as PR it keeps what it covers, and a reader waiting for
         // it is let in at once. A writer waiting is not: the server then asks again, and the
-        // lock goes back as usual.
-        downgrade(it->second.first, it->second.second);
-        flushConverts();
-        return;
+        // lock goes back as usual. (Without the feature downgrade() does nothing.)
+        downgrade(key.first, key.second);
+        if (held->second.mode == rpc::LockMode::PR) {
+          flushConverts();
+          return;
+        }
       }
     }
   }
-  giveBack(it->second);
+  giveBack(key);
 }
 
 // Stops using the lock at once (nothing new is cached under it), drops what it covered, then

@@ -205,12 +205,16 @@ void LockCache::flushConverts() {
     auto list = req.initLockIds(ids.size());
     for (auto i : kj::indices(ids)) list.set(i, ids[i]);
     req.setMode(rpc::LockMode::PR);
-    uint64_t generation = convertGeneration_;
-    tasks_.add(req.send().ignoreResult().catch_([this, generation](kj::Exception&& e) {
-      if (e.getType() != kj::Exception::Type::DISCONNECTED) kj::throwFatalException(kj::mv(e));
-      link_.disconnected(generation, e.getDescription());
-    }));
+    sendAside(req.send().ignoreResult(), convertGeneration_);
   }
+}
+
+void LockCache::sendAside(kj::Promise<void> sent, uint64_t generation) {
+  tasks_.add(sent.catch_([this, generation](kj::Exception&& e) {
+    // A lost connection drops the locks anyway; the link reconnects.
+    if (e.getType() != kj::Exception::Type::DISCONNECTED) kj::throwFatalException(kj::mv(e));
+    link_.disconnected(generation, e.getDescription());
+  }));
 }
 
 kj::Promise<void> LockCache::dropCovered(Key key, unsigned pass) {
@@ -241,12 +245,7 @@ void LockCache::flushCancels() {
     auto req = session->cancelManyRequest();
     auto list = req.initLockIds(ids.size());
     for (auto i : kj::indices(ids)) list.set(i, ids[i]);
-    uint64_t generation = cancelGeneration_;
-    tasks_.add(req.send().ignoreResult().catch_([this, generation](kj::Exception&& e) {
-      // A lost connection drops the locks anyway; the link reconnects.
-      if (e.getType() != kj::Exception::Type::DISCONNECTED) kj::throwFatalException(kj::mv(e));
-      link_.disconnected(generation, e.getDescription());
-    }));
+    sendAside(req.send().ignoreResult(), cancelGeneration_);
   }
 }
 

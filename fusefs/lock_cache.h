@@ -106,6 +106,9 @@ private:
   kj::Promise<void> dropCovered(Key key, unsigned pass);
   void cancel(uint64_t id, uint64_t generation);
   void flushCancels();
+  // A message on the lock session that nobody waits for (cancels, conversions), sent on the
+  // connection of `generation`.
+  void sendAside(kj::Promise<void> sent, uint64_t generation);
   void trim();
   kj::Promise<void> sweepLoop();
 

@@ -141,7 +141,7 @@ Client::Client(kj::AsyncIoContext& io, kj::Network& network, ClientOptions optio
       *meta_, io.provider->getTimer(),
       [this](uint64_t ino, uint64_t bit) { return revoke(ino, bit); }, options_.lockLimits);
   // A PW called back while no descriptor here can dirty the file and nothing of it is queued
-  // (the last writer closed moments ago, its downgrade still gathering) becomes PR at once.
+  // (its last writer closed) becomes PR instead of going back (LockCache::blocking).
   locks_->setDowngradable([this](uint64_t ino, uint64_t bit) {
     return (bit == BIT_DATA || bit == BIT_ATTR) && writers_.count(ino) == 0 && !wb_.queued(ino);
   });
@@ -637,6 +637,9 @@ Entry Client::toEntry(rpc::Attr::Reader attr) {
 namespace {
 std::string nameOf(kj::ArrayPtr<const kj::byte> name) {
   return std::string(reinterpret_cast<const char*>(name.begin()), name.size());
+}
+DirItem copyOf(const DirItem& item) {
+  return DirItem{kj::heapArray(item.name.asPtr()), item.cookie, item.attr, item.generation};
 }
 }  // namespace
 
@@ -1861,11 +1864,7 @@ kj::Promise<DirPage> Client::readdir(uint64_t ino, uint64_t cookie, uint32_t max
         at <= a.items.size() && (at < a.items.size() || a.eof)) {
       DirPage page;
       size_t end = kj::min(a.items.size(), at + maxEntries);
-      for (size_t i = at; i < end; i++) {
-        auto& item = a.items[i];
-        page.items.add(
-            DirItem{kj::heapArray(item.name.asPtr()), item.cookie, item.attr, item.generation});
-      }
+      for (size_t i = at; i < end; i++) page.items.add(copyOf(a.items[i]));
       page.eof = a.eof && end == a.items.size();
       return parent.then([page = kj::mv(page)](uint64_t parent) mutable {
         page.parent = parent;
@@ -1880,11 +1879,11 @@ kj::Promise<DirPage> Client::readdir(uint64_t ino, uint64_t cookie, uint32_t max
   uint32_t ask = caching() ? kj::max(maxEntries, READDIR_BATCH) : maxEntries;
   auto entries =
       metaCall(
-          [ino, cookie, ask, want](rpc::MetaRequest::Builder b) {
+          [ino, from, ask, want](rpc::MetaRequest::Builder b) {
             b.setWantLocks(want);
             auto r = b.initReaddir();
             r.setIno(ino);
-            r.setCookie(kj::max(cookie, uint64_t(2)));
+            r.setCookie(from);
             r.setMaxEntries(ask);
           },
           false, ServerLink::Class::NORMAL,
@@ -1907,10 +1906,7 @@ kj::Promise<DirPage> Client::readdir(uint64_t ino, uint64_t cookie, uint32_t max
               // may be any of those it was given.
               if (listedAhead_.size() >= MAX_LISTED_AHEAD) listedAhead_.clear();
               ListedAhead a{cache_.dirStamp(ino), from, {}, page.eof};
-              for (auto& item : page.items) {
-                a.items.add(DirItem{kj::heapArray(item.name.asPtr()), item.cookie, item.attr,
-                                    item.generation});
-              }
+              for (auto& item : page.items) a.items.add(copyOf(item));
               listedAhead_.insert_or_assign(ino, kj::mv(a));
               page.items.truncate(maxEntries);
               page.eof = false;

@@ -126,9 +126,8 @@ void LockCache::blocking(uint64_t id) {
       if ((*clean)(key.first, key.second)) {
         // Nothing is dirty under it: as PR it keeps what it covers, and a reader waiting for
         // it is let in at once. A writer waiting is not: the server then asks again, and the
-        // lock goes back as usual. (Without the feature downgrade() does nothing.)
-        downgrade(key.first, key.second);
-        if (held->second.mode == rpc::LockMode::PR) {
+        // lock goes back as usual.
+        if (downgrade(key.first, key.second)) {
           flushConverts();
           return;
         }
@@ -181,16 +180,17 @@ void LockCache::giveBackInode(uint64_t ino) {
   }
 }
 
-void LockCache::downgrade(uint64_t ino, uint64_t bit) {
+bool LockCache::downgrade(uint64_t ino, uint64_t bit) {
   auto it = held_.find(Key(ino, bit));
-  if (it == held_.end() || it->second.mode != rpc::LockMode::PW) return;
-  if (!(link_.peerFeatures() & features::LOCK_CONVERT)) return;
-  if (it->second.generation != link_.generation()) return;
+  if (it == held_.end() || it->second.mode != rpc::LockMode::PW) return false;
+  if (!(link_.peerFeatures() & features::LOCK_CONVERT)) return false;
+  if (it->second.generation != link_.generation()) return false;
   it->second.mode = rpc::LockMode::PR;
   ++downgrades_;
   // Until it lands the server counts the lock as PW, which only makes others wait, as before.
   if (converts_.empty()) convertGeneration_ = link_.generation();
   converts_.add(it->second.id);
+  return true;
 }
 
 bool LockCache::contended(uint64_t ino) const {

@@ -63,7 +63,8 @@ public:
   // A PW held on (ino, bit) becomes PR (features::LOCK_CONVERT), keeping what it covers: the
   // caller has nothing dirty under it any more. Counted as PR here from now on, so nothing is
   // done under it as PW while the conversion is on its way; it leaves with flushConverts().
-  void downgrade(uint64_t ino, uint64_t bit);
+  // False if nothing was converted (no PW held, or a server without the feature).
+  bool downgrade(uint64_t ino, uint64_t bit);
   void flushConverts();
   // A lock on the inode was called back lately: another client wants what it covers.
   bool contended(uint64_t ino) const;

@@ -20,9 +20,10 @@
 //
 // Replay: the link keeps every update that got a reply (write data included) until the server
 // reports it synced — a copy, or for a write-behind batch the request built again around the
-// batch's own bytes, which it keeps alive (no second copy of the data). After a reconnect it first replays, in transaction order, what
-// is newer than what the server says is on disk (a crash of its host may have lost it), then
-// tells the server it has sent all; only then does the owner's recovery (open replay) run.
+// batch's own bytes, which it keeps alive (no second copy of the data). After a reconnect it first
+// replays, in transaction order, what is newer than what the server says is on disk (a crash of its
+// host may have lost it), then tells the server it has sent all; only then does the owner's
+// recovery (open replay) run.
 #pragma once
 
 #include <capnp/message.h>

@@ -8,6 +8,8 @@
 #include <kj/debug.h>
 #include <spdlog/spdlog.h>
 
+#include "rpc/busy_poll.h"
+
 namespace cairn {
 
 namespace {
@@ -89,6 +91,7 @@ kj::Promise<void> FuseLoop::drain() {
         reinterpret_cast<const fuse_in_header*>(buf_.mem)->opcode == FUSE_INIT) {
       init_ = kj::heapArray(static_cast<const kj::byte*>(buf_.mem), size_t(res));
     }
+    BusyPoll::arrived();
     fuse_session_process_buf(session_, &buf_);
   }
   return kj::evalLater([this]() { return drain(); });

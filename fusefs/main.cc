@@ -2,12 +2,12 @@
 //
 //   cairn-mount HOST:PORT[,HOST:PORT...] MOUNTPOINT [-f] [-d] [-o OPTIONS]
 // (-o: the usual FUSE options, and log_file=, log_level=, nocache, lock_limit=, name_limit=,
-// metrics=HOST:PORT, tls=DIR)
+// poll_us=, metrics=HOST:PORT, tls=DIR)
 //   cairn-mount --takeover MOUNTPOINT     (a new binary takes a live mount over: handover.h)
 //
 // The addresses are the metadata server's (several for a failover pair). Besides the usual FUSE
 // options (allow_other, default_permissions, ...), -o takes log_file=PATH, log_level=LEVEL,
-// nocache, lock_limit=N and name_limit=N.
+// nocache, lock_limit=N, name_limit=N and poll_us=N.
 #define FUSE_USE_VERSION 314
 #include <fuse_lowlevel.h>
 #include <sys/mount.h>
@@ -39,6 +39,7 @@
 #include "fusefs/handover.h"
 #include "fusefs/kernel_readahead.h"
 #include "fusefs/notifier.h"
+#include "rpc/busy_poll.h"
 #include "rpc/heap_tuning.h"
 #include "rpc/metrics_http.h"
 #include "rpc/transport.h"
@@ -55,6 +56,11 @@ struct MountConfig {
   int noCache = 0;
   unsigned lockLimit = 0;
   unsigned nameLimit = 0;
+  // How long the event loop may look for the next request or reply before it sleeps
+  // (rpc/busy_poll.h). 200 µs covers a metadata RPC's round trip on loopback; on this project's
+  // 2-core VMs it doubled random 4 KiB reads and halved untar's time. Longer (500, 1000 µs) was
+  // no better, and sometimes much worse: the spinning takes the CPU the servers need.
+  unsigned pollUs = 200;
   int version = 0;
 };
 
@@ -68,6 +74,7 @@ const fuse_opt SPECS[] = {
     {"nocache", offsetof(MountConfig, noCache), 1},
     {"lock_limit=%u", offsetof(MountConfig, lockLimit), 0},
     {"name_limit=%u", offsetof(MountConfig, nameLimit), 0},
+    {"poll_us=%u", offsetof(MountConfig, pollUs), 0},
     FUSE_OPT_KEY("--version", KEY_VERSION),
     FUSE_OPT_KEY("-V", KEY_VERSION),
     FUSE_OPT_END,
@@ -99,6 +106,8 @@ void usage(const char* prog) {
       "    -o nocache             cache nothing: every operation asks the servers\n"
       "    -o lock_limit=N        cache under at most N locks (default 60000)\n"
       "    -o name_limit=N        cache at most N directory entries (default 200000)\n"
+      "    -o poll_us=N           before sleeping, look for work up to N microseconds\n"
+      "                           (default 200; 0: never)\n"
       "    -o metrics=HOST:PORT   also serve the mount's counters as Prometheus /metrics there\n"
       "    -o tls=DIR             mutual TLS with the credentials in DIR (ca.crt, cert.crt,\n"
       "                           cert.key: cairnctl cert issue --client); without it, plain text\n"
@@ -322,6 +331,7 @@ int main(int argc, char** argv) {
     kj::UnixEventPort::captureSignal(SIGHUP);
     signal(SIGPIPE, SIG_IGN);
     auto io = kj::setupAsyncIo();
+    cairn::BusyPoll busy(io.unixEventPort, io.waitScope, cfg.pollUs * kj::MICROSECONDS);
     TaskErrors taskErrors;
     kj::TaskSet tasks(taskErrors);
 
@@ -390,8 +400,9 @@ int main(int argc, char** argv) {
     }
 
     // The mount's counters, on a local socket (`cairnctl --mount MNT stats`).
-    cairn::MetricsHttpServer metrics(io.provider->getTimer(),
-                                     [&client]() { return cairn::renderClientMetrics(client); });
+    cairn::MetricsHttpServer metrics(io.provider->getTimer(), [&client, &busy]() {
+      return kj::str(cairn::renderClientMetrics(client), busy.metrics("cairn_client"));
+    });
     auto socketPath = cairn::statsSocketPath(opts.mountpoint);
     kj::Maybe<kj::Own<kj::ConnectionReceiver>> statsPort;
     kj::Promise<void> statsServing = kj::NEVER_DONE;
@@ -433,11 +444,10 @@ int main(int argc, char** argv) {
                       spdlog::info("signal {}: unmounting", info.si_signo);
                       return false;
                     });
-    handedOver = loop.run()
-                     .then([]() { return false; })
-                     .exclusiveJoin(kj::mv(stop))
-                     .exclusiveJoin(kj::mv(handoverDone))
-                     .wait(io.waitScope);
+    handedOver = busy.wait(loop.run()
+                               .then([]() { return false; })
+                               .exclusiveJoin(kj::mv(stop))
+                               .exclusiveJoin(kj::mv(handoverDone)));
     if (handedOver) {
       // The new process serves the mount and the servers know it as this client: no goodbye,
       // no unmount; its counters socket is its own.

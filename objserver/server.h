@@ -20,6 +20,7 @@
 #include "objserver/root_squash.h"
 #include "objserver/syncer.h"
 #include "objserver/target.h"
+#include "rpc/busy_poll.h"
 #include "rpc/cairn.capnp.h"
 #include "rpc/errors.h"
 
@@ -111,6 +112,7 @@ public:
   // began, so a request handled within one turn (most are) would always take 0.
   template <typename Dispatch>
   kj::Promise<void> timed(RpcKind& kind, Dispatch&& dispatch) {
+    BusyPoll::arrived();
     auto& clock = kj::systemPreciseMonotonicClock();
     auto started = clock.now();
     kj::Promise<void> request = dispatch();

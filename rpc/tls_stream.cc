@@ -16,6 +16,8 @@
 #include <climits>
 #include <cstring>
 
+#include "rpc/busy_poll.h"
+
 namespace cairn {
 
 namespace {
@@ -277,6 +279,7 @@ kj::Promise<size_t> SslContext::Stream::readSome(kj::byte* out, size_t minBytes,
       int r = SSL_read(ssl, out + done, int(kj::min(maxBytes - done, size_t(INT_MAX))));
       auto what = attempt(r);
       if (r > 0) {
+        BusyPoll::arrived();
         done += size_t(r);
         if (done >= minBytes) return done;
       } else if (what != Wait::NONE) {

@@ -1,6 +1,7 @@
 // Prometheus /metrics of a real server: request counts and latency histograms by kind, data
 // bytes, locks, state and recovery, in the text exposition format.
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -66,7 +67,7 @@ TEST(Metrics, ServersExposeRequestsLatencyLocksAndState) {
   TestCluster::Options options;
   options.dataServers = 1;
   options.metaArgs = {"--metrics", "127.0.0.1:0"};
-  options.dataArgs = {"--metrics", "127.0.0.1:0"};
+  options.dataArgs = {"--metrics", "127.0.0.1:0", "--poll-us", "100"};
   TestCluster cluster(options);
   auto mnt = cluster.mount();
   writeWhole(mnt + "/f", std::string(100000, 'x'));
@@ -92,6 +93,10 @@ TEST(Metrics, ServersExposeRequestsLatencyLocksAndState) {
   auto data = httpGet(metricsAddress(cluster, 1), "/metrics");
   EXPECT_GE(value(data, "cairn_data_bytes_in_total"), 100000);
   EXPECT_NE(data.find("kind=\"data\""), std::string::npos);
+  // Servers sleep when idle unless told to look for work first (--poll-us, as the data server).
+  EXPECT_EQ(value(text, "cairn_server_poll_spins_total"), 0);
+  EXPECT_GT(value(data, "cairn_server_poll_sleeps_total"), 0);
+  EXPECT_LE(value(data, "cairn_server_poll_window_seconds"), 100e-6);
   EXPECT_EQ(httpGet(meta, "/other").rfind("HTTP/1.1 404", 0), 0u);
 }
 
@@ -129,6 +134,35 @@ TEST(Metrics, AMountExposesItsOwnCounters) {
   // Another mount point has no counters: a clear error.
   auto none = run({ctlBin(), "--mount", cluster.dir(), "stats"});
   EXPECT_NE(none.status, 0);
+}
+
+// The mount's event loop looks for the next request a while before it sleeps (rpc/busy_poll.h):
+// an application's back-to-back requests are taken while it looks; `-o poll_us=0` never looks.
+TEST(Metrics, AMountLooksForTheNextRequestBeforeItSleepsUnlessToldNot) {
+  TestCluster cluster;
+  auto chmods = [](const std::string& mnt) {
+    writeWhole(mnt + "/p", "polled");
+    int fd = open((mnt + "/p").c_str(), O_RDWR);
+    ASSERT_GE(fd, 0);
+    for (int i = 0; i < 500; ++i) ASSERT_EQ(fchmod(fd, (i & 1) ? 0600 : 0644), 0);
+    close(fd);
+  };
+  auto polling = cluster.mount();
+  chmods(polling);
+  auto r = run({ctlBin(), "--mount", polling, "stats"});
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_GE(value(r.out, "cairn_client_poll_caught_total"), 1) << r.out;
+  EXPECT_GE(value(r.out, "cairn_client_poll_spins_total"),
+            value(r.out, "cairn_client_poll_caught_total"));
+  EXPECT_LE(value(r.out, "cairn_client_poll_window_seconds"), 200e-6);
+
+  auto sleeping = cluster.mount("poll_us=0");
+  chmods(sleeping);
+  r = run({ctlBin(), "--mount", sleeping, "stats"});
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(value(r.out, "cairn_client_poll_spins_total"), 0) << r.out;
+  EXPECT_GE(value(r.out, "cairn_client_poll_sleeps_total"), 500);
+  EXPECT_EQ(value(r.out, "cairn_client_poll_window_seconds"), 0);
 }
 
 }  // namespace

@@ -30,7 +30,6 @@ class SpinWindow {
 public:
   // `limit` is the largest window; zero: never spin.
   explicit SpinWindow(kj::Duration limit) : limit_(limit), current_(limit) {}
-  kj::Duration limit() const { return limit_; }
   kj::Duration current() const { return current_; }
   // The thread slept this long after spinning `current()` in vain.
   void slept(kj::Duration howLong);

@@ -217,7 +217,7 @@ bool Client::outage() const {
 // After every (re)connect to the metadata server: learn the data targets, then re-open every
 // open file under its handle, so the server knows them (and keeps unlinked-but-open files).
 kj::Promise<void> Client::recoverMeta() {
-  if (meta_->takeEvicted()) {
+  if (meta_->takeEviction() != nullptr) {
     // Evicted: the server forgot our opens. Those descriptors can only fail (EIO); the mount
     // itself carries on and new opens work.
     size_t n = 0;
@@ -314,20 +314,25 @@ kj::Promise<void> Client::replayAppLocks() {
 }
 
 kj::Promise<void> Client::recoverData(ServerLink& link, uint32_t index) {
-  if (link.takeEvicted()) {
-    // The target dropped what it had of ours (it was shut down while we could not write back):
-    // the files with stripes there can only fail now; the mount carries on.
+  KJ_IF_MAYBE (eviction, link.takeEviction()) {
+    // The target dropped what it had of ours (say, it was shut down while we could not write
+    // back, or an administrator evicted us). A file with writes still queued here wrote them
+    // under locks we no longer hold: it can only fail now. So can every file with a stripe
+    // there if the target lost updates it had answered, as we cannot tell whose they were.
+    // Files that only read there, or whose writes had all landed, carry on in the new
+    // session: among them those opened after the eviction, which never used the old one.
     size_t n = 0;
     for (auto& [fh, file] : opens_.all()) {
       KJ_IF_MAYBE (l, file.layout) {
         auto& targets = (*l)->layout.targets;
-        if (!file.lost && std::find(targets.begin(), targets.end(), index) != targets.end()) {
+        bool there = std::find(targets.begin(), targets.end(), index) != targets.end();
+        if (!file.lost && there && (eviction->lostUpdates > 0 || wb_.queued(file.ino))) {
           file.lost = true;
           ++n;
         }
       }
     }
-    spdlog::warn("evicted by data target {}: {} open files with stripes there now return EIO",
+    spdlog::warn("evicted by data target {}: {} open files with writes lost there now return EIO",
                  index, n);
   }
   if (!(link.peerFeatures() & features::ACTIVE_SERVER_LOCK)) return kj::READY_NOW;
@@ -1181,7 +1186,10 @@ kj::Promise<kj::Array<kj::byte>> Client::readUnlocked(uint64_t fh, uint64_t offs
   } else {
     data = fetch(shared.layout, offset, end - offset).attach(kj::addRef(shared));
   }
-  return data.then([this, ino, noatime](kj::Array<kj::byte> buffer) {
+  return data.then([this, fh, ino, noatime](kj::Array<kj::byte> buffer) {
+    // The read may be what told a data server's link of an eviction that failed this file
+    // (its bytes then come from a target that lost our writes): it fails as later ones will.
+    openFile(fh);
     if (!noatime) touchAtime(ino);
     return kj::mv(buffer);
   });

@@ -301,12 +301,18 @@ void ServerLink::connectLoop(unsigned attempt) {
                   peerVersion_ = kj::str(info.getSoftwareVersion());
                   peerKind_ = info.getKind();
                   if (reply.getEvicted()) {
-                    evicted_ = true;
-                    if (!kept_.empty()) {
+                    // The server refuses our replay now. Only a new instance lacks what
+                    // it answered: past what it has on disk (a crash, then --force).
+                    size_t lost = 0;
+                    if (restarted_) {
+                      for (auto& entry : kept_) lost += entry.first > connectSynced_;
+                    }
+                    eviction_ = Eviction{lost};
+                    if (lost > 0) {
                       spdlog::error(
                           "link {}: {} updates kept for replay are lost with the "
                           "eviction",
-                          name_.cStr(), kept_.size());
+                          name_.cStr(), lost);
                     }
                     kept_.clear();
                     keptBytes_ = 0;

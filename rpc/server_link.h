@@ -125,11 +125,16 @@ public:
   kj::Promise<void> settle();
   uint64_t nextRequestId() const { return nextRequestId_; }
   void continueRequestIds(uint64_t next) { nextRequestId_ = kj::max(nextRequestId_, next); }
-  // True once after a connect at which the server said it had evicted this client: whatever
-  // the client held there (open files, locks) is gone.
-  bool takeEvicted() {
-    bool e = evicted_;
-    evicted_ = false;
+  // Once after a connect at which the server said it had evicted this client: whatever the
+  // client held there (open files, locks) is gone.
+  struct Eviction {
+    // Updates the server had answered but not synced, which the link kept for a replay the
+    // server now refuses: their changes may be gone (a new instance, started with --force).
+    size_t lostUpdates = 0;
+  };
+  kj::Maybe<Eviction> takeEviction() {
+    auto e = kj::mv(eviction_);
+    eviction_ = nullptr;  // kj::Maybe's move leaves the source set
     return e;
   }
 
@@ -195,7 +200,7 @@ private:
   bool rootSquashed_ = false;
   kj::String peerVersion_;
   uint64_t lastSynced_ = 0;
-  bool evicted_ = false;
+  kj::Maybe<Eviction> eviction_;
   uint64_t serverLock_ = 0;  // our PR on the active-server lock of this connection
   uint64_t connectSynced_ = 0;
   uint64_t instance_ = 0;   // of the server at the last connect

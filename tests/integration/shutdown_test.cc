@@ -15,9 +15,11 @@
 #include <capnp/rpc-twoparty.h>
 #include <kj/async-io.h>
 
+#include <atomic>
 #include <regex>
 #include <sstream>
 #include <string>
+#include <thread>
 
 #include "rpc/cairn.capnp.h"
 #include "tests/integration/cluster.h"
@@ -372,6 +374,65 @@ TEST(Shutdown, NewVersionAfterUncleanStopIsRefusedUnlessForced) {
   writeWhole(mnt + "/g", "new");
   EXPECT_EQ(readWhole(mnt + "/g"), "new");
   EXPECT_TRUE(contains(cluster.status(0), "\"version\":\"9.9.9\""));
+}
+
+// The same for a data server that lost updates it had answered: its disk went back to an
+// earlier state (as a host crash loses what the page cache held), and it came back as another
+// version with --force. The client's copies of those updates cannot be replayed into it: the
+// files with stripes there fail with EIO. The mount works on.
+TEST(Shutdown, ADataServerThatLostAnsweredUpdatesFailsTheFilesWithStripesThere) {
+  TestCluster cluster(quickLocks());
+  auto mnt = cluster.mount();
+  writeWhole(mnt + "/f", "before");
+  {
+    int sync = open((mnt + "/f").c_str(), O_RDONLY);
+    ASSERT_EQ(fsync(sync), 0);  // on the data servers' disks
+    close(sync);
+  }
+  auto earlier = cluster.dir() + "/earlier";
+  ASSERT_EQ(mkdir(earlier.c_str(), 0700), 0);
+  auto copy = run({"/usr/bin/mdb_copy", cluster.targetDir(1), earlier});
+  ASSERT_EQ(copy.status, 0) << copy.err;
+
+  int fd = open((mnt + "/f").c_str(), O_RDWR);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(pwrite(fd, "after!", 6, 0), 6);
+  // Direct reads, past the kernel's pages. The first waits for the write's reply (not synced
+  // yet, so the link keeps a copy for replay).
+  int direct = open((mnt + "/f").c_str(), O_RDONLY | O_DIRECT);
+  ASSERT_GE(direct, 0);
+  alignas(4096) static char buf[4096];
+  ASSERT_EQ(pread(direct, buf, sizeof buf, 0), 6);
+  ASSERT_EQ(std::string(buf, 6), "after!");
+  // A read on its way when the server goes: it is sent again to the new one, and fails
+  // rather than return "before".
+  cluster.signalServer(1, SIGSTOP);
+  std::atomic<ssize_t> inFlight{0};
+  std::atomic<int> inFlightErrno{0};
+  std::thread reader([&] {
+    alignas(4096) static char mine[4096];
+    inFlight = pread(direct, mine, sizeof mine, 0);
+    inFlightErrno = errno;
+  });
+  usleep(100 * 1000);
+  cluster.stopServer(1, SIGKILL);
+  ASSERT_EQ(rename((earlier + "/data.mdb").c_str(), (cluster.targetDir(1) + "/data.mdb").c_str()),
+            0);
+  ASSERT_TRUE(cluster.startServer(1, {"--version-override", "9.9.9", "--force"}));
+  reader.join();
+  EXPECT_EQ(inFlight, -1);
+  EXPECT_EQ(inFlightErrno, EIO);
+  EXPECT_TRUE(contains(cluster.mountLog(0), "updates kept for replay are lost with the eviction"))
+      << cluster.mountLog(0);
+  EXPECT_TRUE(contains(cluster.mountLog(0), "evicted by data target 0: 2 open files"))
+      << cluster.mountLog(0);
+  EXPECT_EQ(pread(direct, buf, sizeof buf, 0), -1);
+  EXPECT_EQ(pwrite(fd, "x", 1, 0), -1);
+  EXPECT_EQ(errno, EIO);
+  close(direct);
+  close(fd);
+  writeWhole(mnt + "/g", "mount works");
+  EXPECT_EQ(readWhole(mnt + "/g"), "mount works");
 }
 
 // Point 9: a process blocked on a server that has shut down (the gate closed before its

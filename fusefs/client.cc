@@ -1007,6 +1007,12 @@ kj::Promise<void> Client::rename(const Cred& cred, uint64_t parent, kj::Array<kj
              [this, parent, newParent, flags, from = kj::mv(from),
               to = kj::mv(to)](rpc::MetaReply::Reader reply) mutable {
                if (reply.getError() == 0) {
+                 // A directory moved to another parent has another "..": listings kept
+                 // (by the directory listed, not by its parent) go.
+                 if (parent != newParent) {
+                   listedAhead_.clear();
+                   listedItems_ = 0;
+                 }
                  movedInKernel(newParent, to);
                  if (flags & RENAME_EXCHANGE) movedInKernel(parent, from);
                }
@@ -1848,6 +1854,11 @@ kj::Promise<void> Client::releaseLocks(uint64_t ino, uint64_t owner, uint32_t sp
 }
 
 kj::Promise<DirPage> Client::readdir(uint64_t ino, uint64_t cookie, uint32_t maxEntries) {
+  uint64_t from = kj::max(cookie, uint64_t(2));
+  KJ_IF_MAYBE (page, listedPage(ino, cookie, maxEntries)) {
+    ++stats_.listingHits;
+    return kj::mv(*page);
+  }
   // From the start, ".." needs the parent, which the directory's own attributes carry.
   kj::Promise<uint64_t> parent = uint64_t(0);
   if (cookie < 2) {
@@ -1855,31 +1866,6 @@ kj::Promise<DirPage> Client::readdir(uint64_t ino, uint64_t cookie, uint32_t max
                  .then([](ServerLink::MetaResponse&& resp) {
                    return resp.getReply().getAttr().getParent();
                  });
-  }
-  uint64_t from = kj::max(cookie, uint64_t(2));
-  auto ahead = listedAhead_.find(ino);
-  if (ahead != listedAhead_.end()) {
-    auto& a = ahead->second;
-    size_t at = a.items.size() + 1;  // where `from` continues, if among the items
-    if (a.from == from) {
-      at = 0;
-    } else {
-      for (size_t i = 0; i < a.items.size(); i++) {
-        if (a.items[i].cookie == from) at = i + 1;
-      }
-    }
-    if (a.stamp != 0 && a.stamp == cache_.dirStamp(ino) && locks_->held(ino, BIT_LOOKUP) != 0 &&
-        at <= a.items.size() && (at < a.items.size() || a.eof)) {
-      DirPage page;
-      size_t end = kj::min(a.items.size(), at + maxEntries);
-      for (size_t i = at; i < end; i++) page.items.add(copyOf(a.items[i]));
-      page.eof = a.eof && end == a.items.size();
-      return parent.then([page = kj::mv(page)](uint64_t parent) mutable {
-        page.parent = parent;
-        return kj::mv(page);
-      });
-    }
-    listedAhead_.erase(ahead);
   }
   // The names and attributes of a batch come with the locks that cover them: an `ls -l` then
   // costs one round trip per batch, the per-name LOOKUPs are answered from the cache.
@@ -1896,7 +1882,7 @@ kj::Promise<DirPage> Client::readdir(uint64_t ino, uint64_t cookie, uint32_t max
           },
           false, ServerLink::Class::NORMAL,
           [this, ino, cookie](rpc::MetaReply::Reader reply) { listed(ino, cookie, reply); })
-          .then([this, ino, from, maxEntries](ServerLink::MetaResponse&& resp) {
+          .then([](ServerLink::MetaResponse&& resp) {
             auto entries = resp.getReply().getEntries();
             DirPage page;
             page.eof = entries.getEof();
@@ -1909,24 +1895,70 @@ kj::Promise<DirPage> Client::readdir(uint64_t ino, uint64_t cookie, uint32_t max
               item.generation = e.getAttr().getGeneration();
               page.items.add(kj::mv(item));
             }
-            if (page.items.size() > maxEntries && locks_->held(ino, BIT_LOOKUP) != 0) {
-              // Kept whole: the kernel continues from the last entry its reader took, which
-              // may be any of those it was given.
-              if (listedAhead_.size() >= MAX_LISTED_AHEAD) listedAhead_.clear();
-              ListedAhead a{cache_.dirStamp(ino), from, {}, page.eof};
-              for (auto& item : page.items) a.items.add(copyOf(item));
-              listedAhead_.insert_or_assign(ino, kj::mv(a));
-              page.items.truncate(maxEntries);
-              page.eof = false;
-            }
             return page;
           });
-  return parent.then([entries = kj::mv(entries)](uint64_t parent) mutable {
-    return entries.then([parent](DirPage&& page) {
-      page.parent = parent;
-      return kj::mv(page);
-    });
-  });
+  return parent.then(
+      [this, ino, from, maxEntries, entries = kj::mv(entries)](uint64_t parent) mutable {
+        return entries.then([this, ino, from, maxEntries, parent](DirPage&& page) {
+          page.parent = parent;
+          if (keepListing(ino, from, page) && page.items.size() > maxEntries) {
+            // The kernel continues from the last entry its reader took, which may be any of
+            // those it was given: the rest answers it from what was kept.
+            page.items.truncate(maxEntries);
+            page.eof = false;
+          }
+          return kj::mv(page);
+        });
+      });
+}
+
+kj::Maybe<DirPage> Client::listedPage(uint64_t ino, uint64_t cookie, uint32_t maxEntries) {
+  auto it = listedAhead_.find(ino);
+  if (it == listedAhead_.end()) return nullptr;
+  auto& a = it->second;
+  if (a.stamp == 0 || a.stamp != cache_.dirStamp(ino) || locks_->held(ino, BIT_LOOKUP) == 0) {
+    dropListing(it);
+    return nullptr;
+  }
+  uint64_t from = kj::max(cookie, uint64_t(2));
+  size_t at = a.items.size() + 1;  // where `from` continues, if among the items
+  if (a.from == from) {
+    at = 0;
+  } else {
+    for (size_t i = 0; i < a.items.size(); i++) {
+      if (a.items[i].cookie == from) at = i + 1;
+    }
+  }
+  if (at > a.items.size() || (at == a.items.size() && !a.eof)) return nullptr;
+  if (cookie < 2 && a.parent == 0) return nullptr;  // ".." unknown
+  DirPage page;
+  page.cached = true;
+  page.parent = cookie < 2 ? a.parent : 0;
+  size_t end = kj::min(a.items.size(), at + maxEntries);
+  for (size_t i = at; i < end; i++) page.items.add(copyOf(a.items[i]));
+  page.eof = a.eof && end == a.items.size();
+  return kj::mv(page);
+}
+
+bool Client::keepListing(uint64_t ino, uint64_t from, const DirPage& page) {
+  auto it = listedAhead_.find(ino);
+  if (it != listedAhead_.end()) dropListing(it);
+  if (!caching() || locks_->held(ino, BIT_LOOKUP) == 0) return false;
+  if (listedAhead_.size() >= MAX_LISTED_DIRS ||
+      listedItems_ + page.items.size() > MAX_LISTED_ITEMS) {
+    listedAhead_.clear();
+    listedItems_ = 0;
+  }
+  ListedAhead a{cache_.dirStamp(ino), from, page.parent, {}, page.eof};
+  for (auto& item : page.items) a.items.add(copyOf(item));
+  listedItems_ += a.items.size();
+  listedAhead_.emplace(ino, kj::mv(a));
+  return true;
+}
+
+void Client::dropListing(std::unordered_map<uint64_t, ListedAhead>::iterator it) {
+  listedItems_ -= it->second.items.size();
+  listedAhead_.erase(it);
 }
 
 Entry Client::listedEntry(uint64_t dir, const DirItem& item) {

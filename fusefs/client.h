@@ -80,6 +80,9 @@ struct DirPage {
   kj::Vector<DirItem> items;
   bool eof = false;
   uint64_t parent = 0;
+  // From a listing kept under the directory's LOOKUP lock: its names are current, but the
+  // attributes of an entry are only if a lock of the entry's own covers them.
+  bool cached = false;
 };
 
 // What setattr changes (FUSE_SET_ATTR_* bits, translated by the caller).
@@ -183,6 +186,7 @@ public:
   struct Stats {
     uint64_t cacheHits = 0;    // getattr and lookup answered from the cache
     uint64_t cacheMisses = 0;  // ... that had to ask the metadata server
+    uint64_t listingHits = 0;  // readdir answered from a kept listing
   };
   const Stats& stats() const { return stats_; }
   // Every link: the metadata server's first, then the data targets' by index.
@@ -297,20 +301,32 @@ private:
     uint64_t nextCookie;  // where the next batch must start to continue them
   };
   std::map<uint64_t, Listing> listings_;
-  // A readdir asks the server for more entries than the kernel's buffer takes (READDIRPLUS
-  // entries are large: ~40 to a request); the rest answers the kernel's next requests, while the
-  // directory's names are unchanged under the same LOOKUP lock (MetaCache::dirStamp).
+  // A directory's last batch of entries, kept while its names are unchanged under the same
+  // LOOKUP lock (MetaCache::dirStamp). A readdir asks the server for more entries than the
+  // kernel's buffer takes (READDIRPLUS entries are large: ~40 to a request), and the rest
+  // answers the kernel's next requests; a directory of one batch is listed again (a `find`
+  // after the kernel dropped its caches, the final empty request of every listing) without a
+  // request to the server.
   struct ListedAhead {
     uint64_t stamp;
-    uint64_t from;  // the cookie the first item continues
+    uint64_t from;    // the cookie the first item continues
+    uint64_t parent;  // for "..", if the batch is the first (0: unknown)
     kj::Vector<DirItem> items;
     bool eof;
   };
+  // A page of a kept listing, if it has the one asked for.
+  kj::Maybe<DirPage> listedPage(uint64_t ino, uint64_t cookie, uint32_t maxEntries);
+  // Keeps a batch from the server (under the directory's LOOKUP lock only).
+  bool keepListing(uint64_t ino, uint64_t from, const DirPage& page);
+  void dropListing(std::unordered_map<uint64_t, ListedAhead>::iterator it);
   std::unordered_map<uint64_t, ListedAhead> listedAhead_;
+  size_t listedItems_ = 0;
   static constexpr uint32_t READDIR_BATCH = 2048;
-  static constexpr size_t MAX_LISTED_AHEAD = 16;  // directories (~400 KiB each at most)
-  std::map<uint64_t, int> writers_;               // ino -> open handles that may dirty its pages
-  bool draining_ = false;  // the metadata server is shutting down: everything goes back
+  // Past either bound every kept listing goes (~250 bytes an entry: ~8 MiB at most).
+  static constexpr size_t MAX_LISTED_DIRS = 8192;
+  static constexpr size_t MAX_LISTED_ITEMS = 32768;
+  std::map<uint64_t, int> writers_;  // ino -> open handles that may dirty its pages
+  bool draining_ = false;            // the metadata server is shutting down: everything goes back
   // Names the kernel keeps, by directory, and when a lookup in it was last answered.
   std::unordered_map<uint64_t, std::unordered_set<std::string>> kernelNames_;
   size_t kernelNameCount_ = 0;  // over all directories

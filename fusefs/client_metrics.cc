@@ -63,6 +63,9 @@ kj::String renderClientMetrics(Client& client) {
   auto& stats = client.stats();
   help(out, "cairn_client_cache_hits_total", "counter", "getattr and lookup answered locally");
   out.add(kj::str("cairn_client_cache_hits_total ", stats.cacheHits, "\n"));
+  help(out, "cairn_client_listing_hits_total", "counter",
+       "readdir answered from a listing kept under the directory's lock");
+  out.add(kj::str("cairn_client_listing_hits_total ", stats.listingHits, "\n"));
   help(out, "cairn_client_cache_misses_total", "counter", "getattr and lookup sent to the server");
   out.add(kj::str("cairn_client_cache_misses_total ", stats.cacheMisses, "\n"));
   help(out, "cairn_client_dirty_bytes", "gauge", "writes queued behind, not yet sent");

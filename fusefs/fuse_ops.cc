@@ -446,8 +446,17 @@ void opReaddirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_
         size_t need = fuse_add_direntry_plus(req, nullptr, 0, name.cStr(), nullptr, 0);
         if (need > size - used) break;
         fuse_entry_param param;
-        fillEntry(&param, c.listedEntry(ino, item));
-        c.remember(param.attr);
+        auto entry = c.listedEntry(ino, item);
+        if (page.cached && !entry.cached) {
+          // A kept listing's copy of these attributes may be old (no lock of ours covers
+          // them any more): the name alone, node 0, and the kernel asks when it needs more.
+          memset(&param, 0, sizeof(param));
+          param.attr.st_ino = item.attr.st_ino;
+          param.attr.st_mode = item.attr.st_mode & S_IFMT;
+        } else {
+          fillEntry(&param, entry);
+          c.remember(param.attr);
+        }
         used += fuse_add_direntry_plus(req, buf.begin() + used, size - used, name.cStr(), &param,
                                        item.cookie);
       }

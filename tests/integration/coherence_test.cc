@@ -2,6 +2,7 @@
 // attributes, names and pages under the metadata server's locks. Whatever one client completed,
 // the other sees at once, including what its kernel had cached; and caching really happens
 // (repeated stat and re-reads cost no requests).
+#include <dirent.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
@@ -16,6 +17,7 @@
 #include <chrono>
 #include <cstring>
 #include <functional>
+#include <map>
 #include <set>
 #include <string>
 #include <thread>
@@ -392,6 +394,59 @@ TEST_F(Coherence, ListingsFollowChanges) {
   EXPECT_EQ(now.count("extra"), 1u);
   EXPECT_TRUE(exists(pb("extra")));
   EXPECT_FALSE(exists(pb("n3")));
+}
+
+// What a directory listing says: each name with its inode number and, past the listing, the
+// mode a stat of it finds.
+struct Listed {
+  uint64_t ino;
+  mode_t mode;
+};
+std::map<std::string, Listed> listing(const std::string& dir) {
+  std::map<std::string, Listed> out;
+  DIR* d = opendir(dir.c_str());
+  EXPECT_NE(d, nullptr) << dir << ": " << strerror(errno);
+  if (d == nullptr) return out;
+  while (struct dirent* e = readdir(d)) out[e->d_name] = Listed{e->d_ino, 0};
+  closedir(d);
+  for (auto& [name, l] : out) {
+    if (name != "." && name != "..") l.mode = statOf(dir + "/" + name).st_mode;
+  }
+  return out;
+}
+
+// A client lists a directory again from what it kept under the directory's lock: no request
+// at all, even once the kernel forgot it (a `find` after the kernel dropped its caches). The
+// listing still follows every change, made elsewhere or by itself: names, attributes, and the
+// ".." of a directory moved to another parent.
+TEST_F(Coherence, AListingRepeatedCostsNoRequestAndFollowsChanges) {
+  for (int i = 0; i < 30; ++i) writeAll(pa("n" + std::to_string(i)), "");
+  ASSERT_EQ(mkdir(a("sub"), 0755), 0);
+  ASSERT_EQ(mkdir(a("other"), 0755), 0);
+  auto dir = *b_ + name_;
+  EXPECT_EQ(listing(dir).size(), 34u);  // with "." and ".."
+  usleep(200 * 1000);                   // access-time updates go in the background
+  uint64_t before = rpcs("rpcCount");
+  uint64_t hits = mountGauge(*b_, "cairn_client_listing_hits_total");
+  for (int i = 0; i < 5; ++i) EXPECT_EQ(listing(dir).size(), 34u);
+  EXPECT_EQ(rpcs("rpcCount"), before);
+  EXPECT_GE(mountGauge(*b_, "cairn_client_listing_hits_total"), hits + 5);
+
+  ASSERT_EQ(chmod(pa("n1").c_str(), 0600), 0);
+  ASSERT_EQ(unlink(pa("n2").c_str()), 0);
+  writeAll(pa("new"), "");
+  auto now = listing(dir);
+  EXPECT_EQ(now.size(), 34u);
+  EXPECT_EQ(now["n1"].mode, S_IFREG | 0600u);
+  EXPECT_EQ(now.count("n2"), 0u);
+  EXPECT_EQ(now.count("new"), 1u);
+
+  // ".." of a directory B moved itself, then of one A moved back.
+  EXPECT_EQ(listing(dir + "/sub")[".."].ino, statOf(dir).st_ino);
+  ASSERT_EQ(rename((dir + "/sub").c_str(), (dir + "/other/sub").c_str()), 0);
+  EXPECT_EQ(listing(dir + "/other/sub")[".."].ino, statOf(dir + "/other").st_ino);
+  ASSERT_EQ(rename(pa("other/sub").c_str(), pa("sub").c_str()), 0);
+  EXPECT_EQ(listing(dir + "/sub")[".."].ino, statOf(dir).st_ino);
 }
 
 TEST_F(Coherence, AppendsFromTwoClientsNeverOverwriteEachOther) {

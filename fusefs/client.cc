@@ -1940,9 +1940,25 @@ kj::Maybe<DirPage> Client::listedPage(uint64_t ino, uint64_t cookie, uint32_t ma
   return kj::mv(page);
 }
 
+bool Client::continues(const ListedAhead& a, uint64_t from) {
+  return !a.eof && !a.items.empty() && a.items.back().cookie == from;
+}
+
 bool Client::keepListing(uint64_t ino, uint64_t from, const DirPage& page) {
   auto it = listedAhead_.find(ino);
-  if (it != listedAhead_.end()) dropListing(it);
+  if (it != listedAhead_.end()) {
+    auto& a = it->second;
+    // The next batch of a kept listing joins it: a large directory is kept whole (within the
+    // bound), so that it too is listed again without a request.
+    if (locks_->held(ino, BIT_LOOKUP) != 0 && a.stamp != 0 && a.stamp == cache_.dirStamp(ino) &&
+        continues(a, from) && listedItems_ + page.items.size() <= MAX_LISTED_ITEMS) {
+      for (auto& item : page.items) a.items.add(copyOf(item));
+      a.eof = page.eof;
+      listedItems_ += page.items.size();
+      return true;
+    }
+    dropListing(it);
+  }
   if (!caching() || locks_->held(ino, BIT_LOOKUP) == 0) return false;
   if (listedAhead_.size() >= MAX_LISTED_DIRS ||
       listedItems_ + page.items.size() > MAX_LISTED_ITEMS) {
@@ -1983,10 +1999,18 @@ void Client::listed(uint64_t dir, uint64_t cookie, rpc::MetaReply::Reader reply)
     return;
   }
   auto entries = reply.getEntries();
+  uint64_t from = kj::max(cookie, uint64_t(2));
+  uint64_t before = cache_.dirStamp(dir);
   for (auto e : entries.getList()) {
     cache_.setEntry(dir, nameOf(e.getName()), e.getAttr().getIno());
   }
-  uint64_t from = kj::max(cookie, uint64_t(2));
+  // The names this batch brought in change the directory's stamp, yet leave the kept part of
+  // the same listing, which this batch continues, as true as it was (keepListing joins them).
+  auto kept = listedAhead_.find(dir);
+  if (kept != listedAhead_.end() && kept->second.stamp != 0 && kept->second.stamp == before &&
+      continues(kept->second, from)) {
+    kept->second.stamp = cache_.dirStamp(dir);
+  }
   auto it = listings_.find(dir);
   bool continues = cookie < 2 || (it != listings_.end() && it->second.lock == lock &&
                                   it->second.nextCookie == from);

@@ -301,12 +301,12 @@ private:
     uint64_t nextCookie;  // where the next batch must start to continue them
   };
   std::map<uint64_t, Listing> listings_;
-  // A directory's last batch of entries, kept while its names are unchanged under the same
-  // LOOKUP lock (MetaCache::dirStamp). A readdir asks the server for more entries than the
-  // kernel's buffer takes (READDIRPLUS entries are large: ~40 to a request), and the rest
-  // answers the kernel's next requests; a directory of one batch is listed again (a `find`
-  // after the kernel dropped its caches, the final empty request of every listing) without a
-  // request to the server.
+  // A directory's listing (its batches from the server, joined while they follow each other),
+  // kept while its names are unchanged under the same LOOKUP lock (MetaCache::dirStamp). A readdir
+  // asks the server for more entries than the kernel's buffer takes (READDIRPLUS entries are large:
+  // ~40 to a request), and the rest answers the kernel's next requests; a directory listed whole is
+  // listed again (a `find` after the kernel dropped its caches, the final empty request of every
+  // listing) without a request to the server.
   struct ListedAhead {
     uint64_t stamp;
     uint64_t from;    // the cookie the first item continues
@@ -319,6 +319,8 @@ private:
   // Keeps a batch from the server (under the directory's LOOKUP lock only).
   bool keepListing(uint64_t ino, uint64_t from, const DirPage& page);
   void dropListing(std::unordered_map<uint64_t, ListedAhead>::iterator it);
+  // A batch from `from` continues what was kept of the listing.
+  static bool continues(const ListedAhead& a, uint64_t from);
   std::unordered_map<uint64_t, ListedAhead> listedAhead_;
   size_t listedItems_ = 0;
   static constexpr uint32_t READDIR_BATCH = 2048;

@@ -449,6 +449,41 @@ TEST_F(Coherence, AListingRepeatedCostsNoRequestAndFollowsChanges) {
   EXPECT_EQ(listing(dir + "/sub")[".."].ino, statOf(dir).st_ino);
 }
 
+// The same for a directory of several server batches (2,048 entries each): kept whole.
+TEST_F(Coherence, ALargeListingRepeatedCostsNoRequest) {
+  for (int i = 0; i < 2500; ++i) {
+    int fd = creat(pa("f" + std::to_string(i)).c_str(), 0644);
+    ASSERT_GE(fd, 0);
+    close(fd);
+  }
+  auto dir = *b_ + name_;
+  auto count = [&]() {
+    size_t n = 0;
+    DIR* d = opendir(dir.c_str());
+    EXPECT_NE(d, nullptr);
+    while (readdir(d) != nullptr) ++n;
+    closedir(d);
+    return n;
+  };
+  EXPECT_EQ(count(), 2502u);
+  usleep(200 * 1000);
+  uint64_t before = rpcs("rpcCount");
+  EXPECT_EQ(count(), 2502u);
+  EXPECT_EQ(count(), 2502u);
+  EXPECT_EQ(rpcs("rpcCount"), before);
+  ASSERT_EQ(unlink(pa("f2400").c_str()), 0);
+  ASSERT_EQ(unlink(pa("f7").c_str()), 0);
+  writeAll(pa("g"), "");
+  std::set<std::string> names;
+  DIR* d = opendir(dir.c_str());
+  ASSERT_NE(d, nullptr);
+  while (struct dirent* e = readdir(d)) names.insert(e->d_name);
+  closedir(d);
+  EXPECT_EQ(names.size(), 2501u);
+  EXPECT_EQ(names.count("f2400") + names.count("f7"), 0u);
+  EXPECT_EQ(names.count("g"), 1u);
+}
+
 TEST_F(Coherence, AppendsFromTwoClientsNeverOverwriteEachOther) {
   writeAll(pa("log"), "");
   constexpr int PER_CLIENT = 200;

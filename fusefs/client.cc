@@ -1009,10 +1009,7 @@ kj::Promise<void> Client::rename(const Cred& cred, uint64_t parent, kj::Array<kj
                if (reply.getError() == 0) {
                  // A directory moved to another parent has another "..": listings kept
                  // (by the directory listed, not by its parent) go.
-                 if (parent != newParent) {
-                   listedAhead_.clear();
-                   listedItems_ = 0;
-                 }
+                 if (parent != newParent) dropListings();
                  movedInKernel(newParent, to);
                  if (flags & RENAME_EXCHANGE) movedInKernel(parent, from);
                }
@@ -1916,7 +1913,7 @@ kj::Maybe<DirPage> Client::listedPage(uint64_t ino, uint64_t cookie, uint32_t ma
   auto it = listedAhead_.find(ino);
   if (it == listedAhead_.end()) return nullptr;
   auto& a = it->second;
-  if (a.stamp == 0 || a.stamp != cache_.dirStamp(ino) || locks_->held(ino, BIT_LOOKUP) == 0) {
+  if (!current(ino, a)) {
     dropListing(it);
     return nullptr;
   }
@@ -1924,6 +1921,8 @@ kj::Maybe<DirPage> Client::listedPage(uint64_t ino, uint64_t cookie, uint32_t ma
   size_t at = a.items.size() + 1;  // where `from` continues, if among the items
   if (a.from == from) {
     at = 0;
+  } else if (a.served > 0 && a.served <= a.items.size() && a.items[a.served - 1].cookie == from) {
+    at = a.served;  // the kernel goes on where the last page ended: no search
   } else {
     for (size_t i = 0; i < a.items.size(); i++) {
       if (a.items[i].cookie == from) at = i + 1;
@@ -1937,10 +1936,15 @@ kj::Maybe<DirPage> Client::listedPage(uint64_t ino, uint64_t cookie, uint32_t ma
   size_t end = kj::min(a.items.size(), at + maxEntries);
   for (size_t i = at; i < end; i++) page.items.add(copyOf(a.items[i]));
   page.eof = a.eof && end == a.items.size();
+  a.served = end;
   return kj::mv(page);
 }
 
-bool Client::continues(const ListedAhead& a, uint64_t from) {
+bool Client::current(uint64_t ino, const ListedAhead& a) {
+  return a.stamp != 0 && a.stamp == cache_.dirStamp(ino) && locks_->held(ino, BIT_LOOKUP) != 0;
+}
+
+bool Client::extendedBy(const ListedAhead& a, uint64_t from) {
   return !a.eof && !a.items.empty() && a.items.back().cookie == from;
 }
 
@@ -1950,8 +1954,8 @@ bool Client::keepListing(uint64_t ino, uint64_t from, const DirPage& page) {
     auto& a = it->second;
     // The next batch of a kept listing joins it: a large directory is kept whole (within the
     // bound), so that it too is listed again without a request.
-    if (locks_->held(ino, BIT_LOOKUP) != 0 && a.stamp != 0 && a.stamp == cache_.dirStamp(ino) &&
-        continues(a, from) && listedItems_ + page.items.size() <= MAX_LISTED_ITEMS) {
+    if (current(ino, a) && extendedBy(a, from) &&
+        listedItems_ + page.items.size() <= MAX_LISTED_ITEMS) {
       for (auto& item : page.items) a.items.add(copyOf(item));
       a.eof = page.eof;
       listedItems_ += page.items.size();
@@ -1962,10 +1966,9 @@ bool Client::keepListing(uint64_t ino, uint64_t from, const DirPage& page) {
   if (!caching() || locks_->held(ino, BIT_LOOKUP) == 0) return false;
   if (listedAhead_.size() >= MAX_LISTED_DIRS ||
       listedItems_ + page.items.size() > MAX_LISTED_ITEMS) {
-    listedAhead_.clear();
-    listedItems_ = 0;
+    dropListings();
   }
-  ListedAhead a{cache_.dirStamp(ino), from, page.parent, {}, page.eof};
+  ListedAhead a{cache_.dirStamp(ino), from, page.parent, {}, page.eof, 0};
   for (auto& item : page.items) a.items.add(copyOf(item));
   listedItems_ += a.items.size();
   listedAhead_.emplace(ino, kj::mv(a));
@@ -1975,6 +1978,11 @@ bool Client::keepListing(uint64_t ino, uint64_t from, const DirPage& page) {
 void Client::dropListing(std::unordered_map<uint64_t, ListedAhead>::iterator it) {
   listedItems_ -= it->second.items.size();
   listedAhead_.erase(it);
+}
+
+void Client::dropListings() {
+  listedAhead_.clear();
+  listedItems_ = 0;
 }
 
 Entry Client::listedEntry(uint64_t dir, const DirItem& item) {
@@ -2008,7 +2016,7 @@ void Client::listed(uint64_t dir, uint64_t cookie, rpc::MetaReply::Reader reply)
   // the same listing, which this batch continues, as true as it was (keepListing joins them).
   auto kept = listedAhead_.find(dir);
   if (kept != listedAhead_.end() && kept->second.stamp != 0 && kept->second.stamp == before &&
-      continues(kept->second, from)) {
+      extendedBy(kept->second, from)) {
     kept->second.stamp = cache_.dirStamp(dir);
   }
   auto it = listings_.find(dir);

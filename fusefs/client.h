@@ -313,14 +313,18 @@ private:
     uint64_t parent;  // for "..", if the batch is the first (0: unknown)
     kj::Vector<DirItem> items;
     bool eof;
+    size_t served;  // where the last page handed out ended (the kernel's next request)
   };
   // A page of a kept listing, if it has the one asked for.
   kj::Maybe<DirPage> listedPage(uint64_t ino, uint64_t cookie, uint32_t maxEntries);
   // Keeps a batch from the server (under the directory's LOOKUP lock only).
   bool keepListing(uint64_t ino, uint64_t from, const DirPage& page);
   void dropListing(std::unordered_map<uint64_t, ListedAhead>::iterator it);
+  void dropListings();
+  // Still true: the directory's names unchanged under the lock the listing came with.
+  bool current(uint64_t ino, const ListedAhead& a);
   // A batch from `from` continues what was kept of the listing.
-  static bool continues(const ListedAhead& a, uint64_t from);
+  static bool extendedBy(const ListedAhead& a, uint64_t from);
   std::unordered_map<uint64_t, ListedAhead> listedAhead_;
   size_t listedItems_ = 0;
   static constexpr uint32_t READDIR_BATCH = 2048;

@@ -143,6 +143,8 @@ Client::Client(kj::AsyncIoContext& io, kj::Network& network, ClientOptions optio
   // A PW called back while no descriptor here can dirty the file and nothing of it is queued
   // (its last writer closed) becomes PR instead of going back (LockCache::blocking).
   locks_->setDowngradable([this](uint64_t ino, uint64_t bit) {
+    // A directory's names in PW (asynchronous unlink) likewise with no unlink of it in flight.
+    if (bit == BIT_LOOKUP) return !dirops_.pending(ino);
     return (bit == BIT_DATA || bit == BIT_ATTR) && writers_.count(ino) == 0 && !wb_.queued(ino);
   });
   meta_->setLockCallback(locks_->callback());
@@ -344,9 +346,10 @@ kj::Promise<void> Client::recoverData(ServerLink& link, uint32_t index) {
 
 kj::Promise<void> Client::flushAll() {
   auto files = wb_.files();
-  auto parts = kj::heapArrayBuilder<kj::Promise<void>>(files.size() + 1);
+  auto parts = kj::heapArrayBuilder<kj::Promise<void>>(files.size() + 2);
   for (uint64_t ino : files) parts.add(flushed(ino));
   parts.add(sendReleases());
+  parts.add(dirops_.settledAll());
   return kj::joinPromises(parts.finish());
 }
 
@@ -436,6 +439,23 @@ kj::Promise<ServerLink::MetaResponse> Client::metaCall(MetaBuild build, bool upd
 }
 
 kj::Promise<ServerLink::MetaResponse> Client::metaCall(MetaBuild build, bool update,
+                                                       ServerLink::Class cls, OnReply onReply) {
+  if (dirops_.inFlight() > 0) {
+    // Built once more to see what it is about (only while unlinks answered ahead are out).
+    capnp::MallocMessageBuilder probe(256);
+    auto req = probe.initRoot<rpc::MetaRequest>();
+    build(req);
+    KJ_IF_MAYBE (wait, afterDirops(req.asReader())) {
+      return wait->then(
+          [this, build = kj::mv(build), update, cls, onReply = kj::mv(onReply)]() mutable {
+            return sendMeta(kj::mv(build), update, cls, kj::mv(onReply));
+          });
+    }
+  }
+  return sendMeta(kj::mv(build), update, cls, kj::mv(onReply));
+}
+
+kj::Promise<ServerLink::MetaResponse> Client::sendMeta(MetaBuild build, bool update,
                                                        ServerLink::Class cls, OnReply onReply) {
   return meta_->meta(kj::mv(build), update, cls)
       .then([this, onReply = kj::mv(onReply)](ServerLink::MetaResponse&& resp) mutable {
@@ -537,6 +557,10 @@ std::vector<std::string> Client::forgetKernelNames(uint64_t dir) {
 }
 
 kj::Promise<void> Client::revoke(uint64_t ino, uint64_t bit) {
+  if (bit == BIT_LOOKUP && dirops_.pending(ino)) {
+    // Whoever called the lock back must find our unlinks in the directory done.
+    return dirops_.settled(ino).then([this, ino, bit]() { return revoke(ino, bit); });
+  }
   if (bit == BIT_LOOKUP) {
     cache_.dropDir(ino);
     if (removedDirs_.erase(ino) > 0) {
@@ -950,6 +974,10 @@ kj::Promise<Entry> Client::link(const Cred& cred, uint64_t ino, uint64_t newPare
 
 kj::Promise<void> Client::unlink(const Cred& cred, uint64_t parent, kj::Array<kj::byte> name) {
   auto key = nameOf(name);
+  KJ_IF_MAYBE (child, unlinkAhead(cred, parent, key)) {
+    unlinkBehind(cred, parent, kj::mv(name), kj::mv(key), *child);
+    return kj::READY_NOW;
+  }
   return metaCall(
              [cred, parent, name = kj::mv(name)](rpc::MetaRequest::Builder b) {
                setCred(b, cred);
@@ -961,7 +989,186 @@ kj::Promise<void> Client::unlink(const Cred& cred, uint64_t parent, kj::Array<kj
              [this, parent, key = kj::mv(key)](rpc::MetaReply::Reader reply) mutable {
                removed(parent, kj::mv(key), reply.getError());
              })
-      .ignoreResult();
+      .then([this, cred, parent](ServerLink::MetaResponse&&) { wantDirLock(cred, parent); });
+}
+
+bool Client::asyncDirops(const Cred& cred) const {
+  // A root the server squashes is checked there, and may be refused after we said yes.
+  return options_.asyncDirops && caching() &&
+         (meta_->peerFeatures() & features::ASYNC_DIROPS) != 0 && !serverChecks(cred);
+}
+
+// One unlink in a directory is often the first of many (rm -r, a cleanup): ask for the
+// directory's lookup lock in PW, so that the next ones are answered here. Not for a directory
+// another client has wanted lately: the lock would only go back and forth.
+void Client::wantDirLock(const Cred& cred, uint64_t dir) {
+  if (!asyncDirops(cred) || locks_->contended(dir) || locks_->revoking(dir, BIT_LOOKUP)) return;
+  if (locks_->heldMode(dir, BIT_LOOKUP).orDefault(rpc::LockMode::NL) != rpc::LockMode::PR) return;
+  tasks_.add(locks_->upgrade(dir, BIT_LOOKUP));
+}
+
+kj::Maybe<uint64_t> Client::unlinkAhead(const Cred& cred, uint64_t parent,
+                                        const std::string& name) {
+  if (!asyncDirops(cred) || dirops_.full()) return nullptr;
+  // PW on the directory's names: nobody else can change them, nor read them without calling the
+  // lock back, which waits for our unlinks to be done.
+  if (locks_->heldMode(parent, BIT_LOOKUP).orDefault(rpc::LockMode::NL) != rpc::LockMode::PW) {
+    return nullptr;
+  }
+  uint64_t child = cache_.entry(parent, name).orDefault(0);
+  if (child == 0) return nullptr;  // not known, or known not to exist: the server says
+  KJ_IF_MAYBE (c, cache_.attr(child)) {
+    if (S_ISDIR(c->attr.st_mode)) return nullptr;  // EISDIR is the server's to say
+  }
+  return child;
+}
+
+// The caches show at once what the server will once the unlink is applied; the request goes
+// behind (as a write-back: a server shutting down lets it through before it goes).
+void Client::unlinkBehind(const Cred& cred, uint64_t parent, kj::Array<kj::byte> name,
+                          std::string key, uint64_t child) {
+  timespec now;
+  clock_gettime(CLOCK_REALTIME, &now);
+  cache_.setEntry(parent, key, 0);
+  KJ_IF_MAYBE (c, cache_.attr(child)) {
+    struct stat st = c->attr;
+    if (st.st_nlink > 0) --st.st_nlink;
+    st.st_ctim = now;
+    cache_.setAttr(st, c->generation);
+  }
+  KJ_IF_MAYBE (d, cache_.attr(parent)) {
+    struct stat st = d->attr;
+    st.st_mtim = st.st_ctim = now;
+    cache_.setAttr(st, d->generation);
+  }
+  dirops_.begin({parent, child});
+  auto sent =
+      meta_
+          ->meta(
+              [cred, parent, name = kj::mv(name)](rpc::MetaRequest::Builder b) {
+                setCred(b, cred);
+                auto u = b.initUnlink();
+                u.setParent(parent);
+                u.setName(name);
+              },
+              true, ServerLink::Class::WRITEBACK)
+          .then(
+              [this, parent, child, key](ServerLink::MetaResponse&& resp) {
+                auto reply = resp.getReply();
+                absorb(reply);
+                int err = reply.getError();
+                // Gone already is what the application was told (the request may have been
+                // resent after the server lost our lock and someone else removed the name).
+                if (err == ENOENT) err = 0;
+                removed(parent, key, err);
+                if (err != 0) {
+                  spdlog::error(
+                      "unlink of '{}' in directory {}, answered ahead, failed on the "
+                      "server: {}",
+                      key, parent, strerror(err));
+                }
+                dirops_.end({parent, child}, err);
+              },
+              [this, parent, child, key](kj::Exception&& e) {
+                spdlog::error("unlink of '{}' in directory {}, answered ahead, was not applied: {}",
+                              key, parent, e.getDescription().cStr());
+                cache_.dropEntry(parent, key);
+                dirops_.end({parent, child}, EIO);
+              });
+  tasks_.add(kj::mv(sent));
+}
+
+namespace {
+// The inodes a request reads or changes, by number (names are resolved by the caller).
+void inodesOf(rpc::MetaRequest::Reader req, kj::Vector<uint64_t>& out,
+              kj::Vector<std::pair<uint64_t, std::string>>& names) {
+  using R = rpc::MetaRequest;
+  switch (req.which()) {
+    case R::GETATTR:
+      out.add(req.getGetattr());
+      break;
+    case R::LOOKUP:
+      out.add(req.getLookup().getParent());
+      break;
+    case R::SETATTR:
+      out.add(req.getSetattr().getIno());
+      break;
+    case R::MKNOD:
+      out.add(req.getMknod().getParent());
+      break;
+    case R::MKDIR:
+      out.add(req.getMkdir().getParent());
+      break;
+    case R::SYMLINK:
+      out.add(req.getSymlink().getParent());
+      break;
+    case R::CREATE:
+      out.add(req.getCreate().getParent());
+      break;
+    case R::LINK:
+      out.add(req.getLink().getIno());
+      out.add(req.getLink().getNewParent());
+      names.add(req.getLink().getNewParent(), nameOf(req.getLink().getNewName()));
+      break;
+    case R::UNLINK:
+      out.add(req.getUnlink().getParent());
+      names.add(req.getUnlink().getParent(), nameOf(req.getUnlink().getName()));
+      break;
+    case R::RMDIR:
+      // The directory removed too: the unlinks in it must be done, or it is not empty.
+      out.add(req.getRmdir().getParent());
+      names.add(req.getRmdir().getParent(), nameOf(req.getRmdir().getName()));
+      break;
+    case R::RENAME:
+      out.add(req.getRename().getParent());
+      out.add(req.getRename().getNewParent());
+      names.add(req.getRename().getParent(), nameOf(req.getRename().getName()));
+      names.add(req.getRename().getNewParent(), nameOf(req.getRename().getNewName()));
+      break;
+    case R::OPEN:
+      out.add(req.getOpen().getIno());
+      break;
+    case R::READDIR:
+      out.add(req.getReaddir().getIno());
+      break;
+    case R::SETXATTR:
+      out.add(req.getSetxattr().getIno());
+      break;
+    case R::GETXATTR:
+      out.add(req.getGetxattr().getIno());
+      break;
+    case R::LISTXATTR:
+      out.add(req.getListxattr());
+      break;
+    case R::REMOVEXATTR:
+      out.add(req.getRemovexattr().getIno());
+      break;
+    case R::LAYOUT:
+      out.add(req.getLayout());
+      break;
+    case R::ACCESS:
+      out.add(req.getAccess().getIno());
+      break;
+    default:
+      break;  // data, locks, sessions: not about names
+  }
+}
+}  // namespace
+
+kj::Maybe<kj::Promise<void>> Client::afterDirops(rpc::MetaRequest::Reader req) {
+  kj::Vector<uint64_t> inos;
+  kj::Vector<std::pair<uint64_t, std::string>> names;
+  inodesOf(req, inos, names);
+  for (auto& [dir, name] : names) {
+    uint64_t ino = cache_.entry(dir, name).orDefault(0);
+    if (ino != 0) inos.add(ino);
+  }
+  kj::Vector<kj::Promise<void>> waits;
+  for (uint64_t ino : inos) {
+    if (dirops_.pending(ino)) waits.add(dirops_.settled(ino));
+  }
+  if (waits.empty()) return nullptr;
+  return kj::joinPromises(waits.releaseAsArray());
 }
 
 kj::Promise<void> Client::rmdir(const Cred& cred, uint64_t parent, kj::Array<kj::byte> name) {
@@ -1731,6 +1938,14 @@ kj::Promise<void> Client::fsync(uint64_t fh) {
     return syncTargets(ref).attach(kj::mv(layout));
   }
   return metaCall([](rpc::MetaRequest::Builder b) { b.setSync(); }, false).ignoreResult();
+}
+
+kj::Promise<void> Client::syncDir() {
+  return dirops_.settledAll().then([this]() {
+    int err = dirops_.takeError();
+    if (err != 0) kj::throwFatalException(errnoException(err));
+    return syncAll();
+  });
 }
 
 kj::Promise<void> Client::syncAll() {

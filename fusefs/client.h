@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "fusefs/app_locks.h"
+#include "fusefs/async_dirops.h"
 #include "fusefs/inode_table.h"
 #include "fusefs/kernel_cache.h"
 #include "fusefs/lock_cache.h"
@@ -42,6 +43,8 @@ struct ClientOptions {
   kj::Array<kj::String> metaAddresses;
   kj::String hostName;
   bool caching = true;  // ask for caching locks; off: every operation asks the server
+  // Unlinks in a directory this client holds PW on answered ahead (fusefs/async_dirops.h).
+  bool asyncDirops = true;
   LockCache::Limits lockLimits;
   // Directory entries cached, by the client and (as a record of what to drop) the kernel.
   size_t maxNames = MetaCache::DEFAULT_MAX_NAMES;
@@ -146,6 +149,9 @@ public:
   kj::Promise<void> flush(uint64_t fh);
   // Everything committed so far, on every target, on disk.
   kj::Promise<void> syncAll();
+  // fsync of a directory: the operations answered ahead are answered by the server first (the
+  // first that failed since the last fsync fails this one), then syncAll.
+  kj::Promise<void> syncDir();
   kj::Promise<void> release(uint64_t fh);
 
   // Application locks (fcntl record locks in space 0, flock in space 1). `end` is inclusive,
@@ -188,6 +194,7 @@ public:
     uint64_t cacheMisses = 0;  // ... that had to ask the metadata server
     uint64_t listingHits = 0;  // readdir answered from a kept listing
   };
+  const AsyncDirops& dirops() const { return dirops_; }
   const Stats& stats() const { return stats_; }
   // Every link: the metadata server's first, then the data targets' by index.
   kj::Vector<ServerLink*> links();
@@ -219,6 +226,8 @@ private:
                                                  ServerLink::Class cls = ServerLink::Class::NORMAL);
   kj::Promise<ServerLink::MetaResponse> metaCall(MetaBuild build, bool update,
                                                  ServerLink::Class cls, OnReply onReply);
+  kj::Promise<ServerLink::MetaResponse> sendMeta(MetaBuild build, bool update,
+                                                 ServerLink::Class cls, OnReply onReply);
   kj::Promise<Entry> entryCall(MetaBuild build, uint64_t parent, kj::Array<kj::byte> name,
                                bool made);
   void listed(uint64_t dir, uint64_t cookie, rpc::MetaReply::Reader reply);
@@ -242,6 +251,15 @@ private:
   kj::Promise<void> sendBatch(uint64_t ino, WriteBehind::Batch batch);
   kj::Maybe<Entry> cachedEntry(uint64_t ino);
   void removed(uint64_t parent, std::string name, int error);
+  // Asynchronous unlink (fusefs/async_dirops.h): the inode `name` names, if its unlink may be
+  // answered here; the unlink, answered; PW asked for on a directory unlinked in.
+  kj::Maybe<uint64_t> unlinkAhead(const Cred& cred, uint64_t parent, const std::string& name);
+  void unlinkBehind(const Cred& cred, uint64_t parent, kj::Array<kj::byte> name, std::string key,
+                    uint64_t child);
+  void wantDirLock(const Cred& cred, uint64_t dir);
+  bool asyncDirops(const Cred& cred) const;
+  // A request about an inode an operation answered ahead touches waits for its reply.
+  kj::Maybe<kj::Promise<void>> afterDirops(rpc::MetaRequest::Reader req);
   // The kernel may keep the name `e` was reached by, if its directory's lock is held: noted,
   // so that the name is dropped from the kernel with the lock.
   bool nameForKernel(uint64_t parent, const std::string& name);
@@ -341,6 +359,7 @@ private:
   std::unordered_set<uint64_t> removedDirs_;
   ReadAhead readAhead_;
   WriteBehind wb_;
+  AsyncDirops dirops_;
   kj::Maybe<KernelCache&> kernel_;
   kj::Own<ServerLink> meta_;
   std::map<uint32_t, kj::Own<ServerLink>> data_;

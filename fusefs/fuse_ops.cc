@@ -471,7 +471,7 @@ void opReleasedir(fuse_req_t req, fuse_ino_t, fuse_file_info*) {
 
 void opFsyncdir(fuse_req_t req, fuse_ino_t, int, fuse_file_info*) {
   ops(req).run(req,
-               [&]() { return client(req).syncAll().then([req]() { fuse_reply_err(req, 0); }); });
+               [&]() { return client(req).syncDir().then([req]() { fuse_reply_err(req, 0); }); });
 }
 
 void opStatfs(fuse_req_t req, fuse_ino_t) {

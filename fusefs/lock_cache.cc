@@ -263,11 +263,47 @@ kj::Promise<void> LockCache::acquire(uint64_t ino, uint64_t bit, rpc::LockMode m
   return branch;
 }
 
-kj::Promise<void> LockCache::enqueue(uint64_t ino, uint64_t bit, rpc::LockMode mode) {
+kj::Promise<void> LockCache::upgrade(uint64_t ino, uint64_t bit) {
+  auto key = std::make_pair(Key(ino, bit), rpc::LockMode::PW);
+  auto it = held_.find(key.first);
+  if (it == held_.end()) return acquire(ino, bit, rpc::LockMode::PW);
+  if (it->second.mode == rpc::LockMode::PW) return kj::READY_NOW;
+  auto found = acquiring_.find(key);
+  if (found != acquiring_.end()) return found->second.addBranch();
+  auto forked = enqueue(ino, bit, rpc::LockMode::PW, it->second.id)
+                    .attach(kj::defer([this, key]() { acquiring_.erase(key); }))
+                    .fork();
+  auto branch = forked.addBranch();
+  acquiring_.emplace(key, kj::mv(forked));
+  return branch;
+}
+
+void LockCache::replaced(uint64_t ino, uint64_t bit, uint64_t id, uint64_t old) {
+  Key key(ino, bit);
+  auto it = held_.find(key);
+  bool ours = it != held_.end() && it->second.id == old;
+  if (early_.erase(id) > 0) {
+    // The PW was called back before we saw it granted (and is cancelled): the PR it replaced
+    // is gone on the server too, so what it covered goes.
+    if (ours) giveBack(key);
+    return;
+  }
+  if (!ours) {
+    // The PR was called back while we waited: the PW covers nothing cached, and goes back too.
+    cancel(id, link_.generation());
+    return;
+  }
+  byId_.erase(old);
+  it->second = Held{id, rpc::LockMode::PW, link_.generation(), timer_.now()};
+  byId_.emplace(id, key);
+}
+
+kj::Promise<void> LockCache::enqueue(uint64_t ino, uint64_t bit, rpc::LockMode mode,
+                                     uint64_t replaces) {
   auto generation = kj::heap<uint64_t>(0);
   auto& sent = *generation;
   return link_.locks()
-      .then([this, ino, bit, mode, &sent](rpc::LockSession::Client session) {
+      .then([this, ino, bit, mode, replaces, &sent](rpc::LockSession::Client session) {
         uint64_t generation = link_.generation();
         sent = generation;
         auto req = session.enqueueRequest();
@@ -276,17 +312,23 @@ kj::Promise<void> LockCache::enqueue(uint64_t ino, uint64_t bit, rpc::LockMode m
         r.setId(ino);
         r.setMode(mode);
         r.setBits(bit);
-        return req.send().then([this, ino, bit, mode, generation](auto&& reply) {
+        r.setReplaces(replaces);
+        return req.send().then([this, ino, bit, mode, replaces, generation](auto&& reply) {
           if (generation != link_.generation()) return;  // granted by a connection since lost
-          add(ino, bit, reply.getLockId(), mode);
+          if (replaces != 0) {
+            replaced(ino, bit, reply.getLockId(), replaces);
+          } else {
+            add(ino, bit, reply.getLockId(), mode);
+          }
           trim();
         });
       })
-      .catch_([this, ino, bit, mode, &sent](kj::Exception&& e) -> kj::Promise<void> {
+      .catch_([this, ino, bit, mode, replaces, &sent](kj::Exception&& e) -> kj::Promise<void> {
         // The connection went while we waited, or the server ended our session: reconnect,
-        // and ask again there.
+        // and ask again there (an upgrade has nothing left to replace: the server dropped it).
         if (e.getType() != kj::Exception::Type::DISCONNECTED) return kj::mv(e);
         link_.disconnected(sent, e.getDescription());
+        if (replaces != 0) return kj::READY_NOW;
         return timer_.afterDelay(10 * kj::MILLISECONDS).then([this, ino, bit, mode]() {
           return enqueue(ino, bit, mode);
         });

@@ -73,6 +73,11 @@ public:
   // Takes a lock on (ino, bit), waiting while the server calls back conflicting ones (a PR of
   // our own that PW replaces among them).
   kj::Promise<void> acquire(uint64_t ino, uint64_t bit, rpc::LockMode mode);
+  // Our PR on (ino, bit) becomes PW in place (features::ASYNC_DIROPS): what it covers stays
+  // cached while the server calls the other holders back, and the PR goes when the PW is
+  // granted. Without a PR held it is acquire(PW). Resolves once granted; if the PR was called
+  // back meanwhile, the PW goes back too and nothing is held.
+  kj::Promise<void> upgrade(uint64_t ino, uint64_t bit);
   // A controlled shutdown of the server: every lock goes back, what it covered dropped first
   // (dirty data written back). Resolves once the cancels have left.
   kj::Promise<void> giveBackAll();
@@ -100,7 +105,8 @@ private:
   class Callback;
 
   void add(uint64_t ino, uint64_t bit, uint64_t id, rpc::LockMode mode);
-  kj::Promise<void> enqueue(uint64_t ino, uint64_t bit, rpc::LockMode mode);
+  kj::Promise<void> enqueue(uint64_t ino, uint64_t bit, rpc::LockMode mode, uint64_t replaces = 0);
+  void replaced(uint64_t ino, uint64_t bit, uint64_t id, uint64_t old);
   void blocking(uint64_t id);
   void giveBack(Key key);
   kj::Promise<void> release(Key key);

@@ -2,7 +2,7 @@
 //
 //   cairn-mount HOST:PORT[,HOST:PORT...] MOUNTPOINT [-f] [-d] [-o OPTIONS]
 // (-o: the usual FUSE options, and log_file=, log_level=, nocache, lock_limit=, name_limit=,
-// poll_us=, metrics=HOST:PORT, tls=DIR)
+// poll_us=, no_async_dirops, metrics=HOST:PORT, tls=DIR)
 //   cairn-mount --takeover MOUNTPOINT     (a new binary takes a live mount over: handover.h)
 //
 // The addresses are the metadata server's (several for a failover pair). Besides the usual FUSE
@@ -54,6 +54,7 @@ struct MountConfig {
   char* metrics = nullptr;  // HOST:PORT for the mount's own Prometheus /metrics
   char* tls = nullptr;      // credentials directory: mutual TLS with the servers
   int noCache = 0;
+  int noAsyncDirops = 0;
   unsigned lockLimit = 0;
   unsigned nameLimit = 0;
   // How long the event loop may look for the next request or reply before it sleeps
@@ -72,6 +73,7 @@ const fuse_opt SPECS[] = {
     {"metrics=%s", offsetof(MountConfig, metrics), 0},
     {"tls=%s", offsetof(MountConfig, tls), 0},
     {"nocache", offsetof(MountConfig, noCache), 1},
+    {"no_async_dirops", offsetof(MountConfig, noAsyncDirops), 1},
     {"lock_limit=%u", offsetof(MountConfig, lockLimit), 0},
     {"name_limit=%u", offsetof(MountConfig, nameLimit), 0},
     {"poll_us=%u", offsetof(MountConfig, pollUs), 0},
@@ -104,6 +106,8 @@ void usage(const char* prog) {
       "    -o log_file=PATH       log here (needed to see logs once in the background)\n"
       "    -o log_level=LEVEL     trace, debug, info, warn, error (default info)\n"
       "    -o nocache             cache nothing: every operation asks the servers\n"
+      "    -o no_async_dirops     every unlink waits for the server (by default one in a\n"
+      "                           directory this client alone may change is answered ahead)\n"
       "    -o lock_limit=N        cache under at most N locks (default 60000)\n"
       "    -o name_limit=N        cache at most N directory entries (default 200000)\n"
       "    -o poll_us=N           before sleeping, look for work up to N microseconds\n"
@@ -342,6 +346,7 @@ int main(int argc, char** argv) {
     KJ_REQUIRE(options.metaAddresses.size() > 0, "no server address given");
     options.hostName = kj::str(host);
     options.caching = !cfg.noCache;
+    options.asyncDirops = !cfg.noAsyncDirops;
     if (cfg.lockLimit > 0) options.lockLimits.maxLocks = cfg.lockLimit;
     if (cfg.nameLimit > 0) options.maxNames = cfg.nameLimit;
     kj::Maybe<cairn::rpc::MountHandover::Reader> state;

@@ -41,16 +41,33 @@ LockManager::LockManager(kj::Timer& timer, kj::Duration callbackTimeout,
 
 LockManager::~LockManager() noexcept(false) {}
 
-bool LockManager::blocks(const Lock& granted, const Lock& wanted) {
-  return granted.owner != wanted.onBehalfOf && conflicts(granted.spec, wanted.spec);
+bool LockManager::blocks(const Lock& granted, const Lock& wanted) const {
+  if (granted.owner == wanted.onBehalfOf || granted.id == wanted.replaces) return false;
+  if (!conflicts(granted.spec, wanted.spec)) return false;
+  // Another update's lock, held while that update waits for our client's lock: our client's
+  // update goes first (the client gives its lock back only once it is done).
+  return !(granted.group != 0 && waitsOnOwner(granted, wanted.onBehalfOf));
 }
 
-// A request on a client's behalf does not queue behind one that waits for that client's own
-// lock: the client may need the request done to give the lock back (dirty pages written back
-// while it revokes), and the waiter would wait forever.
-bool LockManager::waitsOnOwner(const Resource& res, const Lock& waiter, const LockOwner* owner) {
+// Whether `lock` waits, or belongs to an update that waits, on a lock `owner` holds. A request
+// on a client's behalf does not queue behind such a one: the client may need the request done
+// to give its lock back (dirty pages written back, directory operations it already answered),
+// and the waiter would wait forever.
+bool LockManager::waitsOnOwner(const Lock& lock, const LockOwner* owner) const {
   if (owner == nullptr) return false;
-  for (Lock* g : res.granted) {
+  if (lock.group == 0) return !lock.granted && waitsOnOwnerHere(lock, owner);
+  auto group = groups_.find(lock.group);
+  if (group == groups_.end()) return false;
+  for (const Lock* l : group->second) {
+    if (!l->granted && waitsOnOwnerHere(*l, owner)) return true;
+  }
+  return false;
+}
+
+bool LockManager::waitsOnOwnerHere(const Lock& waiter, const LockOwner* owner) const {
+  auto found = resources_.find(waiter.spec.resource);
+  if (found == resources_.end()) return false;
+  for (const Lock* g : found->second.granted) {
     if (g->owner == owner && conflicts(g->spec, waiter.spec)) return true;
   }
   return false;
@@ -72,9 +89,17 @@ bool LockManager::admit(LockOwner& owner) {
 }
 
 kj::Promise<uint64_t> LockManager::enqueue(LockOwner& owner, LockSpec spec,
-                                           const LockOwner* onBehalfOf) {
+                                           const LockOwner* onBehalfOf, uint64_t group,
+                                           uint64_t replaces) {
   KJ_REQUIRE(static_cast<int>(spec.mode) <= static_cast<int>(LockMode::EX), "bad lock mode");
   KJ_REQUIRE(spec.start <= spec.end, "bad lock extent", spec.start, spec.end);
+  auto old = locks_.find(replaces);
+  if (old == locks_.end()) {
+    replaces = 0;  // called back and cancelled meanwhile: nothing left to replace
+  } else {
+    KJ_REQUIRE(old->second->owner == &owner && old->second->spec.resource == spec.resource,
+               "a lock can only replace its owner's lock on the same resource", replaces);
+  }
   if (!admit(owner)) {
     kj::throwFatalException(KJ_EXCEPTION(OVERLOADED, "too many locks for one client",
                                          owner.ownerName(), MAX_PER_OWNER));
@@ -82,11 +107,23 @@ kj::Promise<uint64_t> LockManager::enqueue(LockOwner& owner, LockSpec spec,
   auto lock = newLock(owner, spec);
   uint64_t id = lock->id;
   lock->onBehalfOf = onBehalfOf;
+  lock->group = group;
+  lock->replaces = replaces;
   auto paf = kj::newPromiseAndFulfiller<uint64_t>();
   lock->waiter = kj::mv(paf.fulfiller);
   resources_[spec.resource].waiting.push_back(lock.get());
+  if (group != 0) groups_[group].push_back(lock.get());
+  Lock& added = *lock;
   locks_.emplace(id, kj::mv(lock));
   process(spec.resource);
+  if (group != 0 && !added.granted) {
+    // The update now waits: requests of a client it waits on may pass the locks it holds.
+    std::vector<ResourceId> others;
+    for (Lock* l : groups_[group]) {
+      if (l->granted) others.push_back(l->spec.resource);
+    }
+    for (auto& rid : others) process(rid);
+  }
   // A request withdrawn before its grant (the client went away, or gave up) leaves the queue.
   return paf.promise.attach(kj::defer([this, id]() {
     auto it = locks_.find(id);
@@ -196,6 +233,14 @@ void LockManager::remove(uint64_t lockId) {
                     res.granted.end());
   res.waiting.erase(std::remove(res.waiting.begin(), res.waiting.end(), own.get()),
                     res.waiting.end());
+  if (own->group != 0) {
+    auto group = groups_.find(own->group);
+    if (group != groups_.end()) {
+      auto& members = group->second;
+      members.erase(std::remove(members.begin(), members.end(), own.get()), members.end());
+      if (members.empty()) groups_.erase(group);
+    }
+  }
   KJ_IF_MAYBE (w, own->waiter) {
     // Withdrawn while waiting: whoever still waits on it learns why.
     if ((*w)->isWaiting()) (*w)->reject(KJ_EXCEPTION(DISCONNECTED, "lock request dropped"));
@@ -222,7 +267,7 @@ void LockManager::process(const ResourceId& rid) {
       }
     }
     for (Lock* e : ahead) {
-      if (conflicts(w->spec, e->spec) && !waitsOnOwner(res, *e, w->onBehalfOf)) blocked = true;
+      if (conflicts(w->spec, e->spec) && !waitsOnOwner(*e, w->onBehalfOf)) blocked = true;
     }
     if (blocked) {
       ahead.push_back(w);
@@ -231,6 +276,7 @@ void LockManager::process(const ResourceId& rid) {
       res.granted.push_back(w);
     }
   }
+  std::vector<uint64_t> replaced;
   for (Lock* g : grantNow) {
     res.waiting.erase(std::find(res.waiting.begin(), res.waiting.end(), g));
     g->granted = true;
@@ -238,6 +284,7 @@ void LockManager::process(const ResourceId& rid) {
       (*w)->fulfill(kj::cp(g->id));
     }
     g->waiter = nullptr;
+    if (g->replaces != 0) replaced.push_back(g->replaces);
   }
   // A lock granted now may already be in someone's way (a later waiter it conflicts with).
   if (!grantNow.empty() && !res.waiting.empty()) {
@@ -247,6 +294,8 @@ void LockManager::process(const ResourceId& rid) {
       }
     }
   }
+  // An upgrade's old lock goes last: removing it processes this resource again.
+  for (uint64_t id : replaced) remove(id);
 }
 
 void LockManager::callBack(Lock& holder) {

@@ -9,6 +9,12 @@
 // request waits on granted locks, their owners get one blocking callback each; an owner that has
 // not cancelled within the callback timeout is evicted, so one dead or stuck client never hangs
 // the others.
+//
+// A server update takes its locks one after another in inode order (a group). A group that waits
+// on a client's cached lock holds the locks it already has; that client's own updates, which it
+// must finish before it can give its lock back (asynchronous directory operations), pass those
+// locks and the group's waiting requests instead of deadlocking behind them. The server's locks
+// only call caches back (the update's transaction decides), so two updates sharing one is safe.
 #pragma once
 
 #include <kj/async.h>
@@ -73,8 +79,14 @@ public:
   // Resolves with the lock's id once granted. Dropping the promise before then withdraws it.
   // A lock taken `onBehalfOf` a client (the server's own, for that client's update) does not
   // wait for, nor call back, that client's locks: the client keeps its caches right itself.
+  // `group` (from newGroup(), 0 for none) names the update the lock is one of.
+  // `replaces`: the id of a lock the owner holds on the same resource, which does not stand in
+  // the way of this one and goes when it is granted (an upgrade that keeps what the old lock
+  // covered cached meanwhile); unknown ids (already called back and cancelled) are ignored.
   kj::Promise<uint64_t> enqueue(LockOwner& owner, LockSpec spec,
-                                const LockOwner* onBehalfOf = nullptr);
+                                const LockOwner* onBehalfOf = nullptr, uint64_t group = 0,
+                                uint64_t replaces = 0);
+  uint64_t newGroup() { return nextGroup_++; }
   // Grants at once if nothing granted or waiting conflicts, else returns null and changes
   // nothing: how a reply carries a caching lock without ever making a read wait.
   kj::Maybe<uint64_t> tryGrant(LockOwner& owner, LockSpec spec);
@@ -104,6 +116,8 @@ private:
     uint64_t id;
     LockOwner* owner;
     const LockOwner* onBehalfOf = nullptr;
+    uint64_t group = 0;
+    uint64_t replaces = 0;
     LockSpec spec;
     bool granted = false;
     bool blockingSent = false;
@@ -116,8 +130,9 @@ private:
   };
 
   void process(const ResourceId& id);
-  static bool blocks(const Lock& granted, const Lock& wanted);
-  static bool waitsOnOwner(const Resource& res, const Lock& waiter, const LockOwner* owner);
+  bool blocks(const Lock& granted, const Lock& wanted) const;
+  bool waitsOnOwner(const Lock& lock, const LockOwner* owner) const;
+  bool waitsOnOwnerHere(const Lock& waiter, const LockOwner* owner) const;
   bool admit(LockOwner& owner);
   kj::Own<Lock> newLock(LockOwner& owner, const LockSpec& spec);
   void remove(uint64_t lockId);
@@ -135,7 +150,9 @@ private:
   std::map<ResourceId, Resource> resources_;
   std::unordered_map<uint64_t, kj::Own<Lock>> locks_;
   std::unordered_map<const LockOwner*, size_t> perOwner_;
+  std::unordered_map<uint64_t, std::vector<Lock*>> groups_;  // an update's locks, by group
   uint64_t nextId_ = 1;
+  uint64_t nextGroup_ = 1;
   uint64_t callbacks_ = 0;
   uint64_t evictions_ = 0;
   size_t droppedSinceTrim_ = 0;  // locks dropped with their owners since memory was trimmed

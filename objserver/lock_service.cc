@@ -34,9 +34,8 @@ kj::Promise<void> LockService::enqueue(EnqueueContext context) {
   spec.bits = r.getBits();
   spec.start = r.getStart();
   spec.end = r.getEnd();
-  return ctx_.locks.enqueue(*session_, spec).then([context](uint64_t id) mutable {
-    context.getResults().setLockId(id);
-  });
+  return ctx_.locks.enqueue(*session_, spec, nullptr, 0, r.getReplaces())
+      .then([context](uint64_t id) mutable { context.getResults().setLockId(id); });
 }
 
 kj::Promise<void> LockService::cancel(CancelContext context) {

@@ -168,19 +168,14 @@ kj::Promise<void> MetaService::readReply(CallContext context, unsigned attempt,
     reply.setError(e.err());
   }
   // An inode another client holds for writing (PW on its attributes: it has writes it has
-  // not sent yet) may be newer than what was just read. Take PR on it first — the writer is
-  // called back and sends them — and read again.
+  // not sent yet) may be newer than what was just read, and so may a directory another client
+  // holds PW on (its lookup bit: unlinks it answered and has not sent yet). Take PR on it
+  // first — the holder is called back and sends them — and read again.
   if (attempt < 3) {
-    auto busy = writtenElsewhere(reply);
+    auto busy = heldElsewhere(req, reply);
     if (busy.size() > 0) {
       auto waits = kj::heapArrayBuilder<kj::Promise<uint64_t>>(busy.size());
-      for (uint64_t ino : busy) {
-        LockSpec spec;
-        spec.resource = ResourceId{RES_INODE, ino};
-        spec.mode = LockMode::PR;
-        spec.bits = BIT_ATTR;
-        waits.add(ctx_.locks.enqueue(*session_, spec));
-      }
+      for (auto& spec : busy) waits.add(ctx_.locks.enqueue(*session_, spec));
       return kj::joinPromises(waits.finish())
           .then([this, context, attempt, taken = kj::mv(taken)](kj::Array<uint64_t> ids) mutable {
             kj::Vector<uint64_t> all;
@@ -203,17 +198,22 @@ kj::Promise<void> MetaService::readReply(CallContext context, unsigned attempt,
   return kj::READY_NOW;
 }
 
-kj::Vector<uint64_t> MetaService::writtenElsewhere(rpc::MetaReply::Reader reply) {
-  kj::Vector<uint64_t> out;
-  if (reply.getError() != 0) return out;
-  auto check = [&](rpc::Attr::Reader attr) {
+kj::Vector<LockSpec> MetaService::heldElsewhere(rpc::MetaRequest::Reader req,
+                                                rpc::MetaReply::Reader reply) {
+  kj::Vector<LockSpec> out;
+  auto check = [&](uint64_t ino, uint64_t bit) {
     LockSpec spec;
-    spec.resource = ResourceId{RES_INODE, attr.getIno()};
+    spec.resource = ResourceId{RES_INODE, ino};
     spec.mode = LockMode::PR;
-    spec.bits = BIT_ATTR;
-    if (attr.getIno() != 0 && ctx_.locks.heldByOthers(spec, *session_)) out.add(attr.getIno());
+    spec.bits = bit;
+    if (ino != 0 && ctx_.locks.heldByOthers(spec, *session_)) out.add(spec);
   };
-  forEachAttr(reply, check);
+  // Whether the name exists or not: an unlink answered elsewhere may be what decides.
+  using R = rpc::MetaRequest;
+  if (req.which() == R::LOOKUP) check(req.getLookup().getParent(), BIT_LOOKUP);
+  if (req.which() == R::READDIR) check(req.getReaddir().getIno(), BIT_LOOKUP);
+  if (reply.getError() == 0)
+    forEachAttr(reply, [&](rpc::Attr::Reader a) { check(a.getIno(), BIT_ATTR); });
   return out;
 }
 
@@ -491,10 +491,12 @@ kj::Vector<LockSpec> MetaService::affected(rpc::MetaRequest::Reader req) {
 
 kj::Promise<kj::Array<uint64_t>> MetaService::lockFor(kj::Vector<LockSpec> specs) {
   // One after another, in inode order: two updates never wait on each other in a cycle.
+  // One group: while it waits on a client's lock, that client's own updates pass it.
   kj::Promise<kj::Vector<uint64_t>> chain = kj::Vector<uint64_t>();
+  uint64_t group = ctx_.locks.newGroup();
   for (auto& spec : specs) {
-    chain = chain.then([this, spec](kj::Vector<uint64_t> held) mutable {
-      return ctx_.locks.enqueue(ctx_.serverOwner, spec, session_.get())
+    chain = chain.then([this, spec, group](kj::Vector<uint64_t> held) mutable {
+      return ctx_.locks.enqueue(ctx_.serverOwner, spec, session_.get(), group)
           .then([held = kj::mv(held)](uint64_t id) mutable {
             held.add(id);
             return kj::mv(held);

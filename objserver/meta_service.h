@@ -21,7 +21,8 @@ private:
   // A read; it waits for writers elsewhere of what it read to send their writes, and reads
   // again (`taken`: the locks it took for that).
   kj::Promise<void> readReply(CallContext context, unsigned attempt, kj::Array<uint64_t> taken);
-  kj::Vector<uint64_t> writtenElsewhere(rpc::MetaReply::Reader reply);
+  // The PR locks a read must take first: what it read is held for writing elsewhere.
+  kj::Vector<LockSpec> heldElsewhere(rpc::MetaRequest::Reader req, rpc::MetaReply::Reader reply);
   // Who the request acts as: its credentials, or the squash id for a squashed root.
   Caller callerOf(rpc::MetaRequest::Reader req);
   void read(rpc::MetaRequest::Reader req, rpc::MetaReply::Builder reply);

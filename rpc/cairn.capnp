@@ -389,6 +389,9 @@ struct LockRequest {
                                           # data 16 (file contents, for page caching)
   start @4 :UInt64;                       # byte extent, inclusive
   end @5 :UInt64 = 0xffffffffffffffff;
+  replaces @6 :UInt64;                    # features::ASYNC_DIROPS: a lock of ours on the same
+                                          # resource, gone once this one is granted (an upgrade
+                                          # that keeps what it covered cached meanwhile)
 }
 
 # Given by a client at connect; the server calls it when a lock the client holds is wanted.

@@ -32,7 +32,12 @@ constexpr uint64_t RELEASE_MANY = 1 << 5;
 constexpr size_t MAX_RELEASE_MANY = 1024;
 // LockSession.convert: a granted lock downgraded in place (a writer's PW to PR at its last close).
 constexpr uint64_t LOCK_CONVERT = 1 << 6;
+// Asynchronous directory operations: LockRequest.replaces (PR on a directory's lookup bit
+// upgraded to PW in place); a client's updates pass the locks of another update that waits on
+// that client's PW (so it can finish what it answered before giving the PW back); reads of a
+// directory call such a PW back first.
+constexpr uint64_t ASYNC_DIROPS = 1 << 7;
 constexpr uint64_t SUPPORTED = BASE | CACHING_LOCKS | WRITE_MANY | ACTIVE_SERVER_LOCK |
-                               DESTROY_MANY | RELEASE_MANY | LOCK_CONVERT;
+                               DESTROY_MANY | RELEASE_MANY | LOCK_CONVERT | ASYNC_DIROPS;
 
 }  // namespace cairn::features

@@ -309,5 +309,68 @@ TEST_F(Locks, AWriteBackDuringARevocationDoesNotQueueBehindTheRevoker) {
   EXPECT_TRUE(granted(bUpdate));
 }
 
+LockSpec on(uint64_t ino, LockSpec s) {
+  s.resource.id = ino;
+  return s;
+}
+
+// b's update (child 7, then directory 9, in inode order) holds the child while it waits for a's
+// PW on the directory; a gives that back only once its own unlink of the child is done. a's
+// unlink must pass b's update on both, whichever of them started waiting first.
+TEST_F(Locks, AnUpdateWaitingOnAClientLetsThatClientsUpdatesPassItsLocks) {
+  Owner server{"server"};
+  ASSERT_TRUE(manager.tryGrant(a, on(9, spec(LockMode::PW, BIT_LOOKUP))) != nullptr);
+  uint64_t bGroup = manager.newGroup(), aGroup = manager.newGroup();
+  auto bChild =
+      manager.enqueue(server, on(7, spec(LockMode::EX, BIT_ATTR | BIT_LOOKUP)), &b, bGroup);
+  ASSERT_TRUE(granted(bChild));
+  // a's unlink reaches the child before b's update waits on anything: it queues...
+  auto aChild =
+      manager.enqueue(server, on(7, spec(LockMode::EX, BIT_ATTR | BIT_LOOKUP)), &a, aGroup);
+  EXPECT_FALSE(granted(aChild));
+  // ...until b's update waits for a's directory lock.
+  auto bDir = manager.enqueue(server, on(9, spec(LockMode::EX, BIT_ATTR | BIT_LOOKUP)), &b, bGroup);
+  EXPECT_FALSE(granted(bDir));
+  ASSERT_EQ(a.asked.size(), 1u);
+  ASSERT_TRUE(granted(aChild));
+  auto aDir = manager.enqueue(server, on(9, spec(LockMode::EX, BIT_ATTR | BIT_LOOKUP)), &a, aGroup);
+  ASSERT_TRUE(granted(aDir));
+  // a's unlink is done; then a gives its directory lock back, and b's update goes on.
+  manager.cancel(server, aChild.wait(io.waitScope));
+  manager.cancel(server, aDir.wait(io.waitScope));
+  EXPECT_FALSE(granted(bDir));
+  manager.cancel(a, a.asked[0]);
+  EXPECT_TRUE(granted(bDir));
+  // A third client's update does not pass b's: it does not wait on c.
+  auto cChild =
+      manager.enqueue(server, on(7, spec(LockMode::EX, BIT_ATTR)), &c, manager.newGroup());
+  EXPECT_FALSE(granted(cChild));
+  manager.cancel(server, bChild.wait(io.waitScope));
+  EXPECT_TRUE(granted(cChild));
+}
+
+TEST_F(Locks, AnUpgradeReplacesTheOwnersLockWithoutCallingItBack) {
+  auto mine = manager.tryGrant(a, spec(LockMode::PR, BIT_LOOKUP));
+  ASSERT_TRUE(manager.tryGrant(b, spec(LockMode::PR, BIT_LOOKUP)) != nullptr);
+  uint64_t old = KJ_ASSERT_NONNULL(mine);
+  auto upgrade = manager.enqueue(a, spec(LockMode::PW, BIT_LOOKUP), nullptr, 0, old);
+  EXPECT_FALSE(granted(upgrade));
+  EXPECT_TRUE(a.asked.empty());  // a keeps its PR (and what it caches) while it waits
+  ASSERT_EQ(b.asked.size(), 1u);
+  EXPECT_EQ(manager.heldBy(a), 1u);
+  manager.cancel(b, b.asked[0]);
+  ASSERT_TRUE(granted(upgrade));
+  EXPECT_EQ(manager.heldBy(a), 1u);  // the PW, and the PR is gone
+  EXPECT_NE(upgrade.wait(io.waitScope), old);
+  manager.cancel(a, old);  // a's cancel of the old id, crossing the grant, is ignored
+  EXPECT_EQ(manager.heldBy(a), 1u);
+  // Replacing a lock that is gone is a plain request; replacing someone else's is refused.
+  auto again = manager.enqueue(a, spec(LockMode::PW, BIT_ATTR), nullptr, 0, old);
+  EXPECT_TRUE(granted(again));
+  auto theirs = manager.tryGrant(b, on(5, spec(LockMode::PR, BIT_LOOKUP)));
+  EXPECT_ANY_THROW(manager.enqueue(a, on(5, spec(LockMode::PW, BIT_LOOKUP)), nullptr, 0,
+                                   KJ_ASSERT_NONNULL(theirs)));
+}
+
 }  // namespace
 }  // namespace cairn

@@ -1,0 +1,59 @@
+// Directory operations answered before the server did (asynchronous unlink). While this client
+// holds PW on a directory's lookup bit, nobody else can change or read its names without calling
+// that lock back, so an unlink of a name it has cached is answered from the cache and the RPC
+// goes behind, many at a time, the way write-behind sends writes. This file keeps the count of
+// those in flight per inode (the directory and the file each), so that
+//   - any later request of ours about either waits until they are answered (the server sees
+//     them in the order the application made them),
+//   - the directory's lock goes back only once they are (whoever called it back sees them done),
+//   - fsync of the directory, the unmount and a handover wait for all of them.
+// An operation the server refuses after the application was told it succeeded (a full server,
+// an eviction) is counted and reported at the directory's next fsync, as a failed write-behind
+// batch is at the file's.
+//
+// This file keeps the books; the client sends the requests (Client::unlinkBehind).
+#pragma once
+
+#include <kj/async.h>
+#include <kj/vector.h>
+
+#include <cstdint>
+#include <initializer_list>
+#include <unordered_map>
+
+namespace cairn {
+
+class AsyncDirops {
+public:
+  // Beyond this many in flight an unlink waits for its reply as usual: a bound on the memory
+  // and the server work one client can have outstanding.
+  static constexpr size_t MAX_IN_FLIGHT = 1024;
+
+  bool full() const { return inFlight_ >= MAX_IN_FLIGHT; }
+  size_t inFlight() const { return inFlight_; }
+  bool pending(uint64_t ino) const { return counts_.count(ino) > 0; }
+
+  // One operation touching these inodes is on its way.
+  void begin(std::initializer_list<uint64_t> inos);
+  // It was answered: `error` 0, or the errno the server gave after we had answered success.
+  void end(std::initializer_list<uint64_t> inos, int error);
+  // Resolves once nothing touching `ino` is in flight (at once if nothing is).
+  kj::Promise<void> settled(uint64_t ino);
+  // Resolves once nothing at all is in flight.
+  kj::Promise<void> settledAll();
+  // The first error since the last call (0 if none), for fsync of a directory to report.
+  int takeError();
+  uint64_t answered() const { return answered_; }  // operations answered ahead, ever
+  uint64_t failed() const { return failed_; }      // of those, refused by the server
+
+private:
+  std::unordered_map<uint64_t, size_t> counts_;
+  std::unordered_multimap<uint64_t, kj::Own<kj::PromiseFulfiller<void>>> waiters_;
+  kj::Vector<kj::Own<kj::PromiseFulfiller<void>>> allWaiters_;
+  size_t inFlight_ = 0;
+  int error_ = 0;
+  uint64_t answered_ = 0;
+  uint64_t failed_ = 0;
+};
+
+}  // namespace cairn

@@ -1,0 +1,197 @@
+// Asynchronous unlink (fusefs/async_dirops.h): a client holding PW on a directory's names
+// answers unlinks in it without waiting for the metadata server. What an application was told
+// still holds everywhere: another client sees the names gone at once, a crash of the server
+// loses none of them, and a directory emptied so is removed at once.
+#include <dirent.h>
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstring>
+#include <set>
+#include <string>
+#include <thread>
+
+#include "tests/integration/cluster.h"
+
+namespace cairn::test {
+namespace {
+
+uint64_t mountCounter(const std::string& mnt, const std::string& name) {
+  auto r = run({ctlBin(), "--mount", mnt, "stats"});
+  EXPECT_EQ(r.status, 0) << r.err;
+  auto at = r.out.find("\n" + name + " ");
+  if (at == std::string::npos) return 0;
+  return std::stoull(r.out.substr(at + name.size() + 2));
+}
+
+uint64_t ahead(const std::string& mnt) {
+  return mountCounter(mnt, "cairn_client_unlinks_ahead_total");
+}
+
+void makeFiles(const std::string& dir, int n) {
+  ASSERT_EQ(mkdir(dir.c_str(), 0755), 0) << dir << ": " << strerror(errno);
+  for (int i = 0; i < n; ++i) {
+    int fd = creat((dir + "/f" + std::to_string(i)).c_str(), 0644);
+    ASSERT_GE(fd, 0) << strerror(errno);
+    close(fd);
+  }
+}
+
+std::set<std::string> names(const std::string& dir) {
+  std::set<std::string> out;
+  DIR* d = opendir(dir.c_str());
+  EXPECT_NE(d, nullptr) << dir << ": " << strerror(errno);
+  if (d == nullptr) return out;
+  while (struct dirent* e = readdir(d)) {
+    std::string n = e->d_name;
+    if (n != "." && n != "..") out.insert(n);
+  }
+  closedir(d);
+  return out;
+}
+
+// The names of an open directory, read from its start.
+std::set<std::string> namesAt(int fd) {
+  std::set<std::string> out;
+  DIR* d = fdopendir(dup(fd));
+  EXPECT_NE(d, nullptr) << strerror(errno);
+  if (d == nullptr) return out;
+  rewinddir(d);
+  while (struct dirent* e = readdir(d)) {
+    std::string n = e->d_name;
+    if (n != "." && n != "..") out.insert(n);
+  }
+  closedir(d);
+  return out;
+}
+
+// Unlinks f0, f1, ... until one is answered ahead (the first ones wait for the server while the
+// directory's PW is on its way); returns the next index.
+int unlinkUntilAhead(const std::string& mnt, const std::string& dir, int n) {
+  uint64_t before = ahead(mnt);
+  for (int i = 0; i < n; ++i) {
+    EXPECT_EQ(unlink((dir + "/f" + std::to_string(i)).c_str()), 0) << strerror(errno);
+    if (ahead(mnt) > before) return i + 1;
+  }
+  ADD_FAILURE() << "no unlink was answered ahead";
+  return n;
+}
+
+TEST(AsyncUnlink, AnotherClientSeesUnlinksAnsweredAheadAtOnce) {
+  TestCluster cluster;
+  auto a = cluster.mount();
+  auto b = cluster.mount();
+  const int n = 300;
+  makeFiles(a + "/d", n);
+  int next = unlinkUntilAhead(a, a + "/d", n);
+  uint64_t before = ahead(a);
+  for (int i = next; i < n - 1; ++i) {
+    ASSERT_EQ(unlink((a + "/d/f" + std::to_string(i)).c_str()), 0) << strerror(errno);
+  }
+  // Right after the last unlink returned: B's listing calls A's lock back, which waits for them.
+  auto left = names(b + "/d");
+  EXPECT_EQ(left, std::set<std::string>{"f" + std::to_string(n - 1)});
+  EXPECT_GE(ahead(a), before + (n - 1 - next) / 2);
+  // B makes a name A unlinked; A sees it (its lock went back).
+  int fd = open((b + "/d/f5").c_str(), O_CREAT | O_EXCL | O_WRONLY, 0644);
+  EXPECT_GE(fd, 0) << strerror(errno);
+  close(fd);
+  struct stat st;
+  EXPECT_EQ(stat((a + "/d/f5").c_str(), &st), 0);
+  EXPECT_EQ(mountCounter(a, "cairn_client_unlinks_ahead_failed_total"), 0u);
+}
+
+// A's unlink of a file a hung client C caches is held up on the server (C is called back, and
+// evicted after the lock timeout) before it locks the directory (the file's inode number is the
+// lower one: it was made first and moved in). B's listing meanwhile must not show the file A
+// was told is gone: the listing calls A's PW back, which waits for the unlink.
+TEST(AsyncUnlink, AListingElsewhereWaitsForAnUnlinkHeldUpOnTheServer) {
+  TestCluster::Options options;
+  options.metaArgs = {"--lock-timeout", "2"};
+  TestCluster cluster(options);
+  auto a = cluster.mount();
+  auto b = cluster.mount();
+  auto c = cluster.mount();
+  writeWhole(a + "/x", "");
+  makeFiles(a + "/d", 20);
+  ASSERT_EQ(rename((a + "/x").c_str(), (a + "/d/x").c_str()), 0);
+  struct stat st;
+  ASSERT_EQ(stat((c + "/d/x").c_str(), &st), 0);  // C caches x's attributes
+  // Listed through a descriptor opened now: no path walk later, nothing but the listing.
+  int dfd = open((b + "/d").c_str(), O_RDONLY | O_DIRECTORY);
+  ASSERT_GE(dfd, 0) << strerror(errno);
+  int next = unlinkUntilAhead(a, a + "/d", 10);
+  cluster.signalMount(2, SIGSTOP);
+  uint64_t before = ahead(a);
+  ASSERT_EQ(unlink((a + "/d/x").c_str()), 0) << strerror(errno);
+  EXPECT_EQ(ahead(a), before + 1);
+  std::set<std::string> expected;
+  for (int i = next; i < 20; ++i) expected.insert("f" + std::to_string(i));
+  EXPECT_EQ(namesAt(dfd), expected);
+  close(dfd);
+  cluster.signalMount(2, SIGCONT);
+}
+
+TEST(AsyncUnlink, UnlinksAnsweredWhileTheServerHangsSurviveItsCrash) {
+  TestCluster::Options options;
+  options.metaArgs = {"--recovery-window", "5"};
+  TestCluster cluster(options);
+  auto a = cluster.mount();
+  const int n = 100;
+  makeFiles(a + "/d", n);
+  int next = unlinkUntilAhead(a, a + "/d", n);
+  cluster.signalServer(0, SIGSTOP);
+  std::atomic<bool> done{false};
+  std::atomic<int> failed{0};
+  std::thread app([&] {
+    for (int i = next; i < n; ++i) {
+      if (unlink((a + "/d/f" + std::to_string(i)).c_str()) != 0) ++failed;
+    }
+    done = true;
+  });
+  // Answered with the server stopped: the mount did not wait for it.
+  bool answered = waitFor([&] { return done.load(); }, 10000);
+  EXPECT_TRUE(answered);
+  struct stat st;
+  EXPECT_NE(stat((a + "/d/f" + std::to_string(n - 1)).c_str(), &st), 0);
+  // The server dies with the requests unread; the client sends them again to the new one.
+  cluster.stopServer(0, SIGKILL);
+  app.join();
+  EXPECT_EQ(failed.load(), 0);
+  ASSERT_TRUE(cluster.startServer(0));
+  int dir = open((a + "/d").c_str(), O_RDONLY | O_DIRECTORY);
+  ASSERT_GE(dir, 0);
+  EXPECT_EQ(fsync(dir), 0) << strerror(errno);  // waits for their replies
+  close(dir);
+  auto b = cluster.mount();
+  EXPECT_TRUE(names(b + "/d").empty());
+  EXPECT_EQ(mountCounter(a, "cairn_client_unlinks_ahead_failed_total"), 0u);
+}
+
+TEST(AsyncUnlink, ATreeRemovedWithRmIsGoneEverywhere) {
+  TestCluster cluster;
+  auto a = cluster.mount();
+  auto b = cluster.mount();
+  ASSERT_EQ(mkdir((a + "/t").c_str(), 0755), 0);
+  for (int d = 0; d < 8; ++d) {
+    auto sub = a + "/t/s" + std::to_string(d);
+    makeFiles(sub, 40);
+    makeFiles(sub + "/deeper", 10);
+  }
+  EXPECT_EQ(names(b + "/t").size(), 8u);
+  // rmdir of each directory right after the unlinks in it: it waits for them (ENOTEMPTY else).
+  auto r = run({"/bin/rm", "-rf", a + "/t"});
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_GT(ahead(a), 100u);
+  struct stat st;
+  EXPECT_NE(stat((b + "/t").c_str(), &st), 0);
+  EXPECT_EQ(errno, ENOENT);
+  EXPECT_TRUE(names(b).empty());
+}
+
+}  // namespace
+}  // namespace cairn::test

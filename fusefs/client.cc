@@ -220,6 +220,14 @@ bool Client::outage() const {
 // open file under its handle, so the server knows them (and keeps unlinked-but-open files).
 kj::Promise<void> Client::recoverMeta() {
   if (meta_->takeEviction() != nullptr) {
+    // Unlinks answered ahead that the server has not applied are not sent to the new session:
+    // what they were answered under is gone, and someone may have made the name again since.
+    // The directory's next fsync reports EIO.
+    if (!unlinksBehind_.isEmpty()) {
+      spdlog::warn("evicted by the metadata server: {} unlinks answered ahead are dropped",
+                   dirops_.inFlight());
+      unlinksBehind_.cancel("evicted by the metadata server");
+    }
     // Evicted: the server forgot our opens. Those descriptors can only fail (EIO); the mount
     // itself carries on and new opens work.
     size_t n = 0;
@@ -1042,25 +1050,29 @@ void Client::unlinkBehind(const Cred& cred, uint64_t parent, kj::Array<kj::byte>
     cache_.setAttr(st, d->generation);
   }
   dirops_.begin({parent, child});
-  auto sent =
-      meta_
-          ->meta(
-              [cred, parent, name = kj::mv(name)](rpc::MetaRequest::Builder b) {
-                setCred(b, cred);
-                auto u = b.initUnlink();
-                u.setParent(parent);
-                u.setName(name);
-              },
-              true, ServerLink::Class::WRITEBACK)
+  auto sent = meta_->meta(
+      [cred, parent, name = kj::mv(name)](rpc::MetaRequest::Builder b) {
+        setCred(b, cred);
+        auto u = b.initUnlink();
+        u.setParent(parent);
+        u.setName(name);
+      },
+      true, ServerLink::Class::WRITEBACK);
+  // The reply is absorbed in its first event, as metaCall does (see there).
+  auto applied = sent.then([this, parent, key](ServerLink::MetaResponse&& resp) {
+    auto reply = resp.getReply();
+    absorb(reply);
+    int err = reply.getError();
+    // Gone already is what the application was told (the request may have been resent after
+    // the server lost our lock and someone else removed the name).
+    if (err == ENOENT) err = 0;
+    removed(parent, key, err);
+    return err;
+  });
+  auto done =
+      unlinksBehind_.wrap(kj::mv(applied))
           .then(
-              [this, parent, child, key](ServerLink::MetaResponse&& resp) {
-                auto reply = resp.getReply();
-                absorb(reply);
-                int err = reply.getError();
-                // Gone already is what the application was told (the request may have been
-                // resent after the server lost our lock and someone else removed the name).
-                if (err == ENOENT) err = 0;
-                removed(parent, key, err);
+              [this, parent, child, key](int err) {
                 if (err != 0) {
                   spdlog::error(
                       "unlink of '{}' in directory {}, answered ahead, failed on the "
@@ -1075,7 +1087,7 @@ void Client::unlinkBehind(const Cred& cred, uint64_t parent, kj::Array<kj::byte>
                 cache_.dropEntry(parent, key);
                 dirops_.end({parent, child}, EIO);
               });
-  tasks_.add(kj::mv(sent));
+  tasks_.add(kj::mv(done));
 }
 
 namespace {

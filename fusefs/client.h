@@ -360,6 +360,9 @@ private:
   ReadAhead readAhead_;
   WriteBehind wb_;
   AsyncDirops dirops_;
+  // The unlinks answered ahead still on their way: an eviction drops them (the server's state
+  // was not kept for us, so they are not sent to it after the fact) and reports EIO.
+  kj::Canceler unlinksBehind_;
   kj::Maybe<KernelCache&> kernel_;
   kj::Own<ServerLink> meta_;
   std::map<uint32_t, kj::Own<ServerLink>> data_;

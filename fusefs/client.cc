@@ -1091,9 +1091,12 @@ void Client::unlinkBehind(const Cred& cred, uint64_t parent, kj::Array<kj::byte>
 }
 
 namespace {
-// The inodes a request reads or changes, by number (names are resolved by the caller).
+// The inodes a request reads or changes, by number; the names it reads or changes (the inode
+// they name now is the caller's to resolve), and the names it removes (the same, but only
+// those: see UNLINK).
 void inodesOf(rpc::MetaRequest::Reader req, kj::Vector<uint64_t>& out,
-              kj::Vector<std::pair<uint64_t, std::string>>& names) {
+              kj::Vector<std::pair<uint64_t, std::string>>& names,
+              kj::Vector<std::pair<uint64_t, std::string>>& removes) {
   using R = rpc::MetaRequest;
   switch (req.which()) {
     case R::GETATTR:
@@ -1122,14 +1125,15 @@ void inodesOf(rpc::MetaRequest::Reader req, kj::Vector<uint64_t>& out,
       out.add(req.getLink().getNewParent());
       names.add(req.getLink().getNewParent(), nameOf(req.getLink().getNewName()));
       break;
+    // A removal waits for what touches the inode it removes (a directory: the unlinks in it,
+    // or it is not empty), not for the removal of other names beside it (`rm -r` removes each
+    // directory right after its files). The kernel asks only for names it sees, and it sees
+    // none we unlinked; a name no longer cached falls back to the directory (afterDirops).
     case R::UNLINK:
-      out.add(req.getUnlink().getParent());
-      names.add(req.getUnlink().getParent(), nameOf(req.getUnlink().getName()));
+      removes.add(req.getUnlink().getParent(), nameOf(req.getUnlink().getName()));
       break;
     case R::RMDIR:
-      // The directory removed too: the unlinks in it must be done, or it is not empty.
-      out.add(req.getRmdir().getParent());
-      names.add(req.getRmdir().getParent(), nameOf(req.getRmdir().getName()));
+      removes.add(req.getRmdir().getParent(), nameOf(req.getRmdir().getName()));
       break;
     case R::RENAME:
       out.add(req.getRename().getParent());
@@ -1169,11 +1173,15 @@ void inodesOf(rpc::MetaRequest::Reader req, kj::Vector<uint64_t>& out,
 
 kj::Maybe<kj::Promise<void>> Client::afterDirops(rpc::MetaRequest::Reader req) {
   kj::Vector<uint64_t> inos;
-  kj::Vector<std::pair<uint64_t, std::string>> names;
-  inodesOf(req, inos, names);
+  kj::Vector<std::pair<uint64_t, std::string>> names, removes;
+  inodesOf(req, inos, names, removes);
   for (auto& [dir, name] : names) {
     uint64_t ino = cache_.entry(dir, name).orDefault(0);
     if (ino != 0) inos.add(ino);
+  }
+  for (auto& [dir, name] : removes) {
+    uint64_t ino = cache_.entry(dir, name).orDefault(0);
+    inos.add(ino != 0 ? ino : dir);
   }
   kj::Vector<kj::Promise<void>> waits;
   for (uint64_t ino : inos) {

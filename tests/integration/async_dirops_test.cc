@@ -136,6 +136,36 @@ TEST(AsyncUnlink, AListingElsewhereWaitsForAnUnlinkHeldUpOnTheServer) {
   cluster.signalMount(2, SIGCONT);
 }
 
+// The same hold-up: A's rmdir of the directory right after its unlinks waits for them (the
+// server would find the directory not empty), though not for unlinks elsewhere.
+TEST(AsyncUnlink, ARemovedDirectoryWaitsForTheUnlinksInIt) {
+  TestCluster::Options options;
+  options.metaArgs = {"--lock-timeout", "2"};
+  TestCluster cluster(options);
+  auto a = cluster.mount();
+  auto c = cluster.mount();
+  ASSERT_EQ(mkdir((a + "/top").c_str(), 0755), 0);
+  writeWhole(a + "/top/x", "");
+  makeFiles(a + "/top/d", 10);
+  ASSERT_EQ(rename((a + "/top/x").c_str(), (a + "/top/d/x").c_str()), 0);
+  struct stat st;
+  ASSERT_EQ(stat((c + "/top/d/x").c_str(), &st), 0);
+  int next = unlinkUntilAhead(a, a + "/top/d", 10);
+  // C keeps only x's attributes: its locks on top and d are called back by changes there
+  // (the rmdir below would otherwise wait for C too).
+  writeWhole(a + "/top/y", "");
+  cluster.signalMount(1, SIGSTOP);
+  for (int i = next; i < 10; ++i) {
+    ASSERT_EQ(unlink((a + "/top/d/f" + std::to_string(i)).c_str()), 0) << strerror(errno);
+  }
+  uint64_t before = ahead(a);
+  ASSERT_EQ(unlink((a + "/top/d/x").c_str()), 0) << strerror(errno);
+  EXPECT_EQ(ahead(a), before + 1);
+  EXPECT_EQ(rmdir((a + "/top/d").c_str()), 0) << strerror(errno);
+  cluster.signalMount(1, SIGCONT);
+  EXPECT_NE(stat((a + "/top/d").c_str(), &st), 0);
+}
+
 TEST(AsyncUnlink, UnlinksAnsweredWhileTheServerHangsSurviveItsCrash) {
   TestCluster::Options options;
   options.metaArgs = {"--recovery-window", "5"};

@@ -2,24 +2,37 @@
 
 namespace cairn {
 
-void AsyncDirops::begin(std::initializer_list<uint64_t> inos) {
-  for (uint64_t ino : inos) ++counts_[ino];
+uint64_t AsyncDirops::begin(std::initializer_list<uint64_t> inos) {
+  uint64_t op = next_++;
+  for (uint64_t ino : inos) byInode_[ino].insert(op);
   ++inFlight_;
   ++answered_;
+  return op;
 }
 
-void AsyncDirops::end(std::initializer_list<uint64_t> inos, int error) {
+void AsyncDirops::end(uint64_t op, std::initializer_list<uint64_t> inos, int error) {
   if (error != 0) {
     ++failed_;
     if (error_ == 0) error_ = error;
   }
   for (uint64_t ino : inos) {
-    auto it = counts_.find(ino);
-    if (it == counts_.end() || --it->second > 0) continue;
-    counts_.erase(it);
+    auto it = byInode_.find(ino);
+    if (it == byInode_.end()) continue;
+    it->second.erase(op);
+    // What every waiter of this inode may now go on with: nothing left, or only later ones.
+    uint64_t oldest = it->second.empty() ? ~uint64_t(0) : *it->second.begin();
+    if (it->second.empty()) byInode_.erase(it);
     auto range = waiters_.equal_range(ino);
-    for (auto w = range.first; w != range.second; ++w) w->second->fulfill();
-    waiters_.erase(range.first, range.second);
+    for (auto w = range.first; w != range.second;) {
+      bool done =
+          oldest == ~uint64_t(0) || (w->second.below != ~uint64_t(0) && oldest >= w->second.below);
+      if (done) {
+        w->second.fulfiller->fulfill();
+        w = waiters_.erase(w);
+      } else {
+        ++w;
+      }
+    }
   }
   if (--inFlight_ == 0) {
     for (auto& w : allWaiters_) w->fulfill();
@@ -28,9 +41,16 @@ void AsyncDirops::end(std::initializer_list<uint64_t> inos, int error) {
 }
 
 kj::Promise<void> AsyncDirops::settled(uint64_t ino) {
-  if (!pending(ino)) return kj::READY_NOW;
+  return settledBefore(ino, ~uint64_t(0));
+}
+
+kj::Promise<void> AsyncDirops::settledBefore(uint64_t ino, uint64_t op) {
+  auto it = byInode_.find(ino);
+  if (it == byInode_.end() || (op != ~uint64_t(0) && *it->second.begin() >= op)) {
+    return kj::READY_NOW;
+  }
   auto paf = kj::newPromiseAndFulfiller<void>();
-  waiters_.emplace(ino, kj::mv(paf.fulfiller));
+  waiters_.emplace(ino, Waiter{op, kj::mv(paf.fulfiller)});
   return kj::mv(paf.promise);
 }
 

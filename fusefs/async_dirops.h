@@ -1,8 +1,9 @@
-// Directory operations answered before the server did (asynchronous unlink). While this client
-// holds PW on a directory's lookup bit, nobody else can change or read its names without calling
-// that lock back, so an unlink of a name it has cached is answered from the cache and the RPC
-// goes behind, many at a time, the way write-behind sends writes. This file keeps the count of
-// those in flight per inode (the directory and the file each), so that
+// Directory operations answered before the server did (asynchronous unlink and rmdir). While
+// this client holds PW on a directory's lookup bit, nobody else can change or read its names
+// without calling that lock back, so an unlink of a name it has cached (or an rmdir of a
+// directory it knows empty) is answered from the cache and the RPC goes behind, many at a time,
+// the way write-behind sends writes. This file keeps the count of those in flight per inode (the
+// directory and the one removed), so that
 //   - any later request of ours about either waits until they are answered (the server sees
 //     them in the order the application made them),
 //   - the directory's lock goes back only once they are (whoever called it back sees them done),
@@ -11,7 +12,7 @@
 // an eviction) is counted and reported at the directory's next fsync, as a failed write-behind
 // batch is at the file's.
 //
-// This file keeps the books; the client sends the requests (Client::unlinkBehind).
+// This file keeps the books; the client sends the requests (Client::removeBehind).
 #pragma once
 
 #include <kj/async.h>
@@ -19,26 +20,32 @@
 
 #include <cstdint>
 #include <initializer_list>
+#include <set>
 #include <unordered_map>
 
 namespace cairn {
 
 class AsyncDirops {
 public:
-  // Beyond this many in flight an unlink waits for its reply as usual: a bound on the memory
+  // Beyond this many in flight a removal waits for its reply as usual: a bound on the memory
   // and the server work one client can have outstanding.
   static constexpr size_t MAX_IN_FLIGHT = 1024;
 
   bool full() const { return inFlight_ >= MAX_IN_FLIGHT; }
   size_t inFlight() const { return inFlight_; }
-  bool pending(uint64_t ino) const { return counts_.count(ino) > 0; }
+  bool pending(uint64_t ino) const { return byInode_.count(ino) > 0; }
 
-  // One operation touching these inodes is on its way.
-  void begin(std::initializer_list<uint64_t> inos);
+  // One operation touching these inodes is on its way; returns its number (increasing).
+  uint64_t begin(std::initializer_list<uint64_t> inos);
   // It was answered: `error` 0, or the errno the server gave after we had answered success.
-  void end(std::initializer_list<uint64_t> inos, int error);
+  void end(uint64_t op, std::initializer_list<uint64_t> inos, int error);
+  // The number the next operation will get: what began before "now".
+  uint64_t next() const { return next_; }
   // Resolves once nothing touching `ino` is in flight (at once if nothing is).
   kj::Promise<void> settled(uint64_t ino);
+  // Resolves once no operation touching `ino` numbered below `op` is in flight: those that
+  // began before, not those that come after (no waiting for ever behind a stream of them).
+  kj::Promise<void> settledBefore(uint64_t ino, uint64_t op);
   // Resolves once nothing at all is in flight.
   kj::Promise<void> settledAll();
   // The first error since the last call (0 if none), for fsync of a directory to report.
@@ -47,9 +54,14 @@ public:
   uint64_t failed() const { return failed_; }      // of those, refused by the server
 
 private:
-  std::unordered_map<uint64_t, size_t> counts_;
-  std::unordered_multimap<uint64_t, kj::Own<kj::PromiseFulfiller<void>>> waiters_;
+  struct Waiter {
+    uint64_t below;  // wait for the operations numbered below this (~0: for all)
+    kj::Own<kj::PromiseFulfiller<void>> fulfiller;
+  };
+  std::unordered_map<uint64_t, std::set<uint64_t>> byInode_;  // ino -> operations in flight
+  std::unordered_multimap<uint64_t, Waiter> waiters_;
   kj::Vector<kj::Own<kj::PromiseFulfiller<void>>> allWaiters_;
+  uint64_t next_ = 1;
   size_t inFlight_ = 0;
   int error_ = 0;
   uint64_t answered_ = 0;

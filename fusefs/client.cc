@@ -982,8 +982,8 @@ kj::Promise<Entry> Client::link(const Cred& cred, uint64_t ino, uint64_t newPare
 
 kj::Promise<void> Client::unlink(const Cred& cred, uint64_t parent, kj::Array<kj::byte> name) {
   auto key = nameOf(name);
-  KJ_IF_MAYBE (child, unlinkAhead(cred, parent, key)) {
-    unlinkBehind(cred, parent, kj::mv(name), kj::mv(key), *child);
+  KJ_IF_MAYBE (child, removeAhead(cred, parent, key, false)) {
+    removeBehind(cred, parent, kj::mv(name), kj::mv(key), *child, false);
     return kj::READY_NOW;
   }
   return metaCall(
@@ -1015,49 +1015,76 @@ void Client::wantDirLock(const Cred& cred, uint64_t dir) {
   tasks_.add(locks_->upgrade(dir, BIT_LOOKUP));
 }
 
-kj::Maybe<uint64_t> Client::unlinkAhead(const Cred& cred, uint64_t parent,
-                                        const std::string& name) {
+kj::Maybe<uint64_t> Client::removeAhead(const Cred& cred, uint64_t parent, const std::string& name,
+                                        bool dir) {
   if (!asyncDirops(cred) || dirops_.full()) return nullptr;
   // PW on the directory's names: nobody else can change them, nor read them without calling the
-  // lock back, which waits for our unlinks to be done.
+  // lock back, which waits for our removals to be done.
   if (locks_->heldMode(parent, BIT_LOOKUP).orDefault(rpc::LockMode::NL) != rpc::LockMode::PW) {
     return nullptr;
   }
   uint64_t child = cache_.entry(parent, name).orDefault(0);
   if (child == 0) return nullptr;  // not known, or known not to exist: the server says
-  KJ_IF_MAYBE (c, cache_.attr(child)) {
-    if (S_ISDIR(c->attr.st_mode)) return nullptr;  // EISDIR is the server's to say
+  if (!dir) {
+    KJ_IF_MAYBE (c, cache_.attr(child)) {
+      if (S_ISDIR(c->attr.st_mode)) return nullptr;  // EISDIR is the server's to say
+    }
+    return child;
   }
+  // A directory: known to be one, and known empty under its own lock (whoever would add a name
+  // to it calls that lock back, which waits for our rmdir).
+  KJ_IF_MAYBE (c, cache_.attr(child)) {
+    if (!S_ISDIR(c->attr.st_mode)) return nullptr;
+  } else {
+    return nullptr;
+  }
+  if (locks_->held(child, BIT_LOOKUP) == 0 || !cache_.knownEmpty(child)) return nullptr;
   return child;
 }
 
-// The caches show at once what the server will once the unlink is applied; the request goes
-// behind (as a write-back: a server shutting down lets it through before it goes).
-void Client::unlinkBehind(const Cred& cred, uint64_t parent, kj::Array<kj::byte> name,
-                          std::string key, uint64_t child) {
+// The caches show at once what the server will once the removal is applied; the request goes
+// behind (as a write-back: a server shutting down lets it through before it goes). An rmdir
+// leaves once the unlinks in its directory are answered.
+void Client::removeBehind(const Cred& cred, uint64_t parent, kj::Array<kj::byte> name,
+                          std::string key, uint64_t child, bool dir) {
   timespec now;
   clock_gettime(CLOCK_REALTIME, &now);
   cache_.setEntry(parent, key, 0);
-  KJ_IF_MAYBE (c, cache_.attr(child)) {
-    struct stat st = c->attr;
-    if (st.st_nlink > 0) --st.st_nlink;
-    st.st_ctim = now;
-    cache_.setAttr(st, c->generation);
+  if (dir) {
+    cache_.dropAttr(child);
+  } else {
+    KJ_IF_MAYBE (c, cache_.attr(child)) {
+      struct stat st = c->attr;
+      if (st.st_nlink > 0) --st.st_nlink;
+      st.st_ctim = now;
+      cache_.setAttr(st, c->generation);
+    }
   }
   KJ_IF_MAYBE (d, cache_.attr(parent)) {
     struct stat st = d->attr;
     st.st_mtim = st.st_ctim = now;
+    if (dir && st.st_nlink > 2) --st.st_nlink;  // the removed directory's ".."
     cache_.setAttr(st, d->generation);
   }
-  dirops_.begin({parent, child});
-  auto sent = meta_->meta(
-      [cred, parent, name = kj::mv(name)](rpc::MetaRequest::Builder b) {
-        setCred(b, cred);
-        auto u = b.initUnlink();
-        u.setParent(parent);
-        u.setName(name);
-      },
-      true, ServerLink::Class::WRITEBACK);
+  // (Those in flight now: this rmdir counts on the directory too from here on.)
+  uint64_t op = dirops_.begin({parent, child});
+  kj::Promise<void> first = dir ? dirops_.settledBefore(child, op) : kj::READY_NOW;
+  auto sent = first.then([this, cred, parent, dir, name = kj::mv(name)]() mutable {
+    return meta_->meta(
+        [cred, parent, dir, name = kj::mv(name)](rpc::MetaRequest::Builder b) {
+          setCred(b, cred);
+          if (dir) {
+            auto r = b.initRmdir();
+            r.setParent(parent);
+            r.setName(name);
+          } else {
+            auto u = b.initUnlink();
+            u.setParent(parent);
+            u.setName(name);
+          }
+        },
+        true, ServerLink::Class::WRITEBACK);
+  });
   // The reply is absorbed in its first event, as metaCall does (see there).
   auto applied = sent.then([this, parent, key](ServerLink::MetaResponse&& resp) {
     auto reply = resp.getReply();
@@ -1069,24 +1096,24 @@ void Client::unlinkBehind(const Cred& cred, uint64_t parent, kj::Array<kj::byte>
     removed(parent, key, err);
     return err;
   });
-  auto done =
-      unlinksBehind_.wrap(kj::mv(applied))
-          .then(
-              [this, parent, child, key](int err) {
-                if (err != 0) {
-                  spdlog::error(
-                      "unlink of '{}' in directory {}, answered ahead, failed on the "
-                      "server: {}",
-                      key, parent, strerror(err));
-                }
-                dirops_.end({parent, child}, err);
-              },
-              [this, parent, child, key](kj::Exception&& e) {
-                spdlog::error("unlink of '{}' in directory {}, answered ahead, was not applied: {}",
-                              key, parent, e.getDescription().cStr());
-                cache_.dropEntry(parent, key);
-                dirops_.end({parent, child}, EIO);
-              });
+  auto done = unlinksBehind_.wrap(kj::mv(applied))
+                  .then(
+                      [this, op, parent, child, key](int err) {
+                        if (err != 0) {
+                          spdlog::error(
+                              "removal of '{}' in directory {}, answered ahead, failed on the "
+                              "server: {}",
+                              key, parent, strerror(err));
+                        }
+                        dirops_.end(op, {parent, child}, err);
+                      },
+                      [this, op, parent, child, key](kj::Exception&& e) {
+                        spdlog::error(
+                            "removal of '{}' in directory {}, answered ahead, was not applied: {}",
+                            key, parent, e.getDescription().cStr());
+                        cache_.dropEntry(parent, key);
+                        dirops_.end(op, {parent, child}, EIO);
+                      });
   tasks_.add(kj::mv(done));
 }
 
@@ -1183,9 +1210,11 @@ kj::Maybe<kj::Promise<void>> Client::afterDirops(rpc::MetaRequest::Reader req) {
     uint64_t ino = cache_.entry(dir, name).orDefault(0);
     inos.add(ino != 0 ? ino : dir);
   }
+  // Those answered before this request began; not those that come while it waits.
   kj::Vector<kj::Promise<void>> waits;
+  uint64_t now = dirops_.next();
   for (uint64_t ino : inos) {
-    if (dirops_.pending(ino)) waits.add(dirops_.settled(ino));
+    if (dirops_.pending(ino)) waits.add(dirops_.settledBefore(ino, now));
   }
   if (waits.empty()) return nullptr;
   return kj::joinPromises(waits.releaseAsArray());
@@ -1193,6 +1222,10 @@ kj::Maybe<kj::Promise<void>> Client::afterDirops(rpc::MetaRequest::Reader req) {
 
 kj::Promise<void> Client::rmdir(const Cred& cred, uint64_t parent, kj::Array<kj::byte> name) {
   auto key = nameOf(name);
+  KJ_IF_MAYBE (child, removeAhead(cred, parent, key, true)) {
+    removeBehind(cred, parent, kj::mv(name), kj::mv(key), *child, true);
+    return kj::READY_NOW;
+  }
   return metaCall(
              [cred, parent, name = kj::mv(name)](rpc::MetaRequest::Builder b) {
                setCred(b, cred);
@@ -1204,7 +1237,7 @@ kj::Promise<void> Client::rmdir(const Cred& cred, uint64_t parent, kj::Array<kj:
              [this, parent, key = kj::mv(key)](rpc::MetaReply::Reader reply) mutable {
                removed(parent, kj::mv(key), reply.getError());
              })
-      .ignoreResult();
+      .then([this, cred, parent](ServerLink::MetaResponse&&) { wantDirLock(cred, parent); });
 }
 
 // Our own removal of a name: the directory's cached names follow (our lock was not called back).

@@ -251,11 +251,12 @@ private:
   kj::Promise<void> sendBatch(uint64_t ino, WriteBehind::Batch batch);
   kj::Maybe<Entry> cachedEntry(uint64_t ino);
   void removed(uint64_t parent, std::string name, int error);
-  // Asynchronous unlink (fusefs/async_dirops.h): the inode `name` names, if its unlink may be
-  // answered here; the unlink, answered; PW asked for on a directory unlinked in.
-  kj::Maybe<uint64_t> unlinkAhead(const Cred& cred, uint64_t parent, const std::string& name);
-  void unlinkBehind(const Cred& cred, uint64_t parent, kj::Array<kj::byte> name, std::string key,
-                    uint64_t child);
+  // Asynchronous unlink and rmdir (fusefs/async_dirops.h): the inode `name` names, if its
+  // removal may be answered here; the removal, answered; PW asked for on a directory removed in.
+  kj::Maybe<uint64_t> removeAhead(const Cred& cred, uint64_t parent, const std::string& name,
+                                  bool dir);
+  void removeBehind(const Cred& cred, uint64_t parent, kj::Array<kj::byte> name, std::string key,
+                    uint64_t child, bool dir);
   void wantDirLock(const Cred& cred, uint64_t dir);
   bool asyncDirops(const Cred& cred) const;
   // A request about an inode an operation answered ahead touches waits for its reply.

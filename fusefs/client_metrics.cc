@@ -68,7 +68,7 @@ kj::String renderClientMetrics(Client& client) {
   out.add(kj::str("cairn_client_listing_hits_total ", stats.listingHits, "\n"));
   auto& dirops = client.dirops();
   help(out, "cairn_client_unlinks_ahead_total", "counter",
-       "unlinks answered before the server did (PW on the directory's names)");
+       "unlinks and rmdirs answered before the server did (PW on the directory's names)");
   out.add(kj::str("cairn_client_unlinks_ahead_total ", dirops.answered(), "\n"));
   help(out, "cairn_client_unlinks_ahead_failed_total", "counter",
        "of those, refused by the server or not applied (reported at the directory's fsync)");

@@ -109,6 +109,16 @@ uint64_t MetaCache::dirStamp(uint64_t dir) const {
   return it == stamps_.end() ? 0 : it->second;
 }
 
+bool MetaCache::knownEmpty(uint64_t dir) const {
+  if (complete_.count(dir) == 0) return false;
+  auto d = dirs_.find(dir);
+  if (d == dirs_.end()) return true;
+  for (auto& [name, ino] : d->second) {
+    if (ino != 0) return false;
+  }
+  return true;
+}
+
 void MetaCache::markComplete(uint64_t dir) {
   if (partial_.count(dir) > 0) return;
   dirs_[dir];

@@ -56,6 +56,8 @@ public:
   // name of it was left out for want of room (until the directory is dropped).
   void markComplete(uint64_t dir);
   bool complete(uint64_t dir) const { return complete_.count(dir) > 0; }
+  // Complete, and every name known not to exist: the directory is empty.
+  bool knownEmpty(uint64_t dir) const;
   // The inode has no extended attributes at all (it was just made).
   void markNoXattrs(uint64_t ino);
 

@@ -1,7 +1,8 @@
-// Asynchronous unlink (fusefs/async_dirops.h): a client holding PW on a directory's names
-// answers unlinks in it without waiting for the metadata server. What an application was told
-// still holds everywhere: another client sees the names gone at once, a crash of the server
-// loses none of them, and a directory emptied so is removed at once.
+// Asynchronous unlink and rmdir (fusefs/async_dirops.h): a client holding PW on a directory's
+// names answers unlinks in it, and rmdirs of directories it knows empty, without waiting for the
+// metadata server. What an application was told still holds everywhere: another client sees the
+// names gone at once, a crash of the server loses none of them, an rmdir's request waits for the
+// unlinks in its directory, and an eviction drops what the server never applied.
 #include <dirent.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
@@ -136,24 +137,24 @@ TEST(AsyncUnlink, AListingElsewhereWaitsForAnUnlinkHeldUpOnTheServer) {
   cluster.signalMount(2, SIGCONT);
 }
 
-// The same hold-up: A's rmdir of the directory right after its unlinks waits for them (the
-// server would find the directory not empty), though not for unlinks elsewhere.
+// The same hold-up: A's rmdir of the directory it emptied is answered at once, and its request
+// leaves only once the unlinks in the directory are answered (else: "not empty").
 TEST(AsyncUnlink, ARemovedDirectoryWaitsForTheUnlinksInIt) {
   TestCluster::Options options;
   options.metaArgs = {"--lock-timeout", "2"};
   TestCluster cluster(options);
   auto a = cluster.mount();
   auto c = cluster.mount();
-  ASSERT_EQ(mkdir((a + "/top").c_str(), 0755), 0);
+  makeFiles(a + "/top", 5);
   writeWhole(a + "/top/x", "");
   makeFiles(a + "/top/d", 10);
   ASSERT_EQ(rename((a + "/top/x").c_str(), (a + "/top/d/x").c_str()), 0);
   struct stat st;
   ASSERT_EQ(stat((c + "/top/d/x").c_str(), &st), 0);
   int next = unlinkUntilAhead(a, a + "/top/d", 10);
-  // C keeps only x's attributes: its locks on top and d are called back by changes there
-  // (the rmdir below would otherwise wait for C too).
-  writeWhole(a + "/top/y", "");
+  // PW on top too; the unlinks there call C's locks on top back (C keeps only x's attributes,
+  // or the rmdir below would wait for C too).
+  int nextTop = unlinkUntilAhead(a, a + "/top", 5);
   cluster.signalMount(1, SIGSTOP);
   for (int i = next; i < 10; ++i) {
     ASSERT_EQ(unlink((a + "/top/d/f" + std::to_string(i)).c_str()), 0) << strerror(errno);
@@ -161,9 +162,20 @@ TEST(AsyncUnlink, ARemovedDirectoryWaitsForTheUnlinksInIt) {
   uint64_t before = ahead(a);
   ASSERT_EQ(unlink((a + "/top/d/x").c_str()), 0) << strerror(errno);
   EXPECT_EQ(ahead(a), before + 1);
+  // Emptied under A's locks: answered ahead too, and sent once the unlinks in it are answered.
   EXPECT_EQ(rmdir((a + "/top/d").c_str()), 0) << strerror(errno);
-  cluster.signalMount(1, SIGCONT);
+  EXPECT_EQ(ahead(a), before + 2);
   EXPECT_NE(stat((a + "/top/d").c_str(), &st), 0);
+  int top = open((a + "/top").c_str(), O_RDONLY | O_DIRECTORY);
+  ASSERT_GE(top, 0);
+  EXPECT_EQ(fsync(top), 0) << strerror(errno);  // after C's eviction lets the unlink through
+  close(top);
+  cluster.signalMount(1, SIGCONT);
+  EXPECT_EQ(mountCounter(a, "cairn_client_unlinks_ahead_failed_total"), 0u);
+  std::set<std::string> left;
+  for (int i = nextTop; i < 5; ++i) left.insert("f" + std::to_string(i));
+  auto b = cluster.mount();
+  EXPECT_EQ(names(b + "/top"), left);
 }
 
 TEST(AsyncUnlink, UnlinksAnsweredWhileTheServerHangsSurviveItsCrash) {

@@ -20,8 +20,8 @@ protected:
 TEST_F(Dirops, WaitersOfAnInodeGoOnceEveryOperationTouchingItIsAnswered) {
   auto idle = ops.settled(5);
   EXPECT_TRUE(idle.poll(waitScope));
-  ops.begin({5, 100});  // an unlink in directory 5 of file 100
-  ops.begin({5, 101});
+  auto first = ops.begin({5, 100});  // an unlink in directory 5 of file 100
+  auto second = ops.begin({5, 101});
   auto dir = ops.settled(5);
   auto file = ops.settled(100);
   auto other = ops.settled(6);
@@ -29,11 +29,11 @@ TEST_F(Dirops, WaitersOfAnInodeGoOnceEveryOperationTouchingItIsAnswered) {
   EXPECT_TRUE(other.poll(waitScope));
   EXPECT_FALSE(dir.poll(waitScope));
   EXPECT_TRUE(ops.pending(101));
-  ops.end({5, 100}, 0);
+  ops.end(first, {5, 100}, 0);
   EXPECT_TRUE(file.poll(waitScope));
   EXPECT_FALSE(dir.poll(waitScope));
   EXPECT_FALSE(all.poll(waitScope));
-  ops.end({5, 101}, 0);
+  ops.end(second, {5, 101}, 0);
   EXPECT_TRUE(dir.poll(waitScope));
   EXPECT_TRUE(all.poll(waitScope));
   EXPECT_FALSE(ops.pending(5));
@@ -42,23 +42,45 @@ TEST_F(Dirops, WaitersOfAnInodeGoOnceEveryOperationTouchingItIsAnswered) {
 }
 
 TEST_F(Dirops, TheFirstErrorIsReportedOnce) {
-  ops.begin({5, 100});
-  ops.begin({5, 101});
-  ops.end({5, 100}, ENOSPC);
-  ops.end({5, 101}, EIO);
+  auto a = ops.begin({5, 100});
+  auto b = ops.begin({5, 101});
+  ops.end(a, {5, 100}, ENOSPC);
+  ops.end(b, {5, 101}, EIO);
   EXPECT_EQ(ops.failed(), 2u);
   EXPECT_EQ(ops.takeError(), ENOSPC);
   EXPECT_EQ(ops.takeError(), 0);
 }
 
 TEST_F(Dirops, TheNumberInFlightIsBounded) {
+  uint64_t first = 0;
   for (size_t i = 0; i < AsyncDirops::MAX_IN_FLIGHT; i++) {
     EXPECT_FALSE(ops.full());
-    ops.begin({5, 1000 + i});
+    uint64_t op = ops.begin({5, 1000 + i});
+    if (i == 0) first = op;
   }
   EXPECT_TRUE(ops.full());
-  ops.end({5, 1000}, 0);
+  ops.end(first, {5, 1000}, 0);
   EXPECT_FALSE(ops.full());
+}
+
+// An rmdir waits for the unlinks in its directory that began before it, though it counts on the
+// directory itself; a request waits for those before it, not for a stream of later ones.
+TEST_F(Dirops, SettledBeforeWaitsOnlyForEarlierOperations) {
+  auto unlink = ops.begin({7, 200});  // in directory 7
+  auto rmdir = ops.begin({5, 7});     // of directory 7, in 5
+  auto earlier = ops.settledBefore(7, rmdir);
+  auto everything = ops.settled(7);
+  EXPECT_FALSE(earlier.poll(waitScope));
+  ops.end(unlink, {7, 200}, 0);
+  EXPECT_TRUE(earlier.poll(waitScope));
+  EXPECT_FALSE(everything.poll(waitScope));
+  auto later = ops.begin({5, 300});
+  auto create = ops.settledBefore(5, later);  // a request that began before `later`
+  ops.end(rmdir, {5, 7}, 0);
+  EXPECT_TRUE(everything.poll(waitScope));
+  EXPECT_TRUE(create.poll(waitScope));
+  EXPECT_TRUE(ops.pending(5));
+  ops.end(later, {5, 300}, 0);
 }
 
 }  // namespace

@@ -35,6 +35,24 @@ TEST(MetaCache, AListingWithNamesLeftOutIsNotComplete) {
   EXPECT_TRUE(cache.complete(2));
 }
 
+// Empty is known only of a complete directory whose every name is known not to exist.
+TEST(MetaCache, ADirectoryIsKnownEmptyOnlyWhenCompleteAndEveryNameGone) {
+  MetaCache cache;
+  cache.setEntry(1, "a", 5);
+  cache.setEntry(1, "b", 6);
+  EXPECT_FALSE(cache.knownEmpty(1));  // not complete: there may be more
+  cache.markComplete(1);
+  EXPECT_FALSE(cache.knownEmpty(1));
+  cache.setEntry(1, "a", 0);
+  EXPECT_FALSE(cache.knownEmpty(1));
+  cache.setEntry(1, "b", 0);
+  EXPECT_TRUE(cache.knownEmpty(1));
+  cache.dropEntry(1, "c");  // a name forgotten: no longer complete
+  EXPECT_FALSE(cache.knownEmpty(1));
+  cache.markComplete(2);  // made by us, nothing in it
+  EXPECT_TRUE(cache.knownEmpty(2));
+}
+
 // Stamps change with the names, and a dropped directory's stamp is never handed out again.
 TEST(MetaCache, StampsChangeAndGoWithTheirDirectory) {
   MetaCache cache;

@@ -448,8 +448,10 @@ kj::Promise<ServerLink::MetaResponse> Client::metaCall(MetaBuild build, bool upd
 
 kj::Promise<ServerLink::MetaResponse> Client::metaCall(MetaBuild build, bool update,
                                                        ServerLink::Class cls, OnReply onReply) {
-  if (dirops_.inFlight() > 0) {
-    // Built once more to see what it is about (only while unlinks answered ahead are out).
+  // Not a recovery request: the removals answered ahead are sent only once recovery is over
+  // (open replay of a file unlinked ahead would otherwise wait for ever).
+  if (dirops_.inFlight() > 0 && cls != ServerLink::Class::RECOVERY) {
+    // Built once more to see what it is about (only while removals answered ahead are out).
     capnp::MallocMessageBuilder probe(256);
     auto req = probe.initRoot<rpc::MetaRequest>();
     build(req);

@@ -218,6 +218,44 @@ TEST(AsyncUnlink, UnlinksAnsweredWhileTheServerHangsSurviveItsCrash) {
 // clients are evicted: what they were answered under is not trusted). The unlink is not sent
 // after the fact to a server on which B may have made the name again; the directory's fsync
 // on A reports EIO instead.
+// A file open here and unlinked ahead when the server dies: recovery re-opens it before the
+// unlink is sent again (and does not wait for it), so the descriptor goes on working.
+TEST(AsyncUnlink, AnOpenFileUnlinkedAheadStaysOpenAcrossACrash) {
+  TestCluster::Options options;
+  options.metaArgs = {"--recovery-window", "5"};
+  TestCluster cluster(options);
+  auto a = cluster.mount();
+  makeFiles(a + "/d", 10);
+  writeWhole(a + "/d/kept", "still here");
+  int fd = open((a + "/d/kept").c_str(), O_RDONLY);
+  ASSERT_GE(fd, 0);
+  unlinkUntilAhead(a, a + "/d", 10);
+  cluster.signalServer(0, SIGSTOP);
+  ASSERT_EQ(unlink((a + "/d/kept").c_str()), 0) << strerror(errno);
+  cluster.stopServer(0, SIGKILL);
+  ASSERT_TRUE(cluster.startServer(0));
+  std::atomic<bool> done{false};
+  std::string got;
+  std::thread reader([&] {
+    char buf[64] = {};
+    ssize_t n = pread(fd, buf, sizeof buf, 0);
+    got = n < 0 ? std::string("<") + strerror(errno) + ">" : std::string(buf, size_t(n));
+    done = true;
+  });
+  bool answered = waitFor([&] { return done.load(); }, 20000);
+  if (!answered) cluster.killMount(0);  // frees the reader so the test can end
+  reader.join();
+  ASSERT_TRUE(answered) << "the mount did not recover";
+  EXPECT_EQ(got, "still here");
+  int dir = open((a + "/d").c_str(), O_RDONLY | O_DIRECTORY);
+  ASSERT_GE(dir, 0);
+  EXPECT_EQ(fsync(dir), 0) << strerror(errno);
+  close(dir);
+  struct stat st;
+  EXPECT_NE(stat((a + "/d/kept").c_str(), &st), 0);
+  close(fd);
+}
+
 TEST(AsyncUnlink, AnEvictedClientDropsTheUnlinksItAnsweredAhead) {
   TestCluster cluster;
   auto a = cluster.mount();

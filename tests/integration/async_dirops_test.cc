@@ -70,6 +70,17 @@ std::set<std::string> namesAt(int fd) {
   return out;
 }
 
+// Makes DIR with files f0..f(n-1) and x, x with the lowest inode number of them (made first,
+// then moved in), and has client C cache x's attributes: an unlink of x then waits on the
+// server for C before it locks DIR.
+void makeHeldUpFile(const std::string& a, const std::string& c, const std::string& dir, int n) {
+  writeWhole(a + dir + "-x", "");
+  makeFiles(a + dir, n);
+  ASSERT_EQ(rename((a + dir + "-x").c_str(), (a + dir + "/x").c_str()), 0);
+  struct stat st;
+  ASSERT_EQ(stat((c + dir + "/x").c_str(), &st), 0);
+}
+
 // Unlinks f0, f1, ... until one is answered ahead (the first ones wait for the server while the
 // directory's PW is on its way); returns the next index.
 int unlinkUntilAhead(const std::string& mnt, const std::string& dir, int n) {
@@ -117,11 +128,7 @@ TEST(AsyncUnlink, AListingElsewhereWaitsForAnUnlinkHeldUpOnTheServer) {
   auto a = cluster.mount();
   auto b = cluster.mount();
   auto c = cluster.mount();
-  writeWhole(a + "/x", "");
-  makeFiles(a + "/d", 20);
-  ASSERT_EQ(rename((a + "/x").c_str(), (a + "/d/x").c_str()), 0);
-  struct stat st;
-  ASSERT_EQ(stat((c + "/d/x").c_str(), &st), 0);  // C caches x's attributes
+  makeHeldUpFile(a, c, "/d", 20);
   // Listed through a descriptor opened now: no path walk later, nothing but the listing.
   int dfd = open((b + "/d").c_str(), O_RDONLY | O_DIRECTORY);
   ASSERT_GE(dfd, 0) << strerror(errno);
@@ -146,11 +153,8 @@ TEST(AsyncUnlink, ARemovedDirectoryWaitsForTheUnlinksInIt) {
   auto a = cluster.mount();
   auto c = cluster.mount();
   makeFiles(a + "/top", 5);
-  writeWhole(a + "/top/x", "");
-  makeFiles(a + "/top/d", 10);
-  ASSERT_EQ(rename((a + "/top/x").c_str(), (a + "/top/d/x").c_str()), 0);
+  makeHeldUpFile(a, c, "/top/d", 10);
   struct stat st;
-  ASSERT_EQ(stat((c + "/top/d/x").c_str(), &st), 0);
   int next = unlinkUntilAhead(a, a + "/top/d", 10);
   // PW on top too; the unlinks there call C's locks on top back (C keeps only x's attributes,
   // or the rmdir below would wait for C too).
@@ -214,10 +218,6 @@ TEST(AsyncUnlink, UnlinksAnsweredWhileTheServerHangsSurviveItsCrash) {
   EXPECT_EQ(mountCounter(a, "cairn_client_unlinks_ahead_failed_total"), 0u);
 }
 
-// The server dies with an unlink answered ahead unread, and comes back as a forced start (its
-// clients are evicted: what they were answered under is not trusted). The unlink is not sent
-// after the fact to a server on which B may have made the name again; the directory's fsync
-// on A reports EIO instead.
 // A file open here and unlinked ahead when the server dies: recovery re-opens it before the
 // unlink is sent again (and does not wait for it), so the descriptor goes on working.
 TEST(AsyncUnlink, AnOpenFileUnlinkedAheadStaysOpenAcrossACrash) {
@@ -256,6 +256,10 @@ TEST(AsyncUnlink, AnOpenFileUnlinkedAheadStaysOpenAcrossACrash) {
   close(fd);
 }
 
+// The server dies with an unlink answered ahead unread, and comes back as a forced start (its
+// clients are evicted: what they were answered under is not trusted). The unlink is not sent
+// after the fact to a server on which B may have made the name again; the directory's fsync
+// on A reports EIO instead.
 TEST(AsyncUnlink, AnEvictedClientDropsTheUnlinksItAnsweredAhead) {
   TestCluster cluster;
   auto a = cluster.mount();

@@ -143,7 +143,7 @@ Client::Client(kj::AsyncIoContext& io, kj::Network& network, ClientOptions optio
   // A PW called back while no descriptor here can dirty the file and nothing of it is queued
   // (its last writer closed) becomes PR instead of going back (LockCache::blocking).
   locks_->setDowngradable([this](uint64_t ino, uint64_t bit) {
-    // A directory's names in PW (asynchronous unlink) likewise with no unlink of it in flight.
+    // A directory's names in PW (removals answered ahead) likewise with none of them in flight.
     if (bit == BIT_LOOKUP) return !dirops_.pending(ino);
     return (bit == BIT_DATA || bit == BIT_ATTR) && writers_.count(ino) == 0 && !wb_.queued(ino);
   });
@@ -220,13 +220,13 @@ bool Client::outage() const {
 // open file under its handle, so the server knows them (and keeps unlinked-but-open files).
 kj::Promise<void> Client::recoverMeta() {
   if (meta_->takeEviction() != nullptr) {
-    // Unlinks answered ahead that the server has not applied are not sent to the new session:
+    // Removals answered ahead that the server has not applied are not sent to the new session:
     // what they were answered under is gone, and someone may have made the name again since.
     // The directory's next fsync reports EIO.
-    if (!unlinksBehind_.isEmpty()) {
-      spdlog::warn("evicted by the metadata server: {} unlinks answered ahead are dropped",
+    if (!removalsBehind_.isEmpty()) {
+      spdlog::warn("evicted by the metadata server: {} removals answered ahead are dropped",
                    dirops_.inFlight());
-      unlinksBehind_.cancel("evicted by the metadata server");
+      removalsBehind_.cancel("evicted by the metadata server");
     }
     // Evicted: the server forgot our opens. Those descriptors can only fail (EIO); the mount
     // itself carries on and new opens work.
@@ -1098,7 +1098,7 @@ void Client::removeBehind(const Cred& cred, uint64_t parent, kj::Array<kj::byte>
     removed(parent, key, err);
     return err;
   });
-  auto done = unlinksBehind_.wrap(kj::mv(applied))
+  auto done = removalsBehind_.wrap(kj::mv(applied))
                   .then(
                       [this, op, parent, child, key](int err) {
                         if (err != 0) {

@@ -43,7 +43,8 @@ struct ClientOptions {
   kj::Array<kj::String> metaAddresses;
   kj::String hostName;
   bool caching = true;  // ask for caching locks; off: every operation asks the server
-  // Unlinks in a directory this client holds PW on answered ahead (fusefs/async_dirops.h).
+  // Unlinks and rmdirs in a directory this client holds PW on answered ahead
+  // (fusefs/async_dirops.h).
   bool asyncDirops = true;
   LockCache::Limits lockLimits;
   // Directory entries cached, by the client and (as a record of what to drop) the kernel.
@@ -361,9 +362,9 @@ private:
   ReadAhead readAhead_;
   WriteBehind wb_;
   AsyncDirops dirops_;
-  // The unlinks answered ahead still on their way: an eviction drops them (the server's state
+  // The removals answered ahead still on their way: an eviction drops them (the server's state
   // was not kept for us, so they are not sent to it after the fact) and reports EIO.
-  kj::Canceler unlinksBehind_;
+  kj::Canceler removalsBehind_;
   kj::Maybe<KernelCache&> kernel_;
   kj::Own<ServerLink> meta_;
   std::map<uint32_t, kj::Own<ServerLink>> data_;

@@ -983,22 +983,42 @@ kj::Promise<Entry> Client::link(const Cred& cred, uint64_t ino, uint64_t newPare
 }
 
 kj::Promise<void> Client::unlink(const Cred& cred, uint64_t parent, kj::Array<kj::byte> name) {
+  return remove(cred, parent, kj::mv(name), false);
+}
+
+kj::Promise<void> Client::rmdir(const Cred& cred, uint64_t parent, kj::Array<kj::byte> name) {
+  return remove(cred, parent, kj::mv(name), true);
+}
+
+namespace {
+void buildRemoval(rpc::MetaRequest::Builder b, const Cred& cred, uint64_t parent,
+                  kj::ArrayPtr<const kj::byte> name, bool dir) {
+  setCred(b, cred);
+  if (dir) {
+    auto r = b.initRmdir();
+    r.setParent(parent);
+    r.setName(name);
+  } else {
+    auto u = b.initUnlink();
+    u.setParent(parent);
+    u.setName(name);
+  }
+}
+}  // namespace
+
+kj::Promise<void> Client::remove(const Cred& cred, uint64_t parent, kj::Array<kj::byte> name,
+                                 bool dir) {
   auto key = nameOf(name);
-  KJ_IF_MAYBE (child, removeAhead(cred, parent, key, false)) {
-    removeBehind(cred, parent, kj::mv(name), kj::mv(key), *child, false);
+  KJ_IF_MAYBE (child, removeAhead(cred, parent, key, dir)) {
+    removeBehind(cred, parent, kj::mv(name), kj::mv(key), *child, dir);
     return kj::READY_NOW;
   }
-  return metaCall(
-             [cred, parent, name = kj::mv(name)](rpc::MetaRequest::Builder b) {
-               setCred(b, cred);
-               auto u = b.initUnlink();
-               u.setParent(parent);
-               u.setName(name);
-             },
-             true, ServerLink::Class::NORMAL,
-             [this, parent, key = kj::mv(key)](rpc::MetaReply::Reader reply) mutable {
-               removed(parent, kj::mv(key), reply.getError());
-             })
+  return metaCall([cred, parent, dir, name = kj::mv(name)](
+                      rpc::MetaRequest::Builder b) { buildRemoval(b, cred, parent, name, dir); },
+                  true, ServerLink::Class::NORMAL,
+                  [this, parent, key = kj::mv(key)](rpc::MetaReply::Reader reply) mutable {
+                    removed(parent, kj::mv(key), reply.getError());
+                  })
       .then([this, cred, parent](ServerLink::MetaResponse&&) { wantDirLock(cred, parent); });
 }
 
@@ -1027,20 +1047,19 @@ kj::Maybe<uint64_t> Client::removeAhead(const Cred& cred, uint64_t parent, const
   }
   uint64_t child = cache_.entry(parent, name).orDefault(0);
   if (child == 0) return nullptr;  // not known, or known not to exist: the server says
+  bool isDir = false;              // known to be one
+  KJ_IF_MAYBE (c, cache_.attr(child)) {
+    isDir = S_ISDIR(c->attr.st_mode);
+  }
   if (!dir) {
-    KJ_IF_MAYBE (c, cache_.attr(child)) {
-      if (S_ISDIR(c->attr.st_mode)) return nullptr;  // EISDIR is the server's to say
-    }
+    if (isDir) return nullptr;  // EISDIR is the server's to say
     return child;
   }
   // A directory: known to be one, and known empty under its own lock (whoever would add a name
   // to it calls that lock back, which waits for our rmdir).
-  KJ_IF_MAYBE (c, cache_.attr(child)) {
-    if (!S_ISDIR(c->attr.st_mode)) return nullptr;
-  } else {
+  if (!isDir || locks_->held(child, BIT_LOOKUP) == 0 || !cache_.knownEmpty(child)) {
     return nullptr;
   }
-  if (locks_->held(child, BIT_LOOKUP) == 0 || !cache_.knownEmpty(child)) return nullptr;
   return child;
 }
 
@@ -1074,16 +1093,7 @@ void Client::removeBehind(const Cred& cred, uint64_t parent, kj::Array<kj::byte>
   auto sent = first.then([this, cred, parent, dir, name = kj::mv(name)]() mutable {
     return meta_->meta(
         [cred, parent, dir, name = kj::mv(name)](rpc::MetaRequest::Builder b) {
-          setCred(b, cred);
-          if (dir) {
-            auto r = b.initRmdir();
-            r.setParent(parent);
-            r.setName(name);
-          } else {
-            auto u = b.initUnlink();
-            u.setParent(parent);
-            u.setName(name);
-          }
+          buildRemoval(b, cred, parent, name, dir);
         },
         true, ServerLink::Class::WRITEBACK);
   });
@@ -1120,12 +1130,15 @@ void Client::removeBehind(const Cred& cred, uint64_t parent, kj::Array<kj::byte>
 }
 
 namespace {
-// The inodes a request reads or changes, by number; the names it reads or changes (the inode
-// they name now is the caller's to resolve), and the names it removes (the same, but only
-// those: see UNLINK).
-void inodesOf(rpc::MetaRequest::Reader req, kj::Vector<uint64_t>& out,
-              kj::Vector<std::pair<uint64_t, std::string>>& names,
-              kj::Vector<std::pair<uint64_t, std::string>>& removes) {
+// A name a request reads or changes; the inode it names now is the caller's to resolve.
+struct NameOf {
+  uint64_t dir;
+  std::string name;
+  bool removed;  // the request removes it, and is about nothing else there (see UNLINK)
+};
+
+// The inodes a request reads or changes, by number, and by name.
+void inodesOf(rpc::MetaRequest::Reader req, kj::Vector<uint64_t>& out, kj::Vector<NameOf>& names) {
   using R = rpc::MetaRequest;
   switch (req.which()) {
     case R::GETATTR:
@@ -1152,23 +1165,24 @@ void inodesOf(rpc::MetaRequest::Reader req, kj::Vector<uint64_t>& out,
     case R::LINK:
       out.add(req.getLink().getIno());
       out.add(req.getLink().getNewParent());
-      names.add(req.getLink().getNewParent(), nameOf(req.getLink().getNewName()));
+      names.add(NameOf{req.getLink().getNewParent(), nameOf(req.getLink().getNewName()), false});
       break;
     // A removal waits for what touches the inode it removes (a directory: the unlinks in it,
     // or it is not empty), not for the removal of other names beside it (`rm -r` removes each
     // directory right after its files). The kernel asks only for names it sees, and it sees
     // none we unlinked; a name no longer cached falls back to the directory (afterDirops).
     case R::UNLINK:
-      removes.add(req.getUnlink().getParent(), nameOf(req.getUnlink().getName()));
+      names.add(NameOf{req.getUnlink().getParent(), nameOf(req.getUnlink().getName()), true});
       break;
     case R::RMDIR:
-      removes.add(req.getRmdir().getParent(), nameOf(req.getRmdir().getName()));
+      names.add(NameOf{req.getRmdir().getParent(), nameOf(req.getRmdir().getName()), true});
       break;
     case R::RENAME:
       out.add(req.getRename().getParent());
       out.add(req.getRename().getNewParent());
-      names.add(req.getRename().getParent(), nameOf(req.getRename().getName()));
-      names.add(req.getRename().getNewParent(), nameOf(req.getRename().getNewName()));
+      names.add(NameOf{req.getRename().getParent(), nameOf(req.getRename().getName()), false});
+      names.add(
+          NameOf{req.getRename().getNewParent(), nameOf(req.getRename().getNewName()), false});
       break;
     case R::OPEN:
       out.add(req.getOpen().getIno());
@@ -1202,15 +1216,15 @@ void inodesOf(rpc::MetaRequest::Reader req, kj::Vector<uint64_t>& out,
 
 kj::Maybe<kj::Promise<void>> Client::afterDirops(rpc::MetaRequest::Reader req) {
   kj::Vector<uint64_t> inos;
-  kj::Vector<std::pair<uint64_t, std::string>> names, removes;
-  inodesOf(req, inos, names, removes);
-  for (auto& [dir, name] : names) {
-    uint64_t ino = cache_.entry(dir, name).orDefault(0);
-    if (ino != 0) inos.add(ino);
-  }
-  for (auto& [dir, name] : removes) {
-    uint64_t ino = cache_.entry(dir, name).orDefault(0);
-    inos.add(ino != 0 ? ino : dir);
+  kj::Vector<NameOf> names;
+  inodesOf(req, inos, names);
+  for (auto& n : names) {
+    uint64_t ino = cache_.entry(n.dir, n.name).orDefault(0);
+    if (ino != 0) {
+      inos.add(ino);
+    } else if (n.removed) {
+      inos.add(n.dir);  // no longer cached: what is in flight there may be about it
+    }
   }
   // Those answered before this request began; not those that come while it waits.
   kj::Vector<kj::Promise<void>> waits;
@@ -1220,26 +1234,6 @@ kj::Maybe<kj::Promise<void>> Client::afterDirops(rpc::MetaRequest::Reader req) {
   }
   if (waits.empty()) return nullptr;
   return kj::joinPromises(waits.releaseAsArray());
-}
-
-kj::Promise<void> Client::rmdir(const Cred& cred, uint64_t parent, kj::Array<kj::byte> name) {
-  auto key = nameOf(name);
-  KJ_IF_MAYBE (child, removeAhead(cred, parent, key, true)) {
-    removeBehind(cred, parent, kj::mv(name), kj::mv(key), *child, true);
-    return kj::READY_NOW;
-  }
-  return metaCall(
-             [cred, parent, name = kj::mv(name)](rpc::MetaRequest::Builder b) {
-               setCred(b, cred);
-               auto r = b.initRmdir();
-               r.setParent(parent);
-               r.setName(name);
-             },
-             true, ServerLink::Class::NORMAL,
-             [this, parent, key = kj::mv(key)](rpc::MetaReply::Reader reply) mutable {
-               removed(parent, kj::mv(key), reply.getError());
-             })
-      .then([this, cred, parent](ServerLink::MetaResponse&&) { wantDirLock(cred, parent); });
 }
 
 // Our own removal of a name: the directory's cached names follow (our lock was not called back).

@@ -252,6 +252,8 @@ private:
   kj::Promise<void> sendBatch(uint64_t ino, WriteBehind::Batch batch);
   kj::Maybe<Entry> cachedEntry(uint64_t ino);
   void removed(uint64_t parent, std::string name, int error);
+  // unlink (false) or rmdir (true).
+  kj::Promise<void> remove(const Cred& cred, uint64_t parent, kj::Array<kj::byte> name, bool dir);
   // Asynchronous unlink and rmdir (fusefs/async_dirops.h): the inode `name` names, if its
   // removal may be answered here; the removal, answered; PW asked for on a directory removed in.
   kj::Maybe<uint64_t> removeAhead(const Cred& cred, uint64_t parent, const std::string& name,

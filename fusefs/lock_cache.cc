@@ -250,27 +250,27 @@ void LockCache::flushCancels() {
 }
 
 kj::Promise<void> LockCache::acquire(uint64_t ino, uint64_t bit, rpc::LockMode mode) {
-  auto key = std::make_pair(Key(ino, bit), mode);
   KJ_IF_MAYBE (m, heldMode(ino, bit)) {
     if (*m == mode || *m == rpc::LockMode::PW) return kj::READY_NOW;
   }
-  auto found = acquiring_.find(key);
-  if (found != acquiring_.end()) return found->second.addBranch();
-  auto forked =
-      enqueue(ino, bit, mode).attach(kj::defer([this, key]() { acquiring_.erase(key); })).fork();
-  auto branch = forked.addBranch();
-  acquiring_.emplace(key, kj::mv(forked));
-  return branch;
+  return request(ino, bit, mode, 0);
 }
 
 kj::Promise<void> LockCache::upgrade(uint64_t ino, uint64_t bit) {
-  auto key = std::make_pair(Key(ino, bit), rpc::LockMode::PW);
-  auto it = held_.find(key.first);
-  if (it == held_.end()) return acquire(ino, bit, rpc::LockMode::PW);
-  if (it->second.mode == rpc::LockMode::PW) return kj::READY_NOW;
+  auto it = held_.find(Key(ino, bit));
+  if (it == held_.end() || it->second.mode == rpc::LockMode::PW) {
+    return acquire(ino, bit, rpc::LockMode::PW);
+  }
+  return request(ino, bit, rpc::LockMode::PW, it->second.id);
+}
+
+// One request on the wire per (ino, bit, mode): later askers join it.
+kj::Promise<void> LockCache::request(uint64_t ino, uint64_t bit, rpc::LockMode mode,
+                                     uint64_t replaces) {
+  auto key = std::make_pair(Key(ino, bit), mode);
   auto found = acquiring_.find(key);
   if (found != acquiring_.end()) return found->second.addBranch();
-  auto forked = enqueue(ino, bit, rpc::LockMode::PW, it->second.id)
+  auto forked = enqueue(ino, bit, mode, replaces)
                     .attach(kj::defer([this, key]() { acquiring_.erase(key); }))
                     .fork();
   auto branch = forked.addBranch();

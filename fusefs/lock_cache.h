@@ -105,6 +105,7 @@ private:
   class Callback;
 
   void add(uint64_t ino, uint64_t bit, uint64_t id, rpc::LockMode mode);
+  kj::Promise<void> request(uint64_t ino, uint64_t bit, rpc::LockMode mode, uint64_t replaces);
   kj::Promise<void> enqueue(uint64_t ino, uint64_t bit, rpc::LockMode mode, uint64_t replaces = 0);
   void replaced(uint64_t ino, uint64_t bit, uint64_t id, uint64_t old);
   void blocking(uint64_t id);

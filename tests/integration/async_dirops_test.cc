@@ -55,6 +55,15 @@ std::set<std::string> names(const std::string& dir) {
   return out;
 }
 
+// fsync of a directory: 0, or the errno it failed with (-1 if it could not be opened).
+int syncDir(const std::string& dir) {
+  int fd = open(dir.c_str(), O_RDONLY | O_DIRECTORY);
+  if (fd < 0) return -1;
+  int err = fsync(fd) == 0 ? 0 : errno;
+  close(fd);
+  return err;
+}
+
 // The names of an open directory, read from its start.
 std::set<std::string> namesAt(int fd) {
   std::set<std::string> out;
@@ -170,10 +179,7 @@ TEST(AsyncUnlink, ARemovedDirectoryWaitsForTheUnlinksInIt) {
   EXPECT_EQ(rmdir((a + "/top/d").c_str()), 0) << strerror(errno);
   EXPECT_EQ(ahead(a), before + 2);
   EXPECT_NE(stat((a + "/top/d").c_str(), &st), 0);
-  int top = open((a + "/top").c_str(), O_RDONLY | O_DIRECTORY);
-  ASSERT_GE(top, 0);
-  EXPECT_EQ(fsync(top), 0) << strerror(errno);  // after C's eviction lets the unlink through
-  close(top);
+  EXPECT_EQ(syncDir(a + "/top"), 0);  // after C's eviction lets the unlink through
   cluster.signalMount(1, SIGCONT);
   EXPECT_EQ(mountCounter(a, "cairn_client_unlinks_ahead_failed_total"), 0u);
   std::set<std::string> left;
@@ -209,10 +215,7 @@ TEST(AsyncUnlink, UnlinksAnsweredWhileTheServerHangsSurviveItsCrash) {
   app.join();
   EXPECT_EQ(failed.load(), 0);
   ASSERT_TRUE(cluster.startServer(0));
-  int dir = open((a + "/d").c_str(), O_RDONLY | O_DIRECTORY);
-  ASSERT_GE(dir, 0);
-  EXPECT_EQ(fsync(dir), 0) << strerror(errno);  // waits for their replies
-  close(dir);
+  EXPECT_EQ(syncDir(a + "/d"), 0);  // waits for their replies
   auto b = cluster.mount();
   EXPECT_TRUE(names(b + "/d").empty());
   EXPECT_EQ(mountCounter(a, "cairn_client_unlinks_ahead_failed_total"), 0u);
@@ -247,10 +250,7 @@ TEST(AsyncUnlink, AnOpenFileUnlinkedAheadStaysOpenAcrossACrash) {
   reader.join();
   ASSERT_TRUE(answered) << "the mount did not recover";
   EXPECT_EQ(got, "still here");
-  int dir = open((a + "/d").c_str(), O_RDONLY | O_DIRECTORY);
-  ASSERT_GE(dir, 0);
-  EXPECT_EQ(fsync(dir), 0) << strerror(errno);
-  close(dir);
+  EXPECT_EQ(syncDir(a + "/d"), 0);
   struct stat st;
   EXPECT_NE(stat((a + "/d/kept").c_str(), &st), 0);
   close(fd);
@@ -269,12 +269,8 @@ TEST(AsyncUnlink, AnEvictedClientDropsTheUnlinksItAnsweredAhead) {
   ASSERT_EQ(unlink((a + "/d/f19").c_str()), 0) << strerror(errno);
   cluster.stopServer(0, SIGKILL);
   ASSERT_TRUE(cluster.startServer(0, {"--version-override", "9.9.9", "--force"}));
-  int dir = open((a + "/d").c_str(), O_RDONLY | O_DIRECTORY);
-  ASSERT_GE(dir, 0);
-  EXPECT_EQ(fsync(dir), -1);
-  EXPECT_EQ(errno, EIO);
-  EXPECT_EQ(fsync(dir), 0);  // reported once
-  close(dir);
+  EXPECT_EQ(syncDir(a + "/d"), EIO);
+  EXPECT_EQ(syncDir(a + "/d"), 0);  // reported once
   EXPECT_EQ(mountCounter(a, "cairn_client_unlinks_ahead_failed_total"), 1u);
   std::set<std::string> expected;
   for (int i = next; i < 20; ++i) expected.insert("f" + std::to_string(i));

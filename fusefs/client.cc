@@ -220,14 +220,17 @@ bool Client::outage() const {
 // open file under its handle, so the server knows them (and keeps unlinked-but-open files).
 kj::Promise<void> Client::recoverMeta() {
   if (meta_->takeEviction() != nullptr) {
-    // Removals answered ahead that the server has not applied are not sent to the new session:
+    // Operations answered ahead that the server has not applied are not sent to the new session:
     // what they were answered under is gone, and someone may have made the name again since.
     // The directory's next fsync reports EIO.
-    if (!removalsBehind_.isEmpty()) {
-      spdlog::warn("evicted by the metadata server: {} removals answered ahead are dropped",
-                   dirops_.inFlight());
-      removalsBehind_.cancel("evicted by the metadata server");
+    if (!diropsBehind_.isEmpty()) {
+      spdlog::warn(
+          "evicted by the metadata server: {} creates and removals answered ahead are dropped",
+          dirops_.inFlight());
+      diropsBehind_.cancel("evicted by the metadata server");
     }
+    // The numbers set aside for us went with the session.
+    reserved_.clear();
     // Evicted: the server forgot our opens. Those descriptors can only fail (EIO); the mount
     // itself carries on and new opens work.
     size_t n = 0;
@@ -646,7 +649,8 @@ kj::Promise<void> Client::dataLock(uint64_t ino) {
 }
 
 kj::Maybe<Entry> Client::cachedEntry(uint64_t ino) {
-  if (locks_->held(ino, BIT_ATTR) == 0) return nullptr;
+  // (A file created ahead: nobody else can change it before its locks come with the reply.)
+  if (locks_->held(ino, BIT_ATTR) == 0 && creating_.count(ino) == 0) return nullptr;
   KJ_IF_MAYBE (c, cache_.attr(ino)) {
     Entry e;
     e.attr = c->attr;
@@ -869,7 +873,9 @@ kj::Maybe<Entry> Client::setattrBehind(const Cred& cred, uint64_t ino, const Set
   // Only under our PW on the attributes (a file this client writes behind), for what the kernel
   // has already checked (default_permissions; not a caller the server checks), and not a size.
   if (!caching() || (attr.valid & rpc::SET_SIZE) || serverChecks(cred)) return nullptr;
-  if (locks_->heldMode(ino, BIT_ATTR).orDefault(rpc::LockMode::NL) != rpc::LockMode::PW) {
+  // (A file created ahead: its PW comes with the create's reply; nobody else can see it.)
+  if (locks_->heldMode(ino, BIT_ATTR).orDefault(rpc::LockMode::NL) != rpc::LockMode::PW &&
+      creating_.count(ino) == 0) {
     return nullptr;
   }
   if (cache_.attr(ino) == nullptr) return nullptr;
@@ -991,17 +997,20 @@ kj::Promise<void> Client::rmdir(const Cred& cred, uint64_t parent, kj::Array<kj:
 }
 
 namespace {
+// `expect`: the inode the name is known to name, or 0.
 void buildRemoval(rpc::MetaRequest::Builder b, const Cred& cred, uint64_t parent,
-                  kj::ArrayPtr<const kj::byte> name, bool dir) {
+                  kj::ArrayPtr<const kj::byte> name, bool dir, uint64_t expect) {
   setCred(b, cred);
   if (dir) {
     auto r = b.initRmdir();
     r.setParent(parent);
     r.setName(name);
+    r.setExpect(expect);
   } else {
     auto u = b.initUnlink();
     u.setParent(parent);
     u.setName(name);
+    u.setExpect(expect);
   }
 }
 }  // namespace
@@ -1014,7 +1023,7 @@ kj::Promise<void> Client::remove(const Cred& cred, uint64_t parent, kj::Array<kj
     return kj::READY_NOW;
   }
   return metaCall([cred, parent, dir, name = kj::mv(name)](
-                      rpc::MetaRequest::Builder b) { buildRemoval(b, cred, parent, name, dir); },
+                      rpc::MetaRequest::Builder b) { buildRemoval(b, cred, parent, name, dir, 0); },
                   true, ServerLink::Class::NORMAL,
                   [this, parent, key = kj::mv(key)](rpc::MetaReply::Reader reply) mutable {
                     removed(parent, kj::mv(key), reply.getError());
@@ -1089,11 +1098,17 @@ void Client::removeBehind(const Cred& cred, uint64_t parent, kj::Array<kj::byte>
   }
   // (Those in flight now: this rmdir counts on the directory too from here on.)
   uint64_t op = dirops_.begin({parent, child});
-  kj::Promise<void> first = dir ? dirops_.settledBefore(child, op) : kj::READY_NOW;
-  auto sent = first.then([this, cred, parent, dir, name = kj::mv(name)]() mutable {
+  ++stats_.removalsAhead;
+  removing_.emplace(parent, key);
+  // What touched the inode before goes first: the unlinks in a directory removed, the create
+  // of a file made ahead.
+  kj::Promise<void> first = dirops_.settledBefore(child, op);
+  auto sent = first.then([this, cred, parent, dir, child, name = kj::mv(name)]() mutable {
+    // With the inode expected: a resend after a restart that lost our lock must not remove a
+    // file someone else has made under the name since.
     return meta_->meta(
-        [cred, parent, dir, name = kj::mv(name)](rpc::MetaRequest::Builder b) {
-          buildRemoval(b, cred, parent, name, dir);
+        [cred, parent, dir, child, name = kj::mv(name)](rpc::MetaRequest::Builder b) {
+          buildRemoval(b, cred, parent, name, dir, child);
         },
         true, ServerLink::Class::WRITEBACK);
   });
@@ -1108,7 +1123,7 @@ void Client::removeBehind(const Cred& cred, uint64_t parent, kj::Array<kj::byte>
     removed(parent, key, err);
     return err;
   });
-  auto done = removalsBehind_.wrap(kj::mv(applied))
+  auto done = diropsBehind_.wrap(kj::mv(applied))
                   .then(
                       [this, op, parent, child, key](int err) {
                         if (err != 0) {
@@ -1117,6 +1132,7 @@ void Client::removeBehind(const Cred& cred, uint64_t parent, kj::Array<kj::byte>
                               "server: {}",
                               key, parent, strerror(err));
                         }
+                        removing_.erase(removing_.find({parent, key}));
                         dirops_.end(op, {parent, child}, err);
                       },
                       [this, op, parent, child, key](kj::Exception&& e) {
@@ -1124,6 +1140,7 @@ void Client::removeBehind(const Cred& cred, uint64_t parent, kj::Array<kj::byte>
                             "removal of '{}' in directory {}, answered ahead, was not applied: {}",
                             key, parent, e.getDescription().cStr());
                         cache_.dropEntry(parent, key);
+                        removing_.erase(removing_.find({parent, key}));
                         dirops_.end(op, {parent, child}, EIO);
                       });
   tasks_.add(kj::mv(done));
@@ -1208,8 +1225,24 @@ void inodesOf(rpc::MetaRequest::Reader req, kj::Vector<uint64_t>& out, kj::Vecto
     case R::ACCESS:
       out.add(req.getAccess().getIno());
       break;
+    // About a file only: they wait for its create answered ahead.
+    case R::WROTE:
+      out.add(req.getWrote().getIno());
+      break;
+    case R::RESERVE_APPEND:
+      out.add(req.getReserveAppend().getIno());
+      break;
+    case R::SETLK:
+      out.add(req.getSetlk().getIno());
+      break;
+    case R::GETLK:
+      out.add(req.getGetlk().getIno());
+      break;
+    case R::RELEASE_LOCKS:
+      out.add(req.getReleaseLocks().getIno());
+      break;
     default:
-      break;  // data, locks, sessions: not about names
+      break;  // sessions, sync: about no inode
   }
 }
 }  // namespace
@@ -1365,6 +1398,9 @@ kj::Promise<Opened> Client::open(const Cred& cred, uint64_t ino, uint32_t flags)
 
 kj::Promise<Opened> Client::create(const Cred& cred, uint64_t parent, kj::Array<kj::byte> name,
                                    uint32_t mode, uint32_t flags) {
+  KJ_IF_MAYBE (o, createAhead(cred, parent, nameOf(name), mode, flags)) {
+    return kj::mv(*o);
+  }
   OpenTable::File file;
   file.flags = flags;
   uint64_t fh = opens_.add(kj::mv(file));
@@ -1394,9 +1430,11 @@ kj::Promise<Opened> Client::create(const Cred& cred, uint64_t parent, kj::Array<
                }
              })
       .then(
-          [this, fh, &nameCached](ServerLink::MetaResponse&& resp) {
+          [this, cred, parent, fh, &nameCached](ServerLink::MetaResponse&& resp) {
             auto o = opened(fh, resp);
             o.entry.nameCached = nameCached;
+            // The next creates here may be answered ahead.
+            wantDirLock(cred, parent);
             return withDataLock(kj::mv(o));
           },
           [this, fh](kj::Exception&& e) -> kj::Promise<Opened> {
@@ -1404,6 +1442,189 @@ kj::Promise<Opened> Client::create(const Cred& cred, uint64_t parent, kj::Array<
             kj::throwFatalException(kj::mv(e));
           })
       .attach(kj::mv(named));
+}
+
+// Under PW on the directory's names, a name known not to exist is made here, with an inode
+// number the server set aside for us, and opened; the request goes behind. Nobody else reaches
+// the new file before the server has it: only its name leads there, and reading the name calls
+// our PW back, which waits for the create.
+kj::Maybe<Opened> Client::createAhead(const Cred& cred, uint64_t parent, const std::string& name,
+                                      uint32_t mode, uint32_t flags) {
+  if (!asyncDirops(cred) || !(meta_->peerFeatures() & features::ASYNC_CREATE)) return nullptr;
+  reserveInodes();
+  if (dirops_.full() || reserved_.empty()) return nullptr;
+  if (locks_->heldMode(parent, BIT_LOOKUP).orDefault(rpc::LockMode::NL) != rpc::LockMode::PW) {
+    return nullptr;
+  }
+  KJ_IF_MAYBE (e, cache_.entry(parent, name)) {
+    if (*e != 0) return nullptr;  // it exists: EEXIST, or an open, is the server's to say
+  } else if (!cache_.complete(parent)) {
+    return nullptr;  // not known
+  }
+  // A removal of the name on its way goes first; the create would overtake it.
+  if (removing_.count({parent, name}) > 0) return nullptr;
+  // The new file's group follows the directory's set-group-ID bit, as the server's rule has it.
+  if (locks_->held(parent, BIT_ATTR) == 0) return nullptr;
+  struct stat dir;
+  uint64_t dirGeneration;
+  KJ_IF_MAYBE (d, cache_.attr(parent)) {
+    dir = d->attr;
+    dirGeneration = d->generation;
+  } else {
+    return nullptr;
+  }
+  auto [ino, layout] = kj::mv(reserved_.front());
+  reserved_.pop_front();
+  timespec now;
+  clock_gettime(CLOCK_REALTIME, &now);
+
+  // The attributes a reply would carry, converted as a reply's are.
+  capnp::MallocMessageBuilder message(64);
+  auto a = message.initRoot<rpc::Attr>();
+  a.setIno(ino);
+  a.setGeneration(1);
+  a.setMode(S_IFREG | (mode & 07777));
+  a.setNlink(1);
+  a.setUid(cred.uid);
+  a.setGid((dir.st_mode & S_ISGID) ? dir.st_gid : cred.gid);
+  setTime(a.initAtime(), now);
+  setTime(a.initMtime(), now);
+  setTime(a.initCtime(), now);
+  a.setNoXattrs(true);
+  Entry entry = toEntry(a.asReader());
+  cache_.setEntry(parent, name, ino);
+  cache_.setAttr(entry.attr, entry.generation);
+  cache_.markNoXattrs(ino);
+  dir.st_mtim = dir.st_ctim = now;
+  cache_.setAttr(dir, dirGeneration);
+
+  OpenTable::File file;
+  file.ino = ino;
+  file.flags = flags;
+  file.layout = kj::addRef(*layout);
+  // (`opening` stays set until the server has it: nothing to replay after a restart, where
+  // the create itself goes out again.)
+  uint64_t fh = opens_.add(kj::mv(file));
+  if ((flags & O_ACCMODE) != O_RDONLY && !(flags & O_APPEND)) ++writers_[ino];
+  creating_.insert(ino);
+  uint64_t op = dirops_.begin({parent, ino});
+  ++stats_.createsAhead;
+
+  Opened o;
+  o.fh = fh;
+  o.entry = entry;
+  o.entry.cached = true;
+  o.entry.nameCached = nameForKernel(parent, name);
+  o.keepCache = true;  // an empty file: what pages the kernel gets are our own writes
+  createBehind(cred, parent, name, mode, flags, fh, entry.attr, op);
+  return o;
+}
+
+void Client::createBehind(const Cred& cred, uint64_t parent, std::string name, uint32_t mode,
+                          uint32_t flags, uint64_t fh, const struct stat& attr, uint64_t op) {
+  uint64_t ino = attr.st_ino;
+  auto& file = KJ_ASSERT_NONNULL(opens_.find(fh));
+  auto layout = kj::addRef(*KJ_ASSERT_NONNULL(file.layout));
+  auto sent = meta_->meta(
+      [cred, parent, name, mode, flags, fh, ino, time = attr.st_mtim,
+       layout = kj::mv(layout)](rpc::MetaRequest::Builder b) {
+        setCred(b, cred);
+        // Our locks on the new file, granted with the reply: nobody else can want them yet.
+        b.setWantLocks(rpc::WANT_INODE | rpc::WANT_DATA);
+        auto c = b.initCreate();
+        c.setParent(parent);
+        c.setName(kj::arrayPtr(reinterpret_cast<const kj::byte*>(name.data()), name.size()));
+        c.setMode(mode);
+        c.setFlags(flags);
+        c.setHandle(fh);
+        c.setIno(ino);
+        setTime(c.initTime(), time);
+        auto l = c.initLayout();
+        l.setObjectId(layout->layout.objectId);
+        l.setStripeSize(layout->layout.stripeSize);
+        auto targets = l.initTargets(layout->layout.targets.size());
+        for (auto i : kj::indices(layout->layout.targets)) {
+          targets.set(i, layout->layout.targets[i]);
+        }
+      },
+      true, ServerLink::Class::WRITEBACK);
+  // The reply is absorbed in its first event, as metaCall does (see there).
+  auto applied =
+      sent.then([this, ino, fh, told = attr](ServerLink::MetaResponse&& resp) -> kj::Promise<int> {
+        auto reply = resp.getReply();
+        absorb(reply);
+        int err = reply.getError();
+        if (err != 0) return err;
+        KJ_IF_MAYBE (f, opens_.find(fh)) {
+          f->opening = false;
+        }
+        // What the kernel was told to keep, it may keep only under the locks that came back, and
+        // only if the server made the file so (a chmod g+s of the directory may have come first).
+        struct stat made;
+        attrToStat(reply.getOpened().getAttr(), &made);
+        bool same = made.st_mode == told.st_mode && made.st_uid == told.st_uid &&
+                    made.st_gid == told.st_gid;
+        bool attr = same && locks_->held(ino, BIT_ATTR) != 0;
+        bool data = locks_->held(ino, BIT_DATA) != 0;
+        KJ_IF_MAYBE (kernel, kernel_) {
+          if (!attr || !data) return kernel->invalidate(ino, !data).then([]() { return 0; });
+        }
+        return 0;
+      });
+  auto finish = [this, op, parent, ino, fh, name](int err) {
+    creating_.erase(ino);
+    if (err != 0) {
+      // The application holds a file the server never made: every use of it fails.
+      failedCreates_.insert(ino);
+      cache_.dropEntry(parent, name);
+      cache_.dropAttr(ino);
+      KJ_IF_MAYBE (f, opens_.find(fh)) {
+        f->lost = true;
+      }
+    }
+    dirops_.end(op, {parent, ino}, err);
+  };
+  auto done =
+      diropsBehind_.wrap(kj::mv(applied))
+          .then(
+              [this, finish, parent, name](int err) mutable {
+                if (err != 0) {
+                  spdlog::error(
+                      "create of '{}' in directory {}, answered ahead, failed on the "
+                      "server: {}",
+                      name, parent, strerror(err));
+                }
+                finish(err);
+              },
+              [finish, parent, name](kj::Exception&& e) mutable {
+                spdlog::error("create of '{}' in directory {}, answered ahead, was not applied: {}",
+                              name, parent, e.getDescription().cStr());
+                finish(EIO);
+              });
+  tasks_.add(kj::mv(done));
+}
+
+void Client::reserveInodes() {
+  if (reserving_ || reserved_.size() >= RESERVE_LOW) return;
+  reserving_ = true;
+  tasks_.add(metaCall([](rpc::MetaRequest::Builder b) { b.setReserveInodes(RESERVE_BATCH); }, true)
+                 .then(
+                     [this](ServerLink::MetaResponse&& resp) {
+                       reserving_ = false;
+                       for (auto l : resp.getReply().getReserved()) {
+                         reserved_.emplace_back(l.getObjectId(), toLayout(l));
+                       }
+                     },
+                     [this](kj::Exception&& e) {
+                       reserving_ = false;
+                       spdlog::warn("inode numbers for creates ahead not reserved: {}",
+                                    e.getDescription().cStr());
+                     }));
+}
+
+kj::Maybe<kj::Promise<void>> Client::whileCreating(uint64_t ino) {
+  if (creating_.count(ino) == 0) return nullptr;
+  return dirops_.settled(ino);
 }
 
 OpenTable::File& Client::openFile(uint64_t fh) {
@@ -1416,6 +1637,9 @@ kj::Promise<kj::Array<kj::byte>> Client::read(uint64_t fh, uint64_t offset, size
   // What is read lands in the kernel's page cache: only under the file's DATA lock (O_APPEND
   // handles bypass the page cache).
   auto& file = openFile(fh);
+  KJ_IF_MAYBE (wait, whileCreating(file.ino)) {
+    return wait->then([this, fh, offset, size]() { return read(fh, offset, size); });
+  }
   if (wb_.queued(file.ino)) {
     return flushed(file.ino).then([this, fh, offset, size]() { return read(fh, offset, size); });
   }
@@ -1724,7 +1948,9 @@ bool Client::touchAtime(uint64_t ino) {
   auto& inode = *found;
   timespec now;
   clock_gettime(CLOCK_REALTIME, &now);
-  const auto& a = inode.last;
+  // With what is queued behind (a utimes, a write) as the server will have it.
+  struct stat a = inode.last;
+  wb_.adjust(a);
   bool stale = notAfter(a.st_atim, a.st_mtim) || notAfter(a.st_atim, a.st_ctim) ||
                now.tv_sec - a.st_atim.tv_sec >= 24 * 3600;
   if (!stale || inode.atimePending) return false;
@@ -1732,13 +1958,17 @@ bool Client::touchAtime(uint64_t ino) {
   // A stat right after the read must see it, before the server's answer is back.
   inode.last.st_atim = now;
   cache_.setAtime(ino, now);
-  tasks_.add(metaCall(
-                 [ino](rpc::MetaRequest::Builder b) {
-                   auto s = b.initSetattr();
-                   s.setIno(ino);
-                   s.setValid(rpc::SET_ATIME_NOW | rpc::SET_ACCESS);
-                 },
-                 true)
+  // After what is queued for the file: a utimes queued before must not land after this.
+  tasks_.add(flushed(ino)
+                 .then([this, ino]() {
+                   return metaCall(
+                       [ino](rpc::MetaRequest::Builder b) {
+                         auto s = b.initSetattr();
+                         s.setIno(ino);
+                         s.setValid(rpc::SET_ATIME_NOW | rpc::SET_ACCESS);
+                       },
+                       true);
+                 })
                  .then(
                      [this, ino](ServerLink::MetaResponse&& resp) {
                        toEntry(resp.getReply().getAttr());
@@ -1757,6 +1987,14 @@ bool Client::touchAtime(uint64_t ino) {
 kj::Promise<size_t> Client::write(uint64_t fh, uint64_t offset, kj::Array<kj::byte> data,
                                   bool writeback) {
   auto& file = openFile(fh);
+  KJ_IF_MAYBE (wait, whileCreating(file.ino)) {
+    // Made ahead: nobody else can see the file, and its locks come with the create's reply.
+    // The write goes behind (sent once the create is answered).
+    if (!(file.flags & O_APPEND)) return queueWrite(file.ino, offset, kj::mv(data));
+    return wait->then([this, fh, offset, data = kj::mv(data), writeback]() mutable {
+      return write(fh, offset, kj::mv(data), writeback);
+    });
+  }
   // The kernel writing dirty pages back (a shared mapping) takes part in a shutdown's
   // write-back: it passes a draining gate, as the write-behind queue does.
   auto cls = writeback ? ServerLink::Class::WRITEBACK : ServerLink::Class::NORMAL;
@@ -1839,9 +2077,20 @@ kj::Promise<void> Client::flushed(uint64_t ino) {
 }
 
 kj::Promise<void> Client::sendBatch(uint64_t ino, WriteBehind::Batch batch) {
+  KJ_IF_MAYBE (wait, whileCreating(ino)) {
+    // No data for a file the server does not have yet (an eviction would leave it nowhere).
+    return wait->then(
+        [this, ino, batch = kj::mv(batch)]() mutable { return sendBatch(ino, kj::mv(batch)); });
+  }
   size_t bytes = 0;
   for (auto& w : batch.writes) bytes += w.data.size();
   bool attr = batch.attr != nullptr;
+  if (failedCreates_.count(ino) > 0) {
+    // The server never made the file (an eviction dropped its create): the data goes nowhere.
+    wb_.sent(ino, bytes, attr, EIO);
+    tasks_.add(kj::evalLater([this, ino]() { wb_.doneSending(ino); }));
+    return kj::READY_NOW;
+  }
   auto own = kj::refcounted<OwnedBatch>();
   own->batch = kj::mv(batch);
   auto& b = own->batch;
@@ -1978,6 +2227,9 @@ kj::Promise<void> Client::syncTargets(const StripeLayout& layout) {
 
 kj::Promise<void> Client::fsync(uint64_t fh) {
   auto& file = openFile(fh);
+  KJ_IF_MAYBE (wait, whileCreating(file.ino)) {
+    return wait->then([this, fh]() { return fsync(fh); });
+  }
   if (wb_.queued(file.ino)) return flushed(file.ino).then([this, fh]() { return fsync(fh); });
   int err = wb_.takeError(file.ino);
   if (err != 0) return kj::Promise<void>(errnoException(err));
@@ -2008,13 +2260,18 @@ kj::Promise<void> Client::syncAll() {
 
 kj::Promise<void> Client::release(uint64_t fh) {
   auto& queued = KJ_REQUIRE_NONNULL(opens_.find(fh), "unknown file handle", fh);
+  KJ_IF_MAYBE (wait, whileCreating(queued.ino)) {
+    // The server registers the open with the create: a release before it would be lost.
+    return wait->then([this, fh]() { return release(fh); });
+  }
   if (wb_.queued(queued.ino)) {
     // The server forgets the open (an unlinked file goes with its last one): data first.
     return flushed(queued.ino).then([this, fh]() { return release(fh); });
   }
   auto& file = KJ_REQUIRE_NONNULL(opens_.find(fh), "unknown file handle", fh);
   bool lost = file.lost;
-  readAhead_.drop(file.ino);
+  uint64_t ino = file.ino;
+  readAhead_.drop(ino);
   if ((file.flags & O_ACCMODE) != O_RDONLY && !(file.flags & O_APPEND)) {
     auto w = writers_.find(file.ino);
     if (w != writers_.end() && --w->second <= 0) {
@@ -2033,7 +2290,10 @@ kj::Promise<void> Client::release(uint64_t fh) {
     }
   }
   opens_.remove(fh);
-  if (lost) return kj::READY_NOW;
+  if (lost) {
+    failedCreates_.erase(ino);
+    return kj::READY_NOW;
+  }
   if (meta_->peerFeatures() & features::RELEASE_MANY) {
     // Nobody waits for a release (the kernel sends it after close() has returned): handles
     // closed within RELEASE_GATHER of each other go in one request.
@@ -2357,7 +2617,7 @@ kj::Promise<kj::Array<kj::byte>> Client::getxattr(uint64_t ino, kj::Array<kj::by
   // The kernel asks on every write (security.capability) and `ls -l` on every name: mostly
   // for attributes that do not exist, which the cache remembers too.
   auto key = nameOf(name);
-  if (locks_->held(ino, BIT_ATTR) != 0) {
+  if (locks_->held(ino, BIT_ATTR) != 0 || creating_.count(ino) > 0) {
     KJ_IF_MAYBE (known, cache_.xattr(ino, key)) {
       KJ_IF_MAYBE (value, *known) {
         return readyBytes(kj::heapArray<kj::byte>(reinterpret_cast<const kj::byte*>(value->data()),

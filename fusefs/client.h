@@ -18,6 +18,7 @@
 #include <kj/string.h>
 #include <kj/vector.h>
 
+#include <deque>
 #include <map>
 #include <set>
 #include <string>
@@ -43,7 +44,7 @@ struct ClientOptions {
   kj::Array<kj::String> metaAddresses;
   kj::String hostName;
   bool caching = true;  // ask for caching locks; off: every operation asks the server
-  // Unlinks and rmdirs in a directory this client holds PW on answered ahead
+  // Creates, unlinks and rmdirs in a directory this client holds PW on answered ahead
   // (fusefs/async_dirops.h).
   bool asyncDirops = true;
   LockCache::Limits lockLimits;
@@ -191,9 +192,11 @@ public:
 
   // What the mount did, for its counters (fusefs/client_metrics.cc).
   struct Stats {
-    uint64_t cacheHits = 0;    // getattr and lookup answered from the cache
-    uint64_t cacheMisses = 0;  // ... that had to ask the metadata server
-    uint64_t listingHits = 0;  // readdir answered from a kept listing
+    uint64_t cacheHits = 0;      // getattr and lookup answered from the cache
+    uint64_t cacheMisses = 0;    // ... that had to ask the metadata server
+    uint64_t listingHits = 0;    // readdir answered from a kept listing
+    uint64_t removalsAhead = 0;  // unlinks and rmdirs answered ahead
+    uint64_t createsAhead = 0;   // creates answered ahead
   };
   const AsyncDirops& dirops() const { return dirops_; }
   const Stats& stats() const { return stats_; }
@@ -262,6 +265,16 @@ private:
                     uint64_t child, bool dir);
   void wantDirLock(const Cred& cred, uint64_t dir);
   bool asyncDirops(const Cred& cred) const;
+  // Asynchronous create: the file made and opened here, if it may be; its request, behind.
+  kj::Maybe<Opened> createAhead(const Cred& cred, uint64_t parent, const std::string& name,
+                                uint32_t mode, uint32_t flags);
+  void createBehind(const Cred& cred, uint64_t parent, std::string name, uint32_t mode,
+                    uint32_t flags, uint64_t fh, const struct stat& attr, uint64_t op);
+  // Keeps inode numbers reserved on the server for creates answered ahead.
+  void reserveInodes();
+  // A file created ahead is not on the server yet: what needs it there (its data, its
+  // release) waits for the create's reply.
+  kj::Maybe<kj::Promise<void>> whileCreating(uint64_t ino);
   // A request about an inode an operation answered ahead touches waits for its reply.
   kj::Maybe<kj::Promise<void>> afterDirops(rpc::MetaRequest::Reader req);
   // The kernel may keep the name `e` was reached by, if its directory's lock is held: noted,
@@ -364,9 +377,19 @@ private:
   ReadAhead readAhead_;
   WriteBehind wb_;
   AsyncDirops dirops_;
-  // The removals answered ahead still on their way: an eviction drops them (the server's state
+  // The operations answered ahead still on their way: an eviction drops them (the server's state
   // was not kept for us, so they are not sent to it after the fact) and reports EIO.
-  kj::Canceler removalsBehind_;
+  kj::Canceler diropsBehind_;
+  // Names whose removal answered ahead is on its way: a create of the name waits for it.
+  std::multiset<std::pair<uint64_t, std::string>> removing_;
+  std::unordered_set<uint64_t> creating_;       // inodes created ahead, their create on its way
+  std::unordered_set<uint64_t> failedCreates_;  // ... that the server never made (until released)
+  // Inode numbers the server set aside for us, each with its file's layout.
+  std::deque<std::pair<uint64_t, kj::Own<SharedLayout>>> reserved_;
+  bool reserving_ = false;
+  // Below this many numbers in hand, more are asked for (a batch of RESERVE_BATCH).
+  static constexpr size_t RESERVE_LOW = 256;
+  static constexpr uint32_t RESERVE_BATCH = 512;
   kj::Maybe<KernelCache&> kernel_;
   kj::Own<ServerLink> meta_;
   std::map<uint32_t, kj::Own<ServerLink>> data_;

@@ -69,12 +69,16 @@ kj::String renderClientMetrics(Client& client) {
   auto& dirops = client.dirops();
   help(out, "cairn_client_unlinks_ahead_total", "counter",
        "unlinks and rmdirs answered before the server did (PW on the directory's names)");
-  out.add(kj::str("cairn_client_unlinks_ahead_total ", dirops.answered(), "\n"));
-  help(out, "cairn_client_unlinks_ahead_failed_total", "counter",
+  out.add(kj::str("cairn_client_unlinks_ahead_total ", stats.removalsAhead, "\n"));
+  help(out, "cairn_client_creates_ahead_total", "counter",
+       "creates answered before the server did (PW on the directory's names)");
+  out.add(kj::str("cairn_client_creates_ahead_total ", stats.createsAhead, "\n"));
+  help(out, "cairn_client_dirops_ahead_failed_total", "counter",
        "of those, refused by the server or not applied (reported at the directory's fsync)");
-  out.add(kj::str("cairn_client_unlinks_ahead_failed_total ", dirops.failed(), "\n"));
-  help(out, "cairn_client_unlinks_in_flight", "gauge", "unlinks answered ahead, not yet replied");
-  out.add(kj::str("cairn_client_unlinks_in_flight ", dirops.inFlight(), "\n"));
+  out.add(kj::str("cairn_client_dirops_ahead_failed_total ", dirops.failed(), "\n"));
+  help(out, "cairn_client_dirops_in_flight", "gauge",
+       "creates, unlinks and rmdirs answered ahead, not yet replied");
+  out.add(kj::str("cairn_client_dirops_in_flight ", dirops.inFlight(), "\n"));
   help(out, "cairn_client_cache_misses_total", "counter", "getattr and lookup sent to the server");
   out.add(kj::str("cairn_client_cache_misses_total ", stats.cacheMisses, "\n"));
   help(out, "cairn_client_dirty_bytes", "gauge", "writes queued behind, not yet sent");

@@ -7,7 +7,7 @@ namespace cairn {
 namespace {
 constexpr size_t UUID_SIZE = 16;
 
-kj::Array<kj::byte> replyKey(kj::ArrayPtr<const kj::byte> client, uint64_t requestId) {
+kj::Array<kj::byte> clientKey(kj::ArrayPtr<const kj::byte> client, uint64_t requestId) {
   KJ_REQUIRE(client.size() == UUID_SIZE, "a client uuid is 16 bytes", client.size());
   auto key = kj::heapArray<kj::byte>(UUID_SIZE + 8);
   memcpy(key.begin(), client.begin(), UUID_SIZE);
@@ -23,7 +23,8 @@ bool sameClient(store::Bytes key, kj::ArrayPtr<const kj::byte> client) {
 ClientTable::ClientTable(Target& target)
     : replies_(target.db("replies")),
       joined_(target.db("clients")),
-      evicted_(target.db("evicted")) {}
+      evicted_(target.db("evicted")),
+      reserved_(target.db("reserved")) {}
 
 void ClientTable::join(store::Txn& txn, kj::ArrayPtr<const kj::byte> client) {
   KJ_REQUIRE(client.size() == UUID_SIZE, "a client uuid is 16 bytes", client.size());
@@ -50,8 +51,36 @@ bool ClientTable::away(store::Txn& txn, kj::ArrayPtr<const kj::byte> client) {
   return false;
 }
 
+void ClientTable::reserve(store::Txn& txn, kj::ArrayPtr<const kj::byte> client, uint64_t ino) {
+  txn.put(reserved_, clientKey(client, ino), store::Bytes());
+}
+
+size_t ClientTable::reservedCount(store::Txn& txn, kj::ArrayPtr<const kj::byte> client,
+                                  size_t limit) {
+  size_t n = 0;
+  store::Cursor cursor(txn, reserved_);
+  for (auto item = cursor.seek(clientKey(client, 0)); n < limit;) {
+    KJ_IF_MAYBE (i, item) {
+      if (!sameClient(i->key, client)) break;
+      ++n;
+      item = cursor.next();
+    } else {
+      break;
+    }
+  }
+  return n;
+}
+
+bool ClientTable::takeReserved(store::Txn& txn, kj::ArrayPtr<const kj::byte> client, uint64_t ino) {
+  auto key = clientKey(client, ino);
+  if (txn.get(reserved_, key) == nullptr) return false;
+  txn.del(reserved_, key);
+  return true;
+}
+
 void ClientTable::forget(store::Txn& txn, kj::ArrayPtr<const kj::byte> client) {
   prune(txn, client, UINT64_MAX);
+  dropBelow(txn, reserved_, client, UINT64_MAX);
   txn.del(joined_, client);
 }
 
@@ -78,7 +107,7 @@ bool ClientTable::isEvicted(store::Txn& txn, kj::ArrayPtr<const kj::byte> client
 kj::Maybe<kj::Array<capnp::word>> ClientTable::find(store::Txn& txn,
                                                     kj::ArrayPtr<const kj::byte> client,
                                                     uint64_t requestId) {
-  auto key = replyKey(client, requestId);
+  auto key = clientKey(client, requestId);
   KJ_IF_MAYBE (value, txn.get(replies_, key)) {
     KJ_REQUIRE(value->size() % sizeof(capnp::word) == 0, "damaged reply record");
     auto words = kj::heapArray<capnp::word>(value->size() / sizeof(capnp::word));
@@ -90,13 +119,18 @@ kj::Maybe<kj::Array<capnp::word>> ClientTable::find(store::Txn& txn,
 
 void ClientTable::record(store::Txn& txn, kj::ArrayPtr<const kj::byte> client, uint64_t requestId,
                          capnp::MessageBuilder& reply) {
-  auto key = replyKey(client, requestId);
+  auto key = clientKey(client, requestId);
   txn.putMessage(replies_, key, reply);
 }
 
 void ClientTable::prune(store::Txn& txn, kj::ArrayPtr<const kj::byte> client, uint64_t below) {
-  auto start = replyKey(client, 0);
-  store::Cursor cursor(txn, replies_);
+  dropBelow(txn, replies_, client, below);
+}
+
+void ClientTable::dropBelow(store::Txn& txn, MDB_dbi db, kj::ArrayPtr<const kj::byte> client,
+                            uint64_t below) {
+  auto start = clientKey(client, 0);
+  store::Cursor cursor(txn, db);
   for (auto item = cursor.seek(start);;) {
     KJ_IF_MAYBE (i, item) {
       if (!sameClient(i->key, client) || store::readU64(i->key, UUID_SIZE) >= below) break;
@@ -129,7 +163,7 @@ kj::Vector<kj::Array<kj::byte>> ClientTable::clients(store::Txn& txn) {
     KJ_IF_MAYBE (i, item) {
       auto uuid = kj::heapArray(i->key.slice(0, UUID_SIZE));
       // Skip the rest of this client's records.
-      item = cursor.seek(replyKey(uuid, UINT64_MAX));
+      item = cursor.seek(clientKey(uuid, UINT64_MAX));
       KJ_IF_MAYBE (j, item) {
         if (sameClient(j->key, uuid)) item = cursor.next();
       }
@@ -144,7 +178,7 @@ kj::Vector<kj::Array<kj::byte>> ClientTable::clients(store::Txn& txn) {
 uint64_t ClientTable::lastRequestId(store::Txn& txn, kj::ArrayPtr<const kj::byte> client) {
   uint64_t last = 0;
   store::Cursor cursor(txn, replies_);
-  for (auto item = cursor.seek(replyKey(client, 0));;) {
+  for (auto item = cursor.seek(clientKey(client, 0));;) {
     KJ_IF_MAYBE (i, item) {
       if (!sameClient(i->key, client)) break;
       last = store::readU64(i->key, UUID_SIZE);

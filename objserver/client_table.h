@@ -35,7 +35,15 @@ public:
   bool away(store::Txn& txn, kj::ArrayPtr<const kj::byte> client);
   // The clients that joined (peer servers never do).
   kj::Vector<kj::Array<kj::byte>> joinedClients(store::Txn& txn);
-  // Forgets a client that is gone for good.
+  // Inode numbers set aside for the client's creates answered ahead (reserveInodes): a create
+  // may use one only if it is the client's, and only once.
+  void reserve(store::Txn& txn, kj::ArrayPtr<const kj::byte> client, uint64_t ino);
+  // How many numbers the client holds, counted up to `limit`.
+  size_t reservedCount(store::Txn& txn, kj::ArrayPtr<const kj::byte> client, size_t limit);
+  // Whether `ino` was reserved for the client; it is not any more.
+  bool takeReserved(store::Txn& txn, kj::ArrayPtr<const kj::byte> client, uint64_t ino);
+
+  // Forgets a client that is gone for good (its reply records and reserved numbers too).
   void forget(store::Txn& txn, kj::ArrayPtr<const kj::byte> client);
 
   // Evictions are kept on the target, so that a client evicted by an instance that then shut
@@ -49,6 +57,9 @@ private:
   MDB_dbi replies_;
   MDB_dbi joined_;
   MDB_dbi evicted_;
+  MDB_dbi reserved_;  // uuid + ino -> nothing
+  // Deletes the client's records in `db` (keys uuid + a number) numbered below `below`.
+  void dropBelow(store::Txn& txn, MDB_dbi db, kj::ArrayPtr<const kj::byte> client, uint64_t below);
 };
 
 }  // namespace cairn

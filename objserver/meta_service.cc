@@ -40,6 +40,7 @@ bool isUpdate(rpc::MetaRequest::Which which) {
     case R::REMOVEXATTR:
     case R::WROTE:
     case R::RESERVE_APPEND:
+    case R::RESERVE_INODES:
       return true;
     default:
       return false;
@@ -594,14 +595,18 @@ void MetaService::apply(rpc::MetaRequest::Reader req, store::Txn& txn,
       ns_.link(txn, l.getIno(), l.getNewParent(), l.getNewName()).toAttr(reply.initAttr());
       return;
     }
-    case R::UNLINK:
-      ns_.unlink(txn, req.getUnlink().getParent(), req.getUnlink().getName(), false);
+    case R::UNLINK: {
+      auto u = req.getUnlink();
+      ns_.unlink(txn, u.getParent(), u.getName(), false, u.getExpect());
       reply.setNone();
       return;
-    case R::RMDIR:
-      ns_.unlink(txn, req.getRmdir().getParent(), req.getRmdir().getName(), true);
+    }
+    case R::RMDIR: {
+      auto r = req.getRmdir();
+      ns_.unlink(txn, r.getParent(), r.getName(), true, r.getExpect());
       reply.setNone();
       return;
+    }
     case R::RENAME: {
       auto r = req.getRename();
       ns_.rename(txn, r.getParent(), r.getName(), r.getNewParent(), r.getNewName(), r.getFlags());
@@ -611,6 +616,19 @@ void MetaService::apply(rpc::MetaRequest::Reader req, store::Txn& txn,
     case R::CREATE: {
       auto c = req.getCreate();
       kj::Maybe<InodeData> made;
+      if (c.getIno() != 0) {
+        // Answered ahead: the client told its application a new empty file was made.
+        fsRequire(ctx_.clients.takeReserved(txn, session_->uuid, c.getIno()), EINVAL);
+        Preset preset;
+        preset.ino = c.getIno();
+        KJ_REQUIRE(c.getTime().getNsec() < 1000000000, "bad nanoseconds", c.getTime().getNsec());
+        preset.time = timespec{c.getTime().getSec(), long(c.getTime().getNsec())};
+        preset.layout = decodeLayout(c.getLayout());
+        setOpened(ns_.make(txn, c.getParent(), c.getName(), S_IFREG | (c.getMode() & 07777), 0,
+                           nullptr, caller.creds(), preset),
+                  reply);
+        return;
+      }
       try {
         made = ns_.make(txn, c.getParent(), c.getName(), S_IFREG | (c.getMode() & 07777), 0,
                         nullptr, caller.creds());
@@ -641,6 +659,21 @@ void MetaService::apply(rpc::MetaRequest::Reader req, store::Txn& txn,
       reply.setOffset(ns_.reserveAppend(txn, req.getReserveAppend().getIno(),
                                         req.getReserveAppend().getLength()));
       return;
+    case R::RESERVE_INODES: {
+      uint32_t count = req.getReserveInodes();
+      KJ_REQUIRE(count > 0 && count <= features::MAX_RESERVE_INODES, "bad reserveInodes count",
+                 count);
+      // A bound on what one client keeps set aside on the target.
+      size_t held = ctx_.clients.reservedCount(txn, session_->uuid, features::MAX_RESERVED_INODES);
+      fsRequire(held + count <= features::MAX_RESERVED_INODES, EDQUOT);
+      auto layouts = ns_.reserveInodes(txn, count);
+      auto out = reply.initReserved(layouts.size());
+      for (auto i : kj::indices(layouts)) {
+        ctx_.clients.reserve(txn, session_->uuid, layouts[i].objectId);
+        encodeLayout(layouts[i], out[i]);
+      }
+      return;
+    }
     default:
       KJ_UNREACHABLE;
   }

@@ -1,6 +1,7 @@
 #include "objserver/namespace.h"
 
 #include <algorithm>
+#include <set>
 
 #include <linux/fs.h>
 #include <sys/stat.h>
@@ -40,8 +41,6 @@ void encodeLayout(const LayoutData& layout, rpc::Layout::Builder out) {
   for (auto i : kj::indices(layout.targets)) targets.set(i, layout.targets[i]);
 }
 
-namespace {
-
 LayoutData decodeLayout(rpc::Layout::Reader in) {
   LayoutData layout;
   layout.objectId = in.getObjectId();
@@ -50,6 +49,8 @@ LayoutData decodeLayout(rpc::Layout::Reader in) {
   for (auto i : kj::indices(layout.targets)) layout.targets[i] = in.getTargets()[i];
   return layout;
 }
+
+namespace {
 
 timespec fromWire(rpc::Timespec::Reader t) {
   return timespec{static_cast<time_t>(t.getSec()), static_cast<long>(t.getNsec())};
@@ -265,10 +266,10 @@ InodeData Namespace::setattr(store::Txn& txn, rpc::MetaRequest::Setattr::Reader 
   return node;
 }
 
-uint64_t Namespace::nextIno(store::Txn& txn) {
+uint64_t Namespace::nextIno(store::Txn& txn, uint64_t count) {
   auto raw = KJ_ASSERT_NONNULL(txn.get(meta_, NEXT_INO_KEY.asBytes()));
   uint64_t ino = store::readU64(raw);
-  store::U64Key next(ino + 1);
+  store::U64Key next(ino + count);
   txn.put(meta_, NEXT_INO_KEY.asBytes(), next.ptr());
   return ino;
 }
@@ -291,9 +292,32 @@ LayoutData Namespace::chooseLayout(store::Txn& txn, uint64_t ino) {
   return layout;
 }
 
+kj::Vector<LayoutData> Namespace::reserveInodes(store::Txn& txn, uint32_t count) {
+  kj::Vector<LayoutData> out(count);
+  uint64_t first = nextIno(txn, count);
+  for (uint64_t ino = first; ino < first + count; ++ino) out.add(chooseLayout(txn, ino));
+  return out;
+}
+
+void Namespace::checkLayout(store::Txn& txn, const LayoutData& layout, uint64_t ino) {
+  KJ_REQUIRE(layout.objectId == ino, "a new file's object is its inode", layout.objectId, ino);
+  KJ_REQUIRE(layout.stripeSize >= 4096 && layout.stripeSize % 4096 == 0, "bad stripe size",
+             layout.stripeSize);
+  std::set<uint32_t> data;
+  listTargets(txn, [&](rpc::TargetAddress::Reader t) {
+    if (t.getKind() == rpc::TargetKind::DATA) data.insert(t.getIndex());
+  });
+  KJ_REQUIRE(layout.targets.size() > 0 && layout.targets.size() <= data.size(), "bad stripe count",
+             layout.targets.size());
+  std::set<uint32_t> seen;
+  for (uint32_t t : layout.targets) {
+    KJ_REQUIRE(data.count(t) > 0 && seen.insert(t).second, "not a data target, or twice", t);
+  }
+}
+
 InodeData Namespace::make(store::Txn& txn, uint64_t parent, kj::ArrayPtr<const kj::byte> name,
                           uint32_t mode, uint64_t rdev, kj::ArrayPtr<const kj::byte> symlink,
-                          const Creds& creds) {
+                          const Creds& creds, kj::Maybe<const Preset&> preset) {
   requireName(name);
   auto dir = requireDir(txn, parent);
   fsRequire(entry(txn, parent, name) == nullptr, EEXIST);
@@ -303,7 +327,15 @@ InodeData Namespace::make(store::Txn& txn, uint64_t parent, kj::ArrayPtr<const k
             EINVAL);
   auto now = nowTime();
   InodeData node;
-  node.ino = nextIno(txn);
+  KJ_IF_MAYBE (p, preset) {
+    KJ_REQUIRE(type == S_IFREG, "only regular files are made ahead");
+    KJ_REQUIRE(find(txn, p->ino) == nullptr, "a reserved inode number is in use", p->ino);
+    checkLayout(txn, p->layout, p->ino);
+    node.ino = p->ino;
+    now = p->time;
+  } else {
+    node.ino = nextIno(txn);
+  }
   node.mode = mode;
   node.rdev = (type == S_IFCHR || type == S_IFBLK) ? rdev : 0;
   node.uid = creds.uid;
@@ -328,7 +360,15 @@ InodeData Namespace::make(store::Txn& txn, uint64_t parent, kj::ArrayPtr<const k
     node.size = symlink.size();
     node.mode = S_IFLNK | 0777;
   }
-  if (type == S_IFREG) node.layout = chooseLayout(txn, node.ino);
+  if (type == S_IFREG) {
+    KJ_IF_MAYBE (p, preset) {
+      node.layout.objectId = p->layout.objectId;
+      node.layout.stripeSize = p->layout.stripeSize;
+      node.layout.targets = kj::heapArray(p->layout.targets.asPtr());
+    } else {
+      node.layout = chooseLayout(txn, node.ino);
+    }
+  }
   addEntry(txn, dir, name, node.ino);
   dir.mtime = dir.ctime = now;
   put(txn, dir);
@@ -392,10 +432,11 @@ void Namespace::destroyInode(store::Txn& txn, const InodeData& node) {
 }
 
 void Namespace::unlink(store::Txn& txn, uint64_t parent, kj::ArrayPtr<const kj::byte> name,
-                       bool wantDir) {
+                       bool wantDir, uint64_t expect) {
   fsRequire(name.size() <= NAME_MAX_BYTES, ENAMETOOLONG);
   auto dir = requireDir(txn, parent);
   uint64_t ino = requireEntry(txn, parent, name);
+  fsRequire(expect == 0 || ino == expect, ENOENT);
   auto node = get(txn, ino);
   if (wantDir) {
     fsRequire(node.isDir(), ENOTDIR);

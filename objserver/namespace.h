@@ -62,6 +62,14 @@ struct Creds {
   uint32_t gid = 0;
 };
 
+// What a create the client answered ahead fixes (MetaRequest.create.ino): the number it was
+// given by reserveInodes, its clock, the layout reserved with the number.
+struct Preset {
+  uint64_t ino = 0;
+  timespec time{};
+  LayoutData layout;
+};
+
 class Namespace {
 public:
   // isOpen tells whether any client has the inode open (the open table lives in memory).
@@ -74,10 +82,15 @@ public:
   InodeData lookup(store::Txn& txn, uint64_t parent, kj::ArrayPtr<const kj::byte> name);
   InodeData setattr(store::Txn& txn, rpc::MetaRequest::Setattr::Reader req);
   InodeData make(store::Txn& txn, uint64_t parent, kj::ArrayPtr<const kj::byte> name, uint32_t mode,
-                 uint64_t rdev, kj::ArrayPtr<const kj::byte> symlink, const Creds& creds);
+                 uint64_t rdev, kj::ArrayPtr<const kj::byte> symlink, const Creds& creds,
+                 kj::Maybe<const Preset&> preset = nullptr);
+  // `count` inode numbers nobody has used, with the layout each file made with one gets.
+  kj::Vector<LayoutData> reserveInodes(store::Txn& txn, uint32_t count);
   InodeData link(store::Txn& txn, uint64_t ino, uint64_t newParent,
                  kj::ArrayPtr<const kj::byte> newName);
-  void unlink(store::Txn& txn, uint64_t parent, kj::ArrayPtr<const kj::byte> name, bool dir);
+  // `expect` non-zero: only if the name still refers to that inode (ENOENT otherwise).
+  void unlink(store::Txn& txn, uint64_t parent, kj::ArrayPtr<const kj::byte> name, bool dir,
+              uint64_t expect = 0);
   void rename(store::Txn& txn, uint64_t parent, kj::ArrayPtr<const kj::byte> name,
               uint64_t newParent, kj::ArrayPtr<const kj::byte> newName, uint32_t flags);
   // Fills `out` with entries after `cookie`; returns true at the end of the directory.
@@ -127,7 +140,9 @@ private:
   void dropLink(store::Txn& txn, InodeData& node);
   void destroyInode(store::Txn& txn, const InodeData& node);
   LayoutData chooseLayout(store::Txn& txn, uint64_t ino);
-  uint64_t nextIno(store::Txn& txn);
+  uint64_t nextIno(store::Txn& txn, uint64_t count = 1);
+  // A layout a client made a file with: on this target's data targets, for that inode.
+  void checkLayout(store::Txn& txn, const LayoutData& layout, uint64_t ino);
 
   Target& target_;
   kj::Function<bool(uint64_t)> isOpen_;
@@ -136,5 +151,6 @@ private:
 
 timespec nowTime();
 void encodeLayout(const LayoutData& layout, rpc::Layout::Builder out);
+LayoutData decodeLayout(rpc::Layout::Reader in);
 
 }  // namespace cairn

@@ -162,10 +162,14 @@ struct MetaRequest {
     unlink :group {
       parent @27 :UInt64;
       name @28 :Data;
+      # Non-zero: the inode the client knows by that name (a removal it answered ahead). Another
+      # inode there now (made after a restart lost the client's lock) is left alone: ENOENT.
+      expect @96 :UInt64;
     }
     rmdir :group {
       parent @29 :UInt64;
       name @30 :Data;
+      expect @97 :UInt64;      # as unlink's
     }
     rename :group {
       parent @31 :UInt64;
@@ -185,6 +189,13 @@ struct MetaRequest {
       mode @41 :UInt32;
       flags @42 :UInt32;
       handle @43 :UInt64;
+      # A create the client answered ahead (features::ASYNC_CREATE): the new inode is `ino`, one
+      # reserveInodes gave this client, with these times and `layout` (the one reserved with
+      # it), as the client told its application. The name must not exist (EEXIST otherwise,
+      # whatever the flags). 0: the server picks the number, the times and the layout.
+      ino @93 :UInt64;
+      time @94 :Timespec;
+      layout @95 :Layout;
     }
     release @44 :UInt64;       # handle
     readdir :group {
@@ -260,6 +271,10 @@ struct MetaRequest {
     }
     # Handles closed since the last release went out, at most 1,024 (features::RELEASE_MANY).
     releaseMany @92 :List(UInt64);
+    # Inode numbers for creates this client will answer ahead (features::ASYNC_CREATE), at most
+    # features::MAX_RESERVE_INODES -> reserved. Kept for the client on the target until it uses
+    # them or is forgotten; no one else is given them.
+    reserveInodes @98 :UInt32;
   }
   wantLocks @83 :UInt32;       # want* bits; 0 from clients that do not cache
   # setlk only: this lock was granted before the server restarted and is being taken again
@@ -307,6 +322,7 @@ struct MetaReply {
       end @16 :UInt64;
       pid @17 :UInt32;
     }
+    reserved @20 :List(Layout);  # reserveInodes: one layout per inode, objectId = the number
   }
   locks @18 :List(GrantedLock);  # granted for `wantLocks`
   # Updates: every inode the update changed, as it is now (mode 0 = removed). The requesting

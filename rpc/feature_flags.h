@@ -37,7 +37,14 @@ constexpr uint64_t LOCK_CONVERT = 1 << 6;
 // that client's PW (so it can finish what it answered before giving the PW back); reads of a
 // directory call such a PW back first.
 constexpr uint64_t ASYNC_DIROPS = 1 << 7;
+// Creates answered ahead: MetaRequest.reserveInodes, create.ino/time/layout, and the expected
+// inode of an unlink or rmdir (unlink.expect, rmdir.expect).
+constexpr uint64_t ASYNC_CREATE = 1 << 8;
+// The most inode numbers one reserveInodes may ask for, and one client may hold unused.
+constexpr uint32_t MAX_RESERVE_INODES = 1024;
+constexpr size_t MAX_RESERVED_INODES = 4096;
 constexpr uint64_t SUPPORTED = BASE | CACHING_LOCKS | WRITE_MANY | ACTIVE_SERVER_LOCK |
-                               DESTROY_MANY | RELEASE_MANY | LOCK_CONVERT | ASYNC_DIROPS;
+                               DESTROY_MANY | RELEASE_MANY | LOCK_CONVERT | ASYNC_DIROPS |
+                               ASYNC_CREATE;
 
 }  // namespace cairn::features

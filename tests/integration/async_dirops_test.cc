@@ -1,17 +1,20 @@
-// Asynchronous unlink and rmdir (fusefs/async_dirops.h): a client holding PW on a directory's
-// names answers unlinks in it, and rmdirs of directories it knows empty, without waiting for the
-// metadata server. What an application was told still holds everywhere: another client sees the
-// names gone at once, a crash of the server loses none of them, an rmdir's request waits for the
-// unlinks in its directory, and an eviction drops what the server never applied.
+// Asynchronous create, unlink and rmdir (fusefs/async_dirops.h): a client holding PW on a
+// directory's names answers creates of names it knows free, unlinks of names it has cached, and
+// rmdirs of directories it knows empty, without waiting for the metadata server. What an
+// application was told still holds everywhere: another client sees the names made or gone at
+// once, a crash of the server loses none of them, an rmdir's request waits for the unlinks in
+// its directory, and an eviction drops what the server never applied.
 #include <dirent.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cstring>
+#include <map>
 #include <set>
 #include <string>
 #include <thread>
@@ -31,6 +34,24 @@ uint64_t mountCounter(const std::string& mnt, const std::string& name) {
 
 uint64_t ahead(const std::string& mnt) {
   return mountCounter(mnt, "cairn_client_unlinks_ahead_total");
+}
+
+uint64_t createdAhead(const std::string& mnt) {
+  return mountCounter(mnt, "cairn_client_creates_ahead_total");
+}
+
+// Creates DIR/c0, c1, ... until one is answered ahead (the first ones wait for the server while
+// the directory's PW and the inode numbers are on their way); returns the next index.
+int createUntilAhead(const std::string& mnt, const std::string& dir, int n) {
+  uint64_t before = createdAhead(mnt);
+  for (int i = 0; i < n; ++i) {
+    int fd = creat((dir + "/c" + std::to_string(i)).c_str(), 0644);
+    EXPECT_GE(fd, 0) << strerror(errno);
+    close(fd);
+    if (createdAhead(mnt) > before) return i + 1;
+  }
+  ADD_FAILURE() << "no create was answered ahead";
+  return n;
 }
 
 void makeFiles(const std::string& dir, int n) {
@@ -79,13 +100,14 @@ std::set<std::string> namesAt(int fd) {
   return out;
 }
 
-// Makes DIR with files f0..f(n-1) and x, x with the lowest inode number of them (made first,
-// then moved in), and has client C cache x's attributes: an unlink of x then waits on the
-// server for C before it locks DIR.
-void makeHeldUpFile(const std::string& a, const std::string& c, const std::string& dir, int n) {
-  writeWhole(a + dir + "-x", "");
-  makeFiles(a + dir, n);
-  ASSERT_EQ(rename((a + dir + "-x").c_str(), (a + dir + "/x").c_str()), 0);
+// Through mount W, makes DIR with files f0..f(n-1) and x, x with the lowest inode number of
+// them (made first, then moved in), and has client C cache x's attributes: an unlink of x then
+// waits on the server for C before it locks DIR. (W answers nothing ahead: the client that
+// unlinks then takes PW on DIR from locks nobody else wanted, and C's PR stays on x.)
+void makeHeldUpFile(const std::string& w, const std::string& c, const std::string& dir, int n) {
+  writeWhole(w + dir + "-x", "");
+  makeFiles(w + dir, n);
+  ASSERT_EQ(rename((w + dir + "-x").c_str(), (w + dir + "/x").c_str()), 0);
   struct stat st;
   ASSERT_EQ(stat((c + dir + "/x").c_str(), &st), 0);
 }
@@ -123,7 +145,7 @@ TEST(AsyncUnlink, AnotherClientSeesUnlinksAnsweredAheadAtOnce) {
   close(fd);
   struct stat st;
   EXPECT_EQ(stat((a + "/d/f5").c_str(), &st), 0);
-  EXPECT_EQ(mountCounter(a, "cairn_client_unlinks_ahead_failed_total"), 0u);
+  EXPECT_EQ(mountCounter(a, "cairn_client_dirops_ahead_failed_total"), 0u);
 }
 
 // A's unlink of a file a hung client C caches is held up on the server (C is called back, and
@@ -137,7 +159,8 @@ TEST(AsyncUnlink, AListingElsewhereWaitsForAnUnlinkHeldUpOnTheServer) {
   auto a = cluster.mount();
   auto b = cluster.mount();
   auto c = cluster.mount();
-  makeHeldUpFile(a, c, "/d", 20);
+  auto w = cluster.mount("no_async_dirops");
+  makeHeldUpFile(w, c, "/d", 20);
   // Listed through a descriptor opened now: no path walk later, nothing but the listing.
   int dfd = open((b + "/d").c_str(), O_RDONLY | O_DIRECTORY);
   ASSERT_GE(dfd, 0) << strerror(errno);
@@ -161,8 +184,11 @@ TEST(AsyncUnlink, ARemovedDirectoryWaitsForTheUnlinksInIt) {
   TestCluster cluster(options);
   auto a = cluster.mount();
   auto c = cluster.mount();
-  makeFiles(a + "/top", 5);
-  makeHeldUpFile(a, c, "/top/d", 10);
+  auto w = cluster.mount("no_async_dirops");
+  makeFiles(w + "/top", 5);
+  makeHeldUpFile(w, c, "/top/d", 10);
+  // A lists it: the names it then removes leave it known empty.
+  EXPECT_EQ(names(a + "/top/d").size(), 11u);
   struct stat st;
   int next = unlinkUntilAhead(a, a + "/top/d", 10);
   // PW on top too; the unlinks there call C's locks on top back (C keeps only x's attributes,
@@ -181,7 +207,7 @@ TEST(AsyncUnlink, ARemovedDirectoryWaitsForTheUnlinksInIt) {
   EXPECT_NE(stat((a + "/top/d").c_str(), &st), 0);
   EXPECT_EQ(syncDir(a + "/top"), 0);  // after C's eviction lets the unlink through
   cluster.signalMount(1, SIGCONT);
-  EXPECT_EQ(mountCounter(a, "cairn_client_unlinks_ahead_failed_total"), 0u);
+  EXPECT_EQ(mountCounter(a, "cairn_client_dirops_ahead_failed_total"), 0u);
   std::set<std::string> left;
   for (int i = nextTop; i < 5; ++i) left.insert("f" + std::to_string(i));
   auto b = cluster.mount();
@@ -218,7 +244,7 @@ TEST(AsyncUnlink, UnlinksAnsweredWhileTheServerHangsSurviveItsCrash) {
   EXPECT_EQ(syncDir(a + "/d"), 0);  // waits for their replies
   auto b = cluster.mount();
   EXPECT_TRUE(names(b + "/d").empty());
-  EXPECT_EQ(mountCounter(a, "cairn_client_unlinks_ahead_failed_total"), 0u);
+  EXPECT_EQ(mountCounter(a, "cairn_client_dirops_ahead_failed_total"), 0u);
 }
 
 // A file open here and unlinked ahead when the server dies: recovery re-opens it before the
@@ -271,7 +297,7 @@ TEST(AsyncUnlink, AnEvictedClientDropsTheUnlinksItAnsweredAhead) {
   ASSERT_TRUE(cluster.startServer(0, {"--version-override", "9.9.9", "--force"}));
   EXPECT_EQ(syncDir(a + "/d"), EIO);
   EXPECT_EQ(syncDir(a + "/d"), 0);  // reported once
-  EXPECT_EQ(mountCounter(a, "cairn_client_unlinks_ahead_failed_total"), 1u);
+  EXPECT_EQ(mountCounter(a, "cairn_client_dirops_ahead_failed_total"), 1u);
   std::set<std::string> expected;
   for (int i = next; i < 20; ++i) expected.insert("f" + std::to_string(i));
   auto b = cluster.mount();
@@ -298,6 +324,159 @@ TEST(AsyncUnlink, ATreeRemovedWithRmIsGoneEverywhere) {
   EXPECT_NE(stat((b + "/t").c_str(), &st), 0);
   EXPECT_EQ(errno, ENOENT);
   EXPECT_TRUE(names(b).empty());
+}
+
+// What A's application was told of each file it made ahead is what the server made: B, right
+// after, lists every name and sees the same inode, owner, group (the directory's, set-group-ID),
+// mode, times and contents.
+TEST(AsyncCreate, AnotherClientSeesFilesCreatedAheadAsTheirMakerDoes) {
+  TestCluster cluster;
+  auto a = cluster.mount();
+  auto b = cluster.mount();
+  ASSERT_EQ(mkdir((a + "/d").c_str(), 0755), 0);
+  ASSERT_EQ(chown((a + "/d").c_str(), 0, 1234), 0);
+  ASSERT_EQ(chmod((a + "/d").c_str(), 02775), 0);
+  const int n = 200;
+  int next = createUntilAhead(a, a + "/d", n);
+  uint64_t before = createdAhead(a);
+  std::map<std::string, struct stat> told;
+  for (int i = next; i < n; ++i) {
+    auto name = "c" + std::to_string(i);
+    int fd = open((a + "/d/" + name).c_str(), O_CREAT | O_EXCL | O_WRONLY, 0640);
+    ASSERT_GE(fd, 0) << strerror(errno);
+    ASSERT_EQ(fstat(fd, &told[name]), 0);
+    if (i % 10 == 0) {
+      ASSERT_EQ(write(fd, name.data(), name.size()), ssize_t(name.size()));
+    }
+    close(fd);
+  }
+  EXPECT_GE(createdAhead(a), before + (n - next) / 2);
+  // B's listing calls A's PW back, which waits for the creates.
+  EXPECT_EQ(names(b + "/d").size(), size_t(n));
+  for (auto& [name, st] : told) {
+    struct stat there;
+    ASSERT_EQ(stat((b + "/d/" + name).c_str(), &there), 0) << name;
+    EXPECT_EQ(there.st_ino, st.st_ino) << name;
+    EXPECT_EQ(there.st_mode, st.st_mode) << name;
+    EXPECT_EQ(there.st_uid, st.st_uid) << name;
+    EXPECT_EQ(there.st_gid, 1234u) << name;
+    EXPECT_EQ(st.st_gid, 1234u) << name;
+    int i = std::stoi(name.substr(1));
+    if (i % 10 != 0) {  // (a write sets the times again)
+      EXPECT_EQ(there.st_mtim.tv_sec, st.st_mtim.tv_sec) << name;
+      EXPECT_EQ(there.st_mtim.tv_nsec, st.st_mtim.tv_nsec) << name;
+      EXPECT_EQ(there.st_ctim.tv_nsec, st.st_ctim.tv_nsec) << name;
+    }
+    EXPECT_EQ(readWhole(b + "/d/" + name), i % 10 == 0 ? name : "") << name;
+  }
+  EXPECT_EQ(mountCounter(a, "cairn_client_dirops_ahead_failed_total"), 0u);
+}
+
+// A name made, removed and made again, quickly and many times: the requests reach the server
+// in the order the application made them (a create waits for the removal of its name on its
+// way, an unlink for the create of its file).
+TEST(AsyncCreate, MakingAndRemovingOneNameKeepsItsOrder) {
+  TestCluster cluster;
+  auto a = cluster.mount();
+  auto b = cluster.mount();
+  ASSERT_EQ(mkdir((a + "/d").c_str(), 0755), 0);
+  createUntilAhead(a, a + "/d", 50);
+  for (int i = 0; i < 100; ++i) {
+    writeWhole(a + "/d/x", "round " + std::to_string(i));
+    ASSERT_EQ(unlink((a + "/d/x").c_str()), 0) << strerror(errno);
+    int fd = creat((a + "/d/x").c_str(), 0644);
+    ASSERT_GE(fd, 0) << strerror(errno);
+    close(fd);
+    ASSERT_EQ(unlink((a + "/d/x").c_str()), 0) << strerror(errno);
+  }
+  writeWhole(a + "/d/x", "last");
+  EXPECT_EQ(syncDir(a + "/d"), 0);
+  EXPECT_EQ(readWhole(b + "/d/x"), "last");
+  EXPECT_EQ(mountCounter(a, "cairn_client_dirops_ahead_failed_total"), 0u);
+}
+
+// Creates answered while the server hangs, which then dies with them unread: the client sends
+// them again to the new instance (the numbers it had reserved were replayed), and every file
+// is there.
+TEST(AsyncCreate, FilesCreatedWhileTheServerHangsSurviveItsCrash) {
+  TestCluster::Options options;
+  options.metaArgs = {"--recovery-window", "5"};
+  TestCluster cluster(options);
+  auto a = cluster.mount();
+  ASSERT_EQ(mkdir((a + "/d").c_str(), 0755), 0);
+  int next = createUntilAhead(a, a + "/d", 50);
+  cluster.signalServer(0, SIGSTOP);
+  const int n = next + 100;
+  std::atomic<bool> done{false};
+  std::atomic<int> failed{0};
+  std::thread app([&] {
+    for (int i = next; i < n; ++i) {
+      int fd = creat((a + "/d/c" + std::to_string(i)).c_str(), 0644);
+      if (fd < 0) ++failed;
+      close(fd);
+    }
+    done = true;
+  });
+  // Answered with the server stopped: the mount did not wait for it.
+  bool answered = waitFor([&] { return done.load(); }, 10000);
+  EXPECT_TRUE(answered);
+  struct stat st;
+  EXPECT_EQ(stat((a + "/d/c" + std::to_string(n - 1)).c_str(), &st), 0);
+  cluster.stopServer(0, SIGKILL);
+  app.join();
+  EXPECT_EQ(failed.load(), 0);
+  ASSERT_TRUE(cluster.startServer(0));
+  EXPECT_EQ(syncDir(a + "/d"), 0);  // waits for their replies
+  auto b = cluster.mount();
+  EXPECT_EQ(names(b + "/d").size(), size_t(n));
+  struct stat there;
+  ASSERT_EQ(stat((b + "/d/c" + std::to_string(n - 1)).c_str(), &there), 0);
+  EXPECT_EQ(there.st_ino, st.st_ino);
+  EXPECT_EQ(mountCounter(a, "cairn_client_dirops_ahead_failed_total"), 0u);
+}
+
+// A forced start evicts A with a create answered ahead unread: the file is not made after the
+// fact (nor its data written anywhere); its descriptor and the directory's fsync report EIO.
+TEST(AsyncCreate, AnEvictedClientDropsTheFilesItCreatedAhead) {
+  TestCluster cluster;
+  auto a = cluster.mount();
+  ASSERT_EQ(mkdir((a + "/d").c_str(), 0755), 0);
+  int next = createUntilAhead(a, a + "/d", 50);
+  cluster.signalServer(0, SIGSTOP);
+  // The file is held by a child of its own: a process this test forks (the server) must not
+  // share it, or its close would wait for the server it is about to become.
+  int ask[2], told[2];
+  ASSERT_EQ(pipe(ask), 0);
+  ASSERT_EQ(pipe(told), 0);
+  pid_t holder = fork();
+  if (holder == 0) {
+    int fd = open((a + "/d/new").c_str(), O_CREAT | O_EXCL | O_WRONLY, 0644);
+    char ok = fd >= 0 && write(fd, "early", 5) == 5 ? 'y' : 'n';  // queued behind the create
+    char go;
+    if (write(told[1], &ok, 1) != 1 || read(ask[0], &go, 1) != 1) _exit(1);
+    ok = write(fd, "x", 1) == -1 && errno == EIO ? 'y' : 'n';
+    if (write(told[1], &ok, 1) != 1) _exit(1);
+    _exit(0);
+  }
+  char reply = 0;
+  ASSERT_EQ(read(told[0], &reply, 1), 1);
+  EXPECT_EQ(reply, 'y') << "the create and write were not answered at once";
+  cluster.stopServer(0, SIGKILL);
+  ASSERT_TRUE(cluster.startServer(0, {"--version-override", "9.9.9", "--force"}));
+  EXPECT_EQ(syncDir(a + "/d"), EIO);
+  ASSERT_EQ(write(ask[1], "g", 1), 1);
+  ASSERT_EQ(read(told[0], &reply, 1), 1);
+  EXPECT_EQ(reply, 'y') << "a write to the dropped file did not fail with EIO";
+  int status = 0;
+  waitpid(holder, &status, 0);
+  for (int fd : {ask[0], ask[1], told[0], told[1]}) close(fd);
+  EXPECT_EQ(mountCounter(a, "cairn_client_dirops_ahead_failed_total"), 1u);
+  auto b = cluster.mount();
+  auto left = names(b + "/d");
+  EXPECT_EQ(left.count("new"), 0u);
+  EXPECT_EQ(left.size(), size_t(next));
+  struct stat st;
+  EXPECT_NE(stat((a + "/d/new").c_str(), &st), 0);
 }
 
 }  // namespace

@@ -11,6 +11,7 @@
 #include <set>
 #include <string>
 
+#include "objserver/client_table.h"
 #include "objserver/namespace.h"
 #include "rpc/errors.h"
 #include "tests/unit/temp_dir.h"
@@ -264,6 +265,110 @@ TEST_F(NamespaceTest, SetgidDirectoriesPassTheirGroupOn) {
   EXPECT_EQ(get(f).uid, 5u);
   EXPECT_EQ(get(sub).gid, 77u);
   EXPECT_TRUE(get(sub).mode & S_ISGID);
+}
+
+// Creates a client answered ahead (MetaRequest.create.ino): the numbers are set aside first,
+// and the file is made with the number, times and layout the client told its application.
+TEST_F(NamespaceTest, ReservedNumbersMakeFilesAsTheClientToldItsApplication) {
+  kj::Vector<LayoutData> reserved;
+  apply([&](store::Txn& txn) { reserved = ns->reserveInodes(txn, 4); });
+  ASSERT_EQ(reserved.size(), 4u);
+  uint64_t first = reserved[0].objectId;
+  for (size_t i = 0; i < 4; ++i) {
+    EXPECT_EQ(reserved[i].objectId, first + i);
+    EXPECT_EQ(reserved[i].stripeSize, 65536u);
+    EXPECT_EQ(reserved[i].targets.size(), 2u);
+  }
+  // Nobody else is given them.
+  uint64_t other = make(ROOT_INO, "other", S_IFREG | 0644);
+  EXPECT_GE(other, first + 4);
+
+  Preset preset;
+  preset.ino = first + 2;
+  preset.time = timespec{1700000000, 123456789};
+  preset.layout.objectId = first + 2;
+  preset.layout.stripeSize = 65536;
+  preset.layout.targets = kj::heapArray<uint32_t>({1, 0});
+  InodeData made;
+  apply([&](store::Txn& txn) {
+    made = ns->make(txn, ROOT_INO, n("ahead"), S_IFREG | 0600, 0, nullptr, {7, 8}, preset);
+  });
+  auto f = get(lookup(ROOT_INO, "ahead"));
+  EXPECT_EQ(f.ino, first + 2);
+  EXPECT_EQ(f.mtime.tv_sec, 1700000000);
+  EXPECT_EQ(f.mtime.tv_nsec, 123456789);
+  EXPECT_EQ(f.ctime.tv_nsec, 123456789);
+  EXPECT_EQ(get(ROOT_INO).mtime.tv_nsec, 123456789);  // the directory's change, at that time
+  EXPECT_EQ(f.uid, 7u);
+  EXPECT_EQ(f.gid, 8u);
+  ASSERT_EQ(f.layout.targets.size(), 2u);
+  EXPECT_EQ(f.layout.targets[0], 1u);
+  EXPECT_EQ(f.layout.objectId, first + 2);
+
+  // A number in use, a layout for another object, a target that is not a data target: refused.
+  auto refused = [&](const char* name, const Preset& p) {
+    try {
+      apply([&](store::Txn& txn) {
+        ns->make(txn, ROOT_INO, n(name), S_IFREG | 0600, 0, nullptr, {}, p);
+      });
+    } catch (kj::Exception&) {
+      return true;
+    }
+    return false;
+  };
+  EXPECT_TRUE(refused("again", preset));
+  Preset bad;
+  bad.ino = first + 3;
+  bad.layout.objectId = first + 1;
+  bad.layout.stripeSize = 65536;
+  bad.layout.targets = kj::heapArray<uint32_t>({0});
+  EXPECT_TRUE(refused("bad", bad));
+  bad.layout.objectId = first + 3;
+  bad.layout.targets = kj::heapArray<uint32_t>({5});
+  EXPECT_TRUE(refused("bad", bad));
+  bad.layout.targets = kj::heapArray<uint32_t>({0, 0});
+  EXPECT_TRUE(refused("bad", bad));
+  bad.layout.targets = kj::heapArray<uint32_t>({0});
+  EXPECT_FALSE(refused("good", bad));
+}
+
+// A removal answered ahead names the inode it meant: sent again after a restart lost the
+// client's lock, it must not remove a file someone else made under the name since.
+TEST_F(NamespaceTest, AnExpectedInodeKeepsARemovalOffAnotherFile) {
+  uint64_t f = make(ROOT_INO, "f", S_IFREG | 0644);
+  EXPECT_EQ(err([&](store::Txn& t) { ns->unlink(t, ROOT_INO, n("f"), false, f + 100); }), ENOENT);
+  EXPECT_TRUE(exists(ROOT_INO, "f"));
+  uint64_t d = make(ROOT_INO, "d", S_IFDIR | 0755);
+  EXPECT_EQ(err([&](store::Txn& t) { ns->unlink(t, ROOT_INO, n("d"), true, f); }), ENOENT);
+  EXPECT_EQ(err([&](store::Txn& t) { ns->unlink(t, ROOT_INO, n("f"), false, f); }), 0);
+  EXPECT_EQ(err([&](store::Txn& t) { ns->unlink(t, ROOT_INO, n("d"), true, d); }), 0);
+  EXPECT_FALSE(exists(ROOT_INO, "f"));
+  EXPECT_FALSE(exists(ROOT_INO, "d"));
+}
+
+TEST_F(NamespaceTest, ReservedNumbersAreTheirClientsOnlyAndUsedOnce) {
+  ClientTable clients(*target);
+  kj::byte a[16] = {1}, b[16] = {2};
+  apply([&](store::Txn& txn) {
+    clients.reserve(txn, a, 100);
+    clients.reserve(txn, a, 101);
+  });
+  bool taken = false;
+  apply([&](store::Txn& txn) { taken = clients.takeReserved(txn, b, 100); });
+  EXPECT_FALSE(taken);
+  size_t held = 0;
+  apply([&](store::Txn& txn) { held = clients.reservedCount(txn, a, 10); });
+  EXPECT_EQ(held, 2u);
+  apply([&](store::Txn& txn) { held = clients.reservedCount(txn, b, 10); });
+  EXPECT_EQ(held, 0u);
+  apply([&](store::Txn& txn) { taken = clients.takeReserved(txn, a, 100); });
+  EXPECT_TRUE(taken);
+  apply([&](store::Txn& txn) { taken = clients.takeReserved(txn, a, 100); });
+  EXPECT_FALSE(taken);
+  // A client forgotten takes its numbers with it.
+  apply([&](store::Txn& txn) { clients.forget(txn, a); });
+  apply([&](store::Txn& txn) { taken = clients.takeReserved(txn, a, 101); });
+  EXPECT_FALSE(taken);
 }
 
 }  // namespace

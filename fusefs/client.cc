@@ -1050,8 +1050,10 @@ kj::Maybe<uint64_t> Client::removeAhead(const Cred& cred, uint64_t parent, const
                                         bool dir) {
   if (!asyncDirops(cred) || dirops_.full()) return nullptr;
   // PW on the directory's names: nobody else can change them, nor read them without calling the
-  // lock back, which waits for our removals to be done.
-  if (locks_->heldMode(parent, BIT_LOOKUP).orDefault(rpc::LockMode::NL) != rpc::LockMode::PW) {
+  // lock back, which waits for our removals to be done (so none is answered ahead once that
+  // has begun: a stream of them would keep the lock from ever going back).
+  if (locks_->heldMode(parent, BIT_LOOKUP).orDefault(rpc::LockMode::NL) != rpc::LockMode::PW ||
+      locks_->revoking(parent, BIT_LOOKUP)) {
     return nullptr;
   }
   uint64_t child = cache_.entry(parent, name).orDefault(0);
@@ -1453,7 +1455,9 @@ kj::Maybe<Opened> Client::createAhead(const Cred& cred, uint64_t parent, const s
   if (!asyncDirops(cred) || !(meta_->peerFeatures() & features::ASYNC_CREATE)) return nullptr;
   reserveInodes();
   if (dirops_.full() || reserved_.empty()) return nullptr;
-  if (locks_->heldMode(parent, BIT_LOOKUP).orDefault(rpc::LockMode::NL) != rpc::LockMode::PW) {
+  // (Not while the PW is being called back: see removeAhead.)
+  if (locks_->heldMode(parent, BIT_LOOKUP).orDefault(rpc::LockMode::NL) != rpc::LockMode::PW ||
+      locks_->revoking(parent, BIT_LOOKUP)) {
     return nullptr;
   }
   KJ_IF_MAYBE (e, cache_.entry(parent, name)) {

@@ -1611,13 +1611,23 @@ void Client::createBehind(const Cred& cred, uint64_t parent, std::string name, u
 void Client::reserveInodes() {
   if (reserving_ || reserved_.size() >= RESERVE_LOW) return;
   reserving_ = true;
+  using Reserved = kj::Vector<std::pair<uint64_t, kj::Own<SharedLayout>>>;
   tasks_.add(metaCall([](rpc::MetaRequest::Builder b) { b.setReserveInodes(RESERVE_BATCH); }, true)
+                 .then([this](ServerLink::MetaResponse&& resp) {
+                   Reserved got;
+                   for (auto l : resp.getReply().getReserved())
+                     got.add(l.getObjectId(), toLayout(l));
+                   // On disk before any is used: a reservation the server lost in a crash would be
+                   // replayed, and after a gap (a client that never came back) get other numbers.
+                   return metaCall([](rpc::MetaRequest::Builder b) { b.setSync(); }, false)
+                       .then([got = kj::mv(got)](ServerLink::MetaResponse&&) mutable {
+                         return kj::mv(got);
+                       });
+                 })
                  .then(
-                     [this](ServerLink::MetaResponse&& resp) {
+                     [this](Reserved got) {
                        reserving_ = false;
-                       for (auto l : resp.getReply().getReserved()) {
-                         reserved_.emplace_back(l.getObjectId(), toLayout(l));
-                       }
+                       for (auto& r : got) reserved_.push_back(kj::mv(r));
                      },
                      [this](kj::Exception&& e) {
                        reserving_ = false;

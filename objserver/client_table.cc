@@ -7,11 +7,12 @@ namespace cairn {
 namespace {
 constexpr size_t UUID_SIZE = 16;
 
-kj::Array<kj::byte> clientKey(kj::ArrayPtr<const kj::byte> client, uint64_t requestId) {
+// A client's record numbered `n` (a request id, an inode number): ordered by client, then n.
+kj::Array<kj::byte> clientKey(kj::ArrayPtr<const kj::byte> client, uint64_t n) {
   KJ_REQUIRE(client.size() == UUID_SIZE, "a client uuid is 16 bytes", client.size());
   auto key = kj::heapArray<kj::byte>(UUID_SIZE + 8);
   memcpy(key.begin(), client.begin(), UUID_SIZE);
-  store::writeU64(key.begin() + UUID_SIZE, requestId);
+  store::writeU64(key.begin() + UUID_SIZE, n);
   return key;
 }
 

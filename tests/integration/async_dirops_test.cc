@@ -14,6 +14,7 @@
 
 #include <atomic>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <set>
 #include <string>
@@ -124,6 +125,33 @@ int unlinkUntilAhead(const std::string& mnt, const std::string& dir, int n) {
   return n;
 }
 
+// With the metadata server stopped, runs op(i) for i in [from, to) in a thread of its own: every
+// one must be answered at once, and succeed. Then `meanwhile`, and the server dies with the
+// requests unread (kill -9) and comes back; the directory's fsync waits for their replies.
+void answeredWhileTheServerHangsThenCrash(TestCluster& cluster, const std::string& dir, int from,
+                                          int to, const std::function<bool(int)>& op,
+                                          const std::function<void()>& meanwhile) {
+  cluster.signalServer(0, SIGSTOP);
+  std::atomic<bool> done{false};
+  std::atomic<int> failed{0};
+  std::thread app([&] {
+    for (int i = from; i < to; ++i) {
+      if (!op(i)) ++failed;
+    }
+    done = true;
+  });
+  // Answered with the server stopped: the mount did not wait for it.
+  bool answered = waitFor([&] { return done.load(); }, 10000);
+  EXPECT_TRUE(answered);
+  meanwhile();
+  // The server dies with the requests unread; the client sends them again to the new one.
+  cluster.stopServer(0, SIGKILL);
+  app.join();
+  EXPECT_EQ(failed.load(), 0);
+  ASSERT_TRUE(cluster.startServer(0));
+  EXPECT_EQ(syncDir(dir), 0);  // waits for their replies
+}
+
 TEST(AsyncUnlink, AnotherClientSeesUnlinksAnsweredAheadAtOnce) {
   TestCluster cluster;
   auto a = cluster.mount();
@@ -222,26 +250,13 @@ TEST(AsyncUnlink, UnlinksAnsweredWhileTheServerHangsSurviveItsCrash) {
   const int n = 100;
   makeFiles(a + "/d", n);
   int next = unlinkUntilAhead(a, a + "/d", n);
-  cluster.signalServer(0, SIGSTOP);
-  std::atomic<bool> done{false};
-  std::atomic<int> failed{0};
-  std::thread app([&] {
-    for (int i = next; i < n; ++i) {
-      if (unlink((a + "/d/f" + std::to_string(i)).c_str()) != 0) ++failed;
-    }
-    done = true;
-  });
-  // Answered with the server stopped: the mount did not wait for it.
-  bool answered = waitFor([&] { return done.load(); }, 10000);
-  EXPECT_TRUE(answered);
-  struct stat st;
-  EXPECT_NE(stat((a + "/d/f" + std::to_string(n - 1)).c_str(), &st), 0);
-  // The server dies with the requests unread; the client sends them again to the new one.
-  cluster.stopServer(0, SIGKILL);
-  app.join();
-  EXPECT_EQ(failed.load(), 0);
-  ASSERT_TRUE(cluster.startServer(0));
-  EXPECT_EQ(syncDir(a + "/d"), 0);  // waits for their replies
+  ASSERT_NO_FATAL_FAILURE(answeredWhileTheServerHangsThenCrash(
+      cluster, a + "/d", next, n,
+      [&](int i) { return unlink((a + "/d/f" + std::to_string(i)).c_str()) == 0; },
+      [&] {
+        struct stat st;
+        EXPECT_NE(stat((a + "/d/f" + std::to_string(n - 1)).c_str(), &st), 0);
+      }));
   auto b = cluster.mount();
   EXPECT_TRUE(names(b + "/d").empty());
   EXPECT_EQ(mountCounter(a, "cairn_client_dirops_ahead_failed_total"), 0u);
@@ -405,28 +420,16 @@ TEST(AsyncCreate, FilesCreatedWhileTheServerHangsSurviveItsCrash) {
   auto a = cluster.mount();
   ASSERT_EQ(mkdir((a + "/d").c_str(), 0755), 0);
   int next = createUntilAhead(a, a + "/d", 50);
-  cluster.signalServer(0, SIGSTOP);
   const int n = next + 100;
-  std::atomic<bool> done{false};
-  std::atomic<int> failed{0};
-  std::thread app([&] {
-    for (int i = next; i < n; ++i) {
-      int fd = creat((a + "/d/c" + std::to_string(i)).c_str(), 0644);
-      if (fd < 0) ++failed;
-      close(fd);
-    }
-    done = true;
-  });
-  // Answered with the server stopped: the mount did not wait for it.
-  bool answered = waitFor([&] { return done.load(); }, 10000);
-  EXPECT_TRUE(answered);
   struct stat st;
-  EXPECT_EQ(stat((a + "/d/c" + std::to_string(n - 1)).c_str(), &st), 0);
-  cluster.stopServer(0, SIGKILL);
-  app.join();
-  EXPECT_EQ(failed.load(), 0);
-  ASSERT_TRUE(cluster.startServer(0));
-  EXPECT_EQ(syncDir(a + "/d"), 0);  // waits for their replies
+  ASSERT_NO_FATAL_FAILURE(answeredWhileTheServerHangsThenCrash(
+      cluster, a + "/d", next, n,
+      [&](int i) {
+        int fd = creat((a + "/d/c" + std::to_string(i)).c_str(), 0644);
+        close(fd);
+        return fd >= 0;
+      },
+      [&] { EXPECT_EQ(stat((a + "/d/c" + std::to_string(n - 1)).c_str(), &st), 0); }));
   auto b = cluster.mount();
   EXPECT_EQ(names(b + "/d").size(), size_t(n));
   struct stat there;

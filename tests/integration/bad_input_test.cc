@@ -235,6 +235,77 @@ TEST(BadInput, MalformedRequestsGetErrorsNotCrashes) {
   EXPECT_EQ(mkdir((mnt + "/fine").c_str(), 0755), 0);
 }
 
+// Creates answered ahead name an inode number the server set aside for the caller: a number of
+// nobody's, of another client's, one used already, a layout not of this target, an absurd count
+// to reserve, or more reserved than a client may hold, are refused; the server goes on.
+TEST(BadInput, CreatesAheadWithForeignNumbersOrLayoutsAreRefused) {
+  TestCluster cluster;
+  RawClient raw(cluster.metaAddress());
+  auto mine = raw.meta();
+  auto other = [&] {
+    auto req = raw.bootstrap.connectRequest();
+    auto hello = req.initHello();
+    auto uuid = kj::heapArray<kj::byte>(16);
+    for (auto i : kj::indices(uuid)) uuid[i] = kj::byte(200 - i);
+    hello.setClientUuid(uuid);
+    hello.setSoftwareVersion("test");
+    return req.send().wait(raw.io.waitScope).getMeta();
+  }();
+  using B = rpc::MetaRequest::Builder;
+  uint64_t id = 1;
+  auto reserve = [&](rpc::MetaSession::Client& meta, uint32_t count) {
+    auto req = meta.callRequest();
+    auto r = req.initRequest();
+    r.setRequestId(id++);
+    r.setReserveInodes(count);
+    return req.send().wait(raw.io.waitScope);
+  };
+  EXPECT_ANY_THROW(reserve(mine, 0));
+  EXPECT_ANY_THROW(reserve(mine, 5000));
+  auto got = reserve(mine, 4);
+  ASSERT_EQ(got.getReply().getError(), 0);
+  auto layouts = got.getReply().getReserved();
+  ASSERT_EQ(layouts.size(), 4u);
+  uint64_t first = layouts[0].getObjectId();
+  auto create = [&](rpc::MetaSession::Client& meta, const char* name, uint64_t ino,
+                    uint64_t objectId, uint32_t target) {
+    return raw.metaError(meta, [&](B b) {
+      b.setRequestId(id++);
+      auto c = b.initCreate();
+      c.setParent(1);
+      c.setName(bytesOf(name));
+      c.setMode(0644);
+      c.setFlags(O_CREAT | O_EXCL | O_WRONLY);
+      c.setHandle(id);
+      c.setIno(ino);
+      c.initTime().setSec(1700000000);
+      auto l = c.initLayout();
+      l.setObjectId(objectId);
+      l.setStripeSize(layouts[0].getStripeSize());
+      l.initTargets(1).set(0, target);
+    });
+  };
+  uint32_t target = layouts[0].getTargets()[0];
+  EXPECT_EQ(create(mine, "nobodys", first + 1000000, first + 1000000, target), EINVAL);
+  EXPECT_EQ(create(other, "theirs", first, first, target), EINVAL);
+  EXPECT_ANY_THROW(create(mine, "wrong-object", first, first + 1, target));
+  EXPECT_ANY_THROW(create(mine, "wrong-target", first, first, 99));
+  EXPECT_EQ(create(mine, "fine", first, first, target), 0);
+  EXPECT_EQ(create(mine, "again", first, first, target), EINVAL);  // used once already
+  // A client holds at most 4,096 numbers unused.
+  int refused = 0;
+  for (int i = 0; i < 5; ++i) {
+    if (reserve(mine, 1024).getReply().getError() == EDQUOT) ++refused;
+  }
+  EXPECT_EQ(refused, 2);
+  EXPECT_TRUE(serving(cluster, 0));
+  auto mnt = cluster.mount();
+  struct stat st;
+  ASSERT_EQ(stat((mnt + "/fine").c_str(), &st), 0);
+  EXPECT_EQ(st.st_ino, first);
+  EXPECT_NE(stat((mnt + "/again").c_str(), &st), 0);
+}
+
 TEST(BadInput, AbsurdDataRequestsGetErrors) {
   TestCluster cluster;
   RawClient data(cluster.address(1));

@@ -39,6 +39,16 @@ uint64_t kernelAsked(const std::string& mnt) {
   return n;
 }
 
+// Everything made in DIR is on the server (creates answered ahead included: fsync of the
+// directory waits for them), and the data is on disk.
+void settle(const std::string& dir) {
+  int fd = open(dir.c_str(), O_RDONLY | O_DIRECTORY);
+  ASSERT_GE(fd, 0) << dir;
+  EXPECT_EQ(fsync(fd), 0);
+  close(fd);
+  sync();
+}
+
 // The kernel forgets the names and inodes nobody uses.
 void dropKernelNames() {
   int fd = open("/proc/sys/vm/drop_caches", O_WRONLY);
@@ -613,7 +623,7 @@ TEST_F(PosixOps, ScatteredWritesGoInOneRequestPerTarget) {
 TEST_F(PosixOps, AListingHandsTheKernelNamesWithTheirAttributes) {
   constexpr int FILES = 100;
   for (int i = 0; i < FILES; i++) writeWhole(p("l" + std::to_string(i)), "x");
-  sync();
+  settle(dir_);
   dropKernelNames();
   EXPECT_EQ(listNames(dir_, 'l'), FILES);
   uint64_t before = kernelAsked(*mnt_);
@@ -633,7 +643,8 @@ TEST_F(PosixOps, RemovingAListedDirectoryKeepsOtherNames) {
   for (int i = 0; i < FILES; i++) writeWhole(p("k" + std::to_string(i)), "x");
   ASSERT_EQ(mkdir(p("sub").c_str(), 0755), 0);
   writeWhole(p("sub/kf"), "x");
-  sync();
+  settle(dir_);
+  settle(p("sub"));
   dropKernelNames();
   EXPECT_EQ(listNames(dir_, 'k'), FILES);
   EXPECT_EQ(listNames(p("sub"), 'k'), 1);  // a name of `sub` handed out just now

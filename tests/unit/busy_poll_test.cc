@@ -79,9 +79,12 @@ kj::Promise<int> readOne(kj::UnixEventPort::FdObserver& observer, int fd) {
 TEST(BusyPoll, ReturnsThePromisesValueAndWithoutALimitNeverSpins) {
   auto io = kj::setupAsyncIo();
   BusyPoll busy(io.unixEventPort, io.waitScope, 0 * US);
-  EXPECT_EQ(
-      busy.wait(io.provider->getTimer().afterDelay(2 * kj::MILLISECONDS).then([]() { return 42; })),
-      42);
+  // Long enough that the timer has not fired by the first look, even in a slow (sanitized,
+  // loaded) build: the loop must have slept at least once.
+  EXPECT_EQ(busy.wait(io.provider->getTimer().afterDelay(50 * kj::MILLISECONDS).then([]() {
+    return 42;
+  })),
+            42);
   EXPECT_EQ(busy.stats().spins, 0u);
   EXPECT_GE(busy.stats().sleeps, 1u);
 }

@@ -1125,27 +1125,35 @@ void Client::removeBehind(const Cred& cred, uint64_t parent, kj::Array<kj::byte>
     removed(parent, key, err);
     return err;
   });
-  auto done = diropsBehind_.wrap(kj::mv(applied))
-                  .then(
-                      [this, op, parent, child, key](int err) {
-                        if (err != 0) {
-                          spdlog::error(
-                              "removal of '{}' in directory {}, answered ahead, failed on the "
-                              "server: {}",
-                              key, parent, strerror(err));
-                        }
-                        removing_.erase(removing_.find({parent, key}));
-                        dirops_.end(op, {parent, child}, err);
-                      },
-                      [this, op, parent, child, key](kj::Exception&& e) {
-                        spdlog::error(
-                            "removal of '{}' in directory {}, answered ahead, was not applied: {}",
-                            key, parent, e.getDescription().cStr());
-                        cache_.dropEntry(parent, key);
-                        removing_.erase(removing_.find({parent, key}));
-                        dirops_.end(op, {parent, child}, EIO);
-                      });
-  tasks_.add(kj::mv(done));
+  sendBehind(kj::mv(applied), kj::str("removal of '", key, "' in directory ", parent),
+             [this, op, parent, child, key](int err, bool reached) {
+               if (!reached) cache_.dropEntry(parent, key);
+               removing_.erase(removing_.find({parent, key}));
+               dirops_.end(op, {parent, child}, err);
+             });
+}
+
+// Logs how an operation answered ahead ended, and hands `finish` its errno (EIO if it never
+// reached the server: an eviction dropped it) and whether it did.
+void Client::sendBehind(kj::Promise<int> applied, kj::String what,
+                        kj::Function<void(int err, bool reached)> finish) {
+  auto owned = kj::heap<kj::Function<void(int, bool)>>(kj::mv(finish));
+  auto& done = *owned;
+  tasks_.add(diropsBehind_.wrap(kj::mv(applied))
+                 .then(
+                     [&done, &what](int err) {
+                       if (err != 0) {
+                         spdlog::error("{}, answered ahead, failed on the server: {}", what.cStr(),
+                                       strerror(err));
+                       }
+                       done(err, true);
+                     },
+                     [&done, &what](kj::Exception&& e) {
+                       spdlog::error("{}, answered ahead, was not applied: {}", what.cStr(),
+                                     e.getDescription().cStr());
+                       done(EIO, false);
+                     })
+                 .attach(kj::mv(owned), kj::mv(what)));
 }
 
 namespace {
@@ -1575,37 +1583,20 @@ void Client::createBehind(const Cred& cred, uint64_t parent, std::string name, u
         }
         return 0;
       });
-  auto finish = [this, op, parent, ino, fh, name](int err) {
-    creating_.erase(ino);
-    if (err != 0) {
-      // The application holds a file the server never made: every use of it fails.
-      failedCreates_.insert(ino);
-      cache_.dropEntry(parent, name);
-      cache_.dropAttr(ino);
-      KJ_IF_MAYBE (f, opens_.find(fh)) {
-        f->lost = true;
-      }
-    }
-    dirops_.end(op, {parent, ino}, err);
-  };
-  auto done =
-      diropsBehind_.wrap(kj::mv(applied))
-          .then(
-              [this, finish, parent, name](int err) mutable {
-                if (err != 0) {
-                  spdlog::error(
-                      "create of '{}' in directory {}, answered ahead, failed on the "
-                      "server: {}",
-                      name, parent, strerror(err));
-                }
-                finish(err);
-              },
-              [finish, parent, name](kj::Exception&& e) mutable {
-                spdlog::error("create of '{}' in directory {}, answered ahead, was not applied: {}",
-                              name, parent, e.getDescription().cStr());
-                finish(EIO);
-              });
-  tasks_.add(kj::mv(done));
+  sendBehind(kj::mv(applied), kj::str("create of '", name, "' in directory ", parent),
+             [this, op, parent, ino, fh, name](int err, bool) {
+               creating_.erase(ino);
+               if (err != 0) {
+                 // The application holds a file the server never made: every use of it fails.
+                 failedCreates_.insert(ino);
+                 cache_.dropEntry(parent, name);
+                 cache_.dropAttr(ino);
+                 KJ_IF_MAYBE (f, opens_.find(fh)) {
+                   f->lost = true;
+                 }
+               }
+               dirops_.end(op, {parent, ino}, err);
+             });
 }
 
 void Client::reserveInodes() {

@@ -263,6 +263,9 @@ private:
                                   bool dir);
   void removeBehind(const Cred& cred, uint64_t parent, kj::Array<kj::byte> name, std::string key,
                     uint64_t child, bool dir);
+  // An operation answered ahead goes behind: see the definition.
+  void sendBehind(kj::Promise<int> applied, kj::String what,
+                  kj::Function<void(int err, bool reached)> finish);
   void wantDirLock(const Cred& cred, uint64_t dir);
   bool asyncDirops(const Cred& cred) const;
   // Asynchronous create: the file made and opened here, if it may be; its request, behind.

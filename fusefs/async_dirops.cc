@@ -40,6 +40,11 @@ void AsyncDirops::end(uint64_t op, std::initializer_list<uint64_t> inos, int err
   }
 }
 
+bool AsyncDirops::later(uint64_t ino, uint64_t op) const {
+  auto it = byInode_.find(ino);
+  return it != byInode_.end() && *it->second.rbegin() > op;
+}
+
 kj::Promise<void> AsyncDirops::settled(uint64_t ino) {
   return settledBefore(ino, ~uint64_t(0));
 }

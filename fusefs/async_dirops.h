@@ -34,6 +34,9 @@ public:
   bool full() const { return inFlight_ >= MAX_IN_FLIGHT; }
   size_t inFlight() const { return inFlight_; }
   bool pending(uint64_t ino) const { return byInode_.count(ino) > 0; }
+  // Whether an operation touching `ino` numbered above `op` is in flight: one answered after it,
+  // whose effect the caches already show and `op`'s reply does not.
+  bool later(uint64_t ino, uint64_t op) const;
 
   // One operation touching these inodes is on its way; returns its number (increasing).
   uint64_t begin(std::initializer_list<uint64_t> inos);

@@ -482,12 +482,13 @@ kj::Promise<ServerLink::MetaResponse> Client::sendMeta(MetaBuild build, bool upd
       });
 }
 
-void Client::absorb(rpc::MetaReply::Reader reply) {
+void Client::absorb(rpc::MetaReply::Reader reply, uint64_t op) {
   if (reply.hasLocks()) locks_->granted(reply.getLocks());
-  auto see = [this](rpc::Attr::Reader a) {
+  auto see = [this, op](rpc::Attr::Reader a) {
     struct stat st;
     attrToStat(a, &st);
     inodes_.sawAttr(st);
+    if (op != 0 && dirops_.later(a.getIno(), op)) return;
     if (locks_->held(a.getIno(), BIT_ATTR) != 0) {
       cache_.setAttr(st, a.getGeneration());
       if (a.getNoXattrs()) cache_.markNoXattrs(a.getIno());
@@ -1115,9 +1116,9 @@ void Client::removeBehind(const Cred& cred, uint64_t parent, kj::Array<kj::byte>
         true, ServerLink::Class::WRITEBACK);
   });
   // The reply is absorbed in its first event, as metaCall does (see there).
-  auto applied = sent.then([this, parent, key](ServerLink::MetaResponse&& resp) {
+  auto applied = sent.then([this, op, parent, key](ServerLink::MetaResponse&& resp) {
     auto reply = resp.getReply();
-    absorb(reply);
+    absorb(reply, op);
     int err = reply.getError();
     // Gone already is what the application was told (the request may have been resent after
     // the server lost our lock and someone else removed the name).
@@ -1561,28 +1562,28 @@ void Client::createBehind(const Cred& cred, uint64_t parent, std::string name, u
       },
       true, ServerLink::Class::WRITEBACK);
   // The reply is absorbed in its first event, as metaCall does (see there).
-  auto applied =
-      sent.then([this, ino, fh, told = attr](ServerLink::MetaResponse&& resp) -> kj::Promise<int> {
-        auto reply = resp.getReply();
-        absorb(reply);
-        int err = reply.getError();
-        if (err != 0) return err;
-        KJ_IF_MAYBE (f, opens_.find(fh)) {
-          f->opening = false;
-        }
-        // What the kernel was told to keep, it may keep only under the locks that came back, and
-        // only if the server made the file so (a chmod g+s of the directory may have come first).
-        struct stat made;
-        attrToStat(reply.getOpened().getAttr(), &made);
-        bool same = made.st_mode == told.st_mode && made.st_uid == told.st_uid &&
-                    made.st_gid == told.st_gid;
-        bool attr = same && locks_->held(ino, BIT_ATTR) != 0;
-        bool data = locks_->held(ino, BIT_DATA) != 0;
-        KJ_IF_MAYBE (kernel, kernel_) {
-          if (!attr || !data) return kernel->invalidate(ino, !data).then([]() { return 0; });
-        }
-        return 0;
-      });
+  auto applied = sent.then([this, op, ino, fh,
+                            told = attr](ServerLink::MetaResponse&& resp) -> kj::Promise<int> {
+    auto reply = resp.getReply();
+    absorb(reply, op);
+    int err = reply.getError();
+    if (err != 0) return err;
+    KJ_IF_MAYBE (f, opens_.find(fh)) {
+      f->opening = false;
+    }
+    // What the kernel was told to keep, it may keep only under the locks that came back, and
+    // only if the server made the file so (a chmod g+s of the directory may have come first).
+    struct stat made;
+    attrToStat(reply.getOpened().getAttr(), &made);
+    bool same =
+        made.st_mode == told.st_mode && made.st_uid == told.st_uid && made.st_gid == told.st_gid;
+    bool attr = same && locks_->held(ino, BIT_ATTR) != 0;
+    bool data = locks_->held(ino, BIT_DATA) != 0;
+    KJ_IF_MAYBE (kernel, kernel_) {
+      if (!attr || !data) return kernel->invalidate(ino, !data).then([]() { return 0; });
+    }
+    return 0;
+  });
   sendBehind(kj::mv(applied), kj::str("create of '", name, "' in directory ", parent),
              [this, op, parent, ino, fh, name](int err, bool) {
                creating_.erase(ino);

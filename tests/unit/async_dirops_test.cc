@@ -83,5 +83,25 @@ TEST_F(Dirops, SettledBeforeWaitsOnlyForEarlierOperations) {
   ops.end(later, {5, 300}, 0);
 }
 
+// The reply of the first of two unlinks of one file's names (it had two links) must not bring
+// back the link count the second took: later() says a later operation touches the inode.
+TEST_F(Dirops, LaterNamesOperationsAnsweredAfterAGivenOne) {
+  auto first = ops.begin({5, 100});
+  EXPECT_FALSE(ops.later(100, first));
+  EXPECT_FALSE(ops.later(6, first));
+  auto second = ops.begin({5, 100});
+  EXPECT_TRUE(ops.later(100, first));
+  EXPECT_TRUE(ops.later(5, first));
+  EXPECT_FALSE(ops.later(100, second));
+  ops.end(first, {5, 100}, 0);
+  EXPECT_FALSE(ops.later(100, second));
+  auto other = ops.begin({5, 101});
+  EXPECT_TRUE(ops.later(5, second));
+  EXPECT_FALSE(ops.later(100, second));
+  ops.end(second, {5, 100}, 0);
+  ops.end(other, {5, 101}, 0);
+  EXPECT_FALSE(ops.later(5, 0));
+}
+
 }  // namespace
 }  // namespace cairn

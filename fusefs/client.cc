@@ -1960,10 +1960,22 @@ bool Client::touchAtime(uint64_t ino) {
   bool stale = notAfter(a.st_atim, a.st_mtim) || notAfter(a.st_atim, a.st_ctim) ||
                now.tv_sec - a.st_atim.tv_sec >= 24 * 3600;
   if (!stale || inode.atimePending) return false;
-  inode.atimePending = true;
   // A stat right after the read must see it, before the server's answer is back.
   inode.last.st_atim = now;
   cache_.setAtime(ino, now);
+  if (wb_.queued(ino)) {
+    // Behind what is queued, in the same queue: a stat meanwhile shows the queued changes
+    // applied in order (a queued utimes would otherwise hide this access from it).
+    WriteBehind::AttrChange change;
+    change.valid = rpc::SET_ATIME_NOW | rpc::SET_ACCESS;
+    change.atime = change.at = now;
+    wb_.setAttr(ino, change);
+    tasks_.add(io_.provider->getTimer().afterDelay(ATTR_GATHER).then([this, ino]() {
+      return flushed(ino);
+    }));
+    return true;
+  }
+  inode.atimePending = true;
   // After what is queued for the file: a utimes queued before must not land after this.
   tasks_.add(flushed(ino)
                  .then([this, ino]() {

@@ -40,6 +40,9 @@ void WriteBehind::setAttr(uint64_t ino, const AttrChange& change) {
     if (change.valid & rpc::SET_UID) a.uid = change.uid;
     if (change.valid & rpc::SET_GID) a.gid = change.gid;
     a.valid |= (change.valid & ~rpc::SET_ACCESS) | (accessOnly ? rpc::SET_ACCESS : 0);
+    // A read's access time joins a change someone asked for as theirs (they could set the
+    // time themselves), and does not change the inode.
+    if (change.valid & rpc::SET_ACCESS) return;
     a.callerUid = change.callerUid;
     a.callerGid = change.callerGid;
     a.callerPid = change.callerPid;

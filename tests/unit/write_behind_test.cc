@@ -114,6 +114,31 @@ TEST(WriteBehind, AnAccessTimeUpdateStaysOneOnlyAlone) {
   EXPECT_TRUE(merged & rpc::SET_ATIME_NOW);
 }
 
+// A read of a file with a utimes queued: the access time the read sets comes after the queued
+// one (a stat shows it), and the change stays its asker's, at the time they asked.
+TEST(WriteBehind, AReadsAccessTimeJoinsAQueuedChangeAsItsAskers) {
+  WriteBehind wb;
+  auto utimes = setMtime(5);
+  utimes.valid |= rpc::SET_ATIME;
+  utimes.atime = {3, 0};
+  utimes.callerUid = 1000;
+  utimes.at = {2000, 0};
+  wb.setAttr(INO, utimes);
+  WriteBehind::AttrChange access;
+  access.valid = rpc::SET_ATIME_NOW | rpc::SET_ACCESS;
+  access.atime = access.at = {3000, 0};
+  wb.setAttr(INO, access);
+  auto st = serverSays();
+  wb.adjust(st);
+  EXPECT_EQ(st.st_atim.tv_sec, 3000);
+  EXPECT_EQ(st.st_mtim.tv_sec, 5);
+  EXPECT_EQ(st.st_ctim.tv_sec, 2000);
+  auto merged = KJ_ASSERT_NONNULL(wb.take(INO).attr);
+  EXPECT_EQ(merged.valid, rpc::SET_MTIME | rpc::SET_ATIME_NOW);
+  EXPECT_EQ(merged.callerUid, 1000u);
+  EXPECT_EQ(merged.at.tv_sec, 2000);
+}
+
 TEST(WriteBehind, SentEverythingLeavesNothingPending) {
   WriteBehind wb;
   wb.add(INO, 0, bytes(8));

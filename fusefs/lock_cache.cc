@@ -19,6 +19,10 @@ constexpr kj::Duration SWEEP_INTERVAL = 10 * kj::SECONDS;
 // Inodes remembered as wanted elsewhere (a callback came for one of their locks): a bound, past
 // which the record starts again.
 constexpr size_t MAX_CONTENDED = 4096;
+// How long such a callback counts: long enough that two clients working in one directory do
+// not pass its PW back and forth at every call, short enough that a directory another client
+// looked into once is not left to synchronous creates and unlinks for good.
+constexpr kj::Duration CONTENDED_FOR = 5 * kj::SECONDS;
 }  // namespace
 
 class LockCache::Callback final : public rpc::LockCallback::Server {
@@ -119,7 +123,7 @@ void LockCache::blocking(uint64_t id) {
   }
   Key key = it->second;
   if (contended_.size() >= MAX_CONTENDED) contended_.clear();
-  contended_.insert(key.first);
+  contended_.insert_or_assign(key.first, timer_.now());
   auto held = held_.find(key);
   if (held != held_.end() && held->second.mode == rpc::LockMode::PW) {
     KJ_IF_MAYBE (clean, downgradable_) {
@@ -194,7 +198,8 @@ bool LockCache::downgrade(uint64_t ino, uint64_t bit) {
 }
 
 bool LockCache::contended(uint64_t ino) const {
-  return contended_.count(ino) > 0;
+  auto it = contended_.find(ino);
+  return it != contended_.end() && timer_.now() - it->second < CONTENDED_FOR;
 }
 
 void LockCache::flushConverts() {

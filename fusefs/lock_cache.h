@@ -19,7 +19,6 @@
 #include <map>
 #include <set>
 #include <unordered_map>
-#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -66,7 +65,8 @@ public:
   // False if nothing was converted (no PW held, or a server without the feature).
   bool downgrade(uint64_t ino, uint64_t bit);
   void flushConverts();
-  // A lock on the inode was called back lately: another client wants what it covers.
+  // A lock on the inode was called back lately (seconds ago): another client wants what it
+  // covers.
   bool contended(uint64_t ino) const;
   // Locks that came with a reply.
   void granted(capnp::List<rpc::GrantedLock>::Reader locks);
@@ -129,9 +129,9 @@ private:
   std::map<Key, Revoking> revoking_;
   std::set<uint64_t> early_;  // called back before the reply granting it was seen
   std::map<std::pair<Key, rpc::LockMode>, kj::ForkedPromise<void>> acquiring_;
-  kj::Vector<uint64_t> cancels_;   // to send, batched
-  kj::Vector<uint64_t> converts_;  // downgrades to send
-  std::unordered_set<uint64_t> contended_;
+  kj::Vector<uint64_t> cancels_;                           // to send, batched
+  kj::Vector<uint64_t> converts_;                          // downgrades to send
+  std::unordered_map<uint64_t, kj::TimePoint> contended_;  // when a callback came
   kj::Maybe<kj::Function<bool(uint64_t, uint64_t)>> downgradable_;
   uint64_t convertGeneration_ = 0;
   uint64_t cancelGeneration_ = 0;

@@ -118,11 +118,11 @@ void makeHeldUpFile(const std::string& w, const std::string& c, const std::strin
   ASSERT_EQ(stat((c + dir + "/x").c_str(), &st), 0);
 }
 
-// Unlinks f0, f1, ... until one is answered ahead (the first ones wait for the server while the
-// directory's PW is on its way); returns the next index.
-int unlinkUntilAhead(const std::string& mnt, const std::string& dir, int n) {
+// Unlinks f<from>, f<from+1>, ... until one is answered ahead (the first ones wait for the
+// server while the directory's PW is on its way); returns the next index.
+int unlinkUntilAhead(const std::string& mnt, const std::string& dir, int n, int from = 0) {
   uint64_t before = ahead(mnt);
-  for (int i = 0; i < n; ++i) {
+  for (int i = from; i < n; ++i) {
     EXPECT_EQ(unlink((dir + "/f" + std::to_string(i)).c_str()), 0) << strerror(errno);
     if (ahead(mnt) > before) return i + 1;
   }
@@ -178,6 +178,27 @@ TEST(AsyncUnlink, AnotherClientSeesUnlinksAnsweredAheadAtOnce) {
   close(fd);
   struct stat st;
   EXPECT_EQ(stat((a + "/d/f5").c_str(), &st), 0);
+  EXPECT_EQ(failedAhead(a), 0u);
+}
+
+// Once another client looked into a directory, A leaves its PW there alone for a while (no
+// back and forth at every call), and then takes it again: the unlinks are answered ahead anew.
+TEST(AsyncUnlink, ADirectoryAnotherClientLookedIntoIsAnsweredAheadAgainLater) {
+  TestCluster cluster;
+  auto a = cluster.mount();
+  auto b = cluster.mount();
+  const int n = 300;
+  makeFiles(a + "/d", n);
+  int next = unlinkUntilAhead(a, a + "/d", n);
+  EXPECT_EQ(names(b + "/d").size(), size_t(n - next));  // calls A's PW back
+  uint64_t before = ahead(a);
+  for (int i = next; i < next + 20; ++i) {
+    ASSERT_EQ(unlink((a + "/d/f" + std::to_string(i)).c_str()), 0) << strerror(errno);
+  }
+  EXPECT_EQ(ahead(a), before);  // contended: each unlink waited for the server
+  std::this_thread::sleep_for(std::chrono::seconds(6));
+  next = unlinkUntilAhead(a, a + "/d", n, next + 20);
+  EXPECT_EQ(names(b + "/d").size(), size_t(n - next));
   EXPECT_EQ(failedAhead(a), 0u);
 }
 

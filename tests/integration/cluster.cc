@@ -554,10 +554,14 @@ int TestCluster::partner(int server) const {
 
 int TestCluster::serving(int server) {
   for (int i : {server, partner(server)}) {
-    auto r = run({ctlBin(), "--server", address(i), "--timeout", "2", "status", "--json"});
-    if (r.status == 0 && r.out.find("\"state\":\"serving\"") != std::string::npos) return i;
+    if (inState(i, "serving")) return i;
   }
   return -1;
+}
+
+bool TestCluster::inState(int server, const std::string& state) {
+  auto r = run({ctlBin(), "--server", address(server), "--timeout", "2", "status", "--json"});
+  return r.status == 0 && r.out.find("\"state\":\"" + state + "\"") != std::string::npos;
 }
 
 std::string TestCluster::status(int server) {

@@ -138,6 +138,9 @@ public:
 
   // `cairnctl status --json` of a server.
   std::string status(int server);
+  // Whether the server answers and reports this state ("serving", "standby"); false while it
+  // does not answer (between two lives of a process: a server fenced off starts standing by).
+  bool inState(int server, const std::string& state);
 
 private:
   struct Server {

@@ -230,6 +230,35 @@ TEST(AsyncUnlink, AListingElsewhereWaitsForAnUnlinkHeldUpOnTheServer) {
   cluster.signalMount(2, SIGCONT);
 }
 
+// The same hold-up, and A goes on unlinking while B's listing calls its PW back: those unlinks
+// wait for the server (a stream of them answered ahead would keep the lock from going back).
+// The lock stops counting as held when the callback comes, though its give-back waits.
+TEST(AsyncUnlink, NothingIsAnsweredAheadWhileTheDirectorysLockIsCalledBack) {
+  TestCluster::Options options;
+  options.metaArgs = {"--lock-timeout", "2"};
+  TestCluster cluster(options);
+  auto a = cluster.mount();
+  auto b = cluster.mount();
+  auto c = cluster.mount();
+  auto w = cluster.mount("no_async_dirops");
+  makeHeldUpFile(w, c, "/d", 20);
+  int next = unlinkUntilAhead(a, a + "/d", 10);
+  cluster.signalMount(2, SIGSTOP);
+  ASSERT_EQ(unlink((a + "/d/x").c_str()), 0) << strerror(errno);
+  std::set<std::string> listed;
+  std::thread lister([&] { listed = names(b + "/d"); });
+  // Time for the callback to reach A; its PW waits for the unlink of x (C is evicted after 2 s).
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  uint64_t before = ahead(a);
+  EXPECT_EQ(unlink((a + "/d/f" + std::to_string(next)).c_str()), 0) << strerror(errno);
+  EXPECT_EQ(ahead(a), before);
+  lister.join();
+  EXPECT_EQ(listed.count("x"), 0u);
+  cluster.signalMount(2, SIGCONT);
+  EXPECT_EQ(names(a + "/d").count("f" + std::to_string(next)), 0u);
+  EXPECT_EQ(failedAhead(a), 0u);
+}
+
 // The same hold-up: A's rmdir of the directory it emptied is answered at once, and its request
 // leaves only once the unlinks in the directory are answered (else: "not empty").
 TEST(AsyncUnlink, ARemovedDirectoryWaitsForTheUnlinksInIt) {

@@ -482,13 +482,34 @@ kj::Promise<ServerLink::MetaResponse> Client::sendMeta(MetaBuild build, bool upd
       });
 }
 
+namespace {
+bool notAfter(const timespec& a, const timespec& b) {
+  return a.tv_sec < b.tv_sec || (a.tv_sec == b.tv_sec && a.tv_nsec <= b.tv_nsec);
+}
+
+// What creates and removals answered ahead did to `cached` (link counts, times), over `st`.
+void keepAnsweredAhead(struct stat& st, const struct stat& cached) {
+  st.st_nlink = cached.st_nlink;
+  if (!notAfter(cached.st_mtim, st.st_mtim)) st.st_mtim = cached.st_mtim;
+  if (!notAfter(cached.st_ctim, st.st_ctim)) st.st_ctim = cached.st_ctim;
+}
+}  // namespace
+
 void Client::absorb(rpc::MetaReply::Reader reply, uint64_t op) {
   if (reply.hasLocks()) locks_->granted(reply.getLocks());
   auto see = [this, op](rpc::Attr::Reader a) {
     struct stat st;
     attrToStat(a, &st);
+    // Creates and removals answered ahead after this request left (any request about an inode
+    // waits for those before it): the reply predates them, the cache shows them. They change a
+    // link count and times only; the rest is the reply's.
+    uint64_t ino = a.getIno();
+    if (op != 0 ? dirops_.later(ino, op) : dirops_.pending(ino)) {
+      KJ_IF_MAYBE (c, cache_.attr(ino)) {
+        keepAnsweredAhead(st, c->attr);
+      }
+    }
     inodes_.sawAttr(st);
-    if (op != 0 && dirops_.later(a.getIno(), op)) return;
     if (locks_->held(a.getIno(), BIT_ATTR) != 0) {
       cache_.setAttr(st, a.getGeneration());
       if (a.getNoXattrs()) cache_.markNoXattrs(a.getIno());
@@ -1938,12 +1959,6 @@ kj::Promise<kj::Array<kj::byte>> Client::fetchAhead(uint64_t ino, uint64_t offse
     return fetch(ref, offset, length).attach(kj::mv(layout));
   });
 }
-
-namespace {
-bool notAfter(const timespec& a, const timespec& b) {
-  return a.tv_sec < b.tv_sec || (a.tv_sec == b.tv_sec && a.tv_nsec <= b.tv_nsec);
-}
-}  // namespace
 
 // relatime, the Linux default: a read updates atime if it is not newer than mtime or ctime,
 // or is a day old. The update is not waited for; it leaves on the metadata link before any

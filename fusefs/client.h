@@ -235,9 +235,10 @@ private:
   kj::Promise<Entry> entryCall(MetaBuild build, uint64_t parent, kj::Array<kj::byte> name,
                                bool made);
   void listed(uint64_t dir, uint64_t cookie, rpc::MetaReply::Reader reply);
-  // Locks and attributes a reply brings. The reply of an operation answered ahead (`op`, from
-  // dirops_) leaves the attributes of an inode a later one touches as the caches show them:
-  // the reply predates that one (an unlink's would bring back the link it took).
+  // Locks and attributes a reply brings. What creates and removals answered ahead after the
+  // request (after `op`, for the reply of one of them) did to an inode — its link count, its
+  // times — stays as the cache shows it: the reply predates them (an unlink's reply would bring
+  // back the link a later unlink took).
   void absorb(rpc::MetaReply::Reader reply, uint64_t op = 0);
   // The want* bits for a request about `ino` (and the directory `dir`, if any).
   uint32_t wantFor(uint64_t dir, uint64_t ino, bool data);

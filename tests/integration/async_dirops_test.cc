@@ -202,19 +202,28 @@ TEST(AsyncUnlink, ADirectoryAnotherClientLookedIntoIsAnsweredAheadAgainLater) {
   EXPECT_EQ(failedAhead(a), 0u);
 }
 
+// Mounts A and B, C (mount 2, to be stopped) and W, on a cluster whose lock timeout is 2 s,
+// with /d made by makeHeldUpFile: A's unlink of /d/x will be held up on the server by C.
+struct HeldUpDirectory {
+  static TestCluster::Options options() {
+    TestCluster::Options o;
+    o.metaArgs = {"--lock-timeout", "2"};
+    return o;
+  }
+  TestCluster cluster{options()};
+  std::string a = cluster.mount(), b = cluster.mount(), c = cluster.mount(),
+              w = cluster.mount("no_async_dirops");
+  HeldUpDirectory() { makeHeldUpFile(w, c, "/d", 20); }
+};
+
 // A's unlink of a file a hung client C caches is held up on the server (C is called back, and
 // evicted after the lock timeout) before it locks the directory (the file's inode number is the
 // lower one: it was made first and moved in). B's listing meanwhile must not show the file A
 // was told is gone: the listing calls A's PW back, which waits for the unlink.
 TEST(AsyncUnlink, AListingElsewhereWaitsForAnUnlinkHeldUpOnTheServer) {
-  TestCluster::Options options;
-  options.metaArgs = {"--lock-timeout", "2"};
-  TestCluster cluster(options);
-  auto a = cluster.mount();
-  auto b = cluster.mount();
-  auto c = cluster.mount();
-  auto w = cluster.mount("no_async_dirops");
-  makeHeldUpFile(w, c, "/d", 20);
+  HeldUpDirectory held;
+  auto& cluster = held.cluster;
+  const std::string &a = held.a, &b = held.b;
   // Listed through a descriptor opened now: no path walk later, nothing but the listing.
   int dfd = open((b + "/d").c_str(), O_RDONLY | O_DIRECTORY);
   ASSERT_GE(dfd, 0) << strerror(errno);
@@ -234,14 +243,9 @@ TEST(AsyncUnlink, AListingElsewhereWaitsForAnUnlinkHeldUpOnTheServer) {
 // wait for the server (a stream of them answered ahead would keep the lock from going back).
 // The lock stops counting as held when the callback comes, though its give-back waits.
 TEST(AsyncUnlink, NothingIsAnsweredAheadWhileTheDirectorysLockIsCalledBack) {
-  TestCluster::Options options;
-  options.metaArgs = {"--lock-timeout", "2"};
-  TestCluster cluster(options);
-  auto a = cluster.mount();
-  auto b = cluster.mount();
-  auto c = cluster.mount();
-  auto w = cluster.mount("no_async_dirops");
-  makeHeldUpFile(w, c, "/d", 20);
+  HeldUpDirectory held;
+  auto& cluster = held.cluster;
+  const std::string &a = held.a, &b = held.b;
   int next = unlinkUntilAhead(a, a + "/d", 10);
   cluster.signalMount(2, SIGSTOP);
   ASSERT_EQ(unlink((a + "/d/x").c_str()), 0) << strerror(errno);

@@ -1159,23 +1159,28 @@ void Client::removeBehind(const Cred& cred, uint64_t parent, kj::Array<kj::byte>
 // reached the server: an eviction dropped it) and whether it did.
 void Client::sendBehind(kj::Promise<int> applied, kj::String what,
                         kj::Function<void(int err, bool reached)> finish) {
-  auto owned = kj::heap<kj::Function<void(int, bool)>>(kj::mv(finish));
-  auto& done = *owned;
+  // Both on the heap, kept by the task: the continuations refer to them, not to this frame.
+  struct Behind {
+    kj::String what;
+    kj::Function<void(int, bool)> finish;
+  };
+  auto owned = kj::heap<Behind>(Behind{kj::mv(what), kj::mv(finish)});
+  auto& behind = *owned;
   tasks_.add(diropsBehind_.wrap(kj::mv(applied))
                  .then(
-                     [&done, &what](int err) {
+                     [&behind](int err) {
                        if (err != 0) {
-                         spdlog::error("{}, answered ahead, failed on the server: {}", what.cStr(),
-                                       strerror(err));
+                         spdlog::error("{}, answered ahead, failed on the server: {}",
+                                       behind.what.cStr(), strerror(err));
                        }
-                       done(err, true);
+                       behind.finish(err, true);
                      },
-                     [&done, &what](kj::Exception&& e) {
-                       spdlog::error("{}, answered ahead, was not applied: {}", what.cStr(),
+                     [&behind](kj::Exception&& e) {
+                       spdlog::error("{}, answered ahead, was not applied: {}", behind.what.cStr(),
                                      e.getDescription().cStr());
-                       done(EIO, false);
+                       behind.finish(EIO, false);
                      })
-                 .attach(kj::mv(owned), kj::mv(what)));
+                 .attach(kj::mv(owned)));
 }
 
 namespace {

@@ -239,6 +239,11 @@ kj::Promise<void> Client::recoverMeta() {
       if (!file.lost) ++n;
       file.lost = true;
     }
+    // The data locks were the metadata server's to give: what was written under them and not
+    // yet sent must not reach the data servers now, after another client's writes.
+    ++metaEvictions_;
+    for (auto& [index, link] : data_) link->forgetWriteback();
+    for (uint64_t ino : wb_.files()) dropQueuedWrites(ino);
     spdlog::warn(
         "evicted by the metadata server: {} open files now return EIO, {} "
         "application locks lost",
@@ -341,6 +346,7 @@ kj::Promise<void> Client::recoverData(ServerLink& link, uint32_t index) {
         bool there = std::find(targets.begin(), targets.end(), index) != targets.end();
         if (!file.lost && there && (eviction->lostUpdates > 0 || wb_.queued(file.ino))) {
           file.lost = true;
+          dropQueuedWrites(file.ino);
           ++n;
         }
       }
@@ -2134,15 +2140,22 @@ kj::Promise<void> Client::sendBatch(uint64_t ino, WriteBehind::Batch batch) {
   auto& b = own->batch;
   // Queued writes are dirty data: they pass a gate that a controlled shutdown closed.
   constexpr auto cls = ServerLink::Class::WRITEBACK;
-  kj::Promise<void> data = kj::READY_NOW;
+  // They were made under the file's DATA lock, which the metadata server holds for us: they
+  // leave while that session is known to be there (its link lets write-back through), never
+  // after an eviction took the lock away — the data servers do not see the locks.
+  kj::Promise<void> data =
+      meta_->server(cls).then([this, evictions = metaEvictions_](rpc::Bootstrap::Client&&) {
+        if (metaEvictions_ != evictions) kj::throwFatalException(errnoException(EIO));
+      });
   if (!b.writes.empty()) {
-    data = layoutOf(ino, cls).then([this, ino, &b, &own = *own](kj::Own<SharedLayout> layout) {
-      // As for a write-through: size and mtime once the data is in place.
-      return storeBatch(layout->layout, kj::arrayPtr(b.writes.data(), b.writes.size()),
-                        kj::addRef(own), cls)
-          .then([this, ino, end = b.end]() { return wrote(ino, end, cls); })
-          .attach(kj::mv(layout));
-    });
+    data = data.then([this, ino]() { return layoutOf(ino, cls); })
+               .then([this, ino, &b, &own = *own](kj::Own<SharedLayout> layout) {
+                 // As for a write-through: size and mtime once the data is in place.
+                 return storeBatch(layout->layout, kj::arrayPtr(b.writes.data(), b.writes.size()),
+                                   kj::addRef(own), cls)
+                     .then([this, ino, end = b.end]() { return wrote(ino, end, cls); })
+                     .attach(kj::mv(layout));
+               });
   }
   return data
       .then([this, ino, &b]() -> kj::Promise<void> {
@@ -2170,6 +2183,15 @@ kj::Promise<void> Client::sendBatch(uint64_t ino, WriteBehind::Batch batch) {
         tasks_.add(kj::evalLater([this, ino]() { wb_.doneSending(ino); }));
       })
       .attach(kj::mv(own));
+}
+
+void Client::dropQueuedWrites(uint64_t ino) {
+  // What is being sent already fails at its link (ServerLink::forgetWriteback).
+  auto batch = wb_.take(ino);
+  size_t bytes = 0;
+  for (auto& w : batch.writes) bytes += w.data.size();
+  bool attr = batch.attr != nullptr;
+  if (bytes > 0 || attr) wb_.sent(ino, bytes, attr, EIO);
 }
 
 kj::Promise<void> Client::flush(uint64_t fh) {

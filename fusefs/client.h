@@ -256,6 +256,9 @@ private:
   kj::Promise<Entry> sendSetattr(const Cred& cred, uint64_t ino, const SetAttr& attr,
                                  ServerLink::Class cls);
   kj::Promise<void> sendBatch(uint64_t ino, WriteBehind::Batch batch);
+  // An eviction took the locks that the writes queued for `ino` were made under: they are not
+  // sent, and the file's next flush or fsync reports EIO.
+  void dropQueuedWrites(uint64_t ino);
   kj::Maybe<Entry> cachedEntry(uint64_t ino);
   void removed(uint64_t parent, std::string name, int error);
   // unlink (false) or rmdir (true).
@@ -390,6 +393,7 @@ private:
   std::multiset<std::pair<uint64_t, std::string>> removing_;
   std::unordered_set<uint64_t> creating_;       // inodes created ahead, their create on its way
   std::unordered_set<uint64_t> failedCreates_;  // ... that the server never made (until released)
+  uint64_t metaEvictions_ = 0;  // the metadata server's evictions of this client, as learned
   // Inode numbers the server set aside for us, each with its file's layout.
   std::deque<std::pair<uint64_t, kj::Own<SharedLayout>>> reserved_;
   bool reserving_ = false;

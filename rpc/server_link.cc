@@ -4,6 +4,7 @@
 #include <kj/debug.h>
 #include <spdlog/spdlog.h>
 
+#include "rpc/errors.h"
 #include "rpc/feature_flags.h"
 #include "rpc/version.h"
 
@@ -79,7 +80,10 @@ auto& sessionFor(ServerLink::Connection& conn) {
 // A request on its way: keeps its id in the unreplied set until it is answered or abandoned.
 struct ServerLink::Pending : public kj::Refcounted {
   Pending(ServerLink& link, bool update, Class cls)
-      : link(link), id(update ? link.nextRequestId_++ : 0), cls(cls) {
+      : link(link),
+        id(update ? link.nextRequestId_++ : 0),
+        cls(cls),
+        writebackEpoch(link.writebackEpoch_) {
     if (id != 0) link.unreplied_.insert(id);
   }
   ~Pending() {
@@ -88,6 +92,7 @@ struct ServerLink::Pending : public kj::Refcounted {
   ServerLink& link;
   uint64_t id;
   Class cls;
+  uint64_t writebackEpoch;  // the link's when the request was made
   unsigned attempts = 0;
   kj::Maybe<kj::Own<kj::Refcounted>> keeps;  // see data()
 };
@@ -316,6 +321,7 @@ void ServerLink::connectLoop(unsigned attempt) {
                     }
                     kept_.clear();
                     keptBytes_ = 0;
+                    forgetWriteback();
                     spdlog::warn("link {}: the server had evicted this client", name_.cStr());
                   }
                   currentAddress_ = kj::mv(addressCopy);
@@ -443,6 +449,11 @@ kj::Promise<Response> ServerLink::send(kj::Own<Pending> pending, Build& build) {
         // The gate opened, but the connection may have gone since (this runs an event later):
         // back to the gate.
         if (!open(pending->cls)) return send<Response>(kj::mv(pending), build);
+        if (pending->cls == Class::WRITEBACK && pending->id != 0 &&
+            pending->writebackEpoch != writebackEpoch_) {
+          // Made under locks an eviction took away since (see forgetWriteback).
+          return errnoException(EIO);
+        }
         auto& conn = *KJ_ASSERT_NONNULL(connection_);
         uint64_t gen = generation_;
         auto onError = [this, gen, pending = kj::addRef(*pending),

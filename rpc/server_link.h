@@ -137,6 +137,12 @@ public:
     eviction_ = nullptr;  // kj::Maybe's move leaves the source set
     return e;
   }
+  // The locks that dirty data was written under are gone (this server evicted us, or the
+  // metadata server, which holds the data locks, did): WRITEBACK updates made before now that
+  // have no reply yet are not sent (again) but fail with EIO, so that none lands after another
+  // client's update under the lock it was given. The link does this itself when it learns of
+  // its own eviction.
+  void forgetWriteback() { ++writebackEpoch_; }
 
   struct Connection;  // one TCP connection and its capabilities
   class Callback;     // the lock callback given at connect
@@ -201,7 +207,8 @@ private:
   kj::String peerVersion_;
   uint64_t lastSynced_ = 0;
   kj::Maybe<Eviction> eviction_;
-  uint64_t serverLock_ = 0;  // our PR on the active-server lock of this connection
+  uint64_t writebackEpoch_ = 0;  // bumped by forgetWriteback()
+  uint64_t serverLock_ = 0;      // our PR on the active-server lock of this connection
   uint64_t connectSynced_ = 0;
   uint64_t instance_ = 0;   // of the server at the last connect
   bool restarted_ = false;  // the server is a new instance since the previous connect

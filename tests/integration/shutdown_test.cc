@@ -290,36 +290,73 @@ void cutConnections(pid_t mountPid, const std::string& address) {
                     << listing.out;
 }
 
+// A file held open by a child process with "new" written to it and queued behind on mount
+// `mnt` (the child is not this process: it forks helpers such as ss and cairnctl while a mount
+// is stopped, and a forked copy of a descriptor there would wait on that mount to close).
+// `fsync()` has the child call fsync, which must fail with EIO; `finish()` has it read, which
+// must fail with EIO, and is true if everything did.
+struct DirtyHolder {
+  explicit DirtyHolder(const std::string& file) { start(file); }
+  void start(const std::string& file) {
+    ASSERT_EQ(pipe(to), 0);
+    ASSERT_EQ(pipe(from), 0);
+    pid = fork();
+    if (pid == 0) {
+      int fd = open(file.c_str(), O_RDWR);
+      char go = pwrite(fd, "new", 3, 0) == 3 ? 'w' : 'x';
+      if (write(from[1], &go, 1) != 1 || read(to[0], &go, 1) != 1) _exit(2);
+      if (go == 's' && (::fsync(fd) != -1 || errno != EIO)) _exit(3);
+      if (go == 's' && read(to[0], &go, 1) != 1) _exit(2);
+      char c;
+      _exit(pread(fd, &c, 1, 0) == -1 && errno == EIO ? 0 : 1);
+    }
+    char ready = 0;
+    ASSERT_EQ(read(from[0], &ready, 1), 1);
+    ASSERT_EQ(ready, 'w') << "the holder could not write";
+  }
+  ~DirtyHolder() {
+    if (pid > 0 && waitpid(pid, nullptr, WNOHANG) == 0) kill(pid, SIGKILL);
+    for (int fd : {to[0], to[1], from[0], from[1]}) {
+      if (fd >= 0) close(fd);
+    }
+  }
+  void fsync() { ASSERT_EQ(write(to[1], "s", 1), 1); }
+  bool finish() {
+    if (write(to[1], "g", 1) != 1) return false;
+    int status = 0;
+    if (!waitFor([&] { return waitpid(pid, &status, WNOHANG) == pid; }, 10000)) return false;
+    pid = 0;
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+      ADD_FAILURE() << "the open file did not fail with EIO (holder's status "
+                    << WEXITSTATUS(status) << ")";
+      return false;
+    }
+    return true;
+  }
+  int to[2] = {-1, -1}, from[2] = {-1, -1};
+  pid_t pid = -1;
+};
+
 // Point 7: a client whose connection was cut (and that stays away) while the server shut
 // down missed the callback with dirty data in hand: it is evicted, and told so when it comes
-// back. Its open files then fail with EIO; the mount itself works on.
-void cutOffDuringShutdown(int server, const std::string& told) {
+// back. Its open files then fail with EIO; the mount itself works on. What it had written
+// under the locks it lost never lands, whether it was still queued when the client learned of
+// the eviction or already on its way to the server that evicted it (`fsyncWhileAway`: an fsync
+// that reached the client while it was stopped sends it before the link has reconnected).
+void cutOffDuringShutdown(int server, const std::string& told, bool fsyncWhileAway = false) {
   TestCluster cluster(quickLocks());
   auto a = cluster.mount();
   auto b = cluster.mount();
   writeWhole(a + "/f", "old");
-  // The descriptor lives in a child of its own: this process forks helpers (ss, cairnctl)
-  // while client A is stopped, and a forked copy of a descriptor on A would wait on A to close.
-  int toHolder[2], fromHolder[2];
-  ASSERT_EQ(pipe(toHolder), 0);
-  ASSERT_EQ(pipe(fromHolder), 0);
-  pid_t holder = fork();
-  if (holder == 0) {
-    int fd = open((a + "/f").c_str(), O_RDWR);
-    char go = pwrite(fd, "new", 3, 0) == 3 ? 'w' : 'x';  // queued behind: dirty
-    if (write(fromHolder[1], &go, 1) != 1 || read(toHolder[0], &go, 1) != 1) _exit(2);
-    char c;
-    int err = pread(fd, &c, 1, 0) == -1 ? errno : 0;
-    _exit(err == EIO ? 0 : 1);
-  }
-  char ready = 0;
-  ASSERT_EQ(read(fromHolder[0], &ready, 1), 1);
-  ASSERT_EQ(ready, 'w');
+  DirtyHolder holder(a + "/f");
   cluster.signalMount(0, SIGSTOP);
   cutConnections(cluster.mountPid(0), cluster.address(server));
   ASSERT_TRUE(waitFor(
       [&] { return contains(readWhole(cluster.log(server)), "disconnected; keeping its locks"); },
       5000));
+  // Waits in the kernel for the stopped client, which takes the write out of its queue first
+  // thing when it runs again.
+  if (fsyncWhileAway) holder.fsync();
   EXPECT_EQ(cluster.shutdownServer(server), 0);
   EXPECT_TRUE(
       contains(readWhole(cluster.log(server)), "disconnected during a controlled shutdown"));
@@ -328,15 +365,12 @@ void cutOffDuringShutdown(int server, const std::string& told) {
 
   ASSERT_TRUE(waitFor([&] { return contains(cluster.mountLog(0), told); }, 10000))
       << cluster.mountLog(0);
-  ASSERT_EQ(write(toHolder[1], "g", 1), 1);
-  int status = 0;
-  ASSERT_TRUE(waitFor([&] { return waitpid(holder, &status, WNOHANG) == holder; }, 10000));
-  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
-      << "the open file did not fail with EIO";
-  for (int fd : {toHolder[0], toHolder[1], fromHolder[0], fromHolder[1]}) close(fd);
+  EXPECT_TRUE(holder.finish());
   writeWhole(a + "/g", "mount works");
   EXPECT_EQ(readWhole(a + "/g"), "mount works");
   EXPECT_EQ(readWhole(b + "/g"), "mount works");
+  // The holder's close flushed the file (after its descriptor failed): nothing was sent.
+  EXPECT_EQ(readWhole(b + "/f"), "old") << "a write made under a lock the eviction took landed";
 }
 
 TEST(Shutdown, AClientCutOffDuringTheShutdownIsEvictedOnReturn) {
@@ -346,6 +380,41 @@ TEST(Shutdown, AClientCutOffDuringTheShutdownIsEvictedOnReturn) {
 // The same for a data server: the files with stripes there fail, the mount carries on.
 TEST(Shutdown, AClientCutOffFromADataServerDuringItsShutdownIsEvictedOnReturn) {
   cutOffDuringShutdown(1, "evicted by data target 0");
+}
+
+TEST(Shutdown, WritesOnTheirWayToADataServerThatEvictedTheClientAreNotSent) {
+  cutOffDuringShutdown(1, "evicted by data target 0", true);
+}
+
+// The data servers do not see the DATA locks: a batch leaves for them only while the metadata
+// server that holds the lock is known to be there. One sent while the client cannot reach it
+// waits for its return, and fails once the client learns that the server evicted it meanwhile.
+TEST(Shutdown, WritesWaitForTheMetadataServerAndFailIfItEvictedTheClient) {
+  TestCluster cluster(quickLocks());
+  auto a = cluster.mount();
+  auto b = cluster.mount();
+  writeWhole(a + "/f", "old");
+  DirtyHolder holder(a + "/f");
+  cluster.signalMount(0, SIGSTOP);
+  cutConnections(cluster.mountPid(0), cluster.metaAddress());
+  ASSERT_TRUE(waitFor(
+      [&] { return contains(readWhole(cluster.log(0)), "disconnected; keeping its locks"); },
+      5000));
+  EXPECT_EQ(cluster.shutdownServer(0), 0);
+  EXPECT_TRUE(contains(readWhole(cluster.log(0)), "disconnected during a controlled shutdown"));
+  cluster.signalMount(0, SIGCONT);
+  ASSERT_TRUE(waitFor([&] { return contains(cluster.mountLog(0), "link meta: lost"); }, 5000))
+      << cluster.mountLog(0);
+  // The data servers are there; the metadata server is not.
+  holder.fsync();
+  // Time for a batch that did not wait to reach a data server (and land there).
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  ASSERT_TRUE(cluster.startServer(0));
+  ASSERT_TRUE(waitFor(
+      [&] { return contains(cluster.mountLog(0), "evicted by the metadata server"); }, 10000))
+      << cluster.mountLog(0);
+  EXPECT_TRUE(holder.finish());
+  EXPECT_EQ(readWhole(b + "/f"), "old") << "a write made under a lock the eviction took landed";
 }
 
 // Point 4: an unclean stop followed by another version is refused with a message that says

@@ -134,6 +134,13 @@ void ServerContext::evict(ClientSession& session, kj::StringPtr why) {
       spdlog::warn("cannot record the eviction of {}: {}", session.label.cStr(), e.what());
     }
   }
+  KJ_IF_MAYBE (cb, session.callback) {
+    // Told now, on its connection if it still has one: a client that learned it only at its
+    // next request could meanwhile send data servers what it wrote under the locks it lost.
+    auto req = cb->evictedRequest();
+    req.setWhy(why);
+    req.send().detach([](kj::Exception&&) {});
+  }
   endSession(session);
 }
 

@@ -413,6 +413,10 @@ struct LockRequest {
 # Given by a client at connect; the server calls it when a lock the client holds is wanted.
 interface LockCallback {
   blocking @0 (lockId :UInt64) -> ();
+  # The server has just evicted this client (its locks are gone): the client reconnects at once
+  # instead of learning it at its next request, so that nothing it wrote under those locks
+  # leaves meanwhile. A client without it fails the call; the server ignores that.
+  evicted @1 (why :Text) -> ();
 }
 
 interface LockSession {

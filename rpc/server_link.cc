@@ -62,6 +62,16 @@ public:
     if (handle_->link != nullptr) handle_->link->blocking(context.getParams().getLockId());
     return kj::READY_NOW;
   }
+  kj::Promise<void> evicted(EvictedContext context) override {
+    // Reconnecting is how the link learns of an eviction (the connect's reply says so, and
+    // what the owner held there goes); the server has ended our session already.
+    if (handle_->link != nullptr) {
+      auto& link = *handle_->link;
+      link.lost(link.generation_,
+                kj::str("the server evicted this client: ", context.getParams().getWhy()));
+    }
+    return kj::READY_NOW;
+  }
 
 private:
   kj::Own<Handle> handle_;

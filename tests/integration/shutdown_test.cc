@@ -337,6 +337,15 @@ struct DirtyHolder {
   pid_t pid = -1;
 };
 
+// Stops mount 0 and cuts its connections to `server`, once that server has seen it go.
+void stopAndCutOff(TestCluster& cluster, int server) {
+  cluster.signalMount(0, SIGSTOP);
+  cutConnections(cluster.mountPid(0), cluster.address(server));
+  ASSERT_TRUE(waitFor(
+      [&] { return contains(readWhole(cluster.log(server)), "disconnected; keeping its locks"); },
+      5000));
+}
+
 // Point 7: a client whose connection was cut (and that stays away) while the server shut
 // down missed the callback with dirty data in hand: it is evicted, and told so when it comes
 // back. Its open files then fail with EIO; the mount itself works on. What it had written
@@ -349,11 +358,7 @@ void cutOffDuringShutdown(int server, const std::string& told, bool fsyncWhileAw
   auto b = cluster.mount();
   writeWhole(a + "/f", "old");
   DirtyHolder holder(a + "/f");
-  cluster.signalMount(0, SIGSTOP);
-  cutConnections(cluster.mountPid(0), cluster.address(server));
-  ASSERT_TRUE(waitFor(
-      [&] { return contains(readWhole(cluster.log(server)), "disconnected; keeping its locks"); },
-      5000));
+  stopAndCutOff(cluster, server);
   // Waits in the kernel for the stopped client, which takes the write out of its queue first
   // thing when it runs again.
   if (fsyncWhileAway) holder.fsync();
@@ -386,6 +391,28 @@ TEST(Shutdown, WritesOnTheirWayToADataServerThatEvictedTheClientAreNotSent) {
   cutOffDuringShutdown(1, "evicted by data target 0", true);
 }
 
+// An eviction the client's connection survives (an administrator's here; the lock manager's
+// timeout ends the same way) is told to the client at once: it drops what it wrote under the
+// locks it lost instead of sending it on until its next request to the metadata server.
+TEST(Shutdown, AClientEvictedOnALiveConnectionIsToldAtOnce) {
+  TestCluster cluster(quickLocks());
+  auto a = cluster.mount();
+  writeWhole(a + "/f", "old");
+  DirtyHolder holder(a + "/f");
+  auto status = cluster.status(0);
+  auto at = status.find("\"uuid\":\"");
+  ASSERT_NE(at, std::string::npos) << status;
+  auto evicted = run({ctlBin(), "--server", cluster.metaAddress(), "--timeout", "5", "evict",
+                      status.substr(at + 8, 32)});
+  ASSERT_EQ(evicted.status, 0) << evicted.out << evicted.err;
+  ASSERT_TRUE(waitFor(
+      [&] { return contains(cluster.mountLog(0), "evicted by the metadata server"); }, 10000))
+      << cluster.mountLog(0);
+  EXPECT_TRUE(holder.finish());
+  auto b = cluster.mount();
+  EXPECT_EQ(readWhole(b + "/f"), "old") << "a write made under a lock the eviction took landed";
+}
+
 // The data servers do not see the DATA locks: a batch leaves for them only while the metadata
 // server that holds the lock is known to be there. One sent while the client cannot reach it
 // waits for its return, and fails once the client learns that the server evicted it meanwhile.
@@ -395,11 +422,7 @@ TEST(Shutdown, WritesWaitForTheMetadataServerAndFailIfItEvictedTheClient) {
   auto b = cluster.mount();
   writeWhole(a + "/f", "old");
   DirtyHolder holder(a + "/f");
-  cluster.signalMount(0, SIGSTOP);
-  cutConnections(cluster.mountPid(0), cluster.metaAddress());
-  ASSERT_TRUE(waitFor(
-      [&] { return contains(readWhole(cluster.log(0)), "disconnected; keeping its locks"); },
-      5000));
+  stopAndCutOff(cluster, 0);
   EXPECT_EQ(cluster.shutdownServer(0), 0);
   EXPECT_TRUE(contains(readWhole(cluster.log(0)), "disconnected during a controlled shutdown"));
   cluster.signalMount(0, SIGCONT);

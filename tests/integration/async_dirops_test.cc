@@ -216,6 +216,13 @@ struct HeldUpDirectory {
   HeldUpDirectory() { makeHeldUpFile(w, c, "/d", 20); }
 };
 
+// C's callback for the unlink of x is out; A's for the listing must come well after it, or A's
+// own lock timeout (its give-back waits for that unlink, which waits for C's eviction) runs
+// out with C's, and A is evicted too (told at once, it drops what it answered ahead).
+void waitPastC() {
+  std::this_thread::sleep_for(std::chrono::milliseconds(400));
+}
+
 // A's unlink of a file a hung client C caches is held up on the server (C is called back, and
 // evicted after the lock timeout) before it locks the directory (the file's inode number is the
 // lower one: it was made first and moved in). B's listing meanwhile must not show the file A
@@ -232,6 +239,7 @@ TEST(AsyncUnlink, AListingElsewhereWaitsForAnUnlinkHeldUpOnTheServer) {
   uint64_t before = ahead(a);
   ASSERT_EQ(unlink((a + "/d/x").c_str()), 0) << strerror(errno);
   EXPECT_EQ(ahead(a), before + 1);
+  waitPastC();
   std::set<std::string> expected;
   for (int i = next; i < 20; ++i) expected.insert("f" + std::to_string(i));
   EXPECT_EQ(namesAt(dfd), expected);
@@ -249,6 +257,7 @@ TEST(AsyncUnlink, NothingIsAnsweredAheadWhileTheDirectorysLockIsCalledBack) {
   int next = unlinkUntilAhead(a, a + "/d", 10);
   cluster.signalMount(2, SIGSTOP);
   ASSERT_EQ(unlink((a + "/d/x").c_str()), 0) << strerror(errno);
+  waitPastC();
   std::set<std::string> listed;
   std::thread lister([&] { listed = names(b + "/d"); });
   // Time for the callback to reach A; its PW waits for the unlink of x (C is evicted after 2 s).

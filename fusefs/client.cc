@@ -240,10 +240,11 @@ kj::Promise<void> Client::recoverMeta() {
       file.lost = true;
     }
     // The data locks were the metadata server's to give: what was written under them and not
-    // yet sent must not reach the data servers now, after another client's writes.
+    // yet sent must not reach the data servers now, after another client's writes. Queued
+    // writes fail here (EIO at the next flush or fsync); those being sent fail at their link.
     ++metaEvictions_;
     for (auto& [index, link] : data_) link->forgetWriteback();
-    for (uint64_t ino : wb_.files()) dropQueuedWrites(ino);
+    for (uint64_t ino : wb_.files()) wb_.fail(ino, EIO);
     spdlog::warn(
         "evicted by the metadata server: {} open files now return EIO, {} "
         "application locks lost",
@@ -346,7 +347,7 @@ kj::Promise<void> Client::recoverData(ServerLink& link, uint32_t index) {
         bool there = std::find(targets.begin(), targets.end(), index) != targets.end();
         if (!file.lost && there && (eviction->lostUpdates > 0 || wb_.queued(file.ino))) {
           file.lost = true;
-          dropQueuedWrites(file.ino);
+          wb_.fail(file.ino, EIO);  // written under locks gone with the eviction: not sent
           ++n;
         }
       }
@@ -2183,15 +2184,6 @@ kj::Promise<void> Client::sendBatch(uint64_t ino, WriteBehind::Batch batch) {
         tasks_.add(kj::evalLater([this, ino]() { wb_.doneSending(ino); }));
       })
       .attach(kj::mv(own));
-}
-
-void Client::dropQueuedWrites(uint64_t ino) {
-  // What is being sent already fails at its link (ServerLink::forgetWriteback).
-  auto batch = wb_.take(ino);
-  size_t bytes = 0;
-  for (auto& w : batch.writes) bytes += w.data.size();
-  bool attr = batch.attr != nullptr;
-  if (bytes > 0 || attr) wb_.sent(ino, bytes, attr, EIO);
 }
 
 kj::Promise<void> Client::flush(uint64_t fh) {

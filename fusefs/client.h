@@ -256,9 +256,6 @@ private:
   kj::Promise<Entry> sendSetattr(const Cred& cred, uint64_t ino, const SetAttr& attr,
                                  ServerLink::Class cls);
   kj::Promise<void> sendBatch(uint64_t ino, WriteBehind::Batch batch);
-  // An eviction took the locks that the writes queued for `ino` were made under: they are not
-  // sent, and the file's next flush or fsync reports EIO.
-  void dropQueuedWrites(uint64_t ino);
   kj::Maybe<Entry> cachedEntry(uint64_t ino);
   void removed(uint64_t parent, std::string name, int error);
   // unlink (false) or rmdir (true).

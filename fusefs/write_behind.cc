@@ -96,6 +96,16 @@ void WriteBehind::sent(uint64_t ino, size_t bytes, bool attr, int error) {
   // The entry stays until doneSending: its `sending` is the promise running this.
 }
 
+void WriteBehind::fail(uint64_t ino, int error) {
+  auto it = files_.find(ino);
+  if (it == files_.end()) return;
+  size_t bytes = it->second.bytes;
+  bool attr = it->second.queue.attr != nullptr;
+  if (bytes == 0 && !attr) return;
+  take(ino);
+  sent(ino, bytes, attr, error);
+}
+
 int WriteBehind::takeError(uint64_t ino) {
   auto it = files_.find(ino);
   if (it == files_.end()) return 0;

@@ -65,6 +65,8 @@ public:
   size_t total() const { return total_; }
   // A batch was sent (or failed with `error`, a Linux errno).
   void sent(uint64_t ino, size_t bytes, bool attr, int error);
+  // What is queued for a file (not what is being sent) fails with `error` without being sent.
+  void fail(uint64_t ino, int error);
   // The error of a failed batch, once; 0 if none.
   int takeError(uint64_t ino);
   // What queued writes and changes make of the attributes the server last told: a longer file,

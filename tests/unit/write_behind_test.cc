@@ -151,5 +151,22 @@ TEST(WriteBehind, SentEverythingLeavesNothingPending) {
   EXPECT_EQ(wb.takeError(INO), 0);
 }
 
+TEST(WriteBehind, AFailedQueueIsReportedAndLeavesWhatIsBeingSent) {
+  WriteBehind wb;
+  wb.add(INO, 0, bytes(8));
+  auto sending = wb.take(INO);
+  wb.add(INO, 8, bytes(4));
+  wb.setAttr(INO, setMtime(5));
+  wb.fail(INO, EIO);
+  EXPECT_EQ(wb.total(), 8u);  // the batch being sent is still counted
+  EXPECT_TRUE(wb.take(INO).writes.empty());
+  EXPECT_TRUE(wb.queued(INO));  // ... and still pending
+  wb.sent(INO, 8, false, 0);
+  wb.doneSending(INO);
+  EXPECT_FALSE(wb.queued(INO));
+  EXPECT_EQ(wb.takeError(INO), EIO);  // once
+  EXPECT_EQ(wb.takeError(INO), 0);
+}
+
 }  // namespace
 }  // namespace cairn

@@ -2,7 +2,7 @@
 //
 //   cairn-mount HOST:PORT[,HOST:PORT...] MOUNTPOINT [-f] [-d] [-o OPTIONS]
 // (-o: the usual FUSE options, and log_file=, log_level=, nocache, lock_limit=, name_limit=,
-// poll_us=, no_async_dirops, metrics=HOST:PORT, tls=DIR)
+// poll_us=, no_async_dirops, metrics=HOST:PORT, tls=DIR, trusted_network)
 //   cairn-mount --takeover MOUNTPOINT     (a new binary takes a live mount over: handover.h)
 //
 // The addresses are the metadata server's (several for a failover pair). Besides the usual FUSE
@@ -53,6 +53,8 @@ struct MountConfig {
   char* logLevel = nullptr;
   char* metrics = nullptr;  // HOST:PORT for the mount's own Prometheus /metrics
   char* tls = nullptr;      // credentials directory: mutual TLS with the servers
+  // After the handshake, unencrypted with servers that are on a trusted network too.
+  int trustedNetwork = 0;
   int noCache = 0;
   int noAsyncDirops = 0;
   unsigned lockLimit = 0;
@@ -72,6 +74,7 @@ const fuse_opt SPECS[] = {
     {"log_level=%s", offsetof(MountConfig, logLevel), 0},
     {"metrics=%s", offsetof(MountConfig, metrics), 0},
     {"tls=%s", offsetof(MountConfig, tls), 0},
+    {"trusted_network", offsetof(MountConfig, trustedNetwork), 1},
     {"nocache", offsetof(MountConfig, noCache), 1},
     {"no_async_dirops", offsetof(MountConfig, noAsyncDirops), 1},
     {"lock_limit=%u", offsetof(MountConfig, lockLimit), 0},
@@ -115,6 +118,9 @@ void usage(const char* prog) {
       "    -o metrics=HOST:PORT   also serve the mount's counters as Prometheus /metrics there\n"
       "    -o tls=DIR             mutual TLS with the credentials in DIR (ca.crt, cert.crt,\n"
       "                           cert.key: cairnctl cert issue --client); without it, plain text\n"
+      "    -o trusted_network     with tls=: once authenticated, carry the data unencrypted with\n"
+      "                           servers started with --trusted-network (a network nobody\n"
+      "                           else can read or write; about half the CPU per byte)\n"
       "    --version              print the version\n"
       "usage: %s --takeover MOUNTPOINT\n"
       "    take the mount over from the cairn-mount serving it (client upgrade without\n"
@@ -187,10 +193,11 @@ namespace {
 // instead of leaving a mount whose every call waits. A server that cannot be reached is no
 // refusal: the mount comes up and waits for it, as it would across a restart; an older server
 // without the question is asked nothing.
-kj::Maybe<kj::String> refusal(const char* addresses, kj::StringPtr tlsDir) {
+kj::Maybe<kj::String> refusal(const char* addresses, kj::StringPtr tlsDir, bool trustedNetwork) {
   auto io = kj::setupAsyncIo();
   auto transport = tlsDir == nullptr ? cairn::Transport::plaintext(io)
-                                     : cairn::Transport::tls(io, tlsDir, cairn::Peer::Role::CLIENT);
+                                     : cairn::Transport::tls(io, tlsDir, cairn::Peer::Role::CLIENT,
+                                                             trustedNetwork);
   auto& timer = io.provider->getTimer();
   for (auto& address : cairn::splitAddresses(addresses)) {
     try {
@@ -269,6 +276,12 @@ int main(int argc, char** argv) {
   // made absolute, since the daemon changes to /.
   kj::Maybe<cairn::TlsCredentials> credentials;
   kj::String tlsDir;
+  if (cfg.trustedNetwork && cfg.tls == nullptr) {
+    fprintf(stderr,
+            "cairn-mount: -o trusted_network needs tls=DIR: connections authenticate "
+            "with it before they go unencrypted\n");
+    return 1;
+  }
   if (cfg.tls != nullptr) {
     try {
       char real[PATH_MAX];
@@ -282,7 +295,7 @@ int main(int argc, char** argv) {
     }
   }
   if (takeover == nullptr) {
-    KJ_IF_MAYBE (why, refusal(cfg.addresses, tlsDir)) {
+    KJ_IF_MAYBE (why, refusal(cfg.addresses, tlsDir, cfg.trustedNetwork)) {
       fprintf(stderr, "cairn-mount: refused: %s\n", why->cStr());
       return 1;
     }
@@ -359,8 +372,11 @@ int main(int argc, char** argv) {
     KJ_DEFER(sessionInUse = !notifier.stop());
     kj::Own<cairn::Transport> transport;
     KJ_IF_MAYBE (c, credentials) {
-      spdlog::info("TLS: client {} with the CA of {}", c->name.cStr(), c->dir.cStr());
-      transport = cairn::Transport::tls(io, kj::mv(*c));
+      spdlog::info("TLS: client {} with the CA of {}{}", c->name.cStr(), c->dir.cStr(),
+                   cfg.trustedNetwork ? "; trusted network: unencrypted after the handshake with "
+                                        "servers on it too"
+                                      : "");
+      transport = cairn::Transport::tls(io, kj::mv(*c), cfg.trustedNetwork);
     } else {
       spdlog::warn("PLAIN TEXT: no -o tls=DIR; the servers must be started with plain text too");
       transport = cairn::Transport::plaintext(io);

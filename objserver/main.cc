@@ -51,6 +51,7 @@ struct ServeOptions {
   std::string partner;
   double failoverTimeout = 2;
   std::string tls;
+  bool trustedNetwork = false;
   bool plaintext = false;
   std::vector<std::string> allowClients;
   size_t maxConnections = 4096;
@@ -343,11 +344,17 @@ int serve(const ServeOptions& o, kj::ArrayPtr<const kj::String> argv) {
   auto io = kj::setupAsyncIo();
   BusyPoll busy(io.unixEventPort, io.waitScope, o.pollUs * kj::MICROSECONDS);
   KJ_REQUIRE(o.tls.empty() || !o.plaintext, "--tls and --insecure-plaintext exclude each other");
+  KJ_REQUIRE(!o.trustedNetwork || !o.tls.empty(),
+             "--trusted-network needs --tls DIR: connections authenticate with it before they go "
+             "unencrypted");
   kj::Own<Transport> transport;
   if (!o.tls.empty()) {
     auto credentials = TlsCredentials::load(o.tls.c_str(), Peer::Role::SERVER);
-    spdlog::info("TLS: server {} with the CA of {}", credentials.name.cStr(), o.tls);
-    transport = Transport::tls(io, kj::mv(credentials));
+    spdlog::info("TLS: server {} with the CA of {}{}", credentials.name.cStr(), o.tls,
+                 o.trustedNetwork ? "; trusted network: peers on it too go unencrypted after the "
+                                    "handshake"
+                                  : "");
+    transport = Transport::tls(io, kj::mv(credentials), o.trustedNetwork);
   } else {
     // Plain text lets anyone who reaches the port do anything, administration included: only on
     // loopback, or when asked for by name.
@@ -515,6 +522,10 @@ int main(int argc, char** argv) {
   s->add_option("--tls", serve.tls,
                 "credentials directory (ca.crt, cert.crt, cert.key; cairnctl cert issue --server): "
                 "every connection, in and out, is mutual TLS with the cluster's CA");
+  s->add_flag("--trusted-network", serve.trustedNetwork,
+              "with --tls: a connection whose other end says so too (-o trusted_network, "
+              "--trusted-network) authenticates with TLS and then carries its data unencrypted "
+              "(for a network nobody else can read or write; about half the CPU per byte)");
   s->add_flag("--insecure-plaintext", serve.plaintext,
               "serve plain text beyond loopback (no authentication, no encryption)");
   s->add_option("--allow-client", serve.allowClients,

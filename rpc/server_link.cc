@@ -6,6 +6,7 @@
 
 #include "rpc/errors.h"
 #include "rpc/feature_flags.h"
+#include "rpc/transport.h"
 #include "rpc/version.h"
 
 namespace cairn {
@@ -340,9 +341,11 @@ void ServerLink::connectLoop(unsigned attempt) {
                   tasks_->add(conn->client.onDisconnect().then(
                       [this, gen]() { lost(gen, "connection closed"); }));
                   tasks_->add(heartbeat(gen));
+                  auto wire = wireOf(*conn->stream);
                   connection_ = kj::mv(conn);
-                  spdlog::info("link {}: connected to {} (version {}, instance {})", name_.cStr(),
-                               currentAddress_.cStr(), peerVersion_.cStr(), info.getInstance());
+                  spdlog::info("link {}: connected to {} (version {}, instance {}, {})",
+                               name_.cStr(), currentAddress_.cStr(), peerVersion_.cStr(),
+                               info.getInstance(), wire.cStr());
                   return gen;
                 });
           })

@@ -10,6 +10,7 @@
 #include <openssl/x509v3.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -61,9 +62,50 @@ constexpr size_t READ_BUFFER = 256 * 1024;
 // instead of 64 (one per 16 KiB record), flushed at the end of every write.
 constexpr size_t WRITE_BUFFER = 256 * 1024;
 
+// What the two ends of a connection agree on in the handshake (ALPN): "cairn-plain" only when
+// both are on a trusted network. Offered in order of preference (wire format: length, name).
+constexpr kj::StringPtr PLAIN = "cairn-plain"_kj;
+constexpr kj::StringPtr ENCRYPTED = "cairn-encrypted"_kj;
+constexpr unsigned char OFFER_TRUSTED[] =
+    "\x0b"
+    "cairn-plain"
+    "\x0f"
+    "cairn-encrypted";
+constexpr unsigned char OFFER_ENCRYPTED[] =
+    "\x0f"
+    "cairn-encrypted";
+// The one record a server sends after the handshake before both ends leave TLS.
+constexpr kj::byte LEAVING_TLS = 'P';
+
+bool offered(const unsigned char* list, unsigned size, kj::StringPtr name) {
+  for (unsigned at = 0; at < size;) {
+    unsigned len = list[at++];
+    if (at + len > size) return false;
+    if (len == name.size() && memcmp(list + at, name.begin(), len) == 0) return true;
+    at += len;
+  }
+  return false;
+}
+
+// The server's choice among what the client offered: plain text only if both ends are on a
+// trusted network; no ALPN at all (encrypted) for a client that offers neither (older releases).
+int selectWire(SSL*, const unsigned char** out, unsigned char* outLength, const unsigned char* in,
+               unsigned inLength, void* trustedNetwork) {
+  for (kj::StringPtr wire : {PLAIN, ENCRYPTED}) {
+    if (wire == PLAIN && !*static_cast<bool*>(trustedNetwork)) continue;
+    if (!offered(in, inLength, wire)) continue;
+    *out = reinterpret_cast<const unsigned char*>(wire.begin());
+    *outLength = static_cast<unsigned char>(wire.size());
+    return SSL_TLSEXT_ERR_OK;
+  }
+  return SSL_TLSEXT_ERR_NOACK;
+}
+
 }  // namespace
 
-SslContext::SslContext(kj::StringPtr caPem, kj::StringPtr certPem, kj::StringPtr keyPem) {
+SslContext::SslContext(kj::StringPtr caPem, kj::StringPtr certPem, kj::StringPtr keyPem,
+                       bool trustedNetwork)
+    : trustedNetwork_(trustedNetwork) {
   // OpenSSL writes to the socket itself, without MSG_NOSIGNAL: a peer gone must be an error on
   // that connection, not a SIGPIPE that ends the process. (Servers and mounts ignore it anyway.)
   struct sigaction current;
@@ -118,6 +160,13 @@ SslContext::SslContext(kj::StringPtr caPem, kj::StringPtr certPem, kj::StringPtr
   // the first read of a TLS 1.3 client write, and the first write read.
   SSL_CTX_set_num_tickets(ctx, 0);
   SSL_CTX_set_options(ctx, SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_NO_RENEGOTIATION);
+  // Every context both connects (servers reach each other) and accepts.
+  bool offerSet =
+      trustedNetwork
+          ? SSL_CTX_set_alpn_protos(ctx, OFFER_TRUSTED, sizeof(OFFER_TRUSTED) - 1) == 0
+          : SSL_CTX_set_alpn_protos(ctx, OFFER_ENCRYPTED, sizeof(OFFER_ENCRYPTED) - 1) == 0;
+  if (!offerSet) fail(nullptr, "SSL_CTX_set_alpn_protos");
+  SSL_CTX_set_alpn_select_cb(ctx, selectWire, &trustedNetwork_);
 }
 
 SslContext::~SslContext() noexcept(false) {
@@ -146,6 +195,10 @@ kj::Own<SslContext::Stream> SslContext::newStream(kj::UnixEventPort& port,
     fail(nullptr, "SSL_new");
   }
   auto stream = kj::heap<Stream>(port, fd, ssl);  // owns both from here
+  stream->trustedNetwork_ = trustedNetwork_;
+  // Record by record during the handshake, so that nothing past it is taken in as TLS when the
+  // connection leaves TLS after it; read-ahead comes on if it stays.
+  SSL_set_read_ahead(ssl, 0);
   // Reads straight from the socket (read-ahead does the batching); writes through a buffer.
   BIO* in = BIO_new_socket(fd, BIO_NOCLOSE);
   BIO* out = BIO_new_socket(fd, BIO_NOCLOSE);
@@ -256,15 +309,67 @@ kj::Promise<void> SslContext::Stream::handshake() {
     ERR_clear_error();
     errno = 0;
     int r = SSL_do_handshake(sslOf(ssl_));
-    if (r == 1) return kj::READY_NOW;
+    if (r == 1) return leaveTls();
     auto what = attempt(r);
     KJ_REQUIRE(what != Wait::NONE, "the peer closed the connection during the TLS handshake");
     return wait(what).then([this]() { return handshake(); });
   });
 }
 
+kj::Promise<void> SslContext::Stream::leaveTls() {
+  SSL* ssl = sslOf(ssl_);
+  const unsigned char* wire = nullptr;
+  unsigned length = 0;
+  SSL_get0_alpn_selected(ssl, &wire, &length);
+  // (This end's own setting checked too: the server chose among what this client offered.)
+  bool plain = trustedNetwork_ && kj::arrayPtr(wire, length) == PLAIN.asBytes();
+  if (!plain) {
+    SSL_set_read_ahead(ssl, 1);
+    return kj::READY_NOW;
+  }
+  auto done = [this, ssl]() {
+    KJ_ASSERT(SSL_has_pending(ssl) == 0 && BIO_wpending(SSL_get_wbio(ssl)) == 0,
+              "TLS bytes left over where the connection leaves TLS");
+    plain_ = true;
+  };
+  if (SSL_is_server(ssl)) {
+    return writeAll(kj::arrayPtr(&LEAVING_TLS, 1), nullptr).then(kj::mv(done));
+  }
+  auto byte = kj::heap<kj::byte>(0);
+  auto& into = *byte;
+  return readSome(&into, 1, 1, 0).then([done = kj::mv(done), byte = kj::mv(byte)](size_t n) {
+    KJ_REQUIRE(n == 1 && *byte == LEAVING_TLS, "the server did not leave TLS as agreed");
+    done();
+  });
+}
+
 kj::Promise<size_t> SslContext::Stream::tryRead(void* buffer, size_t minBytes, size_t maxBytes) {
-  return readSome(static_cast<kj::byte*>(buffer), minBytes, maxBytes, 0);
+  auto out = static_cast<kj::byte*>(buffer);
+  return plain_ ? readPlain(out, minBytes, maxBytes, 0) : readSome(out, minBytes, maxBytes, 0);
+}
+
+kj::Promise<size_t> SslContext::Stream::readPlain(kj::byte* out, size_t minBytes, size_t maxBytes,
+                                                  size_t done) {
+  return kj::evalNow([&]() -> kj::Promise<size_t> {
+    while (!eof_ && done < maxBytes) {
+      ssize_t n = ::read(fd_, out + done, maxBytes - done);
+      if (n > 0) {
+        BusyPoll::arrived();
+        done += size_t(n);
+        if (done >= minBytes) return done;
+      } else if (n == 0) {
+        eof_ = true;
+      } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        return readable().then([this, out, minBytes, maxBytes, done]() {
+          return readPlain(out, minBytes, maxBytes, done);
+        });
+      } else if (errno != EINTR) {
+        kj::throwFatalException(kj::Exception(kj::Exception::Type::DISCONNECTED, __FILE__, __LINE__,
+                                              kj::str("connection: ", strerror(errno))));
+      }
+    }
+    return done;
+  });
 }
 
 kj::Promise<size_t> SslContext::Stream::readSome(kj::byte* out, size_t minBytes, size_t maxBytes,
@@ -293,15 +398,17 @@ kj::Promise<size_t> SslContext::Stream::readSome(kj::byte* out, size_t minBytes,
 }
 
 kj::Promise<void> SslContext::Stream::write(const void* buffer, size_t size) {
-  return writeAll(kj::arrayPtr(static_cast<const kj::byte*>(buffer), size), nullptr);
+  auto data = kj::arrayPtr(static_cast<const kj::byte*>(buffer), size);
+  return plain_ ? writePlain(data, nullptr) : writeAll(data, nullptr);
 }
 
 kj::Promise<void> SslContext::Stream::write(
     kj::ArrayPtr<const kj::ArrayPtr<const kj::byte>> pieces) {
+  if (pieces.size() == 0) return kj::READY_NOW;
+  if (plain_) return writePlain(pieces[0], pieces.slice(1, pieces.size()));
   size_t small = 0;
   for (auto& p : pieces) small += p.size() < GATHER ? p.size() : 0;
   if (small == 0 || pieces.size() == 1) {
-    if (pieces.size() == 0) return kj::READY_NOW;
     return writeAll(pieces[0], pieces.slice(1, pieces.size()));
   }
   // Runs of small pieces gathered into one buffer each; large ones written as they are.
@@ -354,6 +461,50 @@ kj::Promise<void> SslContext::Stream::writeAll(
   });
 }
 
+kj::Promise<void> SslContext::Stream::writePlain(
+    kj::ArrayPtr<const kj::byte> first, kj::ArrayPtr<const kj::ArrayPtr<const kj::byte>> rest) {
+  // Everything in one gathered system call while the socket takes it; the event loop only when
+  // it is full.
+  return kj::evalNow([&]() -> kj::Promise<void> {
+    for (;;) {
+      while (first.size() == 0) {
+        if (rest.size() == 0) return kj::READY_NOW;
+        first = rest[0];
+        rest = rest.slice(1, rest.size());
+      }
+      constexpr size_t MAX_PIECES = 64;
+      struct iovec iov[MAX_PIECES];
+      size_t count = 0;
+      iov[count++] = {const_cast<kj::byte*>(first.begin()), first.size()};
+      for (size_t i = 0; i < rest.size() && count < MAX_PIECES; ++i) {
+        iov[count++] = {const_cast<kj::byte*>(rest[i].begin()), rest[i].size()};
+      }
+      struct msghdr msg = {};
+      msg.msg_iov = iov;
+      msg.msg_iovlen = count;
+      ssize_t n = ::sendmsg(fd_, &msg, MSG_NOSIGNAL);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+          return writable().then([this, first, rest]() { return writePlain(first, rest); });
+        }
+        return KJ_EXCEPTION(DISCONNECTED, "connection: writing", strerror(errno));
+      }
+      // Past what was sent: whole pieces, then part of the next.
+      size_t sent = size_t(n);
+      while (sent > 0) {
+        size_t step = kj::min(sent, first.size());
+        first = first.slice(step, first.size());
+        sent -= step;
+        if (first.size() == 0 && rest.size() > 0) {
+          first = rest[0];
+          rest = rest.slice(1, rest.size());
+        }
+      }
+    }
+  });
+}
+
 kj::Promise<void> SslContext::Stream::flushOut() {
   BIO* out = SSL_get_wbio(sslOf(ssl_));
   for (;;) {
@@ -373,8 +524,10 @@ kj::Promise<void> SslContext::Stream::whenWriteDisconnected() {
 
 void SslContext::Stream::shutdownWrite() {
   // close_notify if it goes out at once; the socket's write side closes either way.
-  SSL_shutdown(sslOf(ssl_));
-  BIO_flush(SSL_get_wbio(sslOf(ssl_)));
+  if (!plain_) {
+    SSL_shutdown(sslOf(ssl_));
+    BIO_flush(SSL_get_wbio(sslOf(ssl_)));
+  }
   ::shutdown(fd_, SHUT_WR);
 }
 

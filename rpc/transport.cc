@@ -181,14 +181,22 @@ TlsCredentials TlsCredentials::load(kj::StringPtr dir, kj::Maybe<Peer::Role> exp
                         kj::str(dir)};
 }
 
-kj::Own<Transport> Transport::tls(kj::AsyncIoContext& io, TlsCredentials credentials) {
-  auto context = kj::heap<SslContext>(credentials.caPem, credentials.certPem, credentials.keyPem);
+kj::Own<Transport> Transport::tls(kj::AsyncIoContext& io, TlsCredentials credentials,
+                                  bool trustedNetwork) {
+  auto context = kj::heap<SslContext>(credentials.caPem, credentials.certPem, credentials.keyPem,
+                                      trustedNetwork);
   return kj::heap<Transport>(io, kj::mv(context));
 }
 
 kj::Own<Transport> Transport::tls(kj::AsyncIoContext& io, kj::StringPtr dir,
-                                  kj::Maybe<Peer::Role> expected) {
-  return tls(io, TlsCredentials::load(dir, expected));
+                                  kj::Maybe<Peer::Role> expected, bool trustedNetwork) {
+  return tls(io, TlsCredentials::load(dir, expected), trustedNetwork);
+}
+
+kj::StringPtr wireOf(kj::AsyncIoStream& stream) {
+  auto* tls = dynamic_cast<SslContext::Stream*>(&stream);
+  if (tls == nullptr) return "plain text";
+  return tls->encrypted() ? "TLS"_kj : "unencrypted after TLS authentication"_kj;
 }
 
 kj::Own<Transport> Transport::plaintext(kj::AsyncIoContext& io) {
@@ -214,7 +222,8 @@ kj::Promise<Transport::Accepted> Transport::handshake(kj::AuthenticatedStream ra
     // wrongly warns about (maybe-uninitialized).
     return kj::Promise<void>(kj::READY_NOW)
         .then([stream = kj::mv(raw.stream), address = kj::mv(address)]() mutable {
-          return Accepted{kj::mv(stream), Peer{Peer::Role::PLAINTEXT, kj::str(), kj::mv(address)}};
+          return Accepted{kj::mv(stream),
+                          Peer{Peer::Role::PLAINTEXT, kj::str(), kj::mv(address), false}};
         });
   }
   auto& timer = io_.provider->getTimer();
@@ -227,7 +236,8 @@ kj::Promise<Transport::Accepted> Transport::handshake(kj::AuthenticatedStream ra
           [address = kj::mv(address)](kj::Own<SslContext::Stream> s) mutable {
             kj::String name;
             auto role = parseRole(s->peerCommonName(), &name);
-            return Accepted{kj::mv(s), Peer{role, kj::mv(name), kj::mv(address)}};
+            bool encrypted = s->encrypted();
+            return Accepted{kj::mv(s), Peer{role, kj::mv(name), kj::mv(address), encrypted}};
           },
           [](kj::Exception&& e) -> Accepted {
             kj::throwFatalException(

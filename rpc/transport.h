@@ -10,6 +10,9 @@
 //
 // Outgoing connections go through `network()`, a kj::Network whose addresses connect and then
 // shake hands; incoming ones through `RpcServer`, which serves each with the peer's identity.
+//
+// On a trusted network (`--trusted-network`, `-o trusted_network`, on both ends) connections
+// authenticate the same way and then carry their bytes unencrypted (rpc/tls_stream.h).
 #pragma once
 
 #include <capnp/capability.h>
@@ -27,8 +30,10 @@ struct Peer {
   Role role;
   kj::String name;     // from the certificate ("" in plain text)
   kj::String address;  // where the connection came from
+  // Whether its bytes are encrypted (false in plain text and on a trusted network).
+  bool encrypted = false;
   bool authenticated() const { return role != Role::PLAINTEXT; }
-  Peer clone() const { return Peer{role, kj::str(name), kj::str(address)}; }
+  Peer clone() const { return Peer{role, kj::str(name), kj::str(address), encrypted}; }
   // "admin alice (10.0.0.5:41234)", for log lines.
   kj::String describe() const;
 };
@@ -52,9 +57,12 @@ struct TlsCredentials {
 class Transport {
 public:
   // Mutual TLS with these credentials (or those in `dir`, see TlsCredentials::load).
-  static kj::Own<Transport> tls(kj::AsyncIoContext& io, TlsCredentials credentials);
+  // `trustedNetwork`: a connection whose other end is on a trusted network too goes unencrypted
+  // once both are authenticated.
+  static kj::Own<Transport> tls(kj::AsyncIoContext& io, TlsCredentials credentials,
+                                bool trustedNetwork = false);
   static kj::Own<Transport> tls(kj::AsyncIoContext& io, kj::StringPtr dir,
-                                kj::Maybe<Peer::Role> expected);
+                                kj::Maybe<Peer::Role> expected, bool trustedNetwork = false);
   // Plain text: no identities, no encryption. Only for loopback tests and old releases.
   static kj::Own<Transport> plaintext(kj::AsyncIoContext& io);
   // (Use tls() or plaintext().)
@@ -123,6 +131,10 @@ private:
   Errors errors_;
   kj::TaskSet connections_;
 };
+
+// What a connection made through a Transport carries its bytes in, for log lines: "TLS",
+// "unencrypted after TLS authentication" (trusted network) or "plain text".
+kj::StringPtr wireOf(kj::AsyncIoStream& stream);
 
 // Parses "ROLE:NAME" (a certificate's common name); throws if it is not one.
 Peer::Role parseRole(kj::StringPtr commonName, kj::String* name);

@@ -10,6 +10,10 @@
 #include <fstream>
 #include <string>
 
+#include <kj/async-io.h>
+
+#include "rpc/tls_stream.h"
+#include "rpc/transport.h"
 #include "tests/integration/cluster.h"
 #include "tests/integration/raw_session.h"
 
@@ -214,6 +218,200 @@ TEST(Tls, AServerBeyondLoopbackNeedsCredentials) {
   auto r = run({serverBin(), "serve", "--dir", d, "--kind", "meta", "--listen", "0.0.0.0:0"});
   EXPECT_NE(r.status, 0);
   EXPECT_NE(r.err.find("needs --tls DIR"), std::string::npos) << r.err;
+}
+
+// A CA with a server's and a client's credentials, and an expired client's, for connections made
+// in the test process itself.
+struct Credentials {
+  TempDir dir;
+  Credentials() {
+    auto ca = dir.path() + "/ca";
+    for (auto& argv : std::vector<std::vector<std::string>>{
+             {"ca", "init", "--dir", ca},
+             {"cert", "issue", "--ca", ca, "--server", "data0", "--out", dir.path() + "/server"},
+             {"cert", "issue", "--ca", ca, "--client", "c1", "--out", dir.path() + "/client"},
+             {"cert", "issue", "--ca", ca, "--client", "old", "--out", dir.path() + "/expired",
+              "--backdate", "10", "--days", "1"},
+         }) {
+      argv.insert(argv.begin(), ctlBin());
+      auto r = run(argv);
+      EXPECT_EQ(r.status, 0) << r.err;
+    }
+  }
+  kj::Own<SslContext> context(const std::string& who, bool trustedNetwork) {
+    auto c = TlsCredentials::load((dir.path() + "/" + who).c_str(), nullptr);
+    return kj::heap<SslContext>(c.caPem, c.certPem, c.keyPem, trustedNetwork);
+  }
+};
+
+// Copies one direction of a connection and keeps what went through.
+kj::Promise<void> tap(kj::AsyncIoStream& from, kj::AsyncIoStream& to, std::string& seen,
+                      kj::ArrayPtr<kj::byte> buffer) {
+  return from.tryRead(buffer.begin(), 1, buffer.size())
+      .then([&from, &to, &seen, buffer](size_t n) -> kj::Promise<void> {
+        if (n == 0) {
+          to.shutdownWrite();
+          return kj::READY_NOW;
+        }
+        seen.append(reinterpret_cast<const char*>(buffer.begin()), n);
+        return to.write(buffer.begin(), n).then([&from, &to, &seen, buffer]() {
+          return tap(from, to, seen, buffer);
+        });
+      });
+}
+
+struct Exchange {
+  bool clientEncrypted = true, serverEncrypted = true;
+  std::string clientToServer, serverToClient;  // what a listener in between saw
+  bool intact = false;                         // both ends got what the other sent
+  std::string error;                           // why the client's connection failed
+};
+
+// A client connects through a tap to a server, sends 3 MiB (in pieces of several sizes) and
+// reads 3 MiB back.
+Exchange exchange(Credentials& creds, const std::string& client, bool clientTrusted,
+                  bool serverTrusted) {
+  Exchange result;
+  auto io = kj::setupAsyncIo();
+  auto& ws = io.waitScope;
+  auto& network = io.provider->getNetwork();
+  auto serverTls = creds.context("server", serverTrusted);
+  auto clientTls = creds.context(client, clientTrusted);
+  auto serverPort = network.parseAddress("127.0.0.1", 0).wait(ws)->listen();
+  auto tapPort = network.parseAddress("127.0.0.1", 0).wait(ws)->listen();
+
+  const std::string up = pattern(3 << 20, 1), down = pattern(3 << 20, 2);
+  std::string gotUp(up.size(), '\0'), gotDown(down.size(), '\0');
+
+  auto tapIn = tapPort->accept();
+  auto tapOut = network.parseAddress("127.0.0.1", serverPort->getPort()).wait(ws)->connect();
+  auto serverSide = serverPort->accept().then([&](kj::Own<kj::AsyncIoStream> raw) {
+    return serverTls->accept(io.unixEventPort, kj::mv(raw));
+  });
+  auto clientSide =
+      network.parseAddress("127.0.0.1", tapPort->getPort())
+          .wait(ws)
+          ->connect()
+          .then([&](kj::Own<kj::AsyncIoStream> raw) {
+            return clientTls->connect(io.unixEventPort, kj::mv(raw), SERVER_HOST_NAME);
+          });
+  auto a = tapIn.wait(ws);
+  auto b = tapOut.wait(ws);
+  auto bufferA = kj::heapArray<kj::byte>(65536), bufferB = kj::heapArray<kj::byte>(65536);
+  auto tapping = kj::joinPromises(kj::arr(tap(*a, *b, result.clientToServer, bufferA),
+                                          tap(*b, *a, result.serverToClient, bufferB)))
+                     .eagerlyEvaluate([](kj::Exception&&) {});
+
+  kj::Own<SslContext::Stream> c, s;
+  auto server = serverSide
+                    .then([&](kj::Own<SslContext::Stream> stream) {
+                      s = kj::mv(stream);
+                      return s->read(&gotUp[0], gotUp.size()).then([&]() {
+                        return s->write(down.data(), down.size());
+                      });
+                    })
+                    .eagerlyEvaluate([&](kj::Exception&& e) {
+                      result.error = kj::str("server: ", e.getDescription()).cStr();
+                    });
+  auto& timer = io.provider->getTimer();
+  try {
+    // Bounded, so that a connection that goes wrong fails the test instead of hanging it.
+    c = timer.timeoutAfter(10 * kj::SECONDS, kj::mv(clientSide)).wait(ws);
+    // Pieces small and large, as Cap'n Proto writes a message.
+    auto bytes = kj::arrayPtr(reinterpret_cast<const kj::byte*>(up.data()), up.size());
+    kj::ArrayPtr<const kj::byte> pieces[] = {bytes.slice(0, 8), bytes.slice(8, 100),
+                                             bytes.slice(100, 1 << 20),
+                                             bytes.slice(1 << 20, up.size())};
+    auto sending = c->write(kj::arrayPtr(pieces, 4));
+    timer.timeoutAfter(10 * kj::SECONDS, c->read(&gotDown[0], gotDown.size())).wait(ws);
+    sending.wait(ws);
+    timer.timeoutAfter(10 * kj::SECONDS, kj::mv(server)).wait(ws);
+  } catch (kj::Exception& e) {
+    result.error = e.getDescription().cStr();
+  }
+  if (!result.error.empty()) return result;
+  result.intact = gotUp == up && gotDown == down;
+  result.clientEncrypted = c->encrypted();
+  result.serverEncrypted = s->encrypted();
+  return result;
+}
+
+bool sawIt(const std::string& traffic, const std::string& sent) {
+  return traffic.find(sent.substr(1 << 20, 4096)) != std::string::npos;
+}
+
+TEST(Tls, OnATrustedNetworkTheDataGoesUnencryptedAfterTheHandshake) {
+  Credentials creds;
+  auto up = pattern(3 << 20, 1), down = pattern(3 << 20, 2);
+  // Both ends on a trusted network: authenticated, then in the clear both ways.
+  auto both = exchange(creds, "client", true, true);
+  ASSERT_EQ(both.error, "");
+  EXPECT_TRUE(both.intact);
+  EXPECT_FALSE(both.clientEncrypted);
+  EXPECT_FALSE(both.serverEncrypted);
+  EXPECT_TRUE(sawIt(both.clientToServer, up));
+  EXPECT_TRUE(sawIt(both.serverToClient, down));
+  // Either end alone keeps the connection encrypted: nothing of the data shows in between.
+  for (auto [clientTrusted, serverTrusted] :
+       {std::pair{true, false}, {false, true}, {false, false}}) {
+    auto one = exchange(creds, "client", clientTrusted, serverTrusted);
+    ASSERT_EQ(one.error, "") << clientTrusted << serverTrusted;
+    EXPECT_TRUE(one.intact);
+    EXPECT_TRUE(one.clientEncrypted);
+    EXPECT_TRUE(one.serverEncrypted);
+    EXPECT_FALSE(sawIt(one.clientToServer, up));
+    EXPECT_FALSE(sawIt(one.serverToClient, down));
+    EXPECT_GT(one.clientToServer.size(), up.size());
+  }
+}
+
+TEST(Tls, OnATrustedNetworkARefusedClientStillLearnsWhy) {
+  Credentials creds;
+  auto refused = exchange(creds, "expired", true, true);
+  EXPECT_FALSE(refused.intact);
+  // TLS's own alert, not a garbled message: the connection leaves TLS only after the server
+  // has accepted the client's certificate (with TLS 1.3 the client is done shaking hands first).
+  EXPECT_NE(refused.error.find("alert certificate expired"), std::string::npos) << refused.error;
+  EXPECT_EQ(refused.clientToServer.find(pattern(3 << 20, 1).substr(0, 4096)), std::string::npos);
+}
+
+TEST(Tls, ATrustedNetworkClusterServesAndSurvivesARestart) {
+  TestCluster::Options options;
+  options.metaArgs = {"--trusted-network"};
+  options.dataArgs = {"--trusted-network"};
+  TestCluster cluster(options);
+  auto trusted = cluster.mount("trusted_network");
+  auto encrypted = cluster.mount();
+  auto data = pattern(5 << 20, 7);
+  writeWhole(trusted + "/f", data);
+  EXPECT_EQ(readWhole(encrypted + "/f"), data);
+  // The mount that asked goes unencrypted with every server; the other stays encrypted.
+  auto connected = [](const std::string& log, const std::string& wire) {
+    size_t n = 0;
+    for (size_t at = 0; (at = log.find(wire + ")", at)) != std::string::npos; ++at) ++n;
+    return n;
+  };
+  EXPECT_EQ(connected(cluster.mountLog(0), "unencrypted after TLS authentication"), 3u)
+      << cluster.mountLog(0);
+  EXPECT_EQ(connected(cluster.mountLog(1), ", TLS"), 3u) << cluster.mountLog(1);
+  // Servers among themselves too.
+  EXPECT_TRUE(logSays(cluster, 1, "unencrypted after TLS authentication)"));
+  // A data server restarted through a controlled shutdown: the file is still whole, and the
+  // reconnection is unencrypted again.
+  EXPECT_EQ(cluster.shutdownServer(1), 0);
+  ASSERT_TRUE(cluster.startServer(1));
+  auto more = pattern(3 << 20, 8);
+  writeWhole(trusted + "/g", more);
+  EXPECT_EQ(readWhole(trusted + "/f"), data);
+  EXPECT_EQ(readWhole(encrypted + "/g"), more);
+  EXPECT_TRUE(waitFor(
+      [&] { return connected(cluster.mountLog(0), "unencrypted after TLS authentication") >= 4; },
+      5000))
+      << cluster.mountLog(0);
+  // It takes the certificates: without them the option is refused.
+  auto r = run({mountBin(), cluster.metaAddress(), cluster.dir(), "-f", "-o", "trusted_network"});
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.err.find("trusted_network needs tls=DIR"), std::string::npos) << r.err;
 }
 
 }  // namespace

@@ -6,4 +6,7 @@
 source "$(dirname "$0")/lib.sh"
 trap 'rm -rf "$T"' EXIT
 check "fault injection" "$ROOT/tools/faults" --bin "$BUILD" --seconds "${FAULTS_SECONDS:-25}"
+# The same on a trusted network: the connections' unencrypted path through the same faults.
+check "fault injection, trusted network" "$ROOT/tools/faults" --bin "$BUILD" --trusted-network \
+  --seconds "${FAULTS_TRUSTED_SECONDS:-15}"
 echo "$CHECKS passed, 0 failed"

@@ -288,6 +288,8 @@ Ending serveTarget(Process& p, kj::Own<TargetLock> lock) {
         return kj::heap<ServerImpl>(ctx, peer.clone());
       },
       limits);
+  // Whatever ends the serving, the requests still under way end here, before what they use.
+  KJ_DEFER(ctx.cancelCalls());
   auto listening = server.listen(*p.listener);
   spdlog::info("cairn-server {} serving {} target {} of {} on {}", target.softwareVersion().cStr(),
                o.kind, target.index(), target.fsName().cStr(), p.advertise.cStr());

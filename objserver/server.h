@@ -199,6 +199,13 @@ public:
   kj::Promise<void> ordered(ClientSession& session, uint64_t replayOf, bool resend, bool update,
                             Run run);
   void replaysSent(ClientSession& session);
+  // Cancels every request still under way (ordered() wraps them all), as a server stops
+  // serving the target: Cap'n Proto lets a call it cannot cancel run on after its connection
+  // is gone, and one resumed later (a sync the syncer finished as the server was fenced) would
+  // find this context destroyed. The clients see the connection drop and resend.
+  void cancelCalls() {
+    calls_.cancel(KJ_EXCEPTION(DISCONNECTED, "the server stopped serving this target"));
+  }
   // The last synced transaction, as clients are told (a replay barrier holds it back).
   uint64_t reportedSynced() const;
   size_t replaysApplied() const { return replaysApplied_; }
@@ -254,6 +261,8 @@ private:
   void expire(ClientSession& session);
   void endSession(ClientSession& session);  // what evict and expire share
   bool isCurrent(const ClientSession& session) const;
+  // Last, so that it cancels what is left before anything those requests use goes.
+  kj::Canceler calls_;
 };
 
 // The bootstrap capability.
@@ -288,18 +297,20 @@ private:
 template <typename Run>
 kj::Promise<void> ServerContext::ordered(ClientSession& session, uint64_t replayOf, bool resend,
                                          bool update, Run run) {
-  if ((replayOf != 0 || resend) && replayPhase_ != ReplayPhase::DONE && target.versionChanged()) {
-    // Point 4 of the design: across a version change after an unclean stop, only opens replay.
-    evict(session, "it had requests to replay or resend, and the server's version changed");
-    return KJ_EXCEPTION(DISCONNECTED, "this client was evicted; reconnect");
-  }
-  if (replayOf != 0) {
-    return replayTurn(session, replayOf).then([this, run = kj::mv(run)]() mutable {
-      return kj::evalNow(kj::mv(run)).attach(kj::defer([this]() { replayed(); }));
-    });
-  }
-  if (update && replayPhase_ != ReplayPhase::DONE) return replaysFinished().then(kj::mv(run));
-  return run();
+  return calls_.wrap(kj::evalNow([&]() -> kj::Promise<void> {
+    if ((replayOf != 0 || resend) && replayPhase_ != ReplayPhase::DONE && target.versionChanged()) {
+      // Point 4 of the design: across a version change after an unclean stop, only opens replay.
+      evict(session, "it had requests to replay or resend, and the server's version changed");
+      return KJ_EXCEPTION(DISCONNECTED, "this client was evicted; reconnect");
+    }
+    if (replayOf != 0) {
+      return replayTurn(session, replayOf).then([this, run = kj::mv(run)]() mutable {
+        return kj::evalNow(kj::mv(run)).attach(kj::defer([this]() { replayed(); }));
+      });
+    }
+    if (update && replayPhase_ != ReplayPhase::DONE) return replaysFinished().then(kj::mv(run));
+    return run();
+  }));
 }
 
 template <typename Reply, typename Apply>

@@ -53,11 +53,19 @@ struct ServerLink::Connection {
   rpc::LockSession::Client locks = nullptr;
 };
 
+// Which connection a callback was given on: its generation, set once the connect succeeded (0
+// until then). A call that arrives on a connection the link has already dropped then finds the
+// generation past and leaves the current connection alone.
+struct CallbackGeneration : public kj::Refcounted {
+  uint64_t value = 0;
+};
+
 // Given to the server at connect. The active-server lock's callback is the link's own (a
 // controlled shutdown); any other lock's goes to the owner's callback (the lock cache).
 class ServerLink::Callback final : public rpc::LockCallback::Server {
 public:
-  explicit Callback(kj::Own<Handle> handle) : handle_(kj::mv(handle)) {}
+  Callback(kj::Own<Handle> handle, kj::Own<CallbackGeneration> generation)
+      : handle_(kj::mv(handle)), generation_(kj::mv(generation)) {}
   kj::Promise<void> blocking(BlockingContext context) override {
     // Answered at once: the server waits for the cancel, not for this reply.
     if (handle_->link != nullptr) handle_->link->blocking(context.getParams().getLockId());
@@ -66,16 +74,16 @@ public:
   kj::Promise<void> evicted(EvictedContext context) override {
     // Reconnecting is how the link learns of an eviction (the connect's reply says so, and
     // what the owner held there goes); the server has ended our session already.
-    if (handle_->link != nullptr) {
-      auto& link = *handle_->link;
-      link.lost(link.generation_,
-                kj::str("the server evicted this client: ", context.getParams().getWhy()));
+    if (handle_->link != nullptr && generation_->value != 0) {
+      handle_->link->lost(generation_->value, kj::str("the server evicted this client: ",
+                                                      context.getParams().getWhy()));
     }
     return kj::READY_NOW;
   }
 
 private:
   kj::Own<Handle> handle_;
+  kj::Own<CallbackGeneration> generation_;
 };
 
 // The session capability a response type comes from.
@@ -298,9 +306,11 @@ void ServerLink::connectLoop(unsigned attempt) {
             hello.setFeatures(features::SUPPORTED);
             hello.setHostName(hostName_);
             hello.setRole(role_);
-            req.setCallback(kj::heap<Callback>(kj::addRef(*handle_)));
+            auto generation = kj::refcounted<CallbackGeneration>();
+            req.setCallback(kj::heap<Callback>(kj::addRef(*handle_), kj::addRef(*generation)));
             return req.send().then(
-                [this, index, conn = kj::mv(conn), addressCopy = kj::mv(addressCopy)](
+                [this, index, conn = kj::mv(conn), addressCopy = kj::mv(addressCopy),
+                 generation = kj::mv(generation)](
                     capnp::Response<rpc::Bootstrap::ConnectResults>&& reply) mutable {
                   auto info = reply.getInfo();
                   conn->meta = reply.getMeta();
@@ -338,6 +348,7 @@ void ServerLink::connectLoop(unsigned attempt) {
                   currentAddress_ = kj::mv(addressCopy);
                   preferred_ = index;
                   uint64_t gen = ++generation_;
+                  generation->value = gen;
                   tasks_->add(conn->client.onDisconnect().then(
                       [this, gen]() { lost(gen, "connection closed"); }));
                   tasks_->add(heartbeat(gen));

@@ -222,10 +222,13 @@ kj::Promise<void> ServerImpl::connect(ConnectContext context) {
                                       ? AccessPolicy::Call::CONNECT_SERVER
                                       : AccessPolicy::Call::CONNECT_CLIENT);
   auto& session = ctx_.session(hello);
-  spdlog::info("{} {} connected from {} (version {}, features {:#x}){}",
-               hello.getRole() == rpc::Hello::Role::CLIENT ? "client" : "peer", session.key,
-               session.hostName.cStr(), session.softwareVersion.cStr(), session.features,
-               peer_.authenticated() ? kj::str(" as ", peer_.describe()).cStr() : "");
+  spdlog::info(
+      "{} {} connected from {} (version {}, features {:#x}){}",
+      hello.getRole() == rpc::Hello::Role::CLIENT ? "client" : "peer", session.key,
+      session.hostName.cStr(), session.softwareVersion.cStr(), session.features,
+      peer_.authenticated()
+          ? kj::str(" as ", peer_.describe(), peer_.encrypted ? "" : ", unencrypted").cStr()
+          : "");
   auto results = context.getResults();
   fillInfo(results.initInfo());
   if (context.getParams().hasCallback()) session.callback = context.getParams().getCallback();

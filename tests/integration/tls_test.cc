@@ -375,6 +375,13 @@ TEST(Tls, OnATrustedNetworkARefusedClientStillLearnsWhy) {
   EXPECT_EQ(refused.clientToServer.find(pattern(3 << 20, 1).substr(0, 4096)), std::string::npos);
 }
 
+// How many connections a mount's log says it made over this wire.
+size_t connections(const std::string& log, const std::string& wire) {
+  size_t n = 0;
+  for (size_t at = 0; (at = log.find(", " + wire + ")", at)) != std::string::npos; ++at) ++n;
+  return n;
+}
+
 TEST(Tls, ATrustedNetworkClusterServesAndSurvivesARestart) {
   TestCluster::Options options;
   options.metaArgs = {"--trusted-network"};
@@ -386,16 +393,13 @@ TEST(Tls, ATrustedNetworkClusterServesAndSurvivesARestart) {
   writeWhole(trusted + "/f", data);
   EXPECT_EQ(readWhole(encrypted + "/f"), data);
   // The mount that asked goes unencrypted with every server; the other stays encrypted.
-  auto connected = [](const std::string& log, const std::string& wire) {
-    size_t n = 0;
-    for (size_t at = 0; (at = log.find(wire + ")", at)) != std::string::npos; ++at) ++n;
-    return n;
-  };
-  EXPECT_EQ(connected(cluster.mountLog(0), "unencrypted after TLS authentication"), 3u)
+  EXPECT_EQ(connections(cluster.mountLog(0), "unencrypted after TLS authentication"), 3u)
       << cluster.mountLog(0);
-  EXPECT_EQ(connected(cluster.mountLog(1), ", TLS"), 3u) << cluster.mountLog(1);
-  // Servers among themselves too.
+  EXPECT_EQ(connections(cluster.mountLog(1), "TLS"), 3u) << cluster.mountLog(1);
+  // Servers among themselves too; and the servers say which clients are unencrypted.
   EXPECT_TRUE(logSays(cluster, 1, "unencrypted after TLS authentication)"));
+  EXPECT_TRUE(logSays(cluster, 0, "as client testhost (127.0.0.1:"));
+  EXPECT_TRUE(logSays(cluster, 0, "), unencrypted")) << readAll(cluster.log(0));
   // A data server restarted through a controlled shutdown: the file is still whole, and the
   // reconnection is unencrypted again.
   EXPECT_EQ(cluster.shutdownServer(1), 0);
@@ -405,13 +409,48 @@ TEST(Tls, ATrustedNetworkClusterServesAndSurvivesARestart) {
   EXPECT_EQ(readWhole(trusted + "/f"), data);
   EXPECT_EQ(readWhole(encrypted + "/g"), more);
   EXPECT_TRUE(waitFor(
-      [&] { return connected(cluster.mountLog(0), "unencrypted after TLS authentication") >= 4; },
+      [&] { return connections(cluster.mountLog(0), "unencrypted after TLS authentication") >= 4; },
       5000))
       << cluster.mountLog(0);
   // It takes the certificates: without them the option is refused.
   auto r = run({mountBin(), cluster.metaAddress(), cluster.dir(), "-f", "-o", "trusted_network"});
   EXPECT_EQ(r.status, 1);
   EXPECT_NE(r.err.find("trusted_network needs tls=DIR"), std::string::npos) << r.err;
+}
+
+TEST(Tls, AClusterMovesToATrustedNetworkOneServerAtATime) {
+  TestCluster cluster;  // encrypted
+  auto trusted = cluster.mount("trusted_network");
+  auto encrypted = cluster.mount();
+  auto data = pattern(3 << 20, 11);
+  writeWhole(trusted + "/f", data);
+  EXPECT_EQ(readWhole(encrypted + "/f"), data);
+  // Only the mount asks: every connection stays encrypted.
+  EXPECT_EQ(connections(cluster.mountLog(0), "TLS"), 3u) << cluster.mountLog(0);
+  const std::string plain = "unencrypted after TLS authentication";
+  // One data server restarted on a trusted network: the mount that asks reconnects to it
+  // unencrypted, the other one encrypted, and neither notices otherwise.
+  EXPECT_EQ(cluster.shutdownServer(1), 0);
+  ASSERT_TRUE(cluster.startServer(1, {"--trusted-network"}));
+  auto more = pattern(3 << 20, 12);
+  writeWhole(encrypted + "/g", more);
+  EXPECT_EQ(readWhole(trusted + "/g"), more);
+  EXPECT_EQ(readWhole(trusted + "/f"), data);
+  EXPECT_TRUE(waitFor([&] { return connections(cluster.mountLog(0), plain) == 1; }, 5000))
+      << cluster.mountLog(0);
+  EXPECT_EQ(connections(cluster.mountLog(1), plain), 0u) << cluster.mountLog(1);
+  // Then the metadata server: the data server on a trusted network reaches it unencrypted too.
+  EXPECT_EQ(cluster.shutdownServer(0), 0);
+  ASSERT_TRUE(cluster.startServer(0, {"--trusted-network"}));
+  EXPECT_EQ(readWhole(encrypted + "/f"), data);
+  writeWhole(trusted + "/h", data);
+  EXPECT_EQ(readWhole(encrypted + "/h"), data);
+  EXPECT_TRUE(waitFor([&] { return connections(cluster.mountLog(0), plain) == 2; }, 5000))
+      << cluster.mountLog(0);
+  EXPECT_EQ(connections(cluster.mountLog(1), plain), 0u);
+  EXPECT_TRUE(waitFor([&] { return connections(readAll(cluster.log(1)), plain) >= 1; }, 5000))
+      << readAll(cluster.log(1));
+  EXPECT_EQ(connections(readAll(cluster.log(2)), plain), 0u);  // not on a trusted network
 }
 
 }  // namespace

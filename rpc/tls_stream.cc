@@ -491,15 +491,14 @@ kj::Promise<void> SslContext::Stream::writePlain(
         return KJ_EXCEPTION(DISCONNECTED, "connection: writing", strerror(errno));
       }
       // Past what was sent: whole pieces, then part of the next.
-      size_t sent = size_t(n);
-      while (sent > 0) {
-        size_t step = kj::min(sent, first.size());
-        first = first.slice(step, first.size());
-        sent -= step;
-        if (first.size() == 0 && rest.size() > 0) {
+      for (size_t sent = size_t(n); sent > 0;) {
+        if (first.size() == 0) {
           first = rest[0];
           rest = rest.slice(1, rest.size());
         }
+        size_t step = kj::min(sent, first.size());
+        first = first.slice(step, first.size());
+        sent -= step;
       }
     }
   });

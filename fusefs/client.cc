@@ -2102,30 +2102,47 @@ kj::Promise<size_t> Client::queueWrite(uint64_t ino, uint64_t offset, kj::Array<
     inode->size = kj::max(inode->size, offset + n);
   }
   if (queued >= WriteBehind::FILE_BATCH) tasks_.add(flushed(ino));
-  // Past the bound, the writer waits for its file to be sent: memory stays bounded.
-  if (wb_.total() > WriteBehind::MAX_QUEUED) return flushed(ino).then([n]() { return n; });
-  return n;
+  return queueRoom(ino).then([n]() { return n; });
 }
 
-// Sends what is queued for the file, and whatever is queued meanwhile, until nothing is left.
-// One batch at a time per file, so that batches land in order.
+// Past the bound, a writer waits for its file's batches on their way, one at a time, until the
+// queues are back under it (memory stays bounded, and the batches still on their way keep the
+// targets busy meanwhile); with none of its own on its way, for its file to be sent.
+kj::Promise<void> Client::queueRoom(uint64_t ino) {
+  if (wb_.total() <= WriteBehind::MAX_QUEUED) return kj::READY_NOW;
+  KJ_IF_MAYBE (first, wb_.firstSent(ino)) {
+    return first->then([this, ino]() { return queueRoom(ino); });
+  }
+  return flushed(ino);
+}
+
+// Sends what is queued for the file, and whatever is queued meanwhile, until nothing is left:
+// up to MAX_FLIGHTS batches at once, each leaving as soon as WriteBehind::mustWait allows.
 kj::Promise<void> Client::flushed(uint64_t ino) {
-  KJ_IF_MAYBE (s, wb_.sending(ino)) {
-    return s->addBranch().then([this, ino]() { return flushed(ino); });
+  KJ_IF_MAYBE (wait, wb_.mustWait(ino)) {
+    return wait->then([this, ino]() { return flushed(ino); });
   }
   auto batch = wb_.take(ino);
-  if (batch.writes.empty() && batch.attr == nullptr) return kj::READY_NOW;
-  auto sending = sendBatch(ino, kj::mv(batch)).fork();
+  if (batch.writes.empty() && batch.attr == nullptr) {
+    KJ_IF_MAYBE (all, wb_.allSent(ino)) {
+      return all->then([this, ino]() { return flushed(ino); });
+    }
+    return kj::READY_NOW;
+  }
+  uint64_t id = wb_.newFlight();
+  WriteBehind::Span span(batch);
+  auto sending = sendBatch(ino, id, kj::mv(batch)).fork();
   auto branch = sending.addBranch();
-  wb_.setSending(ino, kj::mv(sending));
+  wb_.setSending(ino, id, span, kj::mv(sending));
   return branch.then([this, ino]() { return flushed(ino); });
 }
 
-kj::Promise<void> Client::sendBatch(uint64_t ino, WriteBehind::Batch batch) {
+kj::Promise<void> Client::sendBatch(uint64_t ino, uint64_t id, WriteBehind::Batch batch) {
   KJ_IF_MAYBE (wait, whileCreating(ino)) {
     // No data for a file the server does not have yet (an eviction would leave it nowhere).
-    return wait->then(
-        [this, ino, batch = kj::mv(batch)]() mutable { return sendBatch(ino, kj::mv(batch)); });
+    return wait->then([this, ino, id, batch = kj::mv(batch)]() mutable {
+      return sendBatch(ino, id, kj::mv(batch));
+    });
   }
   size_t bytes = 0;
   for (auto& w : batch.writes) bytes += w.data.size();
@@ -2133,7 +2150,7 @@ kj::Promise<void> Client::sendBatch(uint64_t ino, WriteBehind::Batch batch) {
   if (failedCreates_.count(ino) > 0) {
     // The server never made the file (an eviction dropped its create): the data goes nowhere.
     wb_.sent(ino, bytes, attr, EIO);
-    tasks_.add(kj::evalLater([this, ino]() { wb_.doneSending(ino); }));
+    tasks_.add(kj::evalLater([this, ino, id]() { wb_.doneSending(ino, id); }));
     return kj::READY_NOW;
   }
   auto own = kj::refcounted<OwnedBatch>();
@@ -2179,9 +2196,9 @@ kj::Promise<void> Client::sendBatch(uint64_t ino, WriteBehind::Batch batch) {
               spdlog::warn("write-behind of inode {} failed: {}", ino, e.getDescription().cStr());
               wb_.sent(ino, bytes, attr, err != 0 ? err : EIO);
             })
-      .then([this, ino]() {
+      .then([this, ino, id]() {
         // Not from inside the promise the entry holds: in an event of its own.
-        tasks_.add(kj::evalLater([this, ino]() { wb_.doneSending(ino); }));
+        tasks_.add(kj::evalLater([this, ino, id]() { wb_.doneSending(ino, id); }));
       })
       .attach(kj::mv(own));
 }

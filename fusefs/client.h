@@ -251,11 +251,12 @@ private:
   kj::Promise<bool> writeBehindLock(uint64_t ino);
   kj::Promise<size_t> queueWrite(uint64_t ino, uint64_t offset, kj::Array<kj::byte> data);
   kj::Promise<void> flushed(uint64_t ino);
+  kj::Promise<void> queueRoom(uint64_t ino);
   // A setattr answered from here and queued behind (WriteBehind::setAttr), if it may be.
   kj::Maybe<Entry> setattrBehind(const Cred& cred, uint64_t ino, const SetAttr& attr);
   kj::Promise<Entry> sendSetattr(const Cred& cred, uint64_t ino, const SetAttr& attr,
                                  ServerLink::Class cls);
-  kj::Promise<void> sendBatch(uint64_t ino, WriteBehind::Batch batch);
+  kj::Promise<void> sendBatch(uint64_t ino, uint64_t id, WriteBehind::Batch batch);
   kj::Maybe<Entry> cachedEntry(uint64_t ino);
   void removed(uint64_t parent, std::string name, int error);
   // unlink (false) or rmdir (true).

@@ -10,6 +10,7 @@ size_t WriteBehind::add(uint64_t ino, uint64_t offset, kj::Array<kj::byte> data)
   auto& f = files_[ino];
   size_t n = data.size();
   f.end = kj::max(f.end, offset + n);
+  f.queue.begin = kj::min(f.queue.begin, offset);
   f.queue.end = kj::max(f.queue.end, offset + n);
   clock_gettime(CLOCK_REALTIME, &f.queuedMtime);
   f.queue.writes.push_back(Write{offset, kj::mv(data)});
@@ -148,22 +149,51 @@ void WriteBehind::adjust(struct stat& attr) const {
   }
 }
 
-kj::Maybe<kj::ForkedPromise<void>&> WriteBehind::sending(uint64_t ino) {
+kj::Maybe<kj::Promise<void>> WriteBehind::mustWait(uint64_t ino) {
   auto it = files_.find(ino);
   if (it == files_.end()) return nullptr;
-  return it->second.sending;
+  auto& f = it->second;
+  if (f.flights.empty() || (f.bytes == 0 && f.queue.attr == nullptr)) return nullptr;
+  bool ordered = f.queue.attr != nullptr;
+  for (auto& flight : f.flights) {
+    auto& s = flight.span;
+    ordered = ordered || s.attr || (f.bytes > 0 && s.begin < f.queue.end && f.queue.begin < s.end);
+  }
+  if (ordered) return allSent(ino);
+  if (f.flights.size() >= MAX_FLIGHTS) return firstSent(ino);
+  return nullptr;
 }
 
-void WriteBehind::setSending(uint64_t ino, kj::ForkedPromise<void> promise) {
-  files_[ino].sending = kj::mv(promise);
+kj::Maybe<kj::Promise<void>> WriteBehind::firstSent(uint64_t ino) {
+  auto it = files_.find(ino);
+  if (it == files_.end() || it->second.flights.empty()) return nullptr;
+  return it->second.flights.front().done.addBranch();
 }
 
-void WriteBehind::doneSending(uint64_t ino) {
+kj::Maybe<kj::Promise<void>> WriteBehind::allSent(uint64_t ino) {
+  auto it = files_.find(ino);
+  if (it == files_.end() || it->second.flights.empty()) return nullptr;
+  auto branches = kj::heapArrayBuilder<kj::Promise<void>>(it->second.flights.size());
+  for (auto& flight : it->second.flights) branches.add(flight.done.addBranch());
+  return kj::joinPromises(branches.finish());
+}
+
+void WriteBehind::setSending(uint64_t ino, uint64_t id, Span span, kj::ForkedPromise<void> done) {
+  files_[ino].flights.push_back(Flight{id, span, kj::mv(done)});
+}
+
+void WriteBehind::doneSending(uint64_t ino, uint64_t id) {
   auto it = files_.find(ino);
   if (it == files_.end()) return;
   auto& f = it->second;
-  f.sending = nullptr;
-  if (!f.pending() && f.error == 0) files_.erase(it);
+  auto& flights = f.flights;
+  for (auto i = flights.begin(); i != flights.end(); ++i) {
+    if (i->id == id) {
+      flights.erase(i);
+      break;
+    }
+  }
+  if (flights.empty() && !f.pending() && f.error == 0) files_.erase(it);
 }
 
 }  // namespace cairn

@@ -31,6 +31,10 @@ class WriteBehind {
 public:
   static constexpr size_t FILE_BATCH = 4 << 20;   // queued for one file: start sending
   static constexpr size_t MAX_QUEUED = 64 << 20;  // queued over all files: writers wait
+  // Batches of one file on their way at once. One at a time, a target sat idle while the
+  // client waited for its reply and for the `wrote` after it; with a few, each target has the
+  // next batch's bytes as it commits the last.
+  static constexpr size_t MAX_FLIGHTS = 4;
 
   struct Write {
     uint64_t offset;
@@ -46,8 +50,15 @@ public:
   };
   struct Batch {
     std::vector<Write> writes;
-    uint64_t end = 0;            // the file is at least this long once the batch is in place
-    kj::Maybe<AttrChange> attr;  // set after the writes
+    uint64_t begin = UINT64_MAX;  // the lowest offset written
+    uint64_t end = 0;             // the file is at least this long once the batch is in place
+    kj::Maybe<AttrChange> attr;   // set after the writes
+  };
+  // What a batch on its way covers: its bytes, and whether it changes attributes.
+  struct Span {
+    uint64_t begin, end;
+    bool attr;
+    explicit Span(const Batch& b) : begin(b.begin), end(b.end), attr(b.attr != nullptr) {}
   };
 
   // Queues a write; returns the bytes now queued for the file.
@@ -73,13 +84,28 @@ public:
   // newer times, the mode, owner and times set.
   void adjust(struct stat& attr) const;
 
-  // Sending in progress for a file (one at a time, so batches land in order).
-  kj::Maybe<kj::ForkedPromise<void>&> sending(uint64_t ino);
-  void setSending(uint64_t ino, kj::ForkedPromise<void> promise);
-  // The sending ended (called in an event of its own, never from inside the promise).
-  void doneSending(uint64_t ino);
+  // What the file's next batch must wait for before it leaves, if anything: a free place
+  // among the MAX_FLIGHTS batches on their way, or every batch on its way when its bytes
+  // overlap one's or a change of attributes is queued or on its way. Batches of disjoint bytes
+  // may land in any order (each target applies each request whole, in one transaction); those
+  // that overlap, and a change against the `wrote` of the writes before it, may not.
+  kj::Maybe<kj::Promise<void>> mustWait(uint64_t ino);
+  // Resolves once every batch of the file now on its way is sent (null if none is).
+  kj::Maybe<kj::Promise<void>> allSent(uint64_t ino);
+  // Resolves once the oldest batch of the file now on its way is sent (null if none is).
+  kj::Maybe<kj::Promise<void>> firstSent(uint64_t ino);
+  // A batch taken leaves: `id` (from newFlight) names it, `done` resolves once it is sent.
+  uint64_t newFlight() { return ++lastFlight_; }
+  void setSending(uint64_t ino, uint64_t id, Span span, kj::ForkedPromise<void> done);
+  // That batch's sending ended (called in an event of its own, never from inside `done`).
+  void doneSending(uint64_t ino, uint64_t id);
 
 private:
+  struct Flight {
+    uint64_t id;
+    Span span;
+    kj::ForkedPromise<void> done;
+  };
   struct File {
     Batch queue;
     size_t bytes = 0;                    // queued, not yet taken
@@ -89,13 +115,14 @@ private:
     timespec flightMtime{};              // of the last write of the batch being sent
     kj::Maybe<AttrChange> attrInFlight;  // taken, not yet sent: still what the file looks like
     int error = 0;
-    kj::Maybe<kj::ForkedPromise<void>> sending;
+    std::vector<Flight> flights;  // batches on their way, oldest first
     bool pending() const {
       return bytes > 0 || inFlight > 0 || queue.attr != nullptr || attrInFlight != nullptr;
     }
   };
   std::unordered_map<uint64_t, File> files_;
   size_t total_ = 0;
+  uint64_t lastFlight_ = 0;
 };
 
 }  // namespace cairn

@@ -140,21 +140,30 @@ TEST(WriteBehind, AReadsAccessTimeJoinsAQueuedChangeAsItsAskers) {
 }
 
 TEST(WriteBehind, SentEverythingLeavesNothingPending) {
+  kj::EventLoop loop;  // batches on their way are promises
+  kj::WaitScope waitScope(loop);
   WriteBehind wb;
   wb.add(INO, 0, bytes(8));
   wb.setAttr(INO, setMtime(5));
   auto batch = wb.take(INO);
+  auto id = wb.newFlight();
+  wb.setSending(INO, id, WriteBehind::Span(batch), kj::Promise<void>(kj::NEVER_DONE).fork());
   wb.sent(INO, 8, true, 0);
-  wb.doneSending(INO);
+  EXPECT_TRUE(wb.queued(INO) || wb.allSent(INO) != nullptr);
+  wb.doneSending(INO, id);
   EXPECT_FALSE(wb.queued(INO));
   EXPECT_TRUE(wb.files().empty());
   EXPECT_EQ(wb.takeError(INO), 0);
 }
 
 TEST(WriteBehind, AFailedQueueIsReportedAndLeavesWhatIsBeingSent) {
+  kj::EventLoop loop;  // batches on their way are promises
+  kj::WaitScope waitScope(loop);
   WriteBehind wb;
   wb.add(INO, 0, bytes(8));
   auto sending = wb.take(INO);
+  auto id = wb.newFlight();
+  wb.setSending(INO, id, WriteBehind::Span(sending), kj::Promise<void>(kj::NEVER_DONE).fork());
   wb.add(INO, 8, bytes(4));
   wb.setAttr(INO, setMtime(5));
   wb.fail(INO, EIO);
@@ -162,10 +171,105 @@ TEST(WriteBehind, AFailedQueueIsReportedAndLeavesWhatIsBeingSent) {
   EXPECT_TRUE(wb.take(INO).writes.empty());
   EXPECT_TRUE(wb.queued(INO));  // ... and still pending
   wb.sent(INO, 8, false, 0);
-  wb.doneSending(INO);
+  wb.doneSending(INO, id);
   EXPECT_FALSE(wb.queued(INO));
   EXPECT_EQ(wb.takeError(INO), EIO);  // once
   EXPECT_EQ(wb.takeError(INO), 0);
+}
+
+// Batches of one file on their way at once: disjoint ones leave together, up to MAX_FLIGHTS;
+// one that overlaps a batch on its way, or one with a change of attributes (or after one),
+// waits for every batch before it.
+class Flights : public testing::Test {
+protected:
+  ~Flights() noexcept override {}
+  kj::EventLoop loop;
+  kj::WaitScope waitScope{loop};
+  WriteBehind wb;
+  struct Sent {
+    uint64_t id;
+    kj::Own<kj::PromiseFulfiller<void>> fulfiller;
+  };
+  std::vector<Sent> sent;
+
+  // Takes the queue and puts it on its way, as Client::flushed does.
+  void send() {
+    auto batch = wb.take(INO);
+    auto paf = kj::newPromiseAndFulfiller<void>();
+    auto id = wb.newFlight();
+    wb.setSending(INO, id, WriteBehind::Span(batch), paf.promise.fork());
+    sent.push_back(Sent{id, kj::mv(paf.fulfiller)});
+  }
+  // The batch sent `i`-th arrives.
+  void arrive(size_t i) {
+    sent[i].fulfiller->fulfill();
+    wb.doneSending(INO, sent[i].id);
+  }
+  bool waits() { return wb.mustWait(INO) != nullptr; }
+  bool released(kj::Promise<void>& p) { return p.poll(waitScope); }
+};
+
+TEST_F(Flights, DisjointBatchesLeaveTogetherUpToTheLimit) {
+  for (size_t i = 0; i < WriteBehind::MAX_FLIGHTS; i++) {
+    wb.add(INO, i * 100, bytes(100));
+    EXPECT_FALSE(waits()) << "batch " << i;
+    send();
+  }
+  wb.add(INO, 10000, bytes(100));
+  auto wait = KJ_ASSERT_NONNULL(wb.mustWait(INO));
+  EXPECT_FALSE(released(wait));
+  arrive(1);  // not the oldest: the window is still full of what is before it
+  EXPECT_FALSE(released(wait));
+  arrive(0);
+  EXPECT_TRUE(released(wait));
+  EXPECT_FALSE(waits());
+}
+
+TEST_F(Flights, AnOverlappingBatchWaitsForEveryBatchBeforeIt) {
+  wb.add(INO, 0, bytes(100));
+  send();
+  wb.add(INO, 100, bytes(100));
+  send();
+  wb.add(INO, 50, bytes(10));  // rewrites bytes of the first
+  auto wait = KJ_ASSERT_NONNULL(wb.mustWait(INO));
+  arrive(0);
+  EXPECT_FALSE(released(wait));
+  arrive(1);
+  EXPECT_TRUE(released(wait));
+  EXPECT_FALSE(waits());
+}
+
+TEST_F(Flights, AChangeOfAttributesGoesAloneInItsTurn) {
+  wb.add(INO, 0, bytes(100));
+  send();
+  wb.setAttr(INO, setMtime(5));  // utimes after the write: must land after its `wrote`
+  auto before = KJ_ASSERT_NONNULL(wb.mustWait(INO));
+  arrive(0);
+  EXPECT_TRUE(released(before));
+  EXPECT_FALSE(waits());
+  send();
+  wb.add(INO, 100, bytes(100));  // a write after the utimes: must land after it
+  auto after = KJ_ASSERT_NONNULL(wb.mustWait(INO));
+  EXPECT_FALSE(released(after));
+  arrive(1);
+  EXPECT_TRUE(released(after));
+}
+
+TEST_F(Flights, NothingQueuedWaitsForNothingButAllSentWaitsForEveryBatch) {
+  wb.add(INO, 0, bytes(100));
+  send();
+  wb.add(INO, 100, bytes(100));
+  send();
+  EXPECT_FALSE(waits());
+  auto all = KJ_ASSERT_NONNULL(wb.allSent(INO));
+  arrive(0);
+  EXPECT_FALSE(released(all));
+  EXPECT_TRUE(wb.queued(INO));
+  wb.sent(INO, 200, false, 0);
+  arrive(1);
+  EXPECT_TRUE(released(all));
+  EXPECT_FALSE(wb.queued(INO));
+  EXPECT_TRUE(wb.files().empty());
 }
 
 }  // namespace

@@ -2097,11 +2097,11 @@ kj::Promise<size_t> Client::queueWrite(uint64_t ino, uint64_t offset, kj::Array<
   if (n == 0) return size_t(0);
   if (offset > uint64_t(INT64_MAX) - n) return kj::Promise<size_t>(errnoException(EFBIG));
   readAhead_.drop(ino);
-  size_t queued = wb_.add(ino, offset, kj::mv(data));
+  wb_.add(ino, offset, kj::mv(data));
   KJ_IF_MAYBE (inode, inodes_.find(ino)) {
     inode->size = kj::max(inode->size, offset + n);
   }
-  if (queued >= WriteBehind::FILE_BATCH) tasks_.add(flushed(ino));
+  sendAhead(ino);
   return queueRoom(ino).then([n]() { return n; });
 }
 
@@ -2129,12 +2129,27 @@ kj::Promise<void> Client::flushed(uint64_t ino) {
     }
     return kj::READY_NOW;
   }
+  return startBatch(ino, kj::mv(batch)).then([this, ino]() { return flushed(ino); });
+}
+
+// A batch's worth queued for a file leaves in the background as soon as it may: at the WRITE
+// that completes it, or at the reply of a batch on its way that held it back. Nothing waits
+// for it here (flushed does, for those who must).
+void Client::sendAhead(uint64_t ino) {
+  if (wb_.queuedBytes(ino) >= WriteBehind::FILE_BATCH && wb_.mayLeave(ino)) {
+    startBatch(ino, wb_.take(ino));
+  }
+}
+
+// Puts a batch on its way; the promise resolves once it is sent (or failed: WriteBehind keeps
+// the error). The sending itself belongs to the write-behind queue, not to the promise.
+kj::Promise<void> Client::startBatch(uint64_t ino, WriteBehind::Batch batch) {
   uint64_t id = wb_.newFlight();
   WriteBehind::Span span(batch);
   auto sending = sendBatch(ino, id, kj::mv(batch)).fork();
   auto branch = sending.addBranch();
   wb_.setSending(ino, id, span, kj::mv(sending));
-  return branch.then([this, ino]() { return flushed(ino); });
+  return branch;
 }
 
 kj::Promise<void> Client::sendBatch(uint64_t ino, uint64_t id, WriteBehind::Batch batch) {
@@ -2198,7 +2213,10 @@ kj::Promise<void> Client::sendBatch(uint64_t ino, uint64_t id, WriteBehind::Batc
             })
       .then([this, ino, id]() {
         // Not from inside the promise the entry holds: in an event of its own.
-        tasks_.add(kj::evalLater([this, ino, id]() { wb_.doneSending(ino, id); }));
+        tasks_.add(kj::evalLater([this, ino, id]() {
+          wb_.doneSending(ino, id);
+          sendAhead(ino);
+        }));
       })
       .attach(kj::mv(own));
 }

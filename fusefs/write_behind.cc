@@ -6,7 +6,7 @@
 
 namespace cairn {
 
-size_t WriteBehind::add(uint64_t ino, uint64_t offset, kj::Array<kj::byte> data) {
+void WriteBehind::add(uint64_t ino, uint64_t offset, kj::Array<kj::byte> data) {
   auto& f = files_[ino];
   size_t n = data.size();
   f.end = kj::max(f.end, offset + n);
@@ -16,7 +16,6 @@ size_t WriteBehind::add(uint64_t ino, uint64_t offset, kj::Array<kj::byte> data)
   f.queue.writes.push_back(Write{offset, kj::mv(data)});
   f.bytes += n;
   total_ += n;
-  return f.bytes;
 }
 
 void WriteBehind::setAttr(uint64_t ino, const AttrChange& change) {
@@ -79,6 +78,11 @@ std::vector<uint64_t> WriteBehind::files() const {
     if (f.pending()) out.push_back(ino);
   }
   return out;
+}
+
+size_t WriteBehind::queuedBytes(uint64_t ino) const {
+  auto it = files_.find(ino);
+  return it == files_.end() ? 0 : it->second.bytes;
 }
 
 bool WriteBehind::queued(uint64_t ino) const {
@@ -149,19 +153,34 @@ void WriteBehind::adjust(struct stat& attr) const {
   }
 }
 
-kj::Maybe<kj::Promise<void>> WriteBehind::mustWait(uint64_t ino) {
-  auto it = files_.find(ino);
-  if (it == files_.end()) return nullptr;
-  auto& f = it->second;
-  if (f.flights.empty() || (f.bytes == 0 && f.queue.attr == nullptr)) return nullptr;
+WriteBehind::Wait WriteBehind::waitFor(const File& f) const {
+  if (f.flights.empty() || (f.bytes == 0 && f.queue.attr == nullptr)) return Wait::NONE;
   bool ordered = f.queue.attr != nullptr;
   for (auto& flight : f.flights) {
     auto& s = flight.span;
     ordered = ordered || s.attr || (f.bytes > 0 && s.begin < f.queue.end && f.queue.begin < s.end);
   }
-  if (ordered) return allSent(ino);
-  if (f.flights.size() >= MAX_FLIGHTS) return firstSent(ino);
-  return nullptr;
+  if (ordered) return Wait::ALL;
+  return f.flights.size() >= MAX_FLIGHTS ? Wait::FIRST : Wait::NONE;
+}
+
+bool WriteBehind::mayLeave(uint64_t ino) const {
+  auto it = files_.find(ino);
+  return it == files_.end() || waitFor(it->second) == Wait::NONE;
+}
+
+kj::Maybe<kj::Promise<void>> WriteBehind::mustWait(uint64_t ino) {
+  auto it = files_.find(ino);
+  if (it == files_.end()) return nullptr;
+  switch (waitFor(it->second)) {
+    case Wait::NONE:
+      return nullptr;
+    case Wait::FIRST:
+      return firstSent(ino);
+    case Wait::ALL:
+      return allSent(ino);
+  }
+  KJ_UNREACHABLE;
 }
 
 kj::Maybe<kj::Promise<void>> WriteBehind::firstSent(uint64_t ino) {

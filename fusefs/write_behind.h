@@ -61,8 +61,8 @@ public:
     explicit Span(const Batch& b) : begin(b.begin), end(b.end), attr(b.attr != nullptr) {}
   };
 
-  // Queues a write; returns the bytes now queued for the file.
-  size_t add(uint64_t ino, uint64_t offset, kj::Array<kj::byte> data);
+  // Queues a write.
+  void add(uint64_t ino, uint64_t offset, kj::Array<kj::byte> data);
   // Queues a change of attributes, merged with one already queued (the later value wins).
   void setAttr(uint64_t ino, const AttrChange& change);
   // A change is queued (not yet taken): a write must not join its batch.
@@ -74,6 +74,8 @@ public:
   // Every file with writes queued or being sent.
   std::vector<uint64_t> files() const;
   size_t total() const { return total_; }
+  // Bytes queued for a file, not yet taken.
+  size_t queuedBytes(uint64_t ino) const;
   // A batch was sent (or failed with `error`, a Linux errno).
   void sent(uint64_t ino, size_t bytes, bool attr, int error);
   // What is queued for a file (not what is being sent) fails with `error` without being sent.
@@ -90,6 +92,8 @@ public:
   // may land in any order (each target applies each request whole, in one transaction); those
   // that overlap, and a change against the `wrote` of the writes before it, may not.
   kj::Maybe<kj::Promise<void>> mustWait(uint64_t ino);
+  // The same question without waiting: may it leave now?
+  bool mayLeave(uint64_t ino) const;
   // Resolves once every batch of the file now on its way is sent (null if none is).
   kj::Maybe<kj::Promise<void>> allSent(uint64_t ino);
   // Resolves once the oldest batch of the file now on its way is sent (null if none is).
@@ -120,6 +124,9 @@ private:
       return bytes > 0 || inFlight > 0 || queue.attr != nullptr || attrInFlight != nullptr;
     }
   };
+  enum class Wait { NONE, FIRST, ALL };
+  Wait waitFor(const File& f) const;
+
   std::unordered_map<uint64_t, File> files_;
   size_t total_ = 0;
   uint64_t lastFlight_ = 0;

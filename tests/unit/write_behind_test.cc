@@ -205,7 +205,11 @@ protected:
     sent[i].fulfiller->fulfill();
     wb.doneSending(INO, sent[i].id);
   }
-  bool waits() { return wb.mustWait(INO) != nullptr; }
+  bool waits() {
+    bool wait = wb.mustWait(INO) != nullptr;
+    EXPECT_EQ(wb.mayLeave(INO), !wait);
+    return wait;
+  }
   bool released(kj::Promise<void>& p) { return p.poll(waitScope); }
 };
 

@@ -2101,7 +2101,7 @@ kj::Promise<size_t> Client::queueWrite(uint64_t ino, uint64_t offset, kj::Array<
   KJ_IF_MAYBE (inode, inodes_.find(ino)) {
     inode->size = kj::max(inode->size, offset + n);
   }
-  sendAhead(ino);
+  sendAhead(ino, WriteBehind::FILE_BATCH);
   return queueRoom(ino).then([n]() { return n; });
 }
 
@@ -2122,7 +2122,7 @@ kj::Promise<void> Client::flushed(uint64_t ino) {
   KJ_IF_MAYBE (wait, wb_.mustWait(ino)) {
     return wait->then([this, ino]() { return flushed(ino); });
   }
-  auto batch = wb_.take(ino);
+  auto batch = wb_.take(ino, WriteBehind::FILE_BATCH);
   if (batch.writes.empty() && batch.attr == nullptr) {
     KJ_IF_MAYBE (all, wb_.allSent(ino)) {
       return all->then([this, ino]() { return flushed(ino); });
@@ -2132,12 +2132,13 @@ kj::Promise<void> Client::flushed(uint64_t ino) {
   return startBatch(ino, kj::mv(batch)).then([this, ino]() { return flushed(ino); });
 }
 
-// A batch's worth queued for a file leaves in the background as soon as it may: at the WRITE
-// that completes it, or at the reply of a batch on its way that held it back. Nothing waits
-// for it here (flushed does, for those who must).
-void Client::sendAhead(uint64_t ino) {
-  if (wb_.queuedBytes(ino) >= WriteBehind::FILE_BATCH && wb_.mayLeave(ino)) {
-    startBatch(ino, wb_.take(ino));
+// What is queued for a file leaves in the background as soon as it may: a batch's worth at the
+// WRITE that completes it, and, at the reply of a batch on its way, whatever the WRITEs queued
+// meanwhile (the targets stay busy: a window refilled only in whole batches ran ~13% slower).
+// Nothing waits for it here (flushed does, for those who must).
+void Client::sendAhead(uint64_t ino, size_t atLeast) {
+  while (wb_.queuedBytes(ino) >= atLeast && wb_.mayLeave(ino)) {
+    startBatch(ino, wb_.take(ino, WriteBehind::FILE_BATCH));
   }
 }
 
@@ -2215,7 +2216,7 @@ kj::Promise<void> Client::sendBatch(uint64_t ino, uint64_t id, WriteBehind::Batc
         // Not from inside the promise the entry holds: in an event of its own.
         tasks_.add(kj::evalLater([this, ino, id]() {
           wb_.doneSending(ino, id);
-          sendAhead(ino);
+          sendAhead(ino, 1);
         }));
       })
       .attach(kj::mv(own));

@@ -252,7 +252,7 @@ private:
   kj::Promise<size_t> queueWrite(uint64_t ino, uint64_t offset, kj::Array<kj::byte> data);
   kj::Promise<void> flushed(uint64_t ino);
   kj::Promise<void> queueRoom(uint64_t ino);
-  void sendAhead(uint64_t ino);
+  void sendAhead(uint64_t ino, size_t atLeast);
   kj::Promise<void> startBatch(uint64_t ino, WriteBehind::Batch batch);
   // A setattr answered from here and queued behind (WriteBehind::setAttr), if it may be.
   kj::Maybe<Entry> setattrBehind(const Cred& cred, uint64_t ino, const SetAttr& attr);

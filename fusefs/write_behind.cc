@@ -57,15 +57,37 @@ bool WriteBehind::attrQueued(uint64_t ino) const {
   return it != files_.end() && it->second.queue.attr != nullptr;
 }
 
-WriteBehind::Batch WriteBehind::take(uint64_t ino) {
+WriteBehind::Batch WriteBehind::take(uint64_t ino, size_t limit) {
   auto it = files_.find(ino);
   if (it == files_.end()) return {};
   auto& f = it->second;
-  Batch out = kj::mv(f.queue);
-  f.queue = Batch{};
-  if (f.bytes > 0) f.flightMtime = f.queuedMtime;
-  f.inFlight += f.bytes;
-  f.bytes = 0;
+  // The first writes, up to the limit (whole writes, at least one); a change of attributes
+  // goes with the last of them.
+  auto& queued = f.queue.writes;
+  size_t n = 0, taken = 0;
+  while (n < queued.size() && taken < limit) taken += queued[n++].data.size();
+  Batch out;
+  if (n == queued.size()) {
+    out = kj::mv(f.queue);
+    f.queue = Batch{};
+  } else {
+    out.writes.reserve(n);
+    for (size_t i = 0; i < n; i++) out.writes.push_back(kj::mv(queued[i]));
+    queued.erase(queued.begin(), queued.begin() + n);
+    auto span = [](Batch& b) {
+      b.begin = UINT64_MAX;
+      b.end = 0;
+      for (auto& w : b.writes) {
+        b.begin = kj::min(b.begin, w.offset);
+        b.end = kj::max(b.end, w.offset + w.data.size());
+      }
+    };
+    span(out);
+    span(f.queue);
+  }
+  if (taken > 0) f.flightMtime = f.queuedMtime;
+  f.inFlight += taken;
+  f.bytes -= taken;
   KJ_IF_MAYBE (a, out.attr) {
     f.attrInFlight = *a;
   }

@@ -67,8 +67,10 @@ public:
   void setAttr(uint64_t ino, const AttrChange& change);
   // A change is queued (not yet taken): a write must not join its batch.
   bool attrQueued(uint64_t ino) const;
-  // Takes what is queued for a file (empty if nothing).
-  Batch take(uint64_t ino);
+  // Takes what is queued for a file (empty if nothing), or its first writes up to `limit`
+  // bytes: batches of a bounded size keep several on their way, where one large batch taken
+  // while the others were on their way would leave nothing to overlap its own commit.
+  Batch take(uint64_t ino, size_t limit = SIZE_MAX);
   // Writes or a change queued or being sent.
   bool queued(uint64_t ino) const;
   // Every file with writes queued or being sent.

@@ -177,6 +177,33 @@ TEST(WriteBehind, AFailedQueueIsReportedAndLeavesWhatIsBeingSent) {
   EXPECT_EQ(wb.takeError(INO), 0);
 }
 
+TEST(WriteBehind, ATakeUpToALimitLeavesTheRestAndTheChangeQueued) {
+  WriteBehind wb;
+  wb.add(INO, 0, bytes(40));
+  wb.add(INO, 100, bytes(40));
+  wb.add(INO, 40, bytes(40));
+  wb.setAttr(INO, setMtime(5));
+  auto first = wb.take(INO, 50);  // whole writes: the first two
+  ASSERT_EQ(first.writes.size(), 2u);
+  EXPECT_EQ(first.begin, 0u);
+  EXPECT_EQ(first.end, 140u);
+  EXPECT_TRUE(first.attr == nullptr);
+  EXPECT_TRUE(wb.attrQueued(INO));
+  EXPECT_EQ(wb.queuedBytes(INO), 40u);
+  EXPECT_EQ(wb.total(), 120u);
+  auto st = serverSays();
+  wb.adjust(st);
+  EXPECT_EQ(st.st_size, 140);
+  EXPECT_EQ(st.st_mtim.tv_sec, 5);
+  auto rest = wb.take(INO, 50);  // the last write, with the change after it
+  ASSERT_EQ(rest.writes.size(), 1u);
+  EXPECT_EQ(rest.begin, 40u);
+  EXPECT_EQ(rest.end, 80u);
+  EXPECT_TRUE(rest.attr != nullptr);
+  EXPECT_FALSE(wb.attrQueued(INO));
+  EXPECT_EQ(wb.queuedBytes(INO), 0u);
+}
+
 // Batches of one file on their way at once: disjoint ones leave together, up to MAX_FLIGHTS;
 // one that overlaps a batch on its way, or one with a change of attributes (or after one),
 // waits for every batch before it.

@@ -13,6 +13,9 @@
 #include <sys/xattr.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -177,25 +180,42 @@ TEST(Replay, BatchesOnTheirWayTogetherSurviveADataServerCrash) {
   if (writer == 0) {
     close(ready[0]);
     close(go[1]);
+    // Each step that fails says which, with errno, and exits with its number.
+    auto check = [](bool ok, int step, const char* what) {
+      if (ok) return;
+      fprintf(stderr, "writer: %s failed: %s\n", what, strerror(errno));
+      _exit(step);
+    };
     int fd = open((a + "/big").c_str(), O_CREAT | O_RDWR, 0644);
-    bool ok = fd >= 0;
-    for (size_t at = 0; ok && at < expect.size(); at += MiB) {
-      ok = pwrite(fd, expect.data() + at, MiB, off_t(at)) == ssize_t(MiB);
+    check(fd >= 0, 2, "open");
+    for (size_t at = 0; at < expect.size(); at += MiB) {
+      check(pwrite(fd, expect.data() + at, MiB, off_t(at)) == ssize_t(MiB), 3, "write");
     }
     auto rewrite = [&](int round) {
       for (auto& r : rewrites(round)) {
-        ok = ok &&
-             pwrite(fd, r.bytes.data(), r.bytes.size(), off_t(r.at)) == ssize_t(r.bytes.size());
+        check(pwrite(fd, r.bytes.data(), r.bytes.size(), off_t(r.at)) == ssize_t(r.bytes.size()),
+              4 + round, "rewrite");
       }
     };
     rewrite(0);
     char c = 0;
-    ok = ok && write(ready[1], &c, 1) == 1 && read(go[0], &c, 1) == 1;
+    check(write(ready[1], &c, 1) == 1 && read(go[0], &c, 1) == 1, 6, "waiting for the restart");
     rewrite(1);
-    ok = ok && fsync(fd) == 0 && close(fd) == 0;
-    _exit(ok ? 0 : 1);
+    check(fsync(fd) == 0, 7, "fsync");
+    check(close(fd) == 0, 8, "close");
+    _exit(0);
   }
   ASSERT_GT(writer, 0);
+  // On a failed assertion the writer is stopped too (once reaped, waitpid says ECHILD).
+  struct Reaper {
+    pid_t pid;
+    ~Reaper() {
+      if (waitpid(pid, nullptr, WNOHANG) == 0) {
+        kill(pid, SIGKILL);
+        waitpid(pid, nullptr, 0);
+      }
+    }
+  } reaper{writer};
   close(ready[1]);
   close(go[0]);
   char c = 0;
@@ -212,7 +232,10 @@ TEST(Replay, BatchesOnTheirWayTogetherSurviveADataServerCrash) {
     for (auto& r : rewrites(round)) expect.replace(r.at, r.bytes.size(), r.bytes);
   }
   auto b = cluster.mount();
-  EXPECT_TRUE(readWhole(b + "/big") == expect);
+  auto got = readWhole(b + "/big");
+  ASSERT_EQ(got.size(), expect.size());
+  auto differ = std::mismatch(got.begin(), got.end(), expect.begin());
+  EXPECT_TRUE(differ.first == got.end()) << "first difference at " << differ.first - got.begin();
   EXPECT_TRUE(contains(cluster.mountLog(0), "replayed"));
 }
 

@@ -220,7 +220,10 @@ TEST(Replay, BatchesOnTheirWayTogetherSurviveADataServerCrash) {
   close(go[0]);
   char c = 0;
   ASSERT_EQ(read(ready[0], &c, 1), 1);
-  cluster.stopServer(1, SIGKILL);  // some of it still on its way, the rest unsynced
+  // The writes are all queued; once the server has some of them (there is something to
+  // replay), it dies with the rest still on its way.
+  ASSERT_TRUE(waitFor([&] { return jsonNumber(cluster.status(1), "chunks") > 0; }, 10000));
+  cluster.stopServer(1, SIGKILL);
   ASSERT_TRUE(cluster.startServer(1));
   ASSERT_EQ(write(go[1], &c, 1), 1);
   int status = -1;

@@ -227,6 +227,11 @@ protected:
     wb.setSending(INO, id, WriteBehind::Span(batch), paf.promise.fork());
     sent.push_back(Sent{id, kj::mv(paf.fulfiller)});
   }
+  // A write of `n` bytes at `offset`, sent as a batch of its own.
+  void sendWrite(uint64_t offset, size_t n) {
+    wb.add(INO, offset, bytes(n));
+    send();
+  }
   // The batch sent `i`-th arrives.
   void arrive(size_t i) {
     sent[i].fulfiller->fulfill();
@@ -257,10 +262,8 @@ TEST_F(Flights, DisjointBatchesLeaveTogetherUpToTheLimit) {
 }
 
 TEST_F(Flights, AnOverlappingBatchWaitsForEveryBatchBeforeIt) {
-  wb.add(INO, 0, bytes(100));
-  send();
-  wb.add(INO, 100, bytes(100));
-  send();
+  sendWrite(0, 100);
+  sendWrite(100, 100);
   wb.add(INO, 50, bytes(10));  // rewrites bytes of the first
   auto wait = KJ_ASSERT_NONNULL(wb.mustWait(INO));
   arrive(0);
@@ -271,8 +274,7 @@ TEST_F(Flights, AnOverlappingBatchWaitsForEveryBatchBeforeIt) {
 }
 
 TEST_F(Flights, AChangeOfAttributesGoesAloneInItsTurn) {
-  wb.add(INO, 0, bytes(100));
-  send();
+  sendWrite(0, 100);
   wb.setAttr(INO, setMtime(5));  // utimes after the write: must land after its `wrote`
   auto before = KJ_ASSERT_NONNULL(wb.mustWait(INO));
   arrive(0);
@@ -287,10 +289,8 @@ TEST_F(Flights, AChangeOfAttributesGoesAloneInItsTurn) {
 }
 
 TEST_F(Flights, NothingQueuedWaitsForNothingButAllSentWaitsForEveryBatch) {
-  wb.add(INO, 0, bytes(100));
-  send();
-  wb.add(INO, 100, bytes(100));
-  send();
+  sendWrite(0, 100);
+  sendWrite(100, 100);
   EXPECT_FALSE(waits());
   auto all = KJ_ASSERT_NONNULL(wb.allSent(INO));
   arrive(0);

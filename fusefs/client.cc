@@ -345,7 +345,7 @@ kj::Promise<void> Client::recoverData(ServerLink& link, uint32_t index) {
       KJ_IF_MAYBE (l, file.layout) {
         auto& targets = (*l)->layout.targets;
         bool there = std::find(targets.begin(), targets.end(), index) != targets.end();
-        if (!file.lost && there && (eviction->lostUpdates > 0 || wb_.queued(file.ino))) {
+        if (!file.lost && there && (eviction->lostAnswered || wb_.queued(file.ino))) {
           file.lost = true;
           wb_.fail(file.ino, EIO);  // written under locks gone with the eviction: not sent
           ++n;

@@ -329,16 +329,18 @@ void ServerLink::connectLoop(unsigned attempt) {
                   if (reply.getEvicted()) {
                     // The server refuses our replay now. Only a new instance lacks what
                     // it answered: past what it has on disk (a crash, then --force).
-                    size_t lost = 0;
-                    if (restarted_) {
-                      for (auto& entry : kept_) lost += entry.first > connectSynced_;
-                    }
+                    // Comparing its disk with the newest update it answered us also
+                    // catches synced ones gone with a restored older copy.
+                    bool lost = restarted_ && lastAnswered_ > connectSynced_;
                     eviction_ = Eviction{lost};
-                    if (lost > 0) {
+                    if (lost) {
+                      size_t kept = 0;
+                      for (auto& entry : kept_) kept += entry.first > connectSynced_;
                       spdlog::error(
-                          "link {}: {} updates kept for replay are lost with the "
-                          "eviction",
-                          name_.cStr(), lost);
+                          "link {}: updates the server had answered are lost with the "
+                          "eviction: its disk ends at transaction {}, ours went up to {} ({} "
+                          "of them kept for replay)",
+                          name_.cStr(), connectSynced_, lastAnswered_, kept);
                     }
                     kept_.clear();
                     keptBytes_ = 0;
@@ -531,6 +533,7 @@ kj::Promise<Response> ServerLink::send(kj::Own<Pending> pending, Build& build) {
                   auto reply = resp.getReply();
                   lastSynced_ = kj::max(lastSynced_, reply.getLastSynced());
                   KJ_IF_MAYBE (c, copy) {
+                    lastAnswered_ = kj::max(lastAnswered_, reply.getTransno());
                     if (reply.getTransno() > lastSynced_) keep(reply.getTransno(), kj::mv(*c));
                   }
                   synced(lastSynced_);
@@ -638,6 +641,7 @@ kj::Promise<void> ServerLink::replayOne(uint64_t transno) {
     lastSynced_ = kj::max(lastSynced_, reply.getLastSynced());
     // Renumbered (it could not keep its number): kept under the new one.
     uint64_t now = reply.getTransno();
+    lastAnswered_ = kj::max(lastAnswered_, now);
     if (now != transno && now != 0) {
       auto node = kept_.extract(transno);
       if (!node.empty()) {

@@ -128,9 +128,10 @@ public:
   // Once after a connect at which the server said it had evicted this client: whatever the
   // client held there (open files, locks) is gone.
   struct Eviction {
-    // Updates the server had answered but not synced, which the link kept for a replay the
-    // server now refuses: their changes may be gone (a new instance, started with --force).
-    size_t lostUpdates = 0;
+    // The server is a new instance whose disk ends before updates of ours it had answered: kept
+    // for a replay it now refuses (a crash, then --force), or synced and still gone (its data
+    // restored from an older copy). Their changes are gone.
+    bool lostAnswered = false;
   };
   kj::Maybe<Eviction> takeEviction() {
     auto e = kj::mv(eviction_);
@@ -206,6 +207,7 @@ private:
   bool rootSquashed_ = false;
   kj::String peerVersion_;
   uint64_t lastSynced_ = 0;
+  uint64_t lastAnswered_ = 0;  // the newest of our updates the server answered
   kj::Maybe<Eviction> eviction_;
   uint64_t writebackEpoch_ = 0;  // bumped by forgetWriteback()
   uint64_t serverLock_ = 0;      // our PR on the active-server lock of this connection

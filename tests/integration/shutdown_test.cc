@@ -469,9 +469,10 @@ TEST(Shutdown, NewVersionAfterUncleanStopIsRefusedUnlessForced) {
 }
 
 // The same for a data server that lost updates it had answered: its disk went back to an
-// earlier state (as a host crash loses what the page cache held), and it came back as another
-// version with --force. The client's copies of those updates cannot be replayed into it: the
-// files with stripes there fail with EIO. The mount works on.
+// earlier state (restored from an older copy; a host crash loses unsynced ones the same way),
+// and it came back as another version with --force, which refuses replays. The client sees its
+// disk ends before updates it had answered: the files with stripes there fail with EIO. The
+// mount works on.
 TEST(Shutdown, ADataServerThatLostAnsweredUpdatesFailsTheFilesWithStripesThere) {
   TestCluster cluster(quickLocks());
   auto mnt = cluster.mount();
@@ -489,8 +490,11 @@ TEST(Shutdown, ADataServerThatLostAnsweredUpdatesFailsTheFilesWithStripesThere) 
   int fd = open((mnt + "/f").c_str(), O_RDWR);
   ASSERT_GE(fd, 0);
   ASSERT_EQ(pwrite(fd, "after!", 6, 0), 6);
-  // Direct reads, past the kernel's pages. The first waits for the write's reply (not synced
-  // yet, so the link keeps a copy for replay).
+  // Synced, so the link keeps no copy for replay (the syncer might have done so anyway within
+  // its 100 ms): only comparing the new instance's disk with what it had answered tells the
+  // update is gone.
+  ASSERT_EQ(fsync(fd), 0);
+  // Direct reads, past the kernel's pages.
   int direct = open((mnt + "/f").c_str(), O_RDONLY | O_DIRECT);
   ASSERT_GE(direct, 0);
   alignas(4096) static char buf[4096];
@@ -514,7 +518,8 @@ TEST(Shutdown, ADataServerThatLostAnsweredUpdatesFailsTheFilesWithStripesThere) 
   reader.join();
   EXPECT_EQ(inFlight, -1);
   EXPECT_EQ(inFlightErrno, EIO);
-  EXPECT_TRUE(contains(cluster.mountLog(0), "updates kept for replay are lost with the eviction"))
+  EXPECT_TRUE(
+      contains(cluster.mountLog(0), "updates the server had answered are lost with the eviction"))
       << cluster.mountLog(0);
   EXPECT_TRUE(contains(cluster.mountLog(0), "evicted by data target 0: 2 open files"))
       << cluster.mountLog(0);

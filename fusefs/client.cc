@@ -147,6 +147,13 @@ Client::Client(kj::AsyncIoContext& io, kj::Network& network, ClientOptions optio
     if (bit == BIT_LOOKUP) return !dirops_.pending(ino);
     return (bit == BIT_DATA || bit == BIT_ATTR) && writers_.count(ino) == 0 && !wb_.queued(ino);
   });
+  locks_->setHeldUp([this]() {
+    if (meta_->busy()) return true;
+    for (auto& [index, link] : data_) {
+      if (link->busy()) return true;
+    }
+    return false;
+  });
   meta_->setLockCallback(locks_->callback());
   meta_->setOnDrain([this]() { return drainMeta(); });
   meta_->setOnLost([this]() {

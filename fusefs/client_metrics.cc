@@ -91,6 +91,9 @@ kj::String renderClientMetrics(Client& client) {
   help(out, "cairn_client_lock_downgrades_total", "counter",
        "write locks turned into read locks when the last writer closed");
   out.add(kj::str("cairn_client_lock_downgrades_total ", client.lockCache().downgrades(), "\n"));
+  help(out, "cairn_client_lock_prolongs_total", "counter",
+       "more time asked for locks whose give-back waited on a server");
+  out.add(kj::str("cairn_client_lock_prolongs_total ", client.lockCache().prolongs(), "\n"));
   help(out, "cairn_client_cached_names", "gauge",
        "directory entries cached (at most the mount's name_limit)");
   out.add(kj::str("cairn_client_cached_names ", client.metaCache().names(), "\n"));

@@ -23,6 +23,8 @@ constexpr size_t MAX_CONTENDED = 4096;
 // not pass its PW back and forth at every call, short enough that a directory another client
 // looked into once is not left to synchronous creates and unlinks for good.
 constexpr kj::Duration CONTENDED_FOR = 5 * kj::SECONDS;
+// More time is asked for three times per lock timeout, but not more often than this.
+constexpr kj::Duration MIN_PROLONG_EVERY = 10 * kj::MILLISECONDS;
 }  // namespace
 
 class LockCache::Callback final : public rpc::LockCallback::Server {
@@ -30,7 +32,10 @@ public:
   explicit Callback(kj::Own<Handle> handle) : handle_(kj::mv(handle)) {}
   kj::Promise<void> blocking(BlockingContext context) override {
     // Answered at once: the server waits for the cancel, not for this reply.
-    if (handle_->cache != nullptr) handle_->cache->blocking(context.getParams().getLockId());
+    auto params = context.getParams();
+    if (handle_->cache != nullptr) {
+      handle_->cache->blocking(params.getLockId(), params.getTimeoutMs() * kj::MILLISECONDS);
+    }
     return kj::READY_NOW;
   }
 
@@ -106,7 +111,7 @@ void LockCache::add(uint64_t ino, uint64_t bit, uint64_t id, rpc::LockMode mode)
   byId_.emplace(id, key);
 }
 
-void LockCache::blocking(uint64_t id) {
+void LockCache::blocking(uint64_t id, kj::Duration timeout) {
   ++callbacks_;
   auto it = byId_.find(id);
   if (it == byId_.end()) {
@@ -139,6 +144,48 @@ void LockCache::blocking(uint64_t id) {
     }
   }
   giveBack(key);
+  // The give-back may wait on a server that is away (queued writes for a data server that
+  // restarts): the server is asked for more time before its timeout runs out.
+  auto r = revoking_.find(key);
+  if (r != revoking_.end() && timeout > 0 * kj::SECONDS &&
+      (link_.peerFeatures() & features::LOCK_PROLONG)) {
+    r->second.timeout = timeout;
+    if (!prolonging_) {
+      prolonging_ = true;
+      tasks_.add(prolongLoop(kj::max(timeout / 3, MIN_PROLONG_EVERY)));
+    }
+  }
+}
+
+kj::Promise<void> LockCache::prolongLoop(kj::Duration every) {
+  return timer_.afterDelay(every).then([this, every]() -> kj::Promise<void> {
+    // Locks of the current connection only: the server dropped the others at reconnect.
+    kj::Vector<uint64_t> ids;
+    kj::Duration shortest = every * 3;
+    for (auto& [key, r] : revoking_) {
+      if (r.timeout > 0 * kj::SECONDS && r.generation == link_.generation()) {
+        ids.add(r.id);
+        shortest = kj::min(shortest, r.timeout);
+      }
+    }
+    if (ids.size() == 0) {
+      prolonging_ = false;
+      return kj::READY_NOW;
+    }
+    bool heldUp = false;
+    KJ_IF_MAYBE (f, heldUp_) {
+      heldUp = (*f)();
+    }
+    if (!heldUp) return prolongLoop(kj::max(shortest / 3, MIN_PROLONG_EVERY));
+    KJ_IF_MAYBE (session, link_.currentLocks()) {
+      auto req = session->prolongRequest();
+      auto list = req.initLockIds(ids.size());
+      for (auto i : kj::indices(ids)) list.set(i, ids[i]);
+      sendAside(req.send().ignoreResult(), link_.generation());
+      prolongs_ += ids.size();
+    }
+    return prolongLoop(kj::max(shortest / 3, MIN_PROLONG_EVERY));
+  });
 }
 
 // Stops using the lock at once (nothing new is cached under it), drops what it covered, then

@@ -47,6 +47,11 @@ public:
   void setDowngradable(kj::Function<bool(uint64_t ino, uint64_t bit)> downgradable) {
     downgradable_ = kj::mv(downgradable);
   }
+  // Whether a give-back is now waiting on servers (our requests to them are on their way or
+  // parked at a gate): then, and only then, the server is asked for more time. A give-back
+  // stuck on anything else still ends in an eviction after the lock timeout, which is what
+  // breaks a cycle through the kernel (a page drop waiting on a READ that waits on a lock).
+  void setHeldUp(kj::Function<bool()> heldUp) { heldUp_ = kj::mv(heldUp); }
 
   // The id of the lock held on (ino, bit), 0 if none; counts as a use.
   uint64_t held(uint64_t ino, uint64_t bit);
@@ -88,6 +93,7 @@ public:
   size_t size() const { return held_.size(); }
   uint64_t callbacks() const { return callbacks_; }
   uint64_t downgrades() const { return downgrades_; }
+  uint64_t prolongs() const { return prolongs_; }
 
 private:
   using Key = std::pair<uint64_t, uint64_t>;  // ino, bit
@@ -101,6 +107,7 @@ private:
     uint64_t id;
     uint64_t generation;
     bool usedAgain = false;
+    kj::Duration timeout = 0 * kj::SECONDS;  // the server's, if it called the lock back
   };
   class Callback;
 
@@ -108,7 +115,10 @@ private:
   kj::Promise<void> request(uint64_t ino, uint64_t bit, rpc::LockMode mode, uint64_t replaces);
   kj::Promise<void> enqueue(uint64_t ino, uint64_t bit, rpc::LockMode mode, uint64_t replaces = 0);
   void replaced(uint64_t ino, uint64_t bit, uint64_t id, uint64_t old);
-  void blocking(uint64_t id);
+  void blocking(uint64_t id, kj::Duration timeout);
+  // While locks called back are still being given back, asks the server for more time, a few
+  // times per timeout (features::LOCK_PROLONG).
+  kj::Promise<void> prolongLoop(kj::Duration every);
   void giveBack(Key key);
   kj::Promise<void> release(Key key);
   kj::Promise<void> dropCovered(Key key, unsigned pass);
@@ -133,10 +143,13 @@ private:
   kj::Vector<uint64_t> converts_;                          // downgrades to send
   std::unordered_map<uint64_t, kj::TimePoint> contended_;  // when a callback came
   kj::Maybe<kj::Function<bool(uint64_t, uint64_t)>> downgradable_;
+  kj::Maybe<kj::Function<bool()>> heldUp_;
   uint64_t convertGeneration_ = 0;
   uint64_t cancelGeneration_ = 0;
   uint64_t callbacks_ = 0;
   uint64_t downgrades_ = 0;  // conversions sent
+  uint64_t prolongs_ = 0;    // locks for which more time was asked
+  bool prolonging_ = false;  // prolongLoop() runs
   // The callback capability may outlive the cache (the connection holds it): it reaches the
   // cache through this, which the cache clears when it goes.
   struct Handle : public kj::Refcounted {

@@ -33,10 +33,11 @@ bool conflicts(const LockSpec& a, const LockSpec& b) {
 }
 
 LockManager::LockManager(kj::Timer& timer, kj::Duration callbackTimeout,
-                         kj::Function<void(LockOwner&)> evict)
+                         kj::Function<void(LockOwner&)> evict, kj::Duration prolongLimit)
     : timer_(timer),
       callbackTimeout_(callbackTimeout),
       evict_(kj::mv(evict)),
+      prolongLimit_(prolongLimit),
       tasks_(errorHandler_) {}
 
 LockManager::~LockManager() noexcept(false) {}
@@ -300,14 +301,32 @@ void LockManager::process(const ResourceId& rid) {
 
 void LockManager::callBack(Lock& holder) {
   holder.blockingSent = true;
+  holder.calledBackAt = timer_.now();
   ++callbacks_;
-  holder.owner->blocking(holder.id);
+  holder.owner->blocking(holder.id, callbackTimeout_);
+  armDeadline(holder, callbackTimeout_);
+}
+
+void LockManager::armDeadline(Lock& holder, kj::Duration in) {
   uint64_t id = holder.id;
   // The eviction runs as its own event: it destroys the lock, and with it this timer.
   holder.deadline =
-      timer_.afterDelay(callbackTimeout_)
+      timer_.afterDelay(in)
           .then([this, id]() { tasks_.add(kj::evalLater([this, id]() { expired(id); })); })
           .eagerlyEvaluate(nullptr);
+}
+
+bool LockManager::prolong(LockOwner& owner, uint64_t lockId) {
+  auto it = locks_.find(lockId);
+  if (it == locks_.end()) return false;
+  Lock& lock = *it->second;
+  if (lock.owner != &owner || !lock.granted || !lock.blockingSent) return false;
+  auto limit = lock.calledBackAt + prolongLimit_;
+  auto now = timer_.now();
+  if (now >= limit) return false;
+  ++prolonged_;
+  armDeadline(lock, kj::min(callbackTimeout_, limit - now));
+  return true;
 }
 
 void LockManager::expired(uint64_t id) {
@@ -337,6 +356,7 @@ LockManager::Stats LockManager::stats() const {
   }
   s.callbacks = callbacks_;
   s.evictions = evictions_;
+  s.prolonged = prolonged_;
   return s;
 }
 

@@ -59,16 +59,19 @@ bool conflicts(const LockSpec& a, const LockSpec& b);
 class LockOwner {
 public:
   virtual ~LockOwner() noexcept(false) = default;
-  // A lock this owner holds is wanted by someone else: write back and cancel it.
-  virtual void blocking(uint64_t lockId) = 0;
+  // A lock this owner holds is wanted by someone else: write back and cancel it within
+  // `timeout` (or ask for more time: LockManager::prolong).
+  virtual void blocking(uint64_t lockId, kj::Duration timeout) = 0;
   virtual kj::StringPtr ownerName() const = 0;
 };
 
 class LockManager {
 public:
   // `evict` is called for an owner that did not cancel in time; it must end the owner's
-  // session, which calls dropAll().
-  LockManager(kj::Timer& timer, kj::Duration callbackTimeout, kj::Function<void(LockOwner&)> evict);
+  // session, which calls dropAll(). `prolongLimit`: how long after its callback a lock may
+  // still be given back by an owner that keeps asking for more time.
+  LockManager(kj::Timer& timer, kj::Duration callbackTimeout, kj::Function<void(LockOwner&)> evict,
+              kj::Duration prolongLimit = 60 * kj::SECONDS);
   ~LockManager() noexcept(false);
 
   // Whatever a client claims, it holds or waits for at most this many locks (OVERLOADED past
@@ -99,6 +102,12 @@ public:
   // (so nothing granted can start to conflict); waiters it no longer blocks are granted. An
   // unknown id is not an error, as for cancel.
   void convert(LockOwner& owner, uint64_t lockId, LockMode mode);
+  // The owner of a lock called back is still giving it back, held up by something it does not
+  // control (its write-back waits for a data server that is away): its timeout starts again,
+  // but never runs past `prolongLimit` after the callback, so an owner that never finishes is
+  // still evicted. False (nothing changed) for an unknown id, another owner's lock, a lock not
+  // called back, or one at its limit. A stopped or dead owner cannot ask: it goes as before.
+  bool prolong(LockOwner& owner, uint64_t lockId);
   // Drops every lock and request of an owner (eviction, or a client gone for good).
   void dropAll(LockOwner& owner);
 
@@ -107,6 +116,7 @@ public:
     uint64_t waiting = 0;
     uint64_t callbacks = 0;  // blocking callbacks sent, ever
     uint64_t evictions = 0;  // owners evicted for not cancelling, ever
+    uint64_t prolonged = 0;  // timeouts restarted at their owner's request, ever
   };
   Stats stats() const;
   size_t heldBy(const LockOwner& owner) const;
@@ -121,6 +131,7 @@ private:
     LockSpec spec;
     bool granted = false;
     bool blockingSent = false;
+    kj::TimePoint calledBackAt = kj::origin<kj::TimePoint>();
     kj::Maybe<kj::Own<kj::PromiseFulfiller<uint64_t>>> waiter;
     kj::Promise<void> deadline = nullptr;
   };
@@ -137,6 +148,7 @@ private:
   kj::Own<Lock> newLock(LockOwner& owner, const LockSpec& spec);
   void remove(uint64_t lockId);
   void callBack(Lock& holder);
+  void armDeadline(Lock& holder, kj::Duration in);
   void expired(uint64_t lockId);
 
   class ErrorHandler : public kj::TaskSet::ErrorHandler {
@@ -147,6 +159,7 @@ private:
   kj::Timer& timer_;
   kj::Duration callbackTimeout_;
   kj::Function<void(LockOwner&)> evict_;
+  kj::Duration prolongLimit_;
   std::map<ResourceId, Resource> resources_;
   std::unordered_map<uint64_t, kj::Own<Lock>> locks_;
   std::unordered_map<const LockOwner*, size_t> perOwner_;
@@ -155,6 +168,7 @@ private:
   uint64_t nextGroup_ = 1;
   uint64_t callbacks_ = 0;
   uint64_t evictions_ = 0;
+  uint64_t prolonged_ = 0;
   size_t droppedSinceTrim_ = 0;  // locks dropped with their owners since memory was trimmed
   ErrorHandler errorHandler_;
   kj::TaskSet tasks_;  // declared last: destroyed first, before the locks it refers to

@@ -64,4 +64,10 @@ kj::Promise<void> LockService::convertMany(ConvertManyContext context) {
   return kj::READY_NOW;
 }
 
+kj::Promise<void> LockService::prolong(ProlongContext context) {
+  requireSession();
+  for (uint64_t id : context.getParams().getLockIds()) ctx_.locks.prolong(*session_, id);
+  return kj::READY_NOW;
+}
+
 }  // namespace cairn

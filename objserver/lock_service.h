@@ -13,6 +13,7 @@ public:
   kj::Promise<void> cancel(CancelContext context) override;
   kj::Promise<void> cancelMany(CancelManyContext context) override;
   kj::Promise<void> convertMany(ConvertManyContext context) override;
+  kj::Promise<void> prolong(ProlongContext context) override;
 
 private:
   void requireSession();

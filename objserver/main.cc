@@ -45,6 +45,7 @@ struct ServeOptions {
   double disconnectGrace = 30;
   double recoveryWindow = 30;
   double lockTimeout = 10;
+  double lockProlongLimit = 60;
   bool force = false;
   bool testReplayBarrier = false;
   std::string metrics;
@@ -207,6 +208,7 @@ Ending serveTarget(Process& p, kj::Own<TargetLock> lock) {
   config.disconnectGrace = int64_t(o.disconnectGrace * 1000) * kj::MILLISECONDS;
   config.recoveryWindow = int64_t(o.recoveryWindow * 1000) * kj::MILLISECONDS;
   config.lockTimeout = int64_t(o.lockTimeout * 1000) * kj::MILLISECONDS;
+  config.lockProlongLimit = int64_t(o.lockProlongLimit * 1000) * kj::MILLISECONDS;
   config.testReplayBarrier = o.testReplayBarrier;
   config.partner = kj::str(o.partner.c_str());
   config.access = accessPolicy(o);
@@ -510,6 +512,9 @@ int main(int argc, char** argv) {
   s->add_option("--lock-timeout", serve.lockTimeout,
                 "seconds a client has to cancel a lock when asked (else it is evicted), and a "
                 "disconnected client's locks are kept");
+  s->add_option("--lock-prolong-limit", serve.lockProlongLimit,
+                "seconds after its callback a client may still cancel a lock while it asks for "
+                "more time (its write-back waits on a server that is away), before it is evicted");
   s->add_flag("--force", serve.force, "start even after an unclean stop by another version");
   s->add_option("--version-override", serve.versionOverride,
                 "test hook: act as this software version");

@@ -102,6 +102,9 @@ kj::String renderMetrics(ServerContext& ctx) {
         "counter");
   gauge(out, "cairn_evictions_total", "clients evicted for not cancelling a lock",
         double(locks.evictions), "counter");
+  gauge(out, "cairn_lock_prolongs_total",
+        "lock timeouts restarted for a client whose give-back waits on a server away",
+        double(locks.prolonged), "counter");
 
   size_t connected = 0, clients = 0;
   for (auto& [key, s] : ctx.sessions) {

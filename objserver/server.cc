@@ -20,10 +20,11 @@ void ServerContext::ErrorHandler::taskFailed(kj::Exception&& e) {
   spdlog::warn("server task failed: {}", e.getDescription().cStr());
 }
 
-void ClientSession::blocking(uint64_t lockId) {
+void ClientSession::blocking(uint64_t lockId, kj::Duration timeout) {
   KJ_IF_MAYBE (cb, callback) {
     auto req = cb->blockingRequest();
     req.setLockId(lockId);
+    req.setTimeoutMs(timeout / kj::MILLISECONDS);
     // Not waited for: a client that does not act in time is evicted by the lock manager.
     req.send().detach([](kj::Exception&&) {});
   }
@@ -39,9 +40,12 @@ ServerContext::ServerContext(kj::AsyncIoContext& io, kj::Network& network, Targe
       clients(target),
       started(io.provider->getTimer().now()),
       tasks(errorHandler_),
-      locks(io.provider->getTimer(), this->config.lockTimeout, [this](LockOwner& owner) {
-        evict(static_cast<ClientSession&>(owner), "did not cancel a lock in time");
-      }) {}
+      locks(
+          io.provider->getTimer(), this->config.lockTimeout,
+          [this](LockOwner& owner) {
+            evict(static_cast<ClientSession&>(owner), "did not cancel a lock in time");
+          },
+          this->config.lockProlongLimit) {}
 
 ServerContext::~ServerContext() noexcept(false) {}
 

@@ -35,7 +35,7 @@ class PosixLocks;
 // One client (or peer server) as the server knows it, across its reconnections. It is also
 // the owner of the client's locks.
 struct ClientSession : public kj::Refcounted, public LockOwner {
-  void blocking(uint64_t lockId) override;
+  void blocking(uint64_t lockId, kj::Duration timeout) override;
   kj::StringPtr ownerName() const override { return label; }
 
   kj::Array<kj::byte> uuid;
@@ -67,10 +67,11 @@ struct ServerConfig {
   kj::Duration disconnectGrace = 30 * kj::SECONDS;  // opens of a vanished client are kept this long
   kj::Duration recoveryWindow = 30 * kj::SECONDS;   // orphans wait this long for open replay
   kj::Duration lockTimeout = 10 * kj::SECONDS;      // to cancel a lock when asked; to come back
-  bool testReplayBarrier = false;                   // Bootstrap.replayBarrier allowed (tests)
-  kj::String partner;                               // failover partner's HOST:PORT, if any
-  AccessPolicy access;                              // who may ask what
-  RootSquash squash;                                // whose root acts as whom
+  kj::Duration lockProlongLimit = 60 * kj::SECONDS;  // to cancel it when asking for more time
+  bool testReplayBarrier = false;                    // Bootstrap.replayBarrier allowed (tests)
+  kj::String partner;                                // failover partner's HOST:PORT, if any
+  AccessPolicy access;                               // who may ask what
+  RootSquash squash;                                 // whose root acts as whom
 };
 
 class ServerContext {
@@ -128,7 +129,7 @@ public:
   // The server's own locks (held while an update runs) belong to this owner.
   class ServerOwner : public LockOwner {
   public:
-    void blocking(uint64_t) override {}  // held only for the length of one update
+    void blocking(uint64_t, kj::Duration) override {}  // held only for the length of one update
     kj::StringPtr ownerName() const override { return "the server"; }
   } serverOwner;
   kj::TaskSet tasks;

@@ -412,7 +412,8 @@ struct LockRequest {
 
 # Given by a client at connect; the server calls it when a lock the client holds is wanted.
 interface LockCallback {
-  blocking @0 (lockId :UInt64) -> ();
+  # `timeoutMs`: how long the client has to cancel (0 from servers before features::LOCK_PROLONG).
+  blocking @0 (lockId :UInt64, timeoutMs :UInt32) -> ();
   # The server has just evicted this client (its locks are gone): the client reconnects at once
   # instead of learning it at its next request, so that nothing it wrote under those locks
   # leaves meanwhile. A client without it fails the call; the server ignores that.
@@ -429,6 +430,11 @@ interface LockSession {
   # writing keeps what it caches without keeping readers elsewhere waiting. Unknown ids
   # (cancelled, dropped) are ignored, as cancels are.
   convertMany @3 (lockIds :List(UInt64), mode :LockMode) -> ();
+  # More time to give back locks called back (features::LOCK_PROLONG): the client is working on
+  # it, but its write-back waits on something it does not control (a data server away). Each
+  # call restarts their timeouts, up to the server's limit counted from the callback. Unknown
+  # ids, and locks not called back, are ignored.
+  prolong @4 (lockIds :List(UInt64)) -> ();
 }
 
 struct ClientStatus {

@@ -43,8 +43,11 @@ constexpr uint64_t ASYNC_CREATE = 1 << 8;
 // The most inode numbers one reserveInodes may ask for, and one client may hold unused.
 constexpr uint32_t MAX_RESERVE_INODES = 1024;
 constexpr size_t MAX_RESERVED_INODES = 4096;
+// LockSession.prolong, and the callback's timeoutMs: a client whose give-back waits on a server
+// that is away asks for more time instead of being evicted.
+constexpr uint64_t LOCK_PROLONG = 1 << 9;
 constexpr uint64_t SUPPORTED = BASE | CACHING_LOCKS | WRITE_MANY | ACTIVE_SERVER_LOCK |
                                DESTROY_MANY | RELEASE_MANY | LOCK_CONVERT | ASYNC_DIROPS |
-                               ASYNC_CREATE;
+                               ASYNC_CREATE | LOCK_PROLONG;
 
 }  // namespace cairn::features

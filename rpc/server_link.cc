@@ -68,7 +68,9 @@ public:
       : handle_(kj::mv(handle)), generation_(kj::mv(generation)) {}
   kj::Promise<void> blocking(BlockingContext context) override {
     // Answered at once: the server waits for the cancel, not for this reply.
-    if (handle_->link != nullptr) handle_->link->blocking(context.getParams().getLockId());
+    auto params = context.getParams();
+    if (handle_->link != nullptr)
+      handle_->link->blocking(params.getLockId(), params.getTimeoutMs());
     return kj::READY_NOW;
   }
   kj::Promise<void> evicted(EvictedContext context) override {
@@ -140,7 +142,7 @@ void ServerLink::setOnDrain(kj::Function<kj::Promise<void>()> onDrain) {
   onDrain_ = kj::mv(onDrain);
 }
 
-void ServerLink::blocking(uint64_t lockId) {
+void ServerLink::blocking(uint64_t lockId, uint32_t timeoutMs) {
   if (lockId != 0 && lockId == serverLock_) {
     drain(generation_);
     return;
@@ -148,6 +150,7 @@ void ServerLink::blocking(uint64_t lockId) {
   KJ_IF_MAYBE (cb, lockCallback_) {
     auto req = cb->blockingRequest();
     req.setLockId(lockId);
+    req.setTimeoutMs(timeoutMs);
     tasks_->add(req.send().ignoreResult());
   }
 }

@@ -102,6 +102,9 @@ public:
   void disconnected(uint64_t generation, kj::StringPtr why) { lost(generation, why); }
 
   State state() const { return state_; }
+  // Requests of ours are on their way to the server, or waiting at its gate for it to come
+  // back: whoever waits on them is held up by the server, not by us.
+  bool busy() const { return inFlight_ > 0 || !waiters_.empty(); }
   kj::StringPtr name() const { return name_; }
   kj::StringPtr currentAddress() const { return currentAddress_; }
   // Valid once connected: what the server said about itself.
@@ -149,7 +152,7 @@ public:
   class Callback;     // the lock callback given at connect
 
 private:
-  void blocking(uint64_t lockId);
+  void blocking(uint64_t lockId, uint32_t timeoutMs);
   void drain(uint64_t generation);
   kj::Promise<void> idle();  // no request of this link in flight
   struct Kept {

@@ -261,6 +261,33 @@ TEST_F(Coherence, CloseAndAttributeChangesGoBehindAndAreSeenElsewhere) {
   EXPECT_EQ(readWhole(pb("behind")).substr(0, 3), "zy" + data.substr(2, 1));
 }
 
+// A writer called back while the data servers its queued writes are for are away (a restart,
+// a failover, a stall): its give-back waits for them, for longer than the lock timeout, and it
+// asks the metadata server for more time instead of being evicted and losing writes it had
+// answered. The reader waits, then sees them.
+TEST_F(Coherence, AWriterWaitingOnAbsentDataServersKeepsItsLocks) {
+  writeAll(pa("f"), "before");
+  uint64_t evictions = rpcs("evictions");
+  int fd = open(pa("f").c_str(), O_WRONLY);
+  ASSERT_GE(fd, 0);
+  cluster_->signalServer(1, SIGSTOP);
+  cluster_->signalServer(2, SIGSTOP);
+  ASSERT_EQ(pwrite(fd, "after!", 6, 0), 6);  // answered at once, queued behind
+  std::string seen;
+  bool early;
+  {
+    Background reading([&] { seen = readWhole(pb("f")); });  // calls A's locks back
+    early = reading.doneWithin(5000);                        // 2.5 lock timeouts
+    cluster_->signalServer(1, SIGCONT);
+    cluster_->signalServer(2, SIGCONT);
+  }
+  EXPECT_FALSE(early) << "the reader did not wait for the writer's queued write";
+  EXPECT_EQ(seen, "after!");
+  EXPECT_EQ(rpcs("evictions"), evictions);
+  EXPECT_EQ(close(fd), 0);
+  EXPECT_EQ(readWhole(pa("f")), "after!");
+}
+
 TEST_F(Coherence, SizeAndTimesAreSeenAtOnce) {
   writeAll(pa("f"), "12345");
   auto before = statOf(pb("f"));

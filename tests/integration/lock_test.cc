@@ -10,6 +10,7 @@
 #include <kj/async-io.h>
 
 #include <atomic>
+#include <chrono>
 #include <string>
 #include <thread>
 #include <vector>
@@ -23,14 +24,17 @@ namespace {
 
 class Callback final : public rpc::LockCallback::Server {
 public:
-  explicit Callback(std::vector<uint64_t>& asked) : asked_(asked) {}
+  Callback(std::vector<uint64_t>& asked, uint32_t& timeoutMs)
+      : asked_(asked), timeoutMs_(timeoutMs) {}
   kj::Promise<void> blocking(BlockingContext context) override {
     asked_.push_back(context.getParams().getLockId());
+    timeoutMs_ = context.getParams().getTimeoutMs();
     return kj::READY_NOW;
   }
 
 private:
   std::vector<uint64_t>& asked_;
+  uint32_t& timeoutMs_;
 };
 
 // One client: a connection, its session and its lock callback.
@@ -39,7 +43,7 @@ struct LockClient {
     connect(address, uuidByte);
   }
   void connect(const std::string& address, kj::byte uuidByte) {
-    auto s = connectRaw(io, address, uuidByte, kj::heap<Callback>(asked));
+    auto s = connectRaw(io, address, uuidByte, kj::heap<Callback>(asked, timeoutMs));
     stream = kj::mv(s.stream);
     client = kj::mv(s.client);
     locks = kj::mv(s.locks);
@@ -54,6 +58,11 @@ struct LockClient {
     r.setMode(mode);
     r.setBits(bits);
     return req.send().then([](auto&& resp) { return resp.getLockId(); });
+  }
+  void prolong(uint64_t id) {
+    auto req = locks.prolongRequest();
+    req.initLockIds(1).set(0, id);
+    req.send().wait(io.waitScope);
   }
   void cancel(uint64_t id) {
     auto req = locks.cancelRequest();
@@ -73,6 +82,7 @@ struct LockClient {
   rpc::LockSession::Client locks = nullptr;
   rpc::MetaSession::Client meta = nullptr;
   std::vector<uint64_t> asked;
+  uint32_t timeoutMs = 0;  // as the last callback said
   bool evicted = false;
 };
 
@@ -139,6 +149,30 @@ TEST(Locks, AClientThatDoesNotCancelIsEvictedAndToldSo) {
   auto again = stuck.meta.callRequest();
   again.initRequest().setGetattr(1);
   EXPECT_EQ(again.send().wait(io.waitScope).getReply().getError(), 0);
+}
+
+// A client asking for more time keeps its lock past the timeout, up to --lock-prolong-limit
+// after the callback; then it is evicted all the same.
+TEST(Locks, MoreTimeIsGivenUpToTheLimit) {
+  auto options = withLockTimeout();
+  options.metaArgs.insert(options.metaArgs.end(), {"--lock-prolong-limit", "3"});
+  TestCluster cluster(options);
+  auto io = kj::setupAsyncIo();
+  LockClient slow(io, cluster.metaAddress(), 7), other(io, cluster.metaAddress(), 8);
+  uint64_t held = slow.enqueue(rpc::LockMode::EX).wait(io.waitScope);
+  auto w = other.enqueue(rpc::LockMode::EX);
+  ASSERT_TRUE(spin(
+      io, [&] { return !slow.asked.empty(); }, 3000));
+  EXPECT_EQ(slow.timeoutMs, 1000u);
+  auto started = std::chrono::steady_clock::now();
+  while (!w.poll(io.waitScope)) {
+    slow.prolong(held);
+    io.provider->getTimer().afterDelay(300 * kj::MILLISECONDS).wait(io.waitScope);
+  }
+  double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  w.wait(io.waitScope);
+  EXPECT_GT(waited, 2.0);  // well past the 1 s timeout; the limit is 3 s from the callback
+  EXPECT_EQ(jsonNumber(cluster.status(0), "evictions"), 1u);
 }
 
 TEST(Locks, LocksOfAVanishedClientGoAfterTheTimeout) {

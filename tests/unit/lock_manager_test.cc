@@ -14,7 +14,7 @@ namespace {
 
 struct Owner : public LockOwner {
   explicit Owner(const char* n) : name(n) {}
-  void blocking(uint64_t id) override { asked.push_back(id); }
+  void blocking(uint64_t id, kj::Duration) override { asked.push_back(id); }
   kj::StringPtr ownerName() const override { return name; }
   kj::StringPtr name;
   std::vector<uint64_t> asked;
@@ -136,6 +136,51 @@ TEST_F(Locks, AnOwnerThatDoesNotCancelIsEvictedAndOthersProceed) {
   EXPECT_EQ(manager.stats().evictions, 1u);
   // A late cancel from the evicted owner is harmless.
   manager.cancel(a, 1);
+}
+
+// An owner whose give-back waits on something it does not control asks for more time: its
+// timeout starts again at each request, up to the limit counted from the callback.
+TEST_F(Locks, AProlongedLockOutlivesTheTimeoutButNotTheLimit) {
+  LockManager limited(
+      io.provider->getTimer(), 200 * kj::MILLISECONDS,
+      [this](LockOwner& o) { evicted.push_back(&o); }, 700 * kj::MILLISECONDS);
+  uint64_t held = limited.enqueue(a, spec(LockMode::PW)).wait(io.waitScope);
+  EXPECT_FALSE(limited.prolong(a, held));  // not called back: nothing to prolong
+  auto w = limited.enqueue(b, spec(LockMode::PR));
+  settle();
+  ASSERT_EQ(a.asked.size(), 1u);
+  EXPECT_FALSE(limited.prolong(b, held));  // only the owner asks
+  EXPECT_FALSE(limited.prolong(a, 999));   // unknown ids are ignored
+  auto started = io.provider->getTimer().now();
+  // Asked every 100 ms: no eviction at 200 ms, nor later, until the limit.
+  while (evicted.empty()) {
+    EXPECT_FALSE(granted(w));
+    bool more = limited.prolong(a, held);
+    io.provider->getTimer().afterDelay(100 * kj::MILLISECONDS).wait(io.waitScope);
+    if (!more) break;
+  }
+  w.wait(io.waitScope);
+  auto waited = io.provider->getTimer().now() - started;
+  EXPECT_GE(waited, 600 * kj::MILLISECONDS);
+  EXPECT_LT(waited, 2000 * kj::MILLISECONDS);
+  ASSERT_EQ(evicted.size(), 1u);
+  EXPECT_EQ(evicted[0], &a);
+  EXPECT_GE(limited.stats().prolonged, 5u);
+}
+
+// Asking for more time and then giving the lock back: no eviction.
+TEST_F(Locks, AProlongedLockCancelledInTimeEvictsNobody) {
+  uint64_t held = manager.enqueue(a, spec(LockMode::PW)).wait(io.waitScope);
+  auto w = manager.enqueue(b, spec(LockMode::PR));
+  settle();
+  for (int i = 0; i < 4; ++i) {
+    EXPECT_TRUE(manager.prolong(a, held));
+    io.provider->getTimer().afterDelay(100 * kj::MILLISECONDS).wait(io.waitScope);
+  }
+  EXPECT_FALSE(granted(w));  // 400 ms: twice the timeout
+  manager.cancel(a, held);
+  EXPECT_GT(w.wait(io.waitScope), 0u);
+  EXPECT_TRUE(evicted.empty());
 }
 
 TEST_F(Locks, WithdrawnRequestsLeaveTheQueue) {

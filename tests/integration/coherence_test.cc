@@ -288,6 +288,69 @@ TEST_F(Coherence, AWriterWaitingOnAbsentDataServersKeepsItsLocks) {
   EXPECT_EQ(readWhole(pa("f")), "after!");
 }
 
+// The same with the data servers killed and started again only after 2.5 lock timeouts: the
+// writer's batch waits at the links' gates, then goes to the new instances; nothing it had
+// answered is lost, and it is never evicted. The writer is a process of its own: a test process
+// holding a descriptor with queued writes would hang starting the servers again (the fork's
+// child closes its copy, and that close waits for the queued writes).
+TEST(CoherenceRestart, AWriterWaitingOnRestartingDataServersKeepsItsLocks) {
+  TestCluster::Options options;
+  options.metaArgs = {"--lock-timeout", "2"};
+  TestCluster cluster(options);
+  std::string ma = cluster.mount(), mb = cluster.mount();
+  writeAll(ma + "/f", "before");
+  int toWriter[2], fromWriter[2];
+  ASSERT_EQ(pipe(toWriter), 0);
+  ASSERT_EQ(pipe(fromWriter), 0);
+  pid_t writer = fork();
+  if (writer == 0) {
+    // Each step reports its result (0: done); a command on the pipe starts the next.
+    auto step = [&](bool ok) {
+      char r = ok ? 0 : char(errno);
+      char c;
+      if (write(fromWriter[1], &r, 1) != 1 || !ok) _exit(1);
+      if (read(toWriter[0], &c, 1) != 1) _exit(2);
+    };
+    int fd = open((ma + "/f").c_str(), O_WRONLY);
+    step(fd >= 0);
+    step(pwrite(fd, "after!", 6, 0) == 6);  // answered at once, queued behind
+    step(close(fd) == 0);
+    _exit(0);
+  }
+  ASSERT_GT(writer, 0);
+  auto next = [&]() -> int {
+    char r = -1;
+    if (read(fromWriter[0], &r, 1) != 1) return -1;
+    return r;
+  };
+  auto go = [&] {
+    char c = 0;
+    EXPECT_EQ(write(toWriter[1], &c, 1), 1);
+  };
+  std::string seen;
+  bool early = true;
+  if (next() == 0) {  // open
+    cluster.stopServer(1, SIGKILL);
+    cluster.stopServer(2, SIGKILL);
+    go();
+    EXPECT_EQ(next(), 0);                                      // pwrite
+    Background reading([&] { seen = readWhole(mb + "/f"); });  // calls A's locks back
+    early = reading.doneWithin(5000);
+    EXPECT_TRUE(cluster.startServer(1));
+    EXPECT_TRUE(cluster.startServer(2));
+  }
+  go();
+  EXPECT_EQ(next(), 0);  // close
+  go();
+  int status = -1;
+  EXPECT_EQ(waitpid(writer, &status, 0), writer);
+  EXPECT_FALSE(early) << "the reader did not wait for the writer's queued write";
+  EXPECT_EQ(seen, "after!");
+  EXPECT_EQ(jsonNumber(cluster.status(0), "evictions"), 0u);
+  EXPECT_EQ(readWhole(ma + "/f"), "after!");
+  EXPECT_GT(mountGauge(ma, "cairn_client_lock_prolongs_total"), 0u);
+}
+
 TEST_F(Coherence, SizeAndTimesAreSeenAtOnce) {
   writeAll(pa("f"), "12345");
   auto before = statOf(pb("f"));

@@ -302,6 +302,7 @@ TEST(CoherenceRestart, AWriterWaitingOnRestartingDataServersKeepsItsLocks) {
   int toWriter[2], fromWriter[2];
   ASSERT_EQ(pipe(toWriter), 0);
   ASSERT_EQ(pipe(fromWriter), 0);
+  std::string path = ma + "/f";  // the child only makes system calls: no allocation after fork
   pid_t writer = fork();
   if (writer == 0) {
     // Each step reports its result (0: done); a command on the pipe starts the next.
@@ -311,7 +312,7 @@ TEST(CoherenceRestart, AWriterWaitingOnRestartingDataServersKeepsItsLocks) {
       if (write(fromWriter[1], &r, 1) != 1 || !ok) _exit(1);
       if (read(toWriter[0], &c, 1) != 1) _exit(2);
     };
-    int fd = open((ma + "/f").c_str(), O_WRONLY);
+    int fd = open(path.c_str(), O_WRONLY);
     step(fd >= 0);
     step(pwrite(fd, "after!", 6, 0) == 6);  // answered at once, queued behind
     step(close(fd) == 0);

@@ -101,7 +101,10 @@ namespace cairn {
 
 uint64_t ServerContext::reportedSynced() const {
   uint64_t synced = syncer.lastSynced();
-  return barrier != 0 ? kj::min(barrier, synced) : synced;
+  KJ_IF_MAYBE (b, barrier) {
+    return kj::min(*b, synced);
+  }
+  return synced;
 }
 
 kj::Promise<void> ServerContext::replayTurn(ClientSession& session, uint64_t transno) {

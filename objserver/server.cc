@@ -385,8 +385,9 @@ kj::Promise<void> ServerImpl::replayBarrier(ReplayBarrierContext context) {
   ctx_.config.access.check(peer_, AccessPolicy::Call::REPLAY_BARRIER);
   KJ_REQUIRE(ctx_.config.testReplayBarrier,
              "replay barriers are a test hook: start the server with --test-replay-barrier");
-  ctx_.barrier = ctx_.target.replayBarrier();
-  context.getResults().setTransno(ctx_.barrier);
+  uint64_t at = ctx_.target.replayBarrier();
+  ctx_.barrier = at;
+  context.getResults().setTransno(at);
   return kj::READY_NOW;
 }
 

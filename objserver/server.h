@@ -211,7 +211,7 @@ public:
   uint64_t reportedSynced() const;
   size_t replaysApplied() const { return replaysApplied_; }
   double replaySeconds() const { return replaySeconds_; }
-  uint64_t barrier = 0;  // set by a replay barrier
+  kj::Maybe<uint64_t> barrier;  // set by a replay barrier (at 0 on a fresh target too)
 
   // Runs one update: a resend is answered from the reply record; otherwise `apply` runs in one
   // write transaction with a new transaction number, and the reply is recorded in it.

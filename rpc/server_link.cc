@@ -330,11 +330,13 @@ void ServerLink::connectLoop(unsigned attempt) {
                   peerVersion_ = kj::str(info.getSoftwareVersion());
                   peerKind_ = info.getKind();
                   if (reply.getEvicted()) {
-                    // The server refuses our replay now. Only a new instance lacks what
-                    // it answered: past what it has on disk (a crash, then --force).
-                    // Comparing its disk with the newest update it answered us also
-                    // catches synced ones gone with a restored older copy.
-                    bool lost = restarted_ && lastAnswered_ > connectSynced_;
+                    // The server refuses our replay now. Only another instance than the
+                    // one that answered our newest update can lack it: past what it has on
+                    // disk (a crash, then --force; or our replays refused because the crash
+                    // lost even our joining, and this is the reconnect after that refusal).
+                    // Comparing its disk with that update also catches synced ones gone with
+                    // a restored older copy.
+                    bool lost = answeredBy_ != instance_ && lastAnswered_ > connectSynced_;
                     eviction_ = Eviction{lost};
                     if (lost) {
                       size_t kept = 0;
@@ -536,7 +538,10 @@ kj::Promise<Response> ServerLink::send(kj::Own<Pending> pending, Build& build) {
                   auto reply = resp.getReply();
                   lastSynced_ = kj::max(lastSynced_, reply.getLastSynced());
                   KJ_IF_MAYBE (c, copy) {
-                    lastAnswered_ = kj::max(lastAnswered_, reply.getTransno());
+                    if (reply.getTransno() > lastAnswered_) {
+                      lastAnswered_ = reply.getTransno();
+                      answeredBy_ = instance_;
+                    }
                     if (reply.getTransno() > lastSynced_) keep(reply.getTransno(), kj::mv(*c));
                   }
                   synced(lastSynced_);
@@ -644,7 +649,10 @@ kj::Promise<void> ServerLink::replayOne(uint64_t transno) {
     lastSynced_ = kj::max(lastSynced_, reply.getLastSynced());
     // Renumbered (it could not keep its number): kept under the new one.
     uint64_t now = reply.getTransno();
-    lastAnswered_ = kj::max(lastAnswered_, now);
+    if (now > lastAnswered_) {
+      lastAnswered_ = now;
+      answeredBy_ = instance_;
+    }
     if (now != transno && now != 0) {
       auto node = kept_.extract(transno);
       if (!node.empty()) {

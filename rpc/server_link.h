@@ -211,6 +211,7 @@ private:
   kj::String peerVersion_;
   uint64_t lastSynced_ = 0;
   uint64_t lastAnswered_ = 0;  // the newest of our updates the server answered
+  uint64_t answeredBy_ = 0;    // the instance that answered it
   kj::Maybe<Eviction> eviction_;
   uint64_t writebackEpoch_ = 0;  // bumped by forgetWriteback()
   uint64_t serverLock_ = 0;      // our PR on the active-server lock of this connection

@@ -243,6 +243,7 @@ kj::Promise<void> ServerImpl::connect(ConnectContext context) {
   ctx_.admit(session);
   session.connectedAt = ctx_.io.provider->getTimer().now();
   bool backFromAway = false;
+  bool firstJoin = false;
   if (session.role == rpc::Hello::Role::CLIENT) {
     session.squashRoot = ctx_.config.squash.squashes(peer_);
     results.setRootSquashed(session.squashRoot);
@@ -253,6 +254,7 @@ kj::Promise<void> ServerImpl::connect(ConnectContext context) {
       joined = ctx_.clients.joined(txn, session.uuid);
       backFromAway = ctx_.clients.away(txn, session.uuid);
     }
+    firstJoin = !joined;
     // Only a first connect, a return after an eviction or after being away has anything to
     // write.
     kj::Maybe<kj::String> evicted;
@@ -281,8 +283,9 @@ kj::Promise<void> ServerImpl::connect(ConnectContext context) {
     results.setData(kj::heap<DataService>(ctx_, kj::addRef(session)));
   }
   // The away mark must be gone from the disk before this client's next update is answered:
-  // a recovery that found it would not wait for that update's replay.
-  if (backFromAway) return ctx_.syncer.syncNow();
+  // a recovery that found it would not wait for that update's replay. Likewise the joining
+  // itself: a target restarted without it would refuse the client's replays as a stranger's.
+  if (backFromAway || firstJoin) return ctx_.syncer.syncNow();
   return kj::READY_NOW;
 }
 

@@ -334,8 +334,9 @@ void LockManager::expired(uint64_t id) {
   if (it == locks_.end()) return;
   LockOwner& owner = *it->second->owner;
   ++evictions_;
+  // Since the callback: longer than the timeout if the owner asked for more time.
   spdlog::warn("{} did not cancel lock {} within {} ms: evicting it", owner.ownerName().cStr(), id,
-               callbackTimeout_ / kj::MILLISECONDS);
+               (timer_.now() - it->second->calledBackAt) / kj::MILLISECONDS);
   // Its locks go first: the eviction may end the owner's session, and the owner with it.
   dropAll(owner);
   evict_(owner);

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <random>
 
+#include "fusefs/reply_bytes.h"
 #include "rpc/errors.h"
 #include "rpc/feature_flags.h"
 #include "rpc/lock_names.h"
@@ -1724,33 +1725,61 @@ kj::Promise<kj::Array<kj::byte>> Client::readUnlocked(uint64_t fh, uint64_t offs
   });
 }
 
+namespace {
+
+// The read request of one piece of a file.
+kj::Function<void(rpc::DataRequest::Builder)> readRequest(uint64_t object, const Piece& p) {
+  return [object, p](rpc::DataRequest::Builder b) {
+    auto r = b.initRead();
+    r.setObjectId(object);
+    r.setOffset(p.objectOffset);
+    r.setLength(uint32_t(p.length));
+  };
+}
+
+// Copies a piece's reply to `out`; zeros what the reply leaves out (a hole at the end).
+void fillPiece(ServerLink::DataResponse& resp, kj::ArrayPtr<kj::byte> out) {
+  auto reply = resp.getReply();
+  checkErrno(reply.getError());
+  auto data = reply.getData();
+  size_t n = kj::min(data.size(), out.size());
+  memcpy(out.begin(), data.begin(), n);
+  memset(out.begin() + n, 0, out.size() - n);
+}
+
+}  // namespace
+
 kj::Promise<kj::Array<kj::byte>> Client::fetch(const StripeLayout& layout, uint64_t offset,
                                                size_t length) {
-  // Not zeroed first: each piece fills its part, and zeros only what its reply leaves out.
-  auto buffer = kj::heapArray<kj::byte>(length);
   auto pieces = splitRange(layout, offset, length);
-  auto parts = kj::heapArrayBuilder<kj::Promise<void>>(pieces.size());
   uint64_t object = layout.objectId;
-  for (auto& p : pieces) {
-    kj::byte* out = buffer.begin() + (p.fileOffset - offset);
-    parts.add(dataLink(layout.targets[p.slot]).then([object, p, out](ServerLink* link) {
-      return link
-          ->data(
-              [object, p](rpc::DataRequest::Builder b) {
-                auto r = b.initRead();
-                r.setObjectId(object);
-                r.setOffset(p.objectOffset);
-                r.setLength(uint32_t(p.length));
-              },
-              false)
-          .then([p, out](ServerLink::DataResponse&& resp) {
+  if (pieces.size() == 1) {
+    // Within one stripe (a read-ahead chunk, any read of a stripe or less): the reply's own
+    // bytes are the buffer, kept alive with the reply. A copy here was one of the five passes
+    // the mount's one thread made over each byte of a sequential read.
+    auto p = pieces[0];
+    return dataLink(layout.targets[p.slot]).then([object, p](ServerLink* link) {
+      return link->data(readRequest(object, p), false)
+          .then([p](ServerLink::DataResponse&& resp) -> kj::Array<kj::byte> {
             auto reply = resp.getReply();
             checkErrno(reply.getError());
             auto data = reply.getData();
-            size_t n = kj::min(data.size(), size_t(p.length));
-            memcpy(out, data.begin(), n);
-            memset(out + n, 0, p.length - n);  // shorter than asked: the rest is a hole
+            if (data.size() == p.length) return replyBytes(kj::mv(resp));
+            auto buffer = kj::heapArray<kj::byte>(p.length);
+            fillPiece(resp, buffer);
+            return buffer;
           });
+    });
+  }
+  // Not zeroed first: each piece fills its part, and zeros only what its reply leaves out.
+  auto buffer = kj::heapArray<kj::byte>(length);
+  auto parts = kj::heapArrayBuilder<kj::Promise<void>>(pieces.size());
+  for (auto& p : pieces) {
+    auto out = buffer.slice(p.fileOffset - offset, p.fileOffset - offset + p.length);
+    parts.add(dataLink(layout.targets[p.slot]).then([object, p, out](ServerLink* link) {
+      return link->data(readRequest(object, p), false).then([out](ServerLink::DataResponse&& resp) {
+        fillPiece(resp, out);
+      });
     }));
   }
   return kj::joinPromises(parts.finish()).then([buffer = kj::mv(buffer)]() mutable {

@@ -95,11 +95,18 @@ kj::Promise<void> DataService::run(CallContext context) {
                             uint64_t(r.getLength()) * (1 + PREFETCH_AHEAD));
         }
         // Copied from the map straight into the reply (a new blob is zeros: holes need nothing).
-        auto data =
-            capnp::Orphanage::getForMessageContaining(reply).newOrphan<capnp::Data>(r.getLength());
-        size_t filled = objects_.read(txn, r.getObjectId(), r.getOffset(), data.get());
-        data.truncate(filled);
-        reply.adoptData(kj::mv(data));
+        // The blob is made in place: one made apart and adopted needed a landing pad for its
+        // pointer, which took a new segment of the message's growing size — another blob-sized
+        // allocation zeroed, for two words.
+        auto data = reply.initData(r.getLength());
+        size_t filled = objects_.read(txn, r.getObjectId(), r.getOffset(), data);
+        if (filled < data.size()) {
+          // The object ends sooner: the blob is cut to what is there (the space it gives back
+          // at the end of its segment takes the landing pad).
+          auto orphan = reply.disownData();
+          orphan.truncate(filled);
+          reply.adoptData(kj::mv(orphan));
+        }
         ctx_.bytesOut += filled;
       } catch (FsError& e) {
         reply.setError(e.err());

@@ -325,6 +325,48 @@ TEST(BadInput, AbsurdDataRequestsGetErrors) {
   EXPECT_TRUE(serving(cluster, 1));
 }
 
+// Reads that reach past what an object holds get what is there, up to its last stored byte
+// in the range; holes before it come as zeros. (The server builds the reply's blob in place and
+// cuts it there.)
+TEST(BadInput, ReadsPastTheEndOfAnObjectGetWhatIsThere) {
+  TestCluster cluster;
+  RawClient data(cluster.address(1));
+  auto session = data.data();
+  auto pattern = kj::heapArray<kj::byte>(100 * 1024 + 3);
+  for (auto i : kj::indices(pattern)) pattern[i] = kj::byte(i * 31 + 7);
+  auto w = session.callRequest();
+  auto write = w.initRequest().initWrite();
+  write.setObjectId(9);
+  write.setOffset(200 * 1024);  // a hole of 200 KiB first
+  write.setData(pattern);
+  ASSERT_EQ(w.send().wait(data.io.waitScope).getReply().getError(), 0);
+  auto read = [&](uint64_t offset, uint32_t length) {
+    auto r = session.callRequest();
+    auto rd = r.initRequest().initRead();
+    rd.setObjectId(9);
+    rd.setOffset(offset);
+    rd.setLength(length);
+    auto resp = r.send().wait(data.io.waitScope);
+    EXPECT_EQ(resp.getReply().getError(), 0);
+    return kj::heapArray<kj::byte>(resp.getReply().getData());
+  };
+  uint64_t end = 200 * 1024 + pattern.size();
+  auto whole = read(0, 1 << 20);  // far past the end: cut at the last stored byte
+  ASSERT_EQ(whole.size(), end);
+  for (size_t i = 0; i < 200 * 1024; ++i) ASSERT_EQ(whole[i], 0) << "hole byte " << i;
+  EXPECT_EQ(whole.slice(200 * 1024, end), pattern.asPtr());
+  auto exact = read(200 * 1024, uint32_t(pattern.size()));  // exactly what is there
+  EXPECT_EQ(exact.asPtr(), pattern.asPtr());
+  auto tail = read(end - 10, 4096);
+  EXPECT_EQ(tail.asPtr(), pattern.slice(pattern.size() - 10, pattern.size()));
+  EXPECT_EQ(read(end, 4096).size(), 0u);
+  EXPECT_EQ(read(5 << 20, 4096).size(), 0u);
+  // Within the hole, the object going on after it: nothing stored there, so nothing comes
+  // back (the client makes the zeros, as for any reply shorter than asked).
+  EXPECT_EQ(read(0, 4096).size(), 0u);
+  EXPECT_TRUE(serving(cluster, 1));
+}
+
 TEST(BadInput, OversizedMessagesAndTooManyConnectionsAreRefused) {
   TestCluster::Options options;
   options.dataServers = 1;

@@ -176,8 +176,7 @@ kj::Promise<void> LockCache::prolongLoop(kj::Duration every) {
     KJ_IF_MAYBE (f, heldUp_) {
       heldUp = (*f)();
     }
-    if (!heldUp) return prolongLoop(kj::max(shortest / 3, MIN_PROLONG_EVERY));
-    KJ_IF_MAYBE (session, link_.currentLocks()) {
+    KJ_IF_MAYBE (session, heldUp ? link_.currentLocks() : nullptr) {
       auto req = session->prolongRequest();
       auto list = req.initLockIds(ids.size());
       for (auto i : kj::indices(ids)) list.set(i, ids[i]);

@@ -1762,9 +1762,9 @@ kj::Promise<kj::Array<kj::byte>> Client::fetch(const StripeLayout& layout, uint6
       return link->data(readRequest(object, p), false)
           .then([p](ServerLink::DataResponse&& resp) -> kj::Array<kj::byte> {
             auto reply = resp.getReply();
-            checkErrno(reply.getError());
-            auto data = reply.getData();
-            if (data.size() == p.length) return replyBytes(kj::mv(resp));
+            if (reply.getError() == 0 && reply.getData().size() == p.length) {
+              return replyBytes(kj::mv(resp));
+            }
             auto buffer = kj::heapArray<kj::byte>(p.length);
             fillPiece(resp, buffer);
             return buffer;

@@ -538,10 +538,7 @@ kj::Promise<Response> ServerLink::send(kj::Own<Pending> pending, Build& build) {
                   auto reply = resp.getReply();
                   lastSynced_ = kj::max(lastSynced_, reply.getLastSynced());
                   KJ_IF_MAYBE (c, copy) {
-                    if (reply.getTransno() > lastAnswered_) {
-                      lastAnswered_ = reply.getTransno();
-                      answeredBy_ = instance_;
-                    }
+                    answered(reply.getTransno());
                     if (reply.getTransno() > lastSynced_) keep(reply.getTransno(), kj::mv(*c));
                   }
                   synced(lastSynced_);
@@ -622,6 +619,13 @@ kj::Promise<void> ServerLink::replay(uint64_t gen, uint64_t serverSynced) {
   });
 }
 
+void ServerLink::answered(uint64_t transno) {
+  if (transno > lastAnswered_) {
+    lastAnswered_ = transno;
+    answeredBy_ = instance_;
+  }
+}
+
 template <typename Response>
 kj::Promise<void> ServerLink::replayOne(uint64_t transno) {
   auto& conn = *KJ_ASSERT_NONNULL(connection_);
@@ -649,10 +653,7 @@ kj::Promise<void> ServerLink::replayOne(uint64_t transno) {
     lastSynced_ = kj::max(lastSynced_, reply.getLastSynced());
     // Renumbered (it could not keep its number): kept under the new one.
     uint64_t now = reply.getTransno();
-    if (now > lastAnswered_) {
-      lastAnswered_ = now;
-      answeredBy_ = instance_;
-    }
+    answered(now);
     if (now != transno && now != 0) {
       auto node = kept_.extract(transno);
       if (!node.empty()) {

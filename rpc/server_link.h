@@ -170,6 +170,9 @@ private:
   kj::Promise<void> replay(uint64_t generation, uint64_t serverSynced);
   template <typename Response>
   kj::Promise<void> replayOne(uint64_t transno);
+  // An update of ours answered as `transno` (a reply or a replay's): the newest one and the
+  // instance that answered it, which an eviction compares with its disk.
+  void answered(uint64_t transno);
   struct Pending;
   template <typename Response, typename Build>
   kj::Promise<Response> send(kj::Own<Pending> pending, Build& build);

@@ -272,6 +272,7 @@ Ending serveTarget(Process& p, kj::Own<TargetLock> lock) {
   } else {
     KJ_REQUIRE(!o.mgs.empty(), "a data server needs --mgs, the metadata server's address");
     ctx.objects = *objects.emplace(kj::heap<ObjectStore>(target));
+    spdlog::info("objects kept in chunks of {} bytes", target.chunkSize());
     // The metadata target keeps both addresses of a pair and gives them to clients.
     auto addresses = kj::heapArrayBuilder<kj::String>(o.partner.empty() ? 1 : 2);
     addresses.add(kj::str(p.advertise));
@@ -564,6 +565,9 @@ int main(int argc, char** argv) {
   f->add_option("--index", format.index, "the target's index");
   f->add_option("--stripe-size", format.stripeSize, "meta: default stripe size in bytes");
   f->add_option("--stripe-count", format.stripeCount, "meta: default stripe count (0 = all)");
+  f->add_option("--chunk-size", format.chunkSize,
+                "data: bytes per stored chunk, 512 to 65536 (a smaller write rewrites a whole "
+                "chunk; default: four LMDB pages less the page header, 16368 with 4 KiB pages)");
 
   CLI11_PARSE(app, argc, argv);
 

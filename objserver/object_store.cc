@@ -20,9 +20,24 @@ struct ChunkKey {
 
 // The largest offset we accept: file offsets are signed 64-bit in POSIX.
 constexpr uint64_t MAX_OFFSET = uint64_t(INT64_MAX);
+
+// LMDB's page header (PAGEHDRSZ), which precedes a large value on its first overflow page.
+constexpr uint32_t OVERFLOW_HEADER = 16;
 }  // namespace
 
-ObjectStore::ObjectStore(Target& target) : chunks_(target.db("chunks")) {}
+uint32_t ObjectStore::defaultChunkSize() {
+  // LMDB makes its pages the size of the OS's when it creates an environment.
+  return uint32_t(4 * sysconf(_SC_PAGESIZE)) - OVERFLOW_HEADER;
+}
+
+uint32_t ObjectStore::requireChunkSize(uint32_t size) {
+  KJ_REQUIRE(size >= MIN_CHUNK_SIZE && size <= MAX_CHUNK_SIZE,
+             "a data target's chunk size is from 512 bytes to 64 KiB", size);
+  return size;
+}
+
+ObjectStore::ObjectStore(Target& target)
+    : chunkSize_(requireChunkSize(target.chunkSize())), chunks_(target.db("chunks")) {}
 
 void ObjectStore::write(store::Txn& txn, uint64_t object, uint64_t offset,
                         kj::ArrayPtr<const kj::byte> data) {
@@ -30,16 +45,16 @@ void ObjectStore::write(store::Txn& txn, uint64_t object, uint64_t offset,
   uint64_t end = offset + data.size();
   uint64_t pos = offset;
   while (pos < end) {
-    uint64_t chunk = pos / CHUNK_SIZE;
-    uint64_t within = pos % CHUNK_SIZE;
-    uint64_t n = kj::min(CHUNK_SIZE - within, end - pos);
+    uint64_t chunk = pos / chunkSize_;
+    uint64_t within = pos % chunkSize_;
+    uint64_t n = kj::min(chunkSize_ - within, end - pos);
     ChunkKey key(object, chunk);
     auto piece = data.slice(pos - offset, pos - offset + n);
-    if (within == 0 && n == CHUNK_SIZE) {
+    if (within == 0 && n == chunkSize_) {
       txn.put(chunks_, key.ptr(), piece);
     } else {
       // Partial chunk: merge with what is stored.
-      kj::byte buf[CHUNK_SIZE];
+      kj::byte buf[MAX_CHUNK_SIZE];
       size_t have = 0;
       KJ_IF_MAYBE (old, txn.get(chunks_, key.ptr())) {
         have = old->size();
@@ -58,11 +73,11 @@ template <typename Func>
 void ObjectStore::forEachChunk(store::Txn& txn, uint64_t object, uint64_t offset, uint64_t end,
                                Func&& func) {
   store::Cursor cursor(txn, chunks_);
-  ChunkKey first(object, offset / CHUNK_SIZE);
+  ChunkKey first(object, offset / chunkSize_);
   for (auto item = cursor.seek(first.ptr());; item = cursor.next()) {
     KJ_IF_MAYBE (i, item) {
       if (store::readU64(i->key, 0) != object) break;
-      uint64_t chunkStart = store::readU64(i->key, 8) * CHUNK_SIZE;
+      uint64_t chunkStart = store::readU64(i->key, 8) * chunkSize_;
       if (chunkStart >= end) break;
       func(chunkStart, i->value);
     } else {
@@ -115,13 +130,13 @@ void ObjectStore::prefetch(store::Txn& txn, uint64_t object, uint64_t offset, ui
 
 void ObjectStore::truncate(store::Txn& txn, uint64_t object, uint64_t size) {
   fsRequire(size <= MAX_OFFSET, EINVAL);
-  uint64_t firstGone = size / CHUNK_SIZE;
-  uint64_t within = size % CHUNK_SIZE;
+  uint64_t firstGone = size / chunkSize_;
+  uint64_t within = size % chunkSize_;
   if (within > 0) {
     ChunkKey boundary(object, firstGone);
     KJ_IF_MAYBE (old, txn.get(chunks_, boundary.ptr())) {
       if (old->size() > within) {
-        kj::byte buf[CHUNK_SIZE];
+        kj::byte buf[MAX_CHUNK_SIZE];
         memcpy(buf, old->begin(), within);
         txn.put(chunks_, boundary.ptr(), kj::arrayPtr(buf, within));
       }

@@ -1,6 +1,11 @@
 // File objects on a data target, kept in fixed-size chunks: key objectId + chunk index, value
-// up to CHUNK_SIZE bytes. A missing chunk, or the part of a chunk past its stored length, is a
-// hole and reads as zeros, so sparse files cost only what was written.
+// up to the target's chunk size. A missing chunk, or the part of a chunk past its stored length,
+// is a hole and reads as zeros, so sparse files cost only what was written.
+//
+// LMDB never changes a value in place: a write smaller than a chunk stores the whole chunk
+// anew (and the next sync writes all of it to disk), so the chunk size is what a small random
+// write costs. A value this large lives on overflow pages, the first of which starts with a
+// 16-byte header; the default chunk fills four pages exactly.
 #pragma once
 
 #include <kj/array.h>
@@ -12,9 +17,17 @@ namespace cairn {
 
 class ObjectStore {
 public:
-  static constexpr uint64_t CHUNK_SIZE = 64 * 1024;
+  static constexpr uint32_t MIN_CHUNK_SIZE = 512;
+  static constexpr uint32_t MAX_CHUNK_SIZE = 64 * 1024;
+
+  // For a new target: four LMDB pages (the OS's page size) less the overflow page header.
+  static uint32_t defaultChunkSize();
+  // Returns `size` if it is a chunk size this code can keep; throws if not (a damaged header,
+  // a bad option).
+  static uint32_t requireChunkSize(uint32_t size);
 
   explicit ObjectStore(Target& target);
+  uint64_t chunkSize() const { return chunkSize_; }
 
   void write(store::Txn& txn, uint64_t object, uint64_t offset, kj::ArrayPtr<const kj::byte> data);
   // Copies what is stored of [offset, offset + out.size()) into `out`, which the caller zeroed
@@ -34,6 +47,7 @@ private:
   template <typename Func>
   void forEachChunk(store::Txn& txn, uint64_t object, uint64_t offset, uint64_t end, Func&& func);
 
+  uint64_t chunkSize_;
   MDB_dbi chunks_;
 };
 

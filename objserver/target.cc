@@ -10,13 +10,17 @@
 
 #include <random>
 
+#include "objserver/object_store.h"
 #include "rpc/version.h"
 
 namespace cairn {
 
 namespace {
 
-constexpr uint32_t FORMAT_VERSION = 1;
+// Format 2 records the data targets' chunk size; format 1 had none and kept 64 KiB chunks.
+// Both are read; new targets are format 2, which earlier versions refuse.
+constexpr uint32_t FORMAT_VERSION = 2;
+constexpr uint32_t FORMAT_1_CHUNK_SIZE = 64 * 1024;
 constexpr kj::StringPtr HEADER_KEY = "header"_kj;
 constexpr kj::StringPtr TRANSNO_KEY = "lastTransno"_kj;
 
@@ -80,6 +84,12 @@ void Target::format(kj::StringPtr dir, const FormatOptions& options) {
   header.setCleanShutdown(true);
   header.setDefaultStripeSize(options.stripeSize);
   header.setDefaultStripeCount(options.stripeCount);
+  if (options.kind == rpc::TargetKind::DATA) {
+    uint32_t chunkSize =
+        options.chunkSize != 0 ? options.chunkSize : ObjectStore::defaultChunkSize();
+    ObjectStore::requireChunkSize(chunkSize);
+    header.setChunkSize(chunkSize);
+  }
   txn.putMessage(dbi, keyOf(HEADER_KEY), message);
   txn.commit();
   env.sync();
@@ -122,7 +132,7 @@ Target::Target(kj::StringPtr dir, rpc::TargetKind expectedKind, OpenOptions opti
   } catch (kj::Exception& e) {
     KJ_FAIL_REQUIRE("the target's header is damaged", dir, e.getDescription());
   }
-  KJ_REQUIRE(header.getFormatVersion() == FORMAT_VERSION,
+  KJ_REQUIRE(header.getFormatVersion() == 1 || header.getFormatVersion() == FORMAT_VERSION,
              "the target was formatted with an on-disk layout this version does not know", dir,
              header.getFormatVersion());
   KJ_REQUIRE(header.getKind() == expectedKind, "the target is of another kind", dir,
@@ -135,6 +145,7 @@ Target::Target(kj::StringPtr dir, rpc::TargetKind expectedKind, OpenOptions opti
   index_ = header.getIndex();
   stripeSize_ = header.getDefaultStripeSize();
   stripeCount_ = header.getDefaultStripeCount();
+  chunkSize_ = header.getFormatVersion() == 1 ? FORMAT_1_CHUNK_SIZE : header.getChunkSize();
   KJ_IF_MAYBE (v, options.versionOverride) {
     version_ = kj::str(*v);
   } else {

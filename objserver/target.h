@@ -24,6 +24,7 @@ struct FormatOptions {
   uint32_t index = 0;
   uint32_t stripeSize = 1 << 20;
   uint32_t stripeCount = 0;  // 0 = all data targets
+  uint32_t chunkSize = 0;    // data: bytes per stored chunk; 0 = ObjectStore::defaultChunkSize()
 };
 
 struct OpenOptions {
@@ -57,6 +58,8 @@ public:
   uint64_t instance() const { return instance_; }
   uint32_t defaultStripeSize() const { return stripeSize_; }
   uint32_t defaultStripeCount() const { return stripeCount_; }
+  // Data: how many bytes of an object each stored chunk holds (fixed when formatted).
+  uint32_t chunkSize() const { return chunkSize_; }
   kj::StringPtr softwareVersion() const { return version_; }
   // Why the start-up check let this instance start.
   kj::StringPtr startReason() const { return startReason_; }
@@ -99,6 +102,7 @@ private:
   uint64_t instance_ = 0;
   uint32_t stripeSize_ = 0;
   uint32_t stripeCount_ = 0;
+  uint32_t chunkSize_ = 0;
   kj::String version_;
   kj::StringPtr startReason_;
   bool previousClean_ = false;

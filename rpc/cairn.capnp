@@ -541,6 +541,7 @@ struct TargetHeader {
   defaultStripeSize @10 :UInt32;
   defaultStripeCount @11 :UInt32;
   nextIno @12 :UInt64;         # meta only
+  chunkSize @13 :UInt32;       # data: bytes per stored chunk (format 2; format 1 kept 65536)
 }
 
 # A metadata target's inode record.

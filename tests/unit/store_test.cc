@@ -187,15 +187,93 @@ TEST(Target, TransactionNumbersSurviveRestarts) {
   EXPECT_EQ(t.nextTransno(txn), last + 1);
 }
 
-class Objects : public ::testing::Test {
+// Rewrites a target's header as `edit` says (as another version, or damage, would leave it).
+template <typename Edit>
+void editHeader(const std::string& path, Edit&& edit) {
+  store::Env env(path.c_str(), store::Env::Options{});
+  MDB_dbi dbi = env.openDb("target");
+  store::Txn txn(env, store::Txn::WRITE);
+  store::StoredMessage stored(KJ_REQUIRE_NONNULL(txn.get(dbi, b("header"))));
+  capnp::MallocMessageBuilder message;
+  message.setRoot(stored.getRoot<rpc::TargetHeader>());
+  edit(message.getRoot<rpc::TargetHeader>());
+  txn.putMessage(dbi, b("header"), message);
+  txn.commit();
+}
+
+FormatOptions dataFormat(uint32_t chunkSize = 0) {
+  FormatOptions f;
+  f.kind = rpc::TargetKind::DATA;
+  f.fsName = kj::str("unit");
+  f.chunkSize = chunkSize;
+  return f;
+}
+
+TEST(Target, DataTargetsRecordTheirChunkSize) {
+  TempDir dir;
+  auto path = dir.path() + "/d";
+  Target::format(path.c_str(), dataFormat());
+  {
+    Target t(path.c_str(), rpc::TargetKind::DATA, OpenOptions{});
+    EXPECT_EQ(t.chunkSize(), ObjectStore::defaultChunkSize());
+    EXPECT_EQ(ObjectStore(t).chunkSize(), ObjectStore::defaultChunkSize());
+    t.markClean();
+  }
+  // Four pages exactly, with LMDB's header on the first.
+  EXPECT_EQ((ObjectStore::defaultChunkSize() + 16) % sysconf(_SC_PAGESIZE), 0);
+  auto chosen = dir.path() + "/chosen";
+  Target::format(chosen.c_str(), dataFormat(4000));
+  EXPECT_EQ(Target(chosen.c_str(), rpc::TargetKind::DATA, OpenOptions{}).chunkSize(), 4000u);
+  EXPECT_ANY_THROW(Target::format((dir.path() + "/small").c_str(), dataFormat(100)));
+  EXPECT_ANY_THROW(Target::format((dir.path() + "/large").c_str(), dataFormat(65537)));
+}
+
+TEST(Target, FormatOneTargetsKeepSixtyFourKiBChunks) {
+  TempDir dir;
+  auto path = dir.path() + "/d";
+  Target::format(path.c_str(), dataFormat(ObjectStore::MAX_CHUNK_SIZE));
+  {
+    Target t(path.c_str(), rpc::TargetKind::DATA, OpenOptions{});
+    ObjectStore objects(t);
+    store::Txn txn(t.env(), store::Txn::WRITE);
+    objects.write(txn, 7, 65530, b("0123456789"));  // across the 64 KiB boundary
+    txn.commit();
+    t.markClean();
+  }
+  // As version 0.1.0 formatted it: format 1, no chunk size recorded.
+  editHeader(path, [](rpc::TargetHeader::Builder h) {
+    h.setFormatVersion(1);
+    h.setChunkSize(0);
+  });
+  {
+    Target t(path.c_str(), rpc::TargetKind::DATA, OpenOptions{});
+    EXPECT_EQ(t.chunkSize(), 65536u);
+    ObjectStore objects(t);
+    store::Txn txn(t.env(), store::Txn::READ);
+    kj::byte out[10] = {};
+    ASSERT_EQ(objects.read(txn, 7, 65530, out), 10u);
+    EXPECT_EQ(kj::heapString(reinterpret_cast<char*>(out), 10), "0123456789");
+    EXPECT_EQ(objects.objectCount(txn), 2u);  // two chunks: the boundary is where it was
+    t.markClean();
+  }
+  // A layout from the future, and a chunk size nobody wrote, are refused.
+  editHeader(path, [](rpc::TargetHeader::Builder h) { h.setFormatVersion(3); });
+  EXPECT_ANY_THROW(Target(path.c_str(), rpc::TargetKind::DATA, OpenOptions{}));
+  editHeader(path, [](rpc::TargetHeader::Builder h) {
+    h.setFormatVersion(2);
+    h.setChunkSize(70000);
+  });
+  Target t(path.c_str(), rpc::TargetKind::DATA, OpenOptions{});
+  EXPECT_ANY_THROW(kj::heap<ObjectStore>(t));
+}
+
+// Every test of the object store runs with the default chunk size, format 1's, and an odd one.
+class Objects : public ::testing::TestWithParam<uint32_t> {
 protected:
   // kj destructors may throw; a test fixture's must not.
   ~Objects() noexcept override {}
   void SetUp() override {
-    FormatOptions f;
-    f.kind = rpc::TargetKind::DATA;
-    f.fsName = kj::str("unit");
-    Target::format((dir.path() + "/d").c_str(), f);
+    Target::format((dir.path() + "/d").c_str(), dataFormat(GetParam()));
     target = kj::heap<Target>((dir.path() + "/d").c_str(), rpc::TargetKind::DATA, OpenOptions{});
     objects = kj::heap<ObjectStore>(*target);
   }
@@ -220,8 +298,8 @@ protected:
   kj::Own<ObjectStore> objects;
 };
 
-TEST_F(Objects, WritesReadsAndHoles) {
-  const uint64_t C = ObjectStore::CHUNK_SIZE;
+TEST_P(Objects, WritesReadsAndHoles) {
+  const uint64_t C = objects->chunkSize();
   write(1, 10, "hello");
   EXPECT_EQ(read(1, 0, 100), std::string(10, '\0') + "hello");  // cut after the last byte
   write(1, C - 2, "span");                                      // across a chunk boundary
@@ -235,8 +313,8 @@ TEST_F(Objects, WritesReadsAndHoles) {
   EXPECT_EQ(read(2, 0, 10), "");  // another object
 }
 
-TEST_F(Objects, TruncateAndDestroy) {
-  const uint64_t C = ObjectStore::CHUNK_SIZE;
+TEST_P(Objects, TruncateAndDestroy) {
+  const uint64_t C = objects->chunkSize();
   write(1, 0, std::string(3 * C, 'a'));
   write(2, 0, "other");
   {
@@ -256,8 +334,8 @@ TEST_F(Objects, TruncateAndDestroy) {
   EXPECT_EQ(read(2, 0, 100), "other");
 }
 
-TEST_F(Objects, PrefetchIsAdviceAtAnyRange) {
-  const uint64_t C = ObjectStore::CHUNK_SIZE;
+TEST_P(Objects, PrefetchIsAdviceAtAnyRange) {
+  const uint64_t C = objects->chunkSize();
   write(1, 0, std::string(4 * C, 'p'));
   write(2, 0, "next object");
   store::Txn txn(target->env(), store::Txn::READ);
@@ -268,7 +346,7 @@ TEST_F(Objects, PrefetchIsAdviceAtAnyRange) {
   objects->prefetch(txn, 1, 2 * C + 7, 0);
 }
 
-TEST_F(Objects, OffsetsPastTheLimitAreRefused) {
+TEST_P(Objects, OffsetsPastTheLimitAreRefused) {
   store::Txn txn(target->env(), store::Txn::WRITE);
   kj::byte x = 1;
   try {
@@ -278,6 +356,8 @@ TEST_F(Objects, OffsetsPastTheLimitAreRefused) {
     EXPECT_EQ(e.err(), EFBIG);
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(ChunkSizes, Objects, ::testing::Values(0u, 65536u, 1000u));
 
 }  // namespace
 }  // namespace cairn

@@ -154,7 +154,11 @@ TEST_F(Locks, AProlongedLockOutlivesTheTimeoutButNotTheLimit) {
   auto started = io.provider->getTimer().now();
   // Asked every 100 ms: no eviction at 200 ms, nor later, until the limit.
   while (evicted.empty()) {
-    EXPECT_FALSE(granted(w));
+    // Granted only by the eviction, whose timer the poll itself may run (late on a loaded
+    // machine: the limit can pass between the loop's check and this poll).
+    bool grantedNow = granted(w);
+    EXPECT_TRUE(!grantedNow || !evicted.empty());
+    if (grantedNow) break;
     bool more = limited.prolong(a, held);
     io.provider->getTimer().afterDelay(100 * kj::MILLISECONDS).wait(io.waitScope);
     if (!more) break;

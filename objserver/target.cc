@@ -85,10 +85,8 @@ void Target::format(kj::StringPtr dir, const FormatOptions& options) {
   header.setDefaultStripeSize(options.stripeSize);
   header.setDefaultStripeCount(options.stripeCount);
   if (options.kind == rpc::TargetKind::DATA) {
-    uint32_t chunkSize =
-        options.chunkSize != 0 ? options.chunkSize : ObjectStore::defaultChunkSize();
-    ObjectStore::requireChunkSize(chunkSize);
-    header.setChunkSize(chunkSize);
+    header.setChunkSize(ObjectStore::requireChunkSize(
+        options.chunkSize != 0 ? options.chunkSize : ObjectStore::defaultChunkSize()));
   }
   txn.putMessage(dbi, keyOf(HEADER_KEY), message);
   txn.commit();

@@ -202,9 +202,8 @@ void editHeader(const std::string& path, Edit&& edit) {
 }
 
 FormatOptions dataFormat(uint32_t chunkSize = 0) {
-  FormatOptions f;
+  FormatOptions f = metaFormat();
   f.kind = rpc::TargetKind::DATA;
-  f.fsName = kj::str("unit");
   f.chunkSize = chunkSize;
   return f;
 }

@@ -88,6 +88,9 @@ kj::String renderClientMetrics(Client& client) {
   help(out, "cairn_client_lock_callbacks_total", "counter",
        "blocking callbacks received (a lock wanted elsewhere)");
   out.add(kj::str("cairn_client_lock_callbacks_total ", client.lockCache().callbacks(), "\n"));
+  help(out, "cairn_client_locks_forgotten_total", "counter",
+       "locks the server dropped because another client destroyed what they covered");
+  out.add(kj::str("cairn_client_locks_forgotten_total ", client.lockCache().forgotten(), "\n"));
   help(out, "cairn_client_lock_downgrades_total", "counter",
        "write locks turned into read locks when the last writer closed");
   out.add(kj::str("cairn_client_lock_downgrades_total ", client.lockCache().downgrades(), "\n"));

@@ -34,7 +34,11 @@ public:
     // Answered at once: the server waits for the cancel, not for this reply.
     auto params = context.getParams();
     if (handle_->cache != nullptr) {
-      handle_->cache->blocking(params.getLockId(), params.getTimeoutMs() * kj::MILLISECONDS);
+      if (params.getGone()) {
+        handle_->cache->forgotten(params.getLockId());
+      } else {
+        handle_->cache->blocking(params.getLockId(), params.getTimeoutMs() * kj::MILLISECONDS);
+      }
     }
     return kj::READY_NOW;
   }
@@ -157,6 +161,22 @@ void LockCache::blocking(uint64_t id, kj::Duration timeout) {
   }
 }
 
+void LockCache::forgotten(uint64_t id) {
+  ++forgotten_;
+  auto it = byId_.find(id);
+  if (it == byId_.end()) {
+    for (auto& [key, r] : revoking_) {
+      if (r.id == id) r.gone = true;  // being given back already: no cancel needed
+    }
+    // Or not seen yet: the grant, when it comes, is ignored.
+    if (early_.size() < 100000) early_.insert(id);
+    return;
+  }
+  Key key = it->second;
+  // Not given back as a callback is: a clean PW is not kept as PR, and no cancel is sent.
+  tasks_.add(release(key, true));
+}
+
 kj::Promise<void> LockCache::prolongLoop(kj::Duration every) {
   return timer_.afterDelay(every).then([this, every]() -> kj::Promise<void> {
     // Locks of the current connection only: the server dropped the others at reconnect.
@@ -193,10 +213,11 @@ void LockCache::giveBack(Key key) {
   tasks_.add(release(key));
 }
 
-kj::Promise<void> LockCache::release(Key key) {
+kj::Promise<void> LockCache::release(Key key, bool gone) {
   auto it = held_.find(key);
   if (it == held_.end()) return kj::READY_NOW;
   Revoking r{it->second.id, it->second.generation};
+  r.gone = gone;
   byId_.erase(it->second.id);
   held_.erase(it);
   revoking_.emplace(key, r);
@@ -204,7 +225,7 @@ kj::Promise<void> LockCache::release(Key key) {
     auto it = revoking_.find(key);
     if (it == revoking_.end()) return kj::READY_NOW;
     bool usedAgain = it->second.usedAgain;
-    cancel(it->second.id, it->second.generation);
+    if (!it->second.gone) cancel(it->second.id, it->second.generation);
     revoking_.erase(it);
     if (usedAgain) return revoke_(key.first, key.second);
     return kj::READY_NOW;

@@ -92,6 +92,7 @@ public:
 
   size_t size() const { return held_.size(); }
   uint64_t callbacks() const { return callbacks_; }
+  uint64_t forgotten() const { return forgotten_; }
   uint64_t downgrades() const { return downgrades_; }
   uint64_t prolongs() const { return prolongs_; }
 
@@ -107,6 +108,7 @@ private:
     uint64_t id;
     uint64_t generation;
     bool usedAgain = false;
+    bool gone = false;                       // dropped by the server already: nothing to cancel
     kj::Duration timeout = 0 * kj::SECONDS;  // the server's, if it called the lock back
   };
   class Callback;
@@ -116,11 +118,13 @@ private:
   kj::Promise<void> enqueue(uint64_t ino, uint64_t bit, rpc::LockMode mode, uint64_t replaces = 0);
   void replaced(uint64_t ino, uint64_t bit, uint64_t id, uint64_t old);
   void blocking(uint64_t id, kj::Duration timeout);
+  // The server dropped the lock with the inode it covered (destroyed by another client).
+  void forgotten(uint64_t id);
   // While locks called back are still being given back, asks the server for more time, a few
   // times per timeout (features::LOCK_PROLONG).
   kj::Promise<void> prolongLoop(kj::Duration every);
   void giveBack(Key key);
-  kj::Promise<void> release(Key key);
+  kj::Promise<void> release(Key key, bool gone = false);
   kj::Promise<void> dropCovered(Key key, unsigned pass);
   void cancel(uint64_t id, uint64_t generation);
   void flushCancels();
@@ -147,6 +151,7 @@ private:
   uint64_t convertGeneration_ = 0;
   uint64_t cancelGeneration_ = 0;
   uint64_t callbacks_ = 0;
+  uint64_t forgotten_ = 0;   // locks the server dropped with their inodes
   uint64_t downgrades_ = 0;  // conversions sent
   uint64_t prolongs_ = 0;    // locks for which more time was asked
   bool prolonging_ = false;  // prolongLoop() runs

@@ -221,6 +221,22 @@ void LockManager::dropAll(LockOwner& owner) {
   }
 }
 
+size_t LockManager::forget(const ResourceId& id, const LockOwner* told) {
+  auto found = resources_.find(id);
+  if (found == resources_.end()) return 0;
+  std::vector<std::pair<LockOwner*, uint64_t>> dropped;
+  for (Lock* g : found->second.granted) {
+    if (g->onBehalfOf == nullptr) dropped.emplace_back(g->owner, g->id);
+  }
+  for (auto& [owner, lockId] : dropped) remove(lockId);
+  forgotten_ += dropped.size();
+  // Told after all are gone: a cancel in answer (from an older client) is of an id nobody knows.
+  for (auto& [owner, lockId] : dropped) {
+    if (owner != told) owner->forgotten(lockId);
+  }
+  return dropped.size();
+}
+
 void LockManager::remove(uint64_t lockId) {
   auto it = locks_.find(lockId);
   if (it == locks_.end()) return;
@@ -358,6 +374,7 @@ LockManager::Stats LockManager::stats() const {
   s.callbacks = callbacks_;
   s.evictions = evictions_;
   s.prolonged = prolonged_;
+  s.forgotten = forgotten_;
   return s;
 }
 

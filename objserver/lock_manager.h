@@ -62,6 +62,8 @@ public:
   // A lock this owner holds is wanted by someone else: write back and cancel it within
   // `timeout` (or ask for more time: LockManager::prolong).
   virtual void blocking(uint64_t lockId, kj::Duration timeout) = 0;
+  // A lock this owner held was dropped with its resource (forget): drop what it covers.
+  virtual void forgotten(uint64_t lockId) = 0;
   virtual kj::StringPtr ownerName() const = 0;
 };
 
@@ -110,6 +112,12 @@ public:
   bool prolong(LockOwner& owner, uint64_t lockId);
   // Drops every lock and request of an owner (eviction, or a client gone for good).
   void dropAll(LockOwner& owner);
+  // The resource is gone for good (a destroyed inode: its number is never given out again), so
+  // what owners cache under it can never go stale: their granted locks are dropped at once,
+  // without waiting for their cancels, and each owner but `told` (which knows already) is told
+  // (LockOwner::forgotten) so that it drops what they covered. Locks a server update holds
+  // (taken on behalf of a client) stay with it. Returns how many were dropped.
+  size_t forget(const ResourceId& id, const LockOwner* told = nullptr);
 
   struct Stats {
     uint64_t granted = 0;
@@ -117,6 +125,7 @@ public:
     uint64_t callbacks = 0;  // blocking callbacks sent, ever
     uint64_t evictions = 0;  // owners evicted for not cancelling, ever
     uint64_t prolonged = 0;  // timeouts restarted at their owner's request, ever
+    uint64_t forgotten = 0;  // locks dropped with their resource, ever
   };
   Stats stats() const;
   size_t heldBy(const LockOwner& owner) const;
@@ -169,6 +178,7 @@ private:
   uint64_t callbacks_ = 0;
   uint64_t evictions_ = 0;
   uint64_t prolonged_ = 0;
+  uint64_t forgotten_ = 0;
   size_t droppedSinceTrim_ = 0;  // locks dropped with their owners since memory was trimmed
   ErrorHandler errorHandler_;
   kj::TaskSet tasks_;  // declared last: destroyed first, before the locks it refers to

@@ -150,6 +150,13 @@ kj::Promise<void> MetaService::run(CallContext context) {
           }
           auto reply = context.getResults();
           reply.setReply(message.getRoot<rpc::MetaReply>());
+          // Inodes the update destroyed: nobody's locks on them cover anything any more. The
+          // requester gives its own back (the reply tells it); others would keep theirs until
+          // their caches trim them.
+          for (auto a : reply.getReply().getChanged()) {
+            if (a.getMode() == 0)
+              ctx_.locks.forget(ResourceId{RES_INODE, a.getIno()}, session_.get());
+          }
           if (reply.getReply().getError() == 0) grant(req, reply.getReply());
           KJ_IF_MAYBE (d, ctx_.destroyer) {
             d->poke();
@@ -749,6 +756,7 @@ bool MetaService::release(uint64_t handle) {
     // The last close of an unlinked file destroys it.
     try {
       ctx_.commit([&](store::Txn& txn) { ns_.closed(txn, ino); });
+      ctx_.locks.forget(ResourceId{RES_INODE, ino});
     } catch (FsError& e) {
       // The orphan stays listed and is reaped at the next start.
       spdlog::warn("cannot destroy orphan {}: {}", ino, e.what());

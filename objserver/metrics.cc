@@ -105,6 +105,8 @@ kj::String renderMetrics(ServerContext& ctx) {
   gauge(out, "cairn_lock_prolongs_total",
         "lock timeouts restarted for a client whose give-back waits on a server away",
         double(locks.prolonged), "counter");
+  gauge(out, "cairn_locks_forgotten_total", "locks dropped because what they covered was destroyed",
+        double(locks.forgotten), "counter");
 
   size_t connected = 0, clients = 0;
   for (auto& [key, s] : ctx.sessions) {

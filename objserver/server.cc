@@ -30,6 +30,15 @@ void ClientSession::blocking(uint64_t lockId, kj::Duration timeout) {
   }
 }
 
+void ClientSession::forgotten(uint64_t lockId) {
+  KJ_IF_MAYBE (cb, callback) {
+    auto req = cb->blockingRequest();
+    req.setLockId(lockId);
+    req.setGone(true);
+    req.send().detach([](kj::Exception&&) {});
+  }
+}
+
 ServerContext::ServerContext(kj::AsyncIoContext& io, kj::Network& network, Target& target,
                              ServerConfig config)
     : io(io),

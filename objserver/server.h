@@ -36,6 +36,7 @@ class PosixLocks;
 // the owner of the client's locks.
 struct ClientSession : public kj::Refcounted, public LockOwner {
   void blocking(uint64_t lockId, kj::Duration timeout) override;
+  void forgotten(uint64_t lockId) override;
   kj::StringPtr ownerName() const override { return label; }
 
   kj::Array<kj::byte> uuid;
@@ -130,6 +131,7 @@ public:
   class ServerOwner : public LockOwner {
   public:
     void blocking(uint64_t, kj::Duration) override {}  // held only for the length of one update
+    void forgotten(uint64_t) override {}
     kj::StringPtr ownerName() const override { return "the server"; }
   } serverOwner;
   kj::TaskSet tasks;

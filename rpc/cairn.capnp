@@ -413,7 +413,10 @@ struct LockRequest {
 # Given by a client at connect; the server calls it when a lock the client holds is wanted.
 interface LockCallback {
   # `timeoutMs`: how long the client has to cancel (0 from servers before features::LOCK_PROLONG).
-  blocking @0 (lockId :UInt64, timeoutMs :UInt32) -> ();
+  # `gone`: what the lock covered was destroyed and the server has dropped the lock already;
+  # the client drops what it cached under it and sends no cancel (a client that does not know
+  # `gone` takes it for a callback and cancels an id the server ignores).
+  blocking @0 (lockId :UInt64, timeoutMs :UInt32, gone :Bool) -> ();
   # The server has just evicted this client (its locks are gone): the client reconnects at once
   # instead of learning it at its next request, so that nothing it wrote under those locks
   # leaves meanwhile. A client without it fails the call; the server ignores that.

@@ -70,7 +70,7 @@ public:
     // Answered at once: the server waits for the cancel, not for this reply.
     auto params = context.getParams();
     if (handle_->link != nullptr)
-      handle_->link->blocking(params.getLockId(), params.getTimeoutMs());
+      handle_->link->blocking(params.getLockId(), params.getTimeoutMs(), params.getGone());
     return kj::READY_NOW;
   }
   kj::Promise<void> evicted(EvictedContext context) override {
@@ -142,8 +142,8 @@ void ServerLink::setOnDrain(kj::Function<kj::Promise<void>()> onDrain) {
   onDrain_ = kj::mv(onDrain);
 }
 
-void ServerLink::blocking(uint64_t lockId, uint32_t timeoutMs) {
-  if (lockId != 0 && lockId == serverLock_) {
+void ServerLink::blocking(uint64_t lockId, uint32_t timeoutMs, bool gone) {
+  if (lockId != 0 && lockId == serverLock_ && !gone) {
     drain(generation_);
     return;
   }
@@ -151,6 +151,7 @@ void ServerLink::blocking(uint64_t lockId, uint32_t timeoutMs) {
     auto req = cb->blockingRequest();
     req.setLockId(lockId);
     req.setTimeoutMs(timeoutMs);
+    req.setGone(gone);
     tasks_->add(req.send().ignoreResult());
   }
 }

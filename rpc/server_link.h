@@ -152,7 +152,7 @@ public:
   class Callback;     // the lock callback given at connect
 
 private:
-  void blocking(uint64_t lockId, uint32_t timeoutMs);
+  void blocking(uint64_t lockId, uint32_t timeoutMs, bool gone);
   void drain(uint64_t generation);
   kj::Promise<void> idle();  // no request of this link in flight
   struct Kept {

@@ -732,6 +732,27 @@ TEST_F(Coherence, SharedWritableMmapIsWrittenBackBeforeTheOtherClientReads) {
   close(fa);
 }
 
+// Files another client removes take A's locks on them along: the server drops them when it
+// destroys the inodes and tells A, rather than leaving them to A's lock cache bound.
+TEST_F(Coherence, LocksOnFilesRemovedElsewhereGoWithThem) {
+  constexpr int FILES = 50;
+  std::string held = "cairn_client_locks_held";
+  uint64_t before = mountGauge(*a_, held);
+  ASSERT_EQ(mkdir(a("d"), 0755), 0);
+  for (int i = 0; i < FILES; ++i) writeAll(pa("d/f" + std::to_string(i)), std::to_string(i));
+  for (int i = 0; i < FILES; ++i) {
+    ASSERT_EQ(readWhole(pa("d/f" + std::to_string(i))), std::to_string(i));
+  }
+  uint64_t cached = mountGauge(*a_, held);
+  ASSERT_GE(cached, before + FILES);  // at least the data lock of each file
+  ASSERT_EQ(run({"/bin/rm", "-rf", pb("d")}).status, 0);
+  // A may keep the test directory's; nothing of the removed tree.
+  EXPECT_TRUE(waitFor([&] { return mountGauge(*a_, held) <= before + 2; }, 5000))
+      << before << " before, " << cached << " cached, " << mountGauge(*a_, held) << " now";
+  EXPECT_FALSE(exists(pa("d/f0")));
+  EXPECT_FALSE(exists(pa("d")));
+}
+
 // A client allowed few locks gives the least recently used back as it goes, and stays coherent.
 TEST_F(Coherence, ABoundedLockCacheStaysBoundedAndCoherent) {
   TestCluster cluster;

@@ -15,9 +15,11 @@ namespace {
 struct Owner : public LockOwner {
   explicit Owner(const char* n) : name(n) {}
   void blocking(uint64_t id, kj::Duration) override { asked.push_back(id); }
+  void forgotten(uint64_t id) override { gone.push_back(id); }
   kj::StringPtr ownerName() const override { return name; }
   kj::StringPtr name;
   std::vector<uint64_t> asked;
+  std::vector<uint64_t> gone;
 };
 
 LockSpec spec(LockMode mode, uint64_t bits = ~uint64_t(0), uint64_t start = 0,
@@ -118,6 +120,41 @@ TEST_F(Locks, DisjointBitsAndExtentsAreGrantedTogether) {
   EXPECT_TRUE(granted(d1));
   EXPECT_TRUE(granted(d2));
   EXPECT_TRUE(a.asked.empty() && b.asked.empty());
+}
+
+// A destroyed inode: the locks on it go at once, their owners are told but not waited for nor
+// evicted, and a server update's lock on it stays with the update.
+TEST_F(Locks, ADestroyedResourceForgetsItsLocksWithoutWaitingForTheirOwners) {
+  uint64_t ra = manager.enqueue(a, spec(LockMode::PR, BIT_DATA)).wait(io.waitScope);
+  uint64_t rb = manager.enqueue(b, spec(LockMode::PR, BIT_ATTR)).wait(io.waitScope);
+  uint64_t update = manager.enqueue(c, spec(LockMode::EX, BIT_LOOKUP), &a).wait(io.waitScope);
+  auto elsewhere = spec(LockMode::PR, BIT_DATA);
+  elsewhere.resource.id = 43;
+  uint64_t kept = manager.enqueue(a, elsewhere).wait(io.waitScope);
+  auto writer = manager.enqueue(b, spec(LockMode::PW, BIT_DATA));
+  EXPECT_FALSE(granted(writer));
+  ASSERT_EQ(a.asked, std::vector<uint64_t>{ra});  // called back for the writer
+
+  EXPECT_EQ(manager.forget(ResourceId{RES_INODE, 42}, &b), 2u);
+  // a is told; b, who destroyed it, knows.
+  EXPECT_EQ(a.gone, std::vector<uint64_t>{ra});
+  EXPECT_EQ(a.asked, std::vector<uint64_t>{ra});
+  EXPECT_TRUE(b.gone.empty() && b.asked.empty());
+  EXPECT_TRUE(granted(writer));  // nothing left in its way
+  EXPECT_EQ(manager.stats().forgotten, 2u);
+  EXPECT_EQ(manager.heldBy(a), 1u);  // the lock on another resource
+  EXPECT_EQ(manager.heldBy(c), 1u);  // the update's
+
+  // Past the callback timeout nobody is evicted, and the owners' cancels in answer are of ids
+  // nobody knows.
+  io.provider->getTimer().afterDelay(400 * kj::MILLISECONDS).wait(io.waitScope);
+  EXPECT_TRUE(evicted.empty());
+  manager.cancel(a, ra);
+  manager.cancel(b, rb);
+  EXPECT_EQ(manager.heldBy(a), 1u);
+  manager.cancel(a, kept);
+  manager.cancel(c, update);
+  EXPECT_EQ(manager.forget(ResourceId{RES_INODE, 44}), 0u);  // nothing held there
 }
 
 TEST_F(Locks, AnOwnerThatDoesNotCancelIsEvictedAndOthersProceed) {

@@ -64,10 +64,14 @@ void AccessPolicy::check(const Peer& peer, Call call) const {
       if (peer.role == R::ADMIN || peer.role == R::SERVER) return;
       needs = "an admin certificate";
       break;
+    case C::EVICT:
+      // A metadata server fences a client it evicted off the data targets (ClientFence).
+      if (peer.role == R::ADMIN || peer.role == R::SERVER) return;
+      needs = "an admin certificate";
+      break;
     case C::SHUTDOWN:
     case C::RESTART:
     case C::REPLAY_BARRIER:
-    case C::EVICT:
       if (peer.role == R::ADMIN) return;
       needs = "an admin certificate";
       break;

@@ -9,11 +9,8 @@ namespace cairn {
 
 static_assert(Destroyer::BATCH <= features::MAX_DESTROY_MANY, "a batch's objects fit one request");
 
-Destroyer::Destroyer(ServerContext& ctx, Namespace& ns, const LinkIdentity& identity)
-    : ctx_(ctx),
-      ns_(ns),
-      identity_{kj::heapArray<kj::byte>(identity.uuid), identity.role, kj::str(identity.hostName)} {
-}
+Destroyer::Destroyer(ServerContext& ctx, Namespace& ns, DataLinks& links)
+    : ctx_(ctx), ns_(ns), links_(links) {}
 
 void Destroyer::start() {
   running_ = loop().eagerlyEvaluate(
@@ -33,31 +30,8 @@ size_t Destroyer::queued() {
 }
 
 void Destroyer::targetMoved(uint32_t index, kj::Array<kj::String> addresses) {
-  auto it = links_.find(index);
-  if (it != links_.end()) it->second->setAddresses(kj::mv(addresses));
+  links_.targetMoved(index, kj::mv(addresses));
   poke();
-}
-
-kj::Maybe<ServerLink&> Destroyer::linkFor(uint32_t index) {
-  auto it = links_.find(index);
-  if (it != links_.end()) return *it->second;
-  kj::Array<kj::String> addresses;
-  {
-    store::Txn txn(ctx_.target.env(), store::Txn::READ);
-    ns_.listTargets(txn, [&](rpc::TargetAddress::Reader t) {
-      if (t.getIndex() != index || t.getKind() != rpc::TargetKind::DATA) return;
-      kj::Vector<kj::String> a;
-      for (auto s : t.getAddresses()) a.add(kj::str(s));
-      addresses = a.releaseAsArray();
-    });
-  }
-  if (addresses.size() == 0) return nullptr;
-  auto link = kj::heap<ServerLink>(ctx_.network, ctx_.io.provider->getTimer(),
-                                   kj::str("destroyer->data", index), kj::mv(addresses), identity_);
-  link->start();
-  auto& ref = *link;
-  links_.emplace(index, kj::mv(link));
-  return ref;
 }
 
 kj::Promise<void> Destroyer::loop() {
@@ -79,14 +53,14 @@ kj::Promise<void> Destroyer::loop() {
   auto inos = kj::heapArrayBuilder<uint64_t>(batch.size());
   for (auto& item : batch) {
     bool reachable = true;
-    for (uint32_t t : item.layout.targets) reachable = reachable && linkFor(t) != nullptr;
+    for (uint32_t t : item.layout.targets) reachable = reachable && links_.linkFor(t) != nullptr;
     if (!reachable) continue;
     for (uint32_t t : item.layout.targets) byTarget[t].add(item.layout.objectId);
     inos.add(item.ino);
   }
   auto done = kj::heapArrayBuilder<kj::Promise<void>>(byTarget.size());
   for (auto& [target, objects] : byTarget) {
-    done.add(destroyOn(KJ_ASSERT_NONNULL(linkFor(target)), objects.releaseAsArray()));
+    done.add(destroyOn(KJ_ASSERT_NONNULL(links_.linkFor(target)), objects.releaseAsArray()));
   }
   bool progress = inos.size() > 0;
   auto finished = kj::joinPromises(done.finish()).then([this, inos = inos.finish()]() {

@@ -7,8 +7,7 @@
 #include <kj/async.h>
 #include <kj/map.h>
 
-#include <map>
-
+#include "objserver/data_links.h"
 #include "objserver/namespace.h"
 #include "objserver/server.h"
 #include "rpc/server_link.h"
@@ -17,7 +16,7 @@ namespace cairn {
 
 class Destroyer {
 public:
-  Destroyer(ServerContext& ctx, Namespace& ns, const LinkIdentity& identity);
+  Destroyer(ServerContext& ctx, Namespace& ns, DataLinks& links);
   void start();
   void poke();  // new work may be queued
   void targetMoved(uint32_t index, kj::Array<kj::String> addresses);
@@ -30,14 +29,12 @@ public:
 
 private:
   kj::Promise<void> loop();
-  kj::Maybe<ServerLink&> linkFor(uint32_t index);
   kj::Promise<void> later();  // loop() after GATHER
   kj::Promise<void> destroyOn(ServerLink& link, kj::Array<uint64_t> objects);
 
   ServerContext& ctx_;
   Namespace& ns_;
-  LinkIdentity identity_;
-  std::map<uint32_t, kj::Own<ServerLink>> links_;
+  DataLinks& links_;
   kj::Maybe<kj::Own<kj::PromiseFulfiller<void>>> wake_;
   kj::Promise<void> running_ = nullptr;
 };

@@ -33,7 +33,8 @@ bool conflicts(const LockSpec& a, const LockSpec& b) {
 }
 
 LockManager::LockManager(kj::Timer& timer, kj::Duration callbackTimeout,
-                         kj::Function<void(LockOwner&)> evict, kj::Duration prolongLimit)
+                         kj::Function<kj::Promise<void>(LockOwner&)> evict,
+                         kj::Duration prolongLimit)
     : timer_(timer),
       callbackTimeout_(callbackTimeout),
       evict_(kj::mv(evict)),
@@ -207,6 +208,7 @@ void LockManager::convert(LockOwner& owner, uint64_t lockId, LockMode mode) {
 }
 
 void LockManager::dropAll(LockOwner& owner) {
+  evicting_.erase(&owner);
   std::vector<uint64_t> ids;
   for (auto& [id, lock] : locks_) {
     if (lock->owner == &owner) ids.push_back(id);
@@ -349,13 +351,17 @@ void LockManager::expired(uint64_t id) {
   auto it = locks_.find(id);
   if (it == locks_.end()) return;
   LockOwner& owner = *it->second->owner;
+  if (!evicting_.insert(&owner).second) return;  // another of its locks expired first
   ++evictions_;
   // Since the callback: longer than the timeout if the owner asked for more time.
   spdlog::warn("{} did not cancel lock {} within {} ms: evicting it", owner.ownerName().cStr(), id,
                (timer_.now() - it->second->calledBackAt) / kj::MILLISECONDS);
-  // Its locks go first: the eviction may end the owner's session, and the owner with it.
-  dropAll(owner);
-  evict_(owner);
+  // Its locks go once it is fenced (the eviction ends its session, which drops them); whatever
+  // is left then goes too, unless the owner went meanwhile (dropAll took it off the list).
+  const LockOwner* key = &owner;
+  tasks_.add(evict_(owner).then([this, key]() {
+    if (evicting_.count(key) > 0) dropAll(const_cast<LockOwner&>(*key));
+  }));
 }
 
 void LockManager::ErrorHandler::taskFailed(kj::Exception&& e) {

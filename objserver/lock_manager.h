@@ -27,6 +27,7 @@
 
 #include <map>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "rpc/lock_names.h"
@@ -69,10 +70,13 @@ public:
 
 class LockManager {
 public:
-  // `evict` is called for an owner that did not cancel in time; it must end the owner's
-  // session, which calls dropAll(). `prolongLimit`: how long after its callback a lock may
-  // still be given back by an owner that keeps asking for more time.
-  LockManager(kj::Timer& timer, kj::Duration callbackTimeout, kj::Function<void(LockOwner&)> evict,
+  // `evict` is called once for an owner that did not cancel in time: it fences the owner off
+  // what its locks covered (elsewhere: the data targets its writes go to) and ends its session,
+  // which calls dropAll(). Its locks stay, and whoever waits for them waits, until the promise
+  // resolves; then what is left of them goes. `prolongLimit`: how long after its callback a
+  // lock may still be given back by an owner that keeps asking for more time.
+  LockManager(kj::Timer& timer, kj::Duration callbackTimeout,
+              kj::Function<kj::Promise<void>(LockOwner&)> evict,
               kj::Duration prolongLimit = 60 * kj::SECONDS);
   ~LockManager() noexcept(false);
 
@@ -167,7 +171,8 @@ private:
 
   kj::Timer& timer_;
   kj::Duration callbackTimeout_;
-  kj::Function<void(LockOwner&)> evict_;
+  kj::Function<kj::Promise<void>(LockOwner&)> evict_;
+  std::unordered_set<const LockOwner*> evicting_;  // owners whose eviction is under way
   kj::Duration prolongLimit_;
   std::map<ResourceId, Resource> resources_;
   std::unordered_map<uint64_t, kj::Own<Lock>> locks_;

@@ -14,6 +14,8 @@
 #include <fstream>
 #include <random>
 
+#include "objserver/client_fence.h"
+#include "objserver/data_links.h"
 #include "objserver/data_service.h"
 #include "objserver/destroyer.h"
 #include "objserver/metrics.h"
@@ -226,7 +228,9 @@ Ending serveTarget(Process& p, kj::Own<TargetLock> lock) {
   kj::Maybe<kj::Own<OpenFiles>> opens;
   kj::Maybe<kj::Own<PosixLocks>> posixLocks;
   kj::Maybe<kj::Own<Namespace>> ns;
+  kj::Maybe<kj::Own<DataLinks>> dataLinks;
   kj::Maybe<kj::Own<Destroyer>> destroyer;
+  kj::Maybe<kj::Own<ClientFence>> fence;
   kj::Maybe<kj::Own<ObjectStore>> objects;
   kj::Maybe<kj::Own<Registrar>> registrar;
   kj::Promise<void> reaper = kj::READY_NOW;
@@ -243,10 +247,12 @@ Ending serveTarget(Process& p, kj::Own<TargetLock> lock) {
     auto& of = *opens.emplace(kj::heap<OpenFiles>());
     auto& n =
         *ns.emplace(kj::heap<Namespace>(target, [&of](uint64_t ino) { return of.isOpen(ino); }));
-    auto& d = *destroyer.emplace(kj::heap<Destroyer>(ctx, n, p.identity));
+    auto& links = *dataLinks.emplace(kj::heap<DataLinks>(ctx, n, p.identity));
+    auto& d = *destroyer.emplace(kj::heap<Destroyer>(ctx, n, links));
     ctx.ns = n;
     ctx.opens = of;
     ctx.destroyer = d;
+    ctx.fence = *fence.emplace(kj::heap<ClientFence>(ctx, links));
     ctx.posixLocks = *posixLocks.emplace(kj::heap<PosixLocks>());
     d.start();
     size_t orphanCount;

@@ -4,6 +4,7 @@
 #include <kj/encoding.h>
 #include <spdlog/spdlog.h>
 
+#include "objserver/client_fence.h"
 #include "objserver/data_service.h"
 #include "objserver/destroyer.h"
 #include "objserver/lock_service.h"
@@ -51,9 +52,7 @@ ServerContext::ServerContext(kj::AsyncIoContext& io, kj::Network& network, Targe
       tasks(errorHandler_),
       locks(
           io.provider->getTimer(), this->config.lockTimeout,
-          [this](LockOwner& owner) {
-            evict(static_cast<ClientSession&>(owner), "did not cancel a lock in time");
-          },
+          [this](LockOwner& owner) { return evictForLock(static_cast<ClientSession&>(owner)); },
           this->config.lockProlongLimit) {}
 
 ServerContext::~ServerContext() noexcept(false) {}
@@ -155,6 +154,17 @@ void ServerContext::evict(ClientSession& session, kj::StringPtr why) {
     req.send().detach([](kj::Exception&&) {});
   }
   endSession(session);
+}
+
+kj::Promise<void> ServerContext::evictForLock(ClientSession& session) {
+  kj::Promise<void> fenced = kj::READY_NOW;
+  KJ_IF_MAYBE (f, fence) {
+    if (session.role == rpc::Hello::Role::CLIENT) fenced = f->fence(session);
+  }
+  return fenced.then([this, ref = kj::addRef(session)]() mutable {
+    // Unless it went meanwhile (unmounted, or evicted by hand): its key may name a new session.
+    if (isCurrent(*ref)) evict(*ref, "did not cancel a lock in time");
+  });
 }
 
 void ServerContext::goodbye(ClientSession& session) {

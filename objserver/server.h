@@ -30,6 +30,7 @@ class Namespace;
 class ObjectStore;
 class OpenFiles;
 class Destroyer;
+class ClientFence;
 class PosixLocks;
 
 // One client (or peer server) as the server knows it, across its reconnections. It is also
@@ -141,6 +142,7 @@ public:
   kj::Maybe<Namespace&> ns;
   kj::Maybe<OpenFiles&> opens;
   kj::Maybe<Destroyer&> destroyer;
+  kj::Maybe<ClientFence&> fence;
   kj::Maybe<PosixLocks&> posixLocks;
   // Set for a data target.
   kj::Maybe<ObjectStore&> objects;
@@ -159,6 +161,9 @@ public:
   // Ends a client's session: locks, opens and reply records go; its next request fails and
   // its next connect is told it was evicted.
   void evict(ClientSession& session, kj::StringPtr why);
+  // The lock manager's eviction of a client that did not give a lock back: on a metadata
+  // server the data targets fence it off first (ClientFence), then it is evicted here.
+  kj::Promise<void> evictForLock(ClientSession& session);
   // A client unmounts: its session ends at once, so that a restart does not wait for it.
   void goodbye(ClientSession& session);
   // What both services answer the same way: the client has sent its replays, or leaves.

@@ -235,6 +235,71 @@ TEST(Locks, AnUpdateProceedsAfterEvictingAStuckCacher) {
   EXPECT_EQ(jsonNumber(cluster.status(0), "evictions"), 1u);
 }
 
+// A data session, as a mount makes one on a data server: client `uuidByte` x 16.
+struct DataClient {
+  DataClient(kj::AsyncIoContext& io, const std::string& address, kj::byte uuidByte)
+      : io(io),
+        stream(connectStream(io, address)),
+        client(kj::heap<capnp::TwoPartyClient>(*stream)) {
+    auto req = client->bootstrap().castAs<rpc::Bootstrap>().connectRequest();
+    auto hello = req.initHello();
+    auto uuid = kj::heapArray<kj::byte>(16);
+    for (auto& b : uuid) b = uuidByte;
+    hello.setClientUuid(uuid);
+    hello.setSoftwareVersion("test");
+    hello.setFeatures(features::SUPPORTED);
+    data = req.send().wait(io.waitScope).getData();
+  }
+  // The write's error (0: written); throws if the session is refused.
+  int write(uint64_t object, const std::string& bytes) {
+    auto req = data.callRequest();
+    auto w = req.initRequest().initWrite();
+    w.setObjectId(object);
+    w.setData(kj::arrayPtr(reinterpret_cast<const kj::byte*>(bytes.data()), bytes.size()));
+    return req.send().wait(io.waitScope).getReply().getError();
+  }
+  std::string read(uint64_t object, uint32_t length) {
+    auto req = data.callRequest();
+    auto r = req.initRequest().initRead();
+    r.setObjectId(object);
+    r.setLength(length);
+    auto reply = req.send().wait(io.waitScope);
+    auto bytes = reply.getReply().getData();
+    return std::string(reinterpret_cast<const char*>(bytes.begin()), bytes.size());
+  }
+  kj::AsyncIoContext& io;
+  kj::Own<kj::AsyncIoStream> stream;
+  kj::Own<capnp::TwoPartyClient> client;
+  rpc::DataSession::Client data = nullptr;
+};
+
+// The eviction window: a client evicted for not giving a lock back may still have writes queued
+// for the data targets (it hung; it wakes up). The data targets end its session before the lock
+// is granted to the next client, so nothing it sends them lands after that client's writes.
+TEST(Locks, AnEvictedClientIsFencedOffTheDataTargetsBeforeItsLockGoes) {
+  TestCluster cluster(withLockTimeout());
+  auto io = kj::setupAsyncIo();
+  LockClient stuck(io, cluster.metaAddress(), 8), other(io, cluster.metaAddress(), 9);
+  DataClient stuckData(io, cluster.address(1), 8), otherData(io, cluster.address(1), 9);
+  ASSERT_EQ(stuckData.write(77, "before"), 0);
+  stuck.enqueue(rpc::LockMode::PW).wait(io.waitScope);
+  // The other client's lock comes after the stuck one's eviction, which has fenced it off.
+  EXPECT_GT(other.enqueue(rpc::LockMode::PW).wait(io.waitScope), 0u);
+  ASSERT_EQ(otherData.write(77, "after!"), 0);
+  try {
+    stuckData.write(77, "stale!");
+    ADD_FAILURE() << "the data target took a write of an evicted client";
+  } catch (kj::Exception& e) {
+    EXPECT_EQ(e.getType(), kj::Exception::Type::DISCONNECTED) << e.getDescription().cStr();
+  }
+  EXPECT_EQ(otherData.read(77, 6), "after!");
+  EXPECT_NE(readWhole(cluster.log(0)).find("fenced off data target 0"), std::string::npos);
+  EXPECT_NE(readWhole(cluster.log(1)).find("evicting client 0808080808080808"), std::string::npos);
+  // Back, it is told so by the data target too, and served again.
+  DataClient again(io, cluster.address(1), 8);
+  EXPECT_EQ(again.write(78, "new"), 0);
+}
+
 TEST(Locks, BadLockRequestsAreRefused) {
   TestCluster cluster(withLockTimeout());
   auto io = kj::setupAsyncIo();

@@ -39,7 +39,17 @@ protected:
   Locks()
       : io(kj::setupAsyncIo()),
         manager(io.provider->getTimer(), 200 * kj::MILLISECONDS,
-                [this](LockOwner& o) { evicted.push_back(&o); }) {}
+                [this](LockOwner& o) { return evict(o); }) {}
+  // An eviction: done at once, or once `fenced` is fulfilled if the test set it up.
+  kj::Promise<void> evict(LockOwner& o) {
+    evicted.push_back(&o);
+    KJ_IF_MAYBE (f, fencing) {
+      auto p = kj::mv(*f);
+      fencing = nullptr;
+      return kj::mv(p);
+    }
+    return kj::READY_NOW;
+  }
   // Lets queued events run.
   void settle() { io.provider->getTimer().afterDelay(1 * kj::MILLISECONDS).wait(io.waitScope); }
   bool granted(kj::Promise<uint64_t>& p) { return p.poll(io.waitScope); }
@@ -47,6 +57,7 @@ protected:
   kj::AsyncIoContext io;
   LockManager manager;
   std::vector<LockOwner*> evicted;
+  kj::Maybe<kj::Promise<void>> fencing;
   Owner a{"a"}, b{"b"}, c{"c"};
 };
 
@@ -122,6 +133,25 @@ TEST_F(Locks, DisjointBitsAndExtentsAreGrantedTogether) {
   EXPECT_TRUE(a.asked.empty() && b.asked.empty());
 }
 
+// An owner that does not cancel is fenced off before its locks go: while the fencing is under
+// way (the data targets ending its sessions) the waiter still waits, and the owner is evicted
+// once, however many of its locks expire.
+TEST_F(Locks, AnEvictedOwnersLocksStayUntilItIsFenced) {
+  auto fence = kj::newPromiseAndFulfiller<void>();
+  fencing = kj::mv(fence.promise);
+  manager.enqueue(a, spec(LockMode::PW, BIT_ATTR)).wait(io.waitScope);
+  manager.enqueue(a, spec(LockMode::PW, BIT_DATA)).wait(io.waitScope);
+  auto w = manager.enqueue(b, spec(LockMode::EX));
+  io.provider->getTimer().afterDelay(500 * kj::MILLISECONDS).wait(io.waitScope);
+  ASSERT_EQ(evicted.size(), 1u);  // both locks expired; one eviction
+  EXPECT_EQ(manager.stats().evictions, 1u);
+  EXPECT_FALSE(granted(w));
+  EXPECT_EQ(manager.heldBy(a), 2u);
+  fence.fulfiller->fulfill();
+  EXPECT_TRUE(granted(w));
+  EXPECT_EQ(manager.heldBy(a), 0u);
+}
+
 // A destroyed inode: the locks on it go at once, their owners are told but not waited for nor
 // evicted, and a server update's lock on it stays with the update.
 TEST_F(Locks, ADestroyedResourceForgetsItsLocksWithoutWaitingForTheirOwners) {
@@ -179,8 +209,8 @@ TEST_F(Locks, AnOwnerThatDoesNotCancelIsEvictedAndOthersProceed) {
 // timeout starts again at each request, up to the limit counted from the callback.
 TEST_F(Locks, AProlongedLockOutlivesTheTimeoutButNotTheLimit) {
   LockManager limited(
-      io.provider->getTimer(), 200 * kj::MILLISECONDS,
-      [this](LockOwner& o) { evicted.push_back(&o); }, 700 * kj::MILLISECONDS);
+      io.provider->getTimer(), 200 * kj::MILLISECONDS, [this](LockOwner& o) { return evict(o); },
+      700 * kj::MILLISECONDS);
   uint64_t held = limited.enqueue(a, spec(LockMode::PW)).wait(io.waitScope);
   EXPECT_FALSE(limited.prolong(a, held));  // not called back: nothing to prolong
   auto w = limited.enqueue(b, spec(LockMode::PR));

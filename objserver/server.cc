@@ -421,7 +421,25 @@ kj::Promise<void> ServerImpl::evict(EvictContext context) {
   auto it = ctx_.sessions.find(kj::encodeHex(uuid).cStr());
   bool found = it != ctx_.sessions.end() && it->second->role == rpc::Hello::Role::CLIENT &&
                !it->second->evicted;
-  if (found) ctx_.evict(*it->second, kj::str("evicted by ", peer_.describe()));
+  auto why = kj::str("evicted by ", peer_.describe());
+  if (found) {
+    ctx_.evict(*it->second, why);
+  } else {
+    // No session now (say, this server restarted since, and the client, hung, has not come
+    // back): a client this target knows is told at its return all the same, so that what it
+    // queued under the locks it lost is not sent then.
+    bool known;
+    {
+      store::Txn txn(ctx_.target.env(), store::Txn::READ);
+      known = ctx_.clients.joined(txn, uuid) && !ctx_.clients.isEvicted(txn, uuid);
+    }
+    if (known) {
+      spdlog::warn("evicting client {} (not connected): {}", kj::encodeHex(uuid).cStr(),
+                   why.cStr());
+      ctx_.commit([&](store::Txn& txn) { ctx_.clients.markEvicted(txn, uuid, why); });
+      found = true;
+    }
+  }
   context.getResults().setEvicted(found);
   return kj::READY_NOW;
 }

@@ -525,7 +525,8 @@ interface Bootstrap {
   mayMount @8 () -> ();
   # An administrator evicts a client from this server (a client that hangs, a host taken away):
   # its session, locks and opens go, and it is told so when it comes back (its old descriptors
-  # fail with EIO; new opens work). `evicted`: false if this server had no session of it.
+  # fail with EIO; new opens work). `evicted`: false if this server knew nothing of it (a client
+  # that joined its target but has no session now is marked, and told at its return).
   evict @9 (clientUuid :Data) -> (evicted :Bool);
 }
 

@@ -300,6 +300,31 @@ TEST(Locks, AnEvictedClientIsFencedOffTheDataTargetsBeforeItsLockGoes) {
   EXPECT_EQ(again.write(78, "new"), 0);
 }
 
+// A data target that has no session of the client when the fence comes (it restarted since,
+// and the hung client has not come back) marks it all the same: at its return it is told it was
+// evicted, and what it had queued there is not sent.
+TEST(Locks, AClientFencedWhileADataTargetHadNoSessionOfItIsToldAtItsReturn) {
+  TestCluster cluster(withLockTimeout());
+  auto io = kj::setupAsyncIo();
+  {
+    DataClient joining(io, cluster.address(1), 10);
+    ASSERT_EQ(joining.write(79, "before"), 0);
+  }
+  cluster.stopServer(1, SIGKILL);  // a crash: no session left of anyone
+  ASSERT_TRUE(cluster.startServer(1));
+  LockClient stuck(io, cluster.metaAddress(), 10), other(io, cluster.metaAddress(), 11);
+  stuck.enqueue(rpc::LockMode::PW).wait(io.waitScope);
+  EXPECT_GT(other.enqueue(rpc::LockMode::PW).wait(io.waitScope), 0u);
+  EXPECT_NE(readWhole(cluster.log(1))
+                .find("evicting client 0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a (not "
+                      "connected)"),
+            std::string::npos)
+      << readWhole(cluster.log(1));
+  DataClient back(io, cluster.address(1), 10);
+  EXPECT_NE(readWhole(cluster.log(1)).find("is back after its eviction"), std::string::npos);
+  EXPECT_EQ(back.read(79, 6), "before");  // what it had written before stays
+}
+
 TEST(Locks, BadLockRequestsAreRefused) {
   TestCluster cluster(withLockTimeout());
   auto io = kj::setupAsyncIo();

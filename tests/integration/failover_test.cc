@@ -200,7 +200,16 @@ TEST(Failover, AHungServerThatWakesUpStopsServing) {
   auto log = readWhole(cluster.log(0));
   EXPECT_TRUE(contains(log, "stopped serving at once: takeover requested")) << log;
   // (It stands by in a new life: not answering for a moment after the log line.)
-  EXPECT_TRUE(waitFor([&] { return cluster.inState(0, "standby"); }, 5000));
+  // (Failed once in about 25 runs on a loaded machine, undiagnosed: the last answer says why.)
+  RunResult last;
+  EXPECT_TRUE(waitFor(
+      [&] {
+        last =
+            run({ctlBin(), "--server", cluster.address(0), "--timeout", "2", "status", "--json"});
+        return last.status == 0 && contains(last.out, "\"state\":\"standby\"");
+      },
+      5000))
+      << "status " << last.status << ": " << last.out << last.err;
   EXPECT_FALSE(contains(readWhole(cluster.mountLog(0)), "evicted"));
 }
 

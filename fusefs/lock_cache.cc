@@ -166,7 +166,10 @@ void LockCache::forgotten(uint64_t id) {
   auto it = byId_.find(id);
   if (it == byId_.end()) {
     for (auto& [key, r] : revoking_) {
-      if (r.id == id) r.gone = true;  // being given back already: no cancel needed
+      if (r.id == id) {
+        r.gone = true;  // being given back already: no cancel needed
+        return;
+      }
     }
     // Or not seen yet: the grant, when it comes, is ignored.
     if (early_.size() < 100000) early_.insert(id);

@@ -358,9 +358,9 @@ void LockManager::expired(uint64_t id) {
                (timer_.now() - it->second->calledBackAt) / kj::MILLISECONDS);
   // Its locks go once it is fenced (the eviction ends its session, which drops them); whatever
   // is left then goes too, unless the owner went meanwhile (dropAll took it off the list).
-  const LockOwner* key = &owner;
-  tasks_.add(evict_(owner).then([this, key]() {
-    if (evicting_.count(key) > 0) dropAll(const_cast<LockOwner&>(*key));
+  LockOwner* evicted = &owner;
+  tasks_.add(evict_(owner).then([this, evicted]() {
+    if (evicting_.count(evicted) > 0) dropAll(*evicted);
   }));
 }
 

@@ -172,7 +172,7 @@ private:
   kj::Timer& timer_;
   kj::Duration callbackTimeout_;
   kj::Function<kj::Promise<void>(LockOwner&)> evict_;
-  std::unordered_set<const LockOwner*> evicting_;  // owners whose eviction is under way
+  std::unordered_set<LockOwner*> evicting_;  // owners whose eviction is under way
   kj::Duration prolongLimit_;
   std::map<ResourceId, Resource> resources_;
   std::unordered_map<uint64_t, kj::Own<Lock>> locks_;

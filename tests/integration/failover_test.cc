@@ -200,7 +200,7 @@ TEST(Failover, AHungServerThatWakesUpStopsServing) {
   auto log = readWhole(cluster.log(0));
   EXPECT_TRUE(contains(log, "stopped serving at once: takeover requested")) << log;
   // (It stands by in a new life: not answering for a moment after the log line.)
-  // (Failed once in about 25 runs on a loaded machine, undiagnosed: the last answer says why.)
+  // (Failed once in 50 runs on a loaded machine, undiagnosed: the last answer says why.)
   RunResult last;
   EXPECT_TRUE(waitFor(
       [&] {

@@ -22,20 +22,20 @@ void ServerContext::ErrorHandler::taskFailed(kj::Exception&& e) {
 }
 
 void ClientSession::blocking(uint64_t lockId, kj::Duration timeout) {
+  callBack(lockId, timeout, false);
+}
+
+void ClientSession::forgotten(uint64_t lockId) {
+  callBack(lockId, 0 * kj::SECONDS, true);
+}
+
+void ClientSession::callBack(uint64_t lockId, kj::Duration timeout, bool gone) {
   KJ_IF_MAYBE (cb, callback) {
     auto req = cb->blockingRequest();
     req.setLockId(lockId);
     req.setTimeoutMs(timeout / kj::MILLISECONDS);
+    req.setGone(gone);
     // Not waited for: a client that does not act in time is evicted by the lock manager.
-    req.send().detach([](kj::Exception&&) {});
-  }
-}
-
-void ClientSession::forgotten(uint64_t lockId) {
-  KJ_IF_MAYBE (cb, callback) {
-    auto req = cb->blockingRequest();
-    req.setLockId(lockId);
-    req.setGone(true);
     req.send().detach([](kj::Exception&&) {});
   }
 }

@@ -57,6 +57,10 @@ struct ClientSession : public kj::Refcounted, public LockOwner {
   uint64_t serverLock = 0;   // its PR on the active-server lock (0: none, or cancelled)
   kj::String recovery;       // how its last connect went, for status
   kj::TimePoint connectedAt = kj::origin<kj::TimePoint>();
+
+private:
+  // LockCallback.blocking, both kinds (`gone`: the lock went with its inode).
+  void callBack(uint64_t lockId, kj::Duration timeout, bool gone);
 };
 
 // Serving -> draining (a controlled shutdown has begun: the server's EX on the active-server

@@ -954,6 +954,7 @@ kj::Promise<Entry> Client::sendSetattr(const Cred& cred, uint64_t ino, const Set
                s.setSize(attr.size);
                setTime(s.initAtime(), attr.atime);
                setTime(s.initMtime(), attr.mtime);
+               s.setWroteEnd(attr.wroteEnd);
              },
              true, cls)
       .then([this](ServerLink::MetaResponse&& resp) { return entryOf(resp.getReply().getAttr()); });
@@ -2217,18 +2218,24 @@ kj::Promise<void> Client::sendBatch(uint64_t ino, uint64_t id, WriteBehind::Batc
       meta_->server(cls).then([this, evictions = metaEvictions_](rpc::Bootstrap::Client&&) {
         if (metaEvictions_ != evictions) kj::throwFatalException(errnoException(EIO));
       });
+  // Size and mtime and the change queued after the writes, in one update where the server can.
+  bool joined = !b.writes.empty() && b.attr != nullptr &&
+                (meta_->peerFeatures() & features::WROTE_SETATTR) != 0;
   if (!b.writes.empty()) {
     data = data.then([this, ino]() { return layoutOf(ino, cls); })
-               .then([this, ino, &b, &own = *own](kj::Own<SharedLayout> layout) {
+               .then([this, ino, &b, &own = *own, joined](kj::Own<SharedLayout> layout) {
                  // As for a write-through: size and mtime once the data is in place.
                  return storeBatch(layout->layout, kj::arrayPtr(b.writes.data(), b.writes.size()),
                                    kj::addRef(own), cls)
-                     .then([this, ino, end = b.end]() { return wrote(ino, end, cls); })
+                     .then([this, ino, end = b.end, joined]() -> kj::Promise<void> {
+                       if (joined) return kj::READY_NOW;
+                       return wrote(ino, end, cls);
+                     })
                      .attach(kj::mv(layout));
                });
   }
   return data
-      .then([this, ino, &b]() -> kj::Promise<void> {
+      .then([this, ino, &b, joined]() -> kj::Promise<void> {
         KJ_IF_MAYBE (a, b.attr) {
           Cred cred{a->callerUid, a->callerGid, a->callerPid};
           SetAttr set;
@@ -2238,6 +2245,7 @@ kj::Promise<void> Client::sendBatch(uint64_t ino, uint64_t id, WriteBehind::Batc
           set.gid = a->gid;
           set.atime = a->atime;
           set.mtime = a->mtime;
+          if (joined) set.wroteEnd = b.end;
           return sendSetattr(cred, ino, set, cls).ignoreResult();
         }
         return kj::READY_NOW;

@@ -96,6 +96,7 @@ struct SetAttr {
   uint32_t mode = 0, uid = 0, gid = 0;
   uint64_t size = 0;
   timespec atime{}, mtime{};
+  uint64_t wroteEnd = 0;  // not 0: a write-behind batch's `wrote` goes with it (WROTE_SETATTR)
 };
 
 class Client {

@@ -433,11 +433,14 @@ kj::Vector<LockSpec> MetaService::affected(rpc::MetaRequest::Reader req) {
     }
   };
   switch (req.which()) {
-    case R::SETATTR:
-      // A size change changes the contents too: cached pages past the new end go.
-      add(req.getSetattr().getIno(),
-          BIT_ATTR | ((req.getSetattr().getValid() & rpc::SET_SIZE) ? BIT_DATA : 0));
+    case R::SETATTR: {
+      // A size change changes the contents too: cached pages past the new end go; so do
+      // those of data written (wroteEnd), as for `wrote`.
+      auto s = req.getSetattr();
+      bool data = (s.getValid() & rpc::SET_SIZE) || s.getWroteEnd() != 0;
+      add(s.getIno(), BIT_ATTR | (data ? BIT_DATA : 0));
       break;
+    }
     case R::WROTE:
       // Sent after the data reached the data targets: readers drop their pages, then re-read.
       add(req.getWrote().getIno(), BIT_ATTR | BIT_DATA);
@@ -565,6 +568,8 @@ void MetaService::apply(rpc::MetaRequest::Reader req, store::Txn& txn,
   switch (req.which()) {
     case R::SETATTR: {
       auto s = req.getSetattr();
+      // Data written behind, then the change the application made after it.
+      if (s.getWroteEnd() != 0) ns_.wrote(txn, s.getIno(), s.getWroteEnd());
       capnp::MallocMessageBuilder adjusted;  // the request with the mode a checked chmod sets
       if (caller.checked && (s.getValid() & rpc::SET_MODE)) {
         uint32_t mode = permittedMode(ns_.get(txn, s.getIno()), caller, s.getMode());

@@ -582,6 +582,7 @@ bool Namespace::readdir(store::Txn& txn, uint64_t ino, uint64_t cookie, uint32_t
 InodeData Namespace::wrote(store::Txn& txn, uint64_t ino, uint64_t end) {
   auto node = get(txn, ino);
   fsRequire(node.isReg(), EINVAL);
+  fsRequire(end <= uint64_t(INT64_MAX), EFBIG);
   if (end > node.size) node.size = end;
   node.mtime = node.ctime = nowTime();
   put(txn, node);

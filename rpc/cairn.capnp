@@ -137,6 +137,9 @@ struct MetaRequest {
       size @11 :UInt64;
       atime @12 :Timespec;
       mtime @13 :Timespec;
+      # Not 0: first, as `wrote` does, the data written up to here (features::WROTE_SETATTR): a
+      # write-behind batch's `wrote` and the change queued after it, in one update.
+      wroteEnd @99 :UInt64;
     }
     mknod :group {             # regular files, fifos, sockets, devices
       parent @14 :UInt64;

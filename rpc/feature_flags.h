@@ -46,8 +46,11 @@ constexpr size_t MAX_RESERVED_INODES = 4096;
 // LockSession.prolong, and the callback's timeoutMs: a client whose give-back waits on a server
 // that is away asks for more time instead of being evicted.
 constexpr uint64_t LOCK_PROLONG = 1 << 9;
+// MetaRequest.setattr.wroteEnd: a write-behind batch's size and mtime and the change of
+// attributes queued after its writes go in one update (tar: one request a file, not two).
+constexpr uint64_t WROTE_SETATTR = 1 << 10;
 constexpr uint64_t SUPPORTED = BASE | CACHING_LOCKS | WRITE_MANY | ACTIVE_SERVER_LOCK |
                                DESTROY_MANY | RELEASE_MANY | LOCK_CONVERT | ASYNC_DIROPS |
-                               ASYNC_CREATE | LOCK_PROLONG;
+                               ASYNC_CREATE | LOCK_PROLONG | WROTE_SETATTR;
 
 }  // namespace cairn::features

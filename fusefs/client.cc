@@ -875,8 +875,37 @@ kj::Promise<void> Client::truncateObjects(const StripeLayout& layout, uint64_t s
   return kj::joinPromises(parts.finish());
 }
 
+kj::Promise<void> Client::killSuidgid(const Cred& cred, uint64_t ino) {
+  return getattr(ino).then([this, cred, ino](Entry e) -> kj::Promise<void> {
+    KJ_IF_MAYBE (mode, setidCleared(e.attr, cred, SetidKill::WRITE)) {
+      ++stats_.setidCleared;
+      SetAttr s;
+      s.valid = rpc::SET_MODE;
+      s.mode = *mode;
+      return setattr(cred, ino, s, nullptr).ignoreResult();
+    }
+    return kj::READY_NOW;
+  });
+}
+
 kj::Promise<Entry> Client::setattr(const Cred& cred, uint64_t ino, SetAttr attr,
                                    kj::Maybe<uint64_t> fh) {
+  if (attr.kill != SetidKill::NONE) {
+    // A chown, or a truncate by a caller without CAP_FSETID: the set-ID bits go in the same
+    // change, computed from the mode as it is (held under our lock, or asked for).
+    auto kill = attr.kill;
+    attr.kill = SetidKill::NONE;
+    if (!(attr.valid & rpc::SET_MODE)) {
+      return getattr(ino).then([this, cred, ino, attr, fh, kill](Entry e) mutable {
+        KJ_IF_MAYBE (mode, setidCleared(e.attr, cred, kill)) {
+          ++stats_.setidCleared;
+          attr.valid |= rpc::SET_MODE;
+          attr.mode = *mode;
+        }
+        return setattr(cred, ino, attr, fh);
+      });
+    }
+  }
   if (attr.valid & rpc::SET_SIZE) readAhead_.drop(ino);
   KJ_IF_MAYBE (e, setattrBehind(cred, ino, attr)) {
     return *e;
@@ -2067,8 +2096,22 @@ bool Client::touchAtime(uint64_t ino) {
 }
 
 kj::Promise<size_t> Client::write(uint64_t fh, uint64_t offset, kj::Array<kj::byte> data,
-                                  bool writeback) {
+                                  bool writeback, kj::Maybe<Cred> killFor) {
   auto& file = openFile(fh);
+  KJ_IF_MAYBE (cred, killFor) {
+    // Set-ID bits go before the write lands (a caller without CAP_FSETID). Most files have
+    // none, and their mode is cached under our lock: nothing to wait for then.
+    bool clean = false;
+    KJ_IF_MAYBE (e, cachedEntry(file.ino)) {
+      clean = !(e->attr.st_mode & (S_ISUID | S_ISGID));
+    }
+    if (!clean) {
+      return killSuidgid(*cred, file.ino)
+          .then([this, fh, offset, data = kj::mv(data), writeback]() mutable {
+            return write(fh, offset, kj::mv(data), writeback);
+          });
+    }
+  }
   KJ_IF_MAYBE (wait, whileCreating(file.ino)) {
     // Made ahead: nobody else can see the file, and its locks come with the create's reply.
     // The write goes behind (sent once the create is answered).

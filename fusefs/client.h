@@ -31,6 +31,7 @@
 #include "fusefs/async_dirops.h"
 #include "fusefs/inode_table.h"
 #include "fusefs/kernel_cache.h"
+#include "fusefs/kill_priv.h"
 #include "fusefs/lock_cache.h"
 #include "fusefs/meta_cache.h"
 #include "fusefs/open_table.h"
@@ -97,6 +98,7 @@ struct SetAttr {
   uint64_t size = 0;
   timespec atime{}, mtime{};
   uint64_t wroteEnd = 0;  // not 0: a write-behind batch's `wrote` goes with it (WROTE_SETATTR)
+  SetidKill kill = SetidKill::NONE;  // clear set-ID bits too, as the VFS would (kill_priv.h)
 };
 
 class Client {
@@ -143,8 +145,10 @@ public:
                              uint32_t mode, uint32_t flags);
   kj::Promise<kj::Array<kj::byte>> read(uint64_t fh, uint64_t offset, size_t size);
   // `writeback`: the kernel writing back dirty pages (not an application's write()).
+  // `killFor`: the kernel asks for set-ID bits to be cleared first (fusefs/kill_priv.h), by
+  // that caller.
   kj::Promise<size_t> write(uint64_t fh, uint64_t offset, kj::Array<kj::byte> data,
-                            bool writeback = false);
+                            bool writeback = false, kj::Maybe<Cred> killFor = nullptr);
   kj::Promise<void> fsync(uint64_t fh);
   // close(): a failure of write-behind so far is reported here. What is queued for the file is
   // sent now; close waits for it only while a target may be short of room (roomBehind), so that
@@ -198,6 +202,7 @@ public:
     uint64_t listingHits = 0;    // readdir answered from a kept listing
     uint64_t removalsAhead = 0;  // unlinks and rmdirs answered ahead
     uint64_t createsAhead = 0;   // creates answered ahead
+    uint64_t setidCleared = 0;   // set-ID bits cleared for the kernel (fusefs/kill_priv.h)
   };
   const AsyncDirops& dirops() const { return dirops_; }
   const Stats& stats() const { return stats_; }
@@ -257,6 +262,8 @@ private:
   kj::Promise<void> startBatch(uint64_t ino, WriteBehind::Batch batch);
   // A setattr answered from here and queued behind (WriteBehind::setAttr), if it may be.
   kj::Maybe<Entry> setattrBehind(const Cred& cred, uint64_t ino, const SetAttr& attr);
+  // Clears set-ID bits on `ino` as a write by `cred` does (before it is queued or sent).
+  kj::Promise<void> killSuidgid(const Cred& cred, uint64_t ino);
   kj::Promise<Entry> sendSetattr(const Cred& cred, uint64_t ino, const SetAttr& attr,
                                  ServerLink::Class cls);
   kj::Promise<void> sendBatch(uint64_t ino, uint64_t id, WriteBehind::Batch batch);

@@ -63,6 +63,10 @@ kj::String renderClientMetrics(Client& client) {
   auto& stats = client.stats();
   help(out, "cairn_client_cache_hits_total", "counter", "getattr and lookup answered locally");
   out.add(kj::str("cairn_client_cache_hits_total ", stats.cacheHits, "\n"));
+  help(out, "cairn_client_setid_cleared_total", "counter",
+       "set-ID bits cleared on a write, truncate or chown, for the kernel "
+       "(FUSE_HANDLE_KILLPRIV_V2)");
+  out.add(kj::str("cairn_client_setid_cleared_total ", stats.setidCleared, "\n"));
   help(out, "cairn_client_listing_hits_total", "counter",
        "readdir answered from a listing kept under the directory's lock");
   out.add(kj::str("cairn_client_listing_hits_total ", stats.listingHits, "\n"));

@@ -24,8 +24,9 @@ int nonBlocking(int fd) {
 }
 }  // namespace
 
-FuseLoop::FuseLoop(fuse_session* session, kj::UnixEventPort& port)
+FuseLoop::FuseLoop(fuse_session* session, kj::UnixEventPort& port, KillPriv& killPriv)
     : session_(session),
+      killPriv_(killPriv),
       observer_(port, nonBlocking(fuse_session_fd(session)),
                 kj::UnixEventPort::FdObserver::OBSERVE_READ) {
   memset(&buf_, 0, sizeof(buf_));
@@ -65,6 +66,7 @@ void FuseLoop::replayInit(kj::ArrayPtr<const kj::byte> request) {
   memset(&buf, 0, sizeof(buf));
   buf.mem = copy.begin();
   buf.size = copy.size();
+  killPriv_.received(copy, true);
   fuse_session_process_buf(session_, &buf);
 }
 
@@ -90,6 +92,9 @@ kj::Promise<void> FuseLoop::drain() {
         size_t(res) >= sizeof(fuse_in_header) &&
         reinterpret_cast<const fuse_in_header*>(buf_.mem)->opcode == FUSE_INIT) {
       init_ = kj::heapArray(static_cast<const kj::byte*>(buf_.mem), size_t(res));
+    }
+    if (!(buf_.flags & FUSE_BUF_IS_FD)) {
+      killPriv_.received(kj::arrayPtr(static_cast<const kj::byte*>(buf_.mem), size_t(res)));
     }
     BusyPoll::arrived();
     fuse_session_process_buf(session_, &buf_);

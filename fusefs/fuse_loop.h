@@ -9,11 +9,14 @@
 #include <kj/array.h>
 #include <kj/async-unix.h>
 
+#include "fusefs/kill_priv.h"
+
 namespace cairn {
 
 class FuseLoop {
 public:
-  FuseLoop(fuse_session* session, kj::UnixEventPort& port);
+  // `killPriv` sees every request before libfuse handles it.
+  FuseLoop(fuse_session* session, kj::UnixEventPort& port, KillPriv& killPriv);
   ~FuseLoop();
   KJ_DISALLOW_COPY(FuseLoop);
 
@@ -35,6 +38,7 @@ private:
   kj::Promise<void> drain();
 
   fuse_session* session_;
+  KillPriv& killPriv_;
   kj::UnixEventPort::FdObserver observer_;
   fuse_buf buf_;
   kj::Array<kj::byte> init_;

@@ -7,12 +7,24 @@
 #include <kj/debug.h>
 #include <spdlog/spdlog.h>
 
+#include "fusefs/kill_priv.h"
 #include "fusefs/notifier.h"
 #include "rpc/errors.h"
 
 namespace cairn {
 
 namespace {
+
+// Set-ID bits are ours to clear (FUSE_HANDLE_KILLPRIV_V2, fusefs/kill_priv.h).
+bool weKillSuidgid(fuse_req_t req) {
+  auto* killPriv = static_cast<FuseUserdata*>(fuse_req_userdata(req))->killPriv;
+  return killPriv != nullptr && killPriv->asked();
+}
+// ... and this request asks for it.
+bool killsSuidgid(fuse_req_t req) {
+  auto* killPriv = static_cast<FuseUserdata*>(fuse_req_userdata(req))->killPriv;
+  return killPriv != nullptr && killPriv->killSuidgid();
+}
 
 FuseOps& ops(fuse_req_t req) {
   return *static_cast<FuseUserdata*>(fuse_req_userdata(req))->ops;
@@ -80,8 +92,9 @@ void opInit(void* userdata, fuse_conn_info* conn) {
   conn->want &= ~FUSE_CAP_ASYNC_READ;
   conn->want &= ~(FUSE_CAP_SPLICE_READ | FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE);
   // libfuse turns these on by default. Without them the kernel sends O_TRUNC as a setattr
-  // before the open, and clears set-user/group-ID bits on write and chown with a setattr of its
-  // own, so both go through the one setattr path (truncating the data objects first).
+  // before the open (the one setattr path, truncating the data objects first), and set-ID bits
+  // are cleared as fusefs/kill_priv.h arranges (FUSE_HANDLE_KILLPRIV_V2, which libfuse 3.14
+  // does not know), not as the first version of that feature would have it.
   conn->want &= ~(FUSE_CAP_ATOMIC_O_TRUNC | FUSE_CAP_HANDLE_KILLPRIV);
   conn->max_write = MAX_IO_BYTES;
   conn->max_readahead = MAX_IO_BYTES;
@@ -145,6 +158,17 @@ void opSetattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int toSet, fus
   } else if (toSet & FUSE_SET_ATTR_MTIME) {
     s.valid |= rpc::SET_MTIME;
     s.mtime = attr->st_mtim;
+  }
+  // Set-ID bits a truncate or chown clears (fusefs/kill_priv.h). A chown that changes nothing
+  // (Linux clears them all the same) is the one setattr that comes with nothing to set.
+  constexpr int ANY = FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID |
+                      FUSE_SET_ATTR_SIZE | FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME |
+                      FUSE_SET_ATTR_ATIME_NOW | FUSE_SET_ATTR_MTIME_NOW;
+  if (((toSet & ANY) == 0 && weKillSuidgid(req)) ||
+      (killsSuidgid(req) && !(toSet & FUSE_SET_ATTR_SIZE))) {
+    s.kill = SetidKill::CHOWN;
+  } else if (killsSuidgid(req)) {
+    s.kill = SetidKill::WRITE;
   }
   kj::Maybe<uint64_t> fh;
   if (fi != nullptr) fh = fi->fh;
@@ -272,10 +296,12 @@ void opRead(fuse_req_t req, fuse_ino_t, size_t size, off_t off, fuse_file_info* 
 void opWrite(fuse_req_t req, fuse_ino_t, const char* buf, size_t size, off_t off,
              fuse_file_info* fi) {
   // libfuse reuses `buf` for the next request: copy it before going async.
+  kj::Maybe<Cred> kill;
+  if (killsSuidgid(req)) kill = credOf(req);
   ops(req).run(req, [&]() {
-    return client(req).write(fi->fh, off, bytes(buf, size), fi->writepage).then([req](size_t n) {
-      fuse_reply_write(req, n);
-    });
+    return client(req)
+        .write(fi->fh, off, bytes(buf, size), fi->writepage, kill)
+        .then([req](size_t n) { fuse_reply_write(req, n); });
   });
 }
 

@@ -20,6 +20,7 @@
 namespace cairn {
 
 class FuseOps;
+class KillPriv;
 class Notifier;
 
 // The largest READ and WRITE the kernel sends (max_write, max_readahead; main.cc raises the
@@ -31,6 +32,7 @@ constexpr uint32_t MAX_IO_BYTES = 1 << 20;
 struct FuseUserdata {
   FuseOps* ops = nullptr;
   Notifier* notifier = nullptr;  // told the kernel's protocol version at init
+  KillPriv* killPriv = nullptr;  // the session's I/O; what a request asks to clear
 };
 
 class FuseOps {

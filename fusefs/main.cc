@@ -38,6 +38,7 @@
 #include "fusefs/fuse_ops.h"
 #include "fusefs/handover.h"
 #include "fusefs/kernel_readahead.h"
+#include "fusefs/kill_priv.h"
 #include "fusefs/notifier.h"
 #include "rpc/busy_poll.h"
 #include "rpc/heap_tuning.h"
@@ -313,6 +314,9 @@ int main(int argc, char** argv) {
   fuse_opt_add_arg(&args, "-osubtype=cairn");
 
   cairn::FuseUserdata userdata;
+  // Static: a notifier thread left inside a notify call writes through it after main is done.
+  static cairn::KillPriv killPriv;
+  userdata.killPriv = &killPriv;
   fuse_session* se =
       fuse_session_new(&args, &cairn::FuseOps::table(), sizeof(fuse_lowlevel_ops), &userdata);
   if (se == nullptr) return 1;
@@ -326,6 +330,7 @@ int main(int argc, char** argv) {
   }
   std::string mountPoint = opts.mountpoint;
   if (fuse_session_mount(se, device == nullptr ? opts.mountpoint : device.cStr()) != 0) return 1;
+  killPriv.install(se);
   bool handedOver = false;  // then the mount lives on in the new process: no unmount
   KJ_DEFER({
     if (handedOver) return;
@@ -386,7 +391,7 @@ int main(int argc, char** argv) {
     cairn::FuseOps fuseOps(client, io.provider->getTimer());
     userdata.ops = &fuseOps;
     userdata.notifier = &notifier;
-    cairn::FuseLoop loop(se, io.unixEventPort);
+    cairn::FuseLoop loop(se, io.unixEventPort, killPriv);
     KJ_IF_MAYBE (s, state) {
       // The session as the kernel negotiated it with the previous process, then that
       // process's tables; the servers see the same client reconnect.
@@ -422,7 +427,8 @@ int main(int argc, char** argv) {
 
     // The mount's counters, on a local socket (`cairnctl --mount MNT stats`).
     cairn::MetricsHttpServer metrics(io.provider->getTimer(), [&client, &busy]() {
-      return kj::str(cairn::renderClientMetrics(client), busy.metrics("cairn_client"));
+      return kj::str(cairn::renderClientMetrics(client), busy.metrics("cairn_client"),
+                     killPriv.metrics());
     });
     auto socketPath = cairn::statsSocketPath(opts.mountpoint);
     kj::Maybe<kj::Own<kj::ConnectionReceiver>> statsPort;

@@ -168,5 +168,43 @@ TEST_F(Permissions, WriteByNonOwnerClearsSetuid) {
   EXPECT_FALSE(st.st_mode & S_ISUID);
 }
 
+// The kernel (5.11 and later) leaves that clearing to the mount (FUSE_HANDLE_KILLPRIV_V2, which
+// spares it a GETXATTR before every write and a GETATTR before every chown), and the mount does
+// it: tests/posix (SetIdBits) checks the rules against the local disk's.
+TEST_F(Permissions, TheMountClearsSetIdBitsForTheKernel) {
+  auto counter = [&](const std::string& name) {
+    auto r = run({ctlBin(), "--mount", *mnt_, "stats"});
+    EXPECT_EQ(r.status, 0) << r.err;
+    auto at = r.out.find("\n" + name + " ");
+    EXPECT_NE(at, std::string::npos) << name;
+    return at == std::string::npos ? 0 : std::stoull(r.out.substr(at + name.size() + 2));
+  };
+  EXPECT_EQ(counter("cairn_client_killpriv_v2"), 1u);
+  uint64_t before = counter("cairn_client_setid_cleared_total");
+  ASSERT_EQ(mkdir(p("kill").c_str(), 0777), 0);
+  ASSERT_EQ(chmod(p("kill").c_str(), 0777), 0);
+  for (auto name : {"w", "t", "c"}) {
+    int fd = open(p(std::string("kill/") + name).c_str(), O_CREAT | O_WRONLY, 0666);
+    ASSERT_GE(fd, 0);
+    close(fd);
+    ASSERT_EQ(chmod(p(std::string("kill/") + name).c_str(), 06777), 0);
+  }
+  EXPECT_EQ(as([&] {
+              int fd = open(p("kill/w").c_str(), O_WRONLY);
+              if (fd < 0) return errno;
+              int rc = check(int(write(fd, "x", 1)));
+              close(fd);
+              return rc == 0 ? check(truncate(p("kill/t").c_str(), 0)) : rc;
+            }),
+            0);
+  ASSERT_EQ(chown(p("kill/c").c_str(), USER, GROUP), 0);
+  for (auto name : {"w", "t", "c"}) {
+    struct stat st;
+    ASSERT_EQ(stat(p(std::string("kill/") + name).c_str(), &st), 0);
+    EXPECT_EQ(st.st_mode & 07777, 0777u) << name;
+  }
+  EXPECT_EQ(counter("cairn_client_setid_cleared_total") - before, 3u);
+}
+
 }  // namespace
 }  // namespace cairn::test

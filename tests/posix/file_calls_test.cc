@@ -248,6 +248,80 @@ TEST_P(Chown, ByNonRootClearsSetIdBits) {
   EXPECT_EQ(statOf(p("f")).st_mode & 07777, 0755u);
 }
 
+// Which writes, truncates and chowns clear set-user-ID and set-group-ID: the VFS's rules, which
+// a Cairn mount applies itself when the kernel leaves them to it (fusefs/kill_priv.h).
+class SetIdBits : public FsTest {
+protected:
+  // A file of USER:GROUP, writable by all, with `mode`.
+  void make(const std::string& name, mode_t mode) {
+    touch(p(name));
+    ASSERT_EQ(chown(p(name).c_str(), USER, GROUP), 0);
+    ASSERT_EQ(chmod(p(name).c_str(), mode), 0);
+  }
+  mode_t modeOf(const std::string& name) { return statOf(p(name)).st_mode & 07777; }
+  // Writes one byte as someone other than the owner (no CAP_FSETID), in the file's group or not.
+  int writeAsOther(const std::string& name, bool inGroup = false) {
+    return asOther(
+        [&] {
+          int fd = open(p(name).c_str(), O_WRONLY);
+          if (fd < 0) return errno;
+          int rc = write(fd, "x", 1) == 1 ? 0 : errno;
+          close(fd);
+          return rc;
+        },
+        inGroup);
+  }
+};
+ON_BOTH(SetIdBits);
+
+TEST_P(SetIdBits, AWriteWithoutCapFsetidClearsThem) {
+  make("u", 04777);
+  make("gx", 02777);
+  // Set-group-ID without group execute stays for a writer in the file's group only.
+  make("g", 02767);
+  make("gin", 02767);
+  for (auto name : {"u", "gx", "g"}) EXPECT_EQ(writeAsOther(name), 0) << name;
+  EXPECT_EQ(writeAsOther("gin", true), 0);
+  EXPECT_EQ(modeOf("u"), 0777u);
+  EXPECT_EQ(modeOf("gx"), 0777u);
+  EXPECT_EQ(modeOf("g"), 0767u);
+  EXPECT_EQ(modeOf("gin"), 02767u);
+  // Root (CAP_FSETID) keeps them.
+  make("root", 06777);
+  int fd = open(p("root").c_str(), O_WRONLY);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(write(fd, "x", 1), 1);
+  ASSERT_EQ(close(fd), 0);
+  EXPECT_EQ(modeOf("root"), 06777u);
+}
+
+TEST_P(SetIdBits, ATruncateWithoutCapFsetidClearsThem) {
+  make("t", 06777);
+  EXPECT_EQ(asOther([&] { return err(truncate(p("t").c_str(), 0)); }), 0);
+  EXPECT_EQ(modeOf("t"), 0777u);
+  make("root", 06777);
+  ASSERT_EQ(truncate(p("root").c_str(), 0), 0);
+  EXPECT_EQ(modeOf("root"), 06777u);
+}
+
+TEST_P(SetIdBits, AChownClearsThemEvenByRoot) {
+  make("ug", 06755);
+  ASSERT_EQ(chown(p("ug").c_str(), 0, 0), 0);
+  EXPECT_EQ(modeOf("ug"), 0755u);
+  make("g", 02745);  // no group execute: root keeps it
+  ASSERT_EQ(chown(p("g").c_str(), 0, 0), 0);
+  EXPECT_EQ(modeOf("g"), 02745u);
+  // Linux clears them on a chown that changes nothing, too.
+  make("same", 06555);
+  EXPECT_EQ(asUser([&] { return err(chown(p("same").c_str(), -1, -1)); }), 0);
+  EXPECT_EQ(modeOf("same"), 0555u);
+  // Not on a directory.
+  ASSERT_EQ(mkdir(p("d").c_str(), 0755), 0);
+  ASSERT_EQ(chmod(p("d").c_str(), 06755), 0);
+  ASSERT_EQ(chown(p("d").c_str(), USER, GROUP), 0);
+  EXPECT_EQ(modeOf("d"), 06755u);
+}
+
 class Utimensat : public FsTest {};
 ON_BOTH(Utimensat);
 

@@ -92,6 +92,10 @@ int asUser(const std::function<int()>& body, bool supplementary) {
                      body);
 }
 
+int asOther(const std::function<int()>& body, bool inGroup) {
+  return test::runAs(USER + 1, inGroup ? GROUP : GROUP + 1, {}, body);
+}
+
 }  // namespace cairn::posix
 
 int main(int argc, char** argv) {

@@ -40,6 +40,8 @@ constexpr uid_t USER = 4242;
 constexpr gid_t GROUP = 4242;
 constexpr gid_t SUPP = 5353;
 int asUser(const std::function<int()>& body, bool supplementary = false);
+// Runs `body` as another user (no capabilities), in GROUP if `inGroup`, else in none of those.
+int asOther(const std::function<int()>& body, bool inGroup = false);
 
 #define ON_BOTH(Suite)                                                     \
   INSTANTIATE_TEST_SUITE_P(Fs, Suite, ::testing::Values("local", "cairn"), \

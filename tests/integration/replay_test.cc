@@ -113,6 +113,13 @@ TEST(Replay, MetadataCrashAfterABarrierLosesNothing) {
   EXPECT_TRUE(contains(cluster.mountLog(0), "replayed"));
   EXPECT_FALSE(contains(cluster.mountLog(0), "failed (errno"));
   EXPECT_FALSE(contains(cluster.mountLog(1), "failed (errno"));
+  // What each side logged, for a failure seen only in CI.
+  if (::testing::Test::HasFailure()) {
+    std::cerr << "--- metadata server log:\n"
+              << readWhole(cluster.log(0)) << "--- mount 0 log:\n"
+              << cluster.mountLog(0) << "--- mount 1 log:\n"
+              << cluster.mountLog(1);
+  }
 }
 
 // Replay barrier on a data target: fsync-acknowledged and merely written data both come back.

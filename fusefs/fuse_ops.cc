@@ -15,15 +15,10 @@ namespace cairn {
 
 namespace {
 
-// Set-ID bits are ours to clear (FUSE_HANDLE_KILLPRIV_V2, fusefs/kill_priv.h).
-bool weKillSuidgid(fuse_req_t req) {
+// The set-ID bits this request clears (FUSE_HANDLE_KILLPRIV_V2, fusefs/kill_priv.h).
+SetidKill killOf(fuse_req_t req) {
   auto* killPriv = static_cast<FuseUserdata*>(fuse_req_userdata(req))->killPriv;
-  return killPriv != nullptr && killPriv->asked();
-}
-// ... and this request asks for it.
-bool killsSuidgid(fuse_req_t req) {
-  auto* killPriv = static_cast<FuseUserdata*>(fuse_req_userdata(req))->killPriv;
-  return killPriv != nullptr && killPriv->killSuidgid();
+  return killPriv == nullptr ? SetidKill::NONE : killPriv->kill();
 }
 
 FuseOps& ops(fuse_req_t req) {
@@ -159,17 +154,7 @@ void opSetattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int toSet, fus
     s.valid |= rpc::SET_MTIME;
     s.mtime = attr->st_mtim;
   }
-  // Set-ID bits a truncate or chown clears (fusefs/kill_priv.h). A chown that changes nothing
-  // (Linux clears them all the same) is the one setattr that comes with nothing to set.
-  constexpr int ANY = FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID |
-                      FUSE_SET_ATTR_SIZE | FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME |
-                      FUSE_SET_ATTR_ATIME_NOW | FUSE_SET_ATTR_MTIME_NOW;
-  if (((toSet & ANY) == 0 && weKillSuidgid(req)) ||
-      (killsSuidgid(req) && !(toSet & FUSE_SET_ATTR_SIZE))) {
-    s.kill = SetidKill::CHOWN;
-  } else if (killsSuidgid(req)) {
-    s.kill = SetidKill::WRITE;
-  }
+  s.kill = killOf(req);
   kj::Maybe<uint64_t> fh;
   if (fi != nullptr) fh = fi->fh;
   ops(req).run(req, [&]() {
@@ -297,7 +282,7 @@ void opWrite(fuse_req_t req, fuse_ino_t, const char* buf, size_t size, off_t off
              fuse_file_info* fi) {
   // libfuse reuses `buf` for the next request: copy it before going async.
   kj::Maybe<Cred> kill;
-  if (killsSuidgid(req)) kill = credOf(req);
+  if (killOf(req) != SetidKill::NONE) kill = credOf(req);
   ops(req).run(req, [&]() {
     return client(req)
         .write(fi->fh, off, bytes(buf, size), fi->writepage, kill)

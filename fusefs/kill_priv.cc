@@ -72,7 +72,7 @@ void KillPriv::install(fuse_session* session) {
 }
 
 void KillPriv::received(kj::ArrayPtr<const kj::byte> request, bool replayed) {
-  kill_ = false;
+  kill_ = SetidKill::NONE;
   if (request.size() < sizeof(fuse_in_header)) return;
   auto* header = reinterpret_cast<const fuse_in_header*>(request.begin());
   switch (header->opcode) {
@@ -92,12 +92,21 @@ void KillPriv::received(kj::ArrayPtr<const kj::byte> request, bool replayed) {
       return;
     case FUSE_WRITE:
       if (auto* in = argOf<fuse_write_in>(request)) {
-        kill_ = (in->write_flags & FUSE_WRITE_KILL_SUIDGID) != 0;
+        if (in->write_flags & FUSE_WRITE_KILL_SUIDGID) kill_ = SetidKill::WRITE;
       }
       return;
     case FUSE_SETATTR:
       if (auto* in = argOf<fuse_setattr_in>(request)) {
-        kill_ = (in->valid & FATTR_KILL_SUIDGID) != 0;
+        // A truncate flagged by a caller without CAP_FSETID; a chown flagged; and a chown that
+        // changes nothing (Linux clears the bits all the same), the one setattr that comes
+        // with nothing to set and no flag.
+        constexpr uint32_t ANY = FATTR_MODE | FATTR_UID | FATTR_GID | FATTR_SIZE | FATTR_ATIME |
+                                 FATTR_MTIME | FATTR_ATIME_NOW | FATTR_MTIME_NOW;
+        if (in->valid & FATTR_KILL_SUIDGID) {
+          kill_ = (in->valid & FATTR_SIZE) ? SetidKill::WRITE : SetidKill::CHOWN;
+        } else if ((in->valid & ANY) == 0 && asked()) {
+          kill_ = SetidKill::CHOWN;
+        }
       }
       return;
     default:

@@ -11,7 +11,7 @@
 // libfuse 3.14 neither asks for the feature at FUSE_INIT nor passes those flags on. So this
 // adds the flag to libfuse's INIT reply (the session's custom I/O) when the kernel offered it,
 // and reads the flags off each raw request before libfuse handles it; the handlers then ask
-// killSuidgid(). A kernel without the feature never sets them: nothing is cleared here, and
+// kill(). A kernel without the feature never sets them: nothing is cleared here, and
 // the kernel goes on doing it.
 #pragma once
 
@@ -55,10 +55,8 @@ public:
   // process's FUSE_INIT, replayed by a process that took the mount over; the kernel keeps what
   // it agreed then (with a process of this kind: the feature, when offered).
   void received(kj::ArrayPtr<const kj::byte> request, bool replayed = false);
-  // The request being handled asks for set-ID bits to be cleared (a FUSE_WRITE or a
-  // FUSE_SETATTR flagged so; a chown that changes nothing comes unflagged and is a SETATTR
-  // with nothing to set).
-  bool killSuidgid() const { return kill_; }
+  // What the request being handled clears (FUSE_WRITE or FUSE_SETATTR; NONE otherwise).
+  SetidKill kill() const { return kill_; }
   // Whether the kernel was asked to leave the clearing to us (and offered it).
   bool asked() const { return asked_.load(std::memory_order_relaxed); }
 
@@ -72,7 +70,7 @@ private:
   std::atomic<uint64_t> initUnique_{0};
   std::atomic<bool> offered_{false};
   std::atomic<bool> asked_{false};
-  bool kill_ = false;  // the loop's thread only
+  SetidKill kill_ = SetidKill::NONE;  // the loop's thread only
 };
 
 }  // namespace cairn

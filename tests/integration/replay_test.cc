@@ -99,6 +99,13 @@ TEST(Replay, MetadataCrashAfterABarrierLosesNothing) {
   auto a = cluster.mount();
   auto b = cluster.mount();
   writeWhole(a + "/before", "committed before the barrier");
+  // A mount connects in the background once mounted. Both must have joined the target before
+  // the barrier: a join the crash discards makes the restarted target refuse that client's
+  // replays as a stranger's (the failure seen once in CI: b's updates all gone).
+  for (int m : {0, 1}) {
+    ASSERT_TRUE(
+        waitFor([&] { return contains(cluster.mountLog(m), "link meta: connected"); }, 10000));
+  }
   barrier(cluster, 0);
   burst(a, b);
   checkBurst(a);

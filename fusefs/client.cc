@@ -140,7 +140,8 @@ Client::Client(kj::AsyncIoContext& io, kj::Network& network, ClientOptions optio
   meta_->setRecovery([this]() { return recoverMeta(); });
   locks_ = kj::heap<LockCache>(
       *meta_, io.provider->getTimer(),
-      [this](uint64_t ino, uint64_t bit) { return revoke(ino, bit); }, options_.lockLimits);
+      [this](uint64_t ino, uint64_t bit, bool destroyed) { return revoke(ino, bit, destroyed); },
+      options_.lockLimits);
   // A PW called back while no descriptor here can dirty the file and nothing of it is queued
   // (its last writer closed) becomes PR instead of going back (LockCache::blocking).
   locks_->setDowngradable([this](uint64_t ino, uint64_t bit) {
@@ -536,10 +537,14 @@ void Client::absorb(rpc::MetaReply::Reader reply, uint64_t op) {
   for (auto a : reply.getChanged()) {
     if (a.getMode() == 0) {
       cache_.dropAttr(a.getIno());
-      // Removed by our own update: its locks cover nothing any more. A directory removed so
-      // has no name left for the kernel to drop, nor one on its way there: it was empty, and
-      // the kernel held it locked against lookups while removing it.
-      if (locks_->held(a.getIno(), BIT_LOOKUP) != 0) removedDirs_.insert(a.getIno());
+      // Removed by our own update: its locks cover nothing any more, and the kernel holds
+      // nothing of it to drop. The update came through this kernel (an unlink, rmdir or
+      // rename over it), which dropped the inode's link and attributes itself, and the inode
+      // was open nowhere (or the server would keep it): its pages go when the kernel evicts
+      // it. A directory removed so has no name left for the kernel to drop, nor one on its
+      // way there: it was empty, and the kernel held it locked against lookups while removing
+      // it. (Telling the kernel anyway cost two thread hand-offs an unlink, each answered
+      // "no such inode".)
       locks_->giveBackInode(a.getIno());
     } else {
       see(a);
@@ -606,14 +611,20 @@ std::vector<std::string> Client::forgetKernelNames(uint64_t dir) {
   return names;
 }
 
-kj::Promise<void> Client::revoke(uint64_t ino, uint64_t bit) {
+kj::Promise<void> Client::invalidateInKernel(KernelCache& kernel, uint64_t ino, bool pages) {
+  ++stats_.kernelInvalidations;
+  return kernel.invalidate(ino, pages);
+}
+
+kj::Promise<void> Client::revoke(uint64_t ino, uint64_t bit, bool destroyed) {
   if (bit == BIT_LOOKUP && dirops_.pending(ino)) {
     // Whoever called the lock back must find our unlinks in the directory done.
-    return dirops_.settled(ino).then([this, ino, bit]() { return revoke(ino, bit); });
+    return dirops_.settled(ino).then(
+        [this, ino, bit, destroyed]() { return revoke(ino, bit, destroyed); });
   }
   if (bit == BIT_LOOKUP) {
     cache_.dropDir(ino);
-    if (removedDirs_.erase(ino) > 0) {
+    if (destroyed) {
       // Nothing to tell the kernel (see absorb); raising its epoch would make it check every
       // name it holds, as `rm -r` removing directory after directory did.
       forgetKernelNames(ino);
@@ -637,9 +648,10 @@ kj::Promise<void> Client::revoke(uint64_t ino, uint64_t bit) {
   if (bit == BIT_DATA) readAhead_.drop(ino);
   if (bit != BIT_ATTR && bit != BIT_DATA) return kj::READY_NOW;
   // Writes queued behind these locks go out before the locks do.
-  return flushed(ino).then([this, ino, bit]() -> kj::Promise<void> {
+  return flushed(ino).then([this, ino, bit, destroyed]() -> kj::Promise<void> {
+    if (destroyed) return kj::READY_NOW;
     KJ_IF_MAYBE (kernel, kernel_) {
-      auto dropped = kernel->invalidate(ino, bit == BIT_DATA);
+      auto dropped = invalidateInKernel(*kernel, ino, bit == BIT_DATA);
       if (!draining_) return dropped;
       return dropped.exclusiveJoin(io_.provider->getTimer().afterDelay(KERNEL_WAIT_IN_SHUTDOWN));
     }
@@ -657,7 +669,7 @@ kj::Promise<Opened> Client::withDataLock(Opened o) {
     KJ_IF_MAYBE (kernel, kernel_) {
       o.atimeSet = false;
       uint64_t ino = o.entry.attr.st_ino;
-      return kernel->invalidate(ino, false).then([this, o]() { return withDataLock(o); });
+      return invalidateInKernel(*kernel, ino, false).then([this, o]() { return withDataLock(o); });
     }
   }
   auto& file = KJ_ASSERT_NONNULL(opens_.find(o.fh));
@@ -1651,7 +1663,7 @@ void Client::createBehind(const Cred& cred, uint64_t parent, std::string name, u
     bool attr = same && locks_->held(ino, BIT_ATTR) != 0;
     bool data = locks_->held(ino, BIT_DATA) != 0;
     KJ_IF_MAYBE (kernel, kernel_) {
-      if (!attr || !data) return kernel->invalidate(ino, !data).then([]() { return 0; });
+      if (!attr || !data) return invalidateInKernel(*kernel, ino, !data).then([]() { return 0; });
     }
     return 0;
   });
@@ -2134,7 +2146,7 @@ kj::Promise<size_t> Client::write(uint64_t fh, uint64_t offset, kj::Array<kj::by
         })
         .then([this, ino](size_t n) -> kj::Promise<size_t> {
           KJ_IF_MAYBE (kernel, kernel_) {
-            return kernel->invalidate(ino, true).then([n]() { return n; });
+            return invalidateInKernel(*kernel, ino, true).then([n]() { return n; });
           }
           return n;
         });

@@ -197,12 +197,13 @@ public:
 
   // What the mount did, for its counters (fusefs/client_metrics.cc).
   struct Stats {
-    uint64_t cacheHits = 0;      // getattr and lookup answered from the cache
-    uint64_t cacheMisses = 0;    // ... that had to ask the metadata server
-    uint64_t listingHits = 0;    // readdir answered from a kept listing
-    uint64_t removalsAhead = 0;  // unlinks and rmdirs answered ahead
-    uint64_t createsAhead = 0;   // creates answered ahead
-    uint64_t setidCleared = 0;   // set-ID bits cleared for the kernel (fusefs/kill_priv.h)
+    uint64_t cacheHits = 0;            // getattr and lookup answered from the cache
+    uint64_t cacheMisses = 0;          // ... that had to ask the metadata server
+    uint64_t listingHits = 0;          // readdir answered from a kept listing
+    uint64_t removalsAhead = 0;        // unlinks and rmdirs answered ahead
+    uint64_t createsAhead = 0;         // creates answered ahead
+    uint64_t setidCleared = 0;         // set-ID bits cleared for the kernel (fusefs/kill_priv.h)
+    uint64_t kernelInvalidations = 0;  // inodes' attributes or pages the kernel was told to drop
   };
   const AsyncDirops& dirops() const { return dirops_; }
   const Stats& stats() const { return stats_; }
@@ -249,8 +250,11 @@ private:
   // The want* bits for a request about `ino` (and the directory `dir`, if any).
   uint32_t wantFor(uint64_t dir, uint64_t ino, bool data);
   bool caching() const;  // asked for, and the metadata server can
-  // What a lock on (ino, bit) covered goes: the client's copies, then the kernel's.
-  kj::Promise<void> revoke(uint64_t ino, uint64_t bit);
+  // What a lock on (ino, bit) covered goes: the client's copies, then the kernel's (unless our
+  // own update `destroyed` the inode: see absorb).
+  kj::Promise<void> revoke(uint64_t ino, uint64_t bit, bool destroyed = false);
+  // The kernel's copy of an inode's attributes (and its pages, if `pages`) goes; counted.
+  kj::Promise<void> invalidateInKernel(KernelCache& kernel, uint64_t ino, bool pages);
   // Pages of `ino` may be cached by the kernel only under its DATA lock: take it first.
   kj::Promise<void> dataLock(uint64_t ino);
   kj::Promise<Opened> withDataLock(Opened o);
@@ -389,8 +393,6 @@ private:
   std::unordered_map<uint64_t, std::unordered_set<std::string>> kernelNames_;
   size_t kernelNameCount_ = 0;  // over all directories
   std::unordered_map<uint64_t, kj::TimePoint> lastNameReply_;
-  // Directories our own update removed whose lookup lock is still to go (see absorb).
-  std::unordered_set<uint64_t> removedDirs_;
   ReadAhead readAhead_;
   WriteBehind wb_;
   AsyncDirops dirops_;

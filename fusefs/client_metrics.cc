@@ -67,6 +67,9 @@ kj::String renderClientMetrics(Client& client) {
        "set-ID bits cleared on a write, truncate or chown, for the kernel "
        "(FUSE_HANDLE_KILLPRIV_V2)");
   out.add(kj::str("cairn_client_setid_cleared_total ", stats.setidCleared, "\n"));
+  help(out, "cairn_client_kernel_invalidations_total", "counter",
+       "inodes whose attributes or pages the kernel was told to drop (a lock went back)");
+  out.add(kj::str("cairn_client_kernel_invalidations_total ", stats.kernelInvalidations, "\n"));
   help(out, "cairn_client_listing_hits_total", "counter",
        "readdir answered from a listing kept under the directory's lock");
   out.add(kj::str("cairn_client_listing_hits_total ", stats.listingHits, "\n"));

@@ -216,11 +216,12 @@ void LockCache::giveBack(Key key) {
   tasks_.add(release(key));
 }
 
-kj::Promise<void> LockCache::release(Key key, bool gone) {
+kj::Promise<void> LockCache::release(Key key, bool gone, bool destroyed) {
   auto it = held_.find(key);
   if (it == held_.end()) return kj::READY_NOW;
   Revoking r{it->second.id, it->second.generation};
   r.gone = gone;
+  r.destroyed = destroyed;
   byId_.erase(it->second.id);
   held_.erase(it);
   revoking_.emplace(key, r);
@@ -228,9 +229,10 @@ kj::Promise<void> LockCache::release(Key key, bool gone) {
     auto it = revoking_.find(key);
     if (it == revoking_.end()) return kj::READY_NOW;
     bool usedAgain = it->second.usedAgain;
+    bool destroyed = it->second.destroyed;
     if (!it->second.gone) cancel(it->second.id, it->second.generation);
     revoking_.erase(it);
-    if (usedAgain) return revoke_(key.first, key.second);
+    if (usedAgain) return revoke_(key.first, key.second, destroyed);
     return kj::READY_NOW;
   });
 }
@@ -250,7 +252,7 @@ kj::Promise<void> LockCache::giveBackAll() {
 
 void LockCache::giveBackInode(uint64_t ino) {
   for (uint64_t bit : {BIT_LOOKUP, BIT_ATTR, BIT_DATA}) {
-    if (held_.count(Key(ino, bit)) > 0) giveBack(Key(ino, bit));
+    if (held_.count(Key(ino, bit)) > 0) tasks_.add(release(Key(ino, bit), false, true));
   }
 }
 
@@ -293,7 +295,9 @@ void LockCache::sendAside(kj::Promise<void> sent, uint64_t generation) {
 }
 
 kj::Promise<void> LockCache::dropCovered(Key key, unsigned pass) {
-  return revoke_(key.first, key.second).then([this, key, pass]() -> kj::Promise<void> {
+  auto it = revoking_.find(key);
+  bool destroyed = it != revoking_.end() && it->second.destroyed;
+  return revoke_(key.first, key.second, destroyed).then([this, key, pass]() -> kj::Promise<void> {
     auto it = revoking_.find(key);
     if (it == revoking_.end() || !it->second.usedAgain || pass >= MAX_PASSES) {
       return kj::READY_NOW;
@@ -420,7 +424,7 @@ void LockCache::forgetAll() {
   cancels_.clear();
   converts_.clear();
   // Revocations under way finish dropping; their cancels are skipped (old generation).
-  for (auto& key : keys) tasks_.add(revoke_(key.first, key.second));
+  for (auto& key : keys) tasks_.add(revoke_(key.first, key.second, false));
   if (!keys.empty())
     spdlog::info("lock cache: connection lost, {} cached locks dropped", keys.size());
 }

@@ -30,7 +30,8 @@ namespace cairn {
 class LockCache {
 public:
   // Drops what a lock on (ino, bit) covers; the lock is cancelled once the promise resolves.
-  using Revoke = kj::Function<kj::Promise<void>(uint64_t ino, uint64_t bit)>;
+  // `destroyed`: our own update destroyed the inode, through this kernel (see giveBackInode).
+  using Revoke = kj::Function<kj::Promise<void>(uint64_t ino, uint64_t bit, bool destroyed)>;
   struct Limits {
     size_t maxLocks = 60000;  // the server refuses a client more than 100,000
     kj::Duration maxIdle = 600 * kj::SECONDS;
@@ -62,7 +63,8 @@ public:
   // Someone used what a lock being given back covers (a read that could not wait for a new
   // lock without deadlocking the revocation): drop it all once more before cancelling.
   void usedWhileRevoking(uint64_t ino, uint64_t bit);
-  // The inode is gone: its locks go back (what they covered is dropped first, as always).
+  // Our own update destroyed the inode: its locks go back (what they covered is dropped first,
+  // as always; Revoke is told the inode is gone).
   void giveBackInode(uint64_t ino);
   // A PW held on (ino, bit) becomes PR (features::LOCK_CONVERT), keeping what it covers: the
   // caller has nothing dirty under it any more. Counted as PR here from now on, so nothing is
@@ -109,6 +111,7 @@ private:
     uint64_t generation;
     bool usedAgain = false;
     bool gone = false;                       // dropped by the server already: nothing to cancel
+    bool destroyed = false;                  // by our own update (giveBackInode)
     kj::Duration timeout = 0 * kj::SECONDS;  // the server's, if it called the lock back
   };
   class Callback;
@@ -124,7 +127,7 @@ private:
   // times per timeout (features::LOCK_PROLONG).
   kj::Promise<void> prolongLoop(kj::Duration every);
   void giveBack(Key key);
-  kj::Promise<void> release(Key key, bool gone = false);
+  kj::Promise<void> release(Key key, bool gone = false, bool destroyed = false);
   kj::Promise<void> dropCovered(Key key, unsigned pass);
   void cancel(uint64_t id, uint64_t generation);
   void flushCancels();

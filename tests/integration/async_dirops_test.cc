@@ -409,6 +409,38 @@ TEST(AsyncUnlink, ATreeRemovedWithRmIsGoneEverywhere) {
   EXPECT_TRUE(names(b).empty());
 }
 
+// Files a client removed itself cost the kernel no invalidation: the kernel did the unlink and
+// evicts the inode itself (before, each unlink sent the kernel two, attributes and pages, each
+// on the notifier's thread, each answered "no such inode"). What replaces them is right: new
+// files under the same names read back as written, here and on the other mount.
+TEST(AsyncUnlink, FilesRemovedHereCostTheKernelNoInvalidation) {
+  TestCluster cluster;
+  auto a = cluster.mount();
+  auto b = cluster.mount();
+  const int n = 200;
+  ASSERT_EQ(mkdir((a + "/d").c_str(), 0755), 0);
+  for (int i = 0; i < n; ++i)
+    writeWhole(a + "/d/f" + std::to_string(i), "old " + std::to_string(i));
+  for (int i = 0; i < n; ++i) {
+    ASSERT_EQ(readWhole(a + "/d/f" + std::to_string(i)), "old " + std::to_string(i));
+  }
+  uint64_t before = mountCounter(a, "cairn_client_kernel_invalidations_total");
+  uint64_t aheadBefore = ahead(a);
+  for (int i = 0; i < n; ++i) {
+    ASSERT_EQ(unlink((a + "/d/f" + std::to_string(i)).c_str()), 0) << strerror(errno);
+  }
+  EXPECT_EQ(syncDir(a + "/d"), 0);
+  EXPECT_GT(ahead(a), aheadBefore + n / 2);
+  EXPECT_LT(mountCounter(a, "cairn_client_kernel_invalidations_total"), before + n / 10);
+  EXPECT_TRUE(names(b + "/d").empty());
+  for (int i = 0; i < n; i += 20) writeWhole(a + "/d/f" + std::to_string(i), "new");
+  for (int i = 0; i < n; i += 20) {
+    EXPECT_EQ(readWhole(a + "/d/f" + std::to_string(i)), "new");
+    EXPECT_EQ(readWhole(b + "/d/f" + std::to_string(i)), "new");
+  }
+  EXPECT_EQ(failedAhead(a), 0u);
+}
+
 // What A's application was told of each file it made ahead is what the server made: B, right
 // after, lists every name and sees the same inode, owner, group (the directory's, set-group-ID),
 // mode, times and contents.

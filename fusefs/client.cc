@@ -138,6 +138,9 @@ Client::Client(kj::AsyncIoContext& io, kj::Network& network, ClientOptions optio
   meta_ = kj::heap<ServerLink>(network_, io.provider->getTimer(), kj::str("meta"),
                                addresses.finish(), identity_);
   meta_->setRecovery([this]() { return recoverMeta(); });
+  // Two batches of a directory on their way at once: the server applies one while the next
+  // fills.
+  batch_ = kj::heap<UpdateBatch>(*meta_, 2);
   locks_ = kj::heap<LockCache>(
       *meta_, io.provider->getTimer(),
       [this](uint64_t ino, uint64_t bit, bool destroyed) { return revoke(ino, bit, destroyed); },
@@ -1184,26 +1187,26 @@ void Client::removeBehind(const Cred& cred, uint64_t parent, kj::Array<kj::byte>
   // What touched the inode before goes first: the unlinks in a directory removed, the create
   // of a file made ahead.
   kj::Promise<void> first = dirops_.settledBefore(child, op);
-  auto sent = first.then([this, cred, parent, dir, child, name = kj::mv(name)]() mutable {
-    // With the inode expected: a resend after a restart that lost our lock must not remove a
-    // file someone else has made under the name since.
-    return meta_->meta(
-        [cred, parent, dir, child, name = kj::mv(name)](rpc::MetaRequest::Builder b) {
-          buildRemoval(b, cred, parent, name, dir, child);
-        },
-        true, ServerLink::Class::WRITEBACK);
-  });
-  // The reply is absorbed in its first event, as metaCall does (see there).
-  auto applied = sent.then([this, op, parent, key](ServerLink::MetaResponse&& resp) {
-    auto reply = resp.getReply();
-    absorb(reply, op);
-    int err = reply.getError();
-    // Gone already is what the application was told (the request may have been resent after
-    // the server lost our lock and someone else removed the name).
-    if (err == ENOENT) err = 0;
-    removed(parent, key, err);
-    return err;
-  });
+  auto applied =
+      first.then([this, cred, parent, dir, child, name = kj::mv(name), op, key]() mutable {
+        // With the inode expected: a resend after a restart that lost our lock must not remove a
+        // file someone else has made under the name since.
+        return batch_->send(
+            parent,
+            [cred, parent, dir, child, name = kj::mv(name)](rpc::MetaRequest::Builder b) {
+              buildRemoval(b, cred, parent, name, dir, child);
+            },
+            // The reply is absorbed in its first event, as metaCall does (see there).
+            [this, op, parent, key](rpc::MetaReply::Reader reply) -> kj::Promise<int> {
+              absorb(reply, op);
+              int err = reply.getError();
+              // Gone already is what the application was told (the request may have been resent
+              // after the server lost our lock and someone else removed the name).
+              if (err == ENOENT) err = 0;
+              removed(parent, key, err);
+              return err;
+            });
+      });
   sendBehind(kj::mv(applied), kj::str("removal of '", key, "' in directory ", parent),
              [this, op, parent, child, key](int err, bool reached) {
                if (!reached) cache_.dropEntry(parent, key);
@@ -1621,7 +1624,8 @@ void Client::createBehind(const Cred& cred, uint64_t parent, std::string name, u
   uint64_t ino = attr.st_ino;
   auto& file = KJ_ASSERT_NONNULL(opens_.find(fh));
   auto layout = kj::addRef(*KJ_ASSERT_NONNULL(file.layout));
-  auto sent = meta_->meta(
+  auto applied = batch_->send(
+      parent,
       [cred, parent, name, mode, flags, fh, ino, time = attr.st_mtim,
        layout = kj::mv(layout)](rpc::MetaRequest::Builder b) {
         setCred(b, cred);
@@ -1643,30 +1647,28 @@ void Client::createBehind(const Cred& cred, uint64_t parent, std::string name, u
           targets.set(i, layout->layout.targets[i]);
         }
       },
-      true, ServerLink::Class::WRITEBACK);
-  // The reply is absorbed in its first event, as metaCall does (see there).
-  auto applied = sent.then([this, op, ino, fh,
-                            told = attr](ServerLink::MetaResponse&& resp) -> kj::Promise<int> {
-    auto reply = resp.getReply();
-    absorb(reply, op);
-    int err = reply.getError();
-    if (err != 0) return err;
-    KJ_IF_MAYBE (f, opens_.find(fh)) {
-      f->opening = false;
-    }
-    // What the kernel was told to keep, it may keep only under the locks that came back, and
-    // only if the server made the file so (a chmod g+s of the directory may have come first).
-    struct stat made;
-    attrToStat(reply.getOpened().getAttr(), &made);
-    bool same =
-        made.st_mode == told.st_mode && made.st_uid == told.st_uid && made.st_gid == told.st_gid;
-    bool attr = same && locks_->held(ino, BIT_ATTR) != 0;
-    bool data = locks_->held(ino, BIT_DATA) != 0;
-    KJ_IF_MAYBE (kernel, kernel_) {
-      if (!attr || !data) return invalidateInKernel(*kernel, ino, !data).then([]() { return 0; });
-    }
-    return 0;
-  });
+      // The reply is absorbed in its first event, as metaCall does (see there).
+      [this, op, ino, fh, told = attr](rpc::MetaReply::Reader reply) -> kj::Promise<int> {
+        absorb(reply, op);
+        int err = reply.getError();
+        if (err != 0) return err;
+        KJ_IF_MAYBE (f, opens_.find(fh)) {
+          f->opening = false;
+        }
+        // What the kernel was told to keep, it may keep only under the locks that came back, and
+        // only if the server made the file so (a chmod g+s of the directory may have come first).
+        struct stat made;
+        attrToStat(reply.getOpened().getAttr(), &made);
+        bool same = made.st_mode == told.st_mode && made.st_uid == told.st_uid &&
+                    made.st_gid == told.st_gid;
+        bool attr = same && locks_->held(ino, BIT_ATTR) != 0;
+        bool data = locks_->held(ino, BIT_DATA) != 0;
+        KJ_IF_MAYBE (kernel, kernel_) {
+          if (!attr || !data)
+            return invalidateInKernel(*kernel, ino, !data).then([]() { return 0; });
+        }
+        return 0;
+      });
   sendBehind(kj::mv(applied), kj::str("create of '", name, "' in directory ", parent),
              [this, op, parent, ino, fh, name](int err, bool) {
                creating_.erase(ino);

@@ -36,6 +36,7 @@
 #include "fusefs/meta_cache.h"
 #include "fusefs/open_table.h"
 #include "fusefs/read_ahead.h"
+#include "fusefs/update_batch.h"
 #include "fusefs/write_behind.h"
 #include "rpc/server_link.h"
 
@@ -206,6 +207,7 @@ public:
     uint64_t kernelInvalidations = 0;  // inodes' attributes or pages the kernel was told to drop
   };
   const AsyncDirops& dirops() const { return dirops_; }
+  const UpdateBatch& batches() const { return *batch_; }
   const Stats& stats() const { return stats_; }
   // Every link: the metadata server's first, then the data targets' by index.
   kj::Vector<ServerLink*> links();
@@ -414,6 +416,7 @@ private:
   kj::Own<ServerLink> meta_;
   std::map<uint32_t, kj::Own<ServerLink>> data_;
   kj::Own<LockCache> locks_;  // the metadata server's; after meta_: it goes first
+  kj::Own<UpdateBatch> batch_;  // updates answered ahead, on their way (after meta_ too)
   AppLocks appLocks_;         // granted application locks, replayed after a restart
   std::map<std::string, uint64_t> handedRequestIds_;  // by link name, from a handover
   class ErrorHandler : public kj::TaskSet::ErrorHandler {

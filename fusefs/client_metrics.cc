@@ -67,6 +67,11 @@ kj::String renderClientMetrics(Client& client) {
        "set-ID bits cleared on a write, truncate or chown, for the kernel "
        "(FUSE_HANDLE_KILLPRIV_V2)");
   out.add(kj::str("cairn_client_setid_cleared_total ", stats.setidCleared, "\n"));
+  help(out, "cairn_client_update_batches_total", "counter",
+       "requests carrying several updates answered ahead (MetaRequest.batch)");
+  out.add(kj::str("cairn_client_update_batches_total ", client.batches().batches(), "\n"));
+  help(out, "cairn_client_batched_updates_total", "counter", "updates those requests carried");
+  out.add(kj::str("cairn_client_batched_updates_total ", client.batches().inBatches(), "\n"));
   help(out, "cairn_client_kernel_invalidations_total", "counter",
        "inodes whose attributes or pages the kernel was told to drop (a lock went back)");
   out.add(kj::str("cairn_client_kernel_invalidations_total ", stats.kernelInvalidations, "\n"));

@@ -41,6 +41,7 @@ bool isUpdate(rpc::MetaRequest::Which which) {
     case R::WROTE:
     case R::RESERVE_APPEND:
     case R::RESERVE_INODES:
+    case R::BATCH:
       return true;
     default:
       return false;
@@ -136,28 +137,42 @@ kj::Promise<void> MetaService::run(CallContext context) {
   }
   if (isUpdate(req.which())) {
     // First every other client caching what the update changes is called back and cancels;
-    // then the update runs, in one transaction; then the server's locks go.
-    auto specs = affected(req);
-    auto inos = kj::heapArray<uint64_t>(specs.size());
-    for (auto i : kj::indices(specs)) inos[i] = specs[i].resource.id;
+    // then the update runs, in one transaction; then the server's locks go. A batch takes the
+    // locks of all its updates, as one update would; each reports the inodes it changed.
+    kj::Vector<kj::Array<uint64_t>> changed;
+    kj::Vector<LockSpec> specs;
+    if (req.which() == R::BATCH) {
+      specs = batchAffected(req.getBatch(), changed);
+    } else {
+      specs = affected(req);
+      changed.add(KJ_MAP(spec, specs) { return spec.resource.id; });
+    }
     return lockFor(kj::mv(specs))
-        .then([this, context, inos = kj::mv(inos)](kj::Array<uint64_t> held) mutable {
+        .then([this, context, changed = kj::mv(changed)](kj::Array<uint64_t> held) mutable {
           auto req = context.getParams().getRequest();
           capnp::MallocMessageBuilder message;
           {
             KJ_DEFER(for (uint64_t id : held) ctx_.locks.cancel(ctx_.serverOwner, id));
-            update(req, message, inos);
+            update(req, message, changed);
           }
           auto reply = context.getResults();
           reply.setReply(message.getRoot<rpc::MetaReply>());
-          // Inodes the update destroyed: nobody's locks on them cover anything any more. The
-          // requester gives its own back (the reply tells it); others would keep theirs until
-          // their caches trim them.
-          for (auto a : reply.getReply().getChanged()) {
-            if (a.getMode() == 0)
-              ctx_.locks.forget(ResourceId{RES_INODE, a.getIno()}, session_.get());
+          auto done = [&](rpc::MetaRequest::Reader req, rpc::MetaReply::Builder reply) {
+            // Inodes the update destroyed: nobody's locks on them cover anything any more.
+            // The requester gives its own back (the reply tells it); others would keep theirs
+            // until their caches trim them.
+            for (auto a : reply.getChanged()) {
+              if (a.getMode() == 0)
+                ctx_.locks.forget(ResourceId{RES_INODE, a.getIno()}, session_.get());
+            }
+            if (reply.getError() == 0) grant(req, reply);
+          };
+          if (req.which() == R::BATCH && reply.getReply().isBatch()) {
+            auto replies = reply.getReply().getBatch();
+            for (auto i : kj::indices(replies)) done(req.getBatch()[i], replies[i]);
+          } else {
+            done(req, reply.getReply());
           }
-          if (reply.getReply().getError() == 0) grant(req, reply.getReply());
           KJ_IF_MAYBE (d, ctx_.destroyer) {
             d->poke();
           }
@@ -500,6 +515,33 @@ kj::Vector<LockSpec> MetaService::affected(rpc::MetaRequest::Reader req) {
   return specs;
 }
 
+kj::Vector<LockSpec> MetaService::batchAffected(capnp::List<rpc::MetaRequest>::Reader batch,
+                                                kj::Vector<kj::Array<uint64_t>>& changed) {
+  using R = rpc::MetaRequest;
+  KJ_REQUIRE(batch.size() > 0 && batch.size() <= features::MAX_BATCH,
+             "a batch carries 1 to MAX_BATCH updates", batch.size());
+  std::map<uint64_t, uint64_t> bits;  // ino -> bits, over all of them (in ino order)
+  for (auto one : batch) {
+    auto which = one.which();
+    KJ_REQUIRE(which == R::UNLINK || which == R::RMDIR || which == R::CREATE,
+               "a batch carries unlinks, rmdirs and creates only", static_cast<uint>(which));
+    KJ_REQUIRE(one.getRequestId() == 0 && one.getReplayOf() == 0 && !one.getResend(),
+               "an update in a batch is numbered by the batch");
+    auto specs = affected(one);
+    changed.add(KJ_MAP(spec, specs) { return spec.resource.id; });
+    for (auto& spec : specs) bits[spec.resource.id] |= spec.bits;
+  }
+  kj::Vector<LockSpec> specs;
+  for (auto& [ino, b] : bits) {
+    LockSpec spec;
+    spec.resource = ResourceId{RES_INODE, ino};
+    spec.mode = LockMode::EX;
+    spec.bits = b;
+    specs.add(spec);
+  }
+  return specs;
+}
+
 kj::Promise<kj::Array<uint64_t>> MetaService::lockFor(kj::Vector<LockSpec> specs) {
   // One after another, in inode order: two updates never wait on each other in a cycle.
   // One group: while it waits on a client's lock, that client's own updates pass it.
@@ -518,31 +560,56 @@ kj::Promise<kj::Array<uint64_t>> MetaService::lockFor(kj::Vector<LockSpec> specs
 }
 
 void MetaService::update(rpc::MetaRequest::Reader req, capnp::MallocMessageBuilder& message,
-                         kj::ArrayPtr<const uint64_t> changed) {
+                         kj::ArrayPtr<const kj::Array<uint64_t>> changed) {
   using R = rpc::MetaRequest;
   ctx_.update<rpc::MetaReply>(
       *session_, req.getRequestId(), req.getOldestUnreplied(), message,
       [&](store::Txn& txn, rpc::MetaReply::Builder reply) {
-        apply(req, txn, reply);
-        markXattrs(txn, reply);
-        // What the requester needs to keep its own caches right (its locks
-        // were not called back); recorded with the reply, so a resend gets
-        // it too.
-        auto out = reply.initChanged(changed.size());
-        for (auto i : kj::indices(changed)) {
+        if (req.which() != R::BATCH) {
+          applyAndDescribe(req, txn, reply, changed[0]);
+          return;
+        }
+        auto batch = req.getBatch();
+        auto replies = reply.initBatch(batch.size());
+        for (auto i : kj::indices(batch)) {
+          // Each in a transaction nested in the batch's: one that fails leaves no trace.
+          store::Txn one(txn);
           try {
-            ns_.get(txn, changed[i]).toAttr(out[i]);
-          } catch (FsError&) {
-            out[i].setIno(changed[i]);  // mode 0: gone
+            applyAndDescribe(batch[i], one, replies[i], changed[i]);
+            one.commit();
+          } catch (FsError& e) {
+            replies[i].setError(e.err());
           }
         }
       },
       req.getReplayOf());
   // The open half of a create lives in memory; a resend registers it again (idempotent).
-  if (req.which() == R::CREATE) {
-    auto reply = message.getRoot<rpc::MetaReply>();
-    if (reply.getError() == 0) {
+  auto opened = [&](rpc::MetaRequest::Reader req, rpc::MetaReply::Reader reply) {
+    if (req.which() == R::CREATE && reply.getError() == 0) {
       opens_.open(session_->key, req.getCreate().getHandle(), reply.getOpened().getAttr().getIno());
+    }
+  };
+  auto reply = message.getRoot<rpc::MetaReply>().asReader();
+  if (req.which() == R::BATCH && reply.isBatch()) {
+    for (auto i : kj::indices(reply.getBatch())) opened(req.getBatch()[i], reply.getBatch()[i]);
+  } else {
+    opened(req, reply);
+  }
+}
+
+void MetaService::applyAndDescribe(rpc::MetaRequest::Reader req, store::Txn& txn,
+                                   rpc::MetaReply::Builder reply,
+                                   kj::ArrayPtr<const uint64_t> changed) {
+  apply(req, txn, reply);
+  markXattrs(txn, reply);
+  // What the requester needs to keep its own caches right (its locks were not called back);
+  // recorded with the reply, so a resend gets it too.
+  auto out = reply.initChanged(changed.size());
+  for (auto i : kj::indices(changed)) {
+    KJ_IF_MAYBE (node, ns_.find(txn, changed[i])) {
+      node->toAttr(out[i]);
+    } else {
+      out[i].setIno(changed[i]);  // mode 0: gone (every unlink's file: not an exception)
     }
   }
 }

@@ -28,14 +28,22 @@ private:
   void read(rpc::MetaRequest::Reader req, rpc::MetaReply::Builder reply);
   void readIn(store::Txn& txn, rpc::MetaRequest::Reader req, rpc::MetaReply::Builder reply);
   void markXattrs(store::Txn& txn, rpc::MetaReply::Builder reply);
-  // Runs an update; `changed` are the inodes it may change, reported back as they end up.
+  // Runs an update, or a batch of them; `changed` are the inodes each may change, reported
+  // back as they end up.
   void update(rpc::MetaRequest::Reader req, capnp::MallocMessageBuilder& message,
-              kj::ArrayPtr<const uint64_t> changed);
+              kj::ArrayPtr<const kj::Array<uint64_t>> changed);
+  // One update in `txn`, and the inodes `changed` as they are after it.
+  void applyAndDescribe(rpc::MetaRequest::Reader req, store::Txn& txn,
+                        rpc::MetaReply::Builder reply, kj::ArrayPtr<const uint64_t> changed);
   void apply(rpc::MetaRequest::Reader req, store::Txn& txn, rpc::MetaReply::Builder reply);
   // Adds to a successful reply the caching locks the request asked for and can have at once.
   void grant(rpc::MetaRequest::Reader req, rpc::MetaReply::Builder reply);
   // What an update changes, as the EX locks the server takes before applying it.
   kj::Vector<LockSpec> affected(rpc::MetaRequest::Reader req);
+  // A batch's: the locks of all its updates (checked to be ones a batch may carry), and the
+  // inodes each changes, in `changed`.
+  kj::Vector<LockSpec> batchAffected(capnp::List<rpc::MetaRequest>::Reader batch,
+                                     kj::Vector<kj::Array<uint64_t>>& changed);
   kj::Promise<kj::Array<uint64_t>> lockFor(kj::Vector<LockSpec> specs);
   // Closes one handle of this session; true if that was the last close of an orphan (its
   // objects are now queued for the destroyer).

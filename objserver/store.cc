@@ -97,6 +97,11 @@ Txn::Txn(Env& env, Mode mode) {
   check(mdb_txn_begin(env.get(), nullptr, mode == READ ? MDB_RDONLY : 0, &txn_), "mdb_txn_begin");
 }
 
+Txn::Txn(Txn& parent) {
+  KJ_REQUIRE(parent.txn_ != nullptr, "nesting in a transaction that has ended");
+  check(mdb_txn_begin(mdb_txn_env(parent.txn_), parent.txn_, 0, &txn_), "mdb_txn_begin(nested)");
+}
+
 Txn::~Txn() noexcept(false) {
   if (txn_ != nullptr) mdb_txn_abort(txn_);
 }

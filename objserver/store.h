@@ -53,6 +53,9 @@ class Txn {
 public:
   enum Mode { READ, WRITE };
   Txn(Env& env, Mode mode);
+  // A write transaction nested in `parent`: its changes join the parent's at commit, and
+  // vanish if it is aborted (destroyed uncommitted), the parent going on.
+  explicit Txn(Txn& parent);
   ~Txn() noexcept(false);
   KJ_DISALLOW_COPY(Txn);
 

@@ -278,6 +278,11 @@ struct MetaRequest {
     # features::MAX_RESERVE_INODES -> reserved. Kept for the client on the target until it uses
     # them or is forgotten; no one else is given them.
     reserveInodes @98 :UInt32;
+    # Updates a client answered ahead (unlink, rmdir, create), at most features::MAX_BATCH,
+    # applied in this order in one transaction (features::BATCH): one request, one reply
+    # record, one commit for all. Each succeeds or fails alone (its own errno at the same
+    # index of the reply's `batch`); the batch's requestId, replayOf and resend are theirs.
+    batch @100 :List(MetaRequest);
   }
   wantLocks @83 :UInt32;       # want* bits; 0 from clients that do not cache
   # setlk only: this lock was granted before the server restarted and is being taken again
@@ -326,6 +331,7 @@ struct MetaReply {
       pid @17 :UInt32;
     }
     reserved @20 :List(Layout);  # reserveInodes: one layout per inode, objectId = the number
+    batch @21 :List(MetaReply);  # batch: each request's reply (error, attributes, locks, changed)
   }
   locks @18 :List(GrantedLock);  # granted for `wantLocks`
   # Updates: every inode the update changed, as it is now (mode 0 = removed). The requesting

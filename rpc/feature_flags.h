@@ -49,8 +49,14 @@ constexpr uint64_t LOCK_PROLONG = 1 << 9;
 // MetaRequest.setattr.wroteEnd: a write-behind batch's size and mtime and the change of
 // attributes queued after its writes go in one update (tar: one request a file, not two).
 constexpr uint64_t WROTE_SETATTR = 1 << 10;
+// MetaRequest.batch: the updates a client answered ahead go several to a request, applied in
+// one transaction.
+constexpr uint64_t BATCH = 1 << 11;
+// The most updates one batch may carry: a bounded transaction, and a bounded wait for the
+// locks of all of them.
+constexpr size_t MAX_BATCH = 128;
 constexpr uint64_t SUPPORTED = BASE | CACHING_LOCKS | WRITE_MANY | ACTIVE_SERVER_LOCK |
                                DESTROY_MANY | RELEASE_MANY | LOCK_CONVERT | ASYNC_DIROPS |
-                               ASYNC_CREATE | LOCK_PROLONG | WROTE_SETATTR;
+                               ASYNC_CREATE | LOCK_PROLONG | WROTE_SETATTR | BATCH;
 
 }  // namespace cairn::features

@@ -409,6 +409,43 @@ TEST(AsyncUnlink, ATreeRemovedWithRmIsGoneEverywhere) {
   EXPECT_TRUE(names(b).empty());
 }
 
+// Updates answered ahead that pile up while the server is busy (here: stopped) go to it several
+// to a request when it answers again, each applied as it would be alone.
+TEST(AsyncUnlink, UnlinksAndCreatesHeldUpByAHungServerGoInBatches) {
+  TestCluster cluster;
+  auto a = cluster.mount();
+  auto b = cluster.mount();
+  const int n = 300;
+  makeFiles(a + "/d", n);
+  int next = unlinkUntilAhead(a, a + "/d", n);
+  int made = createUntilAhead(a, a + "/d", n);
+  uint64_t before = mountCounter(a, "cairn_client_batched_updates_total");
+  cluster.signalServer(0, SIGSTOP);
+  std::atomic<bool> done{false};
+  std::thread app([&] {
+    for (int i = next; i < n; ++i) {
+      EXPECT_EQ(unlink((a + "/d/f" + std::to_string(i)).c_str()), 0) << strerror(errno);
+      int fd = creat((a + "/d/c" + std::to_string(made + i)).c_str(), 0644);
+      EXPECT_GE(fd, 0) << strerror(errno);
+      close(fd);
+    }
+    done = true;
+  });
+  bool answered = waitFor([&] { return done.load(); }, 10000);
+  EXPECT_TRUE(answered);
+  cluster.signalServer(0, SIGCONT);
+  app.join();
+  EXPECT_EQ(syncDir(a + "/d"), 0);
+  // Two went alone before the rest piled up behind them.
+  EXPECT_GE(mountCounter(a, "cairn_client_batched_updates_total"), before + 2 * (n - next) - 2);
+  EXPECT_GE(mountCounter(a, "cairn_client_update_batches_total"), 4u);
+  auto left = names(b + "/d");
+  for (int i = 0; i < n; ++i) EXPECT_EQ(left.count("f" + std::to_string(i)), 0u) << i;
+  for (int i = next; i < n; ++i) EXPECT_EQ(left.count("c" + std::to_string(made + i)), 1u) << i;
+  EXPECT_EQ(failedAhead(a), 0u);
+  EXPECT_NE(cluster.status(0).find("meta.batch"), std::string::npos);
+}
+
 // Files a client removed itself cost the kernel no invalidation: the kernel did the unlink and
 // evicts the inode itself (before, each unlink sent the kernel two, attributes and pages, each
 // on the notifier's thread, each answered "no such inode"). What replaces them is right: new

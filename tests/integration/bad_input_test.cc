@@ -18,6 +18,7 @@
 #include <string>
 
 #include "rpc/cairn.capnp.h"
+#include "rpc/feature_flags.h"
 #include "tests/integration/cluster.h"
 #include "tests/integration/raw_session.h"
 
@@ -233,6 +234,106 @@ TEST(BadInput, MalformedRequestsGetErrorsNotCrashes) {
   // And a real client still works.
   auto mnt = cluster.mount();
   EXPECT_EQ(mkdir((mnt + "/fine").c_str(), 0755), 0);
+}
+
+// A batch of updates (MetaRequest.batch) applies each alone in one transaction: one that fails
+// (a name not there) leaves the others done and itself without a trace. Batches of what a client
+// never answers ahead, empty or oversized ones, nested ones, and updates in them numbered on their
+// own are refused; the server goes on.
+TEST(BadInput, BatchesAreCheckedAndEachUpdateInThemEndsAlone) {
+  TestCluster cluster;
+  RawClient raw(cluster.metaAddress());
+  auto meta = raw.meta();
+  using B = rpc::MetaRequest::Builder;
+  ASSERT_EQ(raw.metaError(meta,
+                          [](B b) {
+                            auto m = b.initMkdir();
+                            m.setParent(1);
+                            m.setName(bytesOf("bt"));
+                            m.setMode(0755);
+                          }),
+            0);
+  auto lookup = [&](uint64_t parent, const std::string& name) -> uint64_t {
+    auto req = meta.callRequest();
+    auto l = req.initRequest().initLookup();
+    l.setParent(parent);
+    l.setName(bytesOf(name));
+    auto reply = req.send().wait(raw.io.waitScope).getReply();
+    return reply.getError() == 0 ? reply.getAttr().getIno() : 0;
+  };
+  uint64_t dir = lookup(1, "bt");
+  ASSERT_NE(dir, 0u);
+  for (auto name : {"a", "b", "c"}) {
+    ASSERT_EQ(raw.metaError(meta,
+                            [&](B b) {
+                              auto m = b.initMknod();
+                              m.setParent(dir);
+                              m.setName(bytesOf(name));
+                              m.setMode(S_IFREG | 0644);
+                            }),
+              0);
+  }
+  auto unlinkOf = [dir](rpc::MetaRequest::Builder b, const std::string& name) {
+    auto u = b.initUnlink();
+    u.setParent(dir);
+    u.setName(bytesOf(name));
+  };
+  {
+    auto req = meta.callRequest();
+    auto r = req.initRequest();
+    r.setRequestId(1);
+    auto list = r.initBatch(3);
+    unlinkOf(list[0], "a");
+    unlinkOf(list[1], "not-there");
+    unlinkOf(list[2], "c");
+    auto resp = req.send().wait(raw.io.waitScope);
+    auto reply = resp.getReply();
+    EXPECT_EQ(reply.getError(), 0);
+    ASSERT_TRUE(reply.isBatch());
+    ASSERT_EQ(reply.getBatch().size(), 3u);
+    EXPECT_EQ(reply.getBatch()[0].getError(), 0);
+    EXPECT_EQ(reply.getBatch()[1].getError(), ENOENT);
+    EXPECT_EQ(reply.getBatch()[2].getError(), 0);
+    EXPECT_NE(reply.getTransno(), 0u);
+  }
+  EXPECT_EQ(lookup(dir, "a"), 0u);
+  EXPECT_NE(lookup(dir, "b"), 0u);
+  EXPECT_EQ(lookup(dir, "c"), 0u);
+  // Refused as a whole, with an exception: nothing of it is applied.
+  auto refused = [&](kj::Function<void(B)> build) {
+    auto req = meta.callRequest();
+    build(req.initRequest());
+    try {
+      req.send().wait(raw.io.waitScope);
+      return false;
+    } catch (kj::Exception&) {
+      return true;
+    }
+  };
+  EXPECT_TRUE(refused([](B b) { b.initBatch(0); }));
+  EXPECT_TRUE(refused([&](B b) {
+    auto list = b.initBatch(features::MAX_BATCH + 1);
+    for (auto one : list) unlinkOf(one, "b");
+  }));
+  EXPECT_TRUE(refused([&](B b) {
+    auto list = b.initBatch(2);
+    unlinkOf(list[0], "b");
+    auto m = list[1].initMkdir();  // never answered ahead
+    m.setParent(dir);
+    m.setName(bytesOf("sub"));
+    m.setMode(0755);
+  }));
+  EXPECT_TRUE(refused([&](B b) {
+    auto list = b.initBatch(1);
+    unlinkOf(list[0].initBatch(1)[0], "b");
+  }));
+  EXPECT_TRUE(refused([&](B b) {
+    auto list = b.initBatch(1);
+    unlinkOf(list[0], "b");
+    list[0].setRequestId(7);
+  }));
+  EXPECT_NE(lookup(dir, "b"), 0u);
+  EXPECT_TRUE(serving(cluster, 0));
 }
 
 // Creates answered ahead name an inode number the server set aside for the caller: a number of

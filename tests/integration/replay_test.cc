@@ -129,6 +129,43 @@ TEST(Replay, MetadataCrashAfterABarrierLosesNothing) {
   }
 }
 
+// Creates and unlinks answered ahead, sent in batches (they piled up while the server was
+// stopped), answered, then lost with everything after a barrier: the client replays each batch
+// as it sent it, and every name is as the application left it.
+TEST(Replay, BatchesOfUpdatesAnsweredAheadAreReplayed) {
+  TestCluster cluster(withBarrier());
+  auto a = cluster.mount();
+  const int n = 200;
+  ASSERT_EQ(mkdir((a + "/d").c_str(), 0755), 0);
+  for (int i = 0; i < n; ++i) writeWhole(a + "/d/f" + std::to_string(i), "");
+  int fd = open((a + "/d").c_str(), O_RDONLY | O_DIRECTORY);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(fsync(fd), 0);  // every create applied before the barrier
+  barrier(cluster, 0);
+  cluster.signalServer(0, SIGSTOP);
+  for (int i = 0; i < n; ++i) {
+    ASSERT_EQ(unlink((a + "/d/f" + std::to_string(i)).c_str()), 0) << strerror(errno);
+    writeWhole(a + "/d/g" + std::to_string(i), "");
+  }
+  cluster.signalServer(0, SIGCONT);
+  ASSERT_EQ(fsync(fd), 0);  // answered (and kept for replay: nothing past the barrier is synced)
+  close(fd);
+  auto stats = run({ctlBin(), "--mount", a, "stats"}).out;
+  EXPECT_TRUE(contains(stats, "cairn_client_update_batches_total ")) << stats;
+  EXPECT_FALSE(contains(stats, "cairn_client_update_batches_total 0\n")) << stats;
+  cluster.stopServer(0, SIGKILL);
+  ASSERT_TRUE(cluster.startServer(0));
+  EXPECT_TRUE(contains(readWhole(cluster.log(0)), "commits after it discarded"));
+  auto b = cluster.mount();
+  for (int i = 0; i < n; ++i) {
+    EXPECT_FALSE(exists(b + "/d/f" + std::to_string(i))) << i;
+    EXPECT_TRUE(exists(b + "/d/g" + std::to_string(i))) << i;
+  }
+  EXPECT_TRUE(contains(cluster.mountLog(0), "replayed"));
+  EXPECT_FALSE(contains(cluster.mountLog(0), "failed (errno"));
+  EXPECT_FALSE(contains(cluster.mountLog(0), "answered ahead, failed"));
+}
+
 // Replay barrier on a data target: fsync-acknowledged and merely written data both come back.
 TEST(Replay, DataCrashAfterABarrierLosesNothing) {
   TestCluster::Options options = withBarrier();

@@ -48,6 +48,19 @@ bool isUpdate(rpc::MetaRequest::Which which) {
   }
 }
 
+// EX on those bits of those inodes, in inode order (the map's).
+kj::Vector<LockSpec> exclusive(const std::map<uint64_t, uint64_t>& bits) {
+  kj::Vector<LockSpec> specs;
+  for (auto& [ino, b] : bits) {
+    LockSpec spec;
+    spec.resource = ResourceId{RES_INODE, ino};
+    spec.mode = LockMode::EX;
+    spec.bits = b;
+    specs.add(spec);
+  }
+  return specs;
+}
+
 void setOpened(const InodeData& node, rpc::MetaReply::Builder reply) {
   auto opened = reply.initOpened();
   node.toAttr(opened.initAttr());
@@ -504,15 +517,7 @@ kj::Vector<LockSpec> MetaService::affected(rpc::MetaRequest::Reader req) {
     default:
       break;
   }
-  kj::Vector<LockSpec> specs;
-  for (auto& [ino, b] : bits) {
-    LockSpec spec;
-    spec.resource = ResourceId{RES_INODE, ino};
-    spec.mode = LockMode::EX;
-    spec.bits = b;
-    specs.add(spec);
-  }
-  return specs;
+  return exclusive(bits);
 }
 
 kj::Vector<LockSpec> MetaService::batchAffected(capnp::List<rpc::MetaRequest>::Reader batch,
@@ -531,15 +536,7 @@ kj::Vector<LockSpec> MetaService::batchAffected(capnp::List<rpc::MetaRequest>::R
     changed.add(KJ_MAP(spec, specs) { return spec.resource.id; });
     for (auto& spec : specs) bits[spec.resource.id] |= spec.bits;
   }
-  kj::Vector<LockSpec> specs;
-  for (auto& [ino, b] : bits) {
-    LockSpec spec;
-    spec.resource = ResourceId{RES_INODE, ino};
-    spec.mode = LockMode::EX;
-    spec.bits = b;
-    specs.add(spec);
-  }
-  return specs;
+  return exclusive(bits);
 }
 
 kj::Promise<kj::Array<uint64_t>> MetaService::lockFor(kj::Vector<LockSpec> specs) {

@@ -95,6 +95,24 @@ protected:
     return held_.c_str();
   }
   uint64_t rpcs(const std::string& kind) { return jsonNumber(cluster_->status(0), kind); }
+  // What the mounts send in the background (access times, releases of closed files, the tail of
+  // what they answered ahead) has reached every server: no server's request count moved in
+  // 200 ms. (A fixed pause was not enough on a loaded machine.) Status calls are not counted.
+  void quiet() {
+    auto total = [&]() {
+      uint64_t n = 0;
+      for (int s = 0; s < 3; ++s) n += jsonNumber(cluster_->status(s), "rpcCount");
+      return n;
+    };
+    uint64_t last = total();
+    for (int i = 0; i < 50; ++i) {
+      usleep(200 * 1000);
+      uint64_t now = total();
+      if (now == last) return;
+      last = now;
+    }
+    ADD_FAILURE() << "the servers never went quiet";
+  }
 
   std::string held_;
 };
@@ -105,7 +123,7 @@ TEST_F(Coherence, RepeatedStatAndRereadsCostNoRequests) {
   int fd = open(pb("f").c_str(), O_RDONLY);
   ASSERT_GE(fd, 0);
   ASSERT_EQ(preadAll(fd).size(), 100000u);
-  usleep(200 * 1000);  // the access-time update of that first read is sent in the background
+  quiet();  // the access-time update of that first read is sent in the background
   std::string statusBefore = cluster_->status(0);
   uint64_t metaBefore = jsonNumber(statusBefore, "rpcCount");
   uint64_t dataBefore =
@@ -557,7 +575,7 @@ TEST_F(Coherence, AListingRepeatedCostsNoRequestAndFollowsChanges) {
   ASSERT_EQ(mkdir(a("other"), 0755), 0);
   auto dir = *b_ + name_;
   EXPECT_EQ(listing(dir).size(), 34u);  // with "." and ".."
-  usleep(200 * 1000);                   // access-time updates go in the background
+  quiet();                              // access-time updates go in the background
   uint64_t before = rpcs("rpcCount");
   uint64_t hits = mountGauge(*b_, "cairn_client_listing_hits_total");
   for (int i = 0; i < 5; ++i) EXPECT_EQ(listing(dir).size(), 34u);
@@ -598,7 +616,7 @@ TEST_F(Coherence, ALargeListingRepeatedCostsNoRequest) {
     return n;
   };
   EXPECT_EQ(count(), 2502u);
-  usleep(200 * 1000);
+  quiet();  // releases of the files closed, queued behind their creates answered ahead
   uint64_t before = rpcs("rpcCount");
   EXPECT_EQ(count(), 2502u);
   EXPECT_EQ(count(), 2502u);

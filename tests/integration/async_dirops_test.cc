@@ -420,14 +420,19 @@ TEST(AsyncUnlink, UnlinksAndCreatesHeldUpByAHungServerGoInBatches) {
   int next = unlinkUntilAhead(a, a + "/d", n);
   int made = createUntilAhead(a, a + "/d", n);
   uint64_t before = mountCounter(a, "cairn_client_batched_updates_total");
+  // Creates ahead draw on inode numbers set aside for the mount (at least 256 of them, a
+  // refill may be on its way to the stopped server): 100 made while it hangs.
+  const int creates = 100;
   cluster.signalServer(0, SIGSTOP);
   std::atomic<bool> done{false};
   std::thread app([&] {
     for (int i = next; i < n; ++i) {
       EXPECT_EQ(unlink((a + "/d/f" + std::to_string(i)).c_str()), 0) << strerror(errno);
-      int fd = creat((a + "/d/c" + std::to_string(made + i)).c_str(), 0644);
-      EXPECT_GE(fd, 0) << strerror(errno);
-      close(fd);
+      if (i - next < creates) {
+        int fd = creat((a + "/d/c" + std::to_string(made + i)).c_str(), 0644);
+        EXPECT_GE(fd, 0) << strerror(errno);
+        close(fd);
+      }
     }
     done = true;
   });
@@ -437,11 +442,14 @@ TEST(AsyncUnlink, UnlinksAndCreatesHeldUpByAHungServerGoInBatches) {
   app.join();
   EXPECT_EQ(syncDir(a + "/d"), 0);
   // Two went alone before the rest piled up behind them.
-  EXPECT_GE(mountCounter(a, "cairn_client_batched_updates_total"), before + 2 * (n - next) - 2);
-  EXPECT_GE(mountCounter(a, "cairn_client_update_batches_total"), 4u);
+  EXPECT_GE(mountCounter(a, "cairn_client_batched_updates_total"),
+            before + (n - next) + creates - 2);
+  EXPECT_GE(mountCounter(a, "cairn_client_update_batches_total"), 2u);
   auto left = names(b + "/d");
   for (int i = 0; i < n; ++i) EXPECT_EQ(left.count("f" + std::to_string(i)), 0u) << i;
-  for (int i = next; i < n; ++i) EXPECT_EQ(left.count("c" + std::to_string(made + i)), 1u) << i;
+  for (int i = next; i < next + creates; ++i) {
+    EXPECT_EQ(left.count("c" + std::to_string(made + i)), 1u) << i;
+  }
   EXPECT_EQ(failedAhead(a), 0u);
   EXPECT_NE(cluster.status(0).find("meta.batch"), std::string::npos);
 }

@@ -258,7 +258,8 @@ TEST(BadInput, BatchesAreCheckedAndEachUpdateInThemEndsAlone) {
     auto l = req.initRequest().initLookup();
     l.setParent(parent);
     l.setName(bytesOf(name));
-    auto reply = req.send().wait(raw.io.waitScope).getReply();
+    auto resp = req.send().wait(raw.io.waitScope);  // the reply lives in it
+    auto reply = resp.getReply();
     return reply.getError() == 0 ? reply.getAttr().getIno() : 0;
   };
   uint64_t dir = lookup(1, "bt");

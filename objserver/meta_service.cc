@@ -575,6 +575,8 @@ void MetaService::update(rpc::MetaRequest::Reader req, capnp::MallocMessageBuild
             applyAndDescribe(batch[i], one, replies[i], changed[i]);
             one.commit();
           } catch (FsError& e) {
+            // What it had set of its reply before failing is read by nobody: a client reads
+            // only the errno of a reply that has one (`changed` is set last, on success).
             replies[i].setError(e.err());
           }
         }

@@ -415,9 +415,9 @@ private:
   kj::Maybe<KernelCache&> kernel_;
   kj::Own<ServerLink> meta_;
   std::map<uint32_t, kj::Own<ServerLink>> data_;
-  kj::Own<LockCache> locks_;  // the metadata server's; after meta_: it goes first
+  kj::Own<LockCache> locks_;    // the metadata server's; after meta_: it goes first
   kj::Own<UpdateBatch> batch_;  // updates answered ahead, on their way (after meta_ too)
-  AppLocks appLocks_;         // granted application locks, replayed after a restart
+  AppLocks appLocks_;           // granted application locks, replayed after a restart
   std::map<std::string, uint64_t> handedRequestIds_;  // by link name, from a handover
   class ErrorHandler : public kj::TaskSet::ErrorHandler {
   public:

@@ -113,6 +113,15 @@ kj::Promise<void> ServerContext::replayTurn(ClientSession& session, uint64_t tra
     evict(session, "came back with replays after the others had been applied");
     return KJ_EXCEPTION(DISCONNECTED, "this client was evicted; reconnect");
   }
+  // Only the clients of the previous instance are waited for, so only theirs are sure to be put
+  // in order. A stranger (its joining lost with the crash, or its session ended since) may come
+  // after replays it should have preceded were applied; it is refused as a late one would be,
+  // not only when nobody else was expected. (The metadata server's destroys, which a data
+  // target never records as a client, keep going in while the replays are not done.)
+  if (session.role == rpc::Hello::Role::CLIENT && recovering_.count(session.key) == 0) {
+    evict(session, "sent replays but is not a client of the previous instance");
+    return KJ_EXCEPTION(DISCONNECTED, "this client was evicted; reconnect");
+  }
   KJ_REQUIRE(transno > target.lastCommitted() || replayPhase_ == ReplayPhase::APPLYING,
              "a replay of a transaction the target has", transno, target.lastCommitted());
   KJ_REQUIRE(replayQueue_.count(transno) == 0, "two replays of one transaction", transno);

@@ -13,6 +13,8 @@
 #include <sys/xattr.h>
 #include <unistd.h>
 
+#include <kj/common.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
@@ -410,6 +412,54 @@ TEST(Replay, RepliesLostWithATargetThatForgotTheClientFailTheFile) {
   close(fd);
   writeWhole(a + "/g", "mount works");
   EXPECT_EQ(readWhole(a + "/g"), "mount works");
+}
+
+// The same loss while the restarted target still waits for a client it knows: the stranger's
+// replays are refused at once, not queued among the others' (before, they were refused only
+// when nobody else was expected; queued, they could come after replays they had preceded were
+// applied, or, here, wait for the known client's whole recovery window).
+TEST(Replay, AStrangersReplaysAreRefusedWhileAKnownClientIsAwaited) {
+  TestCluster::Options options = withBarrier();
+  options.dataServers = 1;
+  options.dataArgs.push_back("--recovery-window");
+  options.dataArgs.push_back("60");
+  TestCluster cluster(options);
+  auto known = cluster.mount();
+  writeWhole(known + "/known", "joined before the barrier");
+  barrier(cluster, 1);
+  auto stranger = cluster.mount();
+  int fd = open((stranger + "/f").c_str(), O_CREAT | O_RDWR, 0644);
+  ASSERT_GE(fd, 0);
+  std::string data(64 << 10, 's');
+  ASSERT_EQ(pwrite(fd, data.data(), data.size(), 0), ssize_t(data.size()));
+  ASSERT_EQ(fsync(fd), 0);
+  // The known client does not come back until the end: the target waits for its replays.
+  cluster.signalMount(0, SIGSTOP);
+  bool stopped = true;
+  KJ_DEFER(if (stopped) cluster.signalMount(0, SIGCONT));
+  cluster.stopServer(1, SIGKILL);
+  ASSERT_TRUE(cluster.startServer(1));
+  EXPECT_TRUE(waitFor(
+      [&] {
+        return contains(readWhole(cluster.log(1)),
+                        "sent replays but is not a client of the previous instance");
+      },
+      20000))
+      << readWhole(cluster.log(1));
+  ASSERT_TRUE(
+      waitFor([&] { return contains(cluster.mountLog(1), "evicted by data target 0"); }, 20000))
+      << cluster.mountLog(1);
+  EXPECT_TRUE(contains(cluster.mountLog(1), "updates the server had answered are lost"))
+      << cluster.mountLog(1);
+  char buf[16];
+  EXPECT_EQ(pread(fd, buf, sizeof buf, 0), -1);
+  EXPECT_EQ(errno, EIO);
+  close(fd);
+  cluster.signalMount(0, SIGCONT);
+  stopped = false;
+  EXPECT_EQ(readWhole(known + "/known"), "joined before the barrier");
+  writeWhole(stranger + "/g", "mount works");
+  EXPECT_EQ(readWhole(stranger + "/g"), "mount works");
 }
 
 }  // namespace

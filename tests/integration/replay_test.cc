@@ -380,6 +380,31 @@ TEST(Replay, AClientThatDiedBeforeTheCrashHoldsNobodyUp) {
   EXPECT_EQ(readWhole(a + "/from-b"), "b");
 }
 
+// A file of 64 KiB written and fsync'd: open, nothing queued (a fork that restarts a server
+// can close it).
+int writtenAndSynced(const std::string& path) {
+  int fd = open(path.c_str(), O_CREAT | O_RDWR, 0644);
+  if (fd < 0) return fd;
+  std::string data(64 << 10, 'w');
+  EXPECT_EQ(pwrite(fd, data.data(), data.size(), 0), ssize_t(data.size()));
+  EXPECT_EQ(fsync(fd), 0);
+  return fd;
+}
+
+// Mount `m` was evicted by data target 0, which had lost updates it had answered: it says so, and
+// the open file `fd` fails (then is closed).
+void expectAnsweredUpdatesLost(TestCluster& cluster, int m, int fd) {
+  ASSERT_TRUE(
+      waitFor([&] { return contains(cluster.mountLog(m), "evicted by data target 0"); }, 20000))
+      << cluster.mountLog(m);
+  EXPECT_TRUE(contains(cluster.mountLog(m), "updates the server had answered are lost"))
+      << cluster.mountLog(m);
+  char buf[16];
+  EXPECT_EQ(pread(fd, buf, sizeof buf, 0), -1);
+  EXPECT_EQ(errno, EIO);
+  close(fd);
+}
+
 // A crash that loses even the client's joining of the data target (it joined after the
 // barrier): the restarted target does not know the client and refuses its replays, evicting it,
 // and the client hears of that only at its reconnect to the same new instance. It still sees
@@ -392,24 +417,13 @@ TEST(Replay, RepliesLostWithATargetThatForgotTheClientFailTheFile) {
   TestCluster cluster(options);
   barrier(cluster, 1);  // before the mount joins the data target
   auto a = cluster.mount();
-  int fd = open((a + "/f").c_str(), O_CREAT | O_RDWR, 0644);
+  int fd = writtenAndSynced(a + "/f");
   ASSERT_GE(fd, 0);
-  std::string data(64 << 10, 'w');
-  ASSERT_EQ(pwrite(fd, data.data(), data.size(), 0), ssize_t(data.size()));
-  ASSERT_EQ(fsync(fd), 0);  // nothing queued is left: the fork that restarts the server can close
   cluster.stopServer(1, SIGKILL);
   ASSERT_TRUE(cluster.startServer(1));
-  ASSERT_TRUE(
-      waitFor([&] { return contains(cluster.mountLog(0), "evicted by data target 0"); }, 20000))
-      << cluster.mountLog(0);
-  EXPECT_TRUE(contains(cluster.mountLog(0), "updates the server had answered are lost"))
-      << cluster.mountLog(0);
+  expectAnsweredUpdatesLost(cluster, 0, fd);
   EXPECT_TRUE(contains(cluster.mountLog(0), "evicted by data target 0: 1 open files"))
       << cluster.mountLog(0);
-  char buf[16];
-  EXPECT_EQ(pread(fd, buf, sizeof buf, 0), -1);
-  EXPECT_EQ(errno, EIO);
-  close(fd);
   writeWhole(a + "/g", "mount works");
   EXPECT_EQ(readWhole(a + "/g"), "mount works");
 }
@@ -428,11 +442,8 @@ TEST(Replay, AStrangersReplaysAreRefusedWhileAKnownClientIsAwaited) {
   writeWhole(known + "/known", "joined before the barrier");
   barrier(cluster, 1);
   auto stranger = cluster.mount();
-  int fd = open((stranger + "/f").c_str(), O_CREAT | O_RDWR, 0644);
+  int fd = writtenAndSynced(stranger + "/f");
   ASSERT_GE(fd, 0);
-  std::string data(64 << 10, 's');
-  ASSERT_EQ(pwrite(fd, data.data(), data.size(), 0), ssize_t(data.size()));
-  ASSERT_EQ(fsync(fd), 0);
   // The known client does not come back until the end: the target waits for its replays.
   cluster.signalMount(0, SIGSTOP);
   bool stopped = true;
@@ -446,15 +457,7 @@ TEST(Replay, AStrangersReplaysAreRefusedWhileAKnownClientIsAwaited) {
       },
       20000))
       << readWhole(cluster.log(1));
-  ASSERT_TRUE(
-      waitFor([&] { return contains(cluster.mountLog(1), "evicted by data target 0"); }, 20000))
-      << cluster.mountLog(1);
-  EXPECT_TRUE(contains(cluster.mountLog(1), "updates the server had answered are lost"))
-      << cluster.mountLog(1);
-  char buf[16];
-  EXPECT_EQ(pread(fd, buf, sizeof buf, 0), -1);
-  EXPECT_EQ(errno, EIO);
-  close(fd);
+  expectAnsweredUpdatesLost(cluster, 1, fd);
   cluster.signalMount(0, SIGCONT);
   stopped = false;
   EXPECT_EQ(readWhole(known + "/known"), "joined before the barrier");

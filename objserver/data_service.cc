@@ -20,12 +20,17 @@ constexpr uint32_t PREFETCH_AHEAD = 2;
 }  // namespace
 
 DataService::DataService(ServerContext& ctx, kj::Own<ClientSession> session)
-    : ctx_(ctx), objects_(KJ_ASSERT_NONNULL(ctx.objects)), session_(kj::mv(session)) {
+    : ctx_(ctx),
+      objects_(KJ_ASSERT_NONNULL(ctx.objects)),
+      session_(kj::mv(session)),
+      presence_(kj::addRef(*ctx.presence)) {
   ctx_.connected(*session_);
 }
 
 DataService::~DataService() noexcept(false) {
-  ctx_.disconnected(*session_);
+  KJ_IF_MAYBE (ctx, presence_->ctx) {
+    ctx->disconnected(*session_);
+  }
 }
 
 void targetStatFs(Target& target, rpc::StatFs::Builder out) {

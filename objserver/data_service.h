@@ -19,6 +19,7 @@ private:
   ServerContext& ctx_;
   ObjectStore& objects_;
   kj::Own<ClientSession> session_;
+  kj::Own<ServerContext::Presence> presence_;  // whether ctx_ still exists
 };
 
 // Capacity of a data target: what its LMDB map and its filesystem can still take.

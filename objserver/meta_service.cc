@@ -72,12 +72,15 @@ MetaService::MetaService(ServerContext& ctx, kj::Own<ClientSession> session)
     : ctx_(ctx),
       ns_(KJ_ASSERT_NONNULL(ctx.ns)),
       opens_(KJ_ASSERT_NONNULL(ctx.opens)),
-      session_(kj::mv(session)) {
+      session_(kj::mv(session)),
+      presence_(kj::addRef(*ctx.presence)) {
   ctx_.connected(*session_);
 }
 
 MetaService::~MetaService() noexcept(false) {
-  ctx_.disconnected(*session_);
+  KJ_IF_MAYBE (ctx, presence_->ctx) {
+    ctx->disconnected(*session_);
+  }
 }
 
 kj::Promise<void> MetaService::call(CallContext context) {

@@ -54,6 +54,7 @@ private:
   Namespace& ns_;
   OpenFiles& opens_;
   kj::Own<ClientSession> session_;
+  kj::Own<ServerContext::Presence> presence_;  // whether ctx_ still exists
 };
 
 }  // namespace cairn

@@ -53,9 +53,14 @@ ServerContext::ServerContext(kj::AsyncIoContext& io, kj::Network& network, Targe
       locks(
           io.provider->getTimer(), this->config.lockTimeout,
           [this](LockOwner& owner) { return evictForLock(static_cast<ClientSession&>(owner)); },
-          this->config.lockProlongLimit) {}
+          this->config.lockProlongLimit) {
+  presence = kj::refcounted<Presence>();
+  presence->ctx = *this;
+}
 
-ServerContext::~ServerContext() noexcept(false) {}
+ServerContext::~ServerContext() noexcept(false) {
+  presence->ctx = nullptr;
+}
 
 ClientSession& ServerContext::session(rpc::Hello::Reader hello) {
   KJ_REQUIRE(hello.getClientUuid().size() == 16, "a client uuid is 16 bytes",

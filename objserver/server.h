@@ -86,6 +86,15 @@ public:
   ServerContext(kj::AsyncIoContext& io, kj::Network& network, Target& target, ServerConfig config);
   ~ServerContext() noexcept(false);
 
+  // How a session's service reaches this context when it is destroyed: Cap'n Proto may let go of
+  // a connection's capabilities after the context is gone (a fenced server that stopped serving
+  // at once saw a client's service end during its standby, read a destroyed context and stopped
+  // answering).
+  struct Presence : public kj::Refcounted {
+    kj::Maybe<ServerContext&> ctx;
+  };
+  kj::Own<Presence> presence;
+
   kj::AsyncIoContext& io;
   kj::Network& network;
   Target& target;

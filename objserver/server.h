@@ -87,9 +87,10 @@ public:
   ~ServerContext() noexcept(false);
 
   // How a session's service reaches this context when it is destroyed: Cap'n Proto may let go of
-  // a connection's capabilities after the context is gone (a fenced server that stopped serving
-  // at once saw a client's service end during its standby, read a destroyed context and stopped
-  // answering).
+  // it after the context is gone. A call under way holds its service in a forked promise whose
+  // hub lets go only when it fires, an event after the call was cancelled (cancelCalls): for a
+  // fenced server that stopped serving at once, in its standby's loop, where the service then
+  // read a destroyed context and the process stopped answering.
   struct Presence : public kj::Refcounted {
     kj::Maybe<ServerContext&> ctx;
   };

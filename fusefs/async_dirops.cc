@@ -1,10 +1,13 @@
 #include "fusefs/async_dirops.h"
 
+#include <algorithm>
+
 namespace cairn {
 
 uint64_t AsyncDirops::begin(std::initializer_list<uint64_t> inos) {
   uint64_t op = next_++;
   for (uint64_t ino : inos) byInode_[ino].insert(op);
+  ops_.insert(op);
   ++inFlight_;
   ++answered_;
   return op;
@@ -34,6 +37,15 @@ void AsyncDirops::end(uint64_t op, std::initializer_list<uint64_t> inos, int err
       }
     }
   }
+  ops_.erase(op);
+  uint64_t oldest = ops_.empty() ? ~uint64_t(0) : *ops_.begin();
+  auto ready = [oldest](Waiter& w) {
+    if (oldest < w.below) return false;
+    w.fulfiller->fulfill();
+    return true;
+  };
+  beforeWaiters_.erase(std::remove_if(beforeWaiters_.begin(), beforeWaiters_.end(), ready),
+                       beforeWaiters_.end());
   if (--inFlight_ == 0) {
     for (auto& w : allWaiters_) w->fulfill();
     allWaiters_.clear();
@@ -63,6 +75,13 @@ kj::Promise<void> AsyncDirops::settledAll() {
   if (inFlight_ == 0) return kj::READY_NOW;
   auto paf = kj::newPromiseAndFulfiller<void>();
   allWaiters_.add(kj::mv(paf.fulfiller));
+  return kj::mv(paf.promise);
+}
+
+kj::Promise<void> AsyncDirops::settledAllBefore(uint64_t op) {
+  if (ops_.empty() || *ops_.begin() >= op) return kj::READY_NOW;
+  auto paf = kj::newPromiseAndFulfiller<void>();
+  beforeWaiters_.push_back(Waiter{op, kj::mv(paf.fulfiller)});
   return kj::mv(paf.promise);
 }
 

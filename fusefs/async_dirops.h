@@ -22,6 +22,7 @@
 #include <initializer_list>
 #include <set>
 #include <unordered_map>
+#include <vector>
 
 namespace cairn {
 
@@ -51,6 +52,10 @@ public:
   kj::Promise<void> settledBefore(uint64_t ino, uint64_t op);
   // Resolves once nothing at all is in flight.
   kj::Promise<void> settledAll();
+  // Resolves once no operation numbered below `op` is in flight, whatever it touches: for a
+  // request about a name no longer cached, whose inode (a directory with unlinks on their way
+  // in it?) is not known.
+  kj::Promise<void> settledAllBefore(uint64_t op);
   // The first error since the last call (0 if none), for fsync of a directory to report.
   int takeError();
   uint64_t answered() const { return answered_; }  // operations answered ahead, ever
@@ -64,6 +69,8 @@ private:
   std::unordered_map<uint64_t, std::set<uint64_t>> byInode_;  // ino -> operations in flight
   std::unordered_multimap<uint64_t, Waiter> waiters_;
   kj::Vector<kj::Own<kj::PromiseFulfiller<void>>> allWaiters_;
+  std::set<uint64_t> ops_;             // every operation in flight
+  std::vector<Waiter> beforeWaiters_;  // of settledAllBefore
   uint64_t next_ = 1;
   size_t inFlight_ = 0;
   int error_ = 0;

@@ -32,6 +32,11 @@ constexpr kj::Duration KERNEL_WAIT_IN_SHUTDOWN = 500 * kj::MILLISECONDS;
 // chown, chmod and utimes of one file come within microseconds of each other.
 constexpr kj::Duration ATTR_GATHER = 2 * kj::MILLISECONDS;
 
+// How long creates, unlinks and rmdirs answered ahead gather in their directory before they
+// leave in one batch (UpdateBatch): `tar x` makes several files, `rm -r` removes many, in this
+// time; whoever waits on them hurries them out.
+constexpr kj::Duration UPDATE_GATHER = 2 * kj::MILLISECONDS;
+
 // How long a closed handle waits for others to be released with it (Client::release).
 constexpr kj::Duration RELEASE_GATHER = 5 * kj::MILLISECONDS;
 
@@ -140,7 +145,7 @@ Client::Client(kj::AsyncIoContext& io, kj::Network& network, ClientOptions optio
   meta_->setRecovery([this]() { return recoverMeta(); });
   // Two batches of a directory on their way at once: the server applies one while the next
   // fills.
-  batch_ = kj::heap<UpdateBatch>(*meta_, 2);
+  batch_ = kj::heap<UpdateBatch>(*meta_, io.provider->getTimer(), 2, UPDATE_GATHER);
   locks_ = kj::heap<LockCache>(
       *meta_, io.provider->getTimer(),
       [this](uint64_t ino, uint64_t bit, bool destroyed) { return revoke(ino, bit, destroyed); },
@@ -379,6 +384,7 @@ kj::Promise<void> Client::flushAll() {
   auto parts = kj::heapArrayBuilder<kj::Promise<void>>(files.size() + 2);
   for (uint64_t ino : files) parts.add(flushed(ino));
   parts.add(sendReleases());
+  batch_->hurry();
   parts.add(dirops_.settledAll());
   return kj::joinPromises(parts.finish());
 }
@@ -622,6 +628,7 @@ kj::Promise<void> Client::invalidateInKernel(KernelCache& kernel, uint64_t ino, 
 kj::Promise<void> Client::revoke(uint64_t ino, uint64_t bit, bool destroyed) {
   if (bit == BIT_LOOKUP && dirops_.pending(ino)) {
     // Whoever called the lock back must find our unlinks in the directory done.
+    batch_->hurry();
     return dirops_.settled(ino).then(
         [this, ino, bit, destroyed]() { return revoke(ino, bit, destroyed); });
   }
@@ -1284,7 +1291,8 @@ void inodesOf(rpc::MetaRequest::Reader req, kj::Vector<uint64_t>& out, kj::Vecto
     // A removal waits for what touches the inode it removes (a directory: the unlinks in it,
     // or it is not empty), not for the removal of other names beside it (`rm -r` removes each
     // directory right after its files). The kernel asks only for names it sees, and it sees
-    // none we unlinked; a name no longer cached falls back to the directory (afterDirops).
+    // none we unlinked; for a name no longer cached it waits for every operation before it
+    // (afterDirops).
     case R::UNLINK:
       names.add(NameOf{req.getUnlink().getParent(), nameOf(req.getUnlink().getName()), true});
       break;
@@ -1348,21 +1356,30 @@ kj::Maybe<kj::Promise<void>> Client::afterDirops(rpc::MetaRequest::Reader req) {
   kj::Vector<uint64_t> inos;
   kj::Vector<NameOf> names;
   inodesOf(req, inos, names);
+  // A name removed that is no longer cached (dropped after an error, or pushed out of the
+  // cache): what it names is unknown (a directory whose unlinks are still on their way?).
+  bool unknown = false;
   for (auto& n : names) {
     uint64_t ino = cache_.entry(n.dir, n.name).orDefault(0);
     if (ino != 0) {
       inos.add(ino);
     } else if (n.removed) {
-      inos.add(n.dir);  // no longer cached: what is in flight there may be about it
+      unknown = true;
     }
   }
   // Those answered before this request began; not those that come while it waits.
   kj::Vector<kj::Promise<void>> waits;
   uint64_t now = dirops_.next();
-  for (uint64_t ino : inos) {
-    if (dirops_.pending(ino)) waits.add(dirops_.settledBefore(ino, now));
+  if (unknown) {
+    waits.add(dirops_.settledAllBefore(now));
+  } else {
+    for (uint64_t ino : inos) {
+      if (dirops_.pending(ino)) waits.add(dirops_.settledBefore(ino, now));
+    }
   }
   if (waits.empty()) return nullptr;
+  // They may be gathering for a batch: this request waits on them.
+  batch_->hurry();
   return kj::joinPromises(waits.releaseAsArray());
 }
 
@@ -1713,8 +1730,9 @@ void Client::reserveInodes() {
                      }));
 }
 
-kj::Maybe<kj::Promise<void>> Client::whileCreating(uint64_t ino) {
+kj::Maybe<kj::Promise<void>> Client::whileCreating(uint64_t ino, Waiter who) {
   if (creating_.count(ino) == 0) return nullptr;
+  if (who == Waiter::APPLICATION) batch_->hurry();
   return dirops_.settled(ino);
 }
 
@@ -1728,7 +1746,7 @@ kj::Promise<kj::Array<kj::byte>> Client::read(uint64_t fh, uint64_t offset, size
   // What is read lands in the kernel's page cache: only under the file's DATA lock (O_APPEND
   // handles bypass the page cache).
   auto& file = openFile(fh);
-  KJ_IF_MAYBE (wait, whileCreating(file.ino)) {
+  KJ_IF_MAYBE (wait, whileCreating(file.ino, Waiter::APPLICATION)) {
     return wait->then([this, fh, offset, size]() { return read(fh, offset, size); });
   }
   if (wb_.queued(file.ino)) {
@@ -2126,10 +2144,12 @@ kj::Promise<size_t> Client::write(uint64_t fh, uint64_t offset, kj::Array<kj::by
           });
     }
   }
-  KJ_IF_MAYBE (wait, whileCreating(file.ino)) {
+  if (creating_.count(file.ino) > 0 && !(file.flags & O_APPEND)) {
     // Made ahead: nobody else can see the file, and its locks come with the create's reply.
     // The write goes behind (sent once the create is answered).
-    if (!(file.flags & O_APPEND)) return queueWrite(file.ino, offset, kj::mv(data));
+    return queueWrite(file.ino, offset, kj::mv(data));
+  }
+  KJ_IF_MAYBE (wait, whileCreating(file.ino, Waiter::APPLICATION)) {
     return wait->then([this, fh, offset, data = kj::mv(data), writeback]() mutable {
       return write(fh, offset, kj::mv(data), writeback);
     });
@@ -2248,7 +2268,7 @@ kj::Promise<void> Client::startBatch(uint64_t ino, WriteBehind::Batch batch) {
 }
 
 kj::Promise<void> Client::sendBatch(uint64_t ino, uint64_t id, WriteBehind::Batch batch) {
-  KJ_IF_MAYBE (wait, whileCreating(ino)) {
+  KJ_IF_MAYBE (wait, whileCreating(ino, Waiter::BEHIND)) {
     // No data for a file the server does not have yet (an eviction would leave it nowhere).
     return wait->then([this, ino, id, batch = kj::mv(batch)]() mutable {
       return sendBatch(ino, id, kj::mv(batch));
@@ -2416,7 +2436,7 @@ kj::Promise<void> Client::syncTargets(const StripeLayout& layout) {
 
 kj::Promise<void> Client::fsync(uint64_t fh) {
   auto& file = openFile(fh);
-  KJ_IF_MAYBE (wait, whileCreating(file.ino)) {
+  KJ_IF_MAYBE (wait, whileCreating(file.ino, Waiter::APPLICATION)) {
     return wait->then([this, fh]() { return fsync(fh); });
   }
   if (wb_.queued(file.ino)) return flushed(file.ino).then([this, fh]() { return fsync(fh); });
@@ -2431,6 +2451,7 @@ kj::Promise<void> Client::fsync(uint64_t fh) {
 }
 
 kj::Promise<void> Client::syncDir() {
+  batch_->hurry();
   return dirops_.settledAll().then([this]() {
     int err = dirops_.takeError();
     if (err != 0) kj::throwFatalException(errnoException(err));
@@ -2449,7 +2470,7 @@ kj::Promise<void> Client::syncAll() {
 
 kj::Promise<void> Client::release(uint64_t fh) {
   auto& queued = KJ_REQUIRE_NONNULL(opens_.find(fh), "unknown file handle", fh);
-  KJ_IF_MAYBE (wait, whileCreating(queued.ino)) {
+  KJ_IF_MAYBE (wait, whileCreating(queued.ino, Waiter::BEHIND)) {
     // The server registers the open with the create: a release before it would be lost.
     return wait->then([this, fh]() { return release(fh); });
   }

@@ -296,8 +296,10 @@ private:
   // Keeps inode numbers reserved on the server for creates answered ahead.
   void reserveInodes();
   // A file created ahead is not on the server yet: what needs it there (its data, its
-  // release) waits for the create's reply.
-  kj::Maybe<kj::Promise<void>> whileCreating(uint64_t ino);
+  // release) waits for the create's reply. An application waiting on it hurries the create
+  // out (UpdateBatch::hurry); work going on behind lets it gather with others.
+  enum class Waiter { APPLICATION, BEHIND };
+  kj::Maybe<kj::Promise<void>> whileCreating(uint64_t ino, Waiter who);
   // A request about an inode an operation answered ahead touches waits for its reply.
   kj::Maybe<kj::Promise<void>> afterDirops(rpc::MetaRequest::Reader req);
   // The kernel may keep the name `e` was reached by, if its directory's lock is held: noted,

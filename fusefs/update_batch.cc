@@ -1,7 +1,10 @@
 #include "fusefs/update_batch.h"
 
 #include <kj/debug.h>
+#include <kj/vector.h>
 #include <spdlog/spdlog.h>
+
+#include <algorithm>
 
 #include "rpc/feature_flags.h"
 
@@ -15,8 +18,9 @@ struct Response : public kj::Refcounted {
 };
 }  // namespace
 
-UpdateBatch::UpdateBatch(ServerLink& link, size_t maxInFlight)
-    : link_(link), maxInFlight_(maxInFlight), tasks_(*this) {}
+UpdateBatch::UpdateBatch(ServerLink& link, kj::Timer& timer, size_t maxInFlight,
+                         kj::Duration gather)
+    : link_(link), timer_(timer), maxInFlight_(maxInFlight), gather_(gather), tasks_(*this) {}
 
 kj::Promise<int> UpdateBatch::send(uint64_t dir, Build build, OnReply onReply) {
   if (!(link_.peerFeatures() & features::BATCH)) {
@@ -40,15 +44,38 @@ void UpdateBatch::schedule(uint64_t dir) {
     lanes_.erase(it);  // nothing of this directory's left
     return;
   }
-  if (lane.scheduled || lane.queue.empty() || lane.inFlight >= maxInFlight_) return;
-  lane.scheduled = true;
-  // Last in the turn: the updates answered in it leave together.
-  tasks_.add(kj::evalLast([this, dir]() {
-    KJ_IF_MAYBE (lane, find(dir)) {
-      lane->scheduled = false;
-      flush(dir, *lane);
-    }
-  }));
+  if (lane.scheduled || lane.queue.empty()) return;
+  if (lane.due || lane.queue.size() >= features::MAX_BATCH || gather_ == 0 * kj::SECONDS) {
+    // Otherwise it leaves when a batch on its way is answered (this is called again then).
+    if (lane.inFlight >= maxInFlight_) return;
+    lane.scheduled = true;
+    // Last in the turn: the updates answered in it leave together.
+    tasks_.add(kj::evalLast([this, dir]() {
+      KJ_IF_MAYBE (lane, find(dir)) {
+        lane->scheduled = false;
+        flush(dir, *lane);
+      }
+    }));
+  } else if (!lane.gathering) {
+    lane.gathering = true;
+    tasks_.add(timer_.afterDelay(gather_).then([this, dir]() {
+      KJ_IF_MAYBE (lane, find(dir)) {
+        lane->gathering = false;
+        if (!lane->queue.empty()) lane->due = true;
+        schedule(dir);
+      }
+    }));
+  }
+}
+
+void UpdateBatch::hurry() {
+  kj::Vector<uint64_t> dirs;
+  for (auto& [dir, lane] : lanes_) {
+    if (lane.queue.empty()) continue;
+    lane.due = true;
+    dirs.add(dir);
+  }
+  for (uint64_t dir : dirs) schedule(dir);
 }
 
 kj::Maybe<UpdateBatch::Lane&> UpdateBatch::find(uint64_t dir) {
@@ -58,7 +85,16 @@ kj::Maybe<UpdateBatch::Lane&> UpdateBatch::find(uint64_t dir) {
 }
 
 void UpdateBatch::flush(uint64_t dir, Lane& lane) {
-  if (lane.queue.empty() || lane.inFlight >= maxInFlight_) return;
+  // Cancelled while it waited here (an eviction drops what was answered ahead): never sent.
+  auto cancelled = [](Queued& q) { return !q.ended->isWaiting(); };
+  lane.queue.erase(std::remove_if(lane.queue.begin(), lane.queue.end(), cancelled),
+                   lane.queue.end());
+  if (lane.queue.empty()) {
+    lane.due = false;
+    schedule(dir);  // forgets the lane if nothing of it is on its way either
+    return;
+  }
+  if (lane.inFlight >= maxInFlight_) return;
   size_t n = kj::min(lane.queue.size(), features::MAX_BATCH);
   auto builds = kj::heapArrayBuilder<Build>(n);
   auto waiting = kj::heapArrayBuilder<Queued>(n);
@@ -67,6 +103,7 @@ void UpdateBatch::flush(uint64_t dir, Lane& lane) {
     waiting.add(kj::mv(lane.queue.front()));
     lane.queue.pop_front();
   }
+  if (lane.queue.empty()) lane.due = false;
   ++lane.inFlight;
   kj::Promise<ServerLink::MetaResponse> sent = nullptr;
   if (n == 1) {

@@ -388,6 +388,65 @@ TEST(AsyncUnlink, AnEvictedClientDropsTheUnlinksItAnsweredAhead) {
   EXPECT_EQ(names(a + "/d"), expected);
 }
 
+// Two batches of the directory are on their way to the hung server when a third unlink is
+// answered ahead: it waits in the mount's queue. The server comes back as a forced start (A is
+// evicted): the batches on their way are not applied, and the one still queued is not sent to
+// the new session either (its sender dropped it with the eviction).
+TEST(AsyncUnlink, AnEvictedClientDropsTheUnlinksStillQueued) {
+  TestCluster cluster;
+  auto a = cluster.mount();
+  makeFiles(a + "/d", 20);
+  int next = unlinkUntilAhead(a, a + "/d", 10);
+  cluster.signalServer(0, SIGSTOP);
+  for (int i : {19, 18, 17}) {
+    ASSERT_EQ(unlink((a + "/d/f" + std::to_string(i)).c_str()), 0) << strerror(errno);
+    // Longer than the mount gathers a directory's updates: each goes alone (the third is held
+    // back by the two on their way).
+    usleep(50 * 1000);
+  }
+  cluster.stopServer(0, SIGKILL);
+  ASSERT_TRUE(cluster.startServer(0, {"--version-override", "9.9.9", "--force"}));
+  EXPECT_EQ(syncDir(a + "/d"), EIO);
+  EXPECT_EQ(failedAhead(a), 3u);
+  std::set<std::string> expected;
+  for (int i = next; i < 20; ++i) expected.insert("f" + std::to_string(i));
+  auto b = cluster.mount();
+  EXPECT_EQ(names(b + "/d"), expected);
+  EXPECT_EQ(names(a + "/d"), expected);
+}
+
+// Nobody waits for creates and unlinks answered ahead but later requests about them, so a
+// directory's gather a moment and leave several to a request (before, each went alone unless
+// the server fell behind): a loop of creates, then of unlinks, sends a fraction of the requests.
+TEST(AsyncUnlink, UpdatesAnsweredAheadGatherIntoBatches) {
+  TestCluster cluster;
+  auto a = cluster.mount();
+  auto b = cluster.mount();
+  ASSERT_EQ(mkdir((a + "/d").c_str(), 0755), 0);
+  const int n = 400;
+  int made = createUntilAhead(a, a + "/d", n);
+  uint64_t batched = mountCounter(a, "cairn_client_batched_updates_total");
+  uint64_t batches = mountCounter(a, "cairn_client_update_batches_total");
+  for (int i = made; i < n; ++i) {
+    int fd = creat((a + "/d/c" + std::to_string(i)).c_str(), 0644);
+    ASSERT_GE(fd, 0) << strerror(errno);
+    close(fd);
+  }
+  for (int i = 0; i < n; i += 2) {
+    ASSERT_EQ(unlink((a + "/d/c" + std::to_string(i)).c_str()), 0) << strerror(errno);
+  }
+  EXPECT_EQ(syncDir(a + "/d"), 0);
+  uint64_t updates = (n - made) + n / 2;
+  uint64_t inBatches = mountCounter(a, "cairn_client_batched_updates_total") - batched;
+  uint64_t requests = mountCounter(a, "cairn_client_update_batches_total") - batches;
+  EXPECT_GE(inBatches, updates / 2) << requests << " batches";
+  EXPECT_LE(requests, inBatches / 2);
+  std::set<std::string> expected;
+  for (int i = 1; i < n; i += 2) expected.insert("c" + std::to_string(i));
+  EXPECT_EQ(names(b + "/d"), expected);
+  EXPECT_EQ(failedAhead(a), 0u);
+}
+
 TEST(AsyncUnlink, ATreeRemovedWithRmIsGoneEverywhere) {
   TestCluster cluster;
   auto a = cluster.mount();

@@ -302,7 +302,7 @@ TEST_F(PosixOps, MkdirRmdir) {
   EXPECT_EQ(errnoOf(rmdir(p("nothing").c_str())), ENOENT);
   ASSERT_EQ(rmdir(p("d/sub").c_str()), 0);
   ASSERT_EQ(unlink(p("d/file").c_str()), 0);
-  ASSERT_EQ(rmdir(p("d").c_str()), 0);
+  ASSERT_EQ(rmdir(p("d").c_str()), 0) << strerror(errno);
   EXPECT_EQ(errnoOf(stat(p("d").c_str(), &st)), ENOENT);
 }
 

@@ -83,6 +83,23 @@ TEST_F(Dirops, SettledBeforeWaitsOnlyForEarlierOperations) {
   ops.end(later, {5, 300}, 0);
 }
 
+// A removal of a name no longer cached cannot tell what it removes: it waits for every
+// operation that began before it, whatever that touches, and for none that began after.
+TEST_F(Dirops, SettledAllBeforeWaitsForEveryEarlierOperation) {
+  EXPECT_TRUE(ops.settledAllBefore(ops.next()).poll(waitScope));
+  auto inSub = ops.begin({7, 200});  // an unlink in directory 7
+  auto inOther = ops.begin({9, 300});
+  auto rmdir = ops.settledAllBefore(ops.next());  // of a name that may be directory 7
+  auto later = ops.begin({5, 400});
+  EXPECT_FALSE(rmdir.poll(waitScope));
+  ops.end(inOther, {9, 300}, 0);
+  EXPECT_FALSE(rmdir.poll(waitScope));
+  ops.end(inSub, {7, 200}, 0);
+  EXPECT_TRUE(rmdir.poll(waitScope));
+  EXPECT_TRUE(ops.pending(5));
+  ops.end(later, {5, 400}, 0);
+}
+
 // The reply of the first of two unlinks of one file's names (it had two links) must not bring
 // back the link count the second took: later() says a later operation touches the inode.
 TEST_F(Dirops, LaterNamesOperationsAnsweredAfterAGivenOne) {

@@ -36,6 +36,9 @@ constexpr kj::Duration ATTR_GATHER = 2 * kj::MILLISECONDS;
 // leave in one batch (UpdateBatch): `tar x` makes several files, `rm -r` removes many, in this
 // time; whoever waits on them hurries them out.
 constexpr kj::Duration UPDATE_GATHER = 2 * kj::MILLISECONDS;
+// Write-behind's updates after files' data (`wrote`, setattr) gather in a lane of their own: no
+// directory is inode 0.
+constexpr uint64_t WRITE_BEHIND_LANE = 0;
 
 // How long a closed handle waits for others to be released with it (Client::release).
 constexpr kj::Duration RELEASE_GATHER = 5 * kj::MILLISECONDS;
@@ -382,7 +385,7 @@ kj::Promise<void> Client::recoverData(ServerLink& link, uint32_t index) {
 kj::Promise<void> Client::flushAll() {
   auto files = wb_.files();
   auto parts = kj::heapArrayBuilder<kj::Promise<void>>(files.size() + 2);
-  for (uint64_t ino : files) parts.add(flushed(ino));
+  for (uint64_t ino : files) parts.add(flushed(ino, Waiter::APPLICATION));
   parts.add(sendReleases());
   batch_->hurry();
   parts.add(dirops_.settledAll());
@@ -658,7 +661,7 @@ kj::Promise<void> Client::revoke(uint64_t ino, uint64_t bit, bool destroyed) {
   if (bit == BIT_DATA) readAhead_.drop(ino);
   if (bit != BIT_ATTR && bit != BIT_DATA) return kj::READY_NOW;
   // Writes queued behind these locks go out before the locks do.
-  return flushed(ino).then([this, ino, bit, destroyed]() -> kj::Promise<void> {
+  return flushed(ino, Waiter::APPLICATION).then([this, ino, bit, destroyed]() -> kj::Promise<void> {
     if (destroyed) return kj::READY_NOW;
     KJ_IF_MAYBE (kernel, kernel_) {
       auto dropped = invalidateInKernel(*kernel, ino, bit == BIT_DATA);
@@ -934,8 +937,9 @@ kj::Promise<Entry> Client::setattr(const Cred& cred, uint64_t ino, SetAttr attr,
   }
   if (wb_.queued(ino)) {
     // Queued writes come before a truncate (and before times set explicitly).
-    return flushed(ino).then(
-        [this, cred, ino, attr, fh]() { return setattr(cred, ino, attr, fh); });
+    return flushed(ino, Waiter::APPLICATION).then([this, cred, ino, attr, fh]() {
+      return setattr(cred, ino, attr, fh);
+    });
   }
   if (!(attr.valid & rpc::SET_SIZE)) return sendSetattr(cred, ino, attr, ServerLink::Class::NORMAL);
   // The data goes first: once the size says "shorter", no byte past it may be readable. So a
@@ -984,30 +988,42 @@ kj::Maybe<Entry> Client::setattrBehind(const Cred& cred, uint64_t ino, const Set
   wb_.setAttr(ino, change);
   // Out soon, in the background; what comes meanwhile (tar: chown, chmod, utimes) joins it.
   tasks_.add(io_.provider->getTimer().afterDelay(ATTR_GATHER).then([this, ino]() {
-    return flushed(ino);
+    return flushed(ino, Waiter::BEHIND);
   }));
   return cachedEntry(ino);
 }
 
+namespace {
+void buildSetattr(rpc::MetaRequest::Builder b, const Cred& cred, uint64_t ino, const SetAttr& attr,
+                  uint32_t want) {
+  b.setWantLocks(want);
+  setCred(b, cred);
+  auto s = b.initSetattr();
+  s.setIno(ino);
+  s.setValid(attr.valid);
+  s.setMode(attr.mode);
+  s.setUid(attr.uid);
+  s.setGid(attr.gid);
+  s.setSize(attr.size);
+  setTime(s.initAtime(), attr.atime);
+  setTime(s.initMtime(), attr.mtime);
+  s.setWroteEnd(attr.wroteEnd);
+}
+
+void buildWrote(rpc::MetaRequest::Builder b, uint64_t ino, uint64_t end, uint32_t want) {
+  b.setWantLocks(want);
+  auto w = b.initWrote();
+  w.setIno(ino);
+  w.setEnd(end);
+}
+}  // namespace
+
 kj::Promise<Entry> Client::sendSetattr(const Cred& cred, uint64_t ino, const SetAttr& attr,
                                        ServerLink::Class cls) {
   uint32_t want = wantFor(0, ino, false);
-  return metaCall(
-             [cred, ino, attr, want](rpc::MetaRequest::Builder b) {
-               b.setWantLocks(want);
-               setCred(b, cred);
-               auto s = b.initSetattr();
-               s.setIno(ino);
-               s.setValid(attr.valid);
-               s.setMode(attr.mode);
-               s.setUid(attr.uid);
-               s.setGid(attr.gid);
-               s.setSize(attr.size);
-               setTime(s.initAtime(), attr.atime);
-               setTime(s.initMtime(), attr.mtime);
-               s.setWroteEnd(attr.wroteEnd);
-             },
-             true, cls)
+  return metaCall([cred, ino, attr,
+                   want](rpc::MetaRequest::Builder b) { buildSetattr(b, cred, ino, attr, want); },
+                  true, cls)
       .then([this](ServerLink::MetaResponse&& resp) { return entryOf(resp.getReply().getAttr()); });
 }
 
@@ -1750,7 +1766,9 @@ kj::Promise<kj::Array<kj::byte>> Client::read(uint64_t fh, uint64_t offset, size
     return wait->then([this, fh, offset, size]() { return read(fh, offset, size); });
   }
   if (wb_.queued(file.ino)) {
-    return flushed(file.ino).then([this, fh, offset, size]() { return read(fh, offset, size); });
+    return flushed(file.ino, Waiter::APPLICATION).then([this, fh, offset, size]() {
+      return read(fh, offset, size);
+    });
   }
   if (file.flags & O_APPEND) return readUnlocked(fh, offset, size);
   return dataLock(file.ino).then(
@@ -2051,15 +2069,28 @@ kj::Promise<void> Client::storeBatch(const StripeLayout& layout,
 // other clients' cached pages, and what they read after that must be the new bytes.
 kj::Promise<void> Client::wrote(uint64_t ino, uint64_t end, ServerLink::Class cls) {
   uint32_t want = wantFor(0, ino, false);
-  return metaCall(
-             [ino, end, want](rpc::MetaRequest::Builder b) {
-               b.setWantLocks(want);
-               auto w = b.initWrote();
-               w.setIno(ino);
-               w.setEnd(end);
-             },
-             true, cls)
+  return metaCall([ino, end, want](rpc::MetaRequest::Builder b) { buildWrote(b, ino, end, want); },
+                  true, cls)
       .ignoreResult();
+}
+
+kj::Promise<void> Client::updateBehind(uint64_t ino, UpdateBatch::Build build) {
+  // As metaCall does: after the creates and removals answered ahead that touch the file.
+  kj::Promise<void> first = kj::READY_NOW;
+  if (dirops_.pending(ino)) first = dirops_.settledBefore(ino, dirops_.next());
+  return first.then([this, ino, build = kj::mv(build)]() mutable {
+    auto sent =
+        batch_->send(WRITE_BEHIND_LANE, kj::mv(build),
+                     // The reply is absorbed in its first event, as metaCall does (see there).
+                     [this](rpc::MetaReply::Reader reply) -> kj::Promise<int> {
+                       absorb(reply);
+                       return reply.getError();
+                     });
+    if (hurried_.count(ino) > 0) batch_->hurry();
+    return sent.then([](int err) {
+      if (err != 0) kj::throwFatalException(errnoException(err));
+    });
+  });
 }
 
 // Read-ahead's fetches: by inode, through the layout the inode table keeps.
@@ -2096,13 +2127,13 @@ bool Client::touchAtime(uint64_t ino) {
     change.atime = change.at = now;
     wb_.setAttr(ino, change);
     tasks_.add(io_.provider->getTimer().afterDelay(ATTR_GATHER).then([this, ino]() {
-      return flushed(ino);
+      return flushed(ino, Waiter::BEHIND);
     }));
     return true;
   }
   inode.atimePending = true;
   // After what is queued for the file: a utimes queued before must not land after this.
-  tasks_.add(flushed(ino)
+  tasks_.add(flushed(ino, Waiter::BEHIND)
                  .then([this, ino]() {
                    return metaCall(
                        [ino](rpc::MetaRequest::Builder b) {
@@ -2162,7 +2193,7 @@ kj::Promise<size_t> Client::write(uint64_t fh, uint64_t offset, kj::Array<kj::by
     // Direct I/O: the kernel's pages of this file (other descriptors) may now be stale, and
     // our own update does not call our lock back: drop them before write() returns.
     // Writes queued through other descriptors go first.
-    return flushed(ino)
+    return flushed(ino, Waiter::APPLICATION)
         .then([this, fh, offset, data = kj::mv(data)]() mutable {
           return writeUnlocked(fh, offset, kj::mv(data), ServerLink::Class::NORMAL);
         })
@@ -2178,9 +2209,10 @@ kj::Promise<size_t> Client::write(uint64_t fh, uint64_t offset, kj::Array<kj::by
       .then([this, fh, ino, offset, cls,
              data = kj::mv(data)](bool behind) mutable -> kj::Promise<size_t> {
         if (behind) return queueWrite(ino, offset, kj::mv(data));
-        return flushed(ino).then([this, fh, offset, cls, data = kj::mv(data)]() mutable {
-          return writeUnlocked(fh, offset, kj::mv(data), cls);
-        });
+        return flushed(ino, Waiter::APPLICATION)
+            .then([this, fh, offset, cls, data = kj::mv(data)]() mutable {
+              return writeUnlocked(fh, offset, kj::mv(data), cls);
+            });
       });
 }
 
@@ -2203,9 +2235,10 @@ kj::Promise<size_t> Client::queueWrite(uint64_t ino, uint64_t offset, kj::Array<
   if (err != 0) return kj::Promise<size_t>(errnoException(err));
   if (wb_.attrQueued(ino)) {
     // A chmod or utimes queued before this write lands before it.
-    return flushed(ino).then([this, ino, offset, data = kj::mv(data)]() mutable {
-      return queueWrite(ino, offset, kj::mv(data));
-    });
+    return flushed(ino, Waiter::APPLICATION)
+        .then([this, ino, offset, data = kj::mv(data)]() mutable {
+          return queueWrite(ino, offset, kj::mv(data));
+        });
   }
   size_t n = data.size();
   if (n == 0) return size_t(0);
@@ -2227,23 +2260,34 @@ kj::Promise<void> Client::queueRoom(uint64_t ino) {
   KJ_IF_MAYBE (first, wb_.firstSent(ino)) {
     return first->then([this, ino]() { return queueRoom(ino); });
   }
-  return flushed(ino);
+  return flushed(ino, Waiter::APPLICATION);
 }
 
 // Sends what is queued for the file, and whatever is queued meanwhile, until nothing is left:
 // up to MAX_FLIGHTS batches at once, each leaving as soon as WriteBehind::mustWait allows.
-kj::Promise<void> Client::flushed(uint64_t ino) {
+kj::Promise<void> Client::flushed(uint64_t ino, Waiter who) {
+  if (who == Waiter::APPLICATION && wb_.queued(ino)) {
+    // While this wait lasts, the file's updates leave without gathering (updateBehind).
+    ++hurried_[ino];
+    batch_->hurry();
+    return flushed(ino, Waiter::BEHIND).attach(kj::defer([this, ino]() {
+      auto it = hurried_.find(ino);
+      if (it != hurried_.end() && --it->second == 0) hurried_.erase(it);
+    }));
+  }
   KJ_IF_MAYBE (wait, wb_.mustWait(ino)) {
-    return wait->then([this, ino]() { return flushed(ino); });
+    return wait->then([this, ino]() { return flushed(ino, Waiter::BEHIND); });
   }
   auto batch = wb_.take(ino, WriteBehind::FILE_BATCH);
   if (batch.writes.empty() && batch.attr == nullptr) {
     KJ_IF_MAYBE (all, wb_.allSent(ino)) {
-      return all->then([this, ino]() { return flushed(ino); });
+      return all->then([this, ino]() { return flushed(ino, Waiter::BEHIND); });
     }
     return kj::READY_NOW;
   }
-  return startBatch(ino, kj::mv(batch)).then([this, ino]() { return flushed(ino); });
+  return startBatch(ino, kj::mv(batch)).then([this, ino]() {
+    return flushed(ino, Waiter::BEHIND);
+  });
 }
 
 // What is queued for a file leaves in the background as soon as it may: a batch's worth at the
@@ -2295,24 +2339,31 @@ kj::Promise<void> Client::sendBatch(uint64_t ino, uint64_t id, WriteBehind::Batc
       meta_->server(cls).then([this, evictions = metaEvictions_](rpc::Bootstrap::Client&&) {
         if (metaEvictions_ != evictions) kj::throwFatalException(errnoException(EIO));
       });
-  // Size and mtime and the change queued after the writes, in one update where the server can.
+  // Size and mtime and the change queued after the writes, in one update where the server can,
+  // and that in a batch with other files' where it can.
   bool joined = !b.writes.empty() && b.attr != nullptr &&
                 (meta_->peerFeatures() & features::WROTE_SETATTR) != 0;
+  constexpr uint64_t batches = features::BATCH | features::BATCH_ATTRS;
+  bool batched = (meta_->peerFeatures() & batches) == batches;
   if (!b.writes.empty()) {
     data = data.then([this, ino]() { return layoutOf(ino, cls); })
-               .then([this, ino, &b, &own = *own, joined](kj::Own<SharedLayout> layout) {
+               .then([this, ino, &b, &own = *own, joined, batched](kj::Own<SharedLayout> layout) {
                  // As for a write-through: size and mtime once the data is in place.
                  return storeBatch(layout->layout, kj::arrayPtr(b.writes.data(), b.writes.size()),
                                    kj::addRef(own), cls)
-                     .then([this, ino, end = b.end, joined]() -> kj::Promise<void> {
+                     .then([this, ino, end = b.end, joined, batched]() -> kj::Promise<void> {
                        if (joined) return kj::READY_NOW;
-                       return wrote(ino, end, cls);
+                       if (!batched) return wrote(ino, end, cls);
+                       uint32_t want = wantFor(0, ino, false);
+                       return updateBehind(ino, [ino, end, want](rpc::MetaRequest::Builder r) {
+                         buildWrote(r, ino, end, want);
+                       });
                      })
                      .attach(kj::mv(layout));
                });
   }
   return data
-      .then([this, ino, &b, joined]() -> kj::Promise<void> {
+      .then([this, ino, &b, joined, batched]() -> kj::Promise<void> {
         KJ_IF_MAYBE (a, b.attr) {
           Cred cred{a->callerUid, a->callerGid, a->callerPid};
           SetAttr set;
@@ -2323,7 +2374,11 @@ kj::Promise<void> Client::sendBatch(uint64_t ino, uint64_t id, WriteBehind::Batc
           set.atime = a->atime;
           set.mtime = a->mtime;
           if (joined) set.wroteEnd = b.end;
-          return sendSetattr(cred, ino, set, cls).ignoreResult();
+          if (!batched) return sendSetattr(cred, ino, set, cls).ignoreResult();
+          uint32_t want = wantFor(0, ino, false);
+          return updateBehind(ino, [cred, ino, set, want](rpc::MetaRequest::Builder r) {
+            buildSetattr(r, cred, ino, set, want);
+          });
         }
         return kj::READY_NOW;
       })
@@ -2351,10 +2406,10 @@ kj::Promise<void> Client::flush(uint64_t fh) {
     // other client's access through the locks), but the application goes on.
     int err = wb_.takeError(ino);
     if (err != 0) return kj::Promise<void>(errnoException(err));
-    tasks_.add(flushed(ino));
+    tasks_.add(flushed(ino, Waiter::BEHIND));
     return kj::READY_NOW;
   }
-  return flushed(ino).then([this, ino]() {
+  return flushed(ino, Waiter::APPLICATION).then([this, ino]() {
     int err = wb_.takeError(ino);
     if (err != 0) kj::throwFatalException(errnoException(err));
   });
@@ -2439,7 +2494,8 @@ kj::Promise<void> Client::fsync(uint64_t fh) {
   KJ_IF_MAYBE (wait, whileCreating(file.ino, Waiter::APPLICATION)) {
     return wait->then([this, fh]() { return fsync(fh); });
   }
-  if (wb_.queued(file.ino)) return flushed(file.ino).then([this, fh]() { return fsync(fh); });
+  if (wb_.queued(file.ino))
+    return flushed(file.ino, Waiter::APPLICATION).then([this, fh]() { return fsync(fh); });
   int err = wb_.takeError(file.ino);
   if (err != 0) return kj::Promise<void>(errnoException(err));
   KJ_IF_MAYBE (l, file.layout) {
@@ -2476,7 +2532,7 @@ kj::Promise<void> Client::release(uint64_t fh) {
   }
   if (wb_.queued(queued.ino)) {
     // The server forgets the open (an unlinked file goes with its last one): data first.
-    return flushed(queued.ino).then([this, fh]() { return release(fh); });
+    return flushed(queued.ino, Waiter::BEHIND).then([this, fh]() { return release(fh); });
   }
   auto& file = KJ_REQUIRE_NONNULL(opens_.find(fh), "unknown file handle", fh);
   bool lost = file.lost;

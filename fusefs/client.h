@@ -231,6 +231,9 @@ public:
   MetaCache& metaCache() { return cache_; }
 
 private:
+  // Who waits on work going on behind (a create answered ahead, writes queued behind): an
+  // application, which hurries that work out of the batch it gathers for, or more such work.
+  enum class Waiter { APPLICATION, BEHIND };
   using MetaBuild = kj::Function<void(rpc::MetaRequest::Builder)>;
   // Runs on the reply before anything else does (and before an error is thrown), in the same
   // event as the locks it carries are recorded: what it caches is covered by them.
@@ -262,7 +265,9 @@ private:
   kj::Promise<Opened> withDataLock(Opened o);
   kj::Promise<bool> writeBehindLock(uint64_t ino);
   kj::Promise<size_t> queueWrite(uint64_t ino, uint64_t offset, kj::Array<kj::byte> data);
-  kj::Promise<void> flushed(uint64_t ino);
+  // Sends what is queued for the file and waits until it is sent. An application waiting on it
+  // hurries the file's updates out of their batch's gathering (hurried_).
+  kj::Promise<void> flushed(uint64_t ino, Waiter who);
   kj::Promise<void> queueRoom(uint64_t ino);
   void sendAhead(uint64_t ino, size_t atLeast);
   kj::Promise<void> startBatch(uint64_t ino, WriteBehind::Batch batch);
@@ -273,6 +278,9 @@ private:
   kj::Promise<Entry> sendSetattr(const Cred& cred, uint64_t ino, const SetAttr& attr,
                                  ServerLink::Class cls);
   kj::Promise<void> sendBatch(uint64_t ino, uint64_t id, WriteBehind::Batch batch);
+  // What write-behind sends after a file's data (a `wrote`, a setattr), in a batch with other
+  // files' (features::BATCH_ATTRS); fails with the server's errno.
+  kj::Promise<void> updateBehind(uint64_t ino, UpdateBatch::Build build);
   kj::Maybe<Entry> cachedEntry(uint64_t ino);
   void removed(uint64_t parent, std::string name, int error);
   // unlink (false) or rmdir (true).
@@ -298,7 +306,6 @@ private:
   // A file created ahead is not on the server yet: what needs it there (its data, its
   // release) waits for the create's reply. An application waiting on it hurries the create
   // out (UpdateBatch::hurry); work going on behind lets it gather with others.
-  enum class Waiter { APPLICATION, BEHIND };
   kj::Maybe<kj::Promise<void>> whileCreating(uint64_t ino, Waiter who);
   // A request about an inode an operation answered ahead touches waits for its reply.
   kj::Maybe<kj::Promise<void>> afterDirops(rpc::MetaRequest::Reader req);
@@ -405,7 +412,10 @@ private:
   kj::Canceler diropsBehind_;
   // Names whose removal answered ahead is on its way: a create of the name waits for it.
   std::multiset<std::pair<uint64_t, std::string>> removing_;
-  std::unordered_set<uint64_t> creating_;       // inodes created ahead, their create on its way
+  std::unordered_set<uint64_t> creating_;  // inodes created ahead, their create on its way
+  // Files an application waits on the write-behind of (fsync, a read, a lock called back...),
+  // by the number of such waits: their updates leave without gathering.
+  std::unordered_map<uint64_t, uint32_t> hurried_;
   std::unordered_set<uint64_t> failedCreates_;  // ... that the server never made (until released)
   uint64_t metaEvictions_ = 0;  // the metadata server's evictions of this client, as learned
   // Inode numbers the server set aside for us, each with its file's layout.

@@ -68,7 +68,8 @@ kj::String renderClientMetrics(Client& client) {
        "(FUSE_HANDLE_KILLPRIV_V2)");
   out.add(kj::str("cairn_client_setid_cleared_total ", stats.setidCleared, "\n"));
   help(out, "cairn_client_update_batches_total", "counter",
-       "requests carrying several updates answered ahead (MetaRequest.batch)");
+       "requests carrying several updates: answered ahead, or sent after files' data "
+       "(MetaRequest.batch)");
   out.add(kj::str("cairn_client_update_batches_total ", client.batches().batches(), "\n"));
   help(out, "cairn_client_batched_updates_total", "counter", "updates those requests carried");
   out.add(kj::str("cairn_client_batched_updates_total ", client.batches().inBatches(), "\n"));

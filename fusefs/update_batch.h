@@ -9,8 +9,10 @@
 // `maxInFlight` of a directory's batches are on their way, its updates queue up and leave when
 // one is answered. Directory by directory: a batch waits on the server for the locks of all its
 // updates, and an update in a directory another client is slow to give up must not hold up the
-// others. An update whose sender dropped its promise (an eviction cancels what was answered
-// ahead) is dropped from the queue, never sent.
+// others. What write-behind sends after files' data (`wrote`, a setattr; features::BATCH_ATTRS)
+// gathers likewise, in a lane of its own (Client's WRITE_BEHIND_LANE): tar's files' updates go
+// several to a request too. An update whose sender dropped its promise (an eviction cancels
+// what was answered ahead) is dropped from the queue, never sent.
 #pragma once
 
 #include <kj/async.h>
@@ -36,9 +38,9 @@ public:
   UpdateBatch(ServerLink& link, kj::Timer& timer, size_t maxInFlight, kj::Duration gather);
   KJ_DISALLOW_COPY(UpdateBatch);
 
-  // Sends the update `build` makes (an unlink, rmdir or create in directory `dir`) as a
-  // write-back, in a batch if the server takes batches. A directory's updates leave in the
-  // order they were sent.
+  // Sends the update `build` makes (an unlink, rmdir or create in directory `dir`, or what
+  // write-behind sends, in its lane) as a write-back, in a batch if the server takes batches.
+  // A lane's updates leave in the order they were sent.
   kj::Promise<int> send(uint64_t dir, Build build, OnReply onReply);
   // Someone waits for updates sent: every directory's queue leaves without gathering (at the
   // end of this turn, or as its batches on their way are answered) until it is empty.

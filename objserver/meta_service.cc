@@ -531,8 +531,14 @@ kj::Vector<LockSpec> MetaService::batchAffected(capnp::List<rpc::MetaRequest>::R
   std::map<uint64_t, uint64_t> bits;  // ino -> bits, over all of them (in ino order)
   for (auto one : batch) {
     auto which = one.which();
-    KJ_REQUIRE(which == R::UNLINK || which == R::RMDIR || which == R::CREATE,
-               "a batch carries unlinks, rmdirs and creates only", static_cast<uint>(which));
+    // What a client answers ahead, and what its write-behind sends after a file's data
+    // (features::BATCH_ATTRS); a size change truncates data objects first, on its own.
+    bool ahead = which == R::UNLINK || which == R::RMDIR || which == R::CREATE;
+    bool behind = which == R::WROTE ||
+                  (which == R::SETATTR && !(one.getSetattr().getValid() & rpc::SET_SIZE));
+    KJ_REQUIRE(ahead || behind,
+               "a batch carries unlinks, rmdirs, creates, wrotes and setattrs without a size only",
+               static_cast<uint>(which));
     KJ_REQUIRE(one.getRequestId() == 0 && one.getReplayOf() == 0 && !one.getResend(),
                "an update in a batch is numbered by the batch");
     auto specs = affected(one);

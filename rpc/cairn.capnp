@@ -278,9 +278,10 @@ struct MetaRequest {
     # features::MAX_RESERVE_INODES -> reserved. Kept for the client on the target until it uses
     # them or is forgotten; no one else is given them.
     reserveInodes @98 :UInt32;
-    # Updates a client answered ahead (unlink, rmdir, create), at most features::MAX_BATCH,
-    # applied in this order in one transaction (features::BATCH): one request, one reply
-    # record, one commit for all. Each succeeds or fails alone (its own errno at the same
+    # Updates a client answered ahead (unlink, rmdir, create) and, with features::BATCH_ATTRS,
+    # what its write-behind sends after files' data (wrote, setattr without a size), at most
+    # features::MAX_BATCH, applied in this order in one transaction (features::BATCH): one
+    # request, one reply record, one commit for all. Each succeeds or fails alone (its own errno at the same
     # index of the reply's `batch`); the batch's requestId, replayOf and resend are theirs.
     batch @100 :List(MetaRequest);
   }

@@ -55,8 +55,11 @@ constexpr uint64_t BATCH = 1 << 11;
 // The most updates one batch may carry: a bounded transaction, and a bounded wait for the
 // locks of all of them.
 constexpr size_t MAX_BATCH = 128;
+// A batch may carry what write-behind sends after a file's data (`wrote`, and `setattr` with no
+// size change): several files' in one request.
+constexpr uint64_t BATCH_ATTRS = 1 << 12;
 constexpr uint64_t SUPPORTED = BASE | CACHING_LOCKS | WRITE_MANY | ACTIVE_SERVER_LOCK |
                                DESTROY_MANY | RELEASE_MANY | LOCK_CONVERT | ASYNC_DIROPS |
-                               ASYNC_CREATE | LOCK_PROLONG | WROTE_SETATTR | BATCH;
+                               ASYNC_CREATE | LOCK_PROLONG | WROTE_SETATTR | BATCH | BATCH_ATTRS;
 
 }  // namespace cairn::features

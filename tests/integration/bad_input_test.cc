@@ -328,12 +328,41 @@ TEST(BadInput, BatchesAreCheckedAndEachUpdateInThemEndsAlone) {
     auto list = b.initBatch(1);
     unlinkOf(list[0].initBatch(1)[0], "b");
   }));
+  uint64_t file = lookup(dir, "b");
+  EXPECT_TRUE(refused([&](B b) {
+    auto s = b.initBatch(1)[0].initSetattr();  // a truncate: never behind, never batched
+    s.setIno(file);
+    s.setValid(rpc::SET_SIZE);
+    s.setSize(0);
+  }));
   EXPECT_TRUE(refused([&](B b) {
     auto list = b.initBatch(1);
     unlinkOf(list[0], "b");
     list[0].setRequestId(7);
   }));
   EXPECT_NE(lookup(dir, "b"), 0u);
+  // What write-behind sends after files' data goes in batches too (features::BATCH_ATTRS).
+  {
+    auto req = meta.callRequest();
+    auto r = req.initRequest();
+    r.setRequestId(2);
+    auto list = r.initBatch(2);
+    auto w = list[0].initWrote();
+    w.setIno(file);
+    w.setEnd(4096);
+    auto s = list[1].initSetattr();
+    s.setIno(file);
+    s.setValid(rpc::SET_MODE);
+    s.setMode(S_IFREG | 0600);
+    auto resp = req.send().wait(raw.io.waitScope);
+    auto reply = resp.getReply();
+    ASSERT_TRUE(reply.isBatch());
+    ASSERT_EQ(reply.getBatch().size(), 2u);
+    EXPECT_EQ(reply.getBatch()[0].getError(), 0);
+    EXPECT_EQ(reply.getBatch()[1].getError(), 0);
+    EXPECT_EQ(reply.getBatch()[1].getAttr().getSize(), 4096u);
+    EXPECT_EQ(reply.getBatch()[1].getAttr().getMode(), uint32_t(S_IFREG | 0600));
+  }
   EXPECT_TRUE(serving(cluster, 0));
 }
 

@@ -365,6 +365,23 @@ TEST(AsyncUnlink, AnOpenFileUnlinkedAheadStaysOpenAcrossACrash) {
   close(fd);
 }
 
+// The metadata server dies (kill -9) and comes back as a forced start: its clients are evicted.
+bool restartForced(TestCluster& cluster) {
+  cluster.stopServer(0, SIGKILL);
+  return cluster.startServer(0, {"--version-override", "9.9.9", "--force"});
+}
+
+// After an eviction dropped the unlinks mount `a` answered ahead in directory `rel`: f<from> to
+// f<to - 1> are all there still, through `a` and through a new mount.
+void expectFilesLeft(TestCluster& cluster, const std::string& a, const std::string& rel, int from,
+                     int to) {
+  std::set<std::string> expected;
+  for (int i = from; i < to; ++i) expected.insert("f" + std::to_string(i));
+  EXPECT_EQ(names(a + "/" + rel), expected);
+  auto b = cluster.mount();
+  EXPECT_EQ(names(b + "/" + rel), expected);
+}
+
 // The server dies with an unlink answered ahead unread, and comes back as a forced start (its
 // clients are evicted: what they were answered under is not trusted). The unlink is not sent
 // after the fact to a server on which B may have made the name again; the directory's fsync
@@ -376,16 +393,11 @@ TEST(AsyncUnlink, AnEvictedClientDropsTheUnlinksItAnsweredAhead) {
   int next = unlinkUntilAhead(a, a + "/d", 10);
   cluster.signalServer(0, SIGSTOP);
   ASSERT_EQ(unlink((a + "/d/f19").c_str()), 0) << strerror(errno);
-  cluster.stopServer(0, SIGKILL);
-  ASSERT_TRUE(cluster.startServer(0, {"--version-override", "9.9.9", "--force"}));
+  ASSERT_TRUE(restartForced(cluster));
   EXPECT_EQ(syncDir(a + "/d"), EIO);
   EXPECT_EQ(syncDir(a + "/d"), 0);  // reported once
   EXPECT_EQ(failedAhead(a), 1u);
-  std::set<std::string> expected;
-  for (int i = next; i < 20; ++i) expected.insert("f" + std::to_string(i));
-  auto b = cluster.mount();
-  EXPECT_EQ(names(b + "/d"), expected);
-  EXPECT_EQ(names(a + "/d"), expected);
+  expectFilesLeft(cluster, a, "d", next, 20);
 }
 
 // Two batches of the directory are on their way to the hung server when a third unlink is
@@ -404,15 +416,10 @@ TEST(AsyncUnlink, AnEvictedClientDropsTheUnlinksStillQueued) {
     // back by the two on their way).
     usleep(50 * 1000);
   }
-  cluster.stopServer(0, SIGKILL);
-  ASSERT_TRUE(cluster.startServer(0, {"--version-override", "9.9.9", "--force"}));
+  ASSERT_TRUE(restartForced(cluster));
   EXPECT_EQ(syncDir(a + "/d"), EIO);
   EXPECT_EQ(failedAhead(a), 3u);
-  std::set<std::string> expected;
-  for (int i = next; i < 20; ++i) expected.insert("f" + std::to_string(i));
-  auto b = cluster.mount();
-  EXPECT_EQ(names(b + "/d"), expected);
-  EXPECT_EQ(names(a + "/d"), expected);
+  expectFilesLeft(cluster, a, "d", next, 20);
 }
 
 // Nobody waits for creates and unlinks answered ahead but later requests about them, so a

@@ -8,7 +8,6 @@ uint64_t AsyncDirops::begin(std::initializer_list<uint64_t> inos) {
   uint64_t op = next_++;
   for (uint64_t ino : inos) byInode_[ino].insert(op);
   ops_.insert(op);
-  ++inFlight_;
   ++answered_;
   return op;
 }
@@ -46,10 +45,6 @@ void AsyncDirops::end(uint64_t op, std::initializer_list<uint64_t> inos, int err
   };
   beforeWaiters_.erase(std::remove_if(beforeWaiters_.begin(), beforeWaiters_.end(), ready),
                        beforeWaiters_.end());
-  if (--inFlight_ == 0) {
-    for (auto& w : allWaiters_) w->fulfill();
-    allWaiters_.clear();
-  }
 }
 
 bool AsyncDirops::later(uint64_t ino, uint64_t op) const {
@@ -72,10 +67,7 @@ kj::Promise<void> AsyncDirops::settledBefore(uint64_t ino, uint64_t op) {
 }
 
 kj::Promise<void> AsyncDirops::settledAll() {
-  if (inFlight_ == 0) return kj::READY_NOW;
-  auto paf = kj::newPromiseAndFulfiller<void>();
-  allWaiters_.add(kj::mv(paf.fulfiller));
-  return kj::mv(paf.promise);
+  return settledAllBefore(~uint64_t(0));
 }
 
 kj::Promise<void> AsyncDirops::settledAllBefore(uint64_t op) {

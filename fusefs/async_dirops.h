@@ -32,8 +32,8 @@ public:
   // and the server work one client can have outstanding.
   static constexpr size_t MAX_IN_FLIGHT = 1024;
 
-  bool full() const { return inFlight_ >= MAX_IN_FLIGHT; }
-  size_t inFlight() const { return inFlight_; }
+  bool full() const { return ops_.size() >= MAX_IN_FLIGHT; }
+  size_t inFlight() const { return ops_.size(); }
   bool pending(uint64_t ino) const { return byInode_.count(ino) > 0; }
   // Whether an operation touching `ino` numbered above `op` is in flight: one answered after it,
   // whose effect the caches already show and `op`'s reply does not.
@@ -68,11 +68,9 @@ private:
   };
   std::unordered_map<uint64_t, std::set<uint64_t>> byInode_;  // ino -> operations in flight
   std::unordered_multimap<uint64_t, Waiter> waiters_;
-  kj::Vector<kj::Own<kj::PromiseFulfiller<void>>> allWaiters_;
   std::set<uint64_t> ops_;             // every operation in flight
-  std::vector<Waiter> beforeWaiters_;  // of settledAllBefore
+  std::vector<Waiter> beforeWaiters_;  // of settledAllBefore (and settledAll)
   uint64_t next_ = 1;
-  size_t inFlight_ = 0;
   int error_ = 0;
   uint64_t answered_ = 0;
   uint64_t failed_ = 0;

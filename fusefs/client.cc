@@ -479,21 +479,24 @@ kj::Promise<ServerLink::MetaResponse> Client::metaCall(MetaBuild build, bool upd
 
 kj::Promise<ServerLink::MetaResponse> Client::metaCall(MetaBuild build, bool update,
                                                        ServerLink::Class cls, OnReply onReply) {
-  // Not a recovery request: the removals answered ahead are sent only once recovery is over
-  // (open replay of a file unlinked ahead would otherwise wait for ever).
-  if (dirops_.inFlight() > 0 && cls != ServerLink::Class::RECOVERY) {
-    // Built once more to see what it is about (only while removals answered ahead are out).
-    capnp::MallocMessageBuilder probe(256);
-    auto req = probe.initRoot<rpc::MetaRequest>();
-    build(req);
-    KJ_IF_MAYBE (wait, afterDirops(req.asReader())) {
-      return wait->then(
-          [this, build = kj::mv(build), update, cls, onReply = kj::mv(onReply)]() mutable {
-            return sendMeta(kj::mv(build), update, cls, kj::mv(onReply));
-          });
-    }
+  KJ_IF_MAYBE (wait, afterDirops(build, cls)) {
+    return wait->then(
+        [this, build = kj::mv(build), update, cls, onReply = kj::mv(onReply)]() mutable {
+          return sendMeta(kj::mv(build), update, cls, kj::mv(onReply));
+        });
   }
   return sendMeta(kj::mv(build), update, cls, kj::mv(onReply));
+}
+
+kj::Maybe<kj::Promise<void>> Client::afterDirops(MetaBuild& build, ServerLink::Class cls) {
+  // Not a recovery request: the removals answered ahead are sent only once recovery is over
+  // (open replay of a file unlinked ahead would otherwise wait for ever).
+  if (dirops_.inFlight() == 0 || cls == ServerLink::Class::RECOVERY) return nullptr;
+  // Built once more to see what it is about (only while removals answered ahead are out).
+  capnp::MallocMessageBuilder probe(256);
+  auto req = probe.initRoot<rpc::MetaRequest>();
+  build(req);
+  return afterDirops(req.asReader());
 }
 
 kj::Promise<ServerLink::MetaResponse> Client::sendMeta(MetaBuild build, bool update,
@@ -2074,10 +2077,14 @@ kj::Promise<void> Client::wrote(uint64_t ino, uint64_t end, ServerLink::Class cl
       .ignoreResult();
 }
 
-kj::Promise<void> Client::updateBehind(uint64_t ino, UpdateBatch::Build build) {
+kj::Promise<void> Client::updateBehind(uint64_t ino, MetaBuild build) {
+  constexpr auto cls = ServerLink::Class::WRITEBACK;
+  constexpr uint64_t batches = features::BATCH | features::BATCH_ATTRS;
+  if ((meta_->peerFeatures() & batches) != batches) {
+    return metaCall(kj::mv(build), true, cls).ignoreResult();
+  }
   // As metaCall does: after the creates and removals answered ahead that touch the file.
-  kj::Promise<void> first = kj::READY_NOW;
-  if (dirops_.pending(ino)) first = dirops_.settledBefore(ino, dirops_.next());
+  kj::Promise<void> first = afterDirops(build, cls).orDefault(kj::READY_NOW);
   return first.then([this, ino, build = kj::mv(build)]() mutable {
     auto sent =
         batch_->send(WRITE_BEHIND_LANE, kj::mv(build),
@@ -2339,21 +2346,18 @@ kj::Promise<void> Client::sendBatch(uint64_t ino, uint64_t id, WriteBehind::Batc
       meta_->server(cls).then([this, evictions = metaEvictions_](rpc::Bootstrap::Client&&) {
         if (metaEvictions_ != evictions) kj::throwFatalException(errnoException(EIO));
       });
-  // Size and mtime and the change queued after the writes, in one update where the server can,
-  // and that in a batch with other files' where it can.
+  // Size and mtime and the change queued after the writes, in one update where the server can
+  // (and that in a batch with other files': updateBehind).
   bool joined = !b.writes.empty() && b.attr != nullptr &&
                 (meta_->peerFeatures() & features::WROTE_SETATTR) != 0;
-  constexpr uint64_t batches = features::BATCH | features::BATCH_ATTRS;
-  bool batched = (meta_->peerFeatures() & batches) == batches;
   if (!b.writes.empty()) {
     data = data.then([this, ino]() { return layoutOf(ino, cls); })
-               .then([this, ino, &b, &own = *own, joined, batched](kj::Own<SharedLayout> layout) {
+               .then([this, ino, &b, &own = *own, joined](kj::Own<SharedLayout> layout) {
                  // As for a write-through: size and mtime once the data is in place.
                  return storeBatch(layout->layout, kj::arrayPtr(b.writes.data(), b.writes.size()),
                                    kj::addRef(own), cls)
-                     .then([this, ino, end = b.end, joined, batched]() -> kj::Promise<void> {
+                     .then([this, ino, end = b.end, joined]() -> kj::Promise<void> {
                        if (joined) return kj::READY_NOW;
-                       if (!batched) return wrote(ino, end, cls);
                        uint32_t want = wantFor(0, ino, false);
                        return updateBehind(ino, [ino, end, want](rpc::MetaRequest::Builder r) {
                          buildWrote(r, ino, end, want);
@@ -2363,7 +2367,7 @@ kj::Promise<void> Client::sendBatch(uint64_t ino, uint64_t id, WriteBehind::Batc
                });
   }
   return data
-      .then([this, ino, &b, joined, batched]() -> kj::Promise<void> {
+      .then([this, ino, &b, joined]() -> kj::Promise<void> {
         KJ_IF_MAYBE (a, b.attr) {
           Cred cred{a->callerUid, a->callerGid, a->callerPid};
           SetAttr set;
@@ -2374,7 +2378,6 @@ kj::Promise<void> Client::sendBatch(uint64_t ino, uint64_t id, WriteBehind::Batc
           set.atime = a->atime;
           set.mtime = a->mtime;
           if (joined) set.wroteEnd = b.end;
-          if (!batched) return sendSetattr(cred, ino, set, cls).ignoreResult();
           uint32_t want = wantFor(0, ino, false);
           return updateBehind(ino, [cred, ino, set, want](rpc::MetaRequest::Builder r) {
             buildSetattr(r, cred, ino, set, want);

@@ -278,9 +278,10 @@ private:
   kj::Promise<Entry> sendSetattr(const Cred& cred, uint64_t ino, const SetAttr& attr,
                                  ServerLink::Class cls);
   kj::Promise<void> sendBatch(uint64_t ino, uint64_t id, WriteBehind::Batch batch);
-  // What write-behind sends after a file's data (a `wrote`, a setattr), in a batch with other
-  // files' (features::BATCH_ATTRS); fails with the server's errno.
-  kj::Promise<void> updateBehind(uint64_t ino, UpdateBatch::Build build);
+  // What write-behind sends after a file's data (a `wrote`, a setattr): in a batch with other
+  // files' where the server takes them (features::BATCH_ATTRS), alone otherwise; fails with the
+  // server's errno.
+  kj::Promise<void> updateBehind(uint64_t ino, MetaBuild build);
   kj::Maybe<Entry> cachedEntry(uint64_t ino);
   void removed(uint64_t parent, std::string name, int error);
   // unlink (false) or rmdir (true).
@@ -309,6 +310,8 @@ private:
   kj::Maybe<kj::Promise<void>> whileCreating(uint64_t ino, Waiter who);
   // A request about an inode an operation answered ahead touches waits for its reply.
   kj::Maybe<kj::Promise<void>> afterDirops(rpc::MetaRequest::Reader req);
+  // The same for the request `build` makes, sent as `cls` (recovery requests wait for nothing).
+  kj::Maybe<kj::Promise<void>> afterDirops(MetaBuild& build, ServerLink::Class cls);
   // The kernel may keep the name `e` was reached by, if its directory's lock is held: noted,
   // so that the name is dropped from the kernel with the lock.
   bool nameForKernel(uint64_t parent, const std::string& name);

@@ -23,15 +23,7 @@ DataService::DataService(ServerContext& ctx, kj::Own<ClientSession> session)
     : ctx_(ctx),
       objects_(KJ_ASSERT_NONNULL(ctx.objects)),
       session_(kj::mv(session)),
-      presence_(kj::addRef(*ctx.presence)) {
-  ctx_.connected(*session_);
-}
-
-DataService::~DataService() noexcept(false) {
-  KJ_IF_MAYBE (ctx, presence_->ctx) {
-    ctx->disconnected(*session_);
-  }
-}
+      connection_(ctx, *session_) {}
 
 void targetStatFs(Target& target, rpc::StatFs::Builder out) {
   constexpr uint64_t BLOCK = 4096;

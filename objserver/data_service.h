@@ -9,7 +9,6 @@ namespace cairn {
 class DataService final : public rpc::DataSession::Server {
 public:
   DataService(ServerContext& ctx, kj::Own<ClientSession> session);
-  ~DataService() noexcept(false);
 
   kj::Promise<void> call(CallContext context) override;
 
@@ -19,7 +18,7 @@ private:
   ServerContext& ctx_;
   ObjectStore& objects_;
   kj::Own<ClientSession> session_;
-  kj::Own<ServerContext::Presence> presence_;  // whether ctx_ still exists
+  ServerContext::Connection connection_;  // after session_: goes before it
 };
 
 // Capacity of a data target: what its LMDB map and its filesystem can still take.

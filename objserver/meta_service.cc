@@ -73,15 +73,7 @@ MetaService::MetaService(ServerContext& ctx, kj::Own<ClientSession> session)
       ns_(KJ_ASSERT_NONNULL(ctx.ns)),
       opens_(KJ_ASSERT_NONNULL(ctx.opens)),
       session_(kj::mv(session)),
-      presence_(kj::addRef(*ctx.presence)) {
-  ctx_.connected(*session_);
-}
-
-MetaService::~MetaService() noexcept(false) {
-  KJ_IF_MAYBE (ctx, presence_->ctx) {
-    ctx->disconnected(*session_);
-  }
-}
+      connection_(ctx, *session_) {}
 
 kj::Promise<void> MetaService::call(CallContext context) {
   auto& kind = ctx_.countRpc("meta", context.getParams().getRequest());

@@ -11,7 +11,6 @@ namespace cairn {
 class MetaService final : public rpc::MetaSession::Server {
 public:
   MetaService(ServerContext& ctx, kj::Own<ClientSession> session);
-  ~MetaService() noexcept(false);
 
   kj::Promise<void> call(CallContext context) override;
 
@@ -54,7 +53,7 @@ private:
   Namespace& ns_;
   OpenFiles& opens_;
   kj::Own<ClientSession> session_;
-  kj::Own<ServerContext::Presence> presence_;  // whether ctx_ still exists
+  ServerContext::Connection connection_;  // after session_: goes before it
 };
 
 }  // namespace cairn

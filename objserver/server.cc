@@ -87,6 +87,17 @@ ClientSession& ServerContext::session(rpc::Hello::Reader hello) {
   return s;
 }
 
+ServerContext::Connection::Connection(ServerContext& ctx, ClientSession& session)
+    : presence_(kj::addRef(*ctx.presence)), session_(session) {
+  ctx.connected(session_);
+}
+
+ServerContext::Connection::~Connection() noexcept(false) {
+  KJ_IF_MAYBE (ctx, presence_->ctx) {
+    ctx->disconnected(session_);
+  }
+}
+
 void ServerContext::connected(ClientSession& session) {
   ++session.connections;
 }

@@ -95,6 +95,18 @@ public:
     kj::Maybe<ServerContext&> ctx;
   };
   kj::Own<Presence> presence;
+  // A session's connection, held by its service: connected() when made, disconnected() when
+  // the service goes, unless this context went first (Presence).
+  class Connection {
+  public:
+    Connection(ServerContext& ctx, ClientSession& session);
+    ~Connection() noexcept(false);
+    KJ_DISALLOW_COPY(Connection);
+
+  private:
+    kj::Own<Presence> presence_;
+    ClientSession& session_;
+  };
 
   kj::AsyncIoContext& io;
   kj::Network& network;

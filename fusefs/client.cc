@@ -149,6 +149,7 @@ Client::Client(kj::AsyncIoContext& io, kj::Network& network, ClientOptions optio
   // Two batches of a directory on their way at once: the server applies one while the next
   // fills.
   batch_ = kj::heap<UpdateBatch>(*meta_, io.provider->getTimer(), 2, UPDATE_GATHER);
+  dataBatch_ = kj::heap<DataBatch>(io.provider->getTimer(), UPDATE_GATHER);
   locks_ = kj::heap<LockCache>(
       *meta_, io.provider->getTimer(),
       [this](uint64_t ino, uint64_t bit, bool destroyed) { return revoke(ino, bit, destroyed); },
@@ -387,7 +388,7 @@ kj::Promise<void> Client::flushAll() {
   auto parts = kj::heapArrayBuilder<kj::Promise<void>>(files.size() + 2);
   for (uint64_t ino : files) parts.add(flushed(ino, Waiter::APPLICATION));
   parts.add(sendReleases());
-  batch_->hurry();
+  hurry();
   parts.add(dirops_.settledAll());
   return kj::joinPromises(parts.finish());
 }
@@ -634,7 +635,7 @@ kj::Promise<void> Client::invalidateInKernel(KernelCache& kernel, uint64_t ino, 
 kj::Promise<void> Client::revoke(uint64_t ino, uint64_t bit, bool destroyed) {
   if (bit == BIT_LOOKUP && dirops_.pending(ino)) {
     // Whoever called the lock back must find our unlinks in the directory done.
-    batch_->hurry();
+    hurry();
     return dirops_.settled(ino).then(
         [this, ino, bit, destroyed]() { return revoke(ino, bit, destroyed); });
   }
@@ -1398,7 +1399,7 @@ kj::Maybe<kj::Promise<void>> Client::afterDirops(rpc::MetaRequest::Reader req) {
   }
   if (waits.empty()) return nullptr;
   // They may be gathering for a batch: this request waits on them.
-  batch_->hurry();
+  hurry();
   return kj::joinPromises(waits.releaseAsArray());
 }
 
@@ -1751,7 +1752,7 @@ void Client::reserveInodes() {
 
 kj::Maybe<kj::Promise<void>> Client::whileCreating(uint64_t ino, Waiter who) {
   if (creating_.count(ino) == 0) return nullptr;
-  if (who == Waiter::APPLICATION) batch_->hurry();
+  if (who == Waiter::APPLICATION) hurry();
   return dirops_.settled(ino);
 }
 
@@ -1872,11 +1873,6 @@ kj::Promise<kj::Array<kj::byte>> Client::fetch(const StripeLayout& layout, uint6
 
 namespace {
 
-struct StorePiece {
-  uint64_t offset;  // in the object
-  kj::ArrayPtr<const kj::byte> data;
-};
-
 // The requests a target's pieces go in: as few writeMany requests as the limits allow, or one
 // write each (`many` false).
 kj::Vector<kj::ArrayPtr<const StorePiece>> groupPieces(kj::ArrayPtr<const StorePiece> pieces,
@@ -1892,18 +1888,6 @@ kj::Vector<kj::ArrayPtr<const StorePiece>> groupPieces(kj::ArrayPtr<const StoreP
     i = j;
   }
   return groups;
-}
-
-// A piece's bytes in a request: referenced where they are, not copied into the message, when
-// Cap'n Proto allows (word-aligned, whole words: nothing past the end goes out). The batch
-// keeps them until the request's reply; a resend builds the request again.
-capnp::Orphan<capnp::Data> pieceData(capnp::Orphanage orphanage,
-                                     kj::ArrayPtr<const kj::byte> data) {
-  if (reinterpret_cast<uintptr_t>(data.begin()) % sizeof(capnp::word) == 0 &&
-      data.size() % sizeof(capnp::word) == 0) {
-    return orphanage.referenceExternalData(data);
-  }
-  return orphanage.newOrphanCopy(capnp::Data::Reader(data));
 }
 
 // `keeps`: owns the pieces' bytes (a batch's), so that the copy kept for replay references
@@ -1997,7 +1981,7 @@ kj::Promise<void> Client::store(const StripeLayout& layout, uint64_t offset,
   return kj::joinPromises(parts.finish());
 }
 
-kj::Promise<void> Client::storeBatch(const StripeLayout& layout,
+kj::Promise<void> Client::storeBatch(uint64_t ino, const StripeLayout& layout,
                                      kj::ArrayPtr<const WriteBehind::Write> writes,
                                      kj::Own<kj::Refcounted> owner, ServerLink::Class cls) {
   std::map<uint32_t, kj::Vector<StorePiece>> byTarget;
@@ -2009,16 +1993,19 @@ kj::Promise<void> Client::storeBatch(const StripeLayout& layout,
   }
   auto joined = kj::heapArrayBuilder<Joined>(byTarget.size());
   auto links = kj::heapArrayBuilder<kj::Promise<ServerLink*>>(byTarget.size());
+  auto targets = kj::heapArrayBuilder<uint32_t>(byTarget.size());
   for (auto& [target, list] : byTarget) {
     joined.add(joinSmall(list.releaseAsArray()));
     links.add(dataLink(target));
+    targets.add(target);
   }
   uint64_t object = layout.objectId;
   auto bytes = kj::refcounted<BatchBytes>();
   bytes->writes = kj::mv(owner);
   bytes->joined = joined.finish();
   return kj::joinPromises(links.finish())
-      .then([object, cls, bytes = kj::mv(bytes)](kj::Array<ServerLink*> links) mutable {
+      .then([this, ino, object, cls, targets = targets.finish(),
+             bytes = kj::mv(bytes)](kj::Array<ServerLink*> links) mutable {
         auto& joined = bytes->joined;
         // Each target's requests in order on its connection (the server applies them so: where
         // pieces overlap, the later lands last), and the targets' requests taking turns: every
@@ -2034,6 +2021,18 @@ kj::Promise<void> Client::storeBatch(const StripeLayout& layout,
           rounds = kj::max(rounds, groups[t].size());
         }
         auto groupsOf = groups.finish();
+        // A small file's share of a target gathers with other files' (DataBatch).
+        bool gathered = false;
+        for (size_t t = 0; t < n; t++) {
+          if (many[t] && cls == ServerLink::Class::WRITEBACK &&
+              DataBatch::gathers(joined[t].pieces)) {
+            sent[t].add(dataBatch_->send(*links[t], targets[t], object, joined[t].pieces,
+                                         kj::addRef(*bytes)));
+            groupsOf[t].clear();
+            gathered = true;
+          }
+        }
+        if (gathered && hurried_.count(ino) > 0) dataBatch_->hurry();
         for (size_t r = 0; r < rounds; r++) {
           for (size_t t = 0; t < n; t++) {
             if (r < groupsOf[t].size()) {
@@ -2262,6 +2261,11 @@ kj::Promise<size_t> Client::queueWrite(uint64_t ino, uint64_t offset, kj::Array<
 // Past the bound, a writer waits for its file's batches on their way, one at a time, until the
 // queues are back under it (memory stays bounded, and the batches still on their way keep the
 // targets busy meanwhile); with none of its own on its way, for its file to be sent.
+void Client::hurry() {
+  batch_->hurry();
+  dataBatch_->hurry();
+}
+
 kj::Promise<void> Client::queueRoom(uint64_t ino) {
   if (wb_.total() <= WriteBehind::MAX_QUEUED) return kj::READY_NOW;
   KJ_IF_MAYBE (first, wb_.firstSent(ino)) {
@@ -2276,7 +2280,7 @@ kj::Promise<void> Client::flushed(uint64_t ino, Waiter who) {
   if (who == Waiter::APPLICATION && wb_.queued(ino)) {
     // While this wait lasts, the file's updates leave without gathering (updateBehind).
     ++hurried_[ino];
-    batch_->hurry();
+    hurry();
     return flushed(ino, Waiter::BEHIND).attach(kj::defer([this, ino]() {
       auto it = hurried_.find(ino);
       if (it != hurried_.end() && --it->second == 0) hurried_.erase(it);
@@ -2351,20 +2355,21 @@ kj::Promise<void> Client::sendBatch(uint64_t ino, uint64_t id, WriteBehind::Batc
   bool joined = !b.writes.empty() && b.attr != nullptr &&
                 (meta_->peerFeatures() & features::WROTE_SETATTR) != 0;
   if (!b.writes.empty()) {
-    data = data.then([this, ino]() { return layoutOf(ino, cls); })
-               .then([this, ino, &b, &own = *own, joined](kj::Own<SharedLayout> layout) {
-                 // As for a write-through: size and mtime once the data is in place.
-                 return storeBatch(layout->layout, kj::arrayPtr(b.writes.data(), b.writes.size()),
-                                   kj::addRef(own), cls)
-                     .then([this, ino, end = b.end, joined]() -> kj::Promise<void> {
-                       if (joined) return kj::READY_NOW;
-                       uint32_t want = wantFor(0, ino, false);
-                       return updateBehind(ino, [ino, end, want](rpc::MetaRequest::Builder r) {
-                         buildWrote(r, ino, end, want);
-                       });
-                     })
-                     .attach(kj::mv(layout));
-               });
+    data =
+        data.then([this, ino]() { return layoutOf(ino, cls); })
+            .then([this, ino, &b, &own = *own, joined](kj::Own<SharedLayout> layout) {
+              // As for a write-through: size and mtime once the data is in place.
+              return storeBatch(ino, layout->layout, kj::arrayPtr(b.writes.data(), b.writes.size()),
+                                kj::addRef(own), cls)
+                  .then([this, ino, end = b.end, joined]() -> kj::Promise<void> {
+                    if (joined) return kj::READY_NOW;
+                    uint32_t want = wantFor(0, ino, false);
+                    return updateBehind(ino, [ino, end, want](rpc::MetaRequest::Builder r) {
+                      buildWrote(r, ino, end, want);
+                    });
+                  })
+                  .attach(kj::mv(layout));
+            });
   }
   return data
       .then([this, ino, &b, joined]() -> kj::Promise<void> {
@@ -2510,7 +2515,7 @@ kj::Promise<void> Client::fsync(uint64_t fh) {
 }
 
 kj::Promise<void> Client::syncDir() {
-  batch_->hurry();
+  hurry();
   return dirops_.settledAll().then([this]() {
     int err = dirops_.takeError();
     if (err != 0) kj::throwFatalException(errnoException(err));

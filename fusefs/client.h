@@ -29,6 +29,7 @@
 
 #include "fusefs/app_locks.h"
 #include "fusefs/async_dirops.h"
+#include "fusefs/data_batch.h"
 #include "fusefs/inode_table.h"
 #include "fusefs/kernel_cache.h"
 #include "fusefs/kill_priv.h"
@@ -208,6 +209,7 @@ public:
   };
   const AsyncDirops& dirops() const { return dirops_; }
   const UpdateBatch& batches() const { return *batch_; }
+  const DataBatch& dataBatches() const { return *dataBatch_; }
   const Stats& stats() const { return stats_; }
   // Every link: the metadata server's first, then the data targets' by index.
   kj::Vector<ServerLink*> links();
@@ -265,8 +267,10 @@ private:
   kj::Promise<Opened> withDataLock(Opened o);
   kj::Promise<bool> writeBehindLock(uint64_t ino);
   kj::Promise<size_t> queueWrite(uint64_t ino, uint64_t offset, kj::Array<kj::byte> data);
+  // Someone waits for what is gathering (UpdateBatch, DataBatch): it all leaves now.
+  void hurry();
   // Sends what is queued for the file and waits until it is sent. An application waiting on it
-  // hurries the file's updates out of their batch's gathering (hurried_).
+  // hurries the file's writes and updates out of their batches' gathering (hurried_).
   kj::Promise<void> flushed(uint64_t ino, Waiter who);
   kj::Promise<void> queueRoom(uint64_t ino);
   void sendAhead(uint64_t ino, size_t atLeast);
@@ -345,7 +349,7 @@ private:
   // A write-behind batch's writes: each target gets its pieces in the order they were made,
   // in as few requests as it takes (writeMany), so in one transaction per request.
   // `owner` keeps `writes` alive (and with them what is kept for replay until synced).
-  kj::Promise<void> storeBatch(const StripeLayout& layout,
+  kj::Promise<void> storeBatch(uint64_t ino, const StripeLayout& layout,
                                kj::ArrayPtr<const WriteBehind::Write> writes,
                                kj::Own<kj::Refcounted> owner, ServerLink::Class cls);
   struct OwnedBatch : public kj::Refcounted {
@@ -430,9 +434,10 @@ private:
   kj::Maybe<KernelCache&> kernel_;
   kj::Own<ServerLink> meta_;
   std::map<uint32_t, kj::Own<ServerLink>> data_;
-  kj::Own<LockCache> locks_;    // the metadata server's; after meta_: it goes first
-  kj::Own<UpdateBatch> batch_;  // updates answered ahead, on their way (after meta_ too)
-  AppLocks appLocks_;           // granted application locks, replayed after a restart
+  kj::Own<LockCache> locks_;      // the metadata server's; after meta_: it goes first
+  kj::Own<UpdateBatch> batch_;    // updates answered ahead, on their way (after meta_ too)
+  kj::Own<DataBatch> dataBatch_;  // small files' writes, on their way (after data_)
+  AppLocks appLocks_;             // granted application locks, replayed after a restart
   std::map<std::string, uint64_t> handedRequestIds_;  // by link name, from a handover
   class ErrorHandler : public kj::TaskSet::ErrorHandler {
   public:

@@ -73,6 +73,12 @@ kj::String renderClientMetrics(Client& client) {
   out.add(kj::str("cairn_client_update_batches_total ", client.batches().batches(), "\n"));
   help(out, "cairn_client_batched_updates_total", "counter", "updates those requests carried");
   out.add(kj::str("cairn_client_batched_updates_total ", client.batches().inBatches(), "\n"));
+  help(out, "cairn_client_write_batches_total", "counter",
+       "writeMany requests carrying several small files' write-behind writes");
+  out.add(kj::str("cairn_client_write_batches_total ", client.dataBatches().batches(), "\n"));
+  help(out, "cairn_client_batched_writes_total", "counter",
+       "files' writes to a data target those requests carried");
+  out.add(kj::str("cairn_client_batched_writes_total ", client.dataBatches().inBatches(), "\n"));
   help(out, "cairn_client_kernel_invalidations_total", "counter",
        "inodes whose attributes or pages the kernel was told to drop (a lock went back)");
   out.add(kj::str("cairn_client_kernel_invalidations_total ", stats.kernelInvalidations, "\n"));

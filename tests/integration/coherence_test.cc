@@ -362,6 +362,42 @@ TEST_F(Coherence, FilesWrittenInARowSendTheirUpdatesInBatches) {
             uint64_t(2 * FILES - FILES / 3 - 2));
 }
 
+// Small files written one after another: their data goes to each data target several files to
+// a writeMany (DataBatch) instead of a request each, and every byte lands. The data servers are
+// stopped while the files are written, so that what queues meanwhile leaves in few batches
+// however fast this machine is.
+TEST_F(Coherence, SmallFilesWrittenInARowGoToTheDataTargetsInBatches) {
+  auto dataWrites = [&] {
+    uint64_t n = 0;
+    for (std::string link : {"data0", "data1"}) {
+      for (std::string kind : {"data.write", "data.writeMany"}) {
+        n += mountGauge(
+            *a_, "cairn_client_requests_total{link=\"" + link + "\",kind=\"" + kind + "\"}", false);
+      }
+    }
+    return n;
+  };
+  for (int i = 0; i < 3; ++i) writeAll(pa("warm" + std::to_string(i)), "x");
+  sleep(1);  // the first close waits for the targets' room; the rest go behind
+  uint64_t before = dataWrites();
+  uint64_t batchedBefore = mountGauge(*a_, "cairn_client_batched_writes_total");
+  constexpr int FILES = 40;
+  cluster_->signalServer(1, SIGSTOP);
+  cluster_->signalServer(2, SIGSTOP);
+  for (int i = 0; i < FILES; ++i) writeAll(pa("s" + std::to_string(i)), pattern(2000 + 97 * i, i));
+  cluster_->signalServer(1, SIGCONT);
+  cluster_->signalServer(2, SIGCONT);
+  for (int i = 0; i < FILES; ++i) {
+    std::string name = "s" + std::to_string(i);
+    EXPECT_TRUE(readWhole(pb(name)) == pattern(2000 + 97 * i, i)) << name;
+  }
+  // Two requests a target may be on their way while the rest gather: far fewer than FILES.
+  uint64_t sent = dataWrites() - before;
+  EXPECT_LE(sent, uint64_t(FILES / 4)) << "the files' writes were not batched";
+  EXPECT_GE(mountGauge(*a_, "cairn_client_batched_writes_total") - batchedBefore,
+            uint64_t(FILES - FILES / 4));
+}
+
 // A writer called back while the data servers its queued writes are for are away (a restart,
 // a failover, a stall): its give-back waits for them, for longer than the lock timeout, and it
 // asks the metadata server for more time instead of being evicted and losing writes it had

@@ -159,6 +159,8 @@ Client::Client(kj::AsyncIoContext& io, kj::Network& network, ClientOptions optio
   locks_->setDowngradable([this](uint64_t ino, uint64_t bit) {
     // A directory's names in PW (removals answered ahead) likewise with none of them in flight.
     if (bit == BIT_LOOKUP) return !dirops_.pending(ino);
+    // (Attributes with changes answered ahead on their way go back through revoke, which waits.)
+    if (bit == BIT_ATTR && dirops_.pending(ino)) return false;
     return (bit == BIT_DATA || bit == BIT_ATTR) && writers_.count(ino) == 0 && !wb_.queued(ino);
   });
   locks_->setHeldUp([this]() {
@@ -519,9 +521,20 @@ bool notAfter(const timespec& a, const timespec& b) {
   return a.tv_sec < b.tv_sec || (a.tv_sec == b.tv_sec && a.tv_nsec <= b.tv_nsec);
 }
 
-// What creates and removals answered ahead did to `cached` (link counts, times), over `st`.
-void keepAnsweredAhead(struct stat& st, const struct stat& cached) {
+// What creates and removals answered ahead did to `cached` (link counts, times), over `st`;
+// and, with `attrs` (a change of attributes answered ahead, Client::dirAttrsAhead, on its way),
+// what that did: owner, mode and times as the cache has them.
+void keepAnsweredAhead(struct stat& st, const struct stat& cached, bool attrs) {
   st.st_nlink = cached.st_nlink;
+  if (attrs) {
+    st.st_mode = cached.st_mode;
+    st.st_uid = cached.st_uid;
+    st.st_gid = cached.st_gid;
+    st.st_atim = cached.st_atim;
+    st.st_mtim = cached.st_mtim;
+    st.st_ctim = cached.st_ctim;
+    return;
+  }
   if (!notAfter(cached.st_mtim, st.st_mtim)) st.st_mtim = cached.st_mtim;
   if (!notAfter(cached.st_ctim, st.st_ctim)) st.st_ctim = cached.st_ctim;
 }
@@ -538,7 +551,7 @@ void Client::absorb(rpc::MetaReply::Reader reply, uint64_t op) {
     uint64_t ino = a.getIno();
     if (op != 0 ? dirops_.later(ino, op) : dirops_.pending(ino)) {
       KJ_IF_MAYBE (c, cache_.attr(ino)) {
-        keepAnsweredAhead(st, c->attr);
+        keepAnsweredAhead(st, c->attr, attrsAhead_.count(ino) > 0);
       }
     }
     inodes_.sawAttr(st);
@@ -633,6 +646,15 @@ kj::Promise<void> Client::invalidateInKernel(KernelCache& kernel, uint64_t ino, 
 }
 
 kj::Promise<void> Client::revoke(uint64_t ino, uint64_t bit, bool destroyed) {
+  if (bit == BIT_ATTR && dirops_.pending(ino)) {
+    // Whoever called the attributes back must find what we answered ahead about them done: the
+    // changes of a directory's (dirAttrsAhead), the creates and removals in it. Those answered
+    // before now (more creates may come meanwhile; they change only times the server sets).
+    hurry();
+    return dirops_.settledBefore(ino, dirops_.next()).then([this, ino, destroyed]() {
+      return revokeCached(ino, BIT_ATTR, destroyed);
+    });
+  }
   if (bit == BIT_LOOKUP && dirops_.pending(ino)) {
     // Whoever called the lock back must find our unlinks in the directory done.
     hurry();
@@ -661,6 +683,10 @@ kj::Promise<void> Client::revoke(uint64_t ino, uint64_t bit, bool destroyed) {
     }
     return kj::READY_NOW;
   }
+  return revokeCached(ino, bit, destroyed);
+}
+
+kj::Promise<void> Client::revokeCached(uint64_t ino, uint64_t bit, bool destroyed) {
   if (bit == BIT_ATTR) cache_.dropAttr(ino);
   if (bit == BIT_DATA) readAhead_.drop(ino);
   if (bit != BIT_ATTR && bit != BIT_DATA) return kj::READY_NOW;
@@ -917,6 +943,31 @@ kj::Promise<void> Client::killSuidgid(const Cred& cred, uint64_t ino) {
   });
 }
 
+namespace {
+void buildSetattr(rpc::MetaRequest::Builder b, const Cred& cred, uint64_t ino, const SetAttr& attr,
+                  uint32_t want) {
+  b.setWantLocks(want);
+  setCred(b, cred);
+  auto s = b.initSetattr();
+  s.setIno(ino);
+  s.setValid(attr.valid);
+  s.setMode(attr.mode);
+  s.setUid(attr.uid);
+  s.setGid(attr.gid);
+  s.setSize(attr.size);
+  setTime(s.initAtime(), attr.atime);
+  setTime(s.initMtime(), attr.mtime);
+  s.setWroteEnd(attr.wroteEnd);
+}
+
+void buildWrote(rpc::MetaRequest::Builder b, uint64_t ino, uint64_t end, uint32_t want) {
+  b.setWantLocks(want);
+  auto w = b.initWrote();
+  w.setIno(ino);
+  w.setEnd(end);
+}
+}  // namespace
+
 kj::Promise<Entry> Client::setattr(const Cred& cred, uint64_t ino, SetAttr attr,
                                    kj::Maybe<uint64_t> fh) {
   if (attr.kill != SetidKill::NONE) {
@@ -937,6 +988,9 @@ kj::Promise<Entry> Client::setattr(const Cred& cred, uint64_t ino, SetAttr attr,
   }
   if (attr.valid & rpc::SET_SIZE) readAhead_.drop(ino);
   KJ_IF_MAYBE (e, setattrBehind(cred, ino, attr)) {
+    return *e;
+  }
+  KJ_IF_MAYBE (e, dirAttrsAhead(cred, ino, attr)) {
     return *e;
   }
   if (wb_.queued(ino)) {
@@ -974,7 +1028,12 @@ kj::Maybe<Entry> Client::setattrBehind(const Cred& cred, uint64_t ino, const Set
       creating_.count(ino) == 0) {
     return nullptr;
   }
-  if (cache_.attr(ino) == nullptr) return nullptr;
+  KJ_IF_MAYBE (c, cache_.attr(ino)) {
+    // (A directory's go through its batches instead: dirAttrsAhead.)
+    if (!S_ISREG(c->attr.st_mode)) return nullptr;
+  } else {
+    return nullptr;
+  }
   WriteBehind::AttrChange change;
   change.valid = attr.valid;
   change.mode = attr.mode;
@@ -997,30 +1056,86 @@ kj::Maybe<Entry> Client::setattrBehind(const Cred& cred, uint64_t ino, const Set
   return cachedEntry(ino);
 }
 
-namespace {
-void buildSetattr(rpc::MetaRequest::Builder b, const Cred& cred, uint64_t ino, const SetAttr& attr,
-                  uint32_t want) {
-  b.setWantLocks(want);
-  setCred(b, cred);
-  auto s = b.initSetattr();
-  s.setIno(ino);
-  s.setValid(attr.valid);
-  s.setMode(attr.mode);
-  s.setUid(attr.uid);
-  s.setGid(attr.gid);
-  s.setSize(attr.size);
-  setTime(s.initAtime(), attr.atime);
-  setTime(s.initMtime(), attr.mtime);
-  s.setWroteEnd(attr.wroteEnd);
+// Under our PW on a directory's attributes (one we made: features::DIR_ATTRS_AHEAD), a chmod,
+// chown or utimes of it is answered from the cache, for what the kernel has already checked, and
+// goes behind in the directory's batches, once every operation answered ahead that touches it
+// is answered: the creates in it would otherwise set its times after the utimes that should
+// come last. tar sets each directory's owner, mode and times after its contents: three round
+// trips a directory, before. Until the change is answered, the creates and removals in the
+// directory wait for their replies as usual (they would overtake it), and so does every request
+// about the directory (afterDirops); a caller of our PW waits for it too (revoke).
+kj::Maybe<Entry> Client::dirAttrsAhead(const Cred& cred, uint64_t ino, const SetAttr& attr) {
+  constexpr uint32_t AHEAD = rpc::SET_MODE | rpc::SET_UID | rpc::SET_GID | rpc::SET_ATIME |
+                             rpc::SET_MTIME | rpc::SET_ATIME_NOW | rpc::SET_MTIME_NOW;
+  if (!asyncDirops(cred) || (attr.valid & ~AHEAD) != 0 || dirops_.full()) return nullptr;
+  constexpr uint64_t batches = features::BATCH | features::BATCH_ATTRS | features::DIR_ATTRS_AHEAD;
+  if ((meta_->peerFeatures() & batches) != batches) return nullptr;
+  if (locks_->heldMode(ino, BIT_ATTR).orDefault(rpc::LockMode::NL) != rpc::LockMode::PW ||
+      locks_->revoking(ino, BIT_ATTR)) {
+    return nullptr;
+  }
+  struct stat st;
+  uint64_t generation;
+  KJ_IF_MAYBE (c, cache_.attr(ino)) {
+    st = c->attr;
+    generation = c->generation;
+  } else {
+    return nullptr;
+  }
+  if (!S_ISDIR(st.st_mode)) return nullptr;
+  // What the server will make of it ("now" is its own when the change lands; the reply says).
+  timespec now;
+  clock_gettime(CLOCK_REALTIME, &now);
+  if (attr.valid & rpc::SET_MODE) st.st_mode = (st.st_mode & S_IFMT) | (attr.mode & 07777);
+  if (attr.valid & rpc::SET_UID) st.st_uid = attr.uid;
+  if (attr.valid & rpc::SET_GID) st.st_gid = attr.gid;
+  if (attr.valid & rpc::SET_ATIME_NOW) {
+    st.st_atim = now;
+  } else if (attr.valid & rpc::SET_ATIME) {
+    st.st_atim = attr.atime;
+  }
+  if (attr.valid & rpc::SET_MTIME_NOW) {
+    st.st_mtim = now;
+  } else if (attr.valid & rpc::SET_MTIME) {
+    st.st_mtim = attr.mtime;
+  }
+  st.st_ctim = now;
+  cache_.setAttr(st, generation);
+  uint64_t op = dirops_.begin({ino});
+  ++stats_.dirAttrsAhead;
+  attrsAhead_[ino].insert(op);
+  auto doneAhead = [this, ino, op]() {
+    auto it = attrsAhead_.find(ino);
+    if (it == attrsAhead_.end()) return;
+    it->second.erase(op);
+    if (it->second.empty()) attrsAhead_.erase(it);
+  };
+  auto applied = dirops_.settledBefore(ino, op).then([this, cred, ino, attr, op, doneAhead]() {
+    return batch_->send(
+        ino,
+        [cred, ino, attr](rpc::MetaRequest::Builder b) { buildSetattr(b, cred, ino, attr, 0); },
+        // The reply is absorbed in its first event, as metaCall does (see there); this change
+        // no longer counts as one the reply predates.
+        [this, op, doneAhead](rpc::MetaReply::Reader reply) -> kj::Promise<int> {
+          doneAhead();
+          absorb(reply, op);
+          return reply.getError();
+        });
+  });
+  sendBehind(kj::mv(applied), kj::str("change of attributes of directory ", ino),
+             [this, ino, op, doneAhead](int err, bool) {
+               doneAhead();
+               if (err != 0) {
+                 // What the kernel and the cache were told did not happen: both ask again.
+                 cache_.dropAttr(ino);
+                 KJ_IF_MAYBE (kernel, kernel_) {
+                   tasks_.add(invalidateInKernel(*kernel, ino, false));
+                 }
+               }
+               dirops_.end(op, {ino}, err);
+             });
+  return cachedEntry(ino);
 }
-
-void buildWrote(rpc::MetaRequest::Builder b, uint64_t ino, uint64_t end, uint32_t want) {
-  b.setWantLocks(want);
-  auto w = b.initWrote();
-  w.setIno(ino);
-  w.setEnd(end);
-}
-}  // namespace
 
 kj::Promise<Entry> Client::sendSetattr(const Cred& cred, uint64_t ino, const SetAttr& attr,
                                        ServerLink::Class cls) {
@@ -1051,7 +1166,12 @@ kj::Promise<Entry> Client::mknod(const Cred& cred, uint64_t parent, kj::Array<kj
 kj::Promise<Entry> Client::mkdir(const Cred& cred, uint64_t parent, kj::Array<kj::byte> name,
                                  uint32_t mode) {
   auto copy = kj::heapArray(name.asPtr());
-  uint32_t want = wantFor(parent, 0, false) | (caching() ? rpc::WANT_NEW_DIR : 0);
+  uint32_t want = wantFor(parent, 0, false);
+  if (caching()) {
+    want |= rpc::WANT_NEW_DIR;
+    // Its attributes in PW: tar's chown, chmod and utimes of it are answered ahead.
+    if (meta_->peerFeatures() & features::DIR_ATTRS_AHEAD) want |= rpc::WANT_NEW_DIR_ATTR;
+  }
   return entryCall(
       [cred, parent, name = kj::mv(name), mode, want](rpc::MetaRequest::Builder b) {
         setCred(b, cred);
@@ -1165,6 +1285,8 @@ kj::Maybe<uint64_t> Client::removeAhead(const Cred& cred, uint64_t parent, const
       locks_->revoking(parent, BIT_LOOKUP)) {
     return nullptr;
   }
+  // A change of the directory's attributes on its way goes first; this would overtake it.
+  if (attrsAhead_.count(parent) > 0) return nullptr;
   uint64_t child = cache_.entry(parent, name).orDefault(0);
   if (child == 0) return nullptr;  // not known, or known not to exist: the server says
   bool isDir = false;              // known to be one
@@ -1380,6 +1502,9 @@ kj::Maybe<kj::Promise<void>> Client::afterDirops(rpc::MetaRequest::Reader req) {
   // cache): what it names is unknown (a directory whose unlinks are still on their way?).
   bool unknown = false;
   for (auto& n : names) {
+    // A change of the directory's attributes answered ahead: a request about a name in it changes
+    // its times and links after that change, not before (dirAttrsAhead).
+    if (attrsAhead_.count(n.dir) > 0) inos.add(n.dir);
     uint64_t ino = cache_.entry(n.dir, n.name).orDefault(0);
     if (ino != 0) {
       inos.add(ino);
@@ -1597,8 +1722,9 @@ kj::Maybe<Opened> Client::createAhead(const Cred& cred, uint64_t parent, const s
   } else if (!cache_.complete(parent)) {
     return nullptr;  // not known
   }
-  // A removal of the name on its way goes first; the create would overtake it.
-  if (removing_.count({parent, name}) > 0) return nullptr;
+  // A removal of the name on its way goes first, and a change of the directory's attributes;
+  // the create would overtake them.
+  if (removing_.count({parent, name}) > 0 || attrsAhead_.count(parent) > 0) return nullptr;
   // The new file's group follows the directory's set-group-ID bit, as the server's rule has it.
   if (locks_->held(parent, BIT_ATTR) == 0) return nullptr;
   struct stat dir;

@@ -204,6 +204,7 @@ public:
     uint64_t listingHits = 0;          // readdir answered from a kept listing
     uint64_t removalsAhead = 0;        // unlinks and rmdirs answered ahead
     uint64_t createsAhead = 0;         // creates answered ahead
+    uint64_t dirAttrsAhead = 0;        // changes of directories' attributes answered ahead
     uint64_t setidCleared = 0;         // set-ID bits cleared for the kernel (fusefs/kill_priv.h)
     uint64_t kernelInvalidations = 0;  // inodes' attributes or pages the kernel was told to drop
   };
@@ -260,6 +261,8 @@ private:
   // What a lock on (ino, bit) covered goes: the client's copies, then the kernel's (unless our
   // own update `destroyed` the inode: see absorb).
   kj::Promise<void> revoke(uint64_t ino, uint64_t bit, bool destroyed = false);
+  // The rest of revoke for attributes and data: what they cover goes (queued writes first).
+  kj::Promise<void> revokeCached(uint64_t ino, uint64_t bit, bool destroyed);
   // The kernel's copy of an inode's attributes (and its pages, if `pages`) goes; counted.
   kj::Promise<void> invalidateInKernel(KernelCache& kernel, uint64_t ino, bool pages);
   // Pages of `ino` may be cached by the kernel only under its DATA lock: take it first.
@@ -277,6 +280,8 @@ private:
   kj::Promise<void> startBatch(uint64_t ino, WriteBehind::Batch batch);
   // A setattr answered from here and queued behind (WriteBehind::setAttr), if it may be.
   kj::Maybe<Entry> setattrBehind(const Cred& cred, uint64_t ino, const SetAttr& attr);
+  // A directory's chmod, chown or utimes answered from here and sent behind, if it may be.
+  kj::Maybe<Entry> dirAttrsAhead(const Cred& cred, uint64_t ino, const SetAttr& attr);
   // Clears set-ID bits on `ino` as a write by `cred` does (before it is queued or sent).
   kj::Promise<void> killSuidgid(const Cred& cred, uint64_t ino);
   kj::Promise<Entry> sendSetattr(const Cred& cred, uint64_t ino, const SetAttr& attr,
@@ -420,6 +425,9 @@ private:
   // Names whose removal answered ahead is on its way: a create of the name waits for it.
   std::multiset<std::pair<uint64_t, std::string>> removing_;
   std::unordered_set<uint64_t> creating_;  // inodes created ahead, their create on its way
+  // Directories with changes of attributes answered ahead on their way (dirAttrsAhead), and
+  // those operations: a reply that predates one shows attributes the cache has moved past.
+  std::unordered_map<uint64_t, std::set<uint64_t>> attrsAhead_;
   // Files an application waits on the write-behind of (fsync, a read, a lock called back...),
   // by the number of such waits: their updates leave without gathering.
   std::unordered_map<uint64_t, uint32_t> hurried_;

@@ -92,6 +92,10 @@ kj::String renderClientMetrics(Client& client) {
   help(out, "cairn_client_creates_ahead_total", "counter",
        "creates answered before the server did (PW on the directory's names)");
   out.add(kj::str("cairn_client_creates_ahead_total ", stats.createsAhead, "\n"));
+  help(out, "cairn_client_dir_attrs_ahead_total", "counter",
+       "chmod, chown and utimes of directories answered before the server did (PW on their "
+       "attributes)");
+  out.add(kj::str("cairn_client_dir_attrs_ahead_total ", stats.dirAttrsAhead, "\n"));
   help(out, "cairn_client_dirops_ahead_failed_total", "counter",
        "of those, refused by the server or not applied (reported at the directory's fsync)");
   out.add(kj::str("cairn_client_dirops_ahead_failed_total ", dirops.failed(), "\n"));

@@ -299,10 +299,17 @@ void MetaService::grant(rpc::MetaRequest::Reader req, rpc::MetaReply::Builder re
   // (O_APPEND descriptors write around the page cache and queue nothing.)
   bool writing = (openFlags & O_ACCMODE) != O_RDONLY && !(openFlags & O_APPEND);
   LockMode dataMode = writing ? LockMode::PW : LockMode::PR;
+  // A directory just made: nobody else knows it yet, and its maker may have its attributes in
+  // PW (features::DIR_ATTRS_AHEAD).
+  uint64_t newDirPw = (want & rpc::WANT_NEW_DIR_ATTR) && req.which() == rpc::MetaRequest::MKDIR &&
+                              reply.getError() == 0
+                          ? reply.getAttr().getIno()
+                          : 0;
   auto inode = [&](rpc::Attr::Reader attr) {
     if (attr.getIno() == 0) return;
     bool reg = S_ISREG(attr.getMode());
-    if (want & rpc::WANT_INODE) take(attr.getIno(), BIT_ATTR, reg ? dataMode : LockMode::PR);
+    LockMode attrMode = reg ? dataMode : attr.getIno() == newDirPw ? LockMode::PW : LockMode::PR;
+    if (want & rpc::WANT_INODE) take(attr.getIno(), BIT_ATTR, attrMode);
     if ((want & rpc::WANT_DATA) && reg) {
       take(attr.getIno(), BIT_DATA, dataMode);
     }

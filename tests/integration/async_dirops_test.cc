@@ -391,6 +391,8 @@ TEST(AsyncUnlink, AnEvictedClientDropsTheUnlinksItAnsweredAhead) {
   auto a = cluster.mount();
   makeFiles(a + "/d", 20);
   int next = unlinkUntilAhead(a, a + "/d", 10);
+  // (The unlink answered ahead there lands first: it may still be gathering for its batch.)
+  ASSERT_EQ(syncDir(a + "/d"), 0);
   cluster.signalServer(0, SIGSTOP);
   ASSERT_EQ(unlink((a + "/d/f19").c_str()), 0) << strerror(errno);
   ASSERT_TRUE(restartForced(cluster));
@@ -409,6 +411,8 @@ TEST(AsyncUnlink, AnEvictedClientDropsTheUnlinksStillQueued) {
   auto a = cluster.mount();
   makeFiles(a + "/d", 20);
   int next = unlinkUntilAhead(a, a + "/d", 10);
+  // (The unlink answered ahead there lands first: it may still be gathering for its batch.)
+  ASSERT_EQ(syncDir(a + "/d"), 0);
   cluster.signalServer(0, SIGSTOP);
   for (int i : {19, 18, 17}) {
     ASSERT_EQ(unlink((a + "/d/f" + std::to_string(i)).c_str()), 0) << strerror(errno);
@@ -740,6 +744,73 @@ TEST(AsyncCreate, FilesCreatedAheadAcrossControlledRestartsAreAllThere) {
     EXPECT_EQ(readWhole(b + "/d/" + name), name);
   }
   EXPECT_EQ(cluster.mountLog(0).find("evicted"), std::string::npos);
+}
+
+uint64_t dirAttrsAhead(const std::string& mnt) {
+  return mountCounter(mnt, "cairn_client_dir_attrs_ahead_total");
+}
+
+// tar's last steps for a directory it extracted: owner, mode, then times (its contents are made
+// by then). A client that made the directory holds its attributes in PW and answers all three
+// itself, while the server hangs; the times it set stay the directory's, not those of the
+// creates in it still on their way, and another client sees all of it.
+TEST(DirAttrsAhead, ADirectoryMadeHereHasItsOwnerModeAndTimesSetAheadAfterItsContents) {
+  TestCluster cluster;
+  auto a = cluster.mount();
+  auto b = cluster.mount();
+  ASSERT_EQ(mkdir((a + "/d").c_str(), 0700), 0);
+  int next = createUntilAhead(a, a + "/d", 50);
+  for (int i = next; i < next + 20; ++i) writeWhole(a + "/d/c" + std::to_string(i), "x");
+  uint64_t before = dirAttrsAhead(a);
+  cluster.signalServer(0, SIGSTOP);
+  const timespec times[2] = {{1000000000, 5}, {1234567890, 0}};
+  bool returned;
+  {
+    Background tar([&] {
+      EXPECT_EQ(chown((a + "/d").c_str(), 4321, 1234), 0) << strerror(errno);
+      EXPECT_EQ(chmod((a + "/d").c_str(), 02751), 0) << strerror(errno);
+      EXPECT_EQ(utimensat(AT_FDCWD, (a + "/d").c_str(), times, 0), 0) << strerror(errno);
+    });
+    returned = tar.doneWithin(3000);
+    cluster.signalServer(0, SIGCONT);
+  }
+  EXPECT_TRUE(returned) << "the changes waited for the hung server";
+  EXPECT_EQ(dirAttrsAhead(a), before + 3);
+  for (auto& mnt : {a, b}) {  // A from its cache; B after calling A's locks back
+    struct stat st;
+    ASSERT_EQ(stat((mnt + "/d").c_str(), &st), 0);
+    EXPECT_EQ(st.st_mode, S_IFDIR | 02751u) << mnt;
+    EXPECT_EQ(st.st_uid, 4321u) << mnt;
+    EXPECT_EQ(st.st_gid, 1234u) << mnt;
+    EXPECT_EQ(st.st_mtim.tv_sec, 1234567890) << mnt;
+    EXPECT_EQ(st.st_atim.tv_sec, 1000000000) << mnt;
+  }
+  EXPECT_EQ(names(b + "/d").size(), size_t(next + 20));
+  EXPECT_EQ(failedAhead(a), 0u);
+}
+
+// After a change of a directory's attributes answered ahead, what would overtake it waits for
+// it: a create in the directory goes to the server after the utimes, so the create's time is
+// the directory's mtime in the end, here and elsewhere (as on a local filesystem).
+TEST(DirAttrsAhead, ACreateAfterAChangeAheadLandsAfterIt) {
+  TestCluster cluster;
+  auto a = cluster.mount();
+  auto b = cluster.mount();
+  ASSERT_EQ(mkdir((a + "/d").c_str(), 0755), 0);
+  createUntilAhead(a, a + "/d", 50);
+  const timespec times[2] = {{UTIME_OMIT, 0}, {1234567890, 0}};
+  uint64_t before = dirAttrsAhead(a);
+  ASSERT_EQ(utimensat(AT_FDCWD, (a + "/d").c_str(), times, 0), 0);
+  EXPECT_EQ(dirAttrsAhead(a), before + 1);
+  writeWhole(a + "/d/after", "x");
+  struct stat here, there;
+  ASSERT_EQ(stat((a + "/d").c_str(), &here), 0);
+  EXPECT_GT(here.st_mtim.tv_sec, 1234567890);
+  ASSERT_EQ(stat((b + "/d").c_str(), &there), 0);
+  EXPECT_EQ(there.st_mtim.tv_sec, here.st_mtim.tv_sec);
+  EXPECT_EQ(there.st_mtim.tv_nsec, here.st_mtim.tv_nsec);
+  EXPECT_EQ(readWhole(b + "/d/after"), "x");
+  EXPECT_EQ(failedAhead(a), 0u);
 }
 
 }  // namespace

@@ -9,12 +9,14 @@
 #include <sys/types.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
 
 #include <map>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace cairn::test {
@@ -203,5 +205,24 @@ bool waitFor(Pred&& pred, int timeoutMs) {
     usleep(20 * 1000);
   }
 }
+
+// Runs `call` on a thread; true if it returned within `ms` (the thread is joined either way:
+// the caller makes sure it can end, e.g. by continuing the servers it waits for).
+class Background {
+public:
+  explicit Background(std::function<void()> call)
+      : thread_([this, call = std::move(call)] {
+          call();
+          done_ = true;
+        }) {}
+  ~Background() { thread_.join(); }
+  bool doneWithin(int ms) {
+    return waitFor([this] { return done_.load(); }, ms);
+  }
+
+private:
+  std::atomic<bool> done_{false};
+  std::thread thread_;
+};
 
 }  // namespace cairn::test

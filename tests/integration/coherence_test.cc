@@ -203,25 +203,6 @@ TEST_F(Coherence, WritesQueuedBehindAreSeenByStatAndRead) {
   EXPECT_EQ(statOf(pb("wb")).st_size, 300008);
 }
 
-// Runs `call` on a thread; true if it returned within `ms` (the thread is joined either way:
-// the caller makes sure it can end, e.g. by continuing the servers it waits for).
-class Background {
-public:
-  explicit Background(std::function<void()> call)
-      : thread_([this, call = std::move(call)] {
-          call();
-          done_ = true;
-        }) {}
-  ~Background() { thread_.join(); }
-  bool doneWithin(int ms) {
-    return waitFor([this] { return done_.load(); }, ms);
-  }
-
-private:
-  std::atomic<bool> done_{false};
-  std::thread thread_;
-};
-
 // Flush-behind and setattr-behind: close, chmod, chown and utimes of a file this client writes
 // behind do not wait for the servers (the data and the changes go in the background), yet the
 // other client sees all of it at its next access, in the order it was made.

@@ -1169,8 +1169,11 @@ kj::Promise<Entry> Client::mkdir(const Cred& cred, uint64_t parent, kj::Array<kj
   uint32_t want = wantFor(parent, 0, false);
   if (caching()) {
     want |= rpc::WANT_NEW_DIR;
-    // Its attributes in PW: tar's chown, chmod and utimes of it are answered ahead.
-    if (meta_->peerFeatures() & features::DIR_ATTRS_AHEAD) want |= rpc::WANT_NEW_DIR_ATTR;
+    // Its names and attributes in PW: the creates in it are answered ahead from the first, and
+    // so are tar's chown, chmod and utimes of it.
+    if (asyncDirops(cred) && (meta_->peerFeatures() & features::DIR_ATTRS_AHEAD)) {
+      want |= rpc::WANT_NEW_DIR_PW;
+    }
   }
   return entryCall(
       [cred, parent, name = kj::mv(name), mode, want](rpc::MetaRequest::Builder b) {

@@ -299,9 +299,9 @@ void MetaService::grant(rpc::MetaRequest::Reader req, rpc::MetaReply::Builder re
   // (O_APPEND descriptors write around the page cache and queue nothing.)
   bool writing = (openFlags & O_ACCMODE) != O_RDONLY && !(openFlags & O_APPEND);
   LockMode dataMode = writing ? LockMode::PW : LockMode::PR;
-  // A directory just made: nobody else knows it yet, and its maker may have its attributes in
-  // PW (features::DIR_ATTRS_AHEAD).
-  uint64_t newDirPw = (want & rpc::WANT_NEW_DIR_ATTR) && req.which() == rpc::MetaRequest::MKDIR &&
+  // A directory just made: nobody else knows it yet, and its maker may have its names and
+  // attributes in PW (features::DIR_ATTRS_AHEAD).
+  uint64_t newDirPw = (want & rpc::WANT_NEW_DIR_PW) && req.which() == rpc::MetaRequest::MKDIR &&
                               reply.getError() == 0
                           ? reply.getAttr().getIno()
                           : 0;
@@ -320,7 +320,7 @@ void MetaService::grant(rpc::MetaRequest::Reader req, rpc::MetaReply::Builder re
   }
   if ((want & rpc::WANT_NEW_DIR) && req.which() == rpc::MetaRequest::MKDIR &&
       reply.getError() == 0) {
-    take(reply.getAttr().getIno(), BIT_LOOKUP, LockMode::PR);
+    take(reply.getAttr().getIno(), BIT_LOOKUP, newDirPw != 0 ? LockMode::PW : LockMode::PR);
   }
   if (req.which() == rpc::MetaRequest::GETXATTR) {
     if (want & rpc::WANT_INODE) take(req.getGetxattr().getIno(), BIT_ATTR, LockMode::PR);

@@ -117,7 +117,7 @@ const wantDir :UInt32 = 1;     # LOOKUP on the directory named (lookup's parent,
 const wantInode :UInt32 = 2;   # ATTR on the inode the reply describes (each entry's, for readdir)
 const wantData :UInt32 = 4;    # DATA on the file opened or created: its pages may be cached
 const wantNewDir :UInt32 = 8;  # mkdir: LOOKUP on the new directory (known empty)
-const wantNewDirAttr :UInt32 = 16;  # mkdir: ATTR on the new directory in PW (features::DIR_ATTRS_AHEAD)
+const wantNewDirPw :UInt32 = 16;  # mkdir: LOOKUP and ATTR on the new directory in PW (features::DIR_ATTRS_AHEAD)
 
 struct MetaRequest {
   requestId @0 :UInt64;        # per client, increasing; a resend carries the same id

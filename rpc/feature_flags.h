@@ -58,9 +58,10 @@ constexpr size_t MAX_BATCH = 128;
 // A batch may carry what write-behind sends after a file's data (`wrote`, and `setattr` with no
 // size change): several files' in one request.
 constexpr uint64_t BATCH_ATTRS = 1 << 12;
-// MetaRequest.wantLocks' wantNewDirAttr: a mkdir's reply grants the new directory's attributes
-// in PW, so that the creator's chmod, chown and utimes of it are answered ahead (tar sets every
-// directory's after its contents) and sent in its directory's batches.
+// MetaRequest.wantLocks' wantNewDirPw: a mkdir's reply grants the new directory's names and
+// attributes in PW, so that its maker answers the creates in it ahead from the first, and its
+// chmod, chown and utimes of it (tar sets every directory's after its contents), sending them
+// in the directory's batches.
 constexpr uint64_t DIR_ATTRS_AHEAD = 1 << 13;
 constexpr uint64_t SUPPORTED = BASE | CACHING_LOCKS | WRITE_MANY | ACTIVE_SERVER_LOCK |
                                DESTROY_MANY | RELEASE_MANY | LOCK_CONVERT | ASYNC_DIROPS |

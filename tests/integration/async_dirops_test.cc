@@ -25,25 +25,17 @@
 namespace cairn::test {
 namespace {
 
-uint64_t mountCounter(const std::string& mnt, const std::string& name) {
-  auto r = run({ctlBin(), "--mount", mnt, "stats"});
-  EXPECT_EQ(r.status, 0) << r.err;
-  auto at = r.out.find("\n" + name + " ");
-  if (at == std::string::npos) return 0;
-  return std::stoull(r.out.substr(at + name.size() + 2));
-}
-
 uint64_t ahead(const std::string& mnt) {
-  return mountCounter(mnt, "cairn_client_unlinks_ahead_total");
+  return mountGauge(mnt, "cairn_client_unlinks_ahead_total", false);
 }
 
 // Operations answered ahead that the server refused or never applied.
 uint64_t failedAhead(const std::string& mnt) {
-  return mountCounter(mnt, "cairn_client_dirops_ahead_failed_total");
+  return mountGauge(mnt, "cairn_client_dirops_ahead_failed_total", false);
 }
 
 uint64_t createdAhead(const std::string& mnt) {
-  return mountCounter(mnt, "cairn_client_creates_ahead_total");
+  return mountGauge(mnt, "cairn_client_creates_ahead_total", false);
 }
 
 // Creates DIR/c0, c1, ... until one is answered ahead (the first ones wait for the server while
@@ -436,8 +428,8 @@ TEST(AsyncUnlink, UpdatesAnsweredAheadGatherIntoBatches) {
   ASSERT_EQ(mkdir((a + "/d").c_str(), 0755), 0);
   const int n = 400;
   int made = createUntilAhead(a, a + "/d", n);
-  uint64_t batched = mountCounter(a, "cairn_client_batched_updates_total");
-  uint64_t batches = mountCounter(a, "cairn_client_update_batches_total");
+  uint64_t batched = mountGauge(a, "cairn_client_batched_updates_total", false);
+  uint64_t batches = mountGauge(a, "cairn_client_update_batches_total", false);
   for (int i = made; i < n; ++i) {
     int fd = creat((a + "/d/c" + std::to_string(i)).c_str(), 0644);
     ASSERT_GE(fd, 0) << strerror(errno);
@@ -448,8 +440,8 @@ TEST(AsyncUnlink, UpdatesAnsweredAheadGatherIntoBatches) {
   }
   EXPECT_EQ(syncDir(a + "/d"), 0);
   uint64_t updates = (n - made) + n / 2;
-  uint64_t inBatches = mountCounter(a, "cairn_client_batched_updates_total") - batched;
-  uint64_t requests = mountCounter(a, "cairn_client_update_batches_total") - batches;
+  uint64_t inBatches = mountGauge(a, "cairn_client_batched_updates_total", false) - batched;
+  uint64_t requests = mountGauge(a, "cairn_client_update_batches_total", false) - batches;
   EXPECT_GE(inBatches, updates / 2) << requests << " batches";
   EXPECT_LE(requests, inBatches / 2);
   std::set<std::string> expected;
@@ -489,7 +481,7 @@ TEST(AsyncUnlink, UnlinksAndCreatesHeldUpByAHungServerGoInBatches) {
   makeFiles(a + "/d", n);
   int next = unlinkUntilAhead(a, a + "/d", n);
   int made = createUntilAhead(a, a + "/d", n);
-  uint64_t before = mountCounter(a, "cairn_client_batched_updates_total");
+  uint64_t before = mountGauge(a, "cairn_client_batched_updates_total", false);
   // Creates ahead draw on inode numbers set aside for the mount (at least 256 of them, a
   // refill may be on its way to the stopped server): 100 made while it hangs.
   const int creates = 100;
@@ -512,9 +504,9 @@ TEST(AsyncUnlink, UnlinksAndCreatesHeldUpByAHungServerGoInBatches) {
   app.join();
   EXPECT_EQ(syncDir(a + "/d"), 0);
   // Two went alone before the rest piled up behind them.
-  EXPECT_GE(mountCounter(a, "cairn_client_batched_updates_total"),
+  EXPECT_GE(mountGauge(a, "cairn_client_batched_updates_total", false),
             before + (n - next) + creates - 2);
-  EXPECT_GE(mountCounter(a, "cairn_client_update_batches_total"), 2u);
+  EXPECT_GE(mountGauge(a, "cairn_client_update_batches_total", false), 2u);
   auto left = names(b + "/d");
   for (int i = 0; i < n; ++i) EXPECT_EQ(left.count("f" + std::to_string(i)), 0u) << i;
   for (int i = next; i < next + creates; ++i) {
@@ -539,14 +531,14 @@ TEST(AsyncUnlink, FilesRemovedHereCostTheKernelNoInvalidation) {
   for (int i = 0; i < n; ++i) {
     ASSERT_EQ(readWhole(a + "/d/f" + std::to_string(i)), "old " + std::to_string(i));
   }
-  uint64_t before = mountCounter(a, "cairn_client_kernel_invalidations_total");
+  uint64_t before = mountGauge(a, "cairn_client_kernel_invalidations_total", false);
   uint64_t aheadBefore = ahead(a);
   for (int i = 0; i < n; ++i) {
     ASSERT_EQ(unlink((a + "/d/f" + std::to_string(i)).c_str()), 0) << strerror(errno);
   }
   EXPECT_EQ(syncDir(a + "/d"), 0);
   EXPECT_GT(ahead(a), aheadBefore + n / 2);
-  EXPECT_LT(mountCounter(a, "cairn_client_kernel_invalidations_total"), before + n / 10);
+  EXPECT_LT(mountGauge(a, "cairn_client_kernel_invalidations_total", false), before + n / 10);
   EXPECT_TRUE(names(b + "/d").empty());
   for (int i = 0; i < n; i += 20) writeWhole(a + "/d/f" + std::to_string(i), "new");
   for (int i = 0; i < n; i += 20) {
@@ -747,7 +739,7 @@ TEST(AsyncCreate, FilesCreatedAheadAcrossControlledRestartsAreAllThere) {
 }
 
 uint64_t dirAttrsAhead(const std::string& mnt) {
-  return mountCounter(mnt, "cairn_client_dir_attrs_ahead_total");
+  return mountGauge(mnt, "cairn_client_dir_attrs_ahead_total", false);
 }
 
 // tar's last steps for a directory it extracted: owner, mode, then times (its contents are made

@@ -194,6 +194,10 @@ std::string pattern(size_t n, uint32_t seed);
 // call returned EINTR; for SIGKILL, that the child died of it. False too if it outlived 5 s.
 bool blockedCallEndsWith(int sig, const std::function<int()>& call);
 
+// A counter or gauge from a mount's counters (cairnctl --mount M stats). `required` false: a
+// counter not shown yet (nothing of its kind happened) is 0.
+uint64_t mountGauge(const std::string& mnt, const std::string& name, bool required = true);
+
 // Reads an unsigned number field from a flat JSON object text (test helper, not a parser).
 uint64_t jsonNumber(const std::string& json, const std::string& key);
 

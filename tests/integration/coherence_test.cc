@@ -54,19 +54,6 @@ bool exists(const std::string& path) {
   return stat(path.c_str(), &st) == 0;
 }
 
-// A counter or gauge from a mount's counters (cairnctl --mount M stats).
-// `required` false: a counter not shown yet (nothing of its kind happened) is 0.
-uint64_t mountGauge(const std::string& mnt, const std::string& name, bool required = true) {
-  auto r = run({ctlBin(), "--mount", mnt, "stats"});
-  EXPECT_EQ(r.status, 0) << r.err;
-  auto at = r.out.find("\n" + name + " ");
-  if (required) {
-    EXPECT_NE(at, std::string::npos) << name << " in " << r.out;
-  }
-  if (at == std::string::npos) return 0;
-  return std::stoull(r.out.substr(at + name.size() + 2));
-}
-
 // The data requests a mount sent so far (reads, on every data target).
 uint64_t dataReads(const std::string& mnt) {
   return mountGauge(mnt, "cairn_client_requests_total{link=\"data0\",kind=\"data.read\"}", false) +

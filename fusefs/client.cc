@@ -1074,14 +1074,13 @@ kj::Maybe<Entry> Client::dirAttrsAhead(const Cred& cred, uint64_t ino, const Set
       locks_->revoking(ino, BIT_ATTR)) {
     return nullptr;
   }
-  struct stat st;
-  uint64_t generation;
+  MetaCache::Inode cached;
   KJ_IF_MAYBE (c, cache_.attr(ino)) {
-    st = c->attr;
-    generation = c->generation;
+    cached = *c;
   } else {
     return nullptr;
   }
+  struct stat& st = cached.attr;
   if (!S_ISDIR(st.st_mode)) return nullptr;
   // What the server will make of it ("now" is its own when the change lands; the reply says).
   timespec now;
@@ -1100,7 +1099,7 @@ kj::Maybe<Entry> Client::dirAttrsAhead(const Cred& cred, uint64_t ino, const Set
     st.st_mtim = attr.mtime;
   }
   st.st_ctim = now;
-  cache_.setAttr(st, generation);
+  cache_.setAttr(st, cached.generation);
   uint64_t op = dirops_.begin({ino});
   ++stats_.dirAttrsAhead;
   attrsAhead_[ino].insert(op);
@@ -1730,11 +1729,9 @@ kj::Maybe<Opened> Client::createAhead(const Cred& cred, uint64_t parent, const s
   if (removing_.count({parent, name}) > 0 || attrsAhead_.count(parent) > 0) return nullptr;
   // The new file's group follows the directory's set-group-ID bit, as the server's rule has it.
   if (locks_->held(parent, BIT_ATTR) == 0) return nullptr;
-  struct stat dir;
-  uint64_t dirGeneration;
+  MetaCache::Inode dir;
   KJ_IF_MAYBE (d, cache_.attr(parent)) {
-    dir = d->attr;
-    dirGeneration = d->generation;
+    dir = *d;
   } else {
     return nullptr;
   }
@@ -1751,7 +1748,7 @@ kj::Maybe<Opened> Client::createAhead(const Cred& cred, uint64_t parent, const s
   a.setMode(S_IFREG | (mode & 07777));
   a.setNlink(1);
   a.setUid(cred.uid);
-  a.setGid((dir.st_mode & S_ISGID) ? dir.st_gid : cred.gid);
+  a.setGid((dir.attr.st_mode & S_ISGID) ? dir.attr.st_gid : cred.gid);
   setTime(a.initAtime(), now);
   setTime(a.initMtime(), now);
   setTime(a.initCtime(), now);
@@ -1760,8 +1757,8 @@ kj::Maybe<Opened> Client::createAhead(const Cred& cred, uint64_t parent, const s
   cache_.setEntry(parent, name, ino);
   cache_.setAttr(entry.attr, entry.generation);
   cache_.markNoXattrs(ino);
-  dir.st_mtim = dir.st_ctim = now;
-  cache_.setAttr(dir, dirGeneration);
+  dir.attr.st_mtim = dir.attr.st_ctim = now;
+  cache_.setAttr(dir.attr, dir.generation);
 
   OpenTable::File file;
   file.ino = ino;
@@ -2025,24 +2022,9 @@ kj::Promise<void> sendGroup(ServerLink& link, uint64_t object, kj::ArrayPtr<cons
                             ServerLink::Class cls,
                             kj::Maybe<kj::Own<kj::Refcounted>> keeps = nullptr) {
   return link
-      .data(
-          [object, group](rpc::DataRequest::Builder b) {
-            auto orphanage = capnp::Orphanage::getForMessageContaining(b);
-            if (group.size() == 1) {
-              auto w = b.initWrite();
-              w.setObjectId(object);
-              w.setOffset(group[0].offset);
-              w.adoptData(pieceData(orphanage, group[0].data));
-              return;
-            }
-            auto list = b.initWriteMany(group.size());
-            for (auto k : kj::indices(group)) {
-              list[k].setObjectId(object);
-              list[k].setOffset(group[k].offset);
-              list[k].adoptData(pieceData(orphanage, group[k].data));
-            }
-          },
-          true, cls, kj::mv(keeps))
+      .data([write = ObjectPieces{object, group}](
+                rpc::DataRequest::Builder b) { buildWrites(b, kj::arrayPtr(&write, 1)); },
+            true, cls, kj::mv(keeps))
       .then([](ServerLink::DataResponse&& resp) { checkErrno(resp.getReply().getError()); });
 }
 
@@ -2144,23 +2126,22 @@ kj::Promise<void> Client::storeBatch(uint64_t ino, const StripeLayout& layout,
         auto groups = kj::heapArrayBuilder<kj::Vector<kj::ArrayPtr<const StorePiece>>>(n);
         auto sent = kj::heapArray<kj::Vector<kj::Promise<void>>>(n);
         size_t rounds = 0;
+        bool gathered = false;
         for (size_t t = 0; t < n; t++) {
           many[t] = links[t]->peerFeatures() & features::WRITE_MANY;
-          groups.add(groupPieces(joined[t].pieces, many[t]));
+          if (many[t] && cls == ServerLink::Class::WRITEBACK &&
+              DataBatch::gathers(joined[t].pieces)) {
+            // A small file's share of a target gathers with other files' (DataBatch).
+            sent[t].add(dataBatch_->send(*links[t], targets[t], object, joined[t].pieces,
+                                         kj::addRef(*bytes)));
+            groups.add();
+            gathered = true;
+          } else {
+            groups.add(groupPieces(joined[t].pieces, many[t]));
+          }
           rounds = kj::max(rounds, groups[t].size());
         }
         auto groupsOf = groups.finish();
-        // A small file's share of a target gathers with other files' (DataBatch).
-        bool gathered = false;
-        for (size_t t = 0; t < n; t++) {
-          if (many[t] && cls == ServerLink::Class::WRITEBACK &&
-              DataBatch::gathers(joined[t].pieces)) {
-            sent[t].add(dataBatch_->send(*links[t], targets[t], object, joined[t].pieces,
-                                         kj::addRef(*bytes)));
-            groupsOf[t].clear();
-            gathered = true;
-          }
-        }
         if (gathered && hurried_.count(ino) > 0) dataBatch_->hurry();
         for (size_t r = 0; r < rounds; r++) {
           for (size_t t = 0; t < n; t++) {

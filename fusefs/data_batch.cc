@@ -7,6 +7,7 @@
 
 namespace cairn {
 
+namespace {
 capnp::Orphan<capnp::Data> pieceData(capnp::Orphanage orphanage,
                                      kj::ArrayPtr<const kj::byte> data) {
   if (reinterpret_cast<uintptr_t>(data.begin()) % sizeof(capnp::word) == 0 &&
@@ -14,6 +15,33 @@ capnp::Orphan<capnp::Data> pieceData(capnp::Orphanage orphanage,
     return orphanage.referenceExternalData(data);
   }
   return orphanage.newOrphanCopy(capnp::Data::Reader(data));
+}
+}  // namespace
+
+void buildWrites(rpc::DataRequest::Builder b, kj::ArrayPtr<const ObjectPieces> writes) {
+  auto orphanage = capnp::Orphanage::getForMessageContaining(b);
+  size_t n = 0;
+  for (auto& w : writes) n += w.pieces.size();
+  if (n == 1) {
+    for (auto& w : writes) {
+      if (w.pieces.size() == 0) continue;
+      auto one = b.initWrite();
+      one.setObjectId(w.object);
+      one.setOffset(w.pieces[0].offset);
+      one.adoptData(pieceData(orphanage, w.pieces[0].data));
+    }
+    return;
+  }
+  auto list = b.initWriteMany(n);
+  size_t k = 0;
+  for (auto& w : writes) {
+    for (auto& p : w.pieces) {
+      list[k].setObjectId(w.object);
+      list[k].setOffset(p.offset);
+      list[k].adoptData(pieceData(orphanage, p.data));
+      ++k;
+    }
+  }
 }
 
 namespace {
@@ -28,20 +56,21 @@ struct Keeps : public kj::Refcounted {
 DataBatch::DataBatch(kj::Timer& timer, kj::Duration gather)
     : GatherLanes(timer, 2, gather, "data batch") {}
 
-bool DataBatch::gathers(kj::ArrayPtr<const StorePiece> pieces) {
+size_t DataBatch::bytesOf(kj::ArrayPtr<const StorePiece> pieces) {
   size_t bytes = 0;
   for (auto& p : pieces) bytes += p.data.size();
-  return bytes <= SMALL && pieces.size() <= SMALL_PIECES;
+  return bytes;
 }
 
 kj::Promise<void> DataBatch::send(ServerLink& link, uint32_t target, uint64_t object,
                                   kj::ArrayPtr<const StorePiece> pieces,
                                   kj::Own<kj::Refcounted> keeps) {
-  KJ_REQUIRE(gathers(pieces), "too large to gather", pieces.size());
-  size_t bytes = 0;
-  for (auto& p : pieces) bytes += p.data.size();
+  size_t bytes = bytesOf(pieces);
+  KJ_REQUIRE(bytes <= SMALL && pieces.size() <= SMALL_PIECES, "too large to gather", bytes,
+             pieces.size());
   auto paf = kj::newPromiseAndFulfiller<void>();
-  add(target, DataBatchItem{&link, object, pieces, bytes, kj::mv(keeps), kj::mv(paf.fulfiller)});
+  add(target, DataBatchItem{&link, ObjectPieces{object, pieces}, bytes, kj::mv(keeps),
+                            kj::mv(paf.fulfiller)});
   return kj::mv(paf.promise);
 }
 
@@ -49,7 +78,7 @@ bool DataBatch::full(const Queue& queue) const {
   size_t bytes = 0, pieces = 0;
   for (auto& item : queue) {
     bytes += item.bytes;
-    pieces += item.pieces.size();
+    pieces += item.writes.pieces.size();
     if (bytes >= FULL || pieces >= features::MAX_WRITE_MANY_PIECES) return true;
   }
   return false;
@@ -60,11 +89,11 @@ size_t DataBatch::take(const Queue& queue) const {
   size_t n = 0, bytes = 0, pieces = 0;
   for (auto& item : queue) {
     if (n > 0 && (bytes + item.bytes > features::MAX_WRITE_MANY_BYTES ||
-                  pieces + item.pieces.size() > features::MAX_WRITE_MANY_PIECES)) {
+                  pieces + item.writes.pieces.size() > features::MAX_WRITE_MANY_PIECES)) {
       break;
     }
     bytes += item.bytes;
-    pieces += item.pieces.size();
+    pieces += item.writes.pieces.size();
     ++n;
   }
   return n;
@@ -80,31 +109,13 @@ kj::Promise<void> DataBatch::sendBatch(uint64_t, kj::Array<DataBatchItem> batch)
   auto each = kj::heapArrayBuilder<kj::Own<kj::Refcounted>>(batch.size());
   for (auto& item : batch) each.add(kj::mv(item.keeps));
   keeps->each = each.finish();
+  auto writes = KJ_MAP(item, batch) {
+    return item.writes;
+  };
+  // Called for every attempt (a resend, a replay): built the same way each time.
+  auto build = [writes = kj::mv(writes)](rpc::DataRequest::Builder b) { buildWrites(b, writes); };
   auto owned = kj::heap(kj::mv(batch));
   auto& items = *owned;
-  // Called for every attempt (a resend, a replay): built the same way each time.
-  auto build = [&items](rpc::DataRequest::Builder b) {
-    auto orphanage = capnp::Orphanage::getForMessageContaining(b);
-    size_t n = 0;
-    for (auto& item : items) n += item.pieces.size();
-    if (n == 1) {
-      auto w = b.initWrite();
-      w.setObjectId(items[0].object);
-      w.setOffset(items[0].pieces[0].offset);
-      w.adoptData(pieceData(orphanage, items[0].pieces[0].data));
-      return;
-    }
-    auto list = b.initWriteMany(n);
-    size_t k = 0;
-    for (auto& item : items) {
-      for (auto& p : item.pieces) {
-        list[k].setObjectId(item.object);
-        list[k].setOffset(p.offset);
-        list[k].adoptData(pieceData(orphanage, p.data));
-        ++k;
-      }
-    }
-  };
   return link.data(kj::mv(build), true, ServerLink::Class::WRITEBACK, kj::mv(keeps))
       .then(
           [&items](ServerLink::DataResponse&& resp) {

@@ -23,16 +23,22 @@ struct StorePiece {
   kj::ArrayPtr<const kj::byte> data;
 };
 
-// A piece's bytes in a request: referenced where they are, not copied into the message, when
-// Cap'n Proto allows (word-aligned, whole words: nothing past the end goes out). The caller
-// keeps them until the request's reply; a resend builds the request again.
-capnp::Orphan<capnp::Data> pieceData(capnp::Orphanage orphanage, kj::ArrayPtr<const kj::byte> data);
+// Pieces of one object.
+struct ObjectPieces {
+  uint64_t object;
+  kj::ArrayPtr<const StorePiece> pieces;
+};
+
+// Fills a data request with the pieces: one `write` if there is one piece, else a `writeMany`
+// (the caller keeps within its limits). The bytes are referenced where they are, not copied
+// into the message, when Cap'n Proto allows (word-aligned, whole words: nothing past the end
+// goes out); the caller keeps them until the reply, and a resend builds the request again.
+void buildWrites(rpc::DataRequest::Builder b, kj::ArrayPtr<const ObjectPieces> writes);
 
 // One file's writes to one target, queued in the target's lane.
 struct DataBatchItem {
-  ServerLink* link;  // the target's (a client's links live as long as it does)
-  uint64_t object;
-  kj::ArrayPtr<const StorePiece> pieces;  // owned, with their bytes, by `keeps`
+  ServerLink* link;     // the target's (a client's links live as long as it does)
+  ObjectPieces writes;  // owned, with their bytes, by `keeps`
   size_t bytes;
   kj::Own<kj::Refcounted> keeps;
   kj::Own<kj::PromiseFulfiller<void>> done;
@@ -50,7 +56,9 @@ public:
 
   DataBatch(kj::Timer& timer, kj::Duration gather);
 
-  static bool gathers(kj::ArrayPtr<const StorePiece> pieces);
+  static bool gathers(kj::ArrayPtr<const StorePiece> pieces) {
+    return pieces.size() <= SMALL_PIECES && bytesOf(pieces) <= SMALL;
+  }
   // Sends one file's pieces (gathers(pieces)) to the target `link` serves, as a write-back, in
   // a writeMany with other files' (the link takes writeMany). Resolves once they are written;
   // fails as the request does (every file of a batch sees its error).
@@ -61,6 +69,7 @@ public:
   uint64_t inBatches() const { return inBatches_; }  // files' writes they carried
 
 private:
+  static size_t bytesOf(kj::ArrayPtr<const StorePiece> pieces);
   bool full(const Queue& queue) const override;
   size_t take(const Queue& queue) const override;
   kj::Promise<void> sendBatch(uint64_t target, kj::Array<DataBatchItem> batch) override;

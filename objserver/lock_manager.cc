@@ -319,6 +319,7 @@ void LockManager::process(const ResourceId& rid) {
 
 void LockManager::callBack(Lock& holder) {
   holder.blockingSent = true;
+  if (!holder.owner->evictable()) return;
   holder.calledBackAt = timer_.now();
   ++callbacks_;
   holder.owner->blocking(holder.id, callbackTimeout_);

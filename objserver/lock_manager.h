@@ -66,6 +66,10 @@ public:
   // A lock this owner held was dropped with its resource (forget): drop what it covers.
   virtual void forgotten(uint64_t lockId) = 0;
   virtual kj::StringPtr ownerName() const = 0;
+  // Whether a callback gives this owner a deadline, past which it is evicted. The server's own
+  // locks have none: it holds them for one update (or its shutdown), and what that waits for is
+  // clients' locks, whose deadlines bound the wait.
+  virtual bool evictable() const { return true; }
 };
 
 class LockManager {

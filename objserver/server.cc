@@ -52,7 +52,7 @@ ServerContext::ServerContext(kj::AsyncIoContext& io, kj::Network& network, Targe
       tasks(errorHandler_),
       locks(
           io.provider->getTimer(), this->config.lockTimeout,
-          [this](LockOwner& owner) { return evictForLock(static_cast<ClientSession&>(owner)); },
+          [this](LockOwner& owner) { return evictForLock(kj::downcast<ClientSession>(owner)); },
           this->config.lockProlongLimit) {
   presence = kj::refcounted<Presence>();
   presence->ctx = *this;

@@ -157,9 +157,10 @@ public:
   // The server's own locks (held while an update runs) belong to this owner.
   class ServerOwner : public LockOwner {
   public:
-    void blocking(uint64_t, kj::Duration) override {}  // held only for the length of one update
+    void blocking(uint64_t, kj::Duration) override {}  // never called back: see evictable()
     void forgotten(uint64_t) override {}
     kj::StringPtr ownerName() const override { return "the server"; }
+    bool evictable() const override { return false; }
   } serverOwner;
   kj::TaskSet tasks;
   LockManager locks;  // after `sessions`: destroyed before the owners it refers to

@@ -205,6 +205,27 @@ TEST_F(Locks, AnOwnerThatDoesNotCancelIsEvictedAndOthersProceed) {
   manager.cancel(a, 1);
 }
 
+// The server's own lock, held by an update that waits on a client, is in the way of another
+// update: it has no deadline (the client's has), so the server is never evicted.
+TEST_F(Locks, AnOwnerThatCannotBeEvictedIsNeverTimedOut) {
+  struct ServerOwner : Owner {
+    ServerOwner() : Owner("server") {}
+    bool evictable() const override { return false; }
+  } server;
+  auto held = manager.enqueue(server, spec(LockMode::EX, BIT_ATTR));
+  uint64_t id = held.wait(io.waitScope);
+  auto other = manager.enqueue(server, spec(LockMode::EX, BIT_ATTR));
+  auto client = manager.enqueue(a, spec(LockMode::PR, BIT_ATTR));
+  io.provider->getTimer().afterDelay(600 * kj::MILLISECONDS).wait(io.waitScope);
+  EXPECT_TRUE(evicted.empty());
+  EXPECT_TRUE(server.asked.empty());
+  EXPECT_FALSE(granted(other));
+  EXPECT_EQ(manager.stats().evictions, 0u);
+  manager.cancel(server, id);
+  EXPECT_TRUE(granted(other));
+  EXPECT_FALSE(granted(client));
+}
+
 // An owner whose give-back waits on something it does not control asks for more time: its
 // timeout starts again at each request, up to the limit counted from the callback.
 TEST_F(Locks, AProlongedLockOutlivesTheTimeoutButNotTheLimit) {

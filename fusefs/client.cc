@@ -2598,13 +2598,23 @@ kj::Promise<size_t> Client::writeUnlocked(uint64_t fh, uint64_t offset, kj::Arra
 
 kj::Promise<void> Client::syncTargets(const StripeLayout& layout) {
   auto parts = kj::heapArrayBuilder<kj::Promise<void>>(layout.targets.size() + 1);
-  parts.add(metaCall([](rpc::MetaRequest::Builder b) { b.setSync(); }, false).ignoreResult());
+  parts.add(syncMeta());
   for (uint32_t t : layout.targets) {
-    parts.add(dataLink(t).then([](ServerLink* link) {
-      return link->data([](rpc::DataRequest::Builder b) { b.setSync(); }, false).ignoreResult();
-    }));
+    parts.add(dataLink(t).then([this](ServerLink* link) { return syncData(*link); }));
   }
   return kj::joinPromises(parts.finish());
+}
+
+// A server that has on disk every update of ours it answered is not asked: a small file's
+// fsync goes to the target its bytes went to, not to every target of its layout.
+kj::Promise<void> Client::syncMeta() {
+  if (meta_->allSynced()) return kj::READY_NOW;
+  return metaCall([](rpc::MetaRequest::Builder b) { b.setSync(); }, false).ignoreResult();
+}
+
+kj::Promise<void> Client::syncData(ServerLink& link) {
+  if (link.allSynced()) return kj::READY_NOW;
+  return link.data([](rpc::DataRequest::Builder b) { b.setSync(); }, false).ignoreResult();
 }
 
 kj::Promise<void> Client::fsync(uint64_t fh) {
@@ -2621,7 +2631,7 @@ kj::Promise<void> Client::fsync(uint64_t fh) {
     auto& ref = layout->layout;
     return syncTargets(ref).attach(kj::mv(layout));
   }
-  return metaCall([](rpc::MetaRequest::Builder b) { b.setSync(); }, false).ignoreResult();
+  return syncMeta();
 }
 
 kj::Promise<void> Client::syncDir() {
@@ -2635,10 +2645,8 @@ kj::Promise<void> Client::syncDir() {
 
 kj::Promise<void> Client::syncAll() {
   auto parts = kj::heapArrayBuilder<kj::Promise<void>>(data_.size() + 1);
-  parts.add(metaCall([](rpc::MetaRequest::Builder b) { b.setSync(); }, false).ignoreResult());
-  for (auto& [index, link] : data_) {
-    parts.add(link->data([](rpc::DataRequest::Builder b) { b.setSync(); }, false).ignoreResult());
-  }
+  parts.add(syncMeta());
+  for (auto& [index, link] : data_) parts.add(syncData(*link));
   return kj::joinPromises(parts.finish());
 }
 

@@ -156,7 +156,7 @@ public:
   // sent now; close waits for it only while a target may be short of room (roomBehind), so that
   // a full filesystem is still reported to the application that filled it.
   kj::Promise<void> flush(uint64_t fh);
-  // Everything committed so far, on every target, on disk.
+  // Every update of ours answered so far, on every target, on disk.
   kj::Promise<void> syncAll();
   // fsync of a directory: the operations answered ahead are answered by the server first (the
   // first that failed since the last fsync fails this one), then syncAll.
@@ -343,6 +343,8 @@ private:
                                               ServerLink::Class cls = ServerLink::Class::NORMAL);
   kj::Promise<void> truncateObjects(const StripeLayout& layout, uint64_t size);
   kj::Promise<void> syncTargets(const StripeLayout& layout);
+  kj::Promise<void> syncMeta();
+  kj::Promise<void> syncData(ServerLink& link);
   kj::Promise<kj::Array<kj::byte>> readUnlocked(uint64_t fh, uint64_t offset, size_t size);
   // The bytes of [offset, offset + length) of a file, holes as zeros.
   kj::Promise<kj::Array<kj::byte>> fetch(const StripeLayout& layout, uint64_t offset,

@@ -40,6 +40,7 @@
 #include <string>
 
 #include "rpc/cairn.capnp.h"
+#include "rpc/feature_flags.h"
 
 namespace cairn {
 
@@ -122,6 +123,12 @@ public:
   const Stats& stats() const { return stats_; }
   // Bytes of the updates kept for replay (not yet synced by the server).
   size_t keptBytes() const { return keptBytes_; }
+  // Every update of ours the server answered is on its disk (none is kept for replay): a sync
+  // there would make nothing of ours more durable. Known only of servers that report what they
+  // synced (features::ACTIVE_SERVER_LOCK: with older ones updates are not kept).
+  bool allSynced() const {
+    return (peerFeatures_ & features::ACTIVE_SERVER_LOCK) != 0 && kept_.empty();
+  }
   // Handover to a new client process (fusefs/handover.h): resolves once nothing of this link is
   // in flight and the server has synced every update it answered, so that nothing needs to be
   // kept for replay; the new process's link goes on numbering requests from here.

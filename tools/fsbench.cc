@@ -5,6 +5,8 @@
 //   fsbench randread FILE SECONDS        4 KiB O_DIRECT reads at random     -> IOPS
 //   fsbench randwrite FILE SECONDS       4 KiB writes, fsync every 32       -> IOPS
 //   fsbench meta DIR FILES THREADS       create, stat, unlink in one dir    -> ops/s each
+//   fsbench smallsync DIR SECONDS        4 KiB files: create, write, fsync  -> files/s
+//                                        (a mail spool's or a package manager's pattern)
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -134,6 +136,22 @@ void meta(const char* dir, long files, int threads) {
   printf("md_unlink_t%d %.0f ops/s\n", threads, unlinkRate);
 }
 
+void smallsync(const char* dir, double seconds) {
+  char buf[4096];
+  memset(buf, 's', sizeof(buf));
+  long files = 0;
+  auto t = Clock::now();
+  while (since(t) < seconds) {
+    std::string name = std::string(dir) + "/s" + std::to_string(files++);
+    int fd = open(name.c_str(), O_CREAT | O_EXCL | O_WRONLY, 0644);
+    if (fd < 0) die("create");
+    if (write(fd, buf, sizeof(buf)) != ssize_t(sizeof(buf))) die("write");
+    if (fsync(fd) != 0) die("fsync");
+    close(fd);
+  }
+  printf("small_fsync %.0f files/s\n", files / since(t));
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -148,10 +166,13 @@ int main(int argc, char** argv) {
     randwrite(argv[2], atof(argv[3]));
   } else if (cmd == "meta" && argc == 5) {
     meta(argv[2], atol(argv[3]), atoi(argv[4]));
+  } else if (cmd == "smallsync" && argc == 4) {
+    smallsync(argv[2], atof(argv[3]));
   } else {
     fprintf(stderr,
             "usage: fsbench seqwrite FILE MIB | seqread FILE | randread FILE SECONDS |\n"
-            "               randwrite FILE SECONDS | meta DIR FILES THREADS\n");
+            "               randwrite FILE SECONDS | meta DIR FILES THREADS |\n"
+            "               smallsync DIR SECONDS\n");
     return 2;
   }
   return 0;

@@ -369,6 +369,33 @@ TEST_F(Coherence, SmallFilesWrittenInARowGoToTheDataTargetsInBatches) {
             uint64_t(FILES - FILES / 4));
 }
 
+// A small file's bytes are on one data target: its fsync asks that target and the metadata
+// server to sync, not the other target, which has on disk every update of ours it answered.
+TEST_F(Coherence, AnFsyncAsksOnlyTheServersHoldingUpdatesOfOursNotYetOnDisk) {
+  auto syncs = [&](const std::string& link) {
+    return mountGauge(*a_,
+                      "cairn_client_requests_total{link=\"" + link + "\",kind=\"" +
+                          (link == "meta" ? "meta" : "data") + ".sync\"}",
+                      false);
+  };
+  auto fsyncNew = [&](const std::string& name) {
+    int fd = open(pa(name).c_str(), O_CREAT | O_WRONLY, 0644);
+    ASSERT_GE(fd, 0);
+    std::string data(4096, 'f');
+    ASSERT_EQ(write(fd, data.data(), data.size()), ssize_t(data.size()));
+    ASSERT_EQ(fsync(fd), 0);
+    ASSERT_EQ(close(fd), 0);
+  };
+  // Whatever earlier tests left on its way lands, and the first fsync syncs it.
+  ASSERT_TRUE(waitFor([&] { return mountGauge(*a_, "cairn_client_dirty_bytes") == 0; }, 30000));
+  fsyncNew("first");
+  uint64_t meta = syncs("meta"), data0 = syncs("data0"), data1 = syncs("data1");
+  fsyncNew("second");
+  EXPECT_EQ(syncs("meta") - meta, 1u);
+  EXPECT_EQ(syncs("data0") - data0 + syncs("data1") - data1, 1u);
+  EXPECT_EQ(readWhole(pb("second")), std::string(4096, 'f'));
+}
+
 // A writer called back while the data servers its queued writes are for are away (a restart,
 // a failover, a stall): its give-back waits for them, for longer than the lock timeout, and it
 // asks the metadata server for more time instead of being evicted and losing writes it had

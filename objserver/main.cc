@@ -252,7 +252,9 @@ Ending serveTarget(Process& p, kj::Own<TargetLock> lock) {
     ctx.ns = n;
     ctx.opens = of;
     ctx.destroyer = d;
-    ctx.fence = *fence.emplace(kj::heap<ClientFence>(ctx, links));
+    auto& f = *fence.emplace(kj::heap<ClientFence>(ctx, links));
+    ctx.fence = f;
+    f.start();  // the fences owed when the server last stopped
     ctx.posixLocks = *posixLocks.emplace(kj::heap<PosixLocks>());
     d.start();
     size_t orphanCount;

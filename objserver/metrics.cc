@@ -2,6 +2,7 @@
 
 #include <kj/debug.h>
 
+#include "objserver/client_fence.h"
 #include "objserver/server.h"
 
 namespace cairn {
@@ -107,6 +108,11 @@ kj::String renderMetrics(ServerContext& ctx) {
         double(locks.prolonged), "counter");
   gauge(out, "cairn_locks_forgotten_total", "locks dropped because what they covered was destroyed",
         double(locks.forgotten), "counter");
+
+  KJ_IF_MAYBE (f, ctx.fence) {
+    gauge(out, "cairn_client_fences_owed",
+          "evictions not yet taken by a data target that could not be reached", double(f->owed()));
+  }
 
   size_t connected = 0, clients = 0;
   for (auto& [key, s] : ctx.sessions) {

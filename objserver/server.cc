@@ -304,6 +304,9 @@ kj::Promise<void> ServerImpl::connect(ConnectContext context) {
       spdlog::info("{} is back after its eviction ({}): told so", session.label.cStr(),
                    why->cStr());
       session.recovery = kj::str("evicted: ", *why);
+      KJ_IF_MAYBE (f, ctx_.fence) {
+        f->clientBack(session.uuid);
+      }
     } else {
       session.recovery = kj::str("recovering");
     }
@@ -477,6 +480,9 @@ kj::Promise<void> ServerImpl::registerTarget(RegisterTargetContext context) {
                kj::strArray(addresses, ",").cStr());
   KJ_IF_MAYBE (d, ctx_.destroyer) {
     d->targetMoved(t.getIndex(), addresses.releaseAsArray());
+  }
+  KJ_IF_MAYBE (f, ctx_.fence) {
+    f->targetBack(t.getIndex());
   }
   return kj::READY_NOW;
 }

@@ -325,6 +325,95 @@ TEST(Locks, AClientFencedWhileADataTargetHadNoSessionOfItIsToldAtItsReturn) {
   EXPECT_EQ(back.read(79, 6), "before");  // what it had written before stays
 }
 
+// A data target that is down when a client is fenced (a crash, a restart that takes long) must
+// not hold the lock up for good, but it must not miss the fence either: the client, waking up,
+// could send there what it had queued under the locks it lost. The fence is owed, on disk (here
+// through a crash of the metadata server too), and delivered when the target is back.
+TEST(Locks, AFenceADataTargetMissedIsDeliveredWhenItIsBack) {
+  TestCluster cluster(withLockTimeout());
+  auto io = kj::setupAsyncIo();
+  {
+    DataClient joining(io, cluster.address(1), 12);
+    ASSERT_EQ(joining.write(80, "before"), 0);
+  }
+  cluster.stopServer(1, SIGKILL);
+  {
+    LockClient stuck(io, cluster.metaAddress(), 12), other(io, cluster.metaAddress(), 13);
+    stuck.enqueue(rpc::LockMode::PW).wait(io.waitScope);
+    // After the lock timeout and the fence's limit: the lock does not wait for the target.
+    EXPECT_GT(other.enqueue(rpc::LockMode::PW).wait(io.waitScope), 0u);
+  }
+  EXPECT_NE(readWhole(cluster.log(0)).find("data target 0 not reached within"), std::string::npos);
+  cluster.stopServer(0, SIGKILL);
+  ASSERT_TRUE(cluster.startServer(0));
+  ASSERT_TRUE(spin(
+      io,
+      [&] {
+        return readWhole(cluster.log(0)).find("1 client fences owed to data targets") !=
+               std::string::npos;
+      },
+      5000))
+      << readWhole(cluster.log(0));
+  ASSERT_TRUE(cluster.startServer(1));
+  ASSERT_TRUE(spin(
+      io,
+      [&] {
+        return readWhole(cluster.log(1))
+                   .find("evicting client 0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c (not connected)") !=
+               std::string::npos;
+      },
+      10000))
+      << readWhole(cluster.log(1));
+  EXPECT_TRUE(spin(
+      io,
+      [&] {
+        return readWhole(cluster.log(0)).find("fenced off data target 0") != std::string::npos;
+      },
+      5000));
+  // The client, back there, is told; what it had written before stays.
+  DataClient back(io, cluster.address(1), 12);
+  EXPECT_NE(readWhole(cluster.log(1)).find("is back after its eviction"), std::string::npos);
+  EXPECT_EQ(back.read(80, 6), "before");
+}
+
+// An owed fence is dropped once the client has come back to the metadata server and been told
+// of its eviction: it throws away what it had queued itself, and the fence, late, would only end
+// the session it makes with the data target afterwards.
+TEST(Locks, AnOwedFenceIsDroppedWhenTheClientKnowsOfItsEviction) {
+  TestCluster cluster(withLockTimeout());
+  auto io = kj::setupAsyncIo();
+  {
+    DataClient joining(io, cluster.address(1), 14);
+    ASSERT_EQ(joining.write(81, "before"), 0);
+  }
+  cluster.stopServer(1, SIGKILL);
+  LockClient stuck(io, cluster.metaAddress(), 14), other(io, cluster.metaAddress(), 15);
+  stuck.enqueue(rpc::LockMode::PW).wait(io.waitScope);
+  EXPECT_GT(other.enqueue(rpc::LockMode::PW).wait(io.waitScope), 0u);
+  stuck.disconnect();
+  stuck.connect(cluster.metaAddress(), 14);
+  EXPECT_TRUE(stuck.evicted);
+  EXPECT_NE(readWhole(cluster.log(0)).find("knows of its eviction: 1 fences owed for it dropped"),
+            std::string::npos)
+      << readWhole(cluster.log(0));
+  ASSERT_TRUE(cluster.startServer(1));
+  // Registered again, the target would have been sent an owed fence at once; a retry's time
+  // (ClientFence::RETRY, 2 s) is given as well.
+  ASSERT_TRUE(spin(
+      io,
+      [&] {
+        auto log = readWhole(cluster.log(0));
+        return log.find("data target 0 registered") != log.rfind("data target 0 registered");
+      },
+      10000));
+  io.provider->getTimer().afterDelay(2500 * kj::MILLISECONDS).wait(io.waitScope);
+  EXPECT_EQ(readWhole(cluster.log(1)).find("evicting client 0e0e"), std::string::npos);
+  // Back at the data target, it is a client of the previous instance, not one told it was
+  // evicted.
+  DataClient back(io, cluster.address(1), 14);
+  EXPECT_EQ(readWhole(cluster.log(1)).find("is back after its eviction"), std::string::npos);
+}
+
 TEST(Locks, BadLockRequestsAreRefused) {
   TestCluster cluster(withLockTimeout());
   auto io = kj::setupAsyncIo();

@@ -325,6 +325,23 @@ TEST(Locks, AClientFencedWhileADataTargetHadNoSessionOfItIsToldAtItsReturn) {
   EXPECT_EQ(back.read(79, 6), "before");  // what it had written before stays
 }
 
+// Client `uuidByte` joins data target 0 and writes `object` there; the target crashes; the
+// client, stuck on a lock another client (`uuidByte` + 1) wants, is evicted while the target is
+// down: the lock goes after the fence's limit.
+void evictWhileTheDataTargetIsDown(TestCluster& cluster, kj::AsyncIoContext& io, kj::byte uuidByte,
+                                   uint64_t object) {
+  {
+    DataClient joining(io, cluster.address(1), uuidByte);
+    ASSERT_EQ(joining.write(object, "before"), 0);
+  }
+  cluster.stopServer(1, SIGKILL);
+  LockClient stuck(io, cluster.metaAddress(), uuidByte);
+  LockClient other(io, cluster.metaAddress(), kj::byte(uuidByte + 1));
+  stuck.enqueue(rpc::LockMode::PW).wait(io.waitScope);
+  EXPECT_GT(other.enqueue(rpc::LockMode::PW).wait(io.waitScope), 0u);
+  EXPECT_NE(readWhole(cluster.log(0)).find("data target 0 not reached within"), std::string::npos);
+}
+
 // A data target that is down when a client is fenced (a crash, a restart that takes long) must
 // not hold the lock up for good, but it must not miss the fence either: the client, waking up,
 // could send there what it had queued under the locks it lost. The fence is owed, on disk (here
@@ -332,18 +349,7 @@ TEST(Locks, AClientFencedWhileADataTargetHadNoSessionOfItIsToldAtItsReturn) {
 TEST(Locks, AFenceADataTargetMissedIsDeliveredWhenItIsBack) {
   TestCluster cluster(withLockTimeout());
   auto io = kj::setupAsyncIo();
-  {
-    DataClient joining(io, cluster.address(1), 12);
-    ASSERT_EQ(joining.write(80, "before"), 0);
-  }
-  cluster.stopServer(1, SIGKILL);
-  {
-    LockClient stuck(io, cluster.metaAddress(), 12), other(io, cluster.metaAddress(), 13);
-    stuck.enqueue(rpc::LockMode::PW).wait(io.waitScope);
-    // After the lock timeout and the fence's limit: the lock does not wait for the target.
-    EXPECT_GT(other.enqueue(rpc::LockMode::PW).wait(io.waitScope), 0u);
-  }
-  EXPECT_NE(readWhole(cluster.log(0)).find("data target 0 not reached within"), std::string::npos);
+  evictWhileTheDataTargetIsDown(cluster, io, 12, 80);
   cluster.stopServer(0, SIGKILL);
   ASSERT_TRUE(cluster.startServer(0));
   ASSERT_TRUE(spin(
@@ -382,17 +388,9 @@ TEST(Locks, AFenceADataTargetMissedIsDeliveredWhenItIsBack) {
 TEST(Locks, AnOwedFenceIsDroppedWhenTheClientKnowsOfItsEviction) {
   TestCluster cluster(withLockTimeout());
   auto io = kj::setupAsyncIo();
-  {
-    DataClient joining(io, cluster.address(1), 14);
-    ASSERT_EQ(joining.write(81, "before"), 0);
-  }
-  cluster.stopServer(1, SIGKILL);
-  LockClient stuck(io, cluster.metaAddress(), 14), other(io, cluster.metaAddress(), 15);
-  stuck.enqueue(rpc::LockMode::PW).wait(io.waitScope);
-  EXPECT_GT(other.enqueue(rpc::LockMode::PW).wait(io.waitScope), 0u);
-  stuck.disconnect();
-  stuck.connect(cluster.metaAddress(), 14);
-  EXPECT_TRUE(stuck.evicted);
+  evictWhileTheDataTargetIsDown(cluster, io, 14, 81);
+  LockClient back(io, cluster.metaAddress(), 14);
+  EXPECT_TRUE(back.evicted);
   EXPECT_NE(readWhole(cluster.log(0)).find("knows of its eviction: 1 fences owed for it dropped"),
             std::string::npos)
       << readWhole(cluster.log(0));
@@ -410,7 +408,7 @@ TEST(Locks, AnOwedFenceIsDroppedWhenTheClientKnowsOfItsEviction) {
   EXPECT_EQ(readWhole(cluster.log(1)).find("evicting client 0e0e"), std::string::npos);
   // Back at the data target, it is a client of the previous instance, not one told it was
   // evicted.
-  DataClient back(io, cluster.address(1), 14);
+  DataClient data(io, cluster.address(1), 14);
   EXPECT_EQ(readWhole(cluster.log(1)).find("is back after its eviction"), std::string::npos);
 }
 

@@ -163,12 +163,12 @@ void ClientFence::forget(const std::string& key) {
 }
 
 void ClientFence::clientBack(kj::ArrayPtr<const kj::byte> uuid) {
+  // Keys start with the uuid: the client's fences are one run of the ordered map.
   auto first = keyOf(uuid, 0);
-  auto end = owed_.lower_bound(first);
   kj::Vector<std::string> dropped;
-  for (; end != owed_.end() && end->first.compare(0, UUID_BYTES, first, 0, UUID_BYTES) == 0;
-       ++end) {
-    dropped.add(end->first);
+  for (auto it = owed_.lower_bound(first);
+       it != owed_.end() && it->first.compare(0, UUID_BYTES, first, 0, UUID_BYTES) == 0; ++it) {
+    dropped.add(it->first);
   }
   if (dropped.size() == 0) return;
   for (auto& key : dropped) forget(key);

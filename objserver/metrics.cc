@@ -135,6 +135,17 @@ kj::String renderMetrics(ServerContext& ctx) {
         double(target.lastCommitted()));
   gauge(out, "cairn_last_synced_transno", "the last transaction on disk",
         double(ctx.reportedSynced()));
+  KJ_IF_MAYBE (log, target.env().log()) {
+    gauge(out, "cairn_log_syncs_total",
+          "syncs a client waited for that the write-ahead log served (one sequential fdatasync)",
+          double(log->syncs()), "counter");
+    gauge(out, "cairn_log_bytes_total", "bytes appended to the write-ahead log",
+          double(log->bytesLogged()), "counter");
+    gauge(out, "cairn_log_gaps_total",
+          "transactions too large for the log (the syncs after them until the next checkpoint "
+          "are LMDB's)",
+          double(log->gaps()), "counter");
+  }
   gauge(out, "cairn_lmdb_map_used_bytes", "bytes of the LMDB map in use",
         double(target.env().usedBytes()));
   gauge(out, "cairn_lmdb_map_size_bytes", "the LMDB map's size (ENOSPC beyond)",

@@ -63,7 +63,7 @@ void ObjectStore::write(store::Txn& txn, uint64_t object, uint64_t offset,
       if (have < within) memset(buf + have, 0, within - have);
       memcpy(buf + within, piece.begin(), n);
       size_t len = kj::max(have, size_t(within + n));
-      txn.put(chunks_, key.ptr(), kj::arrayPtr(buf, len));
+      txn.putPatched(chunks_, key.ptr(), kj::arrayPtr(buf, len), within, n);
     }
     pos += n;
   }

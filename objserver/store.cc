@@ -1,6 +1,7 @@
 #include "objserver/store.h"
 
 #include <kj/debug.h>
+#include <spdlog/spdlog.h>
 
 #include "rpc/errors.h"
 
@@ -24,7 +25,10 @@ Bytes fromVal(const MDB_val& v) {
 
 Env::Env(kj::StringPtr dir, Options options) : mapSize_(options.mapSize) {
   check(mdb_env_create(&env_), "mdb_env_create");
-  KJ_ON_SCOPE_FAILURE(mdb_env_close(env_));
+  KJ_ON_SCOPE_FAILURE({
+    mdb_env_close(env_);
+    env_ = nullptr;
+  });
   check(mdb_env_set_mapsize(env_, options.mapSize), "mdb_env_set_mapsize");
   check(mdb_env_set_maxdbs(env_, options.maxDbs), "mdb_env_set_maxdbs");
   // NOSYNC: a commit survives a crash of this process at once; the syncer thread makes it
@@ -35,9 +39,20 @@ Env::Env(kj::StringPtr dir, Options options) : mapSize_(options.mapSize) {
   }
 }
 
+void Env::startLog(kj::StringPtr dir) {
+  KJ_REQUIRE(log_ == nullptr, "the log has started already");
+  logDb_ = openDb("log");
+  log_ = kj::heap<WriteAheadLog>(dir, env_, logDb_);
+}
+
 Env::~Env() noexcept(false) {
   if (env_ != nullptr) {
-    mdb_env_sync(env_, 1);
+    int rc = mdb_env_sync(env_, 1);
+    // Synced: LMDB holds everything the log does.
+    KJ_IF_MAYBE (l, log_) {
+      if (rc == 0) (*l)->removeAll();
+    }
+    log_ = nullptr;
     mdb_env_close(env_);
   }
 }
@@ -47,11 +62,49 @@ MDB_dbi Env::openDb(kj::StringPtr name) {
   MDB_dbi dbi;
   check(mdb_dbi_open(txn.get(), name.cStr(), MDB_CREATE, &dbi), "mdb_dbi_open");
   txn.commit();
+  while (dbNames_.size() <= dbi) dbNames_.add(kj::String());
+  dbNames_[dbi] = kj::str(name);
   return dbi;
 }
 
+kj::StringPtr Env::dbName(MDB_dbi dbi) const {
+  KJ_REQUIRE(dbi < dbNames_.size() && dbNames_[dbi].size() > 0,
+             "a database not opened through Env::openDb", dbi);
+  return dbNames_[dbi];
+}
+
+kj::Maybe<WriteAheadLog&> Env::log() {
+  KJ_IF_MAYBE (l, log_) {
+    return **l;
+  }
+  return nullptr;
+}
+
 void Env::sync() {
+  std::lock_guard<std::mutex> lock(checkpoint_);
+  kj::Maybe<uint64_t> through;
+  KJ_IF_MAYBE (l, log_) {
+    try {
+      through = (*l)->beginCheckpoint();
+    } catch (kj::Exception& e) {
+      // No new segment (a full disk, say): the old one stays until a later checkpoint can
+      // start one; syncs are LMDB's meanwhile.
+      spdlog::warn("cannot start a new write-ahead log segment: {}", e.getDescription().cStr());
+    }
+  }
   check(mdb_env_sync(env_, 1), "mdb_env_sync");
+  KJ_IF_MAYBE (l, log_) {
+    KJ_IF_MAYBE (t, through) {
+      (*l)->endCheckpoint(*t);
+    }
+  }
+}
+
+void Env::syncCommitted() {
+  KJ_IF_MAYBE (l, log_) {
+    if ((*l)->sync()) return;
+  }
+  sync();
 }
 
 uint64_t Env::usedBytes() {
@@ -93,11 +146,11 @@ void Env::requireSpace(Txn& txn, uint64_t bytes) {
   if (freeBytes(txn, need) < need) throw FsError(ENOSPC);
 }
 
-Txn::Txn(Env& env, Mode mode) {
+Txn::Txn(Env& env, Mode mode) : env_(env) {
   check(mdb_txn_begin(env.get(), nullptr, mode == READ ? MDB_RDONLY : 0, &txn_), "mdb_txn_begin");
 }
 
-Txn::Txn(Txn& parent) {
+Txn::Txn(Txn& parent) : env_(parent.env_), parent_(&parent) {
   KJ_REQUIRE(parent.txn_ != nullptr, "nesting in a transaction that has ended");
   check(mdb_txn_begin(mdb_txn_env(parent.txn_), parent.txn_, 0, &txn_), "mdb_txn_begin(nested)");
 }
@@ -108,9 +161,25 @@ Txn::~Txn() noexcept(false) {
 
 void Txn::commit() {
   KJ_REQUIRE(txn_ != nullptr, "transaction already ended");
+  kj::Maybe<uint64_t> seq;
+  KJ_IF_MAYBE (log, env_.log_) {
+    if (parent_ == nullptr && record_.changed()) {
+      seq = (*log)->nextSeq();
+      U64Key value(KJ_ASSERT_NONNULL(seq));
+      MDB_val k = toVal(WriteAheadLog::SEQ_KEY.asBytes()), v = toVal(value.ptr());
+      check(mdb_put(txn_, env_.logDb_, &k, &v, 0), "mdb_put(log seq)");
+    }
+  }
   MDB_txn* t = txn_;
   txn_ = nullptr;  // mdb_txn_commit frees the transaction even when it fails
   check(mdb_txn_commit(t), "mdb_txn_commit");
+  if (parent_ != nullptr) {
+    parent_->record_.append(kj::mv(record_));
+    return;
+  }
+  KJ_IF_MAYBE (s, seq) {
+    KJ_ASSERT_NONNULL(env_.log_)->append(*s, record_);
+  }
 }
 
 kj::Maybe<Bytes> Txn::get(MDB_dbi dbi, Bytes key) {
@@ -124,6 +193,15 @@ kj::Maybe<Bytes> Txn::get(MDB_dbi dbi, Bytes key) {
 void Txn::put(MDB_dbi dbi, Bytes key, Bytes value, unsigned flags) {
   MDB_val k = toVal(key), v = toVal(value);
   check(mdb_put(txn_, dbi, &k, &v, flags), "mdb_put");
+  if (env_.log_ != nullptr) record_.put(env_.dbName(dbi), key, value);
+}
+
+void Txn::putPatched(MDB_dbi dbi, Bytes key, Bytes value, size_t at, size_t length) {
+  MDB_val k = toVal(key), v = toVal(value);
+  check(mdb_put(txn_, dbi, &k, &v, 0), "mdb_put");
+  if (env_.log_ != nullptr) {
+    record_.patch(env_.dbName(dbi), key, value.size(), at, value.slice(at, at + length));
+  }
 }
 
 bool Txn::del(MDB_dbi dbi, Bytes key) {
@@ -131,6 +209,7 @@ bool Txn::del(MDB_dbi dbi, Bytes key) {
   int rc = mdb_del(txn_, dbi, &k, nullptr);
   if (rc == MDB_NOTFOUND) return false;
   check(rc, "mdb_del");
+  if (env_.log_ != nullptr) record_.del(env_.dbName(dbi), key);
   return true;
 }
 
@@ -139,7 +218,7 @@ void Txn::putMessage(MDB_dbi dbi, Bytes key, capnp::MessageBuilder& message) {
   put(dbi, key, words.asBytes());
 }
 
-Cursor::Cursor(Txn& txn, MDB_dbi dbi) {
+Cursor::Cursor(Txn& txn, MDB_dbi dbi) : txn_(txn), dbi_(dbi) {
   check(mdb_cursor_open(txn.get(), dbi, &cursor_), "mdb_cursor_open");
 }
 
@@ -165,6 +244,11 @@ kj::Maybe<Cursor::Item> Cursor::first() {
   return op(MDB_FIRST);
 }
 void Cursor::del() {
+  if (txn_.env_.log_ != nullptr) {
+    MDB_val k, v;
+    check(mdb_cursor_get(cursor_, &k, &v, MDB_GET_CURRENT), "mdb_cursor_get(current)");
+    txn_.record_.del(txn_.env_.dbName(dbi_), fromVal(k));
+  }
   check(mdb_cursor_del(cursor_, 0), "mdb_cursor_del");
 }
 

@@ -2,8 +2,10 @@
 // check(), which throws: MDB_MAP_FULL (and a full disk) as FsError(ENOSPC), so a client gets
 // ENOSPC and the server keeps running; anything else as a kj exception naming the call.
 //
-// All transactions run on the server's event-loop thread and are kept short; only the syncer
-// thread touches the environment otherwise (mdb_env_sync is safe from any thread).
+// All transactions run on the server's event-loop thread and are kept short; only the syncer's
+// threads touch the environment otherwise (mdb_env_sync is safe from any thread). A target's
+// environment also keeps a write-ahead log (write_ahead_log.h): every top-level write
+// transaction that changed something hands its changes to it at commit.
 #pragma once
 
 #include <capnp/message.h>
@@ -15,6 +17,9 @@
 #include <lmdb.h>
 
 #include <cstdint>
+#include <mutex>
+
+#include "objserver/write_ahead_log.h"
 
 namespace cairn::store {
 
@@ -26,7 +31,7 @@ class Env {
 public:
   struct Options {
     uint64_t mapSize = uint64_t(1) << 40;  // address space only; the file grows as used
-    unsigned maxDbs = 16;
+    unsigned maxDbs = 32;
   };
   Env(kj::StringPtr dir, Options options);
   ~Env() noexcept(false);
@@ -34,7 +39,17 @@ public:
 
   MDB_env* get() { return env_; }
   MDB_dbi openDb(kj::StringPtr name);  // creates it if missing; call once at start-up
-  void sync();                         // flush everything committed so far to disk
+  // Keeps a write-ahead log beside the environment from now on (write_ahead_log.h), applying
+  // what the log holds that LMDB lacks; syncCommitted() is then cheap for small transactions.
+  // Once, at start-up, before any other write. A target's environment has one.
+  void startLog(kj::StringPtr dir);
+  kj::StringPtr dbName(MDB_dbi dbi) const;
+  // Flush everything committed so far to disk: an mdb_env_sync, which is also the log's
+  // checkpoint. Any thread.
+  void sync();
+  // Make everything committed so far durable, through the log when it can. Any thread.
+  void syncCommitted();
+  kj::Maybe<WriteAheadLog&> log();
   uint64_t mapSize() const { return mapSize_; }
   uint64_t usedBytes();
   // Bytes a transaction can still take: the untouched end of the map plus freed pages.
@@ -45,8 +60,14 @@ public:
   void requireSpace(class Txn& txn, uint64_t bytes);
 
 private:
+  friend class Txn;
+  friend class Cursor;
   MDB_env* env_ = nullptr;
   uint64_t mapSize_;
+  kj::Vector<kj::String> dbNames_;  // by handle
+  kj::Maybe<kj::Own<WriteAheadLog>> log_;
+  MDB_dbi logDb_ = 0;
+  std::mutex checkpoint_;  // one checkpoint at a time
 };
 
 class Txn {
@@ -60,10 +81,15 @@ public:
   KJ_DISALLOW_COPY(Txn);
 
   MDB_txn* get() { return txn_; }
+  // A top-level transaction that changed something also takes the log's next number and, once
+  // committed, goes to the log.
   void commit();
 
   kj::Maybe<Bytes> get(MDB_dbi dbi, Bytes key);
   void put(MDB_dbi dbi, Bytes key, Bytes value, unsigned flags = 0);
+  // The same, for a value that differs from the stored one (zero-extended or cut to its
+  // length) only in value[at, at + length): the log keeps just that part.
+  void putPatched(MDB_dbi dbi, Bytes key, Bytes value, size_t at, size_t length);
   // Returns false if the key was absent.
   bool del(MDB_dbi dbi, Bytes key);
 
@@ -71,7 +97,11 @@ public:
   void putMessage(MDB_dbi dbi, Bytes key, capnp::MessageBuilder& message);
 
 private:
+  friend class Cursor;
+  Env& env_;
+  Txn* parent_ = nullptr;
   MDB_txn* txn_ = nullptr;
+  LogRecord record_;  // kept only when the environment has a log
 };
 
 class Cursor {
@@ -91,6 +121,8 @@ public:
 
 private:
   kj::Maybe<Item> op(MDB_cursor_op op, Bytes key = nullptr);
+  Txn& txn_;
+  MDB_dbi dbi_;
   MDB_cursor* cursor_ = nullptr;
 };
 

@@ -1,7 +1,8 @@
 // Group commit. Transactions commit without fsync (a reply means "survives a crash of this
-// process"); this thread makes them survive a host crash, one mdb_env_sync for everything
-// committed so far, every `interval` or at once when someone waits (fsync on a client). Many
-// waiters share one sync.
+// process"); the syncer makes them survive a host crash. Two threads: one serves those who wait
+// (fsync on a client), many waiters sharing each sync, through the target's write-ahead log when
+// it can (one sequential fdatasync); the other checkpoints every `interval`: an mdb_env_sync of
+// everything committed so far, which lets the log's older segments go.
 #pragma once
 
 #include <kj/async.h>
@@ -29,7 +30,11 @@ public:
   kj::Promise<void> syncNow();
 
 private:
-  void run();
+  void serveWaiters();
+  void checkpoint();
+  // Runs one sync of either kind; true if it succeeded.
+  bool run(const char* what, void (store::Env::*sync)());
+  void published(uint64_t through);
 
   Target& target_;
   std::chrono::milliseconds interval_;
@@ -42,7 +47,8 @@ private:
     kj::Own<kj::CrossThreadPromiseFulfiller<void>> fulfiller;
   };
   std::deque<Waiter> waiters_;  // guarded by mutex_
-  std::thread thread_;
+  std::thread waiterThread_;
+  std::thread checkpointThread_;
 };
 
 }  // namespace cairn

@@ -1,5 +1,6 @@
 #include "objserver/target.h"
 
+#include <dirent.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -116,6 +117,8 @@ Target::Target(kj::StringPtr dir, rpc::TargetKind expectedKind, OpenOptions opti
     KJ_REQUIRE(txn.get(mainDb, "target"_kj.asBytes()) != nullptr,
                "this LMDB environment is not a Cairn target", dir);
   }
+  // Before anything is read: the log may hold commits LMDB lost in a host crash.
+  env_->startLog(dir);
   targetDb_ = env_->openDb("target");
 
   store::Txn txn(*env_, store::Txn::WRITE);
@@ -260,6 +263,15 @@ void Target::restoreBarrier() {
   if (!fileExists(copy)) return;
   KJ_SYSCALL(rename(copy.cStr(), kj::str(dir_, "/data.mdb").cStr()));
   KJ_SYSCALL(rmdir(path.cStr()));
+  // The log holds the commits after the barrier too; a host crash would have lost them with it.
+  DIR* d = opendir(dir_.cStr());
+  if (d == nullptr) KJ_FAIL_SYSCALL("opendir", errno, dir_);
+  KJ_DEFER(closedir(d));
+  while (struct dirent* e = readdir(d)) {
+    if (kj::StringPtr(e->d_name).startsWith("wal.")) {
+      KJ_SYSCALL(unlink(kj::str(dir_, "/", e->d_name).cStr()));
+    }
+  }
   spdlog::warn("target {}: replay barrier: commits after it discarded, as a host crash would",
                dir_.cStr());
 }

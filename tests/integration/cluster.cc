@@ -472,6 +472,10 @@ std::string TestCluster::mountLog(int index) const {
   return readFile(mounts_.at(index).log);
 }
 
+std::string TestCluster::serverLog(int server) const {
+  return readFile(servers_.at(server).log);
+}
+
 int TestCluster::stopServer(int server, int sig) {
   auto& s = servers_.at(server);
   int status = s.proc ? s.proc->stop(sig) : -1;

@@ -120,6 +120,7 @@ public:
   // Sends a mount's daemon a signal (SIGSTOP/SIGCONT: a client that hangs).
   void signalMount(int index, int sig);
   std::string mountLog(int index) const;
+  std::string serverLog(int server) const;  // its log file, every instance's
   pid_t mountPid(int index) const;
 
   // Stops a server (SIGTERM: clean, SIGKILL: crash) and returns its exit status.

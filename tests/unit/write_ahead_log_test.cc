@@ -1,0 +1,286 @@
+// The write-ahead log over real LMDB files. A host crash is played by putting together what a
+// disk could hold afterwards: LMDB's file as of an earlier point (its later pages never
+// written) and the log's segments as they are.
+#include "objserver/write_ahead_log.h"
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "objserver/store.h"
+#include "tests/unit/temp_dir.h"
+
+namespace cairn {
+namespace {
+
+namespace fs = std::filesystem;
+
+store::Bytes b(kj::StringPtr s) {
+  return s.asBytes();
+}
+
+// An environment with its log, as a target has.
+kj::Own<store::Env> logged(const std::string& dir) {
+  auto env = kj::heap<store::Env>(dir.c_str(), store::Env::Options{});
+  env->startLog(dir.c_str());
+  return env;
+}
+
+void put(store::Env& env, MDB_dbi dbi, kj::StringPtr key, kj::StringPtr value) {
+  store::Txn txn(env, store::Txn::WRITE);
+  txn.put(dbi, b(key), b(value));
+  txn.commit();
+}
+
+kj::Maybe<std::string> get(store::Env& env, MDB_dbi dbi, kj::StringPtr key) {
+  store::Txn txn(env, store::Txn::READ);
+  KJ_IF_MAYBE (v, txn.get(dbi, b(key))) {
+    return std::string(v->asChars().begin(), v->size());
+  }
+  return nullptr;
+}
+
+std::string valueOf(store::Env& env, MDB_dbi dbi, kj::StringPtr key) {
+  KJ_IF_MAYBE (v, get(env, dbi, key)) {
+    return *v;
+  }
+  return "<absent>";
+}
+
+// What the disk holds after the crash: `lmdb` (an earlier copy of data.mdb) and the log's
+// segments from `live` as they are now.
+void crashInto(const std::string& live, const std::string& lmdb, const std::string& to) {
+  fs::create_directories(to);
+  fs::copy_file(lmdb, to + "/data.mdb");
+  for (auto& e : fs::directory_iterator(live)) {
+    auto name = e.path().filename().string();
+    if (name.rfind("wal.", 0) == 0) fs::copy_file(e.path(), to + "/" + name);
+  }
+}
+
+std::string snapshot(const std::string& dir, const std::string& name) {
+  auto to = dir + "/" + name;
+  fs::copy_file(dir + "/live/data.mdb", to);
+  return to;
+}
+
+bool anyFileEndingIn(const std::string& dir, const std::string& suffix) {
+  for (auto& e : fs::directory_iterator(dir)) {
+    auto name = e.path().filename().string();
+    if (name.size() >= suffix.size() &&
+        name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0) {
+      return true;
+    }
+  }
+  return false;
+}
+
+TEST(WriteAheadLog, CommitsLmdbLostAreAppliedFromTheLog) {
+  TempDir dir;
+  auto live = dir.path() + "/live";
+  fs::create_directories(live);
+  auto envOwn = logged(live);
+  auto& env = *envOwn;
+  MDB_dbi dbi = env.openDb("t");
+  put(env, dbi, "kept", "1");
+  put(env, dbi, "gone", "x");
+  put(env, dbi, "chunk", "hello world");
+  env.sync();  // a checkpoint: LMDB on disk
+  auto earlier = snapshot(dir.path(), "earlier.mdb");
+
+  put(env, dbi, "new", "2");
+  {
+    store::Txn txn(env, store::Txn::WRITE);
+    EXPECT_TRUE(txn.del(dbi, b("gone")));
+    // "hello world" -> "hello WORLD!!": only the changed part is logged.
+    txn.putPatched(dbi, b("chunk"), b("hello WORLD!!"), 6, 7);
+    txn.commit();
+  }
+  {
+    // A nested transaction that commits joins its parent's record; one that aborts leaves
+    // nothing in either.
+    store::Txn txn(env, store::Txn::WRITE);
+    {
+      store::Txn one(txn);
+      one.put(dbi, b("nested"), b("yes"));
+      one.commit();
+    }
+    {
+      store::Txn two(txn);
+      two.put(dbi, b("aborted"), b("no"));
+    }
+    txn.commit();
+  }
+  auto& log = KJ_ASSERT_NONNULL(env.log());
+  uint64_t syncs = log.syncs();
+  env.syncCommitted();
+  EXPECT_EQ(log.syncs(), syncs + 1) << "small transactions sync through the log";
+
+  auto after = dir.path() + "/after";
+  crashInto(live, earlier, after);
+  {
+    auto backOwn = logged(after);
+    auto& back = *backOwn;
+    MDB_dbi t = back.openDb("t");
+    EXPECT_EQ(valueOf(back, t, "kept"), "1");
+    EXPECT_EQ(valueOf(back, t, "new"), "2");
+    EXPECT_EQ(valueOf(back, t, "gone"), "<absent>");
+    EXPECT_EQ(valueOf(back, t, "chunk"), "hello WORLD!!");
+    EXPECT_EQ(valueOf(back, t, "nested"), "yes");
+    EXPECT_EQ(valueOf(back, t, "aborted"), "<absent>");
+    // Replayed, synced, and the log started afresh: what it held is now LMDB's.
+    put(back, t, "later", "3");
+  }
+  // Closed cleanly: no log left behind, and everything in LMDB.
+  EXPECT_FALSE(anyFileEndingIn(after, ".unreplayed"));
+  for (auto& e : fs::directory_iterator(after)) {
+    EXPECT_NE(e.path().filename().string().rfind("wal.", 0), 0u) << e.path();
+  }
+  auto againOwn = logged(after);
+  auto& again = *againOwn;
+  MDB_dbi t = again.openDb("t");
+  EXPECT_EQ(valueOf(again, t, "new"), "2");
+  EXPECT_EQ(valueOf(again, t, "later"), "3");
+}
+
+TEST(WriteAheadLog, ATornLastRecordEndsTheLog) {
+  TempDir dir;
+  auto live = dir.path() + "/live";
+  fs::create_directories(live);
+  auto envOwn = logged(live);
+  auto& env = *envOwn;
+  MDB_dbi dbi = env.openDb("t");
+  env.sync();
+  auto earlier = snapshot(dir.path(), "earlier.mdb");
+  put(env, dbi, "a", "1");
+  put(env, dbi, "b", "2");
+  env.syncCommitted();
+
+  auto after = dir.path() + "/after";
+  crashInto(live, earlier, after);
+  // The host went down in the middle of the last append: its last byte never reached the
+  // disk (segments end in zeros, written ahead of the records).
+  bool cut = false;
+  for (auto& e : fs::directory_iterator(after)) {
+    if (e.path().filename().string().rfind("wal.", 0) != 0) continue;
+    std::ifstream in(e.path(), std::ios::binary);
+    std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    auto last = bytes.find_last_not_of('\0');
+    if (last != std::string::npos && last > 64) {
+      fs::resize_file(e.path(), last);
+      cut = true;
+    }
+  }
+  ASSERT_TRUE(cut);
+  auto backOwn = logged(after);
+  auto& back = *backOwn;
+  MDB_dbi t = back.openDb("t");
+  EXPECT_EQ(valueOf(back, t, "a"), "1");
+  EXPECT_EQ(valueOf(back, t, "b"), "<absent>");
+  EXPECT_FALSE(anyFileEndingIn(after, ".unreplayed"));
+}
+
+TEST(WriteAheadLog, ATransactionTooLargeToLogSyncsThroughLmdbAndStopsAReplay) {
+  TempDir dir;
+  auto live = dir.path() + "/live";
+  fs::create_directories(live);
+  auto envOwn = logged(live);
+  auto& env = *envOwn;
+  MDB_dbi dbi = env.openDb("t");
+  env.sync();
+  auto earlier = snapshot(dir.path(), "earlier.mdb");
+  put(env, dbi, "small", "1");
+  std::string big(store::LogRecord::LIMIT + 1, 'b');
+  put(env, dbi, "big", kj::StringPtr(big.c_str()));
+  put(env, dbi, "after", "2");
+  auto& log = KJ_ASSERT_NONNULL(env.log());
+  EXPECT_EQ(log.gaps(), 1u);
+  // What the disk holds if the host goes down before any sync.
+  auto after = dir.path() + "/after";
+  crashInto(live, earlier, after);
+
+  uint64_t syncs = log.syncs();
+  env.syncCommitted();
+  EXPECT_EQ(log.syncs(), syncs) << "the log cannot cover the large transaction: LMDB synced";
+  // Once a checkpoint has LMDB on disk past the gap, the log serves syncs again.
+  put(env, dbi, "next", "3");
+  env.syncCommitted();
+  EXPECT_EQ(log.syncs(), syncs + 1);
+
+  // The replay applies what comes before the gap and nothing after it.
+  auto backOwn = logged(after);
+  auto& back = *backOwn;
+  MDB_dbi t = back.openDb("t");
+  EXPECT_EQ(valueOf(back, t, "small"), "1");
+  EXPECT_EQ(valueOf(back, t, "big"), "<absent>");
+  EXPECT_EQ(valueOf(back, t, "after"), "<absent>");
+  EXPECT_TRUE(anyFileEndingIn(after, ".unreplayed"));
+}
+
+TEST(WriteAheadLog, AnLmdbFileOlderThanItsLogIsNotPatchedUp) {
+  TempDir dir;
+  auto live = dir.path() + "/live";
+  fs::create_directories(live);
+  auto envOwn = logged(live);
+  auto& env = *envOwn;
+  MDB_dbi dbi = env.openDb("t");
+  env.sync();
+  auto restored = snapshot(dir.path(), "restored.mdb");  // say, an old backup
+  // Enough checkpoints that the segments holding the first records have been reused.
+  for (int i = 0; i < 6; ++i) {
+    put(env, dbi, kj::str("k", i), "v");
+    env.sync();
+  }
+  put(env, dbi, "last", "v");
+  env.syncCommitted();
+
+  auto after = dir.path() + "/after";
+  crashInto(live, restored, after);
+  auto backOwn = logged(after);
+  auto& back = *backOwn;
+  MDB_dbi t = back.openDb("t");
+  // Applying later transactions over a state they did not follow would mix two states.
+  EXPECT_EQ(valueOf(back, t, "last"), "<absent>");
+  EXPECT_EQ(valueOf(back, t, "k5"), "<absent>");
+  EXPECT_TRUE(anyFileEndingIn(after, ".unreplayed"));
+}
+
+TEST(WriteAheadLog, AForeignFileWhereASegmentShouldBeIsRefused) {
+  TempDir dir;
+  {
+    auto envOwn = logged(dir.path());
+    auto& env = *envOwn;
+    put(env, env.openDb("t"), "k", "v");
+  }
+  std::ofstream(dir.path() + "/wal.0") << std::string(4096, 'g');
+  try {
+    logged(dir.path());
+    ADD_FAILURE() << "opened with a foreign segment";
+  } catch (kj::Exception& e) {
+    EXPECT_NE(std::string(e.getDescription().cStr()).find("not a Cairn write-ahead log"),
+              std::string::npos)
+        << e.getDescription().cStr();
+  }
+}
+
+TEST(WriteAheadLog, MalformedPayloadsAreRejected) {
+  store::LogRecord record;
+  record.put("db", b("key"), b("value"));
+  auto whole = record.payload();
+  size_t ops = 0;
+  store::LogRecord::forEach(whole, [&](const store::LogRecord::Op&) { ++ops; });
+  EXPECT_EQ(ops, 1u);
+  for (size_t cut = 1; cut < whole.size(); ++cut) {
+    EXPECT_ANY_THROW(
+        store::LogRecord::forEach(whole.slice(0, cut), [](const store::LogRecord::Op&) {}))
+        << cut;
+  }
+  kj::byte unknown[] = {9, 0, 0};
+  EXPECT_ANY_THROW(
+      store::LogRecord::forEach(kj::arrayPtr(unknown, 3), [](const store::LogRecord::Op&) {}));
+}
+
+}  // namespace
+}  // namespace cairn

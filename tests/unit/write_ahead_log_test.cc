@@ -4,6 +4,8 @@
 #include "objserver/write_ahead_log.h"
 
 #include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -263,6 +265,46 @@ TEST(WriteAheadLog, AForeignFileWhereASegmentShouldBeIsRefused) {
               std::string::npos)
         << e.getDescription().cStr();
   }
+}
+
+// A log that cannot grow (a full disk; played with a file size limit) loses nothing: the
+// commits go on, their syncs are LMDB's until the next checkpoint starts a new segment.
+TEST(WriteAheadLog, ALogThatCannotGrowFallsBackToLmdbsSync) {
+  TempDir dir;
+  auto envOwn = logged(dir.path());
+  auto& env = *envOwn;
+  MDB_dbi dbi = env.openDb("t");
+  auto& log = KJ_ASSERT_NONNULL(env.log());
+  struct rlimit old;
+  ASSERT_EQ(getrlimit(RLIMIT_FSIZE, &old), 0);
+  auto oldHandler = signal(SIGXFSZ, SIG_IGN);
+  struct rlimit limit = old;
+  limit.rlim_cur = 1 << 20;  // one step of a segment's growth, and LMDB's file stays below it
+  ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &limit), 0);
+  // The same key written and removed again: the log grows, LMDB's file does not.
+  std::string value(8000, 'v');
+  int n = 0;
+  while (log.gaps() == 0 && n < 1000) {
+    put(env, dbi, "churn", kj::StringPtr(value.c_str()));
+    store::Txn txn(env, store::Txn::WRITE);
+    txn.del(dbi, b("churn"));
+    txn.commit();
+    ++n;
+  }
+  ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &old), 0);
+  signal(SIGXFSZ, oldHandler);
+  ASSERT_GE(log.gaps(), 1u) << "the segment never filled";
+
+  uint64_t syncs = log.syncs();
+  put(env, dbi, "after", "1");
+  env.syncCommitted();
+  EXPECT_EQ(log.syncs(), syncs) << "synced through LMDB";
+  put(env, dbi, "later", "2");
+  env.syncCommitted();
+  EXPECT_EQ(log.syncs(), syncs + 1) << "a new segment after the checkpoint";
+  EXPECT_EQ(valueOf(env, dbi, "churn"), "<absent>");
+  EXPECT_EQ(valueOf(env, dbi, "after"), "1");
+  EXPECT_EQ(valueOf(env, dbi, "later"), "2");
 }
 
 TEST(WriteAheadLog, MalformedPayloadsAreRejected) {

@@ -39,20 +39,36 @@ Env::Env(kj::StringPtr dir, Options options) : mapSize_(options.mapSize) {
   }
 }
 
-void Env::startLog(kj::StringPtr dir) {
+void Env::startLog(kj::StringPtr dir, kj::String bootId) {
   KJ_REQUIRE(log_ == nullptr, "the log has started already");
   logDb_ = openDb("log");
-  log_ = kj::heap<WriteAheadLog>(dir, env_, logDb_);
+  snapshot_ = kj::heap<CheckpointSnapshot>(dir, env_, kj::mv(bootId));
+  log_ = kj::heap<WriteAheadLog>(dir, env_, logDb_, [this]() { checkpointSnapshot(); });
+}
+
+void Env::checkpointSnapshot() {
+  KJ_IF_MAYBE (s, snapshot_) {
+    auto capture = (*s)->capture();
+    check(mdb_env_sync(env_, 1), "mdb_env_sync");
+    (*s)->saved(kj::mv(capture));
+  }
 }
 
 Env::~Env() noexcept(false) {
   if (env_ != nullptr) {
     int rc = mdb_env_sync(env_, 1);
-    // Synced: LMDB holds everything the log does.
-    KJ_IF_MAYBE (l, log_) {
-      if (rc == 0) (*l)->removeAll();
+    // Synced: LMDB is whole and holds everything the log does. The saved checkpoint goes
+    // first: found without the log after a crash, it would take LMDB back past what it held.
+    if (rc == 0) {
+      KJ_IF_MAYBE (s, snapshot_) {
+        (*s)->remove();
+      }
+      KJ_IF_MAYBE (l, log_) {
+        (*l)->removeAll();
+      }
     }
     log_ = nullptr;
+    snapshot_ = nullptr;  // ends its reader: LMDB closes with no transaction open
     mdb_env_close(env_);
   }
 }
@@ -92,7 +108,18 @@ void Env::sync() {
       spdlog::warn("cannot start a new write-ahead log segment: {}", e.getDescription().cStr());
     }
   }
+  // Taken after the log's new segment began, so the log holds everything after it.
+  kj::Maybe<CheckpointSnapshot::Capture> capture;
+  KJ_IF_MAYBE (s, snapshot_) {
+    capture = (*s)->capture();
+  }
   check(mdb_env_sync(env_, 1), "mdb_env_sync");
+  KJ_IF_MAYBE (s, snapshot_) {
+    KJ_IF_MAYBE (c, capture) {
+      (*s)->saved(kj::mv(*c));
+    }
+  }
+  // Only once the side file names this checkpoint may the log let go of what came before it.
   KJ_IF_MAYBE (l, log_) {
     KJ_IF_MAYBE (t, through) {
       (*l)->endCheckpoint(*t);

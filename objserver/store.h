@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <mutex>
 
+#include "objserver/checkpoint_snapshot.h"
 #include "objserver/write_ahead_log.h"
 
 namespace cairn::store {
@@ -41,14 +42,17 @@ public:
   MDB_dbi openDb(kj::StringPtr name);  // creates it if missing; call once at start-up
   // Keeps a write-ahead log beside the environment from now on (write_ahead_log.h), applying
   // what the log holds that LMDB lacks; syncCommitted() is then cheap for small transactions.
-  // Once, at start-up, before any other write. A target's environment has one.
-  void startLog(kj::StringPtr dir);
+  // Once, at start-up, before any other write. A target's environment has one, and with it
+  // the checkpoint's snapshot kept whole (checkpoint_snapshot.h); `bootId` is the kernel's.
+  void startLog(kj::StringPtr dir, kj::String bootId);
   kj::StringPtr dbName(MDB_dbi dbi) const;
   // Flush everything committed so far to disk: an mdb_env_sync, which is also the log's
   // checkpoint. Any thread.
   void sync();
   // Make everything committed so far durable, through the log when it can. Any thread.
   void syncCommitted();
+  // A checkpoint with the log's segments left alone (the log's own start).
+  void checkpointSnapshot();
   kj::Maybe<WriteAheadLog&> log();
   uint64_t mapSize() const { return mapSize_; }
   uint64_t usedBytes();
@@ -65,6 +69,7 @@ private:
   MDB_env* env_ = nullptr;
   uint64_t mapSize_;
   kj::Vector<kj::String> dbNames_;  // by handle
+  kj::Maybe<kj::Own<CheckpointSnapshot>> snapshot_;
   kj::Maybe<kj::Own<WriteAheadLog>> log_;
   MDB_dbi logDb_ = 0;
   std::mutex checkpoint_;  // one checkpoint at a time

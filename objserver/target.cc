@@ -106,6 +106,9 @@ Target::Target(kj::StringPtr dir, rpc::TargetKind expectedKind, OpenOptions opti
 
   store::Env::Options envOptions;
   envOptions.mapSize = options.mapSize;
+  // After a host crash LMDB's file may hold pages written out of order: back to the last
+  // checkpoint, which is whole (the log has the rest).
+  store::CheckpointSnapshot::restoreAfterHostCrash(dir, store::CheckpointSnapshot::currentBootId());
   env_ = kj::heap<store::Env>(dir, envOptions);
 
   // A foreign LMDB environment has no "target" database; mdb_dbi_open would create one, so look
@@ -118,7 +121,7 @@ Target::Target(kj::StringPtr dir, rpc::TargetKind expectedKind, OpenOptions opti
                "this LMDB environment is not a Cairn target", dir);
   }
   // Before anything is read: the log may hold commits LMDB lost in a host crash.
-  env_->startLog(dir);
+  env_->startLog(dir, store::CheckpointSnapshot::currentBootId());
   targetDb_ = env_->openDb("target");
 
   store::Txn txn(*env_, store::Txn::WRITE);
@@ -268,7 +271,8 @@ void Target::restoreBarrier() {
   if (d == nullptr) KJ_FAIL_SYSCALL("opendir", errno, dir_);
   KJ_DEFER(closedir(d));
   while (struct dirent* e = readdir(d)) {
-    if (kj::StringPtr(e->d_name).startsWith("wal.")) {
+    kj::StringPtr name = e->d_name;
+    if (name.startsWith("wal.") || name == "checkpoint.meta") {
       KJ_SYSCALL(unlink(kj::str(dir_, "/", e->d_name).cStr()));
     }
   }

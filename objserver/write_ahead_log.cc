@@ -227,9 +227,10 @@ struct WriteAheadLog::Segment {
   uint64_t allocated = 0;  // written through (with zeros at first) here
 };
 
-WriteAheadLog::WriteAheadLog(kj::StringPtr dir, MDB_env* env, MDB_dbi logDb)
+WriteAheadLog::WriteAheadLog(kj::StringPtr dir, MDB_env* env, MDB_dbi logDb,
+                             const std::function<void()>& replayed)
     : dir_(kj::str(dir)), syncing_(false) {
-  replay(env, logDb);
+  replay(env, logDb, replayed);
   auto fresh = create();
   auto state = state_.lockExclusive();
   state->segments.add(kj::mv(fresh));
@@ -423,7 +424,7 @@ void WriteAheadLog::removeAll() {
   }
 }
 
-void WriteAheadLog::replay(MDB_env* env, MDB_dbi logDb) {
+void WriteAheadLog::replay(MDB_env* env, MDB_dbi logDb, const std::function<void()>& replayed) {
   // Segments in the order they were written: by generation, whatever file they reuse.
   struct Found {
     uint64_t generation;
@@ -553,6 +554,7 @@ void WriteAheadLog::replay(MDB_env* env, MDB_dbi logDb) {
   KJ_REQUIRE(rc == 0, "mdb_txn_commit after replaying the log", mdb_strerror(rc));
   rc = mdb_env_sync(env, 1);
   KJ_REQUIRE(rc == 0, "mdb_env_sync after replaying the log", mdb_strerror(rc));
+  replayed();
   if (applied > 0) {
     spdlog::info("write-ahead log of {}: applied {} transactions LMDB lacked ({} through {})",
                  dir_.cStr(), applied, inLmdb + 1, lastSeq_);

@@ -79,9 +79,12 @@ private:
 class WriteAheadLog {
 public:
   // Opens the log of the LMDB environment in `dir` (already open as `env`): applies what it
-  // holds past the environment's sequence number, syncs the environment, and starts a new
-  // segment. Throws on a segment that is not a log (a foreign file); a torn tail is normal.
-  WriteAheadLog(kj::StringPtr dir, MDB_env* env, MDB_dbi logDb);
+  // holds past the environment's sequence number, syncs the environment, calls `replayed`
+  // (the first checkpoint: what the log held is not needed past it), then deletes the old
+  // segments and starts a new one. Throws on a segment that is not a log (a foreign file); a
+  // torn tail is normal.
+  WriteAheadLog(kj::StringPtr dir, MDB_env* env, MDB_dbi logDb,
+                const std::function<void()>& replayed);
   ~WriteAheadLog() noexcept(false);
   KJ_DISALLOW_COPY(WriteAheadLog);
 
@@ -114,7 +117,7 @@ private:
   kj::Own<Segment> create();
   // Writes zeros past the segment's end up to a whole number of GROWTH bytes covering `to`.
   bool grow(Segment& segment, uint64_t to);
-  void replay(MDB_env* env, MDB_dbi logDb);
+  void replay(MDB_env* env, MDB_dbi logDb, const std::function<void()>& replayed);
 
   kj::String dir_;
   uint64_t lastSeq_ = 0;  // event-loop thread only

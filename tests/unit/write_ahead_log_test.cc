@@ -10,6 +10,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <map>
 
 #include "objserver/store.h"
 #include "tests/unit/temp_dir.h"
@@ -23,10 +24,10 @@ store::Bytes b(kj::StringPtr s) {
   return s.asBytes();
 }
 
-// An environment with its log, as a target has.
-kj::Own<store::Env> logged(const std::string& dir) {
+// An environment with its log, as a target has, on the boot `boot` (the kernel's boot id).
+kj::Own<store::Env> logged(const std::string& dir, kj::StringPtr boot = "boot-a") {
   auto env = kj::heap<store::Env>(dir.c_str(), store::Env::Options{});
-  env->startLog(dir.c_str());
+  env->startLog(dir.c_str(), kj::str(boot));
   return env;
 }
 
@@ -275,25 +276,34 @@ TEST(WriteAheadLog, ALogThatCannotGrowFallsBackToLmdbsSync) {
   auto& env = *envOwn;
   MDB_dbi dbi = env.openDb("t");
   auto& log = KJ_ASSERT_NONNULL(env.log());
+  // Free pages in LMDB's file that the commits below can take, so that LMDB's file stays below
+  // the limit while the log has to grow past it (a checkpoint's snapshot keeps the pages freed
+  // after it; these were freed before).
+  std::string pad(1536 << 10, 'p');
+  put(env, dbi, "pad", kj::StringPtr(pad.c_str()));
+  {
+    store::Txn txn(env, store::Txn::WRITE);
+    txn.del(dbi, b("pad"));
+    txn.commit();
+  }
+  put(env, dbi, "mark", "1");
+  env.sync();
+  uint64_t lmdbSize = fs::file_size(dir.path() + "/data.mdb");
+  ASSERT_LT(lmdbSize, uint64_t(1900) << 10);
   struct rlimit old;
   ASSERT_EQ(getrlimit(RLIMIT_FSIZE, &old), 0);
   auto oldHandler = signal(SIGXFSZ, SIG_IGN);
   struct rlimit limit = old;
-  limit.rlim_cur = 1 << 20;  // one step of a segment's growth, and LMDB's file stays below it
+  limit.rlim_cur = 1900 << 10;  // above LMDB's file, below the log's second MiB
   ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &limit), 0);
-  // The same key written and removed again: the log grows, LMDB's file does not.
-  std::string value(8000, 'v');
+  std::string value(100 << 10, 'v');
   int n = 0;
-  while (log.gaps() == 0 && n < 1000) {
-    put(env, dbi, "churn", kj::StringPtr(value.c_str()));
-    store::Txn txn(env, store::Txn::WRITE);
-    txn.del(dbi, b("churn"));
-    txn.commit();
-    ++n;
+  while (log.gaps() == 1 && n < 14) {  // the pad was the first gap
+    put(env, dbi, kj::str("k", n++), kj::StringPtr(value.c_str()));
   }
   ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &old), 0);
   signal(SIGXFSZ, oldHandler);
-  ASSERT_GE(log.gaps(), 1u) << "the segment never filled";
+  ASSERT_GE(log.gaps(), 2u) << "the segment never filled";
 
   uint64_t syncs = log.syncs();
   put(env, dbi, "after", "1");
@@ -302,9 +312,134 @@ TEST(WriteAheadLog, ALogThatCannotGrowFallsBackToLmdbsSync) {
   put(env, dbi, "later", "2");
   env.syncCommitted();
   EXPECT_EQ(log.syncs(), syncs + 1) << "a new segment after the checkpoint";
-  EXPECT_EQ(valueOf(env, dbi, "churn"), "<absent>");
+  for (int i = 0; i < n; ++i) EXPECT_EQ(valueOf(env, dbi, kj::str("k", i)), value) << i;
   EXPECT_EQ(valueOf(env, dbi, "after"), "1");
   EXPECT_EQ(valueOf(env, dbi, "later"), "2");
+}
+
+// --- The checkpoint's snapshot, kept whole (checkpoint_snapshot.h) ---
+
+std::string readFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+void writeFile(const std::string& path, const std::string& bytes, size_t at = 0) {
+  std::fstream out(path, std::ios::binary | std::ios::in | std::ios::out);
+  out.seekp(std::streamoff(at));
+  out.write(bytes.data(), std::streamsize(bytes.size()));
+}
+
+size_t pageSize() {
+  return size_t(sysconf(_SC_PAGESIZE));
+}
+
+// The host went down with LMDB's newer meta pages on disk but not the pages they point to: the
+// file as of the checkpoint with the newest meta pages over it, the log as it was.
+TEST(CheckpointSnapshot, AHostCrashThatTornLmdbGoesBackToTheCheckpointAndTheLogOn) {
+  TempDir dir;
+  auto live = dir.path() + "/live";
+  fs::create_directories(live);
+  std::string atCheckpoint, newest;
+  std::map<std::string, std::string> kept;  // the side file and the log's segments
+  {
+    auto envOwn = logged(live);
+    auto& env = *envOwn;
+    MDB_dbi dbi = env.openDb("t");
+    for (int i = 0; i < 200; ++i) put(env, dbi, kj::str("k", i), kj::str("before", i));
+    env.sync();  // the checkpoint
+    atCheckpoint = readFile(live + "/data.mdb");
+    for (int i = 0; i < 200; ++i) put(env, dbi, kj::str("k", i), kj::str("after", i));
+    put(env, dbi, "new", "1");
+    env.syncCommitted();  // through the log
+    newest = readFile(live + "/data.mdb");
+    for (auto& e : fs::directory_iterator(live)) {
+      auto name = e.path().filename().string();
+      if (name.rfind("wal.", 0) == 0 || name == "checkpoint.meta") {
+        kept[name] = readFile(e.path().string());
+      }
+    }
+  }
+  // What the disk holds after the crash, in the same file: nothing written since the
+  // checkpoint but the meta pages (the file's later blocks read as zeros).
+  std::string torn = atCheckpoint;
+  torn.resize(fs::file_size(live + "/data.mdb"), '\0');
+  torn.replace(0, 2 * pageSize(), newest.substr(0, 2 * pageSize()));
+  writeFile(live + "/data.mdb", torn);
+  for (auto& [name, bytes] : kept) {
+    std::ofstream(live + "/" + name, std::ios::binary) << bytes;
+  }
+  // Another boot: the page cache is gone, the saved checkpoint is put back.
+  EXPECT_TRUE(store::CheckpointSnapshot::restoreAfterHostCrash(live.c_str(), "boot-b"));
+  {
+    auto backOwn = logged(live, "boot-b");
+    auto& back = *backOwn;
+    MDB_dbi t = back.openDb("t");
+    for (int i = 0; i < 200; ++i) {
+      EXPECT_EQ(valueOf(back, t, kj::str("k", i)), kj::str("after", i).cStr());
+    }
+    EXPECT_EQ(valueOf(back, t, "new"), "1");
+    // A crash of the process alone, on this boot, goes back to nothing.
+    EXPECT_FALSE(store::CheckpointSnapshot::restoreAfterHostCrash(live.c_str(), "boot-b"));
+  }
+}
+
+// A copy of LMDB's file (another inode: put back from a backup, say) is not the checkpoint's
+// file, whatever it holds; a clean close leaves no checkpoint to go back to.
+TEST(CheckpointSnapshot, ACopyIsNotTakenForTheCheckpointsFile) {
+  TempDir dir;
+  auto live = dir.path() + "/live";
+  fs::create_directories(live);
+  auto envOwn = logged(live);
+  auto& env = *envOwn;
+  MDB_dbi dbi = env.openDb("t");
+  for (int i = 0; i < 300; ++i) put(env, dbi, kj::str("k", i), kj::str("checkpoint", i));
+  env.sync();
+  put(env, dbi, "k0", "later");
+  auto after = dir.path() + "/after";
+  fs::create_directories(after);
+  fs::copy_file(live + "/data.mdb", after + "/data.mdb");
+  fs::copy_file(live + "/checkpoint.meta", after + "/checkpoint.meta");
+  EXPECT_FALSE(store::CheckpointSnapshot::restoreAfterHostCrash(after.c_str(), "boot-b"));
+  envOwn = nullptr;  // closes cleanly: LMDB synced, the side file and the log removed
+  EXPECT_FALSE(fs::exists(live + "/checkpoint.meta"));
+}
+
+// LMDB reuses no page of the last checkpoint's snapshot before the next checkpoint, however
+// much is rewritten meanwhile: going back to it finds it whole.
+TEST(CheckpointSnapshot, GoingBackFindsTheCheckpointWhole) {
+  TempDir dir;
+  auto live = dir.path() + "/live";
+  fs::create_directories(live);
+  std::string saved;
+  {
+    auto envOwn = logged(live);
+    auto& env = *envOwn;
+    MDB_dbi dbi = env.openDb("t");
+    for (int i = 0; i < 300; ++i) put(env, dbi, kj::str("k", i), kj::str("checkpoint", i));
+    env.sync();
+    for (int round = 0; round < 20; ++round) {
+      for (int i = 0; i < 300; ++i) {
+        put(env, dbi, kj::str("k", i), kj::str("round", round, "-", i));
+      }
+    }
+    // The host goes down now: keep what a crash would leave (the side file and LMDB's file
+    // as the page cache has it; the log is set aside, this is about LMDB's pages).
+    saved = readFile(live + "/checkpoint.meta");
+    auto copy = readFile(live + "/data.mdb");
+    envOwn = nullptr;
+    writeFile(live + "/data.mdb", copy);  // same inode, the state at the crash
+  }
+  { std::ofstream(live + "/checkpoint.meta", std::ios::binary) << saved; }
+  for (auto& e : fs::directory_iterator(live)) {
+    if (e.path().filename().string().rfind("wal.", 0) == 0) fs::remove(e.path());
+  }
+  EXPECT_TRUE(store::CheckpointSnapshot::restoreAfterHostCrash(live.c_str(), "boot-b"));
+  store::Env back(live.c_str(), store::Env::Options{});
+  MDB_dbi t = back.openDb("t");
+  for (int i = 0; i < 300; ++i) {
+    EXPECT_EQ(valueOf(back, t, kj::str("k", i)), kj::str("checkpoint", i).cStr()) << i;
+  }
 }
 
 TEST(WriteAheadLog, MalformedPayloadsAreRejected) {

@@ -111,12 +111,25 @@ void Env::sync() {
   // Taken after the log's new segment began, so the log holds everything after it.
   kj::Maybe<CheckpointSnapshot::Capture> capture;
   KJ_IF_MAYBE (s, snapshot_) {
-    capture = (*s)->capture();
+    try {
+      capture = (*s)->capture();
+    } catch (kj::Exception& e) {
+      // The previous checkpoint stays the one a host crash goes back to, so the log keeps
+      // everything after it (no endCheckpoint below); this sync still makes LMDB durable.
+      spdlog::error("cannot capture LMDB's snapshot for the checkpoint: {}",
+                    e.getDescription().cStr());
+      through = nullptr;
+    }
   }
   check(mdb_env_sync(env_, 1), "mdb_env_sync");
   KJ_IF_MAYBE (s, snapshot_) {
     KJ_IF_MAYBE (c, capture) {
-      (*s)->saved(kj::mv(*c));
+      try {
+        (*s)->saved(kj::mv(*c));
+      } catch (kj::Exception& e) {
+        spdlog::error("cannot save the checkpoint's meta page: {}", e.getDescription().cStr());
+        through = nullptr;
+      }
     }
   }
   // Only once the side file names this checkpoint may the log let go of what came before it.

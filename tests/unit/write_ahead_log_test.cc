@@ -52,7 +52,33 @@ std::string valueOf(store::Env& env, MDB_dbi dbi, kj::StringPtr key) {
   return "<absent>";
 }
 
+// The environment in `dir` opened again (its log applied), and its database "t".
+struct Reopened {
+  explicit Reopened(const std::string& dir, kj::StringPtr boot = "boot-a")
+      : env(logged(dir, boot)), t(env->openDb("t")) {}
+  std::string operator[](kj::StringPtr key) { return valueOf(*env, t, key); }
+  kj::Own<store::Env> env;
+  MDB_dbi t;
+};
+
 // What the disk holds after the crash: `lmdb` (an earlier copy of data.mdb) and the log's
+// A target directory `live` with its environment (and log) open and a database "t" in it.
+class WriteAheadLogTest : public ::testing::Test {
+protected:
+  // Env's destructor may throw (a failed sync); gtest's fixtures may not.
+  ~WriteAheadLogTest() noexcept override { envOwn = nullptr; }
+  void SetUp() override {
+    fs::create_directories(live);
+    envOwn = logged(live);
+    dbi = envOwn->openDb("t");
+  }
+  TempDir dir;
+  std::string live = dir.path() + "/live";
+  kj::Own<store::Env> envOwn;
+  MDB_dbi dbi = 0;
+};
+using CheckpointSnapshotTest = WriteAheadLogTest;
+
 // segments from `live` as they are now.
 void crashInto(const std::string& live, const std::string& lmdb, const std::string& to) {
   fs::create_directories(to);
@@ -80,13 +106,8 @@ bool anyFileEndingIn(const std::string& dir, const std::string& suffix) {
   return false;
 }
 
-TEST(WriteAheadLog, CommitsLmdbLostAreAppliedFromTheLog) {
-  TempDir dir;
-  auto live = dir.path() + "/live";
-  fs::create_directories(live);
-  auto envOwn = logged(live);
+TEST_F(WriteAheadLogTest, CommitsLmdbLostAreAppliedFromTheLog) {
   auto& env = *envOwn;
-  MDB_dbi dbi = env.openDb("t");
   put(env, dbi, "kept", "1");
   put(env, dbi, "gone", "x");
   put(env, dbi, "chunk", "hello world");
@@ -124,37 +145,28 @@ TEST(WriteAheadLog, CommitsLmdbLostAreAppliedFromTheLog) {
   auto after = dir.path() + "/after";
   crashInto(live, earlier, after);
   {
-    auto backOwn = logged(after);
-    auto& back = *backOwn;
-    MDB_dbi t = back.openDb("t");
-    EXPECT_EQ(valueOf(back, t, "kept"), "1");
-    EXPECT_EQ(valueOf(back, t, "new"), "2");
-    EXPECT_EQ(valueOf(back, t, "gone"), "<absent>");
-    EXPECT_EQ(valueOf(back, t, "chunk"), "hello WORLD!!");
-    EXPECT_EQ(valueOf(back, t, "nested"), "yes");
-    EXPECT_EQ(valueOf(back, t, "aborted"), "<absent>");
+    Reopened back(after);
+    EXPECT_EQ(back["kept"], "1");
+    EXPECT_EQ(back["new"], "2");
+    EXPECT_EQ(back["gone"], "<absent>");
+    EXPECT_EQ(back["chunk"], "hello WORLD!!");
+    EXPECT_EQ(back["nested"], "yes");
+    EXPECT_EQ(back["aborted"], "<absent>");
     // Replayed, synced, and the log started afresh: what it held is now LMDB's.
-    put(back, t, "later", "3");
+    put(*back.env, back.t, "later", "3");
   }
   // Closed cleanly: no log left behind, and everything in LMDB.
   EXPECT_FALSE(anyFileEndingIn(after, ".unreplayed"));
   for (auto& e : fs::directory_iterator(after)) {
     EXPECT_NE(e.path().filename().string().rfind("wal.", 0), 0u) << e.path();
   }
-  auto againOwn = logged(after);
-  auto& again = *againOwn;
-  MDB_dbi t = again.openDb("t");
-  EXPECT_EQ(valueOf(again, t, "new"), "2");
-  EXPECT_EQ(valueOf(again, t, "later"), "3");
+  Reopened again(after);
+  EXPECT_EQ(again["new"], "2");
+  EXPECT_EQ(again["later"], "3");
 }
 
-TEST(WriteAheadLog, ATornLastRecordEndsTheLog) {
-  TempDir dir;
-  auto live = dir.path() + "/live";
-  fs::create_directories(live);
-  auto envOwn = logged(live);
+TEST_F(WriteAheadLogTest, ATornLastRecordEndsTheLog) {
   auto& env = *envOwn;
-  MDB_dbi dbi = env.openDb("t");
   env.sync();
   auto earlier = snapshot(dir.path(), "earlier.mdb");
   put(env, dbi, "a", "1");
@@ -177,21 +189,14 @@ TEST(WriteAheadLog, ATornLastRecordEndsTheLog) {
     }
   }
   ASSERT_TRUE(cut);
-  auto backOwn = logged(after);
-  auto& back = *backOwn;
-  MDB_dbi t = back.openDb("t");
-  EXPECT_EQ(valueOf(back, t, "a"), "1");
-  EXPECT_EQ(valueOf(back, t, "b"), "<absent>");
+  Reopened back(after);
+  EXPECT_EQ(back["a"], "1");
+  EXPECT_EQ(back["b"], "<absent>");
   EXPECT_FALSE(anyFileEndingIn(after, ".unreplayed"));
 }
 
-TEST(WriteAheadLog, ATransactionTooLargeToLogSyncsThroughLmdbAndStopsAReplay) {
-  TempDir dir;
-  auto live = dir.path() + "/live";
-  fs::create_directories(live);
-  auto envOwn = logged(live);
+TEST_F(WriteAheadLogTest, ATransactionTooLargeToLogSyncsThroughLmdbAndStopsAReplay) {
   auto& env = *envOwn;
-  MDB_dbi dbi = env.openDb("t");
   env.sync();
   auto earlier = snapshot(dir.path(), "earlier.mdb");
   put(env, dbi, "small", "1");
@@ -213,22 +218,15 @@ TEST(WriteAheadLog, ATransactionTooLargeToLogSyncsThroughLmdbAndStopsAReplay) {
   EXPECT_EQ(log.syncs(), syncs + 1);
 
   // The replay applies what comes before the gap and nothing after it.
-  auto backOwn = logged(after);
-  auto& back = *backOwn;
-  MDB_dbi t = back.openDb("t");
-  EXPECT_EQ(valueOf(back, t, "small"), "1");
-  EXPECT_EQ(valueOf(back, t, "big"), "<absent>");
-  EXPECT_EQ(valueOf(back, t, "after"), "<absent>");
+  Reopened back(after);
+  EXPECT_EQ(back["small"], "1");
+  EXPECT_EQ(back["big"], "<absent>");
+  EXPECT_EQ(back["after"], "<absent>");
   EXPECT_TRUE(anyFileEndingIn(after, ".unreplayed"));
 }
 
-TEST(WriteAheadLog, AnLmdbFileOlderThanItsLogIsNotPatchedUp) {
-  TempDir dir;
-  auto live = dir.path() + "/live";
-  fs::create_directories(live);
-  auto envOwn = logged(live);
+TEST_F(WriteAheadLogTest, AnLmdbFileOlderThanItsLogIsNotPatchedUp) {
   auto& env = *envOwn;
-  MDB_dbi dbi = env.openDb("t");
   env.sync();
   auto restored = snapshot(dir.path(), "restored.mdb");  // say, an old backup
   // Enough checkpoints that the segments holding the first records have been reused.
@@ -241,12 +239,10 @@ TEST(WriteAheadLog, AnLmdbFileOlderThanItsLogIsNotPatchedUp) {
 
   auto after = dir.path() + "/after";
   crashInto(live, restored, after);
-  auto backOwn = logged(after);
-  auto& back = *backOwn;
-  MDB_dbi t = back.openDb("t");
+  Reopened back(after);
   // Applying later transactions over a state they did not follow would mix two states.
-  EXPECT_EQ(valueOf(back, t, "last"), "<absent>");
-  EXPECT_EQ(valueOf(back, t, "k5"), "<absent>");
+  EXPECT_EQ(back["last"], "<absent>");
+  EXPECT_EQ(back["k5"], "<absent>");
   EXPECT_TRUE(anyFileEndingIn(after, ".unreplayed"));
 }
 
@@ -372,13 +368,11 @@ TEST(CheckpointSnapshot, AHostCrashThatTornLmdbGoesBackToTheCheckpointAndTheLogO
   // Another boot: the page cache is gone, the saved checkpoint is put back.
   EXPECT_TRUE(store::CheckpointSnapshot::restoreAfterHostCrash(live.c_str(), "boot-b"));
   {
-    auto backOwn = logged(live, "boot-b");
-    auto& back = *backOwn;
-    MDB_dbi t = back.openDb("t");
+    Reopened back(live, "boot-b");
     for (int i = 0; i < 200; ++i) {
-      EXPECT_EQ(valueOf(back, t, kj::str("k", i)), kj::str("after", i).cStr());
+      EXPECT_EQ(back[kj::str("k", i)], kj::str("after", i).cStr());
     }
-    EXPECT_EQ(valueOf(back, t, "new"), "1");
+    EXPECT_EQ(back["new"], "1");
     // A crash of the process alone, on this boot, goes back to nothing.
     EXPECT_FALSE(store::CheckpointSnapshot::restoreAfterHostCrash(live.c_str(), "boot-b"));
   }
@@ -386,13 +380,8 @@ TEST(CheckpointSnapshot, AHostCrashThatTornLmdbGoesBackToTheCheckpointAndTheLogO
 
 // A copy of LMDB's file (another inode: put back from a backup, say) is not the checkpoint's
 // file, whatever it holds; a clean close leaves no checkpoint to go back to.
-TEST(CheckpointSnapshot, ACopyIsNotTakenForTheCheckpointsFile) {
-  TempDir dir;
-  auto live = dir.path() + "/live";
-  fs::create_directories(live);
-  auto envOwn = logged(live);
+TEST_F(CheckpointSnapshotTest, ACopyIsNotTakenForTheCheckpointsFile) {
   auto& env = *envOwn;
-  MDB_dbi dbi = env.openDb("t");
   for (int i = 0; i < 300; ++i) put(env, dbi, kj::str("k", i), kj::str("checkpoint", i));
   env.sync();
   put(env, dbi, "k0", "later");

@@ -249,6 +249,7 @@ void CheckpointSnapshot::saved(Capture&& capture) {
   if (pinned_ != nullptr) mdb_txn_abort(pinned_);
   pinned_ = capture.reader;
   capture.reader = nullptr;
+  pinnedTxnid_.store(txnidOf(capture.meta));
 }
 
 void CheckpointSnapshot::syncDir() {
@@ -268,6 +269,7 @@ void CheckpointSnapshot::remove() {
   syncDir();
   if (pinned_ != nullptr) mdb_txn_abort(pinned_);
   pinned_ = nullptr;
+  pinnedTxnid_.store(0);
 }
 
 }  // namespace cairn::store

@@ -22,6 +22,7 @@
 #include <kj/string.h>
 #include <lmdb.h>
 
+#include <atomic>
 #include <cstdint>
 
 namespace cairn::store {
@@ -50,6 +51,9 @@ public:
   void saved(Capture&& capture);
   // At a clean close, after the last sync (and before the log goes).
   void remove();
+  // The transaction of the pinned snapshot (0: none): pages freed by it or after it stay
+  // unused until the next checkpoint. Any thread.
+  uint64_t pinnedTxnid() const { return pinnedTxnid_.load(); }
 
 private:
   void syncDir();
@@ -57,7 +61,8 @@ private:
   MDB_env* env_;
   kj::String bootId_;
   MDB_txn* pinned_ = nullptr;  // the reader on the saved checkpoint's snapshot
-  uint64_t counter_ = 0;       // slots are written in turn; the higher counter wins
+  std::atomic<uint64_t> pinnedTxnid_{0};
+  uint64_t counter_ = 0;  // slots are written in turn; the higher counter wins
 };
 
 }  // namespace cairn::store

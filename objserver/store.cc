@@ -167,6 +167,13 @@ uint64_t Env::freeBytes(Txn&, uint64_t enough) {
   uint64_t freed = 0;
   // Database 0 is LMDB's free list: each record holds a count of page numbers, then the numbers.
   // LMDB opens it only in read-only transactions, and what the last commit freed is enough.
+  // Its key is the transaction that freed them; those freed since the checkpoint's pinned
+  // snapshot cannot be taken again before the next checkpoint, so they do not count.
+  uint64_t usableBelow = UINT64_MAX;
+  KJ_IF_MAYBE (s, snapshot_) {
+    uint64_t pinned = (*s)->pinnedTxnid();
+    if (pinned != 0) usableBelow = pinned;
+  }
   Txn reader(*this, Txn::READ);
   MDB_cursor* cursor;
   check(mdb_cursor_open(reader.get(), 0, &cursor), "mdb_cursor_open(free list)");
@@ -174,6 +181,9 @@ uint64_t Env::freeBytes(Txn&, uint64_t enough) {
   MDB_val k, v;
   for (int rc = mdb_cursor_get(cursor, &k, &v, MDB_FIRST); rc == MDB_SUCCESS;
        rc = mdb_cursor_get(cursor, &k, &v, MDB_NEXT)) {
+    if (k.mv_size == sizeof(size_t) && *static_cast<const size_t*>(k.mv_data) >= usableBelow) {
+      break;  // keys ascend: the rest were freed later still
+    }
     if (v.mv_size >= sizeof(size_t)) freed += *static_cast<const size_t*>(v.mv_data);
   }
   return (untouched + freed) * stat.ms_psize;

@@ -60,11 +60,17 @@ Env::~Env() noexcept(false) {
     // Synced: LMDB is whole and holds everything the log does. The saved checkpoint goes
     // first: found without the log after a crash, it would take LMDB back past what it held.
     if (rc == 0) {
-      KJ_IF_MAYBE (s, snapshot_) {
-        (*s)->remove();
-      }
-      KJ_IF_MAYBE (l, log_) {
-        (*l)->removeAll();
+      // Never throws from here (this may run while an exception unwinds): a side file that
+      // stays keeps the log too, and the next start finds both consistent.
+      try {
+        KJ_IF_MAYBE (s, snapshot_) {
+          (*s)->remove();
+        }
+        KJ_IF_MAYBE (l, log_) {
+          (*l)->removeAll();
+        }
+      } catch (kj::Exception& e) {
+        spdlog::warn("closing the environment: {}", e.getDescription().cStr());
       }
     }
     log_ = nullptr;

@@ -9,8 +9,7 @@
 #include <kj/io.h>
 #include <spdlog/spdlog.h>
 
-#include <fstream>
-#include <string>
+#include "objserver/binary_file.h"
 
 namespace cairn::store {
 
@@ -31,15 +30,6 @@ constexpr uint32_t LMDB_MAGIC = 0xBEEFC0DE;
 constexpr uint32_t LMDB_DATA_VERSION = 1;
 constexpr size_t META_TXNID = PAGE_HEADER + 128;
 
-uint64_t getLe(const kj::byte* in, int bytes) {
-  uint64_t v = 0;
-  for (int i = bytes - 1; i >= 0; --i) v = (v << 8) | in[i];
-  return v;
-}
-void putLe(kj::byte* out, uint64_t v, int bytes) {
-  for (int i = 0; i < bytes; ++i) out[i] = kj::byte(v >> (8 * i));
-}
-
 // Native byte order, as LMDB writes them (these machines are little-endian; the check below
 // refuses a page that does not read so).
 bool isMeta(kj::ArrayPtr<const kj::byte> page) {
@@ -48,27 +38,6 @@ bool isMeta(kj::ArrayPtr<const kj::byte> page) {
 }
 uint64_t txnidOf(kj::ArrayPtr<const kj::byte> page) {
   return getLe(page.begin() + META_TXNID, 8);
-}
-
-kj::Array<kj::byte> readAt(int fd, size_t size, uint64_t offset) {
-  auto out = kj::heapArray<kj::byte>(size);
-  size_t got = 0;
-  while (got < size) {
-    ssize_t n;
-    KJ_SYSCALL(n = pread(fd, out.begin() + got, size - got, off_t(offset + got)));
-    if (n == 0) break;
-    got += size_t(n);
-  }
-  return kj::heapArray(out.slice(0, got));
-}
-
-void writeAt(int fd, kj::ArrayPtr<const kj::byte> data, uint64_t offset) {
-  while (data.size() > 0) {
-    ssize_t n;
-    KJ_SYSCALL(n = pwrite(fd, data.begin(), data.size(), off_t(offset)));
-    data = data.slice(size_t(n), data.size());
-    offset += uint64_t(n);
-  }
 }
 
 struct Slot {
@@ -116,14 +85,6 @@ kj::Maybe<Slot> readSaved(kj::StringPtr path) {
 
 }  // namespace
 
-kj::String CheckpointSnapshot::currentBootId() {
-  std::ifstream in("/proc/sys/kernel/random/boot_id");
-  std::string id;
-  std::getline(in, id);
-  KJ_REQUIRE(!id.empty(), "cannot read the kernel's boot id");
-  return kj::heapString(id.c_str());
-}
-
 bool CheckpointSnapshot::restoreAfterHostCrash(kj::StringPtr dir, kj::StringPtr bootId) {
   auto savedPath = kj::str(dir, "/", FILE_NAME);
   Slot saved;
@@ -170,9 +131,22 @@ bool CheckpointSnapshot::restoreAfterHostCrash(kj::StringPtr dir, kj::StringPtr 
   return true;
 }
 
+void CheckpointSnapshot::discard(kj::StringPtr dir) {
+  auto path = kj::str(dir, "/", FILE_NAME);
+  if (unlink(path.cStr()) != 0 && errno != ENOENT) KJ_FAIL_SYSCALL("unlink", errno, path);
+}
+
 CheckpointSnapshot::CheckpointSnapshot(kj::StringPtr dir, MDB_env* env, kj::String bootId)
     : dir_(kj::str(dir)), env_(env), bootId_(kj::mv(bootId)) {
   KJ_REQUIRE(bootId_.size() < BOOT_ID_SIZE, "a boot id this long is not one", bootId_);
+  // LMDB's file, for its meta pages at every checkpoint; its inode goes with each one saved.
+  auto dataPath = kj::str(dir_, "/data.mdb");
+  int fd;
+  KJ_SYSCALL(fd = open(dataPath.cStr(), O_RDONLY | O_CLOEXEC), dataPath);
+  data_ = kj::AutoCloseFd(fd);
+  struct stat st;
+  KJ_SYSCALL(fstat(fd, &st), dataPath);
+  inode_ = uint64_t(st.st_ino);
   KJ_IF_MAYBE (s, readSaved(kj::str(dir_, "/", FILE_NAME))) {
     counter_ = s->counter;
   }
@@ -198,13 +172,9 @@ CheckpointSnapshot::Capture CheckpointSnapshot::capture() {
   rc = mdb_env_info(env_, &info);
   KJ_REQUIRE(rc == 0, "mdb_env_info", mdb_strerror(rc));
 
-  auto dataPath = kj::str(dir_, "/data.mdb");
-  int fd;
-  KJ_SYSCALL(fd = open(dataPath.cStr(), O_RDONLY | O_CLOEXEC), dataPath);
-  kj::AutoCloseFd closer(fd);
   Capture capture;
   for (int i = 0; i < 2; ++i) {
-    auto page = readAt(fd, psize, uint64_t(i) * psize);
+    auto page = readAt(data_.get(), psize, uint64_t(i) * psize);
     if (isMeta(page) && txnidOf(page) == uint64_t(info.me_last_txnid)) {
       capture.meta = kj::mv(page);
       break;
@@ -219,10 +189,6 @@ CheckpointSnapshot::Capture CheckpointSnapshot::capture() {
 
 void CheckpointSnapshot::saved(Capture&& capture) {
   KJ_DEFER(if (capture.reader != nullptr) mdb_txn_abort(capture.reader));
-  auto path = kj::str(dir_, "/", FILE_NAME);
-  auto dataPath = kj::str(dir_, "/data.mdb");
-  struct stat st;
-  KJ_SYSCALL(stat(dataPath.cStr(), &st), dataPath);
   size_t psize = capture.meta.size();
   auto slot = kj::heapArray<kj::byte>(SLOT_HEADER + psize + 4);
   memset(slot.begin(), 0, slot.size());
@@ -231,19 +197,22 @@ void CheckpointSnapshot::saved(Capture&& capture) {
   putLe(slot.begin() + 12, psize, 4);
   putLe(slot.begin() + 16, counter_ + 1, 8);
   putLe(slot.begin() + 24, txnidOf(capture.meta), 8);
-  putLe(slot.begin() + 32, uint64_t(st.st_ino), 8);
+  putLe(slot.begin() + 32, inode_, 8);
   memcpy(slot.begin() + 40, bootId_.begin(), bootId_.size());
   memcpy(slot.begin() + SLOT_HEADER, capture.meta.begin(), psize);
   putLe(slot.begin() + SLOT_HEADER + psize,
         uint32_t(crc32(0, slot.begin(), uInt(SLOT_HEADER + psize))), 4);
 
-  int fd;
-  KJ_SYSCALL(fd = open(path.cStr(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600), path);
-  kj::AutoCloseFd closer(fd);
+  auto path = kj::str(dir_, "/", FILE_NAME);
+  if (side_ == nullptr) {
+    int fd;
+    KJ_SYSCALL(fd = open(path.cStr(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600), path);
+    side_ = kj::AutoCloseFd(fd);
+  }
   // The slot not holding the newest checkpoint: a torn write leaves that one standing.
-  writeAt(fd, slot, ((counter_ + 1) % 2) * SLOT_STRIDE);
-  KJ_SYSCALL(fdatasync(fd), path);
-  if (counter_ == 0) syncDir();  // the file may be new: its name must last too
+  writeAt(side_.get(), slot, ((counter_ + 1) % 2) * SLOT_STRIDE);
+  KJ_SYSCALL(fdatasync(side_.get()), path);
+  if (counter_ == 0) syncDir(dir_);  // the file may be new: its name must last too
   ++counter_;
   // From now on a host crash goes back to this snapshot: the previous one may be reused.
   if (pinned_ != nullptr) mdb_txn_abort(pinned_);
@@ -252,21 +221,12 @@ void CheckpointSnapshot::saved(Capture&& capture) {
   pinnedTxnid_.store(txnidOf(capture.meta));
 }
 
-void CheckpointSnapshot::syncDir() {
-  int fd;
-  KJ_SYSCALL(fd = open(dir_.cStr(), O_RDONLY | O_DIRECTORY | O_CLOEXEC), dir_);
-  kj::AutoCloseFd closer(fd);
-  KJ_SYSCALL(fsync(fd), dir_);
-}
-
 void CheckpointSnapshot::remove() {
-  auto path = kj::str(dir_, "/", FILE_NAME);
-  if (unlink(path.cStr()) != 0 && errno != ENOENT) {
-    KJ_FAIL_SYSCALL("unlink", errno, path);
-  }
+  side_ = nullptr;
+  discard(dir_);
   // Gone for good before the log goes: found again after a crash, it would take LMDB back to a
   // checkpoint the log no longer reaches past.
-  syncDir();
+  syncDir(dir_);
   if (pinned_ != nullptr) mdb_txn_abort(pinned_);
   pinned_ = nullptr;
   pinnedTxnid_.store(0);

@@ -19,6 +19,7 @@
 #pragma once
 
 #include <kj/array.h>
+#include <kj/io.h>
 #include <kj/string.h>
 #include <lmdb.h>
 
@@ -29,13 +30,12 @@ namespace cairn::store {
 
 class CheckpointSnapshot {
 public:
-  // The running kernel's boot id (/proc/sys/kernel/random/boot_id).
-  static kj::String currentBootId();
-
   // Before LMDB opens `dir`: if a checkpoint was saved on another boot than `bootId` and the
   // file has got at least that far, puts the checkpoint's meta page back. Returns whether it
   // did.
   static bool restoreAfterHostCrash(kj::StringPtr dir, kj::StringPtr bootId);
+  // Forgets the saved checkpoint of `dir` (LMDB's file was replaced).
+  static void discard(kj::StringPtr dir);
 
   CheckpointSnapshot(kj::StringPtr dir, MDB_env* env, kj::String bootId);
   ~CheckpointSnapshot() noexcept(false);
@@ -56,10 +56,12 @@ public:
   uint64_t pinnedTxnid() const { return pinnedTxnid_.load(); }
 
 private:
-  void syncDir();
   kj::String dir_;
   MDB_env* env_;
   kj::String bootId_;
+  kj::AutoCloseFd data_;       // LMDB's file, read for its meta pages
+  uint64_t inode_ = 0;         // LMDB's file's
+  kj::AutoCloseFd side_;       // checkpoint.meta, once written
   MDB_txn* pinned_ = nullptr;  // the reader on the saved checkpoint's snapshot
   std::atomic<uint64_t> pinnedTxnid_{0};
   uint64_t counter_ = 0;  // slots are written in turn; the higher counter wins

@@ -43,15 +43,10 @@ void Env::startLog(kj::StringPtr dir, kj::String bootId) {
   KJ_REQUIRE(log_ == nullptr, "the log has started already");
   logDb_ = openDb("log");
   snapshot_ = kj::heap<CheckpointSnapshot>(dir, env_, kj::mv(bootId));
-  log_ = kj::heap<WriteAheadLog>(dir, env_, logDb_, [this]() { checkpointSnapshot(); });
-}
-
-void Env::checkpointSnapshot() {
-  KJ_IF_MAYBE (s, snapshot_) {
-    auto capture = (*s)->capture();
-    check(mdb_env_sync(env_, 1), "mdb_env_sync");
-    (*s)->saved(kj::mv(capture));
-  }
+  // The first checkpoint, after the replay: the old segments go only once it is saved.
+  log_ = kj::heap<WriteAheadLog>(dir, env_, logDb_, [this]() {
+    KJ_REQUIRE(syncKeepingSnapshot(), "cannot save the first checkpoint");
+  });
 }
 
 Env::~Env() noexcept(false) {
@@ -114,17 +109,28 @@ void Env::sync() {
       spdlog::warn("cannot start a new write-ahead log segment: {}", e.getDescription().cStr());
     }
   }
-  // Taken after the log's new segment began, so the log holds everything after it.
+  // Taken after the log's new segment began, so the log holds everything after it. If it
+  // fails, the previous checkpoint stays the one a host crash goes back to, so the log keeps
+  // everything after that (no endCheckpoint); the sync still makes LMDB durable.
+  if (!syncKeepingSnapshot()) through = nullptr;
+  // Only once the side file names this checkpoint may the log let go of what came before it.
+  KJ_IF_MAYBE (l, log_) {
+    KJ_IF_MAYBE (t, through) {
+      (*l)->endCheckpoint(*t);
+    }
+  }
+}
+
+bool Env::syncKeepingSnapshot() {
   kj::Maybe<CheckpointSnapshot::Capture> capture;
+  bool kept = true;
   KJ_IF_MAYBE (s, snapshot_) {
     try {
       capture = (*s)->capture();
     } catch (kj::Exception& e) {
-      // The previous checkpoint stays the one a host crash goes back to, so the log keeps
-      // everything after it (no endCheckpoint below); this sync still makes LMDB durable.
       spdlog::error("cannot capture LMDB's snapshot for the checkpoint: {}",
                     e.getDescription().cStr());
-      through = nullptr;
+      kept = false;
     }
   }
   check(mdb_env_sync(env_, 1), "mdb_env_sync");
@@ -134,16 +140,11 @@ void Env::sync() {
         (*s)->saved(kj::mv(*c));
       } catch (kj::Exception& e) {
         spdlog::error("cannot save the checkpoint's meta page: {}", e.getDescription().cStr());
-        through = nullptr;
+        kept = false;
       }
     }
   }
-  // Only once the side file names this checkpoint may the log let go of what came before it.
-  KJ_IF_MAYBE (l, log_) {
-    KJ_IF_MAYBE (t, through) {
-      (*l)->endCheckpoint(*t);
-    }
-  }
+  return kept;
 }
 
 void Env::syncCommitted() {

@@ -51,8 +51,6 @@ public:
   void sync();
   // Make everything committed so far durable, through the log when it can. Any thread.
   void syncCommitted();
-  // A checkpoint with the log's segments left alone (the log's own start).
-  void checkpointSnapshot();
   kj::Maybe<WriteAheadLog&> log();
   uint64_t mapSize() const { return mapSize_; }
   uint64_t usedBytes();
@@ -66,6 +64,9 @@ public:
 private:
   friend class Txn;
   friend class Cursor;
+  // mdb_env_sync with the checkpoint's snapshot captured before and saved after; false if it
+  // could not be (the previous one stands).
+  bool syncKeepingSnapshot();
   MDB_env* env_ = nullptr;
   uint64_t mapSize_;
   kj::Vector<kj::String> dbNames_;  // by handle

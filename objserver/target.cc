@@ -1,6 +1,5 @@
 #include "objserver/target.h"
 
-#include <dirent.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -108,7 +107,7 @@ Target::Target(kj::StringPtr dir, rpc::TargetKind expectedKind, OpenOptions opti
   envOptions.mapSize = options.mapSize;
   // After a host crash LMDB's file may hold pages written out of order: back to the last
   // checkpoint, which is whole (the log has the rest).
-  store::CheckpointSnapshot::restoreAfterHostCrash(dir, store::CheckpointSnapshot::currentBootId());
+  store::CheckpointSnapshot::restoreAfterHostCrash(dir, TargetLock::bootId());
   env_ = kj::heap<store::Env>(dir, envOptions);
 
   // A foreign LMDB environment has no "target" database; mdb_dbi_open would create one, so look
@@ -121,7 +120,7 @@ Target::Target(kj::StringPtr dir, rpc::TargetKind expectedKind, OpenOptions opti
                "this LMDB environment is not a Cairn target", dir);
   }
   // Before anything is read: the log may hold commits LMDB lost in a host crash.
-  env_->startLog(dir, store::CheckpointSnapshot::currentBootId());
+  env_->startLog(dir, kj::str(TargetLock::bootId()));
   targetDb_ = env_->openDb("target");
 
   store::Txn txn(*env_, store::Txn::WRITE);
@@ -266,16 +265,10 @@ void Target::restoreBarrier() {
   if (!fileExists(copy)) return;
   KJ_SYSCALL(rename(copy.cStr(), kj::str(dir_, "/data.mdb").cStr()));
   KJ_SYSCALL(rmdir(path.cStr()));
-  // The log holds the commits after the barrier too; a host crash would have lost them with it.
-  DIR* d = opendir(dir_.cStr());
-  if (d == nullptr) KJ_FAIL_SYSCALL("opendir", errno, dir_);
-  KJ_DEFER(closedir(d));
-  while (struct dirent* e = readdir(d)) {
-    kj::StringPtr name = e->d_name;
-    if (name.startsWith("wal.") || name == "checkpoint.meta") {
-      KJ_SYSCALL(unlink(kj::str(dir_, "/", e->d_name).cStr()));
-    }
-  }
+  // The log holds the commits after the barrier too, and the saved checkpoint was of the
+  // file just replaced; a host crash would have lost them with it.
+  store::WriteAheadLog::discard(dir_);
+  store::CheckpointSnapshot::discard(dir_);
   spdlog::warn("target {}: replay barrier: commits after it discarded, as a host crash would",
                dir_.cStr());
 }

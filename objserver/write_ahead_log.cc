@@ -15,6 +15,9 @@
 #include <map>
 #include <string>
 
+#include "objserver/binary_file.h"
+#include "objserver/store.h"
+
 namespace cairn::store {
 
 namespace {
@@ -35,36 +38,16 @@ constexpr uint64_t GROWTH = 1 << 20;
 // is retiring are all a steady load needs.
 constexpr size_t MAX_SPARES = 2;
 
-enum class Kind : kj::byte { CHANGES = 1, GAP = 2 };
-
-void putLe(kj::Vector<kj::byte>& out, uint64_t v, int bytes) {
+void addLe(kj::Vector<kj::byte>& out, uint64_t v, int bytes) {
   for (int i = 0; i < bytes; ++i) out.add(kj::byte(v >> (8 * i)));
-}
-void putLe(kj::byte* out, uint64_t v, int bytes) {
-  for (int i = 0; i < bytes; ++i) out[i] = kj::byte(v >> (8 * i));
-}
-uint64_t getLe(const kj::byte* in, int bytes) {
-  uint64_t v = 0;
-  for (int i = bytes - 1; i >= 0; --i) v = (v << 8) | in[i];
-  return v;
-}
-
-// LMDB keeps the sequence number big-endian, like every other number Cairn stores there.
-uint64_t getBe(const kj::byte* in) {
-  uint64_t v = 0;
-  for (int i = 0; i < 8; ++i) v = (v << 8) | in[i];
-  return v;
-}
-void putBe(kj::byte* out, uint64_t v) {
-  for (int i = 7; i >= 0; --i, v >>= 8) out[i] = kj::byte(v);
 }
 
 // The generation is in the CRC so that records a recycled segment held before read as the end.
-uint32_t crcOf(uint64_t generation, uint64_t seq, Kind kind, Bytes payload) {
+uint32_t crcOf(uint64_t generation, uint64_t seq, kj::byte kind, Bytes payload) {
   kj::byte head[17];
   putLe(head, generation, 8);
   putLe(head + 8, seq, 8);
-  head[16] = kj::byte(kind);
+  head[16] = kind;
   uLong crc = crc32(0, head, sizeof head);
   // zlib returns its initial value for a null buffer, so an empty payload is left out.
   if (payload.size() == 0) return uint32_t(crc);
@@ -74,23 +57,6 @@ uint32_t crcOf(uint64_t generation, uint64_t seq, Kind kind, Bytes payload) {
 
 kj::String segmentPath(kj::StringPtr dir, uint64_t slot) {
   return kj::str(dir, "/", PREFIX, slot);
-}
-
-void writeAll(int fd, const kj::byte* data, size_t size, uint64_t offset) {
-  while (size > 0) {
-    ssize_t n;
-    KJ_SYSCALL(n = pwrite(fd, data, size, off_t(offset)));
-    data += n;
-    size -= size_t(n);
-    offset += uint64_t(n);
-  }
-}
-
-void syncDir(kj::StringPtr dir) {
-  int fd;
-  KJ_SYSCALL(fd = open(dir.cStr(), O_RDONLY | O_DIRECTORY | O_CLOEXEC), dir);
-  kj::AutoCloseFd closer(fd);
-  KJ_SYSCALL(fsync(fd), dir);
 }
 
 // The segment files in `dir`, by slot.
@@ -118,16 +84,7 @@ kj::Array<kj::byte> readWhole(kj::StringPtr path) {
   kj::AutoCloseFd closer(fd);
   struct stat st;
   KJ_SYSCALL(fstat(fd, &st), path);
-  auto bytes = kj::heapArray<kj::byte>(size_t(st.st_size));
-  size_t got = 0;
-  while (got < bytes.size()) {
-    ssize_t n;
-    KJ_SYSCALL(n = pread(fd, bytes.begin() + got, bytes.size() - got, off_t(got)), path);
-    if (n == 0) break;
-    got += size_t(n);
-  }
-  if (got == bytes.size()) return bytes;
-  return kj::heapArray(bytes.slice(0, got));
+  return readAt(fd, size_t(st.st_size), 0);
 }
 
 }  // namespace
@@ -148,16 +105,16 @@ bool LogRecord::reserve(size_t more) {
 
 void LogRecord::head(Op::Kind kind, kj::StringPtr db, Bytes key) {
   bytes_.add(kj::byte(kind));
-  putLe(bytes_, db.size(), 2);
+  addLe(bytes_, db.size(), 2);
   bytes_.addAll(db.asBytes());
-  putLe(bytes_, key.size(), 4);
+  addLe(bytes_, key.size(), 4);
   bytes_.addAll(key);
 }
 
 void LogRecord::put(kj::StringPtr db, Bytes key, Bytes value) {
   if (!reserve(11 + db.size() + key.size() + value.size())) return;
   head(Op::PUT, db, key);
-  putLe(bytes_, value.size(), 4);
+  addLe(bytes_, value.size(), 4);
   bytes_.addAll(value);
 }
 
@@ -170,9 +127,9 @@ void LogRecord::patch(kj::StringPtr db, Bytes key, size_t length, size_t at, Byt
   KJ_REQUIRE(at + bytes.size() <= length, "a patch past the value's end", at, bytes.size(), length);
   if (!reserve(19 + db.size() + key.size() + bytes.size())) return;
   head(Op::PATCH, db, key);
-  putLe(bytes_, length, 4);
-  putLe(bytes_, at, 4);
-  putLe(bytes_, bytes.size(), 4);
+  addLe(bytes_, length, 4);
+  addLe(bytes_, at, 4);
+  addLe(bytes_, bytes.size(), 4);
   bytes_.addAll(bytes);
 }
 
@@ -216,6 +173,8 @@ void LogRecord::forEach(Bytes payload, const std::function<void(const Op&)>& app
 
 // ---------------------------------------------------------------------------------------------
 // WriteAheadLog
+
+enum class WriteAheadLog::Kind : kj::byte { CHANGES = 1, GAP = 2 };
 
 struct WriteAheadLog::Segment {
   uint64_t slot;
@@ -267,7 +226,7 @@ kj::Own<WriteAheadLog::Segment> WriteAheadLog::create() {
   memcpy(header, MAGIC, sizeof MAGIC);
   putLe(header + 8, FORMAT, 4);
   putLe(header + 16, segment->generation, 8);
-  writeAll(segment->fd.get(), header, sizeof header, 0);
+  writeAt(segment->fd.get(), kj::arrayPtr(header, sizeof header), 0);
   // The header (and a new file's name) are on disk before anything relies on a record here.
   KJ_SYSCALL(fdatasync(segment->fd.get()), segment->path);
   if (created) syncDir(dir_);
@@ -280,56 +239,51 @@ kj::Own<WriteAheadLog::Segment> WriteAheadLog::create() {
 void WriteAheadLog::append(uint64_t seq, const LogRecord& record) {
   KJ_REQUIRE(seq == lastSeq_ + 1, "log sequence numbers go one by one", seq, lastSeq_);
   lastSeq_ = seq;
-  Kind kind = record.tooLarge() ? Kind::GAP : Kind::CHANGES;
-  Bytes payload = kind == Kind::GAP ? Bytes(nullptr) : record.payload();
-
   auto state = state_.lockExclusive();
-  auto& segment = *state->segments.back();
-  if (kind == Kind::CHANGES && !state->broken &&
-      segment.size + RECORD_HEADER_SIZE + payload.size() > SEGMENT_LIMIT) {
-    kind = Kind::GAP;
-    payload = nullptr;
-  }
   state->lastAppended = seq;
-  if (state->broken) {
-    // Nothing after the failed record can be replayed; the next segment starts afresh.
+  auto& segment = *state->segments.back();
+  // A gap record stands for a transaction not worth logging, or one that would overfill the
+  // segment.
+  Bytes payload = record.payload();
+  bool logged =
+      !record.tooLarge() && segment.size + RECORD_HEADER_SIZE + payload.size() <= SEGMENT_LIMIT;
+  if (!logged) payload = nullptr;
+  // After a failed append nothing more goes to the segment: what followed could not be
+  // replayed. The transactions are committed in LMDB; only LMDB's sync covers them now.
+  if (state->broken || !write(segment, seq, logged ? Kind::CHANGES : Kind::GAP, payload)) {
+    state->broken = true;
+    logged = false;
+  }
+  if (!logged) {
     state->gapSeq = seq;
     gapCount_.fetch_add(1);
-    return;
   }
+}
+
+bool WriteAheadLog::write(Segment& segment, uint64_t seq, Kind kind, Bytes payload) {
   kj::byte head[RECORD_HEADER_SIZE];
   putLe(head, payload.size(), 4);
-  putLe(head + 4, crcOf(segment.generation, seq, kind, payload), 4);
+  putLe(head + 4, crcOf(segment.generation, seq, kj::byte(kind), payload), 4);
   putLe(head + 8, seq, 8);
   head[16] = kj::byte(kind);
   size_t total = sizeof head + payload.size();
   if (segment.size + total > segment.allocated && !grow(segment, segment.size + total)) {
-    state->broken = true;
-    state->gapSeq = seq;
-    gapCount_.fetch_add(1);
-    return;
+    return false;
   }
   struct iovec parts[2] = {{head, sizeof head},
                            {const_cast<kj::byte*>(payload.begin()), payload.size()}};
   ssize_t n = pwritev(segment.fd.get(), parts, payload.size() > 0 ? 2 : 1, off_t(segment.size));
   if (n != ssize_t(total)) {
-    // A full disk, say. The transaction is committed in LMDB; only LMDB's sync covers it now.
-    int error = n < 0 ? errno : ENOSPC;
+    int error = n < 0 ? errno : ENOSPC;  // a full disk, say
     spdlog::warn(
         "write-ahead log {}: append failed ({}); syncs go through LMDB until the next "
         "checkpoint",
         segment.path.cStr(), strerror(error));
-    state->broken = true;
-    state->gapSeq = seq;
-    gapCount_.fetch_add(1);
-    return;
+    return false;
   }
   segment.size += total;
   bytes_.fetch_add(total);
-  if (kind == Kind::GAP) {
-    state->gapSeq = seq;
-    gapCount_.fetch_add(1);
-  }
+  return true;
 }
 
 bool WriteAheadLog::grow(Segment& segment, uint64_t to) {
@@ -424,6 +378,17 @@ void WriteAheadLog::removeAll() {
   }
 }
 
+void WriteAheadLog::discard(kj::StringPtr dir) {
+  DIR* d = opendir(dir.cStr());
+  if (d == nullptr) KJ_FAIL_SYSCALL("opendir", errno, dir);
+  KJ_DEFER(closedir(d));
+  while (struct dirent* e = readdir(d)) {
+    if (kj::StringPtr(e->d_name).startsWith(PREFIX)) {
+      KJ_SYSCALL(unlink(kj::str(dir, "/", e->d_name).cStr()));
+    }
+  }
+}
+
 void WriteAheadLog::replay(MDB_env* env, MDB_dbi logDb, const std::function<void()>& replayed) {
   // Segments in the order they were written: by generation, whatever file they reuse.
   struct Found {
@@ -463,7 +428,7 @@ void WriteAheadLog::replay(MDB_env* env, MDB_dbi logDb, const std::function<void
     rc = mdb_get(txn, logDb, &k, &v);
     if (rc == 0) {
       KJ_REQUIRE(v.mv_size == 8, "the log sequence number in LMDB is damaged", v.mv_size);
-      lastSeq_ = getBe(static_cast<const kj::byte*>(v.mv_data));
+      lastSeq_ = readU64(kj::arrayPtr(static_cast<const kj::byte*>(v.mv_data), 8));
     } else {
       KJ_REQUIRE(rc == MDB_NOTFOUND, "mdb_get(log seq)", mdb_strerror(rc));
     }
@@ -523,7 +488,7 @@ void WriteAheadLog::replay(MDB_env* env, MDB_dbi logDb, const std::function<void
       // A torn record (or one from the file's previous use) ends the segment.
       if (bytes.size() - at - RECORD_HEADER_SIZE < length) break;
       auto payload = bytes.slice(at + RECORD_HEADER_SIZE, at + RECORD_HEADER_SIZE + length);
-      if (crcOf(segment.generation, seq, kind, payload) != crc) break;
+      if (crcOf(segment.generation, seq, kj::byte(kind), payload) != crc) break;
       at += RECORD_HEADER_SIZE + length;
       if (seq <= lastSeq_) continue;  // LMDB has it
       if (seq != lastSeq_ + 1) {
@@ -543,7 +508,7 @@ void WriteAheadLog::replay(MDB_env* env, MDB_dbi logDb, const std::function<void
   }
   if (applied > 0) {
     kj::byte seqBytes[8];
-    putBe(seqBytes, lastSeq_);
+    writeU64(seqBytes, lastSeq_);
     MDB_val k{SEQ_KEY.size(), const_cast<char*>(SEQ_KEY.begin())}, v{8, seqBytes};
     rc = mdb_put(txn, logDb, &k, &v, 0);
     KJ_REQUIRE(rc == 0, "mdb_put(log seq)", mdb_strerror(rc));

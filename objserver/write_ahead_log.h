@@ -105,6 +105,8 @@ public:
   void endCheckpoint(uint64_t through);
   // After the environment's last sync at close: nothing in the log is needed any more.
   void removeAll();
+  // Deletes every segment file in `dir`, set-aside ones too (LMDB's file was replaced).
+  static void discard(kj::StringPtr dir);
 
   // For the metrics.
   uint64_t syncs() const { return syncs_.load(); }
@@ -112,9 +114,12 @@ public:
   uint64_t gaps() const { return gapCount_.load(); }
 
 private:
+  enum class Kind : kj::byte;  // of a record
   struct Segment;
   // A segment to append to next: a spare file if there is one, else a new one.
   kj::Own<Segment> create();
+  // Appends one record; false (with a warning) if it could not.
+  bool write(Segment& segment, uint64_t seq, Kind kind, Bytes payload);
   // Writes zeros past the segment's end up to a whole number of GROWTH bytes covering `to`.
   bool grow(Segment& segment, uint64_t to);
   void replay(MDB_env* env, MDB_dbi logDb, const std::function<void()>& replayed);

@@ -186,6 +186,10 @@ int runAs(uid_t uid, gid_t gid, const std::vector<gid_t>& groups, const std::fun
 
 // The whole content of a file ("<error text>" if it cannot be opened).
 std::string readWhole(const std::string& path);
+// Whether `text` (a log, a status) holds `part`.
+inline bool contains(const std::string& text, const std::string& part) {
+  return text.find(part) != std::string::npos;
+}
 // Creates (or truncates) and writes a file; a failure fails the test.
 void writeWhole(const std::string& path, const std::string& data);
 // Deterministic pseudo-random bytes.

@@ -20,10 +20,6 @@
 namespace cairn::test {
 namespace {
 
-bool contains(const std::string& text, const std::string& part) {
-  return text.find(part) != std::string::npos;
-}
-
 TestCluster::Options pairs(int dataServers = 1) {
   TestCluster::Options o;
   o.dataServers = dataServers;

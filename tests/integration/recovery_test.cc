@@ -22,10 +22,6 @@ std::string slurp(const std::string& path) {
   return readWhole(path);
 }
 
-bool contains(const std::string& text, const std::string& part) {
-  return text.find(part) != std::string::npos;
-}
-
 // Builds a small tree of every kind of object and checks it.
 void makeTree(const std::string& root) {
   ASSERT_EQ(mkdir((root + "/dir").c_str(), 0750), 0);

@@ -40,10 +40,6 @@ bool exists(const std::string& path) {
   return lstat(path.c_str(), &st) == 0;
 }
 
-bool contains(const std::string& text, const std::string& part) {
-  return text.find(part) != std::string::npos;
-}
-
 TestCluster::Options withBarrier() {
   TestCluster::Options o;
   o.metaArgs = {"--test-replay-barrier", "--lock-timeout", "2"};

@@ -14,10 +14,6 @@
 namespace cairn::test {
 namespace {
 
-bool contains(const std::string& text, const std::string& part) {
-  return text.find(part) != std::string::npos;
-}
-
 TEST(Restart, InPlaceKeepsThePidThePortAndTheOpenFiles) {
   TestCluster::Options options;
   options.dataServers = 1;

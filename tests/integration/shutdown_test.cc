@@ -29,10 +29,6 @@
 namespace cairn::test {
 namespace {
 
-bool contains(const std::string& text, const std::string& part) {
-  return text.find(part) != std::string::npos;
-}
-
 TestCluster::Options quickLocks() {
   TestCluster::Options o;
   o.dataServers = 2;

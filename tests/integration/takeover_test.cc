@@ -15,10 +15,6 @@
 namespace cairn::test {
 namespace {
 
-bool contains(const std::string& text, const std::string& part) {
-  return text.find(part) != std::string::npos;
-}
-
 // Starts `cairn-mount --takeover` and waits until the process it replaces has exited.
 std::unique_ptr<Child> takeOver(const std::string& mnt, const std::string& errPath,
                                 const std::function<bool()>& previousGone) {

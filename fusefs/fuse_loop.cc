@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <linux/fuse.h>
+#include <malloc.h>
 
 #include <cstring>
 
@@ -70,6 +71,25 @@ void FuseLoop::replayInit(kj::ArrayPtr<const kj::byte> request) {
   fuse_session_process_buf(session_, &buf);
 }
 
+kj::Array<kj::byte> FuseLoop::takeWriteBytes(const char* data, size_t size) {
+  auto* mem = static_cast<char*>(buf_.mem);
+  // libfuse allocated the first buffer with its session's size; the pool's are as large.
+  size_t capacity = mem == nullptr ? 0 : malloc_usable_size(mem);
+  bool inside = mem != nullptr && !(buf_.flags & FUSE_BUF_IS_FD) && data >= mem &&
+                size <= capacity && size_t(data - mem) <= capacity - size;
+  if (!inside || size < capacity / 4 * 3) {
+    return kj::heapArray(reinterpret_cast<const kj::byte*>(data), size);
+  }
+  if (buffers_.get() == nullptr) buffers_ = kj::refcounted<RequestBuffers>(capacity);
+  if (capacity < buffers_->size()) {
+    return kj::heapArray(reinterpret_cast<const kj::byte*>(data), size);
+  }
+  buf_.mem = nullptr;  // the next request is read into another buffer (drain)
+  buf_.size = 0;
+  return buffers_->lend(mem,
+                        kj::arrayPtr(reinterpret_cast<kj::byte*>(const_cast<char*>(data)), size));
+}
+
 kj::Promise<void> FuseLoop::drain() {
   for (int i = 0; i < BATCH; ++i) {
     if (fuse_session_exited(session_)) return kj::READY_NOW;
@@ -78,6 +98,7 @@ kj::Promise<void> FuseLoop::drain() {
       resumed_ = kj::mv(paf.fulfiller);
       return paf.promise.then([this]() { return drain(); });
     }
+    if (buf_.mem == nullptr && buffers_.get() != nullptr) buf_.mem = buffers_->take();
     int res = fuse_session_receive_buf(session_, &buf_);
     if (res == -EINTR) continue;
     // The observer is edge-triggered: wait for the next edge only once the device is empty.

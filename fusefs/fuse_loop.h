@@ -10,6 +10,7 @@
 #include <kj/async-unix.h>
 
 #include "fusefs/kill_priv.h"
+#include "fusefs/request_buffers.h"
 
 namespace cairn {
 
@@ -34,6 +35,13 @@ public:
   // to a request id the kernel does not know, and the kernel drops it.
   void replayInit(kj::ArrayPtr<const kj::byte> request);
 
+  // A FUSE_WRITE's bytes, `data` pointing into the request being handled. When they fill most
+  // of the buffer the request was read into, that buffer itself is handed over (libfuse
+  // allocates a new one for the next request): a 1 MiB write is not copied on its way into
+  // the write-behind queue. Smaller writes are copied, so that what a queued write holds stays
+  // close to its size.
+  kj::Array<kj::byte> takeWriteBytes(const char* data, size_t size);
+
 private:
   kj::Promise<void> drain();
 
@@ -41,6 +49,7 @@ private:
   KillPriv& killPriv_;
   kj::UnixEventPort::FdObserver observer_;
   fuse_buf buf_;
+  kj::Own<RequestBuffers> buffers_;  // made at the first write whose buffer is handed on
   kj::Array<kj::byte> init_;
   bool paused_ = false;
   kj::Maybe<kj::Own<kj::PromiseFulfiller<void>>> resumed_;

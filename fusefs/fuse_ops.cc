@@ -7,6 +7,7 @@
 #include <kj/debug.h>
 #include <spdlog/spdlog.h>
 
+#include "fusefs/fuse_loop.h"
 #include "fusefs/kill_priv.h"
 #include "fusefs/notifier.h"
 #include "rpc/errors.h"
@@ -280,13 +281,15 @@ void opRead(fuse_req_t req, fuse_ino_t, size_t size, off_t off, fuse_file_info* 
 
 void opWrite(fuse_req_t req, fuse_ino_t, const char* buf, size_t size, off_t off,
              fuse_file_info* fi) {
-  // libfuse reuses `buf` for the next request: copy it before going async.
+  // libfuse reuses `buf` for the next request: take it over, or copy it, before going async.
   kj::Maybe<Cred> kill;
   if (killOf(req) != SetidKill::NONE) kill = credOf(req);
+  auto* loop = static_cast<FuseUserdata*>(fuse_req_userdata(req))->loop;
+  auto data = loop != nullptr ? loop->takeWriteBytes(buf, size) : bytes(buf, size);
   ops(req).run(req, [&]() {
-    return client(req)
-        .write(fi->fh, off, bytes(buf, size), fi->writepage, kill)
-        .then([req](size_t n) { fuse_reply_write(req, n); });
+    return client(req).write(fi->fh, off, kj::mv(data), fi->writepage, kill).then([req](size_t n) {
+      fuse_reply_write(req, n);
+    });
   });
 }
 

@@ -19,6 +19,7 @@
 
 namespace cairn {
 
+class FuseLoop;
 class FuseOps;
 class KillPriv;
 class Notifier;
@@ -33,6 +34,7 @@ struct FuseUserdata {
   FuseOps* ops = nullptr;
   Notifier* notifier = nullptr;  // told the kernel's protocol version at init
   KillPriv* killPriv = nullptr;  // the session's I/O; what a request asks to clear
+  FuseLoop* loop = nullptr;      // reads the requests (a write's bytes taken without a copy)
 };
 
 class FuseOps {

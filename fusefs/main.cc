@@ -393,6 +393,8 @@ int main(int argc, char** argv) {
     userdata.ops = &fuseOps;
     userdata.notifier = &notifier;
     cairn::FuseLoop loop(se, io.unixEventPort, killPriv);
+    userdata.loop = &loop;
+    KJ_DEFER(userdata.loop = nullptr);
     KJ_IF_MAYBE (s, state) {
       // The session as the kernel negotiated it with the previous process, then that
       // process's tables; the servers see the same client reconnect.

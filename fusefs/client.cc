@@ -406,7 +406,7 @@ kj::Promise<void> Client::drainMeta() {
       .then([this]() -> kj::Promise<void> {
         KJ_IF_MAYBE (kernel, kernel_) {
           if (kernel->keepsNames()) {
-            return kernel->forgetNames(1, {}, true)
+            return forgetInKernel(*kernel, 1, {}, true)
                 .exclusiveJoin(io_.provider->getTimer().afterDelay(KERNEL_WAIT_IN_SHUTDOWN));
           }
         }
@@ -619,7 +619,7 @@ bool Client::nameForKernel(uint64_t parent, const std::string& name) {
 void Client::movedInKernel(uint64_t dir, const std::string& name) {
   KJ_IF_MAYBE (kernel, kernel_) {
     if (!kernel->keepsNames()) return;
-    if (!nameForKernel(dir, name)) tasks_.add(kernel->forgetNames(dir, {}, true));
+    if (!nameForKernel(dir, name)) tasks_.add(forgetInKernel(*kernel, dir, {}, true));
   }
 }
 
@@ -643,6 +643,13 @@ std::vector<std::string> Client::forgetKernelNames(uint64_t dir) {
 kj::Promise<void> Client::invalidateInKernel(KernelCache& kernel, uint64_t ino, bool pages) {
   ++stats_.kernelInvalidations;
   return kernel.invalidate(ino, pages);
+}
+
+kj::Promise<void> Client::forgetInKernel(KernelCache& kernel, uint64_t dir,
+                                         std::vector<std::string> names, bool epoch) {
+  stats_.kernelNamesDropped += names.size();
+  if (epoch) ++stats_.kernelEpochRaises;
+  return kernel.forgetNames(dir, kj::mv(names), epoch);
 }
 
 kj::Promise<void> Client::revoke(uint64_t ino, uint64_t bit, bool destroyed) {
@@ -679,7 +686,7 @@ kj::Promise<void> Client::revoke(uint64_t ino, uint64_t bit, bool destroyed) {
     }
     if (draining_) return kj::READY_NOW;  // one epoch bump at the end drops them all
     KJ_IF_MAYBE (kernel, kernel_) {
-      if (!names.empty() || epoch) return kernel->forgetNames(ino, kj::mv(names), epoch);
+      if (!names.empty() || epoch) return forgetInKernel(*kernel, ino, kj::mv(names), epoch);
     }
     return kj::READY_NOW;
   }

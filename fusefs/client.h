@@ -207,6 +207,8 @@ public:
     uint64_t dirAttrsAhead = 0;        // changes of directories' attributes answered ahead
     uint64_t setidCleared = 0;         // set-ID bits cleared for the kernel (fusefs/kill_priv.h)
     uint64_t kernelInvalidations = 0;  // inodes' attributes or pages the kernel was told to drop
+    uint64_t kernelNamesDropped = 0;   // names the kernel was told to drop
+    uint64_t kernelEpochRaises = 0;    // every name the kernel holds made to be checked again
   };
   const AsyncDirops& dirops() const { return dirops_; }
   const UpdateBatch& batches() const { return *batch_; }
@@ -265,6 +267,10 @@ private:
   kj::Promise<void> revokeCached(uint64_t ino, uint64_t bit, bool destroyed);
   // The kernel's copy of an inode's attributes (and its pages, if `pages`) goes; counted.
   kj::Promise<void> invalidateInKernel(KernelCache& kernel, uint64_t ino, bool pages);
+  // The kernel's entries for `names` of `dir` go (with `epoch`, every lookup begun before);
+  // counted.
+  kj::Promise<void> forgetInKernel(KernelCache& kernel, uint64_t dir,
+                                   std::vector<std::string> names, bool epoch);
   // Pages of `ino` may be cached by the kernel only under its DATA lock: take it first.
   kj::Promise<void> dataLock(uint64_t ino);
   kj::Promise<Opened> withDataLock(Opened o);

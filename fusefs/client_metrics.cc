@@ -82,6 +82,13 @@ kj::String renderClientMetrics(Client& client) {
   help(out, "cairn_client_kernel_invalidations_total", "counter",
        "inodes whose attributes or pages the kernel was told to drop (a lock went back)");
   out.add(kj::str("cairn_client_kernel_invalidations_total ", stats.kernelInvalidations, "\n"));
+  help(out, "cairn_client_kernel_names_dropped_total", "counter",
+       "names the kernel was told to drop (a directory's lock went back)");
+  out.add(kj::str("cairn_client_kernel_names_dropped_total ", stats.kernelNamesDropped, "\n"));
+  help(out, "cairn_client_kernel_epoch_raises_total", "counter",
+       "times every name the kernel holds was made to be checked again (a name may have been in "
+       "flight when its lock went back)");
+  out.add(kj::str("cairn_client_kernel_epoch_raises_total ", stats.kernelEpochRaises, "\n"));
   help(out, "cairn_client_listing_hits_total", "counter",
        "readdir answered from a listing kept under the directory's lock");
   out.add(kj::str("cairn_client_listing_hits_total ", stats.listingHits, "\n"));

@@ -36,8 +36,8 @@ public:
   void replayInit(kj::ArrayPtr<const kj::byte> request);
 
   // A FUSE_WRITE's bytes, `data` pointing into the request being handled. When they fill most
-  // of the buffer the request was read into, that buffer itself is handed over (libfuse
-  // allocates a new one for the next request): a 1 MiB write is not copied on its way into
+  // of the buffer the request was read into, that buffer itself is handed over and the next
+  // request is read into another (RequestBuffers): a 1 MiB write is not copied on its way into
   // the write-behind queue. Smaller writes are copied, so that what a queued write holds stays
   // close to its size.
   kj::Array<kj::byte> takeWriteBytes(const char* data, size_t size);

@@ -90,6 +90,10 @@ kj::Array<kj::byte> FuseLoop::takeWriteBytes(const char* data, size_t size) {
                         kj::arrayPtr(reinterpret_cast<kj::byte*>(const_cast<char*>(data)), size));
 }
 
+void FuseLoop::dropSpareBuffers() {
+  if (buffers_.get() != nullptr) buffers_->dropSpares();
+}
+
 kj::Promise<void> FuseLoop::drain() {
   for (int i = 0; i < BATCH; ++i) {
     if (fuse_session_exited(session_)) return kj::READY_NOW;
@@ -118,6 +122,7 @@ kj::Promise<void> FuseLoop::drain() {
       killPriv_.received(kj::arrayPtr(static_cast<const kj::byte*>(buf_.mem), size_t(res)));
     }
     BusyPoll::arrived();
+    ++requests_;
     fuse_session_process_buf(session_, &buf_);
   }
   return kj::evalLater([this]() { return drain(); });

@@ -42,6 +42,11 @@ public:
   // close to its size.
   kj::Array<kj::byte> takeWriteBytes(const char* data, size_t size);
 
+  // Requests read from the kernel so far.
+  uint64_t requests() const { return requests_; }
+  // The buffers kept for the next requests go (the mount is idle).
+  void dropSpareBuffers();
+
 private:
   kj::Promise<void> drain();
 
@@ -52,6 +57,7 @@ private:
   kj::Own<RequestBuffers> buffers_;  // made at the first write whose buffer is handed on
   kj::Array<kj::byte> init_;
   bool paused_ = false;
+  uint64_t requests_ = 0;
   kj::Maybe<kj::Own<kj::PromiseFulfiller<void>>> resumed_;
 };
 

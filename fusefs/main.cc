@@ -462,6 +462,13 @@ int main(int argc, char** argv) {
     bool keepSocket = false;
     KJ_DEFER(if (!keepSocket) unlink(socketPath.cStr()));
 
+    // An idle mount gives back the heap it kept for moving data.
+    cairn::IdleHeapTrim trim(
+        io.provider->getTimer(), [&loop]() { return loop.requests(); },
+        [&loop]() { loop.dropSpareBuffers(); });
+    auto trimming = trim.run().eagerlyEvaluate(
+        [](kj::Exception&& e) { spdlog::warn("heap trim: {}", e.getDescription().cStr()); });
+
     // A newer cairn-mount may ask to take this mount over.
     cairn::HandoverListener handover(io.unixEventPort, io.provider->getTimer(),
                                      cairn::handoverSocketPath(opts.mountpoint));

@@ -17,7 +17,12 @@ private:
 };
 
 RequestBuffers::~RequestBuffers() noexcept {
+  dropSpares();
+}
+
+void RequestBuffers::dropSpares() {
   for (void* block : spares_) free(block);
+  spares_.clear();
 }
 
 void* RequestBuffers::take() {

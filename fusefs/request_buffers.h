@@ -27,6 +27,9 @@ public:
   // of it gives `block` back.
   kj::Array<kj::byte> lend(void* block, kj::ArrayPtr<kj::byte> bytes);
 
+  // Frees the spares (the mount is idle: IdleHeapTrim).
+  void dropSpares();
+
 private:
   class Loan;
   void give(void* block);

@@ -77,11 +77,9 @@ kj::Array<kj::byte> FuseLoop::takeWriteBytes(const char* data, size_t size) {
   size_t capacity = mem == nullptr ? 0 : malloc_usable_size(mem);
   bool inside = mem != nullptr && !(buf_.flags & FUSE_BUF_IS_FD) && data >= mem &&
                 size <= capacity && size_t(data - mem) <= capacity - size;
-  if (!inside || size < capacity / 4 * 3) {
-    return kj::heapArray(reinterpret_cast<const kj::byte*>(data), size);
-  }
-  if (buffers_.get() == nullptr) buffers_ = kj::refcounted<RequestBuffers>(capacity);
-  if (capacity < buffers_->size()) {
+  bool mostOfIt = inside && size >= capacity / 4 * 3;
+  if (mostOfIt && buffers_.get() == nullptr) buffers_ = kj::refcounted<RequestBuffers>(capacity);
+  if (!mostOfIt || capacity < buffers_->size()) {
     return kj::heapArray(reinterpret_cast<const kj::byte*>(data), size);
   }
   buf_.mem = nullptr;  // the next request is read into another buffer (drain)

@@ -242,15 +242,20 @@ void TwoClients::SetUp() {
   name_ = std::string("/") + ::testing::UnitTest::GetInstance()->current_test_info()->name();
 }
 
-uint64_t mountGauge(const std::string& mnt, const std::string& name, bool required) {
+std::string mountStats(const std::string& mnt) {
   auto r = run({ctlBin(), "--mount", mnt, "stats"});
   EXPECT_EQ(r.status, 0) << r.err;
-  auto at = r.out.find("\n" + name + " ");
+  return r.out;
+}
+
+uint64_t mountGauge(const std::string& mnt, const std::string& name, bool required) {
+  auto stats = mountStats(mnt);
+  auto at = stats.find("\n" + name + " ");
   if (required) {
-    EXPECT_NE(at, std::string::npos) << name << " in " << r.out;
+    EXPECT_NE(at, std::string::npos) << name << " in " << stats;
   }
   if (at == std::string::npos) return 0;
-  return std::stoull(r.out.substr(at + name.size() + 2));
+  return std::stoull(stats.substr(at + name.size() + 2));
 }
 
 uint64_t jsonNumber(const std::string& json, const std::string& key) {

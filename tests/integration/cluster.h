@@ -199,6 +199,9 @@ std::string pattern(size_t n, uint32_t seed);
 // call returned EINTR; for SIGKILL, that the child died of it. False too if it outlived 5 s.
 bool blockedCallEndsWith(int sig, const std::function<int()>& call);
 
+// The mount's counters as `cairnctl --mount MNT stats` prints them.
+std::string mountStats(const std::string& mnt);
+
 // A counter or gauge from a mount's counters (cairnctl --mount M stats). `required` false: a
 // counter not shown yet (nothing of its kind happened) is 0.
 uint64_t mountGauge(const std::string& mnt, const std::string& name, bool required = true);

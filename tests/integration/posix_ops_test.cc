@@ -29,14 +29,13 @@ namespace {
 
 // LOOKUPs and GETATTRs this mount's client answered or sent on, so far.
 uint64_t kernelAsked(const std::string& mnt) {
-  auto r = run({ctlBin(), "--mount", mnt, "stats"});
-  EXPECT_EQ(r.status, 0) << r.err;
+  auto stats = mountStats(mnt);
   uint64_t n = 0;
   for (const char* name :
        {"\ncairn_client_cache_hits_total ", "\ncairn_client_cache_misses_total "}) {
-    auto at = r.out.find(name);
-    EXPECT_NE(at, std::string::npos) << r.out;
-    if (at != std::string::npos) n += std::stoull(r.out.substr(at + strlen(name)));
+    auto at = stats.find(name);
+    EXPECT_NE(at, std::string::npos) << stats;
+    if (at != std::string::npos) n += std::stoull(stats.substr(at + strlen(name)));
   }
   return n;
 }
@@ -62,10 +61,6 @@ std::string countersMoved(const std::string& before, const std::string& after) {
     if (from != value) moved += name + ": " + from + " -> " + value + "\n";
   }
   return moved;
-}
-
-std::string mountStats(const std::string& mnt) {
-  return run({ctlBin(), "--mount", mnt, "stats"}).out;
 }
 
 // Everything made in DIR is on the server (creates answered ahead included: fsync of the

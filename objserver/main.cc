@@ -575,7 +575,7 @@ int main(int argc, char** argv) {
   f->add_option("--stripe-count", format.stripeCount, "meta: default stripe count (0 = all)");
   f->add_option("--chunk-size", format.chunkSize,
                 "data: bytes per stored chunk, 512 to 65536 (a smaller write rewrites a whole "
-                "chunk; default: four LMDB pages less the page header, 16368 with 4 KiB pages)");
+                "chunk; default: one LMDB page less the page header, 4080 with 4 KiB pages)");
 
   CLI11_PARSE(app, argc, argv);
 

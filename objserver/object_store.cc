@@ -27,7 +27,7 @@ constexpr uint32_t OVERFLOW_HEADER = 16;
 
 uint32_t ObjectStore::defaultChunkSize() {
   // LMDB makes its pages the size of the OS's when it creates an environment.
-  return uint32_t(4 * sysconf(_SC_PAGESIZE)) - OVERFLOW_HEADER;
+  return uint32_t(sysconf(_SC_PAGESIZE)) - OVERFLOW_HEADER;
 }
 
 uint32_t ObjectStore::requireChunkSize(uint32_t size) {

@@ -3,9 +3,11 @@
 // is a hole and reads as zeros, so sparse files cost only what was written.
 //
 // LMDB never changes a value in place: a write smaller than a chunk stores the whole chunk
-// anew (and the next sync writes all of it to disk), so the chunk size is what a small random
-// write costs. A value this large lives on overflow pages, the first of which starts with a
-// 16-byte header; the default chunk fills four pages exactly.
+// anew (and the next checkpoint writes all of it to disk), so the chunk size is what a small
+// random write costs. A value this large lives on overflow pages, the first of which starts
+// with a 16-byte header; the default chunk fills one page exactly. An aligned 4 KiB write then
+// rewrites two pages; with four-page chunks it rewrote four, and eight when it straddled two
+// chunks, which a quarter of them do (docs/benchmarks.md, session 31).
 #pragma once
 
 #include <kj/array.h>
@@ -20,7 +22,7 @@ public:
   static constexpr uint32_t MIN_CHUNK_SIZE = 512;
   static constexpr uint32_t MAX_CHUNK_SIZE = 64 * 1024;
 
-  // For a new target: four LMDB pages (the OS's page size) less the overflow page header.
+  // For a new target: one LMDB page (the OS's page size) less the overflow page header.
   static uint32_t defaultChunkSize();
   // Returns `size` if it is a chunk size this code can keep; throws if not (a damaged header,
   // a bad option).

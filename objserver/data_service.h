@@ -15,6 +15,8 @@ public:
 private:
   kj::Promise<void> dispatch(CallContext context);
   kj::Promise<void> run(CallContext context);
+  void applyUpdate(CallContext context);  // in one transaction, its reply recorded with it
+  kj::Promise<void> removeInSteps(CallContext context, bool first);
   ServerContext& ctx_;
   ObjectStore& objects_;
   kj::Own<ClientSession> session_;

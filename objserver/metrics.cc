@@ -95,6 +95,9 @@ kj::String renderMetrics(ServerContext& ctx) {
         "counter");
   gauge(out, "cairn_data_bytes_out_total", "file data sent (reads)", double(ctx.bytesOut),
         "counter");
+  gauge(out, "cairn_data_removal_steps_total",
+        "transactions that removed part of a large object ahead of its truncate or destroy",
+        double(ctx.removalSteps), "counter");
 
   auto locks = ctx.locks.stats();
   gauge(out, "cairn_locks_granted", "locks granted now", double(locks.granted));

@@ -4,6 +4,8 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <cstdint>
+
 #include "rpc/errors.h"
 
 namespace cairn {
@@ -130,10 +132,9 @@ void ObjectStore::prefetch(store::Txn& txn, uint64_t object, uint64_t offset, ui
 
 void ObjectStore::truncate(store::Txn& txn, uint64_t object, uint64_t size) {
   fsRequire(size <= MAX_OFFSET, EINVAL);
-  uint64_t firstGone = size / chunkSize_;
   uint64_t within = size % chunkSize_;
   if (within > 0) {
-    ChunkKey boundary(object, firstGone);
+    ChunkKey boundary(object, size / chunkSize_);
     KJ_IF_MAYBE (old, txn.get(chunks_, boundary.ptr())) {
       if (old->size() > within) {
         kj::byte buf[MAX_CHUNK_SIZE];
@@ -141,16 +142,46 @@ void ObjectStore::truncate(store::Txn& txn, uint64_t object, uint64_t size) {
         txn.put(chunks_, boundary.ptr(), kj::arrayPtr(buf, within));
       }
     }
-    ++firstGone;
   }
+  size_t all = SIZE_MAX;
+  removePast(txn, object, size, all);
+}
+
+namespace {
+// The first chunk that lies wholly at or past `offset`.
+uint64_t firstChunkPast(uint64_t offset, uint64_t chunkSize) {
+  return offset / chunkSize + (offset % chunkSize != 0);
+}
+}  // namespace
+
+size_t ObjectStore::chunksPast(store::Txn& txn, uint64_t object, uint64_t from, size_t limit) {
+  fsRequire(from <= MAX_OFFSET, EINVAL);
   store::Cursor cursor(txn, chunks_);
-  ChunkKey start(object, firstGone);
-  for (auto item = cursor.seek(start.ptr());; item = cursor.seek(start.ptr())) {
+  ChunkKey start(object, firstChunkPast(from, chunkSize_));
+  size_t count = 0;
+  for (auto item = cursor.seek(start.ptr()); count < limit; item = cursor.next()) {
     KJ_IF_MAYBE (i, item) {
       if (store::readU64(i->key, 0) != object) break;
-      cursor.del();
+      ++count;
     } else {
       break;
+    }
+  }
+  return count;
+}
+
+bool ObjectStore::removePast(store::Txn& txn, uint64_t object, uint64_t from, size_t& budget) {
+  fsRequire(from <= MAX_OFFSET, EINVAL);
+  store::Cursor cursor(txn, chunks_);
+  ChunkKey start(object, firstChunkPast(from, chunkSize_));
+  for (auto item = cursor.seek(start.ptr());; item = cursor.seek(start.ptr())) {
+    KJ_IF_MAYBE (i, item) {
+      if (store::readU64(i->key, 0) != object) return true;
+      if (budget == 0) return false;
+      cursor.del();
+      --budget;
+    } else {
+      return true;
     }
   }
 }

@@ -41,6 +41,12 @@ public:
   void prefetch(store::Txn& txn, uint64_t object, uint64_t offset, uint64_t length);
   void truncate(store::Txn& txn, uint64_t object, uint64_t size);
   void destroy(store::Txn& txn, uint64_t object);
+  // For a truncate or destroy too large for one transaction: how many whole chunks wholly at
+  // or past `from` the object has, counting no further than `limit`; and the removal of up to
+  // `budget` of them (lowest first; what it removed is taken off `budget`), true once none
+  // is left. What a truncate to `from` keeps is untouched.
+  size_t chunksPast(store::Txn& txn, uint64_t object, uint64_t from, size_t limit);
+  bool removePast(store::Txn& txn, uint64_t object, uint64_t from, size_t& budget);
   uint64_t objectCount(store::Txn& txn);
 
 private:

@@ -149,8 +149,9 @@ public:
       kind.latency.observe(double((clock.now() - started) / kj::NANOSECONDS) / 1e9);
     }));
   }
-  uint64_t bytesIn = 0;   // file data written to this target
-  uint64_t bytesOut = 0;  // file data read from it
+  uint64_t bytesIn = 0;       // file data written to this target
+  uint64_t bytesOut = 0;      // file data read from it
+  uint64_t removalSteps = 0;  // transactions of large truncates and destroys (DataService)
   kj::String metricsAddress;
   std::map<std::string, kj::Own<ClientSession>> sessions;
   ServerState state = ServerState::SERVING;

@@ -101,6 +101,48 @@ TEST(Metrics, ServersExposeRequestsLatencyLocksAndState) {
   EXPECT_EQ(httpGet(meta, "/other").rfind("HTTP/1.1 404", 0), 0u);
 }
 
+// A truncate or destroy of a large object goes in steps, each a transaction of its own, so that
+// the target serves other requests in between; what the truncate keeps is intact, and nothing
+// of the object is left after the destroy.
+TEST(Metrics, LargeRemovalsGoInStepsAndLeaveNothing) {
+  TestCluster::Options options;
+  options.dataServers = 1;
+  options.dataArgs = {"--metrics", "127.0.0.1:0"};
+  TestCluster cluster(options);
+  auto mnt = cluster.mount();
+  auto steps = [&] {
+    return value(httpGet(metricsAddress(cluster, 1), "/metrics"), "cairn_data_removal_steps_total");
+  };
+  auto chunks = [&] { return jsonNumber(cluster.status(1), "chunks"); };
+  uint64_t before = chunks();
+  ASSERT_EQ(steps(), 0);
+  // 64 MiB: several thousand chunks of any size a target may be made with.
+  std::string data(64 << 20, '\0');
+  for (size_t i = 0; i < data.size(); ++i) data[i] = char(i % 251);
+  int fd = open((mnt + "/big").c_str(), O_CREAT | O_RDWR, 0644);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(pwrite(fd, data.data(), data.size(), 0), ssize_t(data.size()));
+  ASSERT_EQ(fsync(fd), 0);
+  uint64_t written = chunks();
+  ASSERT_GT(written, before + 1000);
+
+  constexpr size_t KEPT = (32 << 20) + 123;
+  ASSERT_EQ(ftruncate(fd, KEPT), 0);
+  ASSERT_EQ(fsync(fd), 0);
+  ASSERT_EQ(close(fd), 0);
+  double truncated = steps();
+  EXPECT_GE(truncated, 1);
+  EXPECT_LT(chunks(), written);
+  auto other = cluster.mount();  // reads what the target holds, not this client's cache
+  EXPECT_TRUE(readWhole(other + "/big") == data.substr(0, KEPT));
+
+  ASSERT_EQ(unlink((mnt + "/big").c_str()), 0);
+  ASSERT_TRUE(waitFor([&] { return jsonNumber(cluster.status(0), "destroyQueue") == 0; }, 20000));
+  EXPECT_EQ(chunks(), before);
+  // What the truncate kept is more than a step too, with the default chunk (a page).
+  EXPECT_GE(steps(), truncated + 1);
+}
+
 // A mount's own counters, read with `cairnctl --mount MNT stats` from its local socket.
 TEST(Metrics, AMountExposesItsOwnCounters) {
   TestCluster cluster;

@@ -333,6 +333,31 @@ TEST_P(Objects, TruncateAndDestroy) {
   EXPECT_EQ(read(2, 0, 100), "other");
 }
 
+// A large truncate or destroy in steps (DataService): the whole chunks past an offset counted
+// and removed a budget at a time; the chunk that holds the offset and other objects untouched.
+TEST_P(Objects, RemovalInSteps) {
+  const uint64_t C = objects->chunkSize();
+  write(1, 0, std::string(10 * C, 'a'));
+  write(2, 0, "other");
+  store::Txn txn(target->env(), store::Txn::WRITE);
+  EXPECT_EQ(objects->chunksPast(txn, 1, 0, 100), 10u);
+  EXPECT_EQ(objects->chunksPast(txn, 1, 0, 4), 4u);        // counts no further than asked
+  EXPECT_EQ(objects->chunksPast(txn, 1, C + 1, 100), 8u);  // chunk 1 holds the offset: kept
+  EXPECT_EQ(objects->chunksPast(txn, 1, 2 * C, 100), 8u);
+  EXPECT_EQ(objects->chunksPast(txn, 3, 0, 100), 0u);
+  size_t budget = 5;
+  EXPECT_FALSE(objects->removePast(txn, 1, C + 1, budget));
+  EXPECT_EQ(budget, 0u);
+  EXPECT_EQ(objects->chunksPast(txn, 1, 0, 100), 5u);
+  budget = 5;
+  EXPECT_TRUE(objects->removePast(txn, 1, C + 1, budget));
+  EXPECT_EQ(budget, 2u);
+  EXPECT_TRUE(objects->removePast(txn, 1, C + 1, budget));  // nothing left: done at once
+  txn.commit();
+  EXPECT_EQ(read(1, 0, uint32_t(10 * C)), std::string(2 * C, 'a'));
+  EXPECT_EQ(read(2, 0, 100), "other");
+}
+
 TEST_P(Objects, PrefetchIsAdviceAtAnyRange) {
   const uint64_t C = objects->chunkSize();
   write(1, 0, std::string(4 * C, 'p'));

@@ -7,10 +7,13 @@
 //   fsbench meta DIR FILES THREADS       create, stat, unlink in one dir    -> ops/s each
 //   fsbench smallsync DIR SECONDS        4 KiB files: create, write, fsync  -> files/s
 //                                        (a mail spool's or a package manager's pattern)
+//   fsbench removestall FILE PROBE SECONDS  removes FILE while reading PROBE   -> longest read, ms
+//                                        (4 KiB O_DIRECT every ms: does a removal hold others up)
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -152,6 +155,41 @@ void smallsync(const char* dir, double seconds) {
   printf("small_fsync %.0f files/s\n", files / since(t));
 }
 
+void removestall(const char* path, const char* probe, double seconds) {
+  int fd = open(probe, O_CREAT | O_TRUNC | O_WRONLY, 0644);
+  if (fd < 0) die(probe);
+  std::vector<char> block(4096, 'p');
+  if (write(fd, block.data(), block.size()) != ssize_t(block.size())) die("write");
+  if (fsync(fd) != 0) die("fsync");
+  close(fd);
+  fd = open(probe, O_RDONLY | O_DIRECT);
+  if (fd < 0) die(probe);
+  void* buf = nullptr;
+  if (posix_memalign(&buf, 4096, 4096) != 0) die("memalign");
+  std::atomic<bool> stop{false};
+  double longest = 0;
+  std::thread reader([&] {
+    while (!stop) {
+      auto t = Clock::now();
+      if (pread(fd, buf, 4096, 0) != 4096) die("pread");
+      longest = std::max(longest, since(t));
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+  });
+  // The removal of the data may follow the unlink (a distributed filesystem's background
+  // destroy): the reads go on for the whole time.
+  auto t = Clock::now();
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  if (unlink(path) != 0) die(path);
+  while (since(t) < seconds) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  stop = true;
+  reader.join();
+  close(fd);
+  free(buf);
+  unlink(probe);
+  printf("remove_stall_ms %.1f ms\n", longest * 1000);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -168,11 +206,13 @@ int main(int argc, char** argv) {
     meta(argv[2], atol(argv[3]), atoi(argv[4]));
   } else if (cmd == "smallsync" && argc == 4) {
     smallsync(argv[2], atof(argv[3]));
+  } else if (cmd == "removestall" && argc == 5) {
+    removestall(argv[2], argv[3], atof(argv[4]));
   } else {
     fprintf(stderr,
             "usage: fsbench seqwrite FILE MIB | seqread FILE | randread FILE SECONDS |\n"
             "               randwrite FILE SECONDS | meta DIR FILES THREADS |\n"
-            "               smallsync DIR SECONDS\n");
+            "               smallsync DIR SECONDS | removestall FILE PROBE SECONDS\n");
     return 2;
   }
   return 0;

@@ -138,12 +138,13 @@ kj::Promise<void> DataService::run(CallContext context) {
       KJ_REQUIRE(req.which() != R::DESTROY_MANY ||
                      req.getDestroyMany().size() <= features::MAX_DESTROY_MANY,
                  "too many objects in one destroyMany", req.getDestroyMany().size());
-      if (req.getReplayOf() != 0 || req.getResend()) {
-        // A replay runs whole in its turn; a resend may have been answered already.
+      // A replay runs whole in its turn; a resend may have been answered already; and most
+      // removals fit in one step: those go as they did, in the request's transaction, at once.
+      if (req.getReplayOf() != 0 || req.getResend() || !largeRemoval(req)) {
         applyUpdate(context);
         return kj::READY_NOW;
       }
-      return removeInSteps(context, true).then([this, context]() mutable { applyUpdate(context); });
+      return removeInSteps(context).then([this, context]() mutable { applyUpdate(context); });
   }
   KJ_FAIL_REQUIRE("unknown data request; the client is newer than this server",
                   static_cast<uint>(req.which()));
@@ -156,7 +157,42 @@ namespace {
 constexpr size_t REMOVAL_STEP = 4000;
 }  // namespace
 
-kj::Promise<void> DataService::removeInSteps(CallContext context, bool first) {
+namespace {
+// Calls func(object, from) for each object the removal covers (a truncate keeps what is before
+// `from`) until it returns false; returns whether none did.
+template <typename Func>
+bool forEachRemoval(rpc::DataRequest::Reader req, Func&& func) {
+  using R = rpc::DataRequest;
+  switch (req.which()) {
+    case R::TRUNCATE:
+      return func(req.getTruncate().getObjectId(), req.getTruncate().getSize());
+    case R::DESTROY:
+      return func(req.getDestroy(), uint64_t(0));
+    case R::DESTROY_MANY:
+      for (uint64_t object : req.getDestroyMany()) {
+        if (!func(object, uint64_t(0))) return false;
+      }
+      return true;
+    default:
+      KJ_UNREACHABLE;
+  }
+}
+}  // namespace
+
+bool DataService::largeRemoval(rpc::DataRequest::Reader req) {
+  try {
+    store::Txn txn(ctx_.target.env(), store::Txn::READ);
+    size_t left = REMOVAL_STEP;
+    return !forEachRemoval(req, [&](uint64_t object, uint64_t from) {
+      left -= objects_.chunksPast(txn, object, from, left);
+      return left > 0;
+    });
+  } catch (FsError&) {
+    return false;  // a bad offset: the request's own transaction says so
+  }
+}
+
+kj::Promise<void> DataService::removeInSteps(CallContext context) {
   // Why: a destroy or a truncate of a large object was one transaction, and deleting a 4 GiB
   // file's half a million chunks held this target's loop — every other client's reads and
   // writes — for ~180 ms. Removing chunks is idempotent, so what the request would remove
@@ -165,51 +201,20 @@ kj::Promise<void> DataService::removeInSteps(CallContext context, bool first) {
   // crash between steps loses nothing: the request was not answered and comes again.
   if (session_->evicted) throwEvicted(*session_);
   auto req = context.getParams().getRequest();
-  using R = rpc::DataRequest;
-  auto each = [&](auto&& func) {
-    switch (req.which()) {
-      case R::TRUNCATE:
-        return func(req.getTruncate().getObjectId(), req.getTruncate().getSize());
-      case R::DESTROY:
-        return func(req.getDestroy(), uint64_t(0));
-      case R::DESTROY_MANY:
-        for (uint64_t object : req.getDestroyMany()) {
-          if (!func(object, uint64_t(0))) return false;
-        }
-        return true;
-      default:
-        KJ_UNREACHABLE;
-    }
-  };
   bool done = false;
-  try {
-    if (first) {
-      // Most removals fit in one step: those go as they did, in the request's transaction.
-      store::Txn txn(ctx_.target.env(), store::Txn::READ);
-      size_t left = REMOVAL_STEP;
-      done = each([&](uint64_t object, uint64_t from) {
-        left -= objects_.chunksPast(txn, object, from, left);
-        return left > 0;
-      });
-    }
-    if (!done) {
-      ctx_.commit([&](store::Txn& txn) {
-        size_t budget = REMOVAL_STEP;
-        done = each([&](uint64_t object, uint64_t from) {
-          return objects_.removePast(txn, object, from, budget);
-        });
-      });
-      ++ctx_.removalSteps;
-    }
-  } catch (FsError&) {
-    return kj::READY_NOW;  // a bad offset: the request's own transaction says so
-  }
+  ctx_.commit([&](store::Txn& txn) {
+    size_t budget = REMOVAL_STEP;
+    done = forEachRemoval(req, [&](uint64_t object, uint64_t from) {
+      return objects_.removePast(txn, object, from, budget);
+    });
+  });
+  ++ctx_.removalSteps;
   if (done) return kj::READY_NOW;
   // Through the timer, not evalLater: kj looks for I/O only once its queue is empty, so steps
   // chained with evalLater would still keep every other request out until the last.
   return ctx_.io.provider->getTimer()
       .afterDelay(0 * kj::NANOSECONDS)
-      .then([this, context]() mutable { return removeInSteps(context, false); });
+      .then([this, context]() mutable { return removeInSteps(context); });
 }
 
 void DataService::applyUpdate(CallContext context) {

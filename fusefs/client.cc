@@ -1872,14 +1872,20 @@ void Client::reserveInodes() {
                        });
                  })
                  .then(
-                     [this](Reserved got) {
+                     [this](Reserved got) -> kj::Promise<void> {
                        reserving_ = false;
                        for (auto& r : got) reserved_.push_back(kj::mv(r));
+                       return kj::READY_NOW;
                      },
                      [this](kj::Exception&& e) {
-                       reserving_ = false;
+                       // (A full target says ENOSPC here, not to a create already answered.)
+                       // Creates wait for the server meanwhile; asking again at once would
+                       // send a refused request per create.
                        spdlog::warn("inode numbers for creates ahead not reserved: {}",
                                     e.getDescription().cStr());
+                       return io_.provider->getTimer().afterDelay(RESERVE_RETRY).then([this]() {
+                         reserving_ = false;
+                       });
                      }));
 }
 

@@ -447,6 +447,8 @@ private:
   // Below this many numbers in hand, more are asked for (a batch of RESERVE_BATCH).
   static constexpr size_t RESERVE_LOW = 256;
   static constexpr uint32_t RESERVE_BATCH = 512;
+  // After a refusal (a full metadata target, say), how long before asking again.
+  static constexpr kj::Duration RESERVE_RETRY = 1 * kj::SECONDS;
   kj::Maybe<KernelCache&> kernel_;
   kj::Own<ServerLink> meta_;
   std::map<uint32_t, kj::Own<ServerLink>> data_;

@@ -40,6 +40,8 @@ public:
   void reserve(store::Txn& txn, kj::ArrayPtr<const kj::byte> client, uint64_t ino);
   // How many numbers the client holds, counted up to `limit`.
   size_t reservedCount(store::Txn& txn, kj::ArrayPtr<const kj::byte> client, size_t limit);
+  // Numbers set aside for all clients together: creates the target has promised room for.
+  size_t reservedTotal(store::Txn& txn) { return txn.entries(reserved_); }
   // Whether `ino` was reserved for the client; it is not any more.
   bool takeReserved(store::Txn& txn, kj::ArrayPtr<const kj::byte> client, uint64_t ino);
 

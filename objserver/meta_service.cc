@@ -621,11 +621,13 @@ void MetaService::applyAndDescribe(rpc::MetaRequest::Reader req, store::Txn& txn
   }
 }
 
-void MetaService::apply(rpc::MetaRequest::Reader req, store::Txn& txn,
-                        rpc::MetaReply::Builder reply) {
+void MetaService::requireSpaceFor(rpc::MetaRequest::Reader req, store::Txn& txn) {
   using R = rpc::MetaRequest;
-  // What can only shrink the namespace must work on a full target; the rest must not
-  // eat the reserve those need.
+  // Three tiers. What can only shrink the namespace must work on a full target. A create
+  // answered ahead was promised its room when its number was reserved: the client told its
+  // application the file exists, and an ENOSPC now would take it away. Everything else,
+  // reservations included, must leave the deletions' reserve and the promised room alone.
+  uint64_t promised = ctx_.clients.reservedTotal(txn) * CREATE_ROOM;
   switch (req.which()) {
     case R::UNLINK:
     case R::RMDIR:
@@ -633,10 +635,23 @@ void MetaService::apply(rpc::MetaRequest::Reader req, store::Txn& txn,
     case R::SETATTR:
     case R::WROTE:
     case R::RENAME:
+      return;
+    case R::CREATE:
+      if (req.getCreate().getIno() != 0) return;
       break;
+    case R::RESERVE_INODES:
+      ctx_.target.env().requireSpace(txn, promised + req.getReserveInodes() * CREATE_ROOM);
+      return;
     default:
-      ctx_.target.env().requireSpace(txn, 4096);
+      break;
   }
+  ctx_.target.env().requireSpace(txn, promised + 4096);
+}
+
+void MetaService::apply(rpc::MetaRequest::Reader req, store::Txn& txn,
+                        rpc::MetaReply::Builder reply) {
+  using R = rpc::MetaRequest;
+  requireSpaceFor(req, txn);
   auto caller = callerOf(req);
   if (caller.checked) checkPermitted(ns_, txn, req, caller);
   switch (req.which()) {

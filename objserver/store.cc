@@ -270,6 +270,12 @@ bool Txn::del(MDB_dbi dbi, Bytes key) {
   return true;
 }
 
+size_t Txn::entries(MDB_dbi dbi) {
+  MDB_stat stat;
+  check(mdb_stat(txn_, dbi, &stat), "mdb_stat");
+  return stat.ms_entries;
+}
+
 void Txn::putMessage(MDB_dbi dbi, Bytes key, capnp::MessageBuilder& message) {
   auto words = capnp::messageToFlatArray(message);
   put(dbi, key, words.asBytes());

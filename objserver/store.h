@@ -98,6 +98,8 @@ public:
   void putPatched(MDB_dbi dbi, Bytes key, Bytes value, size_t at, size_t length);
   // Returns false if the key was absent.
   bool del(MDB_dbi dbi, Bytes key);
+  // How many keys the table holds, as this transaction sees it (LMDB keeps the count).
+  size_t entries(MDB_dbi dbi);
 
   // Stores a Cap'n Proto message as a flat array of words.
   void putMessage(MDB_dbi dbi, Bytes key, capnp::MessageBuilder& message);

@@ -10,6 +10,7 @@
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -19,6 +20,7 @@
 #include <set>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "tests/integration/cluster.h"
 
@@ -736,6 +738,67 @@ TEST(AsyncCreate, FilesCreatedAheadAcrossControlledRestartsAreAllThere) {
     EXPECT_EQ(readWhole(b + "/d/" + name), name);
   }
   EXPECT_EQ(cluster.mountLog(0).find("evicted"), std::string::npos);
+}
+
+// Another client fills the metadata target. The numbers a client holds for creates ahead came
+// with room for their creates: every create it answered lands, and once its numbers are used
+// up, the next creates wait for the server and get its ENOSPC. None is taken back later.
+TEST(AsyncCreate, AFullMetadataTargetKeepsTheCreatesAnsweredAhead) {
+  TestCluster::Options options;
+  options.dataServers = 1;
+  options.metaArgs = {"--map-size", std::to_string(24 << 20)};
+  TestCluster cluster(options);
+  auto a = cluster.mount();
+  auto b = cluster.mount();
+  ASSERT_EQ(mkdir((a + "/d").c_str(), 0755), 0);
+  int pre = createUntilAhead(a, a + "/d", 50);
+  ASSERT_EQ(mkdir((b + "/fill").c_str(), 0755), 0);
+  std::string pad(60000, 'p');
+  int err = 0, filled = 0;
+  for (; filled < 10000 && err == 0; ++filled) {
+    // Files made ahead (by B) too: a setxattr that found no file would say ENOENT.
+    auto path = b + "/fill/x" + std::to_string(filled);
+    int fd = creat(path.c_str(), 0644);
+    if (fd < 0) {
+      err = errno;
+      break;
+    }
+    close(fd);
+    if (setxattr(path.c_str(), "user.pad", pad.data(), pad.size(), 0) != 0) err = errno;
+  }
+  ASSERT_EQ(err, ENOSPC) << strerror(err) << " after " << filled << " files";
+  uint64_t before = createdAhead(a);
+  std::vector<std::string> made;
+  for (int i = 0; i < 5000 && err != 0; ++i) {
+    auto name = "n" + std::to_string(i);
+    int fd = creat((a + "/d/" + name).c_str(), 0644);
+    if (fd < 0) {
+      ASSERT_EQ(errno, ENOSPC) << strerror(errno);
+      break;
+    }
+    close(fd);
+    made.push_back(name);
+  }
+  EXPECT_LT(made.size(), 5000u) << "the target never refused a create";
+  EXPECT_GT(createdAhead(a), before + 100) << "too few creates answered ahead to tell";
+  EXPECT_EQ(syncDir(a + "/d"), 0);
+  EXPECT_EQ(failedAhead(a), 0u);
+  EXPECT_EQ(failedAhead(b), 0u);
+  auto there = names(b + "/d");  // calls A's PW back, which waits for the creates
+  EXPECT_EQ(there.size(), made.size() + pre);
+  for (auto& name : made) EXPECT_EQ(there.count(name), 1u) << name;
+  // The space comes back with the fill gone, and with it the creates ahead.
+  for (int i = 0; i < filled; ++i) unlink((b + "/fill/x" + std::to_string(i)).c_str());
+  before = createdAhead(a);
+  int more = 0;
+  EXPECT_TRUE(waitFor(
+      [&] {
+        int fd = creat((a + "/d/m" + std::to_string(more++)).c_str(), 0644);
+        if (fd >= 0) close(fd);
+        return createdAhead(a) > before;
+      },
+      30000));
+  EXPECT_EQ(failedAhead(a), 0u);
 }
 
 uint64_t dirAttrsAhead(const std::string& mnt) {

@@ -33,8 +33,16 @@ TEST(Store, PutGetDeleteAndCursors) {
   store::Txn txn(env, store::Txn::WRITE);
   EXPECT_EQ(kj::str(KJ_ASSERT_NONNULL(txn.get(dbi, b("b"))).asChars()), "2");
   EXPECT_TRUE(txn.get(dbi, b("zz")) == nullptr);
+  EXPECT_EQ(txn.entries(dbi), 3u);
   EXPECT_TRUE(txn.del(dbi, b("b")));
   EXPECT_FALSE(txn.del(dbi, b("b")));
+  EXPECT_EQ(txn.entries(dbi), 2u);  // as this transaction sees it
+  {
+    store::Txn nested(txn);
+    nested.put(dbi, b("d"), b("4"));
+    EXPECT_EQ(nested.entries(dbi), 3u);
+  }
+  EXPECT_EQ(txn.entries(dbi), 2u);  // the nested one was aborted
   store::Cursor cursor(txn, dbi);
   auto first = KJ_ASSERT_NONNULL(cursor.first());
   EXPECT_EQ(kj::str(first.key.asChars()), "a");

@@ -795,17 +795,7 @@ kj::Promise<Entry> Client::entryCall(MetaBuild build, uint64_t parent, kj::Array
   return metaCall(kj::mv(build), true, ServerLink::Class::NORMAL,
                   [this, parent, made, &nameCached,
                    key = kj::mv(key)](rpc::MetaReply::Reader reply) mutable {
-                    if (reply.getError() != 0) {
-                      cache_.dropEntry(parent, key);
-                      return;
-                    }
-                    uint64_t ino = reply.getAttr().getIno();
-                    if (locks_->held(parent, BIT_LOOKUP) != 0) {
-                      nameCached = nameForKernel(parent, key);
-                      cache_.setEntry(parent, kj::mv(key), ino);
-                    }
-                    if (made && locks_->held(ino, BIT_ATTR) != 0) cache_.markNoXattrs(ino);
-                    if (made && locks_->held(ino, BIT_LOOKUP) != 0) cache_.markComplete(ino);
+                    nameCached = madeEntry(reply, parent, kj::mv(key), made);
                   })
       .then([this, &nameCached](ServerLink::MetaResponse&& resp) {
         auto e = entryOf(resp.getReply().getAttr());
@@ -813,6 +803,65 @@ kj::Promise<Entry> Client::entryCall(MetaBuild build, uint64_t parent, kj::Array
         return e;
       })
       .attach(kj::mv(name), kj::mv(named));
+}
+
+bool Client::madeEntry(rpc::MetaReply::Reader reply, uint64_t parent, std::string key, bool made) {
+  if (reply.getError() != 0) {
+    cache_.dropEntry(parent, key);
+    return false;
+  }
+  bool nameCached = false;
+  uint64_t ino = reply.getAttr().getIno();
+  if (locks_->held(parent, BIT_LOOKUP) != 0) {
+    nameCached = nameForKernel(parent, key);
+    cache_.setEntry(parent, kj::mv(key), ino);
+  }
+  if (made && locks_->held(ino, BIT_ATTR) != 0) cache_.markNoXattrs(ino);
+  if (made && locks_->held(ino, BIT_LOOKUP) != 0) cache_.markComplete(ino);
+  return nameCached;
+}
+
+kj::Maybe<kj::Promise<Entry>> Client::mkdirBeside(uint64_t parent, const kj::Array<kj::byte>& name,
+                                                  MetaBuild& build) {
+  // Every request about a directory waits for the creates and removals answered ahead in it
+  // (afterDirops): they gather for a batch, which is hurried out and answered first. A mkdir
+  // does not need that order. The creates and removals ahead are of other names (this one is
+  // known free here, and not on its way out), so they commute with it on the server but for
+  // the directory's times, which the server keeps from going back (features::MKDIR_BESIDE),
+  // and its link count, which the cache keeps below. A change of the directory's attributes
+  // answered ahead does not commute: then it waits, as before.
+  if (!(meta_->peerFeatures() & features::MKDIR_BESIDE) || !dirops_.pending(parent)) {
+    return nullptr;
+  }
+  auto key = nameOf(name);
+  if (attrsAhead_.count(parent) > 0 || removing_.count({parent, key}) > 0) return nullptr;
+  KJ_IF_MAYBE (e, cache_.entry(parent, key)) {
+    if (*e != 0) return nullptr;  // EEXIST is the server's to say
+  } else if (locks_->held(parent, BIT_LOOKUP) == 0 || !cache_.complete(parent)) {
+    return nullptr;  // not known free
+  }
+  ++stats_.mkdirsBeside;
+  return meta_->meta(kj::mv(build), true, ServerLink::Class::NORMAL)
+      .then([this, parent, key = kj::mv(key)](ServerLink::MetaResponse&& resp) mutable {
+        // In the response's first event, as sendMeta's absorb (see there).
+        auto reply = resp.getReply();
+        if (reply.getError() == 0) {
+          // The new directory's ".." links the parent: with creates and removals ahead still
+          // on their way, absorb keeps the cache's link count over the reply's, so the cache
+          // counts it first.
+          KJ_IF_MAYBE (d, cache_.attr(parent)) {
+            struct stat st = d->attr;
+            ++st.st_nlink;
+            cache_.setAttr(st, d->generation);
+          }
+        }
+        absorb(reply);
+        bool nameCached = madeEntry(reply, parent, kj::mv(key), true);
+        checkErrno(reply.getError());
+        auto e = entryOf(reply.getAttr());
+        e.nameCached = nameCached;
+        return e;
+      });
 }
 
 kj::Promise<Entry> Client::getattr(uint64_t ino) {
@@ -1181,16 +1230,18 @@ kj::Promise<Entry> Client::mkdir(const Cred& cred, uint64_t parent, kj::Array<kj
       want |= rpc::WANT_NEW_DIR_PW;
     }
   }
-  return entryCall(
-      [cred, parent, name = kj::mv(name), mode, want](rpc::MetaRequest::Builder b) {
-        setCred(b, cred);
-        b.setWantLocks(want);
-        auto m = b.initMkdir();
-        m.setParent(parent);
-        m.setName(name);
-        m.setMode(mode);
-      },
-      parent, kj::mv(copy), true);
+  MetaBuild build = [cred, parent, name = kj::mv(name), mode, want](rpc::MetaRequest::Builder b) {
+    setCred(b, cred);
+    b.setWantLocks(want);
+    auto m = b.initMkdir();
+    m.setParent(parent);
+    m.setName(name);
+    m.setMode(mode);
+  };
+  KJ_IF_MAYBE (beside, mkdirBeside(parent, copy, build)) {
+    return kj::mv(*beside);
+  }
+  return entryCall(kj::mv(build), parent, kj::mv(copy), true);
 }
 
 kj::Promise<Entry> Client::symlink(const Cred& cred, uint64_t parent, kj::Array<kj::byte> name,

@@ -205,6 +205,7 @@ public:
     uint64_t removalsAhead = 0;        // unlinks and rmdirs answered ahead
     uint64_t createsAhead = 0;         // creates answered ahead
     uint64_t dirAttrsAhead = 0;        // changes of directories' attributes answered ahead
+    uint64_t mkdirsBeside = 0;         // mkdirs sent beside operations answered ahead
     uint64_t setidCleared = 0;         // set-ID bits cleared for the kernel (fusefs/kill_priv.h)
     uint64_t kernelInvalidations = 0;  // inodes' attributes or pages the kernel was told to drop
     uint64_t kernelNamesDropped = 0;   // names the kernel was told to drop
@@ -251,6 +252,13 @@ private:
                                                  ServerLink::Class cls, OnReply onReply);
   kj::Promise<Entry> entryCall(MetaBuild build, uint64_t parent, kj::Array<kj::byte> name,
                                bool made);
+  // The caches after the reply to a request that made or linked `key` in `parent` (entryCall);
+  // whether the kernel may keep the name.
+  bool madeEntry(rpc::MetaReply::Reader reply, uint64_t parent, std::string key, bool made);
+  // A mkdir in a directory with creates or removals answered ahead on their way, sent at once
+  // beside them (null: it waits for them, entryCall).
+  kj::Maybe<kj::Promise<Entry>> mkdirBeside(uint64_t parent, const kj::Array<kj::byte>& name,
+                                            MetaBuild& build);
   void listed(uint64_t dir, uint64_t cookie, rpc::MetaReply::Reader reply);
   // Locks and attributes a reply brings. What creates and removals answered ahead after the
   // request (after `op`, for the reply of one of them) did to an inode — its link count, its

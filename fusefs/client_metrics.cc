@@ -109,6 +109,10 @@ kj::String renderClientMetrics(Client& client) {
          "chmod, chown and utimes of directories answered before the server did (PW on their "
          "attributes)",
          stats.dirAttrsAhead);
+  sample(out, "cairn_client_mkdirs_beside_total", "counter",
+         "mkdirs sent without waiting for the creates and removals answered ahead in their "
+         "directory",
+         stats.mkdirsBeside);
   sample(out, "cairn_client_dirops_ahead_failed_total", "counter",
          "of those, refused by the server or not applied (reported at the directory's fsync)",
          dirops.failed());

@@ -84,6 +84,10 @@ InodeData decodeInode(store::Bytes raw) {
   return node;
 }
 
+bool later(const timespec& a, const timespec& b) {
+  return a.tv_sec > b.tv_sec || (a.tv_sec == b.tv_sec && a.tv_nsec > b.tv_nsec);
+}
+
 }  // namespace
 
 timespec nowTime() {
@@ -370,7 +374,17 @@ InodeData Namespace::make(store::Txn& txn, uint64_t parent, kj::ArrayPtr<const k
     }
   }
   addEntry(txn, dir, name, node.ino);
-  dir.mtime = dir.ctime = now;
+  if (preset == nullptr) {
+    dir.mtime = dir.ctime = now;
+  } else {
+    // Made ahead at the client's `now`, and a mkdir sent beside it may have reached us first
+    // (features::MKDIR_BESIDE): a time between the two is that mkdir's, and stays. A time
+    // past ours is a utimes', which a create overrides as ever.
+    auto ours = nowTime();
+    for (timespec* t : {&dir.mtime, &dir.ctime}) {
+      if (!later(*t, now) || later(*t, ours)) *t = now;
+    }
+  }
   put(txn, dir);
   put(txn, node);
   return node;

@@ -63,9 +63,14 @@ constexpr uint64_t BATCH_ATTRS = 1 << 12;
 // chmod, chown and utimes of it (tar sets every directory's after its contents), sending them
 // in the directory's batches.
 constexpr uint64_t DIR_ATTRS_AHEAD = 1 << 13;
+// A create answered ahead moves its directory's times forward only (to its own time if later):
+// a client may then send a mkdir without waiting for the creates ahead in that directory,
+// which reach the server after it (tar: a directory made without waiting for the batch of the
+// files before it).
+constexpr uint64_t MKDIR_BESIDE = 1 << 14;
 constexpr uint64_t SUPPORTED = BASE | CACHING_LOCKS | WRITE_MANY | ACTIVE_SERVER_LOCK |
                                DESTROY_MANY | RELEASE_MANY | LOCK_CONVERT | ASYNC_DIROPS |
                                ASYNC_CREATE | LOCK_PROLONG | WROTE_SETATTR | BATCH | BATCH_ATTRS |
-                               DIR_ATTRS_AHEAD;
+                               DIR_ATTRS_AHEAD | MKDIR_BESIDE;
 
 }  // namespace cairn::features

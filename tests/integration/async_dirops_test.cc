@@ -754,22 +754,24 @@ TEST(AsyncCreate, AFullMetadataTargetKeepsTheCreatesAnsweredAhead) {
   int pre = createUntilAhead(a, a + "/d", 50);
   ASSERT_EQ(mkdir((b + "/fill").c_str(), 0755), 0);
   std::string pad(60000, 'p');
-  int err = 0, filled = 0;
-  for (; filled < 10000 && err == 0; ++filled) {
-    // Files made ahead (by B) too: a setxattr that found no file would say ENOENT.
-    auto path = b + "/fill/x" + std::to_string(filled);
-    int fd = creat(path.c_str(), 0644);
-    if (fd < 0) {
-      err = errno;
-      break;
+  int filled = 0;
+  // B fills the target until it refuses. (Again and again: what LMDB freed becomes free space
+  // again at each checkpoint.)
+  auto fill = [&]() {
+    for (;; ++filled) {
+      // Files made ahead (by B) too: a setxattr that found no file would say ENOENT.
+      auto path = b + "/fill/x" + std::to_string(filled);
+      int fd = creat(path.c_str(), 0644);
+      if (fd < 0) return errno;
+      close(fd);
+      if (setxattr(path.c_str(), "user.pad", pad.data(), pad.size(), 0) != 0) return errno;
     }
-    close(fd);
-    if (setxattr(path.c_str(), "user.pad", pad.data(), pad.size(), 0) != 0) err = errno;
-  }
+  };
+  int err = fill();
   ASSERT_EQ(err, ENOSPC) << strerror(err) << " after " << filled << " files";
   uint64_t before = createdAhead(a);
   std::vector<std::string> made;
-  for (int i = 0; i < 5000 && err != 0; ++i) {
+  for (int i = 0; i < 5000; ++i) {
     auto name = "n" + std::to_string(i);
     int fd = creat((a + "/d/" + name).c_str(), 0644);
     if (fd < 0) {
@@ -778,6 +780,9 @@ TEST(AsyncCreate, AFullMetadataTargetKeepsTheCreatesAnsweredAhead) {
     }
     close(fd);
     made.push_back(name);
+    if (i % 50 == 49) {
+      ASSERT_EQ(fill(), ENOSPC);
+    }
   }
   EXPECT_LT(made.size(), 5000u) << "the target never refused a create";
   EXPECT_GT(createdAhead(a), before + 100) << "too few creates answered ahead to tell";
@@ -788,7 +793,7 @@ TEST(AsyncCreate, AFullMetadataTargetKeepsTheCreatesAnsweredAhead) {
   EXPECT_EQ(there.size(), made.size() + pre);
   for (auto& name : made) EXPECT_EQ(there.count(name), 1u) << name;
   // The space comes back with the fill gone, and with it the creates ahead.
-  for (int i = 0; i < filled; ++i) unlink((b + "/fill/x" + std::to_string(i)).c_str());
+  for (int i = 0; i <= filled; ++i) unlink((b + "/fill/x" + std::to_string(i)).c_str());
   before = createdAhead(a);
   int more = 0;
   EXPECT_TRUE(waitFor(
@@ -799,6 +804,60 @@ TEST(AsyncCreate, AFullMetadataTargetKeepsTheCreatesAnsweredAhead) {
       },
       30000));
   EXPECT_EQ(failedAhead(a), 0u);
+}
+
+bool later(const timespec& a, const timespec& b) {
+  return a.tv_sec > b.tv_sec || (a.tv_sec == b.tv_sec && a.tv_nsec > b.tv_nsec);
+}
+
+uint64_t mkdirsBeside(const std::string& mnt) {
+  return mountGauge(mnt, "cairn_client_mkdirs_beside_total", false);
+}
+
+// tar's order: files made ahead in a directory, a directory in it, a file in that one. The
+// mkdir does not wait for the creates before it (which may reach the server after it): the
+// link counts stay right in its maker's cache, the directory's times do not go back on the
+// server, and another client sees every name as made.
+TEST(AsyncCreate, AMkdirDoesNotWaitForTheCreatesAheadBeforeIt) {
+  TestCluster cluster;
+  auto a = cluster.mount();
+  auto b = cluster.mount();
+  ASSERT_EQ(mkdir((a + "/d").c_str(), 0755), 0);
+  int pre = createUntilAhead(a, a + "/d", 50);
+  uint64_t before = mkdirsBeside(a);
+  const int n = 40;
+  for (int i = 0; i < n; ++i) {
+    int fd = creat((a + "/d/f" + std::to_string(i)).c_str(), 0644);
+    ASSERT_GE(fd, 0) << strerror(errno);
+    close(fd);
+    auto sub = a + "/d/s" + std::to_string(i);
+    ASSERT_EQ(mkdir(sub.c_str(), 0750), 0) << strerror(errno);
+    if (i == n - 1) break;  // (its times stay those of the mkdir)
+    fd = creat((sub + "/inner").c_str(), 0600);
+    ASSERT_GE(fd, 0) << strerror(errno);
+    close(fd);
+  }
+  EXPECT_GE(mkdirsBeside(a), before + n / 2);
+  struct stat st;
+  ASSERT_EQ(stat((a + "/d").c_str(), &st), 0);
+  EXPECT_EQ(st.st_nlink, nlink_t(2 + n));
+  EXPECT_EQ(syncDir(a + "/d"), 0);
+  EXPECT_EQ(failedAhead(a), 0u);
+  EXPECT_EQ(names(b + "/d").size(), size_t(pre + 2 * n));
+  ASSERT_EQ(stat((b + "/d").c_str(), &st), 0);
+  EXPECT_EQ(st.st_nlink, nlink_t(2 + n));
+  // The last change of d was the last mkdir in it.
+  struct stat last;
+  ASSERT_EQ(stat((b + "/d/s" + std::to_string(n - 1)).c_str(), &last), 0);
+  EXPECT_FALSE(later(last.st_ctim, st.st_mtim)) << "d's mtime went back";
+  EXPECT_FALSE(later(last.st_ctim, st.st_ctim)) << "d's ctime went back";
+  for (int i = 0; i < n; ++i) {
+    auto sub = b + "/d/s" + std::to_string(i);
+    ASSERT_EQ(stat(sub.c_str(), &st), 0) << sub;
+    EXPECT_TRUE(S_ISDIR(st.st_mode)) << sub;
+    EXPECT_EQ(st.st_mode & 07777, 0750u) << sub;
+    EXPECT_EQ(names(sub).size(), i == n - 1 ? 0u : 1u) << sub;
+  }
 }
 
 uint64_t dirAttrsAhead(const std::string& mnt) {

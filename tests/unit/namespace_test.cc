@@ -298,7 +298,7 @@ TEST_F(NamespaceTest, ReservedNumbersMakeFilesAsTheClientToldItsApplication) {
   EXPECT_EQ(f.mtime.tv_sec, 1700000000);
   EXPECT_EQ(f.mtime.tv_nsec, 123456789);
   EXPECT_EQ(f.ctime.tv_nsec, 123456789);
-  EXPECT_EQ(get(ROOT_INO).mtime.tv_nsec, 123456789);  // the directory's change, at that time
+  // (The directory's times: ACreateAheadMovesItsDirectorysTimesForwardOnly.)
   EXPECT_EQ(f.uid, 7u);
   EXPECT_EQ(f.gid, 8u);
   ASSERT_EQ(f.layout.targets.size(), 2u);
@@ -330,6 +330,44 @@ TEST_F(NamespaceTest, ReservedNumbersMakeFilesAsTheClientToldItsApplication) {
   EXPECT_TRUE(refused("bad", bad));
   bad.layout.targets = kj::heapArray<uint32_t>({0});
   EXPECT_FALSE(refused("good", bad));
+}
+
+// A create answered ahead sets its directory's times to its own (the client's clock), but a
+// time between that and now stays: a mkdir the client sent beside the create, without waiting
+// for it, got there first (features::MKDIR_BESIDE). A time past now is a utimes', overridden.
+TEST_F(NamespaceTest, ACreateAheadMovesItsDirectorysTimesForwardOnly) {
+  kj::Vector<LayoutData> reserved;
+  apply([&](store::Txn& txn) { reserved = ns->reserveInodes(txn, 3); });
+  ASSERT_EQ(reserved.size(), 3u);
+  uint64_t d = make(ROOT_INO, "d", S_IFDIR | 0755);
+  timespec made = get(d).mtime;
+  auto ahead = [&](size_t i, timespec at) {
+    Preset preset;
+    preset.ino = reserved[i].objectId;
+    preset.time = at;
+    preset.layout.objectId = reserved[i].objectId;
+    preset.layout.stripeSize = reserved[i].stripeSize;
+    preset.layout.targets = kj::heapArray(reserved[i].targets.asPtr());
+    apply([&](store::Txn& txn) {
+      ns->make(txn, d, n(kj::str("f", i).cStr()), S_IFREG | 0644, 0, nullptr, {}, preset);
+    });
+  };
+  auto same = [](timespec a, timespec b) { return a.tv_sec == b.tv_sec && a.tv_nsec == b.tv_nsec; };
+  ahead(0, timespec{made.tv_sec - 1, made.tv_nsec});  // overtaken by the mkdir that made d
+  EXPECT_TRUE(same(get(d).mtime, made));
+  EXPECT_TRUE(same(get(d).ctime, made));
+  timespec now = nowTime();
+  ahead(1, now);
+  EXPECT_TRUE(same(get(d).mtime, now));
+  EXPECT_TRUE(same(get(d).ctime, now));
+  apply([&](store::Txn& txn) {
+    auto node = ns->get(txn, d);
+    node.mtime.tv_sec += 3600;  // set ahead by a utimes
+    ns->put(txn, node);
+  });
+  timespec later = nowTime();
+  ahead(2, later);
+  EXPECT_TRUE(same(get(d).mtime, later));
 }
 
 // A removal answered ahead names the inode it meant: sent again after a restart lost the

@@ -16,6 +16,7 @@
 #include "rpc/feature_flags.h"
 #include "rpc/lock_names.h"
 #include "rpc/reply_attrs.h"
+#include "rpc/time_order.h"
 
 namespace cairn {
 
@@ -517,10 +518,6 @@ kj::Promise<ServerLink::MetaResponse> Client::sendMeta(MetaBuild build, bool upd
 }
 
 namespace {
-bool notAfter(const timespec& a, const timespec& b) {
-  return a.tv_sec < b.tv_sec || (a.tv_sec == b.tv_sec && a.tv_nsec <= b.tv_nsec);
-}
-
 // What creates and removals answered ahead did to `cached` (link counts, times), over `st`;
 // and, with `attrs` (a change of attributes answered ahead, Client::dirAttrsAhead, on its way),
 // what that did: owner, mode and times as the cache has them.
@@ -535,8 +532,8 @@ void keepAnsweredAhead(struct stat& st, const struct stat& cached, bool attrs) {
     st.st_ctim = cached.st_ctim;
     return;
   }
-  if (!notAfter(cached.st_mtim, st.st_mtim)) st.st_mtim = cached.st_mtim;
-  if (!notAfter(cached.st_ctim, st.st_ctim)) st.st_ctim = cached.st_ctim;
+  if (later(cached.st_mtim, st.st_mtim)) st.st_mtim = cached.st_mtim;
+  if (later(cached.st_ctim, st.st_ctim)) st.st_ctim = cached.st_ctim;
 }
 }  // namespace
 
@@ -2293,7 +2290,7 @@ bool Client::touchAtime(uint64_t ino) {
   // With what is queued behind (a utimes, a write) as the server will have it.
   struct stat a = inode.last;
   wb_.adjust(a);
-  bool stale = notAfter(a.st_atim, a.st_mtim) || notAfter(a.st_atim, a.st_ctim) ||
+  bool stale = !later(a.st_atim, a.st_mtim) || !later(a.st_atim, a.st_ctim) ||
                now.tv_sec - a.st_atim.tv_sec >= 24 * 3600;
   if (!stale || inode.atimePending) return false;
   // A stat right after the read must see it, before the server's answer is back.

@@ -3,6 +3,7 @@
 #include <kj/debug.h>
 
 #include "rpc/cairn.capnp.h"
+#include "rpc/time_order.h"
 
 namespace cairn {
 
@@ -145,15 +146,12 @@ void WriteBehind::adjust(struct stat& attr) const {
   auto it = files_.find(attr.st_ino);
   if (it == files_.end() || !it->second.pending()) return;
   auto& f = it->second;
-  auto newer = [](const timespec& a, const timespec& b) {
-    return a.tv_sec > b.tv_sec || (a.tv_sec == b.tv_sec && a.tv_nsec > b.tv_nsec);
-  };
   if (f.bytes > 0 || f.inFlight > 0) {
     if (f.end > uint64_t(attr.st_size)) attr.st_size = off_t(f.end);
   }
   auto wrote = [&](const timespec& at) {
-    if (newer(at, attr.st_mtim)) attr.st_mtim = at;
-    if (newer(at, attr.st_ctim)) attr.st_ctim = at;
+    if (later(at, attr.st_mtim)) attr.st_mtim = at;
+    if (later(at, attr.st_ctim)) attr.st_ctim = at;
   };
   auto changed = [&](const AttrChange& a) {
     if (a.valid & rpc::SET_MODE) attr.st_mode = (attr.st_mode & S_IFMT) | (a.mode & 07777);
@@ -161,7 +159,7 @@ void WriteBehind::adjust(struct stat& attr) const {
     if (a.valid & rpc::SET_GID) attr.st_gid = a.gid;
     if (a.valid & (rpc::SET_ATIME | rpc::SET_ATIME_NOW)) attr.st_atim = a.atime;
     if (a.valid & (rpc::SET_MTIME | rpc::SET_MTIME_NOW)) attr.st_mtim = a.mtime;
-    if (!(a.valid & rpc::SET_ACCESS) && newer(a.at, attr.st_ctim)) attr.st_ctim = a.at;
+    if (!(a.valid & rpc::SET_ACCESS) && later(a.at, attr.st_ctim)) attr.st_ctim = a.at;
   };
   // In the order the application made them: a batch's writes come before its change (a write
   // after a queued change starts a batch of its own), and the batch being sent before the queue.

@@ -155,9 +155,7 @@ namespace {
 // record of ~120 KB (29 bytes a deletion), under LogRecord::LIMIT, so that the syncs other
 // clients wait for meanwhile stay appends to the log.
 constexpr size_t REMOVAL_STEP = 4000;
-}  // namespace
 
-namespace {
 // Calls func(object, from) for each object the removal covers (a truncate keeps what is before
 // `from`) until it returns false; returns whether none did.
 template <typename Func>

@@ -627,7 +627,7 @@ void MetaService::requireSpaceFor(rpc::MetaRequest::Reader req, store::Txn& txn)
   // answered ahead was promised its room when its number was reserved: the client told its
   // application the file exists, and an ENOSPC now would take it away. Everything else,
   // reservations included, must leave the deletions' reserve and the promised room alone.
-  uint64_t promised = ctx_.clients.reservedTotal(txn) * CREATE_ROOM;
+  auto promised = [&]() { return ctx_.clients.reservedTotal(txn) * CREATE_ROOM; };
   switch (req.which()) {
     case R::UNLINK:
     case R::RMDIR:
@@ -640,12 +640,12 @@ void MetaService::requireSpaceFor(rpc::MetaRequest::Reader req, store::Txn& txn)
       if (req.getCreate().getIno() != 0) return;
       break;
     case R::RESERVE_INODES:
-      ctx_.target.env().requireSpace(txn, promised + req.getReserveInodes() * CREATE_ROOM);
+      ctx_.target.env().requireSpace(txn, promised() + req.getReserveInodes() * CREATE_ROOM);
       return;
     default:
       break;
   }
-  ctx_.target.env().requireSpace(txn, promised + 4096);
+  ctx_.target.env().requireSpace(txn, promised() + 4096);
 }
 
 void MetaService::apply(rpc::MetaRequest::Reader req, store::Txn& txn,

@@ -11,6 +11,7 @@
 #include <kj/debug.h>
 
 #include "rpc/errors.h"
+#include "rpc/time_order.h"
 
 namespace cairn {
 
@@ -82,10 +83,6 @@ InodeData decodeInode(store::Bytes raw) {
   node.nextCookie = in.getNextCookie();
   node.parent = in.getParent();
   return node;
-}
-
-bool later(const timespec& a, const timespec& b) {
-  return a.tv_sec > b.tv_sec || (a.tv_sec == b.tv_sec && a.tv_nsec > b.tv_nsec);
 }
 
 }  // namespace

@@ -191,9 +191,7 @@ void ObjectStore::destroy(store::Txn& txn, uint64_t object) {
 }
 
 uint64_t ObjectStore::objectCount(store::Txn& txn) {
-  MDB_stat stat;
-  store::check(mdb_stat(txn.get(), chunks_, &stat), "mdb_stat");
-  return stat.ms_entries;
+  return txn.entries(chunks_);
 }
 
 }  // namespace cairn

@@ -22,6 +22,7 @@
 #include <thread>
 #include <vector>
 
+#include "rpc/time_order.h"
 #include "tests/integration/cluster.h"
 
 namespace cairn::test {
@@ -804,10 +805,6 @@ TEST(AsyncCreate, AFullMetadataTargetKeepsTheCreatesAnsweredAhead) {
       },
       30000));
   EXPECT_EQ(failedAhead(a), 0u);
-}
-
-bool later(const timespec& a, const timespec& b) {
-  return a.tv_sec > b.tv_sec || (a.tv_sec == b.tv_sec && a.tv_nsec > b.tv_nsec);
 }
 
 uint64_t mkdirsBeside(const std::string& mnt) {

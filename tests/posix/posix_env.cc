@@ -87,10 +87,6 @@ bool newer(const timespec& t, long sinceSec) {
   return t.tv_sec >= time(nullptr) - sinceSec;
 }
 
-bool later(const timespec& a, const timespec& b) {
-  return a.tv_sec > b.tv_sec || (a.tv_sec == b.tv_sec && a.tv_nsec > b.tv_nsec);
-}
-
 int asUser(const std::function<int()>& body, bool supplementary) {
   return test::runAs(USER, GROUP, supplementary ? std::vector<gid_t>{SUPP} : std::vector<gid_t>{},
                      body);

@@ -9,6 +9,8 @@
 #include <functional>
 #include <string>
 
+#include "rpc/time_order.h"
+
 namespace cairn::posix {
 
 // The two places: "local" (a directory on the machine's disk) and "cairn".
@@ -34,10 +36,10 @@ struct stat statOf(const std::string& path);  // lstat
 // Sets atime and mtime well in the past, so that any later update is visible.
 void age(const std::string& path);
 bool newer(const timespec& t, long sinceSec);  // t is after (now - sinceSec)
-// Whether a is later than b, to the nanosecond. (After a sleep of a second a change's time is
-// later, but not always in a later second: a local filesystem's clock is coarse, and its
-// ticks can fall so that the second stays the same — seen once in CI.)
-bool later(const timespec& a, const timespec& b);
+// Times are compared to the nanosecond (cairn::later, rpc/time_order.h): after a sleep of a
+// second a change's time is later, but not always in a later second (a local filesystem's clock
+// is coarse, and its ticks can fall so that the second stays the same — seen once in CI).
+using cairn::later;
 // Runs body as an unprivileged user (uid/gid 4242, optionally in supplementary group 5353);
 // returns what body returns (an errno, 0 for success).
 constexpr uid_t USER = 4242;

@@ -179,6 +179,8 @@ Client::Client(kj::AsyncIoContext& io, kj::Network& network, ClientOptions optio
     locks_->forgetAll();
     cache_.clear();
     readAhead_.clear();
+    // Replies from here on may come from a server whose transactions count again from lower.
+    inodes_.forgetOrder();
   });
 }
 
@@ -539,7 +541,7 @@ void keepAnsweredAhead(struct stat& st, const struct stat& cached, bool attrs) {
 
 void Client::absorb(rpc::MetaReply::Reader reply, uint64_t op) {
   if (reply.hasLocks()) locks_->granted(reply.getLocks());
-  auto see = [this, op](rpc::Attr::Reader a) {
+  auto see = [this, op, asOf = reply.getAsOf()](rpc::Attr::Reader a) {
     struct stat st;
     attrToStat(a, &st);
     // Creates and removals answered ahead after this request left (any request about an inode
@@ -551,7 +553,8 @@ void Client::absorb(rpc::MetaReply::Reader reply, uint64_t op) {
         keepAnsweredAhead(st, c->attr, attrsAhead_.count(ino) > 0);
       }
     }
-    inodes_.sawAttr(st);
+    // Overtaken by a newer reply (InodeTable::sawAttr): what that one said stays.
+    if (!inodes_.sawAttr(st, asOf)) return;
     if (locks_->held(a.getIno(), BIT_ATTR) != 0) {
       cache_.setAttr(st, a.getGeneration());
       if (a.getNoXattrs()) cache_.markNoXattrs(a.getIno());
@@ -758,18 +761,24 @@ kj::Maybe<Entry> Client::cachedEntry(uint64_t ino) {
   return nullptr;
 }
 
-Entry Client::entryOf(rpc::Attr::Reader attr) {
-  Entry e = toEntry(attr);
+Entry Client::entryOf(rpc::Attr::Reader attr, uint64_t asOf) {
+  Entry e = toEntry(attr, asOf);
   wb_.adjust(e.attr);
   e.cached = locks_->held(attr.getIno(), BIT_ATTR) != 0 && cache_.attr(attr.getIno()) != nullptr;
   return e;
 }
 
-Entry Client::toEntry(rpc::Attr::Reader attr) {
+Entry Client::toEntry(rpc::Attr::Reader attr, uint64_t asOf) {
   Entry e;
   attrToStat(attr, &e.attr);
   e.generation = attr.getGeneration();
-  inodes_.sawAttr(e.attr);
+  e.asOf = asOf;
+  if (!inodes_.sawAttr(e.attr, asOf)) {
+    // e.attr is now the newer attributes the table holds, as of its transaction.
+    KJ_IF_MAYBE (inode, inodes_.find(attr.getIno())) {
+      e.asOf = inode->asOf;
+    }
+  }
   return e;
 }
 
@@ -795,7 +804,7 @@ kj::Promise<Entry> Client::entryCall(MetaBuild build, uint64_t parent, kj::Array
                     nameCached = madeEntry(reply, parent, kj::mv(key), made);
                   })
       .then([this, &nameCached](ServerLink::MetaResponse&& resp) {
-        auto e = entryOf(resp.getReply().getAttr());
+        auto e = entryOf(resp.getReply());
         e.nameCached = nameCached;
         return e;
       })
@@ -855,7 +864,7 @@ kj::Maybe<kj::Promise<Entry>> Client::mkdirBeside(uint64_t parent, const kj::Arr
         absorb(reply);
         bool nameCached = madeEntry(reply, parent, kj::mv(key), true);
         checkErrno(reply.getError());
-        auto e = entryOf(reply.getAttr());
+        auto e = entryOf(reply);
         e.nameCached = nameCached;
         return e;
       });
@@ -874,7 +883,7 @@ kj::Promise<Entry> Client::getattr(uint64_t ino) {
                b.setWantLocks(want);
              },
              false)
-      .then([this](ServerLink::MetaResponse&& resp) { return entryOf(resp.getReply().getAttr()); },
+      .then([this](ServerLink::MetaResponse&& resp) { return entryOf(resp.getReply()); },
             [this, ino](kj::Exception&& e) -> Entry {
               // Removed on the server while the kernel still holds it (a descriptor of a removed
               // directory, a cwd): what it last was, with no links left, as local filesystems do.
@@ -932,7 +941,7 @@ kj::Promise<Entry> Client::lookup(const Cred& cred, uint64_t parent, kj::Array<k
                }
              })
       .then([this, &nameCached](ServerLink::MetaResponse&& resp) {
-        auto e = entryOf(resp.getReply().getAttr());
+        auto e = entryOf(resp.getReply());
         e.nameCached = nameCached;
         return e;
       })
@@ -1195,7 +1204,7 @@ kj::Promise<Entry> Client::sendSetattr(const Cred& cred, uint64_t ino, const Set
   return metaCall([cred, ino, attr,
                    want](rpc::MetaRequest::Builder b) { buildSetattr(b, cred, ino, attr, want); },
                   true, cls)
-      .then([this](ServerLink::MetaResponse&& resp) { return entryOf(resp.getReply().getAttr()); });
+      .then([this](ServerLink::MetaResponse&& resp) { return entryOf(resp.getReply()); });
 }
 
 kj::Promise<Entry> Client::mknod(const Cred& cred, uint64_t parent, kj::Array<kj::byte> name,
@@ -1666,7 +1675,7 @@ Opened Client::opened(uint64_t fh, ServerLink::MetaResponse& resp) {
   auto opened = resp.getReply().getOpened();
   Opened out;
   out.fh = fh;
-  out.entry = entryOf(opened.getAttr());
+  out.entry = entryOf(opened.getAttr(), resp.getReply().getAsOf());
   uint64_t ino = opened.getAttr().getIno();
 
   auto& file = KJ_ASSERT_NONNULL(opens_.find(fh));
@@ -1808,7 +1817,7 @@ kj::Maybe<Opened> Client::createAhead(const Cred& cred, uint64_t parent, const s
   setTime(a.initMtime(), now);
   setTime(a.initCtime(), now);
   a.setNoXattrs(true);
-  Entry entry = toEntry(a.asReader());
+  Entry entry = toEntry(a.asReader(), 0);  // made here: as of no transaction
   cache_.setEntry(parent, name, ino);
   cache_.setAttr(entry.attr, entry.generation);
   cache_.markNoXattrs(ino);
@@ -2322,7 +2331,7 @@ bool Client::touchAtime(uint64_t ino) {
                  })
                  .then(
                      [this, ino](ServerLink::MetaResponse&& resp) {
-                       toEntry(resp.getReply().getAttr());
+                       toEntry(resp.getReply().getAttr(), resp.getReply().getAsOf());
                        KJ_IF_MAYBE (i, inodes_.find(ino)) {
                          i->atimePending = false;
                        }

@@ -68,6 +68,7 @@ struct Entry {
   uint64_t generation = 0;
   bool cached = false;      // a lock covers the attributes: the kernel may keep them
   bool nameCached = false;  // a lock covers the name that led here: the kernel may keep it
+  uint64_t asOf = 0;        // the metadata target's transaction `attr` is as of (0: unknown)
 };
 
 struct Opened {
@@ -188,9 +189,10 @@ public:
   kj::Promise<void> removexattr(uint64_t ino, kj::Array<kj::byte> name);
 
   // The kernel took a reference (a reply carrying an entry) or dropped some.
-  void remember(const struct stat& attr) {
-    inodes_.remember(attr.st_ino);
-    inodes_.sawAttr(attr);
+  void remember(const Entry& e) {
+    inodes_.remember(e.attr.st_ino);
+    struct stat attr = e.attr;
+    inodes_.sawAttr(attr, e.asOf);
   }
   void forget(uint64_t ino, uint64_t n) { inodes_.forget(ino, n); }
 
@@ -341,7 +343,8 @@ private:
   // Takes a directory's names out of the record of those the kernel keeps; returns them.
   std::vector<std::string> forgetKernelNames(uint64_t dir);
   void movedInKernel(uint64_t dir, const std::string& name);
-  Entry entryOf(rpc::Attr::Reader attr);
+  Entry entryOf(rpc::Attr::Reader attr, uint64_t asOf);
+  Entry entryOf(rpc::MetaReply::Reader reply) { return entryOf(reply.getAttr(), reply.getAsOf()); }
   kj::Promise<ServerLink*> dataLink(uint32_t index);
   kj::Promise<void> refreshTargets(ServerLink::Class cls);
   kj::Promise<void> recoverMeta();
@@ -381,7 +384,7 @@ private:
                                     ServerLink::Class cls);
   OpenTable::File& openFile(uint64_t fh);
   bool touchAtime(uint64_t ino);  // true if it sets the access time
-  Entry toEntry(rpc::Attr::Reader attr);
+  Entry toEntry(rpc::Attr::Reader attr, uint64_t asOf);
   Opened opened(uint64_t fh, ServerLink::MetaResponse& resp);
 
   kj::AsyncIoContext& io_;

@@ -65,7 +65,7 @@ void fillEntry(fuse_entry_param* param, const Entry& e) {
 void replyEntry(fuse_req_t req, const Entry& e) {
   fuse_entry_param param;
   fillEntry(&param, e);
-  client(req).remember(e.attr);
+  client(req).remember(e);
   fuse_reply_entry(req, &param);
 }
 
@@ -263,7 +263,7 @@ void opCreate(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
           out.keep_cache = o.keepCache;
           fuse_entry_param param;
           fillEntry(&param, o.entry);
-          c->remember(o.entry.attr);  // the reply hands the kernel a reference
+          c->remember(o.entry);  // the reply hands the kernel a reference
           if (fuse_reply_create(req, &param, &out) == -ENOENT) {
             c->release(o.fh).detach([](kj::Exception&&) {});
           }
@@ -469,7 +469,7 @@ void opReaddirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_
           param.attr.st_mode = item.attr.st_mode & S_IFMT;
         } else {
           fillEntry(&param, entry);
-          c.remember(param.attr);
+          c.remember(entry);
         }
         used += fuse_add_direntry_plus(req, buf.begin() + used, size - used, name.cStr(), &param,
                                        item.cookie);

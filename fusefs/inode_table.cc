@@ -36,11 +36,23 @@ kj::Maybe<InodeTable::Inode&> InodeTable::find(uint64_t ino) {
   return it->second;
 }
 
-void InodeTable::sawAttr(const struct stat& attr) {
+bool InodeTable::sawAttr(struct stat& attr, uint64_t asOf) {
   auto it = inodes_.find(attr.st_ino);
-  if (it == inodes_.end()) return;
-  it->second.size = attr.st_size;
-  it->second.last = attr;
+  if (it == inodes_.end()) return true;
+  auto& inode = it->second;
+  // Equal is not older: a batch's replies share their transaction, each after the one before.
+  if (asOf != 0 && asOf < inode.asOf && inode.last.st_ino == attr.st_ino) {
+    attr = inode.last;
+    return false;
+  }
+  inode.size = attr.st_size;
+  inode.last = attr;
+  inode.asOf = kj::max(inode.asOf, asOf);
+  return true;
+}
+
+void InodeTable::forgetOrder() {
+  for (auto& [ino, inode] : inodes_) inode.asOf = 0;
 }
 
 }  // namespace cairn

@@ -30,6 +30,7 @@ public:
     uint64_t nlookup = 0;
     uint64_t size = 0;          // the latest size any reply reported
     struct stat last {};        // the latest attributes any reply reported
+    uint64_t asOf = 0;          // the metadata target's transaction they are as of (0: unknown)
     bool atimePending = false;  // an atime update is on its way
     kj::Maybe<kj::Own<SharedLayout>> layout;
   };
@@ -46,8 +47,16 @@ public:
   // The kernel dropped n references.
   void forget(uint64_t ino, uint64_t n);
   kj::Maybe<Inode&> find(uint64_t ino);
-  // Record what a reply said about an inode the table knows.
-  void sawAttr(const struct stat& attr);
+  // Record what a reply said about an inode the table knows, as of the metadata target's
+  // transaction `asOf` (MetaReply.asOf; 0: not known, taken as it comes). Replies can arrive out
+  // of order — resends after a reconnect go in no particular order, and one the server had
+  // applied gets the reply it recorded then — and one older than what the table holds must not
+  // undo it (a size that cuts reads short, say). Such attributes are not recorded: `attr` is
+  // set to the newer ones, and the answer is false.
+  bool sawAttr(struct stat& attr, uint64_t asOf);
+  // The target's transaction numbers may start again lower (it restarted, or its partner took
+  // it over): no order is known between what was seen before and what comes next.
+  void forgetOrder();
   size_t size() const { return inodes_.size(); }
 
 private:

@@ -355,6 +355,9 @@ Caller MetaService::callerOf(rpc::MetaRequest::Reader req) {
 }
 
 void MetaService::read(rpc::MetaRequest::Reader req, rpc::MetaReply::Builder reply) {
+  // Taken before the transaction opens: it sees that one and every one before (commits run on
+  // this thread, so none lands in between).
+  reply.setAsOf(ctx_.target.lastCommitted());
   store::Txn txn(ctx_.target.env(), store::Txn::READ);
   auto caller = callerOf(req);
   if (caller.checked) checkPermitted(ns_, txn, req, caller);
@@ -570,6 +573,7 @@ void MetaService::update(rpc::MetaRequest::Reader req, capnp::MallocMessageBuild
   ctx_.update<rpc::MetaReply>(
       *session_, req.getRequestId(), req.getOldestUnreplied(), message,
       [&](store::Txn& txn, rpc::MetaReply::Builder reply) {
+        reply.setAsOf(reply.getTransno());
         if (req.which() != R::BATCH) {
           applyAndDescribe(req, txn, reply, changed[0]);
           return;
@@ -579,6 +583,7 @@ void MetaService::update(rpc::MetaRequest::Reader req, capnp::MallocMessageBuild
         for (auto i : kj::indices(batch)) {
           // Each in a transaction nested in the batch's: one that fails leaves no trace.
           store::Txn one(txn);
+          replies[i].setAsOf(reply.getTransno());
           try {
             applyAndDescribe(batch[i], one, replies[i], changed[i]);
             one.commit();

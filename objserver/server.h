@@ -366,8 +366,8 @@ void ServerContext::update(ClientSession& session, uint64_t requestId, uint64_t 
     store::Txn txn(target.env(), store::Txn::WRITE);
     uint64_t transno =
         replayOf != 0 ? target.replayTransno(txn, replayOf) : target.nextTransno(txn);
+    reply.setTransno(transno);  // before `apply`, which may tell it (MetaReply.asOf)
     apply(txn, reply);
-    reply.setTransno(transno);
     if (requestId != 0) {
       clients.record(txn, session.uuid, requestId, message);
       if (oldestUnreplied > session.prunedBelow + 64) {

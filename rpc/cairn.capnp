@@ -339,6 +339,12 @@ struct MetaReply {
   # Updates: every inode the update changed, as it is now (mode 0 = removed). The requesting
   # client's own caching locks are not called back for its update; it refreshes from this.
   changed @19 :List(Attr);
+  # The attributes in this reply (attr, opened, entries, changed; in a batch, each reply's) are
+  # as of this transaction of the target: an update's own, a read's the last committed when it
+  # ran. Replies can reach a client out of order (resends after a reconnect go in no particular
+  # order, and a resend already applied gets the reply recorded then): the client keeps the
+  # newest. 0 from older servers (not known: taken as it comes).
+  asOf @22 :UInt64;
 }
 
 struct DataRequest {

@@ -1,6 +1,8 @@
 #include "rpc/server_link.h"
 
 #include <capnp/schema.h>
+#include <algorithm>
+
 #include <kj/debug.h>
 #include <spdlog/spdlog.h>
 
@@ -270,24 +272,33 @@ bool ServerLink::open(Class cls) const {
   return connection_ != nullptr && passes(state_, cls);
 }
 
-kj::Promise<void> ServerLink::whenOpen(Class cls) {
+kj::Promise<void> ServerLink::whenOpen(Class cls, uint64_t requestId) {
   if (open(cls)) return kj::READY_NOW;
   auto paf = kj::newPromiseAndFulfiller<void>();
-  waiters_.add(Waiter{cls, kj::mv(paf.fulfiller)});
+  waiters_.add(Waiter{cls, kj::mv(paf.fulfiller), requestId});
   return kj::mv(paf.promise);
 }
 
 void ServerLink::openGate(State state) {
   state_ = state;
-  kj::Vector<Waiter> still;
+  kj::Vector<Waiter> going, still;
   for (auto& w : waiters_) {
     if (passes(state, w.cls)) {
-      w.fulfiller->fulfill();
+      going.add(kj::mv(w));
     } else if (w.fulfiller->isWaiting()) {
       still.add(kj::mv(w));
     }
   }
   waiters_ = kj::mv(still);
+  // Updates cut off by a lost connection wait here in the order the RPC system rejected them,
+  // which follows its own reused question numbers, not the order they were made; the server
+  // applies what it receives in turn. Each waiter's continuation sends its request in one event,
+  // and fulfilled events run in turn: released by id, they leave by id (before other waiters,
+  // which keep their order).
+  std::stable_sort(going.begin(), going.end(), [](const Waiter& a, const Waiter& b) {
+    return (a.requestId - 1) < (b.requestId - 1);  // 0 wraps round: last
+  });
+  for (auto& w : going) w.fulfiller->fulfill();
 }
 
 void ServerLink::connectLoop(unsigned attempt) {
@@ -473,7 +484,7 @@ kj::Promise<Response> ServerLink::send(kj::Own<Pending> pending, Build& build) {
     ++stats_.gateWaits;
     parked = timer_.now();
   }
-  return whenOpen(pending->cls)
+  return whenOpen(pending->cls, pending->id)
       .then([this, pending = kj::mv(pending), &build, parked]() mutable -> kj::Promise<Response> {
         KJ_IF_MAYBE (since, parked) {
           stats_.gateWaited += timer_.now() - *since;

@@ -184,7 +184,8 @@ private:
   template <typename Response, typename Build>
   kj::Promise<Response> send(kj::Own<Pending> pending, Build& build);
 
-  kj::Promise<void> whenOpen(Class cls);
+  // Resolves once `cls` may pass; the updates waiting leave in the order of their ids.
+  kj::Promise<void> whenOpen(Class cls, uint64_t requestId = 0);
   bool open(Class cls) const;  // the gate lets `cls` through and there is a connection
   void openGate(State state);
   void connectLoop(unsigned attempt);
@@ -243,6 +244,7 @@ private:
   struct Waiter {
     Class cls;
     kj::Own<kj::PromiseFulfiller<void>> fulfiller;
+    uint64_t requestId;  // of the update waiting (0: anything else)
   };
   kj::Vector<Waiter> waiters_;
   kj::Own<kj::TaskSet> tasks_;

@@ -565,6 +565,92 @@ TEST(BadInput, ResentUpdatesAreAnsweredFromTheRecord) {
   EXPECT_EQ(mkdirAs(2).first, EEXIST);  // a new request is applied
 }
 
+// Replies can reach a client out of order (resends after a reconnect go in no set order), so
+// each says which transaction its attributes are as of, and the client keeps the newest
+// (InodeTable::sawAttr). A resend of an update applied long ago gets the reply recorded then:
+// older than a read made since, by its asOf as by its contents.
+TEST(BadInput, EveryReplySaysWhichTransactionItsAttributesAreAsOf) {
+  TestCluster cluster;
+  RawClient raw(cluster.metaAddress());
+  auto meta = raw.meta();
+  using B = rpc::MetaRequest::Builder;
+  // Request `id` (0: a read) built by `build`: the reply's error, asOf, transno, size.
+  struct Seen {
+    int error;
+    uint64_t asOf, transno, size;
+  };
+  auto call = [&](uint64_t id, kj::Function<void(B)> build) {
+    auto req = meta.callRequest();
+    auto r = req.initRequest();
+    r.setRequestId(id);
+    r.setOldestUnreplied(1);
+    build(r);
+    auto resp = req.send().wait(raw.io.waitScope);
+    auto reply = resp.getReply();
+    uint64_t size = reply.isAttr() ? reply.getAttr().getSize() : UINT64_MAX;
+    return Seen{reply.getError(), reply.getAsOf(), reply.getTransno(), size};
+  };
+  auto make = [](B b) {
+    auto m = b.initMknod();
+    m.setParent(1);
+    m.setName(bytesOf("grows"));
+    m.setMode(S_IFREG | 0644);
+  };
+  auto made = call(1, make);
+  ASSERT_EQ(made.error, 0);
+  EXPECT_EQ(made.asOf, made.transno);
+  EXPECT_EQ(made.size, 0u);
+  uint64_t ino = 0;
+  {
+    auto req = meta.callRequest();
+    auto l = req.initRequest().initLookup();
+    l.setParent(1);
+    l.setName(bytesOf("grows"));
+    ino = req.send().wait(raw.io.waitScope).getReply().getAttr().getIno();
+  }
+  ASSERT_NE(ino, 0u);
+  auto grown = call(2, [ino](B b) {
+    auto w = b.initWrote();
+    w.setIno(ino);
+    w.setEnd(8192);
+  });
+  ASSERT_EQ(grown.error, 0);
+  EXPECT_EQ(grown.asOf, grown.transno);
+  EXPECT_GT(grown.asOf, made.asOf);
+  EXPECT_EQ(grown.size, 8192u);
+  // A read: as of the last commit, which it shows.
+  auto read = call(0, [ino](B b) { b.setGetattr(ino); });
+  ASSERT_EQ(read.error, 0);
+  EXPECT_GE(read.asOf, grown.asOf);
+  EXPECT_EQ(read.size, 8192u);
+  // The first update again: the reply recorded when it was applied, size 0 and as of then.
+  auto resent = call(1, make);
+  EXPECT_EQ(resent.error, 0);
+  EXPECT_EQ(resent.asOf, made.asOf);
+  EXPECT_EQ(resent.size, 0u);
+  EXPECT_LT(resent.asOf, read.asOf);
+  // A batch: one transaction, each reply as of it.
+  auto req = meta.callRequest();
+  auto r = req.initRequest();
+  r.setRequestId(3);
+  r.setOldestUnreplied(1);
+  auto list = r.initBatch(2);
+  for (auto i : kj::indices(list)) {
+    auto w = list[i].initWrote();
+    w.setIno(ino);
+    w.setEnd(16384 * (i + 1));
+  }
+  auto resp = req.send().wait(raw.io.waitScope);
+  auto reply = resp.getReply();
+  ASSERT_TRUE(reply.isBatch());
+  EXPECT_GT(reply.getAsOf(), read.asOf);
+  for (auto one : reply.getBatch()) {
+    EXPECT_EQ(one.getError(), 0);
+    EXPECT_EQ(one.getAsOf(), reply.getAsOf());
+  }
+  EXPECT_EQ(reply.getBatch()[1].getAttr().getSize(), 32768u);
+}
+
 void expectRefused(const std::vector<std::string>& argv, const std::string& phrase) {
   auto r = run(argv);
   EXPECT_NE(r.status, 0);

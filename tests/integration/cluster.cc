@@ -590,4 +590,20 @@ std::string TestCluster::status(int server) {
   return r.out;
 }
 
+void cutConnections(pid_t pid, const std::string& address) {
+  auto listing = run({"/usr/bin/ss", "-tnpH", "state", "established", "dst", address});
+  std::istringstream lines(listing.out);
+  std::string line;
+  std::regex local(R"((\S+:\d+)\s+\S+:\d+\s+users:)");
+  int cut = 0;
+  while (std::getline(lines, line)) {
+    if (!contains(line, "pid=" + std::to_string(pid) + ",")) continue;
+    std::smatch m;
+    if (!std::regex_search(line, m, local)) continue;
+    run({"/usr/bin/ss", "-K", "-tn", "src", m[1].str(), "dst", address});
+    ++cut;
+  }
+  ASSERT_GT(cut, 0) << "no connection of pid " << pid << " to " << address << ":\n" << listing.out;
+}
+
 }  // namespace cairn::test

@@ -194,6 +194,9 @@ inline bool contains(const std::string& text, const std::string& part) {
 void writeWhole(const std::string& path, const std::string& data);
 // Deterministic pseudo-random bytes.
 std::string pattern(size_t n, uint32_t seed);
+// Kills the TCP connections of process `pid` to `address` (the kernel resets them, `ss -K`), as
+// a network cut would. A test fails if there was none.
+void cutConnections(pid_t pid, const std::string& address);
 // Runs `call` (which blocks: its server is away) in a child process and sends the child `sig`
 // after 300 ms. For a caught signal (the child has a handler, without SA_RESTART) true means the
 // call returned EINTR; for SIGKILL, that the child died of it. False too if it outlived 5 s.

@@ -12,7 +12,10 @@
 #include <atomic>
 #include <string>
 #include <thread>
+#include <vector>
 
+#include "rpc/server_link.h"
+#include "rpc/transport.h"
 #include "tests/integration/cluster.h"
 
 namespace cairn::test {
@@ -198,6 +201,87 @@ TEST(Recovery, AFrozenServerIsWaitedForAndNothingIsAppliedTwice) {
   ASSERT_TRUE(moved) << "the mount did not resume after the server did";
   EXPECT_EQ(errors.load(), 0);
   EXPECT_EQ(readWhole(mnt + "/log").size(), size_t(appends.load()));
+}
+
+// Updates a client has on their way when its connection is cut are sent again once it is back,
+// in the order they were made: the server applies them so (the application was told of some
+// already, answered ahead, in that order). The RPC system rejects the lost calls in the order of
+// its own question numbers, which it reuses; with a window of updates always on their way those
+// are a rotation of the requests' order, and resends that followed them were applied out of
+// order. Each update is a mkdir; its reply's transaction number is when it was applied.
+TEST(Recovery, UpdatesCutOffAreSentAgainInTheOrderTheyWereMade) {
+  TestCluster cluster;
+  auto io = kj::setupAsyncIo();
+  auto transport = rawCredentials.empty()
+                       ? Transport::plaintext(io)
+                       : Transport::tls(io, rawCredentials.c_str(), Peer::Role::CLIENT);
+  LinkIdentity identity;
+  identity.uuid = kj::heapArray<kj::byte>(16);
+  for (auto i : kj::indices(identity.uuid)) identity.uuid[i] = kj::byte(0x5a + i);
+  identity.hostName = kj::str("resend-order-test");
+  auto addresses = kj::heapArrayBuilder<kj::String>(1);
+  addresses.add(kj::str(cluster.metaAddress()));
+  ServerLink link(transport->network(), io.provider->getTimer(), kj::str("meta"),
+                  addresses.finish(), identity);
+  link.start();
+
+  // Where the window stands in the question numbers when the server freezes varies with the
+  // round (a rotation by 0 would keep the order by chance).
+  for (int freezeAt : {40, 43, 46}) {
+    SCOPED_TRACE("frozen after " + std::to_string(freezeAt) + " replies");
+    constexpr int TOTAL = 72, WINDOW = 8;
+    std::vector<uint64_t> appliedAs(TOTAL, 0);
+    std::vector<bool> cutOff(TOTAL, false);  // on its way when the connection was cut
+    int made = 0, answered = 0;
+    bool frozen = false;
+    kj::Function<kj::Promise<void>()> next = [&]() -> kj::Promise<void> {
+      if (made == TOTAL) return kj::READY_NOW;
+      int i = made++;
+      auto name = kj::str("r", freezeAt, "-", i);
+      return link
+          .meta(
+              [name = kj::mv(name)](rpc::MetaRequest::Builder b) {
+                auto m = b.initMkdir();
+                m.setParent(1);
+                m.setName(name.asBytes());
+                m.setMode(0755);
+              },
+              true)
+          .then([&, i](ServerLink::MetaResponse&& resp) {
+            EXPECT_EQ(resp.getReply().getError(), 0) << "mkdir " << i;
+            appliedAs[i] = resp.getReply().getTransno();
+            if (++answered == freezeAt) {
+              // Everything on its way from here stays there: the server reads nothing more.
+              frozen = true;
+              cluster.signalServer(0, SIGSTOP);
+            }
+            return next();
+          });
+    };
+    kj::Vector<kj::Promise<void>> chains;
+    for (int k = 0; k < WINDOW; ++k) chains.add(next());
+    auto all = kj::joinPromises(chains.releaseAsArray());
+    auto& timer = io.provider->getTimer();
+    // Once the window is full behind the frozen server: cut, then let the server go on.
+    while (!frozen || made - answered < WINDOW) {
+      timer.afterDelay(5 * kj::MILLISECONDS).wait(io.waitScope);
+    }
+    timer.afterDelay(100 * kj::MILLISECONDS).wait(io.waitScope);
+    for (int i = answered; i < made; ++i) cutOff[i] = appliedAs[i] == 0;
+    cutConnections(getpid(), cluster.metaAddress());
+    timer.afterDelay(200 * kj::MILLISECONDS).wait(io.waitScope);
+    cluster.signalServer(0, SIGCONT);
+    all.wait(io.waitScope);
+
+    int resent = 0;
+    for (int i = 0; i < TOTAL; ++i) resent += cutOff[i];
+    EXPECT_EQ(resent, WINDOW);
+    for (int i = 1; i < TOTAL; ++i) {
+      EXPECT_LT(appliedAs[i - 1], appliedAs[i])
+          << i - 1 << (cutOff[i - 1] ? " (cut off)" : "") << " applied after " << i
+          << (cutOff[i] ? " (cut off)" : "");
+    }
+  }
 }
 
 TEST(Recovery, UnlinkedOpenFileSurvivesRestartAndIsFreedAtLastClose) {

@@ -268,25 +268,6 @@ TEST(Shutdown, APeerWithoutTheFeatureGetsNoServerLock) {
   EXPECT_TRUE(contains(log, "marked clean")) << log;
 }
 
-// Kills the TCP connections of a mount's daemon to `address` (the kernel resets them), as a
-// network cut would.
-void cutConnections(pid_t mountPid, const std::string& address) {
-  auto listing = run({"/usr/bin/ss", "-tnpH", "state", "established", "dst", address});
-  std::istringstream lines(listing.out);
-  std::string line;
-  std::regex local(R"((\S+:\d+)\s+\S+:\d+\s+users:)");
-  int cut = 0;
-  while (std::getline(lines, line)) {
-    if (!contains(line, "pid=" + std::to_string(mountPid) + ",")) continue;
-    std::smatch m;
-    if (!std::regex_search(line, m, local)) continue;
-    run({"/usr/bin/ss", "-K", "-tn", "src", m[1].str(), "dst", address});
-    ++cut;
-  }
-  ASSERT_GT(cut, 0) << "no connection of pid " << mountPid << " to " << address << ":\n"
-                    << listing.out;
-}
-
 // A file held open by a child process with "new" written to it and queued behind on mount
 // `mnt` (the child is not this process: it forks helpers such as ss and cairnctl while a mount
 // is stopped, and a forked copy of a descriptor there would wait on that mount to close).

@@ -313,9 +313,14 @@ kj::Promise<void> Client::recoverMeta() {
         })
         .then([this]() -> kj::Promise<void> {
           if (!(meta_->peerFeatures() & features::ACTIVE_SERVER_LOCK)) return kj::READY_NOW;
-          return metaCall([](rpc::MetaRequest::Builder b) { b.setRecoveryDone(); }, false,
-                          ServerLink::Class::RECOVERY)
-              .ignoreResult();
+          // Updates cut off with the connection (creates and unlinks answered ahead, what
+          // write-behind sent) go again now, in the order they were made, and the server
+          // applies them before any other client's new ones (ServerLink::resendCutOff).
+          return meta_->resendCutOff().then([this]() {
+            return metaCall([](rpc::MetaRequest::Builder b) { b.setRecoveryDone(); }, false,
+                            ServerLink::Class::RECOVERY)
+                .ignoreResult();
+          });
         });
   });
 }
@@ -382,10 +387,13 @@ kj::Promise<void> Client::recoverData(ServerLink& link, uint32_t index) {
                  index, n);
   }
   if (!(link.peerFeatures() & features::ACTIVE_SERVER_LOCK)) return kj::READY_NOW;
-  return link
-      .data([](rpc::DataRequest::Builder b) { b.setRecoveryDone(); }, false,
-            ServerLink::Class::RECOVERY)
-      .ignoreResult();
+  // Writes cut off with the connection go again first (ServerLink::resendCutOff).
+  return link.resendCutOff().then([&link]() {
+    return link
+        .data([](rpc::DataRequest::Builder b) { b.setRecoveryDone(); }, false,
+              ServerLink::Class::RECOVERY)
+        .ignoreResult();
+  });
 }
 
 kj::Promise<void> Client::flushAll() {

@@ -48,6 +48,7 @@ void ServerContext::startRecovery() {
     for (auto& key : recovering_) {
       if (away.count(key) == 0) replayWaiting_.insert(key);
     }
+    resendWaiting_ = replayWaiting_;
     replayPhase_ = ReplayPhase::WAITING;
     if (replayWaiting_.empty()) startReplays();
   }
@@ -65,6 +66,10 @@ void ServerContext::startRecovery() {
               replayWaiting_.clear();
               startReplays();
             }
+            if (!resendWaiting_.empty()) {
+              auto late = resendWaiting_;
+              for (auto& key : late) resent(key);
+            }
             if (recovering_.empty()) return;
             spdlog::warn("recovery window over: {} clients did not recover", recovering_.size());
             recovering_.clear();
@@ -77,6 +82,12 @@ void ServerContext::recoveryDone(ClientSession& session) {
   auto ms = (io.provider->getTimer().now() - session.connectedAt) / kj::MILLISECONDS;
   session.recovery = kj::str("recovered in ", ms, " ms");
   spdlog::info("{} recovered ({} ms after connecting)", session.label.cStr(), ms);
+  // Its resends came before this; the others' new updates wait until they are applied.
+  if (session.resendsRunning > 0) {
+    session.recoveredBehindResends = true;
+  } else {
+    resent(session.key);
+  }
   if (recovering_.erase(session.key) > 0 && recovering_.empty()) {
     spdlog::info("recovery: every client of the previous instance is back");
     endRecoveryWait();
@@ -88,6 +99,19 @@ kj::Promise<void> ServerContext::recovered() {
   auto paf = kj::newPromiseAndFulfiller<void>();
   recoveryWaiters_.add(kj::mv(paf.fulfiller));
   return kj::mv(paf.promise);
+}
+
+kj::Promise<void> ServerContext::resendsIn() {
+  if (resendWaiting_.empty()) return kj::READY_NOW;
+  auto paf = kj::newPromiseAndFulfiller<void>();
+  resendWaiters_.add(kj::mv(paf.fulfiller));
+  return kj::mv(paf.promise);
+}
+
+void ServerContext::resent(const std::string& key) {
+  if (resendWaiting_.erase(key) == 0 || !resendWaiting_.empty()) return;
+  auto waiters = kj::mv(resendWaiters_);
+  for (auto& w : waiters) w->fulfill();
 }
 
 void ServerContext::endRecoveryWait() {

@@ -204,6 +204,7 @@ void ServerContext::endSession(ClientSession& session) {
   dropOpens(session);
   if (recovering_.erase(session.key) > 0 && recovering_.empty()) endRecoveryWait();
   replaysSent(session);  // it will send no more
+  resent(session.key);
   try {
     commit([&](store::Txn& txn) { clients.forget(txn, session.uuid); });
   } catch (FsError& e) {

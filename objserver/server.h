@@ -57,6 +57,10 @@ struct ClientSession : public kj::Refcounted, public LockOwner {
   uint64_t serverLock = 0;   // its PR on the active-server lock (0: none, or cancelled)
   kj::String recovery;       // how its last connect went, for status
   kj::TimePoint connectedAt = kj::origin<kj::TimePoint>();
+  // After a crash: its resends being applied, and whether it said recoveryDone meanwhile (the
+  // others' new updates wait for both: ServerContext::resendWaiting_).
+  size_t resendsRunning = 0;
+  bool recoveredBehindResends = false;
 
 private:
   // LockCallback.blocking, both kinds (`gone`: the lock went with its inode).
@@ -230,7 +234,8 @@ public:
   // updates it got a reply for but the target may have lost (newer than what it had synced),
   // then replaysSent. Once every client of the previous instance has (or the window is over),
   // the replays run one at a time in their original transaction order; other updates wait
-  // until they are done. `run` is the request's own work.
+  // until they are done, and updates other than resends until those clients have recovered
+  // (their resends come before their recoveryDone). `run` is the request's own work.
   template <typename Run>
   kj::Promise<void> ordered(ClientSession& session, uint64_t replayOf, bool resend, bool update,
                             Run run);
@@ -289,7 +294,14 @@ private:
   void startReplays();
   void nextReplay();
   kj::Promise<void> replaysFinished();
-  std::set<std::string> recovering_;  // keys of clients of the previous instance
+  // After an unclean stop, the clients that may have updates on their way when it came (those
+  // waited for with replays) send them again during their recovery, before recoveryDone. New
+  // updates wait for that, so that none lands before one made earlier that the crash cut off.
+  std::set<std::string> resendWaiting_;
+  kj::Vector<kj::Own<kj::PromiseFulfiller<void>>> resendWaiters_;
+  kj::Promise<void> resendsIn();
+  void resent(const std::string& key);  // that client's resends are in (or it is gone)
+  std::set<std::string> recovering_;    // keys of clients of the previous instance
   kj::Vector<kj::Own<kj::PromiseFulfiller<void>>> recoveryWaiters_;
   kj::Maybe<kj::ForkedPromise<void>> stopping_;
   kj::PromiseFulfillerPair<void> stopped_ = kj::newPromiseAndFulfiller<void>();
@@ -344,8 +356,22 @@ kj::Promise<void> ServerContext::ordered(ClientSession& session, uint64_t replay
         return kj::evalNow(kj::mv(run)).attach(kj::defer([this]() { replayed(); }));
       });
     }
-    if (update && replayPhase_ != ReplayPhase::DONE) return replaysFinished().then(kj::mv(run));
-    return run();
+    kj::Promise<void> work = nullptr;
+    if (update && !resend && !resendWaiting_.empty()) {
+      work = resendsIn().then([this]() { return replaysFinished(); }).then(kj::mv(run));
+    } else if (update && replayPhase_ != ReplayPhase::DONE) {
+      work = replaysFinished().then(kj::mv(run));
+    } else {
+      work = run();
+    }
+    if (resend && resendWaiting_.count(session.key) > 0) {
+      // Others wait until it has been applied, not only received: its locks are not theirs yet.
+      ++session.resendsRunning;
+      work = work.attach(kj::defer([this, s = kj::addRef(session)]() mutable {
+        if (--s->resendsRunning == 0 && s->recoveredBehindResends) resent(s->key);
+      }));
+    }
+    return work;
   }));
 }
 

@@ -272,11 +272,47 @@ bool ServerLink::open(Class cls) const {
   return connection_ != nullptr && passes(state_, cls);
 }
 
-kj::Promise<void> ServerLink::whenOpen(Class cls, uint64_t requestId) {
-  if (open(cls)) return kj::READY_NOW;
+kj::Promise<void> ServerLink::whenOpen(Class cls, uint64_t requestId, bool resend) {
+  if (open(cls) || (resend && resendsPass())) return kj::READY_NOW;
   auto paf = kj::newPromiseAndFulfiller<void>();
-  waiters_.add(Waiter{cls, kj::mv(paf.fulfiller), requestId});
+  waiters_.add(Waiter{cls, kj::mv(paf.fulfiller), requestId, resend});
   return kj::mv(paf.promise);
+}
+
+bool ServerLink::resendsPass() const {
+  return connection_ != nullptr && state_ == State::RECOVERING && resendGeneration_ == generation_;
+}
+
+namespace {
+// Updates by id (the order they were made), then the rest in their own order.
+template <typename Waiters>
+void byRequestId(Waiters& waiters) {
+  std::stable_sort(waiters.begin(), waiters.end(), [](const auto& a, const auto& b) {
+    return (a.requestId - 1) < (b.requestId - 1);  // 0 wraps round: last
+  });
+}
+}  // namespace
+
+kj::Promise<void> ServerLink::resendCutOff() {
+  if (connection_ == nullptr || state_ != State::RECOVERING) return kj::READY_NOW;
+  resendGeneration_ = generation_;
+  kj::Vector<Waiter> going, still;
+  for (auto& w : waiters_) {
+    if (w.resend) {
+      going.add(kj::mv(w));
+    } else if (w.fulfiller->isWaiting()) {
+      still.add(kj::mv(w));
+    }
+  }
+  waiters_ = kj::mv(still);
+  if (going.size() > 0) {
+    spdlog::info("link {}: sending again {} updates cut off with the last connection", name_.cStr(),
+                 going.size());
+  }
+  byRequestId(going);
+  for (auto& w : going) w.fulfiller->fulfill();
+  // Their continuations, which send them, run in turn before this one.
+  return kj::evalLater([]() {});
 }
 
 void ServerLink::openGate(State state) {
@@ -295,9 +331,7 @@ void ServerLink::openGate(State state) {
   // applies what it receives in turn. Each waiter's continuation sends its request in one event,
   // and fulfilled events run in turn: released by id, they leave by id (before other waiters,
   // which keep their order).
-  std::stable_sort(going.begin(), going.end(), [](const Waiter& a, const Waiter& b) {
-    return (a.requestId - 1) < (b.requestId - 1);  // 0 wraps round: last
-  });
+  byRequestId(going);
   for (auto& w : going) w.fulfiller->fulfill();
 }
 
@@ -484,14 +518,18 @@ kj::Promise<Response> ServerLink::send(kj::Own<Pending> pending, Build& build) {
     ++stats_.gateWaits;
     parked = timer_.now();
   }
-  return whenOpen(pending->cls, pending->id)
-      .then([this, pending = kj::mv(pending), &build, parked]() mutable -> kj::Promise<Response> {
+  bool resend = pending->id != 0 && pending->attempts > 0;
+  return whenOpen(pending->cls, pending->id, resend)
+      .then([this, pending = kj::mv(pending), &build, parked,
+             resend]() mutable -> kj::Promise<Response> {
         KJ_IF_MAYBE (since, parked) {
           stats_.gateWaited += timer_.now() - *since;
         }
         // The gate opened, but the connection may have gone since (this runs an event later):
         // back to the gate.
-        if (!open(pending->cls)) return send<Response>(kj::mv(pending), build);
+        if (!open(pending->cls) && !(resend && resendsPass())) {
+          return send<Response>(kj::mv(pending), build);
+        }
         if (pending->cls == Class::WRITEBACK && pending->id != 0 &&
             pending->writebackEpoch != writebackEpoch_) {
           // Made under locks an eviction took away since (see forgetWriteback).

@@ -76,6 +76,11 @@ public:
   // resolves and the requests in flight are done, the link cancels its active-server lock.
   void setOnDrain(kj::Function<kj::Promise<void>()> onDrain);
   void start();
+  // Called by the owner's recovery, after its own replays and before it says recoveryDone: the
+  // updates that were on their way when the connection went leave now, in the order they were
+  // made, ahead of every other client's new ones (a server back from a crash holds those until
+  // its returning clients have recovered). Resolves once they are sent (not answered).
+  kj::Promise<void> resendCutOff();
 
   using MetaResponse = capnp::Response<rpc::MetaSession::CallResults>;
   using DataResponse = capnp::Response<rpc::DataSession::CallResults>;
@@ -185,7 +190,9 @@ private:
   kj::Promise<Response> send(kj::Own<Pending> pending, Build& build);
 
   // Resolves once `cls` may pass; the updates waiting leave in the order of their ids.
-  kj::Promise<void> whenOpen(Class cls, uint64_t requestId = 0);
+  kj::Promise<void> whenOpen(Class cls, uint64_t requestId = 0, bool resend = false);
+  // A resend let through during this connection's recovery (resendCutOff).
+  bool resendsPass() const;
   bool open(Class cls) const;  // the gate lets `cls` through and there is a connection
   void openGate(State state);
   void connectLoop(unsigned attempt);
@@ -227,8 +234,9 @@ private:
   uint64_t writebackEpoch_ = 0;  // bumped by forgetWriteback()
   uint64_t serverLock_ = 0;      // our PR on the active-server lock of this connection
   uint64_t connectSynced_ = 0;
-  uint64_t instance_ = 0;   // of the server at the last connect
-  bool restarted_ = false;  // the server is a new instance since the previous connect
+  uint64_t resendGeneration_ = 0;  // the connection whose recovery let resends through
+  uint64_t instance_ = 0;          // of the server at the last connect
+  bool restarted_ = false;         // the server is a new instance since the previous connect
   rpc::TargetKind peerKind_ =
       rpc::TargetKind::META;       // what the server had on disk when we connected
   std::map<uint64_t, Kept> kept_;  // by transaction number
@@ -245,6 +253,7 @@ private:
     Class cls;
     kj::Own<kj::PromiseFulfiller<void>> fulfiller;
     uint64_t requestId;  // of the update waiting (0: anything else)
+    bool resend;         // an update cut off by a lost connection
   };
   kj::Vector<Waiter> waiters_;
   kj::Own<kj::TaskSet> tasks_;

@@ -176,6 +176,77 @@ TEST(Replay, BatchesOfUpdatesAnsweredAheadAreReplayed) {
   EXPECT_FALSE(contains(cluster.mountLog(0), "answered ahead, failed"));
 }
 
+// An update a client had on its way when the server crashed, never applied, goes in before any
+// other client's new one after the restart: the returning client sends it again during its
+// recovery, and the server holds other updates until that client has recovered (Lustre resends
+// inside recovery too). Here mount A answered a create ahead and its batch reached a frozen
+// server, which was then killed; A comes back late, after B asked to create the same name. B
+// must find it taken (before: B's create was applied as soon as A had sent its replays, and
+// A's, answered long before, failed with EEXIST).
+TEST(Replay, AnUpdateCutOffByACrashGoesInBeforeAnotherClientsNewOne) {
+  TestCluster cluster;
+  auto a = cluster.mount();
+  auto b = cluster.mount();
+  ASSERT_EQ(mkdir((a + "/d").c_str(), 0755), 0);
+  int dir = open((a + "/d").c_str(), O_RDONLY | O_DIRECTORY);
+  ASSERT_GE(dir, 0);
+  ASSERT_EQ(fsync(dir), 0);
+  close(dir);
+  struct stat st;
+  ASSERT_EQ(stat((b + "/d").c_str(), &st), 0);
+  // A writes in d again until it answers creates there ahead once more (its PW on d's names
+  // back, inode numbers set aside), and the server has them all.
+  int warm = 0;
+  auto ahead = [&] {
+    auto stats = run({ctlBin(), "--mount", a, "stats"}).out;
+    return !contains(stats, "cairn_client_creates_ahead_total 0\n");
+  };
+  ASSERT_TRUE(waitFor(
+      [&] {
+        writeWhole(a + "/d/warm" + std::to_string(warm++), "");
+        return ahead();
+      },
+      10000));
+  dir = open((a + "/d").c_str(), O_RDONLY | O_DIRECTORY);
+  ASSERT_GE(dir, 0);
+  ASSERT_EQ(fsync(dir), 0);
+  close(dir);
+  cluster.signalServer(0, SIGSTOP);
+  // Answered ahead, the server frozen (in a thread: a create that was not would wait for it).
+  std::atomic<int> made{-1};
+  std::thread maker([&] {
+    int fd = open((a + "/d/x").c_str(), O_CREAT | O_EXCL | O_WRONLY, 0644);
+    made = fd >= 0 && close(fd) == 0 ? 0 : errno;
+  });
+  bool answered = waitFor([&] { return made.load() != -1; }, 5000);
+  if (!answered) cluster.signalServer(0, SIGCONT);
+  maker.join();
+  ASSERT_TRUE(answered) << "the create was not answered ahead";
+  ASSERT_EQ(made.load(), 0) << strerror(made.load());
+  usleep(300 * 1000);  // its batch leaves (it gathers 2 ms) into the frozen server's socket
+  cluster.signalMount(0, SIGSTOP);
+  cluster.stopServer(0, SIGKILL);
+  ASSERT_TRUE(cluster.startServer(0));
+  std::atomic<int> bGot{-1};
+  std::thread other([&] {
+    int fd = open((b + "/d/x").c_str(), O_CREAT | O_EXCL | O_WRONLY, 0644);
+    bGot = fd >= 0 ? 0 : errno;
+    if (fd >= 0) close(fd);
+  });
+  usleep(1500 * 1000);  // B back, its create on the server; A still away
+  cluster.signalMount(0, SIGCONT);
+  other.join();
+  EXPECT_EQ(bGot.load(), EEXIST);
+  // A's create stands, and nothing A was told failed.
+  dir = open((a + "/d").c_str(), O_RDONLY | O_DIRECTORY);
+  ASSERT_GE(dir, 0);
+  EXPECT_EQ(fsync(dir), 0) << strerror(errno);
+  close(dir);
+  EXPECT_EQ(stat((a + "/d/x").c_str(), &st), 0);
+  EXPECT_FALSE(contains(cluster.mountLog(0), "answered ahead, failed"));
+  EXPECT_TRUE(contains(cluster.mountLog(0), "sending again"));
+}
+
 // Replay barrier on a data target: fsync-acknowledged and merely written data both come back.
 TEST(Replay, DataCrashAfterABarrierLosesNothing) {
   TestCluster::Options options = withBarrier();

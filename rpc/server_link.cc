@@ -1,10 +1,10 @@
 #include "rpc/server_link.h"
 
 #include <capnp/schema.h>
-#include <algorithm>
-
 #include <kj/debug.h>
 #include <spdlog/spdlog.h>
+
+#include <algorithm>
 
 #include "rpc/errors.h"
 #include "rpc/feature_flags.h"

@@ -353,6 +353,12 @@ TEST_F(Coherence, SmallFilesWrittenInARowGoToTheDataTargetsInBatches) {
   cluster_->signalServer(1, SIGSTOP);
   cluster_->signalServer(2, SIGSTOP);
   for (int i = 0; i < FILES; ++i) writeAll(pa("s" + std::to_string(i)), pattern(2000 + 97 * i, i));
+  // A file's data leaves once its create (answered ahead) is applied: with every create applied,
+  // all of it queues behind the stopped targets. (On a slow machine — the suites under the
+  // sanitizers — creates still on their way let their files' data trickle out after the
+  // targets came back, in more requests.)
+  EXPECT_TRUE(
+      waitFor([&] { return mountGauge(*a_, "cairn_client_dirops_in_flight") == 0; }, 30000));
   cluster_->signalServer(1, SIGCONT);
   cluster_->signalServer(2, SIGCONT);
   // All sent before B reads: B's reads call A's locks back, and a give-back hurries what is

@@ -293,18 +293,24 @@ void byRequestId(Waiters& waiters) {
 }
 }  // namespace
 
-kj::Promise<void> ServerLink::resendCutOff() {
-  if (connection_ == nullptr || state_ != State::RECOVERING) return kj::READY_NOW;
-  resendGeneration_ = generation_;
-  kj::Vector<Waiter> going, still;
+template <typename Pred>
+kj::Vector<ServerLink::Waiter> ServerLink::takeWaiters(Pred&& pred) {
+  kj::Vector<Waiter> taken, still;
   for (auto& w : waiters_) {
-    if (w.resend) {
-      going.add(kj::mv(w));
+    if (pred(w)) {
+      taken.add(kj::mv(w));
     } else if (w.fulfiller->isWaiting()) {
-      still.add(kj::mv(w));
+      still.add(kj::mv(w));  // (the others' callers are gone)
     }
   }
   waiters_ = kj::mv(still);
+  return taken;
+}
+
+kj::Promise<void> ServerLink::resendCutOff() {
+  if (connection_ == nullptr || state_ != State::RECOVERING) return kj::READY_NOW;
+  resendGeneration_ = generation_;
+  auto going = takeWaiters([](const Waiter& w) { return w.resend; });
   if (going.size() > 0) {
     spdlog::info("link {}: sending again {} updates cut off with the last connection", name_.cStr(),
                  going.size());
@@ -317,15 +323,7 @@ kj::Promise<void> ServerLink::resendCutOff() {
 
 void ServerLink::openGate(State state) {
   state_ = state;
-  kj::Vector<Waiter> going, still;
-  for (auto& w : waiters_) {
-    if (passes(state, w.cls)) {
-      going.add(kj::mv(w));
-    } else if (w.fulfiller->isWaiting()) {
-      still.add(kj::mv(w));
-    }
-  }
-  waiters_ = kj::mv(still);
+  auto going = takeWaiters([state](const Waiter& w) { return passes(state, w.cls); });
   // Updates cut off by a lost connection wait here in the order the RPC system rejected them,
   // which follows its own reused question numbers, not the order they were made; the server
   // applies what it receives in turn. Each waiter's continuation sends its request in one event,

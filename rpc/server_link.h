@@ -256,6 +256,9 @@ private:
     bool resend;         // an update cut off by a lost connection
   };
   kj::Vector<Waiter> waiters_;
+  // Takes the waiters `pred` picks out of waiters_ (dropping those whose callers are gone).
+  template <typename Pred>
+  kj::Vector<Waiter> takeWaiters(Pred&& pred);
   kj::Own<kj::TaskSet> tasks_;
   kj::Promise<void> connecting_ = nullptr;
 };

@@ -67,8 +67,8 @@ void ServerContext::startRecovery() {
               startReplays();
             }
             if (!resendWaiting_.empty()) {
-              auto late = resendWaiting_;
-              for (auto& key : late) resent(key);
+              resendWaiting_.clear();
+              resendsAllIn();
             }
             if (recovering_.empty()) return;
             spdlog::warn("recovery window over: {} clients did not recover", recovering_.size());
@@ -109,7 +109,10 @@ kj::Promise<void> ServerContext::resendsIn() {
 }
 
 void ServerContext::resent(const std::string& key) {
-  if (resendWaiting_.erase(key) == 0 || !resendWaiting_.empty()) return;
+  if (resendWaiting_.erase(key) > 0 && resendWaiting_.empty()) resendsAllIn();
+}
+
+void ServerContext::resendsAllIn() {
   auto waiters = kj::mv(resendWaiters_);
   for (auto& w : waiters) w->fulfill();
 }

@@ -301,6 +301,7 @@ private:
   kj::Vector<kj::Own<kj::PromiseFulfiller<void>>> resendWaiters_;
   kj::Promise<void> resendsIn();
   void resent(const std::string& key);  // that client's resends are in (or it is gone)
+  void resendsAllIn();                  // wakes the updates resendsIn() held
   std::set<std::string> recovering_;    // keys of clients of the previous instance
   kj::Vector<kj::Own<kj::PromiseFulfiller<void>>> recoveryWaiters_;
   kj::Maybe<kj::ForkedPromise<void>> stopping_;

@@ -283,15 +283,17 @@ bool ServerLink::resendsPass() const {
   return connection_ != nullptr && state_ == State::RECOVERING && resendGeneration_ == generation_;
 }
 
-namespace {
-// Updates by id (the order they were made), then the rest in their own order.
-template <typename Waiters>
-void byRequestId(Waiters& waiters) {
-  std::stable_sort(waiters.begin(), waiters.end(), [](const auto& a, const auto& b) {
+void ServerLink::release(kj::Vector<Waiter> going) {
+  // Updates cut off by a lost connection wait here in the order the RPC system rejected them,
+  // which follows its own reused question numbers, not the order they were made; the server
+  // applies what it receives in turn. Each waiter's continuation sends its request in one event,
+  // and fulfilled events run in turn: released by id, they leave by id (before other waiters,
+  // which keep their order).
+  std::stable_sort(going.begin(), going.end(), [](const Waiter& a, const Waiter& b) {
     return (a.requestId - 1) < (b.requestId - 1);  // 0 wraps round: last
   });
+  for (auto& w : going) w.fulfiller->fulfill();
 }
-}  // namespace
 
 template <typename Pred>
 kj::Vector<ServerLink::Waiter> ServerLink::takeWaiters(Pred&& pred) {
@@ -315,22 +317,14 @@ kj::Promise<void> ServerLink::resendCutOff() {
     spdlog::info("link {}: sending again {} updates cut off with the last connection", name_.cStr(),
                  going.size());
   }
-  byRequestId(going);
-  for (auto& w : going) w.fulfiller->fulfill();
+  release(kj::mv(going));
   // Their continuations, which send them, run in turn before this one.
   return kj::evalLater([]() {});
 }
 
 void ServerLink::openGate(State state) {
   state_ = state;
-  auto going = takeWaiters([state](const Waiter& w) { return passes(state, w.cls); });
-  // Updates cut off by a lost connection wait here in the order the RPC system rejected them,
-  // which follows its own reused question numbers, not the order they were made; the server
-  // applies what it receives in turn. Each waiter's continuation sends its request in one event,
-  // and fulfilled events run in turn: released by id, they leave by id (before other waiters,
-  // which keep their order).
-  byRequestId(going);
-  for (auto& w : going) w.fulfiller->fulfill();
+  release(takeWaiters([state](const Waiter& w) { return passes(state, w.cls); }));
 }
 
 void ServerLink::connectLoop(unsigned attempt) {

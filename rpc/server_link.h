@@ -259,6 +259,8 @@ private:
   // Takes the waiters `pred` picks out of waiters_ (dropping those whose callers are gone).
   template <typename Pred>
   kj::Vector<Waiter> takeWaiters(Pred&& pred);
+  // Lets them go: updates by id (the order they were made), then the rest in their own order.
+  void release(kj::Vector<Waiter> going);
   kj::Own<kj::TaskSet> tasks_;
   kj::Promise<void> connecting_ = nullptr;
 };

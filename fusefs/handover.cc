@@ -97,7 +97,9 @@ HandoverListener::HandoverListener(kj::UnixEventPort& port, kj::Timer& timer, kj
 
 HandoverListener::~HandoverListener() noexcept(false) {
   struct stat st;
-  if (stat(path_.cStr(), &st) == 0 && st.st_ino == socketIno_) unlink(path_.cStr());
+  if (socketIno_ != 0 && stat(path_.cStr(), &st) == 0 && st.st_ino == socketIno_) {
+    unlink(path_.cStr());
+  }
 }
 
 void HandoverListener::closeConnection() {
@@ -170,6 +172,10 @@ kj::Promise<bool> HandoverListener::handOver(int fuseFd, kj::ArrayPtr<const capn
     char byte = 0;
     bool ok = read(fd, &byte, 1) == 1 && byte == ACK;
     closeConnection();
+    // The path is the new process's now: it binds its own socket there. (Not left to the inode
+    // check: a file system that reuses inode numbers, as ext4 does for /run on some hosts, can
+    // give the new socket ours, and our exit would then unlink it.)
+    if (ok) socketIno_ = 0;
     return ok;
   });
   return ack.exclusiveJoin(timer_.afterDelay(ACK_TIMEOUT).then([this]() {

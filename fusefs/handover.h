@@ -43,7 +43,8 @@ private:
   kj::String path_;
   kj::AutoCloseFd listenFd_;
   kj::Own<kj::UnixEventPort::FdObserver> listenObserver_;
-  ino_t socketIno_ = 0;  // ours, unless a process that took over has bound the path since
+  // Ours, unless a process that took over has bound the path since; 0 once handed over.
+  ino_t socketIno_ = 0;
   kj::AutoCloseFd connFd_;
   kj::Own<kj::UnixEventPort::FdObserver> connObserver_;
 };

@@ -315,7 +315,10 @@ kj::Promise<void> Client::recoverMeta() {
           if (!(meta_->peerFeatures() & features::ACTIVE_SERVER_LOCK)) return kj::READY_NOW;
           // Updates cut off with the connection (creates and unlinks answered ahead, what
           // write-behind sent) go again now, in the order they were made, and the server
-          // applies them before any other client's new ones (ServerLink::resendCutOff).
+          // applies them before any other client's new ones (ServerLink::resendCutOff). So do
+          // those answered ahead that had not left yet: still gathering, or held behind their
+          // lane's batches on their way (each lane otherwise sends two at a time).
+          batch_->sendAll();
           return meta_->resendCutOff().then([this]() {
             return metaCall([](rpc::MetaRequest::Builder b) { b.setRecoveryDone(); }, false,
                             ServerLink::Class::RECOVERY)

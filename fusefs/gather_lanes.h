@@ -42,6 +42,20 @@ public:
     for (uint64_t key : keys) schedule(key);
   }
 
+  // A reconnect's recovery: everything queued leaves at once, whatever is already on its way
+  // (it was all answered before the connection went, and goes inside the recovery; the link's
+  // gate lets it through in the order it was made). Lanes gather again afterwards.
+  void sendAll() {
+    kj::Vector<uint64_t> keys;
+    for (auto& [key, lane] : lanes_) keys.add(key);
+    for (uint64_t key : keys) {
+      KJ_IF_MAYBE (lane, find(key)) {
+        while (!lane->queue.empty()) flush(key, *lane, false);
+      }
+      schedule(key);
+    }
+  }
+
 protected:
   using Queue = std::deque<Item>;
 
@@ -107,16 +121,17 @@ private:
     }
   }
 
-  void flush(uint64_t key, Lane& lane) {
+  // `limited`: only while fewer than maxInFlight_ of the lane's batches are on their way.
+  void flush(uint64_t key, Lane& lane, bool limited = true) {
     auto cancelled = [](Item& item) { return item.cancelled(); };
     lane.queue.erase(std::remove_if(lane.queue.begin(), lane.queue.end(), cancelled),
                      lane.queue.end());
     if (lane.queue.empty()) {
       lane.due = false;
-      schedule(key);  // forgets the lane if nothing of it is on its way either
+      if (limited) schedule(key);  // forgets the lane if nothing of it is on its way either
       return;
     }
-    if (lane.inFlight >= maxInFlight_) return;
+    if (limited && lane.inFlight >= maxInFlight_) return;
     size_t n = kj::max(size_t(1), kj::min(lane.queue.size(), take(lane.queue)));
     auto batch = kj::heapArrayBuilder<Item>(n);
     for (size_t i = 0; i < n; ++i) {

@@ -314,8 +314,10 @@ kj::Promise<void> ServerLink::resendCutOff() {
   resendGeneration_ = generation_;
   auto going = takeWaiters([](const Waiter& w) { return w.resend; });
   if (going.size() > 0) {
-    spdlog::info("link {}: sending again {} updates cut off with the last connection", name_.cStr(),
-                 going.size());
+    spdlog::info(
+        "link {}: sending {} updates made before this connection (cut off with the "
+        "last one, or waiting since)",
+        name_.cStr(), going.size());
   }
   release(kj::mv(going));
   // Their continuations, which send them, run in turn before this one.
@@ -510,7 +512,10 @@ kj::Promise<Response> ServerLink::send(kj::Own<Pending> pending, Build& build) {
     ++stats_.gateWaits;
     parked = timer_.now();
   }
-  bool resend = pending->id != 0 && pending->attempts > 0;
+  // An update from before this connection goes inside its recovery (resendCutOff): one cut off
+  // by a lost connection, or a write-back (answered ahead to the application) that found the
+  // gate closed.
+  bool resend = pending->id != 0 && (pending->attempts > 0 || pending->cls == Class::WRITEBACK);
   return whenOpen(pending->cls, pending->id, resend)
       .then([this, pending = kj::mv(pending), &build, parked,
              resend]() mutable -> kj::Promise<Response> {
@@ -540,7 +545,9 @@ kj::Promise<Response> ServerLink::send(kj::Own<Pending> pending, Build& build) {
         r.setRequestId(pending->id);
         r.setOldestUnreplied(oldestUnreplied());
         build(r);
-        r.setResend(pending->attempts++ > 0);
+        // What leaves during recovery (resendCutOff let it) is a resend to the server too: it
+        // goes in ahead of other clients' new updates, as what was answered must.
+        r.setResend(pending->attempts++ > 0 || state_ == State::RECOVERING);
         countRequest(r.asReader());
         // An update is kept until the server has it on disk, for replay after a crash that
         // loses it: a copy (the caller's buffers go with its promise), or, when the caller

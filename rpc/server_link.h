@@ -77,7 +77,8 @@ public:
   void setOnDrain(kj::Function<kj::Promise<void>()> onDrain);
   void start();
   // Called by the owner's recovery, after its own replays and before it says recoveryDone: the
-  // updates that were on their way when the connection went leave now, in the order they were
+  // updates that were on their way when the connection went, and the write-backs that have
+  // waited for it since (answered ahead to the application), leave now, in the order they were
   // made, ahead of every other client's new ones (a server back from a crash holds those until
   // its returning clients have recovered). Resolves once they are sent (not answered).
   kj::Promise<void> resendCutOff();
@@ -253,7 +254,7 @@ private:
     Class cls;
     kj::Own<kj::PromiseFulfiller<void>> fulfiller;
     uint64_t requestId;  // of the update waiting (0: anything else)
-    bool resend;         // an update cut off by a lost connection
+    bool resend;         // an update cut off by a lost connection, or a write-back
   };
   kj::Vector<Waiter> waiters_;
   // Takes the waiters `pred` picks out of waiters_ (dropping those whose callers are gone).

@@ -54,6 +54,9 @@ constexpr kj::Duration ROOM_STALE = 5 * kj::SECONDS;
 
 // At unmount, how long queued writes may take to leave.
 constexpr kj::Duration LEAVE_FLUSH_LIMIT = 30 * kj::SECONDS;
+// After the metadata server restarted, how long the recovery waits for the writes queued here to
+// land before it says recoveryDone (Client::writeBackInRecovery); as long as a drain may take.
+constexpr kj::Duration RECOVERY_FLUSH_LIMIT = 5 * kj::SECONDS;
 
 kj::Array<kj::byte> randomUuid() {
   std::random_device rd;
@@ -319,13 +322,40 @@ kj::Promise<void> Client::recoverMeta() {
           // those answered ahead that had not left yet: still gathering, or held behind their
           // lane's batches on their way (each lane otherwise sends two at a time).
           batch_->sendAll();
-          return meta_->resendCutOff().then([this]() {
-            return metaCall([](rpc::MetaRequest::Builder b) { b.setRecoveryDone(); }, false,
-                            ServerLink::Class::RECOVERY)
-                .ignoreResult();
-          });
+          return meta_->resendCutOff()
+              .then([this]() { return writeBackInRecovery(); })
+              .then([this]() {
+                return metaCall([](rpc::MetaRequest::Builder b) { b.setRecoveryDone(); }, false,
+                                ServerLink::Class::RECOVERY)
+                    .ignoreResult();
+              });
         });
   });
+}
+
+// The metadata server restarted: the locks our queued writes were made under went with it (a
+// crash gives no drain), and someone else could now lock, read or change those files before the
+// writes land. A server back from a crash holds every other client's requests until we say
+// recoveryDone (ServerContext::othersRecovered), so they land first: the data, then each file's
+// size and mtime (write-back passes the gate once resendCutOff has run). Bounded, as a drain is:
+// a data target that does not answer must not keep the mount in recovery.
+kj::Promise<void> Client::writeBackInRecovery() {
+  size_t files = wb_.files().size();
+  if (!meta_->restarted() || (files == 0 && dirops_.inFlight() == 0)) return kj::READY_NOW;
+  auto started = io_.provider->getTimer().now();
+  return flushAll()
+      .then(
+          [this, files, started]() {
+            spdlog::info("recovery: queued writes of {} files written back in {} ms", files,
+                         (io_.provider->getTimer().now() - started) / kj::MILLISECONDS);
+          },
+          [](kj::Exception&& e) {
+            spdlog::warn("recovery: write-back failed: {}", e.getDescription().cStr());
+          })
+      .exclusiveJoin(io_.provider->getTimer().afterDelay(RECOVERY_FLUSH_LIMIT).then([this]() {
+        spdlog::warn("recovery: {} files still had writes queued after {} s; they go after it",
+                     wb_.files().size(), RECOVERY_FLUSH_LIMIT / kj::SECONDS);
+      }));
 }
 
 // Application locks live in the metadata server's memory: after it restarted (or after a

@@ -349,6 +349,7 @@ private:
   kj::Promise<void> refreshTargets(ServerLink::Class cls);
   kj::Promise<void> recoverMeta();
   kj::Promise<void> replayAppLocks();
+  kj::Promise<void> writeBackInRecovery();
   kj::Promise<void> recoverData(ServerLink& link, uint32_t index);
   // A controlled shutdown of the metadata server, or of data target `index`: write back what
   // is queued for it (and the kernel's dirty pages), drop what was cached from it.

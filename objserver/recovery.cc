@@ -79,6 +79,7 @@ void ServerContext::startRecovery() {
 }
 
 void ServerContext::recoveryDone(ClientSession& session) {
+  session.inRecovery = false;
   auto ms = (io.provider->getTimer().now() - session.connectedAt) / kj::MILLISECONDS;
   session.recovery = kj::str("recovered in ", ms, " ms");
   spdlog::info("{} recovered ({} ms after connecting)", session.label.cStr(), ms);

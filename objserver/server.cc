@@ -278,6 +278,7 @@ kj::Promise<void> ServerImpl::connect(ConnectContext context) {
   session.serverLock = 0;
   ctx_.admit(session);
   session.connectedAt = ctx_.io.provider->getTimer().now();
+  session.inRecovery = true;
   bool backFromAway = false;
   bool firstJoin = false;
   if (session.role == rpc::Hello::Role::CLIENT) {

@@ -61,6 +61,9 @@ struct ClientSession : public kj::Refcounted, public LockOwner {
   // others' new updates wait for both: ServerContext::resendWaiting_).
   size_t resendsRunning = 0;
   bool recoveredBehindResends = false;
+  // Connected and not yet said recoveryDone (set at every connect): what it asks meanwhile is
+  // its recovery, which never waits for the other clients' (ServerContext::othersRecovered).
+  bool inRecovery = false;
 
 private:
   // LockCallback.blocking, both kinds (`gone`: the lock went with its inode).
@@ -228,6 +231,14 @@ public:
   void startRecovery();
   void recoveryDone(ClientSession& session);
   kj::Promise<void> recovered();  // resolves when none is left
+  // After an unclean stop, what a client asks once it has recovered (reads, locks, as updates
+  // already do) waits until the updates the stop cut off are in (resendsIn): the returning
+  // clients' resends, and the write-backs they make during their recovery. It must not see or
+  // lock what those change before they land. A client's own recovery never waits.
+  bool waitsForOthers(const ClientSession& session) const {
+    return !session.inRecovery && !resendWaiting_.empty();
+  }
+  kj::Promise<void> resendsIn();
   size_t recovering() const { return recovering_.size(); }
 
   // Replay after an unclean stop (objserver/recovery.cc). Each returning client sends the
@@ -296,10 +307,10 @@ private:
   kj::Promise<void> replaysFinished();
   // After an unclean stop, the clients that may have updates on their way when it came (those
   // waited for with replays) send them again during their recovery, before recoveryDone. New
-  // updates wait for that, so that none lands before one made earlier that the crash cut off.
+  // updates wait for that, so that none lands before one made earlier that the crash cut off;
+  // so do other requests of clients already recovered (waitsForOthers).
   std::set<std::string> resendWaiting_;
   kj::Vector<kj::Own<kj::PromiseFulfiller<void>>> resendWaiters_;
-  kj::Promise<void> resendsIn();
   void resent(const std::string& key);  // that client's resends are in (or it is gone)
   void resendsAllIn();                  // wakes the updates resendsIn() held
   std::set<std::string> recovering_;    // keys of clients of the previous instance
@@ -360,6 +371,8 @@ kj::Promise<void> ServerContext::ordered(ClientSession& session, uint64_t replay
     kj::Promise<void> work = nullptr;
     if (update && !resend && !resendWaiting_.empty()) {
       work = resendsIn().then([this]() { return replaysFinished(); }).then(kj::mv(run));
+    } else if (!update && !resend && waitsForOthers(session)) {
+      work = resendsIn().then(kj::mv(run));
     } else if (update && replayPhase_ != ReplayPhase::DONE) {
       work = replaysFinished().then(kj::mv(run));
     } else {

@@ -269,7 +269,9 @@ bool passes(ServerLink::State state, ServerLink::Class cls) {
 }  // namespace
 
 bool ServerLink::open(Class cls) const {
-  return connection_ != nullptr && passes(state_, cls);
+  // Write-back also passes a recovery that has let what was cut off through (resendCutOff).
+  return connection_ != nullptr &&
+         (passes(state_, cls) || (cls == Class::WRITEBACK && resendsPass()));
 }
 
 kj::Promise<void> ServerLink::whenOpen(Class cls, uint64_t requestId, bool resend) {
@@ -312,7 +314,7 @@ kj::Vector<ServerLink::Waiter> ServerLink::takeWaiters(Pred&& pred) {
 kj::Promise<void> ServerLink::resendCutOff() {
   if (connection_ == nullptr || state_ != State::RECOVERING) return kj::READY_NOW;
   resendGeneration_ = generation_;
-  auto going = takeWaiters([](const Waiter& w) { return w.resend; });
+  auto going = takeWaiters([](const Waiter& w) { return w.resend || w.cls == Class::WRITEBACK; });
   if (going.size() > 0) {
     spdlog::info(
         "link {}: sending {} updates made before this connection (cut off with the "
@@ -512,10 +514,7 @@ kj::Promise<Response> ServerLink::send(kj::Own<Pending> pending, Build& build) {
     ++stats_.gateWaits;
     parked = timer_.now();
   }
-  // An update from before this connection goes inside its recovery (resendCutOff): one cut off
-  // by a lost connection, or a write-back (answered ahead to the application) that found the
-  // gate closed.
-  bool resend = pending->id != 0 && (pending->attempts > 0 || pending->cls == Class::WRITEBACK);
+  bool resend = pending->id != 0 && pending->attempts > 0;
   return whenOpen(pending->cls, pending->id, resend)
       .then([this, pending = kj::mv(pending), &build, parked,
              resend]() mutable -> kj::Promise<Response> {
@@ -547,7 +546,7 @@ kj::Promise<Response> ServerLink::send(kj::Own<Pending> pending, Build& build) {
         build(r);
         // What leaves during recovery (resendCutOff let it) is a resend to the server too: it
         // goes in ahead of other clients' new updates, as what was answered must.
-        r.setResend(pending->attempts++ > 0 || state_ == State::RECOVERING);
+        r.setResend(pending->attempts++ > 0 || (pending->id != 0 && state_ == State::RECOVERING));
         countRequest(r.asReader());
         // An update is kept until the server has it on disk, for replay after a crash that
         // loses it: a copy (the caller's buffers go with its promise), or, when the caller

@@ -3,7 +3,8 @@
 // Every request waits at the link's gate before it is formatted. The gate opens for a class of
 // requests according to the link's state:
 //   CONNECTING / DISCONNECTED   nothing passes; the link is (re)connecting with backoff
-//   RECOVERING                  only RECOVERY requests (e.g. open replay) pass
+//   RECOVERING                  only RECOVERY requests (e.g. open replay) pass; once the
+//                               owner's recovery calls resendCutOff, resends and WRITEBACK too
 //   ACTIVE                      everything passes
 //   DRAINING                    the server is shutting down (it called back the active-server
 //                               lock): only WRITEBACK requests pass, the ones that hand dirty
@@ -77,10 +78,12 @@ public:
   void setOnDrain(kj::Function<kj::Promise<void>()> onDrain);
   void start();
   // Called by the owner's recovery, after its own replays and before it says recoveryDone: the
-  // updates that were on their way when the connection went, and the write-backs that have
-  // waited for it since (answered ahead to the application), leave now, in the order they were
+  // updates that were on their way when the connection went leave now, in the order they were
   // made, ahead of every other client's new ones (a server back from a crash holds those until
-  // its returning clients have recovered). Resolves once they are sent (not answered).
+  // its returning clients have recovered); and from now on WRITEBACK requests pass too (what the
+  // application was already answered: updates answered ahead, write-behind), those waiting
+  // first. Updates sent while RECOVERING are resends to the server. Resolves once those waiting
+  // are sent (not answered).
   kj::Promise<void> resendCutOff();
 
   using MetaResponse = capnp::Response<rpc::MetaSession::CallResults>;
@@ -120,6 +123,8 @@ public:
   bool rootSquashed() const { return rootSquashed_; }
   kj::StringPtr peerVersion() const { return peerVersion_; }
   uint64_t lastSynced() const { return lastSynced_; }
+  // The server is a new instance since the connection before this one (a restart, a failover).
+  bool restarted() const { return restarted_; }
   // What the link did, for the client's counters.
   struct Stats {
     std::map<std::string, uint64_t> requests;   // by kind ("meta.lookup")
@@ -192,7 +197,7 @@ private:
 
   // Resolves once `cls` may pass; the updates waiting leave in the order of their ids.
   kj::Promise<void> whenOpen(Class cls, uint64_t requestId = 0, bool resend = false);
-  // A resend let through during this connection's recovery (resendCutOff).
+  // This connection's recovery has called resendCutOff: resends and write-back pass.
   bool resendsPass() const;
   bool open(Class cls) const;  // the gate lets `cls` through and there is a connection
   void openGate(State state);
@@ -254,7 +259,7 @@ private:
     Class cls;
     kj::Own<kj::PromiseFulfiller<void>> fulfiller;
     uint64_t requestId;  // of the update waiting (0: anything else)
-    bool resend;         // an update cut off by a lost connection, or a write-back
+    bool resend;         // an update cut off by a lost connection
   };
   kj::Vector<Waiter> waiters_;
   // Takes the waiters `pred` picks out of waiters_ (dropping those whose callers are gone).

@@ -299,6 +299,50 @@ TEST(Replay, AnUpdateAnsweredAheadNotYetSentGoesInBeforeAnotherClientsNewOne) {
       << cluster.mountLog(0);
 }
 
+// Writes queued on mount A when the metadata server crashes were made under locks that went
+// with it: A's recovery writes them back (data, then size) before it says recoveryDone, and the
+// restarted server holds B's requests — reads and locks too — until then. Before, B read the file
+// as it was before A's writes (its size then: empty) while they were still queued on A.
+TEST(Replay, WritesQueuedWhenTheMetadataServerCrashesLandBeforeAnotherClientReads) {
+  TestCluster cluster;
+  auto a = cluster.mount();
+  auto b = cluster.mount();
+  // A close returns before the file's writes have landed only while A knows the data targets
+  // have room: A looks now, while they answer.
+  writeWhole(a + "/look", "room");
+  struct stat st;
+  ASSERT_EQ(stat((b + "/look").c_str(), &st), 0);
+  for (int i = 1; i < cluster.serverCount(); ++i) cluster.signalServer(i, SIGSTOP);
+  auto data = pattern(4 << 20, 35);
+  std::atomic<int> wrote{-1};
+  std::thread writer([&] {
+    int fd = open((a + "/f").c_str(), O_CREAT | O_WRONLY, 0644);
+    bool ok = fd >= 0 && write(fd, data.data(), data.size()) == ssize_t(data.size());
+    wrote = ok && close(fd) == 0 ? 0 : errno;
+  });
+  bool closed = waitFor([&] { return wrote.load() != -1; }, 3000);
+  if (!closed) {
+    for (int i = 1; i < cluster.serverCount(); ++i) cluster.signalServer(i, SIGCONT);
+  }
+  writer.join();
+  ASSERT_TRUE(closed) << "the close waited for the data targets";
+  ASSERT_EQ(wrote.load(), 0) << strerror(wrote.load());
+  cluster.stopServer(0, SIGKILL);
+  ASSERT_TRUE(cluster.startServer(0));
+  std::string seen;
+  std::atomic<bool> read{false};
+  std::thread reader([&] {
+    seen = readWhole(b + "/f");
+    read = true;
+  });
+  usleep(1500 * 1000);  // B asks while A's writes cannot land
+  for (int i = 1; i < cluster.serverCount(); ++i) cluster.signalServer(i, SIGCONT);
+  reader.join();
+  EXPECT_EQ(seen.size(), data.size());
+  EXPECT_TRUE(seen == data);
+  EXPECT_TRUE(contains(cluster.mountLog(0), "written back in")) << cluster.mountLog(0);
+}
+
 // Replay barrier on a data target: fsync-acknowledged and merely written data both come back.
 TEST(Replay, DataCrashAfterABarrierLosesNothing) {
   TestCluster::Options options = withBarrier();

@@ -43,6 +43,7 @@
 #include "rpc/busy_poll.h"
 #include "rpc/heap_tuning.h"
 #include "rpc/metrics_http.h"
+#include "rpc/tls_stream.h"
 #include "rpc/transport.h"
 #include "rpc/version.h"
 
@@ -215,10 +216,16 @@ kj::Maybe<kj::String> refusal(const char* addresses, kj::StringPtr tlsDir, bool 
           .wait(io.waitScope);
       return nullptr;
     } catch (kj::Exception& e) {
-      // Refusals are FAILED (the policy's, or a handshake's verdict); the rest is an outage.
-      if (e.getType() == kj::Exception::Type::FAILED) {
+      // Refusals are FAILED (the policy's, or a handshake's verdict), or the server's TLS alert
+      // (TLS 1.3 judges our certificate after our side of the handshake, and a call on the
+      // connection then fails as DISCONNECTED); the rest is an outage.
+      if (e.getType() == kj::Exception::Type::FAILED ||
+          std::string(e.getDescription().cStr()).find(cairn::PEER_REFUSED.cStr()) !=
+              std::string::npos) {
         return kj::str(address, ": ", e.getDescription());
       }
+      spdlog::info("{} did not answer whether we may mount ({}): mounting, and waiting for it",
+                   address.cStr(), e.getDescription().cStr());
     }
   }
   return nullptr;

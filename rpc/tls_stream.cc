@@ -104,7 +104,7 @@ int selectWire(SSL*, const unsigned char** out, unsigned char* outLength, const 
 }  // namespace
 
 SslContext::SslContext(kj::StringPtr caPem, kj::StringPtr certPem, kj::StringPtr keyPem,
-                       bool trustedNetwork)
+                       bool trustedNetwork, kj::Maybe<kj::StringPtr> crlPem)
     : trustedNetwork_(trustedNetwork) {
   // OpenSSL writes to the socket itself, without MSG_NOSIGNAL: a peer gone must be an error on
   // that connection, not a SIGPIPE that ends the process. (Servers and mounts ignore it anyway.)
@@ -133,6 +133,19 @@ SslContext::SslContext(kj::StringPtr caPem, kj::StringPtr certPem, kj::StringPtr
         return added;
       },
       "the CA certificate");
+  KJ_IF_MAYBE (crl, crlPem) {
+    // Checked for the peer's certificate (the only one under the CA); OpenSSL also checks the
+    // list's signature and dates, so a list not of our CA, or out of date, refuses everyone.
+    withPem(
+        *crl, [](BIO* b) { return PEM_read_bio_X509_CRL(b, nullptr, nullptr, nullptr); },
+        [ctx](X509_CRL* list) {
+          X509_STORE* store = SSL_CTX_get_cert_store(ctx);
+          int added = X509_STORE_add_crl(store, list);
+          X509_CRL_free(list);
+          return added == 1 ? X509_STORE_set_flags(store, X509_V_FLAG_CRL_CHECK) : 0;
+        },
+        "the revocation list (crl.pem)");
+  }
   withPem(
       certPem, [](BIO* b) { return PEM_read_bio_X509(b, nullptr, nullptr, nullptr); },
       [ctx](X509* cert) {
@@ -244,7 +257,38 @@ kj::Promise<kj::Own<SslContext::Stream>> SslContext::accept(kj::UnixEventPort& p
                                                             kj::Own<kj::AsyncIoStream> socket) {
   auto stream = newStream(port, kj::mv(socket));
   SSL_set_accept_state(sslOf(stream->ssl_));
-  return Stream::shakeHands(kj::mv(stream));
+  auto& s = *stream;
+  // A TLS 1.3 client has finished its side of the handshake, and sent its first request behind
+  // it, before we judge its certificate. Closed on with those bytes unread, the connection is
+  // reset, and the client may lose our alert with it: it would take the refusal for an outage
+  // and wait for ever (a mount with a revoked certificate did). So a refused handshake lingers:
+  // the alert leaves, we read until the client closes (the handshake limit bounds it), and only
+  // then close. (`s` lives as long as the continuation below, which owns the stream.)
+  return s.handshake()
+      .catch_([&s](kj::Exception&& e) -> kj::Promise<void> {
+        return s.linger()
+            .catch_([](kj::Exception&&) {})  // (the refusal is what counts)
+            .then([e = kj::mv(e)]() mutable -> kj::Promise<void> { return kj::mv(e); });
+      })
+      .then([stream = kj::mv(stream)]() mutable { return kj::mv(stream); });
+}
+
+kj::Promise<void> SslContext::Stream::linger() {
+  (void)BIO_flush(SSL_get_wbio(sslOf(ssl_)));
+  shutdown(fd_, SHUT_WR);
+  return drain();
+}
+
+kj::Promise<void> SslContext::Stream::drain() {
+  char sink[4096];
+  for (;;) {
+    ssize_t n = ::read(fd_, sink, sizeof(sink));
+    if (n > 0) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+      return readable().then([this]() { return drain(); });
+    }
+    return kj::READY_NOW;  // closed (or broken): nothing more will come
+  }
 }
 
 SslContext::Stream::Stream(kj::UnixEventPort& port, int fd, void* ssl)
@@ -296,16 +340,42 @@ SslContext::Stream::Wait SslContext::Stream::attempt(int result) {
     case SSL_ERROR_ZERO_RETURN:
       eof_ = true;
       return Wait::NONE;
-    case SSL_ERROR_SYSCALL:
-      if (errno == 0) {  // the peer closed without a close_notify
+    case SSL_ERROR_SYSCALL: {
+      int error = errno;
+      if (error == 0) {  // the peer closed without a close_notify
         eof_ = true;
         return Wait::NONE;
       }
+      if (error == ECONNRESET || error == EPIPE) {
+        // Closed on us with our bytes unread, as a server refusing our certificate does: its
+        // alert may still be there to read, and makes this a refusal, not an outage.
+        KJ_IF_MAYBE (why, alertLeft()) {
+          kj::throwFatalException(kj::Exception(kj::Exception::Type::FAILED, __FILE__, __LINE__,
+                                                kj::str(PEER_REFUSED, *why)));
+        }
+      }
       kj::throwFatalException(kj::Exception(kj::Exception::Type::DISCONNECTED, __FILE__, __LINE__,
-                                            kj::str("TLS connection: ", strerror(errno))));
-    default:
-      fail(ssl, "TLS");
+                                            kj::str("TLS connection: ", strerror(error))));
+    }
+    default: {
+      // An alert from the peer (OpenSSL's reasons for those start at SSL_AD_REASON_OFFSET): it
+      // refused us, and a write after this (which finds the connection shut) says so too.
+      unsigned long first = ERR_peek_error();
+      bool alert =
+          ERR_GET_LIB(first) == ERR_LIB_SSL && ERR_GET_REASON(first) >= SSL_AD_REASON_OFFSET;
+      auto text = errorText(ssl);
+      if (alert) refusedBecause_ = kj::str(text);
+      kj::throwFatalException(kj::Exception(kj::Exception::Type::FAILED, __FILE__, __LINE__,
+                                            kj::str(alert ? PEER_REFUSED : "TLS: "_kj, text)));
+    }
   }
+}
+
+kj::Maybe<kj::String> SslContext::Stream::alertLeft() {
+  KJ_IF_MAYBE (why, refusedBecause_) {
+    return kj::str(*why);
+  }
+  return nullptr;
 }
 
 kj::Promise<void> SslContext::Stream::wait(Wait what) {
@@ -463,6 +533,11 @@ kj::Promise<void> SslContext::Stream::writeAll(
       } else if (what != Wait::NONE) {
         return wait(what).then([this, first, rest]() { return writeAll(first, rest); });
       } else {
+        // Refused, not an outage: a mount fails saying why instead of waiting for ever.
+        KJ_IF_MAYBE (why, alertLeft()) {
+          return kj::Exception(kj::Exception::Type::FAILED, __FILE__, __LINE__,
+                               kj::str(PEER_REFUSED, *why));
+        }
         return KJ_EXCEPTION(DISCONNECTED, "TLS connection ended during a write");
       }
     }

@@ -21,13 +21,20 @@
 
 namespace cairn {
 
+// How the description of a failure starts when the peer refused us with a TLS alert. Cap'n
+// Proto turns a connection's failure into DISCONNECTED for the calls on it, keeping the text: a
+// mount checking whether it may mount tells a refusal from an outage by it.
+constexpr kj::StringPtr PEER_REFUSED = "TLS: refused by the peer: "_kj;
+
 class SslContext {
 public:
   // PEM text: the CA to trust (the only one), this side's certificate and key. Peers must
   // present a certificate of that CA, in date; a client also checks the server's host name.
   // `trustedNetwork`: connections whose other end says so too go unencrypted after the handshake.
+  // `crlPem`: the CA's revocation list (cairnctl cert revoke); a peer whose certificate is on it
+  // is refused ("certificate revoked").
   SslContext(kj::StringPtr caPem, kj::StringPtr certPem, kj::StringPtr keyPem,
-             bool trustedNetwork = false);
+             bool trustedNetwork = false, kj::Maybe<kj::StringPtr> crlPem = nullptr);
   ~SslContext() noexcept(false);
   KJ_DISALLOW_COPY(SslContext);
 
@@ -72,6 +79,11 @@ private:
   // What an SSL call that made no progress waits for (NONE: the stream ended).
   enum class Wait { NONE, READABLE, WRITABLE };
   Wait attempt(int result);  // throws on a TLS error or a broken connection
+  // After a write found the connection closed: why, if a read took an alert from the peer before
+  // (a server refusing our certificate, which TLS 1.3 judges only after our side of the
+  // handshake, says why that way and shuts the connection).
+  kj::Maybe<kj::String> alertLeft();
+  kj::Maybe<kj::String> refusedBecause_;
   kj::Promise<void> wait(Wait what);
   kj::Promise<void> handshake();
   // After the handshake on a trusted network: the server sends one TLS record, the client reads
@@ -82,6 +94,10 @@ private:
   static kj::Promise<kj::Own<Stream>> shakeHands(kj::Own<Stream> stream);
   kj::Promise<void> readable();
   kj::Promise<void> writable();
+  // A server's refused handshake: our alert out, no more writes, and what the peer sent behind
+  // its side of the handshake read and dropped until it closes (see SslContext::accept).
+  kj::Promise<void> linger();
+  kj::Promise<void> drain();
   kj::Promise<void> writeAll(kj::ArrayPtr<const kj::byte> first,
                              kj::ArrayPtr<const kj::ArrayPtr<const kj::byte>> rest);
   kj::Promise<size_t> readSome(kj::byte* out, size_t minBytes, size_t maxBytes, size_t done);

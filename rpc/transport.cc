@@ -7,6 +7,7 @@
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 #include <spdlog/spdlog.h>
+#include <unistd.h>
 
 #include <cstring>
 
@@ -173,9 +174,15 @@ TlsCredentials TlsCredentials::load(kj::StringPtr dir, kj::Maybe<Peer::Role> exp
   }
   // Said here, where the operator looks first; the peers would only see a failed handshake.
   if (!inDate) spdlog::error("TLS: {}/cert.crt is not valid now (expired?)", dir.cStr());
+  kj::Maybe<kj::String> crlPem;
+  if (access(kj::str(dir, "/crl.pem").cStr(), F_OK) == 0) {
+    crlPem = readText(dir, "crl.pem");
+    spdlog::info("TLS: peers on the revocation list {}/crl.pem are refused", dir.cStr());
+  }
   return TlsCredentials{readText(dir, "ca.crt"),
                         kj::mv(certPem),
                         readText(dir, "cert.key"),
+                        kj::mv(crlPem),
                         role,
                         kj::mv(name),
                         kj::str(dir)};
@@ -183,8 +190,12 @@ TlsCredentials TlsCredentials::load(kj::StringPtr dir, kj::Maybe<Peer::Role> exp
 
 kj::Own<Transport> Transport::tls(kj::AsyncIoContext& io, TlsCredentials credentials,
                                   bool trustedNetwork) {
+  kj::Maybe<kj::StringPtr> crl;
+  KJ_IF_MAYBE (pem, credentials.crlPem) {
+    crl = pem->asPtr();
+  }
   auto context = kj::heap<SslContext>(credentials.caPem, credentials.certPem, credentials.keyPem,
-                                      trustedNetwork);
+                                      trustedNetwork, crl);
   return kj::heap<Transport>(io, kj::mv(context));
 }
 

@@ -46,6 +46,7 @@ constexpr kj::StringPtr SERVER_HOST_NAME = "cairn-server"_kj;
 // What a TLS connection is made with, as read from a credentials directory.
 struct TlsCredentials {
   kj::String caPem, certPem, keyPem;
+  kj::Maybe<kj::String> crlPem;  // crl.pem, if the directory has one (cairnctl cert revoke)
   Peer::Role role;
   kj::String name;
   kj::String dir;

@@ -7,6 +7,7 @@
 //   cairnctl --mount MNT stats
 //   cairnctl ca init --dir CA
 //   cairnctl cert issue --ca CA --server|--client|--admin NAME --out DIR
+//   cairnctl cert revoke --ca CA CERT...
 // With --tls DIR (or $CAIRN_TLS) every connection is mutual TLS with those credentials.
 #include <capnp/rpc-twoparty.h>
 #include <kj/async-io.h>
@@ -338,11 +339,28 @@ int main(int argc, char** argv) {
   issueCmd->add_option("--days", days, "validity (default 825)");
   issueCmd->add_option("--backdate", backdate,
                        "start the validity this many days ago (tests: expired certificates)");
+  std::vector<std::string> revokeCerts;
+  auto* revokeCmd = certCmd->add_subcommand(
+      "revoke",
+      "add certificates to the CA's revocation list (--ca DIR/crl.pem): copy it beside ca.crt "
+      "into the servers' (and clients') credentials directories and restart the servers, one at "
+      "a time; a revoked peer's handshake is refused from then on");
+  revokeCmd->add_option("--ca", caDir, "the CA's directory (cairnctl ca init)")->required();
+  revokeCmd->add_option("certificates", revokeCerts, "cert.crt files the CA signed")
+      ->required()
+      ->check(CLI::ExistingFile);
   certCmd->require_subcommand(1);
   CLI11_PARSE(app, argc, argv);
 
-  if (*caInit || *issueCmd) {
+  if (*caInit || *issueCmd || *revokeCmd) {
     try {
+      if (*revokeCmd) {
+        for (auto& name : cairn::ca::revoke(caDir, revokeCerts)) {
+          printf("revoked %s\n", name.c_str());
+        }
+        printf("revocation list: %s/crl.pem\n", caDir.c_str());
+        return 0;
+      }
       if (*caInit) {
         cairn::ca::init(caDir, caName, days > 0 ? days : 3650);
         printf("CA made in %s (keep %s/ca.key private)\n", caDir.c_str(), caDir.c_str());

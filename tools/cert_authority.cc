@@ -41,8 +41,12 @@ struct KeyDeleter {
 struct CertDeleter {
   void operator()(X509* c) const { X509_free(c); }
 };
+struct CrlDeleter {
+  void operator()(X509_CRL* c) const { X509_CRL_free(c); }
+};
 using Key = std::unique_ptr<EVP_PKEY, KeyDeleter>;
 using Cert = std::unique_ptr<X509, CertDeleter>;
+using Crl = std::unique_ptr<X509_CRL, CrlDeleter>;
 
 bool exists(const std::string& path) {
   struct stat st;
@@ -160,6 +164,74 @@ void init(const std::string& dir, const std::string& name, int days) {
   writeCert(dir + "/ca.crt", cert.get());
 }
 
+namespace {
+
+// The common name of a certificate ("client:laptop"), for messages.
+std::string commonName(X509* cert) {
+  char buf[256] = "";
+  X509_NAME_get_text_by_NID(X509_get_subject_name(cert), NID_commonName, buf, sizeof(buf));
+  return buf;
+}
+
+}  // namespace
+
+std::vector<std::string> revoke(const std::string& caDir, const std::vector<std::string>& certs) {
+  KJ_REQUIRE(!certs.empty(), "no certificate to revoke");
+  Key caKey = readKey(caDir + "/ca.key");
+  Cert caCert = readCert(caDir + "/ca.crt");
+  std::string path = caDir + "/crl.pem";
+  // The list so far, or a new one.
+  Crl crl =
+      exists(path)
+          ? readPem<Crl>(path, "revocation list",
+                         [](FILE* f) { return PEM_read_X509_CRL(f, nullptr, nullptr, nullptr); })
+          : Crl(X509_CRL_new());
+  SSL_REQUIRE(crl != nullptr, "allocating a revocation list");
+  KJ_REQUIRE(!exists(path) || X509_CRL_verify(crl.get(), X509_get0_pubkey(caCert.get())) == 1,
+             "the revocation list there is not this CA's", path);
+  std::vector<std::string> names;
+  for (auto& certPath : certs) {
+    Cert cert = readPem<Cert>(certPath, "certificate to revoke",
+                              [](FILE* f) { return PEM_read_X509(f, nullptr, nullptr, nullptr); });
+    // Only what this CA signed: a serial of another CA's certificate means nothing here.
+    KJ_REQUIRE(X509_verify(cert.get(), X509_get0_pubkey(caCert.get())) == 1,
+               "this certificate was not signed by this CA", certPath);
+    names.push_back(commonName(cert.get()));
+    const ASN1_INTEGER* serial = X509_get0_serialNumber(cert.get());
+    X509_REVOKED* already = nullptr;
+    if (X509_CRL_get0_by_serial(crl.get(), &already, serial) == 1) continue;
+    X509_REVOKED* entry = X509_REVOKED_new();
+    SSL_REQUIRE(entry != nullptr, "allocating a revocation");
+    ASN1_TIME* now = X509_gmtime_adj(nullptr, 0);
+    bool made = X509_REVOKED_set_serialNumber(entry, const_cast<ASN1_INTEGER*>(serial)) == 1 &&
+                X509_REVOKED_set_revocationDate(entry, now) == 1;
+    ASN1_TIME_free(now);
+    if (!made || X509_CRL_add0_revoked(crl.get(), entry) != 1) {
+      X509_REVOKED_free(entry);
+      SSL_REQUIRE(false, "adding a revocation");
+    }
+  }
+  // Valid until the CA itself expires: a list past its next update fails every check, and the
+  // servers read it only when they start.
+  SSL_REQUIRE(X509_CRL_set_version(crl.get(), 1) == 1 &&
+                  X509_CRL_set_issuer_name(crl.get(), X509_get_subject_name(caCert.get())) == 1,
+              "revocation list header");
+  ASN1_TIME* now = X509_gmtime_adj(nullptr, 0);
+  bool dated = X509_CRL_set1_lastUpdate(crl.get(), now) == 1 &&
+               X509_CRL_set1_nextUpdate(crl.get(), X509_get0_notAfter(caCert.get())) == 1;
+  ASN1_TIME_free(now);
+  SSL_REQUIRE(dated, "revocation list dates");
+  SSL_REQUIRE(X509_CRL_sort(crl.get()) == 1, "sorting the revocation list");
+  SSL_REQUIRE(X509_CRL_sign(crl.get(), caKey.get(), EVP_sha256()) > 0,
+              "signing the revocation list");
+  // Written aside, then renamed over the old list: never half a list.
+  std::string fresh = path + ".new";
+  unlink(fresh.c_str());
+  writePem(fresh, 0644, [&crl](FILE* f) { return PEM_write_X509_CRL(f, crl.get()); });
+  KJ_REQUIRE(rename(fresh.c_str(), path.c_str()) == 0, "cannot replace", path, strerror(errno));
+  return names;
+}
+
 void issue(const std::string& caDir, const std::string& outDir, const Request& r) {
   kj::String name;
   // The same check the servers make on every connection.
@@ -191,6 +263,10 @@ void issue(const std::string& caDir, const std::string& outDir, const Request& r
   writeKey(outDir + "/cert.key", key.get());
   writeCert(outDir + "/cert.crt", cert.get());
   if (!exists(outDir + "/ca.crt")) writeCert(outDir + "/ca.crt", caCert.get());
+  // The revocation list, so that new credentials check their peers against it from the start.
+  if (exists(caDir + "/crl.pem") && !exists(outDir + "/crl.pem")) {
+    std::filesystem::copy_file(caDir + "/crl.pem", outDir + "/crl.pem");
+  }
 }
 
 }  // namespace cairn::ca

@@ -1,7 +1,8 @@
 // The cluster's certificate authority, as `cairnctl ca init` and `cairnctl cert issue` run it:
 // an EC P-256 CA key and self-signed certificate, and certificates it signs for servers, client
 // hosts and administrators, written as the credentials directories that `--tls DIR` reads
-// (rpc/transport.h: ca.crt, cert.crt, cert.key). Built on Debian's OpenSSL (libcrypto).
+// (rpc/transport.h: ca.crt, cert.crt, cert.key, and crl.pem once something is revoked). Built on
+// Debian's OpenSSL (libcrypto).
 #pragma once
 
 #include <string>
@@ -25,5 +26,11 @@ struct Request {
 // ca.crt (a copy), cert.crt, cert.key (mode 0600). Its common name is "ROLE:NAME"; a server's
 // also names the host cairn-server. Refuses to overwrite.
 void issue(const std::string& caDir, const std::string& outDir, const Request& request);
+
+// Adds the certificates (cert.crt files this CA signed) to its revocation list, `caDir`/crl.pem,
+// made if need be, re-signed each time and valid as long as the CA. A credentials directory
+// holding a copy (crl.pem beside ca.crt) refuses their handshakes from its next start. Returns
+// each certificate's common name ("client:laptop").
+std::vector<std::string> revoke(const std::string& caDir, const std::vector<std::string>& certs);
 
 }  // namespace cairn::ca

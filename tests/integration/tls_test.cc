@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <string>
 
@@ -213,6 +214,61 @@ TEST(Tls, OnlyAllowedClientsMount) {
       << refused.err;
   EXPECT_FALSE(isMounted(refusedMount));
   if (isMounted(refusedMount)) run({"/bin/fusermount3", "-uz", refusedMount});
+}
+
+// A lost key: the certificate goes on the CA's revocation list, the list beside ca.crt in every
+// server's credentials, and the servers restart one at a time. The revoked client is refused
+// from then on and told why; the other clients carry on through the restarts.
+TEST(Tls, ARevokedCertificateIsRefusedOnceTheServersRestart) {
+  TestCluster cluster;
+  auto mnt = cluster.mount();
+  std::ofstream(mnt + "/kept") << "kept";
+  auto lost = cluster.issue("client", "laptop", "laptop");
+  auto ca = cluster.dir() + "/tls/ca";
+  auto r = run({ctlBin(), "cert", "revoke", "--ca", ca, lost + "/cert.crt"});
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.out.find("revoked client:laptop"), std::string::npos) << r.out;
+  // Again: still on the list once; and only this CA's certificates are taken.
+  ASSERT_EQ(run({ctlBin(), "cert", "revoke", "--ca", ca, lost + "/cert.crt"}).status, 0);
+  TempDir other;
+  ASSERT_EQ(run({ctlBin(), "ca", "init", "--dir", other.path() + "/ca"}).status, 0);
+  ASSERT_EQ(run({ctlBin(), "cert", "issue", "--ca", other.path() + "/ca", "--client", "x", "--out",
+                 other.path() + "/x"})
+                .status,
+            0);
+  auto foreign = run({ctlBin(), "cert", "revoke", "--ca", ca, other.path() + "/x/cert.crt"});
+  EXPECT_NE(foreign.status, 0);
+  EXPECT_NE(foreign.err.find("not signed by this CA"), std::string::npos) << foreign.err;
+  // Credentials issued from now on carry the list.
+  auto later = cluster.issue("client", "later", "later");
+  EXPECT_EQ(access((later + "/crl.pem").c_str(), F_OK), 0);
+
+  const char* names[] = {"meta0", "data0", "data1"};
+  ASSERT_EQ(cluster.serverCount(), 3);
+  for (int i = 0; i < cluster.serverCount(); ++i) {
+    std::filesystem::copy_file(ca + "/crl.pem", cluster.credentials(names[i]) + "/crl.pem");
+    ASSERT_EQ(cluster.shutdownServer(i), 0);
+    ASSERT_TRUE(cluster.startServer(i));
+  }
+  EXPECT_TRUE(logSays(cluster, 0, "crl.pem are refused")) << readAll(cluster.log(0));
+  // The revoked client: refused, and the mount says why; nothing is mounted.
+  std::string refusedMount = cluster.dir() + "/refused";
+  mkdir(refusedMount.c_str(), 0755);
+  // (Bounded: a mount that took the refusal for an outage would wait for ever.)
+  auto refused = run({"/usr/bin/timeout", "30", mountBin(), cluster.metaAddress(), refusedMount,
+                      "-f", "-o", "tls=" + lost + ",log_file=" + refusedMount + ".log"});
+  EXPECT_EQ(refused.status, 1);
+  EXPECT_NE(refused.err.find("alert certificate revoked"), std::string::npos)
+      << refused.err << readAll(refusedMount + ".log");
+  EXPECT_FALSE(isMounted(refusedMount));
+  if (isMounted(refusedMount)) run({"/bin/fusermount3", "-uz", refusedMount});
+  EXPECT_TRUE(logSays(cluster, 0, "certificate revoked")) << readAll(cluster.log(0));
+  // The others: the mount that was there all along, and one with the credentials issued since.
+  EXPECT_EQ(readAll(mnt + "/kept"), "kept");
+  auto io = kj::setupAsyncIo();
+  rawCredentials = later;
+  EXPECT_NO_THROW(connectRaw(io, cluster.metaAddress(), 5, kj::heap<rpc::LockCallback::Server>()));
+  rawCredentials = cluster.credentials("client");
 }
 
 TEST(Tls, AServerBeyondLoopbackNeedsCredentials) {

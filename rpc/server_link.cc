@@ -317,7 +317,7 @@ kj::Promise<void> ServerLink::resendCutOff() {
   auto going = takeWaiters([](const Waiter& w) { return w.resend || w.cls == Class::WRITEBACK; });
   if (going.size() > 0) {
     spdlog::info(
-        "link {}: sending {} updates made before this connection (cut off with the "
+        "link {}: sending {} requests made before this connection (cut off with the "
         "last one, or waiting since)",
         name_.cStr(), going.size());
   }

@@ -336,7 +336,7 @@ kj::Promise<void> Client::recoverMeta() {
 // The metadata server restarted: the locks our queued writes were made under went with it (a
 // crash gives no drain), and someone else could now lock, read or change those files before the
 // writes land. A server back from a crash holds every other client's requests until we say
-// recoveryDone (ServerContext::othersRecovered), so they land first: the data, then each file's
+// recoveryDone (ServerContext::waitsForOthers), so they land first: the data, then each file's
 // size and mtime (write-back passes the gate once resendCutOff has run). Bounded, as a drain is:
 // a data target that does not answer must not keep the mount in recovery.
 kj::Promise<void> Client::writeBackInRecovery() {

@@ -220,8 +220,7 @@ kj::Maybe<kj::String> refusal(const char* addresses, kj::StringPtr tlsDir, bool 
       // (TLS 1.3 judges our certificate after our side of the handshake, and a call on the
       // connection then fails as DISCONNECTED); the rest is an outage.
       if (e.getType() == kj::Exception::Type::FAILED ||
-          std::string(e.getDescription().cStr()).find(cairn::PEER_REFUSED.cStr()) !=
-              std::string::npos) {
+          strstr(e.getDescription().cStr(), cairn::PEER_REFUSED.cStr()) != nullptr) {
         return kj::str(address, ": ", e.getDescription());
       }
       spdlog::info("{} did not answer whether we may mount ({}): mounting, and waiting for it",

@@ -34,18 +34,17 @@ kj::Promise<void> LockService::enqueue(EnqueueContext context) {
   spec.bits = r.getBits();
   spec.start = r.getStart();
   spec.end = r.getEnd();
-  uint64_t replaces = r.getReplaces();
+  auto enqueue = [this, context, spec, replaces = r.getReplaces()]() mutable {
+    requireSession();
+    return ctx_.locks.enqueue(*session_, spec, nullptr, 0, replaces)
+        .then([context](uint64_t id) mutable { context.getResults().setLockId(id); });
+  };
+  // After an unclean stop, not before the updates it cut off are in; the active-server lock is
+  // part of connecting, and never waits.
   if (spec.resource.type != RES_SERVER && ctx_.waitsForOthers(*session_)) {
-    // After an unclean stop, not before the updates it cut off are in; the active-server lock
-    // is part of connecting, and never waits.
-    return ctx_.resendsIn().then([this, context, spec, replaces]() mutable {
-      requireSession();
-      return ctx_.locks.enqueue(*session_, spec, nullptr, 0, replaces)
-          .then([context](uint64_t id) mutable { context.getResults().setLockId(id); });
-    });
+    return ctx_.resendsIn().then(kj::mv(enqueue));
   }
-  return ctx_.locks.enqueue(*session_, spec, nullptr, 0, replaces)
-      .then([context](uint64_t id) mutable { context.getResults().setLockId(id); });
+  return enqueue();
 }
 
 kj::Promise<void> LockService::cancel(CancelContext context) {

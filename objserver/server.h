@@ -62,7 +62,7 @@ struct ClientSession : public kj::Refcounted, public LockOwner {
   size_t resendsRunning = 0;
   bool recoveredBehindResends = false;
   // Connected and not yet said recoveryDone (set at every connect): what it asks meanwhile is
-  // its recovery, which never waits for the other clients' (ServerContext::othersRecovered).
+  // its recovery, which never waits for the other clients' (ServerContext::waitsForOthers).
   bool inRecovery = false;
 
 private:

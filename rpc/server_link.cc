@@ -274,8 +274,12 @@ bool ServerLink::open(Class cls) const {
          (passes(state_, cls) || (cls == Class::WRITEBACK && resendsPass()));
 }
 
+bool ServerLink::mayPass(Class cls, bool resend) const {
+  return open(cls) || (resend && resendsPass());
+}
+
 kj::Promise<void> ServerLink::whenOpen(Class cls, uint64_t requestId, bool resend) {
-  if (open(cls) || (resend && resendsPass())) return kj::READY_NOW;
+  if (mayPass(cls, resend)) return kj::READY_NOW;
   auto paf = kj::newPromiseAndFulfiller<void>();
   waiters_.add(Waiter{cls, kj::mv(paf.fulfiller), requestId, resend});
   return kj::mv(paf.promise);
@@ -314,7 +318,8 @@ kj::Vector<ServerLink::Waiter> ServerLink::takeWaiters(Pred&& pred) {
 kj::Promise<void> ServerLink::resendCutOff() {
   if (connection_ == nullptr || state_ != State::RECOVERING) return kj::READY_NOW;
   resendGeneration_ = generation_;
-  auto going = takeWaiters([](const Waiter& w) { return w.resend || w.cls == Class::WRITEBACK; });
+  // The updates cut off, and the write-back waiting (open() lets it through from now on).
+  auto going = takeWaiters([this](const Waiter& w) { return mayPass(w.cls, w.resend); });
   if (going.size() > 0) {
     spdlog::info(
         "link {}: sending {} requests made before this connection (cut off with the "
@@ -523,7 +528,7 @@ kj::Promise<Response> ServerLink::send(kj::Own<Pending> pending, Build& build) {
         }
         // The gate opened, but the connection may have gone since (this runs an event later):
         // back to the gate.
-        if (!open(pending->cls) && !(resend && resendsPass())) {
+        if (!mayPass(pending->cls, resend)) {
           return send<Response>(kj::mv(pending), build);
         }
         if (pending->cls == Class::WRITEBACK && pending->id != 0 &&

@@ -199,6 +199,8 @@ private:
   kj::Promise<void> whenOpen(Class cls, uint64_t requestId = 0, bool resend = false);
   // This connection's recovery has called resendCutOff: resends and write-back pass.
   bool resendsPass() const;
+  // What whenOpen lets through now (`resend`: an update cut off by a lost connection).
+  bool mayPass(Class cls, bool resend) const;
   bool open(Class cls) const;  // the gate lets `cls` through and there is a connection
   void openGate(State state);
   void connectLoop(unsigned attempt);

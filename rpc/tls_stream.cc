@@ -48,6 +48,11 @@ kj::String errorText(SSL* ssl) {
   return kj::strArray(parts, "; ");
 }
 
+// The peer refused us with an alert (`why`, OpenSSL's words).
+kj::Exception refused(kj::StringPtr why) {
+  return kj::Exception(kj::Exception::Type::FAILED, __FILE__, __LINE__, kj::str(PEER_REFUSED, why));
+}
+
 [[noreturn]] void fail(SSL* ssl, kj::StringPtr what) {
   kj::throwFatalException(kj::Exception(kj::Exception::Type::FAILED, __FILE__, __LINE__,
                                         kj::str(what, ": ", errorText(ssl))));
@@ -349,9 +354,8 @@ SslContext::Stream::Wait SslContext::Stream::attempt(int result) {
       if (error == ECONNRESET || error == EPIPE) {
         // Closed on us with our bytes unread, as a server refusing our certificate does: its
         // alert may still be there to read, and makes this a refusal, not an outage.
-        KJ_IF_MAYBE (why, alertLeft()) {
-          kj::throwFatalException(kj::Exception(kj::Exception::Type::FAILED, __FILE__, __LINE__,
-                                                kj::str(PEER_REFUSED, *why)));
+        KJ_IF_MAYBE (why, refusedBecause_) {
+          kj::throwFatalException(refused(*why));
         }
       }
       kj::throwFatalException(kj::Exception(kj::Exception::Type::DISCONNECTED, __FILE__, __LINE__,
@@ -363,19 +367,11 @@ SslContext::Stream::Wait SslContext::Stream::attempt(int result) {
       unsigned long first = ERR_peek_error();
       bool alert =
           ERR_GET_LIB(first) == ERR_LIB_SSL && ERR_GET_REASON(first) >= SSL_AD_REASON_OFFSET;
-      auto text = errorText(ssl);
-      if (alert) refusedBecause_ = kj::str(text);
-      kj::throwFatalException(kj::Exception(kj::Exception::Type::FAILED, __FILE__, __LINE__,
-                                            kj::str(alert ? PEER_REFUSED : "TLS: "_kj, text)));
+      if (!alert) fail(ssl, "TLS");
+      auto& why = refusedBecause_.emplace(errorText(ssl));
+      kj::throwFatalException(refused(why));
     }
   }
-}
-
-kj::Maybe<kj::String> SslContext::Stream::alertLeft() {
-  KJ_IF_MAYBE (why, refusedBecause_) {
-    return kj::str(*why);
-  }
-  return nullptr;
 }
 
 kj::Promise<void> SslContext::Stream::wait(Wait what) {
@@ -534,9 +530,8 @@ kj::Promise<void> SslContext::Stream::writeAll(
         return wait(what).then([this, first, rest]() { return writeAll(first, rest); });
       } else {
         // Refused, not an outage: a mount fails saying why instead of waiting for ever.
-        KJ_IF_MAYBE (why, alertLeft()) {
-          return kj::Exception(kj::Exception::Type::FAILED, __FILE__, __LINE__,
-                               kj::str(PEER_REFUSED, *why));
+        KJ_IF_MAYBE (why, refusedBecause_) {
+          return refused(*why);
         }
         return KJ_EXCEPTION(DISCONNECTED, "TLS connection ended during a write");
       }

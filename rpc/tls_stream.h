@@ -79,10 +79,9 @@ private:
   // What an SSL call that made no progress waits for (NONE: the stream ended).
   enum class Wait { NONE, READABLE, WRITABLE };
   Wait attempt(int result);  // throws on a TLS error or a broken connection
-  // After a write found the connection closed: why, if a read took an alert from the peer before
-  // (a server refusing our certificate, which TLS 1.3 judges only after our side of the
-  // handshake, says why that way and shuts the connection).
-  kj::Maybe<kj::String> alertLeft();
+  // Why the peer refused us, once a read took its alert: a write that then finds the connection
+  // closed says so too (a server refusing our certificate, which TLS 1.3 judges only after our
+  // side of the handshake, says why that way and shuts the connection).
   kj::Maybe<kj::String> refusedBecause_;
   kj::Promise<void> wait(Wait what);
   kj::Promise<void> handshake();

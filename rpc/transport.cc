@@ -7,7 +7,6 @@
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 #include <spdlog/spdlog.h>
-#include <unistd.h>
 
 #include <cstring>
 
@@ -19,13 +18,20 @@ namespace {
 // must not hold a connection open forever.
 constexpr kj::Duration HANDSHAKE_LIMIT = 10 * kj::SECONDS;
 
-kj::String readText(kj::StringPtr dir, kj::StringPtr file) {
-  auto path = kj::str(dir, "/", file);
+kj::Maybe<kj::String> tryReadText(kj::StringPtr dir, kj::StringPtr file) {
   auto fs = kj::newDiskFilesystem();
-  KJ_IF_MAYBE (f, fs->getRoot().tryOpenFile(fs->getCurrentPath().eval(path))) {
+  KJ_IF_MAYBE (f, fs->getRoot().tryOpenFile(fs->getCurrentPath().eval(kj::str(dir, "/", file)))) {
     return (*f)->readAllText();
   }
-  KJ_FAIL_REQUIRE("TLS credentials: cannot read this file (cairnctl cert issue writes it)", path);
+  return nullptr;
+}
+
+kj::String readText(kj::StringPtr dir, kj::StringPtr file) {
+  KJ_IF_MAYBE (text, tryReadText(dir, file)) {
+    return kj::mv(*text);
+  }
+  KJ_FAIL_REQUIRE("TLS credentials: cannot read this file (cairnctl cert issue writes it)",
+                  kj::str(dir, "/", file));
 }
 
 // The common name of a PEM certificate, and whether it is in date now.
@@ -174,9 +180,8 @@ TlsCredentials TlsCredentials::load(kj::StringPtr dir, kj::Maybe<Peer::Role> exp
   }
   // Said here, where the operator looks first; the peers would only see a failed handshake.
   if (!inDate) spdlog::error("TLS: {}/cert.crt is not valid now (expired?)", dir.cStr());
-  kj::Maybe<kj::String> crlPem;
-  if (access(kj::str(dir, "/crl.pem").cStr(), F_OK) == 0) {
-    crlPem = readText(dir, "crl.pem");
+  auto crlPem = tryReadText(dir, "crl.pem");
+  if (crlPem != nullptr) {
     spdlog::info("TLS: peers on the revocation list {}/crl.pem are refused", dir.cStr());
   }
   return TlsCredentials{readText(dir, "ca.crt"),

@@ -314,6 +314,16 @@ TEST(Replay, WritesQueuedWhenTheMetadataServerCrashesLandBeforeAnotherClientRead
   writeWhole(a + "/look", "room");
   struct stat st;
   ASSERT_EQ(stat((b + "/look").c_str(), &st), 0);
+  // The look (a statfs to each data target) sent, then time for its answers: a busy host may
+  // take a moment, and the close below needs them.
+  ASSERT_TRUE(waitFor(
+      [&] {
+        auto stats = run({ctlBin(), "--mount", a, "stats"}).out;
+        return contains(stats, "link=\"data0\",kind=\"data.statfs\"") &&
+               contains(stats, "link=\"data1\",kind=\"data.statfs\"");
+      },
+      5000));
+  usleep(500 * 1000);
   for (int i = 1; i < cluster.serverCount(); ++i) cluster.signalServer(i, SIGSTOP);
   auto data = pattern(4 << 20, 35);
   std::atomic<int> wrote{-1};

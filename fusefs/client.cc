@@ -333,15 +333,16 @@ kj::Promise<void> Client::recoverMeta() {
   });
 }
 
-// The metadata server restarted: the locks our queued writes were made under went with it (a
-// crash gives no drain), and someone else could now lock, read or change those files before the
-// writes land. A server back from a crash holds every other client's requests until we say
-// recoveryDone (ServerContext::waitsForOthers), so they land first: the data, then each file's
-// size and mtime (write-back passes the gate once resendCutOff has run). Bounded, as a drain is:
-// a data target that does not answer must not keep the mount in recovery.
+// The connection to the metadata server went: our locks went with it (we forgot them), and the
+// writes queued here were made under them. Someone else must not lock, read or change those files
+// before the writes land. The server holds that off until we say recoveryDone: a server back from
+// a crash holds every other client's requests (ServerContext::waitsForOthers), the same instance
+// holds our old locks over (LockManager::holdOver). So they land first: the data, then each
+// file's size and mtime (write-back passes the gate once resendCutOff has run). Bounded, as a
+// drain is: a data target that does not answer must not keep the mount in recovery.
 kj::Promise<void> Client::writeBackInRecovery() {
   size_t files = wb_.files().size();
-  if (!meta_->restarted() || (files == 0 && dirops_.inFlight() == 0)) return kj::READY_NOW;
+  if (files == 0 && dirops_.inFlight() == 0) return kj::READY_NOW;
   auto started = io_.provider->getTimer().now();
   return flushAll()
       .then(

@@ -45,6 +45,7 @@ LockManager::~LockManager() noexcept(false) {}
 
 bool LockManager::blocks(const Lock& granted, const Lock& wanted) const {
   if (granted.owner == wanted.onBehalfOf || granted.id == wanted.replaces) return false;
+  if (granted.heldOver && granted.owner == wanted.owner) return false;
   if (!conflicts(granted.spec, wanted.spec)) return false;
   // Another update's lock, held while that update waits for our client's lock: our client's
   // update goes first (the client gives its lock back only once it is done).
@@ -223,6 +224,30 @@ void LockManager::dropAll(LockOwner& owner) {
   }
 }
 
+size_t LockManager::holdOver(LockOwner& owner, uint32_t dropType) {
+  std::vector<uint64_t> drop;
+  size_t kept = 0;
+  for (auto& [id, lock] : locks_) {
+    if (lock->owner != &owner) continue;
+    if (!lock->granted || lock->spec.resource.type == dropType) {
+      drop.push_back(id);
+    } else {
+      lock->heldOver = true;
+      ++kept;
+    }
+  }
+  for (uint64_t id : drop) remove(id);
+  return kept;
+}
+
+void LockManager::releaseHeldOver(LockOwner& owner) {
+  std::vector<uint64_t> ids;
+  for (auto& [id, lock] : locks_) {
+    if (lock->owner == &owner && lock->heldOver) ids.push_back(id);
+  }
+  for (uint64_t id : ids) remove(id);
+}
+
 size_t LockManager::forget(const ResourceId& id, const LockOwner* told) {
   auto found = resources_.find(id);
   if (found == resources_.end()) return 0;
@@ -321,6 +346,11 @@ void LockManager::callBack(Lock& holder) {
   holder.blockingSent = true;
   if (!holder.owner->evictable()) return;
   holder.calledBackAt = timer_.now();
+  if (holder.heldOver) {
+    // Its owner forgot it: nobody to ask. It goes with the owner's recovery, or at the deadline.
+    armDeadline(holder, callbackTimeout_);
+    return;
+  }
   ++callbacks_;
   holder.owner->blocking(holder.id, callbackTimeout_);
   armDeadline(holder, callbackTimeout_);
@@ -352,6 +382,16 @@ void LockManager::expired(uint64_t id) {
   auto it = locks_.find(id);
   if (it == locks_.end()) return;
   LockOwner& owner = *it->second->owner;
+  if (it->second->heldOver) {
+    // Its owner came back and is still writing back what the lock covered: that is late, but
+    // the owner holds nothing it could cancel, and its session is not at fault.
+    spdlog::warn(
+        "{} has not recovered within {} ms of a callback for lock {} held over its "
+        "reconnect: dropping it",
+        owner.ownerName().cStr(), (timer_.now() - it->second->calledBackAt) / kj::MILLISECONDS, id);
+    remove(id);
+    return;
+  }
   if (!evicting_.insert(&owner).second) return;  // another of its locks expired first
   ++evictions_;
   // Since the callback: longer than the timeout if the owner asked for more time.
@@ -372,6 +412,7 @@ void LockManager::ErrorHandler::taskFailed(kj::Exception&& e) {
 LockManager::Stats LockManager::stats() const {
   Stats s;
   for (auto& [id, lock] : locks_) {
+    if (lock->heldOver) ++s.heldOver;
     if (lock->granted) {
       ++s.granted;
     } else {

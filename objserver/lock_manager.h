@@ -120,6 +120,15 @@ public:
   bool prolong(LockOwner& owner, uint64_t lockId);
   // Drops every lock and request of an owner (eviction, or a client gone for good).
   void dropAll(LockOwner& owner);
+  // The owner connected again, having forgotten its locks with its old connection (a client
+  // drops what it cached then), but it may still send writes it made under them. Its granted
+  // locks stay, so that others wait for those writes; but they are no longer its to give back:
+  // never called back (it would not know their ids), never in the way of its own new requests,
+  // and gone at releaseHeldOver (its recovery is done) or when a callback's timeout runs out,
+  // without an eviction. Its waiting requests and its locks of type `dropType` go now. Returns
+  // how many locks are held over.
+  size_t holdOver(LockOwner& owner, uint32_t dropType);
+  void releaseHeldOver(LockOwner& owner);
   // The resource is gone for good (a destroyed inode: its number is never given out again), so
   // what owners cache under it can never go stale: their granted locks are dropped at once,
   // without waiting for their cancels, and each owner but `told` (which knows already) is told
@@ -134,6 +143,7 @@ public:
     uint64_t evictions = 0;  // owners evicted for not cancelling, ever
     uint64_t prolonged = 0;  // timeouts restarted at their owner's request, ever
     uint64_t forgotten = 0;  // locks dropped with their resource, ever
+    uint64_t heldOver = 0;   // locks of reconnected owners not yet released (holdOver)
   };
   Stats stats() const;
   size_t heldBy(const LockOwner& owner) const;
@@ -148,6 +158,7 @@ private:
     LockSpec spec;
     bool granted = false;
     bool blockingSent = false;
+    bool heldOver = false;  // LockManager::holdOver
     kj::TimePoint calledBackAt = kj::origin<kj::TimePoint>();
     kj::Maybe<kj::Own<kj::PromiseFulfiller<uint64_t>>> waiter;
     kj::Promise<void> deadline = nullptr;

@@ -80,6 +80,8 @@ void ServerContext::startRecovery() {
 
 void ServerContext::recoveryDone(ClientSession& session) {
   session.inRecovery = false;
+  // What it wrote under the locks it held before it reconnected has landed.
+  locks.releaseHeldOver(session);
   auto ms = (io.provider->getTimer().now() - session.connectedAt) / kj::MILLISECONDS;
   session.recovery = kj::str("recovered in ", ms, " ms");
   spdlog::info("{} recovered ({} ms after connecting)", session.label.cStr(), ms);

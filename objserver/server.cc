@@ -272,9 +272,19 @@ kj::Promise<void> ServerImpl::connect(ConnectContext context) {
   auto results = context.getResults();
   fillInfo(results.initInfo());
   if (context.getParams().hasCallback()) session.callback = context.getParams().getCallback();
-  // A client drops what it cached when it loses a connection, so the locks it held through the
-  // old one protect nothing now; dropping them keeps others from waiting on callbacks for them.
-  ctx_.locks.dropAll(session);
+  // A client drops what it cached when it loses a connection, but what it wrote under those
+  // locks may still be queued there: they are held over until it has written that back and said
+  // recoveryDone, so that nobody else reads or locks the files first. Its active-server lock
+  // goes now: it takes a new one.
+  if (session.role == rpc::Hello::Role::CLIENT) {
+    size_t kept = ctx_.locks.holdOver(session, RES_SERVER);
+    if (kept > 0) {
+      spdlog::info("{} is back: holding over its {} locks until it has recovered",
+                   session.label.cStr(), kept);
+    }
+  } else {
+    ctx_.locks.dropAll(session);
+  }
   session.serverLock = 0;
   ctx_.admit(session);
   session.connectedAt = ctx_.io.provider->getTimer().now();

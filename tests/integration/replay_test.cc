@@ -301,14 +301,11 @@ TEST(Replay, AnUpdateAnsweredAheadNotYetSentGoesInBeforeAnotherClientsNewOne) {
   EXPECT_GE(sentInRecovery(cluster.mountLog(0)), 3) << cluster.mountLog(0);
 }
 
-// Writes queued on mount A when the metadata server crashes were made under locks that went
-// with it: A's recovery writes them back (data, then size) before it says recoveryDone, and the
-// restarted server holds B's requests — reads and locks too — until then. Before, B read the file
-// as it was before A's writes (its size then: empty) while they were still queued on A.
-TEST(Replay, WritesQueuedWhenTheMetadataServerCrashesLandBeforeAnotherClientReads) {
-  TestCluster cluster;
-  auto a = cluster.mount();
-  auto b = cluster.mount();
+// Mount `a` writes `data` to `a`/f and closes it while the data servers are frozen: the close
+// returns with the writes still queued on the mount (under its PW locks on f). The data servers
+// stay frozen; thawDataServers() lets them go on.
+void queueWritesBehindFrozenDataServers(TestCluster& cluster, const std::string& a,
+                                        const std::string& b, const std::string& data) {
   // A close returns before the file's writes have landed only while A knows the data targets
   // have room: A looks now, while they answer.
   writeWhole(a + "/look", "room");
@@ -325,7 +322,6 @@ TEST(Replay, WritesQueuedWhenTheMetadataServerCrashesLandBeforeAnotherClientRead
       5000));
   usleep(500 * 1000);
   for (int i = 1; i < cluster.serverCount(); ++i) cluster.signalServer(i, SIGSTOP);
-  auto data = pattern(4 << 20, 35);
   std::atomic<int> wrote{-1};
   std::thread writer([&] {
     int fd = open((a + "/f").c_str(), O_CREAT | O_WRONLY, 0644);
@@ -339,20 +335,56 @@ TEST(Replay, WritesQueuedWhenTheMetadataServerCrashesLandBeforeAnotherClientRead
   writer.join();
   ASSERT_TRUE(closed) << "the close waited for the data targets";
   ASSERT_EQ(wrote.load(), 0) << strerror(wrote.load());
-  cluster.stopServer(0, SIGKILL);
-  ASSERT_TRUE(cluster.startServer(0));
+}
+
+// Mount `b` reads f while the data servers stay frozen for 1.5 s (A's writes cannot land), then
+// they go on: B must see all of `data`.
+void otherReadsWhileWritesCannotLand(TestCluster& cluster, const std::string& b,
+                                     const std::string& data) {
   std::string seen;
   std::atomic<bool> read{false};
   std::thread reader([&] {
     seen = readWhole(b + "/f");
     read = true;
   });
-  usleep(1500 * 1000);  // B asks while A's writes cannot land
+  usleep(1500 * 1000);
   for (int i = 1; i < cluster.serverCount(); ++i) cluster.signalServer(i, SIGCONT);
   reader.join();
   EXPECT_EQ(seen.size(), data.size());
   EXPECT_TRUE(seen == data);
+}
+
+// Writes queued on mount A when the metadata server crashes were made under locks that went
+// with it: A's recovery writes them back (data, then size) before it says recoveryDone, and the
+// restarted server holds B's requests — reads and locks too — until then. Before, B read the file
+// as it was before A's writes (its size then: empty) while they were still queued on A.
+TEST(Replay, WritesQueuedWhenTheMetadataServerCrashesLandBeforeAnotherClientReads) {
+  TestCluster cluster;
+  auto a = cluster.mount();
+  auto b = cluster.mount();
+  auto data = pattern(4 << 20, 35);
+  ASSERT_NO_FATAL_FAILURE(queueWritesBehindFrozenDataServers(cluster, a, b, data));
+  cluster.stopServer(0, SIGKILL);
+  ASSERT_TRUE(cluster.startServer(0));
+  otherReadsWhileWritesCannotLand(cluster, b, data);
   EXPECT_TRUE(contains(cluster.mountLog(0), "written back in")) << cluster.mountLog(0);
+}
+
+// The same after a plain connection loss: the metadata server keeps running, and A reconnects
+// at once to the same instance. A forgot its locks with the connection, but the server holds
+// them over until A has written back and said recoveryDone, so B's locks wait for them. Before,
+// the server dropped A's locks at its reconnect and B read the file empty.
+TEST(Replay, WritesQueuedWhenTheConnectionDropsLandBeforeAnotherClientReads) {
+  TestCluster cluster;
+  auto a = cluster.mount();
+  auto b = cluster.mount();
+  auto data = pattern(4 << 20, 36);
+  ASSERT_NO_FATAL_FAILURE(queueWritesBehindFrozenDataServers(cluster, a, b, data));
+  cutConnections(cluster.mountPid(0), cluster.metaAddress());
+  usleep(200 * 1000);  // A back (it reconnects within 10 ms), writing back
+  otherReadsWhileWritesCannotLand(cluster, b, data);
+  EXPECT_TRUE(contains(cluster.mountLog(0), "written back in")) << cluster.mountLog(0);
+  EXPECT_TRUE(contains(cluster.serverLog(0), "holding over")) << cluster.serverLog(0);
 }
 
 // Replay barrier on a data target: fsync-acknowledged and merely written data both come back.

@@ -205,6 +205,56 @@ TEST_F(Locks, AnOwnerThatDoesNotCancelIsEvictedAndOthersProceed) {
   manager.cancel(a, 1);
 }
 
+// An owner that reconnected (its client forgot its locks) still holds them over: a conflicting
+// request waits, the owner is not asked (it would not know the id), its own new requests pass,
+// and everything goes when its recovery is done. Its waiting requests and the dropped type go at
+// once.
+TEST_F(Locks, LocksHeldOverAReconnectKeepOthersOutUntilReleased) {
+  auto held = manager.enqueue(a, spec(LockMode::PW, BIT_ATTR));
+  held.wait(io.waitScope);
+  auto server = spec(LockMode::PR);
+  server.resource = ResourceId{RES_SERVER, 0};
+  manager.enqueue(a, server).wait(io.waitScope);
+  auto blocker = manager.enqueue(b, spec(LockMode::EX, BIT_XATTR));
+  blocker.wait(io.waitScope);
+  auto stillWaiting = manager.enqueue(a, spec(LockMode::PR, BIT_XATTR));
+  EXPECT_FALSE(granted(stillWaiting));
+
+  EXPECT_EQ(manager.holdOver(a, RES_SERVER), 1u);
+  EXPECT_EQ(manager.heldBy(a), 1u);
+  EXPECT_EQ(manager.stats().heldOver, 1u);
+  EXPECT_THROW(stillWaiting.wait(io.waitScope), kj::Exception);  // withdrawn
+
+  auto own = manager.enqueue(a, spec(LockMode::PW, BIT_ATTR));
+  ASSERT_TRUE(granted(own));
+  uint64_t ownId = own.wait(io.waitScope);
+  auto other = manager.enqueue(c, spec(LockMode::PR, BIT_ATTR));
+  settle();
+  EXPECT_FALSE(granted(other));
+  EXPECT_EQ(a.asked, std::vector<uint64_t>{ownId});  // only for the lock it knows
+
+  manager.releaseHeldOver(a);
+  EXPECT_EQ(manager.stats().heldOver, 0u);
+  EXPECT_FALSE(granted(other));  // a's new lock is still in the way
+  manager.cancel(a, ownId);
+  EXPECT_TRUE(granted(other));
+  EXPECT_TRUE(evicted.empty());
+}
+
+// A held-over lock someone waits for goes when the callback timeout runs out, as a lock that is
+// not cancelled would; but its owner came back, so it is not evicted for it.
+TEST_F(Locks, AHeldOverLockGoesAtTheTimeoutWithoutAnEviction) {
+  auto held = manager.enqueue(a, spec(LockMode::PW));
+  uint64_t id = held.wait(io.waitScope);
+  EXPECT_EQ(manager.holdOver(a, RES_SERVER), 1u);
+  auto w = manager.enqueue(b, spec(LockMode::PR));
+  EXPECT_FALSE(granted(w));
+  EXPECT_GT(w.wait(io.waitScope), id);  // after the 200 ms timeout
+  EXPECT_TRUE(evicted.empty());
+  EXPECT_EQ(manager.stats().evictions, 0u);
+  EXPECT_EQ(manager.heldBy(a), 0u);
+}
+
 // The server's own lock, held by an update that waits on a client, is in the way of another
 // update: it has no deadline (the client's has), so the server is never evicted.
 TEST_F(Locks, AnOwnerThatCannotBeEvictedIsNeverTimedOut) {

@@ -394,6 +394,13 @@ int main(int argc, char** argv) {
       transport = cairn::Transport::plaintext(io);
     }
     cairn::Client client(io, transport->network(), kj::mv(options));
+    // A server whose certificate goes on the list (crl.pem replaced beside ca.crt) is refused
+    // from our next connect to it; the servers themselves close revoked peers' connections.
+    auto revocations =
+        transport->watchRevocations(io.provider->getTimer(), 2 * kj::SECONDS, []() {})
+            .eagerlyEvaluate([](kj::Exception&& e) {
+              spdlog::error("TLS: revocations no longer applied: {}", e.getDescription().cStr());
+            });
     client.setKernelCache(notifier);
     cairn::FuseOps fuseOps(client, io.provider->getTimer());
     userdata.ops = &fuseOps;

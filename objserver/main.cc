@@ -152,6 +152,8 @@ constexpr kj::Duration HEARTBEAT_INTERVAL = 200 * kj::MILLISECONDS;
 // After letting the target go, a server leaves it to its partner this long before it would
 // take it back (the partner may be slow, or gone).
 constexpr kj::Duration HANDOFF_HOLD_OFF = 3 * kj::SECONDS;
+// How often the credentials directory's crl.pem is read again (a small file; see serveTarget).
+constexpr kj::Duration REVOCATION_CHECK = 2 * kj::SECONDS;
 
 // How one period of serving ended.
 struct Ending {
@@ -302,6 +304,19 @@ Ending serveTarget(Process& p, kj::Own<TargetLock> lock) {
   // Whatever ends the serving, the requests still under way end here, before what they use.
   KJ_DEFER(ctx.cancelCalls());
   auto listening = server.listen(*p.listener);
+  // `cairnctl cert revoke`'s list, copied beside ca.crt, takes effect within REVOCATION_CHECK:
+  // the revoked peers' connections are closed and their handshakes refused from then on.
+  auto revocations =
+      p.transport
+          .watchRevocations(
+              io.provider->getTimer(), REVOCATION_CHECK,
+              [&]() {
+                server.cutRevoked();
+                ctx.evictRevoked([&](kj::StringPtr serial) { return p.transport.revoked(serial); });
+              })
+          .eagerlyEvaluate([](kj::Exception&& e) {
+            spdlog::error("TLS: revocations no longer applied: {}", e.getDescription().cStr());
+          });
   spdlog::info("cairn-server {} serving {} target {} of {} on {}", target.softwareVersion().cStr(),
                o.kind, target.index(), target.fsName().cStr(), p.advertise.cStr());
   p.announce();

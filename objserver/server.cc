@@ -172,6 +172,16 @@ void ServerContext::evict(ClientSession& session, kj::StringPtr why) {
   endSession(session);
 }
 
+void ServerContext::evictRevoked(kj::FunctionParam<bool(kj::StringPtr serial)> revoked) {
+  kj::Vector<kj::Own<ClientSession>> gone;
+  for (auto& [key, session] : sessions) {
+    if (session->certSerial.size() > 0 && revoked(session->certSerial)) {
+      gone.add(kj::addRef(*session));
+    }
+  }
+  for (auto& session : gone) evict(*session, "its certificate was revoked");
+}
+
 kj::Promise<void> ServerContext::evictForLock(ClientSession& session) {
   kj::Promise<void> fenced = kj::READY_NOW;
   KJ_IF_MAYBE (f, fence) {
@@ -286,6 +296,7 @@ kj::Promise<void> ServerImpl::connect(ConnectContext context) {
     ctx_.locks.dropAll(session);
   }
   session.serverLock = 0;
+  session.certSerial = kj::str(peer_.serial);
   ctx_.admit(session);
   session.connectedAt = ctx_.io.provider->getTimer().now();
   session.inRecovery = true;

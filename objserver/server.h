@@ -5,6 +5,7 @@
 #include <capnp/message.h>
 #include <capnp/schema.h>
 #include <kj/async-io.h>
+#include <kj/function.h>
 #include <kj/map.h>
 #include <kj/refcount.h>
 
@@ -47,6 +48,7 @@ struct ClientSession : public kj::Refcounted, public LockOwner {
   std::string key;  // uuid as hex
   kj::String hostName;
   kj::String softwareVersion;
+  kj::String certSerial;  // of the certificate it last connected with (Peer::serial)
   uint64_t features = 0;
   rpc::Hello::Role role = rpc::Hello::Role::CLIENT;
   bool squashRoot = false;  // its uid 0 acts as the squash id (set at each connect)
@@ -196,6 +198,9 @@ public:
   // Ends a client's session: locks, opens and reply records go; its next request fails and
   // its next connect is told it was evicted.
   void evict(ClientSession& session, kj::StringPtr why);
+  // Evicts every session whose certificate `revoked` names (a new revocation list): it will
+  // not connect again, so whoever waits for its locks need not wait for it to come back.
+  void evictRevoked(kj::FunctionParam<bool(kj::StringPtr serial)> revoked);
   // The lock manager's eviction of a client that did not give a lock back: on a metadata
   // server the data targets fence it off first (ClientFence), then it is evicted here.
   kj::Promise<void> evictForLock(ClientSession& session);

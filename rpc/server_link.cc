@@ -5,6 +5,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <cstring>
 
 #include "rpc/errors.h"
 #include "rpc/feature_flags.h"
@@ -31,6 +32,16 @@ kj::Duration backoff(unsigned attempt) {
                                        50 * kj::MILLISECONDS, 100 * kj::MILLISECONDS};
   if (attempt < kj::size(steps)) return steps[attempt];
   return attempt < 40 ? 150 * kj::MILLISECONDS : 1 * kj::SECONDS;
+}
+
+// After a server refused our certificate as revoked or expired: this process cannot present
+// another, so trying every second only fills both logs. Still tried, for a list or a clock
+// corrected meanwhile. (Other refusals can pass: a server half way through a change of settings.)
+constexpr kj::Duration REFUSED_RETRY = 30 * kj::SECONDS;
+bool certificateRefused(kj::StringPtr description) {
+  return description.startsWith(PEER_REFUSED) &&
+         (strstr(description.cStr(), "alert certificate revoked") != nullptr ||
+          strstr(description.cStr(), "alert certificate expired") != nullptr);
 }
 
 constexpr kj::Duration CONNECT_TIMEOUT = 5 * kj::SECONDS;
@@ -444,7 +455,13 @@ void ServerLink::connectLoop(unsigned attempt) {
                 });
           })
           .catch_([this, attempt, address = kj::str(address)](kj::Exception&& e) {
-            if (attempt % 50 == 0) {
+            auto delay = backoff(attempt);
+            if (certificateRefused(e.getDescription())) {
+              delay = kj::max(delay, REFUSED_RETRY);
+              spdlog::error("link {}: {} refused our certificate: {}; trying again in {} s",
+                            name_.cStr(), address.cStr(), e.getDescription().cStr(),
+                            delay / kj::SECONDS);
+            } else if (attempt % 50 == 0) {
               // A refusal (a certificate the server does not take, a client not allowed to
               // mount) is no outage: said as an error, with the server's reason.
               bool refused = e.getType() == kj::Exception::Type::FAILED;
@@ -456,9 +473,8 @@ void ServerLink::connectLoop(unsigned attempt) {
                              e.getDescription().cStr());
               }
             }
-            tasks_->add(timer_.afterDelay(backoff(attempt)).then([this, attempt]() {
-              connectLoop(attempt + 1);
-            }));
+            tasks_->add(
+                timer_.afterDelay(delay).then([this, attempt]() { connectLoop(attempt + 1); }));
           })
           .eagerlyEvaluate(nullptr);
 }
@@ -748,7 +764,11 @@ kj::Promise<rpc::LockSession::Client> ServerLink::locks(Class cls) {
   return whenOpen(cls).then([this, cls]() -> kj::Promise<rpc::LockSession::Client> {
     if (!open(cls)) return locks(cls);  // lost again meanwhile
     rpc::LockSession::Client cap = KJ_ASSERT_NONNULL(connection_)->locks;
-    return kj::mv(cap);
+    // Through a continuation rather than an immediate promise of the capability, which GCC 12
+    // wrongly warns about (maybe-uninitialized), depending on what else it inlines here.
+    return kj::Promise<void>(kj::READY_NOW).then([cap = kj::mv(cap)]() mutable {
+      return kj::mv(cap);
+    });
   });
 }
 

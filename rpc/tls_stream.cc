@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <kj/debug.h>
 #include <openssl/bio.h>
+#include <openssl/bn.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/ssl.h>
@@ -110,7 +111,7 @@ int selectWire(SSL*, const unsigned char** out, unsigned char* outLength, const 
 
 SslContext::SslContext(kj::StringPtr caPem, kj::StringPtr certPem, kj::StringPtr keyPem,
                        bool trustedNetwork, kj::Maybe<kj::StringPtr> crlPem)
-    : trustedNetwork_(trustedNetwork) {
+    : caPem_(kj::str(caPem)), trustedNetwork_(trustedNetwork) {
   // OpenSSL writes to the socket itself, without MSG_NOSIGNAL: a peer gone must be an error on
   // that connection, not a SIGPIPE that ends the process. (Servers and mounts ignore it anyway.)
   struct sigaction current;
@@ -130,27 +131,7 @@ SslContext::SslContext(kj::StringPtr caPem, kj::StringPtr certPem, kj::StringPtr
     if (object == nullptr) fail(nullptr, what);
     if (use(object) != 1) fail(nullptr, what);
   };
-  withPem(
-      caPem, [](BIO* b) { return PEM_read_bio_X509(b, nullptr, nullptr, nullptr); },
-      [ctx](X509* ca) {
-        int added = X509_STORE_add_cert(SSL_CTX_get_cert_store(ctx), ca);
-        X509_free(ca);
-        return added;
-      },
-      "the CA certificate");
-  KJ_IF_MAYBE (crl, crlPem) {
-    // Checked for the peer's certificate (the only one under the CA); OpenSSL also checks the
-    // list's signature and dates, so a list not of our CA, or out of date, refuses everyone.
-    withPem(
-        *crl, [](BIO* b) { return PEM_read_bio_X509_CRL(b, nullptr, nullptr, nullptr); },
-        [ctx](X509_CRL* list) {
-          X509_STORE* store = SSL_CTX_get_cert_store(ctx);
-          int added = X509_STORE_add_crl(store, list);
-          X509_CRL_free(list);
-          return added == 1 ? X509_STORE_set_flags(store, X509_V_FLAG_CRL_CHECK) : 0;
-        },
-        "the revocation list (crl.pem)");
-  }
+  setRevocationList(crlPem);
   withPem(
       certPem, [](BIO* b) { return PEM_read_bio_X509(b, nullptr, nullptr, nullptr); },
       [ctx](X509* cert) {
@@ -196,7 +177,80 @@ SslContext::SslContext(kj::StringPtr caPem, kj::StringPtr certPem, kj::StringPtr
 }
 
 SslContext::~SslContext() noexcept(false) {
+  X509_CRL_free(static_cast<X509_CRL*>(crl_));
   SSL_CTX_free(ctxOf(ctx_));
+}
+
+namespace {
+// One PEM object read with OpenSSL's reader, or a failure saying what it was meant to be.
+template <typename T, typename Read>
+T* readPem(kj::StringPtr text, Read read, kj::StringPtr what) {
+  BIO* bio = BIO_new_mem_buf(text.begin(), int(text.size()));
+  KJ_ASSERT(bio != nullptr);
+  T* object = read(bio);
+  BIO_free(bio);
+  if (object == nullptr) fail(nullptr, what);
+  return object;
+}
+}  // namespace
+
+void SslContext::setRevocationList(kj::Maybe<kj::StringPtr> crlPem) {
+  // A store of its own, built whole and then swapped in: a handshake never sees half a change,
+  // and a list that does not load leaves the one in use as it was.
+  X509_STORE* store = X509_STORE_new();
+  KJ_ASSERT(store != nullptr);
+  KJ_ON_SCOPE_FAILURE(X509_STORE_free(store));
+  X509* ca = readPem<X509>(
+      caPem_, [](BIO* b) { return PEM_read_bio_X509(b, nullptr, nullptr, nullptr); },
+      "the CA certificate");
+  KJ_DEFER(X509_free(ca));
+  if (X509_STORE_add_cert(store, ca) != 1) fail(nullptr, "the CA certificate");
+  X509_CRL* list = nullptr;
+  KJ_IF_MAYBE (pem, crlPem) {
+    list = readPem<X509_CRL>(
+        *pem, [](BIO* b) { return PEM_read_bio_X509_CRL(b, nullptr, nullptr, nullptr); },
+        "the revocation list (crl.pem)");
+    KJ_ON_SCOPE_FAILURE(X509_CRL_free(list));
+    // Said now, not as every peer being refused later: a list of another CA (OpenSSL would
+    // refuse every handshake for it).
+    KJ_REQUIRE(X509_CRL_verify(list, X509_get0_pubkey(ca)) == 1,
+               "the revocation list (crl.pem) is not signed by this cluster's CA");
+    // Checked for the peer's certificate (the only one under the CA); OpenSSL also checks the
+    // list's dates at every handshake.
+    if (X509_STORE_add_crl(store, list) != 1 ||
+        X509_STORE_set_flags(store, X509_V_FLAG_CRL_CHECK) != 1) {
+      fail(nullptr, "the revocation list (crl.pem)");
+    }
+  }
+  SSL_CTX_set_cert_store(ctxOf(ctx_), store);  // frees the one before
+  X509_CRL_free(static_cast<X509_CRL*>(crl_));
+  crl_ = list;
+}
+
+bool SslContext::revoked(Stream& stream) const {
+  if (crl_ == nullptr) return false;
+  X509* peer = SSL_get0_peer_certificate(sslOf(stream.ssl_));
+  if (peer == nullptr) return false;
+  X509_REVOKED* entry = nullptr;
+  return X509_CRL_get0_by_cert(static_cast<X509_CRL*>(crl_), &entry, peer) == 1;
+}
+
+bool SslContext::revokedSerial(kj::StringPtr hex) const {
+  if (crl_ == nullptr) return false;
+  BIGNUM* number = nullptr;
+  if (BN_hex2bn(&number, hex.cStr()) == 0) return false;
+  KJ_DEFER(BN_free(number));
+  ASN1_INTEGER* serial = BN_to_ASN1_INTEGER(number, nullptr);
+  KJ_ASSERT(serial != nullptr);
+  KJ_DEFER(ASN1_INTEGER_free(serial));
+  X509_REVOKED* entry = nullptr;
+  return X509_CRL_get0_by_serial(static_cast<X509_CRL*>(crl_), &entry, serial) == 1;
+}
+
+size_t SslContext::revokedCount() const {
+  if (crl_ == nullptr) return 0;
+  auto* entries = X509_CRL_get_REVOKED(static_cast<X509_CRL*>(crl_));
+  return entries == nullptr ? 0 : size_t(sk_X509_REVOKED_num(entries));
 }
 
 namespace {
@@ -318,6 +372,18 @@ kj::String SslContext::Stream::peerCommonName() {
   int n = X509_NAME_get_text_by_NID(X509_get_subject_name(cert), NID_commonName, cn, sizeof(cn));
   KJ_REQUIRE(n > 0, "the peer's certificate has no common name");
   return kj::heapString(cn, size_t(n));
+}
+
+kj::String SslContext::Stream::peerSerial() {
+  X509* cert = SSL_get0_peer_certificate(sslOf(ssl_));
+  KJ_REQUIRE(cert != nullptr, "the peer presented no certificate");
+  BIGNUM* number = ASN1_INTEGER_to_BN(X509_get0_serialNumber(cert), nullptr);
+  KJ_ASSERT(number != nullptr);
+  KJ_DEFER(BN_free(number));
+  char* hex = BN_bn2hex(number);
+  KJ_ASSERT(hex != nullptr);
+  KJ_DEFER(OPENSSL_free(hex));
+  return kj::str(hex);
 }
 
 kj::Promise<void> SslContext::Stream::readable() {

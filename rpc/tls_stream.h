@@ -46,10 +46,20 @@ public:
                                        kj::StringPtr hostName);
   kj::Promise<kj::Own<Stream>> accept(kj::UnixEventPort& port, kj::Own<kj::AsyncIoStream> socket);
 
+  // Replaces the revocation list (null: none) for every handshake from now on. Throws, and keeps
+  // the list in use, if the new one does not load or is not signed by the CA.
+  void setRevocationList(kj::Maybe<kj::StringPtr> crlPem);
+  // Whether the certificate the peer of `stream` showed is on the list now.
+  bool revoked(Stream& stream) const;
+  bool revokedSerial(kj::StringPtr hex) const;  // Stream::peerSerial's form
+  size_t revokedCount() const;                  // entries on the list
+
 private:
   // A stream on the socket's descriptor with a new SSL object, not yet shaken hands.
   kj::Own<Stream> newStream(kj::UnixEventPort& port, kj::Own<kj::AsyncIoStream> socket);
-  void* ctx_;  // SSL_CTX
+  kj::String caPem_;     // a new list gets a new store, with the CA in it again
+  void* ctx_;            // SSL_CTX
+  void* crl_ = nullptr;  // X509_CRL: the list in use, if any
   bool trustedNetwork_;
 };
 
@@ -61,6 +71,8 @@ public:
 
   // The common name of the peer's certificate (verified by then).
   kj::String peerCommonName();
+  // The serial number of the peer's certificate, in hex.
+  kj::String peerSerial();
   // False once both ends agreed to carry the bytes unencrypted (trusted network).
   bool encrypted() const { return !plain_; }
 

@@ -201,7 +201,56 @@ kj::Own<Transport> Transport::tls(kj::AsyncIoContext& io, TlsCredentials credent
   }
   auto context = kj::heap<SslContext>(credentials.caPem, credentials.certPem, credentials.keyPem,
                                       trustedNetwork, crl);
-  return kj::heap<Transport>(io, kj::mv(context));
+  auto transport = kj::heap<Transport>(io, kj::mv(context));
+  transport->credentialsDir_ = kj::mv(credentials.dir);
+  transport->crlSeen_ = kj::mv(credentials.crlPem);
+  return transport;
+}
+
+bool Transport::reloadRevocations() {
+  if (tls_.get() == nullptr || credentialsDir_.size() == 0) return false;
+  auto now = tryReadText(credentialsDir_, "crl.pem");
+  bool same = false;
+  KJ_IF_MAYBE (before, crlSeen_) {
+    KJ_IF_MAYBE (text, now) {
+      same = *text == *before;
+    }
+  } else {
+    same = now == nullptr;
+  }
+  if (same) return false;
+  kj::Maybe<kj::StringPtr> pem;
+  KJ_IF_MAYBE (text, now) {
+    pem = text->asPtr();
+  }
+  auto problem = kj::runCatchingExceptions([&]() { tls_->setRevocationList(pem); });
+  crlSeen_ = kj::mv(now);
+  KJ_IF_MAYBE (e, problem) {
+    spdlog::error("TLS: {}/crl.pem changed but cannot be used ({}); the list before stays",
+                  credentialsDir_.cStr(), e->getDescription().cStr());
+    return false;
+  }
+  spdlog::info("TLS: {}/crl.pem changed: {} revoked certificates on it now", credentialsDir_.cStr(),
+               tls_->revokedCount());
+  return true;
+}
+
+kj::Promise<void> Transport::watchRevocations(kj::Timer& timer, kj::Duration every,
+                                              kj::Function<void()> changed) {
+  if (tls_.get() == nullptr) return kj::NEVER_DONE;
+  return timer.afterDelay(every).then([this, &timer, every, changed = kj::mv(changed)]() mutable {
+    if (reloadRevocations()) changed();
+    return watchRevocations(timer, every, kj::mv(changed));
+  });
+}
+
+bool Transport::revoked(kj::StringPtr serial) const {
+  return tls_.get() != nullptr && serial.size() > 0 && tls_->revokedSerial(serial);
+}
+
+bool Transport::revoked(kj::AsyncIoStream& stream) const {
+  auto* tls = dynamic_cast<SslContext::Stream*>(&stream);
+  return tls != nullptr && tls_.get() != nullptr && tls_->revoked(*tls);
 }
 
 kj::Own<Transport> Transport::tls(kj::AsyncIoContext& io, kj::StringPtr dir,
@@ -238,8 +287,8 @@ kj::Promise<Transport::Accepted> Transport::handshake(kj::AuthenticatedStream ra
     // wrongly warns about (maybe-uninitialized).
     return kj::Promise<void>(kj::READY_NOW)
         .then([stream = kj::mv(raw.stream), address = kj::mv(address)]() mutable {
-          return Accepted{kj::mv(stream),
-                          Peer{Peer::Role::PLAINTEXT, kj::str(), kj::mv(address), false}};
+          return Accepted{kj::mv(stream), Peer{Peer::Role::PLAINTEXT, kj::str(), kj::mv(address),
+                                               false, kj::str()}};
         });
   }
   auto& timer = io_.provider->getTimer();
@@ -253,7 +302,9 @@ kj::Promise<Transport::Accepted> Transport::handshake(kj::AuthenticatedStream ra
             kj::String name;
             auto role = parseRole(s->peerCommonName(), &name);
             bool encrypted = s->encrypted();
-            return Accepted{kj::mv(s), Peer{role, kj::mv(name), kj::mv(address), encrypted}};
+            auto serial = s->peerSerial();
+            return Accepted{kj::mv(s),
+                            Peer{role, kj::mv(name), kj::mv(address), encrypted, kj::mv(serial)}};
           },
           [](kj::Exception&& e) -> Accepted {
             kj::throwFatalException(
@@ -312,13 +363,30 @@ kj::Promise<void> RpcServer::serve(kj::AuthenticatedStream raw) {
           [this](Transport::Accepted a) {
             auto conn = kj::heap<RpcConnection>(
                 kj::mv(a.stream), capnp::Capability::Client(bootstrap_(a.peer)), limits_);
-            auto done = conn->network.onDisconnect();
-            return done.attach(kj::mv(conn));
+            auto cut = kj::newPromiseAndFulfiller<void>();
+            auto entry = live_.insert(
+                live_.end(), Live{conn->stream.get(), a.peer.describe(), kj::mv(cut.fulfiller)});
+            // Cut: the connection and its RPC system go, as when the peer goes.
+            return conn->network.onDisconnect()
+                .exclusiveJoin(kj::mv(cut.promise))
+                .attach(kj::mv(conn), kj::defer([this, entry]() { live_.erase(entry); }));
           },
           [address = kj::mv(address)](kj::Exception&& e) {
             spdlog::warn("refused a connection from {}: {}", address.cStr(),
                          e.getDescription().cStr());
           });
+}
+
+size_t RpcServer::cutRevoked() {
+  size_t n = 0;
+  for (auto& c : live_) {
+    if (!c.cut->isWaiting() || !transport_.revoked(*c.stream)) continue;
+    spdlog::warn("TLS: closing the connection of {}: its certificate is revoked now",
+                 c.peer.cStr());
+    c.cut->fulfill();
+    ++n;
+  }
+  return n;
 }
 
 }  // namespace cairn

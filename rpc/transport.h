@@ -19,6 +19,9 @@
 #include <kj/async-io.h>
 #include <kj/function.h>
 #include <kj/string.h>
+#include <kj/timer.h>
+
+#include <list>
 
 #include "rpc/tls_stream.h"
 
@@ -32,8 +35,11 @@ struct Peer {
   kj::String address;  // where the connection came from
   // Whether its bytes are encrypted (false in plain text and on a trusted network).
   bool encrypted = false;
+  kj::String serial;  // its certificate's serial number, hex ("" in plain text)
   bool authenticated() const { return role != Role::PLAINTEXT; }
-  Peer clone() const { return Peer{role, kj::str(name), kj::str(address), encrypted}; }
+  Peer clone() const {
+    return Peer{role, kj::str(name), kj::str(address), encrypted, kj::str(serial)};
+  }
   // "admin alice (10.0.0.5:41234)", for log lines.
   kj::String describe() const;
 };
@@ -73,6 +79,20 @@ public:
 
   bool secure() const { return tls_.get() != nullptr; }
 
+  // Reads the credentials directory's crl.pem again (cairnctl cert revoke writes it) and, if it
+  // changed, uses it for every handshake from now on. A list that does not load (half copied,
+  // another CA's) is logged and the one in use kept. Returns whether the list in use changed.
+  bool reloadRevocations();
+  // Whether `stream`'s peer showed a certificate that is on the list in use now.
+  bool revoked(kj::AsyncIoStream& stream) const;
+  // Whether the certificate with this serial number (Peer::serial) is on it.
+  bool revoked(kj::StringPtr serial) const;
+  // reloadRevocations() every `every`, and `changed` after each change (a server closes the
+  // connections of peers revoked now: RpcServer::cutRevoked): a revocation takes effect without
+  // a restart. Runs until the promise is dropped; never resolves in plain text.
+  kj::Promise<void> watchRevocations(kj::Timer& timer, kj::Duration every,
+                                     kj::Function<void()> changed);
+
   // Connects through here: with TLS, each connection checks that it reached a server of the
   // cluster before it is handed out.
   kj::Network& network() { return *network_; }
@@ -92,6 +112,8 @@ private:
   kj::AsyncIoContext& io_;
   kj::Own<SslContext> tls_;  // null in plain text
   kj::Own<kj::Network> network_;
+  kj::String credentialsDir_;      // where crl.pem is read again ("": never)
+  kj::Maybe<kj::String> crlSeen_;  // crl.pem as last read, loaded or not
 };
 
 // Serves a bootstrap capability of its own to every connection accepted on a port, made for the
@@ -119,8 +141,19 @@ public:
 
   kj::Promise<void> listen(kj::ConnectionReceiver& port);
 
+  // Closes every connection whose peer's certificate is on the transport's revocation list now
+  // (their reconnects are refused); returns how many.
+  size_t cutRevoked();
+
 private:
   kj::Promise<void> serve(kj::AuthenticatedStream raw);
+  // A connection being served, for cutRevoked.
+  struct Live {
+    kj::AsyncIoStream* stream;
+    kj::String peer;  // Peer::describe()
+    kj::Own<kj::PromiseFulfiller<void>> cut;
+  };
+  std::list<Live> live_;
   class Errors final : public kj::TaskSet::ErrorHandler {
   public:
     void taskFailed(kj::Exception&&) override {}  // a connection ended; nothing to do

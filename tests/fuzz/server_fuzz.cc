@@ -96,8 +96,8 @@ public:
     clientEnd_ = kj::mv(pipe.ends[1]);
     server_ = kj::heap<capnp::TwoPartyClient>(
         *serverEnd_,
-        kj::heap<ServerImpl>(*ctx_,
-                             Peer{Peer::Role::CLIENT, kj::str("fuzzer"), kj::str("pipe"), true}),
+        kj::heap<ServerImpl>(
+            *ctx_, Peer{Peer::Role::CLIENT, kj::str("fuzzer"), kj::str("pipe"), true, kj::str()}),
         capnp::rpc::twoparty::Side::SERVER);
     client_ = kj::heap<capnp::TwoPartyClient>(*clientEnd_);
     auto req = client_->bootstrap().castAs<rpc::Bootstrap>().connectRequest();
@@ -179,7 +179,7 @@ private:
     auto pipe = kj::newTwoWayPipe();
     capnp::TwoPartyClient server(
         *pipe.ends[0],
-        kj::heap<ServerImpl>(*ctx_, Peer{role, kj::str("peer"), kj::str("pipe"), true}),
+        kj::heap<ServerImpl>(*ctx_, Peer{role, kj::str("peer"), kj::str("pipe"), true, kj::str()}),
         capnp::rpc::twoparty::Side::SERVER);
     capnp::TwoPartyClient client(*pipe.ends[1]);
     auto b = client.bootstrap().castAs<rpc::Bootstrap>();

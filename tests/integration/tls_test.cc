@@ -271,6 +271,79 @@ TEST(Tls, ARevokedCertificateIsRefusedOnceTheServersRestart) {
   rawCredentials = cluster.credentials("client");
 }
 
+// Puts `list` (a crl.pem) beside ca.crt in server `name`'s credentials as an administrator
+// would: whole, by a rename.
+void installList(TestCluster& cluster, const std::string& name, const std::string& list) {
+  auto dir = cluster.credentials(name);
+  std::filesystem::copy_file(list, dir + "/crl.pem.new",
+                             std::filesystem::copy_options::overwrite_existing);
+  std::filesystem::rename(dir + "/crl.pem.new", dir + "/crl.pem");
+}
+
+// The same lost key while everything runs: the servers read the new list within seconds, close
+// the revoked client's connections, evict it (its locks go at once: it is not coming back) and
+// refuse its reconnects; nobody restarts, and the other clients notice nothing. A list that
+// cannot be used (another CA's) is said so, and the one in use stays.
+TEST(Tls, ARevokedCertificateIsCutOffWithoutARestart) {
+  TestCluster cluster;
+  auto mnt = cluster.mount();
+  auto lost = cluster.issue("client", "laptop", "laptop");
+  auto laptop = cluster.mount("tls=" + lost);
+  std::ofstream(laptop + "/from-laptop") << "written before";
+  EXPECT_EQ(readAll(mnt + "/from-laptop"), "written before");
+
+  auto ca = cluster.dir() + "/tls/ca";
+  ASSERT_EQ(run({ctlBin(), "cert", "revoke", "--ca", ca, lost + "/cert.crt"}).status, 0);
+  const char* names[] = {"meta0", "data0", "data1"};
+  ASSERT_EQ(cluster.serverCount(), 3);
+  for (auto name : names) installList(cluster, name, ca + "/crl.pem");
+  for (int i = 0; i < cluster.serverCount(); ++i) {
+    EXPECT_TRUE(logSays(cluster, i, "revoked certificates on it now")) << readAll(cluster.log(i));
+  }
+  EXPECT_TRUE(logSays(cluster, 0, "closing the connection of client laptop"))
+      << readAll(cluster.log(0));
+  EXPECT_TRUE(logSays(cluster, 0, "its certificate was revoked")) << readAll(cluster.log(0));
+  // The laptop's mount reconnects and is refused, and says why.
+  EXPECT_TRUE(waitFor([&] { return contains(cluster.mountLog(1), "certificate revoked"); }, 10000))
+      << cluster.mountLog(1);
+  {
+    auto io = kj::setupAsyncIo();
+    rawCredentials = lost;
+    EXPECT_ANY_THROW(
+        connectRaw(io, cluster.metaAddress(), 7, kj::heap<rpc::LockCallback::Server>()));
+    rawCredentials = cluster.credentials("client");
+  }
+  // The other client carries on, on the connections it had, in the directory the laptop wrote.
+  EXPECT_EQ(readAll(mnt + "/from-laptop"), "written before");
+  std::ofstream(mnt + "/after") << "after";
+  EXPECT_EQ(readAll(mnt + "/after"), "after");
+  EXPECT_FALSE(contains(cluster.mountLog(0), "refused us"));
+
+  // Another CA's list on the metadata server: refused with a reason, the list before stays.
+  TempDir other;
+  ASSERT_EQ(run({ctlBin(), "ca", "init", "--dir", other.path() + "/ca"}).status, 0);
+  ASSERT_EQ(run({ctlBin(), "cert", "issue", "--ca", other.path() + "/ca", "--client", "x", "--out",
+                 other.path() + "/x"})
+                .status,
+            0);
+  ASSERT_EQ(
+      run({ctlBin(), "cert", "revoke", "--ca", other.path() + "/ca", other.path() + "/x/cert.crt"})
+          .status,
+      0);
+  installList(cluster, "meta0", other.path() + "/ca/crl.pem");
+  EXPECT_TRUE(logSays(cluster, 0, "not signed by this cluster's CA")) << readAll(cluster.log(0));
+  {
+    auto io = kj::setupAsyncIo();
+    rawCredentials = lost;
+    EXPECT_ANY_THROW(
+        connectRaw(io, cluster.metaAddress(), 8, kj::heap<rpc::LockCallback::Server>()));
+    rawCredentials = cluster.credentials("client");
+    EXPECT_NO_THROW(
+        connectRaw(io, cluster.metaAddress(), 9, kj::heap<rpc::LockCallback::Server>()));
+  }
+  EXPECT_EQ(readAll(mnt + "/after"), "after");
+}
+
 TEST(Tls, AServerBeyondLoopbackNeedsCredentials) {
   TempDir tmp;
   auto d = tmp.path() + "/meta";

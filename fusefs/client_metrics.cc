@@ -124,6 +124,9 @@ kj::String renderClientMetrics(Client& client) {
          client.dirtyBytes());
   sample(out, "cairn_client_locks_held", "gauge", "caching locks held on the metadata server",
          client.lockCache().size());
+  sample(out, "cairn_client_lock_bound", "gauge",
+         "caching locks held at most: this mount's lock_limit, or the server's share if smaller",
+         client.lockCache().bound());
   sample(out, "cairn_client_lock_callbacks_total", "counter",
          "blocking callbacks received (a lock wanted elsewhere)", client.lockCache().callbacks());
   sample(out, "cairn_client_locks_forgotten_total", "counter",

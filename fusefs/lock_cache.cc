@@ -42,6 +42,10 @@ public:
     }
     return kj::READY_NOW;
   }
+  kj::Promise<void> share(ShareContext context) override {
+    if (handle_->cache != nullptr) handle_->cache->setShare(context.getParams().getMaxLocks());
+    return kj::READY_NOW;
+  }
 
 private:
   kj::Own<Handle> handle_;
@@ -52,6 +56,7 @@ LockCache::LockCache(ServerLink& link, kj::Timer& timer, Revoke revoke, Limits l
       timer_(timer),
       revoke_(kj::mv(revoke)),
       limits_(limits),
+      configured_(limits.maxLocks),
       handle_(kj::refcounted<Handle>()),
       tasks_(errorHandler_) {
   handle_->cache = this;
@@ -427,6 +432,17 @@ void LockCache::forgetAll() {
   for (auto& key : keys) tasks_.add(revoke_(key.first, key.second, false));
   if (!keys.empty())
     spdlog::info("lock cache: connection lost, {} cached locks dropped", keys.size());
+}
+
+void LockCache::setShare(size_t share) {
+  size_t bound = kj::max(kj::min(configured_, share), size_t(1));
+  if (bound == limits_.maxLocks) return;
+  spdlog::info(
+      "lock cache: the server asks for at most {} locks (this mount's own bound: {}); "
+      "{} held",
+      share, configured_, held_.size());
+  limits_.maxLocks = bound;
+  trim();
 }
 
 // Past the bound, the least recently used locks go back, a tenth of the bound at a time so that

@@ -88,11 +88,15 @@ public:
   // A controlled shutdown of the server: every lock goes back, what it covered dropped first
   // (dirty data written back). Resolves once the cancels have left.
   kj::Promise<void> giveBackAll();
-  // The connection is gone; the server drops our locks when we reconnect. Everything they
-  // covered is revoked (the caller's caches), nothing is cancelled.
+  // The connection is gone; the server holds our locks over until our recovery is done, then
+  // drops them. Everything they covered is revoked (the caller's caches), nothing is cancelled.
   void forgetAll();
 
   size_t size() const { return held_.size(); }
+  // The server's share of its lock budget for us (LockCallback.share): the bound becomes the
+  // smaller of it and our own, and what is held beyond it goes back, least recently used first.
+  void setShare(size_t share);
+  size_t bound() const { return limits_.maxLocks; }
   uint64_t callbacks() const { return callbacks_; }
   uint64_t forgotten() const { return forgotten_; }
   uint64_t downgrades() const { return downgrades_; }
@@ -140,7 +144,8 @@ private:
   ServerLink& link_;
   kj::Timer& timer_;
   Revoke revoke_;
-  Limits limits_;
+  Limits limits_;      // maxLocks: the smaller of ours and the server's share
+  size_t configured_;  // our own maxLocks
   std::map<Key, Held> held_;
   std::unordered_map<uint64_t, Key> byId_;
   std::map<Key, Revoking> revoking_;

@@ -48,6 +48,7 @@ struct ServeOptions {
   double recoveryWindow = 30;
   double lockTimeout = 10;
   double lockProlongLimit = 60;
+  size_t lockBudget = 2000000;
   bool force = false;
   bool testReplayBarrier = false;
   std::string metrics;
@@ -213,6 +214,7 @@ Ending serveTarget(Process& p, kj::Own<TargetLock> lock) {
   config.recoveryWindow = int64_t(o.recoveryWindow * 1000) * kj::MILLISECONDS;
   config.lockTimeout = int64_t(o.lockTimeout * 1000) * kj::MILLISECONDS;
   config.lockProlongLimit = int64_t(o.lockProlongLimit * 1000) * kj::MILLISECONDS;
+  config.lockBudget = o.lockBudget;
   config.testReplayBarrier = o.testReplayBarrier;
   config.partner = kj::str(o.partner.c_str());
   config.access = accessPolicy(o);
@@ -539,6 +541,10 @@ int main(int argc, char** argv) {
   s->add_option("--lock-prolong-limit", serve.lockProlongLimit,
                 "seconds after its callback a client may still cancel a lock while it asks for "
                 "more time (its write-back waits on a server that is away), before it is evicted");
+  s->add_option("--lock-budget", serve.lockBudget,
+                "caching locks all clients together should hold here: each connected client is "
+                "told its share (at least 1000) and gives back its least recently used beyond it")
+      ->capture_default_str();
   s->add_flag("--force", serve.force, "start even after an unclean stop by another version");
   s->add_option("--version-override", serve.versionOverride,
                 "test hook: act as this software version");

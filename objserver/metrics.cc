@@ -109,6 +109,9 @@ kj::String renderMetrics(ServerContext& ctx) {
   gauge(out, "cairn_lock_prolongs_total",
         "lock timeouts restarted for a client whose give-back waits on a server away",
         double(locks.prolonged), "counter");
+  gauge(out, "cairn_lock_share",
+        "locks each connected client is asked to cache at most (--lock-budget)",
+        double(ctx.lockShare()));
   gauge(out, "cairn_locks_held_over",
         "locks of clients that reconnected, kept until they have written back what they covered",
         double(locks.heldOver));

@@ -106,6 +106,7 @@ void ServerContext::disconnected(ClientSession& session) {
   KJ_ASSERT(session.connections > 0);
   if (--session.connections > 0) return;
   uint64_t epoch = ++session.disconnects;
+  if (session.role == rpc::Hello::Role::CLIENT) shareLocks(nullptr);
   if (state == ServerState::DRAINING && session.serverLock != 0 &&
       session.role == rpc::Hello::Role::CLIENT) {
     // It went before it was ready: what it held (dirty data, locks) cannot be handed back now.
@@ -172,6 +173,39 @@ void ServerContext::evict(ClientSession& session, kj::StringPtr why) {
   endSession(session);
 }
 
+void ServerContext::shareLocks(kj::Maybe<ClientSession&> joining) {
+  size_t clients = 0;
+  for (auto& [key, s] : sessions) {
+    if (s->role == rpc::Hello::Role::CLIENT && s->connections > 0 && !s->evicted) ++clients;
+  }
+  size_t share = kj::max(MIN_LOCK_SHARE, config.lockBudget / kj::max(clients, size_t(1)));
+  share = kj::min(share, LockManager::MAX_PER_OWNER);
+  auto tell = [share](ClientSession& s) {
+    KJ_IF_MAYBE (cb, s.callback) {
+      auto req = cb->shareRequest();
+      req.setMaxLocks(uint32_t(share));
+      // Older clients do not know it (UNIMPLEMENTED): their own bound still holds.
+      req.send().detach([](kj::Exception&&) {});
+    }
+  };
+  // Within a tenth of what everyone was told: only the newcomer hears it.
+  bool moved = lockShare_ == 0 || share * 10 < lockShare_ * 9 || share * 10 > lockShare_ * 11;
+  if (moved) {
+    if (lockShare_ != 0) {
+      spdlog::info("lock budget {}: {} clients connected, a share of {} locks each (was {})",
+                   config.lockBudget, clients, share, lockShare_);
+    }
+    lockShare_ = share;
+    for (auto& [key, s] : sessions) {
+      if (s->role == rpc::Hello::Role::CLIENT && s->connections > 0 && !s->evicted) tell(*s);
+    }
+  } else {
+    KJ_IF_MAYBE (s, joining) {
+      tell(*s);
+    }
+  }
+}
+
 void ServerContext::evictRevoked(kj::FunctionParam<bool(kj::StringPtr serial)> revoked) {
   kj::Vector<kj::Own<ClientSession>> gone;
   for (auto& [key, session] : sessions) {
@@ -221,6 +255,7 @@ void ServerContext::endSession(ClientSession& session) {
     spdlog::warn("cannot forget {}: {}", session.label.cStr(), e.what());
   }
   sessions.erase(session.key);
+  if (session.role == rpc::Hello::Role::CLIENT) shareLocks(nullptr);
 }
 
 void ServerContext::expireAbsentClients() {
@@ -343,6 +378,8 @@ kj::Promise<void> ServerImpl::connect(ConnectContext context) {
   } else {
     results.setData(kj::heap<DataService>(ctx_, kj::addRef(session)));
   }
+  // Connected now (its service holds the connection): one more client to share locks among.
+  if (session.role == rpc::Hello::Role::CLIENT) ctx_.shareLocks(session);
   // The away mark must be gone from the disk before this client's next update is answered:
   // a recovery that found it would not wait for that update's replay. Likewise the joining
   // itself: a target restarted without it would refuse the client's replays as a stranger's.

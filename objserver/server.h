@@ -83,10 +83,14 @@ struct ServerConfig {
   kj::Duration recoveryWindow = 30 * kj::SECONDS;   // orphans wait this long for open replay
   kj::Duration lockTimeout = 10 * kj::SECONDS;      // to cancel a lock when asked; to come back
   kj::Duration lockProlongLimit = 60 * kj::SECONDS;  // to cancel it when asking for more time
-  bool testReplayBarrier = false;                    // Bootstrap.replayBarrier allowed (tests)
-  kj::String partner;                                // failover partner's HOST:PORT, if any
-  AccessPolicy access;                               // who may ask what
-  RootSquash squash;                                 // whose root acts as whom
+  // Caching locks all clients together should hold, shared out among those connected
+  // (ServerContext::shareLocks); each client's share is kept within [MIN_LOCK_SHARE, the lock
+  // manager's per-client bound].
+  size_t lockBudget = 2000000;
+  bool testReplayBarrier = false;  // Bootstrap.replayBarrier allowed (tests)
+  kj::String partner;              // failover partner's HOST:PORT, if any
+  AccessPolicy access;             // who may ask what
+  RootSquash squash;               // whose root acts as whom
 };
 
 class ServerContext {
@@ -198,6 +202,12 @@ public:
   // Ends a client's session: locks, opens and reply records go; its next request fails and
   // its next connect is told it was evicted.
   void evict(ClientSession& session, kj::StringPtr why);
+  // The lock budget shared out among the connected clients: `joining` (just connected) is told
+  // its share, and every connected client is when the share moved by a tenth since they last
+  // were. Called as clients come and go.
+  void shareLocks(kj::Maybe<ClientSession&> joining);
+  static constexpr size_t MIN_LOCK_SHARE = 1000;
+  size_t lockShare() const { return lockShare_; }
   // Evicts every session whose certificate `revoked` names (a new revocation list): it will
   // not connect again, so whoever waits for its locks need not wait for it to come back.
   void evictRevoked(kj::FunctionParam<bool(kj::StringPtr serial)> revoked);
@@ -302,6 +312,7 @@ private:
   std::set<std::string> replayWaiting_;  // clients that have not sent all their replays
   std::map<uint64_t, kj::Own<kj::PromiseFulfiller<void>>> replayQueue_;  // by transaction
   kj::Vector<kj::Own<kj::PromiseFulfiller<void>>> replayWaiters_;
+  size_t lockShare_ = 0;  // as last told to every connected client (0: never)
   size_t replaysApplied_ = 0;
   double replaySeconds_ = 0;
   kj::TimePoint replayStarted_ = kj::origin<kj::TimePoint>();

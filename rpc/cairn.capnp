@@ -438,6 +438,11 @@ interface LockCallback {
   # instead of learning it at its next request, so that nothing it wrote under those locks
   # leaves meanwhile. A client without it fails the call; the server ignores that.
   evicted @1 (why :Text) -> ();
+  # The server's share of its lock budget for this client (`--lock-budget` divided among the
+  # clients connected): cache under at most this many locks on this server, giving back the least
+  # recently used beyond it. Sent at connect and whenever the share changes by a tenth. A client
+  # without it fails the call; the server ignores that (the client's own bound still holds).
+  share @2 (maxLocks :UInt32) -> ();
 }
 
 interface LockSession {

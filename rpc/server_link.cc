@@ -86,6 +86,10 @@ public:
       handle_->link->blocking(params.getLockId(), params.getTimeoutMs(), params.getGone());
     return kj::READY_NOW;
   }
+  kj::Promise<void> share(ShareContext context) override {
+    if (handle_->link != nullptr) handle_->link->share(context.getParams().getMaxLocks());
+    return kj::READY_NOW;
+  }
   kj::Promise<void> evicted(EvictedContext context) override {
     // Reconnecting is how the link learns of an eviction (the connect's reply says so, and
     // what the owner held there goes); the server has ended our session already.
@@ -165,6 +169,14 @@ void ServerLink::blocking(uint64_t lockId, uint32_t timeoutMs, bool gone) {
     req.setLockId(lockId);
     req.setTimeoutMs(timeoutMs);
     req.setGone(gone);
+    tasks_->add(req.send().ignoreResult());
+  }
+}
+
+void ServerLink::share(uint32_t maxLocks) {
+  KJ_IF_MAYBE (cb, lockCallback_) {
+    auto req = cb->shareRequest();
+    req.setMaxLocks(maxLocks);
     tasks_->add(req.send().ignoreResult());
   }
 }

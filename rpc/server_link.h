@@ -171,6 +171,7 @@ public:
 
 private:
   void blocking(uint64_t lockId, uint32_t timeoutMs, bool gone);
+  void share(uint32_t maxLocks);  // the server's share of its lock budget, for the owner
   void drain(uint64_t generation);
   kj::Promise<void> idle();  // no request of this link in flight
   struct Kept {

@@ -924,6 +924,47 @@ TEST_F(Coherence, ABoundedLockCacheStaysBoundedAndCoherent) {
   EXPECT_FALSE(exists(small + "/f8"));
 }
 
+// The metadata server's lock budget is shared out among the clients connected: a second mount
+// halves the first one's share, which gives back its least recently used locks down to it and
+// stays coherent; once the second goes, the share grows back.
+TEST_F(Coherence, TheServersLockBudgetIsSharedAmongItsClients) {
+  TestCluster::Options options;
+  options.metaArgs = {"--lock-budget", "2200"};
+  TestCluster cluster(options);
+  std::string a = cluster.mount();
+  EXPECT_TRUE(waitFor([&] { return mountGauge(a, "cairn_client_lock_bound") == 2200; }, 5000));
+  constexpr int FILES = 1500;
+  ASSERT_EQ(mkdir((a + "/d").c_str(), 0755), 0);
+  for (int i = 0; i < FILES; ++i) writeAll(a + "/d/f" + std::to_string(i), std::to_string(i));
+  ASSERT_EQ(run({"/bin/ls", "-l", a + "/d"}).status, 0);
+  ASSERT_GT(mountGauge(a, "cairn_client_locks_held"), 1200u);  // more than half the budget
+
+  std::string b = cluster.mount();
+  EXPECT_TRUE(waitFor([&] { return mountGauge(a, "cairn_client_lock_bound") == 1100; }, 5000));
+  EXPECT_TRUE(waitFor([&] { return mountGauge(a, "cairn_client_locks_held") <= 1100; }, 5000))
+      << mountGauge(a, "cairn_client_locks_held");
+  // What the server holds for a follows (the give-backs have reached it).
+  EXPECT_TRUE(waitFor(
+      [&] {
+        uint64_t total = jsonNumber(cluster.status(0), "locksGranted");
+        return total <= 1100 + mountGauge(b, "cairn_client_locks_held") + 50;
+      },
+      5000));
+  EXPECT_TRUE(contains(cluster.serverLog(0), "a share of 1100 locks each"));
+  // Coherent through it: b changes and removes what a had cached, a reads it all again.
+  writeAll(b + "/d/f7", "changed");
+  ASSERT_EQ(unlink((b + "/d/f8").c_str()), 0);
+  EXPECT_EQ(readWhole(a + "/d/f7"), "changed");
+  EXPECT_FALSE(exists(a + "/d/f8"));
+  for (int i = 0; i < FILES; i += 97) {
+    if (i == 7 || i == 8) continue;
+    EXPECT_EQ(readWhole(a + "/d/f" + std::to_string(i)), std::to_string(i)) << i;
+  }
+
+  cluster.unmount(b);
+  EXPECT_TRUE(waitFor([&] { return mountGauge(a, "cairn_client_lock_bound") == 2200; }, 5000));
+}
+
 // A client allowed few names caches no more of them, nor lets its kernel keep more, however
 // large the directories it lists; what it answers past the bound comes from the server.
 TEST_F(Coherence, ABoundedNameCacheStaysBoundedAndCoherent) {

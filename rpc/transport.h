@@ -153,7 +153,7 @@ private:
     kj::String peer;  // Peer::describe()
     kj::Own<kj::PromiseFulfiller<void>> cut;
   };
-  std::list<Live> live_;
+  std::list<Live> live_;  // before connections_: each one's end erases its entry
   class Errors final : public kj::TaskSet::ErrorHandler {
   public:
     void taskFailed(kj::Exception&&) override {}  // a connection ended; nothing to do

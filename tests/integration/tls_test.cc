@@ -216,6 +216,15 @@ TEST(Tls, OnlyAllowedClientsMount) {
   if (isMounted(refusedMount)) run({"/bin/fusermount3", "-uz", refusedMount});
 }
 
+// Another CA in `dir`/ca, and a client certificate of it in `dir`/x.
+void anotherCa(const std::string& dir) {
+  ASSERT_EQ(run({ctlBin(), "ca", "init", "--dir", dir + "/ca"}).status, 0);
+  ASSERT_EQ(
+      run({ctlBin(), "cert", "issue", "--ca", dir + "/ca", "--client", "x", "--out", dir + "/x"})
+          .status,
+      0);
+}
+
 // A lost key: the certificate goes on the CA's revocation list, the list beside ca.crt in every
 // server's credentials, and the servers restart one at a time. The revoked client is refused
 // from then on and told why; the other clients carry on through the restarts.
@@ -231,11 +240,7 @@ TEST(Tls, ARevokedCertificateIsRefusedOnceTheServersRestart) {
   // Again: still on the list once; and only this CA's certificates are taken.
   ASSERT_EQ(run({ctlBin(), "cert", "revoke", "--ca", ca, lost + "/cert.crt"}).status, 0);
   TempDir other;
-  ASSERT_EQ(run({ctlBin(), "ca", "init", "--dir", other.path() + "/ca"}).status, 0);
-  ASSERT_EQ(run({ctlBin(), "cert", "issue", "--ca", other.path() + "/ca", "--client", "x", "--out",
-                 other.path() + "/x"})
-                .status,
-            0);
+  ASSERT_NO_FATAL_FAILURE(anotherCa(other.path()));
   auto foreign = run({ctlBin(), "cert", "revoke", "--ca", ca, other.path() + "/x/cert.crt"});
   EXPECT_NE(foreign.status, 0);
   EXPECT_NE(foreign.err.find("not signed by this CA"), std::string::npos) << foreign.err;
@@ -321,11 +326,7 @@ TEST(Tls, ARevokedCertificateIsCutOffWithoutARestart) {
 
   // Another CA's list on the metadata server: refused with a reason, the list before stays.
   TempDir other;
-  ASSERT_EQ(run({ctlBin(), "ca", "init", "--dir", other.path() + "/ca"}).status, 0);
-  ASSERT_EQ(run({ctlBin(), "cert", "issue", "--ca", other.path() + "/ca", "--client", "x", "--out",
-                 other.path() + "/x"})
-                .status,
-            0);
+  ASSERT_NO_FATAL_FAILURE(anotherCa(other.path()));
   ASSERT_EQ(
       run({ctlBin(), "cert", "revoke", "--ca", other.path() + "/ca", other.path() + "/x/cert.crt"})
           .status,

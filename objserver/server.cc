@@ -174,10 +174,11 @@ void ServerContext::evict(ClientSession& session, kj::StringPtr why) {
 }
 
 void ServerContext::shareLocks(kj::Maybe<ClientSession&> joining) {
+  auto connectedClient = [](const ClientSession& s) {
+    return s.role == rpc::Hello::Role::CLIENT && s.connections > 0 && !s.evicted;
+  };
   size_t clients = 0;
-  for (auto& [key, s] : sessions) {
-    if (s->role == rpc::Hello::Role::CLIENT && s->connections > 0 && !s->evicted) ++clients;
-  }
+  for (auto& [key, s] : sessions) clients += connectedClient(*s);
   size_t share = kj::max(MIN_LOCK_SHARE, config.lockBudget / kj::max(clients, size_t(1)));
   share = kj::min(share, LockManager::MAX_PER_OWNER);
   auto tell = [share](ClientSession& s) {
@@ -197,7 +198,7 @@ void ServerContext::shareLocks(kj::Maybe<ClientSession&> joining) {
     }
     lockShare_ = share;
     for (auto& [key, s] : sessions) {
-      if (s->role == rpc::Hello::Role::CLIENT && s->connections > 0 && !s->evicted) tell(*s);
+      if (connectedClient(*s)) tell(*s);
     }
   } else {
     KJ_IF_MAYBE (s, joining) {

@@ -109,6 +109,19 @@ int selectWire(SSL*, const unsigned char** out, unsigned char* outLength, const 
 
 }  // namespace
 
+namespace {
+// One PEM object read with OpenSSL's reader, or a failure saying what it was meant to be.
+template <typename T, typename Read>
+T* readPem(kj::StringPtr text, Read read, kj::StringPtr what) {
+  BIO* bio = BIO_new_mem_buf(text.begin(), int(text.size()));
+  KJ_ASSERT(bio != nullptr);
+  T* object = read(bio);
+  BIO_free(bio);
+  if (object == nullptr) fail(nullptr, what);
+  return object;
+}
+}  // namespace
+
 SslContext::SslContext(kj::StringPtr caPem, kj::StringPtr certPem, kj::StringPtr keyPem,
                        bool trustedNetwork, kj::Maybe<kj::StringPtr> crlPem)
     : caPem_(kj::str(caPem)), trustedNetwork_(trustedNetwork) {
@@ -122,32 +135,17 @@ SslContext::SslContext(kj::StringPtr caPem, kj::StringPtr certPem, kj::StringPtr
   if (ctx == nullptr) fail(nullptr, "SSL_CTX_new");
   ctx_ = ctx;
   KJ_ON_SCOPE_FAILURE(SSL_CTX_free(ctx));
-  // Each PEM text read with its OpenSSL reader, then used; every object freed on every path.
-  auto withPem = [](kj::StringPtr text, auto read, auto use, kj::StringPtr what) {
-    BIO* bio = BIO_new_mem_buf(text.begin(), int(text.size()));
-    KJ_ASSERT(bio != nullptr);
-    auto* object = read(bio);
-    BIO_free(bio);
-    if (object == nullptr) fail(nullptr, what);
-    if (use(object) != 1) fail(nullptr, what);
-  };
-  setRevocationList(crlPem);
-  withPem(
+  setRevocationList(crlPem);  // the CA's certificate store, with the list if there is one
+  X509* cert = readPem<X509>(
       certPem, [](BIO* b) { return PEM_read_bio_X509(b, nullptr, nullptr, nullptr); },
-      [ctx](X509* cert) {
-        int used = SSL_CTX_use_certificate(ctx, cert);
-        X509_free(cert);
-        return used;
-      },
       "the certificate");
-  withPem(
+  KJ_DEFER(X509_free(cert));
+  if (SSL_CTX_use_certificate(ctx, cert) != 1) fail(nullptr, "the certificate");
+  EVP_PKEY* key = readPem<EVP_PKEY>(
       keyPem, [](BIO* b) { return PEM_read_bio_PrivateKey(b, nullptr, nullptr, nullptr); },
-      [ctx](EVP_PKEY* key) {
-        int used = SSL_CTX_use_PrivateKey(ctx, key);
-        EVP_PKEY_free(key);
-        return used;
-      },
       "the key");
+  KJ_DEFER(EVP_PKEY_free(key));
+  if (SSL_CTX_use_PrivateKey(ctx, key) != 1) fail(nullptr, "the key");
   if (SSL_CTX_check_private_key(ctx) != 1) fail(nullptr, "the key and certificate");
   SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
   SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, nullptr);
@@ -181,19 +179,6 @@ SslContext::~SslContext() noexcept(false) {
   SSL_CTX_free(ctxOf(ctx_));
 }
 
-namespace {
-// One PEM object read with OpenSSL's reader, or a failure saying what it was meant to be.
-template <typename T, typename Read>
-T* readPem(kj::StringPtr text, Read read, kj::StringPtr what) {
-  BIO* bio = BIO_new_mem_buf(text.begin(), int(text.size()));
-  KJ_ASSERT(bio != nullptr);
-  T* object = read(bio);
-  BIO_free(bio);
-  if (object == nullptr) fail(nullptr, what);
-  return object;
-}
-}  // namespace
-
 void SslContext::setRevocationList(kj::Maybe<kj::StringPtr> crlPem) {
   // A store of its own, built whole and then swapped in: a handshake never sees half a change,
   // and a list that does not load leaves the one in use as it was.
@@ -225,14 +210,6 @@ void SslContext::setRevocationList(kj::Maybe<kj::StringPtr> crlPem) {
   SSL_CTX_set_cert_store(ctxOf(ctx_), store);  // frees the one before
   X509_CRL_free(static_cast<X509_CRL*>(crl_));
   crl_ = list;
-}
-
-bool SslContext::revoked(Stream& stream) const {
-  if (crl_ == nullptr) return false;
-  X509* peer = SSL_get0_peer_certificate(sslOf(stream.ssl_));
-  if (peer == nullptr) return false;
-  X509_REVOKED* entry = nullptr;
-  return X509_CRL_get0_by_cert(static_cast<X509_CRL*>(crl_), &entry, peer) == 1;
 }
 
 bool SslContext::revokedSerial(kj::StringPtr hex) const {

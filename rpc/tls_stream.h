@@ -49,10 +49,9 @@ public:
   // Replaces the revocation list (null: none) for every handshake from now on. Throws, and keeps
   // the list in use, if the new one does not load or is not signed by the CA.
   void setRevocationList(kj::Maybe<kj::StringPtr> crlPem);
-  // Whether the certificate the peer of `stream` showed is on the list now.
-  bool revoked(Stream& stream) const;
-  bool revokedSerial(kj::StringPtr hex) const;  // Stream::peerSerial's form
-  size_t revokedCount() const;                  // entries on the list
+  // Whether the certificate with this serial number (Stream::peerSerial's form) is on it now.
+  bool revokedSerial(kj::StringPtr hex) const;
+  size_t revokedCount() const;  // entries on the list
 
 private:
   // A stream on the socket's descriptor with a new SSL object, not yet shaken hands.

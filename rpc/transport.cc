@@ -248,11 +248,6 @@ bool Transport::revoked(kj::StringPtr serial) const {
   return tls_.get() != nullptr && serial.size() > 0 && tls_->revokedSerial(serial);
 }
 
-bool Transport::revoked(kj::AsyncIoStream& stream) const {
-  auto* tls = dynamic_cast<SslContext::Stream*>(&stream);
-  return tls != nullptr && tls_.get() != nullptr && tls_->revoked(*tls);
-}
-
 kj::Own<Transport> Transport::tls(kj::AsyncIoContext& io, kj::StringPtr dir,
                                   kj::Maybe<Peer::Role> expected, bool trustedNetwork) {
   return tls(io, TlsCredentials::load(dir, expected), trustedNetwork);
@@ -364,8 +359,8 @@ kj::Promise<void> RpcServer::serve(kj::AuthenticatedStream raw) {
             auto conn = kj::heap<RpcConnection>(
                 kj::mv(a.stream), capnp::Capability::Client(bootstrap_(a.peer)), limits_);
             auto cut = kj::newPromiseAndFulfiller<void>();
-            auto entry = live_.insert(
-                live_.end(), Live{conn->stream.get(), a.peer.describe(), kj::mv(cut.fulfiller)});
+            auto entry = live_.insert(live_.end(), Live{a.peer.describe(), kj::str(a.peer.serial),
+                                                        kj::mv(cut.fulfiller)});
             // Cut: the connection and its RPC system go, as when the peer goes.
             return conn->network.onDisconnect()
                 .exclusiveJoin(kj::mv(cut.promise))
@@ -380,7 +375,7 @@ kj::Promise<void> RpcServer::serve(kj::AuthenticatedStream raw) {
 size_t RpcServer::cutRevoked() {
   size_t n = 0;
   for (auto& c : live_) {
-    if (!c.cut->isWaiting() || !transport_.revoked(*c.stream)) continue;
+    if (!c.cut->isWaiting() || !transport_.revoked(c.serial)) continue;
     spdlog::warn("TLS: closing the connection of {}: its certificate is revoked now",
                  c.peer.cStr());
     c.cut->fulfill();

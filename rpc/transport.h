@@ -83,9 +83,7 @@ public:
   // changed, uses it for every handshake from now on. A list that does not load (half copied,
   // another CA's) is logged and the one in use kept. Returns whether the list in use changed.
   bool reloadRevocations();
-  // Whether `stream`'s peer showed a certificate that is on the list in use now.
-  bool revoked(kj::AsyncIoStream& stream) const;
-  // Whether the certificate with this serial number (Peer::serial) is on it.
+  // Whether the certificate with this serial number (Peer::serial) is on the list in use now.
   bool revoked(kj::StringPtr serial) const;
   // reloadRevocations() every `every`, and `changed` after each change (a server closes the
   // connections of peers revoked now: RpcServer::cutRevoked): a revocation takes effect without
@@ -149,8 +147,8 @@ private:
   kj::Promise<void> serve(kj::AuthenticatedStream raw);
   // A connection being served, for cutRevoked.
   struct Live {
-    kj::AsyncIoStream* stream;
-    kj::String peer;  // Peer::describe()
+    kj::String peer;    // Peer::describe()
+    kj::String serial;  // Peer::serial
     kj::Own<kj::PromiseFulfiller<void>> cut;
   };
   std::list<Live> live_;  // before connections_: each one's end erases its entry

@@ -306,7 +306,8 @@ private:
   // What write-behind sends after a file's data (a `wrote`, a setattr): in a batch with other
   // files' where the server takes them (features::BATCH_ATTRS), alone otherwise; fails with the
   // server's errno.
-  kj::Promise<void> updateBehind(uint64_t ino, MetaBuild build);
+  // `sync`: an fsync waits for it (MetaRequest.syncAfter).
+  kj::Promise<void> updateBehind(uint64_t ino, MetaBuild build, bool sync = false);
   kj::Maybe<Entry> cachedEntry(uint64_t ino);
   void removed(uint64_t parent, std::string name, int error);
   // unlink (false) or rmdir (true).
@@ -363,6 +364,7 @@ private:
   kj::Promise<void> syncTargets(const StripeLayout& layout);
   kj::Promise<void> syncMeta();
   kj::Promise<void> syncData(ServerLink& link);
+  kj::Promise<void> syncDataTargets(const StripeLayout& layout);
   kj::Promise<kj::Array<kj::byte>> readUnlocked(uint64_t fh, uint64_t offset, size_t size);
   // The bytes of [offset, offset + length) of a file, holes as zeros.
   kj::Promise<kj::Array<kj::byte>> fetch(const StripeLayout& layout, uint64_t offset,
@@ -379,6 +381,7 @@ private:
                                kj::Own<kj::Refcounted> owner, ServerLink::Class cls);
   struct OwnedBatch : public kj::Refcounted {
     WriteBehind::Batch batch;
+    kj::Promise<void> dataSynced = kj::READY_NOW;  // its targets' sync, for an fsync waiting
   };
   kj::Promise<void> wrote(uint64_t ino, uint64_t end, ServerLink::Class cls);
   kj::Promise<size_t> writeUnlocked(uint64_t fh, uint64_t offset, kj::Array<kj::byte> data,
@@ -451,6 +454,9 @@ private:
   // Files an application waits on the write-behind of (fsync, a read, a lock called back...),
   // by the number of such waits: their updates leave without gathering.
   std::unordered_map<uint64_t, uint32_t> hurried_;
+  // Files an fsync waits on the write-behind of, by the number of such waits: their data
+  // targets sync while the `wrote` goes, and the `wrote` is answered once on disk.
+  std::unordered_map<uint64_t, uint32_t> fsyncing_;
   std::unordered_set<uint64_t> failedCreates_;  // ... that the server never made (until released)
   uint64_t metaEvictions_ = 0;  // the metadata server's evictions of this client, as learned
   // Inode numbers the server set aside for us, each with its file's layout.

@@ -18,16 +18,29 @@ UpdateBatch::UpdateBatch(ServerLink& link, kj::Timer& timer, size_t maxInFlight,
                          kj::Duration gather)
     : GatherLanes(timer, maxInFlight, gather, "update batch"), link_(link) {}
 
-kj::Promise<int> UpdateBatch::send(uint64_t dir, Build build, OnReply onReply) {
+namespace {
+
+// `build`, asking to be answered once on disk if `sync`.
+UpdateBatch::Build durable(UpdateBatch::Build build, bool sync) {
+  if (!sync) return build;
+  return [build = kj::mv(build)](rpc::MetaRequest::Builder b) mutable {
+    build(b);
+    b.setSyncAfter(true);
+  };
+}
+
+}  // namespace
+
+kj::Promise<int> UpdateBatch::send(uint64_t dir, Build build, OnReply onReply, bool sync) {
   if (!(link_.peerFeatures() & features::BATCH)) {
     // A server without batches: each on its own, at once, as before.
-    return link_.meta(kj::mv(build), true, ServerLink::Class::WRITEBACK)
+    return link_.meta(durable(kj::mv(build), sync), true, ServerLink::Class::WRITEBACK)
         .then([onReply = kj::mv(onReply)](ServerLink::MetaResponse&& resp) mutable {
           return onReply(resp.getReply()).attach(kj::mv(resp));
         });
   }
   auto paf = kj::newPromiseAndFulfiller<kj::Own<UpdateBatchItem::Ended>>();
-  add(dir, UpdateBatchItem{kj::mv(build), kj::mv(onReply), kj::mv(paf.fulfiller)});
+  add(dir, UpdateBatchItem{kj::mv(build), kj::mv(onReply), sync, kj::mv(paf.fulfiller)});
   return paf.promise.then(
       [](kj::Own<UpdateBatchItem::Ended> ended) { return kj::mv(ended->rest); });
 }
@@ -42,9 +55,11 @@ size_t UpdateBatch::take(const Queue& queue) const {
 
 kj::Promise<void> UpdateBatch::sendBatch(uint64_t, kj::Array<UpdateBatchItem> batch) {
   size_t n = batch.size();
+  bool sync = false;
+  for (auto& item : batch) sync = sync || item.sync;
   kj::Promise<ServerLink::MetaResponse> sent = nullptr;
   if (n == 1) {
-    sent = link_.meta(kj::mv(batch[0].build), true, ServerLink::Class::WRITEBACK);
+    sent = link_.meta(durable(kj::mv(batch[0].build), sync), true, ServerLink::Class::WRITEBACK);
   } else {
     ++batches_;
     inBatches_ += n;
@@ -52,9 +67,10 @@ kj::Promise<void> UpdateBatch::sendBatch(uint64_t, kj::Array<UpdateBatchItem> ba
     for (auto& item : batch) builds.add(kj::mv(item.build));
     // Called for every attempt (a resend, a replay): each update is built the same way again.
     sent = link_.meta(
-        [builds = builds.finish()](rpc::MetaRequest::Builder b) mutable {
+        [builds = builds.finish(), sync](rpc::MetaRequest::Builder b) mutable {
           auto list = b.initBatch(builds.size());
           for (auto i : kj::indices(builds)) builds[i](list[i]);
+          b.setSyncAfter(sync);
         },
         true, ServerLink::Class::WRITEBACK);
   }

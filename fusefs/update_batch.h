@@ -33,6 +33,7 @@ struct UpdateBatchItem {
   };
   Build build;
   OnReply onReply;
+  bool sync;  // an fsync waits for it: its request asks to be answered once on disk
   kj::Own<kj::PromiseFulfiller<kj::Own<Ended>>> ended;
   // Its sender dropped the promise (an eviction cancels what was answered ahead).
   bool cancelled() { return !ended->isWaiting(); }
@@ -47,8 +48,9 @@ public:
 
   // Sends the update `build` makes (an unlink, rmdir or create in directory `dir`, or what
   // write-behind sends, in its lane) as a write-back, in a batch if the server takes batches.
-  // A lane's updates leave in the order they were sent.
-  kj::Promise<int> send(uint64_t dir, Build build, OnReply onReply);
+  // A lane's updates leave in the order they were sent. `sync`: an fsync waits for it, so its
+  // request (the batch it goes in) asks to be answered once on disk (MetaRequest.syncAfter).
+  kj::Promise<int> send(uint64_t dir, Build build, OnReply onReply, bool sync = false);
 
   uint64_t batches() const { return batches_; }      // batch requests sent
   uint64_t inBatches() const { return inBatches_; }  // updates they carried

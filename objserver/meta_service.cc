@@ -184,6 +184,13 @@ kj::Promise<void> MetaService::run(CallContext context) {
           KJ_IF_MAYBE (d, ctx_.destroyer) {
             d->poke();
           }
+        })
+        .then([this, context]() mutable -> kj::Promise<void> {
+          if (!context.getParams().getRequest().getSyncAfter()) return kj::READY_NOW;
+          // An fsync waits for this one: answered once it is on disk (the locks went already).
+          return ctx_.syncer.syncNow().then([this, context]() mutable {
+            context.getResults().getReply().setLastSynced(ctx_.reportedSynced());
+          });
         });
   }
   return readReply(context, 0, nullptr);

@@ -296,6 +296,10 @@ struct MetaRequest {
   # Sent again after a lost connection: the server may have applied it (its reply record then
   # answers) or not.
   resend @88 :Bool;
+  # An update (or batch) an fsync waits for: answered once it is on disk, the reply's
+  # lastSynced covering it, instead of a `sync` request after its reply. A server before this
+  # field answers at once; the client sees lastSynced short of the update and asks for the sync.
+  syncAfter @101 :Bool;
 }
 
 # A caching lock granted with a reply, on `bits` of inode `ino`.

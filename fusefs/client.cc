@@ -2302,13 +2302,7 @@ kj::Promise<void> Client::updateBehind(uint64_t ino, MetaBuild build, bool sync)
   constexpr auto cls = ServerLink::Class::WRITEBACK;
   constexpr uint64_t batches = features::BATCH | features::BATCH_ATTRS;
   if ((meta_->peerFeatures() & batches) != batches) {
-    if (sync) {
-      build = [build = kj::mv(build)](rpc::MetaRequest::Builder b) mutable {
-        build(b);
-        b.setSyncAfter(true);
-      };
-    }
-    return metaCall(kj::mv(build), true, cls).ignoreResult();
+    return metaCall(answeredOnDisk(kj::mv(build), sync), true, cls).ignoreResult();
   }
   // As metaCall does: after the creates and removals answered ahead that touch the file.
   kj::Promise<void> first = afterDirops(build, cls).orDefault(kj::READY_NOW);

@@ -18,10 +18,7 @@ UpdateBatch::UpdateBatch(ServerLink& link, kj::Timer& timer, size_t maxInFlight,
                          kj::Duration gather)
     : GatherLanes(timer, maxInFlight, gather, "update batch"), link_(link) {}
 
-namespace {
-
-// `build`, asking to be answered once on disk if `sync`.
-UpdateBatch::Build durable(UpdateBatch::Build build, bool sync) {
+UpdateBatchItem::Build answeredOnDisk(UpdateBatchItem::Build build, bool sync) {
   if (!sync) return build;
   return [build = kj::mv(build)](rpc::MetaRequest::Builder b) mutable {
     build(b);
@@ -29,12 +26,10 @@ UpdateBatch::Build durable(UpdateBatch::Build build, bool sync) {
   };
 }
 
-}  // namespace
-
 kj::Promise<int> UpdateBatch::send(uint64_t dir, Build build, OnReply onReply, bool sync) {
   if (!(link_.peerFeatures() & features::BATCH)) {
     // A server without batches: each on its own, at once, as before.
-    return link_.meta(durable(kj::mv(build), sync), true, ServerLink::Class::WRITEBACK)
+    return link_.meta(answeredOnDisk(kj::mv(build), sync), true, ServerLink::Class::WRITEBACK)
         .then([onReply = kj::mv(onReply)](ServerLink::MetaResponse&& resp) mutable {
           return onReply(resp.getReply()).attach(kj::mv(resp));
         });
@@ -59,7 +54,8 @@ kj::Promise<void> UpdateBatch::sendBatch(uint64_t, kj::Array<UpdateBatchItem> ba
   for (auto& item : batch) sync = sync || item.sync;
   kj::Promise<ServerLink::MetaResponse> sent = nullptr;
   if (n == 1) {
-    sent = link_.meta(durable(kj::mv(batch[0].build), sync), true, ServerLink::Class::WRITEBACK);
+    sent = link_.meta(answeredOnDisk(kj::mv(batch[0].build), sync), true,
+                      ServerLink::Class::WRITEBACK);
   } else {
     ++batches_;
     inBatches_ += n;

@@ -39,6 +39,9 @@ struct UpdateBatchItem {
   bool cancelled() { return !ended->isWaiting(); }
 };
 
+// `build`, and the request asks to be answered once on disk if `sync` (MetaRequest.syncAfter).
+UpdateBatchItem::Build answeredOnDisk(UpdateBatchItem::Build build, bool sync);
+
 class UpdateBatch final : public GatherLanes<UpdateBatchItem> {
 public:
   using Build = UpdateBatchItem::Build;

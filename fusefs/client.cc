@@ -2579,15 +2579,17 @@ kj::Promise<void> Client::sendBatch(uint64_t ino, uint64_t id, WriteBehind::Batc
                 (meta_->peerFeatures() & features::WROTE_SETATTR) != 0;
   if (!b.writes.empty()) {
     data = data.then([this, ino]() { return layoutOf(ino, cls); })
-               .then([this, ino, &b, &own = *own, joined](kj::Own<SharedLayout> layout) {
+               .then([this, ino, id, &b, &own = *own, joined](kj::Own<SharedLayout> layout) {
                  // As for a write-through: size and mtime once the data is in place.
                  auto& ref = layout->layout;
                  return storeBatch(ino, ref, kj::arrayPtr(b.writes.data(), b.writes.size()),
                                    kj::addRef(own), cls)
-                     .then([this, ino, end = b.end, joined, &ref, &own]() -> kj::Promise<void> {
-                       bool sync = fsyncing_.count(ino) > 0;
-                       // An fsync waits: the targets put the data on disk while the size goes,
-                       // instead of after it (one round trip less for a small file's fsync).
+                     .then([this, ino, id, end = b.end, joined, &ref, &own]() -> kj::Promise<void> {
+                       // An fsync waits and this is the last of it: the targets put the data
+                       // on disk while the size goes, instead of after it (one round trip less
+                       // for a small file's fsync). Not for each of a large file's batches: a
+                       // sync each would cost more than the round trip.
+                       bool sync = fsyncing_.count(ino) > 0 && wb_.last(ino, id);
                        if (sync) own.dataSynced = syncDataTargets(ref);
                        if (joined) return kj::READY_NOW;
                        uint32_t want = wantFor(0, ino, false);
@@ -2602,7 +2604,7 @@ kj::Promise<void> Client::sendBatch(uint64_t ino, uint64_t id, WriteBehind::Batc
                });
   }
   return data
-      .then([this, ino, &b, joined]() -> kj::Promise<void> {
+      .then([this, ino, id, &b, joined]() -> kj::Promise<void> {
         KJ_IF_MAYBE (a, b.attr) {
           Cred cred{a->callerUid, a->callerGid, a->callerPid};
           SetAttr set;
@@ -2619,7 +2621,7 @@ kj::Promise<void> Client::sendBatch(uint64_t ino, uint64_t id, WriteBehind::Batc
               [cred, ino, set, want](rpc::MetaRequest::Builder r) {
                 buildSetattr(r, cred, ino, set, want);
               },
-              fsyncing_.count(ino) > 0);
+              fsyncing_.count(ino) > 0 && wb_.last(ino, id));
         }
         return kj::READY_NOW;
       })

@@ -108,6 +108,13 @@ size_t WriteBehind::queuedBytes(uint64_t ino) const {
   return it == files_.end() ? 0 : it->second.bytes;
 }
 
+bool WriteBehind::last(uint64_t ino, uint64_t id) const {
+  auto it = files_.find(ino);
+  if (it == files_.end()) return false;
+  auto& f = it->second;
+  return f.bytes == 0 && f.queue.attr == nullptr && f.flights.size() == 1 && f.flights[0].id == id;
+}
+
 bool WriteBehind::queued(uint64_t ino) const {
   auto it = files_.find(ino);
   return it != files_.end() && it->second.pending();

@@ -78,6 +78,9 @@ public:
   size_t total() const { return total_; }
   // Bytes queued for a file, not yet taken.
   size_t queuedBytes(uint64_t ino) const;
+  // Batch `id` is the file's only one on its way, and nothing is queued behind it: the last
+  // of what an fsync waits for.
+  bool last(uint64_t ino, uint64_t id) const;
   // A batch was sent (or failed with `error`, a Linux errno).
   void sent(uint64_t ino, size_t bytes, bool attr, int error);
   // What is queued for a file (not what is being sent) fails with `error` without being sent.

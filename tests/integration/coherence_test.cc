@@ -409,6 +409,45 @@ TEST_F(Coherence, AnFsyncAsksOnlyTheServersHoldingUpdatesOfOursNotYetOnDisk) {
   EXPECT_EQ(readWhole(pb("second")), std::string(4096, 'f'));
 }
 
+// A large file's fsync: of the batches its write-behind still has queued or on their way, only
+// the last asks its targets to sync (and its size to be answered on disk); a sync for each
+// 4 MiB batch would cost more than the round trip it saves. The data servers are stopped while
+// the file is written, so that all of it is still to send when the fsync comes.
+TEST_F(Coherence, ALargeFilesFsyncSyncsEachTargetOnceNotEachBatch) {
+  auto dataSyncs = [&] {
+    return mountGauge(*a_, "cairn_client_requests_total{link=\"data0\",kind=\"data.sync\"}",
+                      false) +
+           mountGauge(*a_, "cairn_client_requests_total{link=\"data1\",kind=\"data.sync\"}", false);
+  };
+  int fd = open(pa("large").c_str(), O_CREAT | O_WRONLY, 0644);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(fsync(fd), 0);  // the create landed: the file's data may leave at once
+  uint64_t before = dataSyncs();
+  cluster_->signalServer(1, SIGSTOP);
+  cluster_->signalServer(2, SIGSTOP);
+  constexpr size_t MIB = 1 << 20, FILE_MIB = 32;
+  std::string data = pattern(FILE_MIB * MIB, 37);
+  bool written = true;
+  for (size_t off = 0; off < data.size() && written; off += MIB) {
+    written = pwrite(fd, data.data() + off, MIB, off_t(off)) == ssize_t(MIB);
+  }
+  int synced = -1;
+  {
+    Background syncing([&] { synced = fsync(fd); });
+    usleep(200 * 1000);
+    cluster_->signalServer(1, SIGCONT);
+    cluster_->signalServer(2, SIGCONT);
+    EXPECT_TRUE(syncing.doneWithin(30000));
+  }
+  ASSERT_TRUE(written);
+  EXPECT_EQ(synced, 0);
+  ASSERT_EQ(close(fd), 0);
+  // Each target syncs at most once (the last batch's, or the fsync's own after it), not once
+  // for each of the 8 batches.
+  EXPECT_LE(dataSyncs() - before, 2u);
+  EXPECT_TRUE(readWhole(pb("large")) == data);
+}
+
 // A writer called back while the data servers its queued writes are for are away (a restart,
 // a failover, a stall): its give-back waits for them, for longer than the lock timeout, and it
 // asks the metadata server for more time instead of being evicted and losing writes it had

@@ -177,6 +177,34 @@ TEST(WriteBehind, AFailedQueueIsReportedAndLeavesWhatIsBeingSent) {
   EXPECT_EQ(wb.takeError(INO), 0);
 }
 
+// What an fsync's last batch is (it alone asks for the syncs): the file's only one on its way,
+// with nothing queued behind it — not a batch with another still on its way, nor one with
+// writes or a change queued after it.
+TEST(WriteBehind, TheLastBatchIsTheOnlyOneOnItsWayWithNothingBehind) {
+  kj::EventLoop loop;  // batches on their way are promises
+  kj::WaitScope waitScope(loop);
+  WriteBehind wb;
+  auto send = [&](size_t limit) {
+    auto batch = wb.take(INO, limit);
+    auto id = wb.newFlight();
+    wb.setSending(INO, id, WriteBehind::Span(batch), kj::Promise<void>(kj::NEVER_DONE).fork());
+    return id;
+  };
+  wb.add(INO, 0, bytes(40));
+  wb.add(INO, 40, bytes(40));
+  auto first = send(40);
+  EXPECT_FALSE(wb.last(INO, first));  // the second write is still queued
+  auto second = send(40);
+  EXPECT_FALSE(wb.last(INO, second));  // the first is still on its way
+  EXPECT_FALSE(wb.last(INO, first));
+  wb.sent(INO, 40, false, 0);
+  wb.doneSending(INO, first);
+  EXPECT_TRUE(wb.last(INO, second));
+  wb.setAttr(INO, setMtime(5));
+  EXPECT_FALSE(wb.last(INO, second));      // a change queued behind it
+  EXPECT_FALSE(wb.last(INO + 1, second));  // another file has nothing on its way
+}
+
 TEST(WriteBehind, ATakeUpToALimitLeavesTheRestAndTheChangeQueued) {
   WriteBehind wb;
   wb.add(INO, 0, bytes(40));

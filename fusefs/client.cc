@@ -2499,15 +2499,25 @@ kj::Promise<void> Client::queueRoom(uint64_t ino) {
 
 // Sends what is queued for the file, and whatever is queued meanwhile, until nothing is left:
 // up to MAX_FLIGHTS batches at once, each leaving as soon as WriteBehind::mustWait allows.
+// Counts a wait on `ino` in `waits` until what it returns is dropped (attached to the wait).
+kj::Own<void> Client::countWaiter(std::unordered_map<uint64_t, uint32_t>& waits, uint64_t ino) {
+  ++waits[ino];
+  return kj::heap(kj::defer([&waits, ino]() {
+    auto it = waits.find(ino);
+    if (it != waits.end() && --it->second == 0) waits.erase(it);
+  }));
+}
+
+bool Client::lastOfAnFsync(uint64_t ino, uint64_t id) const {
+  return fsyncing_.count(ino) > 0 && wb_.last(ino, id);
+}
+
 kj::Promise<void> Client::flushed(uint64_t ino, Waiter who) {
   if (who == Waiter::APPLICATION && wb_.queued(ino)) {
     // While this wait lasts, the file's updates leave without gathering (updateBehind).
-    ++hurried_[ino];
+    auto counted = countWaiter(hurried_, ino);
     hurry();
-    return flushed(ino, Waiter::BEHIND).attach(kj::defer([this, ino]() {
-      auto it = hurried_.find(ino);
-      if (it != hurried_.end() && --it->second == 0) hurried_.erase(it);
-    }));
+    return flushed(ino, Waiter::BEHIND).attach(kj::mv(counted));
   }
   KJ_IF_MAYBE (wait, wb_.mustWait(ino)) {
     return wait->then([this, ino]() { return flushed(ino, Waiter::BEHIND); });
@@ -2589,7 +2599,7 @@ kj::Promise<void> Client::sendBatch(uint64_t ino, uint64_t id, WriteBehind::Batc
                        // on disk while the size goes, instead of after it (one round trip less
                        // for a small file's fsync). Not for each of a large file's batches: a
                        // sync each would cost more than the round trip.
-                       bool sync = fsyncing_.count(ino) > 0 && wb_.last(ino, id);
+                       bool sync = lastOfAnFsync(ino, id);
                        if (sync) own.dataSynced = syncDataTargets(ref);
                        if (joined) return kj::READY_NOW;
                        uint32_t want = wantFor(0, ino, false);
@@ -2621,7 +2631,7 @@ kj::Promise<void> Client::sendBatch(uint64_t ino, uint64_t id, WriteBehind::Batc
               [cred, ino, set, want](rpc::MetaRequest::Builder r) {
                 buildSetattr(r, cred, ino, set, want);
               },
-              fsyncing_.count(ino) > 0 && wb_.last(ino, id));
+              lastOfAnFsync(ino, id));
         }
         return kj::READY_NOW;
       })
@@ -2755,14 +2765,10 @@ kj::Promise<void> Client::fsync(uint64_t fh) {
     return wait->then([this, fh]() { return fsync(fh); });
   }
   if (wb_.queued(file.ino)) {
-    uint64_t ino = file.ino;
-    ++fsyncing_[ino];
-    return flushed(ino, Waiter::APPLICATION)
-        .attach(kj::defer([this, ino]() {
-          auto it = fsyncing_.find(ino);
-          if (it != fsyncing_.end() && --it->second == 0) fsyncing_.erase(it);
-        }))
-        .then([this, fh]() { return fsync(fh); });
+    auto counted = countWaiter(fsyncing_, file.ino);  // before any of its batches can land
+    return flushed(file.ino, Waiter::APPLICATION).attach(kj::mv(counted)).then([this, fh]() {
+      return fsync(fh);
+    });
   }
   int err = wb_.takeError(file.ino);
   if (err != 0) return kj::Promise<void>(errnoException(err));

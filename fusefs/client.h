@@ -291,6 +291,9 @@ private:
   // Sends what is queued for the file and waits until it is sent. An application waiting on it
   // hurries the file's writes and updates out of their batches' gathering (hurried_).
   kj::Promise<void> flushed(uint64_t ino, Waiter who);
+  static kj::Own<void> countWaiter(std::unordered_map<uint64_t, uint32_t>& waits, uint64_t ino);
+  // Batch `id` of the file is the last of what an fsync waits for: it asks for the syncs.
+  bool lastOfAnFsync(uint64_t ino, uint64_t id) const;
   kj::Promise<void> queueRoom(uint64_t ino);
   void sendAhead(uint64_t ino, size_t atLeast);
   kj::Promise<void> startBatch(uint64_t ino, WriteBehind::Batch batch);

@@ -62,13 +62,13 @@ kj::Promise<void> UpdateBatch::sendBatch(uint64_t, kj::Array<UpdateBatchItem> ba
     auto builds = kj::heapArrayBuilder<Build>(n);
     for (auto& item : batch) builds.add(kj::mv(item.build));
     // Called for every attempt (a resend, a replay): each update is built the same way again.
-    sent = link_.meta(
-        [builds = builds.finish(), sync](rpc::MetaRequest::Builder b) mutable {
-          auto list = b.initBatch(builds.size());
-          for (auto i : kj::indices(builds)) builds[i](list[i]);
-          b.setSyncAfter(sync);
-        },
-        true, ServerLink::Class::WRITEBACK);
+    sent = link_.meta(answeredOnDisk(
+                          [builds = builds.finish()](rpc::MetaRequest::Builder b) mutable {
+                            auto list = b.initBatch(builds.size());
+                            for (auto i : kj::indices(builds)) builds[i](list[i]);
+                          },
+                          sync),
+                      true, ServerLink::Class::WRITEBACK);
   }
   auto owned = kj::heap(kj::mv(batch));
   auto& each = *owned;

@@ -16,13 +16,25 @@ kj::Array<kj::byte> clientKey(kj::ArrayPtr<const kj::byte> client, uint64_t n) {
   return key;
 }
 
+// Part `n` (from 1) of a reply record that did not fit in one page.
+kj::Array<kj::byte> partKey(kj::ArrayPtr<const kj::byte> client, uint64_t requestId, uint16_t n) {
+  auto key = clientKey(client, requestId);
+  auto out = kj::heapArray<kj::byte>(key.size() + 2);
+  memcpy(out.begin(), key.begin(), key.size());
+  out[key.size()] = n >> 8;
+  out[key.size() + 1] = n & 0xff;
+  return out;
+}
+
 bool sameClient(store::Bytes key, kj::ArrayPtr<const kj::byte> client) {
-  return key.size() == UUID_SIZE + 8 && memcmp(key.begin(), client.begin(), UUID_SIZE) == 0;
+  return (key.size() == UUID_SIZE + 8 || key.size() == UUID_SIZE + 10) &&
+         memcmp(key.begin(), client.begin(), UUID_SIZE) == 0;
 }
 }  // namespace
 
 ClientTable::ClientTable(Target& target)
-    : replies_(target.db("replies")),
+    : part_(target.env().onePageValue() & ~(sizeof(capnp::word) - 1)),
+      replies_(target.db("replies")),
       joined_(target.db("clients")),
       evicted_(target.db("evicted")),
       reserved_(target.db("reserved")) {}
@@ -109,19 +121,37 @@ kj::Maybe<kj::Array<capnp::word>> ClientTable::find(store::Txn& txn,
                                                     kj::ArrayPtr<const kj::byte> client,
                                                     uint64_t requestId) {
   auto key = clientKey(client, requestId);
-  KJ_IF_MAYBE (value, txn.get(replies_, key)) {
-    KJ_REQUIRE(value->size() % sizeof(capnp::word) == 0, "damaged reply record");
-    auto words = kj::heapArray<capnp::word>(value->size() / sizeof(capnp::word));
-    memcpy(words.begin(), value->begin(), value->size());
-    return kj::mv(words);
+  kj::Vector<kj::byte> bytes;
+  store::Cursor cursor(txn, replies_);
+  auto item = cursor.seek(key);
+  for (uint16_t n = 0;; ++n) {
+    KJ_IF_MAYBE (i, item) {
+      // The record, then its parts in order (keys sort so).
+      auto want = n == 0 ? kj::mv(key) : partKey(client, requestId, n);
+      if (i->key != want.asPtr()) break;
+      bytes.addAll(i->value);
+      item = cursor.next();
+    } else {
+      break;
+    }
   }
-  return nullptr;
+  if (bytes.empty()) return nullptr;
+  KJ_REQUIRE(bytes.size() % sizeof(capnp::word) == 0, "damaged reply record", bytes.size());
+  auto words = kj::heapArray<capnp::word>(bytes.size() / sizeof(capnp::word));
+  memcpy(words.begin(), bytes.begin(), bytes.size());
+  return kj::mv(words);
 }
 
 void ClientTable::record(store::Txn& txn, kj::ArrayPtr<const kj::byte> client, uint64_t requestId,
                          capnp::MessageBuilder& reply) {
-  auto key = clientKey(client, requestId);
-  txn.putMessage(replies_, key, reply);
+  auto words = capnp::messageToFlatArray(reply);
+  auto bytes = words.asBytes();
+  size_t parts = (bytes.size() + part_ - 1) / part_;
+  KJ_REQUIRE(parts <= UINT16_MAX, "reply too large to record", bytes.size());
+  for (size_t n = 0; n < kj::max(parts, size_t(1)); ++n) {
+    auto piece = bytes.slice(n * part_, kj::min(bytes.size(), (n + 1) * part_));
+    txn.put(replies_, n == 0 ? clientKey(client, requestId) : partKey(client, requestId, n), piece);
+  }
 }
 
 void ClientTable::prune(store::Txn& txn, kj::ArrayPtr<const kj::byte> client, uint64_t below) {

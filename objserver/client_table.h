@@ -56,6 +56,11 @@ public:
   bool isEvicted(store::Txn& txn, kj::ArrayPtr<const kj::byte> client);
 
 private:
+  // A reply record larger than a page (a batch's) is kept in parts of one page each, after
+  // the first under the record's key with a part number appended: a map whose free room is in
+  // scattered pages must still take it (a creates' batch answered ahead cannot fail for want
+  // of pages in a row). Only batches have replies that large, and release 0.1.0 has none.
+  size_t part_;
   MDB_dbi replies_;
   MDB_dbi joined_;
   MDB_dbi evicted_;

@@ -130,8 +130,7 @@ kj::Promise<void> DataService::run(CallContext context) {
       });
     case R::WRITE:
     case R::WRITE_MANY:
-      applyUpdate(context);
-      return kj::READY_NOW;
+      return ctx_.room.admit([this, context]() mutable { applyUpdate(context); });
     case R::TRUNCATE:
     case R::DESTROY:
     case R::DESTROY_MANY:
@@ -141,10 +140,11 @@ kj::Promise<void> DataService::run(CallContext context) {
       // A replay runs whole in its turn; a resend may have been answered already; and most
       // removals fit in one step: those go as they did, in the request's transaction, at once.
       if (req.getReplayOf() != 0 || req.getResend() || !largeRemoval(req)) {
-        applyUpdate(context);
-        return kj::READY_NOW;
+        return ctx_.room.admit([this, context]() mutable { applyUpdate(context); });
       }
-      return removeInSteps(context).then([this, context]() mutable { applyUpdate(context); });
+      return removeInSteps(context).then([this, context]() mutable {
+        return ctx_.room.admit([this, context]() mutable { applyUpdate(context); });
+      });
   }
   KJ_FAIL_REQUIRE("unknown data request; the client is newer than this server",
                   static_cast<uint>(req.which()));
@@ -198,21 +198,23 @@ kj::Promise<void> DataService::removeInSteps(CallContext context) {
   // free in between; the request's own transaction then has at most a step's worth left. A
   // crash between steps loses nothing: the request was not answered and comes again.
   if (session_->evicted) throwEvicted(*session_);
-  auto req = context.getParams().getRequest();
-  bool done = false;
-  ctx_.commit([&](store::Txn& txn) {
-    size_t budget = REMOVAL_STEP;
-    done = forEachRemoval(req, [&](uint64_t object, uint64_t from) {
-      return objects_.removePast(txn, object, from, budget);
+  return ctx_.room.admit([this, context]() mutable -> kj::Promise<void> {
+    auto req = context.getParams().getRequest();
+    bool done = false;
+    ctx_.commit([&](store::Txn& txn) {
+      size_t budget = REMOVAL_STEP;
+      done = forEachRemoval(req, [&](uint64_t object, uint64_t from) {
+        return objects_.removePast(txn, object, from, budget);
+      });
     });
+    ++ctx_.removalSteps;
+    if (done) return kj::READY_NOW;
+    // Through the timer, not evalLater: kj looks for I/O only once its queue is empty, so
+    // steps chained with evalLater would still keep every other request out until the last.
+    return ctx_.io.provider->getTimer()
+        .afterDelay(0 * kj::NANOSECONDS)
+        .then([this, context]() mutable { return removeInSteps(context); });
   });
-  ++ctx_.removalSteps;
-  if (done) return kj::READY_NOW;
-  // Through the timer, not evalLater: kj looks for I/O only once its queue is empty, so steps
-  // chained with evalLater would still keep every other request out until the last.
-  return ctx_.io.provider->getTimer()
-      .afterDelay(0 * kj::NANOSECONDS)
-      .then([this, context]() mutable { return removeInSteps(context); });
 }
 
 void DataService::applyUpdate(CallContext context) {

@@ -157,33 +157,17 @@ kj::Promise<void> MetaService::run(CallContext context) {
     }
     return lockFor(kj::mv(specs))
         .then([this, context, changed = kj::mv(changed)](kj::Array<uint64_t> held) mutable {
-          auto req = context.getParams().getRequest();
-          capnp::MallocMessageBuilder message;
-          {
-            KJ_DEFER(for (uint64_t id : held) ctx_.locks.cancel(ctx_.serverOwner, id));
-            update(req, message, changed);
-          }
-          auto reply = context.getResults();
-          reply.setReply(message.getRoot<rpc::MetaReply>());
-          auto done = [&](rpc::MetaRequest::Reader req, rpc::MetaReply::Builder reply) {
-            // Inodes the update destroyed: nobody's locks on them cover anything any more.
-            // The requester gives its own back (the reply tells it); others would keep theirs
-            // until their caches trim them.
-            for (auto a : reply.getChanged()) {
-              if (a.getMode() == 0)
-                ctx_.locks.forget(ResourceId{RES_INODE, a.getIno()}, session_.get());
-            }
-            if (reply.getError() == 0) grant(req, reply);
-          };
-          if (req.which() == R::BATCH && reply.getReply().isBatch()) {
-            auto replies = reply.getReply().getBatch();
-            for (auto i : kj::indices(replies)) done(req.getBatch()[i], replies[i]);
-          } else {
-            done(req, reply.getReply());
-          }
-          KJ_IF_MAYBE (d, ctx_.destroyer) {
-            d->poke();
-          }
+          // The locks stay held while a checkpoint gives room back first, and go if the call
+          // is cancelled meanwhile (a second cancel of a lock is nothing).
+          kj::ArrayPtr<const uint64_t> ids = held;  // the heap array stays where it is
+          auto release = kj::defer([this, held = kj::mv(held)]() {
+            for (uint64_t id : held) ctx_.locks.cancel(ctx_.serverOwner, id);
+          });
+          return ctx_.room
+              .admit([this, context, changed = kj::mv(changed), ids]() mutable {
+                applyUpdate(context, changed, ids);
+              })
+              .attach(kj::mv(release));
         })
         .then([this, context]() mutable -> kj::Promise<void> {
           if (!context.getParams().getRequest().getSyncAfter()) return kj::READY_NOW;
@@ -194,6 +178,37 @@ kj::Promise<void> MetaService::run(CallContext context) {
         });
   }
   return readReply(context, 0, nullptr);
+}
+
+void MetaService::applyUpdate(CallContext context, kj::ArrayPtr<const kj::Array<uint64_t>> changed,
+                              kj::ArrayPtr<const uint64_t> held) {
+  using R = rpc::MetaRequest;
+  auto req = context.getParams().getRequest();
+  capnp::MallocMessageBuilder message;
+  {
+    KJ_DEFER(for (uint64_t id : held) ctx_.locks.cancel(ctx_.serverOwner, id));
+    update(req, message, changed);
+  }
+  auto reply = context.getResults();
+  reply.setReply(message.getRoot<rpc::MetaReply>());
+  auto done = [&](rpc::MetaRequest::Reader req, rpc::MetaReply::Builder reply) {
+    // Inodes the update destroyed: nobody's locks on them cover anything any more.
+    // The requester gives its own back (the reply tells it); others would keep theirs
+    // until their caches trim them.
+    for (auto a : reply.getChanged()) {
+      if (a.getMode() == 0) ctx_.locks.forget(ResourceId{RES_INODE, a.getIno()}, session_.get());
+    }
+    if (reply.getError() == 0) grant(req, reply);
+  };
+  if (req.which() == R::BATCH && reply.getReply().isBatch()) {
+    auto replies = reply.getReply().getBatch();
+    for (auto i : kj::indices(replies)) done(req.getBatch()[i], replies[i]);
+  } else {
+    done(req, reply.getReply());
+  }
+  KJ_IF_MAYBE (d, ctx_.destroyer) {
+    d->poke();
+  }
 }
 
 kj::Promise<void> MetaService::readReply(CallContext context, unsigned attempt,
@@ -639,7 +654,7 @@ void MetaService::requireSpaceFor(rpc::MetaRequest::Reader req, store::Txn& txn)
   // answered ahead was promised its room when its number was reserved: the client told its
   // application the file exists, and an ENOSPC now would take it away. Everything else,
   // reservations included, must leave the deletions' reserve and the promised room alone.
-  auto promised = [&]() { return ctx_.clients.reservedTotal(txn) * CREATE_ROOM; };
+  auto promised = [&]() { return ctx_.room.promised(txn); };
   switch (req.which()) {
     case R::UNLINK:
     case R::RMDIR:
@@ -652,7 +667,8 @@ void MetaService::requireSpaceFor(rpc::MetaRequest::Reader req, store::Txn& txn)
       if (req.getCreate().getIno() != 0) return;
       break;
     case R::RESERVE_INODES:
-      ctx_.target.env().requireSpace(txn, promised() + req.getReserveInodes() * CREATE_ROOM);
+      ctx_.target.env().requireSpace(txn,
+                                     promised() + req.getReserveInodes() * RoomGate::CREATE_ROOM);
       return;
     default:
       break;

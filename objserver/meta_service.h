@@ -27,6 +27,10 @@ private:
   void read(rpc::MetaRequest::Reader req, rpc::MetaReply::Builder reply);
   void readIn(store::Txn& txn, rpc::MetaRequest::Reader req, rpc::MetaReply::Builder reply);
   void markXattrs(store::Txn& txn, rpc::MetaReply::Builder reply);
+  // Runs an update under the server's locks `held` (released after its transaction, before
+  // the reply's own locks are granted), and sets the call's reply.
+  void applyUpdate(CallContext context, kj::ArrayPtr<const kj::Array<uint64_t>> changed,
+                   kj::ArrayPtr<const uint64_t> held);
   // Runs an update, or a batch of them; `changed` are the inodes each may change, reported
   // back as they end up.
   void update(rpc::MetaRequest::Reader req, capnp::MallocMessageBuilder& message,
@@ -37,10 +41,6 @@ private:
   void apply(rpc::MetaRequest::Reader req, store::Txn& txn, rpc::MetaReply::Builder reply);
   // Throws ENOSPC if the target has no room for the update (see the tiers in it).
   void requireSpaceFor(rpc::MetaRequest::Reader req, store::Txn& txn);
-  // Room kept free for each reserved inode number's create: its inode, entry and reply record
-  // and their share of the B-trees' pages took ~350 bytes in creates batched by the hundred
-  // (20,000 files); the rest is margin for B-tree pages split half full.
-  static constexpr uint64_t CREATE_ROOM = 2048;
   // Adds to a successful reply the caching locks the request asked for and can have at once.
   void grant(rpc::MetaRequest::Reader req, rpc::MetaReply::Builder reply);
   // What an update changes, as the EX locks the server takes before applying it.

@@ -98,6 +98,9 @@ kj::String renderMetrics(ServerContext& ctx) {
   gauge(out, "cairn_data_removal_steps_total",
         "transactions that removed part of a large object ahead of its truncate or destroy",
         double(ctx.removalSteps), "counter");
+  gauge(out, "cairn_room_checkpoints_total",
+        "updates that waited for a checkpoint to give room back on a nearly full map",
+        double(ctx.room.checkpointsAsked), "counter");
 
   auto locks = ctx.locks.stats();
   gauge(out, "cairn_locks_granted", "locks granted now", double(locks.granted));

@@ -48,6 +48,7 @@ ServerContext::ServerContext(kj::AsyncIoContext& io, kj::Network& network, Targe
       config(kj::mv(config)),
       syncer(target, std::chrono::milliseconds(100)),
       clients(target),
+      room(target, syncer, clients),
       started(io.provider->getTimer().now()),
       tasks(errorHandler_),
       locks(

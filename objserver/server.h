@@ -18,6 +18,7 @@
 #include "objserver/lock_manager.h"
 #include "objserver/metrics.h"
 #include "objserver/reexec.h"
+#include "objserver/room_gate.h"
 #include "objserver/root_squash.h"
 #include "objserver/syncer.h"
 #include "objserver/target.h"
@@ -127,6 +128,7 @@ public:
   ServerConfig config;
   Syncer syncer;
   ClientTable clients;
+  RoomGate room;  // every client update's transaction goes through it
   kj::TimePoint started;
   uint64_t rpcCount = 0;
   struct RpcKind {

@@ -162,25 +162,27 @@ uint64_t Env::usedBytes() {
   return uint64_t(info.me_last_pgno + 1) * stat.ms_psize;
 }
 
-uint64_t Env::freeBytes(Txn&, uint64_t enough) {
+Env::Space Env::space(uint64_t enough) {
   MDB_envinfo info;
   MDB_stat stat;
   check(mdb_env_info(env_, &info), "mdb_env_info");
   check(mdb_env_stat(env_, &stat), "mdb_env_stat");
   uint64_t pages = mapSize_ / stat.ms_psize;
   uint64_t untouched = pages > info.me_last_pgno + 1 ? pages - info.me_last_pgno - 1 : 0;
+  Space space;
+  space.usable = untouched * stat.ms_psize;
   // Reading the free list costs time; skip it while the untouched map is plenty.
-  if (untouched * stat.ms_psize >= enough) return untouched * stat.ms_psize;
-  uint64_t freed = 0;
+  if (space.usable >= enough) return space;
   // Database 0 is LMDB's free list: each record holds a count of page numbers, then the numbers.
   // LMDB opens it only in read-only transactions, and what the last commit freed is enough.
   // Its key is the transaction that freed them; those freed since the checkpoint's pinned
-  // snapshot cannot be taken again before the next checkpoint, so they do not count.
+  // snapshot cannot be taken again before the next checkpoint: held, not usable.
   uint64_t usableBelow = UINT64_MAX;
   KJ_IF_MAYBE (s, snapshot_) {
     uint64_t pinned = (*s)->pinnedTxnid();
     if (pinned != 0) usableBelow = pinned;
   }
+  uint64_t freed = 0, held = 0;
   Txn reader(*this, Txn::READ);
   MDB_cursor* cursor;
   check(mdb_cursor_open(reader.get(), 0, &cursor), "mdb_cursor_open(free list)");
@@ -188,19 +190,27 @@ uint64_t Env::freeBytes(Txn&, uint64_t enough) {
   MDB_val k, v;
   for (int rc = mdb_cursor_get(cursor, &k, &v, MDB_FIRST); rc == MDB_SUCCESS;
        rc = mdb_cursor_get(cursor, &k, &v, MDB_NEXT)) {
-    if (k.mv_size == sizeof(size_t) && *static_cast<const size_t*>(k.mv_data) >= usableBelow) {
-      break;  // keys ascend: the rest were freed later still
-    }
-    if (v.mv_size >= sizeof(size_t)) freed += *static_cast<const size_t*>(v.mv_data);
+    if (v.mv_size < sizeof(size_t)) continue;
+    size_t count = *static_cast<const size_t*>(v.mv_data);
+    bool recent =
+        k.mv_size == sizeof(size_t) && *static_cast<const size_t*>(k.mv_data) >= usableBelow;
+    (recent ? held : freed) += count;
   }
-  return (untouched + freed) * stat.ms_psize;
+  space.usable += freed * stat.ms_psize;
+  space.held = held * stat.ms_psize;
+  return space;
 }
 
-void Env::requireSpace(Txn& txn, uint64_t bytes) {
-  uint64_t reserve = kj::max(mapSize_ / 32, uint64_t(256) << 10);
+size_t Env::onePageValue() {
+  MDB_stat stat;
+  check(mdb_env_stat(env_, &stat), "mdb_env_stat");
+  return stat.ms_psize - 16;  // less the page's header
+}
+
+void Env::requireSpace(Txn&, uint64_t bytes) {
   // Values larger than a page take whole overflow pages; count them generously.
-  uint64_t need = reserve + bytes + bytes / 8;
-  if (freeBytes(txn, need) < need) throw FsError(ENOSPC);
+  uint64_t need = reserveBytes() + bytes + bytes / 8;
+  if (space(need).usable < need) throw FsError(ENOSPC);
 }
 
 Txn::Txn(Env& env, Mode mode) : env_(env) {

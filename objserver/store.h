@@ -54,11 +54,20 @@ public:
   kj::Maybe<WriteAheadLog&> log();
   uint64_t mapSize() const { return mapSize_; }
   uint64_t usedBytes();
-  // Bytes a transaction can still take: the untouched end of the map plus freed pages.
-  // Stops counting once it found `enough`.
-  uint64_t freeBytes(class Txn& txn, uint64_t enough = UINT64_MAX);
-  // Refuses (FsError ENOSPC) a change that would eat into the reserve kept for deletions:
-  // LMDB needs free pages even to delete, so a map filled to the brim could never be emptied.
+  // Room in the map as of the last commit.
+  struct Space {
+    uint64_t usable = 0;  // bytes a transaction can take: the untouched end, freed pages
+    uint64_t held = 0;    // freed pages the checkpoint's snapshot keeps until the next one
+  };
+  // Stops counting once `usable` reached `enough` (held is then left at 0).
+  Space space(uint64_t enough = UINT64_MAX);
+  // Kept free for deletions: LMDB needs free pages even to delete, so a map filled to the
+  // brim could never be emptied.
+  uint64_t reserveBytes() const { return kj::max(mapSize_ / 32, uint64_t(256) << 10); }
+  // The largest value that takes a single page of its own. A larger one takes pages in a row,
+  // which a map with room left in single freed pages may not have (MDB_MAP_FULL).
+  size_t onePageValue();
+  // Refuses (FsError ENOSPC) a change that would eat into that reserve.
   void requireSpace(class Txn& txn, uint64_t bytes);
 
 private:

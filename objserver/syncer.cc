@@ -33,6 +33,16 @@ kj::Promise<void> Syncer::syncNow() {
   return kj::mv(paf.promise);
 }
 
+kj::Promise<void> Syncer::checkpointNow() {
+  auto paf = kj::newPromiseAndCrossThreadFulfiller<void>();
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    checkpointWaiters_.push_back(kj::mv(paf.fulfiller));
+  }
+  wake_.notify_all();
+  return kj::mv(paf.promise);
+}
+
 bool Syncer::run(const char* what, void (store::Env::*sync)()) {
   try {
     (target_.env().*sync)();
@@ -77,16 +87,22 @@ void Syncer::checkpoint() {
   uint64_t checkpointed = target_.lastCommitted();  // the target synced itself when it opened
   std::unique_lock<std::mutex> lock(mutex_);
   while (!stop_) {
-    wake_.wait_for(lock, interval_, [this] { return stop_; });
+    wake_.wait_for(lock, interval_, [this] { return stop_ || !checkpointWaiters_.empty(); });
     if (stop_) break;
+    // Those who asked before this one began; a failed checkpoint lets them go on all the same
+    // (what they wait for is room, which the next update will look for again).
+    decltype(checkpointWaiters_) asked;
+    asked.swap(checkpointWaiters_);
     uint64_t through = target_.lastCommitted();
-    if (through == checkpointed) continue;
-    lock.unlock();
-    if (run("checkpoint", &store::Env::sync)) {
-      checkpointed = through;
-      published(through);
+    if (through != checkpointed) {
+      lock.unlock();
+      if (run("checkpoint", &store::Env::sync)) {
+        checkpointed = through;
+        published(through);
+      }
+      lock.lock();
     }
-    lock.lock();
+    for (auto& fulfiller : asked) fulfiller->fulfill();
   }
 }
 

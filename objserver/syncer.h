@@ -13,6 +13,7 @@
 #include <deque>
 #include <mutex>
 #include <thread>
+#include <vector>
 
 #include "objserver/target.h"
 
@@ -28,6 +29,9 @@ public:
   uint64_t lastSynced() const { return lastSynced_.load(); }
   // Resolves once everything committed before the call is on disk.
   kj::Promise<void> syncNow();
+  // Resolves once a checkpoint that began after the call is done (at once if nothing was
+  // committed since the last one): the pages its snapshot held are LMDB's to take again.
+  kj::Promise<void> checkpointNow();
 
 private:
   void serveWaiters();
@@ -47,6 +51,7 @@ private:
     kj::Own<kj::CrossThreadPromiseFulfiller<void>> fulfiller;
   };
   std::deque<Waiter> waiters_;  // guarded by mutex_
+  std::vector<kj::Own<kj::CrossThreadPromiseFulfiller<void>>> checkpointWaiters_;  // likewise
   std::thread waiterThread_;
   std::thread checkpointThread_;
 };

@@ -747,26 +747,33 @@ TEST(AsyncCreate, FilesCreatedAheadAcrossControlledRestartsAreAllThere) {
 TEST(AsyncCreate, AFullMetadataTargetKeepsTheCreatesAnsweredAhead) {
   TestCluster::Options options;
   options.dataServers = 1;
-  options.metaArgs = {"--map-size", std::to_string(24 << 20)};
+  options.metaArgs = {"--map-size", std::to_string(24 << 20), "--metrics", "127.0.0.1:0"};
   TestCluster cluster(options);
   auto a = cluster.mount();
   auto b = cluster.mount();
   ASSERT_EQ(mkdir((a + "/d").c_str(), 0755), 0);
   int pre = createUntilAhead(a, a + "/d", 50);
   ASSERT_EQ(mkdir((b + "/fill").c_str(), 0755), 0);
-  std::string pad(60000, 'p');
   int filled = 0;
   // B fills the target until it refuses. (Again and again: what LMDB freed becomes free space
-  // again at each checkpoint.)
+  // again at each checkpoint.) Large values first, then small ones: LMDB keeps a large value in
+  // pages in a row, which a map the updates have churned may lack while single pages are free.
   auto fill = [&]() {
-    for (;; ++filled) {
-      // Files made ahead (by B) too: a setxattr that found no file would say ENOENT.
-      auto path = b + "/fill/x" + std::to_string(filled);
-      int fd = creat(path.c_str(), 0644);
-      if (fd < 0) return errno;
-      close(fd);
-      if (setxattr(path.c_str(), "user.pad", pad.data(), pad.size(), 0) != 0) return errno;
+    for (size_t size : {60000, 1000}) {
+      std::string pad(size, 'p');
+      for (;; ++filled) {
+        // Files made ahead (by B) too: a setxattr that found no file would say ENOENT.
+        auto path = b + "/fill/x" + std::to_string(filled);
+        int fd = creat(path.c_str(), 0644);
+        if (fd < 0) return errno;
+        close(fd);
+        if (setxattr(path.c_str(), "user.pad", pad.data(), pad.size(), 0) == 0) continue;
+        if (errno != ENOSPC) return errno;
+        ++filled;
+        break;
+      }
     }
+    return ENOSPC;
   };
   int err = fill();
   ASSERT_EQ(err, ENOSPC) << strerror(err) << " after " << filled << " files";
@@ -793,6 +800,11 @@ TEST(AsyncCreate, AFullMetadataTargetKeepsTheCreatesAnsweredAhead) {
   auto there = names(b + "/d");  // calls A's PW back, which waits for the creates
   EXPECT_EQ(there.size(), made.size() + pre);
   for (auto& name : made) EXPECT_EQ(there.count(name), 1u) << name;
+  // Near full, updates waited for checkpoints to give back the pages the last one held (they
+  // would have run out of room, the creates answered ahead among them, with a checkpoint every
+  // 100 ms alone).
+  auto metrics = httpGet(metricsAddress(cluster, 0), "/metrics");
+  EXPECT_GT(metricValue(metrics, "cairn_room_checkpoints_total"), 0) << metrics;
   // The space comes back with the fill gone, and with it the creates ahead.
   for (int i = 0; i <= filled; ++i) unlink((b + "/fill/x" + std::to_string(i)).c_str());
   before = createdAhead(a);

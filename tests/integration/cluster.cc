@@ -3,6 +3,7 @@
 
 #include <gtest/gtest.h>
 
+#include <arpa/inet.h>
 #include <fcntl.h>
 #include <ftw.h>
 #include <grp.h>
@@ -604,6 +605,51 @@ void cutConnections(pid_t pid, const std::string& address) {
     ++cut;
   }
   ASSERT_GT(cut, 0) << "no connection of pid " << pid << " to " << address << ":\n" << listing.out;
+}
+
+std::string httpGet(const std::string& address, const std::string& path) {
+  auto colon = address.rfind(':');
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_port = htons(uint16_t(std::stoi(address.substr(colon + 1))));
+  inet_pton(AF_INET, address.substr(0, colon).c_str(), &sa.sin_addr);
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0 || connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != 0) {
+    if (fd >= 0) close(fd);
+    return "<cannot connect>";
+  }
+  std::string request = "GET " + path + " HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n";
+  if (write(fd, request.data(), request.size()) != ssize_t(request.size())) {
+    close(fd);
+    return "<cannot send>";
+  }
+  // Read until the body is complete (Content-Length): the server may keep the connection.
+  std::string response;
+  char buf[65536];
+  for (ssize_t n; (n = read(fd, buf, sizeof(buf))) > 0;) {
+    response.append(buf, size_t(n));
+    auto end = response.find("\r\n\r\n");
+    if (end == std::string::npos) continue;
+    std::smatch m;
+    auto head = response.substr(0, end);
+    if (!std::regex_search(head, m, std::regex("[Cc]ontent-[Ll]ength: *([0-9]+)"))) continue;
+    if (response.size() >= end + 4 + std::stoul(m[1].str())) break;
+  }
+  close(fd);
+  return response;
+}
+
+std::string metricsAddress(TestCluster& cluster, int server) {
+  std::smatch m;
+  auto status = cluster.status(server);
+  if (!std::regex_search(status, m, std::regex("\"metrics\":\"([^\"]+)\""))) return "";
+  return m[1].str();
+}
+
+double metricValue(const std::string& text, const std::string& series) {
+  auto at = text.find("\n" + series + " ");
+  if (at == std::string::npos) return -1;
+  return std::stod(text.substr(at + series.size() + 2));
 }
 
 }  // namespace cairn::test

@@ -212,6 +212,13 @@ uint64_t mountGauge(const std::string& mnt, const std::string& name, bool requir
 // Reads an unsigned number field from a flat JSON object text (test helper, not a parser).
 uint64_t jsonNumber(const std::string& json, const std::string& key);
 
+// GET http://address/path; returns the whole response (status line, headers, body).
+std::string httpGet(const std::string& address, const std::string& path);
+// Where a server serves /metrics (it was started with --metrics), or "".
+std::string metricsAddress(TestCluster& cluster, int server);
+// The value of one sample in a /metrics text (exact name and labels), or -1.
+double metricValue(const std::string& text, const std::string& series);
+
 template <typename Pred>
 bool waitFor(Pred&& pred, int timeoutMs) {
   for (int waited = 0;; waited += 20) {

@@ -409,5 +409,52 @@ TEST_F(NamespaceTest, ReservedNumbersAreTheirClientsOnlyAndUsedOnce) {
   EXPECT_FALSE(taken);
 }
 
+// A batch's reply is larger than a page: kept in parts of a page each, so that a map whose
+// room is in scattered pages takes it; read back whole, and pruned with every part.
+TEST_F(NamespaceTest, AReplyRecordLargerThanAPageIsKeptInPartsAndReadBackWhole) {
+  ClientTable clients(*target);
+  MDB_dbi records = target->db("replies");
+  kj::byte a[16] = {1}, b[16] = {2};
+  auto reply = [](size_t bytes, char fill) {
+    auto message = kj::heap<capnp::MallocMessageBuilder>();
+    auto root = message->initRoot<rpc::MetaReply>();
+    root.setError(7);
+    std::string text(bytes, fill);
+    root.initNames(1).set(0, kj::arrayPtr(reinterpret_cast<const kj::byte*>(text.data()), bytes));
+    return message;
+  };
+  auto big = reply(20000, 'x'), small = reply(10, 'y');
+  apply([&](store::Txn& txn) {
+    clients.record(txn, a, 5, *big);
+    clients.record(txn, a, 6, *small);
+    clients.record(txn, b, 5, *small);
+  });
+  auto text = [&](kj::ArrayPtr<const kj::byte> who, uint64_t id) -> std::string {
+    store::Txn txn(target->env(), store::Txn::READ);
+    KJ_IF_MAYBE (words, clients.find(txn, who, id)) {
+      capnp::FlatArrayMessageReader message(*words);
+      auto name = message.getRoot<rpc::MetaReply>().getNames()[0];
+      return std::string(reinterpret_cast<const char*>(name.begin()), name.size());
+    }
+    return "(none)";
+  };
+  EXPECT_EQ(text(a, 5), std::string(20000, 'x'));
+  EXPECT_EQ(text(a, 6), "yyyyyyyyyy");
+  EXPECT_EQ(text(b, 5), "yyyyyyyyyy");
+  size_t entries = 0;
+  {
+    store::Txn txn(target->env(), store::Txn::READ);
+    entries = txn.entries(records);
+  }
+  EXPECT_GE(entries, 3u + 20000 / target->env().onePageValue());
+  apply([&](store::Txn& txn) { clients.prune(txn, a, 6); });
+  EXPECT_EQ(text(a, 5), "(none)");
+  EXPECT_EQ(text(a, 6), "yyyyyyyyyy");
+  {
+    store::Txn txn(target->env(), store::Txn::READ);
+    EXPECT_EQ(txn.entries(records), 2u);  // no part left behind
+  }
+}
+
 }  // namespace
 }  // namespace cairn

@@ -38,10 +38,10 @@ cat "$T/fsx-restart.log"
 check "fsx across kill -9 and restart of every server (exit status $rc)" test $rc -eq 0
 
 check "fio with crc32c verification" fio --name=verify --directory="$T/a" --rw=randrw \
-  --bs=4k --bsrange=4k-256k --size=32m --numjobs=2 --verify=crc32c --verify_fatal=1 \
+  --bs=4k --bsrange=4k-256k --size=32m --numjobs=2 --verify=crc32c --verify_fatal=1 --verify_state_save=0 \
   --do_verify=1 --ioengine=psync --fsync=64 --output="$T/fio.out"
 check "fio sequential write then verify" fio --name=seq --directory="$T/a" --rw=write \
-  --bs=1m --size=64m --verify=crc32c --verify_fatal=1 --ioengine=psync --output="$T/fio2.out"
+  --bs=1m --size=64m --verify=crc32c --verify_fatal=1 --verify_state_save=0 --ioengine=psync --output="$T/fio2.out"
 
 mkdir "$T/a/stress"
 check "stress-ng filesystem stressors" stress-ng --temp-path "$T/a/stress" --timeout 8s --verify \

@@ -2497,8 +2497,6 @@ kj::Promise<void> Client::queueRoom(uint64_t ino) {
   return flushed(ino, Waiter::APPLICATION);
 }
 
-// Sends what is queued for the file, and whatever is queued meanwhile, until nothing is left:
-// up to MAX_FLIGHTS batches at once, each leaving as soon as WriteBehind::mustWait allows.
 // Counts a wait on `ino` in `waits` until what it returns is dropped (attached to the wait).
 kj::Own<void> Client::countWaiter(std::unordered_map<uint64_t, uint32_t>& waits, uint64_t ino) {
   ++waits[ino];
@@ -2512,6 +2510,8 @@ bool Client::lastOfAnFsync(uint64_t ino, uint64_t id) const {
   return fsyncing_.count(ino) > 0 && wb_.last(ino, id);
 }
 
+// Sends what is queued for the file, and whatever is queued meanwhile, until nothing is left:
+// up to MAX_FLIGHTS batches at once, each leaving as soon as WriteBehind::mustWait allows.
 kj::Promise<void> Client::flushed(uint64_t ino, Waiter who) {
   if (who == Waiter::APPLICATION && wb_.queued(ino)) {
     // While this wait lasts, the file's updates leave without gathering (updateBehind).

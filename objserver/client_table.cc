@@ -146,9 +146,9 @@ void ClientTable::record(store::Txn& txn, kj::ArrayPtr<const kj::byte> client, u
                          capnp::MessageBuilder& reply) {
   auto words = capnp::messageToFlatArray(reply);
   auto bytes = words.asBytes();
-  size_t parts = (bytes.size() + part_ - 1) / part_;
+  size_t parts = (bytes.size() + part_ - 1) / part_;  // a message is never empty
   KJ_REQUIRE(parts <= UINT16_MAX, "reply too large to record", bytes.size());
-  for (size_t n = 0; n < kj::max(parts, size_t(1)); ++n) {
+  for (size_t n = 0; n < parts; ++n) {
     auto piece = bytes.slice(n * part_, kj::min(bytes.size(), (n + 1) * part_));
     txn.put(replies_, n == 0 ? clientKey(client, requestId) : partKey(client, requestId, n), piece);
   }

@@ -130,7 +130,7 @@ kj::Promise<void> DataService::run(CallContext context) {
       });
     case R::WRITE:
     case R::WRITE_MANY:
-      return ctx_.room.admit([this, context]() mutable { applyUpdate(context); });
+      return admitUpdate(context);
     case R::TRUNCATE:
     case R::DESTROY:
     case R::DESTROY_MANY:
@@ -140,11 +140,10 @@ kj::Promise<void> DataService::run(CallContext context) {
       // A replay runs whole in its turn; a resend may have been answered already; and most
       // removals fit in one step: those go as they did, in the request's transaction, at once.
       if (req.getReplayOf() != 0 || req.getResend() || !largeRemoval(req)) {
-        return ctx_.room.admit([this, context]() mutable { applyUpdate(context); });
+        return admitUpdate(context);
       }
-      return removeInSteps(context).then([this, context]() mutable {
-        return ctx_.room.admit([this, context]() mutable { applyUpdate(context); });
-      });
+      return removeInSteps(context).then(
+          [this, context]() mutable { return admitUpdate(context); });
   }
   KJ_FAIL_REQUIRE("unknown data request; the client is newer than this server",
                   static_cast<uint>(req.which()));
@@ -215,6 +214,10 @@ kj::Promise<void> DataService::removeInSteps(CallContext context) {
         .afterDelay(0 * kj::NANOSECONDS)
         .then([this, context]() mutable { return removeInSteps(context); });
   });
+}
+
+kj::Promise<void> DataService::admitUpdate(CallContext context) {
+  return ctx_.room.admit([this, context]() mutable { applyUpdate(context); });
 }
 
 void DataService::applyUpdate(CallContext context) {

@@ -16,6 +16,7 @@ private:
   kj::Promise<void> dispatch(CallContext context);
   kj::Promise<void> run(CallContext context);
   void applyUpdate(CallContext context);  // in one transaction, its reply recorded with it
+  kj::Promise<void> admitUpdate(CallContext context);  // applyUpdate through the room gate
   // A truncate or destroy that removes more chunks than a step (removeInSteps says why).
   bool largeRemoval(rpc::DataRequest::Reader req);
   kj::Promise<void> removeInSteps(CallContext context);

@@ -25,6 +25,8 @@ constexpr size_t MAX_CONTENDED = 4096;
 constexpr kj::Duration CONTENDED_FOR = 5 * kj::SECONDS;
 // More time is asked for three times per lock timeout, but not more often than this.
 constexpr kj::Duration MIN_PROLONG_EVERY = 10 * kj::MILLISECONDS;
+// A give-back taking longer is logged (once): a server restarting takes a few seconds.
+constexpr kj::Duration SLOW_GIVE_BACK = 10 * kj::SECONDS;
 }  // namespace
 
 class LockCache::Callback final : public rpc::LockCallback::Server {
@@ -204,6 +206,17 @@ kj::Promise<void> LockCache::prolongLoop(kj::Duration every) {
     KJ_IF_MAYBE (f, heldUp_) {
       heldUp = (*f)();
     }
+    // A give-back this slow waits on something (a server away, the kernel): say which lock.
+    auto now = timer_.now();
+    for (auto& [key, r] : revoking_) {
+      if (r.timeout > 0 * kj::SECONDS && !r.reported && now - r.since >= SLOW_GIVE_BACK) {
+        r.reported = true;
+        spdlog::warn(
+            "lock cache: giving back lock {} (inode {}, bit {}) has taken {} ms{}", r.id, key.first,
+            key.second, (now - r.since) / kj::MILLISECONDS,
+            heldUp ? "; the servers are busy with our requests: asking for more time" : "");
+      }
+    }
     KJ_IF_MAYBE (session, heldUp ? link_.currentLocks() : nullptr) {
       auto req = session->prolongRequest();
       auto list = req.initLockIds(ids.size());
@@ -225,6 +238,7 @@ kj::Promise<void> LockCache::release(Key key, bool gone, bool destroyed) {
   auto it = held_.find(key);
   if (it == held_.end()) return kj::READY_NOW;
   Revoking r{it->second.id, it->second.generation};
+  r.since = timer_.now();
   r.gone = gone;
   r.destroyed = destroyed;
   byId_.erase(it->second.id);

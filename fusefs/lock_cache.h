@@ -117,6 +117,8 @@ private:
     bool gone = false;                       // dropped by the server already: nothing to cancel
     bool destroyed = false;                  // by our own update (giveBackInode)
     kj::Duration timeout = 0 * kj::SECONDS;  // the server's, if it called the lock back
+    kj::TimePoint since = kj::origin<kj::TimePoint>();
+    bool reported = false;  // logged as slow
   };
   class Callback;
 

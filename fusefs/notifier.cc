@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include <cerrno>
+#include <chrono>
 #include <condition_variable>
 #include <cstring>
 #include <deque>
@@ -12,6 +13,9 @@
 #include <unistd.h>
 
 namespace cairn {
+namespace {
+constexpr auto SLOW_CALL = std::chrono::seconds(2);
+}  // namespace
 
 struct Notifier::Job {
   uint64_t ino = 0;
@@ -109,7 +113,20 @@ void Notifier::run(std::shared_ptr<Lane> lane) {
       lane->jobs.pop_front();
       lane->busy = true;
     }
+    auto start = std::chrono::steady_clock::now();
     auto problem = job.entries ? lane->entries(job) : lane->attributesOrPages(job);
+    // A drop this slow waited on requests of ours the kernel had under way: worth a line, for
+    // a chain of waits that ends in a lock not given back in time.
+    auto took = std::chrono::steady_clock::now() - start;
+    if (took >= SLOW_CALL) {
+      auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(took).count();
+      std::string what =
+          job.entries ? fmt::format("of {} name(s) in directory {}", job.names.size(), job.ino)
+          : job.pages ? fmt::format("of the pages of inode {}", job.ino)
+                      : fmt::format("of the attributes of inode {}", job.ino);
+      problem +=
+          fmt::format("{}kernel cache drop {} took {} ms", problem.empty() ? "" : "; ", what, ms);
+    }
     // Under the lock: stop() cannot return (and the process go on tearing down) meanwhile.
     std::lock_guard<std::mutex> lock(lane->mutex);
     // Stopped while this call was inside the kernel: this thread was let go, and the logger and

@@ -6,6 +6,9 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <string>
+
+#include "rpc/lock_names.h"
 
 namespace cairn {
 
@@ -25,6 +28,29 @@ bool compatible(LockMode a, LockMode b) {
 kj::StringPtr modeName(LockMode mode) {
   static const kj::StringPtr names[] = {"NL", "CR", "CW", "PR", "PW", "EX"};
   return names[static_cast<int>(mode)];
+}
+
+std::string describe(const LockSpec& spec) {
+  std::string out = modeName(spec.mode).cStr();
+  if (spec.resource.type == RES_INODE) {
+    static const std::pair<uint64_t, const char*> bits[] = {{BIT_LOOKUP, "lookup"},
+                                                            {BIT_ATTR, "attr"},
+                                                            {BIT_LAYOUT, "layout"},
+                                                            {BIT_XATTR, "xattr"},
+                                                            {BIT_DATA, "data"}};
+    const char* sep = " ";
+    for (auto& [bit, name] : bits) {
+      if (spec.bits & bit) {
+        out += fmt::format("{}{}", sep, name);
+        sep = "+";
+      }
+    }
+    return out + fmt::format(" on inode {}", spec.resource.id);
+  }
+  if (spec.resource.type == RES_OBJECT) {
+    return out + fmt::format(" on object {} [{}, {}]", spec.resource.id, spec.start, spec.end);
+  }
+  return out + fmt::format(" on resource {}:{}", spec.resource.type, spec.resource.id);
 }
 
 bool conflicts(const LockSpec& a, const LockSpec& b) {
@@ -395,8 +421,23 @@ void LockManager::expired(uint64_t id) {
   if (!evicting_.insert(&owner).second) return;  // another of its locks expired first
   ++evictions_;
   // Since the callback: longer than the timeout if the owner asked for more time.
-  spdlog::warn("{} did not cancel lock {} within {} ms: evicting it", owner.ownerName().cStr(), id,
-               (timer_.now() - it->second->calledBackAt) / kj::MILLISECONDS);
+  // What it held and who waited for it: enough to follow a chain of waits across clients.
+  Lock& lock = *it->second;
+  std::string waiters;
+  auto res = resources_.find(lock.spec.resource);
+  if (res != resources_.end()) {
+    for (Lock* w : res->second.waiting) {
+      waiters += fmt::format("{}{} ({}{})", waiters.empty() ? "" : ", ", describe(w->spec),
+                             w->owner->ownerName().cStr(),
+                             w->onBehalfOf != nullptr
+                                 ? fmt::format(" for {}", w->onBehalfOf->ownerName().cStr())
+                                 : std::string());
+    }
+  }
+  spdlog::warn("{} did not cancel lock {} ({}) within {} ms: evicting it; waiting for it: {}",
+               owner.ownerName().cStr(), id, describe(lock.spec),
+               (timer_.now() - lock.calledBackAt) / kj::MILLISECONDS,
+               waiters.empty() ? "nobody" : waiters);
   // Its locks go once it is fenced (the eviction ends its session, which drops them); whatever
   // is left then goes too, unless the owner went meanwhile (dropAll took it off the list).
   LockOwner* evicted = &owner;

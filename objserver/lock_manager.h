@@ -26,6 +26,7 @@
 #include <cstdint>
 
 #include <map>
+#include <string>
 #include <unordered_map>
 #include <unordered_set>
 #include <vector>
@@ -55,6 +56,8 @@ struct LockSpec {
   uint64_t end = ~uint64_t(0);  // inclusive
 };
 bool conflicts(const LockSpec& a, const LockSpec& b);
+// "PR lookup+attr on inode 12", for logs.
+std::string describe(const LockSpec& spec);
 
 // Who holds locks: one client session.
 class LockOwner {

@@ -17,6 +17,7 @@
 #include "rpc/feature_flags.h"
 #include "rpc/reply_attrs.h"
 
+#include <chrono>
 #include <map>
 
 namespace cairn {
@@ -228,9 +229,22 @@ kj::Promise<void> MetaService::readReply(CallContext context, unsigned attempt,
     auto busy = heldElsewhere(req, reply);
     if (busy.size() > 0) {
       auto waits = kj::heapArrayBuilder<kj::Promise<uint64_t>>(busy.size());
-      for (auto& spec : busy) waits.add(ctx_.locks.enqueue(*session_, spec));
+      std::string what;
+      for (auto& spec : busy) {
+        waits.add(ctx_.locks.enqueue(*session_, spec));
+        what += (what.empty() ? "" : ", ") + describe(spec);
+      }
+      auto start = std::chrono::steady_clock::now();
       return kj::joinPromises(waits.finish())
-          .then([this, context, attempt, taken = kj::mv(taken)](kj::Array<uint64_t> ids) mutable {
+          .then([this, context, attempt, taken = kj::mv(taken), what = kj::mv(what),
+                 start](kj::Array<uint64_t> ids) mutable {
+            // A holder slow to give back keeps readers waiting: say whom, for a chain of waits.
+            auto waited = std::chrono::steady_clock::now() - start;
+            if (waited >= std::chrono::seconds(5)) {
+              spdlog::warn("a read by {} waited {} ms for {}", session_->ownerName().cStr(),
+                           std::chrono::duration_cast<std::chrono::milliseconds>(waited).count(),
+                           what);
+            }
             kj::Vector<uint64_t> all;
             all.addAll(taken);
             all.addAll(ids);

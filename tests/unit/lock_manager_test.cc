@@ -87,6 +87,15 @@ TEST(LockModes, BitsAndExtentsSeparateLocks) {
   EXPECT_FALSE(conflicts(spec(LockMode::EX), other));
 }
 
+// What the logs say of a lock (an eviction names the lock and its waiters).
+TEST(LockModes, LocksAreDescribedByModeBitsAndResource) {
+  EXPECT_EQ(describe(spec(LockMode::PR, BIT_LOOKUP | BIT_ATTR)), "PR lookup+attr on inode 42");
+  EXPECT_EQ(describe(spec(LockMode::EX, BIT_DATA)), "EX data on inode 42");
+  auto object = spec(LockMode::PW, ~0ull, 0, 4095);
+  object.resource.type = RES_OBJECT;
+  EXPECT_EQ(describe(object), "PW on object 42 [0, 4095]");
+}
+
 TEST_F(Locks, ReadersShareAWriterWaitsForThemToCancel) {
   auto r1 = manager.enqueue(a, spec(LockMode::PR));
   auto r2 = manager.enqueue(b, spec(LockMode::PR));

@@ -52,7 +52,7 @@ kj::Promise<void> DataService::call(CallContext context) {
   if (ctx_.state == ServerState::STOPPED) throwStopped();
   // A request that breaks the protocol is refused with an exception; say so once, here.
   try {
-    return ctx_.timed(kind, [&]() { return dispatch(context); });
+    return ctx_.timed(kind, *session_, [&]() { return dispatch(context); });
   } catch (kj::Exception& e) {
     spdlog::warn("client {}: data request refused: {}", session_->key, e.getDescription().cStr());
     throw;

@@ -8,6 +8,7 @@
 #include <kj/function.h>
 #include <kj/map.h>
 #include <kj/refcount.h>
+#include <spdlog/spdlog.h>
 
 #include <map>
 #include <set>
@@ -132,6 +133,7 @@ public:
   kj::TimePoint started;
   uint64_t rpcCount = 0;
   struct RpcKind {
+    std::string name;          // "meta.lookup"
     uint64_t count = 0;        // requests received
     LatencyHistogram latency;  // of those that were answered
   };
@@ -147,23 +149,31 @@ public:
     name += ".";
     name += which < fields.size() ? fields[which].getProto().getName().cStr() : "unknown";
     auto& kind = rpcs[name];
-    ++kind.count;
+    if (kind.count++ == 0) kind.name = kj::mv(name);
     return kind;
   }
   // Starts a request (`dispatch` returns its promise) and records how long it took under its
   // kind, from before the handler runs (most of a request's work is done right there) to the end
   // of its promise. Read from the clock itself: the event loop's timer tells the time its turn
-  // began, so a request handled within one turn (most are) would always take 0.
+  // began, so a request handled within one turn (most are) would always take 0. One that took
+  // SLOW_REQUEST or more (answered, failed or dropped) is logged with its client: a request
+  // waiting on a lock another client does not give back is the first sign of a chain of waits.
   template <typename Dispatch>
-  kj::Promise<void> timed(RpcKind& kind, Dispatch&& dispatch) {
+  kj::Promise<void> timed(RpcKind& kind, ClientSession& from, Dispatch&& dispatch) {
     BusyPoll::arrived();
     auto& clock = kj::systemPreciseMonotonicClock();
     auto started = clock.now();
     kj::Promise<void> request = dispatch();
-    return request.attach(kj::defer([&kind, &clock, started]() {
-      kind.latency.observe(double((clock.now() - started) / kj::NANOSECONDS) / 1e9);
+    return request.attach(kj::defer([&kind, &clock, started, from = kj::addRef(from)]() {
+      auto took = clock.now() - started;
+      kind.latency.observe(double(took / kj::NANOSECONDS) / 1e9);
+      if (took >= SLOW_REQUEST) {
+        spdlog::warn("{} from {} took {} ms", kind.name, from->label.cStr(),
+                     took / kj::MILLISECONDS);
+      }
     }));
   }
+  static constexpr kj::Duration SLOW_REQUEST = 5 * kj::SECONDS;
   uint64_t bytesIn = 0;       // file data written to this target
   uint64_t bytesOut = 0;      // file data read from it
   uint64_t removalSteps = 0;  // transactions of large truncates and destroys (DataService)

@@ -93,8 +93,11 @@ public:
   KJ_DISALLOW_COPY(LockManager);
 
   // Resolves with the lock's id once granted. Dropping the promise before then withdraws it.
-  // A lock taken `onBehalfOf` a client (the server's own, for that client's update) does not
-  // wait for, nor call back, that client's locks: the client keeps its caches right itself.
+  // A lock taken `onBehalfOf` a client (the server's own, for that client's update; or the
+  // client's own, held while the server answers its read) does not wait for, nor call back,
+  // that client's locks: the client keeps its caches right itself. Nor does it queue behind a
+  // request that waits for one of them (waitsOnOwner). Such locks last as long as the request
+  // they serve, and forget() leaves them to it.
   // `group` (from newGroup(), 0 for none) names the update the lock is one of.
   // `replaces`: the id of a lock the owner holds on the same resource, which does not stand in
   // the way of this one and goes when it is granted (an upgrade that keeps what the old lock

@@ -224,14 +224,17 @@ kj::Promise<void> MetaService::readReply(CallContext context, unsigned attempt,
   // An inode another client holds for writing (PW on its attributes: it has writes it has
   // not sent yet) may be newer than what was just read, and so may a directory another client
   // holds PW on (its lookup bit: unlinks it answered and has not sent yet). Take PR on it
-  // first — the holder is called back and sends them — and read again.
+  // first — the holder is called back and sends them — and read again. On the reader's own
+  // behalf: it does not queue behind an update waiting for one of the reader's locks, which
+  // the reader may be unable to give back until this read is answered (its kernel drops a
+  // directory's names only once the lookups in that directory are done).
   if (attempt < 3) {
     auto busy = heldElsewhere(req, reply);
     if (busy.size() > 0) {
       auto waits = kj::heapArrayBuilder<kj::Promise<uint64_t>>(busy.size());
       std::string what;
       for (auto& spec : busy) {
-        waits.add(ctx_.locks.enqueue(*session_, spec));
+        waits.add(ctx_.locks.enqueue(*session_, spec, session_.get()));
         what += (what.empty() ? "" : ", ") + describe(spec);
       }
       auto start = std::chrono::steady_clock::now();

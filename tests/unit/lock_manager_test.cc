@@ -545,6 +545,40 @@ TEST_F(Locks, AnUpdateWaitingOnAClientLetsThatClientsUpdatesPassItsLocks) {
   EXPECT_TRUE(granted(cChild));
 }
 
+// The cycle seen with two mounts: b caches directory 9's names (PR lookup); a holds PW on its
+// attributes. a's rename waits for b's PR, which b gives back once its kernel has dropped the
+// names, which waits for b's lookup in that directory, whose read waits for a's PW on the
+// attributes. Queued behind the rename's EX (lookup and attributes), that read would wait for
+// b itself; taken on b's own behalf it passes the rename and waits only for a.
+TEST_F(Locks, AReadOnAClientsBehalfPassesAnUpdateWaitingForThatClient) {
+  Owner server{"server"};
+  ASSERT_TRUE(manager.tryGrant(b, on(9, spec(LockMode::PR, BIT_LOOKUP))) != nullptr);
+  ASSERT_TRUE(manager.tryGrant(a, on(9, spec(LockMode::PW, BIT_ATTR))) != nullptr);
+  auto rename = manager.enqueue(server, on(9, spec(LockMode::EX, BIT_LOOKUP | BIT_ATTR)), &a,
+                                manager.newGroup());
+  EXPECT_FALSE(granted(rename));
+  ASSERT_EQ(b.asked.size(), 1u);
+  // Not on b's behalf (as before): a is called back, but the read stays queued behind the
+  // rename, so behind b's own give-back.
+  auto queued = manager.enqueue(b, on(9, spec(LockMode::PR, BIT_ATTR)));
+  auto read = manager.enqueue(b, on(9, spec(LockMode::PR, BIT_ATTR)), &b);
+  EXPECT_FALSE(granted(queued));
+  EXPECT_FALSE(granted(read));
+  ASSERT_EQ(a.asked.size(), 1u);
+  manager.cancel(a, a.asked[0]);
+  // On b's behalf, the read goes on once a's PW is back.
+  ASSERT_TRUE(granted(read));
+  EXPECT_FALSE(granted(queued));
+  EXPECT_FALSE(granted(rename));
+  // Then b's read is answered (its lock goes), b's kernel is done, b gives its PR back.
+  manager.cancel(b, read.wait(io.waitScope));
+  manager.cancel(b, b.asked[0]);
+  ASSERT_TRUE(granted(rename));
+  EXPECT_FALSE(granted(queued));  // the read queued the old way comes after the rename
+  manager.cancel(server, rename.wait(io.waitScope));
+  EXPECT_TRUE(granted(queued));
+}
+
 TEST_F(Locks, AnUpgradeReplacesTheOwnersLockWithoutCallingItBack) {
   auto mine = manager.tryGrant(a, spec(LockMode::PR, BIT_LOOKUP));
   ASSERT_TRUE(manager.tryGrant(b, spec(LockMode::PR, BIT_LOOKUP)) != nullptr);

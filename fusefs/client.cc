@@ -694,6 +694,13 @@ kj::Promise<void> Client::forgetInKernel(KernelCache& kernel, uint64_t dir,
   return kernel.forgetNames(dir, kj::mv(names), epoch);
 }
 
+uint64_t Client::kernelEpochFallbacks() const {
+  KJ_IF_MAYBE (kernel, kernel_) {
+    return kernel->epochFallbacks();
+  }
+  return 0;
+}
+
 kj::Promise<void> Client::revoke(uint64_t ino, uint64_t bit, bool destroyed) {
   if (bit == BIT_ATTR && dirops_.pending(ino)) {
     // Whoever called the attributes back must find what we answered ahead about them done: the

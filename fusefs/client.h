@@ -221,6 +221,7 @@ public:
   kj::Vector<ServerLink*> links();
   size_t dirtyBytes() const { return wb_.total(); }
   size_t kernelNames() const { return kernelNameCount_; }
+  uint64_t kernelEpochFallbacks() const;
 
   // Client upgrade without unmounting (fusefs/handover.h). The handing process writes back
   // what it queued and lets every link settle (nothing in flight, nothing kept for replay),

@@ -96,6 +96,10 @@ kj::String renderClientMetrics(Client& client) {
          "times every name the kernel holds was made to be checked again (a name may have been in "
          "flight when its lock went back)",
          stats.kernelEpochRaises);
+  sample(out, "cairn_client_kernel_slow_name_drops_total", "counter",
+         "drops of names that still waited after 1 s (on a lookup of ours in that directory) and "
+         "were done by raising the epoch instead",
+         client.kernelEpochFallbacks());
   sample(out, "cairn_client_listing_hits_total", "counter",
          "readdir answered from a listing kept under the directory's lock", stats.listingHits);
   auto& dirops = client.dirops();

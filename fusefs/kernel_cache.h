@@ -24,6 +24,8 @@ public:
   // whose lookup began before now, for the lookups answered but not yet entered by the kernel.
   virtual kj::Promise<void> forgetNames(uint64_t dir, std::vector<std::string> names,
                                         bool epoch) = 0;
+  // How many such drops took too long and were done by raising the epoch instead.
+  virtual uint64_t epochFallbacks() const = 0;
 };
 
 }  // namespace cairn

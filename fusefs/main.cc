@@ -380,7 +380,7 @@ int main(int argc, char** argv) {
       options.uuid = kj::heapArray(s.getClientUuid());
       state = s;
     }
-    cairn::Notifier notifier(se);
+    cairn::Notifier notifier(se, io.provider->getTimer());
     KJ_DEFER(sessionInUse = !notifier.stop());
     kj::Own<cairn::Transport> transport;
     KJ_IF_MAYBE (c, credentials) {

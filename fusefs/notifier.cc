@@ -15,6 +15,20 @@
 namespace cairn {
 namespace {
 constexpr auto SLOW_CALL = std::chrono::seconds(2);
+// Longer than a drop takes when only our own lookups, answered at once, are in its way.
+constexpr kj::Duration ENTRY_DROP_PATIENCE = 1 * kj::SECONDS;
+
+// FUSE_NOTIFY_INC_EPOCH (protocol 7.44) has no libfuse 3.14 wrapper: a bare notification header.
+// Every entry looked up before it is checked again at its next use. The kernel only counts it:
+// no lock is taken, nothing is waited for.
+bool raiseEpoch(fuse_session* session) {
+  struct {
+    uint32_t len;
+    int32_t error;
+    uint64_t unique;
+  } header{16, 8, 0};
+  return write(fuse_session_fd(session), &header, sizeof(header)) == ssize_t(sizeof(header));
+}
 }  // namespace
 
 struct Notifier::Job {
@@ -38,7 +52,7 @@ struct Notifier::Lane {
   bool busy = false;     // guarded by mutex: a notify call is under way
 };
 
-Notifier::Notifier(fuse_session* session) {
+Notifier::Notifier(fuse_session* session, kj::Timer& timer) : session_(session), timer_(timer) {
   for (int i = 0; i < LANES; ++i) {
     lanes_[i] = std::make_shared<Lane>();
     lanes_[i]->session = session;
@@ -98,7 +112,17 @@ kj::Promise<void> Notifier::forgetNames(uint64_t dir, std::vector<std::string> n
   job.entries = true;
   job.names = kj::mv(names);
   job.epoch = epoch;
-  return post(ENTRIES, kj::mv(job));
+  auto dropped = post(ENTRIES, kj::mv(job));
+  if (!epochs_) return dropped;
+  return dropped.exclusiveJoin(timer_.afterDelay(ENTRY_DROP_PATIENCE).then([this, dir]() {
+    ++epochFallbacks_;
+    if (raiseEpoch(session_)) {
+      spdlog::info("kernel entry drop in directory {} still waiting after {} ms: epoch raised", dir,
+                   ENTRY_DROP_PATIENCE / kj::MILLISECONDS);
+    } else {
+      spdlog::warn("kernel entry epoch could not be raised: {}", strerror(errno));
+    }
+  }));
 }
 
 void Notifier::run(std::shared_ptr<Lane> lane) {
@@ -155,18 +179,8 @@ std::string Notifier::Lane::entries(const Job& job) {
       problem = fmt::format("kernel entry invalidation in {} failed: {}", job.ino, strerror(-err));
     }
   }
-  if (job.epoch) {
-    // FUSE_NOTIFY_INC_EPOCH (protocol 7.44) has no libfuse 3.14 wrapper: a bare notification
-    // header. Every entry looked up before it is checked again at its next use.
-    struct {
-      uint32_t len;
-      int32_t error;
-      uint64_t unique;
-    } header{16, 8, 0};
-    ssize_t n = write(fuse_session_fd(session), &header, sizeof(header));
-    if (n != ssize_t(sizeof(header)) && problem.empty()) {
-      problem = fmt::format("kernel entry epoch could not be raised: {}", strerror(errno));
-    }
+  if (job.epoch && !raiseEpoch(session) && problem.empty()) {
+    problem = fmt::format("kernel entry epoch could not be raised: {}", strerror(errno));
   }
   return problem;
 }

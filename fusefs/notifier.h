@@ -7,12 +7,18 @@
 // directory, an attribute drop for nothing. A READ or LOOKUP may itself wait for a lock that the
 // server grants only once another of our locks is cancelled; if that cancel waited for the drop
 // of attributes queued behind the page drop, nothing would move until the server evicted us.
+//
+// An entry drop that still waits after ENTRY_DROP_PATIENCE (a lookup of ours in that directory
+// waits, and may be what our lock's caller waits for) is done another way: the kernel's epoch
+// is raised from the calling thread, which waits for nothing, and every name it holds is
+// checked again at its next use. The stuck call ends on its own later.
 #pragma once
 
 #define FUSE_USE_VERSION 314
 #include <fuse_lowlevel.h>
 
 #include <kj/async.h>
+#include <kj/timer.h>
 
 #include <memory>
 #include <thread>
@@ -23,7 +29,7 @@ namespace cairn {
 
 class Notifier final : public KernelCache {
 public:
-  explicit Notifier(fuse_session* session);
+  Notifier(fuse_session* session, kj::Timer& timer);
   ~Notifier() noexcept(false);  // stop(), if not called before
   KJ_DISALLOW_COPY(Notifier);
 
@@ -37,6 +43,7 @@ public:
   kj::Promise<void> forgetNames(uint64_t dir, std::vector<std::string> names, bool epoch) override;
   // Called at FUSE init with the kernel's protocol minor version.
   void kernelProtocol(unsigned minor);
+  uint64_t epochFallbacks() const override { return epochFallbacks_; }
 
 private:
   struct Job;
@@ -48,7 +55,10 @@ private:
   // write-backs nobody will answer, and is then left to finish on its own.
   std::shared_ptr<Lane> lanes_[LANES];
   std::thread threads_[LANES];
+  fuse_session* session_;
+  kj::Timer& timer_;
   bool epochs_ = false;
+  uint64_t epochFallbacks_ = 0;
   bool stopped_ = false;
 };
 

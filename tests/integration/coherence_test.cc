@@ -8,6 +8,7 @@
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <sys/xattr.h>
 #include <unistd.h>
@@ -633,6 +634,63 @@ TEST_F(Coherence, EveryRenameOverACachedNameIsSeen) {
   }
   stop = true;
   looker.join();
+}
+
+// B's kernel drops a name only once nothing of B's is under way in that directory; if a
+// request there waits a long time (here a listing, whose buffer is a mapped page that must be
+// read from stopped data servers), B gives the name back by having its kernel check every
+// name again instead, and A's rename over the name does not wait for that request.
+TEST_F(Coherence, ARenameDoesNotWaitForTheOtherClientsSlowRequestInThatDirectory) {
+  writeAll(pa("data"), std::string(64 * 1024, 'd'));
+  writeAll(pa("x"), "");
+  writeAll(pa("y"), "");
+  auto y = statOf(pa("y"));
+  uint64_t evictions = rpcs("evictions");
+  statOf(pb("x"));  // B's kernel keeps the name, under B's lock on the directory's names
+  int dir = open(pb("").c_str(), O_RDONLY | O_DIRECTORY);
+  ASSERT_GE(dir, 0) << strerror(errno);
+  int data = open(pb("data").c_str(), O_RDWR);
+  ASSERT_GE(data, 0) << strerror(errno);
+  void* map = mmap(nullptr, 64 * 1024, PROT_READ | PROT_WRITE, MAP_PRIVATE, data, 0);
+  ASSERT_NE(map, MAP_FAILED) << strerror(errno);
+  // The listing holds the directory's lock in B's kernel while its copy into the mapped
+  // buffer waits for the page, which only the stopped data servers can give.
+  cluster_->signalServer(1, SIGSTOP);
+  cluster_->signalServer(2, SIGSTOP);
+  struct Resume {
+    TestCluster& cluster;
+    ~Resume() {
+      cluster.signalServer(1, SIGCONT);
+      cluster.signalServer(2, SIGCONT);
+    }
+  } resume{*cluster_};
+  std::atomic<bool> listed{false};
+  std::thread lister([&] {
+    syscall(SYS_getdents64, dir, map, 64 * 1024);
+    listed = true;
+  });
+  usleep(500 * 1000);
+  EXPECT_FALSE(listed.load()) << "the listing did not wait for the mapped page";
+  std::atomic<bool> renamed{false};
+  std::thread renamer([&] {
+    EXPECT_EQ(rename(pa("y").c_str(), pa("x").c_str()), 0) << strerror(errno);
+    renamed = true;
+  });
+  // Well before the server gives up on B's lock (60 s while B asks for more time).
+  bool done = waitFor([&] { return renamed.load(); }, 20000);
+  EXPECT_TRUE(done) << "A's rename waited for B's listing";
+  EXPECT_FALSE(listed.load());
+  cluster_->signalServer(1, SIGCONT);
+  cluster_->signalServer(2, SIGCONT);
+  renamer.join();
+  lister.join();
+  munmap(map, 64 * 1024);
+  close(data);
+  close(dir);
+  EXPECT_EQ(statOf(pb("x")).st_ino, y.st_ino);
+  EXPECT_FALSE(exists(pb("y")));
+  EXPECT_GE(mountGauge(*b_, "cairn_client_kernel_slow_name_drops_total"), 1u);
+  EXPECT_EQ(rpcs("evictions"), evictions);
 }
 
 // A's kernel keeps the name its own rename made; B's removal of that name must reach it.

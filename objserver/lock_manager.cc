@@ -167,9 +167,12 @@ kj::Maybe<uint64_t> LockManager::tryGrant(LockOwner& owner, LockSpec spec) {
   if (found != resources_.end()) {
     for (Lock* g : found->second.granted) {
       // Asked again for what it holds (it cannot tell which of a reply's inodes it covers
-      // already): the same lock, not a second one.
-      if (g->owner == &owner && !g->blockingSent && g->spec.mode == spec.mode &&
-          g->spec.bits == spec.bits && g->spec.start == spec.start && g->spec.end == spec.end) {
+      // already): the same lock, not a second one. Not one taken on its own behalf for a read:
+      // that one may have passed an update under way (waitsOnOwner), and what it covered may
+      // change as soon as the read is answered.
+      if (g->owner == &owner && g->onBehalfOf == nullptr && !g->blockingSent &&
+          g->spec.mode == spec.mode && g->spec.bits == spec.bits && g->spec.start == spec.start &&
+          g->spec.end == spec.end) {
         return g->id;
       }
     }

@@ -258,12 +258,9 @@ kj::Promise<void> MetaService::readReply(CallContext context, unsigned attempt,
   // "No such name" and "no such attribute" are answers worth caching too.
   int err = reply.getError();
   if (err == 0 || err == ENOENT || err == ENODATA) grant(req, reply);
-  // The locks taken above that the client did not ask for are not its to keep.
-  for (uint64_t id : taken) {
-    bool granted = false;
-    for (auto l : reply.getLocks()) granted = granted || l.getLockId() == id;
-    if (!granted) ctx_.locks.cancel(*session_, id);
-  }
+  // The locks taken above served this read only (grant() never hands them out: they may have
+  // passed an update under way, which changes what they covered once this read is answered).
+  for (uint64_t id : taken) ctx_.locks.cancel(*session_, id);
   reply.setLastSynced(ctx_.reportedSynced());
   return kj::READY_NOW;
 }

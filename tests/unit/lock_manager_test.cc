@@ -579,6 +579,30 @@ TEST_F(Locks, AReadOnAClientsBehalfPassesAnUpdateWaitingForThatClient) {
   EXPECT_TRUE(granted(queued));
 }
 
+// An update holds EX on directory 9 and waits for b's lock on a child, 7. b's read in the
+// directory passes it on b's behalf and reads the names as they are before the update; but
+// that read's lock is not b's to cache them under: the update changes them once b gives the
+// child back, and calls nothing back for a lock that came after its own.
+TEST_F(Locks, ALockTakenForAReadIsNotHandedOutAsACachingLock) {
+  Owner server{"server"};
+  ASSERT_TRUE(manager.tryGrant(b, on(7, spec(LockMode::PR, BIT_ATTR))) != nullptr);
+  uint64_t group = manager.newGroup();
+  auto dir = manager.enqueue(server, on(9, spec(LockMode::EX, BIT_LOOKUP | BIT_ATTR)), &a, group);
+  ASSERT_TRUE(granted(dir));
+  auto child = manager.enqueue(server, on(7, spec(LockMode::EX, BIT_ATTR)), &a, group);
+  EXPECT_FALSE(granted(child));
+  auto read = manager.enqueue(b, on(9, spec(LockMode::PR, BIT_LOOKUP)), &b);
+  ASSERT_TRUE(granted(read));
+  EXPECT_TRUE(manager.tryGrant(b, on(9, spec(LockMode::PR, BIT_LOOKUP))) == nullptr);
+  manager.cancel(b, read.wait(io.waitScope));
+  // Once the update is done, the directory's names can be cached again.
+  manager.cancel(b, b.asked.at(0));
+  ASSERT_TRUE(granted(child));
+  manager.cancel(server, dir.wait(io.waitScope));
+  manager.cancel(server, child.wait(io.waitScope));
+  EXPECT_TRUE(manager.tryGrant(b, on(9, spec(LockMode::PR, BIT_LOOKUP))) != nullptr);
+}
+
 TEST_F(Locks, AnUpgradeReplacesTheOwnersLockWithoutCallingItBack) {
   auto mine = manager.tryGrant(a, spec(LockMode::PR, BIT_LOOKUP));
   ASSERT_TRUE(manager.tryGrant(b, spec(LockMode::PR, BIT_LOOKUP)) != nullptr);

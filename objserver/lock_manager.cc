@@ -429,13 +429,18 @@ void LockManager::expired(uint64_t id) {
   std::string waiters;
   auto res = resources_.find(lock.spec.resource);
   if (res != resources_.end()) {
-    for (Lock* w : res->second.waiting) {
+    // The first few, in the order they came: a busy resource may have thousands.
+    constexpr size_t NAMED = 4;
+    auto& waiting = res->second.waiting;
+    for (size_t i = 0; i < std::min(waiting.size(), NAMED); ++i) {
+      Lock* w = waiting[i];
       waiters += fmt::format("{}{} ({}{})", waiters.empty() ? "" : ", ", describe(w->spec),
                              w->owner->ownerName().cStr(),
                              w->onBehalfOf != nullptr
                                  ? fmt::format(" for {}", w->onBehalfOf->ownerName().cStr())
                                  : std::string());
     }
+    if (waiting.size() > NAMED) waiters += fmt::format(" and {} more", waiting.size() - NAMED);
   }
   spdlog::warn("{} did not cancel lock {} ({}) within {} ms: evicting it; waiting for it: {}",
                owner.ownerName().cStr(), id, describe(lock.spec),

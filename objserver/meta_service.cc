@@ -232,18 +232,17 @@ kj::Promise<void> MetaService::readReply(CallContext context, unsigned attempt,
     auto busy = heldElsewhere(req, reply);
     if (busy.size() > 0) {
       auto waits = kj::heapArrayBuilder<kj::Promise<uint64_t>>(busy.size());
-      std::string what;
-      for (auto& spec : busy) {
-        waits.add(ctx_.locks.enqueue(*session_, spec, session_.get()));
-        what += (what.empty() ? "" : ", ") + describe(spec);
-      }
+      for (auto& spec : busy) waits.add(ctx_.locks.enqueue(*session_, spec, session_.get()));
       auto start = std::chrono::steady_clock::now();
       return kj::joinPromises(waits.finish())
-          .then([this, context, attempt, taken = kj::mv(taken), what = kj::mv(what),
+          .then([this, context, attempt, taken = kj::mv(taken), busy = kj::mv(busy),
                  start](kj::Array<uint64_t> ids) mutable {
-            // A holder slow to give back keeps readers waiting: say whom, for a chain of waits.
+            // A holder slow to give back keeps readers waiting: say for which locks (the
+            // request's own line, ServerContext::timed, says only that it was slow).
             auto waited = std::chrono::steady_clock::now() - start;
             if (waited >= std::chrono::seconds(5)) {
+              std::string what;
+              for (auto& spec : busy) what += (what.empty() ? "" : ", ") + describe(spec);
               spdlog::warn("a read by {} waited {} ms for {}", session_->ownerName().cStr(),
                            std::chrono::duration_cast<std::chrono::milliseconds>(waited).count(),
                            what);

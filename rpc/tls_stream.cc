@@ -69,19 +69,38 @@ constexpr size_t READ_BUFFER = 256 * 1024;
 constexpr size_t WRITE_BUFFER = 256 * 1024;
 
 // What the two ends of a connection agree on in the handshake (ALPN): "cairn-plain" only when
-// both are on a trusted network. Offered in order of preference (wire format: length, name).
+// both are on a trusted network, else "cairn-sealed" when both know sealed records, else TLS's
+// own records ("cairn-encrypted", or nothing with a release older than both). Offered in order
+// of preference (wire format: length, name).
 constexpr kj::StringPtr PLAIN = "cairn-plain"_kj;
+constexpr kj::StringPtr SEALED = "cairn-sealed"_kj;
 constexpr kj::StringPtr ENCRYPTED = "cairn-encrypted"_kj;
 constexpr unsigned char OFFER_TRUSTED[] =
     "\x0b"
     "cairn-plain"
+    "\x0c"
+    "cairn-sealed"
     "\x0f"
     "cairn-encrypted";
 constexpr unsigned char OFFER_ENCRYPTED[] =
+    "\x0c"
+    "cairn-sealed"
     "\x0f"
     "cairn-encrypted";
-// The one record a server sends after the handshake before both ends leave TLS.
-constexpr kj::byte LEAVING_TLS = 'P';
+// What a release before sealed records offers.
+constexpr unsigned char OFFER_TRUSTED_UNSEALED[] =
+    "\x0b"
+    "cairn-plain"
+    "\x0f"
+    "cairn-encrypted";
+constexpr unsigned char OFFER_ENCRYPTED_UNSEALED[] =
+    "\x0f"
+    "cairn-encrypted";
+// The one record a server sends after the handshake before both ends leave TLS, for each wire.
+constexpr kj::byte LEAVING_FOR_PLAIN = 'P';
+constexpr kj::byte LEAVING_FOR_SEALED = 'S';
+// After leaving, OpenSSL's write buffer is not used again.
+constexpr size_t SPENT_WRITE_BUFFER = 1024;
 
 bool offered(const unsigned char* list, unsigned size, kj::StringPtr name) {
   for (unsigned at = 0; at < size;) {
@@ -96,9 +115,11 @@ bool offered(const unsigned char* list, unsigned size, kj::StringPtr name) {
 // The server's choice among what the client offered: plain text only if both ends are on a
 // trusted network; no ALPN at all (encrypted) for a client that offers neither (older releases).
 int selectWire(SSL*, const unsigned char** out, unsigned char* outLength, const unsigned char* in,
-               unsigned inLength, void* trustedNetwork) {
-  for (kj::StringPtr wire : {PLAIN, ENCRYPTED}) {
-    if (wire == PLAIN && !*static_cast<bool*>(trustedNetwork)) continue;
+               unsigned inLength, void* wires) {
+  auto& mine = *static_cast<SslContext::Wires*>(wires);
+  for (kj::StringPtr wire : {PLAIN, SEALED, ENCRYPTED}) {
+    if (wire == PLAIN && !mine.trustedNetwork) continue;
+    if (wire == SEALED && !mine.sealed) continue;
     if (!offered(in, inLength, wire)) continue;
     *out = reinterpret_cast<const unsigned char*>(wire.begin());
     *outLength = static_cast<unsigned char>(wire.size());
@@ -124,7 +145,8 @@ T* readPem(kj::StringPtr text, Read read, kj::StringPtr what) {
 
 SslContext::SslContext(kj::StringPtr caPem, kj::StringPtr certPem, kj::StringPtr keyPem,
                        bool trustedNetwork, kj::Maybe<kj::StringPtr> crlPem)
-    : caPem_(kj::str(caPem)), trustedNetwork_(trustedNetwork) {
+    : caPem_(kj::str(caPem)) {
+  wires_.trustedNetwork = trustedNetwork;
   // OpenSSL writes to the socket itself, without MSG_NOSIGNAL: a peer gone must be an error on
   // that connection, not a SIGPIPE that ends the process. (Servers and mounts ignore it anyway.)
   struct sigaction current;
@@ -165,13 +187,29 @@ SslContext::SslContext(kj::StringPtr caPem, kj::StringPtr certPem, kj::StringPtr
                                "TLS_CHACHA20_POLY1305_SHA256") != 1) {
     fail(nullptr, "SSL_CTX_set_ciphersuites");
   }
+  offerWires();
+  SSL_CTX_set_alpn_select_cb(ctx, selectWire, &wires_);
+}
+
+void SslContext::offerWires() {
   // Every context both connects (servers reach each other) and accepts.
-  bool offerSet =
-      trustedNetwork
-          ? SSL_CTX_set_alpn_protos(ctx, OFFER_TRUSTED, sizeof(OFFER_TRUSTED) - 1) == 0
-          : SSL_CTX_set_alpn_protos(ctx, OFFER_ENCRYPTED, sizeof(OFFER_ENCRYPTED) - 1) == 0;
-  if (!offerSet) fail(nullptr, "SSL_CTX_set_alpn_protos");
-  SSL_CTX_set_alpn_select_cb(ctx, selectWire, &trustedNetwork_);
+  auto offer = [this](const unsigned char* list, size_t size) {
+    if (SSL_CTX_set_alpn_protos(ctxOf(ctx_), list, unsigned(size - 1)) != 0) {
+      fail(nullptr, "SSL_CTX_set_alpn_protos");
+    }
+  };
+  if (wires_.trustedNetwork) {
+    wires_.sealed ? offer(OFFER_TRUSTED, sizeof(OFFER_TRUSTED))
+                  : offer(OFFER_TRUSTED_UNSEALED, sizeof(OFFER_TRUSTED_UNSEALED));
+  } else {
+    wires_.sealed ? offer(OFFER_ENCRYPTED, sizeof(OFFER_ENCRYPTED))
+                  : offer(OFFER_ENCRYPTED_UNSEALED, sizeof(OFFER_ENCRYPTED_UNSEALED));
+  }
+}
+
+void SslContext::withoutSealedRecords() {
+  wires_.sealed = false;
+  offerWires();
 }
 
 SslContext::~SslContext() noexcept(false) {
@@ -252,7 +290,7 @@ kj::Own<SslContext::Stream> SslContext::newStream(kj::UnixEventPort& port,
     fail(nullptr, "SSL_new");
   }
   auto stream = kj::heap<Stream>(port, fd, ssl);  // owns both from here
-  stream->trustedNetwork_ = trustedNetwork_;
+  stream->trustedNetwork_ = wires_.trustedNetwork;
   // Record by record during the handshake, so that nothing past it is taken in as TLS when the
   // connection leaves TLS after it; read-ahead comes on if it stays.
   SSL_set_read_ahead(ssl, 0);
@@ -438,31 +476,68 @@ kj::Promise<void> SslContext::Stream::leaveTls() {
   const unsigned char* wire = nullptr;
   unsigned length = 0;
   SSL_get0_alpn_selected(ssl, &wire, &length);
+  auto chosen = kj::arrayPtr(wire, length);
   // (This end's own setting checked too: the server chose among what this client offered.)
-  bool plain = trustedNetwork_ && kj::arrayPtr(wire, length) == PLAIN.asBytes();
-  if (!plain) {
+  Wire next = trustedNetwork_ && chosen == PLAIN.asBytes() ? Wire::PLAIN
+              : chosen == SEALED.asBytes()                 ? Wire::SEALED
+                                                           : Wire::TLS;
+  if (next == Wire::TLS) {
     SSL_set_read_ahead(ssl, 1);
     return kj::READY_NOW;
   }
-  auto done = [this, ssl]() {
-    KJ_ASSERT(SSL_has_pending(ssl) == 0 && BIO_wpending(SSL_get_wbio(ssl)) == 0,
+  kj::byte leaving = next == Wire::PLAIN ? LEAVING_FOR_PLAIN : LEAVING_FOR_SEALED;
+  auto done = [this, ssl, next]() {
+    BIO* out = SSL_get_wbio(ssl);
+    KJ_ASSERT(SSL_has_pending(ssl) == 0 && BIO_wpending(out) == 0,
               "TLS bytes left over where the connection leaves TLS");
-    plain_ = true;
+    // OpenSSL's buffers are not used again (its read buffer alone is READ_BUFFER).
+    BIO_set_write_buffer_size(out, SPENT_WRITE_BUFFER);
+    SSL_free_buffers(ssl);
+    if (next == Wire::SEALED) {
+      // Keys from the TLS session's exporter, which only the two ends can compute.
+      records_ = kj::heap<SealedRecords>(
+          SSL_is_server(ssl) == 1, [ssl](uint64_t generation, kj::ArrayPtr<kj::byte> out) {
+            kj::byte context[8];
+            for (int i = 0; i < 8; ++i) context[i] = kj::byte(generation >> (8 * (7 - i)));
+            auto label = SealedRecords::EXPORTER_LABEL;
+            if (SSL_export_keying_material(ssl, out.begin(), out.size(), label.begin(),
+                                           label.size(), context, sizeof(context), 1) != 1) {
+              fail(ssl, "deriving the sealed records' keys");
+            }
+          });
+      in_ = kj::heapArray<kj::byte>(READ_BUFFER);
+      out_ = kj::heapArray<kj::byte>(WRITE_BUFFER);
+    }
+    wire_ = next;
   };
   if (SSL_is_server(ssl)) {
-    return writeAll(kj::arrayPtr(&LEAVING_TLS, 1), nullptr).then(kj::mv(done));
+    return writeAll(kj::arrayPtr(&leaving, 1), nullptr).then(kj::mv(done));
   }
   auto byte = kj::heap<kj::byte>(0);
   auto& into = *byte;
-  return readSome(&into, 1, 1, 0).then([done = kj::mv(done), byte = kj::mv(byte)](size_t n) {
-    KJ_REQUIRE(n == 1 && *byte == LEAVING_TLS, "the server did not leave TLS as agreed");
-    done();
-  });
+  return readSome(&into, 1, 1, 0)
+      .then([done = kj::mv(done), byte = kj::mv(byte), leaving](size_t n) mutable {
+        KJ_REQUIRE(n == 1 && *byte == leaving, "the server did not leave TLS as agreed");
+        done();
+      });
 }
 
 kj::Promise<size_t> SslContext::Stream::tryRead(void* buffer, size_t minBytes, size_t maxBytes) {
   auto out = static_cast<kj::byte*>(buffer);
-  return plain_ ? readPlain(out, minBytes, maxBytes, 0) : readSome(out, minBytes, maxBytes, 0);
+  switch (wire_) {
+    case Wire::PLAIN:
+      return readPlain(out, minBytes, maxBytes, 0);
+    case Wire::SEALED:
+      // A record being opened into the reader's buffer can only go on in the same read: one
+      // cancelled half-way leaves the connection unusable (as kj's own streams do).
+      KJ_IF_MAYBE (r, opening_) {
+        KJ_REQUIRE(!r->direct, "a read was cancelled in the middle of a sealed record");
+      }
+      return readSealed(out, minBytes, maxBytes, 0);
+    case Wire::TLS:
+      break;
+  }
+  return readSome(out, minBytes, maxBytes, 0);
 }
 
 kj::Promise<size_t> SslContext::Stream::readPlain(kj::byte* out, size_t minBytes, size_t maxBytes,
@@ -516,13 +591,26 @@ kj::Promise<size_t> SslContext::Stream::readSome(kj::byte* out, size_t minBytes,
 
 kj::Promise<void> SslContext::Stream::write(const void* buffer, size_t size) {
   auto data = kj::arrayPtr(static_cast<const kj::byte*>(buffer), size);
-  return plain_ ? writePlain(data, nullptr) : writeAll(data, nullptr);
+  switch (wire_) {
+    case Wire::PLAIN:
+      return writePlain(data, nullptr);
+    case Wire::SEALED:
+      KJ_REQUIRE(!sealing_, "a write was cancelled in the middle of a sealed record");
+      return writeSealed(data, nullptr);
+    case Wire::TLS:
+      break;
+  }
+  return writeAll(data, nullptr);
 }
 
 kj::Promise<void> SslContext::Stream::write(
     kj::ArrayPtr<const kj::ArrayPtr<const kj::byte>> pieces) {
   if (pieces.size() == 0) return kj::READY_NOW;
-  if (plain_) return writePlain(pieces[0], pieces.slice(1, pieces.size()));
+  if (wire_ == Wire::PLAIN) return writePlain(pieces[0], pieces.slice(1, pieces.size()));
+  if (wire_ == Wire::SEALED) {
+    KJ_REQUIRE(!sealing_, "a write was cancelled in the middle of a sealed record");
+    return writeSealed(pieces[0], pieces.slice(1, pieces.size()));
+  }
   size_t small = 0;
   for (auto& p : pieces) small += p.size() < GATHER ? p.size() : 0;
   if (small == 0 || pieces.size() == 1) {
@@ -625,6 +713,214 @@ kj::Promise<void> SslContext::Stream::writePlain(
   });
 }
 
+kj::Promise<size_t> SslContext::Stream::readSealed(kj::byte* out, size_t minBytes, size_t maxBytes,
+                                                   size_t done) {
+  // A record that fits whole in what the reader still wants is opened straight into its buffer:
+  // what was read ahead from in_, the rest read from the socket into the buffer and opened in
+  // place. Any other (a reader asking for less, as Cap'n Proto does for a message's first word)
+  // is read whole into in_, opened there, and handed out from there.
+  return kj::evalNow([&]() -> kj::Promise<size_t> {
+    auto& records = *KJ_ASSERT_NONNULL(records_);
+    constexpr size_t HEADER = SealedRecords::HEADER, TAG = SealedRecords::TAG;
+    for (;;) {
+      if (pending_.size() > 0) {
+        size_t n = kj::min(pending_.size(), maxBytes - done);
+        memcpy(out + done, pending_.begin(), n);
+        pending_ = pending_.slice(n, pending_.size());
+        done += n;
+        if (done >= minBytes) return done;
+        continue;
+      }
+      size_t buffered = inEnd_ - inStart_;
+      size_t need = HEADER;  // in in_ before going on
+      KJ_IF_MAYBE (r, opening_) {
+        if (r->direct) {
+          kj::byte* into = out + done;
+          if (r->done < r->length && buffered > 0) {
+            size_t n = kj::min(buffered, r->length - r->done);
+            records.open(in_.begin() + inStart_, into + r->done, n);
+            inStart_ += n;
+            r->done += n;
+            continue;
+          }
+          if (r->done < r->length) {
+            ssize_t n = ::read(fd_, into + r->done, r->length - r->done);
+            if (n > 0) {
+              BusyPoll::arrived();
+              records.open(into + r->done, into + r->done, size_t(n));
+              r->done += size_t(n);
+              continue;
+            }
+            if (n < 0 && errno == EINTR) continue;
+            if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+              kj::throwFatalException(kj::Exception(kj::Exception::Type::DISCONNECTED, __FILE__,
+                                                    __LINE__,
+                                                    kj::str("connection: ", strerror(errno))));
+            }
+            KJ_REQUIRE(n != 0, "the connection ended inside a sealed record");
+            return readable().then([this, out, minBytes, maxBytes, done]() {
+              return readSealed(out, minBytes, maxBytes, done);
+            });
+          }
+          if (buffered >= TAG) {
+            records.endOpen(in_.begin() + inStart_);
+            inStart_ += TAG;
+            done += r->length;
+            opening_ = nullptr;
+            if (done >= minBytes || done == maxBytes) return done;
+            continue;
+          }
+          need = TAG;
+        } else {
+          need = r->length + TAG;
+          if (buffered >= need) {
+            kj::byte* at = in_.begin() + inStart_;
+            records.open(at, at, r->length);
+            records.endOpen(at + r->length);
+            pending_ = kj::arrayPtr(at, r->length);
+            inStart_ += need;
+            opening_ = nullptr;
+            continue;
+          }
+        }
+      } else if (buffered >= HEADER) {
+        size_t length = records.beginOpen(in_.begin() + inStart_);
+        inStart_ += HEADER;
+        opening_ = Opening{length, 0, length <= maxBytes - done};
+        continue;
+      } else if (eof_) {
+        KJ_REQUIRE(buffered == 0, "the connection ended inside a sealed record's header");
+        return done;
+      }
+      switch (fillIn(need)) {
+        case Fill::MORE:
+          continue;
+        case Fill::END:
+          KJ_REQUIRE(opening_ == nullptr, "the connection ended inside a sealed record");
+          continue;  // (at a record's boundary: the stream ends there)
+        case Fill::WAIT:
+          return readable().then([this, out, minBytes, maxBytes, done]() {
+            return readSealed(out, minBytes, maxBytes, done);
+          });
+      }
+    }
+    return done;
+  });
+}
+
+SslContext::Stream::Fill SslContext::Stream::fillIn(size_t need) {
+  if (inStart_ == inEnd_) {
+    inStart_ = inEnd_ = 0;
+    // A record larger than the usual buffer came (and is handed out by now): back to that size.
+    if (in_.size() > READ_BUFFER) in_ = kj::heapArray<kj::byte>(READ_BUFFER);
+  }
+  size_t buffered = inEnd_ - inStart_;
+  if (in_.size() - inStart_ < kj::max(need, READ_BUFFER / 4)) {
+    // Room at the end by moving what is there to the front, or a larger buffer for a record
+    // that does not fit (bounded by SealedRecords::MAX_RECORD).
+    if (in_.size() < need) {
+      auto larger = kj::heapArray<kj::byte>(need);
+      memcpy(larger.begin(), in_.begin() + inStart_, buffered);
+      in_ = kj::mv(larger);
+    } else {
+      memmove(in_.begin(), in_.begin() + inStart_, buffered);
+    }
+    inStart_ = 0;
+    inEnd_ = buffered;
+  }
+  for (;;) {
+    ssize_t n = ::read(fd_, in_.begin() + inEnd_, in_.size() - inEnd_);
+    if (n > 0) {
+      BusyPoll::arrived();
+      inEnd_ += size_t(n);
+      return Fill::MORE;
+    }
+    if (n == 0) {
+      eof_ = true;
+      return Fill::END;
+    }
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return Fill::WAIT;
+    kj::throwFatalException(kj::Exception(kj::Exception::Type::DISCONNECTED, __FILE__, __LINE__,
+                                          kj::str("connection: ", strerror(errno))));
+  }
+}
+
+kj::Promise<void> SslContext::Stream::writeSealed(
+    kj::ArrayPtr<const kj::byte> first, kj::ArrayPtr<const kj::ArrayPtr<const kj::byte>> rest) {
+  // Records are sealed into out_ and sent from there when it fills, and at the end. A run of
+  // small pieces (a message's segment table and small segments) goes in one record; a large
+  // piece in records of its own, so that the reader, which reads the segments whole, opens it
+  // straight into its buffer.
+  return kj::evalNow([&]() -> kj::Promise<void> {
+    auto& records = *KJ_ASSERT_NONNULL(records_);
+    constexpr size_t HEADER = SealedRecords::HEADER, TAG = SealedRecords::TAG;
+    auto again = [this](kj::ArrayPtr<const kj::byte> first,
+                        kj::ArrayPtr<const kj::ArrayPtr<const kj::byte>> rest) {
+      return writable().then([this, first, rest]() { return writeSealed(first, rest); });
+    };
+    for (;;) {
+      while (first.size() == 0 && rest.size() > 0) {
+        first = rest[0];
+        rest = rest.slice(1, rest.size());
+      }
+      if (!sealing_) {
+        if (first.size() == 0) {
+          if (sendOut()) return kj::READY_NOW;
+          return again(first, rest);
+        }
+        if (out_.size() - outEnd_ < HEADER && !sendOut()) return again(first, rest);
+        size_t length = kj::min(first.size(), SealedRecords::MAX_RECORD);
+        if (first.size() < GATHER) {
+          for (auto& p : rest) {
+            if (p.size() >= GATHER || length + p.size() > SealedRecords::MAX_RECORD) break;
+            length += p.size();
+          }
+        }
+        records.beginSeal(length, out_.begin() + outEnd_);
+        outEnd_ += HEADER;
+        sealingLeft_ = length;
+        sealing_ = true;
+      }
+      while (sealingLeft_ > 0) {
+        if (outEnd_ == out_.size() && !sendOut()) return again(first, rest);
+        while (first.size() == 0) {
+          first = rest[0];
+          rest = rest.slice(1, rest.size());
+        }
+        size_t n = kj::min(kj::min(first.size(), sealingLeft_), out_.size() - outEnd_);
+        records.seal(first.begin(), out_.begin() + outEnd_, n);
+        outEnd_ += n;
+        first = first.slice(n, first.size());
+        sealingLeft_ -= n;
+      }
+      if (out_.size() - outEnd_ < TAG && !sendOut()) return again(first, rest);
+      records.endSeal(out_.begin() + outEnd_);
+      outEnd_ += TAG;
+      sealing_ = false;
+    }
+  });
+}
+
+bool SslContext::Stream::sendOut() {
+  while (outStart_ < outEnd_) {
+    ssize_t n = ::send(fd_, out_.begin() + outStart_, outEnd_ - outStart_, MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        // Room for more at the end while the rest waits.
+        if (outStart_ > 0 && outStart_ == outEnd_) outStart_ = outEnd_ = 0;
+        return false;
+      }
+      kj::throwFatalException(kj::Exception(kj::Exception::Type::DISCONNECTED, __FILE__, __LINE__,
+                                            kj::str("connection: writing: ", strerror(errno))));
+    }
+    outStart_ += size_t(n);
+  }
+  outStart_ = outEnd_ = 0;
+  return true;
+}
+
 kj::Promise<void> SslContext::Stream::flushOut() {
   BIO* out = SSL_get_wbio(sslOf(ssl_));
   for (;;) {
@@ -644,7 +940,7 @@ kj::Promise<void> SslContext::Stream::whenWriteDisconnected() {
 
 void SslContext::Stream::shutdownWrite() {
   // close_notify if it goes out at once; the socket's write side closes either way.
-  if (!plain_) {
+  if (wire_ == Wire::TLS) {
     SSL_shutdown(sslOf(ssl_));
     BIO_flush(SSL_get_wbio(sslOf(ssl_)));
   }

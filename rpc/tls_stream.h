@@ -13,11 +13,18 @@
 // without). The two ends agree on it inside the handshake (ALPN, covered by its Finished
 // messages, so nobody in between can choose it for them); one end that does not ask for it, or
 // an older release that knows nothing of it, keeps the connection encrypted.
+//
+// Encrypted connections leave TLS's own records after the handshake too, when both ends know how
+// (ALPN "cairn-sealed"; an older release does not offer it and keeps TLS records): the bytes go
+// in sealed records (rpc/sealed_records.h), keyed by the TLS session, large and opened straight
+// into the reader's buffer.
 #pragma once
 
 #include <kj/async-io.h>
 #include <kj/async-unix.h>
 #include <kj/string.h>
+
+#include "rpc/sealed_records.h"
 
 namespace cairn {
 
@@ -53,13 +60,24 @@ public:
   bool revokedSerial(kj::StringPtr hex) const;
   size_t revokedCount() const;  // entries on the list
 
+  // From now on, neither offers nor accepts sealed records, as a release before them (for tests
+  // of mixed releases).
+  void withoutSealedRecords();
+
+  // What this end offers after the handshake, besides TLS's own records.
+  struct Wires {
+    bool trustedNetwork = false;  // unencrypted, with a peer on a trusted network too
+    bool sealed = true;           // sealed records
+  };
+
 private:
+  void offerWires();  // ALPN's list, from wires_
   // A stream on the socket's descriptor with a new SSL object, not yet shaken hands.
   kj::Own<Stream> newStream(kj::UnixEventPort& port, kj::Own<kj::AsyncIoStream> socket);
   kj::String caPem_;     // a new list gets a new store, with the CA in it again
   void* ctx_;            // SSL_CTX
   void* crl_ = nullptr;  // X509_CRL: the list in use, if any
-  bool trustedNetwork_;
+  Wires wires_;
 };
 
 class SslContext::Stream final : public kj::AsyncIoStream {
@@ -73,7 +91,10 @@ public:
   // The serial number of the peer's certificate, in hex.
   kj::String peerSerial();
   // False once both ends agreed to carry the bytes unencrypted (trusted network).
-  bool encrypted() const { return !plain_; }
+  bool encrypted() const { return wire_ != Wire::PLAIN; }
+  // Whether the bytes go in sealed records (true for encrypted connections between releases
+  // that know them) rather than in TLS's own.
+  bool sealed() const { return wire_ == Wire::SEALED; }
 
   kj::Promise<size_t> tryRead(void* buffer, size_t minBytes, size_t maxBytes) override;
   kj::Promise<void> write(const void* buffer, size_t size) override;
@@ -96,9 +117,10 @@ private:
   kj::Maybe<kj::String> refusedBecause_;
   kj::Promise<void> wait(Wait what);
   kj::Promise<void> handshake();
-  // After the handshake on a trusted network: the server sends one TLS record, the client reads
-  // it. Past it both ends read and write the socket directly; before it, a client whose
-  // certificate the server refused learns why (the alert) instead of reading it as data.
+  // After the handshake, when both ends agreed to leave TLS's records (unencrypted on a trusted
+  // network, or sealed records): the server sends one TLS record, the client reads it. Past it
+  // both ends read and write the socket directly; before it, a client whose certificate the
+  // server refused learns why (the alert) instead of reading it as data.
   kj::Promise<void> leaveTls();
   // The stream, once its handshake is done.
   static kj::Promise<kj::Own<Stream>> shakeHands(kj::Own<Stream> stream);
@@ -117,6 +139,15 @@ private:
   kj::Promise<size_t> readPlain(kj::byte* out, size_t minBytes, size_t maxBytes, size_t done);
   kj::Promise<void> writePlain(kj::ArrayPtr<const kj::byte> first,
                                kj::ArrayPtr<const kj::ArrayPtr<const kj::byte>> rest);
+  // And in sealed records.
+  kj::Promise<size_t> readSealed(kj::byte* out, size_t minBytes, size_t maxBytes, size_t done);
+  kj::Promise<void> writeSealed(kj::ArrayPtr<const kj::byte> first,
+                                kj::ArrayPtr<const kj::ArrayPtr<const kj::byte>> rest);
+  enum class Fill { MORE, WAIT, END };
+  // Reads what the socket has into in_, with room for `need` bytes from inStart_.
+  Fill fillIn(size_t need);
+  // Sends what out_ holds; false when the socket is full.
+  bool sendOut();
 
   int fd_;
   void* ssl_;  // SSL
@@ -125,7 +156,30 @@ private:
   kj::Maybe<kj::ForkedPromise<void>> readable_, writable_;
   bool eof_ = false;
   bool trustedNetwork_ = false;  // this end would go unencrypted
-  bool plain_ = false;           // both ends agreed, and TLS is left
+  // What carries the bytes once the handshake is done: TLS's records, or (both ends agreed, and
+  // TLS is left) the socket itself or sealed records on it.
+  enum class Wire { TLS, PLAIN, SEALED };
+  Wire wire_ = Wire::TLS;
+
+  // Sealed records. Ciphertext read ahead, [inStart_, inEnd_) of in_; opened bytes not yet
+  // handed out (in in_, before inStart_).
+  kj::Maybe<kj::Own<SealedRecords>> records_;
+  kj::Array<kj::byte> in_;
+  size_t inStart_ = 0, inEnd_ = 0;
+  kj::ArrayPtr<kj::byte> pending_;
+  // The record being opened: its length, how much of it is opened, and whether into the
+  // reader's buffer (the whole record fits there) or in place in in_.
+  struct Opening {
+    size_t length, done;
+    bool direct;
+  };
+  kj::Maybe<Opening> opening_;
+  // Sealed bytes not yet sent, [outStart_, outEnd_) of out_; what is left of the record being
+  // sealed.
+  kj::Array<kj::byte> out_;
+  size_t outStart_ = 0, outEnd_ = 0;
+  size_t sealingLeft_ = 0;
+  bool sealing_ = false;
 };
 
 }  // namespace cairn

@@ -256,7 +256,8 @@ kj::Own<Transport> Transport::tls(kj::AsyncIoContext& io, kj::StringPtr dir,
 kj::StringPtr wireOf(kj::AsyncIoStream& stream) {
   auto* tls = dynamic_cast<SslContext::Stream*>(&stream);
   if (tls == nullptr) return "plain text";
-  return tls->encrypted() ? "TLS"_kj : "unencrypted after TLS authentication"_kj;
+  if (!tls->encrypted()) return "unencrypted after TLS authentication";
+  return tls->sealed() ? "sealed after TLS authentication"_kj : "TLS"_kj;
 }
 
 kj::Own<Transport> Transport::plaintext(kj::AsyncIoContext& io) {

@@ -164,8 +164,9 @@ private:
   kj::TaskSet connections_;
 };
 
-// What a connection made through a Transport carries its bytes in, for log lines: "TLS",
-// "unencrypted after TLS authentication" (trusted network) or "plain text".
+// What a connection made through a Transport carries its bytes in, for log lines: "sealed after
+// TLS authentication" (encrypted), "TLS" (encrypted, with a peer of a release before sealed
+// records), "unencrypted after TLS authentication" (trusted network) or "plain text".
 kj::StringPtr wireOf(kj::AsyncIoStream& stream);
 
 // Parses "ROLE:NAME" (a certificate's common name); throws if it is not one.

@@ -372,49 +372,71 @@ struct Credentials {
       EXPECT_EQ(r.status, 0) << r.err;
     }
   }
-  kj::Own<SslContext> context(const std::string& who, bool trustedNetwork) {
+  // `older`: as a release before sealed records.
+  kj::Own<SslContext> context(const std::string& who, bool trustedNetwork, bool older = false) {
     auto c = TlsCredentials::load((dir.path() + "/" + who).c_str(), nullptr);
-    return kj::heap<SslContext>(c.caPem, c.certPem, c.keyPem, trustedNetwork);
+    auto context = kj::heap<SslContext>(c.caPem, c.certPem, c.keyPem, trustedNetwork);
+    if (older) context->withoutSealedRecords();
+    return context;
   }
 };
 
-// Copies one direction of a connection and keeps what went through.
+// Copies one direction of a connection and keeps what went through; changes the byte at
+// `corruptAt` of it (if it comes) on the way.
 kj::Promise<void> tap(kj::AsyncIoStream& from, kj::AsyncIoStream& to, std::string& seen,
-                      kj::ArrayPtr<kj::byte> buffer) {
+                      kj::ArrayPtr<kj::byte> buffer, size_t corruptAt = SIZE_MAX) {
   return from.tryRead(buffer.begin(), 1, buffer.size())
-      .then([&from, &to, &seen, buffer](size_t n) -> kj::Promise<void> {
+      .then([&from, &to, &seen, buffer, corruptAt](size_t n) mutable -> kj::Promise<void> {
         if (n == 0) {
           to.shutdownWrite();
           return kj::READY_NOW;
         }
+        if (corruptAt >= seen.size() && corruptAt < seen.size() + n) {
+          buffer[corruptAt - seen.size()] ^= 0x10;
+        }
         seen.append(reinterpret_cast<const char*>(buffer.begin()), n);
-        return to.write(buffer.begin(), n).then([&from, &to, &seen, buffer]() {
-          return tap(from, to, seen, buffer);
+        return to.write(buffer.begin(), n).then([&from, &to, &seen, buffer, corruptAt]() {
+          return tap(from, to, seen, buffer, corruptAt);
         });
       });
 }
 
+// Reads `size` bytes in reads of changing sizes, from one byte to most of a MiB: a record is
+// then handed out in parts as well as opened whole into the reader's buffer.
+kj::Promise<void> readInSteps(kj::AsyncIoStream& stream, kj::byte* into, size_t size,
+                              size_t step = 1) {
+  if (size == 0) return kj::READY_NOW;
+  size_t n = kj::min(size, step);
+  return stream.read(into, n).then([&stream, into, size, n, step]() {
+    return readInSteps(stream, into + n, size - n, step * 7 % 1000003 + 1);
+  });
+}
+
 struct Exchange {
   bool clientEncrypted = true, serverEncrypted = true;
+  bool clientSealed = false, serverSealed = false;
   std::string clientToServer, serverToClient;  // what a listener in between saw
   bool intact = false;                         // both ends got what the other sent
   std::string error;                           // why the client's connection failed
 };
 
 // A client connects through a tap to a server, sends 3 MiB (in pieces of several sizes) and
-// reads 3 MiB back.
+// reads 9 MiB back (written whole, read in steps of many sizes). The tap may change the byte at
+// `corruptDownAt` of what the server sends.
+// `olderClient`, `olderServer`: that end as a release before sealed records.
 Exchange exchange(Credentials& creds, const std::string& client, bool clientTrusted,
-                  bool serverTrusted) {
+                  bool serverTrusted, size_t corruptDownAt = SIZE_MAX, bool olderClient = false,
+                  bool olderServer = false) {
   Exchange result;
   auto io = kj::setupAsyncIo();
   auto& ws = io.waitScope;
   auto& network = io.provider->getNetwork();
-  auto serverTls = creds.context("server", serverTrusted);
-  auto clientTls = creds.context(client, clientTrusted);
+  auto serverTls = creds.context("server", serverTrusted, olderServer);
+  auto clientTls = creds.context(client, clientTrusted, olderClient);
   auto serverPort = network.parseAddress("127.0.0.1", 0).wait(ws)->listen();
   auto tapPort = network.parseAddress("127.0.0.1", 0).wait(ws)->listen();
 
-  const std::string up = pattern(3 << 20, 1), down = pattern(3 << 20, 2);
+  const std::string up = pattern(3 << 20, 1), down = pattern(9 << 20, 2);
   std::string gotUp(up.size(), '\0'), gotDown(down.size(), '\0');
 
   auto tapIn = tapPort->accept();
@@ -432,9 +454,10 @@ Exchange exchange(Credentials& creds, const std::string& client, bool clientTrus
   auto a = tapIn.wait(ws);
   auto b = tapOut.wait(ws);
   auto bufferA = kj::heapArray<kj::byte>(65536), bufferB = kj::heapArray<kj::byte>(65536);
-  auto tapping = kj::joinPromises(kj::arr(tap(*a, *b, result.clientToServer, bufferA),
-                                          tap(*b, *a, result.serverToClient, bufferB)))
-                     .eagerlyEvaluate([](kj::Exception&&) {});
+  auto tapping =
+      kj::joinPromises(kj::arr(tap(*a, *b, result.clientToServer, bufferA),
+                               tap(*b, *a, result.serverToClient, bufferB, corruptDownAt)))
+          .eagerlyEvaluate([](kj::Exception&&) {});
 
   kj::Own<SslContext::Stream> c, s;
   auto server = serverSide
@@ -457,7 +480,10 @@ Exchange exchange(Credentials& creds, const std::string& client, bool clientTrus
                                              bytes.slice(100, 1 << 20),
                                              bytes.slice(1 << 20, up.size())};
     auto sending = c->write(kj::arrayPtr(pieces, 4));
-    timer.timeoutAfter(10 * kj::SECONDS, c->read(&gotDown[0], gotDown.size())).wait(ws);
+    timer
+        .timeoutAfter(10 * kj::SECONDS,
+                      readInSteps(*c, reinterpret_cast<kj::byte*>(&gotDown[0]), gotDown.size()))
+        .wait(ws);
     sending.wait(ws);
     timer.timeoutAfter(10 * kj::SECONDS, kj::mv(server)).wait(ws);
   } catch (kj::Exception& e) {
@@ -467,6 +493,8 @@ Exchange exchange(Credentials& creds, const std::string& client, bool clientTrus
   result.intact = gotUp == up && gotDown == down;
   result.clientEncrypted = c->encrypted();
   result.serverEncrypted = s->encrypted();
+  result.clientSealed = c->sealed();
+  result.serverSealed = s->sealed();
   return result;
 }
 
@@ -485,7 +513,8 @@ TEST(Tls, OnATrustedNetworkTheDataGoesUnencryptedAfterTheHandshake) {
   EXPECT_FALSE(both.serverEncrypted);
   EXPECT_TRUE(sawIt(both.clientToServer, up));
   EXPECT_TRUE(sawIt(both.serverToClient, down));
-  // Either end alone keeps the connection encrypted: nothing of the data shows in between.
+  // Either end alone keeps the connection encrypted (in sealed records): nothing of the data
+  // shows in between.
   for (auto [clientTrusted, serverTrusted] :
        {std::pair{true, false}, {false, true}, {false, false}}) {
     auto one = exchange(creds, "client", clientTrusted, serverTrusted);
@@ -493,9 +522,40 @@ TEST(Tls, OnATrustedNetworkTheDataGoesUnencryptedAfterTheHandshake) {
     EXPECT_TRUE(one.intact);
     EXPECT_TRUE(one.clientEncrypted);
     EXPECT_TRUE(one.serverEncrypted);
+    EXPECT_TRUE(one.clientSealed);
+    EXPECT_TRUE(one.serverSealed);
     EXPECT_FALSE(sawIt(one.clientToServer, up));
     EXPECT_FALSE(sawIt(one.serverToClient, down));
     EXPECT_GT(one.clientToServer.size(), up.size());
+  }
+}
+
+TEST(Tls, AByteChangedOnTheWayBreaksTheConnectionInsteadOfReachingTheReader) {
+  Credentials creds;
+  // Well past the handshake: inside the data the server sends (sealed records).
+  auto changed = exchange(creds, "client", false, false, 5 << 20);
+  EXPECT_FALSE(changed.intact);
+  EXPECT_NE(changed.error.find("failed its check"), std::string::npos) << changed.error;
+}
+
+TEST(Tls, WithAnEndOfAReleaseBeforeSealedRecordsTheBytesStayInTlsRecords) {
+  Credentials creds;
+  auto up = pattern(3 << 20, 1), down = pattern(9 << 20, 2);
+  for (auto [olderClient, olderServer] : {std::pair{true, false}, {false, true}}) {
+    auto mixed = exchange(creds, "client", false, false, SIZE_MAX, olderClient, olderServer);
+    ASSERT_EQ(mixed.error, "") << olderClient;
+    EXPECT_TRUE(mixed.intact);
+    EXPECT_TRUE(mixed.clientEncrypted);
+    EXPECT_FALSE(mixed.clientSealed);
+    EXPECT_FALSE(mixed.serverSealed);
+    EXPECT_FALSE(sawIt(mixed.clientToServer, up));
+    EXPECT_FALSE(sawIt(mixed.serverToClient, down));
+    // A trusted network is still agreed on with it.
+    auto trusted = exchange(creds, "client", true, true, SIZE_MAX, olderClient, olderServer);
+    ASSERT_EQ(trusted.error, "") << olderClient;
+    EXPECT_TRUE(trusted.intact);
+    EXPECT_FALSE(trusted.clientEncrypted);
+    EXPECT_FALSE(trusted.serverEncrypted);
   }
 }
 
@@ -529,7 +589,8 @@ TEST(Tls, ATrustedNetworkClusterServesAndSurvivesARestart) {
   // The mount that asked goes unencrypted with every server; the other stays encrypted.
   EXPECT_EQ(connections(cluster.mountLog(0), "unencrypted after TLS authentication"), 3u)
       << cluster.mountLog(0);
-  EXPECT_EQ(connections(cluster.mountLog(1), "TLS"), 3u) << cluster.mountLog(1);
+  EXPECT_EQ(connections(cluster.mountLog(1), "sealed after TLS authentication"), 3u)
+      << cluster.mountLog(1);
   // Servers among themselves too; and the servers say which clients are unencrypted.
   EXPECT_TRUE(logSays(cluster, 1, "unencrypted after TLS authentication)"));
   EXPECT_TRUE(logSays(cluster, 0, "as client testhost (127.0.0.1:"));
@@ -560,7 +621,8 @@ TEST(Tls, AClusterMovesToATrustedNetworkOneServerAtATime) {
   writeWhole(trusted + "/f", data);
   EXPECT_EQ(readWhole(encrypted + "/f"), data);
   // Only the mount asks: every connection stays encrypted.
-  EXPECT_EQ(connections(cluster.mountLog(0), "TLS"), 3u) << cluster.mountLog(0);
+  EXPECT_EQ(connections(cluster.mountLog(0), "sealed after TLS authentication"), 3u)
+      << cluster.mountLog(0);
   const std::string plain = "unencrypted after TLS authentication";
   // One data server restarted on a trusted network: the mount that asks reconnects to it
   // unencrypted, the other one encrypted, and neither notices otherwise.

@@ -725,7 +725,7 @@ kj::Promise<size_t> SslContext::Stream::readSealed(kj::byte* out, size_t minByte
     for (;;) {
       if (pending_.size() > 0) {
         size_t n = kj::min(pending_.size(), maxBytes - done);
-        memcpy(out + done, pending_.begin(), n);
+        if (n > 0) memcpy(out + done, pending_.begin(), n);  // (a read of nothing may pass null)
         pending_ = pending_.slice(n, pending_.size());
         done += n;
         if (done >= minBytes) return done;

@@ -64,27 +64,33 @@ void nonce(const kj::byte iv[SealedRecords::IV], uint64_t sequence,
   for (int i = 0; i < 8; ++i) out[SealedRecords::IV - 1 - i] ^= kj::byte(sequence >> (8 * i));
 }
 
-void begin(EVP_CIPHER_CTX* cipher, const kj::byte* iv, uint64_t sequence,
-           const kj::byte header[SealedRecords::HEADER]) {
-  kj::byte n[SealedRecords::IV];
-  nonce(iv, sequence, n);
-  check(EVP_CipherInit_ex(cipher, nullptr, nullptr, nullptr, n, -1), "nonce");
+}  // namespace
+
+void SealedRecords::begin(Direction& d, size_t length, const kj::byte header[HEADER]) {
+  kj::byte n[IV];
+  nonce(d.iv, d.records, n);
+  check(EVP_CipherInit_ex(d.cipher, nullptr, nullptr, nullptr, n, -1), "nonce");
   int unused = 0;
-  check(EVP_CipherUpdate(cipher, nullptr, &unused, header, SealedRecords::HEADER), "header");
+  check(EVP_CipherUpdate(d.cipher, nullptr, &unused, header, HEADER), "header");
+  d.length = length;
+  d.done = 0;
+  d.open = true;
 }
 
-void update(EVP_CIPHER_CTX* cipher, const kj::byte* in, kj::byte* out, size_t size) {
+void SealedRecords::update(Direction& d, const kj::byte* in, kj::byte* out, size_t size) {
+  KJ_REQUIRE(d.open && d.done + size <= d.length, "more bytes than the record's length", d.done,
+             size, d.length);
+  d.done += size;
   while (size > 0) {
     int step = int(kj::min(size, size_t(INT_MAX / 2)));
     int written = 0;
-    check(EVP_CipherUpdate(cipher, out, &written, in, step), "update");
+    check(EVP_CipherUpdate(d.cipher, out, &written, in, step), "update");
     KJ_ASSERT(written == step, "AES-GCM is a stream cipher", written, step);
     in += step;
     out += step;
     size -= size_t(step);
   }
 }
-}  // namespace
 
 void SealedRecords::next(Direction& d) {
   d.open = false;
@@ -101,18 +107,11 @@ void SealedRecords::beginSeal(size_t length, kj::byte header[HEADER]) {
   KJ_REQUIRE(!d.open, "a sealed record begun before the last one ended");
   KJ_REQUIRE(length <= MAX_RECORD, "sealed record too long", length);
   for (size_t i = 0; i < HEADER; ++i) header[i] = kj::byte(length >> (8 * (HEADER - 1 - i)));
-  begin(d.cipher, d.iv, d.records, header);
-  d.length = length;
-  d.done = 0;
-  d.open = true;
+  begin(d, length, header);
 }
 
 void SealedRecords::seal(const kj::byte* in, kj::byte* out, size_t size) {
-  auto& d = *sending_;
-  KJ_REQUIRE(d.open && d.done + size <= d.length, "more sealed than the record's length", d.done,
-             size, d.length);
-  update(d.cipher, in, out, size);
-  d.done += size;
+  update(*sending_, in, out, size);
 }
 
 void SealedRecords::endSeal(kj::byte tag[TAG]) {
@@ -133,19 +132,12 @@ size_t SealedRecords::beginOpen(const kj::byte header[HEADER]) {
   // stream out of step, is refused here.
   KJ_REQUIRE(length <= MAX_RECORD, "a sealed record longer than any peer sends", length,
              MAX_RECORD);
-  begin(d.cipher, d.iv, d.records, header);
-  d.length = length;
-  d.done = 0;
-  d.open = true;
+  begin(d, length, header);
   return length;
 }
 
 void SealedRecords::open(const kj::byte* in, kj::byte* out, size_t size) {
-  auto& d = *receiving_;
-  KJ_REQUIRE(d.open && d.done + size <= d.length, "more opened than the record's length", d.done,
-             size, d.length);
-  update(d.cipher, in, out, size);
-  d.done += size;
+  update(*receiving_, in, out, size);
 }
 
 void SealedRecords::endOpen(const kj::byte tag[TAG]) {

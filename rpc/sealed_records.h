@@ -66,6 +66,8 @@ public:
 private:
   struct Direction;
   void rekey(Direction& d);
+  void begin(Direction& d, size_t length, const kj::byte header[HEADER]);
+  void update(Direction& d, const kj::byte* in, kj::byte* out, size_t size);
   void next(Direction& d);  // after a record: count it, and rekey when due
   Derive derive_;
   Rekey rekeyAfter_;

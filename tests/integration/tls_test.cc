@@ -381,22 +381,31 @@ struct Credentials {
   }
 };
 
-// Copies one direction of a connection and keeps what went through; changes the byte at
-// `corruptAt` of it (if it comes) on the way.
+// What a relay in between does at one byte of a direction: changes it, or closes the direction
+// before the piece it read that byte in.
+struct Fault {
+  size_t at = SIZE_MAX;
+  bool cut = false;
+};
+
+// Copies one direction of a connection and keeps what went through; does `fault` on the way.
 kj::Promise<void> tap(kj::AsyncIoStream& from, kj::AsyncIoStream& to, std::string& seen,
-                      kj::ArrayPtr<kj::byte> buffer, size_t corruptAt = SIZE_MAX) {
+                      kj::ArrayPtr<kj::byte> buffer, Fault fault = {}) {
   return from.tryRead(buffer.begin(), 1, buffer.size())
-      .then([&from, &to, &seen, buffer, corruptAt](size_t n) mutable -> kj::Promise<void> {
+      .then([&from, &to, &seen, buffer, fault](size_t n) mutable -> kj::Promise<void> {
         if (n == 0) {
           to.shutdownWrite();
           return kj::READY_NOW;
         }
-        if (corruptAt >= seen.size() && corruptAt < seen.size() + n) {
-          buffer[corruptAt - seen.size()] ^= 0x10;
+        bool here = fault.at >= seen.size() && fault.at < seen.size() + n;
+        if (here && fault.cut) {
+          to.shutdownWrite();
+          return kj::READY_NOW;
         }
+        if (here) buffer[fault.at - seen.size()] ^= 0x10;
         seen.append(reinterpret_cast<const char*>(buffer.begin()), n);
-        return to.write(buffer.begin(), n).then([&from, &to, &seen, buffer, corruptAt]() {
-          return tap(from, to, seen, buffer, corruptAt);
+        return to.write(buffer.begin(), n).then([&from, &to, &seen, buffer, fault]() {
+          return tap(from, to, seen, buffer, fault);
         });
       });
 }
@@ -421,11 +430,11 @@ struct Exchange {
 };
 
 // A client connects through a tap to a server, sends 3 MiB (in pieces of several sizes) and
-// reads 9 MiB back (written whole, read in steps of many sizes). The tap may change the byte at
-// `corruptDownAt` of what the server sends.
+// reads 9 MiB back (written whole, read in steps of many sizes). The tap may do `downFault` to
+// what the server sends.
 // `olderClient`, `olderServer`: that end as a release before sealed records.
 Exchange exchange(Credentials& creds, const std::string& client, bool clientTrusted,
-                  bool serverTrusted, size_t corruptDownAt = SIZE_MAX, bool olderClient = false,
+                  bool serverTrusted, Fault downFault = {}, bool olderClient = false,
                   bool olderServer = false) {
   Exchange result;
   auto io = kj::setupAsyncIo();
@@ -454,10 +463,9 @@ Exchange exchange(Credentials& creds, const std::string& client, bool clientTrus
   auto a = tapIn.wait(ws);
   auto b = tapOut.wait(ws);
   auto bufferA = kj::heapArray<kj::byte>(65536), bufferB = kj::heapArray<kj::byte>(65536);
-  auto tapping =
-      kj::joinPromises(kj::arr(tap(*a, *b, result.clientToServer, bufferA),
-                               tap(*b, *a, result.serverToClient, bufferB, corruptDownAt)))
-          .eagerlyEvaluate([](kj::Exception&&) {});
+  auto tapping = kj::joinPromises(kj::arr(tap(*a, *b, result.clientToServer, bufferA),
+                                          tap(*b, *a, result.serverToClient, bufferB, downFault)))
+                     .eagerlyEvaluate([](kj::Exception&&) {});
 
   kj::Own<SslContext::Stream> c, s;
   auto server = serverSide
@@ -533,16 +541,20 @@ TEST(Tls, OnATrustedNetworkTheDataGoesUnencryptedAfterTheHandshake) {
 TEST(Tls, AByteChangedOnTheWayBreaksTheConnectionInsteadOfReachingTheReader) {
   Credentials creds;
   // Well past the handshake: inside the data the server sends (sealed records).
-  auto changed = exchange(creds, "client", false, false, 5 << 20);
+  auto changed = exchange(creds, "client", false, false, Fault{5 << 20, false});
   EXPECT_FALSE(changed.intact);
   EXPECT_NE(changed.error.find("failed its check"), std::string::npos) << changed.error;
+  // A connection closed in the middle of a record is an error too, not a shorter stream.
+  auto cut = exchange(creds, "client", false, false, Fault{5 << 20, true});
+  EXPECT_FALSE(cut.intact);
+  EXPECT_NE(cut.error.find("ended inside a sealed record"), std::string::npos) << cut.error;
 }
 
 TEST(Tls, WithAnEndOfAReleaseBeforeSealedRecordsTheBytesStayInTlsRecords) {
   Credentials creds;
   auto up = pattern(3 << 20, 1), down = pattern(9 << 20, 2);
   for (auto [olderClient, olderServer] : {std::pair{true, false}, {false, true}}) {
-    auto mixed = exchange(creds, "client", false, false, SIZE_MAX, olderClient, olderServer);
+    auto mixed = exchange(creds, "client", false, false, {}, olderClient, olderServer);
     ASSERT_EQ(mixed.error, "") << olderClient;
     EXPECT_TRUE(mixed.intact);
     EXPECT_TRUE(mixed.clientEncrypted);
@@ -551,7 +563,7 @@ TEST(Tls, WithAnEndOfAReleaseBeforeSealedRecordsTheBytesStayInTlsRecords) {
     EXPECT_FALSE(sawIt(mixed.clientToServer, up));
     EXPECT_FALSE(sawIt(mixed.serverToClient, down));
     // A trusted network is still agreed on with it.
-    auto trusted = exchange(creds, "client", true, true, SIZE_MAX, olderClient, olderServer);
+    auto trusted = exchange(creds, "client", true, true, {}, olderClient, olderServer);
     ASSERT_EQ(trusted.error, "") << olderClient;
     EXPECT_TRUE(trusted.intact);
     EXPECT_FALSE(trusted.clientEncrypted);

@@ -544,21 +544,15 @@ kj::Promise<size_t> SslContext::Stream::readPlain(kj::byte* out, size_t minBytes
                                                   size_t done) {
   return kj::evalNow([&]() -> kj::Promise<size_t> {
     while (!eof_ && done < maxBytes) {
-      ssize_t n = ::read(fd_, out + done, maxBytes - done);
-      if (n > 0) {
-        BusyPoll::arrived();
-        done += size_t(n);
-        if (done >= minBytes) return done;
-      } else if (n == 0) {
-        eof_ = true;
-      } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+      size_t got = 0;
+      Fill fill = readSocket(out + done, maxBytes - done, got);
+      if (fill == Fill::WAIT) {
         return readable().then([this, out, minBytes, maxBytes, done]() {
           return readPlain(out, minBytes, maxBytes, done);
         });
-      } else if (errno != EINTR) {
-        kj::throwFatalException(kj::Exception(kj::Exception::Type::DISCONNECTED, __FILE__, __LINE__,
-                                              kj::str("connection: ", strerror(errno))));
       }
+      done += got;
+      if (done >= minBytes) return done;
     }
     return done;
   });
@@ -744,30 +738,21 @@ kj::Promise<size_t> SslContext::Stream::readSealed(kj::byte* out, size_t minByte
             continue;
           }
           if (r->done < r->length) {
-            ssize_t n = ::read(fd_, into + r->done, r->length - r->done);
-            if (n > 0) {
-              BusyPoll::arrived();
-              records.open(into + r->done, into + r->done, size_t(n));
-              r->done += size_t(n);
-              continue;
-            }
-            if (n < 0 && errno == EINTR) continue;
-            if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
-              kj::throwFatalException(kj::Exception(kj::Exception::Type::DISCONNECTED, __FILE__,
-                                                    __LINE__,
-                                                    kj::str("connection: ", strerror(errno))));
-            }
-            KJ_REQUIRE(n != 0, "the connection ended inside a sealed record");
-            return readable().then([this, out, minBytes, maxBytes, done]() {
-              return readSealed(out, minBytes, maxBytes, done);
-            });
+            kj::byte* at = into + r->done;
+            size_t got = 0;
+            Fill fill = readSocket(at, r->length - r->done, got);
+            KJ_REQUIRE(fill != Fill::END, "the connection ended inside a sealed record");
+            if (fill == Fill::WAIT) break;
+            records.open(at, at, got);
+            r->done += got;
+            continue;
           }
           if (buffered >= TAG) {
             records.endOpen(in_.begin() + inStart_);
             inStart_ += TAG;
             done += r->length;
             opening_ = nullptr;
-            if (done >= minBytes || done == maxBytes) return done;
+            if (done >= minBytes) return done;
             continue;
           }
           need = TAG;
@@ -792,19 +777,15 @@ kj::Promise<size_t> SslContext::Stream::readSealed(kj::byte* out, size_t minByte
         KJ_REQUIRE(buffered == 0, "the connection ended inside a sealed record's header");
         return done;
       }
-      switch (fillIn(need)) {
-        case Fill::MORE:
-          continue;
-        case Fill::END:
-          KJ_REQUIRE(opening_ == nullptr, "the connection ended inside a sealed record");
-          continue;  // (at a record's boundary: the stream ends there)
-        case Fill::WAIT:
-          return readable().then([this, out, minBytes, maxBytes, done]() {
-            return readSealed(out, minBytes, maxBytes, done);
-          });
-      }
+      Fill fill = fillIn(need);
+      if (fill == Fill::WAIT) break;
+      // (At a record's boundary the stream ends there.)
+      KJ_REQUIRE(fill == Fill::MORE || opening_ == nullptr,
+                 "the connection ended inside a sealed record");
     }
-    return done;
+    return readable().then([this, out, minBytes, maxBytes, done]() {
+      return readSealed(out, minBytes, maxBytes, done);
+    });
   });
 }
 
@@ -828,11 +809,18 @@ SslContext::Stream::Fill SslContext::Stream::fillIn(size_t need) {
     inStart_ = 0;
     inEnd_ = buffered;
   }
+  size_t got = 0;
+  Fill fill = readSocket(in_.begin() + inEnd_, in_.size() - inEnd_, got);
+  inEnd_ += got;
+  return fill;
+}
+
+SslContext::Stream::Fill SslContext::Stream::readSocket(kj::byte* into, size_t size, size_t& got) {
   for (;;) {
-    ssize_t n = ::read(fd_, in_.begin() + inEnd_, in_.size() - inEnd_);
+    ssize_t n = ::read(fd_, into, size);
     if (n > 0) {
       BusyPoll::arrived();
-      inEnd_ += size_t(n);
+      got = size_t(n);
       return Fill::MORE;
     }
     if (n == 0) {
@@ -907,11 +895,7 @@ bool SslContext::Stream::sendOut() {
     ssize_t n = ::send(fd_, out_.begin() + outStart_, outEnd_ - outStart_, MSG_NOSIGNAL);
     if (n < 0) {
       if (errno == EINTR) continue;
-      if (errno == EAGAIN || errno == EWOULDBLOCK) {
-        // Room for more at the end while the rest waits.
-        if (outStart_ > 0 && outStart_ == outEnd_) outStart_ = outEnd_ = 0;
-        return false;
-      }
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return false;
       kj::throwFatalException(kj::Exception(kj::Exception::Type::DISCONNECTED, __FILE__, __LINE__,
                                             kj::str("connection: writing: ", strerror(errno))));
     }

@@ -135,7 +135,11 @@ private:
   kj::Promise<size_t> readSome(kj::byte* out, size_t minBytes, size_t maxBytes, size_t done);
   // Sends what the write buffer holds (records SSL_write left there).
   kj::Promise<void> flushOut();
-  // The same without TLS, once it is left.
+  // Once TLS is left, one read of the socket into `into` (MORE: `got` bytes came; END: it ended;
+  // WAIT: nothing there yet); throws if the connection broke.
+  enum class Fill { MORE, WAIT, END };
+  Fill readSocket(kj::byte* into, size_t size, size_t& got);
+  // Reads and writes of the socket itself (trusted network).
   kj::Promise<size_t> readPlain(kj::byte* out, size_t minBytes, size_t maxBytes, size_t done);
   kj::Promise<void> writePlain(kj::ArrayPtr<const kj::byte> first,
                                kj::ArrayPtr<const kj::ArrayPtr<const kj::byte>> rest);
@@ -143,7 +147,6 @@ private:
   kj::Promise<size_t> readSealed(kj::byte* out, size_t minBytes, size_t maxBytes, size_t done);
   kj::Promise<void> writeSealed(kj::ArrayPtr<const kj::byte> first,
                                 kj::ArrayPtr<const kj::ArrayPtr<const kj::byte>> rest);
-  enum class Fill { MORE, WAIT, END };
   // Reads what the socket has into in_, with room for `need` bytes from inStart_.
   Fill fillIn(size_t need);
   // Sends what out_ holds; false when the socket is full.

@@ -8,10 +8,13 @@
 namespace cairn {
 
 namespace {
-capnp::Orphan<capnp::Data> pieceData(capnp::Orphanage orphanage,
-                                     kj::ArrayPtr<const kj::byte> data) {
-  if (reinterpret_cast<uintptr_t>(data.begin()) % sizeof(capnp::word) == 0 &&
+// `referenced`: how many pieces of this message are referenced so far.
+capnp::Orphan<capnp::Data> pieceData(capnp::Orphanage orphanage, kj::ArrayPtr<const kj::byte> data,
+                                     size_t& referenced) {
+  if (data.size() >= REFERENCE_FROM && referenced < MAX_REFERENCED &&
+      reinterpret_cast<uintptr_t>(data.begin()) % sizeof(capnp::word) == 0 &&
       data.size() % sizeof(capnp::word) == 0) {
+    ++referenced;
     return orphanage.referenceExternalData(data);
   }
   return orphanage.newOrphanCopy(capnp::Data::Reader(data));
@@ -20,6 +23,7 @@ capnp::Orphan<capnp::Data> pieceData(capnp::Orphanage orphanage,
 
 void buildWrites(rpc::DataRequest::Builder b, kj::ArrayPtr<const ObjectPieces> writes) {
   auto orphanage = capnp::Orphanage::getForMessageContaining(b);
+  size_t referenced = 0;
   size_t n = 0;
   for (auto& w : writes) n += w.pieces.size();
   if (n == 1) {
@@ -28,7 +32,7 @@ void buildWrites(rpc::DataRequest::Builder b, kj::ArrayPtr<const ObjectPieces> w
       auto one = b.initWrite();
       one.setObjectId(w.object);
       one.setOffset(w.pieces[0].offset);
-      one.adoptData(pieceData(orphanage, w.pieces[0].data));
+      one.adoptData(pieceData(orphanage, w.pieces[0].data, referenced));
     }
     return;
   }
@@ -38,7 +42,7 @@ void buildWrites(rpc::DataRequest::Builder b, kj::ArrayPtr<const ObjectPieces> w
     for (auto& p : w.pieces) {
       list[k].setObjectId(w.object);
       list[k].setOffset(p.offset);
-      list[k].adoptData(pieceData(orphanage, p.data));
+      list[k].adoptData(pieceData(orphanage, p.data, referenced));
       ++k;
     }
   }

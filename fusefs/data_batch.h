@@ -30,9 +30,18 @@ struct ObjectPieces {
 };
 
 // Fills a data request with the pieces: one `write` if there is one piece, else a `writeMany`
-// (the caller keeps within its limits). The bytes are referenced where they are, not copied
-// into the message, when Cap'n Proto allows (word-aligned, whole words: nothing past the end
-// goes out); the caller keeps them until the reply, and a resend builds the request again.
+// (the caller keeps within its limits). The bytes of large pieces are referenced where they
+// are, not copied into the message, when Cap'n Proto allows (word-aligned, whole words: nothing
+// past the end goes out); the caller keeps them until the reply, and a resend builds the
+// request again.
+//
+// A referenced piece is a segment of the message of its own, and Cap'n Proto's reader refuses
+// a message of 512 segments or more (a fixed limit; the server drops the connection, and the
+// resend on the next one met the same fate, so a file written in 4 KiB pieces with gaps between
+// them hung its mount). So only pieces of REFERENCE_FROM bytes or more are referenced, at most
+// MAX_REFERENCED of them; the rest are copied into the message's own segments, which grow.
+constexpr size_t REFERENCE_FROM = 16 << 10;
+constexpr size_t MAX_REFERENCED = 256;
 void buildWrites(rpc::DataRequest::Builder b, kj::ArrayPtr<const ObjectPieces> writes);
 
 // One file's writes to one target, queued in the target's lane.

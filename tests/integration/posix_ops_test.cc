@@ -13,11 +13,14 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
+#include <future>
 #include <map>
 #include <memory>
 #include <set>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "tests/integration/cluster.h"
@@ -638,6 +641,48 @@ TEST_F(PosixOps, ScatteredWritesGoInOneRequestPerTarget) {
     bool written = std::find(blocks.begin(), blocks.end(), b) != blocks.end();
     char want = written ? char('A' + b % 26) : '.';
     ASSERT_EQ(std::string(static_cast<char*>(buf), BLOCK), std::string(BLOCK, want)) << b;
+  }
+  close(fd);
+}
+
+// A file written in thousands of places with gaps between them (as stress-ng's fpunch does)
+// is written back in requests of thousands of pieces. Each piece the request referenced
+// instead of copying was a Cap'n Proto segment of its own, and over 512 of them made a message
+// the server refused: the connection dropped, the resend on the next one met the same fate, and
+// the fsync (and everything else on those targets) waited forever.
+TEST_F(PosixOps, ThousandsOfScatteredPiecesMakeRequestsTheServersRead) {
+  constexpr size_t BLOCK = 4096, PIECES = 2048;  // every other block of 16 MiB
+  int fd = open(p("pieces").c_str(), O_CREAT | O_RDWR, 0644);
+  ASSERT_GE(fd, 0);
+  for (size_t i = 0; i < PIECES; i++)
+    writeAll(fd, std::string(BLOCK, char('a' + i % 26)), 2 * i * BLOCK);
+  // On a thread of its own, so that a hang fails the test instead of stopping it. Then the
+  // mount's daemon goes: every request it left waiting fails (the fsync, and the FLUSH that
+  // each child the teardown forks would send closing its copy of `fd`).
+  auto done = std::make_shared<std::promise<int>>();
+  auto synced = done->get_future();
+  std::thread([fd, done] { done->set_value(fsync(fd) == 0 ? 0 : errno); }).detach();
+  if (synced.wait_for(std::chrono::seconds(60)) != std::future_status::ready) {
+    auto log = cluster_->mountLog(0);
+    cluster_->killMount(0);
+    FAIL() << "fsync hung; the mount's log ends:\n"
+           << log.substr(log.size() - std::min<size_t>(log.size(), 3000));
+  }
+  EXPECT_EQ(synced.get(), 0);
+  close(fd);
+  EXPECT_EQ(cluster_->mountLog(0).find("too many segments"), std::string::npos);
+  // Read back past this client's page cache: the pieces, and zeros between them.
+  fd = open(p("pieces").c_str(), O_RDONLY | O_DIRECT);
+  ASSERT_GE(fd, 0);
+  void* buf = nullptr;
+  ASSERT_EQ(posix_memalign(&buf, BLOCK, 2 * BLOCK), 0);
+  std::unique_ptr<void, decltype(&free)> own(buf, &free);
+  for (size_t i = 0; i < PIECES; i++) {
+    ssize_t want = i + 1 < PIECES ? 2 * BLOCK : BLOCK;  // the file ends after the last piece
+    ASSERT_EQ(pread(fd, buf, 2 * BLOCK, 2 * i * BLOCK), want) << strerror(errno);
+    std::string got(static_cast<char*>(buf), want);
+    std::string expected = std::string(BLOCK, char('a' + i % 26)) + std::string(want - BLOCK, '\0');
+    ASSERT_TRUE(got == expected) << "piece " << i;
   }
   close(fd);
 }

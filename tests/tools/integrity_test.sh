@@ -46,5 +46,5 @@ check "fio sequential write then verify" fio --name=seq --directory="$T/a" --rw=
 mkdir "$T/a/stress"
 check "stress-ng filesystem stressors" stress-ng --temp-path "$T/a/stress" --timeout 8s --verify \
   --hdd 1 --hdd-bytes 8M --dir 1 --dentry 1 --link 1 --symlink 1 --rename 1 --chmod 1 \
-  --chown 1 --fstat 1 --seek 1 --utime 1 --xattr 1 --mmap 1 --mmap-bytes 8M --quiet
+  --chown 1 --fstat 1 --seek 1 --utime 1 --xattr 1 --mmap 1 --mmap-bytes 8M --fpunch 1 --quiet
 echo "$CHECKS passed, 0 failed"

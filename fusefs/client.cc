@@ -211,7 +211,7 @@ kj::Promise<void> Client::leave(kj::Duration limit) {
 }
 
 kj::Promise<void> Client::goodbye(kj::Duration limit) {
-  auto parts = kj::heapArrayBuilder<kj::Promise<void>>(data_.size() + 1);
+  kj::Vector<kj::Promise<void>> parts(data_.size() + 1);  // to the links that know goodbye
   auto bye = [](rpc::MetaRequest::Builder b) { b.setGoodbye(); };
   if (meta_->state() == ServerLink::State::ACTIVE &&
       (meta_->peerFeatures() & features::ACTIVE_SERVER_LOCK)) {
@@ -225,7 +225,7 @@ kj::Promise<void> Client::goodbye(kj::Duration limit) {
     parts.add(
         link->data([](rpc::DataRequest::Builder b) { b.setGoodbye(); }, false).ignoreResult());
   }
-  return kj::joinPromises(parts.finish())
+  return kj::joinPromises(parts.releaseAsArray())
       .catch_([](kj::Exception&&) {})
       .exclusiveJoin(io_.provider->getTimer().afterDelay(limit));
 }
@@ -282,7 +282,7 @@ kj::Promise<void> Client::recoverMeta() {
   }
   return refreshTargets(ServerLink::Class::RECOVERY).then([this]() {
     auto started = io_.provider->getTimer().now();
-    auto replays = kj::heapArrayBuilder<kj::Promise<void>>(opens_.size());
+    kj::Vector<kj::Promise<void>> replays(opens_.size());  // lost and opening ones skipped
     for (auto& [fh, file] : opens_.all()) {
       if (file.lost || file.opening) continue;
       uint64_t handle = fh, ino = file.ino;
@@ -306,7 +306,7 @@ kj::Promise<void> Client::recoverMeta() {
                             }));
     }
     size_t count = replays.size();
-    return kj::joinPromises(replays.finish())
+    return kj::joinPromises(replays.releaseAsArray())
         .then([this, count, started]() {
           if (count > 0) {
             spdlog::info("open replay: {} files re-opened in {} ms", count,

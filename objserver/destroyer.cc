@@ -1,6 +1,7 @@
 #include "objserver/destroyer.h"
 
 #include <kj/debug.h>
+#include <kj/vector.h>
 #include <spdlog/spdlog.h>
 
 #include "rpc/feature_flags.h"
@@ -50,7 +51,7 @@ kj::Promise<void> Destroyer::loop() {
   // transaction here for every file whose targets all confirmed. A file with a target not known
   // yet stays queued.
   std::map<uint32_t, kj::Vector<uint64_t>> byTarget;
-  auto inos = kj::heapArrayBuilder<uint64_t>(batch.size());
+  kj::Vector<uint64_t> inos(batch.size());  // those with every target reachable
   for (auto& item : batch) {
     bool reachable = true;
     for (uint32_t t : item.layout.targets) reachable = reachable && links_.linkFor(t) != nullptr;
@@ -63,7 +64,7 @@ kj::Promise<void> Destroyer::loop() {
     done.add(destroyOn(KJ_ASSERT_NONNULL(links_.linkFor(target)), objects.releaseAsArray()));
   }
   bool progress = inos.size() > 0;
-  auto finished = kj::joinPromises(done.finish()).then([this, inos = inos.finish()]() {
+  auto finished = kj::joinPromises(done.finish()).then([this, inos = inos.releaseAsArray()]() {
     ctx_.commit([&](store::Txn& txn) {
       for (uint64_t ino : inos) ns_.destroyed(txn, ino);
     });

@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <kj/debug.h>
+#include <kj/vector.h>
 #include <openssl/bio.h>
 #include <openssl/bn.h>
 #include <openssl/err.h>
@@ -612,7 +613,9 @@ kj::Promise<void> SslContext::Stream::write(
   }
   // Runs of small pieces gathered into one buffer each; large ones written as they are.
   auto gathered = kj::heapArray<kj::byte>(small);
-  auto parts = kj::heapArrayBuilder<kj::ArrayPtr<const kj::byte>>(pieces.size());
+  // As many parts as pieces at most (a run makes one of several): a Vector, which an
+  // ArrayBuilder finished short of its capacity is not.
+  kj::Vector<kj::ArrayPtr<const kj::byte>> parts(pieces.size());
   size_t at = 0, runStart = 0;
   bool inRun = false;
   for (auto& p : pieces) {
@@ -628,7 +631,7 @@ kj::Promise<void> SslContext::Stream::write(
     }
   }
   if (inRun) parts.add(gathered.slice(runStart, at));
-  auto list = parts.finish();
+  auto list = parts.releaseAsArray();
   auto first = list[0];
   auto rest = list.slice(1, list.size());
   return writeAll(first, rest).attach(kj::mv(gathered), kj::mv(list));

@@ -54,6 +54,19 @@ constexpr kj::Duration PING_TIMEOUT = 8 * kj::SECONDS;
 constexpr size_t KEEP_LIMIT = 64 << 20;
 // How long a draining link works at writing back before it lets go of the server regardless.
 constexpr kj::Duration DRAIN_LIMIT = 5 * kj::SECONDS;
+// Connections lost this soon after they were made, several in a row, are not an outage but
+// something that kills each new one: most likely a request of ours the server cannot read
+// (its RPC system drops the connection, and we send the request again on the next). Requests
+// still wait, and are sent again (failing them could fail an application in an upgrade, whose
+// disconnects look the same), but reconnects back off: the first few are free (a server
+// restarted twice in a row), then 100 ms doubling up to 5 s.
+constexpr kj::Duration SHORT_LIVED = 1 * kj::SECONDS;
+constexpr unsigned SHORT_LIVED_FREE = 3;
+kj::Duration shortLivedBackoff(unsigned inARow) {
+  if (inARow <= SHORT_LIVED_FREE) return 0 * kj::SECONDS;
+  return kj::min(100 * kj::MILLISECONDS * (1u << kj::min(inARow - SHORT_LIVED_FREE - 1, 10u)),
+                 5 * kj::SECONDS);
+}
 }  // namespace
 
 struct ServerLink::Connection {
@@ -424,6 +437,7 @@ void ServerLink::connectLoop(unsigned attempt) {
                   }
                   currentAddress_ = kj::mv(addressCopy);
                   preferred_ = index;
+                  connectedAt_ = timer_.now();
                   uint64_t gen = ++generation_;
                   generation->value = gen;
                   tasks_->add(conn->client.onDisconnect().then(
@@ -529,13 +543,30 @@ void ServerLink::lost(uint64_t generation, kj::StringPtr why) {
   KJ_IF_MAYBE (f, onLost_) {
     (*f)();
   }
-  if (failedRecoveries_ == 0) {
-    tasks_->add(kj::evalLater([this]() { connectLoop(0); }));
+  if (timer_.now() - connectedAt_ < SHORT_LIVED) {
+    ++shortLived_;
   } else {
+    shortLived_ = 0;
+  }
+  auto delay = shortLivedBackoff(shortLived_);
+  if (delay > 0 * kj::SECONDS && (shortLived_ == SHORT_LIVED_FREE + 1 || shortLived_ % 20 == 0)) {
+    spdlog::error(
+        "link {}: {} connections in a row to {} lost within {} ms of being made (the last: "
+        "{}); reconnecting after {} ms. A request of ours that the server cannot read does "
+        "this: its RPC system drops each connection the request is sent on again",
+        name_.cStr(), shortLived_, currentAddress_.cStr(), SHORT_LIVED / kj::MILLISECONDS,
+        why.cStr(), delay / kj::MILLISECONDS);
+  }
+  if (failedRecoveries_ > 0) {
     // Connecting works, recovering does not (a refused target, say): no tight loop of
     // connects. 20 ms after the first failure, doubling up to 10 s.
-    auto delay = kj::min(20 * kj::MILLISECONDS * (1u << kj::min(failedRecoveries_ - 1, 10u)),
-                         10 * kj::SECONDS);
+    delay =
+        kj::max(delay, kj::min(20 * kj::MILLISECONDS * (1u << kj::min(failedRecoveries_ - 1, 10u)),
+                               10 * kj::SECONDS));
+  }
+  if (delay == 0 * kj::SECONDS) {
+    tasks_->add(kj::evalLater([this]() { connectLoop(0); }));
+  } else {
     tasks_->add(timer_.afterDelay(delay).then([this]() { connectLoop(0); }));
   }
 }

@@ -231,6 +231,10 @@ private:
   // Recoveries that failed in a row (the server answers, then refuses what we ask, e.g. a
   // target of another filesystem): reconnects after them back off as failed connects do.
   unsigned failedRecoveries_ = 0;
+  // Connections lost soon after they were made, in a row (see SHORT_LIVED): reconnects after
+  // them back off too.
+  unsigned shortLived_ = 0;
+  kj::TimePoint connectedAt_ = kj::origin<kj::TimePoint>();
   kj::Maybe<kj::Own<Connection>> connection_;
   kj::String currentAddress_;
   uint64_t peerFeatures_ = 0;

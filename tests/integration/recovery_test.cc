@@ -209,21 +209,46 @@ TEST(Recovery, AFrozenServerIsWaitedForAndNothingIsAppliedTwice) {
 // its own question numbers, which it reuses; with a window of updates always on their way those
 // are a rotation of the requests' order, and resends that followed them were applied out of
 // order. Each update is a mkdir; its reply's transaction number is when it was applied.
+// A client's link to the metadata server, made in this process (no mount): what its requests
+// are, and when they go, is the test's.
+struct TestLink {
+  TestLink(const TestCluster& cluster, kj::StringPtr hostName, kj::byte uuidSeed)
+      : io(kj::setupAsyncIo()),
+        transport(rawCredentials.empty()
+                      ? Transport::plaintext(io)
+                      : Transport::tls(io, rawCredentials.c_str(), Peer::Role::CLIENT)) {
+    LinkIdentity identity;
+    identity.uuid = kj::heapArray<kj::byte>(16);
+    for (auto i : kj::indices(identity.uuid)) identity.uuid[i] = kj::byte(uuidSeed + i);
+    identity.hostName = kj::str(hostName);
+    auto addresses = kj::heapArrayBuilder<kj::String>(1);
+    addresses.add(kj::str(cluster.metaAddress()));
+    link = kj::heap<ServerLink>(transport->network(), io.provider->getTimer(), kj::str("meta"),
+                                addresses.finish(), identity);
+    link->start();
+  }
+  kj::Timer& timer() { return io.provider->getTimer(); }
+  void sleep(kj::Duration d) { timer().afterDelay(d).wait(io.waitScope); }
+  kj::Promise<ServerLink::MetaResponse> mkdir(kj::String name) {
+    return link->meta(
+        [name = kj::mv(name)](rpc::MetaRequest::Builder b) {
+          auto m = b.initMkdir();
+          m.setParent(1);
+          m.setName(name.asBytes());
+          m.setMode(0755);
+        },
+        true);
+  }
+
+  kj::AsyncIoContext io;
+  kj::Own<Transport> transport;
+  kj::Own<ServerLink> link;  // destroyed before the transport it connects through
+};
+
 TEST(Recovery, UpdatesCutOffAreSentAgainInTheOrderTheyWereMade) {
   TestCluster cluster;
-  auto io = kj::setupAsyncIo();
-  auto transport = rawCredentials.empty()
-                       ? Transport::plaintext(io)
-                       : Transport::tls(io, rawCredentials.c_str(), Peer::Role::CLIENT);
-  LinkIdentity identity;
-  identity.uuid = kj::heapArray<kj::byte>(16);
-  for (auto i : kj::indices(identity.uuid)) identity.uuid[i] = kj::byte(0x5a + i);
-  identity.hostName = kj::str("resend-order-test");
-  auto addresses = kj::heapArrayBuilder<kj::String>(1);
-  addresses.add(kj::str(cluster.metaAddress()));
-  ServerLink link(transport->network(), io.provider->getTimer(), kj::str("meta"),
-                  addresses.finish(), identity);
-  link.start();
+  TestLink client(cluster, "resend-order-test", 0x5a);
+  auto& io = client.io;
 
   // Where the window stands in the question numbers when the server freezes varies with the
   // round (a rotation by 0 would keep the order by chance).
@@ -237,16 +262,7 @@ TEST(Recovery, UpdatesCutOffAreSentAgainInTheOrderTheyWereMade) {
     kj::Function<kj::Promise<void>()> next = [&]() -> kj::Promise<void> {
       if (made == TOTAL) return kj::READY_NOW;
       int i = made++;
-      auto name = kj::str("r", freezeAt, "-", i);
-      return link
-          .meta(
-              [name = kj::mv(name)](rpc::MetaRequest::Builder b) {
-                auto m = b.initMkdir();
-                m.setParent(1);
-                m.setName(name.asBytes());
-                m.setMode(0755);
-              },
-              true)
+      return client.mkdir(kj::str("r", freezeAt, "-", i))
           .then([&, i](ServerLink::MetaResponse&& resp) {
             EXPECT_EQ(resp.getReply().getError(), 0) << "mkdir " << i;
             appliedAs[i] = resp.getReply().getTransno();
@@ -282,6 +298,42 @@ TEST(Recovery, UpdatesCutOffAreSentAgainInTheOrderTheyWereMade) {
           << (cutOff[i] ? " (cut off)" : "");
     }
   }
+}
+
+// A request the server cannot read (here: past its 16 MiB limit on a message) makes its RPC
+// system drop the connection, and the link sends it again on the next one: it waits, as
+// requests wait out every lost connection. What must not happen is a tight loop of
+// reconnects (a bug of that kind once made 40 a second, and a line of log each, for as long
+// as the mount lived): connections lost right after they were made back off, and a request
+// made after the bad one was given up gets through.
+TEST(Recovery, ARequestTheServerCannotReadIsNotResentInATightLoop) {
+  TestCluster cluster;
+  TestLink client(cluster, "unreadable-request-test", 0x3c);
+  ASSERT_EQ(client.mkdir(kj::str("before")).wait(client.io.waitScope).getReply().getError(), 0);
+  auto before = client.link->generation();
+
+  bool answered = false;
+  auto tooLong = client.mkdir(kj::heapString(17 << 20))
+                     .then([&](ServerLink::MetaResponse&&) { answered = true; },
+                           [&](kj::Exception&&) { answered = true; })
+                     .eagerlyEvaluate(nullptr);
+  client.sleep(6 * kj::SECONDS);
+  EXPECT_FALSE(answered) << "the request waits, as requests wait out lost connections";
+  // Connects and losses each bump the generation. Without the backoff this was ~500.
+  auto connects = (client.link->generation() - before) / 2;
+  EXPECT_GE(connects, 3u) << "the request was sent again on new connections";
+  EXPECT_LE(connects, 15u) << "reconnects back off";
+
+  // The application gives up (a signal): the next request gets through.
+  tooLong = nullptr;
+  auto after =
+      client.mkdir(kj::str("after"))
+          .exclusiveJoin(
+              client.timer().afterDelay(15 * kj::SECONDS).then([]() -> ServerLink::MetaResponse {
+                KJ_FAIL_REQUIRE("no answer in 15 s");
+              }))
+          .wait(client.io.waitScope);
+  EXPECT_EQ(after.getReply().getError(), 0);
 }
 
 TEST(Recovery, UnlinkedOpenFileSurvivesRestartAndIsFreedAtLastClose) {

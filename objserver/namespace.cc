@@ -633,6 +633,11 @@ void Namespace::setxattr(store::Txn& txn, uint64_t ino, kj::ArrayPtr<const kj::b
   bool exists = txn.get(xattrs_, key) != nullptr;
   if (flags & XATTR_CREATE) fsRequire(!exists, EEXIST);
   if (flags & XATTR_REPLACE) fsRequire(exists, ENODATA);
+  if (!exists) {
+    size_t listed = name.size() + 1;
+    for (auto& other : listxattr(txn, ino)) listed += other.size() + 1;
+    fsRequire(listed <= XATTR_LIST_MAX_BYTES, ENOSPC);
+  }
   txn.put(xattrs_, key, value);
   node.ctime = nowTime();
   put(txn, node);

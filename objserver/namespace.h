@@ -30,6 +30,11 @@ constexpr uint64_t ROOT_INO = 1;
 constexpr size_t NAME_MAX_BYTES = 255;
 constexpr size_t PATH_MAX_BYTES = 4096;
 constexpr size_t XATTR_VALUE_MAX = 65536;
+// The most a file's xattr names take in a listxattr reply (each with its NUL): Linux's
+// XATTR_LIST_MAX, the largest list the kernel passes back. A name past it is refused with
+// ENOSPC, as ext4 refuses one past its block: stored, it would make listxattr fail (E2BIG) for
+// good, and with it every tool that copies a file's attributes.
+constexpr size_t XATTR_LIST_MAX_BYTES = 65536;
 
 struct LayoutData {
   uint64_t objectId = 0;

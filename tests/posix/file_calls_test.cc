@@ -384,6 +384,26 @@ TEST_P(Xattr, SetGetListRemove) {
   EXPECT_EQ(getxattr(p("f").c_str(), "user.empty", buf, sizeof(buf)), 0);
 }
 
+// A file takes names only as long as one listxattr can return them all (the kernel passes at
+// most 64 KiB back): past that every tool that copies attributes would fail on it.
+TEST_P(Xattr, NamesStopWhereListxattrCanStillReturnThemAll) {
+  touch(p("f"));
+  int stop = 0, i = 0;
+  for (; i < 1000 && stop == 0; ++i) {
+    auto name = "user." + std::string(200, 'n') + std::to_string(i);
+    stop = err(setxattr(p("f").c_str(), name.c_str(), "v", 1, XATTR_CREATE));
+  }
+  EXPECT_EQ(stop, ENOSPC) << "after " << i << " names";
+  if (onCairn()) {
+    EXPECT_GT(i, 300) << "about 64 KiB of names";
+  }
+  ssize_t size = listxattr(p("f").c_str(), nullptr, 0);
+  ASSERT_GT(size, 0) << strerror(errno);
+  EXPECT_LE(size, 65536);
+  std::string list(size, '\0');
+  EXPECT_EQ(listxattr(p("f").c_str(), list.data(), list.size()), size);
+}
+
 TEST_P(Xattr, Permissions) {
   touch(p("f"), 0644);
   chmod(p("f").c_str(), 0644);

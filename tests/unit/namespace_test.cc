@@ -245,6 +245,27 @@ TEST_F(NamespaceTest, Xattrs) {
     store::Txn txn(target->env(), store::Txn::READ);
     EXPECT_EQ(ns->listxattr(txn, f).size(), 1u);
   }
+  // Names up to what one listxattr can return (XATTR_LIST_MAX, each name with its NUL): 256
+  // names of 255 bytes take exactly 65,536. One more is refused; replacing a value is not.
+  auto name = [](int i) {
+    char tail[8];
+    snprintf(tail, sizeof(tail), "%04x", i);
+    std::string s = "user." + std::string(246, 'x') + tail;
+    EXPECT_EQ(s.size(), 255u);
+    return kj::heapArray(reinterpret_cast<const kj::byte*>(s.data()), s.size());
+  };
+  apply([&](store::Txn& t) { ns->removexattr(t, f, n("user.a")); });
+  apply([&](store::Txn& t) {
+    for (int i = 0; i < 256; ++i) ns->setxattr(t, f, name(i), n("v"), 0);
+  });
+  EXPECT_EQ(err([&](store::Txn& t) { ns->setxattr(t, f, name(256), n("v"), 0); }), ENOSPC);
+  apply([&](store::Txn& t) { ns->setxattr(t, f, name(7), n("again"), XATTR_REPLACE); });
+  apply([&](store::Txn& t) { ns->removexattr(t, f, name(7)); });
+  apply([&](store::Txn& t) { ns->setxattr(t, f, name(256), n("v"), 0); });
+  {
+    store::Txn txn(target->env(), store::Txn::READ);
+    EXPECT_EQ(ns->listxattr(txn, f).size(), 256u);
+  }
   // Destroying the inode takes its xattrs along.
   apply([&](store::Txn& t) { ns->unlink(t, ROOT_INO, n("f"), false); });
   store::Txn txn(target->env(), store::Txn::READ);

@@ -203,12 +203,6 @@ TEST(Recovery, AFrozenServerIsWaitedForAndNothingIsAppliedTwice) {
   EXPECT_EQ(readWhole(mnt + "/log").size(), size_t(appends.load()));
 }
 
-// Updates a client has on their way when its connection is cut are sent again once it is back,
-// in the order they were made: the server applies them so (the application was told of some
-// already, answered ahead, in that order). The RPC system rejects the lost calls in the order of
-// its own question numbers, which it reuses; with a window of updates always on their way those
-// are a rotation of the requests' order, and resends that followed them were applied out of
-// order. Each update is a mkdir; its reply's transaction number is when it was applied.
 // A client's link to the metadata server, made in this process (no mount): what its requests
 // are, and when they go, is the test's.
 struct TestLink {
@@ -245,6 +239,12 @@ struct TestLink {
   kj::Own<ServerLink> link;  // destroyed before the transport it connects through
 };
 
+// Updates a client has on their way when its connection is cut are sent again once it is back,
+// in the order they were made: the server applies them so (the application was told of some
+// already, answered ahead, in that order). The RPC system rejects the lost calls in the order of
+// its own question numbers, which it reuses; with a window of updates always on their way those
+// are a rotation of the requests' order, and resends that followed them were applied out of
+// order. Each update is a mkdir; its reply's transaction number is when it was applied.
 TEST(Recovery, UpdatesCutOffAreSentAgainInTheOrderTheyWereMade) {
   TestCluster cluster;
   TestLink client(cluster, "resend-order-test", 0x5a);
@@ -319,7 +319,7 @@ TEST(Recovery, ARequestTheServerCannotReadIsNotResentInATightLoop) {
                      .eagerlyEvaluate(nullptr);
   client.sleep(6 * kj::SECONDS);
   EXPECT_FALSE(answered) << "the request waits, as requests wait out lost connections";
-  // Connects and losses each bump the generation. Without the backoff this was ~500.
+  // Connects and losses each bump the generation. Without the backoff: 206 connects.
   auto connects = (client.link->generation() - before) / 2;
   EXPECT_GE(connects, 3u) << "the request was sent again on new connections";
   EXPECT_LE(connects, 15u) << "reconnects back off";

@@ -54,6 +54,18 @@ constexpr kj::Duration PING_TIMEOUT = 8 * kj::SECONDS;
 constexpr size_t KEEP_LIMIT = 64 << 20;
 // How long a draining link works at writing back before it lets go of the server regardless.
 constexpr kj::Duration DRAIN_LIMIT = 5 * kj::SECONDS;
+// The largest request a server reads: its limit on a whole message, less room for the RPC
+// call around the request. One past it would drop every connection it is sent on.
+constexpr uint64_t MAX_REQUEST_WORDS = RpcServer::Limits().messageWords - 1024;
+// "meta.lookup", "data.writeMany", ...
+template <typename Reader>
+std::string kindOf(Reader r) {
+  auto fields = capnp::Schema::from<typename Reader::Reads>().getUnionFields();
+  auto which = static_cast<uint>(r.which());
+  std::string kind = kj::isSameType<Reader, rpc::MetaRequest::Reader>() ? "meta." : "data.";
+  kind += which < fields.size() ? fields[which].getProto().getName().cStr() : "unknown";
+  return kind;
+}
 // Connections lost this soon after they were made, several in a row, are not an outage but
 // something that kills each new one: most likely a request of ours the server cannot read
 // (its RPC system drops the connection, and we send the request again on the next). Requests
@@ -608,6 +620,17 @@ kj::Promise<Response> ServerLink::send(kj::Own<Pending> pending, Build& build) {
         r.setRequestId(pending->id);
         r.setOldestUnreplied(oldestUnreplied());
         build(r);
+        // Never sent: no server would read it (a bug of ours, as every request is bounded).
+        // Failed here, with what it was, instead of waiting for good.
+        auto words = r.totalSize().wordCount;
+        if (words > MAX_REQUEST_WORDS) {
+          spdlog::error(
+              "link {}: a {} request of {} bytes is over what a server reads ({}); failed",
+              name_.cStr(), kindOf(r.asReader()), words * sizeof(capnp::word),
+              MAX_REQUEST_WORDS * sizeof(capnp::word));
+          return KJ_EXCEPTION(FAILED, "request too large for a server to read", words,
+                              MAX_REQUEST_WORDS);
+        }
         // What leaves during recovery (resendCutOff let it) is a resend to the server too: it
         // goes in ahead of other clients' new updates, as what was answered must.
         r.setResend(pending->attempts++ > 0 || (pending->id != 0 && state_ == State::RECOVERING));
@@ -662,11 +685,7 @@ kj::Promise<Response> ServerLink::send(kj::Own<Pending> pending, Build& build) {
 
 template <typename Reader>
 void ServerLink::countRequest(Reader r) {
-  auto fields = capnp::Schema::from<typename Reader::Reads>().getUnionFields();
-  auto which = static_cast<uint>(r.which());
-  std::string kind = kj::isSameType<Reader, rpc::MetaRequest::Reader>() ? "meta." : "data.";
-  kind += which < fields.size() ? fields[which].getProto().getName().cStr() : "unknown";
-  ++stats_.requests[kind];
+  ++stats_.requests[kindOf(r)];
 }
 
 void ServerLink::keep(uint64_t transno, Kept kept) {

@@ -635,7 +635,8 @@ void Namespace::setxattr(store::Txn& txn, uint64_t ino, kj::ArrayPtr<const kj::b
   if (flags & XATTR_REPLACE) fsRequire(exists, ENODATA);
   if (!exists) {
     size_t listed = name.size() + 1;
-    for (auto& other : listxattr(txn, ino)) listed += other.size() + 1;
+    forEachXattrName(txn, ino,
+                     [&](kj::ArrayPtr<const kj::byte> other) { listed += other.size() + 1; });
     fsRequire(listed <= XATTR_LIST_MAX_BYTES, ENOSPC);
   }
   txn.put(xattrs_, key, value);
@@ -653,18 +654,24 @@ kj::Array<kj::byte> Namespace::getxattr(store::Txn& txn, uint64_t ino,
   throw FsError(ENODATA);
 }
 
-kj::Vector<kj::Array<kj::byte>> Namespace::listxattr(store::Txn& txn, uint64_t ino) {
-  get(txn, ino);
-  kj::Vector<kj::Array<kj::byte>> names;
+void Namespace::forEachXattrName(store::Txn& txn, uint64_t ino,
+                                 kj::FunctionParam<void(kj::ArrayPtr<const kj::byte>)> each) {
   store::Cursor cursor(txn, xattrs_);
   for (auto item = cursor.seek(childKey(ino, nullptr));; item = cursor.next()) {
     KJ_IF_MAYBE (i, item) {
       if (store::readU64(i->key, 0) != ino) break;
-      names.add(kj::heapArray(i->key.slice(8, i->key.size())));
+      each(i->key.slice(8, i->key.size()));
     } else {
       break;
     }
   }
+}
+
+kj::Vector<kj::Array<kj::byte>> Namespace::listxattr(store::Txn& txn, uint64_t ino) {
+  get(txn, ino);
+  kj::Vector<kj::Array<kj::byte>> names;
+  forEachXattrName(txn, ino,
+                   [&](kj::ArrayPtr<const kj::byte> name) { names.add(kj::heapArray(name)); });
   return names;
 }
 

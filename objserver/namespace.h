@@ -133,6 +133,10 @@ public:
   uint64_t inodeCount(store::Txn& txn);
 
 private:
+  // Calls `each` with every xattr name of `ino`, in key order (the names lie in the
+  // transaction's map: valid only within the call).
+  void forEachXattrName(store::Txn& txn, uint64_t ino,
+                        kj::FunctionParam<void(kj::ArrayPtr<const kj::byte>)> each);
   void requireName(kj::ArrayPtr<const kj::byte> name);
   InodeData requireDir(store::Txn& txn, uint64_t ino);
   kj::Maybe<uint64_t> entry(store::Txn& txn, uint64_t parent, kj::ArrayPtr<const kj::byte> name,

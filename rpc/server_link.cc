@@ -74,10 +74,9 @@ std::string kindOf(Reader r) {
 // restarted twice in a row), then 100 ms doubling up to 5 s.
 constexpr kj::Duration SHORT_LIVED = 1 * kj::SECONDS;
 constexpr unsigned SHORT_LIVED_FREE = 3;
-kj::Duration shortLivedBackoff(unsigned inARow) {
-  if (inARow <= SHORT_LIVED_FREE) return 0 * kj::SECONDS;
-  return kj::min(100 * kj::MILLISECONDS * (1u << kj::min(inARow - SHORT_LIVED_FREE - 1, 10u)),
-                 5 * kj::SECONDS);
+// `first` at the first step, doubling with each one after, at most `most`.
+kj::Duration doubling(kj::Duration first, unsigned step, kj::Duration most) {
+  return kj::min(first * (1u << kj::min(step, 10u)), most);
 }
 }  // namespace
 
@@ -560,7 +559,10 @@ void ServerLink::lost(uint64_t generation, kj::StringPtr why) {
   } else {
     shortLived_ = 0;
   }
-  auto delay = shortLivedBackoff(shortLived_);
+  auto delay =
+      shortLived_ <= SHORT_LIVED_FREE
+          ? 0 * kj::SECONDS
+          : doubling(100 * kj::MILLISECONDS, shortLived_ - SHORT_LIVED_FREE - 1, 5 * kj::SECONDS);
   if (delay > 0 * kj::SECONDS && (shortLived_ == SHORT_LIVED_FREE + 1 || shortLived_ % 20 == 0)) {
     spdlog::error(
         "link {}: {} connections in a row to {} lost within {} ms of being made (the last: "
@@ -573,8 +575,7 @@ void ServerLink::lost(uint64_t generation, kj::StringPtr why) {
     // Connecting works, recovering does not (a refused target, say): no tight loop of
     // connects. 20 ms after the first failure, doubling up to 10 s.
     delay =
-        kj::max(delay, kj::min(20 * kj::MILLISECONDS * (1u << kj::min(failedRecoveries_ - 1, 10u)),
-                               10 * kj::SECONDS));
+        kj::max(delay, doubling(20 * kj::MILLISECONDS, failedRecoveries_ - 1, 10 * kj::SECONDS));
   }
   if (delay == 0 * kj::SECONDS) {
     tasks_->add(kj::evalLater([this]() { connectLoop(0); }));

@@ -52,8 +52,11 @@ constexpr kj::Duration PING_TIMEOUT = 8 * kj::SECONDS;
 // Past this many bytes of updates kept for replay, the link asks the server to sync (which lets
 // it forget them) instead of waiting for the next periodic sync to be reported.
 constexpr size_t KEEP_LIMIT = 64 << 20;
-// How long a draining link works at writing back before it lets go of the server regardless.
+// How long a draining link works at writing back before it lets go of the server regardless:
+// at most DRAIN_LIMIT, and at most DRAIN_SHARE of the time the server's callback gives (its lock
+// timeout), so that the requests in flight and the cancel still land before it runs out.
 constexpr kj::Duration DRAIN_LIMIT = 5 * kj::SECONDS;
+constexpr double DRAIN_SHARE = 2.0 / 3.0;
 // The largest request a server reads: its limit on a whole message, less room for the RPC
 // call around the request. One past it would drop every connection it is sent on.
 constexpr uint64_t MAX_REQUEST_WORDS = RpcServer::Limits().messageWords - 1024;
@@ -185,7 +188,7 @@ void ServerLink::setOnDrain(kj::Function<kj::Promise<void>()> onDrain) {
 
 void ServerLink::blocking(uint64_t lockId, uint32_t timeoutMs, bool gone) {
   if (lockId != 0 && lockId == serverLock_ && !gone) {
-    drain(generation_);
+    drain(generation_, timeoutMs * kj::MILLISECONDS);
     return;
   }
   KJ_IF_MAYBE (cb, lockCallback_) {
@@ -209,10 +212,16 @@ void ServerLink::share(uint32_t maxLocks) {
 // gate before they are formatted; dirty data goes back and cached state is dropped (the owner's
 // onDrain); the requests in flight finish; then the PR on the active-server lock is cancelled
 // and the link waits for the server to go.
-void ServerLink::drain(uint64_t gen) {
+void ServerLink::drain(uint64_t gen, kj::Duration timeout) {
   if (gen != generation_ || connection_ == nullptr) return;
   if (state_ == State::DRAINING || state_ == State::READY) return;
   auto started = timer_.now();
+  // (A server before features::LOCK_PROLONG says 0: its timeout is not known.)
+  kj::Duration limit = DRAIN_LIMIT;
+  if (timeout > 0 * kj::SECONDS) {
+    limit = kj::min(limit,
+                    int64_t(double(timeout / kj::MILLISECONDS) * DRAIN_SHARE) * kj::MILLISECONDS);
+  }
   state_ = State::DRAINING;
   spdlog::info("link {}: the server is shutting down: requests wait, writing back", name_.cStr());
   kj::Promise<void> written = kj::READY_NOW;
@@ -224,11 +233,11 @@ void ServerLink::drain(uint64_t gen) {
                     spdlog::warn("link {}: write-back before the shutdown failed: {}", name_.cStr(),
                                  e.getDescription().cStr());
                   })
-                  .exclusiveJoin(timer_.afterDelay(DRAIN_LIMIT).then([this]() {
+                  .exclusiveJoin(timer_.afterDelay(limit).then([this, limit]() {
                     spdlog::warn(
                         "link {}: write-back before the shutdown still running after "
                         "{} ms: letting go anyway",
-                        name_.cStr(), DRAIN_LIMIT / kj::MILLISECONDS);
+                        name_.cStr(), limit / kj::MILLISECONDS);
                   }));
   }
   tasks_->add(

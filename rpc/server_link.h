@@ -172,8 +172,8 @@ public:
 private:
   void blocking(uint64_t lockId, uint32_t timeoutMs, bool gone);
   void share(uint32_t maxLocks);  // the server's share of its lock budget, for the owner
-  void drain(uint64_t generation);
-  kj::Promise<void> idle();  // no request of this link in flight
+  void drain(uint64_t generation, kj::Duration timeout);  // `timeout`: 0 if not known
+  kj::Promise<void> idle();                               // no request of this link in flight
   struct Kept {
     kj::Own<capnp::MallocMessageBuilder> request;  // a MetaRequest or a DataRequest
     bool meta;

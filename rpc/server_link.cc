@@ -53,10 +53,9 @@ constexpr kj::Duration PING_TIMEOUT = 8 * kj::SECONDS;
 // it forget them) instead of waiting for the next periodic sync to be reported.
 constexpr size_t KEEP_LIMIT = 64 << 20;
 // How long a draining link works at writing back before it lets go of the server regardless:
-// at most DRAIN_LIMIT, and at most DRAIN_SHARE of the time the server's callback gives (its lock
+// at most DRAIN_LIMIT, and at most two thirds of the time the server's callback gives (its lock
 // timeout), so that the requests in flight and the cancel still land before it runs out.
 constexpr kj::Duration DRAIN_LIMIT = 5 * kj::SECONDS;
-constexpr double DRAIN_SHARE = 2.0 / 3.0;
 // The largest request a server reads: its limit on a whole message, less room for the RPC
 // call around the request. One past it would drop every connection it is sent on.
 constexpr uint64_t MAX_REQUEST_WORDS = RpcServer::Limits().messageWords - 1024;
@@ -218,10 +217,7 @@ void ServerLink::drain(uint64_t gen, kj::Duration timeout) {
   auto started = timer_.now();
   // (A server before features::LOCK_PROLONG says 0: its timeout is not known.)
   kj::Duration limit = DRAIN_LIMIT;
-  if (timeout > 0 * kj::SECONDS) {
-    limit = kj::min(limit,
-                    int64_t(double(timeout / kj::MILLISECONDS) * DRAIN_SHARE) * kj::MILLISECONDS);
-  }
+  if (timeout > 0 * kj::SECONDS) limit = kj::min(limit, timeout / 3 * 2);
   state_ = State::DRAINING;
   spdlog::info("link {}: the server is shutting down: requests wait, writing back", name_.cStr());
   kj::Promise<void> written = kj::READY_NOW;

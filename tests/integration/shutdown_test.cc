@@ -575,7 +575,13 @@ TEST(Shutdown, ASlowWriteBackLetsGoWithinTheServersLockTimeout) {
   EXPECT_EQ(cluster.shutdownServer(2, &ctl), 0) << ctl.out << ctl.err;
   auto log = readWhole(cluster.log(2));
   EXPECT_FALSE(contains(log, "evicting")) << log;
-  EXPECT_TRUE(contains(cluster.mountLog(0), "letting go anyway")) << cluster.mountLog(0);
+  // The fsync's writes may still be on their way into the mount's queue (behind a look at the
+  // stopped server's room) when the drain starts: then there is nothing slow to write back,
+  // which a loaded CI run once showed ("0 files written back"). Only the eviction is checked.
+  bool slow = !contains(cluster.mountLog(0), "data target 1 shutting down: 0 files");
+  if (slow) {
+    EXPECT_TRUE(contains(cluster.mountLog(0), "letting go anyway")) << cluster.mountLog(0);
+  }
   EXPECT_TRUE(cluster.startServer(2));
   cluster.signalServer(1, SIGCONT);
   // Bounded, so that a failure here cannot hang the suite (a kill ends a wait in FUSE).

@@ -463,6 +463,10 @@ private:
   std::unordered_map<uint64_t, uint32_t> fsyncing_;
   std::unordered_set<uint64_t> failedCreates_;  // ... that the server never made (until released)
   uint64_t metaEvictions_ = 0;  // the metadata server's evictions of this client, as learned
+  // Our session at the metadata server (ServerLink::session), taken in recoverMeta once what
+  // an eviction there took away is dropped: a data server's fence of an earlier session was
+  // dealt with then (recoverData).
+  uint64_t metaSession_ = 0;
   // Inode numbers the server set aside for us, each with its file's layout.
   std::deque<std::pair<uint64_t, kj::Own<SharedLayout>>> reserved_;
   bool reserving_ = false;

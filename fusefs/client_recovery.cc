@@ -60,6 +60,7 @@ kj::Promise<void> Client::recoverMeta() {
     // yet sent must not reach the data servers now, after another client's writes. Queued
     // writes fail here (EIO at the next flush or fsync); those being sent fail at their link.
     ++metaEvictions_;
+    meta_->forgetWriteback();
     for (auto& [index, link] : data_) link->forgetWriteback();
     for (uint64_t ino : wb_.files()) wb_.fail(ino, EIO);
     spdlog::warn(
@@ -68,6 +69,7 @@ kj::Promise<void> Client::recoverMeta() {
         n, appLocks_.size());
     appLocks_.clear();
   }
+  metaSession_ = meta_->session();
   return refreshTargets(ServerLink::Class::RECOVERY).then([this]() {
     auto started = io_.provider->getTimer().now();
     kj::Vector<kj::Promise<void>> replays(opens_.size());  // lost and opening ones skipped
@@ -188,25 +190,39 @@ kj::Promise<void> Client::replayAppLocks() {
 kj::Promise<void> Client::recoverData(ServerLink& link, uint32_t index) {
   KJ_IF_MAYBE (eviction, link.takeEviction()) {
     // The target dropped what it had of ours (say, it was shut down while we could not write
-    // back, or an administrator evicted us). A file with writes still queued here wrote them
-    // under locks we no longer hold: it can only fail now. So can every file with a stripe
-    // there if the target lost updates it had answered, as we cannot tell whose they were.
-    // Files that only read there, or whose writes had all landed, carry on in the new
-    // session: among them those opened after the eviction, which never used the old one.
+    // back, an administrator evicted us, or the metadata server fenced us off it). A file with
+    // writes still queued here wrote them under locks we no longer hold: it can only fail now.
+    // So can every file with a stripe there if the target lost updates it had answered, as we
+    // cannot tell whose they were. Files that only read there, or whose writes had all landed,
+    // carry on in the new session: among them those opened after the eviction, which never
+    // used the old one.
+    // A fence of a metadata session we have already left behind (told of its eviction there
+    // first, recoverMeta dropped what was written in it) took nothing from what is queued now:
+    // that was written in our later session, under its locks.
+    bool earlier = eviction->session != 0 && eviction->session < metaSession_;
+    if (!earlier) link.forgetWriteback();
     size_t n = 0;
     for (auto& [fh, file] : opens_.all()) {
       KJ_IF_MAYBE (l, file.layout) {
         auto& targets = (*l)->layout.targets;
         bool there = std::find(targets.begin(), targets.end(), index) != targets.end();
-        if (!file.lost && there && (eviction->lostAnswered || wb_.queued(file.ino))) {
+        bool lostHere = eviction->lostAnswered || (!earlier && wb_.queued(file.ino));
+        if (!file.lost && there && lostHere) {
           file.lost = true;
           wb_.fail(file.ino, EIO);  // written under locks gone with the eviction: not sent
           ++n;
         }
       }
     }
-    spdlog::warn("evicted by data target {}: {} open files with writes lost there now return EIO",
-                 index, n);
+    if (earlier) {
+      spdlog::warn(
+          "evicted by data target {}, the fence of our session {} at the metadata server, "
+          "which we have left (now {}): {} open files with writes lost there now return EIO",
+          index, eviction->session, metaSession_, n);
+    } else {
+      spdlog::warn("evicted by data target {}: {} open files with writes lost there now return EIO",
+                   index, n);
+    }
   }
   if (!(link.peerFeatures() & features::ACTIVE_SERVER_LOCK)) return kj::READY_NOW;
   // Writes cut off with the connection go again first (ServerLink::resendCutOff).

@@ -19,7 +19,11 @@ kj::ArrayPtr<const kj::byte> uuidOf(const std::string& key) {
 }  // namespace
 
 ClientFence::ClientFence(ServerContext& ctx, DataLinks& links)
-    : ctx_(ctx), links_(links), db_(ctx.target.db("fences")), deliveries_(errorHandler_) {
+    : ctx_(ctx),
+      links_(links),
+      db_(ctx.target.db("fences")),
+      sessionsDb_(ctx.target.db("fence_sessions")),
+      deliveries_(errorHandler_) {
   auto paf = kj::newPromiseAndFulfiller<void>();
   registered_ = kj::mv(paf.fulfiller);
   nextRegistration_ = paf.promise.fork();
@@ -52,10 +56,14 @@ void ClientFence::start() {
         std::string key(reinterpret_cast<const char*>(i->key.begin()), i->key.size());
         uint32_t index = 0;
         for (size_t b = UUID_BYTES; b < key.size(); ++b) index = (index << 8) | kj::byte(key[b]);
+        uint64_t session = 0;
+        KJ_IF_MAYBE (s, txn.get(sessionsDb_, i->key)) {
+          if (s->size() == 8) session = store::readU64(*s);
+        }
         owed_.insert_or_assign(
             key,
             Owed{kj::heapString(reinterpret_cast<const char*>(i->value.begin()), i->value.size()),
-                 now});
+                 session, now});
         found.add(kj::mv(key), index);
       } else {
         break;
@@ -78,7 +86,10 @@ kj::Promise<void> ClientFence::fence(const ClientSession& session) {
   // owes them.
   try {
     ctx_.commit([&](store::Txn& txn) {
-      for (auto& key : keys) txn.put(db_, bytesOf(key), session.label.asBytes());
+      for (auto& key : keys) {
+        txn.put(db_, bytesOf(key), session.label.asBytes());
+        txn.put(sessionsDb_, bytesOf(key), store::U64Key(session.number).ptr());
+      }
     });
   } catch (FsError& e) {
     spdlog::warn("{}: cannot record the fences owed to the data targets: {}", session.label.cStr(),
@@ -87,7 +98,7 @@ kj::Promise<void> ClientFence::fence(const ClientSession& session) {
   auto parts = kj::heapArrayBuilder<kj::Promise<void>>(targets.size());
   for (auto i : kj::indices(targets)) {
     uint32_t index = targets[i];
-    owed_.insert_or_assign(keys[i], Owed{kj::str(session.label), timer.now()});
+    owed_.insert_or_assign(keys[i], Owed{kj::str(session.label), session.number, timer.now()});
     auto delivered = deliver(keys[i], index).fork();
     deliveries_.add(delivered.addBranch());
     parts.add(delivered.addBranch().exclusiveJoin(
@@ -105,15 +116,15 @@ kj::Promise<void> ClientFence::fence(const ClientSession& session) {
 }
 
 kj::Promise<void> ClientFence::deliver(std::string key, uint32_t index) {
-  if (owed_.count(key) == 0) return kj::READY_NOW;  // taken, or the client came back
+  auto owed = owed_.find(key);
+  if (owed == owed_.end()) return kj::READY_NOW;  // taken, or the client came back
   auto& timer = ctx_.io.provider->getTimer();
   KJ_IF_MAYBE (link, links_.linkFor(index)) {
     // One attempt is bounded: a link whose target moved may never answer, and the next one
     // looks the target up again.
-    auto attempt =
-        evictOn(*link, uuidOf(key)).exclusiveJoin(timer.afterDelay(LIMIT).then([]() -> bool {
-          KJ_FAIL_REQUIRE("the data target did not answer");
-        }));
+    auto attempt = evictOn(*link, uuidOf(key), owed->second.session)
+                       .exclusiveJoin(timer.afterDelay(LIMIT).then(
+                           []() -> bool { KJ_FAIL_REQUIRE("the data target did not answer"); }));
     return attempt.then(
         [this, key, index](bool hadSession) -> kj::Promise<void> {
           auto it = owed_.find(key);
@@ -144,10 +155,12 @@ kj::Promise<void> ClientFence::retryLater(std::string key, uint32_t index) {
       .then([this, key = kj::mv(key), index]() mutable { return deliver(kj::mv(key), index); });
 }
 
-kj::Promise<bool> ClientFence::evictOn(ServerLink& link, kj::ArrayPtr<const kj::byte> uuid) {
-  return link.server().then([uuid = kj::heapArray(uuid)](rpc::Bootstrap::Client server) {
+kj::Promise<bool> ClientFence::evictOn(ServerLink& link, kj::ArrayPtr<const kj::byte> uuid,
+                                       uint64_t session) {
+  return link.server().then([uuid = kj::heapArray(uuid), session](rpc::Bootstrap::Client server) {
     auto req = server.evictRequest();
     req.setClientUuid(uuid);
+    req.setSession(session);
     return req.send().then([](auto reply) { return reply.getEvicted(); });
   });
 }
@@ -155,7 +168,10 @@ kj::Promise<bool> ClientFence::evictOn(ServerLink& link, kj::ArrayPtr<const kj::
 void ClientFence::forget(const std::string& key) {
   owed_.erase(key);
   try {
-    ctx_.commit([&](store::Txn& txn) { txn.del(db_, bytesOf(key)); });
+    ctx_.commit([&](store::Txn& txn) {
+      txn.del(db_, bytesOf(key));
+      txn.del(sessionsDb_, bytesOf(key));
+    });
   } catch (FsError& e) {
     // Left on disk, it is delivered again after a restart: a repeat the target ignores.
     spdlog::warn("cannot record a delivered client fence: {}", e.what());

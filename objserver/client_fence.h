@@ -53,14 +53,19 @@ private:
   static std::string keyOf(kj::ArrayPtr<const kj::byte> uuid, uint32_t index);
   kj::Promise<void> deliver(std::string key, uint32_t index);
   kj::Promise<void> retryLater(std::string key, uint32_t index);
-  kj::Promise<bool> evictOn(ServerLink& link, kj::ArrayPtr<const kj::byte> uuid);
+  kj::Promise<bool> evictOn(ServerLink& link, kj::ArrayPtr<const kj::byte> uuid, uint64_t session);
   void forget(const std::string& key);
 
   ServerContext& ctx_;
   DataLinks& links_;
-  MDB_dbi db_;
+  MDB_dbi db_;          // key -> the client's label
+  MDB_dbi sessionsDb_;  // key -> the session evicted (ClientSession::number)
   struct Owed {
     kj::String label;  // the client's, for logs
+    // Told to the target, which tells the client: one that has learned of this eviction
+    // already keeps what it wrote in its later session (0: not known, as an older release
+    // recorded no session).
+    uint64_t session;
     kj::TimePoint since;
     bool reported = false;  // "not reached" logged once, not at every retry
   };

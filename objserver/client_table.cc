@@ -37,6 +37,7 @@ ClientTable::ClientTable(Target& target)
       replies_(target.db("replies")),
       joined_(target.db("clients")),
       evicted_(target.db("evicted")),
+      evictedSessions_(target.db("evicted_sessions")),
       reserved_(target.db("reserved")) {}
 
 void ClientTable::join(store::Txn& txn, kj::ArrayPtr<const kj::byte> client) {
@@ -98,17 +99,34 @@ void ClientTable::forget(store::Txn& txn, kj::ArrayPtr<const kj::byte> client) {
 }
 
 void ClientTable::markEvicted(store::Txn& txn, kj::ArrayPtr<const kj::byte> client,
-                              kj::StringPtr why) {
+                              kj::StringPtr why, uint64_t session) {
   KJ_REQUIRE(client.size() == UUID_SIZE, "a client uuid is 16 bytes", client.size());
+  if (session != 0 && txn.get(evicted_, client) != nullptr) {
+    // Marked already: an unknown session stays unknown, else the later one counts.
+    KJ_IF_MAYBE (earlier, txn.get(evictedSessions_, client)) {
+      session = earlier->size() == 8 ? kj::max(session, store::readU64(*earlier)) : 0;
+    } else {
+      session = 0;
+    }
+  }
   txn.put(evicted_, client, why.asBytes());
+  if (session != 0) {
+    txn.put(evictedSessions_, client, store::U64Key(session).ptr());
+  } else {
+    txn.del(evictedSessions_, client);
+  }
 }
 
-kj::Maybe<kj::String> ClientTable::takeEvicted(store::Txn& txn,
-                                               kj::ArrayPtr<const kj::byte> client) {
+kj::Maybe<ClientTable::Eviction> ClientTable::takeEvicted(store::Txn& txn,
+                                                          kj::ArrayPtr<const kj::byte> client) {
   KJ_IF_MAYBE (value, txn.get(evicted_, client)) {
-    auto why = kj::heapString(reinterpret_cast<const char*>(value->begin()), value->size());
+    Eviction eviction{kj::heapString(reinterpret_cast<const char*>(value->begin()), value->size())};
+    KJ_IF_MAYBE (session, txn.get(evictedSessions_, client)) {
+      if (session->size() == 8) eviction.session = store::readU64(*session);
+      txn.del(evictedSessions_, client);
+    }
     txn.del(evicted_, client);
-    return kj::mv(why);
+    return kj::mv(eviction);
   }
   return nullptr;
 }

@@ -50,9 +50,17 @@ public:
 
   // Evictions are kept on the target, so that a client evicted by an instance that then shut
   // down (or by a forced start) is told at its next connect, whichever instance it reaches.
-  void markEvicted(store::Txn& txn, kj::ArrayPtr<const kj::byte> client, kj::StringPtr why);
-  // The reason, if the client was evicted; the mark goes.
-  kj::Maybe<kj::String> takeEvicted(store::Txn& txn, kj::ArrayPtr<const kj::byte> client);
+  // `session`: a data target fenced by the metadata server marks which session of the
+  // client's there was evicted (0: not known, or not a fence). Two marks before the client is
+  // back keep the later session, and an unknown one wins: the client then assumes the worst.
+  void markEvicted(store::Txn& txn, kj::ArrayPtr<const kj::byte> client, kj::StringPtr why,
+                   uint64_t session = 0);
+  struct Eviction {
+    kj::String why;
+    uint64_t session = 0;
+  };
+  // The mark, if the client was evicted; it goes.
+  kj::Maybe<Eviction> takeEvicted(store::Txn& txn, kj::ArrayPtr<const kj::byte> client);
   bool isEvicted(store::Txn& txn, kj::ArrayPtr<const kj::byte> client);
 
 private:
@@ -64,7 +72,8 @@ private:
   MDB_dbi replies_;
   MDB_dbi joined_;
   MDB_dbi evicted_;
-  MDB_dbi reserved_;  // uuid + ino -> nothing
+  MDB_dbi evictedSessions_;  // uuid -> the metadata server's session (a fence's mark)
+  MDB_dbi reserved_;         // uuid + ino -> nothing
   // Deletes the client's records in `db` (keys uuid + a number) numbered below `below`.
   void dropBelow(store::Txn& txn, MDB_dbi db, kj::ArrayPtr<const kj::byte> client, uint64_t below);
 };

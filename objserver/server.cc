@@ -72,6 +72,7 @@ ClientSession& ServerContext::session(rpc::Hello::Reader hello) {
     auto s = kj::refcounted<ClientSession>();
     s->uuid = kj::heapArray(hello.getClientUuid());
     s->key = key;
+    s->number = (target.instance() << 32) | ++sessionsMade_;
     {
       store::Txn txn(target.env(), store::Txn::READ);
       s->lastRequestId = clients.lastRequestId(txn, s->uuid);
@@ -152,14 +153,14 @@ bool ServerContext::isCurrent(const ClientSession& session) const {
   return it != sessions.end() && it->second.get() == &session;
 }
 
-void ServerContext::evict(ClientSession& session, kj::StringPtr why) {
+void ServerContext::evict(ClientSession& session, kj::StringPtr why, uint64_t fenced) {
   if (session.evicted) return;
   session.evicted = true;
   spdlog::warn("evicting {}: {}", session.label.cStr(), why.cStr());
   session.recovery = kj::str("evicted: ", why);
   if (session.role == rpc::Hello::Role::CLIENT) {
     try {
-      commit([&](store::Txn& txn) { clients.markEvicted(txn, session.uuid, why); });
+      commit([&](store::Txn& txn) { clients.markEvicted(txn, session.uuid, why, fenced); });
     } catch (FsError& e) {
       spdlog::warn("cannot record the eviction of {}: {}", session.label.cStr(), e.what());
     }
@@ -352,18 +353,19 @@ kj::Promise<void> ServerImpl::connect(ConnectContext context) {
     firstJoin = !joined;
     // Only a first connect, a return after an eviction or after being away has anything to
     // write.
-    kj::Maybe<kj::String> evicted;
+    kj::Maybe<ClientTable::Eviction> evicted;
     if (marked || !joined || backFromAway) {
       ctx_.commit([&](store::Txn& txn) {
         evicted = ctx_.clients.takeEvicted(txn, session.uuid);
         if (!joined || backFromAway) ctx_.clients.join(txn, session.uuid);
       });
     }
-    KJ_IF_MAYBE (why, evicted) {
+    KJ_IF_MAYBE (eviction, evicted) {
       results.setEvicted(true);
+      results.setEvictedSession(eviction->session);
       spdlog::info("{} is back after its eviction ({}): told so", session.label.cStr(),
-                   why->cStr());
-      session.recovery = kj::str("evicted: ", *why);
+                   eviction->why.cStr());
+      session.recovery = kj::str("evicted: ", eviction->why);
       KJ_IF_MAYBE (f, ctx_.fence) {
         f->clientBack(session.uuid);
       }
@@ -372,6 +374,7 @@ kj::Promise<void> ServerImpl::connect(ConnectContext context) {
     }
   }
   results.setServerLock(session.serverLock);
+  results.setSession(session.number);
   // What is on disk (everything, after a restart): a client replays only what is newer.
   results.setLastTransno(ctx_.reportedSynced());
   results.setLocks(kj::heap<LockService>(ctx_, kj::addRef(session)));
@@ -503,8 +506,9 @@ kj::Promise<void> ServerImpl::evict(EvictContext context) {
   bool found = it != ctx_.sessions.end() && it->second->role == rpc::Hello::Role::CLIENT &&
                !it->second->evicted;
   auto why = kj::str("evicted by ", peer_.describe());
+  uint64_t fenced = context.getParams().getSession();
   if (found) {
-    ctx_.evict(*it->second, why);
+    ctx_.evict(*it->second, why, fenced);
   } else {
     // No session now (say, this server restarted since, and the client, hung, has not come
     // back): a client this target knows is told at its return all the same, so that what it
@@ -517,7 +521,7 @@ kj::Promise<void> ServerImpl::evict(EvictContext context) {
     if (known) {
       spdlog::warn("evicting client {} (not connected): {}", kj::encodeHex(uuid).cStr(),
                    why.cStr());
-      ctx_.commit([&](store::Txn& txn) { ctx_.clients.markEvicted(txn, uuid, why); });
+      ctx_.commit([&](store::Txn& txn) { ctx_.clients.markEvicted(txn, uuid, why, fenced); });
       found = true;
     }
   }

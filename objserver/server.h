@@ -45,6 +45,9 @@ struct ClientSession : public kj::Refcounted, public LockOwner {
 
   kj::Array<kj::byte> uuid;
   kj::String label;  // "client <uuid> (<host>)" for logs
+  // Names this session (Bootstrap.connect's `session`): the target's instance, then a count,
+  // so that a later session has a larger number, also across restarts.
+  uint64_t number = 0;
   kj::Maybe<rpc::LockCallback::Client> callback;
   bool evicted = false;
   std::string key;  // uuid as hex
@@ -212,8 +215,9 @@ public:
   void connected(ClientSession& session);
   void disconnected(ClientSession& session);
   // Ends a client's session: locks, opens and reply records go; its next request fails and
-  // its next connect is told it was evicted.
-  void evict(ClientSession& session, kj::StringPtr why);
+  // its next connect is told it was evicted. `fenced`: on a data target, the metadata server's
+  // session this is the fence of (ClientFence), told to the client with the eviction.
+  void evict(ClientSession& session, kj::StringPtr why, uint64_t fenced = 0);
   // The lock budget shared out among the connected clients: `joining` (just connected) is told
   // its share, and every connected client is when the share moved by a tenth since they last
   // were. Called as clients come and go.
@@ -324,7 +328,8 @@ private:
   std::set<std::string> replayWaiting_;  // clients that have not sent all their replays
   std::map<uint64_t, kj::Own<kj::PromiseFulfiller<void>>> replayQueue_;  // by transaction
   kj::Vector<kj::Own<kj::PromiseFulfiller<void>>> replayWaiters_;
-  size_t lockShare_ = 0;  // as last told to every connected client (0: never)
+  size_t lockShare_ = 0;       // as last told to every connected client (0: never)
+  uint32_t sessionsMade_ = 0;  // by this instance: the low half of ClientSession::number
   size_t replaysApplied_ = 0;
   double replaySeconds_ = 0;
   kj::TimePoint replayStarted_ = kj::origin<kj::TimePoint>();

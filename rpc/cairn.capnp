@@ -520,8 +520,15 @@ interface Bootstrap {
           serverLock :UInt64,  # the active-server lock, granted PR with the session (0: none)
           lastTransno :UInt64,   # every transaction up to this one is on disk: a client
                                  # replays what it holds beyond it, and forgets the rest
-          rootSquashed :Bool);   # this filesystem squashes this client's root: uid 0 acts
+          rootSquashed :Bool,    # this filesystem squashes this client's root: uid 0 acts
                                  # as an unprivileged id, whose permissions the server checks
+          session :UInt64,       # metadata server: names this client's session there (new
+                                 # with each session, larger than any before it; 0: unknown)
+          evictedSession :UInt64);  # data server, with `evicted`: the metadata server's
+                                 # session whose eviction fenced this client off here (0:
+                                 # unknown, or an eviction of this server's own). A client
+                                 # that has learned of that eviction already and started a
+                                 # later session keeps what it wrote since.
   status @1 () -> (status :ServerStatus);
   # A data server announces where it serves; the metadata server records it for clients.
   registerTarget @2 (fsUuid :Data, target :TargetAddress) -> ();
@@ -553,7 +560,9 @@ interface Bootstrap {
   # its session, locks and opens go, and it is told so when it comes back (its old descriptors
   # fail with EIO; new opens work). `evicted`: false if this server knew nothing of it (a client
   # that joined its target but has no session now is marked, and told at its return).
-  evict @9 (clientUuid :Data) -> (evicted :Bool);
+  # `session`: from the metadata server's fence, the session of the client's there that was
+  # evicted (see `connect`'s `evictedSession`); 0 from an administrator.
+  evict @9 (clientUuid :Data, session :UInt64) -> (evicted :Bool);
 }
 
 # What the target keeps about itself (the LMDB "header" record).

@@ -426,6 +426,7 @@ void ServerLink::connectLoop(unsigned attempt) {
                   instance_ = info.getInstance();
                   peerFeatures_ = info.getFeatures() & features::SUPPORTED;
                   rootSquashed_ = reply.getRootSquashed();
+                  session_ = reply.getSession();
                   peerVersion_ = kj::str(info.getSoftwareVersion());
                   peerKind_ = info.getKind();
                   if (reply.getEvicted()) {
@@ -436,7 +437,7 @@ void ServerLink::connectLoop(unsigned attempt) {
                     // Comparing its disk with that update also catches synced ones gone with
                     // a restored older copy.
                     bool lost = answeredBy_ != instance_ && lastAnswered_ > connectSynced_;
-                    eviction_ = Eviction{lost};
+                    eviction_ = Eviction{lost, reply.getEvictedSession()};
                     if (lost) {
                       size_t kept = 0;
                       for (auto& entry : kept_) kept += entry.first > connectSynced_;
@@ -448,7 +449,6 @@ void ServerLink::connectLoop(unsigned attempt) {
                     }
                     kept_.clear();
                     keptBytes_ = 0;
-                    forgetWriteback();
                     spdlog::warn("link {}: the server had evicted this client", name_.cStr());
                   }
                   currentAddress_ = kj::mv(addressCopy);

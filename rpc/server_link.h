@@ -121,6 +121,9 @@ public:
   uint64_t peerFeatures() const { return peerFeatures_; }
   // The server squashes this client's root (its permissions are the server's to check).
   bool rootSquashed() const { return rootSquashed_; }
+  // The metadata server's number for our session there, as of the last connect: a new
+  // session has a larger one (0: an older server, or not connected yet).
+  uint64_t session() const { return session_; }
   kj::StringPtr peerVersion() const { return peerVersion_; }
   uint64_t lastSynced() const { return lastSynced_; }
   // The server is a new instance since the connection before this one (a restart, a failover).
@@ -147,12 +150,17 @@ public:
   uint64_t nextRequestId() const { return nextRequestId_; }
   void continueRequestIds(uint64_t next) { nextRequestId_ = kj::max(nextRequestId_, next); }
   // Once after a connect at which the server said it had evicted this client: whatever the
-  // client held there (open files, locks) is gone.
+  // client held there (open files, locks) is gone. The owner's recovery takes it before
+  // anything but RECOVERY requests pass, and decides what the eviction took away: it calls
+  // forgetWriteback() unless the eviction was of a session it has already left behind.
   struct Eviction {
     // The server is a new instance whose disk ends before updates of ours it had answered: kept
     // for a replay it now refuses (a crash, then --force), or synced and still gone (its data
     // restored from an older copy). Their changes are gone.
     bool lostAnswered = false;
+    // A data server fenced off by the metadata server: the session of ours there whose
+    // eviction it was (compare with that link's session(); 0: not known).
+    uint64_t session = 0;
   };
   kj::Maybe<Eviction> takeEviction() {
     auto e = kj::mv(eviction_);
@@ -162,8 +170,7 @@ public:
   // The locks that dirty data was written under are gone (this server evicted us, or the
   // metadata server, which holds the data locks, did): WRITEBACK updates made before now that
   // have no reply yet are not sent (again) but fail with EIO, so that none lands after another
-  // client's update under the lock it was given. The link does this itself when it learns of
-  // its own eviction.
+  // client's update under the lock it was given.
   void forgetWriteback() { ++writebackEpoch_; }
 
   struct Connection;  // one TCP connection and its capabilities
@@ -239,6 +246,7 @@ private:
   kj::String currentAddress_;
   uint64_t peerFeatures_ = 0;
   bool rootSquashed_ = false;
+  uint64_t session_ = 0;
   kj::String peerVersion_;
   uint64_t lastSynced_ = 0;
   uint64_t lastAnswered_ = 0;  // the newest of our updates the server answered

@@ -418,6 +418,89 @@ TEST(Shutdown, WritesWaitForTheMetadataServerAndFailIfItEvictedTheClient) {
   EXPECT_EQ(readWhole(b + "/f"), "old") << "a write made under a lock the eviction took landed";
 }
 
+// A data server the metadata server fenced a client off (for not giving a lock back) tells the
+// client at its next connect there, which can come after the client has learned of its eviction
+// from the metadata server and gone on in a new session: a client whose host was cut off, back
+// on the network, reaches whichever server answers first. What it wrote since, under the new
+// session's locks, must not fail for an eviction of the old one (tools_vanish saw a new file
+// fail with EIO that way). The data servers are stopped while the client learns of its
+// eviction, so that their word comes last.
+TEST(Shutdown, AFenceOfASessionTheClientHasLeftFailsNothingWrittenSince) {
+  TestCluster cluster(quickLocks());
+  auto a = cluster.mount();
+  auto b = cluster.mount();
+  writeWhole(a + "/f", "old");
+  DirtyHolder holder(a + "/f");
+  cluster.signalMount(0, SIGSTOP);
+  // Waits for the lock a holds: after the lock timeout, a is fenced off both data targets, then
+  // evicted.
+  EXPECT_EQ(readWhole(b + "/f"), "old");
+  auto metaLog = readWhole(cluster.log(0));
+  ASSERT_TRUE(contains(metaLog, "fenced off data target 0")) << metaLog;
+  ASSERT_TRUE(contains(metaLog, "fenced off data target 1")) << metaLog;
+  cluster.signalServer(1, SIGSTOP);
+  cluster.signalServer(2, SIGSTOP);
+  bool dataStopped = true;
+  KJ_DEFER(if (dataStopped) {
+    cluster.signalServer(1, SIGCONT);
+    cluster.signalServer(2, SIGCONT);
+  });
+  cluster.signalMount(0, SIGCONT);
+  ASSERT_TRUE(waitFor(
+      [&] { return contains(cluster.mountLog(0), "evicted by the metadata server"); }, 10000))
+      << cluster.mountLog(0);
+
+  // A new file, written in the new session and still open: its data is queued for the stopped
+  // data servers. Written by a child process, as its fsync waits for them.
+  int written[2], go[2];
+  ASSERT_EQ(pipe(written), 0);
+  ASSERT_EQ(pipe(go), 0);
+  pid_t writer = fork();
+  ASSERT_GE(writer, 0);
+  if (writer == 0) {
+    char byte = 0, back[11];
+    int fd = open((a + "/g").c_str(), O_CREAT | O_RDWR, 0644);
+    if (fd < 0 || write(fd, "new session", 11) != 11) _exit(10);
+    if (write(written[1], &byte, 1) != 1 || read(go[0], &byte, 1) != 1) _exit(11);
+    if (fsync(fd) != 0) _exit(20 + errno % 100);
+    if (pread(fd, back, sizeof back, 0) != 11 || memcmp(back, "new session", 11) != 0) _exit(12);
+    _exit(close(fd) == 0 ? 0 : 13);
+  }
+  close(written[1]);
+  close(go[0]);
+  KJ_DEFER({
+    close(written[0]);
+    close(go[1]);
+  });
+  char byte = 0;
+  ASSERT_EQ(read(written[0], &byte, 1), 1);
+  cluster.signalServer(1, SIGCONT);
+  cluster.signalServer(2, SIGCONT);
+  dataStopped = false;
+  ASSERT_TRUE(waitFor(
+      [&] {
+        auto log = cluster.mountLog(0);
+        return contains(log, "evicted by data target 0") &&
+               contains(log, "evicted by data target 1");
+      },
+      15000))
+      << cluster.mountLog(0);
+  ASSERT_EQ(write(go[1], &byte, 1), 1);
+  int status = 0;
+  bool ended = waitFor([&] { return waitpid(writer, &status, WNOHANG) == writer; }, 15000);
+  if (!ended) {
+    kill(writer, SIGKILL);
+    waitpid(writer, &status, 0);
+  }
+  EXPECT_TRUE(ended && WIFEXITED(status) && WEXITSTATUS(status) == 0)
+      << "writer: " << status << " (20 + errno: the fsync failed)";
+  EXPECT_EQ(readWhole(b + "/g"), "new session") << cluster.mountLog(0);
+  EXPECT_TRUE(contains(cluster.mountLog(0), "which we have left")) << cluster.mountLog(0);
+  // What was queued in the old session is still lost.
+  EXPECT_TRUE(holder.finish());
+  EXPECT_EQ(readWhole(b + "/f"), "old") << "a write made under a lock the eviction took landed";
+}
+
 // Point 4: an unclean stop followed by another version is refused with a message that says
 // what --force does; with --force the old clients are evicted when they come back, cleanly:
 // their open files fail with EIO, the mount works on.

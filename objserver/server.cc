@@ -513,16 +513,21 @@ kj::Promise<void> ServerImpl::evict(EvictContext context) {
     // No session now (say, this server restarted since, and the client, hung, has not come
     // back): a client this target knows is told at its return all the same, so that what it
     // queued under the locks it lost is not sent then.
-    bool known;
+    bool known, marked;
     {
       store::Txn txn(ctx_.target.env(), store::Txn::READ);
-      known = ctx_.clients.joined(txn, uuid) && !ctx_.clients.isEvicted(txn, uuid);
+      known = ctx_.clients.joined(txn, uuid);
+      marked = ctx_.clients.isEvicted(txn, uuid);
     }
-    if (known) {
+    if (known && !marked) {
       spdlog::warn("evicting client {} (not connected): {}", kj::encodeHex(uuid).cStr(),
                    why.cStr());
       ctx_.commit([&](store::Txn& txn) { ctx_.clients.markEvicted(txn, uuid, why, fenced); });
       found = true;
+    } else if (marked && fenced != 0) {
+      // Evicted already and not told yet: the mark must name this later session too, or the
+      // client, back after it left the earlier one, would keep what it wrote in this one.
+      ctx_.commit([&](store::Txn& txn) { ctx_.clients.markEvicted(txn, uuid, why, fenced); });
     }
   }
   context.getResults().setEvicted(found);

@@ -330,11 +330,18 @@ bool ServerLink::mayPass(Class cls, bool resend) const {
   return open(cls) || (resend && resendsPass());
 }
 
-kj::Promise<void> ServerLink::whenOpen(Class cls, uint64_t requestId, bool resend) {
-  if (mayPass(cls, resend)) return kj::READY_NOW;
+kj::Promise<void> ServerLink::whenOpen(Class cls, uint64_t requestId, bool resend,
+                                       uint64_t writebackEpoch) {
+  if (mayPass(cls, resend) || forgotten(cls, requestId, writebackEpoch)) return kj::READY_NOW;
   auto paf = kj::newPromiseAndFulfiller<void>();
-  waiters_.add(Waiter{cls, kj::mv(paf.fulfiller), requestId, resend});
+  waiters_.add(Waiter{cls, kj::mv(paf.fulfiller), requestId, resend, writebackEpoch});
   return kj::mv(paf.promise);
+}
+
+void ServerLink::forgetWriteback() {
+  ++writebackEpoch_;
+  release(takeWaiters(
+      [this](const Waiter& w) { return forgotten(w.cls, w.requestId, w.writebackEpoch); }));
 }
 
 bool ServerLink::resendsPass() const {
@@ -597,21 +604,20 @@ kj::Promise<Response> ServerLink::send(kj::Own<Pending> pending, Build& build) {
     parked = timer_.now();
   }
   bool resend = pending->id != 0 && pending->attempts > 0;
-  return whenOpen(pending->cls, pending->id, resend)
+  return whenOpen(pending->cls, pending->id, resend, pending->writebackEpoch)
       .then([this, pending = kj::mv(pending), &build, parked,
              resend]() mutable -> kj::Promise<Response> {
         KJ_IF_MAYBE (since, parked) {
           stats_.gateWaited += timer_.now() - *since;
         }
+        if (forgotten(pending->cls, pending->id, pending->writebackEpoch)) {
+          // Made under locks an eviction took away since (see forgetWriteback).
+          return errnoException(EIO);
+        }
         // The gate opened, but the connection may have gone since (this runs an event later):
         // back to the gate.
         if (!mayPass(pending->cls, resend)) {
           return send<Response>(kj::mv(pending), build);
-        }
-        if (pending->cls == Class::WRITEBACK && pending->id != 0 &&
-            pending->writebackEpoch != writebackEpoch_) {
-          // Made under locks an eviction took away since (see forgetWriteback).
-          return errnoException(EIO);
         }
         auto& conn = *KJ_ASSERT_NONNULL(connection_);
         uint64_t gen = generation_;

@@ -170,8 +170,10 @@ public:
   // The locks that dirty data was written under are gone (this server evicted us, or the
   // metadata server, which holds the data locks, did): WRITEBACK updates made before now that
   // have no reply yet are not sent (again) but fail with EIO, so that none lands after another
-  // client's update under the lock it was given.
-  void forgetWriteback() { ++writebackEpoch_; }
+  // client's update under the lock it was given. Those waiting at the gate fail at once: they
+  // must not hold up whoever waits on them (a recovery's write-back) until a server that may
+  // be away comes back.
+  void forgetWriteback();
 
   struct Connection;  // one TCP connection and its capabilities
   class Callback;     // the lock callback given at connect
@@ -203,8 +205,14 @@ private:
   template <typename Response, typename Build>
   kj::Promise<Response> send(kj::Own<Pending> pending, Build& build);
 
-  // Resolves once `cls` may pass; the updates waiting leave in the order of their ids.
-  kj::Promise<void> whenOpen(Class cls, uint64_t requestId = 0, bool resend = false);
+  // Resolves once `cls` may pass; the updates waiting leave in the order of their ids. A
+  // WRITEBACK update (`writebackEpoch`: as made) also once forgetWriteback made it stale.
+  kj::Promise<void> whenOpen(Class cls, uint64_t requestId = 0, bool resend = false,
+                             uint64_t writebackEpoch = 0);
+  // A WRITEBACK update made before the last forgetWriteback: it can only fail.
+  bool forgotten(Class cls, uint64_t requestId, uint64_t writebackEpoch) const {
+    return cls == Class::WRITEBACK && requestId != 0 && writebackEpoch != writebackEpoch_;
+  }
   // This connection's recovery has called resendCutOff: resends and write-back pass.
   bool resendsPass() const;
   // What whenOpen lets through now (`resend`: an update cut off by a lost connection).
@@ -275,6 +283,7 @@ private:
     kj::Own<kj::PromiseFulfiller<void>> fulfiller;
     uint64_t requestId;  // of the update waiting (0: anything else)
     bool resend;         // an update cut off by a lost connection
+    uint64_t writebackEpoch;
   };
   kj::Vector<Waiter> waiters_;
   // Takes the waiters `pred` picks out of waiters_ (dropping those whose callers are gone).

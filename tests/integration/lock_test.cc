@@ -49,6 +49,7 @@ struct LockClient {
     locks = kj::mv(s.locks);
     meta = kj::mv(s.meta);
     evicted = s.evicted;
+    session = s.session;
   }
   kj::Promise<uint64_t> enqueue(rpc::LockMode mode, uint64_t bits = ~uint64_t(0)) {
     auto req = locks.enqueueRequest();
@@ -84,6 +85,7 @@ struct LockClient {
   std::vector<uint64_t> asked;
   uint32_t timeoutMs = 0;  // as the last callback said
   bool evicted = false;
+  uint64_t session = 0;  // the server's number for it
 };
 
 // Waits until `pred` holds while the event loop runs.
@@ -248,7 +250,10 @@ struct DataClient {
     hello.setClientUuid(uuid);
     hello.setSoftwareVersion("test");
     hello.setFeatures(features::SUPPORTED);
-    data = req.send().wait(io.waitScope).getData();
+    auto reply = req.send().wait(io.waitScope);
+    data = reply.getData();
+    evicted = reply.getEvicted();
+    evictedSession = reply.getEvictedSession();
   }
   // The write's error (0: written); throws if the session is refused.
   int write(uint64_t object, const std::string& bytes) {
@@ -271,6 +276,8 @@ struct DataClient {
   kj::Own<kj::AsyncIoStream> stream;
   kj::Own<capnp::TwoPartyClient> client;
   rpc::DataSession::Client data = nullptr;
+  bool evicted = false;         // told at connect
+  uint64_t evictedSession = 0;  // ... the metadata server's session whose fence it was
 };
 
 // The eviction window: a client evicted for not giving a lock back may still have writes queued
@@ -298,6 +305,37 @@ TEST(Locks, AnEvictedClientIsFencedOffTheDataTargetsBeforeItsLockGoes) {
   // Back, it is told so by the data target too, and served again.
   DataClient again(io, cluster.address(1), 8);
   EXPECT_EQ(again.write(78, "new"), 0);
+}
+
+// A fence names the metadata server's session it ends, and a data target keeps the latest until
+// the client is back there. A client evicted twice, back at the metadata server in between but
+// never at the data target, must be told of the second session's eviction: told of the first,
+// which it has left behind, it would keep what it wrote in the second.
+TEST(Locks, ADataTargetToldOfTwoFencesNamesTheLaterSession) {
+  TestCluster cluster(withLockTimeout());
+  auto io = kj::setupAsyncIo();
+  {
+    DataClient joining(io, cluster.address(1), 15);
+    ASSERT_EQ(joining.write(82, "before"), 0);
+  }
+  LockClient stuck(io, cluster.metaAddress(), 15), other(io, cluster.metaAddress(), 16);
+  uint64_t first = stuck.session;
+  stuck.enqueue(rpc::LockMode::PW).wait(io.waitScope);
+  uint64_t taken = other.enqueue(rpc::LockMode::PW).wait(io.waitScope);  // after the eviction
+  ASSERT_GT(taken, 0u);
+  stuck.disconnect();
+  stuck.connect(cluster.metaAddress(), 15);
+  ASSERT_TRUE(stuck.evicted);
+  uint64_t second = stuck.session;
+  EXPECT_GT(second, first);
+  other.cancel(taken);
+  stuck.enqueue(rpc::LockMode::PW).wait(io.waitScope);
+  LockClient third(io, cluster.metaAddress(), 17);
+  EXPECT_GT(third.enqueue(rpc::LockMode::PW).wait(io.waitScope), 0u);  // evicted again
+  DataClient back(io, cluster.address(1), 15);
+  EXPECT_TRUE(back.evicted);
+  EXPECT_EQ(back.evictedSession, second) << "first " << first << ", second " << second;
+  EXPECT_EQ(back.read(82, 6), "before");
 }
 
 // A data target that has no session of the client when the fence comes (it restarted since,

@@ -35,6 +35,7 @@ struct RawSession {
   rpc::LockSession::Client locks = nullptr;
   uint64_t serverLock = 0;  // the active-server lock granted with the session
   bool evicted = false;     // the server said it had evicted this client
+  uint64_t session = 0;     // the metadata server's number for this session
 };
 
 // Connects as client `uuidByte` x 16 with `callback` for blocking callbacks. The session lasts
@@ -59,6 +60,7 @@ inline RawSession connectRaw(kj::AsyncIoContext& io, const std::string& address,
   s.locks = reply.getLocks();
   s.serverLock = reply.getServerLock();
   s.evicted = reply.getEvicted();
+  s.session = reply.getSession();
   return s;
 }
 

@@ -449,6 +449,16 @@ TEST(Shutdown, AFenceOfASessionTheClientHasLeftFailsNothingWrittenSince) {
   ASSERT_TRUE(waitFor(
       [&] { return contains(cluster.mountLog(0), "evicted by the metadata server"); }, 10000))
       << cluster.mountLog(0);
+  // What it had queued for them can only fail: its recovery does not wait on them for it.
+  ASSERT_TRUE(waitFor(
+      [&] {
+        auto log = cluster.mountLog(0);
+        auto told = log.find("evicted by the metadata server");
+        return log.find("link meta: active", told) != std::string::npos;
+      },
+      3000))
+      << cluster.mountLog(0);
+  EXPECT_FALSE(contains(cluster.mountLog(0), "still had writes queued")) << cluster.mountLog(0);
 
   // A new file, written in the new session and still open: its data is queued for the stopped
   // data servers. Written by a child process, as its fsync waits for them.

@@ -430,6 +430,39 @@ TEST_F(NamespaceTest, ReservedNumbersAreTheirClientsOnlyAndUsedOnce) {
   EXPECT_FALSE(taken);
 }
 
+// A data target's eviction mark names the metadata server's session a fence ended (the client
+// compares it with its own): a later fence before the client is back moves it on, an older one
+// does not, and an eviction that names none leaves it unknown for good.
+TEST_F(NamespaceTest, AnEvictionMarkKeepsTheLatestFencedSessionOrNone) {
+  ClientTable clients(*target);
+  kj::byte a[16] = {1};
+  auto mark = [&](kj::StringPtr why, uint64_t session) {
+    apply([&](store::Txn& txn) { clients.markEvicted(txn, a, why, session); });
+  };
+  auto take = [&]() -> std::pair<std::string, uint64_t> {
+    std::pair<std::string, uint64_t> seen{"(none)", 0};
+    apply([&](store::Txn& txn) {
+      KJ_IF_MAYBE (e, clients.takeEvicted(txn, a)) {
+        seen = {e->why.cStr(), e->session};
+      }
+    });
+    return seen;
+  };
+  mark("first", 5);
+  mark("second", 9);
+  mark("older", 7);
+  EXPECT_EQ(take(), std::make_pair(std::string("older"), uint64_t(9)));
+  EXPECT_EQ(take().first, "(none)");
+  mark("fence", 5);
+  mark("administrator", 0);
+  EXPECT_EQ(take(), std::make_pair(std::string("administrator"), uint64_t(0)));
+  mark("administrator", 0);
+  mark("fence", 5);
+  EXPECT_EQ(take(), std::make_pair(std::string("fence"), uint64_t(0)));
+  mark("fence", 5);
+  EXPECT_EQ(take(), std::make_pair(std::string("fence"), uint64_t(5)));
+}
+
 // A batch's reply is larger than a page: kept in parts of a page each, so that a map whose
 // room is in scattered pages takes it; read back whole, and pruned with every part.
 TEST_F(NamespaceTest, AReplyRecordLargerThanAPageIsKeptInPartsAndReadBackWhole) {

@@ -359,7 +359,14 @@ std::string tail(const std::string& text, int lines) {
 
 void TestCluster::dumpLogs() {
   for (auto& s : servers_) {
-    fprintf(stderr, "---- %s (%s) ----%s%s\n", s.name.c_str(), s.log.c_str(),
+    // A server that died says nothing in its log: its status tells how (128 + the signal).
+    std::string state = "running";
+    if (s.proc == nullptr) {
+      state = "not started";
+    } else if (!s.proc->alive()) {
+      state = "exited with status " + std::to_string(s.proc->wait(0));
+    }
+    fprintf(stderr, "---- %s (%s; %s) ----%s%s\n", s.name.c_str(), s.log.c_str(), state.c_str(),
             tail(readFile(s.log), 25).c_str(), tail(readFile(s.log + ".stderr"), 5).c_str());
   }
   for (auto& m : mounts_) {

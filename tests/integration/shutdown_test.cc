@@ -37,6 +37,17 @@ TestCluster::Options quickLocks() {
   return o;
 }
 
+// Whether child `pid` exited with status 0 within `ms`. Bounded, so that a failure cannot hang
+// the suite: one still waiting then is killed (a kill ends a wait in FUSE). `status` as reaped.
+bool exitedCleanly(pid_t pid, int& status, int ms) {
+  bool ended = waitFor([&] { return waitpid(pid, &status, WNOHANG) == pid; }, ms);
+  if (!ended) {
+    kill(pid, SIGKILL);
+    waitpid(pid, &status, 0);
+  }
+  return ended && WIFEXITED(status) && WEXITSTATUS(status) == 0;
+}
+
 // Point 6: before the metadata server stops, a client writes back everything it holds for it —
 // queued writes and a shared mapping's dirty pages — and drops what it cached. The client is
 // killed right after the shutdown, so whatever another mount reads afterwards must have been
@@ -497,12 +508,7 @@ TEST(Shutdown, AFenceOfASessionTheClientHasLeftFailsNothingWrittenSince) {
       << cluster.mountLog(0);
   ASSERT_EQ(write(go[1], &byte, 1), 1);
   int status = 0;
-  bool ended = waitFor([&] { return waitpid(writer, &status, WNOHANG) == writer; }, 15000);
-  if (!ended) {
-    kill(writer, SIGKILL);
-    waitpid(writer, &status, 0);
-  }
-  EXPECT_TRUE(ended && WIFEXITED(status) && WEXITSTATUS(status) == 0)
+  EXPECT_TRUE(exitedCleanly(writer, status, 15000))
       << "writer: " << status << " (20 + errno: the fsync failed)";
   EXPECT_EQ(readWhole(b + "/g"), "new session") << cluster.mountLog(0);
   EXPECT_TRUE(contains(cluster.mountLog(0), "which we have left")) << cluster.mountLog(0);
@@ -677,13 +683,7 @@ TEST(Shutdown, ASlowWriteBackLetsGoWithinTheServersLockTimeout) {
   }
   EXPECT_TRUE(cluster.startServer(2));
   cluster.signalServer(1, SIGCONT);
-  // Bounded, so that a failure here cannot hang the suite (a kill ends a wait in FUSE).
-  bool ended = waitFor([&] { return waitpid(writer, &status, WNOHANG) == writer; }, 30000);
-  if (!ended) {
-    kill(writer, SIGKILL);
-    waitpid(writer, &status, 0);
-  }
-  EXPECT_TRUE(ended && WIFEXITED(status) && WEXITSTATUS(status) == 0)
+  EXPECT_TRUE(exitedCleanly(writer, status, 30000))
       << "writer: " << status << " (20 + errno: the fsync failed)";
   close(written[0]);
   close(go[1]);

@@ -214,15 +214,12 @@ kj::Promise<void> Client::recoverData(ServerLink& link, uint32_t index) {
         }
       }
     }
-    if (earlier) {
-      spdlog::warn(
-          "evicted by data target {}, the fence of our session {} at the metadata server, "
-          "which we have left (now {}): {} open files with writes lost there now return EIO",
-          index, eviction->session, metaSession_, n);
-    } else {
-      spdlog::warn("evicted by data target {}: {} open files with writes lost there now return EIO",
-                   index, n);
-    }
+    auto fence =
+        earlier ? kj::str(", the fence of our session ", eviction->session,
+                          " at the metadata server, which we have left (now ", metaSession_, ")")
+                : kj::str();
+    spdlog::warn("evicted by data target {}{}: {} open files with writes lost there now return EIO",
+                 index, fence.cStr(), n);
   }
   if (!(link.peerFeatures() & features::ACTIVE_SERVER_LOCK)) return kj::READY_NOW;
   // Writes cut off with the connection go again first (ServerLink::resendCutOff).

@@ -56,10 +56,7 @@ void ClientFence::start() {
         std::string key(reinterpret_cast<const char*>(i->key.begin()), i->key.size());
         uint32_t index = 0;
         for (size_t b = UUID_BYTES; b < key.size(); ++b) index = (index << 8) | kj::byte(key[b]);
-        uint64_t session = 0;
-        KJ_IF_MAYBE (s, txn.get(sessionsDb_, i->key)) {
-          if (s->size() == 8) session = store::readU64(*s);
-        }
+        uint64_t session = store::u64Value(txn.get(sessionsDb_, i->key));
         owed_.insert_or_assign(
             key,
             Owed{kj::heapString(reinterpret_cast<const char*>(i->value.begin()), i->value.size()),

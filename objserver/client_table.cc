@@ -102,12 +102,9 @@ void ClientTable::markEvicted(store::Txn& txn, kj::ArrayPtr<const kj::byte> clie
                               kj::StringPtr why, uint64_t session) {
   KJ_REQUIRE(client.size() == UUID_SIZE, "a client uuid is 16 bytes", client.size());
   if (session != 0 && txn.get(evicted_, client) != nullptr) {
-    // Marked already: an unknown session stays unknown, else the later one counts.
-    KJ_IF_MAYBE (earlier, txn.get(evictedSessions_, client)) {
-      session = earlier->size() == 8 ? kj::max(session, store::readU64(*earlier)) : 0;
-    } else {
-      session = 0;
-    }
+    // Marked already: an unknown session (0) stays unknown, else the later one counts.
+    uint64_t earlier = store::u64Value(txn.get(evictedSessions_, client));
+    session = earlier == 0 ? 0 : kj::max(session, earlier);
   }
   txn.put(evicted_, client, why.asBytes());
   if (session != 0) {
@@ -121,10 +118,8 @@ kj::Maybe<ClientTable::Eviction> ClientTable::takeEvicted(store::Txn& txn,
                                                           kj::ArrayPtr<const kj::byte> client) {
   KJ_IF_MAYBE (value, txn.get(evicted_, client)) {
     Eviction eviction{kj::heapString(reinterpret_cast<const char*>(value->begin()), value->size())};
-    KJ_IF_MAYBE (session, txn.get(evictedSessions_, client)) {
-      if (session->size() == 8) eviction.session = store::readU64(*session);
-      txn.del(evictedSessions_, client);
-    }
+    eviction.session = store::u64Value(txn.get(evictedSessions_, client));
+    txn.del(evictedSessions_, client);
     txn.del(evicted_, client);
     return kj::mv(eviction);
   }

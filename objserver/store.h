@@ -164,6 +164,13 @@ struct U64Key {
   Bytes ptr() const { return kj::arrayPtr(bytes, 8); }
 };
 uint64_t readU64(Bytes b, size_t at = 0);
+// A value that is one U64Key: 0 if there is none, or it is not 8 bytes (damaged).
+inline uint64_t u64Value(kj::Maybe<Bytes> value) {
+  KJ_IF_MAYBE (v, value) {
+    if (v->size() == 8) return readU64(*v);
+  }
+  return 0;
+}
 void writeU64(kj::byte* out, uint64_t v);
 
 }  // namespace cairn::store
